@@ -1,0 +1,117 @@
+//! The classification facade the transports call: resolve tasks, submit one job per task to
+//! its live model, await the scores and apply each model's decision policy.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::error::Error;
+use crate::model::ModelSpec;
+use crate::policy::Decision;
+use crate::registry::{Registry, ServingState};
+use crate::request::ClassifyInput;
+
+/// One task's answer for every review of a request.
+pub struct TaskOutput {
+    pub task: String,
+    pub model: Arc<ModelSpec>,
+    /// `reviews * labels` probabilities, row-major.
+    pub scores: Vec<f32>,
+    /// One per review.
+    pub decisions: Vec<Decision>,
+}
+
+impl TaskOutput {
+    pub fn scores_of(&self, review: usize) -> &[f32] {
+        let n = self.model.labels.len();
+        &self.scores[review * n..(review + 1) * n]
+    }
+}
+
+/// The answer to a request: per task, in the order the tasks were requested.
+pub struct ClassifyOutput {
+    pub tasks: Vec<TaskOutput>,
+}
+
+#[derive(Clone)]
+pub struct Classifier {
+    registry: Registry,
+}
+
+impl Classifier {
+    pub fn new(registry: Registry) -> Classifier {
+        Classifier { registry }
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Classifies a validated request. `deadline` is the caller's; work still queued past it
+    /// is dropped before inference.
+    pub async fn classify(
+        &self,
+        input: &ClassifyInput,
+        deadline: Option<Instant>,
+    ) -> Result<ClassifyOutput, Error> {
+        let state = self
+            .registry
+            .load()
+            .ok_or(Error::Unavailable("models are still loading"))?;
+        let tasks = resolve_tasks(&state, &input.tasks)?;
+        let mut pending = Vec::with_capacity(tasks.len());
+        for &task in &tasks {
+            let entry = &state.tasks[task];
+            let rx = entry.live.submit(input.reviews.clone(), deadline)?;
+            pending.push((entry, rx));
+        }
+        let mut outputs = Vec::with_capacity(pending.len());
+        for (entry, rx) in pending {
+            let spec = entry.live.spec().clone();
+            let scores = rx.await.map_err(|_| Error::Inference {
+                model: spec.name.clone(),
+                reason: "worker stopped".into(),
+            })??;
+            let n = spec.labels.len();
+            let decisions: Vec<Decision> = scores
+                .chunks_exact(n)
+                .map(|s| spec.policy.decide(s))
+                .collect();
+            for d in &decisions {
+                entry.live.metrics().decided(*d).increment(1);
+            }
+            outputs.push(TaskOutput {
+                task: entry.name.clone(),
+                model: spec,
+                scores,
+                decisions,
+            });
+        }
+        Ok(ClassifyOutput { tasks: outputs })
+    }
+}
+
+/// Indices into `state.tasks` for the requested names (all tasks when none are named).
+fn resolve_tasks(state: &ServingState, requested: &[String]) -> Result<Vec<usize>, Error> {
+    if requested.is_empty() {
+        return Ok((0..state.tasks.len()).collect());
+    }
+    requested
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            state
+                .tasks
+                .iter()
+                .position(|t| &t.name == name)
+                .ok_or_else(|| {
+                    Error::invalid(
+                        format!("tasks[{i}]"),
+                        format!(
+                            "unknown task {name:?}; configured tasks are {:?}",
+                            state.task_names()
+                        ),
+                    )
+                })
+        })
+        .collect()
+}

@@ -1,0 +1,546 @@
+//! Configuration: the command line (clap, every flag also an environment variable) and the TOML
+//! file, validated as a whole into a typed `Config`. Every key is documented in
+//! `docs/configuration.md`; defaults live in `defaults` below and nowhere else.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+
+use crate::batch::BatchPolicy;
+use crate::model::manifest::is_valid_name;
+use crate::worker::WorkerSettings;
+
+/// Defaults for every optional key.
+pub mod defaults {
+    pub const CONFIG_FILE: &str = "modserve.toml";
+    pub const GRPC_LISTEN: &str = "127.0.0.1:50051";
+    pub const METRICS_LISTEN: &str = "127.0.0.1:9464";
+    pub const SHUTDOWN_GRACE: &str = "30s";
+    pub const ONNXRUNTIME_LIB: &str = ".ort/libonnxruntime.so.1.31.1";
+    pub const MAX_REVIEWS_PER_REQUEST: usize = 64;
+    pub const MAX_TEXT_BYTES: usize = 16 * 1024;
+    pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+    pub const STREAM_IN_FLIGHT: usize = 8;
+    pub const MAX_BATCH_SIZE: usize = 32;
+    pub const MAX_WAIT: &str = "0ms";
+    pub const QUEUE_CAPACITY: usize = 256;
+    pub const INFERENCE_THREADS: usize = 1;
+    pub const INTRA_OP_THREADS: usize = 1;
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "modserve",
+    version,
+    about = "Content-moderation inference server with shadow mode"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub overrides: Overrides,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (what `modserve` with no subcommand does).
+    Serve,
+    /// Validate a config file and load every model it names; print every error and exit
+    /// non-zero if there is any.
+    CheckConfig {
+        /// The config file to check.
+        file: PathBuf,
+    },
+}
+
+/// Settings that override the config file; each is also read from the environment.
+#[derive(Debug, Clone, Default, Args)]
+pub struct Overrides {
+    /// Config file (TOML). Relative paths inside it are relative to its folder.
+    #[arg(long, env = "MODSERVE_CONFIG", default_value = defaults::CONFIG_FILE, global = true)]
+    pub config: PathBuf,
+    /// gRPC listen address, overriding `server.grpc_listen`.
+    #[arg(long, env = "MODSERVE_GRPC_LISTEN", global = true)]
+    pub grpc_listen: Option<String>,
+    /// Prometheus /metrics listen address, overriding `server.metrics_listen`.
+    #[arg(long, env = "MODSERVE_METRICS_LISTEN", global = true)]
+    pub metrics_listen: Option<String>,
+    /// Log format, overriding `server.log_format`.
+    #[arg(long, env = "MODSERVE_LOG_FORMAT", global = true)]
+    pub log_format: Option<LogFormat>,
+    /// ONNX Runtime shared library, overriding `server.onnxruntime_lib` (relative to the
+    /// current directory).
+    #[arg(long, env = "MODSERVE_ONNXRUNTIME_LIB", global = true)]
+    pub onnxruntime_lib: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// What to do with a review text longer than `limits.max_text_bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OversizeText {
+    /// Fail the request with INVALID_ARGUMENT naming the review.
+    Reject,
+    /// Cut the text at the last character boundary within the limit.
+    Truncate,
+}
+
+// === the file, as written ===
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawConfig {
+    server: RawServer,
+    limits: RawLimits,
+    batching: RawBatching,
+    models: BTreeMap<String, RawModel>,
+    tasks: BTreeMap<String, RawTask>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawServer {
+    grpc_listen: Option<String>,
+    metrics_listen: Option<String>,
+    shutdown_grace: Option<String>,
+    log_format: Option<LogFormat>,
+    onnxruntime_lib: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLimits {
+    max_reviews_per_request: Option<usize>,
+    max_text_bytes: Option<usize>,
+    oversize_text: Option<OversizeText>,
+    max_message_bytes: Option<usize>,
+    stream_in_flight: Option<usize>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawBatching {
+    max_batch_size: Option<usize>,
+    max_wait: Option<String>,
+    queue_capacity: Option<usize>,
+    inference_threads: Option<usize>,
+    intra_op_threads: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    path: PathBuf,
+    #[serde(default)]
+    batching: RawBatching,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTask {
+    live: String,
+}
+
+// === the validated config ===
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub source: PathBuf,
+    pub server: ServerConfig,
+    pub limits: Limits,
+    /// Model name -> how to load and run it.
+    pub models: BTreeMap<String, ModelConfig>,
+    /// In file order (sorted by name): the order of results when a request names no tasks.
+    pub tasks: Vec<TaskConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub grpc_listen: SocketAddr,
+    pub metrics_listen: SocketAddr,
+    pub shutdown_grace: Duration,
+    pub log_format: LogFormat,
+    pub onnxruntime_lib: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_reviews_per_request: usize,
+    pub max_text_bytes: usize,
+    pub oversize_text: OversizeText,
+    pub max_message_bytes: usize,
+    /// Stream messages processed concurrently per ClassifyStream (answers stay in order).
+    pub stream_in_flight: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_reviews_per_request: defaults::MAX_REVIEWS_PER_REQUEST,
+            max_text_bytes: defaults::MAX_TEXT_BYTES,
+            oversize_text: OversizeText::Reject,
+            max_message_bytes: defaults::MAX_MESSAGE_BYTES,
+            stream_in_flight: defaults::STREAM_IN_FLIGHT,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    pub name: String,
+    pub path: PathBuf,
+    pub workers: WorkerSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct TaskConfig {
+    pub name: String,
+    pub live: String,
+}
+
+impl Config {
+    /// Reads `path`, applies `overrides` and validates. On failure returns every problem found,
+    /// each naming its key.
+    pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, Vec<String>> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| vec![format!("{}: cannot read: {e}", path.display())])?;
+        Config::parse(&text, path, overrides)
+    }
+
+    /// Parses config text as if read from `path` (relative paths resolve against its folder).
+    pub fn parse(text: &str, path: &Path, overrides: &Overrides) -> Result<Config, Vec<String>> {
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|e| vec![format!("{}: {}", path.display(), e.to_string().trim_end())])?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        validate(raw, &base, path, overrides)
+    }
+}
+
+fn validate(
+    raw: RawConfig,
+    base: &Path,
+    path: &Path,
+    overrides: &Overrides,
+) -> Result<Config, Vec<String>> {
+    let mut errors = Vec::new();
+    let addr = |errors: &mut Vec<String>, key: &str, value: Option<&String>, default: &str| {
+        let value = value.map(String::as_str).unwrap_or(default);
+        value.parse::<SocketAddr>().unwrap_or_else(|_| {
+            errors.push(format!(
+                "{key} {value:?}: not an address like 127.0.0.1:50051"
+            ));
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        })
+    };
+    let grpc_listen = addr(
+        &mut errors,
+        "server.grpc_listen",
+        overrides
+            .grpc_listen
+            .as_ref()
+            .or(raw.server.grpc_listen.as_ref()),
+        defaults::GRPC_LISTEN,
+    );
+    let metrics_listen = addr(
+        &mut errors,
+        "server.metrics_listen",
+        overrides
+            .metrics_listen
+            .as_ref()
+            .or(raw.server.metrics_listen.as_ref()),
+        defaults::METRICS_LISTEN,
+    );
+    let shutdown_grace = duration(
+        &mut errors,
+        "server.shutdown_grace",
+        raw.server
+            .shutdown_grace
+            .as_deref()
+            .unwrap_or(defaults::SHUTDOWN_GRACE),
+    );
+    let onnxruntime_lib = match &overrides.onnxruntime_lib {
+        Some(p) => p.clone(),
+        None => base.join(
+            raw.server
+                .onnxruntime_lib
+                .as_deref()
+                .unwrap_or(Path::new(defaults::ONNXRUNTIME_LIB)),
+        ),
+    };
+    let server = ServerConfig {
+        grpc_listen,
+        metrics_listen,
+        shutdown_grace,
+        log_format: overrides
+            .log_format
+            .or(raw.server.log_format)
+            .unwrap_or(LogFormat::Text),
+        onnxruntime_lib,
+    };
+
+    let d = Limits::default();
+    let limits = Limits {
+        max_reviews_per_request: raw
+            .limits
+            .max_reviews_per_request
+            .unwrap_or(d.max_reviews_per_request),
+        max_text_bytes: raw.limits.max_text_bytes.unwrap_or(d.max_text_bytes),
+        oversize_text: raw.limits.oversize_text.unwrap_or(d.oversize_text),
+        max_message_bytes: raw.limits.max_message_bytes.unwrap_or(d.max_message_bytes),
+        stream_in_flight: raw.limits.stream_in_flight.unwrap_or(d.stream_in_flight),
+    };
+    for (key, v, max) in [
+        (
+            "limits.max_reviews_per_request",
+            limits.max_reviews_per_request,
+            10_000,
+        ),
+        ("limits.max_text_bytes", limits.max_text_bytes, 1 << 20),
+        (
+            "limits.max_message_bytes",
+            limits.max_message_bytes,
+            64 << 20,
+        ),
+        ("limits.stream_in_flight", limits.stream_in_flight, 1024),
+    ] {
+        if v == 0 || v > max {
+            errors.push(format!("{key} {v}: must be 1..={max}"));
+        }
+    }
+    if limits.max_text_bytes > limits.max_message_bytes {
+        errors.push(format!(
+            "limits.max_text_bytes {} exceeds limits.max_message_bytes {}: no request could carry such a text",
+            limits.max_text_bytes, limits.max_message_bytes
+        ));
+    }
+
+    let global = batching(&mut errors, "batching", &raw.batching, None);
+    let mut models = BTreeMap::new();
+    for (name, m) in &raw.models {
+        if !is_valid_name(name) {
+            errors.push(format!(
+                "models.{name}: model names use 1-64 of [a-z0-9._-]"
+            ));
+        }
+        let workers = batching(
+            &mut errors,
+            &format!("models.{name}.batching"),
+            &m.batching,
+            Some(global),
+        );
+        models.insert(
+            name.clone(),
+            ModelConfig {
+                name: name.clone(),
+                path: base.join(&m.path),
+                workers,
+            },
+        );
+    }
+
+    if raw.tasks.is_empty() {
+        errors.push(
+            "tasks: at least one task is required, e.g. [tasks.abuse] live = \"abuse-v1\"".into(),
+        );
+    }
+    let mut tasks = Vec::new();
+    for (name, t) in &raw.tasks {
+        if !is_valid_name(name) {
+            errors.push(format!("tasks.{name}: task names use 1-64 of [a-z0-9._-]"));
+        }
+        if !models.contains_key(&t.live) {
+            errors.push(format!(
+                "tasks.{name}.live: no model named {:?} under [models] (configured: {:?})",
+                t.live,
+                models.keys().collect::<Vec<_>>()
+            ));
+        }
+        tasks.push(TaskConfig {
+            name: name.clone(),
+            live: t.live.clone(),
+        });
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(Config {
+        source: path.to_path_buf(),
+        server,
+        limits,
+        models,
+        tasks,
+    })
+}
+
+/// Resolves one `[batching]` table, falling back to `parent` (the global table) then defaults.
+fn batching(
+    errors: &mut Vec<String>,
+    key: &str,
+    raw: &RawBatching,
+    parent: Option<WorkerSettings>,
+) -> WorkerSettings {
+    let max_wait = match (&raw.max_wait, parent) {
+        (Some(s), _) => duration(errors, &format!("{key}.max_wait"), s),
+        (None, Some(p)) => p.batch.max_wait,
+        (None, None) => duration(errors, &format!("{key}.max_wait"), defaults::MAX_WAIT),
+    };
+    let pick = |v: Option<usize>, from_parent: fn(&WorkerSettings) -> usize, default: usize| {
+        v.or(parent.as_ref().map(from_parent)).unwrap_or(default)
+    };
+    let settings = WorkerSettings {
+        batch: BatchPolicy {
+            max_batch_size: pick(
+                raw.max_batch_size,
+                |p| p.batch.max_batch_size,
+                defaults::MAX_BATCH_SIZE,
+            ),
+            max_wait,
+        },
+        queue_capacity: pick(
+            raw.queue_capacity,
+            |p| p.queue_capacity,
+            defaults::QUEUE_CAPACITY,
+        ),
+        threads: pick(
+            raw.inference_threads,
+            |p| p.threads,
+            defaults::INFERENCE_THREADS,
+        ),
+        intra_threads: pick(
+            raw.intra_op_threads,
+            |p| p.intra_threads,
+            defaults::INTRA_OP_THREADS,
+        ),
+    };
+    for (name, v, max) in [
+        ("max_batch_size", settings.batch.max_batch_size, 4096),
+        ("queue_capacity", settings.queue_capacity, 1_000_000),
+        ("inference_threads", settings.threads, 64),
+        ("intra_op_threads", settings.intra_threads, 64),
+    ] {
+        if v == 0 || v > max {
+            errors.push(format!("{key}.{name} {v}: must be 1..={max}"));
+        }
+    }
+    if settings.batch.max_wait > Duration::from_secs(1) {
+        errors.push(format!(
+            "{key}.max_wait {:?}: must be at most 1s",
+            settings.batch.max_wait
+        ));
+    }
+    settings
+}
+
+fn duration(errors: &mut Vec<String>, key: &str, value: &str) -> Duration {
+    humantime::parse_duration(value).unwrap_or_else(|e| {
+        errors.push(format!(
+            "{key} {value:?}: not a duration like \"500us\", \"2ms\" or \"30s\" ({e})"
+        ));
+        Duration::ZERO
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, Vec<String>> {
+        Config::parse(
+            text,
+            Path::new("/etc/modserve/modserve.toml"),
+            &Overrides::default(),
+        )
+    }
+
+    const GOOD: &str = r#"
+[models.abuse-v1]
+path = "models/abuse-v1"
+[models.abuse-v1.batching]
+max_batch_size = 8
+[tasks.abuse]
+live = "abuse-v1"
+"#;
+
+    #[test]
+    fn minimal_config_gets_defaults_and_resolves_paths() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.server.grpc_listen, defaults::GRPC_LISTEN.parse().unwrap());
+        assert_eq!(
+            c.models["abuse-v1"].path,
+            Path::new("/etc/modserve/models/abuse-v1")
+        );
+        assert_eq!(
+            c.server.onnxruntime_lib,
+            Path::new("/etc/modserve").join(defaults::ONNXRUNTIME_LIB)
+        );
+        assert_eq!(c.models["abuse-v1"].workers.batch.max_batch_size, 8);
+        assert_eq!(
+            c.models["abuse-v1"].workers.queue_capacity,
+            defaults::QUEUE_CAPACITY
+        );
+        assert_eq!(c.limits, Limits::default());
+    }
+
+    #[test]
+    fn overrides_beat_the_file() {
+        let text = format!("[server]\ngrpc_listen = \"0.0.0.0:1\"\n{GOOD}");
+        let o = Overrides {
+            grpc_listen: Some("127.0.0.1:7".into()),
+            ..Overrides::default()
+        };
+        let c = Config::parse(&text, Path::new("x.toml"), &o).unwrap();
+        assert_eq!(c.server.grpc_listen.port(), 7);
+    }
+
+    #[test]
+    fn every_error_is_reported_with_its_key() {
+        let text = r#"
+[server]
+grpc_listen = "nowhere"
+shutdown_grace = "soon"
+[limits]
+max_reviews_per_request = 0
+[batching]
+queue_capacity = 0
+[models.abuse-v1]
+path = "m"
+[tasks.abuse]
+live = "abuse-v9"
+"#;
+        let errors = parse(text).unwrap_err();
+        for key in [
+            "server.grpc_listen",
+            "server.shutdown_grace",
+            "limits.max_reviews_per_request",
+            "batching.queue_capacity",
+            "tasks.abuse.live",
+        ] {
+            assert!(
+                errors.iter().any(|e| e.starts_with(key)),
+                "no error for {key}: {errors:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let errors = parse(&format!("{GOOD}\n[limits]\nmax_reviews = 3\n")).unwrap_err();
+        assert!(errors[0].contains("max_reviews"), "{errors:?}");
+    }
+
+    #[test]
+    fn no_tasks_is_an_error() {
+        let errors = parse("").unwrap_err();
+        assert!(errors[0].starts_with("tasks"), "{errors:?}");
+    }
+}

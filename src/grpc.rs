@@ -1,0 +1,17 @@
+//! The gRPC transport: `modserve.v1.Moderation` (`service`), proto <-> domain conversion and
+//! request validation (`convert`), and the one mapping from `Error` to `tonic::Status`
+//! (`status`). Nothing outside this module sees proto types.
+
+pub mod convert;
+pub mod service;
+pub mod status;
+
+/// Generated protobuf and tonic code for `proto/modserve/v1/moderation.proto`.
+pub mod pb {
+    #![allow(clippy::all, clippy::pedantic)]
+    tonic::include_proto!("modserve.v1");
+
+    /// The encoded descriptor set served by reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("modserve_descriptor");
+}

@@ -1,0 +1,202 @@
+//! `modserve.v1.Moderation`: thin handlers that validate, call the `Classifier`, convert, and
+//! record request metrics.
+
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use futures::{Stream, StreamExt};
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::pb::moderation_server::Moderation;
+use super::pb::{self, ClassifyRequest, ClassifyResponse};
+use super::{convert, status};
+use crate::classify::Classifier;
+use crate::config::Limits;
+use crate::error::Error;
+use crate::metrics;
+use crate::shutdown::ShutdownSignal;
+
+#[derive(Clone)]
+pub struct ModerationService {
+    classifier: Classifier,
+    limits: Limits,
+    shutdown: ShutdownSignal,
+}
+
+impl ModerationService {
+    pub fn new(classifier: Classifier, limits: Limits, shutdown: ShutdownSignal) -> Self {
+        ModerationService {
+            classifier,
+            limits,
+            shutdown,
+        }
+    }
+
+    async fn handle(
+        &self,
+        req: ClassifyRequest,
+        deadline: Option<Instant>,
+    ) -> Result<ClassifyResponse, Error> {
+        if self.shutdown.is_shutting_down() {
+            return Err(Error::Unavailable(
+                "the server is shutting down; retry on another replica",
+            ));
+        }
+        let input = convert::validate(req, &self.limits)?;
+        let output = match deadline {
+            None => self.classifier.classify(&input, None).await?,
+            Some(deadline) => {
+                if deadline <= Instant::now() {
+                    return Err(Error::DeadlineExceeded(
+                        "before the request was queued".into(),
+                    ));
+                }
+                tokio::time::timeout_at(
+                    deadline.into(),
+                    self.classifier.classify(&input, Some(deadline)),
+                )
+                .await
+                .map_err(|_| Error::DeadlineExceeded("while waiting for inference".into()))??
+            }
+        };
+        Ok(convert::response(&input, &output))
+    }
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<ClassifyResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Moderation for ModerationService {
+    async fn classify(
+        &self,
+        request: Request<ClassifyRequest>,
+    ) -> Result<Response<ClassifyResponse>, Status> {
+        let started = Instant::now();
+        let deadline = deadline(request.metadata(), started);
+        let result = self
+            .handle(request.into_inner(), deadline)
+            .await
+            .map_err(|e| {
+                log_error(&e);
+                Status::from(e)
+            });
+        let code = result
+            .as_ref()
+            .map_or_else(Status::code, |_| tonic::Code::Ok);
+        metrics::request_finished(
+            "Classify",
+            status::code_name(code),
+            started.elapsed().as_secs_f64(),
+        );
+        result.map(Response::new)
+    }
+
+    type ClassifyStreamStream = ResponseStream;
+
+    async fn classify_stream(
+        &self,
+        request: Request<Streaming<ClassifyRequest>>,
+    ) -> Result<Response<Self::ClassifyStreamStream>, Status> {
+        if self.shutdown.is_shutting_down() {
+            return Err(Error::Unavailable(
+                "the server is shutting down; retry on another replica",
+            )
+            .into());
+        }
+        let service = self.clone();
+        let in_flight = self.limits.stream_in_flight;
+        // Stop reading new messages at shutdown; messages already read are still answered.
+        // `buffered` keeps answers in order and bounds the work per stream; tonic polls this
+        // stream only as fast as the client reads, so a slow reader stalls its own stream (and,
+        // through HTTP/2 flow control, its sender) instead of growing a server-side buffer.
+        let responses = request
+            .into_inner()
+            .take_until(self.shutdown.clone().wait())
+            .map(move |message| {
+                let service = service.clone();
+                async move {
+                    let request = message?;
+                    let started = Instant::now();
+                    let request_id = request.request_id.clone();
+                    let result = service.handle(request, None).await;
+                    let code = result
+                        .as_ref()
+                        .map_or_else(|e| status::code(e.kind()), |_| tonic::Code::Ok);
+                    metrics::request_finished(
+                        "ClassifyStream",
+                        status::code_name(code),
+                        started.elapsed().as_secs_f64(),
+                    );
+                    Ok(result.unwrap_or_else(|e| {
+                        log_error(&e);
+                        ClassifyResponse {
+                            results: Vec::new(),
+                            request_id,
+                            error: Some(pb::Error {
+                                code: code as i32,
+                                message: e.to_string(),
+                            }),
+                        }
+                    }))
+                }
+            })
+            .buffered(in_flight);
+        Ok(Response::new(Box::pin(responses)))
+    }
+}
+
+/// Logs a failed call at a level that matches who must act: the caller's mistakes at debug,
+/// overload at warn, model failures at error (already logged by the worker).
+fn log_error(e: &Error) {
+    use crate::error::ErrorKind::*;
+    match e.kind() {
+        InvalidArgument | DeadlineExceeded | Unavailable => {
+            tracing::debug!(error = %e, "request failed")
+        }
+        QueueFull => tracing::warn!(error = %e, "request shed"),
+        Inference => {}
+    }
+}
+
+/// The caller's deadline from the `grpc-timeout` header. tonic's own timeout fires at that
+/// instant with CANCELLED; we answer slightly earlier (up to 1 ms) so the caller gets the
+/// accurate DEADLINE_EXCEEDED instead.
+fn deadline(metadata: &MetadataMap, now: Instant) -> Option<Instant> {
+    let timeout = parse_grpc_timeout(metadata.get("grpc-timeout")?.to_str().ok()?)?;
+    let margin = (timeout / 2).min(Duration::from_millis(1));
+    Some(now + timeout - margin)
+}
+
+/// Parses a `grpc-timeout` value: up to 8 digits and a unit (H, M, S, m, u, n).
+fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_grpc_timeouts() {
+        assert_eq!(parse_grpc_timeout("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(parse_grpc_timeout("1n"), Some(Duration::from_nanos(1)));
+        assert_eq!(parse_grpc_timeout("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_grpc_timeout("123456789S"), None);
+        assert_eq!(parse_grpc_timeout("5x"), None);
+        assert_eq!(parse_grpc_timeout("m"), None);
+    }
+}

@@ -1,0 +1,31 @@
+//! modserve: a content-moderation inference server with shadow (dry-run) mode.
+//!
+//! A request flows one way:
+//!
+//! ```text
+//! grpc::service -> grpc::convert (validate) -> classify (facade: tasks -> live models)
+//!   -> worker (bounded queue, batch::BatchPolicy, tokenize, model::session on ONNX Runtime)
+//!   -> policy (decision) -> grpc::convert (response)
+//! ```
+//!
+//! `app` wires it together; `registry` holds the serving state behind one swappable pointer;
+//! `config` is the typed configuration; `metrics` owns every metric name; `error` is the error
+//! type, mapped to gRPC status in `grpc::status` only.
+
+pub mod admin;
+pub mod app;
+pub mod batch;
+pub mod classify;
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod loader;
+pub mod metrics;
+pub mod model;
+pub mod policy;
+pub mod registry;
+pub mod request;
+pub mod runtime;
+pub mod shutdown;
+pub mod tokenize;
+pub mod worker;

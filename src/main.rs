@@ -1,0 +1,94 @@
+//! The `modserve` binary: parse the command line, set up logging, then serve or check a config.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use modserve::app::Server;
+use modserve::config::{Cli, Command, Config, LogFormat};
+use modserve::{loader, runtime, shutdown};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::CheckConfig { ref file }) => check_config(file, &cli),
+        None | Some(Command::Serve) => serve(&cli),
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,ort=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn serve(cli: &Cli) -> ExitCode {
+    let config = match Config::load(&cli.overrides.config, &cli.overrides) {
+        Ok(c) => c,
+        Err(errors) => return report_config_errors(&cli.overrides.config, &errors),
+    };
+    init_logging(config.server.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("modserve: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let server = Server::start(config).await?;
+        server
+            .run_until(async {
+                let name = shutdown::os_signal().await;
+                tracing::info!(signal = name, "received signal");
+            })
+            .await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("modserve: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_config(file: &std::path::Path, cli: &Cli) -> ExitCode {
+    init_logging(cli.overrides.log_format.unwrap_or(LogFormat::Text));
+    let config = match Config::load(file, &cli.overrides) {
+        Ok(c) => c,
+        Err(errors) => return report_config_errors(file, &errors),
+    };
+    let env = match runtime::environment(&config.server.onnxruntime_lib) {
+        Ok(env) => env,
+        Err(e) => return report_config_errors(file, &[e.to_string()]),
+    };
+    match loader::load(&config, &env, true) {
+        Ok(loaded) => {
+            let models = config.models.len();
+            let tasks = loaded.state.tasks.len();
+            drop(loaded.state);
+            loader::join_all(loaded.threads);
+            println!("{}: OK ({models} models, {tasks} tasks)", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => report_config_errors(file, &errors),
+    }
+}
+
+fn report_config_errors(file: &std::path::Path, errors: &[String]) -> ExitCode {
+    eprintln!("{}: {} error(s):", file.display(), errors.len());
+    for e in errors {
+        eprintln!("  - {e}");
+    }
+    ExitCode::FAILURE
+}

@@ -1,0 +1,222 @@
+//! Every metric modserve exports: names, label values, buckets and help text live here and
+//! nowhere else. Label values are bounded: model names, versions, tasks, decisions and the
+//! enums below, never request data.
+
+use std::sync::OnceLock;
+
+use metrics::{
+    Counter, Gauge, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram,
+    gauge, histogram,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::model::ModelSpec;
+use crate::policy::Decision;
+
+pub const REQUESTS_TOTAL: &str = "modserve_requests_total";
+pub const REQUEST_DURATION_SECONDS: &str = "modserve_request_duration_seconds";
+pub const REVIEWS_TOTAL: &str = "modserve_reviews_total";
+pub const STAGE_DURATION_SECONDS: &str = "modserve_stage_duration_seconds";
+pub const BATCH_SIZE: &str = "modserve_batch_size";
+pub const BATCHES_TOTAL: &str = "modserve_batches_total";
+pub const QUEUE_DEPTH: &str = "modserve_queue_depth";
+pub const DROPPED_TOTAL: &str = "modserve_dropped_total";
+pub const INFERENCE_ERRORS_TOTAL: &str = "modserve_inference_errors_total";
+pub const MODEL_INFO: &str = "modserve_model_info";
+pub const BUILD_INFO: &str = "modserve_build_info";
+
+/// Latency buckets in seconds: 50 us to 5 s, dense below 10 ms where a healthy server lives.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+/// Batch sizes in reviews: powers of two up to the largest sensible `max_batch_size`.
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+
+/// Whose work a series describes: the model that answers, or a candidate beside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    Live,
+    Shadow,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Live => "live",
+            Role::Shadow => "shadow",
+        }
+    }
+}
+
+/// A pipeline stage timed by `STAGE_DURATION_SECONDS`.
+#[derive(Debug, Clone, Copy)]
+pub enum Stage {
+    QueueWait,
+    Tokenize,
+    Inference,
+}
+
+impl Stage {
+    fn as_str(self) -> &'static str {
+        match self {
+            Stage::QueueWait => "queue_wait",
+            Stage::Tokenize => "tokenize",
+            Stage::Inference => "inference",
+        }
+    }
+}
+
+/// Why queued work was dropped without inference.
+#[derive(Debug, Clone, Copy)]
+pub enum DropReason {
+    /// The model's queue was full when the request arrived.
+    QueueFull,
+    /// The caller's deadline had passed.
+    Deadline,
+    /// The caller went away (cancelled or disconnected).
+    Cancelled,
+}
+
+impl DropReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            DropReason::QueueFull => "queue_full",
+            DropReason::Deadline => "deadline",
+            DropReason::Cancelled => "cancelled",
+        }
+    }
+}
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder (once) and returns its handle for rendering.
+pub fn install() -> Result<PrometheusHandle, String> {
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), BATCH_BUCKETS))
+        .map_err(|e| e.to_string())?
+        .install_recorder()
+        .map_err(|e| e.to_string())?;
+    describe();
+    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    Ok(HANDLE.get_or_init(|| handle).clone())
+}
+
+fn describe() {
+    describe_counter!(
+        REQUESTS_TOTAL,
+        "gRPC calls (stream messages count one each), by method and status code."
+    );
+    describe_histogram!(
+        REQUEST_DURATION_SECONDS,
+        Unit::Seconds,
+        "End-to-end time of a call or stream message inside the server, by method."
+    );
+    describe_counter!(
+        REVIEWS_TOTAL,
+        "Reviews classified, by task, model, version, role and decision."
+    );
+    describe_histogram!(
+        STAGE_DURATION_SECONDS,
+        Unit::Seconds,
+        "Time per pipeline stage (queue_wait per job; tokenize and inference per batch), by model and role."
+    );
+    describe_histogram!(
+        BATCH_SIZE,
+        "Reviews per inference batch, by model and role."
+    );
+    describe_counter!(
+        BATCHES_TOTAL,
+        "Inference batches run (including failed ones), by model and role."
+    );
+    describe_gauge!(
+        QUEUE_DEPTH,
+        "Jobs waiting in a model's queue when its worker last took a batch, by model and role."
+    );
+    describe_counter!(
+        DROPPED_TOTAL,
+        "Jobs dropped without inference, by model, role and reason (queue_full, deadline, cancelled)."
+    );
+    describe_counter!(
+        INFERENCE_ERRORS_TOTAL,
+        "Inference batches that failed (runtime error, bad output, panic), by model and role."
+    );
+    describe_gauge!(
+        MODEL_INFO,
+        "1 for every loaded model, labelled with task, model, version, role and the first 12 hex digits of its sha256."
+    );
+    describe_gauge!(BUILD_INFO, "1, labelled with the modserve version.");
+}
+
+/// Records one finished call or stream message; `code` is the gRPC status name (`OK`, ...).
+pub fn request_finished(method: &'static str, code: &'static str, seconds: f64) {
+    counter!(REQUESTS_TOTAL, "method" => method, "code" => code).increment(1);
+    histogram!(REQUEST_DURATION_SECONDS, "method" => method).record(seconds);
+}
+
+/// Pre-registered handles for one model in one role, so the hot path never builds label sets.
+pub struct ModelMetrics {
+    pub queue_wait: Histogram,
+    pub tokenize: Histogram,
+    pub inference: Histogram,
+    pub batch_size: Histogram,
+    pub batches: Counter,
+    pub queue_depth: Gauge,
+    pub errors: Counter,
+    dropped: [Counter; 3],
+    reviews: [Counter; 3],
+    info: Gauge,
+}
+
+impl ModelMetrics {
+    pub fn new(spec: &ModelSpec, role: Role) -> ModelMetrics {
+        let model = spec.name.clone();
+        let role_str = role.as_str();
+        let stage = |s: Stage| histogram!(STAGE_DURATION_SECONDS, "stage" => s.as_str(), "model" => model.clone(), "role" => role_str);
+        let dropped = |r: DropReason| counter!(DROPPED_TOTAL, "model" => model.clone(), "role" => role_str, "reason" => r.as_str());
+        let reviews = |d: Decision| {
+            counter!(REVIEWS_TOTAL, "task" => spec.task.clone(), "model" => model.clone(),
+                "version" => spec.version.clone(), "role" => role_str, "decision" => d.as_str())
+        };
+        let info = gauge!(MODEL_INFO, "task" => spec.task.clone(), "model" => model.clone(),
+            "version" => spec.version.clone(), "role" => role_str, "sha256" => spec.sha256_prefix().to_string());
+        info.set(1.0);
+        ModelMetrics {
+            queue_wait: stage(Stage::QueueWait),
+            tokenize: stage(Stage::Tokenize),
+            inference: stage(Stage::Inference),
+            batch_size: histogram!(BATCH_SIZE, "model" => model.clone(), "role" => role_str),
+            batches: counter!(BATCHES_TOTAL, "model" => model.clone(), "role" => role_str),
+            queue_depth: gauge!(QUEUE_DEPTH, "model" => model.clone(), "role" => role_str),
+            errors: counter!(INFERENCE_ERRORS_TOTAL, "model" => model.clone(), "role" => role_str),
+            dropped: [
+                dropped(DropReason::QueueFull),
+                dropped(DropReason::Deadline),
+                dropped(DropReason::Cancelled),
+            ],
+            reviews: [
+                reviews(Decision::Allow),
+                reviews(Decision::Review),
+                reviews(Decision::Reject),
+            ],
+            info,
+        }
+    }
+
+    pub fn dropped(&self, reason: DropReason) -> &Counter {
+        &self.dropped[reason as usize]
+    }
+
+    pub fn decided(&self, decision: Decision) -> &Counter {
+        &self.reviews[decision as usize]
+    }
+
+    /// Marks the model as no longer loaded (its info series drops to 0).
+    pub fn unloaded(&self) {
+        self.info.set(0.0);
+    }
+}

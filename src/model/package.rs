@@ -1,0 +1,129 @@
+//! Reads a package folder: manifest, sha256 of model and tokenizer, tokenizer parse.
+//! Everything here is blocking file IO: call it from start-up or a blocking thread.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use tokenizers::Tokenizer;
+
+use super::ModelSpec;
+use super::manifest::{MANIFEST_FILE, Manifest};
+
+/// Why a package could not be loaded. Every variant names the file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum PackageError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: invalid manifest: {}", .errors.join("; "))]
+    Manifest { path: PathBuf, errors: Vec<String> },
+    #[error("{path}: sha256 mismatch: the manifest says {expected}, the file has {actual}")]
+    Sha256 {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
+    #[error("{path}: not a usable tokenizer.json: {reason}")]
+    Tokenizer { path: PathBuf, reason: String },
+    #[error("{path}: ONNX Runtime cannot load the model: {reason}")]
+    Onnx { path: PathBuf, reason: String },
+    #[error("{path}: the graph does not match the manifest: {reason}")]
+    Signature { path: PathBuf, reason: String },
+    #[error("{path}: warm-up inference failed: {reason}")]
+    WarmUp { path: PathBuf, reason: String },
+}
+
+/// A verified package, ready to build sessions from.
+pub struct Package {
+    pub spec: Arc<ModelSpec>,
+    /// The verified model bytes; sessions are built from these, never by re-reading the file,
+    /// so what runs is exactly what was hashed.
+    pub model_bytes: Arc<[u8]>,
+    pub tokenizer: Tokenizer,
+}
+
+impl Package {
+    /// Reads and verifies the package in `dir`.
+    pub fn load(dir: &Path) -> Result<Package, PackageError> {
+        let manifest_path = dir.join(MANIFEST_FILE);
+        let text = read(&manifest_path)?;
+        let text = String::from_utf8(text).map_err(|_| PackageError::Manifest {
+            path: manifest_path.clone(),
+            errors: vec!["not UTF-8".into()],
+        })?;
+        let manifest = Manifest::parse(&text).map_err(|errors| PackageError::Manifest {
+            path: manifest_path.clone(),
+            errors,
+        })?;
+
+        let model_path = dir.join(&manifest.model_file);
+        let model_bytes = read(&model_path)?;
+        verify_sha256(&model_path, &model_bytes, &manifest.model_sha256)?;
+
+        let tokenizer_path = dir.join(&manifest.tokenizer_file);
+        let tokenizer_bytes = read(&tokenizer_path)?;
+        verify_sha256(
+            &tokenizer_path,
+            &tokenizer_bytes,
+            &manifest.tokenizer_sha256,
+        )?;
+        let tokenizer =
+            Tokenizer::from_bytes(&tokenizer_bytes).map_err(|e| PackageError::Tokenizer {
+                path: tokenizer_path.clone(),
+                reason: e.to_string(),
+            })?;
+
+        let spec = ModelSpec {
+            name: manifest.name,
+            version: manifest.version,
+            task: manifest.task,
+            labels: manifest.labels,
+            max_sequence_length: manifest.max_sequence_length,
+            features: manifest.features,
+            policy: manifest.policy,
+            io: manifest.io,
+            model_file: manifest.model_file,
+            model_sha256: manifest.model_sha256,
+            tokenizer_sha256: manifest.tokenizer_sha256,
+            training_summary: manifest.training_summary,
+            dir: dir.to_path_buf(),
+        };
+        Ok(Package {
+            spec: Arc::new(spec),
+            model_bytes: model_bytes.into(),
+            tokenizer,
+        })
+    }
+
+    /// The model file, for error messages.
+    pub fn model_path(&self) -> PathBuf {
+        self.spec.dir.join(&self.spec.model_file)
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, PackageError> {
+    std::fs::read(path).map_err(|source| PackageError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Lowercase hex sha256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn verify_sha256(path: &Path, bytes: &[u8], expected: &str) -> Result<(), PackageError> {
+    let actual = sha256_hex(bytes);
+    if actual != expected {
+        return Err(PackageError::Sha256 {
+            path: path.to_path_buf(),
+            expected: expected.into(),
+            actual,
+        });
+    }
+    Ok(())
+}

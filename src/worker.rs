@@ -1,0 +1,328 @@
+//! Inference workers: dedicated OS threads, each owning one ONNX Runtime session of a model,
+//! pulling jobs from the model's bounded queue, batching them (`batch::BatchPolicy`),
+//! tokenizing, running the session and replying per job.
+//!
+//! `ModelHandle` is the cheap, cloneable front door. When the last handle is dropped the queue
+//! closes; workers finish the jobs already queued and exit.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
+use ort::environment::Environment;
+use tokio::sync::oneshot;
+
+use crate::batch::{Admit, BatchPolicy};
+use crate::error::Error;
+use crate::metrics::{DropReason, ModelMetrics, Role};
+use crate::model::session::ModelSession;
+use crate::model::{ModelSpec, Package, PackageError};
+use crate::request::ReviewInput;
+use crate::tokenize::{Encoder, TokenBatch};
+
+/// Scores for one job: `reviews.len() * labels.len()` probabilities, row-major.
+pub type JobResult = Result<Vec<f32>, Error>;
+
+/// One request's reviews for one model.
+pub struct Job {
+    pub reviews: Arc<[ReviewInput]>,
+    /// Past this instant the caller no longer wants an answer; the job is dropped unrun.
+    pub deadline: Option<Instant>,
+    pub enqueued_at: Instant,
+    /// Dropped unanswered only if the worker thread dies; the caller then sees a closed channel.
+    pub reply: oneshot::Sender<JobResult>,
+}
+
+/// How a model's workers run.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerSettings {
+    pub batch: BatchPolicy,
+    /// Jobs that may wait in the queue; beyond this, submissions fail with `QueueFull`.
+    pub queue_capacity: usize,
+    /// Worker threads, each with its own session.
+    pub threads: usize,
+    /// ONNX Runtime intra-op threads per session.
+    pub intra_threads: usize,
+}
+
+/// The front door to a model's workers. Clone freely.
+#[derive(Clone)]
+pub struct ModelHandle {
+    spec: Arc<ModelSpec>,
+    /// Bounded; `try_send` so a full queue is an immediate `QueueFull`, never a wait.
+    tx: Sender<Job>,
+    capacity: usize,
+    metrics: Arc<ModelMetrics>,
+}
+
+impl ModelHandle {
+    pub fn spec(&self) -> &Arc<ModelSpec> {
+        &self.spec
+    }
+
+    pub fn metrics(&self) -> &ModelMetrics {
+        &self.metrics
+    }
+
+    /// Queues `reviews` for inference; the receiver yields the scores.
+    pub fn submit(
+        &self,
+        reviews: Arc<[ReviewInput]>,
+        deadline: Option<Instant>,
+    ) -> Result<oneshot::Receiver<JobResult>, Error> {
+        let (reply, rx) = oneshot::channel();
+        let job = Job {
+            reviews,
+            deadline,
+            enqueued_at: Instant::now(),
+            reply,
+        };
+        match self.tx.try_send(job) {
+            Ok(()) => Ok(rx),
+            Err(TrySendError::Full(_)) => {
+                self.metrics.dropped(DropReason::QueueFull).increment(1);
+                Err(Error::QueueFull {
+                    model: self.spec.name.clone(),
+                    capacity: self.capacity,
+                })
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                Err(Error::Unavailable("the model is shutting down"))
+            }
+        }
+    }
+}
+
+/// A running model: its handle plus the worker threads to join on shutdown.
+pub struct WorkerPool {
+    pub handle: ModelHandle,
+    pub threads: Vec<JoinHandle<()>>,
+}
+
+/// Builds one session per worker thread from the verified package, warms each up, and starts
+/// the threads. Fails (naming the model file) if any session cannot be built or warmed.
+pub fn start(
+    env: &Environment,
+    package: &Package,
+    role: Role,
+    settings: WorkerSettings,
+) -> Result<WorkerPool, PackageError> {
+    let spec = package.spec.clone();
+    let encoder =
+        Encoder::new(package.tokenizer.clone(), spec.max_sequence_length).map_err(|reason| {
+            PackageError::Tokenizer {
+                path: spec.dir.join("tokenizer.json"),
+                reason,
+            }
+        })?;
+    let mut sessions = Vec::with_capacity(settings.threads);
+    for _ in 0..settings.threads.max(1) {
+        let mut session = ModelSession::build(env, package, settings.intra_threads)?;
+        warm_up(&mut session, &encoder).map_err(|reason| PackageError::WarmUp {
+            path: package.model_path(),
+            reason,
+        })?;
+        sessions.push(session);
+    }
+    let (tx, rx) = crossbeam_channel::bounded(settings.queue_capacity.max(1));
+    let metrics = Arc::new(ModelMetrics::new(&spec, role));
+    let mut threads = Vec::with_capacity(sessions.len());
+    for (i, session) in sessions.into_iter().enumerate() {
+        let worker = Worker {
+            session,
+            encoder: encoder.clone(),
+            rx: rx.clone(),
+            policy: settings.batch,
+            metrics: metrics.clone(),
+            tokens: TokenBatch::default(),
+            features: Vec::new(),
+            scores: Vec::new(),
+        };
+        let name = format!("infer-{}-{i}", spec.name);
+        let thread = std::thread::Builder::new()
+            .name(name.chars().take(15).collect())
+            .spawn(move || worker.run())
+            .map_err(|e| PackageError::WarmUp {
+                path: spec.dir.clone(),
+                reason: format!("cannot start worker thread: {e}"),
+            })?;
+        threads.push(thread);
+    }
+    let handle = ModelHandle {
+        spec,
+        tx,
+        capacity: settings.queue_capacity.max(1),
+        metrics,
+    };
+    Ok(WorkerPool { handle, threads })
+}
+
+/// Runs one tiny batch so the first real request does not pay for lazy initialisation, and so a
+/// model that loads but cannot run is refused at start-up.
+fn warm_up(session: &mut ModelSession, encoder: &Encoder) -> Result<(), String> {
+    let spec = session.spec().clone();
+    let mut tokens = TokenBatch::default();
+    encoder.encode_into(
+        ["modserve warm-up review: great product, fast delivery."],
+        &mut tokens,
+    )?;
+    let features: Vec<f32> = spec.features.iter().map(|f| f.default).collect();
+    let features = (!features.is_empty()).then_some(features.as_slice());
+    let mut out = Vec::new();
+    session.run(&tokens, features, &mut out)
+}
+
+/// The state one worker thread owns.
+struct Worker {
+    session: ModelSession,
+    encoder: Encoder,
+    /// Shared with the model's other workers; closes when every `ModelHandle` is dropped.
+    rx: Receiver<Job>,
+    policy: BatchPolicy,
+    metrics: Arc<ModelMetrics>,
+    /// Buffers reused across batches.
+    tokens: TokenBatch,
+    features: Vec<f32>,
+    scores: Vec<f32>,
+}
+
+impl Worker {
+    fn run(mut self) {
+        let mut carried: Option<Job> = None;
+        loop {
+            let first = match carried.take() {
+                Some(job) => job,
+                None => match self.rx.recv() {
+                    Ok(job) => job,
+                    Err(_) => return, // every handle dropped and the queue drained
+                },
+            };
+            let started = Instant::now();
+            let mut reviews = first.reviews.len();
+            let mut jobs = vec![first];
+            let wait_until = self.policy.wait_until(started);
+            while !self.policy.is_full(reviews) {
+                let next = match self.rx.try_recv() {
+                    Ok(job) => job,
+                    Err(TryRecvError::Disconnected) => break,
+                    Err(TryRecvError::Empty) => match wait_until {
+                        None => break,
+                        Some(until) => match self.rx.recv_deadline(until) {
+                            Ok(job) => job,
+                            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
+                                break;
+                            }
+                        },
+                    },
+                };
+                match self.policy.admit(reviews, next.reviews.len()) {
+                    Admit::Join => {
+                        reviews += next.reviews.len();
+                        jobs.push(next);
+                    }
+                    Admit::Defer => {
+                        carried = Some(next);
+                        break;
+                    }
+                }
+            }
+            self.metrics.queue_depth.set(self.rx.len() as f64);
+            self.process(jobs);
+        }
+    }
+
+    /// Drops expired and abandoned jobs, runs the rest as one batch and replies to each.
+    fn process(&mut self, jobs: Vec<Job>) {
+        let now = Instant::now();
+        let mut live = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            self.metrics
+                .queue_wait
+                .record(now.duration_since(job.enqueued_at).as_secs_f64());
+            if job.deadline.is_some_and(|d| d <= now) {
+                self.metrics.dropped(DropReason::Deadline).increment(1);
+                let model = &self.session.spec().name;
+                let _ = job.reply.send(Err(Error::DeadlineExceeded(format!(
+                    "before inference on model {model}"
+                ))));
+            } else if job.reply.is_closed() {
+                self.metrics.dropped(DropReason::Cancelled).increment(1);
+            } else {
+                live.push(job);
+            }
+        }
+        if live.is_empty() {
+            return;
+        }
+        // A panic inside tokenization or ONNX Runtime must not take the thread down with the
+        // jobs' reply channels: catch it and answer every job with an error.
+        let outcome = catch_unwind(AssertUnwindSafe(|| self.infer(&live)))
+            .unwrap_or_else(|panic| Err(format!("panicked: {}", panic_message(&panic))));
+        match outcome {
+            Ok(()) => {
+                let n_labels = self.session.spec().labels.len();
+                let mut offset = 0;
+                for job in live {
+                    let len = job.reviews.len() * n_labels;
+                    let _ = job
+                        .reply
+                        .send(Ok(self.scores[offset..offset + len].to_vec()));
+                    offset += len;
+                }
+            }
+            Err(reason) => {
+                self.metrics.errors.increment(1);
+                let model = self.session.spec().name.clone();
+                tracing::error!(model = %model, error = %reason, jobs = live.len(), "inference failed");
+                for job in live {
+                    let _ = job.reply.send(Err(Error::Inference {
+                        model: model.clone(),
+                        reason: reason.clone(),
+                    }));
+                }
+            }
+        }
+    }
+
+    /// Tokenizes and runs `jobs` as one batch, leaving the scores in `self.scores`.
+    fn infer(&mut self, jobs: &[Job]) -> Result<(), String> {
+        let spec = self.session.spec().clone();
+        let t0 = Instant::now();
+        let texts = jobs
+            .iter()
+            .flat_map(|j| j.reviews.iter().map(|r| r.model_text.as_str()));
+        self.encoder.encode_into(texts, &mut self.tokens)?;
+        self.features.clear();
+        if !spec.features.is_empty() {
+            for review in jobs.iter().flat_map(|j| j.reviews.iter()) {
+                for feature in &spec.features {
+                    self.features
+                        .push(review.signal(&feature.name).unwrap_or(feature.default));
+                }
+            }
+        }
+        let t1 = Instant::now();
+        self.metrics
+            .tokenize
+            .record(t1.duration_since(t0).as_secs_f64());
+        self.metrics.batch_size.record(self.tokens.rows as f64);
+        self.metrics.batches.increment(1);
+        self.scores.clear();
+        let features = (!spec.features.is_empty()).then_some(self.features.as_slice());
+        let result = self.session.run(&self.tokens, features, &mut self.scores);
+        self.metrics.inference.record(t1.elapsed().as_secs_f64());
+        result
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".to_string()
+    }
+}
