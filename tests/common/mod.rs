@@ -1,0 +1,196 @@
+//! Shared test harness: starts the real server in-process on 127.0.0.1:0 with real ONNX
+//! Runtime and the fixture models, waits for gRPC health, and talks real gRPC to it.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use modserve::app::{MODERATION_SERVICE, Server};
+use modserve::config::{Config, Overrides};
+use modserve::grpc::pb;
+use modserve::grpc::pb::moderation_client::ModerationClient;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    repo().join("tests/fixtures").join(name)
+}
+
+/// The ONNX Runtime library the tests load: `$MODSERVE_ONNXRUNTIME_LIB`, else the one
+/// `scripts/fetch-onnxruntime.sh` puts in `.ort/`.
+pub fn ort_lib() -> PathBuf {
+    let lib = std::env::var_os("MODSERVE_ONNXRUNTIME_LIB")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".ort/libonnxruntime.so.1.31.1"));
+    assert!(lib.is_file(), "ONNX Runtime not found at {}: run scripts/fetch-onnxruntime.sh (scripts/test does)", lib.display());
+    lib
+}
+
+/// A config with the given `[models]`/`[tasks]`/other tables, listening on free ports, with
+/// paths relative to the repository root.
+pub fn config(body: &str) -> Config {
+    let text = format!(
+        "[server]\ngrpc_listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"\nonnxruntime_lib = {:?}\n{body}",
+        ort_lib().display().to_string()
+    );
+    Config::parse(&text, &repo().join("test.toml"), &Overrides::default())
+        .unwrap_or_else(|e| panic!("bad test config: {e:?}\n{text}"))
+}
+
+/// The two tiny fixture models as the abuse and fraud tasks.
+pub const BASIC: &str = r#"
+[models.tiny-abuse]
+path = "tests/fixtures/tiny-abuse"
+[models.tiny-fraud]
+path = "tests/fixtures/tiny-fraud"
+[tasks.abuse]
+live = "tiny-abuse"
+[tasks.fraud]
+live = "tiny-fraud"
+"#;
+
+pub struct TestServer {
+    pub server: Server,
+    pub grpc_addr: std::net::SocketAddr,
+    pub metrics_addr: std::net::SocketAddr,
+}
+
+impl TestServer {
+    /// Starts a server and returns once health says SERVING.
+    pub async fn start(config: Config) -> TestServer {
+        let server = Server::start(config).await.expect("server starts");
+        let grpc_addr = server.grpc_addr;
+        let metrics_addr = server.metrics_addr;
+        let ts = TestServer { server, grpc_addr, metrics_addr };
+        ts.wait_serving().await;
+        ts
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.grpc_addr)).unwrap().connect().await.expect("connect")
+    }
+
+    pub async fn client(&self) -> ModerationClient<Channel> {
+        ModerationClient::new(self.channel().await)
+    }
+
+    pub async fn health(&self) -> HealthClient<Channel> {
+        HealthClient::new(self.channel().await)
+    }
+
+    /// Follows the health Watch stream until the Moderation service reports SERVING.
+    async fn wait_serving(&self) {
+        let mut health = self.health().await;
+        let mut watch = health
+            .watch(HealthCheckRequest { service: MODERATION_SERVICE.into() })
+            .await
+            .expect("health watch")
+            .into_inner();
+        let wait = async {
+            while let Some(msg) = watch.message().await.expect("health stream") {
+                if msg.status == ServingStatus::Serving as i32 {
+                    return;
+                }
+            }
+            panic!("health stream ended before SERVING");
+        };
+        tokio::time::timeout(Duration::from_secs(60), wait).await.expect("server became SERVING within 60 s");
+    }
+
+    pub async fn scrape(&self) -> String {
+        scrape(self.metrics_addr).await
+    }
+
+    pub async fn stop(self) {
+        self.server.shutdown();
+        self.server.wait().await.expect("clean shutdown");
+    }
+}
+
+/// GETs `/metrics` over plain HTTP/1.1.
+pub async fn scrape(addr: std::net::SocketAddr) -> String {
+    http_get(addr, "/metrics").await.1
+}
+
+/// A minimal HTTP/1.1 GET: returns (status code, body).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect to metrics port");
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status code");
+    (status, body.to_string())
+}
+
+/// The value of the series `name{labels...}` in a Prometheus text scrape (labels may be a
+/// subset; all must match), or `None`.
+pub fn metric(scrape: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (series_name, rest) = match series.split_once('{') {
+            Some((n, r)) => (n, r),
+            None => (series, ""),
+        };
+        if series_name != name {
+            return None;
+        }
+        let all = labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+        all.then(|| value.parse().ok()).flatten()
+    })
+}
+
+pub fn review(id: &str, text: &str) -> pb::Review {
+    pb::Review { id: id.into(), text: text.into(), ..Default::default() }
+}
+
+pub fn request(reviews: Vec<pb::Review>) -> pb::ClassifyRequest {
+    pb::ClassifyRequest { reviews, ..Default::default() }
+}
+
+/// One record of `tests/fixtures/golden.json`: the expected scores of a fixture model.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Golden {
+    pub model: String,
+    pub text: String,
+    #[serde(default)]
+    pub features: std::collections::HashMap<String, f64>,
+    pub probabilities: Vec<f32>,
+    pub decision: String,
+}
+
+pub fn golden() -> Vec<Golden> {
+    let text = std::fs::read_to_string(fixture("golden.json")).expect("golden.json");
+    serde_json::from_str(&text).expect("golden.json parses")
+}
+
+pub fn decision_name(d: i32) -> &'static str {
+    match pb::Decision::try_from(d).expect("known decision") {
+        pb::Decision::Allow => "ALLOW",
+        pb::Decision::Review => "REVIEW",
+        pb::Decision::Reject => "REJECT",
+        pb::Decision::Unspecified => "UNSPECIFIED",
+    }
+}
+
+/// Scores of one task result must equal the golden ones within float tolerance.
+pub fn assert_close(actual: &[f32], expected: &[f32], what: &str) {
+    assert_eq!(actual.len(), expected.len(), "{what}: label count");
+    for (a, e) in actual.iter().zip(expected) {
+        assert!((a - e).abs() <= 1e-5, "{what}: score {a} != golden {e}");
+    }
+}
+
+pub fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}
