@@ -9,13 +9,12 @@ use std::time::Instant;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 
 use crate::classify::Classifier;
 use crate::config::Config;
 use crate::grpc::pb::moderation_server::ModerationServer;
-use crate::grpc::{pb, service::ModerationService};
+use crate::grpc::{pb, service::ModerationService, transport};
 use crate::registry::Registry;
 use crate::shutdown::{Shutdown, ShutdownSignal};
 use crate::{admin, loader, metrics, runtime};
@@ -120,13 +119,20 @@ async fn run(
     ))
     .max_decoding_message_size(limits.max_message_bytes)
     .max_encoding_message_size(limits.max_message_bytes.saturating_mul(4));
-    let grpc_server = tonic::transport::Server::builder()
-        .add_service(health_service)
+    let routes = tonic::service::Routes::new(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(moderation)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), signal.clone().wait());
-    let grpc_task = tokio::spawn(grpc_server);
+        .prepare();
+    // The transport stops on its own signal, `drain_delay` after shutdown starts, so load
+    // balancers polling health see NOT_SERVING while calls still get a clean UNAVAILABLE.
+    let (stop_transport, transport_signal) = Shutdown::new();
+    let grpc_task = tokio::spawn(transport::serve(
+        grpc,
+        routes,
+        config.server.transport(),
+        transport_signal,
+    ));
     let admin_task = tokio::spawn(admin::serve(
         metrics_listener,
         prometheus,
@@ -150,7 +156,8 @@ async fn run(
             for e in &errors {
                 tracing::error!(error = %e, "cannot load model");
             }
-            grpc_task.abort();
+            stop_transport.trigger();
+            let _ = grpc_task.await;
             admin_task.abort();
             anyhow::bail!(
                 "{} problem(s) loading models:\n  {}",
@@ -184,14 +191,11 @@ async fn run(
             .set_service_status(name, ServingStatus::NotServing)
             .await;
     }
+    tokio::time::sleep(config.server.drain_delay).await;
+    stop_transport.trigger();
     let grace = config.server.shutdown_grace;
-    match tokio::time::timeout(grace, grpc_task).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => tracing::error!(error = %e, "gRPC server failed"),
-        Ok(Err(e)) => tracing::error!(error = %e, "gRPC server task panicked"),
-        Err(_) => {
-            tracing::warn!(grace = ?grace, "calls still open after server.shutdown_grace; closing them")
-        }
+    if let Err(e) = grpc_task.await {
+        tracing::error!(error = %e, "gRPC server task panicked");
     }
     let _ = admin_task.await;
     // Drop the serving state: queues close, workers finish what is queued and exit.

@@ -20,6 +20,10 @@ pub mod defaults {
     pub const GRPC_LISTEN: &str = "127.0.0.1:50051";
     pub const METRICS_LISTEN: &str = "127.0.0.1:9464";
     pub const SHUTDOWN_GRACE: &str = "30s";
+    pub const DRAIN_DELAY: &str = "0s";
+    pub const MAX_CONCURRENT_STREAMS: u32 = 256;
+    pub const KEEPALIVE_INTERVAL: &str = "30s";
+    pub const KEEPALIVE_TIMEOUT: &str = "10s";
     pub const ONNXRUNTIME_LIB: &str = ".ort/libonnxruntime.so.1.31.1";
     pub const MAX_REVIEWS_PER_REQUEST: usize = 64;
     pub const MAX_TEXT_BYTES: usize = 16 * 1024;
@@ -113,6 +117,10 @@ struct RawServer {
     grpc_listen: Option<String>,
     metrics_listen: Option<String>,
     shutdown_grace: Option<String>,
+    drain_delay: Option<String>,
+    max_concurrent_streams: Option<u32>,
+    keepalive_interval: Option<String>,
+    keepalive_timeout: Option<String>,
     log_format: Option<LogFormat>,
     onnxruntime_lib: Option<PathBuf>,
 }
@@ -169,6 +177,11 @@ pub struct ServerConfig {
     pub grpc_listen: SocketAddr,
     pub metrics_listen: SocketAddr,
     pub shutdown_grace: Duration,
+    /// How long to keep answering (NOT_SERVING / UNAVAILABLE) before closing connections.
+    pub drain_delay: Duration,
+    pub max_concurrent_streams: u32,
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
     pub log_format: LogFormat,
     pub onnxruntime_lib: PathBuf,
 }
@@ -206,6 +219,17 @@ pub struct ModelConfig {
 pub struct TaskConfig {
     pub name: String,
     pub live: String,
+}
+
+impl ServerConfig {
+    pub fn transport(&self) -> crate::grpc::transport::TransportSettings {
+        crate::grpc::transport::TransportSettings {
+            max_concurrent_streams: self.max_concurrent_streams,
+            keepalive_interval: self.keepalive_interval,
+            keepalive_timeout: self.keepalive_timeout,
+            shutdown_grace: self.shutdown_grace,
+        }
+    }
 }
 
 impl Config {
@@ -277,10 +301,55 @@ fn validate(
                 .unwrap_or(Path::new(defaults::ONNXRUNTIME_LIB)),
         ),
     };
+    let drain_delay = duration(
+        &mut errors,
+        "server.drain_delay",
+        raw.server
+            .drain_delay
+            .as_deref()
+            .unwrap_or(defaults::DRAIN_DELAY),
+    );
+    let max_concurrent_streams = raw
+        .server
+        .max_concurrent_streams
+        .unwrap_or(defaults::MAX_CONCURRENT_STREAMS);
+    if !(1..=100_000).contains(&max_concurrent_streams) {
+        errors.push(format!(
+            "server.max_concurrent_streams {max_concurrent_streams}: must be 1..=100000"
+        ));
+    }
+    let keepalive_interval = duration(
+        &mut errors,
+        "server.keepalive_interval",
+        raw.server
+            .keepalive_interval
+            .as_deref()
+            .unwrap_or(defaults::KEEPALIVE_INTERVAL),
+    );
+    let keepalive_timeout = duration(
+        &mut errors,
+        "server.keepalive_timeout",
+        raw.server
+            .keepalive_timeout
+            .as_deref()
+            .unwrap_or(defaults::KEEPALIVE_TIMEOUT),
+    );
+    for (key, d) in [
+        ("server.keepalive_interval", keepalive_interval),
+        ("server.keepalive_timeout", keepalive_timeout),
+    ] {
+        if d < Duration::from_secs(1) {
+            errors.push(format!("{key} {d:?}: must be at least 1s"));
+        }
+    }
     let server = ServerConfig {
         grpc_listen,
         metrics_listen,
         shutdown_grace,
+        drain_delay,
+        max_concurrent_streams,
+        keepalive_interval,
+        keepalive_timeout,
         log_format: overrides
             .log_format
             .or(raw.server.log_format)

@@ -5,6 +5,7 @@
 pub mod convert;
 pub mod service;
 pub mod status;
+pub mod transport;
 
 /// Generated protobuf and tonic code for `proto/modserve/v1/moderation.proto`.
 pub mod pb {

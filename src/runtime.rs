@@ -8,9 +8,9 @@ use std::sync::OnceLock;
 
 use ort::environment::Environment;
 
-static ENVIRONMENT: OnceLock<Environment> = OnceLock::new();
+static ENVIRONMENT: OnceLock<Result<Environment, RuntimeError>> = OnceLock::new();
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error(
     "cannot load ONNX Runtime from {path}: {reason} (run scripts/fetch-onnxruntime.sh, or set MODSERVE_ONNXRUNTIME_LIB)"
 )]
@@ -19,23 +19,23 @@ pub struct RuntimeError {
     pub reason: String,
 }
 
-/// Loads ONNX Runtime from `lib` on first call and returns the shared environment.
-/// Later calls return the same environment whatever `lib` they pass.
+/// Loads ONNX Runtime from `lib` on first call and returns the shared environment. Later calls
+/// (and concurrent ones, which wait for the first) get the same outcome whatever `lib` they pass.
 pub fn environment(lib: &Path) -> Result<Environment, RuntimeError> {
-    if let Some(env) = ENVIRONMENT.get() {
-        return Ok(env.clone());
-    }
-    let err = |reason: String| RuntimeError {
-        path: lib.to_path_buf(),
-        reason,
-    };
-    if !lib.is_file() {
-        return Err(err("no such file".into()));
-    }
-    let env = ort::init_from(lib)
-        .map_err(|e| err(e.to_string()))?
-        .with_name("modserve")
-        .build()
-        .map_err(|e| err(e.to_string()))?;
-    Ok(ENVIRONMENT.get_or_init(|| env).clone())
+    ENVIRONMENT
+        .get_or_init(|| {
+            let err = |reason: String| RuntimeError {
+                path: lib.to_path_buf(),
+                reason,
+            };
+            if !lib.is_file() {
+                return Err(err("no such file".into()));
+            }
+            ort::init_from(lib)
+                .map_err(|e| err(e.to_string()))?
+                .with_name("modserve")
+                .build()
+                .map_err(|e| err(e.to_string()))
+        })
+        .clone()
 }

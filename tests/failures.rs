@@ -1,0 +1,372 @@
+//! The error table of the server issue, end to end: queue full, deadlines, inference failures
+//! and shutdown. Each test uses its own fixture model so metric deltas are its own.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use modserve::app::MODERATION_SERVICE;
+use modserve::batch::BatchPolicy;
+use modserve::error::Error;
+use modserve::metrics::Role;
+use modserve::model::Package;
+use modserve::request::ReviewInput;
+use modserve::worker::{self, WorkerSettings};
+use tonic::Code;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_answers_resource_exhausted_and_the_rest_succeed() {
+    let server = TestServer::start(config(
+        r#"
+[models.tiny-fraud-v2]
+path = "tests/fixtures/tiny-fraud-v2"
+[models.tiny-fraud-v2.batching]
+queue_capacity = 1
+max_batch_size = 1
+[tasks.fraud]
+live = "tiny-fraud-v2"
+"#,
+    ))
+    .await;
+    let channel = server.channel().await;
+    // Bounded: a burst of concurrent 64-review requests against a queue of one job. Rounds
+    // repeat (at most 20) until at least one is shed; on this machine the first round does it.
+    let mut shed = 0;
+    let mut ok = 0;
+    for _round in 0..20 {
+        let mut calls = Vec::new();
+        for c in 0..64 {
+            let mut client =
+                modserve::grpc::pb::moderation_client::ModerationClient::new(channel.clone());
+            let reviews = (0..64)
+                .map(|i| review(&format!("{c}-{i}"), "win a free prize now"))
+                .collect();
+            calls.push(tokio::spawn(async move {
+                client.classify(request(reviews)).await
+            }));
+        }
+        for call in calls {
+            match call.await.unwrap() {
+                Ok(resp) => {
+                    let resp = resp.into_inner();
+                    assert_eq!(resp.results.len(), 64);
+                    assert!(
+                        resp.results
+                            .iter()
+                            .all(|r| decision_name(r.tasks[0].decision) == "REJECT")
+                    );
+                    ok += 1;
+                }
+                Err(status) => {
+                    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                    assert!(
+                        status.message().contains("tiny-fraud-v2"),
+                        "{}",
+                        status.message()
+                    );
+                    shed += 1;
+                }
+            }
+        }
+        if shed > 0 {
+            break;
+        }
+    }
+    assert!(shed > 0, "a queue of one never filled");
+    assert!(ok > 0, "some requests must still be served");
+    let scrape = server.scrape().await;
+    assert_eq!(
+        metric(
+            &scrape,
+            "modserve_dropped_total",
+            &[("model", "tiny-fraud-v2"), ("reason", "queue_full")]
+        ),
+        Some(shed as f64)
+    );
+    assert_eq!(
+        metric(
+            &scrape,
+            "modserve_requests_total",
+            &[("code", "RESOURCE_EXHAUSTED")]
+        ),
+        Some(shed as f64)
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passed_deadline_answers_deadline_exceeded_without_inference() {
+    let server = TestServer::start(config(
+        r#"
+[models.tiny-abuse-v2]
+path = "tests/fixtures/tiny-abuse-v2"
+[tasks.abuse]
+live = "tiny-abuse-v2"
+"#,
+    ))
+    .await;
+    let mut client = server.client().await;
+    let before = metric(
+        &server.scrape().await,
+        "modserve_batches_total",
+        &[("model", "tiny-abuse-v2")],
+    )
+    .unwrap();
+    // A raw HTTP/2 call, because a tonic client enforces `grpc-timeout` itself and would
+    // report its own timeout before the server's answer arrives; we want the server's answer.
+    let (status, message) = raw_classify(
+        server.grpc_addr,
+        &request(vec![review("a", "you idiot")]),
+        "1n",
+    )
+    .await;
+    assert_eq!(status, Code::DeadlineExceeded as i32, "{message}");
+    assert!(message.contains("deadline exceeded"), "{message}");
+    let scrape = server.scrape().await;
+    assert_eq!(
+        metric(
+            &scrape,
+            "modserve_batches_total",
+            &[("model", "tiny-abuse-v2")]
+        ),
+        Some(before),
+        "no inference ran"
+    );
+    assert_eq!(
+        metric(
+            &scrape,
+            "modserve_requests_total",
+            &[("code", "DEADLINE_EXCEEDED")]
+        ),
+        Some(1.0)
+    );
+    // A generous deadline is met.
+    let mut req = tonic::Request::new(request(vec![review("a", "you idiot")]));
+    req.set_timeout(Duration::from_secs(10));
+    client.classify(req).await.expect("deadline met");
+    server.stop().await;
+}
+
+/// Work that is already queued when its deadline passes is dropped by the worker, answered
+/// DEADLINE_EXCEEDED and counted, and never reaches the session.
+#[test]
+fn queued_work_past_its_deadline_is_dropped_before_inference() {
+    let env = modserve::runtime::environment(&ort_lib()).expect("ONNX Runtime loads");
+    let package = Package::load(&fixture("tiny-abuse")).expect("fixture loads");
+    let settings = WorkerSettings {
+        batch: BatchPolicy {
+            max_batch_size: 8,
+            max_wait: Duration::ZERO,
+        },
+        queue_capacity: 4,
+        threads: 1,
+        intra_threads: 1,
+    };
+    let pool = worker::start(&env, &package, Role::Shadow, settings).expect("workers start");
+    let reviews: Arc<[ReviewInput]> = vec![ReviewInput {
+        id: "a".into(),
+        model_text: "you idiot".into(),
+        rating: None,
+        signals: Default::default(),
+    }]
+    .into();
+    let expired = Instant::now() - Duration::from_millis(1);
+    let rx = pool
+        .handle
+        .submit(reviews.clone(), Some(expired))
+        .expect("queued");
+    match rx.blocking_recv().expect("answered") {
+        Err(Error::DeadlineExceeded(where_)) => assert!(
+            where_.contains("before inference on model tiny-abuse"),
+            "{where_}"
+        ),
+        other => panic!("expected DeadlineExceeded, got {other:?}"),
+    }
+    // The same review with time to spare is scored.
+    let rx = pool
+        .handle
+        .submit(reviews, Some(Instant::now() + Duration::from_secs(10)))
+        .expect("queued");
+    let scores = rx.blocking_recv().expect("answered").expect("scored");
+    assert!(scores[0] > 0.9, "insult score {scores:?}");
+    drop(pool.handle);
+    for t in pool.threads {
+        t.join()
+            .expect("worker exits cleanly when its handle is dropped");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_model_answers_internal_naming_it_and_keeps_serving() {
+    let server = TestServer::start(config(
+        r#"
+[models.tiny-faulty]
+path = "tests/fixtures/tiny-faulty"
+[tasks.abuse]
+live = "tiny-faulty"
+"#,
+    ))
+    .await;
+    let mut client = server.client().await;
+    // "explode" makes ONNX Runtime fail (Gather out of bounds); "nan" makes the model emit NaN.
+    for (text, reason) in [
+        ("this will explode", "Gather"),
+        ("nan", "not a probability"),
+    ] {
+        let status = client
+            .classify(request(vec![review("a", text)]))
+            .await
+            .expect_err(text);
+        assert_eq!(status.code(), Code::Internal, "{text}: {status:?}");
+        assert!(
+            status.message().contains("model tiny-faulty"),
+            "{text}: {}",
+            status.message()
+        );
+        assert!(
+            status.message().contains(reason),
+            "{text}: {}",
+            status.message()
+        );
+        // The server and the same model keep serving.
+        let resp = client
+            .classify(request(vec![review("b", "you idiot")]))
+            .await
+            .expect("still serving")
+            .into_inner();
+        assert_eq!(decision_name(resp.results[0].tasks[0].decision), "REJECT");
+    }
+    let scrape = server.scrape().await;
+    assert_eq!(
+        metric(
+            &scrape,
+            "modserve_inference_errors_total",
+            &[("model", "tiny-faulty")]
+        ),
+        Some(2.0)
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_turns_health_not_serving_and_new_calls_unavailable() {
+    // drain_delay keeps connections open after NOT_SERVING, as behind a load balancer.
+    let server = TestServer::start(config_with(
+        "drain_delay = \"2s\"",
+        r#"
+[models.tiny-fraud]
+path = "tests/fixtures/tiny-fraud"
+[tasks.fraud]
+live = "tiny-fraud"
+"#,
+    ))
+    .await;
+    let mut client = server.client().await;
+    let mut health = server.health().await;
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: MODERATION_SERVICE.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        watch.message().await.unwrap().unwrap().status,
+        ServingStatus::Serving as i32
+    );
+    // A stream opened before shutdown.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut inbound = client
+        .classify_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    tx.send(request(vec![review("s1", "call me")]))
+        .await
+        .unwrap();
+    assert!(inbound.message().await.unwrap().unwrap().error.is_none());
+
+    server.server.shutdown();
+    assert_eq!(
+        watch.message().await.unwrap().unwrap().status,
+        ServingStatus::NotServing as i32
+    );
+    // New calls are refused with UNAVAILABLE while draining.
+    let status = client
+        .classify(request(vec![review("a", "great product")]))
+        .await
+        .expect_err("shutting down");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    // The open stream ends cleanly instead of hanging.
+    drop(tx);
+    while let Some(_msg) = inbound.message().await.unwrap_or(None) {}
+    drop(watch);
+    server.server.wait().await.expect("clean exit");
+}
+
+/// Sends one unary Classify over a bare HTTP/2 connection with the given `grpc-timeout` and
+/// returns the server's `grpc-status` and `grpc-message`.
+async fn raw_classify(
+    addr: std::net::SocketAddr,
+    req: &modserve::grpc::pb::ClassifyRequest,
+    timeout: &str,
+) -> (i32, String) {
+    use http_body_util::{BodyExt, Full};
+    use prost::Message;
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let payload = req.encode_to_vec();
+    let mut body = vec![0u8];
+    body.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    body.extend_from_slice(&payload);
+    let request = hyper::Request::post(format!("http://{addr}/modserve.v1.Moderation/Classify"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", timeout)
+        .body(Full::new(bytes::Bytes::from(body)))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    // Errors come back as trailers-only responses (status in the headers) or as trailers.
+    let headers = response.headers().clone();
+    let collected = response.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned().unwrap_or_default();
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .or_else(|| trailers.get(name))
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    let status = get("grpc-status").expect("grpc-status").parse().unwrap();
+    let message = get("grpc-message")
+        .map(|m| percent_decode(&m))
+        .unwrap_or_default();
+    (status, message)
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
