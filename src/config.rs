@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
 use crate::batch::BatchPolicy;
-use crate::model::manifest::is_valid_name;
+use crate::model::manifest::{is_valid_name, toml_error};
 use crate::worker::WorkerSettings;
 
 /// Defaults for every optional key.
@@ -244,7 +244,7 @@ impl Config {
     /// Parses config text as if read from `path` (relative paths resolve against its folder).
     pub fn parse(text: &str, path: &Path, overrides: &Overrides) -> Result<Config, Vec<String>> {
         let raw: RawConfig = toml::from_str(text)
-            .map_err(|e| vec![format!("{}: {}", path.display(), e.to_string().trim_end())])?;
+            .map_err(|e| vec![format!("{}: {}", path.display(), toml_error(text, &e))])?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         validate(raw, &base, path, overrides)
     }

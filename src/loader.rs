@@ -27,11 +27,9 @@ pub fn load(config: &Config, env: &Environment, all_models: bool) -> Result<Load
     let mut pools: BTreeMap<&str, WorkerPool> = BTreeMap::new();
     let used: Vec<&str> = config.tasks.iter().map(|t| t.live.as_str()).collect();
     for (name, model) in &config.models {
-        if !used.contains(&name.as_str()) {
-            if !all_models {
-                tracing::warn!(model = %name, "models.{name} is not used by any task; not loaded");
-                continue;
-            }
+        if !used.contains(&name.as_str()) && !all_models {
+            tracing::warn!(model = %name, "models.{name} is not used by any task; not loaded");
+            continue;
         }
         let started = Instant::now();
         let package = match Package::load(&model.path) {

@@ -116,6 +116,20 @@ pub struct Feature {
     pub default: f32,
 }
 
+/// A TOML error on one line: "line L, column C: message" (toml's own rendering spans lines).
+pub fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim_end();
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message.to_string(),
+    }
+}
+
 /// True for names made of `[a-z0-9._-]`, non-empty: safe in file names and metric labels.
 pub fn is_valid_name(s: &str) -> bool {
     !s.is_empty()
@@ -141,7 +155,7 @@ fn is_plain_relative(s: &str) -> bool {
 impl Manifest {
     /// Parses and validates manifest text; on failure returns every problem found.
     pub fn parse(text: &str) -> Result<Manifest, Vec<String>> {
-        let raw: RawManifest = toml::from_str(text).map_err(|e| vec![e.to_string()])?;
+        let raw: RawManifest = toml::from_str(text).map_err(|e| vec![toml_error(text, &e)])?;
         let mut errors = Vec::new();
         fn check(errors: &mut Vec<String>, ok: bool, msg: String) {
             if !ok {
