@@ -81,3 +81,61 @@ impl Encoder {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoder(max: usize) -> Encoder {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/tiny-abuse/tokenizer.json"
+        );
+        Encoder::new(Tokenizer::from_file(path).unwrap(), max).unwrap()
+    }
+
+    #[test]
+    fn pads_to_the_longest_row_with_zeros() {
+        let mut batch = TokenBatch::default();
+        encoder(64)
+            .encode_into(["you idiot", "great product fast delivery"], &mut batch)
+            .unwrap();
+        assert_eq!((batch.rows, batch.seq), (2, 4));
+        assert_eq!(&batch.mask, &[1, 1, 0, 0, 1, 1, 1, 1]);
+        assert!(
+            batch.ids[..2].iter().all(|&id| id > 1),
+            "known words: {:?}",
+            batch.ids
+        );
+        assert_eq!(&batch.ids[2..4], &[0, 0]);
+    }
+
+    #[test]
+    fn truncates_to_the_model_length() {
+        let mut batch = TokenBatch::default();
+        let long = "great ".repeat(100);
+        encoder(8).encode_into([long.as_str()], &mut batch).unwrap();
+        assert_eq!((batch.rows, batch.seq), (1, 8));
+        assert!(batch.mask.iter().all(|&m| m == 1));
+    }
+
+    #[test]
+    fn reuses_buffers_without_stale_values() {
+        let enc = encoder(64);
+        let mut batch = TokenBatch::default();
+        enc.encode_into(["great product fast delivery", "you"], &mut batch)
+            .unwrap();
+        enc.encode_into(["you"], &mut batch).unwrap();
+        assert_eq!((batch.rows, batch.seq), (1, 1));
+        assert_eq!(batch.ids.len(), 1);
+        assert_eq!(batch.mask, [1]);
+    }
+
+    #[test]
+    fn a_text_with_no_tokens_still_makes_a_well_formed_row() {
+        let mut batch = TokenBatch::default();
+        encoder(64).encode_into(["   "], &mut batch).unwrap();
+        assert_eq!((batch.rows, batch.seq), (1, 1));
+        assert_eq!((batch.ids[0], batch.mask[0]), (0, 0));
+    }
+}

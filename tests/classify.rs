@@ -375,3 +375,30 @@ async fn stream_answers_every_message_in_order_and_survives_bad_ones() {
     assert_eq!(got, 40);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_over_the_size_limit_is_refused_before_it_is_read() {
+    let server = TestServer::start(config(&format!(
+        "[limits]\nmax_message_bytes = 2048\nmax_text_bytes = 1024\n{BASIC}"
+    )))
+    .await;
+    let mut client = server.client().await;
+    let reviews = (0..4)
+        .map(|i| review(&i.to_string(), &"word ".repeat(200)))
+        .collect();
+    let status = client
+        .classify(request(reviews))
+        .await
+        .expect_err("over 2048 bytes");
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert!(
+        status.message().contains("the limit is: 2048 bytes"),
+        "{}",
+        status.message()
+    );
+    client
+        .classify(request(vec![review("a", "fine")]))
+        .await
+        .expect("still serving");
+    server.stop().await;
+}
