@@ -21,8 +21,7 @@ fn repo() -> PathBuf {
 
 /// Held-out realistic reviews: the eval suite's texts.
 fn texts() -> Vec<String> {
-    let file = std::fs::read_to_string(repo().join("models/eval/reviews.jsonl"))
-        .expect("models/eval/reviews.jsonl");
+    let file = std::fs::read_to_string(repo().join("models/eval/reviews.jsonl")).expect("models/eval/reviews.jsonl");
     file.lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter_map(|v| v["text"].as_str().map(str::to_string))
@@ -40,8 +39,7 @@ fn benches(c: &mut Criterion) {
         .unwrap_or_else(|| repo().join(".ort/libonnxruntime.so.1.31.1"));
     let env = modserve::runtime::environment(&lib).expect("ONNX Runtime (run scripts/setup)");
     let package = Package::load(&repo().join("models/abuse-v1")).expect("models/abuse-v1 loads");
-    let encoder =
-        Encoder::new(package.tokenizer.clone(), package.spec.max_sequence_length).unwrap();
+    let encoder = Encoder::new(package.tokenizer.clone(), package.spec.max_sequence_length).unwrap();
     let mut session = ModelSession::build(&env, &package, 1).expect("session");
     let texts = texts();
 
@@ -51,11 +49,7 @@ fn benches(c: &mut Criterion) {
         let mut tokens = TokenBatch::default();
         group.throughput(Throughput::Elements(n as u64));
         group.bench_with_input(BenchmarkId::from_parameter(n), &input, |b, input| {
-            b.iter(|| {
-                encoder
-                    .encode_into(input.iter().copied(), &mut tokens)
-                    .unwrap()
-            })
+            b.iter(|| encoder.encode_into(input.iter().copied(), &mut tokens).unwrap())
         });
     }
     group.finish();
@@ -87,29 +81,15 @@ fn benches(c: &mut Criterion) {
                 signals: Default::default(),
             })
             .collect();
-        let input = ClassifyInput {
-            reviews,
-            tasks: vec![],
-            request_id: String::new(),
-        };
-        let scores: Vec<f32> = (0..n * package.spec.labels.len())
-            .map(|i| (i % 100) as f32 / 100.0)
-            .collect();
+        let input = ClassifyInput { reviews, tasks: vec![], request_id: String::new() };
+        let scores: Vec<f32> = (0..n * package.spec.labels.len()).map(|i| (i % 100) as f32 / 100.0).collect();
         group.throughput(Throughput::Elements(n as u64));
         group.bench_with_input(BenchmarkId::from_parameter(n), &scores, |b, scores| {
             b.iter(|| {
                 let spec = package.spec.clone();
-                let decisions = scores
-                    .chunks_exact(spec.labels.len())
-                    .map(|s| spec.policy.decide(s))
-                    .collect();
+                let decisions = scores.chunks_exact(spec.labels.len()).map(|s| spec.policy.decide(s)).collect();
                 let output = ClassifyOutput {
-                    tasks: vec![TaskOutput {
-                        task: "abuse".into(),
-                        model: spec,
-                        scores: scores.clone(),
-                        decisions,
-                    }],
+                    tasks: vec![TaskOutput { task: "abuse".into(), model: spec, scores: scores.clone(), decisions }],
                 };
                 convert::response(&input, &output)
             })

@@ -18,12 +18,7 @@ const MAX_REQUEST_HEAD: usize = 8 * 1024;
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves until shutdown. `ready` is true while every live model is loaded and not draining.
-pub async fn serve(
-    listener: TcpListener,
-    metrics: PrometheusHandle,
-    ready: Arc<AtomicBool>,
-    shutdown: ShutdownSignal,
-) {
+pub async fn serve(listener: TcpListener, metrics: PrometheusHandle, ready: Arc<AtomicBool>, shutdown: ShutdownSignal) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let stop = shutdown.wait();
     tokio::pin!(stop);
@@ -54,19 +49,13 @@ pub async fn serve(
     }
 }
 
-async fn respond(
-    mut stream: TcpStream,
-    metrics: &PrometheusHandle,
-    ready: &AtomicBool,
-) -> std::io::Result<()> {
+async fn respond(mut stream: TcpStream, metrics: &PrometheusHandle, ready: &AtomicBool) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
         let n = tokio::time::timeout(READ_TIMEOUT, stream.read(&mut buf))
             .await
-            .map_err(|_| {
-                std::io::Error::new(std::io::ErrorKind::TimedOut, "request head timed out")
-            })??;
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "request head timed out"))??;
         if n == 0 {
             return Ok(());
         }
@@ -87,56 +76,23 @@ async fn respond(
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let path = target.split('?').next().unwrap_or("");
     if method != "GET" && method != "HEAD" {
-        return write(
-            &mut stream,
-            "405 Method Not Allowed",
-            "text/plain",
-            b"only GET\n",
-        )
-        .await;
+        return write(&mut stream, "405 Method Not Allowed", "text/plain", b"only GET\n").await;
     }
     match path {
         "/metrics" => {
             let body = metrics.render();
-            write(
-                &mut stream,
-                "200 OK",
-                "text/plain; version=0.0.4; charset=utf-8",
-                body.as_bytes(),
-            )
-            .await
+            write(&mut stream, "200 OK", "text/plain; version=0.0.4; charset=utf-8", body.as_bytes()).await
         }
         "/health/live" => write(&mut stream, "200 OK", "text/plain", b"live\n").await,
         "/health/ready" if ready.load(Ordering::Relaxed) => {
             write(&mut stream, "200 OK", "text/plain", b"ready\n").await
         }
-        "/health/ready" => {
-            write(
-                &mut stream,
-                "503 Service Unavailable",
-                "text/plain",
-                b"not ready\n",
-            )
-            .await
-        }
-        _ => {
-            write(
-                &mut stream,
-                "404 Not Found",
-                "text/plain",
-                b"try /metrics, /health/live or /health/ready\n",
-            )
-            .await
-        }
+        "/health/ready" => write(&mut stream, "503 Service Unavailable", "text/plain", b"not ready\n").await,
+        _ => write(&mut stream, "404 Not Found", "text/plain", b"try /metrics, /health/live or /health/ready\n").await,
     }
 }
 
-async fn write(
-    stream: &mut TcpStream,
-    status: &str,
-    content_type: &str,
-    body: &[u8],
-) -> std::io::Result<()> {
+async fn write(stream: &mut TcpStream, status: &str, content_type: &str, body: &[u8]) -> std::io::Result<()> {
     let head = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()

@@ -36,33 +36,17 @@ impl Server {
     pub async fn start(config: Config) -> anyhow::Result<Server> {
         let grpc = TcpListener::bind(config.server.grpc_listen)
             .await
-            .with_context(|| {
-                format!(
-                    "server.grpc_listen: cannot listen on {}",
-                    config.server.grpc_listen
-                )
-            })?;
+            .with_context(|| format!("server.grpc_listen: cannot listen on {}", config.server.grpc_listen))?;
         let metrics_listener = TcpListener::bind(config.server.metrics_listen)
             .await
-            .with_context(|| {
-                format!(
-                    "server.metrics_listen: cannot listen on {}",
-                    config.server.metrics_listen
-                )
-            })?;
+            .with_context(|| format!("server.metrics_listen: cannot listen on {}", config.server.metrics_listen))?;
         let grpc_addr = grpc.local_addr()?;
         let metrics_addr = metrics_listener.local_addr()?;
-        let prometheus =
-            metrics::install().map_err(|e| anyhow::anyhow!("cannot install metrics: {e}"))?;
+        let prometheus = metrics::install().map_err(|e| anyhow::anyhow!("cannot install metrics: {e}"))?;
         let (shutdown, signal) = Shutdown::new();
         tracing::info!(grpc = %grpc_addr, metrics = %metrics_addr, config = %config.source.display(), "listening");
         let task = tokio::spawn(run(config, grpc, metrics_listener, prometheus, signal));
-        Ok(Server {
-            grpc_addr,
-            metrics_addr,
-            shutdown,
-            task,
-        })
+        Ok(Server { grpc_addr, metrics_addr, shutdown, task })
     }
 
     /// Starts a graceful shutdown; `wait` returns when it is done.
@@ -99,9 +83,7 @@ async fn run(
     let ready = Arc::new(AtomicBool::new(false));
     let (health, health_service) = tonic_health::server::health_reporter();
     for name in ["", MODERATION_SERVICE] {
-        health
-            .set_service_status(name, ServingStatus::NotServing)
-            .await;
+        health.set_service_status(name, ServingStatus::NotServing).await;
     }
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -112,13 +94,10 @@ async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
     let limits = config.limits;
-    let moderation = ModerationServer::new(ModerationService::new(
-        Classifier::new(registry.clone()),
-        limits,
-        signal.clone(),
-    ))
-    .max_decoding_message_size(limits.max_message_bytes)
-    .max_encoding_message_size(limits.max_message_bytes.saturating_mul(4));
+    let moderation =
+        ModerationServer::new(ModerationService::new(Classifier::new(registry.clone()), limits, signal.clone()))
+            .max_decoding_message_size(limits.max_message_bytes)
+            .max_encoding_message_size(limits.max_message_bytes.saturating_mul(4));
     let routes = tonic::service::Routes::new(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -127,25 +106,14 @@ async fn run(
     // The transport stops on its own signal, `drain_delay` after shutdown starts, so load
     // balancers polling health see NOT_SERVING while calls still get a clean UNAVAILABLE.
     let (stop_transport, transport_signal) = Shutdown::new();
-    let grpc_task = tokio::spawn(transport::serve(
-        grpc,
-        routes,
-        config.server.transport(),
-        transport_signal,
-    ));
-    let admin_task = tokio::spawn(admin::serve(
-        metrics_listener,
-        prometheus,
-        ready.clone(),
-        signal.clone(),
-    ));
+    let grpc_task = tokio::spawn(transport::serve(grpc, routes, config.server.transport(), transport_signal));
+    let admin_task = tokio::spawn(admin::serve(metrics_listener, prometheus, ready.clone(), signal.clone()));
 
     // Load on a blocking thread: file IO, hashing and ONNX Runtime session builds.
     let started = Instant::now();
     let load_config = config.clone();
     let loaded = tokio::task::spawn_blocking(move || {
-        let env = runtime::environment(&load_config.server.onnxruntime_lib)
-            .map_err(|e| vec![e.to_string()])?;
+        let env = runtime::environment(&load_config.server.onnxruntime_lib).map_err(|e| vec![e.to_string()])?;
         loader::load(&load_config, &env, false)
     })
     .await
@@ -159,37 +127,22 @@ async fn run(
             stop_transport.trigger();
             let _ = grpc_task.await;
             admin_task.abort();
-            anyhow::bail!(
-                "{} problem(s) loading models:\n  {}",
-                errors.len(),
-                errors.join("\n  ")
-            );
+            anyhow::bail!("{} problem(s) loading models:\n  {}", errors.len(), errors.join("\n  "));
         }
     };
-    let tasks: Vec<String> = loaded
-        .state
-        .tasks
-        .iter()
-        .map(|t| format!("{}={}", t.name, t.live.spec().name))
-        .collect();
+    let tasks: Vec<String> = loaded.state.tasks.iter().map(|t| format!("{}={}", t.name, t.live.spec().name)).collect();
     registry.store(Some(Arc::new(loaded.state)));
     for name in ["", MODERATION_SERVICE] {
-        health
-            .set_service_status(name, ServingStatus::Serving)
-            .await;
+        health.set_service_status(name, ServingStatus::Serving).await;
     }
     ready.store(true, Ordering::Relaxed);
     tracing::info!(tasks = ?tasks, load_ms = started.elapsed().as_millis() as u64, "serving");
 
     signal.clone().wait().await;
-    tracing::info!(
-        "shutting down: health NOT_SERVING, new calls UNAVAILABLE, draining in-flight calls"
-    );
+    tracing::info!("shutting down: health NOT_SERVING, new calls UNAVAILABLE, draining in-flight calls");
     ready.store(false, Ordering::Relaxed);
     for name in ["", MODERATION_SERVICE] {
-        health
-            .set_service_status(name, ServingStatus::NotServing)
-            .await;
+        health.set_service_status(name, ServingStatus::NotServing).await;
     }
     tokio::time::sleep(config.server.drain_delay).await;
     stop_transport.trigger();
@@ -201,11 +154,7 @@ async fn run(
     // Drop the serving state: queues close, workers finish what is queued and exit.
     registry.store(None);
     let threads = loaded.threads;
-    let _ = tokio::time::timeout(
-        grace,
-        tokio::task::spawn_blocking(move || loader::join_all(threads)),
-    )
-    .await;
+    let _ = tokio::time::timeout(grace, tokio::task::spawn_blocking(move || loader::join_all(threads))).await;
     tracing::info!("stopped");
     Ok(())
 }

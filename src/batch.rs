@@ -48,10 +48,7 @@ impl BatchPolicy {
 mod tests {
     use super::*;
 
-    const POLICY: BatchPolicy = BatchPolicy {
-        max_batch_size: 8,
-        max_wait: Duration::ZERO,
-    };
+    const POLICY: BatchPolicy = BatchPolicy { max_batch_size: 8, max_wait: Duration::ZERO };
 
     #[test]
     fn jobs_join_until_the_batch_would_overflow() {
@@ -77,13 +74,7 @@ mod tests {
     fn zero_wait_never_waits() {
         let now = Instant::now();
         assert_eq!(POLICY.wait_until(now), None);
-        let waiting = BatchPolicy {
-            max_wait: Duration::from_millis(2),
-            ..POLICY
-        };
-        assert_eq!(
-            waiting.wait_until(now),
-            Some(now + Duration::from_millis(2))
-        );
+        let waiting = BatchPolicy { max_wait: Duration::from_millis(2), ..POLICY };
+        assert_eq!(waiting.wait_until(now), Some(now + Duration::from_millis(2)));
     }
 }

@@ -48,15 +48,8 @@ impl Classifier {
 
     /// Classifies a validated request. `deadline` is the caller's; work still queued past it
     /// is dropped before inference.
-    pub async fn classify(
-        &self,
-        input: &ClassifyInput,
-        deadline: Option<Instant>,
-    ) -> Result<ClassifyOutput, Error> {
-        let state = self
-            .registry
-            .load()
-            .ok_or(Error::Unavailable("models are still loading"))?;
+    pub async fn classify(&self, input: &ClassifyInput, deadline: Option<Instant>) -> Result<ClassifyOutput, Error> {
+        let state = self.registry.load().ok_or(Error::Unavailable("models are still loading"))?;
         let tasks = resolve_tasks(&state, &input.tasks)?;
         let mut pending = Vec::with_capacity(tasks.len());
         for &task in &tasks {
@@ -67,24 +60,19 @@ impl Classifier {
         let mut outputs = Vec::with_capacity(pending.len());
         for (entry, rx) in pending {
             let spec = entry.live.spec().clone();
-            let scores = rx.await.map_err(|_| Error::Inference {
-                model: spec.name.clone(),
-                reason: "worker stopped".into(),
-            })??;
+            let scores = rx
+                .await
+                .map_err(|_| Error::Inference { model: spec.name.clone(), reason: "worker stopped".into() })??;
             let n = spec.labels.len();
-            let decisions: Vec<Decision> = scores
-                .chunks_exact(n)
-                .map(|s| spec.policy.decide(s))
-                .collect();
+            let decisions: Vec<Decision> = scores.chunks_exact(n).map(|s| spec.policy.decide(s)).collect();
             for d in &decisions {
                 entry.live.metrics().decided(*d).increment(1);
             }
-            outputs.push(TaskOutput {
-                task: entry.name.clone(),
-                model: spec,
-                scores,
-                decisions,
-            });
+            // Shadows branch off here, after the live answer is known; nothing awaits them.
+            for shadow in &entry.shadows {
+                shadow.offer(&input.reviews, &scores, &decisions);
+            }
+            outputs.push(TaskOutput { task: entry.name.clone(), model: spec, scores, decisions });
         }
         Ok(ClassifyOutput { tasks: outputs })
     }
@@ -99,19 +87,12 @@ fn resolve_tasks(state: &ServingState, requested: &[String]) -> Result<Vec<usize
         .iter()
         .enumerate()
         .map(|(i, name)| {
-            state
-                .tasks
-                .iter()
-                .position(|t| &t.name == name)
-                .ok_or_else(|| {
-                    Error::invalid(
-                        format!("tasks[{i}]"),
-                        format!(
-                            "unknown task {name:?}; configured tasks are {:?}",
-                            state.task_names()
-                        ),
-                    )
-                })
+            state.tasks.iter().position(|t| &t.name == name).ok_or_else(|| {
+                Error::invalid(
+                    format!("tasks[{i}]"),
+                    format!("unknown task {name:?}; configured tasks are {:?}", state.task_names()),
+                )
+            })
         })
         .collect()
 }

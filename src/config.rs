@@ -11,7 +11,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
 use crate::batch::BatchPolicy;
+use crate::breaker::BreakerPolicy;
 use crate::model::manifest::{is_valid_name, toml_error};
+use crate::shadow::ShadowPolicy;
 use crate::worker::WorkerSettings;
 
 /// Defaults for every optional key.
@@ -34,14 +36,18 @@ pub mod defaults {
     pub const QUEUE_CAPACITY: usize = 256;
     pub const INFERENCE_THREADS: usize = 1;
     pub const INTRA_OP_THREADS: usize = 1;
+    pub const SHADOW_MAX_DELAY: &str = "2s";
+    pub const SHADOW_LIVE_PRESSURE_JOBS: usize = 4;
+    pub const SHADOW_NICE: i32 = 10;
+    pub const BREAKER_WINDOW: usize = 20;
+    pub const BREAKER_MIN_BATCHES: usize = 10;
+    pub const BREAKER_MAX_FAILURE_RATIO: f64 = 0.5;
+    pub const BREAKER_LATENCY_BUDGET: &str = "1s";
+    pub const BREAKER_COOLDOWN: &str = "30s";
 }
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "modserve",
-    version,
-    about = "Content-moderation inference server with shadow mode"
-)]
+#[command(name = "modserve", version, about = "Content-moderation inference server with shadow mode")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -107,6 +113,7 @@ struct RawConfig {
     server: RawServer,
     limits: RawLimits,
     batching: RawBatching,
+    shadow: RawShadowPolicy,
     models: BTreeMap<String, RawModel>,
     tasks: BTreeMap<String, RawTask>,
 }
@@ -157,6 +164,29 @@ struct RawModel {
 #[serde(deny_unknown_fields)]
 struct RawTask {
     live: String,
+    #[serde(default)]
+    shadows: Vec<RawShadow>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShadow {
+    model: String,
+    sample_rate: f64,
+    salt: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawShadowPolicy {
+    max_delay: Option<String>,
+    live_pressure_jobs: Option<usize>,
+    nice: Option<i32>,
+    breaker_window: Option<usize>,
+    breaker_min_batches: Option<usize>,
+    breaker_max_failure_ratio: Option<f64>,
+    breaker_latency_budget: Option<String>,
+    breaker_cooldown: Option<String>,
 }
 
 // === the validated config ===
@@ -166,6 +196,9 @@ pub struct Config {
     pub source: PathBuf,
     pub server: ServerConfig,
     pub limits: Limits,
+    pub shadow: ShadowPolicy,
+    /// Niceness of shadow worker threads.
+    pub shadow_nice: i32,
     /// Model name -> how to load and run it.
     pub models: BTreeMap<String, ModelConfig>,
     /// In file order (sorted by name): the order of results when a request names no tasks.
@@ -219,6 +252,16 @@ pub struct ModelConfig {
 pub struct TaskConfig {
     pub name: String,
     pub live: String,
+    pub shadows: Vec<ShadowConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShadowConfig {
+    pub model: String,
+    /// Share of reviews (0..=1) the shadow sees, chosen by a hash of the review id.
+    pub sample_rate: f64,
+    /// Salt for that hash; defaults to the model name, so each shadow samples differently.
+    pub salt: String,
 }
 
 impl ServerConfig {
@@ -236,108 +279,67 @@ impl Config {
     /// Reads `path`, applies `overrides` and validates. On failure returns every problem found,
     /// each naming its key.
     pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, Vec<String>> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| vec![format!("{}: cannot read: {e}", path.display())])?;
+        let text = std::fs::read_to_string(path).map_err(|e| vec![format!("{}: cannot read: {e}", path.display())])?;
         Config::parse(&text, path, overrides)
     }
 
     /// Parses config text as if read from `path` (relative paths resolve against its folder).
     pub fn parse(text: &str, path: &Path, overrides: &Overrides) -> Result<Config, Vec<String>> {
-        let raw: RawConfig = toml::from_str(text)
-            .map_err(|e| vec![format!("{}: {}", path.display(), toml_error(text, &e))])?;
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| vec![format!("{}: {}", path.display(), toml_error(text, &e))])?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         validate(raw, &base, path, overrides)
     }
 }
 
-fn validate(
-    raw: RawConfig,
-    base: &Path,
-    path: &Path,
-    overrides: &Overrides,
-) -> Result<Config, Vec<String>> {
+fn validate(raw: RawConfig, base: &Path, path: &Path, overrides: &Overrides) -> Result<Config, Vec<String>> {
     let mut errors = Vec::new();
     let addr = |errors: &mut Vec<String>, key: &str, value: Option<&String>, default: &str| {
         let value = value.map(String::as_str).unwrap_or(default);
         value.parse::<SocketAddr>().unwrap_or_else(|_| {
-            errors.push(format!(
-                "{key} {value:?}: not an address like 127.0.0.1:50051"
-            ));
+            errors.push(format!("{key} {value:?}: not an address like 127.0.0.1:50051"));
             SocketAddr::from(([127, 0, 0, 1], 0))
         })
     };
     let grpc_listen = addr(
         &mut errors,
         "server.grpc_listen",
-        overrides
-            .grpc_listen
-            .as_ref()
-            .or(raw.server.grpc_listen.as_ref()),
+        overrides.grpc_listen.as_ref().or(raw.server.grpc_listen.as_ref()),
         defaults::GRPC_LISTEN,
     );
     let metrics_listen = addr(
         &mut errors,
         "server.metrics_listen",
-        overrides
-            .metrics_listen
-            .as_ref()
-            .or(raw.server.metrics_listen.as_ref()),
+        overrides.metrics_listen.as_ref().or(raw.server.metrics_listen.as_ref()),
         defaults::METRICS_LISTEN,
     );
     let shutdown_grace = duration(
         &mut errors,
         "server.shutdown_grace",
-        raw.server
-            .shutdown_grace
-            .as_deref()
-            .unwrap_or(defaults::SHUTDOWN_GRACE),
+        raw.server.shutdown_grace.as_deref().unwrap_or(defaults::SHUTDOWN_GRACE),
     );
     let onnxruntime_lib = match &overrides.onnxruntime_lib {
         Some(p) => p.clone(),
-        None => base.join(
-            raw.server
-                .onnxruntime_lib
-                .as_deref()
-                .unwrap_or(Path::new(defaults::ONNXRUNTIME_LIB)),
-        ),
+        None => base.join(raw.server.onnxruntime_lib.as_deref().unwrap_or(Path::new(defaults::ONNXRUNTIME_LIB))),
     };
-    let drain_delay = duration(
-        &mut errors,
-        "server.drain_delay",
-        raw.server
-            .drain_delay
-            .as_deref()
-            .unwrap_or(defaults::DRAIN_DELAY),
-    );
-    let max_concurrent_streams = raw
-        .server
-        .max_concurrent_streams
-        .unwrap_or(defaults::MAX_CONCURRENT_STREAMS);
+    let drain_delay =
+        duration(&mut errors, "server.drain_delay", raw.server.drain_delay.as_deref().unwrap_or(defaults::DRAIN_DELAY));
+    let max_concurrent_streams = raw.server.max_concurrent_streams.unwrap_or(defaults::MAX_CONCURRENT_STREAMS);
     if !(1..=100_000).contains(&max_concurrent_streams) {
-        errors.push(format!(
-            "server.max_concurrent_streams {max_concurrent_streams}: must be 1..=100000"
-        ));
+        errors.push(format!("server.max_concurrent_streams {max_concurrent_streams}: must be 1..=100000"));
     }
     let keepalive_interval = duration(
         &mut errors,
         "server.keepalive_interval",
-        raw.server
-            .keepalive_interval
-            .as_deref()
-            .unwrap_or(defaults::KEEPALIVE_INTERVAL),
+        raw.server.keepalive_interval.as_deref().unwrap_or(defaults::KEEPALIVE_INTERVAL),
     );
     let keepalive_timeout = duration(
         &mut errors,
         "server.keepalive_timeout",
-        raw.server
-            .keepalive_timeout
-            .as_deref()
-            .unwrap_or(defaults::KEEPALIVE_TIMEOUT),
+        raw.server.keepalive_timeout.as_deref().unwrap_or(defaults::KEEPALIVE_TIMEOUT),
     );
-    for (key, d) in [
-        ("server.keepalive_interval", keepalive_interval),
-        ("server.keepalive_timeout", keepalive_timeout),
-    ] {
+    for (key, d) in [("server.keepalive_interval", keepalive_interval), ("server.keepalive_timeout", keepalive_timeout)]
+    {
         if d < Duration::from_secs(1) {
             errors.push(format!("{key} {d:?}: must be at least 1s"));
         }
@@ -350,36 +352,22 @@ fn validate(
         max_concurrent_streams,
         keepalive_interval,
         keepalive_timeout,
-        log_format: overrides
-            .log_format
-            .or(raw.server.log_format)
-            .unwrap_or(LogFormat::Text),
+        log_format: overrides.log_format.or(raw.server.log_format).unwrap_or(LogFormat::Text),
         onnxruntime_lib,
     };
 
     let d = Limits::default();
     let limits = Limits {
-        max_reviews_per_request: raw
-            .limits
-            .max_reviews_per_request
-            .unwrap_or(d.max_reviews_per_request),
+        max_reviews_per_request: raw.limits.max_reviews_per_request.unwrap_or(d.max_reviews_per_request),
         max_text_bytes: raw.limits.max_text_bytes.unwrap_or(d.max_text_bytes),
         oversize_text: raw.limits.oversize_text.unwrap_or(d.oversize_text),
         max_message_bytes: raw.limits.max_message_bytes.unwrap_or(d.max_message_bytes),
         stream_in_flight: raw.limits.stream_in_flight.unwrap_or(d.stream_in_flight),
     };
     for (key, v, max) in [
-        (
-            "limits.max_reviews_per_request",
-            limits.max_reviews_per_request,
-            10_000,
-        ),
+        ("limits.max_reviews_per_request", limits.max_reviews_per_request, 10_000),
         ("limits.max_text_bytes", limits.max_text_bytes, 1 << 20),
-        (
-            "limits.max_message_bytes",
-            limits.max_message_bytes,
-            64 << 20,
-        ),
+        ("limits.max_message_bytes", limits.max_message_bytes, 64 << 20),
         ("limits.stream_in_flight", limits.stream_in_flight, 1024),
     ] {
         if v == 0 || v > max {
@@ -397,30 +385,14 @@ fn validate(
     let mut models = BTreeMap::new();
     for (name, m) in &raw.models {
         if !is_valid_name(name) {
-            errors.push(format!(
-                "models.{name}: model names use 1-64 of [a-z0-9._-]"
-            ));
+            errors.push(format!("models.{name}: model names use 1-64 of [a-z0-9._-]"));
         }
-        let workers = batching(
-            &mut errors,
-            &format!("models.{name}.batching"),
-            &m.batching,
-            Some(global),
-        );
-        models.insert(
-            name.clone(),
-            ModelConfig {
-                name: name.clone(),
-                path: base.join(&m.path),
-                workers,
-            },
-        );
+        let workers = batching(&mut errors, &format!("models.{name}.batching"), &m.batching, Some(global));
+        models.insert(name.clone(), ModelConfig { name: name.clone(), path: base.join(&m.path), workers });
     }
 
     if raw.tasks.is_empty() {
-        errors.push(
-            "tasks: at least one task is required, e.g. [tasks.abuse] live = \"abuse-v1\"".into(),
-        );
+        errors.push("tasks: at least one task is required, e.g. [tasks.abuse] live = \"abuse-v1\"".into());
     }
     let mut tasks = Vec::new();
     for (name, t) in &raw.tasks {
@@ -434,30 +406,88 @@ fn validate(
                 models.keys().collect::<Vec<_>>()
             ));
         }
-        tasks.push(TaskConfig {
-            name: name.clone(),
-            live: t.live.clone(),
-        });
+        let mut shadows = Vec::new();
+        for (i, sh) in t.shadows.iter().enumerate() {
+            let key = format!("tasks.{name}.shadows[{i}]");
+            if !models.contains_key(&sh.model) {
+                errors.push(format!("{key}.model: no model named {:?} under [models]", sh.model));
+            }
+            if sh.model == t.live {
+                errors.push(format!("{key}.model: {:?} is already the live model of this task", sh.model));
+            }
+            if t.shadows[..i].iter().any(|o| o.model == sh.model) {
+                errors.push(format!("{key}.model: {:?} is listed twice", sh.model));
+            }
+            if !(0.0..=1.0).contains(&sh.sample_rate) {
+                errors.push(format!("{key}.sample_rate {}: must be within 0..=1 (1 = every review)", sh.sample_rate));
+            }
+            shadows.push(ShadowConfig {
+                model: sh.model.clone(),
+                sample_rate: sh.sample_rate,
+                salt: sh.salt.clone().unwrap_or_else(|| sh.model.clone()),
+            });
+        }
+        tasks.push(TaskConfig { name: name.clone(), live: t.live.clone(), shadows });
+    }
+    for task in &tasks {
+        for other in &tasks {
+            if task.name != other.name && other.shadows.iter().any(|s| s.model == task.live) {
+                errors.push(format!(
+                    "tasks.{}: model {:?} cannot be live here and a shadow of task {}",
+                    task.name, task.live, other.name
+                ));
+            }
+        }
+    }
+    let shadow = shadow_policy(&mut errors, &raw.shadow);
+    let shadow_nice = raw.shadow.nice.unwrap_or(defaults::SHADOW_NICE);
+    if !(0..=19).contains(&shadow_nice) {
+        errors.push(format!("shadow.nice {shadow_nice}: must be 0..=19"));
     }
     if !errors.is_empty() {
         return Err(errors);
     }
-    Ok(Config {
-        source: path.to_path_buf(),
-        server,
-        limits,
-        models,
-        tasks,
-    })
+    Ok(Config { source: path.to_path_buf(), server, limits, shadow, shadow_nice, models, tasks })
+}
+
+fn shadow_policy(errors: &mut Vec<String>, raw: &RawShadowPolicy) -> ShadowPolicy {
+    let text = |v: &Option<String>, default: &'static str| v.clone().unwrap_or_else(|| default.to_string());
+    let max_delay = duration(errors, "shadow.max_delay", &text(&raw.max_delay, defaults::SHADOW_MAX_DELAY));
+    let latency_budget = duration(
+        errors,
+        "shadow.breaker_latency_budget",
+        &text(&raw.breaker_latency_budget, defaults::BREAKER_LATENCY_BUDGET),
+    );
+    let cooldown =
+        duration(errors, "shadow.breaker_cooldown", &text(&raw.breaker_cooldown, defaults::BREAKER_COOLDOWN));
+    let breaker = BreakerPolicy {
+        window: raw.breaker_window.unwrap_or(defaults::BREAKER_WINDOW),
+        min_batches: raw.breaker_min_batches.unwrap_or(defaults::BREAKER_MIN_BATCHES),
+        max_failure_ratio: raw.breaker_max_failure_ratio.unwrap_or(defaults::BREAKER_MAX_FAILURE_RATIO),
+        latency_budget,
+        cooldown,
+    };
+    if !(1..=10_000).contains(&breaker.window) {
+        errors.push(format!("shadow.breaker_window {}: must be 1..=10000", breaker.window));
+    }
+    if breaker.min_batches == 0 || breaker.min_batches > breaker.window {
+        errors.push(format!(
+            "shadow.breaker_min_batches {}: must be 1..=breaker_window ({})",
+            breaker.min_batches, breaker.window
+        ));
+    }
+    if !(breaker.max_failure_ratio > 0.0 && breaker.max_failure_ratio <= 1.0) {
+        errors.push(format!("shadow.breaker_max_failure_ratio {}: must be within (0, 1]", breaker.max_failure_ratio));
+    }
+    let live_pressure_jobs = raw.live_pressure_jobs.unwrap_or(defaults::SHADOW_LIVE_PRESSURE_JOBS);
+    if live_pressure_jobs == 0 {
+        errors.push("shadow.live_pressure_jobs 0: must be at least 1".into());
+    }
+    ShadowPolicy { max_delay, live_pressure_jobs, breaker }
 }
 
 /// Resolves one `[batching]` table, falling back to `parent` (the global table) then defaults.
-fn batching(
-    errors: &mut Vec<String>,
-    key: &str,
-    raw: &RawBatching,
-    parent: Option<WorkerSettings>,
-) -> WorkerSettings {
+fn batching(errors: &mut Vec<String>, key: &str, raw: &RawBatching, parent: Option<WorkerSettings>) -> WorkerSettings {
     let max_wait = match (&raw.max_wait, parent) {
         (Some(s), _) => duration(errors, &format!("{key}.max_wait"), s),
         (None, Some(p)) => p.batch.max_wait,
@@ -468,28 +498,13 @@ fn batching(
     };
     let settings = WorkerSettings {
         batch: BatchPolicy {
-            max_batch_size: pick(
-                raw.max_batch_size,
-                |p| p.batch.max_batch_size,
-                defaults::MAX_BATCH_SIZE,
-            ),
+            max_batch_size: pick(raw.max_batch_size, |p| p.batch.max_batch_size, defaults::MAX_BATCH_SIZE),
             max_wait,
         },
-        queue_capacity: pick(
-            raw.queue_capacity,
-            |p| p.queue_capacity,
-            defaults::QUEUE_CAPACITY,
-        ),
-        threads: pick(
-            raw.inference_threads,
-            |p| p.threads,
-            defaults::INFERENCE_THREADS,
-        ),
-        intra_threads: pick(
-            raw.intra_op_threads,
-            |p| p.intra_threads,
-            defaults::INTRA_OP_THREADS,
-        ),
+        queue_capacity: pick(raw.queue_capacity, |p| p.queue_capacity, defaults::QUEUE_CAPACITY),
+        threads: pick(raw.inference_threads, |p| p.threads, defaults::INFERENCE_THREADS),
+        intra_threads: pick(raw.intra_op_threads, |p| p.intra_threads, defaults::INTRA_OP_THREADS),
+        nice: 0,
     };
     for (name, v, max) in [
         ("max_batch_size", settings.batch.max_batch_size, 4096),
@@ -502,19 +517,14 @@ fn batching(
         }
     }
     if settings.batch.max_wait > Duration::from_secs(1) {
-        errors.push(format!(
-            "{key}.max_wait {:?}: must be at most 1s",
-            settings.batch.max_wait
-        ));
+        errors.push(format!("{key}.max_wait {:?}: must be at most 1s", settings.batch.max_wait));
     }
     settings
 }
 
 fn duration(errors: &mut Vec<String>, key: &str, value: &str) -> Duration {
     humantime::parse_duration(value).unwrap_or_else(|e| {
-        errors.push(format!(
-            "{key} {value:?}: not a duration like \"500us\", \"2ms\" or \"30s\" ({e})"
-        ));
+        errors.push(format!("{key} {value:?}: not a duration like \"500us\", \"2ms\" or \"30s\" ({e})"));
         Duration::ZERO
     })
 }
@@ -524,11 +534,7 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Config, Vec<String>> {
-        Config::parse(
-            text,
-            Path::new("/etc/modserve/modserve.toml"),
-            &Overrides::default(),
-        )
+        Config::parse(text, Path::new("/etc/modserve/modserve.toml"), &Overrides::default())
     }
 
     const GOOD: &str = r#"
@@ -544,29 +550,17 @@ live = "abuse-v1"
     fn minimal_config_gets_defaults_and_resolves_paths() {
         let c = parse(GOOD).unwrap();
         assert_eq!(c.server.grpc_listen, defaults::GRPC_LISTEN.parse().unwrap());
-        assert_eq!(
-            c.models["abuse-v1"].path,
-            Path::new("/etc/modserve/models/abuse-v1")
-        );
-        assert_eq!(
-            c.server.onnxruntime_lib,
-            Path::new("/etc/modserve").join(defaults::ONNXRUNTIME_LIB)
-        );
+        assert_eq!(c.models["abuse-v1"].path, Path::new("/etc/modserve/models/abuse-v1"));
+        assert_eq!(c.server.onnxruntime_lib, Path::new("/etc/modserve").join(defaults::ONNXRUNTIME_LIB));
         assert_eq!(c.models["abuse-v1"].workers.batch.max_batch_size, 8);
-        assert_eq!(
-            c.models["abuse-v1"].workers.queue_capacity,
-            defaults::QUEUE_CAPACITY
-        );
+        assert_eq!(c.models["abuse-v1"].workers.queue_capacity, defaults::QUEUE_CAPACITY);
         assert_eq!(c.limits, Limits::default());
     }
 
     #[test]
     fn overrides_beat_the_file() {
         let text = format!("[server]\ngrpc_listen = \"0.0.0.0:1\"\n{GOOD}");
-        let o = Overrides {
-            grpc_listen: Some("127.0.0.1:7".into()),
-            ..Overrides::default()
-        };
+        let o = Overrides { grpc_listen: Some("127.0.0.1:7".into()), ..Overrides::default() };
         let c = Config::parse(&text, Path::new("x.toml"), &o).unwrap();
         assert_eq!(c.server.grpc_listen.port(), 7);
     }
@@ -594,10 +588,7 @@ live = "abuse-v9"
             "batching.queue_capacity",
             "tasks.abuse.live",
         ] {
-            assert!(
-                errors.iter().any(|e| e.starts_with(key)),
-                "no error for {key}: {errors:?}"
-            );
+            assert!(errors.iter().any(|e| e.starts_with(key)), "no error for {key}: {errors:?}");
         }
     }
 

@@ -12,9 +12,7 @@ pub enum Error {
     #[error("{field}: {reason}")]
     InvalidArgument { field: String, reason: String },
     /// A model's queue was full: the caller should back off and retry.
-    #[error(
-        "model {model} is overloaded: its queue of {capacity} requests is full; retry with backoff"
-    )]
+    #[error("model {model} is overloaded: its queue of {capacity} requests is full; retry with backoff")]
     QueueFull { model: String, capacity: usize },
     /// The caller's deadline passed; the text says where ("before inference on model X").
     /// Work dropped this way never reaches inference.
@@ -40,10 +38,7 @@ pub enum ErrorKind {
 
 impl Error {
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Error::InvalidArgument {
-            field: field.into(),
-            reason: reason.into(),
-        }
+        Error::InvalidArgument { field: field.into(), reason: reason.into() }
     }
 
     pub fn kind(&self) -> ErrorKind {

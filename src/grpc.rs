@@ -13,6 +13,5 @@ pub mod pb {
     tonic::include_proto!("modserve.v1");
 
     /// The encoded descriptor set served by reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        tonic::include_file_descriptor_set!("modserve_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("modserve_descriptor");
 }

@@ -15,7 +15,9 @@
 pub mod admin;
 pub mod app;
 pub mod batch;
+pub mod breaker;
 pub mod classify;
+pub mod compare;
 pub mod config;
 pub mod error;
 pub mod grpc;
@@ -26,6 +28,7 @@ pub mod policy;
 pub mod registry;
 pub mod request;
 pub mod runtime;
+pub mod shadow;
 pub mod shutdown;
 pub mod tokenize;
 pub mod worker;

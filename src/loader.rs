@@ -3,6 +3,7 @@
 //! Every problem is collected, so one run reports all of them.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -12,6 +13,7 @@ use crate::config::Config;
 use crate::metrics::Role;
 use crate::model::Package;
 use crate::registry::{ServingState, TaskEntry};
+use crate::shadow::ShadowPair;
 use crate::worker::{self, WorkerPool};
 
 /// A loaded state and the worker threads behind it (joined after the state is dropped).
@@ -25,12 +27,19 @@ pub struct Loaded {
 pub fn load(config: &Config, env: &Environment, all_models: bool) -> Result<Loaded, Vec<String>> {
     let mut errors = Vec::new();
     let mut pools: BTreeMap<&str, WorkerPool> = BTreeMap::new();
-    let used: Vec<&str> = config.tasks.iter().map(|t| t.live.as_str()).collect();
+    let live: Vec<&str> = config.tasks.iter().map(|t| t.live.as_str()).collect();
+    let shadows: Vec<&str> = config.tasks.iter().flat_map(|t| t.shadows.iter().map(|s| s.model.as_str())).collect();
     for (name, model) in &config.models {
-        if !used.contains(&name.as_str()) && !all_models {
+        let role = if live.contains(&name.as_str()) {
+            Role::Live
+        } else if shadows.contains(&name.as_str()) {
+            Role::Shadow
+        } else if all_models {
+            Role::Live
+        } else {
             tracing::warn!(model = %name, "models.{name} is not used by any task; not loaded");
             continue;
-        }
+        };
         let started = Instant::now();
         let package = match Package::load(&model.path) {
             Ok(p) => p,
@@ -47,12 +56,17 @@ pub fn load(config: &Config, env: &Environment, all_models: bool) -> Result<Load
             ));
             continue;
         }
-        match worker::start(env, &package, Role::Live, model.workers) {
+        let mut settings = model.workers;
+        if role == Role::Shadow {
+            settings.nice = config.shadow_nice;
+        }
+        match worker::start(env, &package, role, settings) {
             Ok(pool) => {
                 tracing::info!(
                     model = %name,
                     version = %package.spec.version,
                     task = %package.spec.task,
+                    role = role.as_str(),
                     sha256 = %package.spec.sha256_prefix(),
                     threads = pool.threads.len(),
                     load_ms = started.elapsed().as_millis() as u64,
@@ -78,10 +92,29 @@ pub fn load(config: &Config, env: &Environment, all_models: bool) -> Result<Load
             ));
             continue;
         }
-        tasks.push(TaskEntry {
-            name: task.name.clone(),
-            live: pool.handle.clone(),
-        });
+        let mut pairs = Vec::new();
+        for sh in &task.shadows {
+            let Some(shadow_pool) = pools.get(sh.model.as_str()) else { continue };
+            if shadow_pool.handle.spec().task != task.name {
+                errors.push(format!(
+                    "tasks.{}.shadows: model {:?} answers task {:?} (its manifest says so), not {:?}",
+                    task.name,
+                    sh.model,
+                    shadow_pool.handle.spec().task,
+                    task.name
+                ));
+                continue;
+            }
+            pairs.push(Arc::new(ShadowPair::new(
+                &task.name,
+                pool.handle.clone(),
+                shadow_pool.handle.clone(),
+                sh.sample_rate,
+                sh.salt.clone(),
+                config.shadow,
+            )));
+        }
+        tasks.push(TaskEntry { name: task.name.clone(), live: pool.handle.clone(), shadows: pairs });
     }
     let threads = pools.into_values().flat_map(|p| p.threads).collect();
     if !errors.is_empty() {
@@ -90,10 +123,7 @@ pub fn load(config: &Config, env: &Environment, all_models: bool) -> Result<Load
         join_all(threads);
         return Err(errors);
     }
-    Ok(Loaded {
-        state: ServingState { tasks },
-        threads,
-    })
+    Ok(Loaded { state: ServingState { tasks }, threads })
 }
 
 /// Waits for worker threads to finish (their queues must be closed first).

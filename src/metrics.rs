@@ -5,8 +5,7 @@
 use std::sync::OnceLock;
 
 use metrics::{
-    Counter, Gauge, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram,
-    gauge, histogram,
+    Counter, Gauge, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -24,12 +23,21 @@ pub const DROPPED_TOTAL: &str = "modserve_dropped_total";
 pub const INFERENCE_ERRORS_TOTAL: &str = "modserve_inference_errors_total";
 pub const MODEL_INFO: &str = "modserve_model_info";
 pub const BUILD_INFO: &str = "modserve_build_info";
+pub const SHADOW_COMPARISONS_TOTAL: &str = "modserve_shadow_comparisons_total";
+pub const SHADOW_SCORE_DELTA: &str = "modserve_shadow_score_delta";
+pub const SHADOW_TOP_LABEL_FLIPS_TOTAL: &str = "modserve_shadow_top_label_flips_total";
+pub const SHADOW_REVIEWS_TOTAL: &str = "modserve_shadow_reviews_total";
+pub const SHADOW_BREAKER_OPEN: &str = "modserve_shadow_breaker_open";
+pub const SHADOW_BREAKER_TRIPS_TOTAL: &str = "modserve_shadow_breaker_trips_total";
 
 /// Latency buckets in seconds: 50 us to 5 s, dense below 10 ms where a healthy server lives.
 const LATENCY_BUCKETS: &[f64] = &[
-    0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05,
-    0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0,
 ];
+/// Score deltas (shadow minus live), symmetric around 0 and dense near it, where most
+/// candidates live.
+const DELTA_BUCKETS: &[f64] = &[-1.0, -0.5, -0.25, -0.1, -0.05, -0.01, 0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0];
 /// Batch sizes in reviews: powers of two up to the largest sensible `max_batch_size`.
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
@@ -97,9 +105,8 @@ pub fn install() -> Result<PrometheusHandle, String> {
         .get_or_init(|| {
             let handle = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
-                .and_then(|b| {
-                    b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), BATCH_BUCKETS)
-                })
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), BATCH_BUCKETS))
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(SHADOW_SCORE_DELTA.into()), DELTA_BUCKETS))
                 .map_err(|e| e.to_string())?
                 .install_recorder()
                 .map_err(|e| e.to_string())?;
@@ -111,32 +118,20 @@ pub fn install() -> Result<PrometheusHandle, String> {
 }
 
 fn describe() {
-    describe_counter!(
-        REQUESTS_TOTAL,
-        "gRPC calls (stream messages count one each), by method and status code."
-    );
+    describe_counter!(REQUESTS_TOTAL, "gRPC calls (stream messages count one each), by method and status code.");
     describe_histogram!(
         REQUEST_DURATION_SECONDS,
         Unit::Seconds,
         "End-to-end time of a call or stream message inside the server, by method."
     );
-    describe_counter!(
-        REVIEWS_TOTAL,
-        "Reviews classified, by task, model, version, role and decision."
-    );
+    describe_counter!(REVIEWS_TOTAL, "Reviews classified, by task, model, version, role and decision.");
     describe_histogram!(
         STAGE_DURATION_SECONDS,
         Unit::Seconds,
         "Time per pipeline stage (queue_wait per job; tokenize and inference per batch), by model and role."
     );
-    describe_histogram!(
-        BATCH_SIZE,
-        "Reviews per inference batch, by model and role."
-    );
-    describe_counter!(
-        BATCHES_TOTAL,
-        "Inference batches run (including failed ones), by model and role."
-    );
+    describe_histogram!(BATCH_SIZE, "Reviews per inference batch, by model and role.");
+    describe_counter!(BATCHES_TOTAL, "Inference batches run (including failed ones), by model and role.");
     describe_gauge!(
         QUEUE_DEPTH,
         "Jobs waiting in a model's queue when its worker last took a batch, by model and role."
@@ -154,6 +149,24 @@ fn describe() {
         "1 for every loaded model, labelled with task, model, version, role and the first 12 hex digits of its sha256."
     );
     describe_gauge!(BUILD_INFO, "1, labelled with the modserve version.");
+    describe_counter!(
+        SHADOW_COMPARISONS_TOTAL,
+        "Reviews scored by both the live model and a shadow, by task, both models and versions, and both decisions (a 3x3 confusion matrix)."
+    );
+    describe_histogram!(
+        SHADOW_SCORE_DELTA,
+        "Shadow score minus live score per review, by task, live model, shadow model and label."
+    );
+    describe_counter!(
+        SHADOW_TOP_LABEL_FLIPS_TOTAL,
+        "Compared reviews whose highest-scoring label differs between live and shadow, by task and models."
+    );
+    describe_counter!(
+        SHADOW_REVIEWS_TOTAL,
+        "Reviews offered to a shadow, by task, live model, shadow model and outcome: compared, or skipped as sampled_out, queue_full, live_pressure, deadline, breaker_open, error."
+    );
+    describe_gauge!(SHADOW_BREAKER_OPEN, "1 while a shadow's circuit breaker has paused it, by task and shadow model.");
+    describe_counter!(SHADOW_BREAKER_TRIPS_TOTAL, "Times a shadow's circuit breaker opened, by task and shadow model.");
 }
 
 /// Records one finished call or stream message; `code` is the gRPC status name (`OK`, ...).
@@ -197,16 +210,8 @@ impl ModelMetrics {
             batches: counter!(BATCHES_TOTAL, "model" => model.clone(), "role" => role_str),
             queue_depth: gauge!(QUEUE_DEPTH, "model" => model.clone(), "role" => role_str),
             errors: counter!(INFERENCE_ERRORS_TOTAL, "model" => model.clone(), "role" => role_str),
-            dropped: [
-                dropped(DropReason::QueueFull),
-                dropped(DropReason::Deadline),
-                dropped(DropReason::Cancelled),
-            ],
-            reviews: [
-                reviews(Decision::Allow),
-                reviews(Decision::Review),
-                reviews(Decision::Reject),
-            ],
+            dropped: [dropped(DropReason::QueueFull), dropped(DropReason::Deadline), dropped(DropReason::Cancelled)],
+            reviews: [reviews(Decision::Allow), reviews(Decision::Review), reviews(Decision::Reject)],
             info,
         }
     }
@@ -222,5 +227,102 @@ impl ModelMetrics {
     /// Marks the model as no longer loaded (its info series drops to 0).
     pub fn unloaded(&self) {
         self.info.set(0.0);
+    }
+}
+
+/// What became of a review offered to a shadow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShadowOutcome {
+    Compared,
+    SampledOut,
+    QueueFull,
+    LivePressure,
+    Deadline,
+    BreakerOpen,
+    Error,
+}
+
+impl ShadowOutcome {
+    pub const ALL: [ShadowOutcome; 7] = [
+        ShadowOutcome::Compared,
+        ShadowOutcome::SampledOut,
+        ShadowOutcome::QueueFull,
+        ShadowOutcome::LivePressure,
+        ShadowOutcome::Deadline,
+        ShadowOutcome::BreakerOpen,
+        ShadowOutcome::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShadowOutcome::Compared => "compared",
+            ShadowOutcome::SampledOut => "sampled_out",
+            ShadowOutcome::QueueFull => "queue_full",
+            ShadowOutcome::LivePressure => "live_pressure",
+            ShadowOutcome::Deadline => "deadline",
+            ShadowOutcome::BreakerOpen => "breaker_open",
+            ShadowOutcome::Error => "error",
+        }
+    }
+}
+
+/// Pre-registered handles for one (task, live model, shadow model) pair.
+pub struct ShadowMetrics {
+    /// `[live decision][shadow decision]`.
+    confusion: [[Counter; 3]; 3],
+    /// One per shadow label that the live model also has, in shadow label order (`None` when the
+    /// live model lacks the label).
+    deltas: Vec<Option<Histogram>>,
+    pub flips: Counter,
+    outcomes: [Counter; 7],
+    pub breaker_open: Gauge,
+    pub breaker_trips: Counter,
+}
+
+impl ShadowMetrics {
+    pub fn new(task: &str, live: &ModelSpec, shadow: &ModelSpec) -> ShadowMetrics {
+        let pair = |name: &'static str| (name, task.to_string(), live.name.clone(), shadow.name.clone());
+        let confusion = Decision::ALL.map(|l| {
+            Decision::ALL.map(|s| {
+                counter!(SHADOW_COMPARISONS_TOTAL, "task" => task.to_string(), "live_model" => live.name.clone(),
+                    "live_version" => live.version.clone(), "shadow_model" => shadow.name.clone(),
+                    "shadow_version" => shadow.version.clone(), "live_decision" => l.as_str(), "shadow_decision" => s.as_str())
+            })
+        });
+        let deltas = shadow
+            .labels
+            .iter()
+            .map(|label| {
+                live.labels.contains(label).then(|| {
+                    let (name, t, l, s) = pair(SHADOW_SCORE_DELTA);
+                    histogram!(name, "task" => t, "live_model" => l, "shadow_model" => s, "label" => label.clone())
+                })
+            })
+            .collect();
+        let (name, t, l, s) = pair(SHADOW_TOP_LABEL_FLIPS_TOTAL);
+        let flips = counter!(name, "task" => t, "live_model" => l, "shadow_model" => s);
+        let outcomes = ShadowOutcome::ALL.map(|o| {
+            let (name, t, l, s) = pair(SHADOW_REVIEWS_TOTAL);
+            counter!(name, "task" => t, "live_model" => l, "shadow_model" => s, "outcome" => o.as_str())
+        });
+        let breaker_open =
+            gauge!(SHADOW_BREAKER_OPEN, "task" => task.to_string(), "shadow_model" => shadow.name.clone());
+        breaker_open.set(0.0);
+        let breaker_trips =
+            counter!(SHADOW_BREAKER_TRIPS_TOTAL, "task" => task.to_string(), "shadow_model" => shadow.name.clone());
+        ShadowMetrics { confusion, deltas, flips, outcomes, breaker_open, breaker_trips }
+    }
+
+    pub fn compared(&self, live: Decision, shadow: Decision) {
+        self.confusion[live as usize][shadow as usize].increment(1);
+    }
+
+    /// The delta histogram for the shadow's label `index`, if the live model has that label.
+    pub fn delta(&self, index: usize) -> Option<&Histogram> {
+        self.deltas.get(index).and_then(Option::as_ref)
+    }
+
+    pub fn outcome(&self, outcome: ShadowOutcome, reviews: usize) {
+        self.outcomes[ShadowOutcome::ALL.iter().position(|o| *o == outcome).unwrap_or(0)].increment(reviews as u64);
     }
 }

@@ -64,15 +64,9 @@ mod tests {
             name: "default".into(),
             version: "1".into(),
             thresholds: vec![
-                Some(Thresholds {
-                    review: Some(0.5),
-                    reject: Some(0.9),
-                }),
+                Some(Thresholds { review: Some(0.5), reject: Some(0.9) }),
                 None,
-                Some(Thresholds {
-                    review: Some(0.3),
-                    reject: None,
-                }),
+                Some(Thresholds { review: Some(0.3), reject: None }),
             ],
         }
     }

@@ -6,12 +6,14 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 
+use crate::shadow::ShadowPair;
 use crate::worker::ModelHandle;
 
-/// One task and its live model.
+/// One task, its live model and its shadows.
 pub struct TaskEntry {
     pub name: String,
     pub live: ModelHandle,
+    pub shadows: Vec<Arc<ShadowPair>>,
 }
 
 /// Everything a request needs to be answered.

@@ -24,10 +24,7 @@ pub struct RuntimeError {
 pub fn environment(lib: &Path) -> Result<Environment, RuntimeError> {
     ENVIRONMENT
         .get_or_init(|| {
-            let err = |reason: String| RuntimeError {
-                path: lib.to_path_buf(),
-                reason,
-            };
+            let err = |reason: String| RuntimeError { path: lib.to_path_buf(), reason };
             if !lib.is_file() {
                 return Err(err("no such file".into()));
             }

@@ -46,19 +46,11 @@ impl Encoder {
     ) -> Result<(), String> {
         let mut encodings = Vec::new();
         for text in texts {
-            let encoding = self
-                .tokenizer
-                .encode_fast(text, true)
-                .map_err(|e| format!("tokenizer failed: {e}"))?;
+            let encoding = self.tokenizer.encode_fast(text, true).map_err(|e| format!("tokenizer failed: {e}"))?;
             encodings.push(encoding);
         }
         // At least one column, so a text with no tokens still yields a well-formed tensor.
-        let seq = encodings
-            .iter()
-            .map(|e| e.get_ids().len())
-            .max()
-            .unwrap_or(0)
-            .max(1);
+        let seq = encodings.iter().map(|e| e.get_ids().len()).max().unwrap_or(0).max(1);
         let rows = encodings.len();
         out.rows = rows;
         out.seq = seq;
@@ -68,12 +60,7 @@ impl Encoder {
         out.mask.resize(rows * seq, 0);
         for (row, encoding) in encodings.iter().enumerate() {
             let base = row * seq;
-            for (i, (&id, &m)) in encoding
-                .get_ids()
-                .iter()
-                .zip(encoding.get_attention_mask())
-                .enumerate()
-            {
+            for (i, (&id, &m)) in encoding.get_ids().iter().zip(encoding.get_attention_mask()).enumerate() {
                 out.ids[base + i] = i64::from(id);
                 out.mask[base + i] = i64::from(m);
             }
@@ -87,26 +74,17 @@ mod tests {
     use super::*;
 
     fn encoder(max: usize) -> Encoder {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/tiny-abuse/tokenizer.json"
-        );
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-abuse/tokenizer.json");
         Encoder::new(Tokenizer::from_file(path).unwrap(), max).unwrap()
     }
 
     #[test]
     fn pads_to_the_longest_row_with_zeros() {
         let mut batch = TokenBatch::default();
-        encoder(64)
-            .encode_into(["you idiot", "great product fast delivery"], &mut batch)
-            .unwrap();
+        encoder(64).encode_into(["you idiot", "great product fast delivery"], &mut batch).unwrap();
         assert_eq!((batch.rows, batch.seq), (2, 4));
         assert_eq!(&batch.mask, &[1, 1, 0, 0, 1, 1, 1, 1]);
-        assert!(
-            batch.ids[..2].iter().all(|&id| id > 1),
-            "known words: {:?}",
-            batch.ids
-        );
+        assert!(batch.ids[..2].iter().all(|&id| id > 1), "known words: {:?}", batch.ids);
         assert_eq!(&batch.ids[2..4], &[0, 0]);
     }
 
@@ -123,8 +101,7 @@ mod tests {
     fn reuses_buffers_without_stale_values() {
         let enc = encoder(64);
         let mut batch = TokenBatch::default();
-        enc.encode_into(["great product fast delivery", "you"], &mut batch)
-            .unwrap();
+        enc.encode_into(["great product fast delivery", "you"], &mut batch).unwrap();
         enc.encode_into(["you"], &mut batch).unwrap();
         assert_eq!((batch.rows, batch.seq), (1, 1));
         assert_eq!(batch.ids.len(), 1);

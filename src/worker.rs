@@ -8,7 +8,7 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
 use ort::environment::Environment;
@@ -25,14 +25,47 @@ use crate::tokenize::{Encoder, TokenBatch};
 /// Scores for one job: `reviews.len() * labels.len()` probabilities, row-major.
 pub type JobResult = Result<Vec<f32>, Error>;
 
+/// Called with a job's outcome and the run time of the batch it was in (zero if it never ran).
+pub type Callback = Box<dyn FnOnce(JobResult, Duration) + Send>;
+
+/// Where a job's outcome goes.
+pub enum Reply {
+    /// A caller awaiting the scores (live work).
+    Caller(oneshot::Sender<JobResult>),
+    /// Fire-and-forget work (shadows): nobody waits; the callback records the outcome on the
+    /// worker thread.
+    Callback(Callback),
+}
+
+impl Reply {
+    fn is_closed(&self) -> bool {
+        match self {
+            Reply::Caller(tx) => tx.is_closed(),
+            Reply::Callback(_) => false,
+        }
+    }
+
+    fn send(self, result: JobResult, elapsed: Duration) {
+        match self {
+            // The caller may have gone; nothing to do then.
+            Reply::Caller(tx) => drop(tx.send(result)),
+            Reply::Callback(f) => {
+                // A failing callback must not take the worker thread down.
+                if let Err(panic) = catch_unwind(AssertUnwindSafe(|| f(result, elapsed))) {
+                    tracing::error!(panic = %panic_message(&panic), "job callback panicked");
+                }
+            }
+        }
+    }
+}
+
 /// One request's reviews for one model.
 pub struct Job {
     pub reviews: Arc<[ReviewInput]>,
-    /// Past this instant the caller no longer wants an answer; the job is dropped unrun.
+    /// Past this instant nobody wants the answer; the job is dropped unrun.
     pub deadline: Option<Instant>,
     pub enqueued_at: Instant,
-    /// Dropped unanswered only if the worker thread dies; the caller then sees a closed channel.
-    pub reply: oneshot::Sender<JobResult>,
+    pub reply: Reply,
 }
 
 /// How a model's workers run.
@@ -45,6 +78,9 @@ pub struct WorkerSettings {
     pub threads: usize,
     /// ONNX Runtime intra-op threads per session.
     pub intra_threads: usize,
+    /// Scheduling niceness of the worker threads (0 = normal; shadows run at a higher value so
+    /// the kernel favours live work when cores are busy).
+    pub nice: i32,
 }
 
 /// The front door to a model's workers. Clone freely.
@@ -66,6 +102,11 @@ impl ModelHandle {
         &self.metrics
     }
 
+    /// Jobs waiting in the queue now.
+    pub fn queue_len(&self) -> usize {
+        self.tx.len()
+    }
+
     /// Queues `reviews` for inference; the receiver yields the scores.
     pub fn submit(
         &self,
@@ -73,24 +114,30 @@ impl ModelHandle {
         deadline: Option<Instant>,
     ) -> Result<oneshot::Receiver<JobResult>, Error> {
         let (reply, rx) = oneshot::channel();
-        let job = Job {
-            reviews,
-            deadline,
-            enqueued_at: Instant::now(),
-            reply,
-        };
+        self.enqueue(reviews, deadline, Reply::Caller(reply))?;
+        Ok(rx)
+    }
+
+    /// Queues `reviews` without waiting: `callback` gets the outcome on the worker thread. On
+    /// `Err` the callback was not queued and will not be called.
+    pub fn submit_with(
+        &self,
+        reviews: Arc<[ReviewInput]>,
+        deadline: Option<Instant>,
+        callback: Callback,
+    ) -> Result<(), Error> {
+        self.enqueue(reviews, deadline, Reply::Callback(callback))
+    }
+
+    fn enqueue(&self, reviews: Arc<[ReviewInput]>, deadline: Option<Instant>, reply: Reply) -> Result<(), Error> {
+        let job = Job { reviews, deadline, enqueued_at: Instant::now(), reply };
         match self.tx.try_send(job) {
-            Ok(()) => Ok(rx),
+            Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => {
                 self.metrics.dropped(DropReason::QueueFull).increment(1);
-                Err(Error::QueueFull {
-                    model: self.spec.name.clone(),
-                    capacity: self.capacity,
-                })
+                Err(Error::QueueFull { model: self.spec.name.clone(), capacity: self.capacity })
             }
-            Err(TrySendError::Disconnected(_)) => {
-                Err(Error::Unavailable("the model is shutting down"))
-            }
+            Err(TrySendError::Disconnected(_)) => Err(Error::Unavailable("the model is shutting down")),
         }
     }
 }
@@ -110,20 +157,13 @@ pub fn start(
     settings: WorkerSettings,
 ) -> Result<WorkerPool, PackageError> {
     let spec = package.spec.clone();
-    let encoder =
-        Encoder::new(package.tokenizer.clone(), spec.max_sequence_length).map_err(|reason| {
-            PackageError::Tokenizer {
-                path: spec.dir.join("tokenizer.json"),
-                reason,
-            }
-        })?;
+    let encoder = Encoder::new(package.tokenizer.clone(), spec.max_sequence_length)
+        .map_err(|reason| PackageError::Tokenizer { path: spec.dir.join("tokenizer.json"), reason })?;
     let mut sessions = Vec::with_capacity(settings.threads);
     for _ in 0..settings.threads.max(1) {
         let mut session = ModelSession::build(env, package, settings.intra_threads)?;
-        warm_up(&mut session, &encoder).map_err(|reason| PackageError::WarmUp {
-            path: package.model_path(),
-            reason,
-        })?;
+        warm_up(&mut session, &encoder)
+            .map_err(|reason| PackageError::WarmUp { path: package.model_path(), reason })?;
         sessions.push(session);
     }
     let (tx, rx) = crossbeam_channel::bounded(settings.queue_capacity.max(1));
@@ -141,21 +181,20 @@ pub fn start(
             scores: Vec::new(),
         };
         let name = format!("infer-{}-{i}", spec.name);
+        let nice = settings.nice;
         let thread = std::thread::Builder::new()
             .name(name.chars().take(15).collect())
-            .spawn(move || worker.run())
+            .spawn(move || {
+                set_nice(nice);
+                worker.run()
+            })
             .map_err(|e| PackageError::WarmUp {
                 path: spec.dir.clone(),
                 reason: format!("cannot start worker thread: {e}"),
             })?;
         threads.push(thread);
     }
-    let handle = ModelHandle {
-        spec,
-        tx,
-        capacity: settings.queue_capacity.max(1),
-        metrics,
-    };
+    let handle = ModelHandle { spec, tx, capacity: settings.queue_capacity.max(1), metrics };
     Ok(WorkerPool { handle, threads })
 }
 
@@ -164,10 +203,7 @@ pub fn start(
 fn warm_up(session: &mut ModelSession, encoder: &Encoder) -> Result<(), String> {
     let spec = session.spec().clone();
     let mut tokens = TokenBatch::default();
-    encoder.encode_into(
-        ["modserve warm-up review: great product, fast delivery."],
-        &mut tokens,
-    )?;
+    encoder.encode_into(["modserve warm-up review: great product, fast delivery."], &mut tokens)?;
     let features: Vec<f32> = spec.features.iter().map(|f| f.default).collect();
     let features = (!features.is_empty()).then_some(features.as_slice());
     let mut out = Vec::new();
@@ -238,15 +274,12 @@ impl Worker {
         let now = Instant::now();
         let mut live = Vec::with_capacity(jobs.len());
         for job in jobs {
-            self.metrics
-                .queue_wait
-                .record(now.duration_since(job.enqueued_at).as_secs_f64());
+            self.metrics.queue_wait.record(now.duration_since(job.enqueued_at).as_secs_f64());
             if job.deadline.is_some_and(|d| d <= now) {
                 self.metrics.dropped(DropReason::Deadline).increment(1);
                 let model = &self.session.spec().name;
-                let _ = job.reply.send(Err(Error::DeadlineExceeded(format!(
-                    "before inference on model {model}"
-                ))));
+                let error = Error::DeadlineExceeded(format!("before inference on model {model}"));
+                job.reply.send(Err(error), Duration::ZERO);
             } else if job.reply.is_closed() {
                 self.metrics.dropped(DropReason::Cancelled).increment(1);
             } else {
@@ -258,17 +291,17 @@ impl Worker {
         }
         // A panic inside tokenization or ONNX Runtime must not take the thread down with the
         // jobs' reply channels: catch it and answer every job with an error.
+        let started = Instant::now();
         let outcome = catch_unwind(AssertUnwindSafe(|| self.infer(&live)))
             .unwrap_or_else(|panic| Err(format!("panicked: {}", panic_message(&panic))));
+        let elapsed = started.elapsed();
         match outcome {
             Ok(()) => {
                 let n_labels = self.session.spec().labels.len();
                 let mut offset = 0;
                 for job in live {
                     let len = job.reviews.len() * n_labels;
-                    let _ = job
-                        .reply
-                        .send(Ok(self.scores[offset..offset + len].to_vec()));
+                    job.reply.send(Ok(self.scores[offset..offset + len].to_vec()), elapsed);
                     offset += len;
                 }
             }
@@ -277,10 +310,8 @@ impl Worker {
                 let model = self.session.spec().name.clone();
                 tracing::error!(model = %model, error = %reason, jobs = live.len(), "inference failed");
                 for job in live {
-                    let _ = job.reply.send(Err(Error::Inference {
-                        model: model.clone(),
-                        reason: reason.clone(),
-                    }));
+                    let error = Error::Inference { model: model.clone(), reason: reason.clone() };
+                    job.reply.send(Err(error), elapsed);
                 }
             }
         }
@@ -290,23 +321,18 @@ impl Worker {
     fn infer(&mut self, jobs: &[Job]) -> Result<(), String> {
         let spec = self.session.spec().clone();
         let t0 = Instant::now();
-        let texts = jobs
-            .iter()
-            .flat_map(|j| j.reviews.iter().map(|r| r.model_text.as_str()));
+        let texts = jobs.iter().flat_map(|j| j.reviews.iter().map(|r| r.model_text.as_str()));
         self.encoder.encode_into(texts, &mut self.tokens)?;
         self.features.clear();
         if !spec.features.is_empty() {
             for review in jobs.iter().flat_map(|j| j.reviews.iter()) {
                 for feature in &spec.features {
-                    self.features
-                        .push(review.signal(&feature.name).unwrap_or(feature.default));
+                    self.features.push(review.signal(&feature.name).unwrap_or(feature.default));
                 }
             }
         }
         let t1 = Instant::now();
-        self.metrics
-            .tokenize
-            .record(t1.duration_since(t0).as_secs_f64());
+        self.metrics.tokenize.record(t1.duration_since(t0).as_secs_f64());
         self.metrics.batch_size.record(self.tokens.rows as f64);
         self.metrics.batches.increment(1);
         self.scores.clear();
@@ -314,6 +340,22 @@ impl Worker {
         let result = self.session.run(&self.tokens, features, &mut self.scores);
         self.metrics.inference.record(t1.elapsed().as_secs_f64());
         result
+    }
+}
+
+/// Sets the calling thread's niceness (Linux applies `setpriority` per thread). Best effort: on
+/// failure the thread just runs at normal priority.
+fn set_nice(nice: i32) {
+    if nice == 0 {
+        return;
+    }
+    // SAFETY: plain syscalls on the calling thread, no pointers involved.
+    let rc = unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, nice)
+    };
+    if rc != 0 {
+        tracing::warn!(nice, error = %std::io::Error::last_os_error(), "cannot lower worker thread priority");
     }
 }
 

@@ -40,34 +40,21 @@ live = "tiny-fraud-v2"
     for _round in 0..20 {
         let mut calls = Vec::new();
         for c in 0..64 {
-            let mut client =
-                modserve::grpc::pb::moderation_client::ModerationClient::new(channel.clone());
-            let reviews = (0..64)
-                .map(|i| review(&format!("{c}-{i}"), "win a free prize now"))
-                .collect();
-            calls.push(tokio::spawn(async move {
-                client.classify(request(reviews)).await
-            }));
+            let mut client = modserve::grpc::pb::moderation_client::ModerationClient::new(channel.clone());
+            let reviews = (0..64).map(|i| review(&format!("{c}-{i}"), "win a free prize now")).collect();
+            calls.push(tokio::spawn(async move { client.classify(request(reviews)).await }));
         }
         for call in calls {
             match call.await.unwrap() {
                 Ok(resp) => {
                     let resp = resp.into_inner();
                     assert_eq!(resp.results.len(), 64);
-                    assert!(
-                        resp.results
-                            .iter()
-                            .all(|r| decision_name(r.tasks[0].decision) == "REJECT")
-                    );
+                    assert!(resp.results.iter().all(|r| decision_name(r.tasks[0].decision) == "REJECT"));
                     ok += 1;
                 }
                 Err(status) => {
                     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-                    assert!(
-                        status.message().contains("tiny-fraud-v2"),
-                        "{}",
-                        status.message()
-                    );
+                    assert!(status.message().contains("tiny-fraud-v2"), "{}", status.message());
                     shed += 1;
                 }
             }
@@ -80,21 +67,10 @@ live = "tiny-fraud-v2"
     assert!(ok > 0, "some requests must still be served");
     let scrape = server.scrape().await;
     assert_eq!(
-        metric(
-            &scrape,
-            "modserve_dropped_total",
-            &[("model", "tiny-fraud-v2"), ("reason", "queue_full")]
-        ),
+        metric(&scrape, "modserve_dropped_total", &[("model", "tiny-fraud-v2"), ("reason", "queue_full")]),
         Some(shed as f64)
     );
-    assert_eq!(
-        metric(
-            &scrape,
-            "modserve_requests_total",
-            &[("code", "RESOURCE_EXHAUSTED")]
-        ),
-        Some(shed as f64)
-    );
+    assert_eq!(metric(&scrape, "modserve_requests_total", &[("code", "RESOURCE_EXHAUSTED")]), Some(shed as f64));
     server.stop().await;
 }
 
@@ -110,40 +86,19 @@ live = "tiny-abuse-v2"
     ))
     .await;
     let mut client = server.client().await;
-    let before = metric(
-        &server.scrape().await,
-        "modserve_batches_total",
-        &[("model", "tiny-abuse-v2")],
-    )
-    .unwrap();
+    let before = metric(&server.scrape().await, "modserve_batches_total", &[("model", "tiny-abuse-v2")]).unwrap();
     // A raw HTTP/2 call, because a tonic client enforces `grpc-timeout` itself and would
     // report its own timeout before the server's answer arrives; we want the server's answer.
-    let (status, message) = raw_classify(
-        server.grpc_addr,
-        &request(vec![review("a", "you idiot")]),
-        "1n",
-    )
-    .await;
+    let (status, message) = raw_classify(server.grpc_addr, &request(vec![review("a", "you idiot")]), "1n").await;
     assert_eq!(status, Code::DeadlineExceeded as i32, "{message}");
     assert!(message.contains("deadline exceeded"), "{message}");
     let scrape = server.scrape().await;
     assert_eq!(
-        metric(
-            &scrape,
-            "modserve_batches_total",
-            &[("model", "tiny-abuse-v2")]
-        ),
+        metric(&scrape, "modserve_batches_total", &[("model", "tiny-abuse-v2")]),
         Some(before),
         "no inference ran"
     );
-    assert_eq!(
-        metric(
-            &scrape,
-            "modserve_requests_total",
-            &[("code", "DEADLINE_EXCEEDED")]
-        ),
-        Some(1.0)
-    );
+    assert_eq!(metric(&scrape, "modserve_requests_total", &[("code", "DEADLINE_EXCEEDED")]), Some(1.0));
     // A generous deadline is met.
     let mut req = tonic::Request::new(request(vec![review("a", "you idiot")]));
     req.set_timeout(Duration::from_secs(10));
@@ -158,45 +113,31 @@ fn queued_work_past_its_deadline_is_dropped_before_inference() {
     let env = modserve::runtime::environment(&ort_lib()).expect("ONNX Runtime loads");
     let package = Package::load(&fixture("tiny-abuse")).expect("fixture loads");
     let settings = WorkerSettings {
-        batch: BatchPolicy {
-            max_batch_size: 8,
-            max_wait: Duration::ZERO,
-        },
+        batch: BatchPolicy { max_batch_size: 8, max_wait: Duration::ZERO },
         queue_capacity: 4,
         threads: 1,
         intra_threads: 1,
+        nice: 0,
     };
     let pool = worker::start(&env, &package, Role::Shadow, settings).expect("workers start");
-    let reviews: Arc<[ReviewInput]> = vec![ReviewInput {
-        id: "a".into(),
-        model_text: "you idiot".into(),
-        rating: None,
-        signals: Default::default(),
-    }]
-    .into();
+    let reviews: Arc<[ReviewInput]> =
+        vec![ReviewInput { id: "a".into(), model_text: "you idiot".into(), rating: None, signals: Default::default() }]
+            .into();
     let expired = Instant::now() - Duration::from_millis(1);
-    let rx = pool
-        .handle
-        .submit(reviews.clone(), Some(expired))
-        .expect("queued");
+    let rx = pool.handle.submit(reviews.clone(), Some(expired)).expect("queued");
     match rx.blocking_recv().expect("answered") {
-        Err(Error::DeadlineExceeded(where_)) => assert!(
-            where_.contains("before inference on model tiny-abuse"),
-            "{where_}"
-        ),
+        Err(Error::DeadlineExceeded(where_)) => {
+            assert!(where_.contains("before inference on model tiny-abuse"), "{where_}")
+        }
         other => panic!("expected DeadlineExceeded, got {other:?}"),
     }
     // The same review with time to spare is scored.
-    let rx = pool
-        .handle
-        .submit(reviews, Some(Instant::now() + Duration::from_secs(10)))
-        .expect("queued");
+    let rx = pool.handle.submit(reviews, Some(Instant::now() + Duration::from_secs(10))).expect("queued");
     let scores = rx.blocking_recv().expect("answered").expect("scored");
     assert!(scores[0] > 0.9, "insult score {scores:?}");
     drop(pool.handle);
     for t in pool.threads {
-        t.join()
-            .expect("worker exits cleanly when its handle is dropped");
+        t.join().expect("worker exits cleanly when its handle is dropped");
     }
 }
 
@@ -213,42 +154,17 @@ live = "tiny-faulty"
     .await;
     let mut client = server.client().await;
     // "explode" makes ONNX Runtime fail (Gather out of bounds); "nan" makes the model emit NaN.
-    for (text, reason) in [
-        ("this will explode", "Gather"),
-        ("nan", "not a probability"),
-    ] {
-        let status = client
-            .classify(request(vec![review("a", text)]))
-            .await
-            .expect_err(text);
+    for (text, reason) in [("this will explode", "Gather"), ("nan", "not a probability")] {
+        let status = client.classify(request(vec![review("a", text)])).await.expect_err(text);
         assert_eq!(status.code(), Code::Internal, "{text}: {status:?}");
-        assert!(
-            status.message().contains("model tiny-faulty"),
-            "{text}: {}",
-            status.message()
-        );
-        assert!(
-            status.message().contains(reason),
-            "{text}: {}",
-            status.message()
-        );
+        assert!(status.message().contains("model tiny-faulty"), "{text}: {}", status.message());
+        assert!(status.message().contains(reason), "{text}: {}", status.message());
         // The server and the same model keep serving.
-        let resp = client
-            .classify(request(vec![review("b", "you idiot")]))
-            .await
-            .expect("still serving")
-            .into_inner();
+        let resp = client.classify(request(vec![review("b", "you idiot")])).await.expect("still serving").into_inner();
         assert_eq!(decision_name(resp.results[0].tasks[0].decision), "REJECT");
     }
     let scrape = server.scrape().await;
-    assert_eq!(
-        metric(
-            &scrape,
-            "modserve_inference_errors_total",
-            &[("model", "tiny-faulty")]
-        ),
-        Some(2.0)
-    );
+    assert_eq!(metric(&scrape, "modserve_inference_errors_total", &[("model", "tiny-faulty")]), Some(2.0));
     server.stop().await;
 }
 
@@ -267,39 +183,19 @@ live = "tiny-fraud"
     .await;
     let mut client = server.client().await;
     let mut health = server.health().await;
-    let mut watch = health
-        .watch(HealthCheckRequest {
-            service: MODERATION_SERVICE.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        watch.message().await.unwrap().unwrap().status,
-        ServingStatus::Serving as i32
-    );
+    let mut watch = health.watch(HealthCheckRequest { service: MODERATION_SERVICE.into() }).await.unwrap().into_inner();
+    assert_eq!(watch.message().await.unwrap().unwrap().status, ServingStatus::Serving as i32);
     // A stream opened before shutdown.
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let mut inbound = client
-        .classify_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    tx.send(request(vec![review("s1", "call me")]))
-        .await
-        .unwrap();
+    let mut inbound =
+        client.classify_stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+    tx.send(request(vec![review("s1", "call me")])).await.unwrap();
     assert!(inbound.message().await.unwrap().unwrap().error.is_none());
 
     server.server.shutdown();
-    assert_eq!(
-        watch.message().await.unwrap().unwrap().status,
-        ServingStatus::NotServing as i32
-    );
+    assert_eq!(watch.message().await.unwrap().unwrap().status, ServingStatus::NotServing as i32);
     // New calls are refused with UNAVAILABLE while draining.
-    let status = client
-        .classify(request(vec![review("a", "great product")]))
-        .await
-        .expect_err("shutting down");
+    let status = client.classify(request(vec![review("a", "great product")])).await.expect_err("shutting down");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     // The open stream ends cleanly instead of hanging.
     drop(tx);
@@ -318,12 +214,10 @@ async fn raw_classify(
     use http_body_util::{BodyExt, Full};
     use prost::Message;
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
     tokio::spawn(conn);
     let payload = req.encode_to_vec();
     let mut body = vec![0u8];
@@ -340,16 +234,9 @@ async fn raw_classify(
     let headers = response.headers().clone();
     let collected = response.into_body().collect().await.unwrap();
     let trailers = collected.trailers().cloned().unwrap_or_default();
-    let get = |name: &str| {
-        headers
-            .get(name)
-            .or_else(|| trailers.get(name))
-            .map(|v| v.to_str().unwrap().to_string())
-    };
+    let get = |name: &str| headers.get(name).or_else(|| trailers.get(name)).map(|v| v.to_str().unwrap().to_string());
     let status = get("grpc-status").expect("grpc-status").parse().unwrap();
-    let message = get("grpc-message")
-        .map(|m| percent_decode(&m))
-        .unwrap_or_default();
+    let message = get("grpc-message").map(|m| percent_decode(&m)).unwrap_or_default();
     (status, message)
 }
 

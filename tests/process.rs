@@ -12,8 +12,7 @@ use tonic::Code;
 
 fn modserve() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_modserve"));
-    cmd.env("MODSERVE_ONNXRUNTIME_LIB", ort_lib())
-        .env_remove("RUST_LOG");
+    cmd.env("MODSERVE_ONNXRUNTIME_LIB", ort_lib()).env_remove("RUST_LOG");
     cmd
 }
 
@@ -21,46 +20,33 @@ fn modserve() -> Command {
 fn write_config(dir: &tempfile::TempDir, body: &str) -> std::path::PathBuf {
     let path = dir.path().join("modserve.toml");
     let mut f = std::fs::File::create(&path).unwrap();
-    writeln!(f, "[server]\ngrpc_listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\nshutdown_grace = \"10s\"\n{body}").unwrap();
+    writeln!(
+        f,
+        "[server]\ngrpc_listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\nshutdown_grace = \"10s\"\n{body}"
+    )
+    .unwrap();
     path
 }
 
 fn one_model(name: &str) -> String {
-    format!(
-        "[models.{name}]\npath = {:?}\n[tasks.abuse]\nlive = {name:?}\n",
-        path_str(&fixture(name))
-    )
+    format!("[models.{name}]\npath = {:?}\n[tasks.abuse]\nlive = {name:?}\n", path_str(&fixture(name)))
 }
 
 #[test]
 fn check_config_accepts_a_good_config() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(&dir, &one_model("tiny-abuse"));
-    let out = modserve()
-        .arg("check-config")
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = modserve().arg("check-config").arg(&config).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("OK (1 models, 1 tasks)"), "{stdout}");
 }
 
 #[test]
 fn check_config_names_every_broken_package_and_what_is_wrong() {
     let broken = [
-        (
-            "broken-corrupt-onnx",
-            "model.onnx: ONNX Runtime cannot load the model",
-        ),
-        (
-            "broken-input-names",
-            "graph input \"ids\" is not one the manifest declares",
-        ),
+        ("broken-corrupt-onnx", "model.onnx: ONNX Runtime cannot load the model"),
+        ("broken-input-names", "graph input \"ids\" is not one the manifest declares"),
         ("broken-output-rank", "output \"probabilities\" has rank 3"),
         ("broken-label-count", "has 2 columns but there are 3 labels"),
         ("broken-missing-tokenizer", "tokenizer.json: cannot read"),
@@ -74,55 +60,29 @@ fn check_config_names_every_broken_package_and_what_is_wrong() {
     body += &one_model("tiny-abuse");
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(&dir, &body);
-    let out = modserve()
-        .arg("check-config")
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = modserve().arg("check-config").arg(&config).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains(&format!("{} error(s)", broken.len())),
-        "{stderr}"
-    );
+    assert!(stderr.contains(&format!("{} error(s)", broken.len())), "{stderr}");
     for (name, problem) in broken {
         let line = stderr
             .lines()
             .find(|l| l.contains(&format!("models.{name}:")))
             .unwrap_or_else(|| panic!("no error for {name} in:\n{stderr}"));
-        assert!(
-            line.contains(problem),
-            "{name}: {line:?} does not say {problem:?}"
-        );
-        assert!(
-            line.contains(&path_str(&fixture(name))),
-            "{name}: the error names the file: {line}"
-        );
+        assert!(line.contains(problem), "{name}: {line:?} does not say {problem:?}");
+        assert!(line.contains(&path_str(&fixture(name))), "{name}: the error names the file: {line}");
     }
 }
 
 #[test]
 fn check_config_reports_config_errors_by_key() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
-        &dir,
-        "[batching]\nmax_batch_size = 0\n[tasks.abuse]\nlive = \"nope\"\n",
-    );
-    let out = modserve()
-        .arg("check-config")
-        .arg(&config)
-        .output()
-        .unwrap();
+    let config = write_config(&dir, "[batching]\nmax_batch_size = 0\n[tasks.abuse]\nlive = \"nope\"\n");
+    let out = modserve().arg("check-config").arg(&config).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr.contains("batching.max_batch_size 0: must be 1..=4096"),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains("tasks.abuse.live: no model named \"nope\""),
-        "{stderr}"
-    );
+    assert!(stderr.contains("batching.max_batch_size 0: must be 1..=4096"), "{stderr}");
+    assert!(stderr.contains("tasks.abuse.live: no model named \"nope\""), "{stderr}");
 }
 
 #[test]
@@ -132,10 +92,7 @@ fn serve_refuses_to_start_on_a_broken_model() {
     let out = modserve().arg("--config").arg(&config).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("broken-sha256/model.onnx: sha256 mismatch"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("broken-sha256/model.onnx: sha256 mismatch"), "{stderr}");
 }
 
 #[test]
@@ -150,28 +107,15 @@ fn serve_refuses_to_start_without_onnx_runtime() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("cannot load ONNX Runtime from /nonexistent/libonnxruntime.so"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("cannot load ONNX Runtime from /nonexistent/libonnxruntime.so"), "{stderr}");
 }
 
 /// Starts the binary with JSON logs, reads the bound address from its "listening" line.
 fn spawn_server(
     config: &std::path::Path,
-) -> (
-    std::process::Child,
-    std::net::SocketAddr,
-    std::thread::JoinHandle<String>,
-) {
-    let mut child = modserve()
-        .arg("--config")
-        .arg(config)
-        .arg("--log-format")
-        .arg("json")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+) -> (std::process::Child, std::net::SocketAddr, std::thread::JoinHandle<String>) {
+    let mut child =
+        modserve().arg("--config").arg(config).arg("--log-format").arg("json").stderr(Stdio::piped()).spawn().unwrap();
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     let reader = std::thread::spawn(move || {
@@ -181,22 +125,14 @@ fn spawn_server(
             let line = line.unwrap();
             if line.contains("\"listening\"") {
                 let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
-                let _ = tx.send(
-                    v["grpc"]
-                        .as_str()
-                        .unwrap()
-                        .parse::<std::net::SocketAddr>()
-                        .unwrap(),
-                );
+                let _ = tx.send(v["grpc"].as_str().unwrap().parse::<std::net::SocketAddr>().unwrap());
             }
             all.push_str(&line);
             all.push('\n');
         }
         all
     });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("server logs its address");
+    let addr = rx.recv_timeout(Duration::from_secs(60)).expect("server logs its address");
     (child, addr, reader)
 }
 
@@ -204,31 +140,20 @@ fn spawn_server(
 async fn sigterm_under_load_finishes_in_flight_calls_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     // write_config puts the body right after its [server] keys, so drain_delay lands there.
-    let config = write_config(
-        &dir,
-        &format!("drain_delay = \"300ms\"\n{}", one_model("tiny-abuse")),
-    );
+    let config = write_config(&dir, &format!("drain_delay = \"300ms\"\n{}", one_model("tiny-abuse")));
     let (child, addr, logs) = spawn_server(&config);
-    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
     wait_serving(channel.clone()).await;
     let secret = "zebra-quartz-unicorn secret text";
     // Load from 8 clients, each a bounded loop, until the server refuses.
     let mut clients = Vec::new();
     for c in 0..8 {
-        let mut client =
-            modserve::grpc::pb::moderation_client::ModerationClient::new(channel.clone());
+        let mut client = modserve::grpc::pb::moderation_client::ModerationClient::new(channel.clone());
         clients.push(tokio::spawn(async move {
             let (mut ok, mut unavailable) = (0, 0);
             for i in 0..5000 {
                 let text = if i % 2 == 0 { "you idiot" } else { secret };
-                match client
-                    .classify(request(vec![review(&format!("{c}-{i}"), text)]))
-                    .await
-                {
+                match client.classify(request(vec![review(&format!("{c}-{i}"), text)])).await {
                     Ok(resp) => {
                         let resp = resp.into_inner();
                         let expected = if i % 2 == 0 { "REJECT" } else { "ALLOW" };
@@ -240,10 +165,7 @@ async fn sigterm_under_load_finishes_in_flight_calls_and_exits_zero() {
                         break;
                     }
                     // After the drain delay the connection is closed: the transport reports it.
-                    Err(status)
-                        if status.message().contains("connection")
-                            || status.code() == Code::Cancelled =>
-                    {
+                    Err(status) if status.message().contains("connection") || status.code() == Code::Cancelled => {
                         break;
                     }
                     Err(status) => panic!("unexpected failure during shutdown: {status:?}"),
@@ -271,22 +193,12 @@ async fn sigterm_under_load_finishes_in_flight_calls_and_exits_zero() {
     .unwrap();
     assert!(status.success(), "exit status {status:?}");
     assert!(total_ok > 0, "load was served before the signal");
-    assert!(
-        total_unavailable > 0,
-        "calls during the drain were refused with UNAVAILABLE"
-    );
+    assert!(total_unavailable > 0, "calls during the drain were refused with UNAVAILABLE");
     let logs = logs.join().unwrap();
-    assert!(
-        logs.contains("received signal") && logs.contains("\"stopped\""),
-        "{logs}"
-    );
-    assert!(
-        !logs.contains("zebra-quartz-unicorn"),
-        "review text leaked into the logs"
-    );
+    assert!(logs.contains("received signal") && logs.contains("\"stopped\""), "{logs}");
+    assert!(!logs.contains("zebra-quartz-unicorn"), "review text leaked into the logs");
     for line in logs.lines() {
-        serde_json::from_str::<serde_json::Value>(line)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
     }
 }
 
@@ -294,13 +206,8 @@ async fn sigterm_under_load_finishes_in_flight_calls_and_exits_zero() {
 async fn wait_serving(channel: tonic::transport::Channel) {
     use tonic_health::pb::health_check_response::ServingStatus;
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-    let mut watch = health
-        .watch(tonic_health::pb::HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut watch =
+        health.watch(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap().into_inner();
     while let Some(msg) = watch.message().await.unwrap() {
         if msg.status == ServingStatus::Serving as i32 {
             return;
@@ -311,10 +218,6 @@ async fn wait_serving(channel: tonic::transport::Channel) {
 
 /// SIGTERM through kill(1): no libc dependency just for tests.
 fn send_sigterm(pid: i32) {
-    let status = Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
+    let status = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap();
     assert!(status.success(), "kill -TERM {pid}");
 }

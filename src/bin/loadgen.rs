@@ -19,10 +19,7 @@ use tokio::sync::Mutex;
 use tonic::transport::{Channel, Endpoint};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "loadgen",
-    about = "Load generator for modserve.v1.Moderation/Classify"
-)]
+#[command(name = "loadgen", about = "Load generator for modserve.v1.Moderation/Classify")]
 struct Args {
     /// Server address.
     #[arg(long, default_value = "http://127.0.0.1:50051")]
@@ -84,8 +81,7 @@ impl Stats {
 }
 
 fn load_texts(path: &PathBuf, text_bytes: usize) -> Vec<String> {
-    let content = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let content = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     let mut texts: Vec<String> = content
         .lines()
         .filter(|l| !l.trim().is_empty())
@@ -118,24 +114,13 @@ fn make_request(texts: &[String], seq: u64, reviews: usize, tasks: &[String]) ->
     let reviews = (0..reviews)
         .map(|i| {
             let n = seq as usize * reviews + i;
-            Review {
-                id: format!("lg-{n}"),
-                text: texts[n % texts.len()].clone(),
-                ..Default::default()
-            }
+            Review { id: format!("lg-{n}"), text: texts[n % texts.len()].clone(), ..Default::default() }
         })
         .collect();
-    ClassifyRequest {
-        reviews,
-        tasks: tasks.to_vec(),
-        request_id: String::new(),
-    }
+    ClassifyRequest { reviews, tasks: tasks.to_vec(), request_id: String::new() }
 }
 
-async fn call(
-    client: &mut ModerationClient<Channel>,
-    req: ClassifyRequest,
-) -> Result<(), tonic::Code> {
+async fn call(client: &mut ModerationClient<Channel>, req: ClassifyRequest) -> Result<(), tonic::Code> {
     client.classify(req).await.map(|_| ()).map_err(|s| s.code())
 }
 
@@ -145,14 +130,10 @@ async fn main() {
     let texts = Arc::new(load_texts(&args.texts, args.text_bytes));
     let mut channels = Vec::new();
     for _ in 0..args.connections.max(1) {
-        let channel = Endpoint::from_shared(args.addr.clone())
-            .expect("address")
-            .connect()
-            .await
-            .unwrap_or_else(|e| {
-                eprintln!("loadgen: cannot connect to {}: {e}", args.addr);
-                std::process::exit(1);
-            });
+        let channel = Endpoint::from_shared(args.addr.clone()).expect("address").connect().await.unwrap_or_else(|e| {
+            eprintln!("loadgen: cannot connect to {}: {e}", args.addr);
+            std::process::exit(1);
+        });
         channels.push(channel);
     }
     if !args.json {
@@ -162,15 +143,9 @@ async fn main() {
         );
     }
     let levels: Vec<(String, Level)> = if args.rate.is_empty() {
-        args.concurrency
-            .iter()
-            .map(|&c| (format!("conc={c}"), Level::Closed(c)))
-            .collect()
+        args.concurrency.iter().map(|&c| (format!("conc={c}"), Level::Closed(c))).collect()
     } else {
-        args.rate
-            .iter()
-            .map(|&r| (format!("rate={r}"), Level::Open(r)))
-            .collect()
+        args.rate.iter().map(|&r| (format!("rate={r}"), Level::Open(r))).collect()
     };
     for (name, level) in levels {
         // Warm-up, unmeasured.
@@ -201,12 +176,7 @@ async fn run_level(
             let mut workers = Vec::new();
             for w in 0..concurrency {
                 let mut client = ModerationClient::new(channels[w % channels.len()].clone());
-                let (texts, stats, tasks, reviews) = (
-                    texts.clone(),
-                    stats.clone(),
-                    args.tasks.clone(),
-                    args.reviews,
-                );
+                let (texts, stats, tasks, reviews) = (texts.clone(), stats.clone(), args.tasks.clone(), args.reviews);
                 workers.push(tokio::spawn(async move {
                     let mut local = Stats::new();
                     let mut seq = w as u64 * 1_000_000_000;
@@ -218,11 +188,7 @@ async fn run_level(
                         local.record(t0.elapsed(), result);
                     }
                     let mut all = stats.lock().await;
-                    all.latency
-                        .as_mut()
-                        .unwrap()
-                        .add(local.latency.as_ref().unwrap())
-                        .unwrap();
+                    all.latency.as_mut().unwrap().add(local.latency.as_ref().unwrap()).unwrap();
                     all.ok += local.ok;
                     for (k, v) in local.errors {
                         *all.errors.entry(k).or_default() += v;
@@ -243,8 +209,7 @@ async fn run_level(
                     break;
                 }
                 tokio::time::sleep_until(scheduled.into()).await;
-                let mut client =
-                    ModerationClient::new(channels[seq as usize % channels.len()].clone());
+                let mut client = ModerationClient::new(channels[seq as usize % channels.len()].clone());
                 let req = make_request(texts, seq, args.reviews, &args.tasks);
                 let stats = stats.clone();
                 tasks.push(tokio::spawn(async move {
@@ -260,10 +225,7 @@ async fn run_level(
         }
     }
     let elapsed = start.elapsed();
-    let stats = Arc::try_unwrap(stats)
-        .ok()
-        .expect("all workers done")
-        .into_inner();
+    let stats = Arc::try_unwrap(stats).ok().expect("all workers done").into_inner();
     (stats, elapsed)
 }
 
@@ -271,11 +233,7 @@ fn report(args: &Args, name: &str, stats: &Stats, elapsed: Duration) {
     let h = stats.latency.as_ref().unwrap();
     let q = |p: f64| h.value_at_quantile(p) as f64 / 1000.0;
     let rps = stats.ok as f64 / elapsed.as_secs_f64();
-    let errors: Vec<String> = stats
-        .errors
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
+    let errors: Vec<String> = stats.errors.iter().map(|(k, v)| format!("{k}={v}")).collect();
     if args.json {
         println!(
             "{}",
@@ -296,11 +254,7 @@ fn report(args: &Args, name: &str, stats: &Stats, elapsed: Duration) {
             q(0.99),
             q(0.999),
             stats.ok,
-            if errors.is_empty() {
-                "-".to_string()
-            } else {
-                errors.join(" ")
-            }
+            if errors.is_empty() { "-".to_string() } else { errors.join(" ") }
         );
     }
 }

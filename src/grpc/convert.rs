@@ -24,20 +24,13 @@ pub fn validate(req: pb::ClassifyRequest, limits: &Limits) -> Result<ClassifyInp
     if req.reviews.len() > limits.max_reviews_per_request {
         return Err(Error::invalid(
             "reviews",
-            format!(
-                "{} reviews exceed the limit of {} per request",
-                req.reviews.len(),
-                limits.max_reviews_per_request
-            ),
+            format!("{} reviews exceed the limit of {} per request", req.reviews.len(), limits.max_reviews_per_request),
         ));
     }
     let mut seen: HashMap<&str, usize> = HashMap::with_capacity(req.reviews.len());
     for (i, r) in req.reviews.iter().enumerate() {
         if r.id.trim().is_empty() {
-            return Err(Error::invalid(
-                format!("reviews[{i}].id"),
-                "must not be empty",
-            ));
+            return Err(Error::invalid(format!("reviews[{i}].id"), "must not be empty"));
         }
         if r.id.len() > MAX_ID_BYTES {
             return Err(Error::invalid(
@@ -46,10 +39,7 @@ pub fn validate(req: pb::ClassifyRequest, limits: &Limits) -> Result<ClassifyInp
             ));
         }
         if let Some(j) = seen.insert(r.id.as_str(), i) {
-            return Err(Error::invalid(
-                format!("reviews[{i}].id"),
-                format!("duplicate of reviews[{j}].id {:?}", r.id),
-            ));
+            return Err(Error::invalid(format!("reviews[{i}].id"), format!("duplicate of reviews[{j}].id {:?}", r.id)));
         }
     }
     let mut reviews = Vec::with_capacity(req.reviews.len());
@@ -66,19 +56,12 @@ pub fn validate(req: pb::ClassifyRequest, limits: &Limits) -> Result<ClassifyInp
             tasks.push(t);
         }
     }
-    Ok(ClassifyInput {
-        reviews: reviews.into(),
-        tasks,
-        request_id: req.request_id,
-    })
+    Ok(ClassifyInput { reviews: reviews.into(), tasks, request_id: req.request_id })
 }
 
 fn validate_review(i: usize, r: pb::Review, limits: &Limits) -> Result<ReviewInput, Error> {
     if r.text.trim().is_empty() {
-        return Err(Error::invalid(
-            format!("reviews[{i}].text"),
-            "must not be empty or only whitespace",
-        ));
+        return Err(Error::invalid(format!("reviews[{i}].text"), "must not be empty or only whitespace"));
     }
     let text = fit(format!("reviews[{i}].text"), r.text, limits)?;
     let title = match r.title {
@@ -88,25 +71,15 @@ fn validate_review(i: usize, r: pb::Review, limits: &Limits) -> Result<ReviewInp
     if let Some(rating) = r.rating
         && !rating.is_finite()
     {
-        return Err(Error::invalid(
-            format!("reviews[{i}].rating"),
-            "must be a finite number",
-        ));
+        return Err(Error::invalid(format!("reviews[{i}].rating"), "must be a finite number"));
     }
     if r.signals.len() > MAX_SIGNALS {
         return Err(Error::invalid(
             format!("reviews[{i}].signals"),
-            format!(
-                "{} signals exceed the limit of {MAX_SIGNALS}",
-                r.signals.len()
-            ),
+            format!("{} signals exceed the limit of {MAX_SIGNALS}", r.signals.len()),
         ));
     }
-    if let Some((k, _)) = r
-        .signals
-        .iter()
-        .find(|(_, v)| !v.is_finite() || v.abs() > f32::MAX as f64)
-    {
+    if let Some((k, _)) = r.signals.iter().find(|(_, v)| !v.is_finite() || v.abs() > f32::MAX as f64) {
         return Err(Error::invalid(
             format!("reviews[{i}].signals[{k:?}]"),
             "must be a finite number within float32 range",
@@ -116,12 +89,7 @@ fn validate_review(i: usize, r: pb::Review, limits: &Limits) -> Result<ReviewInp
         Some(title) => format!("{title}\n{text}"),
         None => text,
     };
-    Ok(ReviewInput {
-        id: r.id,
-        model_text,
-        rating: r.rating,
-        signals: r.signals,
-    })
+    Ok(ReviewInput { id: r.id, model_text, rating: r.rating, signals: r.signals })
 }
 
 /// Applies the text size limit: reject, or cut at the last character boundary within it.
@@ -132,11 +100,7 @@ fn fit(field: String, mut text: String, limits: &Limits) -> Result<String, Error
     match limits.oversize_text {
         OversizeText::Reject => Err(Error::invalid(
             field,
-            format!(
-                "{} bytes exceed the limit of {} (limits.max_text_bytes)",
-                text.len(),
-                limits.max_text_bytes
-            ),
+            format!("{} bytes exceed the limit of {} (limits.max_text_bytes)", text.len(), limits.max_text_bytes),
         )),
         OversizeText::Truncate => {
             let mut cut = limits.max_text_bytes;
@@ -187,21 +151,14 @@ pub fn response(input: &ClassifyInput, output: &ClassifyOutput) -> pb::ClassifyR
                         .labels
                         .iter()
                         .zip(t.scores_of(i))
-                        .map(|(label, score)| pb::LabelScore {
-                            label: label.clone(),
-                            score: *score,
-                        })
+                        .map(|(label, score)| pb::LabelScore { label: label.clone(), score: *score })
                         .collect(),
                     model: Some(model.clone()),
                 })
                 .collect(),
         })
         .collect();
-    pb::ClassifyResponse {
-        results,
-        request_id: input.request_id.clone(),
-        error: None,
-    }
+    pb::ClassifyResponse { results, request_id: input.request_id.clone(), error: None }
 }
 
 #[cfg(test)]
@@ -209,18 +166,11 @@ mod tests {
     use super::*;
 
     fn review(id: &str, text: &str) -> pb::Review {
-        pb::Review {
-            id: id.into(),
-            text: text.into(),
-            ..Default::default()
-        }
+        pb::Review { id: id.into(), text: text.into(), ..Default::default() }
     }
 
     fn request(reviews: Vec<pb::Review>) -> pb::ClassifyRequest {
-        pb::ClassifyRequest {
-            reviews,
-            ..Default::default()
-        }
+        pb::ClassifyRequest { reviews, ..Default::default() }
     }
 
     fn field_of(err: Error) -> String {
@@ -232,24 +182,12 @@ mod tests {
 
     #[test]
     fn names_the_field_and_index() {
-        let limits = Limits {
-            max_text_bytes: 10,
-            ..Limits::default()
-        };
+        let limits = Limits { max_text_bytes: 10, ..Limits::default() };
         let cases = [
             (request(vec![]), "reviews"),
-            (
-                request(vec![review("a", "ok"), review("", "ok")]),
-                "reviews[1].id",
-            ),
-            (
-                request(vec![review("a", "ok"), review("b", " \n")]),
-                "reviews[1].text",
-            ),
-            (
-                request(vec![review("a", "ok"), review("a", "ok")]),
-                "reviews[1].id",
-            ),
+            (request(vec![review("a", "ok"), review("", "ok")]), "reviews[1].id"),
+            (request(vec![review("a", "ok"), review("b", " \n")]), "reviews[1].text"),
+            (request(vec![review("a", "ok"), review("a", "ok")]), "reviews[1].id"),
             (request(vec![review("a", "01234567890")]), "reviews[0].text"),
         ];
         for (req, field) in cases {
@@ -259,21 +197,14 @@ mod tests {
 
     #[test]
     fn too_many_reviews() {
-        let limits = Limits {
-            max_reviews_per_request: 2,
-            ..Limits::default()
-        };
+        let limits = Limits { max_reviews_per_request: 2, ..Limits::default() };
         let req = request((0..3).map(|i| review(&i.to_string(), "x")).collect());
         assert_eq!(field_of(validate(req, &limits).unwrap_err()), "reviews");
     }
 
     #[test]
     fn truncation_respects_char_boundaries() {
-        let limits = Limits {
-            max_text_bytes: 4,
-            oversize_text: OversizeText::Truncate,
-            ..Limits::default()
-        };
+        let limits = Limits { max_text_bytes: 4, oversize_text: OversizeText::Truncate, ..Limits::default() };
         let input = validate(request(vec![review("a", "aéé")]), &limits).unwrap();
         assert_eq!(input.reviews[0].model_text, "aé");
     }
@@ -298,9 +229,6 @@ mod tests {
     fn tasks_are_deduplicated_in_order() {
         let mut req = request(vec![review("a", "x")]);
         req.tasks = vec!["fraud".into(), "abuse".into(), "fraud".into()];
-        assert_eq!(
-            validate(req, &Limits::default()).unwrap().tasks,
-            ["fraud", "abuse"]
-        );
+        assert_eq!(validate(req, &Limits::default()).unwrap().tasks, ["fraud", "abuse"]);
     }
 }

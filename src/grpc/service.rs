@@ -26,38 +26,23 @@ pub struct ModerationService {
 
 impl ModerationService {
     pub fn new(classifier: Classifier, limits: Limits, shutdown: ShutdownSignal) -> Self {
-        ModerationService {
-            classifier,
-            limits,
-            shutdown,
-        }
+        ModerationService { classifier, limits, shutdown }
     }
 
-    async fn handle(
-        &self,
-        req: ClassifyRequest,
-        deadline: Option<Instant>,
-    ) -> Result<ClassifyResponse, Error> {
+    async fn handle(&self, req: ClassifyRequest, deadline: Option<Instant>) -> Result<ClassifyResponse, Error> {
         if self.shutdown.is_shutting_down() {
-            return Err(Error::Unavailable(
-                "the server is shutting down; retry on another replica",
-            ));
+            return Err(Error::Unavailable("the server is shutting down; retry on another replica"));
         }
         let input = convert::validate(req, &self.limits)?;
         let output = match deadline {
             None => self.classifier.classify(&input, None).await?,
             Some(deadline) => {
                 if deadline <= Instant::now() {
-                    return Err(Error::DeadlineExceeded(
-                        "before the request was queued".into(),
-                    ));
+                    return Err(Error::DeadlineExceeded("before the request was queued".into()));
                 }
-                tokio::time::timeout_at(
-                    deadline.into(),
-                    self.classifier.classify(&input, Some(deadline)),
-                )
-                .await
-                .map_err(|_| Error::DeadlineExceeded("while waiting for inference".into()))??
+                tokio::time::timeout_at(deadline.into(), self.classifier.classify(&input, Some(deadline)))
+                    .await
+                    .map_err(|_| Error::DeadlineExceeded("while waiting for inference".into()))??
             }
         };
         Ok(convert::response(&input, &output))
@@ -68,27 +53,15 @@ type ResponseStream = Pin<Box<dyn Stream<Item = Result<ClassifyResponse, Status>
 
 #[tonic::async_trait]
 impl Moderation for ModerationService {
-    async fn classify(
-        &self,
-        request: Request<ClassifyRequest>,
-    ) -> Result<Response<ClassifyResponse>, Status> {
+    async fn classify(&self, request: Request<ClassifyRequest>) -> Result<Response<ClassifyResponse>, Status> {
         let started = Instant::now();
         let deadline = deadline(request.metadata(), started);
-        let result = self
-            .handle(request.into_inner(), deadline)
-            .await
-            .map_err(|e| {
-                log_error(&e);
-                Status::from(e)
-            });
-        let code = result
-            .as_ref()
-            .map_or_else(Status::code, |_| tonic::Code::Ok);
-        metrics::request_finished(
-            "Classify",
-            status::code_name(code),
-            started.elapsed().as_secs_f64(),
-        );
+        let result = self.handle(request.into_inner(), deadline).await.map_err(|e| {
+            log_error(&e);
+            Status::from(e)
+        });
+        let code = result.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok);
+        metrics::request_finished("Classify", status::code_name(code), started.elapsed().as_secs_f64());
         result.map(Response::new)
     }
 
@@ -99,10 +72,7 @@ impl Moderation for ModerationService {
         request: Request<Streaming<ClassifyRequest>>,
     ) -> Result<Response<Self::ClassifyStreamStream>, Status> {
         if self.shutdown.is_shutting_down() {
-            return Err(Error::Unavailable(
-                "the server is shutting down; retry on another replica",
-            )
-            .into());
+            return Err(Error::Unavailable("the server is shutting down; retry on another replica").into());
         }
         let service = self.clone();
         let in_flight = self.limits.stream_in_flight;
@@ -120,9 +90,7 @@ impl Moderation for ModerationService {
                     let started = Instant::now();
                     let request_id = request.request_id.clone();
                     let result = service.handle(request, None).await;
-                    let code = result
-                        .as_ref()
-                        .map_or_else(|e| status::code(e.kind()), |_| tonic::Code::Ok);
+                    let code = result.as_ref().map_or_else(|e| status::code(e.kind()), |_| tonic::Code::Ok);
                     metrics::request_finished(
                         "ClassifyStream",
                         status::code_name(code),
@@ -133,10 +101,7 @@ impl Moderation for ModerationService {
                         ClassifyResponse {
                             results: Vec::new(),
                             request_id,
-                            error: Some(pb::Error {
-                                code: code as i32,
-                                message: e.to_string(),
-                            }),
+                            error: Some(pb::Error { code: code as i32, message: e.to_string() }),
                         }
                     }))
                 }

@@ -29,12 +29,7 @@ pub struct TransportSettings {
 
 /// Accepts connections until shutdown, then stops accepting, sends GOAWAY on every connection
 /// and waits up to `shutdown_grace` for the calls in flight.
-pub async fn serve(
-    listener: TcpListener,
-    routes: Routes,
-    settings: TransportSettings,
-    shutdown: ShutdownSignal,
-) {
+pub async fn serve(listener: TcpListener, routes: Routes, settings: TransportSettings, shutdown: ShutdownSignal) {
     let graceful = GracefulShutdown::new();
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
@@ -68,10 +63,7 @@ pub async fn serve(
         });
     }
     drop(listener);
-    if tokio::time::timeout(settings.shutdown_grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(settings.shutdown_grace, graceful.shutdown()).await.is_err() {
         tracing::warn!(grace = ?settings.shutdown_grace, "calls still open after server.shutdown_grace; closing them");
     }
 }

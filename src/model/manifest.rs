@@ -134,22 +134,17 @@ pub fn toml_error(text: &str, e: &toml::de::Error) -> String {
 pub fn is_valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
 }
 
 fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// A file name relative to the package folder, with no way out of it.
 fn is_plain_relative(s: &str) -> bool {
     let p = std::path::Path::new(s);
-    !s.is_empty()
-        && p.components()
-            .all(|c| matches!(c, std::path::Component::Normal(_)))
+    !s.is_empty() && p.components().all(|c| matches!(c, std::path::Component::Normal(_)))
 }
 
 impl Manifest {
@@ -162,62 +157,29 @@ impl Manifest {
                 errors.push(msg);
             }
         }
-        check(
-            &mut errors,
-            is_valid_name(&raw.name),
-            format!("name {:?}: use 1-64 of [a-z0-9._-]", raw.name),
-        );
-        check(
-            &mut errors,
-            !raw.version.trim().is_empty(),
-            "version: must not be empty".into(),
-        );
-        check(
-            &mut errors,
-            is_valid_name(&raw.task),
-            format!("task {:?}: use 1-64 of [a-z0-9._-]", raw.task),
-        );
-        check(
-            &mut errors,
-            !raw.labels.is_empty(),
-            "labels: at least one label is required".into(),
-        );
+        check(&mut errors, is_valid_name(&raw.name), format!("name {:?}: use 1-64 of [a-z0-9._-]", raw.name));
+        check(&mut errors, !raw.version.trim().is_empty(), "version: must not be empty".into());
+        check(&mut errors, is_valid_name(&raw.task), format!("task {:?}: use 1-64 of [a-z0-9._-]", raw.task));
+        check(&mut errors, !raw.labels.is_empty(), "labels: at least one label is required".into());
         let mut seen = HashSet::new();
         for (i, label) in raw.labels.iter().enumerate() {
-            check(
-                &mut errors,
-                is_valid_name(label),
-                format!("labels[{i}] {label:?}: use 1-64 of [a-z0-9._-]"),
-            );
-            check(
-                &mut errors,
-                seen.insert(label),
-                format!("labels[{i}] {label:?}: duplicate label"),
-            );
+            check(&mut errors, is_valid_name(label), format!("labels[{i}] {label:?}: use 1-64 of [a-z0-9._-]"));
+            check(&mut errors, seen.insert(label), format!("labels[{i}] {label:?}: duplicate label"));
         }
         check(
             &mut errors,
             (1..=MAX_SEQUENCE_LENGTH).contains(&raw.max_sequence_length),
-            format!(
-                "max_sequence_length {}: must be 1..={MAX_SEQUENCE_LENGTH}",
-                raw.max_sequence_length
-            ),
+            format!("max_sequence_length {}: must be 1..={MAX_SEQUENCE_LENGTH}", raw.max_sequence_length),
         );
         check(
             &mut errors,
             is_plain_relative(&raw.files.model),
-            format!(
-                "files.model {:?}: must be a relative path inside the package",
-                raw.files.model
-            ),
+            format!("files.model {:?}: must be a relative path inside the package", raw.files.model),
         );
         check(
             &mut errors,
             is_plain_relative(&raw.files.tokenizer),
-            format!(
-                "files.tokenizer {:?}: must be a relative path inside the package",
-                raw.files.tokenizer
-            ),
+            format!("files.tokenizer {:?}: must be a relative path inside the package", raw.files.tokenizer),
         );
         check(
             &mut errors,
@@ -231,54 +193,26 @@ impl Manifest {
         );
         let mut feature_names = HashSet::new();
         for (i, f) in raw.features.iter().enumerate() {
-            check(
-                &mut errors,
-                !f.name.is_empty(),
-                format!("features[{i}].name: must not be empty"),
-            );
+            check(&mut errors, !f.name.is_empty(), format!("features[{i}].name: must not be empty"));
             check(
                 &mut errors,
                 feature_names.insert(&f.name),
                 format!("features[{i}].name {:?}: duplicate feature", f.name),
             );
-            check(
-                &mut errors,
-                f.default.is_finite(),
-                format!("features[{i}].default: must be a finite number"),
-            );
+            check(&mut errors, f.default.is_finite(), format!("features[{i}].default: must be a finite number"));
         }
-        check(
-            &mut errors,
-            !raw.policy.name.is_empty(),
-            "policy.name: must not be empty".into(),
-        );
-        check(
-            &mut errors,
-            !raw.policy.version.is_empty(),
-            "policy.version: must not be empty".into(),
-        );
+        check(&mut errors, !raw.policy.name.is_empty(), "policy.name: must not be empty".into());
+        check(&mut errors, !raw.policy.version.is_empty(), "policy.version: must not be empty".into());
         let mut thresholds = vec![None; raw.labels.len()];
         for (label, t) in &raw.policy.thresholds {
             let field = format!("policy.thresholds.{label}");
             match raw.labels.iter().position(|l| l == label) {
-                Some(idx) => {
-                    thresholds[idx] = Some(Thresholds {
-                        review: t.review,
-                        reject: t.reject,
-                    })
-                }
-                None => errors.push(format!(
-                    "{field}: no such label (labels are {:?})",
-                    raw.labels
-                )),
+                Some(idx) => thresholds[idx] = Some(Thresholds { review: t.review, reject: t.reject }),
+                None => errors.push(format!("{field}: no such label (labels are {:?})", raw.labels)),
             }
             for (which, v) in [("review", t.review), ("reject", t.reject)] {
                 if let Some(v) = v {
-                    check(
-                        &mut errors,
-                        (0.0..=1.0).contains(&v),
-                        format!("{field}.{which} {v}: must be within 0..=1"),
-                    );
+                    check(&mut errors, (0.0..=1.0).contains(&v), format!("{field}.{which} {v}: must be within 0..=1"));
                 }
             }
             if let (Some(review), Some(reject)) = (t.review, t.reject) {
@@ -309,19 +243,8 @@ impl Manifest {
                 features: raw.io.features,
                 probabilities: raw.io.probabilities,
             },
-            features: raw
-                .features
-                .into_iter()
-                .map(|f| Feature {
-                    name: f.name,
-                    default: f.default,
-                })
-                .collect(),
-            policy: Policy {
-                name: raw.policy.name,
-                version: raw.policy.version,
-                thresholds,
-            },
+            features: raw.features.into_iter().map(|f| Feature { name: f.name, default: f.default }).collect(),
+            policy: Policy { name: raw.policy.name, version: raw.policy.version, thresholds },
         })
     }
 }
@@ -358,21 +281,9 @@ reject = 0.7
         let m = Manifest::parse(GOOD).unwrap();
         assert_eq!(m.labels, ["insult", "threat"]);
         assert_eq!(m.io.input_ids, "input_ids");
-        assert_eq!(
-            m.features,
-            [Feature {
-                name: "rating".into(),
-                default: 3.0
-            }]
-        );
+        assert_eq!(m.features, [Feature { name: "rating".into(), default: 3.0 }]);
         assert_eq!(m.policy.thresholds[0], None);
-        assert_eq!(
-            m.policy.thresholds[1],
-            Some(Thresholds {
-                review: Some(0.3),
-                reject: Some(0.7)
-            })
-        );
+        assert_eq!(m.policy.thresholds[1], Some(Thresholds { review: Some(0.3), reject: Some(0.7) }));
     }
 
     #[test]
@@ -393,11 +304,7 @@ reject = 0.7
         assert_eq!(errors.len(), 4, "{errors:?}");
         assert!(errors.iter().any(|e| e.starts_with("name")));
         assert!(errors.iter().any(|e| e.starts_with("max_sequence_length")));
-        assert!(
-            errors
-                .iter()
-                .any(|e| e.starts_with("policy.thresholds.threat"))
-        );
+        assert!(errors.iter().any(|e| e.starts_with("policy.thresholds.threat")));
         assert!(errors.iter().any(|e| e.starts_with("files.model")));
     }
 

@@ -14,18 +14,11 @@ use super::manifest::{MANIFEST_FILE, Manifest};
 #[derive(Debug, thiserror::Error)]
 pub enum PackageError {
     #[error("{path}: cannot read: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: invalid manifest: {}", .errors.join("; "))]
     Manifest { path: PathBuf, errors: Vec<String> },
     #[error("{path}: sha256 mismatch: the manifest says {expected}, the file has {actual}")]
-    Sha256 {
-        path: PathBuf,
-        expected: String,
-        actual: String,
-    },
+    Sha256 { path: PathBuf, expected: String, actual: String },
     #[error("{path}: not a usable tokenizer.json: {reason}")]
     Tokenizer { path: PathBuf, reason: String },
     #[error("{path}: ONNX Runtime cannot load the model: {reason}")]
@@ -50,14 +43,10 @@ impl Package {
     pub fn load(dir: &Path) -> Result<Package, PackageError> {
         let manifest_path = dir.join(MANIFEST_FILE);
         let text = read(&manifest_path)?;
-        let text = String::from_utf8(text).map_err(|_| PackageError::Manifest {
-            path: manifest_path.clone(),
-            errors: vec!["not UTF-8".into()],
-        })?;
-        let manifest = Manifest::parse(&text).map_err(|errors| PackageError::Manifest {
-            path: manifest_path.clone(),
-            errors,
-        })?;
+        let text = String::from_utf8(text)
+            .map_err(|_| PackageError::Manifest { path: manifest_path.clone(), errors: vec!["not UTF-8".into()] })?;
+        let manifest =
+            Manifest::parse(&text).map_err(|errors| PackageError::Manifest { path: manifest_path.clone(), errors })?;
 
         let model_path = dir.join(&manifest.model_file);
         let model_bytes = read(&model_path)?;
@@ -65,16 +54,9 @@ impl Package {
 
         let tokenizer_path = dir.join(&manifest.tokenizer_file);
         let tokenizer_bytes = read(&tokenizer_path)?;
-        verify_sha256(
-            &tokenizer_path,
-            &tokenizer_bytes,
-            &manifest.tokenizer_sha256,
-        )?;
-        let tokenizer =
-            Tokenizer::from_bytes(&tokenizer_bytes).map_err(|e| PackageError::Tokenizer {
-                path: tokenizer_path.clone(),
-                reason: e.to_string(),
-            })?;
+        verify_sha256(&tokenizer_path, &tokenizer_bytes, &manifest.tokenizer_sha256)?;
+        let tokenizer = Tokenizer::from_bytes(&tokenizer_bytes)
+            .map_err(|e| PackageError::Tokenizer { path: tokenizer_path.clone(), reason: e.to_string() })?;
 
         let spec = ModelSpec {
             name: manifest.name,
@@ -91,11 +73,7 @@ impl Package {
             training_summary: manifest.training_summary,
             dir: dir.to_path_buf(),
         };
-        Ok(Package {
-            spec: Arc::new(spec),
-            model_bytes: model_bytes.into(),
-            tokenizer,
-        })
+        Ok(Package { spec: Arc::new(spec), model_bytes: model_bytes.into(), tokenizer })
     }
 
     /// The model file, for error messages.
@@ -105,10 +83,7 @@ impl Package {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, PackageError> {
-    std::fs::read(path).map_err(|source| PackageError::Read {
-        path: path.to_path_buf(),
-        source,
-    })
+    std::fs::read(path).map_err(|source| PackageError::Read { path: path.to_path_buf(), source })
 }
 
 /// Lowercase hex sha256 of `bytes`.
@@ -119,11 +94,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 fn verify_sha256(path: &Path, bytes: &[u8], expected: &str) -> Result<(), PackageError> {
     let actual = sha256_hex(bytes);
     if actual != expected {
-        return Err(PackageError::Sha256 {
-            path: path.to_path_buf(),
-            expected: expected.into(),
-            actual,
-        });
+        return Err(PackageError::Sha256 { path: path.to_path_buf(), expected: expected.into(), actual });
     }
     Ok(())
 }

@@ -19,15 +19,8 @@ pub struct ModelSession {
 
 impl ModelSession {
     /// Builds a session from the package's bytes and checks its signature against the manifest.
-    pub fn build(
-        env: &Environment,
-        package: &Package,
-        intra_threads: usize,
-    ) -> Result<ModelSession, PackageError> {
-        let onnx_err = |e: ort::Error| PackageError::Onnx {
-            path: package.model_path(),
-            reason: e.to_string(),
-        };
+    pub fn build(env: &Environment, package: &Package, intra_threads: usize) -> Result<ModelSession, PackageError> {
+        let onnx_err = |e: ort::Error| PackageError::Onnx { path: package.model_path(), reason: e.to_string() };
         let session = Session::builder(env)
             .map_err(onnx_err)?
             .with_intra_threads(intra_threads)
@@ -36,14 +29,9 @@ impl ModelSession {
             .map_err(|e| onnx_err(e.into()))?
             .commit_from_memory(&package.model_bytes)
             .map_err(onnx_err)?;
-        check_signature(&session, &package.spec).map_err(|reason| PackageError::Signature {
-            path: package.model_path(),
-            reason,
-        })?;
-        Ok(ModelSession {
-            session,
-            spec: package.spec.clone(),
-        })
+        check_signature(&session, &package.spec)
+            .map_err(|reason| PackageError::Signature { path: package.model_path(), reason })?;
+        Ok(ModelSession { session, spec: package.spec.clone() })
     }
 
     pub fn spec(&self) -> &Arc<ModelSpec> {
@@ -53,24 +41,16 @@ impl ModelSession {
     /// Runs one batch. `features` is row-major `[rows, k]` when the model declares features.
     /// Appends `rows * n_labels` probabilities to `out`; fails on any runtime error, a wrong
     /// output shape or a non-finite score, so a broken model never yields a wrong answer.
-    pub fn run(
-        &mut self,
-        tokens: &TokenBatch,
-        features: Option<&[f32]>,
-        out: &mut Vec<f32>,
-    ) -> Result<(), String> {
+    pub fn run(&mut self, tokens: &TokenBatch, features: Option<&[f32]>, out: &mut Vec<f32>) -> Result<(), String> {
         let shape = [tokens.rows, tokens.seq];
-        let ids = TensorRef::from_array_view((shape, tokens.ids.as_slice()))
-            .map_err(|e| e.to_string())?;
-        let mask = TensorRef::from_array_view((shape, tokens.mask.as_slice()))
-            .map_err(|e| e.to_string())?;
+        let ids = TensorRef::from_array_view((shape, tokens.ids.as_slice())).map_err(|e| e.to_string())?;
+        let mask = TensorRef::from_array_view((shape, tokens.mask.as_slice())).map_err(|e| e.to_string())?;
         let io = &self.spec.io;
         let n_labels = self.spec.labels.len();
         let outputs = match features {
             Some(f) => {
                 let k = self.spec.features.len();
-                let feats =
-                    TensorRef::from_array_view(([tokens.rows, k], f)).map_err(|e| e.to_string())?;
+                let feats = TensorRef::from_array_view(([tokens.rows, k], f)).map_err(|e| e.to_string())?;
                 self.session.run(ort::inputs![
                     io.input_ids.as_str() => ids,
                     io.attention_mask.as_str() => mask,
@@ -83,16 +63,10 @@ impl ModelSession {
             ]),
         }
         .map_err(|e| e.to_string())?;
-        let value = outputs
-            .get(io.probabilities.as_str())
-            .ok_or_else(|| format!("no output named {:?}", io.probabilities))?;
-        let (out_shape, data) = value
-            .try_extract_tensor::<f32>()
-            .map_err(|e| e.to_string())?;
-        if out_shape.len() != 2
-            || out_shape[0] != tokens.rows as i64
-            || out_shape[1] != n_labels as i64
-        {
+        let value =
+            outputs.get(io.probabilities.as_str()).ok_or_else(|| format!("no output named {:?}", io.probabilities))?;
+        let (out_shape, data) = value.try_extract_tensor::<f32>().map_err(|e| e.to_string())?;
+        if out_shape.len() != 2 || out_shape[0] != tokens.rows as i64 || out_shape[1] != n_labels as i64 {
             return Err(format!(
                 "output {:?} has shape {:?}, expected [{}, {n_labels}]",
                 io.probabilities,
@@ -100,14 +74,8 @@ impl ModelSession {
                 tokens.rows
             ));
         }
-        if let Some(bad) = data
-            .iter()
-            .find(|p| !p.is_finite() || **p < 0.0 || **p > 1.0)
-        {
-            return Err(format!(
-                "output {:?} holds {bad}, not a probability in [0, 1]",
-                io.probabilities
-            ));
+        if let Some(bad) = data.iter().find(|p| !p.is_finite() || **p < 0.0 || **p > 1.0) {
+            return Err(format!("output {:?} holds {bad}, not a probability in [0, 1]", io.probabilities));
         }
         out.extend_from_slice(data);
         Ok(())
@@ -124,25 +92,14 @@ fn check_signature(session: &Session, spec: &ModelSpec) -> Result<(), String> {
         (io.attention_mask.as_str(), TensorElementType::Int64, None),
     ];
     if !spec.features.is_empty() {
-        expected_inputs.push((
-            io.features.as_str(),
-            TensorElementType::Float32,
-            Some(spec.features.len()),
-        ));
+        expected_inputs.push((io.features.as_str(), TensorElementType::Float32, Some(spec.features.len())));
     }
     for input in session.inputs() {
-        if !expected_inputs
-            .iter()
-            .any(|(name, ..)| *name == input.name())
-        {
+        if !expected_inputs.iter().any(|(name, ..)| *name == input.name()) {
             problems.push(format!(
                 "graph input {:?} is not one the manifest declares ({})",
                 input.name(),
-                expected_inputs
-                    .iter()
-                    .map(|(n, ..)| format!("{n:?}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                expected_inputs.iter().map(|(n, ..)| format!("{n:?}")).collect::<Vec<_>>().join(", ")
             ));
         }
     }
@@ -152,19 +109,11 @@ fn check_signature(session: &Session, spec: &ModelSpec) -> Result<(), String> {
             Some(input) => check_tensor(&mut problems, "input", name, input.dtype(), ty, width),
         }
     }
-    match session
-        .outputs()
-        .iter()
-        .find(|o| o.name() == io.probabilities)
-    {
+    match session.outputs().iter().find(|o| o.name() == io.probabilities) {
         None => problems.push(format!(
             "the graph has no output named {:?} (it has {:?})",
             io.probabilities,
-            session
-                .outputs()
-                .iter()
-                .map(|o| o.name())
-                .collect::<Vec<_>>()
+            session.outputs().iter().map(|o| o.name()).collect::<Vec<_>>()
         )),
         Some(output) => check_tensor(
             &mut problems,
@@ -175,11 +124,7 @@ fn check_signature(session: &Session, spec: &ModelSpec) -> Result<(), String> {
             Some(spec.labels.len()),
         ),
     }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(problems.join("; "))
-    }
+    if problems.is_empty() { Ok(()) } else { Err(problems.join("; ")) }
 }
 
 /// Expects a rank-2 tensor of `ty`; when `width` is given and the graph fixes the second
@@ -192,38 +137,22 @@ fn check_tensor(
     ty: TensorElementType,
     width: Option<usize>,
 ) {
-    let ValueType::Tensor {
-        ty: actual, shape, ..
-    } = dtype
-    else {
+    let ValueType::Tensor { ty: actual, shape, .. } = dtype else {
         problems.push(format!("{what} {name:?} is not a tensor"));
         return;
     };
     if *actual != ty {
-        problems.push(format!(
-            "{what} {name:?} has element type {actual:?}, expected {ty:?}"
-        ));
+        problems.push(format!("{what} {name:?} has element type {actual:?}, expected {ty:?}"));
     }
     if shape.len() != 2 {
-        problems.push(format!(
-            "{what} {name:?} has rank {} (shape {:?}), expected rank 2",
-            shape.len(),
-            &shape[..]
-        ));
+        problems.push(format!("{what} {name:?} has rank {} (shape {:?}), expected rank 2", shape.len(), &shape[..]));
         return;
     }
     if let Some(width) = width
         && shape[1] >= 0
         && shape[1] != width as i64
     {
-        let noun = if what == "output" {
-            "labels in the manifest"
-        } else {
-            "features in the manifest"
-        };
-        problems.push(format!(
-            "{what} {name:?} has {} columns but there are {width} {noun}",
-            shape[1]
-        ));
+        let noun = if what == "output" { "labels in the manifest" } else { "features in the manifest" };
+        problems.push(format!("{what} {name:?} has {} columns but there are {width} {noun}", shape[1]));
     }
 }

@@ -77,21 +77,13 @@ impl TestServer {
         let server = Server::start(config).await.expect("server starts");
         let grpc_addr = server.grpc_addr;
         let metrics_addr = server.metrics_addr;
-        let ts = TestServer {
-            server,
-            grpc_addr,
-            metrics_addr,
-        };
+        let ts = TestServer { server, grpc_addr, metrics_addr };
         ts.wait_serving().await;
         ts
     }
 
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.grpc_addr))
-            .unwrap()
-            .connect()
-            .await
-            .expect("connect")
+        Channel::from_shared(format!("http://{}", self.grpc_addr)).unwrap().connect().await.expect("connect")
     }
 
     pub async fn client(&self) -> ModerationClient<Channel> {
@@ -106,9 +98,7 @@ impl TestServer {
     async fn wait_serving(&self) {
         let mut health = self.health().await;
         let mut watch = health
-            .watch(HealthCheckRequest {
-                service: MODERATION_SERVICE.into(),
-            })
+            .watch(HealthCheckRequest { service: MODERATION_SERVICE.into() })
             .await
             .expect("health watch")
             .into_inner();
@@ -120,9 +110,7 @@ impl TestServer {
             }
             panic!("health stream ended before SERVING");
         };
-        tokio::time::timeout(Duration::from_secs(60), wait)
-            .await
-            .expect("server became SERVING within 60 s");
+        tokio::time::timeout(Duration::from_secs(60), wait).await.expect("server became SERVING within 60 s");
     }
 
     pub async fn scrape(&self) -> String {
@@ -142,62 +130,41 @@ pub async fn scrape(addr: std::net::SocketAddr) -> String {
 
 /// A minimal HTTP/1.1 GET: returns (status code, body).
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect to metrics port");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect to metrics port");
     stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
         .await
         .unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
     let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status code");
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status code");
     (status, body.to_string())
 }
 
 /// The value of the series `name{labels...}` in a Prometheus text scrape (labels may be a
 /// subset; all must match), or `None`.
 pub fn metric(scrape: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    scrape
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (series_name, rest) = match series.split_once('{') {
-                Some((n, r)) => (n, r),
-                None => (series, ""),
-            };
-            if series_name != name {
-                return None;
-            }
-            let all = labels
-                .iter()
-                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
-            all.then(|| value.parse().ok()).flatten()
-        })
+    scrape.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (series_name, rest) = match series.split_once('{') {
+            Some((n, r)) => (n, r),
+            None => (series, ""),
+        };
+        if series_name != name {
+            return None;
+        }
+        let all = labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+        all.then(|| value.parse().ok()).flatten()
+    })
 }
 
 pub fn review(id: &str, text: &str) -> pb::Review {
-    pb::Review {
-        id: id.into(),
-        text: text.into(),
-        ..Default::default()
-    }
+    pb::Review { id: id.into(), text: text.into(), ..Default::default() }
 }
 
 pub fn request(reviews: Vec<pb::Review>) -> pb::ClassifyRequest {
-    pb::ClassifyRequest {
-        reviews,
-        ..Default::default()
-    }
+    pb::ClassifyRequest { reviews, ..Default::default() }
 }
 
 /// One record of `tests/fixtures/golden.json`: the expected scores of a fixture model.

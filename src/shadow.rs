@@ -1,0 +1,237 @@
+//! Shadow mode: candidate models scored on the same reviews as the live model, after the live
+//! answer is known, never awaited by the request and never able to change it.
+//!
+//! For each task's shadow the request path (`ShadowPair::offer`) samples reviews by a stable hash
+//! of their id, sheds the work when the shadow is paused or live work is queueing, and otherwise
+//! `try_send`s it to the shadow's own bounded queue and worker threads. The shadow's worker then
+//! calls `ShadowPair::record`, which compares the two models (`compare`) and records metrics.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::breaker::{Breaker, BreakerPolicy};
+use crate::compare;
+use crate::error::Error;
+use crate::metrics::{ShadowMetrics, ShadowOutcome};
+use crate::model::ModelSpec;
+use crate::policy::Decision;
+use crate::request::ReviewInput;
+use crate::worker::{JobResult, ModelHandle};
+
+/// Shedding rules shared by every shadow (the `[shadow]` config table).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ShadowPolicy {
+    /// Shadow work still queued this long after the live answer is dropped (`deadline`).
+    pub max_delay: Duration,
+    /// Skip shadow work while the live model has at least this many jobs queued.
+    pub live_pressure_jobs: usize,
+    pub breaker: BreakerPolicy,
+}
+
+/// One shadow of one task, with everything needed to feed and judge it.
+pub struct ShadowPair {
+    pub task: String,
+    /// The live model it is compared against (for labels and the queue-pressure check).
+    live: ModelHandle,
+    /// The shadow's own workers.
+    pub shadow: ModelHandle,
+    pub sample_rate: f64,
+    salt: String,
+    policy: ShadowPolicy,
+    breaker: Breaker,
+    metrics: ShadowMetrics,
+}
+
+/// True when `review_id` is in the sample of a shadow with this salt and rate: a stable 64-bit
+/// hash (FNV-1a, then a mixing step), so the answer is the same on every retry and replica.
+pub fn sampled(review_id: &str, salt: &str, rate: f64) -> bool {
+    if rate >= 1.0 {
+        return true;
+    }
+    if rate <= 0.0 {
+        return false;
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in salt.bytes().chain([0xff]).chain(review_id.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    // splitmix64 finaliser: FNV alone leaves the high bits poorly mixed for short ids.
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^= h >> 31;
+    (h as f64) < rate * (u64::MAX as f64)
+}
+
+impl ShadowPair {
+    pub fn new(
+        task: &str,
+        live: ModelHandle,
+        shadow: ModelHandle,
+        sample_rate: f64,
+        salt: String,
+        policy: ShadowPolicy,
+    ) -> ShadowPair {
+        let metrics = ShadowMetrics::new(task, live.spec(), shadow.spec());
+        ShadowPair {
+            task: task.to_string(),
+            live,
+            shadow,
+            sample_rate,
+            salt,
+            policy,
+            breaker: Breaker::new(policy.breaker),
+            metrics,
+        }
+    }
+
+    /// Offers a request's reviews, with the live scores and decisions, to this shadow. Never
+    /// blocks and never fails: anything that cannot run now is counted and dropped.
+    pub fn offer(self: &Arc<Self>, reviews: &Arc<[ReviewInput]>, live_scores: &[f32], live_decisions: &[Decision]) {
+        let picked: Vec<usize> =
+            (0..reviews.len()).filter(|&i| sampled(&reviews[i].id, &self.salt, self.sample_rate)).collect();
+        self.metrics.outcome(ShadowOutcome::SampledOut, reviews.len() - picked.len());
+        if picked.is_empty() {
+            return;
+        }
+        let open = self.breaker.is_open();
+        self.metrics.breaker_open.set(if open { 1.0 } else { 0.0 });
+        if open {
+            self.metrics.outcome(ShadowOutcome::BreakerOpen, picked.len());
+            return;
+        }
+        if self.live.queue_len() >= self.policy.live_pressure_jobs {
+            self.metrics.outcome(ShadowOutcome::LivePressure, picked.len());
+            return;
+        }
+        let n_labels = self.live.spec().labels.len();
+        let (subset, scores, decisions): (Arc<[ReviewInput]>, Vec<f32>, Vec<Decision>) = if picked.len()
+            == reviews.len()
+        {
+            (reviews.clone(), live_scores.to_vec(), live_decisions.to_vec())
+        } else {
+            (
+                picked.iter().map(|&i| reviews[i].clone()).collect(),
+                picked.iter().flat_map(|&i| live_scores[i * n_labels..(i + 1) * n_labels].iter().copied()).collect(),
+                picked.iter().map(|&i| live_decisions[i]).collect(),
+            )
+        };
+        let count = subset.len();
+        let pair = self.clone();
+        let logged = subset.clone();
+        let callback = Box::new(move |result: JobResult, elapsed: Duration| {
+            pair.record(&logged, &scores, &decisions, result, elapsed)
+        });
+        match self.shadow.submit_with(subset, Some(Instant::now() + self.policy.max_delay), callback) {
+            Ok(()) => {}
+            Err(Error::QueueFull { .. }) => self.metrics.outcome(ShadowOutcome::QueueFull, count),
+            // Only while shutting down; nothing to compare any more.
+            Err(_) => {}
+        }
+    }
+
+    /// Compares a finished shadow job with the live answers it was offered with. Runs on the
+    /// shadow's worker thread.
+    fn record(
+        &self,
+        reviews: &[ReviewInput],
+        live_scores: &[f32],
+        live_decisions: &[Decision],
+        result: JobResult,
+        elapsed: Duration,
+    ) {
+        let n = reviews.len();
+        let scores = match result {
+            Ok(scores) => scores,
+            Err(Error::DeadlineExceeded(_)) => return self.metrics.outcome(ShadowOutcome::Deadline, n),
+            Err(e) => {
+                self.metrics.outcome(ShadowOutcome::Error, n);
+                self.trip_check(true, elapsed, Some(&e));
+                return;
+            }
+        };
+        self.trip_check(false, elapsed, None);
+        let live = self.live.spec();
+        let shadow = self.shadow.spec();
+        let (ln, sn) = (live.labels.len(), shadow.labels.len());
+        for i in 0..n {
+            let (l_scores, s_scores) = (&live_scores[i * ln..(i + 1) * ln], &scores[i * sn..(i + 1) * sn]);
+            let s_decision = shadow.policy.decide(s_scores);
+            self.metrics.compared(live_decisions[i], s_decision);
+            for (index, (_, delta)) in
+                compare::score_deltas(&live.labels, l_scores, &shadow.labels, s_scores).into_iter().enumerate()
+            {
+                if let Some(h) = self.metrics.delta(index) {
+                    h.record(f64::from(delta));
+                }
+            }
+            if compare::top_label_flipped(&live.labels, l_scores, &shadow.labels, s_scores) {
+                self.metrics.flips.increment(1);
+            }
+        }
+        self.metrics.outcome(ShadowOutcome::Compared, n);
+    }
+
+    fn trip_check(&self, failed: bool, elapsed: Duration, error: Option<&Error>) {
+        if self.breaker.record(failed, elapsed) {
+            self.metrics.breaker_trips.increment(1);
+            self.metrics.breaker_open.set(1.0);
+            tracing::warn!(
+                task = %self.task,
+                shadow = %self.shadow.spec().name,
+                cooldown = ?self.policy.breaker.cooldown,
+                last_error = error.map(|e| e.to_string()).unwrap_or_else(|| "over the latency budget".into()),
+                "shadow paused by its circuit breaker"
+            );
+        }
+    }
+
+    pub fn live_spec(&self) -> &Arc<ModelSpec> {
+        self.live.spec()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampling_is_deterministic_and_salted() {
+        let ids: Vec<String> = (0..2000).map(|i| format!("review-{i}")).collect();
+        let a: Vec<bool> = ids.iter().map(|id| sampled(id, "abuse-v2", 0.3)).collect();
+        let again: Vec<bool> = ids.iter().map(|id| sampled(id, "abuse-v2", 0.3)).collect();
+        let other_salt: Vec<bool> = ids.iter().map(|id| sampled(id, "abuse-minilm", 0.3)).collect();
+        assert_eq!(a, again);
+        assert_ne!(a, other_salt);
+    }
+
+    #[test]
+    fn sampling_rate_is_respected() {
+        for rate in [0.01, 0.1, 0.5, 0.9] {
+            let n = 20_000;
+            let hits = (0..n).filter(|i| sampled(&format!("r{i}"), "s", rate)).count();
+            let got = hits as f64 / n as f64;
+            // Binomial standard deviation is at most 0.0036 here; allow 4 of them.
+            assert!((got - rate).abs() < 0.015, "rate {rate}: sampled {got}");
+        }
+    }
+
+    #[test]
+    fn rate_bounds_are_exact() {
+        assert!(sampled("x", "s", 1.0));
+        assert!(!sampled("x", "s", 0.0));
+    }
+
+    #[test]
+    fn a_lower_rate_samples_a_subset() {
+        // The same hash against a lower threshold: lowering a rate never adds reviews.
+        for i in 0..5000 {
+            let id = format!("r{i}");
+            if sampled(&id, "s", 0.1) {
+                assert!(sampled(&id, "s", 0.5));
+            }
+        }
+    }
+}
