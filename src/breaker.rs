@@ -125,7 +125,7 @@ mod tests {
         let mut b = BreakerState::new(POLICY);
         let t = Instant::now();
         for i in 0..20 {
-            assert_eq!(b.record(i % 3 == 0, FAST, t), None);
+            assert_eq!(b.record(i % 3 == 1, FAST, t), None);
         }
         assert!(!b.is_open(t));
     }

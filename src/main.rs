@@ -16,6 +16,9 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(format: LogFormat) {
+    // Panics (caught per batch by the inference workers) go to the structured log, not raw
+    // stderr, so on-call sees them with the rest.
+    std::panic::set_hook(Box::new(|info| tracing::error!(panic = %info, "panic")));
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,ort=warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);

@@ -320,6 +320,8 @@ impl Worker {
     /// Tokenizes and runs `jobs` as one batch, leaving the scores in `self.scores`.
     fn infer(&mut self, jobs: &[Job]) -> Result<(), String> {
         let spec = self.session.spec().clone();
+        #[cfg(feature = "fault-injection")]
+        fault::inject(&spec.name, jobs);
         let t0 = Instant::now();
         let texts = jobs.iter().flat_map(|j| j.reviews.iter().map(|r| r.model_text.as_str()));
         self.encoder.encode_into(texts, &mut self.tokens)?;
@@ -340,6 +342,30 @@ impl Worker {
         let result = self.session.run(&self.tokens, features, &mut self.scores);
         self.metrics.inference.record(t1.elapsed().as_secs_f64());
         result
+    }
+}
+
+/// Test-only faults, compiled in with the `fault-injection` feature (the test suite enables it;
+/// release builds never have it). A review whose text contains `modserve-fault:panic:<model>;`
+/// makes that model's worker panic; `modserve-fault:sleep-<ms>:<model>;` makes it stall.
+#[cfg(feature = "fault-injection")]
+mod fault {
+    use super::Job;
+
+    pub fn inject(model: &str, jobs: &[Job]) {
+        for review in jobs.iter().flat_map(|j| j.reviews.iter()) {
+            let text = &review.model_text;
+            if text.contains(&format!("modserve-fault:panic:{model};")) {
+                panic!("injected fault for model {model}");
+            }
+            if let Some(rest) = text.split("modserve-fault:sleep-").nth(1)
+                && let Some((ms, target)) = rest.split_once(':')
+                && target.split(';').next() == Some(model)
+                && let Ok(ms) = ms.parse::<u64>()
+            {
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+            }
+        }
     }
 }
 

@@ -203,3 +203,15 @@ pub fn assert_close(actual: &[f32], expected: &[f32], what: &str) {
 pub fn path_str(p: &Path) -> String {
     p.display().to_string()
 }
+
+/// Metrics are process-wide, so tests that assert on them run one at a time (hold the guard for
+/// the whole test) and compare against a baseline scrape taken at their start.
+pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
+
+/// `name{labels}` in `now` minus its value in `base` (missing counts as 0).
+pub fn delta(base: &str, now: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metric(now, name, labels).unwrap_or(0.0) - metric(base, name, labels).unwrap_or(0.0)
+}

@@ -1,0 +1,272 @@
+//! Shadow mode end to end: live answers untouched, comparisons counted exactly, sampling
+//! deterministic, failing / panicking / slow shadows isolated and counted.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::*;
+use modserve::grpc::pb;
+use prost::Message;
+
+const SHADOWED: &str = r#"
+[models.tiny-abuse]
+path = "tests/fixtures/tiny-abuse"
+[models.tiny-abuse-v2]
+path = "tests/fixtures/tiny-abuse-v2"
+[models.tiny-fraud]
+path = "tests/fixtures/tiny-fraud"
+[models.tiny-fraud-v2]
+path = "tests/fixtures/tiny-fraud-v2"
+[tasks.abuse]
+live = "tiny-abuse"
+shadows = [{ model = "tiny-abuse-v2", sample_rate = 1.0 }]
+[tasks.fraud]
+live = "tiny-fraud"
+shadows = [{ model = "tiny-fraud-v2", sample_rate = 1.0 }]
+"#;
+
+/// Texts both tiny-abuse and tiny-abuse-v2 have golden decisions for: (text, live, shadow).
+fn paired_golden() -> Vec<(String, String, String)> {
+    let mut by_text: HashMap<String, HashMap<String, String>> = HashMap::new();
+    for g in golden() {
+        by_text.entry(g.text.clone()).or_default().insert(g.model.clone(), g.decision.clone());
+    }
+    let mut pairs: Vec<(String, String, String)> = by_text
+        .into_iter()
+        .filter_map(|(text, m)| Some((text, m.get("tiny-abuse")?.clone(), m.get("tiny-abuse-v2")?.clone())))
+        .collect();
+    pairs.sort();
+    pairs
+}
+
+/// Polls the scrape until `name{labels}` has grown by `want` since `base` (shadow work is
+/// asynchronous by design). Bounded: gives up after 30 s and returns the last growth.
+async fn wait_for(server: &TestServer, base: &str, name: &str, labels: &[(&str, &str)], want: f64) -> f64 {
+    let mut last = 0.0;
+    for _ in 0..600 {
+        last = delta(base, &server.scrape().await, name, labels);
+        if last >= want {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    last
+}
+
+fn requests() -> Vec<pb::ClassifyRequest> {
+    let texts = ["you idiot", "this is dumb", "you are stupid", "great product", "call me", "win a free prize", "discount"];
+    (0..30)
+        .map(|i| {
+            let reviews = (0..1 + i % 4).map(|k| review(&format!("r{i}-{k}"), texts[(i + k) % texts.len()])).collect();
+            pb::ClassifyRequest { request_id: format!("q{i}"), ..request(reviews) }
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_responses_are_byte_identical_with_and_without_shadows() {
+    let _guard = exclusive().await;
+    let plain = TestServer::start(config(BASIC)).await;
+    let shadowed = TestServer::start(config(SHADOWED)).await;
+    let base = shadowed.scrape().await;
+    let (mut a, mut b) = (plain.client().await, shadowed.client().await);
+    for req in requests() {
+        let without = a.classify(req.clone()).await.unwrap().into_inner().encode_to_vec();
+        let with = b.classify(req).await.unwrap().into_inner().encode_to_vec();
+        assert_eq!(without, with);
+    }
+    // And the shadows really ran.
+    let reviews: usize = requests().iter().map(|r| r.reviews.len()).sum();
+    let labels = [("shadow_model", "tiny-abuse-v2"), ("outcome", "compared")];
+    let compared = wait_for(&shadowed, &base, "modserve_shadow_reviews_total", &labels, reviews as f64).await;
+    assert_eq!(compared, reviews as f64);
+    plain.stop().await;
+    shadowed.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confusion_counts_equal_the_expected_ones() {
+    let _guard = exclusive().await;
+    let server = TestServer::start(config(SHADOWED)).await;
+    let base = server.scrape().await;
+    let mut client = server.client().await;
+    let pairs = paired_golden();
+    assert!(pairs.len() >= 8);
+    let mut expected: HashMap<(String, String), f64> = HashMap::new();
+    for (i, (text, live, shadow)) in pairs.iter().enumerate() {
+        let mut req = request(vec![review(&format!("g{i}"), text)]);
+        req.tasks = vec!["abuse".into()];
+        client.classify(req).await.unwrap();
+        *expected.entry((live.to_lowercase(), shadow.to_lowercase())).or_default() += 1.0;
+    }
+    let n = pairs.len() as f64;
+    let labels = [("shadow_model", "tiny-abuse-v2"), ("outcome", "compared")];
+    assert_eq!(wait_for(&server, &base, "modserve_shadow_reviews_total", &labels, n).await, n);
+    let scrape = server.scrape().await;
+    for live in ["allow", "review", "reject"] {
+        for shadow in ["allow", "review", "reject"] {
+            let got = delta(
+                &base,
+                &scrape,
+                "modserve_shadow_comparisons_total",
+                &[("shadow_model", "tiny-abuse-v2"), ("live_decision", live), ("shadow_decision", shadow)],
+            );
+            let want = expected.get(&(live.to_string(), shadow.to_string())).copied().unwrap_or(0.0);
+            assert_eq!(got, want, "live {live} x shadow {shadow}");
+        }
+    }
+    // The v1/v2 fixtures disagree in both directions on these texts.
+    assert!(expected.get(&("review".into(), "reject".into())).is_some());
+    assert!(expected.get(&("reject".into(), "review".into())).is_some());
+    let deltas = delta(&base, &scrape, "modserve_shadow_score_delta_count", &[("shadow_model", "tiny-abuse-v2"), ("label", "insult")]);
+    assert_eq!(deltas, n);
+    // Shadow latency lands in the same family as live, told apart by role.
+    assert!(metric(&scrape, "modserve_stage_duration_seconds_count", &[("model", "tiny-abuse-v2"), ("role", "shadow"), ("stage", "inference")]).unwrap() >= 1.0);
+    assert_eq!(metric(&scrape, "modserve_model_info", &[("model", "tiny-abuse-v2"), ("role", "shadow")]), Some(1.0));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sampling_is_deterministic_by_review_id() {
+    let _guard = exclusive().await;
+    let server = TestServer::start(config(
+        r#"
+[models.tiny-abuse]
+path = "tests/fixtures/tiny-abuse"
+[models.tiny-abuse-v2]
+path = "tests/fixtures/tiny-abuse-v2"
+[tasks.abuse]
+live = "tiny-abuse"
+shadows = [{ model = "tiny-abuse-v2", sample_rate = 0.3, salt = "experiment-7" }]
+"#,
+    ))
+    .await;
+    let base = server.scrape().await;
+    let mut client = server.client().await;
+    let ids: Vec<String> = (0..200).map(|i| format!("review-{i}")).collect();
+    let in_sample = ids.iter().filter(|id| modserve::shadow::sampled(id, "experiment-7", 0.3)).count() as f64;
+    assert!(in_sample > 30.0 && in_sample < 90.0, "{in_sample}");
+    // Send every id twice (as a retry would): the sample is the same both times.
+    for _round in 0..2 {
+        for chunk in ids.chunks(20) {
+            client.classify(request(chunk.iter().map(|id| review(id, "this is dumb")).collect())).await.unwrap();
+        }
+    }
+    let compared = [("shadow_model", "tiny-abuse-v2"), ("outcome", "compared")];
+    assert_eq!(wait_for(&server, &base, "modserve_shadow_reviews_total", &compared, 2.0 * in_sample).await, 2.0 * in_sample);
+    let scrape = server.scrape().await;
+    let sampled_out = [("shadow_model", "tiny-abuse-v2"), ("outcome", "sampled_out")];
+    assert_eq!(delta(&base, &scrape, "modserve_shadow_reviews_total", &sampled_out), 2.0 * (200.0 - in_sample));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_or_panicking_shadow_never_touches_live_answers() {
+    let _guard = exclusive().await;
+    let server = TestServer::start(config(
+        r#"
+[shadow]
+breaker_window = 4
+breaker_min_batches = 4
+breaker_cooldown = "1h"
+[models.tiny-abuse]
+path = "tests/fixtures/tiny-abuse"
+[models.tiny-faulty]
+path = "tests/fixtures/tiny-faulty"
+[tasks.abuse]
+live = "tiny-abuse"
+shadows = [{ model = "tiny-faulty", sample_rate = 1.0 }]
+"#,
+    ))
+    .await;
+    let base = server.scrape().await;
+    let mut client = server.client().await;
+    // "explode" fails the shadow in ONNX Runtime, "nan" makes it emit NaN, the marker panics it.
+    // The live model scores all of them normally.
+    let texts = ["you idiot explode", "nan great product", "modserve-fault:panic:tiny-faulty; you idiot", "great product explode"];
+    let expected = ["REJECT", "ALLOW", "REJECT", "ALLOW"];
+    let error = [("shadow_model", "tiny-faulty"), ("outcome", "error")];
+    for round in 0..3 {
+        for (i, (text, want)) in texts.iter().zip(expected).enumerate() {
+            let resp = client.classify(request(vec![review(&format!("{round}-{i}"), text)])).await.expect("live unaffected");
+            assert_eq!(decision_name(resp.into_inner().results[0].tasks[0].decision), want, "{text}");
+        }
+        if round == 0 {
+            // The shadow fails all four (asynchronously); the fourth failure opens its breaker.
+            assert_eq!(wait_for(&server, &base, "modserve_shadow_reviews_total", &error, 4.0).await, 4.0);
+        }
+    }
+    let scrape = server.scrape().await;
+    assert_eq!(delta(&base, &scrape, "modserve_requests_total", &[("method", "Classify"), ("code", "OK")]), 12.0);
+    // After the breaker opened, the other eight reviews were shed without reaching the shadow.
+    assert_eq!(delta(&base, &scrape, "modserve_shadow_reviews_total", &error), 4.0);
+    assert_eq!(delta(&base, &scrape, "modserve_shadow_breaker_trips_total", &[("shadow_model", "tiny-faulty")]), 1.0);
+    let shed = delta(&base, &scrape, "modserve_shadow_reviews_total", &[("shadow_model", "tiny-faulty"), ("outcome", "breaker_open")]);
+    assert_eq!(shed, 8.0);
+    assert_eq!(metric(&scrape, "modserve_shadow_breaker_open", &[("shadow_model", "tiny-faulty")]), Some(1.0));
+    // Counted per failed batch: the four jobs may have shared batches.
+    let failed_batches = delta(&base, &scrape, "modserve_inference_errors_total", &[("model", "tiny-faulty"), ("role", "shadow")]);
+    assert!((1.0..=4.0).contains(&failed_batches), "{failed_batches}");
+    assert_eq!(delta(&base, &scrape, "modserve_inference_errors_total", &[("model", "tiny-abuse"), ("role", "live")]), 0.0);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_shadow_is_shed_and_counted_while_live_keeps_answering() {
+    let _guard = exclusive().await;
+    let server = TestServer::start(config(
+        r#"
+[shadow]
+max_delay = "50ms"
+live_pressure_jobs = 1000
+[models.tiny-abuse]
+path = "tests/fixtures/tiny-abuse"
+[models.tiny-abuse-v2]
+path = "tests/fixtures/tiny-abuse-v2"
+[models.tiny-abuse-v2.batching]
+queue_capacity = 2
+max_batch_size = 1
+[tasks.abuse]
+live = "tiny-abuse"
+shadows = [{ model = "tiny-abuse-v2", sample_rate = 1.0 }]
+"#,
+    ))
+    .await;
+    let base = server.scrape().await;
+    let mut client = server.client().await;
+    // Every review stalls the shadow 100 ms; live answers at full speed.
+    let n = 40;
+    for i in 0..n {
+        let resp = client
+            .classify(request(vec![review(&format!("s{i}"), "modserve-fault:sleep-100:tiny-abuse-v2; you idiot")]))
+            .await
+            .expect("live unaffected");
+        assert_eq!(decision_name(resp.into_inner().results[0].tasks[0].decision), "REJECT");
+    }
+    let scrape = server.scrape().await;
+    let count = |outcome: &str| {
+        delta(&base, &scrape, "modserve_shadow_reviews_total", &[("shadow_model", "tiny-abuse-v2"), ("outcome", outcome)])
+    };
+    assert!(count("queue_full") >= 1.0, "a queue of 2 behind a 100 ms shadow overflows: {scrape}");
+    // Every review is accounted for once the shadow has drained: compared, shed or late.
+    let accounted = |s: &str| {
+        ["compared", "queue_full", "deadline", "error"]
+            .iter()
+            .map(|o| delta(&base, s, "modserve_shadow_reviews_total", &[("shadow_model", "tiny-abuse-v2"), ("outcome", o)]))
+            .sum::<f64>()
+    };
+    let mut total = 0.0;
+    for _ in 0..200 {
+        total = accounted(&server.scrape().await);
+        if total >= n as f64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(total, n as f64);
+    let scrape = server.scrape().await;
+    assert_eq!(delta(&base, &scrape, "modserve_requests_total", &[("method", "Classify"), ("code", "OK")]), n as f64);
+    server.stop().await;
+}
