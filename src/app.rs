@@ -13,6 +13,7 @@ use tonic_health::ServingStatus;
 
 use crate::classify::Classifier;
 use crate::config::Config;
+use crate::disagreement::DisagreementLog;
 use crate::grpc::pb::moderation_server::ModerationServer;
 use crate::grpc::{pb, service::ModerationService, transport};
 use crate::registry::Registry;
@@ -114,11 +115,19 @@ async fn run(
     let load_config = config.clone();
     let loaded = tokio::task::spawn_blocking(move || {
         let env = runtime::environment(&load_config.server.onnxruntime_lib).map_err(|e| vec![e.to_string()])?;
-        loader::load(&load_config, &env, false)
+        let log =
+            match &load_config.disagreement_log {
+                None => None,
+                Some(c) => Some(DisagreementLog::start(c.clone()).map_err(|e| {
+                    vec![format!("shadow.disagreement_log.path: cannot open {}: {e}", c.path.display())]
+                })?),
+            };
+        let loaded = loader::load(&load_config, &env, false, log.as_ref().map(|(l, _)| l))?;
+        Ok::<_, Vec<String>>((loaded, log))
     })
     .await
     .context("model loading panicked")?;
-    let loaded = match loaded {
+    let (loaded, log) = match loaded {
         Ok(l) => l,
         Err(errors) => {
             for e in &errors {
@@ -155,6 +164,11 @@ async fn run(
     registry.store(None);
     let threads = loaded.threads;
     let _ = tokio::time::timeout(grace, tokio::task::spawn_blocking(move || loader::join_all(threads))).await;
+    // The shadows held the last log handles: the writer flushes and exits.
+    if let Some((handle, thread)) = log {
+        drop(handle);
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

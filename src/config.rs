@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use crate::batch::BatchPolicy;
 use crate::breaker::BreakerPolicy;
+use crate::disagreement::LogConfig;
 use crate::model::manifest::{is_valid_name, toml_error};
 use crate::shadow::ShadowPolicy;
 use crate::worker::WorkerSettings;
@@ -44,6 +45,9 @@ pub mod defaults {
     pub const BREAKER_MAX_FAILURE_RATIO: f64 = 0.5;
     pub const BREAKER_LATENCY_BUDGET: &str = "1s";
     pub const BREAKER_COOLDOWN: &str = "30s";
+    pub const LOG_MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
+    pub const LOG_MAX_FILES: usize = 5;
+    pub const LOG_QUEUE_CAPACITY: usize = 4096;
 }
 
 #[derive(Debug, Parser)]
@@ -187,6 +191,18 @@ struct RawShadowPolicy {
     breaker_max_failure_ratio: Option<f64>,
     breaker_latency_budget: Option<String>,
     breaker_cooldown: Option<String>,
+    disagreement_log: Option<RawLog>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    path: PathBuf,
+    sample_rate: Option<f64>,
+    include_text: Option<bool>,
+    max_file_bytes: Option<u64>,
+    max_files: Option<usize>,
+    queue_capacity: Option<usize>,
 }
 
 // === the validated config ===
@@ -199,6 +215,8 @@ pub struct Config {
     pub shadow: ShadowPolicy,
     /// Niceness of shadow worker threads.
     pub shadow_nice: i32,
+    /// Where disagreements go; `None` turns the log off.
+    pub disagreement_log: Option<LogConfig>,
     /// Model name -> how to load and run it.
     pub models: BTreeMap<String, ModelConfig>,
     /// In file order (sorted by name): the order of results when a request names no tasks.
@@ -440,6 +458,33 @@ fn validate(raw: RawConfig, base: &Path, path: &Path, overrides: &Overrides) -> 
         }
     }
     let shadow = shadow_policy(&mut errors, &raw.shadow);
+    let disagreement_log = raw.shadow.disagreement_log.as_ref().map(|l| {
+        let config = LogConfig {
+            path: base.join(&l.path),
+            sample_rate: l.sample_rate.unwrap_or(1.0),
+            include_text: l.include_text.unwrap_or(false),
+            max_file_bytes: l.max_file_bytes.unwrap_or(defaults::LOG_MAX_FILE_BYTES),
+            max_files: l.max_files.unwrap_or(defaults::LOG_MAX_FILES),
+            queue_capacity: l.queue_capacity.unwrap_or(defaults::LOG_QUEUE_CAPACITY),
+        };
+        if !(0.0..=1.0).contains(&config.sample_rate) {
+            errors.push(format!("shadow.disagreement_log.sample_rate {}: must be within 0..=1", config.sample_rate));
+        }
+        if config.max_file_bytes < 4096 {
+            errors.push(format!(
+                "shadow.disagreement_log.max_file_bytes {}: must be at least 4096",
+                config.max_file_bytes
+            ));
+        }
+        if !(1..=1000).contains(&config.max_files) {
+            errors.push(format!("shadow.disagreement_log.max_files {}: must be 1..=1000", config.max_files));
+        }
+        if !(1..=1_000_000).contains(&config.queue_capacity) {
+            errors
+                .push(format!("shadow.disagreement_log.queue_capacity {}: must be 1..=1000000", config.queue_capacity));
+        }
+        config
+    });
     let shadow_nice = raw.shadow.nice.unwrap_or(defaults::SHADOW_NICE);
     if !(0..=19).contains(&shadow_nice) {
         errors.push(format!("shadow.nice {shadow_nice}: must be 0..=19"));
@@ -447,7 +492,7 @@ fn validate(raw: RawConfig, base: &Path, path: &Path, overrides: &Overrides) -> 
     if !errors.is_empty() {
         return Err(errors);
     }
-    Ok(Config { source: path.to_path_buf(), server, limits, shadow, shadow_nice, models, tasks })
+    Ok(Config { source: path.to_path_buf(), server, limits, shadow, shadow_nice, disagreement_log, models, tasks })
 }
 
 fn shadow_policy(errors: &mut Vec<String>, raw: &RawShadowPolicy) -> ShadowPolicy {

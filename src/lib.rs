@@ -19,6 +19,7 @@ pub mod breaker;
 pub mod classify;
 pub mod compare;
 pub mod config;
+pub mod disagreement;
 pub mod error;
 pub mod grpc;
 pub mod loader;

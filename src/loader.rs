@@ -10,6 +10,7 @@ use std::time::Instant;
 use ort::environment::Environment;
 
 use crate::config::Config;
+use crate::disagreement::DisagreementLog;
 use crate::metrics::Role;
 use crate::model::Package;
 use crate::registry::{ServingState, TaskEntry};
@@ -24,7 +25,12 @@ pub struct Loaded {
 
 /// Loads the live model of every task. With `all_models`, also loads models no task uses
 /// (what `check-config` wants: every configured package must be sound).
-pub fn load(config: &Config, env: &Environment, all_models: bool) -> Result<Loaded, Vec<String>> {
+pub fn load(
+    config: &Config,
+    env: &Environment,
+    all_models: bool,
+    log: Option<&DisagreementLog>,
+) -> Result<Loaded, Vec<String>> {
     let mut errors = Vec::new();
     let mut pools: BTreeMap<&str, WorkerPool> = BTreeMap::new();
     let live: Vec<&str> = config.tasks.iter().map(|t| t.live.as_str()).collect();
@@ -112,6 +118,7 @@ pub fn load(config: &Config, env: &Environment, all_models: bool) -> Result<Load
                 sh.sample_rate,
                 sh.salt.clone(),
                 config.shadow,
+                log.cloned(),
             )));
         }
         tasks.push(TaskEntry { name: task.name.clone(), live: pool.handle.clone(), shadows: pairs });

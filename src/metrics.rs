@@ -29,6 +29,7 @@ pub const SHADOW_TOP_LABEL_FLIPS_TOTAL: &str = "modserve_shadow_top_label_flips_
 pub const SHADOW_REVIEWS_TOTAL: &str = "modserve_shadow_reviews_total";
 pub const SHADOW_BREAKER_OPEN: &str = "modserve_shadow_breaker_open";
 pub const SHADOW_BREAKER_TRIPS_TOTAL: &str = "modserve_shadow_breaker_trips_total";
+pub const DISAGREEMENT_LOG_LINES_TOTAL: &str = "modserve_disagreement_log_lines_total";
 
 /// Latency buckets in seconds: 50 us to 5 s, dense below 10 ms where a healthy server lives.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -166,6 +167,10 @@ fn describe() {
         "Reviews offered to a shadow, by task, live model, shadow model and outcome: compared, or skipped as sampled_out, queue_full, live_pressure, deadline, breaker_open, error."
     );
     describe_gauge!(SHADOW_BREAKER_OPEN, "1 while a shadow's circuit breaker has paused it, by task and shadow model.");
+    describe_counter!(
+        DISAGREEMENT_LOG_LINES_TOTAL,
+        "Disagreement log lines, by outcome: written, dropped_queue_full (the writer fell behind), dropped_io_error."
+    );
     describe_counter!(SHADOW_BREAKER_TRIPS_TOTAL, "Times a shadow's circuit breaker opened, by task and shadow model.");
 }
 
@@ -324,5 +329,35 @@ impl ShadowMetrics {
 
     pub fn outcome(&self, outcome: ShadowOutcome, reviews: usize) {
         self.outcomes[ShadowOutcome::ALL.iter().position(|o| *o == outcome).unwrap_or(0)].increment(reviews as u64);
+    }
+}
+
+/// What became of a disagreement log line.
+#[derive(Debug, Clone, Copy)]
+pub enum LogOutcome {
+    Written,
+    DroppedQueueFull,
+    DroppedIoError,
+}
+
+/// Handles for the disagreement log's counters.
+pub struct LogMetrics {
+    lines: [Counter; 3],
+}
+
+impl LogMetrics {
+    pub fn new() -> LogMetrics {
+        let c = |o: &'static str| counter!(DISAGREEMENT_LOG_LINES_TOTAL, "outcome" => o);
+        LogMetrics { lines: [c("written"), c("dropped_queue_full"), c("dropped_io_error")] }
+    }
+
+    pub fn count(&self, outcome: LogOutcome) {
+        self.lines[outcome as usize].increment(1);
+    }
+}
+
+impl Default for LogMetrics {
+    fn default() -> Self {
+        LogMetrics::new()
     }
 }

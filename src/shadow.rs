@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::breaker::{Breaker, BreakerPolicy};
-use crate::compare;
+use crate::compare::{self, Direction};
+use crate::disagreement::{self, DisagreementLog};
 use crate::error::Error;
 use crate::metrics::{ShadowMetrics, ShadowOutcome};
 use crate::model::ModelSpec;
@@ -40,7 +41,11 @@ pub struct ShadowPair {
     policy: ShadowPolicy,
     breaker: Breaker,
     metrics: ShadowMetrics,
+    log: Option<DisagreementLog>,
 }
+
+/// Salt of the disagreement log's own sampling, independent of every shadow's.
+const DISAGREEMENT_LOG_SALT: &str = "modserve-disagreement-log";
 
 /// True when `review_id` is in the sample of a shadow with this salt and rate: a stable 64-bit
 /// hash (FNV-1a, then a mixing step), so the answer is the same on every retry and replica.
@@ -73,6 +78,7 @@ impl ShadowPair {
         sample_rate: f64,
         salt: String,
         policy: ShadowPolicy,
+        log: Option<DisagreementLog>,
     ) -> ShadowPair {
         let metrics = ShadowMetrics::new(task, live.spec(), shadow.spec());
         ShadowPair {
@@ -84,6 +90,7 @@ impl ShadowPair {
             policy,
             breaker: Breaker::new(policy.breaker),
             metrics,
+            log,
         }
     }
 
@@ -169,6 +176,31 @@ impl ShadowPair {
             }
             if compare::top_label_flipped(&live.labels, l_scores, &shadow.labels, s_scores) {
                 self.metrics.flips.increment(1);
+            }
+            let direction = Direction::of(live_decisions[i], s_decision);
+            if direction != Direction::Agree
+                && let Some(log) = &self.log
+                && sampled(&reviews[i].id, DISAGREEMENT_LOG_SALT, log.config.sample_rate)
+            {
+                fn side<'a>(spec: &'a ModelSpec, decision: Decision, scores: &[f32]) -> disagreement::Side<'a> {
+                    disagreement::Side {
+                        model: &spec.name,
+                        version: &spec.version,
+                        decision: decision.as_str(),
+                        scores: spec.labels.iter().map(String::as_str).zip(scores.iter().copied()).collect(),
+                    }
+                }
+                let text = &reviews[i].model_text;
+                log.write(&disagreement::Entry {
+                    time: disagreement::now_rfc3339(),
+                    task: &self.task,
+                    review_id: &reviews[i].id,
+                    direction: if direction == Direction::Stricter { "stricter" } else { "more_lenient" },
+                    live: side(live, live_decisions[i], l_scores),
+                    shadow: side(shadow, s_decision, s_scores),
+                    text_sha256: crate::model::package::sha256_hex(text.as_bytes()),
+                    text: log.config.include_text.then_some(text.as_str()),
+                });
             }
         }
         self.metrics.outcome(ShadowOutcome::Compared, n);

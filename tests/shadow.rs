@@ -56,7 +56,8 @@ async fn wait_for(server: &TestServer, base: &str, name: &str, labels: &[(&str, 
 }
 
 fn requests() -> Vec<pb::ClassifyRequest> {
-    let texts = ["you idiot", "this is dumb", "you are stupid", "great product", "call me", "win a free prize", "discount"];
+    let texts =
+        ["you idiot", "this is dumb", "you are stupid", "great product", "call me", "win a free prize", "discount"];
     (0..30)
         .map(|i| {
             let reviews = (0..1 + i % 4).map(|k| review(&format!("r{i}-{k}"), texts[(i + k) % texts.len()])).collect();
@@ -89,7 +90,10 @@ async fn live_responses_are_byte_identical_with_and_without_shadows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn confusion_counts_equal_the_expected_ones() {
     let _guard = exclusive().await;
-    let server = TestServer::start(config(SHADOWED)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("disagreements.jsonl");
+    let log = format!("[shadow.disagreement_log]\npath = {:?}\n", log_path.display().to_string());
+    let server = TestServer::start(config(&format!("{log}{SHADOWED}"))).await;
     let base = server.scrape().await;
     let mut client = server.client().await;
     let pairs = paired_golden();
@@ -118,14 +122,49 @@ async fn confusion_counts_equal_the_expected_ones() {
         }
     }
     // The v1/v2 fixtures disagree in both directions on these texts.
-    assert!(expected.get(&("review".into(), "reject".into())).is_some());
-    assert!(expected.get(&("reject".into(), "review".into())).is_some());
-    let deltas = delta(&base, &scrape, "modserve_shadow_score_delta_count", &[("shadow_model", "tiny-abuse-v2"), ("label", "insult")]);
+    assert!(expected.contains_key(&("review".into(), "reject".into())));
+    assert!(expected.contains_key(&("reject".into(), "review".into())));
+    let deltas = delta(
+        &base,
+        &scrape,
+        "modserve_shadow_score_delta_count",
+        &[("shadow_model", "tiny-abuse-v2"), ("label", "insult")],
+    );
     assert_eq!(deltas, n);
     // Shadow latency lands in the same family as live, told apart by role.
-    assert!(metric(&scrape, "modserve_stage_duration_seconds_count", &[("model", "tiny-abuse-v2"), ("role", "shadow"), ("stage", "inference")]).unwrap() >= 1.0);
+    assert!(
+        metric(
+            &scrape,
+            "modserve_stage_duration_seconds_count",
+            &[("model", "tiny-abuse-v2"), ("role", "shadow"), ("stage", "inference")]
+        )
+        .unwrap()
+            >= 1.0
+    );
     assert_eq!(metric(&scrape, "modserve_model_info", &[("model", "tiny-abuse-v2"), ("role", "shadow")]), Some(1.0));
     server.stop().await;
+
+    // Every disagreement, and nothing else, is in the log (flushed at shutdown), without text.
+    let disagreements: f64 = expected.iter().filter(|((l, s), _)| l != s).map(|(_, n)| n).sum();
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
+    assert_eq!(lines.len() as f64, disagreements);
+    let by_id: HashMap<String, &(String, String, String)> =
+        pairs.iter().enumerate().map(|(i, p)| (format!("g{i}"), p)).collect();
+    for line in &lines {
+        let (text, live, shadow) = by_id[line["review_id"].as_str().unwrap()];
+        assert_eq!(line["task"], "abuse");
+        assert_eq!(line["live"]["model"], "tiny-abuse");
+        assert_eq!(line["shadow"]["model"], "tiny-abuse-v2");
+        assert_eq!(line["live"]["decision"], live.to_lowercase());
+        assert_eq!(line["shadow"]["decision"], shadow.to_lowercase());
+        let rank = |d: &str| ["allow", "review", "reject"].iter().position(|x| *x == d).unwrap();
+        let want = if rank(&shadow.to_lowercase()) > rank(&live.to_lowercase()) { "stricter" } else { "more_lenient" };
+        assert_eq!(line["direction"], want);
+        assert!(line.get("text").is_none(), "text is left out by default");
+        assert_eq!(line["text_sha256"], modserve::model::package::sha256_hex(text.as_bytes()));
+        assert!(line["live"]["scores"]["insult"].is_number());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,7 +194,10 @@ shadows = [{ model = "tiny-abuse-v2", sample_rate = 0.3, salt = "experiment-7" }
         }
     }
     let compared = [("shadow_model", "tiny-abuse-v2"), ("outcome", "compared")];
-    assert_eq!(wait_for(&server, &base, "modserve_shadow_reviews_total", &compared, 2.0 * in_sample).await, 2.0 * in_sample);
+    assert_eq!(
+        wait_for(&server, &base, "modserve_shadow_reviews_total", &compared, 2.0 * in_sample).await,
+        2.0 * in_sample
+    );
     let scrape = server.scrape().await;
     let sampled_out = [("shadow_model", "tiny-abuse-v2"), ("outcome", "sampled_out")];
     assert_eq!(delta(&base, &scrape, "modserve_shadow_reviews_total", &sampled_out), 2.0 * (200.0 - in_sample));
@@ -185,12 +227,18 @@ shadows = [{ model = "tiny-faulty", sample_rate = 1.0 }]
     let mut client = server.client().await;
     // "explode" fails the shadow in ONNX Runtime, "nan" makes it emit NaN, the marker panics it.
     // The live model scores all of them normally.
-    let texts = ["you idiot explode", "nan great product", "modserve-fault:panic:tiny-faulty; you idiot", "great product explode"];
+    let texts = [
+        "you idiot explode",
+        "nan great product",
+        "modserve-fault:panic:tiny-faulty; you idiot",
+        "great product explode",
+    ];
     let expected = ["REJECT", "ALLOW", "REJECT", "ALLOW"];
     let error = [("shadow_model", "tiny-faulty"), ("outcome", "error")];
     for round in 0..3 {
         for (i, (text, want)) in texts.iter().zip(expected).enumerate() {
-            let resp = client.classify(request(vec![review(&format!("{round}-{i}"), text)])).await.expect("live unaffected");
+            let resp =
+                client.classify(request(vec![review(&format!("{round}-{i}"), text)])).await.expect("live unaffected");
             assert_eq!(decision_name(resp.into_inner().results[0].tasks[0].decision), want, "{text}");
         }
         if round == 0 {
@@ -203,13 +251,22 @@ shadows = [{ model = "tiny-faulty", sample_rate = 1.0 }]
     // After the breaker opened, the other eight reviews were shed without reaching the shadow.
     assert_eq!(delta(&base, &scrape, "modserve_shadow_reviews_total", &error), 4.0);
     assert_eq!(delta(&base, &scrape, "modserve_shadow_breaker_trips_total", &[("shadow_model", "tiny-faulty")]), 1.0);
-    let shed = delta(&base, &scrape, "modserve_shadow_reviews_total", &[("shadow_model", "tiny-faulty"), ("outcome", "breaker_open")]);
+    let shed = delta(
+        &base,
+        &scrape,
+        "modserve_shadow_reviews_total",
+        &[("shadow_model", "tiny-faulty"), ("outcome", "breaker_open")],
+    );
     assert_eq!(shed, 8.0);
     assert_eq!(metric(&scrape, "modserve_shadow_breaker_open", &[("shadow_model", "tiny-faulty")]), Some(1.0));
     // Counted per failed batch: the four jobs may have shared batches.
-    let failed_batches = delta(&base, &scrape, "modserve_inference_errors_total", &[("model", "tiny-faulty"), ("role", "shadow")]);
+    let failed_batches =
+        delta(&base, &scrape, "modserve_inference_errors_total", &[("model", "tiny-faulty"), ("role", "shadow")]);
     assert!((1.0..=4.0).contains(&failed_batches), "{failed_batches}");
-    assert_eq!(delta(&base, &scrape, "modserve_inference_errors_total", &[("model", "tiny-abuse"), ("role", "live")]), 0.0);
+    assert_eq!(
+        delta(&base, &scrape, "modserve_inference_errors_total", &[("model", "tiny-abuse"), ("role", "live")]),
+        0.0
+    );
     server.stop().await;
 }
 
@@ -247,14 +304,21 @@ shadows = [{ model = "tiny-abuse-v2", sample_rate = 1.0 }]
     }
     let scrape = server.scrape().await;
     let count = |outcome: &str| {
-        delta(&base, &scrape, "modserve_shadow_reviews_total", &[("shadow_model", "tiny-abuse-v2"), ("outcome", outcome)])
+        delta(
+            &base,
+            &scrape,
+            "modserve_shadow_reviews_total",
+            &[("shadow_model", "tiny-abuse-v2"), ("outcome", outcome)],
+        )
     };
     assert!(count("queue_full") >= 1.0, "a queue of 2 behind a 100 ms shadow overflows: {scrape}");
     // Every review is accounted for once the shadow has drained: compared, shed or late.
     let accounted = |s: &str| {
         ["compared", "queue_full", "deadline", "error"]
             .iter()
-            .map(|o| delta(&base, s, "modserve_shadow_reviews_total", &[("shadow_model", "tiny-abuse-v2"), ("outcome", o)]))
+            .map(|o| {
+                delta(&base, s, "modserve_shadow_reviews_total", &[("shadow_model", "tiny-abuse-v2"), ("outcome", o)])
+            })
             .sum::<f64>()
     };
     let mut total = 0.0;
