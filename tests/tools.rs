@@ -120,3 +120,25 @@ async fn promtool_accepts_a_live_scrape() {
     assert_eq!(status, 404);
     server.stop().await;
 }
+
+#[test]
+fn promtool_accepts_the_rules_alerts_and_dashboard_expressions() {
+    let prometheus = repo().join("deploy/prometheus");
+    let (ok, out, err) = run(Command::new("promtool")
+        .arg("check")
+        .arg("rules")
+        .arg(prometheus.join("modserve-rules.yml"))
+        .arg(prometheus.join("modserve-alerts.yml")));
+    assert!(ok, "{out}{err}");
+    // Every dashboard panel expression, as a rules file.
+    let dir = tempfile::tempdir().unwrap();
+    let panels = dir.path().join("panels.yml");
+    let (ok, rules, err) = run(Command::new("python3")
+        .arg(repo().join("deploy/grafana/panels_to_rules.py"))
+        .arg(repo().join("deploy/grafana/modserve-shadow.json")));
+    assert!(ok, "{err}");
+    assert!(rules.matches("record:").count() >= 12, "{rules}");
+    std::fs::write(&panels, rules).unwrap();
+    let (ok, out, err) = run(Command::new("promtool").arg("check").arg("rules").arg(&panels));
+    assert!(ok, "{out}{err}");
+}
