@@ -54,15 +54,17 @@ impl Classifier {
         let mut pending = Vec::with_capacity(tasks.len());
         for &task in &tasks {
             let entry = &state.tasks[task];
-            let rx = entry.live.submit(input.reviews.clone(), deadline)?;
+            let rx =
+                entry.live.submit(input.reviews.clone(), deadline, entry.shadows.iter().any(|s| s.reuses_tokens()))?;
             pending.push((entry, rx));
         }
         let mut outputs = Vec::with_capacity(pending.len());
         for (entry, rx) in pending {
             let spec = entry.live.spec().clone();
-            let scores = rx
+            let output = rx
                 .await
                 .map_err(|_| Error::Inference { model: spec.name.clone(), reason: "worker stopped".into() })??;
+            let scores = output.scores;
             let n = spec.labels.len();
             let decisions: Vec<Decision> = scores.chunks_exact(n).map(|s| spec.policy.decide(s)).collect();
             for d in &decisions {
@@ -70,7 +72,7 @@ impl Classifier {
             }
             // Shadows branch off here, after the live answer is known; nothing awaits them.
             for shadow in &entry.shadows {
-                shadow.offer(&input.reviews, &scores, &decisions);
+                shadow.offer(&input.reviews, output.tokens.as_ref(), &scores, &decisions);
             }
             outputs.push(TaskOutput { task: entry.name.clone(), model: spec, scores, decisions });
         }

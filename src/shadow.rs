@@ -17,6 +17,7 @@ use crate::metrics::{ShadowMetrics, ShadowOutcome};
 use crate::model::ModelSpec;
 use crate::policy::Decision;
 use crate::request::ReviewInput;
+use crate::tokenize::TokenRows;
 use crate::worker::{JobResult, ModelHandle};
 
 /// Shedding rules shared by every shadow (the `[shadow]` config table).
@@ -42,6 +43,9 @@ pub struct ShadowPair {
     breaker: Breaker,
     metrics: ShadowMetrics,
     log: Option<DisagreementLog>,
+    /// Live and shadow tokenize identically (same tokenizer file, same length limit), so the
+    /// shadow reuses the live token ids.
+    reuse_tokens: bool,
 }
 
 /// Salt of the disagreement log's own sampling, independent of every shadow's.
@@ -81,6 +85,8 @@ impl ShadowPair {
         log: Option<DisagreementLog>,
     ) -> ShadowPair {
         let metrics = ShadowMetrics::new(task, live.spec(), shadow.spec());
+        let reuse_tokens = live.spec().tokenizer_sha256 == shadow.spec().tokenizer_sha256
+            && live.spec().max_sequence_length == shadow.spec().max_sequence_length;
         ShadowPair {
             task: task.to_string(),
             live,
@@ -91,12 +97,25 @@ impl ShadowPair {
             breaker: Breaker::new(policy.breaker),
             metrics,
             log,
+            reuse_tokens,
         }
+    }
+
+    /// True when this shadow reuses the live model's token ids.
+    pub fn reuses_tokens(&self) -> bool {
+        self.reuse_tokens
     }
 
     /// Offers a request's reviews, with the live scores and decisions, to this shadow. Never
     /// blocks and never fails: anything that cannot run now is counted and dropped.
-    pub fn offer(self: &Arc<Self>, reviews: &Arc<[ReviewInput]>, live_scores: &[f32], live_decisions: &[Decision]) {
+    /// `tokens` are the live model's token ids for `reviews`, reused when `reuses_tokens`.
+    pub fn offer(
+        self: &Arc<Self>,
+        reviews: &Arc<[ReviewInput]>,
+        tokens: Option<&Arc<TokenRows>>,
+        live_scores: &[f32],
+        live_decisions: &[Decision],
+    ) {
         let picked: Vec<usize> =
             (0..reviews.len()).filter(|&i| sampled(&reviews[i].id, &self.salt, self.sample_rate)).collect();
         self.metrics.outcome(ShadowOutcome::SampledOut, reviews.len() - picked.len());
@@ -114,9 +133,9 @@ impl ShadowPair {
             return;
         }
         let n_labels = self.live.spec().labels.len();
-        let (subset, scores, decisions): (Arc<[ReviewInput]>, Vec<f32>, Vec<Decision>) = if picked.len()
-            == reviews.len()
-        {
+        let tokens = tokens.filter(|_| self.reuse_tokens);
+        let all = picked.len() == reviews.len();
+        let (subset, scores, decisions): (Arc<[ReviewInput]>, Vec<f32>, Vec<Decision>) = if all {
             (reviews.clone(), live_scores.to_vec(), live_decisions.to_vec())
         } else {
             (
@@ -125,13 +144,24 @@ impl ShadowPair {
                 picked.iter().map(|&i| live_decisions[i]).collect(),
             )
         };
+        let tokens = match tokens {
+            Some(t) if all => Some(t.clone()),
+            Some(t) => {
+                let mut rows = TokenRows::default();
+                for &i in &picked {
+                    rows.extend_from(t, i..i + 1);
+                }
+                Some(Arc::new(rows))
+            }
+            None => None,
+        };
         let count = subset.len();
         let pair = self.clone();
         let logged = subset.clone();
         let callback = Box::new(move |result: JobResult, elapsed: Duration| {
             pair.record(&logged, &scores, &decisions, result, elapsed)
         });
-        match self.shadow.submit_with(subset, Some(Instant::now() + self.policy.max_delay), callback) {
+        match self.shadow.submit_with(subset, tokens, Some(Instant::now() + self.policy.max_delay), callback) {
             Ok(()) => {}
             Err(Error::QueueFull { .. }) => self.metrics.outcome(ShadowOutcome::QueueFull, count),
             // Only while shutting down; nothing to compare any more.
@@ -151,7 +181,7 @@ impl ShadowPair {
     ) {
         let n = reviews.len();
         let scores = match result {
-            Ok(scores) => scores,
+            Ok(output) => output.scores,
             Err(Error::DeadlineExceeded(_)) => return self.metrics.outcome(ShadowOutcome::Deadline, n),
             Err(e) => {
                 self.metrics.outcome(ShadowOutcome::Error, n);

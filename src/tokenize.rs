@@ -22,6 +22,67 @@ pub struct TokenBatch {
     pub seq: usize,
 }
 
+/// Unpadded token ids of several texts, concatenated: what a tokenizer produced, before padding.
+/// Kept when a shadow shares the live model's tokenizer, so a review is tokenized once.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct TokenRows {
+    ids: Vec<i64>,
+    /// End offset of each row in `ids`.
+    ends: Vec<usize>,
+}
+
+impl TokenRows {
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.ids.clear();
+        self.ends.clear();
+    }
+
+    pub fn row(&self, i: usize) -> &[i64] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.ids[start..self.ends[i]]
+    }
+
+    pub fn push(&mut self, row: impl IntoIterator<Item = i64>) {
+        self.ids.extend(row);
+        self.ends.push(self.ids.len());
+    }
+
+    /// Appends rows `range` of `other`.
+    pub fn extend_from(&mut self, other: &TokenRows, range: std::ops::Range<usize>) {
+        for i in range {
+            self.push(other.row(i).iter().copied());
+        }
+    }
+}
+
+impl TokenBatch {
+    /// Pads `rows` into this batch (id 0, mask 0), replacing its contents. At least one column,
+    /// so a text with no tokens still yields a well-formed tensor.
+    pub fn pad_from(&mut self, rows: &TokenRows) {
+        let seq = (0..rows.len()).map(|r| rows.row(r).len()).max().unwrap_or(0).max(1);
+        self.rows = rows.len();
+        self.seq = seq;
+        self.ids.clear();
+        self.ids.resize(self.rows * seq, 0);
+        self.mask.clear();
+        self.mask.resize(self.rows * seq, 0);
+        for r in 0..rows.len() {
+            let row = rows.row(r);
+            let base = r * seq;
+            self.ids[base..base + row.len()].copy_from_slice(row);
+            self.mask[base..base + row.len()].fill(1);
+        }
+    }
+}
+
 impl Encoder {
     pub fn new(mut tokenizer: Tokenizer, max_sequence_length: usize) -> Result<Encoder, String> {
         tokenizer
@@ -38,33 +99,29 @@ impl Encoder {
         Ok(Encoder { tokenizer })
     }
 
+    /// Appends each text's truncated, unpadded token ids to `rows`.
+    pub fn encode_rows<'a>(
+        &self,
+        texts: impl IntoIterator<Item = &'a str>,
+        rows: &mut TokenRows,
+    ) -> Result<(), String> {
+        for text in texts {
+            let encoding = self.tokenizer.encode_fast(text, true).map_err(|e| format!("tokenizer failed: {e}"))?;
+            // Unpadded, every token is attended to: the mask is all ones, so ids suffice.
+            rows.push(encoding.get_ids().iter().map(|&id| i64::from(id)));
+        }
+        Ok(())
+    }
+
     /// Encodes `texts` into `out`, replacing its contents.
     pub fn encode_into<'a>(
         &self,
         texts: impl IntoIterator<Item = &'a str>,
         out: &mut TokenBatch,
     ) -> Result<(), String> {
-        let mut encodings = Vec::new();
-        for text in texts {
-            let encoding = self.tokenizer.encode_fast(text, true).map_err(|e| format!("tokenizer failed: {e}"))?;
-            encodings.push(encoding);
-        }
-        // At least one column, so a text with no tokens still yields a well-formed tensor.
-        let seq = encodings.iter().map(|e| e.get_ids().len()).max().unwrap_or(0).max(1);
-        let rows = encodings.len();
-        out.rows = rows;
-        out.seq = seq;
-        out.ids.clear();
-        out.ids.resize(rows * seq, 0);
-        out.mask.clear();
-        out.mask.resize(rows * seq, 0);
-        for (row, encoding) in encodings.iter().enumerate() {
-            let base = row * seq;
-            for (i, (&id, &m)) in encoding.get_ids().iter().zip(encoding.get_attention_mask()).enumerate() {
-                out.ids[base + i] = i64::from(id);
-                out.mask[base + i] = i64::from(m);
-            }
-        }
+        let mut rows = TokenRows::default();
+        self.encode_rows(texts, &mut rows)?;
+        out.pad_from(&rows);
         Ok(())
     }
 }
@@ -106,6 +163,20 @@ mod tests {
         assert_eq!((batch.rows, batch.seq), (1, 1));
         assert_eq!(batch.ids.len(), 1);
         assert_eq!(batch.mask, [1]);
+    }
+
+    #[test]
+    fn rows_round_trip_through_padding() {
+        let enc = encoder(64);
+        let mut rows = TokenRows::default();
+        enc.encode_rows(["you idiot", "great product fast delivery"], &mut rows).unwrap();
+        let mut copy = TokenRows::default();
+        copy.extend_from(&rows, 1..2);
+        assert_eq!(copy.row(0), rows.row(1));
+        let (mut a, mut b) = (TokenBatch::default(), TokenBatch::default());
+        a.pad_from(&rows);
+        enc.encode_into(["you idiot", "great product fast delivery"], &mut b).unwrap();
+        assert_eq!((a.ids, a.mask), (b.ids, b.mask));
     }
 
     #[test]

@@ -20,10 +20,19 @@ use crate::metrics::{DropReason, ModelMetrics, Role};
 use crate::model::session::ModelSession;
 use crate::model::{ModelSpec, Package, PackageError};
 use crate::request::ReviewInput;
-use crate::tokenize::{Encoder, TokenBatch};
+use crate::tokenize::{Encoder, TokenBatch, TokenRows};
 
-/// Scores for one job: `reviews.len() * labels.len()` probabilities, row-major.
-pub type JobResult = Result<Vec<f32>, Error>;
+/// What a job produced.
+#[derive(Debug)]
+pub struct JobOutput {
+    /// `reviews.len() * labels.len()` probabilities, row-major.
+    pub scores: Vec<f32>,
+    /// The reviews' token ids, when the job asked to keep them (for a shadow that shares the
+    /// tokenizer).
+    pub tokens: Option<Arc<TokenRows>>,
+}
+
+pub type JobResult = Result<JobOutput, Error>;
 
 /// Called with a job's outcome and the run time of the batch it was in (zero if it never ran).
 pub type Callback = Box<dyn FnOnce(JobResult, Duration) + Send>;
@@ -62,6 +71,11 @@ impl Reply {
 /// One request's reviews for one model.
 pub struct Job {
     pub reviews: Arc<[ReviewInput]>,
+    /// Token ids already computed by another model with the same tokenizer and length limit;
+    /// used instead of tokenizing again.
+    pub tokens: Option<Arc<TokenRows>>,
+    /// Return the token ids with the scores.
+    pub keep_tokens: bool,
     /// Past this instant nobody wants the answer; the job is dropped unrun.
     pub deadline: Option<Instant>,
     pub enqueued_at: Instant,
@@ -107,30 +121,49 @@ impl ModelHandle {
         self.tx.len()
     }
 
-    /// Queues `reviews` for inference; the receiver yields the scores.
+    /// Queues `reviews` for inference; the receiver yields the scores (and, with `keep_tokens`,
+    /// the token ids).
     pub fn submit(
         &self,
         reviews: Arc<[ReviewInput]>,
         deadline: Option<Instant>,
+        keep_tokens: bool,
     ) -> Result<oneshot::Receiver<JobResult>, Error> {
         let (reply, rx) = oneshot::channel();
-        self.enqueue(reviews, deadline, Reply::Caller(reply))?;
+        let job = Job {
+            reviews,
+            tokens: None,
+            keep_tokens,
+            deadline,
+            enqueued_at: Instant::now(),
+            reply: Reply::Caller(reply),
+        };
+        self.enqueue(job)?;
         Ok(rx)
     }
 
-    /// Queues `reviews` without waiting: `callback` gets the outcome on the worker thread. On
-    /// `Err` the callback was not queued and will not be called.
+    /// Queues `reviews` (with their token ids, if already known) without waiting: `callback`
+    /// gets the outcome on the worker thread. On `Err` the callback was not queued and will not
+    /// be called.
     pub fn submit_with(
         &self,
         reviews: Arc<[ReviewInput]>,
+        tokens: Option<Arc<TokenRows>>,
         deadline: Option<Instant>,
         callback: Callback,
     ) -> Result<(), Error> {
-        self.enqueue(reviews, deadline, Reply::Callback(callback))
+        let job = Job {
+            reviews,
+            tokens,
+            keep_tokens: false,
+            deadline,
+            enqueued_at: Instant::now(),
+            reply: Reply::Callback(callback),
+        };
+        self.enqueue(job)
     }
 
-    fn enqueue(&self, reviews: Arc<[ReviewInput]>, deadline: Option<Instant>, reply: Reply) -> Result<(), Error> {
-        let job = Job { reviews, deadline, enqueued_at: Instant::now(), reply };
+    fn enqueue(&self, job: Job) -> Result<(), Error> {
         match self.tx.try_send(job) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => {
@@ -176,6 +209,7 @@ pub fn start(
             rx: rx.clone(),
             policy: settings.batch,
             metrics: metrics.clone(),
+            rows: TokenRows::default(),
             tokens: TokenBatch::default(),
             features: Vec::new(),
             scores: Vec::new(),
@@ -219,6 +253,7 @@ struct Worker {
     policy: BatchPolicy,
     metrics: Arc<ModelMetrics>,
     /// Buffers reused across batches.
+    rows: TokenRows,
     tokens: TokenBatch,
     features: Vec<f32>,
     scores: Vec<f32>,
@@ -298,11 +333,17 @@ impl Worker {
         match outcome {
             Ok(()) => {
                 let n_labels = self.session.spec().labels.len();
-                let mut offset = 0;
+                let mut row = 0;
                 for job in live {
-                    let len = job.reviews.len() * n_labels;
-                    job.reply.send(Ok(self.scores[offset..offset + len].to_vec()), elapsed);
-                    offset += len;
+                    let n = job.reviews.len();
+                    let scores = self.scores[row * n_labels..(row + n) * n_labels].to_vec();
+                    let tokens = job.keep_tokens.then(|| {
+                        let mut mine = TokenRows::default();
+                        mine.extend_from(&self.rows, row..row + n);
+                        Arc::new(mine)
+                    });
+                    job.reply.send(Ok(JobOutput { scores, tokens }), elapsed);
+                    row += n;
                 }
             }
             Err(reason) => {
@@ -323,8 +364,14 @@ impl Worker {
         #[cfg(feature = "fault-injection")]
         fault::inject(&spec.name, jobs);
         let t0 = Instant::now();
-        let texts = jobs.iter().flat_map(|j| j.reviews.iter().map(|r| r.model_text.as_str()));
-        self.encoder.encode_into(texts, &mut self.tokens)?;
+        self.rows.clear();
+        for job in jobs {
+            match &job.tokens {
+                Some(known) if known.len() == job.reviews.len() => self.rows.extend_from(known, 0..known.len()),
+                _ => self.encoder.encode_rows(job.reviews.iter().map(|r| r.model_text.as_str()), &mut self.rows)?,
+            }
+        }
+        self.tokens.pad_from(&self.rows);
         self.features.clear();
         if !spec.features.is_empty() {
             for review in jobs.iter().flat_map(|j| j.reviews.iter()) {

@@ -3,17 +3,10 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use modserve::app::MODERATION_SERVICE;
-use modserve::batch::BatchPolicy;
-use modserve::error::Error;
-use modserve::metrics::Role;
-use modserve::model::Package;
-use modserve::request::ReviewInput;
-use modserve::worker::{self, WorkerSettings};
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -104,41 +97,6 @@ live = "tiny-abuse-v2"
     req.set_timeout(Duration::from_secs(10));
     client.classify(req).await.expect("deadline met");
     server.stop().await;
-}
-
-/// Work that is already queued when its deadline passes is dropped by the worker, answered
-/// DEADLINE_EXCEEDED and counted, and never reaches the session.
-#[test]
-fn queued_work_past_its_deadline_is_dropped_before_inference() {
-    let env = modserve::runtime::environment(&ort_lib()).expect("ONNX Runtime loads");
-    let package = Package::load(&fixture("tiny-abuse")).expect("fixture loads");
-    let settings = WorkerSettings {
-        batch: BatchPolicy { max_batch_size: 8, max_wait: Duration::ZERO },
-        queue_capacity: 4,
-        threads: 1,
-        intra_threads: 1,
-        nice: 0,
-    };
-    let pool = worker::start(&env, &package, Role::Shadow, settings).expect("workers start");
-    let reviews: Arc<[ReviewInput]> =
-        vec![ReviewInput { id: "a".into(), model_text: "you idiot".into(), rating: None, signals: Default::default() }]
-            .into();
-    let expired = Instant::now() - Duration::from_millis(1);
-    let rx = pool.handle.submit(reviews.clone(), Some(expired)).expect("queued");
-    match rx.blocking_recv().expect("answered") {
-        Err(Error::DeadlineExceeded(where_)) => {
-            assert!(where_.contains("before inference on model tiny-abuse"), "{where_}")
-        }
-        other => panic!("expected DeadlineExceeded, got {other:?}"),
-    }
-    // The same review with time to spare is scored.
-    let rx = pool.handle.submit(reviews, Some(Instant::now() + Duration::from_secs(10))).expect("queued");
-    let scores = rx.blocking_recv().expect("answered").expect("scored");
-    assert!(scores[0] > 0.9, "insult score {scores:?}");
-    drop(pool.handle);
-    for t in pool.threads {
-        t.join().expect("worker exits cleanly when its handle is dropped");
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

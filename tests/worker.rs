@@ -1,0 +1,109 @@
+//! The inference worker through its library API: deadlines checked before inference, and token
+//! ids reused across models that share a tokenizer.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use modserve::batch::BatchPolicy;
+use modserve::error::Error;
+use modserve::metrics::Role;
+use modserve::model::Package;
+use modserve::request::ReviewInput;
+use modserve::tokenize::{Encoder, TokenRows};
+use modserve::worker::{self, WorkerPool, WorkerSettings};
+
+fn pool(model: &str) -> WorkerPool {
+    let env = modserve::runtime::environment(&ort_lib()).expect("ONNX Runtime loads");
+    let package = Package::load(&fixture(model)).expect("fixture loads");
+    let settings = WorkerSettings {
+        batch: BatchPolicy { max_batch_size: 8, max_wait: Duration::ZERO },
+        queue_capacity: 4,
+        threads: 1,
+        intra_threads: 1,
+        nice: 0,
+    };
+    worker::start(&env, &package, Role::Shadow, settings).expect("workers start")
+}
+
+fn reviews(texts: &[&str]) -> Arc<[ReviewInput]> {
+    texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| ReviewInput {
+            id: format!("r{i}"),
+            model_text: t.to_string(),
+            rating: None,
+            signals: Default::default(),
+        })
+        .collect()
+}
+
+/// Work that is already queued when its deadline passes is dropped by the worker, answered
+/// DEADLINE_EXCEEDED and counted, and never reaches the session.
+#[test]
+fn queued_work_past_its_deadline_is_dropped_before_inference() {
+    let env = modserve::runtime::environment(&ort_lib()).expect("ONNX Runtime loads");
+    let package = Package::load(&fixture("tiny-abuse")).expect("fixture loads");
+    let settings = WorkerSettings {
+        batch: BatchPolicy { max_batch_size: 8, max_wait: Duration::ZERO },
+        queue_capacity: 4,
+        threads: 1,
+        intra_threads: 1,
+        nice: 0,
+    };
+    let pool = worker::start(&env, &package, Role::Shadow, settings).expect("workers start");
+    let reviews: Arc<[ReviewInput]> =
+        vec![ReviewInput { id: "a".into(), model_text: "you idiot".into(), rating: None, signals: Default::default() }]
+            .into();
+    let expired = Instant::now() - Duration::from_millis(1);
+    let rx = pool.handle.submit(reviews.clone(), Some(expired), false).expect("queued");
+    match rx.blocking_recv().expect("answered") {
+        Err(Error::DeadlineExceeded(where_)) => {
+            assert!(where_.contains("before inference on model tiny-abuse"), "{where_}")
+        }
+        other => panic!("expected DeadlineExceeded, got {other:?}"),
+    }
+    // The same review with time to spare is scored.
+    let rx = pool.handle.submit(reviews, Some(Instant::now() + Duration::from_secs(10)), false).expect("queued");
+    let scores = rx.blocking_recv().expect("answered").expect("scored").scores;
+    assert!(scores[0] > 0.9, "insult score {scores:?}");
+    drop(pool.handle);
+    for t in pool.threads {
+        t.join().expect("worker exits cleanly when its handle is dropped");
+    }
+}
+
+/// A shadow given the live model's token ids scores those ids, not a second tokenization of the
+/// text: proven by handing it ids that disagree with the text.
+#[test]
+fn token_ids_from_a_shared_tokenizer_are_used_as_given() {
+    let live = pool("tiny-abuse");
+    let shadow = pool("tiny-abuse-v2");
+    // Live keeps its token ids.
+    let texts = reviews(&["you idiot", "great product"]);
+    let out = live.handle.submit(texts.clone(), None, true).unwrap().blocking_recv().unwrap().unwrap();
+    let kept = out.tokens.expect("token ids kept");
+    let package = Package::load(&fixture("tiny-abuse")).unwrap();
+    let encoder = Encoder::new(package.tokenizer.clone(), package.spec.max_sequence_length).unwrap();
+    let mut expected = TokenRows::default();
+    encoder.encode_rows(["you idiot", "great product"], &mut expected).unwrap();
+    assert_eq!(*kept, expected);
+    // Swap the rows: the shadow must score "great product" for review 0 and "you idiot" for 1.
+    let mut swapped = TokenRows::default();
+    swapped.extend_from(&kept, 1..2);
+    swapped.extend_from(&kept, 0..1);
+    let (tx, rx) = std::sync::mpsc::channel();
+    shadow
+        .handle
+        .submit_with(texts, Some(Arc::new(swapped)), None, Box::new(move |result, _| tx.send(result).unwrap()))
+        .unwrap();
+    let scores = rx.recv().unwrap().unwrap().scores;
+    assert!(scores[0] < 0.1 && scores[2] > 0.9, "insult scores follow the given ids: {scores:?}");
+    for p in [live, shadow] {
+        drop(p.handle);
+        p.threads.into_iter().for_each(|t| t.join().unwrap());
+    }
+}
