@@ -1,9 +1,10 @@
-//! Wiring: bind the listeners, start gRPC (Moderation, health, reflection) and the metrics port,
-//! load the models, flip health to SERVING, and on shutdown drain in order.
+//! Wiring: bind the listeners, start gRPC (Moderation, Admin, health, reflection) and the metrics
+//! port, load the models through the reloader, flip health to SERVING, watch for reload
+//! triggers, and on shutdown drain in order.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::Context;
@@ -14,9 +15,14 @@ use tonic_health::ServingStatus;
 use crate::classify::Classifier;
 use crate::config::Config;
 use crate::disagreement::DisagreementLog;
+use crate::grpc::admin::AdminService;
+use crate::grpc::auth::BearerAuth;
+use crate::grpc::pb::admin_server::AdminServer;
 use crate::grpc::pb::moderation_server::ModerationServer;
 use crate::grpc::{pb, service::ModerationService, transport};
+use crate::metrics::ReloadTrigger;
 use crate::registry::Registry;
+use crate::reload::{self, Reloader};
 use crate::shutdown::{Shutdown, ShutdownSignal};
 use crate::{admin, loader, metrics, runtime};
 
@@ -27,27 +33,57 @@ pub const MODERATION_SERVICE: &str = "modserve.v1.Moderation";
 pub struct Server {
     pub grpc_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
+    /// Where the Admin service listens when `admin.listen` is set (else on `grpc_addr`).
+    pub admin_addr: Option<SocketAddr>,
     shutdown: Shutdown,
     task: JoinHandle<anyhow::Result<()>>,
 }
 
+/// The sockets and secrets bound before anything is served.
+struct Bound {
+    grpc: TcpListener,
+    metrics: TcpListener,
+    admin: Option<TcpListener>,
+    moderation_token: Option<String>,
+    admin_token: Option<String>,
+}
+
+async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| format!("{key}: cannot listen on {addr}"))
+}
+
 impl Server {
-    /// Binds both listeners (so port 0 works and the addresses are known), then serves in the
-    /// background. Fails at once only if a listener cannot be bound or metrics cannot install.
+    /// Binds the listeners (so port 0 works and the addresses are known) and reads the tokens,
+    /// then serves in the background. Fails at once only if a listener cannot be bound, a token
+    /// cannot be read or metrics cannot install.
     pub async fn start(config: Config) -> anyhow::Result<Server> {
-        let grpc = TcpListener::bind(config.server.grpc_listen)
-            .await
-            .with_context(|| format!("server.grpc_listen: cannot listen on {}", config.server.grpc_listen))?;
-        let metrics_listener = TcpListener::bind(config.server.metrics_listen)
-            .await
-            .with_context(|| format!("server.metrics_listen: cannot listen on {}", config.server.metrics_listen))?;
-        let grpc_addr = grpc.local_addr()?;
-        let metrics_addr = metrics_listener.local_addr()?;
+        let read = |key: &str, source: &Option<crate::config::TokenSource>| {
+            source.as_ref().map(|s| s.read().map_err(|e| anyhow::anyhow!("{key}: {e}"))).transpose()
+        };
+        let bound = Bound {
+            grpc: bind(config.server.grpc_listen, "server.grpc_listen").await?,
+            metrics: bind(config.server.metrics_listen, "server.metrics_listen").await?,
+            admin: match config.admin.listen {
+                Some(addr) => Some(bind(addr, "admin.listen").await?),
+                None => None,
+            },
+            moderation_token: read("server.moderation_token", &config.server.moderation_token)?,
+            admin_token: read("admin.token", &config.admin.token)?,
+        };
+        let grpc_addr = bound.grpc.local_addr()?;
+        let metrics_addr = bound.metrics.local_addr()?;
+        let admin_addr = bound.admin.as_ref().map(|l| l.local_addr()).transpose()?;
         let prometheus = metrics::install().map_err(|e| anyhow::anyhow!("cannot install metrics: {e}"))?;
         let (shutdown, signal) = Shutdown::new();
-        tracing::info!(grpc = %grpc_addr, metrics = %metrics_addr, config = %config.source.display(), "listening");
-        let task = tokio::spawn(run(config, grpc, metrics_listener, prometheus, signal));
-        Ok(Server { grpc_addr, metrics_addr, shutdown, task })
+        tracing::info!(
+            grpc = %grpc_addr,
+            metrics = %metrics_addr,
+            admin = %admin_addr.map_or("on the gRPC port".to_string(), |a| a.to_string()),
+            config = %config.source.display(),
+            "listening"
+        );
+        let task = tokio::spawn(run(config, bound, prometheus, signal));
+        Ok(Server { grpc_addr, metrics_addr, admin_addr, shutdown, task })
     }
 
     /// Starts a graceful shutdown; `wait` returns when it is done.
@@ -73,10 +109,24 @@ impl Server {
     }
 }
 
+fn reflection() -> anyhow::Result<(
+    tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>,
+    tonic_reflection::server::v1alpha::ServerReflectionServer<impl tonic_reflection::server::v1alpha::ServerReflection>,
+)> {
+    let v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    Ok((v1, v1alpha))
+}
+
 async fn run(
     config: Config,
-    grpc: TcpListener,
-    metrics_listener: TcpListener,
+    bound: Bound,
     prometheus: metrics_exporter_prometheus::PrometheusHandle,
     signal: ShutdownSignal,
 ) -> anyhow::Result<()> {
@@ -86,66 +136,106 @@ async fn run(
     for name in ["", MODERATION_SERVICE] {
         health.set_service_status(name, ServingStatus::NotServing).await;
     }
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
-    let limits = config.limits;
-    let moderation =
-        ModerationServer::new(ModerationService::new(Classifier::new(registry.clone()), limits, signal.clone()))
-            .max_decoding_message_size(limits.max_message_bytes)
-            .max_encoding_message_size(limits.max_message_bytes.saturating_mul(4));
-    let routes = tonic::service::Routes::new(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(moderation)
-        .prepare();
-    // The transport stops on its own signal, `drain_delay` after shutdown starts, so load
-    // balancers polling health see NOT_SERVING while calls still get a clean UNAVAILABLE.
-    let (stop_transport, transport_signal) = Shutdown::new();
-    let grpc_task = tokio::spawn(transport::serve(grpc, routes, config.server.transport(), transport_signal));
-    let admin_task = tokio::spawn(admin::serve(metrics_listener, prometheus, ready.clone(), signal.clone()));
 
-    // Load on a blocking thread: file IO, hashing and ONNX Runtime session builds.
-    let started = Instant::now();
-    let load_config = config.clone();
-    let loaded = tokio::task::spawn_blocking(move || {
-        let env = runtime::environment(&load_config.server.onnxruntime_lib).map_err(|e| vec![e.to_string()])?;
-        let log =
-            match &load_config.disagreement_log {
-                None => None,
-                Some(c) => Some(DisagreementLog::start(c.clone()).map_err(|e| {
-                    vec![format!("shadow.disagreement_log.path: cannot open {}: {e}", c.path.display())]
-                })?),
-            };
-        let loaded = loader::load(&load_config, &env, false, log.as_ref().map(|(l, _)| l))?;
-        Ok::<_, Vec<String>>((loaded, log))
+    // ONNX Runtime and the disagreement log are bound for the process's life: set up once, on
+    // a blocking thread (file IO).
+    let setup_config = config.clone();
+    let setup = tokio::task::spawn_blocking(move || {
+        let env = runtime::environment(&setup_config.server.onnxruntime_lib).map_err(|e| e.to_string())?;
+        let log = match &setup_config.disagreement_log {
+            None => None,
+            Some(c) => Some(
+                DisagreementLog::start(c.clone())
+                    .map_err(|e| format!("shadow.disagreement_log.path: cannot open {}: {e}", c.path.display()))?,
+            ),
+        };
+        Ok::<_, String>((env, log))
     })
     .await
-    .context("model loading panicked")?;
-    let (loaded, log) = match loaded {
-        Ok(l) => l,
-        Err(errors) => {
-            for e in &errors {
-                tracing::error!(error = %e, "cannot load model");
-            }
-            stop_transport.trigger();
-            let _ = grpc_task.await;
-            admin_task.abort();
-            anyhow::bail!("{} problem(s) loading models:\n  {}", errors.len(), errors.join("\n  "));
-        }
+    .context("start-up panicked")?;
+    let (env, log) = setup.map_err(|e| anyhow::anyhow!(e))?;
+    let (log, log_thread) = log.map_or((None, None), |(l, t)| (Some(l), Some(t)));
+    let threads = Arc::new(Mutex::new(Vec::new()));
+    let reloader = Reloader {
+        config_path: config.source.clone(),
+        overrides: config.overrides.clone(),
+        registry: registry.clone(),
+        env,
+        log,
+        threads: threads.clone(),
     };
-    let tasks: Vec<String> = loaded.state.tasks.iter().map(|t| format!("{}={}", t.name, t.live.spec().name)).collect();
-    registry.store(Some(Arc::new(loaded.state)));
+
+    // Load the start-up config (already parsed) through the same path every reload takes.
+    let started = Instant::now();
+    let startup = Arc::new(config.clone());
+    let reloader = Arc::new(reloader);
+    let r = reloader.clone();
+    let outcome = tokio::task::spawn_blocking(move || r.apply_config(startup, ReloadTrigger::Startup))
+        .await
+        .context("model loading panicked")?;
+    if !outcome.applied {
+        anyhow::bail!("{} problem(s) loading models:\n  {}", outcome.errors.len(), outcome.errors.join("\n  "));
+    }
+    let reloader = Arc::into_inner(reloader).context("reloader still shared after start-up")?;
+    let reload = reloader.spawn();
+
+    let (reflection_v1, reflection_v1alpha) = reflection()?;
+    let limits = config.limits;
+    let moderation_auth = BearerAuth::new(bound.moderation_token, "modserve.v1.Moderation");
+    let moderation = ModerationServer::new(ModerationService::new(Classifier::new(registry.clone()), signal.clone()))
+        .max_decoding_message_size(limits.max_message_bytes)
+        .max_encoding_message_size(limits.max_message_bytes.saturating_mul(4));
+    let moderation =
+        tonic::service::interceptor::InterceptedService::new(moderation, move |req| moderation_auth.check(req));
+    let admin_auth = BearerAuth::new(bound.admin_token, "modserve.v1.Admin");
+    let admin_service =
+        AdminServer::with_interceptor(AdminService::new(registry.clone(), reload.clone()), move |req| {
+            admin_auth.check(req)
+        });
+    let mut routes = tonic::service::Routes::new(health_service.clone())
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(moderation);
+    // The transports stop on their own signal, `drain_delay` after shutdown starts, so load
+    // balancers polling health see NOT_SERVING while calls still get a clean UNAVAILABLE.
+    let (stop_transport, transport_signal) = Shutdown::new();
+    let mut admin_task = None;
+    match bound.admin {
+        None => routes = routes.add_service(admin_service),
+        Some(listener) => {
+            let (v1, v1alpha) = reflection()?;
+            let admin_routes = tonic::service::Routes::new(admin_service)
+                .add_service(v1)
+                .add_service(v1alpha)
+                .add_service(health_service)
+                .prepare();
+            admin_task = Some(tokio::spawn(transport::serve(
+                listener,
+                admin_routes,
+                config.server.transport(),
+                transport_signal.clone(),
+            )));
+        }
+    }
+    let grpc_task =
+        tokio::spawn(transport::serve(bound.grpc, routes.prepare(), config.server.transport(), transport_signal));
+    let http_task = tokio::spawn(admin::serve(bound.metrics, prometheus, ready.clone(), signal.clone()));
+    tokio::spawn(reload::on_sighup(reload.clone(), signal.clone()));
+    if config.server.watch_config {
+        tokio::spawn(reload::watch(
+            config.source.clone(),
+            config.server.watch_interval,
+            config.source_sha256.clone(),
+            reload.clone(),
+            signal.clone(),
+        ));
+    }
+
     for name in ["", MODERATION_SERVICE] {
         health.set_service_status(name, ServingStatus::Serving).await;
     }
     ready.store(true, Ordering::Relaxed);
-    tracing::info!(tasks = ?tasks, load_ms = started.elapsed().as_millis() as u64, "serving");
+    tracing::info!(load_ms = started.elapsed().as_millis() as u64, "serving");
 
     signal.clone().wait().await;
     tracing::info!("shutting down: health NOT_SERVING, new calls UNAVAILABLE, draining in-flight calls");
@@ -159,15 +249,19 @@ async fn run(
     if let Err(e) = grpc_task.await {
         tracing::error!(error = %e, "gRPC server task panicked");
     }
-    let _ = admin_task.await;
-    // Drop the serving state: queues close, workers finish what is queued and exit.
-    registry.store(None);
-    let threads = loaded.threads;
+    if let Some(t) = admin_task {
+        let _ = t.await;
+    }
+    let _ = http_task.await;
+    // Drop the serving state and the reload task (which holds the log and the runtime): queues
+    // close, workers finish what is queued and exit.
+    registry.swap(None);
+    drop(reload);
+    let threads = std::mem::take(&mut *threads.lock().unwrap_or_else(|p| p.into_inner()));
     let _ = tokio::time::timeout(grace, tokio::task::spawn_blocking(move || loader::join_all(threads))).await;
     // The shadows held the last log handles: the writer flushes and exits.
-    if let Some((handle, thread)) = log {
-        drop(handle);
-        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    if let Some(thread) = log_thread {
+        let _ = tokio::time::timeout(grace, tokio::task::spawn_blocking(move || thread.join())).await;
     }
     tracing::info!("stopped");
     Ok(())

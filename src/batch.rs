@@ -4,13 +4,14 @@
 use std::time::{Duration, Instant};
 
 /// How a model's worker merges queued jobs into one inference batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct BatchPolicy {
     /// Most reviews in one batch. A single job larger than this runs alone (request size is
     /// bounded separately by `limits.max_reviews_per_request`).
     pub max_batch_size: usize,
     /// How long to hold a non-full batch for more jobs once the queue is empty. Zero means
     /// "take what is queued now": no added latency at low load, natural batching under load.
+    #[serde(with = "crate::config::humantime_serde_str")]
     pub max_wait: Duration,
 }
 

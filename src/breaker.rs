@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// When a breaker opens.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct BreakerPolicy {
     /// Recent batches considered.
     pub window: usize,
@@ -20,8 +20,10 @@ pub struct BreakerPolicy {
     /// Open when failed batches / batches in the window reaches this.
     pub max_failure_ratio: f64,
     /// A batch slower than this counts as failed.
+    #[serde(with = "crate::config::humantime_serde_str")]
     pub latency_budget: Duration,
     /// How long the breaker stays open before letting work through again.
+    #[serde(with = "crate::config::humantime_serde_str")]
     pub cooldown: Duration,
 }
 

@@ -48,9 +48,18 @@ impl Classifier {
 
     /// Classifies a validated request. `deadline` is the caller's; work still queued past it
     /// is dropped before inference.
-    pub async fn classify(&self, input: &ClassifyInput, deadline: Option<Instant>) -> Result<ClassifyOutput, Error> {
-        let state = self.registry.load().ok_or(Error::Unavailable("models are still loading"))?;
-        let tasks = resolve_tasks(&state, &input.tasks)?;
+    /// The serving state for one request: load it once and use it throughout.
+    pub fn state(&self) -> Result<Arc<ServingState>, Error> {
+        self.registry.load().ok_or(Error::Unavailable("models are still loading"))
+    }
+
+    pub async fn classify(
+        &self,
+        state: &ServingState,
+        input: &ClassifyInput,
+        deadline: Option<Instant>,
+    ) -> Result<ClassifyOutput, Error> {
+        let tasks = resolve_tasks(state, &input.tasks)?;
         let mut pending = Vec::with_capacity(tasks.len());
         for &task in &tasks {
             let entry = &state.tasks[task];

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::batch::BatchPolicy;
 use crate::breaker::BreakerPolicy;
@@ -24,6 +24,7 @@ pub mod defaults {
     pub const METRICS_LISTEN: &str = "127.0.0.1:9464";
     pub const SHUTDOWN_GRACE: &str = "30s";
     pub const DRAIN_DELAY: &str = "0s";
+    pub const WATCH_INTERVAL: &str = "1s";
     pub const MAX_CONCURRENT_STREAMS: u32 = 256;
     pub const KEEPALIVE_INTERVAL: &str = "30s";
     pub const KEEPALIVE_TIMEOUT: &str = "10s";
@@ -92,7 +93,7 @@ pub struct Overrides {
     pub onnxruntime_lib: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
@@ -100,7 +101,7 @@ pub enum LogFormat {
 }
 
 /// What to do with a review text longer than `limits.max_text_bytes`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OversizeText {
     /// Fail the request with INVALID_ARGUMENT naming the review.
@@ -109,12 +110,22 @@ pub enum OversizeText {
     Truncate,
 }
 
+/// Serializes durations as humantime strings ("2ms") in `GetConfig` output.
+pub mod humantime_serde_str {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+}
+
 // === the file, as written ===
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawConfig {
     server: RawServer,
+    admin: RawAdmin,
     limits: RawLimits,
     batching: RawBatching,
     shadow: RawShadowPolicy,
@@ -125,6 +136,10 @@ struct RawConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawServer {
+    watch_config: Option<bool>,
+    watch_interval: Option<String>,
+    moderation_token_env: Option<String>,
+    moderation_token_file: Option<PathBuf>,
     grpc_listen: Option<String>,
     metrics_listen: Option<String>,
     shutdown_grace: Option<String>,
@@ -134,6 +149,14 @@ struct RawServer {
     keepalive_timeout: Option<String>,
     log_format: Option<LogFormat>,
     onnxruntime_lib: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAdmin {
+    listen: Option<String>,
+    token_env: Option<String>,
+    token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -207,10 +230,16 @@ struct RawLog {
 
 // === the validated config ===
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Config {
     pub source: PathBuf,
+    /// sha256 of the text this config was parsed from.
+    pub source_sha256: String,
+    /// The command-line and environment overrides applied, re-applied on every reload.
+    #[serde(skip)]
+    pub overrides: Overrides,
     pub server: ServerConfig,
+    pub admin: AdminConfig,
     pub limits: Limits,
     pub shadow: ShadowPolicy,
     /// Niceness of shadow worker threads.
@@ -223,21 +252,68 @@ pub struct Config {
     pub tasks: Vec<TaskConfig>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ServerConfig {
     pub grpc_listen: SocketAddr,
     pub metrics_listen: SocketAddr,
+    #[serde(with = "humantime_serde_str")]
     pub shutdown_grace: Duration,
     /// How long to keep answering (NOT_SERVING / UNAVAILABLE) before closing connections.
+    #[serde(with = "humantime_serde_str")]
     pub drain_delay: Duration,
     pub max_concurrent_streams: u32,
+    #[serde(with = "humantime_serde_str")]
     pub keepalive_interval: Duration,
+    #[serde(with = "humantime_serde_str")]
     pub keepalive_timeout: Duration,
     pub log_format: LogFormat,
     pub onnxruntime_lib: PathBuf,
+    /// Reload when the config file's content changes (checked every `watch_interval`).
+    pub watch_config: bool,
+    #[serde(with = "humantime_serde_str")]
+    pub watch_interval: Duration,
+    /// Where the Moderation service's bearer token comes from; `None` = no token required.
+    pub moderation_token: Option<TokenSource>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a bearer token is read from. The token itself is never part of the config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenSource {
+    /// An environment variable's name.
+    Env(String),
+    /// A file holding the token (surrounding whitespace ignored).
+    File(PathBuf),
+}
+
+impl TokenSource {
+    /// Reads the token; an empty one is an error (it would let anyone in).
+    pub fn read(&self) -> Result<String, String> {
+        let token = match self {
+            TokenSource::Env(name) => {
+                std::env::var(name).map_err(|_| format!("environment variable {name} is not set"))?
+            }
+            TokenSource::File(path) => {
+                std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?
+            }
+        };
+        let token = token.trim().to_string();
+        if token.is_empty() {
+            return Err(format!("the token from {self:?} is empty"));
+        }
+        Ok(token)
+    }
+}
+
+/// The Admin service.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AdminConfig {
+    /// Its own listen address; `None` serves it on `server.grpc_listen`.
+    pub listen: Option<SocketAddr>,
+    pub token: Option<TokenSource>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Limits {
     pub max_reviews_per_request: usize,
     pub max_text_bytes: usize,
@@ -259,21 +335,21 @@ impl Default for Limits {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ModelConfig {
     pub name: String,
     pub path: PathBuf,
     pub workers: WorkerSettings,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct TaskConfig {
     pub name: String,
     pub live: String,
     pub shadows: Vec<ShadowConfig>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ShadowConfig {
     pub model: String,
     /// Share of reviews (0..=1) the shadow sees, chosen by a hash of the review id.
@@ -306,11 +382,17 @@ impl Config {
         let raw: RawConfig =
             toml::from_str(text).map_err(|e| vec![format!("{}: {}", path.display(), toml_error(text, &e))])?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        validate(raw, &base, path, overrides)
+        validate(raw, text, &base, path, overrides)
     }
 }
 
-fn validate(raw: RawConfig, base: &Path, path: &Path, overrides: &Overrides) -> Result<Config, Vec<String>> {
+fn validate(
+    raw: RawConfig,
+    text: &str,
+    base: &Path,
+    path: &Path,
+    overrides: &Overrides,
+) -> Result<Config, Vec<String>> {
     let mut errors = Vec::new();
     let addr = |errors: &mut Vec<String>, key: &str, value: Option<&String>, default: &str| {
         let value = value.map(String::as_str).unwrap_or(default);
@@ -372,6 +454,26 @@ fn validate(raw: RawConfig, base: &Path, path: &Path, overrides: &Overrides) -> 
         keepalive_timeout,
         log_format: overrides.log_format.or(raw.server.log_format).unwrap_or(LogFormat::Text),
         onnxruntime_lib,
+        watch_config: raw.server.watch_config.unwrap_or(true),
+        watch_interval: duration(
+            &mut errors,
+            "server.watch_interval",
+            raw.server.watch_interval.as_deref().unwrap_or(defaults::WATCH_INTERVAL),
+        ),
+        moderation_token: token_source(
+            &mut errors,
+            "server.moderation_token",
+            &raw.server.moderation_token_env,
+            &raw.server.moderation_token_file,
+            base,
+        ),
+    };
+    if server.watch_interval < Duration::from_millis(100) {
+        errors.push(format!("server.watch_interval {:?}: must be at least 100ms", server.watch_interval));
+    }
+    let admin = AdminConfig {
+        listen: raw.admin.listen.as_ref().map(|a| addr(&mut errors, "admin.listen", Some(a), "")),
+        token: token_source(&mut errors, "admin.token", &raw.admin.token_env, &raw.admin.token_file, base),
     };
 
     let d = Limits::default();
@@ -492,7 +594,41 @@ fn validate(raw: RawConfig, base: &Path, path: &Path, overrides: &Overrides) -> 
     if !errors.is_empty() {
         return Err(errors);
     }
-    Ok(Config { source: path.to_path_buf(), server, limits, shadow, shadow_nice, disagreement_log, models, tasks })
+    Ok(Config {
+        source: path.to_path_buf(),
+        source_sha256: crate::model::package::sha256_hex(text.as_bytes()),
+        overrides: overrides.clone(),
+        server,
+        admin,
+        limits,
+        shadow,
+        shadow_nice,
+        disagreement_log,
+        models,
+        tasks,
+    })
+}
+
+fn token_source(
+    errors: &mut Vec<String>,
+    key: &str,
+    env: &Option<String>,
+    file: &Option<PathBuf>,
+    base: &Path,
+) -> Option<TokenSource> {
+    match (env, file) {
+        (Some(_), Some(_)) => {
+            errors.push(format!("{key}_env and {key}_file: set one of them, not both"));
+            None
+        }
+        (Some(name), None) if name.is_empty() => {
+            errors.push(format!("{key}_env: must name an environment variable"));
+            None
+        }
+        (Some(name), None) => Some(TokenSource::Env(name.clone())),
+        (None, Some(path)) => Some(TokenSource::File(base.join(path))),
+        (None, None) => None,
+    }
 }
 
 fn shadow_policy(errors: &mut Vec<String>, raw: &RawShadowPolicy) -> ShadowPolicy {

@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::metrics::{LogMetrics, LogOutcome};
 
 /// Settings (the `[shadow.disagreement_log]` table).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LogConfig {
     pub path: PathBuf,
     /// Share of disagreements logged (by a hash of the review id).

@@ -2,6 +2,8 @@
 //! request validation (`convert`), and the one mapping from `Error` to `tonic::Status`
 //! (`status`). Nothing outside this module sees proto types.
 
+pub mod admin;
+pub mod auth;
 pub mod convert;
 pub mod service;
 pub mod status;

@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod model;
 pub mod policy;
 pub mod registry;
+pub mod reload;
 pub mod request;
 pub mod runtime;
 pub mod shadow;

@@ -1,47 +1,52 @@
 //! Builds a `ServingState` from a validated `Config`: loads and verifies every package a task
-//! uses, checks it against the config, starts its workers. Blocking: run it off the runtime.
+//! uses, checks it against the config, and starts its workers, or keeps the running workers of
+//! a previous state when nothing about the model changed. Blocking: run it off the runtime.
 //! Every problem is collected, so one run reports all of them.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use ort::environment::Environment;
 
 use crate::config::Config;
 use crate::disagreement::DisagreementLog;
-use crate::metrics::Role;
+use crate::metrics::{self, Role};
 use crate::model::Package;
-use crate::registry::{ServingState, TaskEntry};
+use crate::registry::{LoadedModel, ServingState, TaskEntry};
 use crate::shadow::ShadowPair;
-use crate::worker::{self, WorkerPool};
+use crate::worker::{self, WorkerSettings};
 
-/// A loaded state and the worker threads behind it (joined after the state is dropped).
+/// A loaded state and the threads of the workers it started (joined at shutdown).
 pub struct Loaded {
     pub state: ServingState,
     pub threads: Vec<JoinHandle<()>>,
 }
 
-/// Loads the live model of every task. With `all_models`, also loads models no task uses
-/// (what `check-config` wants: every configured package must be sound).
+/// Loads every model a task uses (with `all_models`, every configured model: what
+/// `check-config` wants). Models whose fingerprint matches one in `previous` keep its workers.
+/// The returned state has generation 0 and no config hash: the caller sets them.
 pub fn load(
-    config: &Config,
+    config: &Arc<Config>,
     env: &Environment,
     all_models: bool,
     log: Option<&DisagreementLog>,
+    previous: Option<&ServingState>,
 ) -> Result<Loaded, Vec<String>> {
     let mut errors = Vec::new();
-    let mut pools: BTreeMap<&str, WorkerPool> = BTreeMap::new();
+    let mut models: BTreeMap<String, LoadedModel> = BTreeMap::new();
+    let mut threads = Vec::new();
     let live: Vec<&str> = config.tasks.iter().map(|t| t.live.as_str()).collect();
-    let shadows: Vec<&str> = config.tasks.iter().flat_map(|t| t.shadows.iter().map(|s| s.model.as_str())).collect();
+    let shadow_rate =
+        |name: &str| config.tasks.iter().flat_map(|t| &t.shadows).find(|s| s.model == name).map(|s| s.sample_rate);
     for (name, model) in &config.models {
-        let role = if live.contains(&name.as_str()) {
-            Role::Live
-        } else if shadows.contains(&name.as_str()) {
-            Role::Shadow
+        let (role, sample_rate) = if live.contains(&name.as_str()) {
+            (Role::Live, 1.0)
+        } else if let Some(rate) = shadow_rate(name) {
+            (Role::Shadow, rate)
         } else if all_models {
-            Role::Live
+            (Role::Live, 1.0)
         } else {
             tracing::warn!(model = %name, "models.{name} is not used by any task; not loaded");
             continue;
@@ -66,8 +71,15 @@ pub fn load(
         if role == Role::Shadow {
             settings.nice = config.shadow_nice;
         }
+        let fingerprint = fingerprint(&package, role, &settings);
+        if let Some(running) = previous.and_then(|p| p.models.get(name)).filter(|m| m.fingerprint == fingerprint) {
+            models.insert(name.clone(), LoadedModel { sample_rate, ..running.clone() });
+            continue;
+        }
         match worker::start(env, &package, role, settings) {
             Ok(pool) => {
+                let load_seconds = started.elapsed().as_secs_f64();
+                metrics::model_loaded(name, load_seconds);
                 tracing::info!(
                     model = %name,
                     version = %package.spec.version,
@@ -75,62 +87,86 @@ pub fn load(
                     role = role.as_str(),
                     sha256 = %package.spec.sha256_prefix(),
                     threads = pool.threads.len(),
-                    load_ms = started.elapsed().as_millis() as u64,
+                    load_ms = (load_seconds * 1000.0) as u64,
                     "model loaded and warmed up"
                 );
-                pools.insert(name, pool);
+                threads.extend(pool.threads);
+                models.insert(
+                    name.clone(),
+                    LoadedModel {
+                        handle: pool.handle,
+                        role,
+                        fingerprint,
+                        loaded_at: SystemTime::now(),
+                        load_seconds,
+                        sample_rate,
+                    },
+                );
             }
             Err(e) => errors.push(format!("models.{name}: {e}")),
         }
     }
     let mut tasks = Vec::new();
     for task in &config.tasks {
-        let Some(pool) = pools.get(task.live.as_str()) else {
-            continue;
-        };
-        if pool.handle.spec().task != task.name {
+        let Some(live) = models.get(&task.live) else { continue };
+        if live.handle.spec().task != task.name {
             errors.push(format!(
                 "tasks.{}.live: model {:?} answers task {:?} (its manifest says so), not {:?}",
                 task.name,
                 task.live,
-                pool.handle.spec().task,
+                live.handle.spec().task,
                 task.name
             ));
             continue;
         }
         let mut pairs = Vec::new();
         for sh in &task.shadows {
-            let Some(shadow_pool) = pools.get(sh.model.as_str()) else { continue };
-            if shadow_pool.handle.spec().task != task.name {
+            let Some(shadow) = models.get(&sh.model) else { continue };
+            if shadow.handle.spec().task != task.name {
                 errors.push(format!(
                     "tasks.{}.shadows: model {:?} answers task {:?} (its manifest says so), not {:?}",
                     task.name,
                     sh.model,
-                    shadow_pool.handle.spec().task,
+                    shadow.handle.spec().task,
                     task.name
                 ));
                 continue;
             }
             pairs.push(Arc::new(ShadowPair::new(
                 &task.name,
-                pool.handle.clone(),
-                shadow_pool.handle.clone(),
+                live.handle.clone(),
+                shadow.handle.clone(),
                 sh.sample_rate,
                 sh.salt.clone(),
                 config.shadow,
                 log.cloned(),
             )));
         }
-        tasks.push(TaskEntry { name: task.name.clone(), live: pool.handle.clone(), shadows: pairs });
+        tasks.push(TaskEntry { name: task.name.clone(), live: live.handle.clone(), shadows: pairs });
     }
-    let threads = pools.into_values().flat_map(|p| p.threads).collect();
     if !errors.is_empty() {
-        // Dropping the handles closes the queues, so these threads exit promptly.
+        // Dropping the new handles closes their queues, so new threads exit promptly; reused
+        // workers keep serving the previous state.
         drop(tasks);
+        drop(models);
         join_all(threads);
         return Err(errors);
     }
-    Ok(Loaded { state: ServingState { tasks }, threads })
+    let state = ServingState { generation: 0, config: config.clone(), config_sha256: String::new(), tasks, models };
+    Ok(Loaded { state, threads })
+}
+
+/// What must be equal for a reload to keep a model's running workers.
+fn fingerprint(package: &Package, role: Role, settings: &WorkerSettings) -> String {
+    let spec = &package.spec;
+    format!(
+        "{}|{}|{}|{}|{}|{settings:?}",
+        spec.dir.display(),
+        spec.manifest_sha256,
+        spec.model_sha256,
+        spec.tokenizer_sha256,
+        role.as_str()
+    )
 }
 
 /// Waits for worker threads to finish (their queues must be closed first).

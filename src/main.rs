@@ -70,7 +70,7 @@ fn check_config(file: &std::path::Path, cli: &Cli) -> ExitCode {
         Ok(env) => env,
         Err(e) => return report_config_errors(file, &[e.to_string()]),
     };
-    match loader::load(&config, &env, true, None) {
+    match loader::load(&std::sync::Arc::new(config.clone()), &env, true, None, None) {
         Ok(loaded) => {
             let models = config.models.len();
             let tasks = loaded.state.tasks.len();

@@ -30,6 +30,12 @@ pub const SHADOW_REVIEWS_TOTAL: &str = "modserve_shadow_reviews_total";
 pub const SHADOW_BREAKER_OPEN: &str = "modserve_shadow_breaker_open";
 pub const SHADOW_BREAKER_TRIPS_TOTAL: &str = "modserve_shadow_breaker_trips_total";
 pub const DISAGREEMENT_LOG_LINES_TOTAL: &str = "modserve_disagreement_log_lines_total";
+pub const CONFIG_RELOADS_TOTAL: &str = "modserve_config_reloads_total";
+pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "modserve_config_last_reload_success";
+pub const CONFIG_LAST_RELOAD_TIMESTAMP_SECONDS: &str = "modserve_config_last_reload_timestamp_seconds";
+pub const CONFIG_GENERATION: &str = "modserve_config_generation";
+pub const CONFIG_INFO: &str = "modserve_config_info";
+pub const MODEL_LOAD_SECONDS: &str = "modserve_model_load_seconds";
 
 /// Latency buckets in seconds: 50 us to 5 s, dense below 10 ms where a healthy server lives.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -171,6 +177,22 @@ fn describe() {
         DISAGREEMENT_LOG_LINES_TOTAL,
         "Disagreement log lines, by outcome: written, dropped_queue_full (the writer fell behind), dropped_io_error."
     );
+    describe_counter!(
+        CONFIG_RELOADS_TOTAL,
+        "Config reload attempts, by trigger (file, signal, admin) and result (success, failure)."
+    );
+    describe_gauge!(CONFIG_LAST_RELOAD_SUCCESS, "1 if the last reload attempt was applied, 0 if it was refused.");
+    describe_gauge!(CONFIG_LAST_RELOAD_TIMESTAMP_SECONDS, Unit::Seconds, "Unix time of the last reload attempt.");
+    describe_gauge!(CONFIG_GENERATION, "Generation of the config now serving: 1 at start-up, +1 per applied reload.");
+    describe_gauge!(
+        CONFIG_INFO,
+        "1 for the config now serving, labelled with the sha256 of its file; 0 for earlier ones."
+    );
+    describe_gauge!(
+        MODEL_LOAD_SECONDS,
+        Unit::Seconds,
+        "Time the last load of a model took (read, verify, build sessions, warm up), by model."
+    );
     describe_counter!(SHADOW_BREAKER_TRIPS_TOTAL, "Times a shadow's circuit breaker opened, by task and shadow model.");
 }
 
@@ -232,6 +254,11 @@ impl ModelMetrics {
     /// Marks the model as no longer loaded (its info series drops to 0).
     pub fn unloaded(&self) {
         self.info.set(0.0);
+    }
+
+    /// Marks the model as loaded (its info series is 1).
+    pub fn loaded(&self) {
+        self.info.set(1.0);
     }
 }
 
@@ -359,5 +386,54 @@ impl LogMetrics {
 impl Default for LogMetrics {
     fn default() -> Self {
         LogMetrics::new()
+    }
+}
+
+/// Records a model's load time.
+pub fn model_loaded(model: &str, seconds: f64) {
+    gauge!(MODEL_LOAD_SECONDS, "model" => model.to_string()).set(seconds);
+}
+
+/// What started a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadTrigger {
+    Startup,
+    File,
+    Signal,
+    Admin,
+}
+
+impl ReloadTrigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReloadTrigger::Startup => "startup",
+            ReloadTrigger::File => "file",
+            ReloadTrigger::Signal => "signal",
+            ReloadTrigger::Admin => "admin",
+        }
+    }
+}
+
+/// Records a reload attempt; `active` is the config now serving (new or kept).
+pub fn reload_finished(
+    trigger: ReloadTrigger,
+    applied: bool,
+    generation: u64,
+    previous_sha256: Option<&str>,
+    active_sha256: &str,
+) {
+    let result = if applied { "success" } else { "failure" };
+    if trigger != ReloadTrigger::Startup {
+        counter!(CONFIG_RELOADS_TOTAL, "trigger" => trigger.as_str(), "result" => result).increment(1);
+        gauge!(CONFIG_LAST_RELOAD_SUCCESS).set(if applied { 1.0 } else { 0.0 });
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        gauge!(CONFIG_LAST_RELOAD_TIMESTAMP_SECONDS).set(now.as_secs_f64());
+    }
+    if applied {
+        if let Some(old) = previous_sha256.filter(|old| *old != active_sha256) {
+            gauge!(CONFIG_INFO, "sha256" => old.to_string()).set(0.0);
+        }
+        gauge!(CONFIG_INFO, "sha256" => active_sha256.to_string()).set(1.0);
+        gauge!(CONFIG_GENERATION).set(generation as f64);
     }
 }

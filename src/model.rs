@@ -23,6 +23,8 @@ pub struct ModelSpec {
     pub features: Vec<Feature>,
     pub policy: Policy,
     pub io: IoNames,
+    /// sha256 of `manifest.toml` (a policy change alone changes it).
+    pub manifest_sha256: String,
     /// The model file name inside `dir`.
     pub model_file: String,
     pub model_sha256: String,

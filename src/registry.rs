@@ -1,11 +1,16 @@
-//! The serving state: every task and the model that answers it, behind one pointer that is
-//! swapped whole (at start-up today, on reload later). Requests load it once and keep their
-//! `Arc` for their whole life, so a swap never changes a request half-way.
+//! The serving state: every task, the model that answers it and its shadows, behind one pointer
+//! that is swapped whole (at start-up and on each reload). Requests load it once and keep their
+//! `Arc` for their whole life, so a swap never changes a request half-way; old models are
+//! released when the last request using them finishes.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use arc_swap::ArcSwapOption;
 
+use crate::config::Config;
+use crate::metrics::Role;
 use crate::shadow::ShadowPair;
 use crate::worker::ModelHandle;
 
@@ -16,10 +21,31 @@ pub struct TaskEntry {
     pub shadows: Vec<Arc<ShadowPair>>,
 }
 
+/// A loaded model and where it came from.
+#[derive(Clone)]
+pub struct LoadedModel {
+    pub handle: ModelHandle,
+    pub role: Role,
+    /// Package content, role and worker settings: equal fingerprints let a reload keep the
+    /// running workers instead of building new ones.
+    pub fingerprint: String,
+    pub loaded_at: SystemTime,
+    pub load_seconds: f64,
+    /// For shadows, the share of reviews sampled; 1 for live models.
+    pub sample_rate: f64,
+}
+
 /// Everything a request needs to be answered.
 pub struct ServingState {
+    /// 1 for the config loaded at start-up, +1 per applied reload.
+    pub generation: u64,
+    pub config: Arc<Config>,
+    /// sha256 of the config file's bytes.
+    pub config_sha256: String,
     /// In config order; the order of results when a request names no tasks.
     pub tasks: Vec<TaskEntry>,
+    /// Every loaded model by name.
+    pub models: BTreeMap<String, LoadedModel>,
 }
 
 impl ServingState {
@@ -43,7 +69,8 @@ impl Registry {
         self.current.load_full()
     }
 
-    pub fn store(&self, state: Option<Arc<ServingState>>) {
-        self.current.store(state);
+    /// Replaces the state; returns the previous one.
+    pub fn swap(&self, state: Option<Arc<ServingState>>) -> Option<Arc<ServingState>> {
+        self.current.swap(state)
     }
 }

@@ -21,9 +21,10 @@ use crate::tokenize::TokenRows;
 use crate::worker::{JobResult, ModelHandle};
 
 /// Shedding rules shared by every shadow (the `[shadow]` config table).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct ShadowPolicy {
     /// Shadow work still queued this long after the live answer is dropped (`deadline`).
+    #[serde(with = "crate::config::humantime_serde_str")]
     pub max_delay: Duration,
     /// Skip shadow work while the live model has at least this many jobs queued.
     pub live_pressure_jobs: usize,

@@ -83,7 +83,7 @@ pub struct Job {
 }
 
 /// How a model's workers run.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct WorkerSettings {
     pub batch: BatchPolicy,
     /// Jobs that may wait in the queue; beyond this, submissions fail with `QueueFull`.

@@ -12,7 +12,6 @@ use super::pb::moderation_server::Moderation;
 use super::pb::{self, ClassifyRequest, ClassifyResponse};
 use super::{convert, status};
 use crate::classify::Classifier;
-use crate::config::Limits;
 use crate::error::Error;
 use crate::metrics;
 use crate::shutdown::ShutdownSignal;
@@ -20,27 +19,28 @@ use crate::shutdown::ShutdownSignal;
 #[derive(Clone)]
 pub struct ModerationService {
     classifier: Classifier,
-    limits: Limits,
     shutdown: ShutdownSignal,
 }
 
 impl ModerationService {
-    pub fn new(classifier: Classifier, limits: Limits, shutdown: ShutdownSignal) -> Self {
-        ModerationService { classifier, limits, shutdown }
+    pub fn new(classifier: Classifier, shutdown: ShutdownSignal) -> Self {
+        ModerationService { classifier, shutdown }
     }
 
     async fn handle(&self, req: ClassifyRequest, deadline: Option<Instant>) -> Result<ClassifyResponse, Error> {
         if self.shutdown.is_shutting_down() {
             return Err(Error::Unavailable("the server is shutting down; retry on another replica"));
         }
-        let input = convert::validate(req, &self.limits)?;
+        // One state for the whole call: a reload mid-call changes nothing for it.
+        let state = self.classifier.state()?;
+        let input = convert::validate(req, &state.config.limits)?;
         let output = match deadline {
-            None => self.classifier.classify(&input, None).await?,
+            None => self.classifier.classify(&state, &input, None).await?,
             Some(deadline) => {
                 if deadline <= Instant::now() {
                     return Err(Error::DeadlineExceeded("before the request was queued".into()));
                 }
-                tokio::time::timeout_at(deadline.into(), self.classifier.classify(&input, Some(deadline)))
+                tokio::time::timeout_at(deadline.into(), self.classifier.classify(&state, &input, Some(deadline)))
                     .await
                     .map_err(|_| Error::DeadlineExceeded("while waiting for inference".into()))??
             }
@@ -75,7 +75,7 @@ impl Moderation for ModerationService {
             return Err(Error::Unavailable("the server is shutting down; retry on another replica").into());
         }
         let service = self.clone();
-        let in_flight = self.limits.stream_in_flight;
+        let in_flight = self.classifier.state().map(|s| s.config.limits.stream_in_flight).map_err(Status::from)?;
         // Stop reading new messages at shutdown; messages already read are still answered.
         // `buffered` keeps answers in order and bounds the work per stream; tonic polls this
         // stream only as fast as the client reads, so a slow reader stalls its own stream (and,

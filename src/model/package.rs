@@ -45,6 +45,7 @@ impl Package {
         let text = read(&manifest_path)?;
         let text = String::from_utf8(text)
             .map_err(|_| PackageError::Manifest { path: manifest_path.clone(), errors: vec!["not UTF-8".into()] })?;
+        let manifest_sha256 = sha256_hex(text.as_bytes());
         let manifest =
             Manifest::parse(&text).map_err(|errors| PackageError::Manifest { path: manifest_path.clone(), errors })?;
 
@@ -67,6 +68,7 @@ impl Package {
             features: manifest.features,
             policy: manifest.policy,
             io: manifest.io,
+            manifest_sha256,
             model_file: manifest.model_file,
             model_sha256: manifest.model_sha256,
             tokenizer_sha256: manifest.tokenizer_sha256,

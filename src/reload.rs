@@ -1,0 +1,280 @@
+//! Config reload: every trigger (start-up, file change, SIGHUP, the Admin RPC) goes through one
+//! task that applies one reload at a time: read and validate the whole file, refuse changes to
+//! settings that cannot change at run time, load only new or changed models (unchanged ones keep
+//! their running workers), then swap the whole serving state at once. Any failure keeps the old
+//! state serving and says why; the next attempt starts fresh.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use ort::environment::Environment;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::{Config, Overrides};
+use crate::disagreement::DisagreementLog;
+use crate::loader;
+use crate::metrics::{self, ReloadTrigger};
+use crate::model::package::sha256_hex;
+use crate::registry::{Registry, ServingState};
+use crate::shutdown::ShutdownSignal;
+
+/// The result of one reload attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReloadOutcome {
+    pub applied: bool,
+    /// The generation serving after the attempt.
+    pub generation: u64,
+    pub errors: Vec<String>,
+    /// sha256 of the config file serving after the attempt.
+    pub config_sha256: String,
+}
+
+/// What the reload task needs; owned by it.
+pub struct Reloader {
+    pub config_path: PathBuf,
+    pub overrides: Overrides,
+    pub registry: Registry,
+    pub env: Environment,
+    /// Started once at start-up; its settings cannot change by reload.
+    pub log: Option<DisagreementLog>,
+    /// Every worker thread ever started, joined at shutdown.
+    pub threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+type Request = (ReloadTrigger, Option<oneshot::Sender<ReloadOutcome>>);
+
+/// Cheap, cloneable way to ask for a reload.
+#[derive(Clone)]
+pub struct ReloadHandle {
+    /// Bounded: triggers that arrive while one reload runs and the queue is full are coalesced
+    /// (the queued reload will read the newest file anyway).
+    tx: mpsc::Sender<Request>,
+}
+
+impl ReloadHandle {
+    /// Asks for a reload and waits for its outcome.
+    pub async fn reload(&self, trigger: ReloadTrigger) -> ReloadOutcome {
+        let (tx, rx) = oneshot::channel();
+        let refused = |e: &str| ReloadOutcome {
+            applied: false,
+            generation: 0,
+            errors: vec![format!("reload unavailable: {e}")],
+            config_sha256: String::new(),
+        };
+        if self.tx.send((trigger, Some(tx))).await.is_err() {
+            return refused("the server is shutting down");
+        }
+        rx.await.unwrap_or_else(|_| refused("the reload task stopped"))
+    }
+
+    /// Asks for a reload without waiting.
+    pub fn trigger(&self, trigger: ReloadTrigger) {
+        let _ = self.tx.try_send((trigger, None));
+    }
+}
+
+impl Reloader {
+    /// Reads the config file and applies it, synchronously (blocking IO and model loads).
+    pub fn apply(&self, trigger: ReloadTrigger) -> ReloadOutcome {
+        let refuse = |errors| self.refuse(trigger, errors);
+        let bytes = match std::fs::read(&self.config_path) {
+            Ok(b) => b,
+            Err(e) => return refuse(vec![format!("{}: cannot read: {e}", self.config_path.display())]),
+        };
+        let Ok(text) = String::from_utf8(bytes) else {
+            return refuse(vec![format!("{}: not UTF-8", self.config_path.display())]);
+        };
+        match Config::parse(&text, &self.config_path, &self.overrides) {
+            Ok(c) => self.apply_config(Arc::new(c), trigger),
+            Err(errors) => refuse(errors),
+        }
+    }
+
+    /// Keeps the running state and reports why.
+    fn refuse(&self, trigger: ReloadTrigger, errors: Vec<String>) -> ReloadOutcome {
+        for e in &errors {
+            tracing::error!(trigger = trigger.as_str(), error = %e, "config refused; the running config keeps serving");
+        }
+        let current = self.registry.load();
+        let (generation, sha) =
+            current.as_ref().map_or((0, String::new()), |s| (s.generation, s.config_sha256.clone()));
+        metrics::reload_finished(trigger, false, generation, None, &sha);
+        ReloadOutcome { applied: false, generation, errors, config_sha256: sha }
+    }
+
+    /// Applies a parsed config: loads what changed and swaps the serving state.
+    pub fn apply_config(&self, config: Arc<Config>, trigger: ReloadTrigger) -> ReloadOutcome {
+        let kept = |errors| self.refuse(trigger, errors);
+        let current = self.registry.load();
+        let sha = config.source_sha256.clone();
+        if let Some(current) = &current {
+            let fixed = fixed_settings_changed(&current.config, &config);
+            if !fixed.is_empty() {
+                return kept(fixed);
+            }
+        }
+        let loaded = match loader::load(&config, &self.env, false, self.log.as_ref(), current.as_deref()) {
+            Ok(l) => l,
+            Err(errors) => return kept(errors),
+        };
+        let mut state = loaded.state;
+        state.generation = current.as_ref().map_or(1, |c| c.generation + 1);
+        state.config_sha256 = sha.clone();
+        self.threads.lock().unwrap_or_else(|p| p.into_inner()).extend(loaded.threads);
+        let generation = state.generation;
+        let summary = summary(&state);
+        let new = Arc::new(state);
+        let old = self.registry.swap(Some(new.clone()));
+        // Models that are gone (or replaced) stop reporting as loaded; the ones serving now do.
+        if let Some(old) = &old {
+            for (name, m) in &old.models {
+                if new.models.get(name).is_none_or(|n| n.fingerprint != m.fingerprint) {
+                    m.handle.metrics().unloaded();
+                }
+            }
+        }
+        for m in new.models.values() {
+            m.handle.metrics().loaded();
+        }
+        metrics::reload_finished(trigger, true, generation, old.as_ref().map(|o| o.config_sha256.as_str()), &sha);
+        tracing::info!(trigger = trigger.as_str(), generation, config_sha256 = %&sha[..12], models = %summary, "config applied");
+        ReloadOutcome { applied: true, generation, errors: Vec::new(), config_sha256: sha }
+    }
+
+    /// Starts the reload task. Reloads run one at a time, each on a blocking thread.
+    pub fn spawn(self) -> ReloadHandle {
+        let (tx, mut rx) = mpsc::channel::<Request>(4);
+        let reloader = Arc::new(self);
+        tokio::spawn(async move {
+            while let Some((trigger, reply)) = rx.recv().await {
+                let r = reloader.clone();
+                let outcome =
+                    tokio::task::spawn_blocking(move || r.apply(trigger)).await.unwrap_or_else(|e| ReloadOutcome {
+                        applied: false,
+                        generation: 0,
+                        errors: vec![format!("reload panicked: {e}")],
+                        config_sha256: String::new(),
+                    });
+                if let Some(reply) = reply {
+                    let _ = reply.send(outcome);
+                }
+            }
+        });
+        ReloadHandle { tx }
+    }
+}
+
+/// "abuse=abuse-v1(+abuse-v2) fraud=..." for the log line.
+fn summary(state: &ServingState) -> String {
+    state
+        .tasks
+        .iter()
+        .map(|t| {
+            let shadows: Vec<&str> = t.shadows.iter().map(|s| s.shadow.spec().name.as_str()).collect();
+            if shadows.is_empty() {
+                format!("{}={}", t.name, t.live.spec().name)
+            } else {
+                format!("{}={}(+{})", t.name, t.live.spec().name, shadows.join(",+"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Settings bound at start-up (sockets, the runtime library, the log writer): a reload that
+/// changes them is refused, naming each.
+pub fn fixed_settings_changed(running: &Config, new: &Config) -> Vec<String> {
+    let mut errors = Vec::new();
+    let mut check = |key: &str, a: String, b: String| {
+        if a != b {
+            errors.push(format!(
+                "{key} cannot change at run time (running: {a}, file: {b}); restart modserve to apply it"
+            ));
+        }
+    };
+    let (r, n) = (&running.server, &new.server);
+    check("server.grpc_listen", r.grpc_listen.to_string(), n.grpc_listen.to_string());
+    check("server.metrics_listen", r.metrics_listen.to_string(), n.metrics_listen.to_string());
+    check("server.onnxruntime_lib", r.onnxruntime_lib.display().to_string(), n.onnxruntime_lib.display().to_string());
+    check("server.max_concurrent_streams", r.max_concurrent_streams.to_string(), n.max_concurrent_streams.to_string());
+    check("server.keepalive_interval", format!("{:?}", r.keepalive_interval), format!("{:?}", n.keepalive_interval));
+    check("server.keepalive_timeout", format!("{:?}", r.keepalive_timeout), format!("{:?}", n.keepalive_timeout));
+    check("server.moderation_token", format!("{:?}", r.moderation_token), format!("{:?}", n.moderation_token));
+    check("server.watch_config", r.watch_config.to_string(), n.watch_config.to_string());
+    check("server.watch_interval", format!("{:?}", r.watch_interval), format!("{:?}", n.watch_interval));
+    check(
+        "limits.max_message_bytes",
+        running.limits.max_message_bytes.to_string(),
+        new.limits.max_message_bytes.to_string(),
+    );
+    check("admin", format!("{:?}", running.admin), format!("{:?}", new.admin));
+    check("shadow.disagreement_log", format!("{:?}", running.disagreement_log), format!("{:?}", new.disagreement_log));
+    errors
+}
+
+/// Watches the config file by content: every `interval` it hashes the file (following
+/// symlinks, so editors that replace the file and Kubernetes ConfigMap `..data` swaps are both
+/// seen) and triggers one reload once a new content has been stable for one interval.
+pub async fn watch(
+    path: PathBuf,
+    interval: Duration,
+    initial_sha256: String,
+    reload: ReloadHandle,
+    shutdown: ShutdownSignal,
+) {
+    let mut applied = initial_sha256;
+    let mut pending: Option<String> = None;
+    let stop = shutdown.wait();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let p = path.clone();
+        // Missing or unreadable mid-swap: try again next tick.
+        let Ok(Ok(bytes)) = tokio::task::spawn_blocking(move || std::fs::read(p)).await else { continue };
+        let sha = sha256_hex(&bytes);
+        if sha == applied {
+            pending = None;
+            continue;
+        }
+        if pending.as_deref() == Some(sha.as_str()) {
+            // Stable for a whole interval: reload once for this content, whatever the outcome.
+            tracing::info!(path = %path.display(), sha256 = %&sha[..12], "config file changed; reloading");
+            applied = sha;
+            pending = None;
+            reload.trigger(ReloadTrigger::File);
+        } else {
+            pending = Some(sha);
+        }
+    }
+}
+
+/// Triggers a reload on every SIGHUP.
+pub async fn on_sighup(reload: ReloadHandle, shutdown: ShutdownSignal) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; reload by file change or the Admin RPC");
+            return;
+        }
+    };
+    let stop = shutdown.wait();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            got = hup.recv() => {
+                if got.is_none() {
+                    return;
+                }
+                tracing::info!("SIGHUP: reloading the config");
+                reload.trigger(ReloadTrigger::Signal);
+            }
+        }
+    }
+}
