@@ -221,3 +221,42 @@ fn send_sigterm(pid: i32) {
     let status = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap();
     assert!(status.success(), "kill -TERM {pid}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = format!(
+        "[models.tiny-abuse]\npath = {:?}\n[models.tiny-abuse-v2]\npath = {:?}\n",
+        path_str(&fixture("tiny-abuse")),
+        path_str(&fixture("tiny-abuse-v2"))
+    );
+    let config = write_config(&dir, &format!("watch_config = false\n{models}[tasks.abuse]\nlive = \"tiny-abuse\"\n"));
+    let (mut child, addr, logs) = spawn_server(&config);
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+    wait_serving(channel.clone()).await;
+    let mut client = modserve::grpc::pb::moderation_client::ModerationClient::new(channel.clone());
+    let live = |resp: modserve::grpc::pb::ClassifyResponse| resp.results[0].tasks[0].model.clone().unwrap().name;
+    let resp = client.classify(request(vec![review("a", "this is dumb")])).await.unwrap().into_inner();
+    assert_eq!(live(resp), "tiny-abuse");
+
+    let text = std::fs::read_to_string(&config).unwrap().replace("live = \"tiny-abuse\"", "live = \"tiny-abuse-v2\"");
+    std::fs::write(&config, text).unwrap();
+    let status = Command::new("kill").arg("-HUP").arg(child.id().to_string()).status().unwrap();
+    assert!(status.success());
+    // Bounded wait for the reload to land.
+    let mut now_live = String::new();
+    for _ in 0..200 {
+        let resp = client.classify(request(vec![review("a", "this is dumb")])).await.unwrap().into_inner();
+        now_live = live(resp);
+        if now_live == "tiny-abuse-v2" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(now_live, "tiny-abuse-v2");
+    send_sigterm(child.id() as i32);
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    assert!(status.success());
+    let logs = logs.join().unwrap();
+    assert!(logs.contains("SIGHUP: reloading the config") && logs.contains("\"trigger\":\"signal\""), "{logs}");
+}

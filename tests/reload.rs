@@ -1,0 +1,287 @@
+//! Config reload end to end: the Admin RPC, the file watcher (including a Kubernetes ConfigMap
+//! style symlink swap), fixed settings, bad configs, promotion, tokens, and a soak under load.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+use modserve::config::{Config, Overrides};
+use modserve::grpc::pb;
+use modserve::grpc::pb::admin_client::AdminClient;
+use tonic::Code;
+use tonic::transport::Channel;
+
+/// A config file in `dir` with absolute fixture paths; `tasks` is the `[tasks]` part.
+fn write_config(path: &Path, server_extra: &str, tasks: &str) {
+    let mut text = format!(
+        "[server]\ngrpc_listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"\nonnxruntime_lib = {:?}\n{server_extra}\n",
+        ort_lib().display().to_string()
+    );
+    for m in ["tiny-abuse", "tiny-abuse-v2", "tiny-fraud", "tiny-faulty", "broken-corrupt-onnx", "broken-sha256"] {
+        text += &format!("[models.{m}]\npath = {:?}\n", fixture(m).display().to_string());
+    }
+    text += tasks;
+    std::fs::write(path, text).unwrap();
+}
+
+const V1: &str = "[tasks.abuse]\nlive = \"tiny-abuse\"\n";
+const V1_SHADOW_V2: &str =
+    "[tasks.abuse]\nlive = \"tiny-abuse\"\nshadows = [{ model = \"tiny-abuse-v2\", sample_rate = 1.0 }]\n";
+const PROMOTED: &str =
+    "[tasks.abuse]\nlive = \"tiny-abuse-v2\"\nshadows = [{ model = \"tiny-abuse\", sample_rate = 1.0 }]\n";
+
+async fn start(path: &Path) -> TestServer {
+    let config = Config::load(path, &Overrides::default()).expect("valid config");
+    TestServer::start(config).await
+}
+
+async fn admin(channel: Channel) -> AdminClient<Channel> {
+    AdminClient::new(channel)
+}
+
+async fn live_model(server: &TestServer) -> String {
+    let mut client = server.client().await;
+    let resp = client.classify(request(vec![review("x", "this is dumb")])).await.unwrap().into_inner();
+    resp.results[0].tasks[0].model.as_ref().unwrap().name.clone()
+}
+
+async fn models(admin: &mut AdminClient<Channel>) -> Vec<(String, String)> {
+    let list = admin.list_models(pb::ListModelsRequest {}).await.unwrap().into_inner();
+    list.models.into_iter().map(|m| (m.name, m.role)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_reload_applies_good_configs_and_refuses_bad_ones() {
+    let _guard = exclusive().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("modserve.toml");
+    write_config(&path, "watch_config = false", V1);
+    let server = start(&path).await;
+    let base = server.scrape().await;
+    let mut admin = admin(server.channel().await).await;
+    assert_eq!(models(&mut admin).await, [("tiny-abuse".to_string(), "live".to_string())]);
+
+    // Add a shadow.
+    write_config(&path, "watch_config = false", V1_SHADOW_V2);
+    let r = admin.reload(pb::ReloadRequest {}).await.unwrap().into_inner();
+    assert!(r.applied, "{:?}", r.errors);
+    assert_eq!(r.generation, 2);
+    assert_eq!(
+        models(&mut admin).await,
+        [("tiny-abuse".into(), "live".into()), ("tiny-abuse-v2".into(), "shadow".into())]
+    );
+    assert_eq!(live_model(&server).await, "tiny-abuse");
+
+    // Promote the shadow, demote the live model.
+    write_config(&path, "watch_config = false", PROMOTED);
+    let r = admin.reload(pb::ReloadRequest {}).await.unwrap().into_inner();
+    assert!(r.applied, "{:?}", r.errors);
+    assert_eq!(live_model(&server).await, "tiny-abuse-v2");
+    assert_eq!(
+        models(&mut admin).await,
+        [("tiny-abuse".into(), "shadow".into()), ("tiny-abuse-v2".into(), "live".into())]
+    );
+
+    // Bad configs: each refused with its reason; the promoted config keeps serving.
+    let bad: [(&str, String, &str); 5] = [
+        ("syntax error", "[tasks.abuse\nlive = 1".into(), "line 1"),
+        ("unknown model", "[tasks.abuse]\nlive = \"nope\"\n".into(), "tasks.abuse.live: no model named \"nope\""),
+        (
+            "corrupt onnx",
+            "[tasks.abuse]\nlive = \"broken-corrupt-onnx\"\n".into(),
+            "ONNX Runtime cannot load the model",
+        ),
+        ("sha256 mismatch", "[tasks.abuse]\nlive = \"broken-sha256\"\n".into(), "sha256 mismatch"),
+        ("fixed setting", String::new(), "server.grpc_listen cannot change at run time"),
+    ];
+    for (what, tasks, reason) in bad {
+        if what == "fixed setting" {
+            write_config(&path, "watch_config = false", PROMOTED);
+            let text = std::fs::read_to_string(&path)
+                .unwrap()
+                .replace("grpc_listen = \"127.0.0.1:0\"", "grpc_listen = \"127.0.0.1:1\"");
+            std::fs::write(&path, text).unwrap();
+        } else if what == "syntax error" {
+            std::fs::write(&path, tasks).unwrap();
+        } else {
+            write_config(&path, "watch_config = false", &tasks);
+        }
+        let r = admin.reload(pb::ReloadRequest {}).await.unwrap().into_inner();
+        assert!(!r.applied, "{what} was applied");
+        assert_eq!(r.generation, 3, "{what}: generation stays");
+        assert!(r.errors.iter().any(|e| e.contains(reason)), "{what}: {:?} lacks {reason:?}", r.errors);
+        assert_eq!(live_model(&server).await, "tiny-abuse-v2", "{what}: still serving the last good config");
+        let scrape = server.scrape().await;
+        assert_eq!(metric(&scrape, "modserve_config_last_reload_success", &[]), Some(0.0), "{what}");
+    }
+    let scrape = server.scrape().await;
+    let reloads =
+        |result| delta(&base, &scrape, "modserve_config_reloads_total", &[("trigger", "admin"), ("result", result)]);
+    assert_eq!((reloads("success"), reloads("failure")), (2.0, 5.0));
+    assert_eq!(metric(&scrape, "modserve_config_generation", &[]), Some(3.0));
+    let config = admin.get_config(pb::GetConfigRequest {}).await.unwrap().into_inner();
+    let json: serde_json::Value = serde_json::from_str(&config.effective_json).unwrap();
+    assert_eq!(json["tasks"][0]["live"], "tiny-abuse-v2");
+    assert_eq!(config.generation, 3);
+    server.stop().await;
+}
+
+/// Kubernetes mounts a ConfigMap as `dir/modserve.toml -> ..data/modserve.toml` with
+/// `..data -> ..<timestamp>`, and updates it by swapping the `..data` symlink atomically.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configmap_symlink_swap_triggers_exactly_one_reload() {
+    let _guard = exclusive().await;
+    let dir = tempfile::tempdir().unwrap();
+    let v1 = dir.path().join("..2026_11_26_v1");
+    let v2 = dir.path().join("..2026_11_26_v2");
+    std::fs::create_dir(&v1).unwrap();
+    std::fs::create_dir(&v2).unwrap();
+    write_config(&v1.join("modserve.toml"), "watch_interval = \"100ms\"", V1);
+    write_config(&v2.join("modserve.toml"), "watch_interval = \"100ms\"", PROMOTED);
+    std::os::unix::fs::symlink(&v1, dir.path().join("..data")).unwrap();
+    let path: PathBuf = dir.path().join("modserve.toml");
+    std::os::unix::fs::symlink("..data/modserve.toml", &path).unwrap();
+    let server = start(&path).await;
+    let base = server.scrape().await;
+    assert_eq!(live_model(&server).await, "tiny-abuse");
+
+    let tmp = dir.path().join("..data_tmp");
+    std::os::unix::fs::symlink(&v2, &tmp).unwrap();
+    std::fs::rename(&tmp, dir.path().join("..data")).unwrap();
+
+    let labels = [("trigger", "file"), ("result", "success")];
+    let mut applied = 0.0;
+    for _ in 0..200 {
+        applied = delta(&base, &server.scrape().await, "modserve_config_reloads_total", &labels);
+        if applied >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(applied, 1.0);
+    assert_eq!(live_model(&server).await, "tiny-abuse-v2");
+    // Ten more watch intervals: no second reload for the same content.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let scrape = server.scrape().await;
+    assert_eq!(delta(&base, &scrape, "modserve_config_reloads_total", &labels), 1.0);
+    assert_eq!(
+        delta(&base, &scrape, "modserve_config_reloads_total", &[("trigger", "file"), ("result", "failure")]),
+        0.0
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_calls_need_the_admin_token_and_can_have_their_own_port() {
+    let _guard = exclusive().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("admin-token");
+    std::fs::write(&token, "s3cret-admin\n").unwrap();
+    let path = dir.path().join("modserve.toml");
+    write_config(&path, "watch_config = false", V1);
+    let text = std::fs::read_to_string(&path).unwrap()
+        + &format!("[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = {:?}\n", token.display().to_string());
+    std::fs::write(&path, text).unwrap();
+    let server = start(&path).await;
+    let admin_addr = server.server.admin_addr.expect("admin has its own listener");
+    let channel = Channel::from_shared(format!("http://{admin_addr}")).unwrap().connect().await.unwrap();
+    let mut admin = AdminClient::new(channel.clone());
+    let status = admin.list_models(pb::ListModelsRequest {}).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    let mut req = tonic::Request::new(pb::ListModelsRequest {});
+    req.metadata_mut().insert("authorization", "Bearer wrong".parse().unwrap());
+    assert_eq!(admin.list_models(req).await.unwrap_err().code(), Code::Unauthenticated);
+    let mut req = tonic::Request::new(pb::ListModelsRequest {});
+    req.metadata_mut().insert("authorization", "Bearer s3cret-admin".parse().unwrap());
+    let list = admin.list_models(req).await.expect("token accepted").into_inner();
+    assert_eq!(list.models.len(), 1);
+    assert_eq!(list.models[0].sha256.len(), 64);
+    // Admin is not served on the Moderation port when it has its own.
+    let mut on_main = AdminClient::new(server.channel().await);
+    assert_eq!(on_main.list_models(pb::ListModelsRequest {}).await.unwrap_err().code(), Code::Unimplemented);
+    // Moderation needs no token here.
+    assert_eq!(live_model(&server).await, "tiny-abuse");
+    server.stop().await;
+}
+
+/// Continuous load from several clients while the config is reloaded many times, alternating
+/// good configs (adding, removing and promoting shadows) and bad ones: no call fails, every
+/// answer is right for one of the models that was live, and every reload is accounted for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_soak_under_load_fails_no_request() {
+    let _guard = exclusive().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("modserve.toml");
+    write_config(&path, "watch_config = false", V1);
+    let server = start(&path).await;
+    let base = server.scrape().await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for c in 0..4 {
+        let mut client = server.client().await;
+        let stop = stop.clone();
+        clients.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            // Bounded: stops when told, or after 100k calls at most.
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 100_000 {
+                let resp = client
+                    .classify(request(vec![review(&format!("{c}-{n}"), "this is dumb"), review("b", "great product")]))
+                    .await
+                    .expect("no call fails during reloads")
+                    .into_inner();
+                let t = &resp.results[0].tasks[0];
+                // v1 says REVIEW for "this is dumb", v2 says REJECT: the answer matches the model named.
+                let model = t.model.as_ref().unwrap().name.as_str();
+                let expected = match model {
+                    "tiny-abuse" => "REVIEW",
+                    "tiny-abuse-v2" => "REJECT",
+                    other => panic!("unexpected live model {other}"),
+                };
+                assert_eq!(decision_name(t.decision), expected);
+                assert_eq!(decision_name(resp.results[1].tasks[0].decision), "ALLOW");
+                n += 1;
+            }
+            n
+        }));
+    }
+    let mut admin = admin(server.channel().await).await;
+    let cycle: [(&str, bool); 6] = [
+        (V1_SHADOW_V2, true),
+        (PROMOTED, true),
+        ("[tasks.abuse]\nlive = \"broken-corrupt-onnx\"\n", false),
+        (V1, true),
+        ("[tasks.abuse]\nlive = \"nope\"\n", false),
+        ("[tasks.abuse]\nlive = \"broken-sha256\"\n", false),
+    ];
+    let (mut good, mut bad) = (0.0, 0.0);
+    for round in 0..4 {
+        for (tasks, ok) in cycle {
+            write_config(&path, "watch_config = false", tasks);
+            let r = admin.reload(pb::ReloadRequest {}).await.unwrap().into_inner();
+            assert_eq!(r.applied, ok, "round {round}: {tasks} -> {:?}", r.errors);
+            if ok { good += 1.0 } else { bad += 1.0 }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut calls = 0;
+    for c in clients {
+        calls += c.await.unwrap();
+    }
+    assert!(calls > 0);
+    let scrape = server.scrape().await;
+    assert_eq!(
+        delta(&base, &scrape, "modserve_config_reloads_total", &[("trigger", "admin"), ("result", "success")]),
+        good
+    );
+    assert_eq!(
+        delta(&base, &scrape, "modserve_config_reloads_total", &[("trigger", "admin"), ("result", "failure")]),
+        bad
+    );
+    assert_eq!(
+        delta(&base, &scrape, "modserve_requests_total", &[("method", "Classify"), ("code", "OK")]),
+        calls as f64
+    );
+    server.stop().await;
+}
