@@ -334,3 +334,48 @@ shadows = [{ model = "tiny-abuse-v2", sample_rate = 1.0 }]
     assert_eq!(delta(&base, &scrape, "modserve_requests_total", &[("method", "Classify"), ("code", "OK")]), n as f64);
     server.stop().await;
 }
+
+/// While live work is queueing, shadow work is shed as `live_pressure`: the live model stalls on
+/// its first request (test-only fault hook) while two more queue behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_work_is_shed_while_live_work_is_queueing() {
+    let _guard = exclusive().await;
+    let server = TestServer::start(config(
+        r#"
+[shadow]
+live_pressure_jobs = 1
+[models.tiny-abuse]
+path = "tests/fixtures/tiny-abuse"
+[models.tiny-abuse.batching]
+max_batch_size = 1
+[models.tiny-abuse-v2]
+path = "tests/fixtures/tiny-abuse-v2"
+[tasks.abuse]
+live = "tiny-abuse"
+shadows = [{ model = "tiny-abuse-v2", sample_rate = 1.0 }]
+"#,
+    ))
+    .await;
+    let base = server.scrape().await;
+    let mut first = server.client().await;
+    let stall = tokio::spawn(async move {
+        first.classify(request(vec![review("stall", "modserve-fault:sleep-400:tiny-abuse; you idiot")])).await.unwrap()
+    });
+    // Let the stalled job reach the worker, then queue two more behind it.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut queued = Vec::new();
+    for i in 0..2 {
+        let mut c = server.client().await;
+        queued.push(tokio::spawn(async move {
+            c.classify(request(vec![review(&format!("q{i}"), "you idiot")])).await.unwrap()
+        }));
+    }
+    stall.await.unwrap();
+    for q in queued {
+        q.await.unwrap();
+    }
+    let shed = [("shadow_model", "tiny-abuse-v2"), ("outcome", "live_pressure")];
+    let got = delta(&base, &server.scrape().await, "modserve_shadow_reviews_total", &shed);
+    assert!(got >= 1.0, "the stalled request's shadow work was offered while two jobs were queued: {got}");
+    server.stop().await;
+}

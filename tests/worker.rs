@@ -107,3 +107,28 @@ fn token_ids_from_a_shared_tokenizer_are_used_as_given() {
         p.threads.into_iter().for_each(|t| t.join().unwrap());
     }
 }
+
+/// A job whose caller went away while it was queued is dropped before inference and counted.
+#[test]
+fn abandoned_jobs_are_dropped_before_inference_and_counted() {
+    let prometheus = modserve::metrics::install().unwrap();
+    let pool = pool("tiny-fraud");
+    let count = |reason: &str| {
+        metric(&prometheus.render(), "modserve_dropped_total", &[("model", "tiny-fraud"), ("reason", reason)])
+            .unwrap_or(0.0)
+    };
+    // Reviews that reached the session, over every batch.
+    let inferred = || metric(&prometheus.render(), "modserve_batch_size_sum", &[("model", "tiny-fraud")]).unwrap_or(0.0);
+    let before = (count("cancelled"), inferred());
+    // The first job stalls the only worker (test-only fault hook), so the second waits queued.
+    let busy = pool.handle.submit(reviews(&["modserve-fault:sleep-300:tiny-fraud; call me"]), None, false).unwrap();
+    let abandoned = pool.handle.submit(reviews(&["win a free prize"]), None, false).unwrap();
+    drop(abandoned);
+    let after = pool.handle.submit(reviews(&["great product"]), None, false).unwrap();
+    busy.blocking_recv().unwrap().unwrap();
+    after.blocking_recv().unwrap().unwrap();
+    assert_eq!(count("cancelled") - before.0, 1.0);
+    assert_eq!(inferred() - before.1, 2.0, "the abandoned review never reached the session");
+    drop(pool.handle);
+    pool.threads.into_iter().for_each(|t| t.join().unwrap());
+}
