@@ -126,7 +126,9 @@ async fn call(client: &mut ModerationClient<Channel>, req: ClassifyRequest) -> R
 
 #[tokio::main]
 async fn main() {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    // `--tasks ""` (the default) means every task, not one task named "".
+    args.tasks.retain(|t| !t.is_empty());
     let texts = Arc::new(load_texts(&args.texts, args.text_bytes));
     let mut channels = Vec::new();
     for _ in 0..args.connections.max(1) {
