@@ -285,3 +285,41 @@ async fn reload_soak_under_load_fails_no_request() {
     );
     server.stop().await;
 }
+
+/// A reload that only adds a shadow keeps the live model's running workers (same load time), and
+/// a Moderation token, when configured, is required on Classify.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unchanged_models_keep_their_workers_and_moderation_can_require_a_token() {
+    let _guard = exclusive().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("moderation-token");
+    std::fs::write(&token, "ingest-token").unwrap();
+    let path = dir.path().join("modserve.toml");
+    let server_extra = format!("watch_config = false\nmoderation_token_file = {:?}", token.display().to_string());
+    write_config(&path, &server_extra, V1);
+    let server = start(&path).await;
+    let mut admin = admin(server.channel().await).await;
+    let loaded_at = |list: pb::ListModelsResponse, name: &str| {
+        list.models.into_iter().find(|m| m.name == name).map(|m| (m.loaded_at, m.role)).unwrap()
+    };
+    let before = loaded_at(admin.list_models(pb::ListModelsRequest {}).await.unwrap().into_inner(), "tiny-abuse");
+    write_config(&path, &server_extra, V1_SHADOW_V2);
+    assert!(admin.reload(pb::ReloadRequest {}).await.unwrap().into_inner().applied);
+    let after = loaded_at(admin.list_models(pb::ListModelsRequest {}).await.unwrap().into_inner(), "tiny-abuse");
+    assert_eq!(before, after, "the live model was not reloaded");
+    // Promotion changes the role, so that model is rebuilt.
+    write_config(&path, &server_extra, PROMOTED);
+    assert!(admin.reload(pb::ReloadRequest {}).await.unwrap().into_inner().applied);
+    let promoted = loaded_at(admin.list_models(pb::ListModelsRequest {}).await.unwrap().into_inner(), "tiny-abuse");
+    assert_eq!(promoted.1, "shadow");
+    assert_ne!(promoted.0, before.0);
+
+    let mut client = server.client().await;
+    let status = client.classify(request(vec![review("a", "great product")])).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert!(status.message().contains("modserve.v1.Moderation"), "{}", status.message());
+    let mut req = tonic::Request::new(request(vec![review("a", "great product")]));
+    req.metadata_mut().insert("authorization", "Bearer ingest-token".parse().unwrap());
+    client.classify(req).await.expect("token accepted");
+    server.stop().await;
+}

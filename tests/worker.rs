@@ -118,7 +118,8 @@ fn abandoned_jobs_are_dropped_before_inference_and_counted() {
             .unwrap_or(0.0)
     };
     // Reviews that reached the session, over every batch.
-    let inferred = || metric(&prometheus.render(), "modserve_batch_size_sum", &[("model", "tiny-fraud")]).unwrap_or(0.0);
+    let inferred =
+        || metric(&prometheus.render(), "modserve_batch_size_sum", &[("model", "tiny-fraud")]).unwrap_or(0.0);
     let before = (count("cancelled"), inferred());
     // The first job stalls the only worker (test-only fault hook), so the second waits queued.
     let busy = pool.handle.submit(reviews(&["modserve-fault:sleep-300:tiny-fraud; call me"]), None, false).unwrap();
