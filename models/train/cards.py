@@ -4,7 +4,7 @@ import os
 VERSIONS = {"v1": "1.0.0", "v2": "2.0.0", "minilm": "1.0.0"}
 
 SUMMARIES = {
-    "abuse-v1": "word embedding-bag logistic regression (mean of per-token weights) on insults 0.1.12 train split + benign review sentences",
+    "abuse-v1": "word embedding-bag logistic regression (per-token weights summed, divided by sqrt(n)) on insults 0.1.12 train split + benign review sentences",
     "abuse-v2": "word + hashed-bigram embedding bag with a 32-unit relu layer on insults 0.1.12 train split + benign review sentences",
     "fraud-v1": "word embedding-bag logistic regression on SMS spam + SpamAssassin 80% splits + benign review sentences",
     "fraud-v2": "word + hashed-bigram embedding bag with a 32-unit relu layer on SMS spam + SpamAssassin 80% splits + benign review sentences",
