@@ -132,7 +132,11 @@ async fn main() {
     let texts = Arc::new(load_texts(&args.texts, args.text_bytes));
     let mut channels = Vec::new();
     for _ in 0..args.connections.max(1) {
-        let channel = Endpoint::from_shared(args.addr.clone()).expect("address").connect().await.unwrap_or_else(|e| {
+        let endpoint = Endpoint::from_shared(args.addr.clone()).unwrap_or_else(|e| {
+            eprintln!("loadgen: --addr {:?} is not a URL like http://127.0.0.1:50051: {e}", args.addr);
+            std::process::exit(2);
+        });
+        let channel = endpoint.connect().await.unwrap_or_else(|e| {
             eprintln!("loadgen: cannot connect to {}: {e}", args.addr);
             std::process::exit(1);
         });

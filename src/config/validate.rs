@@ -1,0 +1,339 @@
+//! Raw file + overrides -> typed `Config`, collecting every problem, each naming its key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::file::{RawBatching, RawConfig, RawShadowPolicy};
+use super::*;
+use crate::batch::BatchPolicy;
+use crate::breaker::BreakerPolicy;
+use crate::disagreement::LogConfig;
+use crate::model::manifest::is_valid_name;
+use crate::shadow::ShadowPolicy;
+use crate::worker::WorkerSettings;
+
+pub(super) fn validate(
+    raw: RawConfig,
+    text: &str,
+    base: &Path,
+    path: &Path,
+    overrides: &Overrides,
+) -> Result<Config, Vec<String>> {
+    let mut errors = Vec::new();
+    let addr = |errors: &mut Vec<String>, key: &str, value: Option<&String>, default: &str| {
+        let value = value.map(String::as_str).unwrap_or(default);
+        value.parse::<SocketAddr>().unwrap_or_else(|_| {
+            errors.push(format!("{key} {value:?}: not an address like 127.0.0.1:50051"));
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        })
+    };
+    let grpc_listen = addr(
+        &mut errors,
+        "server.grpc_listen",
+        overrides.grpc_listen.as_ref().or(raw.server.grpc_listen.as_ref()),
+        defaults::GRPC_LISTEN,
+    );
+    let metrics_listen = addr(
+        &mut errors,
+        "server.metrics_listen",
+        overrides.metrics_listen.as_ref().or(raw.server.metrics_listen.as_ref()),
+        defaults::METRICS_LISTEN,
+    );
+    let shutdown_grace = duration(
+        &mut errors,
+        "server.shutdown_grace",
+        raw.server.shutdown_grace.as_deref().unwrap_or(defaults::SHUTDOWN_GRACE),
+    );
+    let onnxruntime_lib = match &overrides.onnxruntime_lib {
+        Some(p) => p.clone(),
+        None => base.join(raw.server.onnxruntime_lib.as_deref().unwrap_or(Path::new(defaults::ONNXRUNTIME_LIB))),
+    };
+    let drain_delay =
+        duration(&mut errors, "server.drain_delay", raw.server.drain_delay.as_deref().unwrap_or(defaults::DRAIN_DELAY));
+    let max_concurrent_streams = raw.server.max_concurrent_streams.unwrap_or(defaults::MAX_CONCURRENT_STREAMS);
+    if !(1..=100_000).contains(&max_concurrent_streams) {
+        errors.push(format!("server.max_concurrent_streams {max_concurrent_streams}: must be 1..=100000"));
+    }
+    let keepalive_interval = duration(
+        &mut errors,
+        "server.keepalive_interval",
+        raw.server.keepalive_interval.as_deref().unwrap_or(defaults::KEEPALIVE_INTERVAL),
+    );
+    let keepalive_timeout = duration(
+        &mut errors,
+        "server.keepalive_timeout",
+        raw.server.keepalive_timeout.as_deref().unwrap_or(defaults::KEEPALIVE_TIMEOUT),
+    );
+    for (key, d) in [("server.keepalive_interval", keepalive_interval), ("server.keepalive_timeout", keepalive_timeout)]
+    {
+        if d < Duration::from_secs(1) {
+            errors.push(format!("{key} {d:?}: must be at least 1s"));
+        }
+    }
+    let server = ServerConfig {
+        grpc_listen,
+        metrics_listen,
+        shutdown_grace,
+        drain_delay,
+        max_concurrent_streams,
+        keepalive_interval,
+        keepalive_timeout,
+        log_format: overrides.log_format.or(raw.server.log_format).unwrap_or(LogFormat::Text),
+        onnxruntime_lib,
+        watch_config: raw.server.watch_config.unwrap_or(true),
+        watch_interval: duration(
+            &mut errors,
+            "server.watch_interval",
+            raw.server.watch_interval.as_deref().unwrap_or(defaults::WATCH_INTERVAL),
+        ),
+        moderation_token: token_source(
+            &mut errors,
+            "server.moderation_token",
+            &raw.server.moderation_token_env,
+            &raw.server.moderation_token_file,
+            base,
+        ),
+    };
+    if server.watch_interval < Duration::from_millis(100) {
+        errors.push(format!("server.watch_interval {:?}: must be at least 100ms", server.watch_interval));
+    }
+    let admin = AdminConfig {
+        listen: raw.admin.listen.as_ref().map(|a| addr(&mut errors, "admin.listen", Some(a), "")),
+        token: token_source(&mut errors, "admin.token", &raw.admin.token_env, &raw.admin.token_file, base),
+    };
+
+    let d = Limits::default();
+    let limits = Limits {
+        max_reviews_per_request: raw.limits.max_reviews_per_request.unwrap_or(d.max_reviews_per_request),
+        max_text_bytes: raw.limits.max_text_bytes.unwrap_or(d.max_text_bytes),
+        oversize_text: raw.limits.oversize_text.unwrap_or(d.oversize_text),
+        max_message_bytes: raw.limits.max_message_bytes.unwrap_or(d.max_message_bytes),
+        stream_in_flight: raw.limits.stream_in_flight.unwrap_or(d.stream_in_flight),
+    };
+    for (key, v, max) in [
+        ("limits.max_reviews_per_request", limits.max_reviews_per_request, 10_000),
+        ("limits.max_text_bytes", limits.max_text_bytes, 1 << 20),
+        ("limits.max_message_bytes", limits.max_message_bytes, 64 << 20),
+        ("limits.stream_in_flight", limits.stream_in_flight, 1024),
+    ] {
+        if v == 0 || v > max {
+            errors.push(format!("{key} {v}: must be 1..={max}"));
+        }
+    }
+    if limits.max_text_bytes > limits.max_message_bytes {
+        errors.push(format!(
+            "limits.max_text_bytes {} exceeds limits.max_message_bytes {}: no request could carry such a text",
+            limits.max_text_bytes, limits.max_message_bytes
+        ));
+    }
+
+    let global = batching(&mut errors, "batching", &raw.batching, None);
+    let mut models = BTreeMap::new();
+    for (name, m) in &raw.models {
+        if !is_valid_name(name) {
+            errors.push(format!("models.{name}: model names use 1-64 of [a-z0-9._-]"));
+        }
+        let workers = batching(&mut errors, &format!("models.{name}.batching"), &m.batching, Some(global));
+        models.insert(name.clone(), ModelConfig { name: name.clone(), path: base.join(&m.path), workers });
+    }
+
+    if raw.tasks.is_empty() {
+        errors.push("tasks: at least one task is required, e.g. [tasks.abuse] live = \"abuse-v1\"".into());
+    }
+    let mut tasks = Vec::new();
+    for (name, t) in &raw.tasks {
+        if !is_valid_name(name) {
+            errors.push(format!("tasks.{name}: task names use 1-64 of [a-z0-9._-]"));
+        }
+        if !models.contains_key(&t.live) {
+            errors.push(format!(
+                "tasks.{name}.live: no model named {:?} under [models] (configured: {:?})",
+                t.live,
+                models.keys().collect::<Vec<_>>()
+            ));
+        }
+        let mut shadows = Vec::new();
+        for (i, sh) in t.shadows.iter().enumerate() {
+            let key = format!("tasks.{name}.shadows[{i}]");
+            if !models.contains_key(&sh.model) {
+                errors.push(format!("{key}.model: no model named {:?} under [models]", sh.model));
+            }
+            if sh.model == t.live {
+                errors.push(format!("{key}.model: {:?} is already the live model of this task", sh.model));
+            }
+            if t.shadows[..i].iter().any(|o| o.model == sh.model) {
+                errors.push(format!("{key}.model: {:?} is listed twice", sh.model));
+            }
+            if !(0.0..=1.0).contains(&sh.sample_rate) {
+                errors.push(format!("{key}.sample_rate {}: must be within 0..=1 (1 = every review)", sh.sample_rate));
+            }
+            shadows.push(ShadowConfig {
+                model: sh.model.clone(),
+                sample_rate: sh.sample_rate,
+                salt: sh.salt.clone().unwrap_or_else(|| sh.model.clone()),
+            });
+        }
+        tasks.push(TaskConfig { name: name.clone(), live: t.live.clone(), shadows });
+    }
+    for task in &tasks {
+        for other in &tasks {
+            if task.name != other.name && other.shadows.iter().any(|s| s.model == task.live) {
+                errors.push(format!(
+                    "tasks.{}: model {:?} cannot be live here and a shadow of task {}",
+                    task.name, task.live, other.name
+                ));
+            }
+        }
+    }
+    let shadow = shadow_policy(&mut errors, &raw.shadow);
+    let disagreement_log = raw.shadow.disagreement_log.as_ref().map(|l| {
+        let config = LogConfig {
+            path: base.join(&l.path),
+            sample_rate: l.sample_rate.unwrap_or(1.0),
+            include_text: l.include_text.unwrap_or(false),
+            max_file_bytes: l.max_file_bytes.unwrap_or(defaults::LOG_MAX_FILE_BYTES),
+            max_files: l.max_files.unwrap_or(defaults::LOG_MAX_FILES),
+            queue_capacity: l.queue_capacity.unwrap_or(defaults::LOG_QUEUE_CAPACITY),
+        };
+        if !(0.0..=1.0).contains(&config.sample_rate) {
+            errors.push(format!("shadow.disagreement_log.sample_rate {}: must be within 0..=1", config.sample_rate));
+        }
+        if config.max_file_bytes < 4096 {
+            errors.push(format!(
+                "shadow.disagreement_log.max_file_bytes {}: must be at least 4096",
+                config.max_file_bytes
+            ));
+        }
+        if !(1..=1000).contains(&config.max_files) {
+            errors.push(format!("shadow.disagreement_log.max_files {}: must be 1..=1000", config.max_files));
+        }
+        if !(1..=1_000_000).contains(&config.queue_capacity) {
+            errors
+                .push(format!("shadow.disagreement_log.queue_capacity {}: must be 1..=1000000", config.queue_capacity));
+        }
+        config
+    });
+    let shadow_nice = raw.shadow.nice.unwrap_or(defaults::SHADOW_NICE);
+    if !(0..=19).contains(&shadow_nice) {
+        errors.push(format!("shadow.nice {shadow_nice}: must be 0..=19"));
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(Config {
+        source: path.to_path_buf(),
+        source_sha256: crate::model::package::sha256_hex(text.as_bytes()),
+        overrides: overrides.clone(),
+        server,
+        admin,
+        limits,
+        shadow,
+        shadow_nice,
+        disagreement_log,
+        models,
+        tasks,
+    })
+}
+
+fn token_source(
+    errors: &mut Vec<String>,
+    key: &str,
+    env: &Option<String>,
+    file: &Option<PathBuf>,
+    base: &Path,
+) -> Option<TokenSource> {
+    match (env, file) {
+        (Some(_), Some(_)) => {
+            errors.push(format!("{key}_env and {key}_file: set one of them, not both"));
+            None
+        }
+        (Some(name), None) if name.is_empty() => {
+            errors.push(format!("{key}_env: must name an environment variable"));
+            None
+        }
+        (Some(name), None) => Some(TokenSource::Env(name.clone())),
+        (None, Some(path)) => Some(TokenSource::File(base.join(path))),
+        (None, None) => None,
+    }
+}
+
+fn shadow_policy(errors: &mut Vec<String>, raw: &RawShadowPolicy) -> ShadowPolicy {
+    let text = |v: &Option<String>, default: &'static str| v.clone().unwrap_or_else(|| default.to_string());
+    let max_delay = duration(errors, "shadow.max_delay", &text(&raw.max_delay, defaults::SHADOW_MAX_DELAY));
+    let latency_budget = duration(
+        errors,
+        "shadow.breaker_latency_budget",
+        &text(&raw.breaker_latency_budget, defaults::BREAKER_LATENCY_BUDGET),
+    );
+    let cooldown =
+        duration(errors, "shadow.breaker_cooldown", &text(&raw.breaker_cooldown, defaults::BREAKER_COOLDOWN));
+    let breaker = BreakerPolicy {
+        window: raw.breaker_window.unwrap_or(defaults::BREAKER_WINDOW),
+        min_batches: raw.breaker_min_batches.unwrap_or(defaults::BREAKER_MIN_BATCHES),
+        max_failure_ratio: raw.breaker_max_failure_ratio.unwrap_or(defaults::BREAKER_MAX_FAILURE_RATIO),
+        latency_budget,
+        cooldown,
+    };
+    if !(1..=10_000).contains(&breaker.window) {
+        errors.push(format!("shadow.breaker_window {}: must be 1..=10000", breaker.window));
+    }
+    if breaker.min_batches == 0 || breaker.min_batches > breaker.window {
+        errors.push(format!(
+            "shadow.breaker_min_batches {}: must be 1..=breaker_window ({})",
+            breaker.min_batches, breaker.window
+        ));
+    }
+    if !(breaker.max_failure_ratio > 0.0 && breaker.max_failure_ratio <= 1.0) {
+        errors.push(format!("shadow.breaker_max_failure_ratio {}: must be within (0, 1]", breaker.max_failure_ratio));
+    }
+    let live_pressure_jobs = raw.live_pressure_jobs.unwrap_or(defaults::SHADOW_LIVE_PRESSURE_JOBS);
+    if live_pressure_jobs == 0 {
+        errors.push("shadow.live_pressure_jobs 0: must be at least 1".into());
+    }
+    ShadowPolicy { max_delay, live_pressure_jobs, breaker }
+}
+
+/// Resolves one `[batching]` table, falling back to `parent` (the global table) then defaults.
+fn batching(errors: &mut Vec<String>, key: &str, raw: &RawBatching, parent: Option<WorkerSettings>) -> WorkerSettings {
+    let max_wait = match (&raw.max_wait, parent) {
+        (Some(s), _) => duration(errors, &format!("{key}.max_wait"), s),
+        (None, Some(p)) => p.batch.max_wait,
+        (None, None) => duration(errors, &format!("{key}.max_wait"), defaults::MAX_WAIT),
+    };
+    let pick = |v: Option<usize>, from_parent: fn(&WorkerSettings) -> usize, default: usize| {
+        v.or(parent.as_ref().map(from_parent)).unwrap_or(default)
+    };
+    let settings = WorkerSettings {
+        batch: BatchPolicy {
+            max_batch_size: pick(raw.max_batch_size, |p| p.batch.max_batch_size, defaults::MAX_BATCH_SIZE),
+            max_wait,
+        },
+        queue_capacity: pick(raw.queue_capacity, |p| p.queue_capacity, defaults::QUEUE_CAPACITY),
+        threads: pick(raw.inference_threads, |p| p.threads, defaults::INFERENCE_THREADS),
+        intra_threads: pick(raw.intra_op_threads, |p| p.intra_threads, defaults::INTRA_OP_THREADS),
+        nice: 0,
+    };
+    for (name, v, max) in [
+        ("max_batch_size", settings.batch.max_batch_size, 4096),
+        ("queue_capacity", settings.queue_capacity, 1_000_000),
+        ("inference_threads", settings.threads, 64),
+        ("intra_op_threads", settings.intra_threads, 64),
+    ] {
+        if v == 0 || v > max {
+            errors.push(format!("{key}.{name} {v}: must be 1..={max}"));
+        }
+    }
+    if settings.batch.max_wait > Duration::from_secs(1) {
+        errors.push(format!("{key}.max_wait {:?}: must be at most 1s", settings.batch.max_wait));
+    }
+    settings
+}
+
+fn duration(errors: &mut Vec<String>, key: &str, value: &str) -> Duration {
+    humantime::parse_duration(value).unwrap_or_else(|e| {
+        errors.push(format!("{key} {value:?}: not a duration like \"500us\", \"2ms\" or \"30s\" ({e})"));
+        Duration::ZERO
+    })
+}
