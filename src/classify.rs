@@ -9,6 +9,7 @@ use crate::model::ModelSpec;
 use crate::policy::Decision;
 use crate::registry::{Registry, ServingState};
 use crate::request::ClassifyInput;
+use crate::worker::TokenSlot;
 
 /// One task's answer for every review of a request.
 pub struct TaskOutput {
@@ -60,11 +61,28 @@ impl Classifier {
         deadline: Option<Instant>,
     ) -> Result<ClassifyOutput, Error> {
         let tasks = resolve_tasks(state, &input.tasks)?;
+        // Tasks whose live models tokenize the same way share one token slot, and so do shadows
+        // that reuse the live ids: a review is tokenized once, by whichever worker gets to it
+        // first.
+        let key = |t: usize| {
+            let spec = state.tasks[t].live.spec();
+            (spec.tokenizer_sha256.as_str(), spec.max_sequence_length)
+        };
+        let mut slots: Vec<((&str, usize), Arc<TokenSlot>)> = Vec::new();
         let mut pending = Vec::with_capacity(tasks.len());
         for &task in &tasks {
             let entry = &state.tasks[task];
-            let rx =
-                entry.live.submit(input.reviews.clone(), deadline, entry.shadows.iter().any(|s| s.reuses_tokens()))?;
+            let shared = tasks.iter().filter(|&&t| key(t) == key(task)).count() > 1
+                || entry.shadows.iter().any(|s| s.reuses_tokens());
+            let share = shared.then(|| match slots.iter().find(|(k, _)| *k == key(task)) {
+                Some((_, slot)) => slot.clone(),
+                None => {
+                    let slot = Arc::new(TokenSlot::new());
+                    slots.push((key(task), slot.clone()));
+                    slot
+                }
+            });
+            let rx = entry.live.submit(input.reviews.clone(), deadline, share)?;
             pending.push((entry, rx));
         }
         let mut outputs = Vec::with_capacity(pending.len());

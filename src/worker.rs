@@ -22,13 +22,18 @@ use crate::model::{ModelSpec, Package, PackageError};
 use crate::request::ReviewInput;
 use crate::tokenize::{Encoder, TokenBatch, TokenRows};
 
+/// Token ids shared between models that tokenize identically (same tokenizer file, same length
+/// limit): the first worker to tokenize a request's reviews publishes them, later ones reuse them.
+/// Nobody waits on it: a worker that finds it empty tokenizes itself.
+pub type TokenSlot = std::sync::OnceLock<Arc<TokenRows>>;
+
 /// What a job produced.
 #[derive(Debug)]
 pub struct JobOutput {
     /// `reviews.len() * labels.len()` probabilities, row-major.
     pub scores: Vec<f32>,
-    /// The reviews' token ids, when the job asked to keep them (for a shadow that shares the
-    /// tokenizer).
+    /// The reviews' token ids, when the job shared a token slot (for shadows and other tasks
+    /// that tokenize the same way).
     pub tokens: Option<Arc<TokenRows>>,
 }
 
@@ -74,8 +79,8 @@ pub struct Job {
     /// Token ids already computed by another model with the same tokenizer and length limit;
     /// used instead of tokenizing again.
     pub tokens: Option<Arc<TokenRows>>,
-    /// Return the token ids with the scores.
-    pub keep_tokens: bool,
+    /// Where to find or publish this request's token ids; see `TokenSlot`.
+    pub share: Option<Arc<TokenSlot>>,
     /// Past this instant nobody wants the answer; the job is dropped unrun.
     pub deadline: Option<Instant>,
     pub enqueued_at: Instant,
@@ -121,23 +126,17 @@ impl ModelHandle {
         self.tx.len()
     }
 
-    /// Queues `reviews` for inference; the receiver yields the scores (and, with `keep_tokens`,
+    /// Queues `reviews` for inference; the receiver yields the scores (and, with a `share` slot,
     /// the token ids).
     pub fn submit(
         &self,
         reviews: Arc<[ReviewInput]>,
         deadline: Option<Instant>,
-        keep_tokens: bool,
+        share: Option<Arc<TokenSlot>>,
     ) -> Result<oneshot::Receiver<JobResult>, Error> {
         let (reply, rx) = oneshot::channel();
-        let job = Job {
-            reviews,
-            tokens: None,
-            keep_tokens,
-            deadline,
-            enqueued_at: Instant::now(),
-            reply: Reply::Caller(reply),
-        };
+        let job =
+            Job { reviews, tokens: None, share, deadline, enqueued_at: Instant::now(), reply: Reply::Caller(reply) };
         self.enqueue(job)?;
         Ok(rx)
     }
@@ -155,7 +154,7 @@ impl ModelHandle {
         let job = Job {
             reviews,
             tokens,
-            keep_tokens: false,
+            share: None,
             deadline,
             enqueued_at: Instant::now(),
             reply: Reply::Callback(callback),
@@ -337,11 +336,7 @@ impl Worker {
                 for job in live {
                     let n = job.reviews.len();
                     let scores = self.scores[row * n_labels..(row + n) * n_labels].to_vec();
-                    let tokens = job.keep_tokens.then(|| {
-                        let mut mine = TokenRows::default();
-                        mine.extend_from(&self.rows, row..row + n);
-                        Arc::new(mine)
-                    });
+                    let tokens = job.share.as_ref().and_then(|slot| slot.get().cloned());
                     job.reply.send(Ok(JobOutput { scores, tokens }), elapsed);
                     row += n;
                 }
@@ -366,9 +361,20 @@ impl Worker {
         let t0 = Instant::now();
         self.rows.clear();
         for job in jobs {
-            match &job.tokens {
-                Some(known) if known.len() == job.reviews.len() => self.rows.extend_from(known, 0..known.len()),
-                _ => self.encoder.encode_rows(job.reviews.iter().map(|r| r.model_text.as_str()), &mut self.rows)?,
+            let n = job.reviews.len();
+            let texts = job.reviews.iter().map(|r| r.model_text.as_str());
+            let known =
+                job.tokens.as_ref().or_else(|| job.share.as_ref().and_then(|s| s.get())).filter(|t| t.len() == n);
+            match (known, &job.share) {
+                (Some(known), _) => self.rows.extend_from(known, 0..n),
+                (None, Some(slot)) => {
+                    let mut mine = TokenRows::default();
+                    self.encoder.encode_rows(texts, &mut mine)?;
+                    self.rows.extend_from(&mine, 0..n);
+                    // Another worker may have published first; its ids are the same.
+                    let _ = slot.set(Arc::new(mine));
+                }
+                (None, None) => self.encoder.encode_rows(texts, &mut self.rows)?,
             }
         }
         self.tokens.pad_from(&self.rows);

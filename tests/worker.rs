@@ -59,7 +59,7 @@ fn queued_work_past_its_deadline_is_dropped_before_inference() {
         vec![ReviewInput { id: "a".into(), model_text: "you idiot".into(), rating: None, signals: Default::default() }]
             .into();
     let expired = Instant::now() - Duration::from_millis(1);
-    let rx = pool.handle.submit(reviews.clone(), Some(expired), false).expect("queued");
+    let rx = pool.handle.submit(reviews.clone(), Some(expired), None).expect("queued");
     match rx.blocking_recv().expect("answered") {
         Err(Error::DeadlineExceeded(where_)) => {
             assert!(where_.contains("before inference on model tiny-abuse"), "{where_}")
@@ -67,7 +67,7 @@ fn queued_work_past_its_deadline_is_dropped_before_inference() {
         other => panic!("expected DeadlineExceeded, got {other:?}"),
     }
     // The same review with time to spare is scored.
-    let rx = pool.handle.submit(reviews, Some(Instant::now() + Duration::from_secs(10)), false).expect("queued");
+    let rx = pool.handle.submit(reviews, Some(Instant::now() + Duration::from_secs(10)), None).expect("queued");
     let scores = rx.blocking_recv().expect("answered").expect("scored").scores;
     assert!(scores[0] > 0.9, "insult score {scores:?}");
     drop(pool.handle);
@@ -84,7 +84,13 @@ fn token_ids_from_a_shared_tokenizer_are_used_as_given() {
     let shadow = pool("tiny-abuse-v2");
     // Live keeps its token ids.
     let texts = reviews(&["you idiot", "great product"]);
-    let out = live.handle.submit(texts.clone(), None, true).unwrap().blocking_recv().unwrap().unwrap();
+    let out = live
+        .handle
+        .submit(texts.clone(), None, Some(Arc::new(modserve::worker::TokenSlot::new())))
+        .unwrap()
+        .blocking_recv()
+        .unwrap()
+        .unwrap();
     let kept = out.tokens.expect("token ids kept");
     let package = Package::load(&fixture("tiny-abuse")).unwrap();
     let encoder = Encoder::new(package.tokenizer.clone(), package.spec.max_sequence_length).unwrap();
@@ -122,10 +128,10 @@ fn abandoned_jobs_are_dropped_before_inference_and_counted() {
         || metric(&prometheus.render(), "modserve_batch_size_sum", &[("model", "tiny-fraud")]).unwrap_or(0.0);
     let before = (count("cancelled"), inferred());
     // The first job stalls the only worker (test-only fault hook), so the second waits queued.
-    let busy = pool.handle.submit(reviews(&["modserve-fault:sleep-300:tiny-fraud; call me"]), None, false).unwrap();
-    let abandoned = pool.handle.submit(reviews(&["win a free prize"]), None, false).unwrap();
+    let busy = pool.handle.submit(reviews(&["modserve-fault:sleep-300:tiny-fraud; call me"]), None, None).unwrap();
+    let abandoned = pool.handle.submit(reviews(&["win a free prize"]), None, None).unwrap();
     drop(abandoned);
-    let after = pool.handle.submit(reviews(&["great product"]), None, false).unwrap();
+    let after = pool.handle.submit(reviews(&["great product"]), None, None).unwrap();
     busy.blocking_recv().unwrap().unwrap();
     after.blocking_recv().unwrap().unwrap();
     assert_eq!(count("cancelled") - before.0, 1.0);
