@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::SystemTime;
@@ -13,6 +13,8 @@ use std::time::SystemTime;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use serde::Serialize;
 
+#[cfg(test)]
+use crate::metrics::DISAGREEMENT_LOG_LINES_TOTAL;
 use crate::metrics::{LogMetrics, LogOutcome};
 
 /// Settings (the `[shadow.disagreement_log]` table).
@@ -77,7 +79,15 @@ impl DisagreementLog {
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         let (tx, rx) = crossbeam_channel::bounded(config.queue_capacity.max(1));
         let metrics = std::sync::Arc::new(LogMetrics::new());
-        let writer = Writer { rx, out: BufWriter::new(file), size, config: config.clone(), metrics: metrics.clone() };
+        let writer = Writer {
+            rx,
+            out: file,
+            size,
+            pending: Vec::new(),
+            pending_lines: 0,
+            config: config.clone(),
+            metrics: metrics.clone(),
+        };
         let thread = std::thread::Builder::new().name("disagreement-log".into()).spawn(move || writer.run())?;
         Ok((DisagreementLog { tx, config, metrics }, thread))
     }
@@ -102,8 +112,12 @@ fn open(path: &Path) -> std::io::Result<File> {
 
 struct Writer {
     rx: Receiver<String>,
-    out: BufWriter<File>,
+    out: File,
+    /// Bytes in the current file, counting only what was written successfully.
     size: u64,
+    /// Lines waiting for the next write: one `write` call per drained batch.
+    pending: Vec<u8>,
+    pending_lines: u64,
     config: LogConfig,
     metrics: std::sync::Arc<LogMetrics>,
 }
@@ -111,47 +125,60 @@ struct Writer {
 impl Writer {
     fn run(mut self) {
         while let Ok(line) = self.rx.recv() {
-            self.write(&line);
-            // Drain what is queued, then flush, so lines reach the disk promptly without a
-            // syscall per line under load.
+            self.push(&line);
+            // Drain what is queued, then write it in one go, so lines reach the disk promptly
+            // without a syscall per line under load.
             while let Ok(line) = self.rx.try_recv() {
-                self.write(&line);
+                self.push(&line);
             }
-            if let Err(e) = self.out.flush() {
-                tracing::warn!(error = %e, path = %self.config.path.display(), "disagreement log: flush failed");
-            }
+            self.write_pending();
         }
-        let _ = self.out.flush();
     }
 
-    fn write(&mut self, line: &str) {
-        if self.size > 0
-            && self.size + line.len() as u64 + 1 > self.config.max_file_bytes
-            && let Err(e) = self.rotate()
-        {
-            tracing::warn!(error = %e, path = %self.config.path.display(), "disagreement log: rotation failed");
+    fn push(&mut self, line: &str) {
+        let grown = self.size + self.pending.len() as u64 + line.len() as u64 + 1;
+        if self.size + self.pending.len() as u64 > 0 && grown > self.config.max_file_bytes {
+            self.write_pending();
+            if let Err(e) = self.rotate() {
+                tracing::warn!(error = %e, path = %self.config.path.display(), "disagreement log: rotation failed");
+            }
         }
-        // One buffered write per line, newline included, so a crash leaves whole lines only
-        // (up to the buffer boundary).
-        let mut bytes = Vec::with_capacity(line.len() + 1);
-        bytes.extend_from_slice(line.as_bytes());
-        bytes.push(b'\n');
-        match self.out.write_all(&bytes) {
+        self.pending.extend_from_slice(line.as_bytes());
+        self.pending.push(b'\n');
+        self.pending_lines += 1;
+    }
+
+    /// Writes the batch; lines count as written only once the write succeeded, and as dropped
+    /// (with the I/O error) otherwise. A partial write leaves whole lines plus at most one torn
+    /// one, which the next successful write would follow; readers skip unparsable lines.
+    fn write_pending(&mut self) {
+        if self.pending_lines == 0 {
+            return;
+        }
+        let outcome = self.out.write_all(&self.pending);
+        let lines = self.pending_lines;
+        match outcome {
             Ok(()) => {
-                self.size += bytes.len() as u64;
-                self.metrics.count(LogOutcome::Written);
+                self.size += self.pending.len() as u64;
+                self.metrics.count_n(LogOutcome::Written, lines);
             }
             Err(e) => {
-                self.metrics.count(LogOutcome::DroppedIoError);
-                tracing::debug!(error = %e, "disagreement log: write failed");
+                self.metrics.count_n(LogOutcome::DroppedIoError, lines);
+                tracing::warn!(error = %e, lines, path = %self.config.path.display(), "disagreement log: write failed; lines dropped");
             }
         }
+        self.pending.clear();
+        self.pending_lines = 0;
     }
 
     /// `log` -> `log.1` -> `log.2` ...; the oldest beyond `max_files` is deleted.
     fn rotate(&mut self) -> std::io::Result<()> {
-        self.out.flush()?;
         let path = &self.config.path;
+        // Only regular files rotate: a device or pipe given as the path is written as is.
+        if !std::fs::metadata(path).map(|m| m.is_file()).unwrap_or(false) {
+            self.size = 0;
+            return Ok(());
+        }
         let numbered = |n: usize| PathBuf::from(format!("{}.{n}", path.display()));
         let keep = self.config.max_files.max(1);
         if keep == 1 {
@@ -163,7 +190,7 @@ impl Writer {
             }
             std::fs::rename(path, numbered(1))?;
         }
-        self.out = BufWriter::new(open(path)?);
+        self.out = open(path)?;
         self.size = 0;
         Ok(())
     }
@@ -186,8 +213,46 @@ mod tests {
         }
     }
 
+    /// The log's counters are process-wide: its tests run one at a time.
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    #[test]
+    fn a_failing_disk_drops_and_counts_lines_without_blocking() {
+        let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        // /dev/full fails every write with ENOSPC, like a full disk.
+        if !Path::new("/dev/full").exists() {
+            return;
+        }
+        let prometheus = crate::metrics::install().unwrap();
+        let value = |outcome: &str| {
+            let text = prometheus.render();
+            let key = format!("{DISAGREEMENT_LOG_LINES_TOTAL}{{outcome=\"{outcome}\"}} ");
+            text.lines().find_map(|l| l.strip_prefix(&key)).map_or(0.0, |v| v.parse::<f64>().unwrap())
+        };
+        let before = (value("written"), value("dropped_io_error"));
+        let config = LogConfig {
+            path: "/dev/full".into(),
+            sample_rate: 1.0,
+            include_text: false,
+            max_file_bytes: 4096,
+            max_files: 2,
+            queue_capacity: 100,
+        };
+        let (log, thread) = DisagreementLog::start(config).unwrap();
+        for _ in 0..50 {
+            log.write(&entry());
+        }
+        drop(log);
+        thread.join().unwrap();
+        assert!(Path::new("/dev/full").exists(), "never rotated away");
+        assert_eq!(value("written") - before.0, 0.0);
+        let dropped = value("dropped_io_error") - before.1;
+        assert_eq!(dropped, 50.0);
+    }
+
     #[test]
     fn writes_parseable_lines_and_rotates_within_bounds() {
+        let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/disagreements.jsonl");
         let config = LogConfig {

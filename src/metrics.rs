@@ -379,7 +379,11 @@ impl LogMetrics {
     }
 
     pub fn count(&self, outcome: LogOutcome) {
-        self.lines[outcome as usize].increment(1);
+        self.count_n(outcome, 1);
+    }
+
+    pub fn count_n(&self, outcome: LogOutcome, lines: u64) {
+        self.lines[outcome as usize].increment(lines);
     }
 }
 
