@@ -197,6 +197,9 @@ pub fn fixed_settings_changed(running: &Config, new: &Config) -> Vec<String> {
     let (r, n) = (&running.server, &new.server);
     check("server.grpc_listen", r.grpc_listen.to_string(), n.grpc_listen.to_string());
     check("server.metrics_listen", r.metrics_listen.to_string(), n.metrics_listen.to_string());
+    check("server.shutdown_grace", format!("{:?}", r.shutdown_grace), format!("{:?}", n.shutdown_grace));
+    check("server.drain_delay", format!("{:?}", r.drain_delay), format!("{:?}", n.drain_delay));
+    check("server.log_format", format!("{:?}", r.log_format), format!("{:?}", n.log_format));
     check("server.onnxruntime_lib", r.onnxruntime_lib.display().to_string(), n.onnxruntime_lib.display().to_string());
     check("server.max_concurrent_streams", r.max_concurrent_streams.to_string(), n.max_concurrent_streams.to_string());
     check("server.keepalive_interval", format!("{:?}", r.keepalive_interval), format!("{:?}", n.keepalive_interval));
