@@ -363,12 +363,15 @@ shadows = [{ model = "tiny-abuse-v2", sample_rate = 1.0 }]
     });
     // Let the stalled job reach the worker, then queue two more behind it.
     tokio::time::sleep(Duration::from_millis(100)).await;
+    // The first of them stalls the worker again, so the other is still queued when the first
+    // request's shadow work is offered.
     let mut queued = Vec::new();
-    for i in 0..2 {
+    for (i, text) in ["modserve-fault:sleep-300:tiny-abuse; you idiot", "you idiot"].into_iter().enumerate() {
         let mut c = server.client().await;
-        queued.push(tokio::spawn(async move {
-            c.classify(request(vec![review(&format!("q{i}"), "you idiot")])).await.unwrap()
-        }));
+        queued.push(tokio::spawn(
+            async move { c.classify(request(vec![review(&format!("q{i}"), text)])).await.unwrap() },
+        ));
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     stall.await.unwrap();
     for q in queued {
@@ -376,6 +379,6 @@ shadows = [{ model = "tiny-abuse-v2", sample_rate = 1.0 }]
     }
     let shed = [("shadow_model", "tiny-abuse-v2"), ("outcome", "live_pressure")];
     let got = delta(&base, &server.scrape().await, "modserve_shadow_reviews_total", &shed);
-    assert!(got >= 1.0, "the stalled request's shadow work was offered while two jobs were queued: {got}");
+    assert!(got >= 1.0, "the stalled request's shadow work was offered while live jobs were queued: {got}");
     server.stop().await;
 }
