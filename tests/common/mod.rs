@@ -31,7 +31,7 @@ pub fn ort_lib() -> PathBuf {
         .unwrap_or_else(|| repo().join(".ort/libonnxruntime.so.1.31.1"));
     assert!(
         lib.is_file(),
-        "ONNX Runtime not found at {}: run scripts/fetch-onnxruntime.sh (scripts/test does)",
+        "ONNX Runtime not found at {}: run scripts/setup (or scripts/fetch-onnxruntime.sh)",
         lib.display()
     );
     lib
