@@ -43,10 +43,6 @@ impl Classifier {
         Classifier { registry }
     }
 
-    pub fn registry(&self) -> &Registry {
-        &self.registry
-    }
-
     /// Classifies a validated request. `deadline` is the caller's; work still queued past it
     /// is dropped before inference.
     /// The serving state for one request: load it once and use it throughout.

@@ -108,30 +108,24 @@ pub fn load(
     }
     let mut tasks = Vec::new();
     for task in &config.tasks {
-        let Some(live) = models.get(&task.live) else { continue };
-        if live.handle.spec().task != task.name {
+        // Models that failed to load are already reported; a model for another task is not.
+        let answers = |errors: &mut Vec<String>, key: &str, model: &str| {
+            let m = models.get(model)?;
+            if m.handle.spec().task == task.name {
+                return Some(m);
+            }
             errors.push(format!(
-                "tasks.{}.live: model {:?} answers task {:?} (its manifest says so), not {:?}",
+                "tasks.{}.{key}: model {model:?} answers task {:?} (its manifest says so), not {:?}",
                 task.name,
-                task.live,
-                live.handle.spec().task,
+                m.handle.spec().task,
                 task.name
             ));
-            continue;
-        }
+            None
+        };
+        let Some(live) = answers(&mut errors, "live", &task.live) else { continue };
         let mut pairs = Vec::new();
         for sh in &task.shadows {
-            let Some(shadow) = models.get(&sh.model) else { continue };
-            if shadow.handle.spec().task != task.name {
-                errors.push(format!(
-                    "tasks.{}.shadows: model {:?} answers task {:?} (its manifest says so), not {:?}",
-                    task.name,
-                    sh.model,
-                    shadow.handle.spec().task,
-                    task.name
-                ));
-                continue;
-            }
+            let Some(shadow) = answers(&mut errors, "shadows", &sh.model) else { continue };
             pairs.push(Arc::new(ShadowPair::new(
                 &task.name,
                 live.handle.clone(),

@@ -5,7 +5,8 @@
 use std::sync::OnceLock;
 
 use metrics::{
-    Counter, Gauge, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+    Counter, Gauge, Histogram, Label, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge,
+    histogram,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -313,7 +314,17 @@ pub struct ShadowMetrics {
 
 impl ShadowMetrics {
     pub fn new(task: &str, live: &ModelSpec, shadow: &ModelSpec) -> ShadowMetrics {
-        let pair = |name: &'static str| (name, task.to_string(), live.name.clone(), shadow.name.clone());
+        // The labels every per-pair series shares, plus one more where a series needs it.
+        let pair = vec![
+            Label::new("task", task.to_string()),
+            Label::new("live_model", live.name.clone()),
+            Label::new("shadow_model", shadow.name.clone()),
+        ];
+        let with = |key: &'static str, value: String| {
+            let mut labels = pair.clone();
+            labels.push(Label::new(key, value));
+            labels
+        };
         let confusion = Decision::ALL.map(|l| {
             Decision::ALL.map(|s| {
                 counter!(SHADOW_COMPARISONS_TOTAL, "task" => task.to_string(), "live_model" => live.name.clone(),
@@ -325,18 +336,12 @@ impl ShadowMetrics {
             .labels
             .iter()
             .map(|label| {
-                live.labels.contains(label).then(|| {
-                    let (name, t, l, s) = pair(SHADOW_SCORE_DELTA);
-                    histogram!(name, "task" => t, "live_model" => l, "shadow_model" => s, "label" => label.clone())
-                })
+                live.labels.contains(label).then(|| histogram!(SHADOW_SCORE_DELTA, with("label", label.clone())))
             })
             .collect();
-        let (name, t, l, s) = pair(SHADOW_TOP_LABEL_FLIPS_TOTAL);
-        let flips = counter!(name, "task" => t, "live_model" => l, "shadow_model" => s);
-        let outcomes = ShadowOutcome::ALL.map(|o| {
-            let (name, t, l, s) = pair(SHADOW_REVIEWS_TOTAL);
-            counter!(name, "task" => t, "live_model" => l, "shadow_model" => s, "outcome" => o.as_str())
-        });
+        let flips = counter!(SHADOW_TOP_LABEL_FLIPS_TOTAL, pair.clone());
+        let outcomes =
+            ShadowOutcome::ALL.map(|o| counter!(SHADOW_REVIEWS_TOTAL, with("outcome", o.as_str().to_string())));
         let breaker_open =
             gauge!(SHADOW_BREAKER_OPEN, "task" => task.to_string(), "shadow_model" => shadow.name.clone());
         breaker_open.set(0.0);
@@ -355,7 +360,8 @@ impl ShadowMetrics {
     }
 
     pub fn outcome(&self, outcome: ShadowOutcome, reviews: usize) {
-        self.outcomes[ShadowOutcome::ALL.iter().position(|o| *o == outcome).unwrap_or(0)].increment(reviews as u64);
+        // `ALL` is in declaration order, so the discriminant is the index.
+        self.outcomes[outcome as usize].increment(reviews as u64);
     }
 }
 

@@ -49,10 +49,6 @@ pub struct ServingState {
 }
 
 impl ServingState {
-    pub fn task(&self, name: &str) -> Option<&TaskEntry> {
-        self.tasks.iter().find(|t| t.name == name)
-    }
-
     pub fn task_names(&self) -> Vec<&str> {
         self.tasks.iter().map(|t| t.name.as_str()).collect()
     }

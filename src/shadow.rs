@@ -250,10 +250,6 @@ impl ShadowPair {
             );
         }
     }
-
-    pub fn live_spec(&self) -> &Arc<ModelSpec> {
-        self.live.spec()
-    }
 }
 
 #[cfg(test)]

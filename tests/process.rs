@@ -202,20 +202,6 @@ async fn sigterm_under_load_finishes_in_flight_calls_and_exits_zero() {
     }
 }
 
-/// Follows the health Watch stream until SERVING.
-async fn wait_serving(channel: tonic::transport::Channel) {
-    use tonic_health::pb::health_check_response::ServingStatus;
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-    let mut watch =
-        health.watch(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap().into_inner();
-    while let Some(msg) = watch.message().await.unwrap() {
-        if msg.status == ServingStatus::Serving as i32 {
-            return;
-        }
-    }
-    panic!("health stream ended before SERVING");
-}
-
 /// SIGTERM through kill(1): no libc dependency just for tests.
 fn send_sigterm(pid: i32) {
     let status = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap();

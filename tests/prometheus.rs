@@ -113,19 +113,9 @@ live = "tiny-abuse-v2"
     let expected = agree as f64 / total as f64;
     assert!(expected > 0.0 && expected < 1.0, "the mix must contain both agreement and disagreement: {expected}");
     // Wait for the shadow to finish comparing, then let Prometheus scrape.
-    let mut compared = 0.0;
-    for _ in 0..600 {
-        compared = metric(
-            &server.scrape().await,
-            "modserve_shadow_reviews_total",
-            &[("shadow_model", "tiny-abuse-v2"), ("outcome", "compared")],
-        )
-        .unwrap_or(0.0);
-        if compared >= total as f64 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // The server was quiet before this test's traffic (its own process), so the base is empty.
+    let labels = [("shadow_model", "tiny-abuse-v2"), ("outcome", "compared")];
+    let compared = server.wait_for("", "modserve_shadow_reviews_total", &labels, total as f64).await;
     assert_eq!(compared, total as f64);
 
     let prometheus = start_prometheus(server.metrics_addr).await;

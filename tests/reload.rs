@@ -152,15 +152,7 @@ async fn a_configmap_symlink_swap_triggers_exactly_one_reload() {
     std::fs::rename(&tmp, dir.path().join("..data")).unwrap();
 
     let labels = [("trigger", "file"), ("result", "success")];
-    let mut applied = 0.0;
-    for _ in 0..200 {
-        applied = delta(&base, &server.scrape().await, "modserve_config_reloads_total", &labels);
-        if applied >= 1.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(applied, 1.0);
+    assert_eq!(server.wait_for(&base, "modserve_config_reloads_total", &labels, 1.0).await, 1.0);
     assert_eq!(live_model(&server).await, "tiny-abuse-v2");
     // Ten more watch intervals: no second reload for the same content.
     tokio::time::sleep(Duration::from_millis(1000)).await;

@@ -41,20 +41,6 @@ fn paired_golden() -> Vec<(String, String, String)> {
     pairs
 }
 
-/// Polls the scrape until `name{labels}` has grown by `want` since `base` (shadow work is
-/// asynchronous by design). Bounded: gives up after 30 s and returns the last growth.
-async fn wait_for(server: &TestServer, base: &str, name: &str, labels: &[(&str, &str)], want: f64) -> f64 {
-    let mut last = 0.0;
-    for _ in 0..600 {
-        last = delta(base, &server.scrape().await, name, labels);
-        if last >= want {
-            return last;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    last
-}
-
 fn requests() -> Vec<pb::ClassifyRequest> {
     let texts =
         ["you idiot", "this is dumb", "you are stupid", "great product", "call me", "win a free prize", "discount"];
@@ -81,7 +67,7 @@ async fn live_responses_are_byte_identical_with_and_without_shadows() {
     // And the shadows really ran.
     let reviews: usize = requests().iter().map(|r| r.reviews.len()).sum();
     let labels = [("shadow_model", "tiny-abuse-v2"), ("outcome", "compared")];
-    let compared = wait_for(&shadowed, &base, "modserve_shadow_reviews_total", &labels, reviews as f64).await;
+    let compared = shadowed.wait_for(&base, "modserve_shadow_reviews_total", &labels, reviews as f64).await;
     assert_eq!(compared, reviews as f64);
     plain.stop().await;
     shadowed.stop().await;
@@ -107,7 +93,7 @@ async fn confusion_counts_equal_the_expected_ones() {
     }
     let n = pairs.len() as f64;
     let labels = [("shadow_model", "tiny-abuse-v2"), ("outcome", "compared")];
-    assert_eq!(wait_for(&server, &base, "modserve_shadow_reviews_total", &labels, n).await, n);
+    assert_eq!(server.wait_for(&base, "modserve_shadow_reviews_total", &labels, n).await, n);
     let scrape = server.scrape().await;
     for live in ["allow", "review", "reject"] {
         for shadow in ["allow", "review", "reject"] {
@@ -195,7 +181,7 @@ shadows = [{ model = "tiny-abuse-v2", sample_rate = 0.3, salt = "experiment-7" }
     }
     let compared = [("shadow_model", "tiny-abuse-v2"), ("outcome", "compared")];
     assert_eq!(
-        wait_for(&server, &base, "modserve_shadow_reviews_total", &compared, 2.0 * in_sample).await,
+        server.wait_for(&base, "modserve_shadow_reviews_total", &compared, 2.0 * in_sample).await,
         2.0 * in_sample
     );
     let scrape = server.scrape().await;
@@ -243,7 +229,7 @@ shadows = [{ model = "tiny-faulty", sample_rate = 1.0 }]
         }
         if round == 0 {
             // The shadow fails all four (asynchronously); the fourth failure opens its breaker.
-            assert_eq!(wait_for(&server, &base, "modserve_shadow_reviews_total", &error, 4.0).await, 4.0);
+            assert_eq!(server.wait_for(&base, "modserve_shadow_reviews_total", &error, 4.0).await, 4.0);
         }
     }
     let scrape = server.scrape().await;

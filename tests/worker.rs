@@ -45,19 +45,8 @@ fn reviews(texts: &[&str]) -> Arc<[ReviewInput]> {
 /// DEADLINE_EXCEEDED and counted, and never reaches the session.
 #[test]
 fn queued_work_past_its_deadline_is_dropped_before_inference() {
-    let env = modserve::runtime::environment(&ort_lib()).expect("ONNX Runtime loads");
-    let package = Package::load(&fixture("tiny-abuse")).expect("fixture loads");
-    let settings = WorkerSettings {
-        batch: BatchPolicy { max_batch_size: 8, max_wait: Duration::ZERO },
-        queue_capacity: 4,
-        threads: 1,
-        intra_threads: 1,
-        nice: 0,
-    };
-    let pool = worker::start(&env, &package, Role::Shadow, settings).expect("workers start");
-    let reviews: Arc<[ReviewInput]> =
-        vec![ReviewInput { id: "a".into(), model_text: "you idiot".into(), rating: None, signals: Default::default() }]
-            .into();
+    let pool = pool("tiny-abuse");
+    let reviews = reviews(&["you idiot"]);
     let expired = Instant::now() - Duration::from_millis(1);
     let rx = pool.handle.submit(reviews.clone(), Some(expired), None).expect("queued");
     match rx.blocking_recv().expect("answered") {

@@ -94,23 +94,23 @@ impl TestServer {
         HealthClient::new(self.channel().await)
     }
 
-    /// Follows the health Watch stream until the Moderation service reports SERVING.
     async fn wait_serving(&self) {
-        let mut health = self.health().await;
-        let mut watch = health
-            .watch(HealthCheckRequest { service: MODERATION_SERVICE.into() })
-            .await
-            .expect("health watch")
-            .into_inner();
-        let wait = async {
-            while let Some(msg) = watch.message().await.expect("health stream") {
-                if msg.status == ServingStatus::Serving as i32 {
-                    return;
-                }
+        wait_serving(self.channel().await).await;
+    }
+
+    /// Polls the scrape until `name{labels}` has grown by `want` since `base` (shadow work and
+    /// file-triggered reloads are asynchronous by design). Bounded: gives up after 30 s and
+    /// returns the last growth.
+    pub async fn wait_for(&self, base: &str, name: &str, labels: &[(&str, &str)], want: f64) -> f64 {
+        let mut last = 0.0;
+        for _ in 0..600 {
+            last = delta(base, &self.scrape().await, name, labels);
+            if last >= want {
+                return last;
             }
-            panic!("health stream ended before SERVING");
-        };
-        tokio::time::timeout(Duration::from_secs(60), wait).await.expect("server became SERVING within 60 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        last
     }
 
     pub async fn scrape(&self) -> String {
@@ -121,6 +121,25 @@ impl TestServer {
         self.server.shutdown();
         self.server.wait().await.expect("clean shutdown");
     }
+}
+
+/// Follows the health Watch stream until the Moderation service reports SERVING (60 s at most).
+pub async fn wait_serving(channel: Channel) {
+    let mut health = HealthClient::new(channel);
+    let mut watch = health
+        .watch(HealthCheckRequest { service: MODERATION_SERVICE.into() })
+        .await
+        .expect("health watch")
+        .into_inner();
+    let wait = async {
+        while let Some(msg) = watch.message().await.expect("health stream") {
+            if msg.status == ServingStatus::Serving as i32 {
+                return;
+            }
+        }
+        panic!("health stream ended before SERVING");
+    };
+    tokio::time::timeout(Duration::from_secs(60), wait).await.expect("server became SERVING within 60 s");
 }
 
 /// GETs `/metrics` over plain HTTP/1.1.
