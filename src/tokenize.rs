@@ -4,12 +4,20 @@
 //! `max_sequence_length` and pads to the longest sequence in the batch with id 0 and mask 0,
 //! whatever padding the tokenizer file itself asks for.
 
+use std::str::FromStr;
+use std::sync::Arc;
+
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 /// A tokenizer configured for one model.
 #[derive(Clone)]
 pub struct Encoder {
-    tokenizer: Tokenizer,
+    tokenizer: Arc<Tokenizer>,
+    /// The same tokenizer without its leading Unicode normalisation steps, for ASCII texts, where
+    /// those steps are the identity. Most reviews are ASCII, and NFKC alone was ~18% of the
+    /// instructions spent tokenizing them (`benches/callgrind.sh`). `None` when the tokenizer has
+    /// no such step.
+    ascii: Option<Arc<Tokenizer>>,
 }
 
 /// A batch of token ids and masks, row-major `[rows, seq]`. Reused across batches by a worker so
@@ -96,7 +104,8 @@ impl Encoder {
         // We pad ourselves (to the batch's longest row): a tokenizer file with fixed padding
         // would otherwise make every review cost the full length.
         tokenizer.with_padding(None);
-        Ok(Encoder { tokenizer })
+        let ascii = ascii_variant(&tokenizer)?.map(Arc::new);
+        Ok(Encoder { tokenizer: Arc::new(tokenizer), ascii })
     }
 
     /// Appends each text's truncated, unpadded token ids to `rows`.
@@ -106,7 +115,11 @@ impl Encoder {
         rows: &mut TokenRows,
     ) -> Result<(), String> {
         for text in texts {
-            let encoding = self.tokenizer.encode_fast(text, true).map_err(|e| format!("tokenizer failed: {e}"))?;
+            let tokenizer = match &self.ascii {
+                Some(ascii) if text.is_ascii() => ascii,
+                _ => &self.tokenizer,
+            };
+            let encoding = tokenizer.encode_fast(text, true).map_err(|e| format!("tokenizer failed: {e}"))?;
             // Unpadded, every token is attended to: the mask is all ones, so ids suffice.
             rows.push(encoding.get_ids().iter().map(|&id| i64::from(id)));
         }
@@ -124,6 +137,34 @@ impl Encoder {
         out.pad_from(&rows);
         Ok(())
     }
+}
+
+/// Unicode normalisation forms: each maps an ASCII string to itself, offsets included.
+const UNICODE_FORMS: [&str; 4] = ["NFC", "NFD", "NFKC", "NFKD"];
+
+/// `tokenizer` with the Unicode normalisation steps that open its normaliser removed, or `None`
+/// if it has none. Only a leading run is removed: a later step could see non-ASCII text made by
+/// an earlier one (a `Replace` with non-ASCII content), so skipping it would not be exact.
+fn ascii_variant(tokenizer: &Tokenizer) -> Result<Option<Tokenizer>, String> {
+    let json = tokenizer.to_string(false).map_err(|e| format!("cannot serialise the tokenizer: {e}"))?;
+    let mut value: serde_json::Value = serde_json::from_str(&json).map_err(|e| format!("tokenizer JSON: {e}"))?;
+    let is_form = |n: &serde_json::Value| n["type"].as_str().is_some_and(|t| UNICODE_FORMS.contains(&t));
+    let normalizer = &mut value["normalizer"];
+    if is_form(normalizer) {
+        *normalizer = serde_json::Value::Null;
+    } else if normalizer["type"] == "Sequence" {
+        let steps = normalizer["normalizers"].as_array_mut().ok_or("normalizer Sequence without a list")?;
+        let leading = steps.iter().take_while(|n| is_form(n)).count();
+        if leading == 0 {
+            return Ok(None);
+        }
+        steps.drain(..leading);
+    } else {
+        return Ok(None);
+    }
+    Tokenizer::from_str(&value.to_string())
+        .map(Some)
+        .map_err(|e| format!("tokenizer without Unicode normalisation: {e}"))
 }
 
 #[cfg(test)]
@@ -177,6 +218,80 @@ mod tests {
         a.pad_from(&rows);
         enc.encode_into(["you idiot", "great product fast delivery"], &mut b).unwrap();
         assert_eq!((a.ids, a.mask), (b.ids, b.mask));
+    }
+
+    /// The bundled models' tokenizer: NFKC, lowercase and five regex replacements.
+    fn bundled() -> &'static Encoder {
+        static ENCODER: std::sync::OnceLock<Encoder> = std::sync::OnceLock::new();
+        ENCODER.get_or_init(|| {
+            let path = concat!(env!("CARGO_MANIFEST_DIR"), "/models/abuse-v1/tokenizer.json");
+            Encoder::new(Tokenizer::from_file(path).unwrap(), 256).unwrap()
+        })
+    }
+
+    /// Ids from the tokenizer file as written, bypassing the ASCII variant.
+    fn reference_ids(enc: &Encoder, text: &str) -> Vec<u32> {
+        enc.tokenizer.encode_fast(text, true).unwrap().get_ids().to_vec()
+    }
+
+    fn fast_ids(enc: &Encoder, text: &str) -> Vec<u32> {
+        let mut rows = TokenRows::default();
+        enc.encode_rows([text], &mut rows).unwrap();
+        rows.row(0).iter().map(|&id| id as u32).collect()
+    }
+
+    #[test]
+    fn the_ascii_variant_drops_only_the_leading_unicode_normalisation() {
+        let enc = bundled();
+        let ascii = enc.ascii.as_ref().expect("NFKC leads the bundled normaliser");
+        let steps = |t: &Tokenizer| {
+            let v: serde_json::Value = serde_json::from_str(&t.to_string(false).unwrap()).unwrap();
+            v["normalizer"]["normalizers"].as_array().unwrap().iter().map(|n| n["type"].to_string()).collect::<Vec<_>>()
+        };
+        let (full, short) = (steps(&enc.tokenizer), steps(ascii));
+        assert_eq!(full[0], "\"NFKC\"");
+        assert_eq!(short, full[1..]);
+        // A tokenizer without Unicode normalisation has no variant.
+        assert!(encoder(64).ascii.is_none());
+    }
+
+    #[test]
+    fn non_ascii_text_still_goes_through_nfkc() {
+        let enc = bundled();
+        // Fullwidth letters and a ligature: NFKC folds them to ASCII words the vocabulary knows.
+        for text in ["ｙｏｕ ａｒｅ ａｎ ｉｄｉｏｔ", "ﬁne product", "Café crème, 5★"] {
+            assert_eq!(fast_ids(enc, text), reference_ids(enc, text), "{text}");
+        }
+        assert_eq!(fast_ids(enc, "ｉｄｉｏｔ"), fast_ids(enc, "idiot"));
+    }
+
+    #[test]
+    fn eval_reviews_tokenize_exactly_as_the_tokenizer_file_says() {
+        let enc = bundled();
+        let file = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/models/eval/reviews.jsonl")).unwrap();
+        let mut ascii = 0;
+        for line in file.lines() {
+            let text = serde_json::from_str::<serde_json::Value>(line).unwrap()["text"].as_str().unwrap().to_string();
+            ascii += usize::from(text.is_ascii());
+            assert_eq!(fast_ids(enc, &text), reference_ids(enc, &text), "{text}");
+        }
+        assert!(ascii > 0, "the eval file exercises the ASCII path");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn ascii_fast_path_gives_the_same_ids(text in "[ -~\t\n\r]{0,300}") {
+            let enc = bundled();
+            proptest::prop_assert_eq!(fast_ids(enc, &text), reference_ids(enc, &text));
+        }
+
+        #[test]
+        fn ascii_fast_path_gives_the_same_ids_on_url_phone_and_email_like_text(
+            text in "([A-Za-z]{1,8}|[0-9]{1,12}|www\\.|https?://|@|\\.(com|co\\.uk|biz)|[ ().+-]|\\t){0,40}"
+        ) {
+            let enc = bundled();
+            proptest::prop_assert_eq!(fast_ids(enc, &text), reference_ids(enc, &text));
+        }
     }
 
     #[test]

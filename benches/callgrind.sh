@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Instruction counts of the tokenization stage under callgrind: repeatable run to run on a noisy
+# machine, so a change can be judged by one before/after pair. Counts only inside
+# `tokenize_pass` (benches/instructions.rs: the 81 eval reviews, 10 passes, one review at a time).
+# usage: benches/callgrind.sh [MODEL_DIR...]      (default models/abuse-v1)
+# Run it before and after a change; the totals are comparable only for the same toolchain.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+command -v valgrind >/dev/null || { echo "callgrind.sh: valgrind is required (Debian package valgrind)" >&2; exit 1; }
+bin="$(cargo bench --locked --bench instructions --no-run --message-format=json 2>/dev/null \
+    | python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "instructions" and m.get("executable"):
+        print(m["executable"])')"
+out="$(mktemp)"
+for model in "${@:-models/abuse-v1}"; do
+    valgrind --tool=callgrind --callgrind-out-file="$out" --toggle-collect='*tokenize_pass*' "$bin" "$model" 2>/dev/null
+    total="$(callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')"
+    echo "$model: $total instructions, $((total / 810)) per review"
+    callgrind_annotate --inclusive=yes "$out" 2>/dev/null \
+        | grep -E 'normalizers::(replace|unicode|utils)|pre_tokenizers::whitespace|NormalizedString::(nfkc|lowercase)|find_matches' \
+        | sed -E 's#/root/.cargo/registry/src/[^/]*/##; s#\[.*##' | cut -c1-150 | head -8
+done
+rm -f "$out"
