@@ -22,8 +22,9 @@ use crate::grpc::pb::moderation_server::ModerationServer;
 use crate::grpc::{pb, service::ModerationService, transport};
 use crate::metrics::ReloadTrigger;
 use crate::registry::Registry;
-use crate::reload::{self, Reloader};
+use crate::reload::{self, ReloadHandle, Reloader};
 use crate::shutdown::{Shutdown, ShutdownSignal};
+use crate::tls::{self, Tls};
 use crate::{admin, loader, metrics, runtime};
 
 /// The fully-qualified name health checks use for the Moderation service.
@@ -46,6 +47,7 @@ struct Bound {
     admin: Option<TcpListener>,
     moderation_token: Option<String>,
     admin_token: Option<String>,
+    tls: Option<Arc<Tls>>,
 }
 
 async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
@@ -55,7 +57,7 @@ async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
 impl Server {
     /// Binds the listeners (so port 0 works and the addresses are known) and reads the tokens,
     /// then serves in the background. Fails at once only if a listener cannot be bound, a token
-    /// cannot be read or metrics cannot install.
+    /// or TLS certificate cannot be read, or metrics cannot install.
     pub async fn start(config: Config) -> anyhow::Result<Server> {
         let read = |key: &str, source: &Option<crate::config::TokenSource>| {
             source.as_ref().map(|s| s.read().map_err(|e| anyhow::anyhow!("{key}: {e}"))).transpose()
@@ -69,6 +71,10 @@ impl Server {
             },
             moderation_token: read("server.moderation_token", &config.server.moderation_token)?,
             admin_token: read("admin.token", &config.admin.token)?,
+            tls: match &config.tls {
+                None => None,
+                Some(t) => Some(Arc::new(Tls::load(t.clone())?)),
+            },
         };
         let grpc_addr = bound.grpc.local_addr()?;
         let metrics_addr = bound.metrics.local_addr()?;
@@ -79,6 +85,11 @@ impl Server {
             grpc = %grpc_addr,
             metrics = %metrics_addr,
             admin = %admin_addr.map_or("on the gRPC port".to_string(), |a| a.to_string()),
+            tls = match &bound.tls {
+                None => "off",
+                Some(t) if t.mutual() => "on, client certificates required",
+                Some(_) => "on",
+            },
             config = %config.source.display(),
             "listening"
         );
@@ -136,58 +147,20 @@ async fn run(
     for name in ["", MODERATION_SERVICE] {
         health.set_service_status(name, ServingStatus::NotServing).await;
     }
+    let (reload, reload_requests) = ReloadHandle::channel();
 
-    // ONNX Runtime and the disagreement log are bound for the process's life: set up once, on
-    // a blocking thread (file IO).
-    let setup_config = config.clone();
-    let setup = tokio::task::spawn_blocking(move || {
-        let env = runtime::environment(&setup_config.server.onnxruntime_lib).map_err(|e| e.to_string())?;
-        let log = match &setup_config.disagreement_log {
-            None => None,
-            Some(c) => Some(
-                DisagreementLog::start(c.clone())
-                    .map_err(|e| format!("shadow.disagreement_log.path: cannot open {}: {e}", c.path.display()))?,
-            ),
-        };
-        Ok::<_, String>((env, log))
-    })
-    .await
-    .context("start-up panicked")?;
-    let (env, log) = setup.map_err(|e| anyhow::anyhow!(e))?;
-    let (log, log_thread) = log.map_or((None, None), |(l, t)| (Some(l), Some(t)));
-    let threads = Arc::new(Mutex::new(Vec::new()));
-    let reloader = Reloader {
-        config_path: config.source.clone(),
-        overrides: config.overrides.clone(),
-        registry: registry.clone(),
-        env,
-        log,
-        threads: threads.clone(),
-    };
-
-    // Load the start-up config (already parsed) through the same path every reload takes.
-    let started = Instant::now();
-    let startup = Arc::new(config.clone());
-    let reloader = Arc::new(reloader);
-    let r = reloader.clone();
-    let outcome = tokio::task::spawn_blocking(move || r.apply_config(startup, ReloadTrigger::Startup))
-        .await
-        .context("model loading panicked")?;
-    if !outcome.applied {
-        anyhow::bail!("{} problem(s) loading models:\n  {}", outcome.errors.len(), outcome.errors.join("\n  "));
-    }
-    let reloader = Arc::into_inner(reloader).context("reloader still shared after start-up")?;
-    let reload = reloader.spawn();
-
+    // Serve before loading: while the models load, health answers NOT_SERVING, Classify
+    // UNAVAILABLE and /health/ready 503, instead of connections hanging unanswered.
     let (reflection_v1, reflection_v1alpha) = reflection()?;
     let limits = config.limits;
-    let moderation_auth = BearerAuth::new(bound.moderation_token, "modserve.v1.Moderation");
+    let moderation_auth = BearerAuth::new(bound.moderation_token.clone(), "modserve.v1.Moderation");
     let moderation = ModerationServer::new(ModerationService::new(Classifier::new(registry.clone()), signal.clone()))
         .max_decoding_message_size(limits.max_message_bytes)
         .max_encoding_message_size(limits.max_message_bytes.saturating_mul(4));
     let moderation =
         tonic::service::interceptor::InterceptedService::new(moderation, move |req| moderation_auth.check(req));
-    let admin_auth = BearerAuth::new(bound.admin_token, "modserve.v1.Admin");
+    let admin_auth = BearerAuth::new(bound.admin_token, "modserve.v1.Admin")
+        .denying(bound.moderation_token, "modserve.v1.Moderation");
     let admin_service =
         AdminServer::with_interceptor(AdminService::new(registry.clone(), reload.clone()), move |req| {
             admin_auth.check(req)
@@ -196,8 +169,9 @@ async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(moderation);
-    // The transports stop on their own signal, `drain_delay` after shutdown starts, so load
-    // balancers polling health see NOT_SERVING while calls still get a clean UNAVAILABLE.
+    // The transports (and the metrics port, so the drain can still be scraped) stop on their
+    // own signal, `drain_delay` after shutdown starts, so load balancers polling health see
+    // NOT_SERVING while calls still get a clean UNAVAILABLE.
     let (stop_transport, transport_signal) = Shutdown::new();
     let mut admin_task = None;
     match bound.admin {
@@ -210,16 +184,38 @@ async fn run(
                 .add_service(health_service)
                 .prepare();
             admin_task = Some(tokio::spawn(transport::serve(
+                "admin",
                 listener,
                 admin_routes,
                 config.server.transport(),
+                bound.tls.clone(),
                 transport_signal.clone(),
             )));
         }
     }
-    let grpc_task =
-        tokio::spawn(transport::serve(bound.grpc, routes.prepare(), config.server.transport(), transport_signal));
-    let http_task = tokio::spawn(admin::serve(bound.metrics, prometheus, ready.clone(), signal.clone()));
+    let grpc_task = tokio::spawn(transport::serve(
+        "grpc",
+        bound.grpc,
+        routes.prepare(),
+        config.server.transport(),
+        bound.tls.clone(),
+        transport_signal.clone(),
+    ));
+    let http_task = tokio::spawn(admin::serve(bound.metrics, prometheus, ready.clone(), transport_signal));
+    if let Some(tls) = bound.tls {
+        tokio::spawn(tls::watch(tls, signal.clone()));
+    }
+
+    let started = Instant::now();
+    let loaded = load(&config, registry.clone()).await;
+    let (reloader, log_thread, threads) = match loaded {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            stop_transport.trigger();
+            return Err(e);
+        }
+    };
+    reloader.serve(reload_requests);
     tokio::spawn(reload::on_sighup(reload.clone(), signal.clone()));
     if config.server.watch_config {
         tokio::spawn(reload::watch(
@@ -265,4 +261,50 @@ async fn run(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+type WorkerThreads = Arc<Mutex<Vec<std::thread::JoinHandle<()>>>>;
+
+/// Sets up ONNX Runtime and the disagreement log (bound for the process's life), then loads the
+/// start-up config through the same path every reload takes. On blocking threads: file IO and
+/// model loads.
+async fn load(
+    config: &Config,
+    registry: Registry,
+) -> anyhow::Result<(Reloader, Option<std::thread::JoinHandle<()>>, WorkerThreads)> {
+    let setup_config = config.clone();
+    let setup = tokio::task::spawn_blocking(move || {
+        let env = runtime::environment(&setup_config.server.onnxruntime_lib).map_err(|e| e.to_string())?;
+        let log = match &setup_config.disagreement_log {
+            None => None,
+            Some(c) => Some(
+                DisagreementLog::start(c.clone())
+                    .map_err(|e| format!("shadow.disagreement_log.path: cannot open {}: {e}", c.path.display()))?,
+            ),
+        };
+        Ok::<_, String>((env, log))
+    })
+    .await
+    .context("start-up panicked")?;
+    let (env, log) = setup.map_err(|e| anyhow::anyhow!(e))?;
+    let (log, log_thread) = log.map_or((None, None), |(l, t)| (Some(l), Some(t)));
+    let threads = Arc::new(Mutex::new(Vec::new()));
+    let reloader = Arc::new(Reloader {
+        config_path: config.source.clone(),
+        overrides: config.overrides.clone(),
+        registry,
+        env,
+        log,
+        threads: threads.clone(),
+    });
+    let startup = Arc::new(config.clone());
+    let r = reloader.clone();
+    let outcome = tokio::task::spawn_blocking(move || r.apply_config(startup, ReloadTrigger::Startup))
+        .await
+        .context("model loading panicked")?;
+    if !outcome.applied {
+        anyhow::bail!("{} problem(s) loading models:\n  {}", outcome.errors.len(), outcome.errors.join("\n  "));
+    }
+    let reloader = Arc::into_inner(reloader).context("reloader still shared after start-up")?;
+    Ok((reloader, log_thread, threads))
 }

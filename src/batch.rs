@@ -78,4 +78,51 @@ mod tests {
         let waiting = BatchPolicy { max_wait: Duration::from_millis(2), ..POLICY };
         assert_eq!(waiting.wait_until(now), Some(now + Duration::from_millis(2)));
     }
+
+    /// Forms batches from queued job sizes the way the worker applies the policy.
+    fn form(policy: &BatchPolicy, jobs: &[usize]) -> Vec<Vec<usize>> {
+        let mut batches: Vec<Vec<usize>> = Vec::new();
+        let mut reviews = 0;
+        for &job in jobs {
+            let start_new = batches.is_empty() || policy.is_full(reviews) || policy.admit(reviews, job) == Admit::Defer;
+            if start_new {
+                batches.push(Vec::new());
+                reviews = 0;
+            }
+            batches.last_mut().unwrap().push(job);
+            reviews += job;
+        }
+        batches
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn admit_joins_exactly_when_the_batch_is_empty_or_stays_within_the_limit(
+            max in 1usize..128, batch in 0usize..256, job in 1usize..128,
+        ) {
+            let policy = BatchPolicy { max_batch_size: max, max_wait: Duration::ZERO };
+            let join = policy.admit(batch, job) == Admit::Join;
+            proptest::prop_assert_eq!(join, batch == 0 || batch + job <= max);
+            proptest::prop_assert_eq!(policy.is_full(batch), batch >= max);
+        }
+
+        #[test]
+        fn batches_keep_every_job_once_in_order_and_overflow_only_alone(
+            max in 1usize..64, jobs in proptest::collection::vec(1usize..80, 0..200),
+        ) {
+            let policy = BatchPolicy { max_batch_size: max, max_wait: Duration::ZERO };
+            let batches = form(&policy, &jobs);
+            let flat: Vec<usize> = batches.iter().flatten().copied().collect();
+            proptest::prop_assert_eq!(&flat, &jobs, "every job once, in queue order");
+            for (i, batch) in batches.iter().enumerate() {
+                let total: usize = batch.iter().sum();
+                proptest::prop_assert!(!batch.is_empty());
+                proptest::prop_assert!(total <= max || batch.len() == 1, "batch {:?} over {} with several jobs", batch, max);
+                // Greedy: the next batch's first job would not have fitted in this one.
+                if let Some(next) = batches.get(i + 1) {
+                    proptest::prop_assert!(total + next[0] > max, "{:?} then {:?}: could have joined", batch, next);
+                }
+            }
+        }
+    }
 }

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::disagreement::LogConfig;
 use crate::model::manifest::toml_error;
 use crate::shadow::ShadowPolicy;
+pub use crate::tls::TlsConfig;
 use crate::worker::WorkerSettings;
 
 mod file;
@@ -37,6 +38,9 @@ pub mod defaults {
     pub const MAX_TEXT_BYTES: usize = 16 * 1024;
     pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
     pub const STREAM_IN_FLIGHT: usize = 8;
+    pub const MAX_CALL_TIMEOUT_SECS: u64 = 30;
+    pub const IDLE_TIMEOUT: &str = "10m";
+    pub const TLS_WATCH_INTERVAL: &str = "10s";
     pub const MAX_BATCH_SIZE: usize = 32;
     pub const MAX_WAIT: &str = "0ms";
     pub const QUEUE_CAPACITY: usize = 256;
@@ -88,6 +92,10 @@ pub struct Overrides {
     /// Prometheus /metrics listen address, overriding `server.metrics_listen`.
     #[arg(long, env = "MODSERVE_METRICS_LISTEN", global = true)]
     pub metrics_listen: Option<String>,
+    /// Admin service listen address, overriding `admin.listen` (so replicas sharing one config
+    /// file can each have their own port).
+    #[arg(long, env = "MODSERVE_ADMIN_LISTEN", global = true)]
+    pub admin_listen: Option<String>,
     /// Log format, overriding `server.log_format`.
     #[arg(long, env = "MODSERVE_LOG_FORMAT", global = true)]
     pub log_format: Option<LogFormat>,
@@ -135,6 +143,8 @@ pub struct Config {
     pub overrides: Overrides,
     pub server: ServerConfig,
     pub admin: AdminConfig,
+    /// TLS for the gRPC and Admin listeners; `None` serves plaintext.
+    pub tls: Option<TlsConfig>,
     pub limits: Limits,
     pub shadow: ShadowPolicy,
     /// Niceness of shadow worker threads.
@@ -161,6 +171,9 @@ pub struct ServerConfig {
     pub keepalive_interval: Duration,
     #[serde(with = "humantime_serde_str")]
     pub keepalive_timeout: Duration,
+    /// A connection with no call open for this long is closed (GOAWAY); zero keeps it forever.
+    #[serde(with = "humantime_serde_str")]
+    pub idle_timeout: Duration,
     pub log_format: LogFormat,
     pub onnxruntime_lib: PathBuf,
     /// Reload when the config file's content changes (checked every `watch_interval`).
@@ -216,6 +229,10 @@ pub struct Limits {
     pub max_message_bytes: usize,
     /// Stream messages processed concurrently per ClassifyStream (answers stay in order).
     pub stream_in_flight: usize,
+    /// The longest a call (or a stream message) may take, whatever deadline the caller sends;
+    /// also the deadline of calls that send none.
+    #[serde(with = "humantime_serde_str")]
+    pub max_call_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -226,6 +243,7 @@ impl Default for Limits {
             oversize_text: OversizeText::Reject,
             max_message_bytes: defaults::MAX_MESSAGE_BYTES,
             stream_in_flight: defaults::STREAM_IN_FLIGHT,
+            max_call_timeout: Duration::from_secs(defaults::MAX_CALL_TIMEOUT_SECS),
         }
     }
 }
@@ -259,6 +277,7 @@ impl ServerConfig {
             max_concurrent_streams: self.max_concurrent_streams,
             keepalive_interval: self.keepalive_interval,
             keepalive_timeout: self.keepalive_timeout,
+            idle_timeout: self.idle_timeout,
             shutdown_grace: self.shutdown_grace,
         }
     }

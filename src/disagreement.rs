@@ -76,6 +76,7 @@ impl DisagreementLog {
             std::fs::create_dir_all(dir)?;
         }
         let file = open(&config.path)?;
+        drop_torn_tail(&file, &config.path)?;
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         let (tx, rx) = crossbeam_channel::bounded(config.queue_capacity.max(1));
         let metrics = std::sync::Arc::new(LogMetrics::new());
@@ -108,6 +109,42 @@ impl DisagreementLog {
 
 fn open(path: &Path) -> std::io::Result<File> {
     OpenOptions::new().create(true).append(true).open(path)
+}
+
+/// A process killed in the middle of a write (SIGKILL, OOM, power loss) can leave the file
+/// ending in part of a line. Cut it back to the last newline before appending, so every line in
+/// the log parses. Only regular files: a device or pipe given as the path is left alone.
+fn drop_torn_tail(file: &File, path: &Path) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let meta = file.metadata()?;
+    if !meta.is_file() || meta.len() == 0 {
+        return Ok(());
+    }
+    let mut reader = File::open(path)?;
+    // Lines are a few hundred bytes; look back far enough to find the last newline.
+    let mut keep = 0;
+    let mut end = meta.len();
+    let mut buf = vec![0u8; 64 * 1024];
+    while end > 0 {
+        let start = end.saturating_sub(buf.len() as u64);
+        let chunk = &mut buf[..(end - start) as usize];
+        reader.seek(SeekFrom::Start(start))?;
+        reader.read_exact(chunk)?;
+        if let Some(i) = chunk.iter().rposition(|&b| b == b'\n') {
+            keep = start + i as u64 + 1;
+            break;
+        }
+        end = start;
+    }
+    if keep < meta.len() {
+        tracing::warn!(
+            path = %path.display(),
+            bytes = meta.len() - keep,
+            "disagreement log: removed a torn last line left by an unclean stop"
+        );
+        file.set_len(keep)?;
+    }
+    Ok(())
 }
 
 struct Writer {
@@ -246,6 +283,21 @@ mod tests {
         assert_eq!(value("written") - before.0, 0.0);
         let dropped = value("dropped_io_error") - before.1;
         assert_eq!(dropped, 50.0);
+    }
+
+    #[test]
+    fn a_torn_last_line_is_cut_back_to_the_last_whole_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.jsonl");
+        std::fs::write(&path, "{\"a\":1}\n{\"b\":2}\n{\"c\":").unwrap();
+        drop_torn_tail(&open(&path).unwrap(), &path).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"a\":1}\n{\"b\":2}\n");
+        // Whole lines are left alone; a file with no newline at all is emptied.
+        drop_torn_tail(&open(&path).unwrap(), &path).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"a\":1}\n{\"b\":2}\n");
+        std::fs::write(&path, "x".repeat(100_000)).unwrap();
+        drop_torn_tail(&open(&path).unwrap(), &path).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
     }
 
     #[test]

@@ -32,5 +32,6 @@ pub mod request;
 pub mod runtime;
 pub mod shadow;
 pub mod shutdown;
+pub mod tls;
 pub mod tokenize;
 pub mod worker;

@@ -37,6 +37,9 @@ pub const CONFIG_LAST_RELOAD_TIMESTAMP_SECONDS: &str = "modserve_config_last_rel
 pub const CONFIG_GENERATION: &str = "modserve_config_generation";
 pub const CONFIG_INFO: &str = "modserve_config_info";
 pub const MODEL_LOAD_SECONDS: &str = "modserve_model_load_seconds";
+pub const TLS_RELOADS_TOTAL: &str = "modserve_tls_reloads_total";
+pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "modserve_tls_handshake_failures_total";
+pub const CONNECTIONS_CLOSED_IDLE_TOTAL: &str = "modserve_connections_closed_idle_total";
 
 /// Latency buckets in seconds: 50 us to 5 s, dense below 10 ms where a healthy server lives.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -126,6 +129,18 @@ pub fn install() -> Result<PrometheusHandle, String> {
 }
 
 fn describe() {
+    describe_counter!(
+        TLS_RELOADS_TOTAL,
+        "TLS certificate reloads after their files changed, by result (success, or failure: the old one kept serving)."
+    );
+    describe_counter!(
+        TLS_HANDSHAKE_FAILURES_TOTAL,
+        "TLS handshakes that failed or timed out (plaintext on a TLS port, no or untrusted client certificate), by listener."
+    );
+    describe_counter!(
+        CONNECTIONS_CLOSED_IDLE_TOTAL,
+        "HTTP/2 connections closed after server.idle_timeout without a call, by listener."
+    );
     describe_counter!(REQUESTS_TOTAL, "gRPC calls (stream messages count one each), by method and status code.");
     describe_histogram!(
         REQUEST_DURATION_SECONDS,
@@ -402,6 +417,21 @@ impl Default for LogMetrics {
 /// Records a model's load time.
 pub fn model_loaded(model: &str, seconds: f64) {
     gauge!(MODEL_LOAD_SECONDS, "model" => model.to_string()).set(seconds);
+}
+
+/// Records a TLS certificate reload.
+pub fn tls_reloaded(applied: bool) {
+    counter!(TLS_RELOADS_TOTAL, "result" => if applied { "success" } else { "failure" }).increment(1);
+}
+
+/// Records a failed TLS handshake on `listener` ("grpc" or "admin").
+pub fn tls_handshake_failed(listener: &'static str) {
+    counter!(TLS_HANDSHAKE_FAILURES_TOTAL, "listener" => listener).increment(1);
+}
+
+/// Records a connection closed for being idle.
+pub fn connection_closed_idle(listener: &'static str) {
+    counter!(CONNECTIONS_CLOSED_IDLE_TOTAL, "listener" => listener).increment(1);
 }
 
 /// What started a reload.

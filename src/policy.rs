@@ -98,4 +98,61 @@ mod tests {
     fn decisions_order_by_severity() {
         assert!(Decision::Allow < Decision::Review && Decision::Review < Decision::Reject);
     }
+
+    /// Thresholds for one label as a proptest strategy: each threshold absent or in [0, 1].
+    fn thresholds() -> impl proptest::strategy::Strategy<Value = Option<Thresholds>> {
+        use proptest::prelude::*;
+        proptest::option::of((proptest::option::of(0.0f32..=1.0), proptest::option::of(0.0f32..=1.0)))
+            .prop_map(|t| t.map(|(review, reject)| Thresholds { review, reject }))
+    }
+
+    /// The decision one label alone triggers.
+    fn label_decision(score: f32, t: &Option<Thresholds>) -> Decision {
+        match t {
+            Some(t) if t.reject.is_some_and(|th| score >= th) => Decision::Reject,
+            Some(t) if t.review.is_some_and(|th| score >= th) => Decision::Review,
+            _ => Decision::Allow,
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_decision_is_the_strictest_any_label_triggers(
+            labels in proptest::collection::vec((0.0f32..=1.0, thresholds()), 0..8),
+        ) {
+            let (scores, thresholds): (Vec<f32>, Vec<_>) = labels.into_iter().unzip();
+            let policy = Policy { name: "p".into(), version: "1".into(), thresholds };
+            let expected = scores.iter().zip(&policy.thresholds).map(|(s, t)| label_decision(*s, t)).max();
+            proptest::prop_assert_eq!(policy.decide(&scores), expected.unwrap_or(Decision::Allow));
+        }
+
+        #[test]
+        fn raising_a_score_never_relaxes_the_decision(
+            labels in proptest::collection::vec((0.0f32..=1.0, thresholds()), 1..8),
+            which in 0usize..8, bump in 0.0f32..=1.0,
+        ) {
+            let (scores, thresholds): (Vec<f32>, Vec<_>) = labels.into_iter().unzip();
+            let policy = Policy { name: "p".into(), version: "1".into(), thresholds };
+            let mut raised = scores.clone();
+            let i = which % raised.len();
+            raised[i] = (raised[i] + bump).min(1.0);
+            proptest::prop_assert!(policy.decide(&raised) >= policy.decide(&scores));
+        }
+
+        #[test]
+        fn label_order_does_not_matter(
+            labels in proptest::collection::vec((0.0f32..=1.0, thresholds()), 0..8), rotate in 0usize..8,
+        ) {
+            let decide = |labels: &[(f32, Option<Thresholds>)]| {
+                let (scores, thresholds): (Vec<f32>, Vec<_>) = labels.iter().cloned().unzip();
+                Policy { name: "p".into(), version: "1".into(), thresholds }.decide(&scores)
+            };
+            let mut rotated = labels.clone();
+            if !rotated.is_empty() {
+                let k = rotate % rotated.len();
+                rotated.rotate_left(k);
+            }
+            proptest::prop_assert_eq!(decide(&labels), decide(&rotated));
+        }
+    }
 }

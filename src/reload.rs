@@ -53,7 +53,17 @@ pub struct ReloadHandle {
     tx: mpsc::Sender<Request>,
 }
 
+/// The receiving end of a `ReloadHandle`, until `Reloader::serve` takes it.
+pub struct ReloadRequests(mpsc::Receiver<Request>);
+
 impl ReloadHandle {
+    /// A handle whose requests queue until `Reloader::serve` starts, so the Admin service can
+    /// be served while the start-up models load.
+    pub fn channel() -> (ReloadHandle, ReloadRequests) {
+        let (tx, rx) = mpsc::channel::<Request>(4);
+        (ReloadHandle { tx }, ReloadRequests(rx))
+    }
+
     /// Asks for a reload and waits for its outcome.
     pub async fn reload(&self, trigger: ReloadTrigger) -> ReloadOutcome {
         let (tx, rx) = oneshot::channel();
@@ -143,9 +153,10 @@ impl Reloader {
         ReloadOutcome { applied: true, generation, errors: Vec::new(), config_sha256: sha }
     }
 
-    /// Starts the reload task. Reloads run one at a time, each on a blocking thread.
-    pub fn spawn(self) -> ReloadHandle {
-        let (tx, mut rx) = mpsc::channel::<Request>(4);
+    /// Starts the reload task, taking `requests`. Reloads run one at a time, each on a blocking
+    /// thread.
+    pub fn serve(self, requests: ReloadRequests) {
+        let ReloadRequests(mut rx) = requests;
         let reloader = Arc::new(self);
         tokio::spawn(async move {
             while let Some((trigger, reply)) = rx.recv().await {
@@ -162,7 +173,6 @@ impl Reloader {
                 }
             }
         });
-        ReloadHandle { tx }
     }
 }
 
@@ -204,6 +214,7 @@ pub fn fixed_settings_changed(running: &Config, new: &Config) -> Vec<String> {
     check("server.max_concurrent_streams", r.max_concurrent_streams.to_string(), n.max_concurrent_streams.to_string());
     check("server.keepalive_interval", format!("{:?}", r.keepalive_interval), format!("{:?}", n.keepalive_interval));
     check("server.keepalive_timeout", format!("{:?}", r.keepalive_timeout), format!("{:?}", n.keepalive_timeout));
+    check("server.idle_timeout", format!("{:?}", r.idle_timeout), format!("{:?}", n.idle_timeout));
     check("server.moderation_token", format!("{:?}", r.moderation_token), format!("{:?}", n.moderation_token));
     check("server.watch_config", r.watch_config.to_string(), n.watch_config.to_string());
     check("server.watch_interval", format!("{:?}", r.watch_interval), format!("{:?}", n.watch_interval));
@@ -213,6 +224,8 @@ pub fn fixed_settings_changed(running: &Config, new: &Config) -> Vec<String> {
         new.limits.max_message_bytes.to_string(),
     );
     check("admin", format!("{:?}", running.admin), format!("{:?}", new.admin));
+    // The files' content is reloaded on its own (`tls::watch`); only where they are is fixed.
+    check("tls", format!("{:?}", running.tls), format!("{:?}", new.tls));
     check("shadow.disagreement_log", format!("{:?}", running.disagreement_log), format!("{:?}", new.disagreement_log));
     errors
 }

@@ -235,6 +235,8 @@ pub fn start(
 /// model that loads but cannot run is refused at start-up.
 fn warm_up(session: &mut ModelSession, encoder: &Encoder) -> Result<(), String> {
     let spec = session.spec().clone();
+    #[cfg(feature = "fault-injection")]
+    fault::slow_load();
     let mut tokens = TokenBatch::default();
     encoder.encode_into(["modserve warm-up review: great product, fast delivery."], &mut tokens)?;
     let features: Vec<f32> = spec.features.iter().map(|f| f.default).collect();
@@ -401,9 +403,16 @@ impl Worker {
 /// Test-only faults, compiled in with the `fault-injection` feature (the test suite enables it;
 /// release builds never have it). A review whose text contains `modserve-fault:panic:<model>;`
 /// makes that model's worker panic; `modserve-fault:sleep-<ms>:<model>;` makes it stall.
+/// `MODSERVE_FAULT_LOAD_DELAY_MS` slows every model's warm-up, to observe start-up.
 #[cfg(feature = "fault-injection")]
 mod fault {
     use super::Job;
+
+    pub fn slow_load() {
+        if let Some(ms) = std::env::var("MODSERVE_FAULT_LOAD_DELAY_MS").ok().and_then(|v| v.parse::<u64>().ok()) {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
+    }
 
     pub fn inject(model: &str, jobs: &[Job]) {
         for review in jobs.iter().flat_map(|j| j.reviews.iter()) {

@@ -126,6 +126,30 @@ live = "tiny-faulty"
     server.stop().await;
 }
 
+/// A live inference worker that panics (test-only fault hook): the panic is caught on the
+/// worker thread, every job in the batch gets INTERNAL naming the model, the error is counted,
+/// and the same worker thread goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_live_worker_answers_internal_and_keeps_serving() {
+    let _guard = exclusive().await;
+    let server = TestServer::start(config(BASIC)).await;
+    let base = server.scrape().await;
+    let mut client = server.client().await;
+    for round in 0..3 {
+        let poisoned =
+            request(vec![review("ok", "you idiot"), review("boom", "modserve-fault:panic:tiny-abuse; great product")]);
+        let status = client.classify(poisoned).await.expect_err("the batch fails");
+        assert_eq!(status.code(), Code::Internal, "{status:?}");
+        assert!(status.message().contains("model tiny-abuse"), "{}", status.message());
+        assert!(status.message().contains("panicked"), "{}", status.message());
+        let resp = client.classify(request(vec![review("b", "you idiot")])).await.expect("still serving");
+        assert_eq!(decision_name(resp.into_inner().results[0].tasks[0].decision), "REJECT", "round {round}");
+    }
+    let now = server.scrape().await;
+    assert_eq!(delta(&base, &now, "modserve_inference_errors_total", &[("model", "tiny-abuse")]), 3.0);
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_turns_health_not_serving_and_new_calls_unavailable() {
     // drain_delay keeps connections open after NOT_SERVING, as behind a load balancer.

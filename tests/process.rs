@@ -246,3 +246,196 @@ async fn sighup_reloads_the_config_file() {
     let logs = logs.join().unwrap();
     assert!(logs.contains("SIGHUP: reloading the config") && logs.contains("\"trigger\":\"signal\""), "{logs}");
 }
+
+/// Review text never reaches the logs: the binary at debug level (stricter than the default,
+/// info) is driven through every path a review takes: answered, streamed, rejected by each
+/// validation rule, oversize, past its deadline, shadowed with disagreements logged (text
+/// hashed), during a reload; then the whole log is searched for every text sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_review_text_reaches_the_logs_on_any_path() {
+    use modserve::grpc::pb::moderation_client::ModerationClient;
+    let dir = tempfile::tempdir().unwrap();
+    let body = format!(
+        "[limits]\nmax_text_bytes = 2000\nmax_reviews_per_request = 4\n\
+         [shadow.disagreement_log]\npath = {:?}\nsample_rate = 1.0\n\
+         [models.tiny-abuse]\npath = {:?}\n[models.tiny-abuse-v2]\npath = {:?}\n\
+         [tasks.abuse]\nlive = \"tiny-abuse\"\nshadows = [{{ model = \"tiny-abuse-v2\", sample_rate = 1.0 }}]\n",
+        path_str(&dir.path().join("disagreements.jsonl")),
+        path_str(&fixture("tiny-abuse")),
+        path_str(&fixture("tiny-abuse-v2")),
+    );
+    let config = write_config(&dir, &body);
+    let mut cmd = modserve();
+    cmd.env("RUST_LOG", "debug").arg("--config").arg(&config).arg("--log-format").arg("json");
+    let mut child = KillOnDrop(cmd.stderr(Stdio::piped()).spawn().unwrap());
+    let (addr, logs) = read_logs(&mut child.0);
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+    wait_serving(channel.clone()).await;
+    let mut client = ModerationClient::new(channel.clone());
+
+    // Every text carries a marker no log line would contain by chance.
+    let mut sent = Vec::new();
+    let mut text = |what: &str| {
+        let t = format!("qxmarker{} {what}", sent.len());
+        sent.push(format!("qxmarker{}", sent.len()));
+        t
+    };
+    // Answered, including texts the two models disagree on ("you are stupid", "this is dumb":
+    // golden fixtures, sent as they are so the disagreement happens) and a titled one.
+    let golden: Vec<String> = golden().into_iter().filter(|g| g.model == "tiny-abuse").map(|g| g.text).collect();
+    for g in &golden {
+        client.classify(request(vec![review("g", g)])).await.unwrap();
+    }
+    client.classify(request(vec![review("m", &text("marked"))])).await.unwrap();
+    let mut titled = review("t", &text("body"));
+    titled.title = Some(text("title"));
+    client.classify(request(vec![titled])).await.unwrap();
+    // Each validation failure, with text in the request.
+    let invalid = [
+        request(vec![review("", &text("no id"))]),
+        request(vec![review("long", &format!("{} {}", text("oversize"), "x".repeat(2100)))]),
+        request((0..5).map(|i| review(&i.to_string(), &text("too many"))).collect()),
+        modserve::grpc::pb::ClassifyRequest {
+            tasks: vec!["nope".into()],
+            ..request(vec![review("u", &text("unknown task"))])
+        },
+        request(vec![review("dup", &text("duplicate one")), review("dup", &text("duplicate two"))]),
+        request(vec![modserve::grpc::pb::Review { rating: Some(f32::NAN), ..review("nan", &text("nan rating")) }]),
+    ];
+    for req in invalid {
+        let status = client.classify(req).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    }
+    // Past its deadline.
+    let mut late = tonic::Request::new(request(vec![review("late", &text("deadline"))]));
+    late.set_timeout(Duration::from_nanos(1));
+    let _ = client.classify(late).await;
+    // Streamed, with one bad message in the stream.
+    let messages = vec![request(vec![review("s1", &text("stream"))]), request(vec![review("", &text("stream bad"))])];
+    let mut stream = client.classify_stream(tokio_stream::iter(messages)).await.unwrap().into_inner();
+    while stream.message().await.unwrap().is_some() {}
+    // A reload, then traffic again.
+    let mut admin = modserve::grpc::pb::admin_client::AdminClient::new(channel.clone());
+    admin.reload(modserve::grpc::pb::ReloadRequest {}).await.unwrap();
+    client.classify(request(vec![review("after", &text("after reload"))])).await.unwrap();
+
+    // Let the shadows finish and the disagreement log flush, then stop.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    send_sigterm(child.0.id() as i32);
+    let status = tokio::task::spawn_blocking(move || child.0.wait().unwrap()).await.unwrap();
+    assert!(status.success(), "{status:?}");
+    let logs = logs.join().unwrap();
+    assert!(logs.lines().count() > 20, "debug logging was on: {logs}");
+    assert!(logs.contains("request failed"), "the failures were logged (without their text): {logs}");
+    for marker in &sent {
+        assert!(!logs.contains(marker.as_str()), "review text {marker} leaked into the logs:\n{logs}");
+    }
+    for g in &golden {
+        assert!(!logs.contains(g.as_str()), "review text {g:?} leaked into the logs");
+    }
+    // The disagreement log holds hashes, not text.
+    let disagreements = std::fs::read_to_string(dir.path().join("disagreements.jsonl")).unwrap();
+    assert!(!disagreements.is_empty(), "the models disagreed on some golden texts");
+    assert!(!disagreements.contains("qxmarker"), "{disagreements}");
+}
+
+/// A child process killed when the test ends, even by a panic: a leftover server would keep
+/// the test harness's output pipe open.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Collects a child's stderr on a thread; returns the gRPC address from its "listening" line.
+fn read_logs(child: &mut std::process::Child) -> (std::net::SocketAddr, std::thread::JoinHandle<String>) {
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stderr).lines() {
+            let line = line.unwrap();
+            if line.contains("\"listening\"") {
+                let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
+                let _ = tx.send(v["grpc"].as_str().unwrap().parse::<std::net::SocketAddr>().unwrap());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    (rx.recv_timeout(Duration::from_secs(60)).expect("server logs its address"), reader)
+}
+
+/// kill -9 in the middle of shadowed load: the restarted server serves again, and every line of
+/// the disagreement log parses (a torn last line from the kill is cut back on restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_restarts_cleanly_with_no_torn_log_line() {
+    use modserve::grpc::pb::moderation_client::ModerationClient;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("disagreements.jsonl");
+    let body = format!(
+        "[shadow]\nlive_pressure_jobs = 1000\n\
+         [shadow.disagreement_log]\npath = {:?}\nsample_rate = 1.0\ninclude_text = true\n\
+         [models.tiny-abuse]\npath = {:?}\n[models.tiny-abuse-v2]\npath = {:?}\n\
+         [tasks.abuse]\nlive = \"tiny-abuse\"\nshadows = [{{ model = \"tiny-abuse-v2\", sample_rate = 1.0 }}]\n",
+        path_str(&log),
+        path_str(&fixture("tiny-abuse")),
+        path_str(&fixture("tiny-abuse-v2")),
+    );
+    let config = write_config(&dir, &body);
+    // Texts the two models decide differently, padded so lines are long and writes span pages.
+    let padding = " great product".repeat(40);
+    let texts = [format!("you are stupid{padding}"), format!("this is dumb{padding}")];
+    for round in 0..2 {
+        let mut cmd = modserve();
+        cmd.arg("--config").arg(&config).arg("--log-format").arg("json");
+        let mut child = KillOnDrop(cmd.stderr(Stdio::piped()).spawn().unwrap());
+        let (addr, _logs) = read_logs(&mut child.0);
+        let channel =
+            tonic::transport::Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+        wait_serving(channel.clone()).await;
+        let mut client = ModerationClient::new(channel.clone());
+        let answer = client.classify(request(vec![review("first", &texts[0])])).await.expect("serves after (re)start");
+        assert_eq!(answer.into_inner().results.len(), 1);
+        if round == 1 {
+            break;
+        }
+        // Load from 4 callers, then SIGKILL while it runs.
+        let mut callers = Vec::new();
+        for c in 0..4 {
+            let mut client = ModerationClient::new(channel.clone());
+            let texts = texts.clone();
+            callers.push(tokio::spawn(async move {
+                for i in 0..100_000 {
+                    let reviews = (0..8).map(|k| review(&format!("{c}-{i}-{k}"), &texts[k % 2])).collect();
+                    if client.classify(request(reviews)).await.is_err() {
+                        break;
+                    }
+                }
+            }));
+        }
+        // Until the log has grown past a few writes.
+        for _ in 0..200 {
+            if std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0) > 256 * 1024 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        drop(child); // SIGKILL
+        for c in callers {
+            c.await.unwrap();
+        }
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.lines().count() > 100, "the load wrote disagreements: {} lines", text.lines().count());
+    assert!(text.is_empty() || text.ends_with('\n'));
+    for (i, line) in text.lines().enumerate() {
+        serde_json::from_str::<serde_json::Value>(line)
+            .unwrap_or_else(|e| panic!("line {i} does not parse ({e}): {line}"));
+    }
+}

@@ -14,6 +14,7 @@ pub(super) struct RawConfig {
     pub(super) server: RawServer,
     pub(super) admin: RawAdmin,
     pub(super) limits: RawLimits,
+    pub(super) tls: Option<RawTls>,
     pub(super) batching: RawBatching,
     pub(super) shadow: RawShadowPolicy,
     pub(super) models: BTreeMap<String, RawModel>,
@@ -34,6 +35,7 @@ pub(super) struct RawServer {
     pub(super) max_concurrent_streams: Option<u32>,
     pub(super) keepalive_interval: Option<String>,
     pub(super) keepalive_timeout: Option<String>,
+    pub(super) idle_timeout: Option<String>,
     pub(super) log_format: Option<LogFormat>,
     pub(super) onnxruntime_lib: Option<PathBuf>,
 }
@@ -54,6 +56,7 @@ pub(super) struct RawLimits {
     pub(super) oversize_text: Option<OversizeText>,
     pub(super) max_message_bytes: Option<usize>,
     pub(super) stream_in_flight: Option<usize>,
+    pub(super) max_call_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -113,4 +116,13 @@ pub(super) struct RawLog {
     pub(super) max_file_bytes: Option<u64>,
     pub(super) max_files: Option<usize>,
     pub(super) queue_capacity: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    pub(super) cert_file: PathBuf,
+    pub(super) key_file: PathBuf,
+    pub(super) client_ca_file: Option<PathBuf>,
+    pub(super) watch_interval: Option<String>,
 }

@@ -66,6 +66,14 @@ pub(super) fn validate(
         "server.keepalive_timeout",
         raw.server.keepalive_timeout.as_deref().unwrap_or(defaults::KEEPALIVE_TIMEOUT),
     );
+    let idle_timeout = duration(
+        &mut errors,
+        "server.idle_timeout",
+        raw.server.idle_timeout.as_deref().unwrap_or(defaults::IDLE_TIMEOUT),
+    );
+    if !idle_timeout.is_zero() && idle_timeout < Duration::from_secs(1) {
+        errors.push(format!("server.idle_timeout {idle_timeout:?}: must be 0 (never) or at least 1s"));
+    }
     for (key, d) in [("server.keepalive_interval", keepalive_interval), ("server.keepalive_timeout", keepalive_timeout)]
     {
         if d < Duration::from_secs(1) {
@@ -80,6 +88,7 @@ pub(super) fn validate(
         max_concurrent_streams,
         keepalive_interval,
         keepalive_timeout,
+        idle_timeout,
         log_format: overrides.log_format.or(raw.server.log_format).unwrap_or(LogFormat::Text),
         onnxruntime_lib,
         watch_config: raw.server.watch_config.unwrap_or(true),
@@ -100,7 +109,11 @@ pub(super) fn validate(
         errors.push(format!("server.watch_interval {:?}: must be at least 100ms", server.watch_interval));
     }
     let admin = AdminConfig {
-        listen: raw.admin.listen.as_ref().map(|a| addr(&mut errors, "admin.listen", Some(a), "")),
+        listen: overrides
+            .admin_listen
+            .as_ref()
+            .or(raw.admin.listen.as_ref())
+            .map(|a| addr(&mut errors, "admin.listen", Some(a), "")),
         token: token_source(&mut errors, "admin.token", &raw.admin.token_env, &raw.admin.token_file, base),
     };
 
@@ -111,7 +124,29 @@ pub(super) fn validate(
         oversize_text: raw.limits.oversize_text.unwrap_or(d.oversize_text),
         max_message_bytes: raw.limits.max_message_bytes.unwrap_or(d.max_message_bytes),
         stream_in_flight: raw.limits.stream_in_flight.unwrap_or(d.stream_in_flight),
+        max_call_timeout: match &raw.limits.max_call_timeout {
+            Some(text) => duration(&mut errors, "limits.max_call_timeout", text),
+            None => d.max_call_timeout,
+        },
     };
+    if !(Duration::from_millis(1)..=Duration::from_secs(3600)).contains(&limits.max_call_timeout) {
+        errors.push(format!("limits.max_call_timeout {:?}: must be 1ms..=1h", limits.max_call_timeout));
+    }
+    let tls = raw.tls.as_ref().map(|t| TlsConfig {
+        cert_file: base.join(&t.cert_file),
+        key_file: base.join(&t.key_file),
+        client_ca_file: t.client_ca_file.as_ref().map(|p| base.join(p)),
+        watch_interval: duration(
+            &mut errors,
+            "tls.watch_interval",
+            t.watch_interval.as_deref().unwrap_or(defaults::TLS_WATCH_INTERVAL),
+        ),
+    });
+    if let Some(t) = &tls
+        && t.watch_interval < Duration::from_millis(100)
+    {
+        errors.push(format!("tls.watch_interval {:?}: must be at least 100ms", t.watch_interval));
+    }
     for (key, v, max) in [
         ("limits.max_reviews_per_request", limits.max_reviews_per_request, 10_000),
         ("limits.max_text_bytes", limits.max_text_bytes, 1 << 20),
@@ -228,6 +263,7 @@ pub(super) fn validate(
         overrides: overrides.clone(),
         server,
         admin,
+        tls,
         limits,
         shadow,
         shadow_nice,

@@ -27,24 +27,37 @@ impl ModerationService {
         ModerationService { classifier, shutdown }
     }
 
-    async fn handle(&self, req: ClassifyRequest, deadline: Option<Instant>) -> Result<ClassifyResponse, Error> {
+    /// `deadline` is the caller's, if it sent one; `limits.max_call_timeout` caps it, so no call
+    /// holds resources for longer whatever the client asks.
+    async fn handle(
+        &self,
+        req: ClassifyRequest,
+        started: Instant,
+        deadline: Option<Instant>,
+    ) -> Result<ClassifyResponse, Error> {
         if self.shutdown.is_shutting_down() {
             return Err(Error::Unavailable("the server is shutting down; retry on another replica"));
         }
         // One state for the whole call: a reload mid-call changes nothing for it.
         let state = self.classifier.state()?;
-        let input = convert::validate(req, &state.config.limits)?;
-        let output = match deadline {
-            None => self.classifier.classify(&state, &input, None).await?,
-            Some(deadline) => {
-                if deadline <= Instant::now() {
-                    return Err(Error::DeadlineExceeded("before the request was queued".into()));
-                }
-                tokio::time::timeout_at(deadline.into(), self.classifier.classify(&state, &input, Some(deadline)))
-                    .await
-                    .map_err(|_| Error::DeadlineExceeded("while waiting for inference".into()))??
-            }
+        let ceiling = state.config.limits.max_call_timeout;
+        let (deadline, capped) = match deadline {
+            Some(d) if d <= started + ceiling => (d, false),
+            _ => (started + ceiling, true),
         };
+        let input = convert::validate(req, &state.config.limits)?;
+        if deadline <= Instant::now() {
+            return Err(Error::DeadlineExceeded("before the request was queued".into()));
+        }
+        let output = tokio::time::timeout_at(deadline.into(), self.classifier.classify(&state, &input, Some(deadline)))
+            .await
+            .map_err(|_| {
+                Error::DeadlineExceeded(if capped {
+                    format!("while waiting for inference (limits.max_call_timeout {ceiling:?})")
+                } else {
+                    "while waiting for inference".into()
+                })
+            })??;
         Ok(convert::response(&input, &output))
     }
 }
@@ -56,7 +69,7 @@ impl Moderation for ModerationService {
     async fn classify(&self, request: Request<ClassifyRequest>) -> Result<Response<ClassifyResponse>, Status> {
         let started = Instant::now();
         let deadline = deadline(request.metadata(), started);
-        let result = self.handle(request.into_inner(), deadline).await.map_err(|e| {
+        let result = self.handle(request.into_inner(), started, deadline).await.map_err(|e| {
             log_error(&e);
             Status::from(e)
         });
@@ -89,7 +102,7 @@ impl Moderation for ModerationService {
                     let request = message?;
                     let started = Instant::now();
                     let request_id = request.request_id.clone();
-                    let result = service.handle(request, None).await;
+                    let result = service.handle(request, started, None).await;
                     let code = result.as_ref().map_or_else(|e| status::code(e.kind()), |_| tonic::Code::Ok);
                     metrics::request_finished(
                         "ClassifyStream",

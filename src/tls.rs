@@ -1,0 +1,199 @@
+//! TLS for the gRPC and Admin listeners: rustls, with optional client certificates (mTLS), and
+//! certificates reloaded when their files change.
+//!
+//! cert-manager and similar tools rotate certificates by rewriting the files in place, so a
+//! watcher re-reads them every `tls.watch_interval` and swaps the server config when their
+//! content changes. Connections that are already open keep the certificate they started with;
+//! new ones get the new one. A certificate that does not load is reported (log and metric) and
+//! the previous one keeps serving: a bad rotation never takes the listener down.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use rustls::RootCertStore;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use sha2::{Digest, Sha256};
+
+use crate::metrics;
+use crate::shutdown::ShutdownSignal;
+
+/// Where the server's certificate, key and (for mTLS) client CA are read from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TlsConfig {
+    /// PEM: the server certificate first, then any intermediates.
+    pub cert_file: PathBuf,
+    /// PEM: the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// PEM: CA certificates; when set, every client must present a certificate they signed.
+    pub client_ca_file: Option<PathBuf>,
+    /// How often the files are checked for new content.
+    #[serde(with = "crate::config::humantime_serde_str")]
+    pub watch_interval: Duration,
+}
+
+/// Why a certificate set could not be loaded. The message names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{key} {path}: cannot read: {source}")]
+    Read { key: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("{key} {path}: no PEM {what} found")]
+    Empty { key: &'static str, path: PathBuf, what: &'static str },
+    #[error("{key} {path}: not valid PEM: {reason}")]
+    Pem { key: &'static str, path: PathBuf, reason: String },
+    #[error("tls.client_ca_file {path}: {reason}")]
+    ClientCa { path: PathBuf, reason: String },
+    #[error("tls.cert_file and tls.key_file: {0} (does the key belong to the certificate?)")]
+    Config(rustls::Error),
+}
+
+/// The current server config, swapped on rotation.
+pub struct Tls {
+    config: TlsConfig,
+    current: ArcSwap<rustls::ServerConfig>,
+    /// sha256 over the three files' contents, to see rotations.
+    loaded: Mutex<[u8; 32]>,
+}
+
+impl Tls {
+    /// Loads the files; fails naming the file at fault.
+    pub fn load(config: TlsConfig) -> Result<Tls, TlsError> {
+        let files = read_files(&config)?;
+        let server = server_config(&files, &config)?;
+        Ok(Tls { loaded: Mutex::new(files.fingerprint()), current: ArcSwap::from_pointee(server), config })
+    }
+
+    /// The acceptor for a new connection: the certificate current at this moment.
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(self.current.load_full())
+    }
+
+    /// Whether clients must present a certificate.
+    pub fn mutual(&self) -> bool {
+        self.config.client_ca_file.is_some()
+    }
+
+    /// Re-reads the files; swaps the config if their content changed and it loads. Returns
+    /// whether a new config was installed. On error the old config stays.
+    pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
+        let files = read_files(&self.config)?;
+        let fingerprint = files.fingerprint();
+        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        if *loaded == fingerprint {
+            return Ok(false);
+        }
+        let server = server_config(&files, &self.config);
+        // A bad set is not retried until the files change again: one error per rotation.
+        *loaded = fingerprint;
+        self.current.store(Arc::new(server?));
+        Ok(true)
+    }
+}
+
+/// Checks the files every `watch_interval` until shutdown; logs and counts each outcome.
+pub async fn watch(tls: Arc<Tls>, shutdown: ShutdownSignal) {
+    let stop = shutdown.wait();
+    tokio::pin!(stop);
+    let mut tick = tokio::time::interval(tls.config.watch_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tick.tick() => {}
+        }
+        let t = tls.clone();
+        let outcome = tokio::task::spawn_blocking(move || t.reload_if_changed()).await;
+        match outcome {
+            Ok(Ok(false)) => {}
+            Ok(Ok(true)) => {
+                metrics::tls_reloaded(true);
+                tracing::info!(cert = %tls.config.cert_file.display(), "TLS certificate reloaded; new connections use it");
+            }
+            Ok(Err(e)) => {
+                metrics::tls_reloaded(false);
+                tracing::error!(error = %e, "TLS certificate not reloaded; the previous one keeps serving");
+            }
+            Err(e) => tracing::error!(error = %e, "TLS reload panicked; the previous certificate keeps serving"),
+        }
+    }
+}
+
+struct Files {
+    cert: Vec<u8>,
+    key: Vec<u8>,
+    client_ca: Option<Vec<u8>>,
+}
+
+impl Files {
+    fn fingerprint(&self) -> [u8; 32] {
+        let mut h = Sha256::new();
+        for part in [Some(&self.cert), Some(&self.key), self.client_ca.as_ref()] {
+            let part = part.map_or(&[][..], Vec::as_slice);
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part);
+        }
+        h.finalize().into()
+    }
+}
+
+fn read(key: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read { key, path: path.to_path_buf(), source })
+}
+
+fn read_files(config: &TlsConfig) -> Result<Files, TlsError> {
+    Ok(Files {
+        cert: read("tls.cert_file", &config.cert_file)?,
+        key: read("tls.key_file", &config.key_file)?,
+        client_ca: config.client_ca_file.as_deref().map(|p| read("tls.client_ca_file", p)).transpose()?,
+    })
+}
+
+fn certificates(key: &'static str, path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(pem).collect::<Result<Vec<_>, _>>().map_err(|e| TlsError::Pem {
+        key,
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    if certs.is_empty() {
+        return Err(TlsError::Empty { key, path: path.to_path_buf(), what: "certificate" });
+    }
+    Ok(certs)
+}
+
+/// Builds the rustls config from the files' contents; `paths` only names them in errors.
+fn server_config(files: &Files, paths: &TlsConfig) -> Result<rustls::ServerConfig, TlsError> {
+    let certs = certificates("tls.cert_file", &paths.cert_file, &files.cert)?;
+    let key = PrivateKeyDer::from_pem_slice(&files.key).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => {
+            TlsError::Empty { key: "tls.key_file", path: paths.key_file.clone(), what: "private key" }
+        }
+        e => TlsError::Pem { key: "tls.key_file", path: paths.key_file.clone(), reason: e.to_string() },
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(TlsError::Config)?;
+    let builder = match &files.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(pem) => {
+            let ca_path = paths.client_ca_file.clone().unwrap_or_default();
+            let ca_error = |reason: String| TlsError::ClientCa { path: ca_path.clone(), reason };
+            let mut roots = RootCertStore::empty();
+            for cert in certificates("tls.client_ca_file", &ca_path, pem)? {
+                roots.add(cert).map_err(|e| ca_error(format!("not a usable CA certificate: {e}")))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| ca_error(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_single_cert(certs, key).map_err(TlsError::Config)?;
+    // gRPC is HTTP/2 only.
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
