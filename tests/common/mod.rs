@@ -234,3 +234,58 @@ pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
 pub fn delta(base: &str, now: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     metric(now, name, labels).unwrap_or(0.0) - metric(base, name, labels).unwrap_or(0.0)
 }
+
+/// Sends one unary Classify over a bare HTTP/2 connection with the given `grpc-timeout` and
+/// returns the server's `grpc-status` and `grpc-message`.
+pub async fn raw_classify(
+    addr: std::net::SocketAddr,
+    req: &modserve::grpc::pb::ClassifyRequest,
+    timeout: &str,
+) -> (i32, String) {
+    use http_body_util::{BodyExt, Full};
+    use prost::Message;
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let payload = req.encode_to_vec();
+    let mut body = vec![0u8];
+    body.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    body.extend_from_slice(&payload);
+    let request = hyper::Request::post(format!("http://{addr}/modserve.v1.Moderation/Classify"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", timeout)
+        .body(Full::new(bytes::Bytes::from(body)))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    // Errors come back as trailers-only responses (status in the headers) or as trailers.
+    let headers = response.headers().clone();
+    let collected = response.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned().unwrap_or_default();
+    let get = |name: &str| headers.get(name).or_else(|| trailers.get(name)).map(|v| v.to_str().unwrap().to_string());
+    let status = get("grpc-status").expect("grpc-status").parse().unwrap();
+    let message = get("grpc-message").map(|m| percent_decode(&m)).unwrap_or_default();
+    (status, message)
+}
+
+pub fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
