@@ -50,7 +50,7 @@ taskset -c 0 target/release/modserve --config "$dir/modserve.toml" --log-format 
 pid=$!
 loads=()
 trap 'kill "${loads[@]}" $pid 2>/dev/null; wait $pid 2>/dev/null' EXIT
-for _ in $(seq 1 300); do grep -q '"serving"' "$dir/server.log" && break; sleep 0.1; done
+for _ in $(seq 1 300); do grep -qs '"serving"' "$dir/server.log" && break; sleep 0.1; done
 seconds="$(python3 -c "import sys,re; m=re.fullmatch(r'(\d+)(s|m|h)', sys.argv[1]); print(int(m[1]) * {'s': 1, 'm': 60, 'h': 3600}[m[2]])" "$duration")"
 taskset -c 1 target/release/loadgen --addr http://127.0.0.1:50061 --rate "$((rate * 3 / 4))" \
     --duration "${seconds}s" --warmup 0s --json >"$dir/load-single.json" 2>&1 &
@@ -68,8 +68,8 @@ while kill -0 "${loads[0]}" 2>/dev/null; do
         next_reload=$((next_reload + reload_every))
     fi
     metrics="$(curl -s http://127.0.0.1:9471/metrics)"
-    ok="$(grep -E '^modserve_config_reloads_total\{.*result="success"' <<<"$metrics" | awk '{s+=$2} END {print s+0}')"
-    failed="$(grep -E '^modserve_config_reloads_total\{.*result="failure"' <<<"$metrics" | awk '{s+=$2} END {print s+0}')"
+    ok="$(awk '/^modserve_config_reloads_total\{.*result="success"/ {s+=$2} END {print s+0}' <<<"$metrics")"
+    failed="$(awk '/^modserve_config_reloads_total\{.*result="failure"/ {s+=$2} END {print s+0}' <<<"$metrics")"
     echo "$elapsed,$(ps -o rss= -p $pid | tr -d ' '),$(ls /proc/$pid/fd | wc -l),$(ls /proc/$pid/task | wc -l),$ok,$failed" >>"$csv"
 done
 wait "${loads[@]}" || true

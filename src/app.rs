@@ -149,14 +149,20 @@ async fn run(
     }
     let (reload, reload_requests) = ReloadHandle::channel();
 
+    // The transports (and the metrics port, so the drain can still be scraped) stop on their
+    // own signal, `drain_delay` after shutdown starts: health says NOT_SERVING at once so load
+    // balancers move away, while calls that still arrive are served, not refused.
+    let (stop_transport, transport_signal) = Shutdown::new();
+
     // Serve before loading: while the models load, health answers NOT_SERVING, Classify
     // UNAVAILABLE and /health/ready 503, instead of connections hanging unanswered.
     let (reflection_v1, reflection_v1alpha) = reflection()?;
     let limits = config.limits;
     let moderation_auth = BearerAuth::new(bound.moderation_token.clone(), "modserve.v1.Moderation");
-    let moderation = ModerationServer::new(ModerationService::new(Classifier::new(registry.clone()), signal.clone()))
-        .max_decoding_message_size(limits.max_message_bytes)
-        .max_encoding_message_size(limits.max_message_bytes.saturating_mul(4));
+    let moderation =
+        ModerationServer::new(ModerationService::new(Classifier::new(registry.clone()), transport_signal.clone()))
+            .max_decoding_message_size(limits.max_message_bytes)
+            .max_encoding_message_size(limits.max_message_bytes.saturating_mul(4));
     let moderation =
         tonic::service::interceptor::InterceptedService::new(moderation, move |req| moderation_auth.check(req));
     let admin_auth = BearerAuth::new(bound.admin_token, "modserve.v1.Admin")
@@ -169,10 +175,6 @@ async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(moderation);
-    // The transports (and the metrics port, so the drain can still be scraped) stop on their
-    // own signal, `drain_delay` after shutdown starts, so load balancers polling health see
-    // NOT_SERVING while calls still get a clean UNAVAILABLE.
-    let (stop_transport, transport_signal) = Shutdown::new();
     let mut admin_task = None;
     match bound.admin {
         None => routes = routes.add_service(admin_service),
@@ -234,7 +236,10 @@ async fn run(
     tracing::info!(load_ms = started.elapsed().as_millis() as u64, "serving");
 
     signal.clone().wait().await;
-    tracing::info!("shutting down: health NOT_SERVING, new calls UNAVAILABLE, draining in-flight calls");
+    tracing::info!(
+        drain_delay = ?config.server.drain_delay,
+        "shutting down: health NOT_SERVING; calls are served until the drain delay ends, then connections close"
+    );
     ready.store(false, Ordering::Relaxed);
     for name in ["", MODERATION_SERVICE] {
         health.set_service_status(name, ServingStatus::NotServing).await;

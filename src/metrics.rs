@@ -197,7 +197,10 @@ fn describe() {
         CONFIG_RELOADS_TOTAL,
         "Config reload attempts, by trigger (file, signal, admin) and result (success, failure)."
     );
-    describe_gauge!(CONFIG_LAST_RELOAD_SUCCESS, "1 if the last reload attempt was applied, 0 if it was refused.");
+    describe_gauge!(
+        CONFIG_LAST_RELOAD_SUCCESS,
+        "1 if the last config load (start-up or reload) was applied, 0 if a reload was refused."
+    );
     describe_gauge!(CONFIG_LAST_RELOAD_TIMESTAMP_SECONDS, Unit::Seconds, "Unix time of the last reload attempt.");
     describe_gauge!(CONFIG_GENERATION, "Generation of the config now serving: 1 at start-up, +1 per applied reload.");
     describe_gauge!(
@@ -463,9 +466,10 @@ pub fn reload_finished(
     active_sha256: &str,
 ) {
     let result = if applied { "success" } else { "failure" };
+    // Set from start-up on, so every replica has the series (the start-up config applied).
+    gauge!(CONFIG_LAST_RELOAD_SUCCESS).set(if applied { 1.0 } else { 0.0 });
     if trigger != ReloadTrigger::Startup {
         counter!(CONFIG_RELOADS_TOTAL, "trigger" => trigger.as_str(), "result" => result).increment(1);
-        gauge!(CONFIG_LAST_RELOAD_SUCCESS).set(if applied { 1.0 } else { 0.0 });
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         gauge!(CONFIG_LAST_RELOAD_TIMESTAMP_SECONDS).set(now.as_secs_f64());
     }

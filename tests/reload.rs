@@ -315,3 +315,36 @@ async fn unchanged_models_keep_their_workers_and_moderation_can_require_a_token(
     client.classify(req).await.expect("token accepted");
     server.stop().await;
 }
+
+/// The Moderation token presented to Admin is PERMISSION_DENIED (a known caller, not allowed
+/// there), not UNAUTHENTICATED; the admin token opens Admin, and neither token is echoed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_moderation_token_is_denied_on_admin() {
+    let _guard = exclusive().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (moderation_token, admin_token) = (dir.path().join("moderation-token"), dir.path().join("admin-token"));
+    std::fs::write(&moderation_token, "ingest-token").unwrap();
+    std::fs::write(&admin_token, "admin-token").unwrap();
+    let path = dir.path().join("modserve.toml");
+    write_config(
+        &path,
+        &format!("watch_config = false\nmoderation_token_file = {:?}", moderation_token.display().to_string()),
+        V1,
+    );
+    let text = std::fs::read_to_string(&path).unwrap()
+        + &format!("[admin]\ntoken_file = {:?}\n", admin_token.display().to_string());
+    std::fs::write(&path, text).unwrap();
+    let server = start(&path).await;
+    let mut admin = AdminClient::new(server.channel().await);
+    let call = |token: &str| {
+        let mut req = tonic::Request::new(pb::ListModelsRequest {});
+        req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+        req
+    };
+    let status = admin.list_models(call("ingest-token")).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(!status.message().contains("ingest-token"), "{}", status.message());
+    assert_eq!(admin.list_models(call("nope")).await.unwrap_err().code(), Code::Unauthenticated);
+    assert_eq!(admin.list_models(call("admin-token")).await.expect("admin token").into_inner().models.len(), 1);
+    server.stop().await;
+}

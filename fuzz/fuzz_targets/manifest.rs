@@ -1,0 +1,17 @@
+//! Model manifest text -> `Manifest`: must never panic, and what it accepts must be usable.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use modserve::model::manifest::Manifest;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    match Manifest::parse(text) {
+        Err(errors) => assert!(!errors.is_empty(), "a rejection names at least one problem"),
+        Ok(manifest) => {
+            assert!(!manifest.labels.is_empty());
+            assert!(manifest.max_sequence_length > 0);
+            assert!(!manifest.model_file.contains(".."), "{}", manifest.model_file);
+        }
+    }
+});
