@@ -6,7 +6,8 @@
 # Needs cargo-fuzz (`cargo install cargo-fuzz --locked`; this script installs it if missing).
 # libFuzzer instrumentation needs nightly rustc flags: RUSTC_BOOTSTRAP=1 lets the stable
 # toolchain accept them. No sanitizer (`-s none`): the targets are safe Rust, and skipping ASan
-# halves the build.
+# halves the build. FUZZ_BUILD_FLAGS=--dev builds without optimisation (CI: a quicker build,
+# fewer executions).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root/fuzz"
@@ -24,7 +25,8 @@ for t in "${targets[@]}"; do
     echo "fuzz/run.sh: $t for ${seconds}s" >&2
     log="$root/target/fuzz-$t.log"
     status=0
-    cargo fuzz run --sanitizer none "$t" "$corpus" "seeds/$t" -- \
+    # shellcheck disable=SC2086
+    cargo fuzz run ${FUZZ_BUILD_FLAGS:-} --sanitizer none "$t" "$corpus" "seeds/$t" -- \
         -max_total_time="$seconds" -max_len=65536 -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
         >"$log" 2>&1 || status=$?
     grep -E '^stat::(number_of_executed_units|new_units_added|peak_rss_mb)|^Done [0-9]+ runs' "$log" | sed "s/^/  $t: /" >&2 || true

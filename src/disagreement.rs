@@ -186,8 +186,7 @@ impl Writer {
     }
 
     /// Writes the batch; lines count as written only once the write succeeded, and as dropped
-    /// (with the I/O error) otherwise. A partial write leaves whole lines plus at most one torn
-    /// one, which the next successful write would follow; readers skip unparsable lines.
+    /// (with the I/O error) otherwise, the file cut back to where the batch began.
     fn write_pending(&mut self) {
         if self.pending_lines == 0 {
             return;
@@ -200,6 +199,11 @@ impl Writer {
                 self.metrics.count_n(LogOutcome::Written, lines);
             }
             Err(e) => {
+                // Part of the batch may have reached the file before the error (a disk filling
+                // up): cut it back so no torn line is left for the next write to follow.
+                if self.out.metadata().is_ok_and(|m| m.is_file()) {
+                    let _ = self.out.set_len(self.size);
+                }
                 self.metrics.count_n(LogOutcome::DroppedIoError, lines);
                 tracing::warn!(error = %e, lines, path = %self.config.path.display(), "disagreement log: write failed; lines dropped");
             }

@@ -14,10 +14,11 @@
 //!    refused and passes the call to the next one (checked in its error log). The client
 //!    retries UNAVAILABLE (at most 20 times), as a gRPC retry policy would, because nginx
 //!    cannot: modserve's UNAVAILABLE arrives as HTTP 200 with `grpc-status: 14`. The retries
-//!    are counted by cause and printed. They come from the instant between SIGTERM and the
-//!    listener closing: calls already routed to the stopping replica get "shutting down", and
-//!    a call whose connection sat in the closing listener's backlog is reset after nginx sent
-//!    it, which nginx cannot retry and answers UNAVAILABLE itself (see `start_nginx`).
+//!    are counted by cause and printed. A stopping replica serves the calls that still reach
+//!    it (health NOT_SERVING, then GOAWAY), so retries come from a replica still loading its
+//!    models after a restart, or from a call whose connection sat in the closing listener's
+//!    backlog: it is reset after nginx sent it, which nginx cannot retry and answers
+//!    UNAVAILABLE itself (see `start_nginx`).
 //! 4. A config change (promote tiny-abuse-v2 to live) rolled to the replicas one by one with
 //!    `Admin/Reload` under load keeps every response valid, with no retry at all: each answer
 //!    is the golden answer of the model it names, old or new, and Prometheus sees two config

@@ -35,9 +35,8 @@ impl ModerationService {
         started: Instant,
         deadline: Option<Instant>,
     ) -> Result<ClassifyResponse, Error> {
-        if self.shutdown.is_shutting_down() {
-            return Err(Error::Unavailable("the server is shutting down; retry on another replica"));
-        }
+        // No refusal at shutdown: a call that reaches the handler was sent before the client saw
+        // GOAWAY, and the transport lets it finish within `shutdown_grace`.
         // One state for the whole call: a reload mid-call changes nothing for it.
         let state = self.classifier.state()?;
         let ceiling = state.config.limits.max_call_timeout;

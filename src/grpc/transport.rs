@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tonic::service::Routes;
 use tower::ServiceExt;
@@ -94,23 +94,10 @@ pub async fn serve(
             drain: draining.clone(),
         };
         let tls = tls.as_ref().map(|t| t.acceptor());
-        tokio::spawn(async move {
-            match tls {
-                None => connection.serve(stream).await,
-                Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => connection.serve(stream).await,
-                    Ok(Err(e)) => {
-                        metrics::tls_handshake_failed(name);
-                        tracing::debug!(listener = name, error = %e, "TLS handshake failed");
-                    }
-                    Err(_) => {
-                        metrics::tls_handshake_failed(name);
-                        tracing::debug!(listener = name, "TLS handshake timed out");
-                    }
-                },
-            }
-        });
+        tokio::spawn(connection.start(stream, tls));
     }
+    // Connections still in the listen backlog are reset when the listener closes; a proxy sees a
+    // connection error (see docs/deploying.md).
     drop((listener, draining));
     let _ = drain.send(true);
     if tokio::time::timeout(settings.shutdown_grace, drain.closed()).await.is_err() {
@@ -128,6 +115,25 @@ struct Connection {
 }
 
 impl Connection {
+    /// Runs the (optional) TLS handshake, then serves the connection.
+    async fn start(self, stream: TcpStream, tls: Option<tokio_rustls::TlsAcceptor>) {
+        let name = self.name;
+        match tls {
+            None => self.serve(stream).await,
+            Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => self.serve(stream).await,
+                Ok(Err(e)) => {
+                    metrics::tls_handshake_failed(name);
+                    tracing::debug!(listener = name, error = %e, "TLS handshake failed");
+                }
+                Err(_) => {
+                    metrics::tls_handshake_failed(name);
+                    tracing::debug!(listener = name, "TLS handshake timed out");
+                }
+            },
+        }
+    }
+
     async fn serve<IO>(self, io: IO)
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
