@@ -8,12 +8,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 command -v valgrind >/dev/null || { echo "callgrind.sh: valgrind is required (Debian package valgrind)" >&2; exit 1; }
-bin="$(cargo bench --locked --bench instructions --no-run --message-format=json 2>/dev/null \
-    | python3 -c 'import json,sys
-for l in sys.stdin:
-    m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "instructions" and m.get("executable"):
-        print(m["executable"])')"
+bin="$(benches/bench-exe.sh instructions)"
 out="$(mktemp)"
 for model in "${@:-models/abuse-v1}"; do
     valgrind --tool=callgrind --callgrind-out-file="$out" --toggle-collect='*tokenize_pass*' "$bin" "$model" 2>/dev/null

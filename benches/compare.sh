@@ -16,12 +16,7 @@ scripts/setup >/dev/null
 benches/peers/python/setup.sh >/dev/null
 cargo build --release --locked --bins 2>/dev/null
 # Built once, before any measurement, so no round measures a different build.
-ceiling_bin="$(cargo bench --locked --bench inference --no-run --message-format=json 2>/dev/null \
-    | python3 -c 'import json,sys
-for l in sys.stdin:
-    m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "inference" and m.get("executable"):
-        print(m["executable"])')"
+ceiling_bin="$(benches/bench-exe.sh inference)"
 
 # The scenarios, identical for both servers: single reviews (closed loop), 32 reviews per request
 # (closed loop) and single reviews at fixed offered loads below the peer's saturation (open loop).

@@ -116,23 +116,7 @@ fn spawn_server(
 ) -> (std::process::Child, std::net::SocketAddr, std::thread::JoinHandle<String>) {
     let mut child =
         modserve().arg("--config").arg(config).arg("--log-format").arg("json").stderr(Stdio::piped()).spawn().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        use std::io::BufRead;
-        let mut all = String::new();
-        for line in std::io::BufReader::new(stderr).lines() {
-            let line = line.unwrap();
-            if line.contains("\"listening\"") {
-                let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
-                let _ = tx.send(v["grpc"].as_str().unwrap().parse::<std::net::SocketAddr>().unwrap());
-            }
-            all.push_str(&line);
-            all.push('\n');
-        }
-        all
-    });
-    let addr = rx.recv_timeout(Duration::from_secs(60)).expect("server logs its address");
+    let (addr, reader) = read_logs(&mut child);
     (child, addr, reader)
 }
 
