@@ -108,8 +108,11 @@ async fn a_tls_client_is_served_and_plaintext_is_refused() {
     };
     assert!(untrusted.is_err(), "a client trusting another CA must not get an answer: {untrusted:?}");
 
-    let now = scrape(server.metrics_addr).await;
-    let failed = delta(&base, &now, "modserve_tls_handshake_failures_total", &[("listener", "grpc")]);
+    // The server counts a failed handshake when its side of it ends, a moment after the client
+    // gave up: poll (bounded).
+    let labels = [("listener", "grpc")];
+    let now = wait_metric(server.metrics_addr, &base, "modserve_tls_handshake_failures_total", &labels, 2.0).await;
+    let failed = delta(&base, &now, "modserve_tls_handshake_failures_total", &labels);
     assert!(failed >= 2.0, "the plaintext and untrusted handshakes are counted: {failed}");
     server.shutdown();
     server.wait().await.unwrap();
