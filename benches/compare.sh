@@ -43,23 +43,22 @@ drive() {  # drive SERVER ROUND ADDR
     done
 }
 
+measure() {  # measure SERVER ROUND ADDR PID: load it, record its RSS, stop it
+    wait_port "$3"
+    drive "$1" "$2" "$3"
+    echo "{\"server\":\"$1\",\"round\":$2,\"rss_kib\":$(ps -o rss= -p "$4")}" >>"$out"
+    kill "$4"; wait "$4" 2>/dev/null || true
+}
+
 for round in $(seq 1 "$rounds"); do
     echo "round $round/$rounds: modserve" >&2
     taskset -c 0 target/release/modserve --config "$config" 2>/tmp/compare-modserve.log &
-    pid=$!
-    wait_port 127.0.0.1:50071
-    drive modserve "$round" 127.0.0.1:50071
-    echo "{\"server\":\"modserve\",\"round\":$round,\"rss_kib\":$(ps -o rss= -p $pid)}" >>"$out"
-    kill $pid; wait $pid 2>/dev/null || true
+    measure modserve "$round" 127.0.0.1:50071 $!
 
     echo "round $round/$rounds: python peer" >&2
     (cd benches/peers/python && exec taskset -c 0 .venv/bin/python server.py --config "../../../$config" \
         --listen 127.0.0.1:50091) >/tmp/compare-peer.log 2>&1 &
-    pid=$!
-    wait_port 127.0.0.1:50091
-    drive peer "$round" 127.0.0.1:50091
-    echo "{\"server\":\"peer\",\"round\":$round,\"rss_kib\":$(ps -o rss= -p $pid)}" >>"$out"
-    kill $pid; wait $pid 2>/dev/null || true
+    measure peer "$round" 127.0.0.1:50091 $!
 
     echo "round $round/$rounds: in-process ceiling" >&2
     taskset -c 0 "$ceiling_bin" --bench --warm-up-time 1 --measurement-time 3 >/dev/null 2>&1
