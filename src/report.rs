@@ -169,6 +169,43 @@ mod tests {
     }
 
     #[test]
+    fn report_subcommand_parses_its_flags_and_documents_exit_codes() {
+        use clap::{CommandFactory, Parser};
+
+        use crate::config::{Cli, Command};
+        let cli = Cli::try_parse_from([
+            "modserve",
+            "report",
+            "--prometheus",
+            "http://127.0.0.1:9090/prom",
+            "--task",
+            "abuse",
+            "--candidate",
+            "abuse-v2",
+            "--window",
+            "30m",
+            "--end",
+            "2026-11-18T11:06:40Z",
+        ])
+        .unwrap();
+        let Some(Command::Report { prometheus, window, end, policy, out, .. }) = cli.command else {
+            panic!("not the report subcommand")
+        };
+        assert_eq!(prometheus, "http://127.0.0.1:9090/prom");
+        assert_eq!(window, Duration::from_secs(1800));
+        assert_eq!(end, Some(UNIX_EPOCH + Duration::from_secs(1_795_000_000)));
+        assert_eq!((policy, out), (None, PathBuf::from(".")));
+        let defaults =
+            Cli::try_parse_from(["modserve", "report", "--prometheus", "http://p", "--task", "t", "--candidate", "c"]);
+        let Some(Command::Report { window, end, .. }) = defaults.unwrap().command else { panic!() };
+        assert_eq!((window, end), (Duration::from_secs(3600), None));
+        assert!(Cli::try_parse_from(["modserve", "report", "--task", "t", "--candidate", "c"]).is_err());
+        let help = Cli::command().find_subcommand_mut("report").unwrap().render_long_help().to_string();
+        assert!(help.contains("Exit status: 0 GO"), "{help}");
+        assert!(help.contains("2 NO-GO"), "{help}");
+    }
+
+    #[test]
     fn report_writes_three_files_and_json_carries_the_decision() {
         let dir = tempfile::tempdir().unwrap();
         let report = Report::build(input::tests::input(), &LaunchCriteria::default());

@@ -50,6 +50,9 @@ fn rect(out: &mut String, (x, y, w, h): (f64, f64, f64, f64), fill: &str, toolti
     );
 }
 
+/// Picks one figure of a model's accuracy.
+type Pick = fn(&ModelAccuracy) -> Estimate;
+
 /// A bar per bucket of one label's score deltas; the median bucket is darker.
 pub fn score_deltas(label: &str, d: &DeltaDistribution) -> String {
     let (width, height) = (640.0, 260.0);
@@ -94,7 +97,7 @@ pub fn accuracy(a: &Accuracy) -> String {
         line(&mut out, (left, y(tick)), (left + pw, y(tick)), GRID, 1.0);
         text(&mut out, left - 6.0, y(tick) + 4.0, "end", "", &format!("{:.0}%", tick * 100.0));
     }
-    let groups: [(&str, fn(&ModelAccuracy) -> Estimate); 4] = [
+    let groups: [(&str, Pick); 4] = [
         ("precision@REVIEW", |m| m.at(REVIEW).precision),
         ("recall@REVIEW", |m| m.at(REVIEW).recall),
         ("precision@REJECT", |m| m.at(REJECT).precision),
