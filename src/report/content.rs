@@ -32,6 +32,8 @@ pub enum Block {
 
 pub struct Table {
     pub header: Vec<&'static str>,
+    /// One letter per column: `l` left-aligned (text), `r` right-aligned (numbers).
+    pub align: &'static str,
     pub rows: Vec<Vec<String>>,
     /// Cells shown emphasised: (row, column).
     pub strong: Vec<(usize, usize)>,
@@ -46,8 +48,16 @@ pub enum Chart {
     Accuracy,
 }
 
-fn table(header: &[&'static str], rows: Vec<Vec<String>>) -> Block {
-    Block::Table(Table { header: header.to_vec(), rows, strong: Vec::new() })
+fn table(header: &[&'static str], align: &'static str, rows: Vec<Vec<String>>) -> Block {
+    debug_assert_eq!(header.len(), align.len());
+    Block::Table(Table { header: header.to_vec(), align, rows, strong: Vec::new() })
+}
+
+impl Table {
+    /// Whether column `i` holds numbers (right-aligned).
+    pub fn numeric(&self, i: usize) -> bool {
+        self.align.as_bytes().get(i) == Some(&b'r')
+    }
 }
 
 /// "strict@3": policy name and version.
@@ -84,7 +94,11 @@ pub fn build(r: &Report) -> Content {
             format!("Source: {}", source_line(&i.source)),
             format!("Generated: {}", humantime::format_rfc3339_seconds(r.generated_at)),
         ]),
-        table(&["", "Model", "Version", "Policy"], vec![subject("Live", &i.live), subject("Candidate", &i.candidate)]),
+        table(
+            &["", "Model", "Version", "Policy"],
+            "llll",
+            vec![subject("Live", &i.live), subject("Candidate", &i.candidate)],
+        ),
     ];
     if i.policy_only() {
         preamble.push(Block::Text("The candidate is policy-only: the live model with other thresholds.".into()));
@@ -120,7 +134,7 @@ fn traffic(r: &Report) -> Vec<Block> {
         })
         .collect();
     vec![
-        table(&["Outcome", "Reviews", "Share of sampled"], rows),
+        table(&["Outcome", "Reviews", "Share of sampled"], "lrr", rows),
         Block::Bullets(vec![
             format!(
                 "Offered: {}; sampled out by design: {} ({} of offered); sampled: {}",
@@ -143,6 +157,7 @@ fn agreement(r: &Report) -> Vec<Block> {
     }
     vec![table(
         &["", "Reviews", "Share"],
+        "lrr",
         vec![
             vec!["Agree".into(), a.agree.to_string(), pct(a.agreement_rate)],
             vec!["Candidate stricter".into(), a.stricter.to_string(), pct(a.stricter_rate)],
@@ -170,6 +185,7 @@ fn confusion(r: &Report) -> Vec<Block> {
         Block::Text("Rows: live decision; columns: candidate decision.".into()),
         Block::Table(Table {
             header: vec!["live \\ candidate", "ALLOW", "REVIEW", "REJECT", "Total"],
+            align: "lrrrr",
             rows,
             strong: vec![(0, 0), (1, 0), (2, 0)],
         }),
@@ -205,7 +221,7 @@ fn score_deltas(r: &Report) -> Vec<Block> {
             })
             .collect();
         blocks.push(Block::Chart(Chart::ScoreDeltas(index)));
-        blocks.push(table(&["Delta", "Reviews", "Share"], rows));
+        blocks.push(table(&["Delta", "Reviews", "Share"], "lrr", rows));
     }
     blocks
 }
@@ -222,7 +238,10 @@ fn latency(r: &Report) -> Vec<Block> {
         let c = l.candidate;
         vec!["Candidate".into(), ms(c.map(|q| q.p50)), ms(c.map(|q| q.p99)), i.candidate_batches.to_string()]
     };
-    vec![Block::Text("Inference time per batch.".into()), table(&["", "p50", "p99", "Batches"], vec![live, candidate])]
+    vec![
+        Block::Text("Inference time per batch.".into()),
+        table(&["", "p50", "p99", "Batches"], "lrrr", vec![live, candidate]),
+    ]
 }
 
 fn errors(r: &Report) -> Vec<Block> {
@@ -236,7 +255,7 @@ fn errors(r: &Report) -> Vec<Block> {
     }
     let t = &r.derived.traffic;
     vec![
-        table(&["Inference", "Failed batches", "Batches", "Failure rate"], rows),
+        table(&["Inference", "Failed batches", "Batches", "Failure rate"], "lrrr", rows),
         Block::Text(format!(
             "Of {} sampled reviews, the candidate shed {} ({}: queue_full {}, live_pressure {}, deadline {}, \
              breaker_open {}) and failed on {} ({}).",
@@ -275,7 +294,7 @@ fn accuracy(r: &Report) -> Vec<Block> {
              intervals in brackets; n is the count each share is over.",
             a.live.verdicts, a.candidate.verdicts
         )),
-        table(&["", "Live", "n", "Candidate", "n"], rows),
+        table(&["", "Live", "n", "Candidate", "n"], "lrrrr", rows),
         Block::Chart(Chart::Accuracy),
     ]
 }
@@ -311,7 +330,7 @@ fn disagreements(r: &Report) -> Vec<Block> {
             })
             .collect();
         blocks.push(Block::Text("Largest score differences:".into()));
-        blocks.push(table(&["Review", "Direction", "Live → candidate", "Largest difference", "Text"], rows));
+        blocks.push(table(&["Review", "Direction", "Live → candidate", "Largest difference", "Text"], "lllll", rows));
     }
     blocks
 }
@@ -329,5 +348,10 @@ fn criteria(r: &Report) -> Vec<Block> {
             vec![c.name.clone(), c.limit.clone(), c.measured.clone(), c.status.as_str().to_string(), c.detail.clone()]
         })
         .collect();
-    vec![Block::Table(Table { header: vec!["Criterion", "Limit", "Measured", "Result", "Detail"], rows, strong })]
+    vec![Block::Table(Table {
+        header: vec!["Criterion", "Limit", "Measured", "Result", "Detail"],
+        align: "lrrll",
+        rows,
+        strong,
+    })]
 }

@@ -66,8 +66,8 @@ pub fn html(text: &str) -> String {
     out
 }
 
-/// Escapes text for a Markdown table cell or line: HTML-significant characters as entities (so
-/// a renderer that allows HTML shows them as text, and no autolink forms), the characters that
+/// Escapes text for a Markdown table cell or line: `&` and `<` as entities (so a renderer that
+/// allows HTML shows tags as text, and no autolink forms; `>` alone is harmless), the characters that
 /// break tables or start code and emphasis with a backslash, `](` so no link forms, and line
 /// breaks as spaces. Underscores stay: GitHub Markdown ignores them inside words
 /// (`queue_full`).
@@ -78,7 +78,6 @@ pub fn md(text: &str) -> String {
         match c {
             '&' => out.push_str("&amp;"),
             '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
             '\n' | '\r' | '\t' => out.push(' '),
             '|' | '\\' | '`' | '*' => {
                 out.push('\\');
@@ -112,7 +111,7 @@ mod tests {
     #[test]
     fn report_text_is_escaped_for_html_and_markdown() {
         assert_eq!(html("<a href='x'>&\"</a>"), "&lt;a href=&#39;x&#39;&gt;&amp;&quot;&lt;/a&gt;");
-        assert_eq!(md("a|b <script>\n*x*"), "a\\|b &lt;script&gt; \\*x\\*");
+        assert_eq!(md("a|b <script>\n*x*"), "a\\|b &lt;script> \\*x\\*");
         assert_eq!(md("[a](javascript:x) [1, 2] queue_full"), "[a\\](javascript:x) [1, 2] queue_full");
     }
 }

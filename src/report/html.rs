@@ -17,10 +17,10 @@ h1 { font-size: 1.5em; margin-top: 0.8em; }
 h2 { font-size: 1.2em; border-bottom: 1px solid #ddd; padding-bottom: 4px; margin-top: 1.8em; }
 h3 { font-size: 1em; margin-bottom: 0.3em; }
 table { border-collapse: collapse; margin: 8px 0 12px; }
-th, td { border: 1px solid #ddd; padding: 4px 8px; text-align: right; vertical-align: top; }
-th:first-child, td:first-child { text-align: left; }
+th, td { border: 1px solid #ddd; padding: 4px 8px; text-align: left; vertical-align: top;
+         max-width: 420px; overflow-wrap: break-word; }
 th { background: #f4f4f4; }
-td.text { text-align: left; max-width: 320px; overflow-wrap: anywhere; }
+.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 svg { display: block; max-width: 100%; height: auto; margin: 8px 0; }
 .banner { margin: 16px 0 0; padding: 16px 20px; border-radius: 6px; color: #fff; }
 .banner .decision { font-size: 2.4em; font-weight: bold; letter-spacing: 0.04em; }
@@ -94,8 +94,9 @@ fn blocks(out: &mut String, r: &Report, blocks: &[Block]) {
 
 fn table(out: &mut String, t: &Table) {
     out.push_str("<table>\n<thead><tr>");
-    for h in &t.header {
-        let _ = write!(out, "<th>{}</th>", html(h));
+    for (c, h) in t.header.iter().enumerate() {
+        let class = if t.numeric(c) { " class=\"num\"" } else { "" };
+        let _ = write!(out, "<th{class}>{}</th>", html(h));
     }
     out.push_str("</tr></thead>\n<tbody>\n");
     for (r, row) in t.rows.iter().enumerate() {
@@ -105,8 +106,7 @@ fn table(out: &mut String, t: &Table) {
                 "PASS" => " class=\"pass\"",
                 "FAIL" => " class=\"fail\"",
                 "not checked" | "skipped" => " class=\"muted\"",
-                // Long free text (details, review texts) reads better left-aligned.
-                _ if cell.len() > 40 => " class=\"text\"",
+                _ if t.numeric(c) => " class=\"num\"",
                 _ => "",
             };
             if t.strong.contains(&(r, c)) {

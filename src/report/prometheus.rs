@@ -232,6 +232,9 @@ pub fn parse_answer(status: u16, body: &[u8]) -> Result<Data, QueryError> {
         }),
         Ok(e) if status == 200 => Err(QueryError::BadResponse(format!("unknown status {:?}", e.status))),
         Err(e) if status == 200 => Err(QueryError::BadResponse(format!("not Prometheus API JSON: {e}"))),
+        _ if status == 404 => {
+            Err(QueryError::Http { status, message: format!("{} (is the URL's path prefix right?)", excerpt(body)) })
+        }
         _ => Err(QueryError::Http { status, message: excerpt(body) }),
     }
 }

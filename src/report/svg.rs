@@ -87,8 +87,8 @@ pub fn score_deltas(label: &str, d: &DeltaDistribution) -> String {
 
 /// Live and candidate precision and recall at both levels, with 95% interval whiskers.
 pub fn accuracy(a: &Accuracy) -> String {
-    let (width, height) = (640.0, 280.0);
-    let (left, right, top, bottom) = (48.0, 12.0, 34.0, 34.0);
+    let (width, height) = (640.0, 300.0);
+    let (left, right, top, bottom) = (48.0, 12.0, 50.0, 34.0);
     let (pw, ph) = (width - left - right, height - top - bottom);
     let y = |v: f64| top + ph * (1.0 - v);
     let mut out = String::new();
