@@ -40,14 +40,12 @@ pub use criteria::{
 pub use derived::{
     Accuracy, Agreement, DeltaBucket, DeltaDistribution, Derived, ModelAccuracy, PrecisionRecall, Traffic,
 };
-pub use disagreements::{
-    Filter as DisagreementFilter, Summary as DisagreementSummarizer, summarize as summarize_disagreements,
-};
+pub use disagreements::{Filter as DisagreementFilter, summarize as summarize_disagreements};
 pub use error::ReportError;
 pub use fetch::{FetchArgs, fetch};
 pub use input::{
     ALLOW, DECISIONS, Disagreement, DisagreementSummary, Latency, OUTCOMES, Quantiles, REJECT, REVIEW, ReportInput,
-    Source, Subject, Verdicts,
+    Source, Subject, Verdicts, cumulative_buckets,
 };
 pub use prometheus::QueryError;
 pub use stats::{Estimate, wilson};
@@ -131,12 +129,13 @@ pub struct RunArgs {
     pub out: PathBuf,
 }
 
-/// The `modserve report` subcommand: fetches, builds the report against `criteria`, prints the
-/// Markdown to stdout and writes the three files. Returns the decision.
+/// The `modserve report` subcommand: fetches, builds the report against `criteria`, writes the
+/// three files and prints the Markdown to stdout. Returns the decision.
 pub fn run(args: &RunArgs, criteria: &LaunchCriteria) -> Result<Decision, ReportError> {
     let report = Report::build(fetch(&args.fetch)?, criteria);
-    print!("{}", report.markdown());
     report.write(&args.out)?;
+    // The files are written: a closed stdout (`| head`) must not turn the decision into a panic.
+    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), report.markdown().as_bytes());
     Ok(report.decision)
 }
 

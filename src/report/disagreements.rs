@@ -85,17 +85,17 @@ pub fn summarize(path: &Path, filter: &Filter<'_>) -> Result<DisagreementSummary
 }
 
 /// The running summary; `line` takes one raw line.
-pub struct Summary<'a> {
+struct Summary<'a> {
     filter: &'a Filter<'a>,
     out: DisagreementSummary,
 }
 
 impl<'a> Summary<'a> {
-    pub fn new(filter: &'a Filter<'a>) -> Summary<'a> {
+    fn new(filter: &'a Filter<'a>) -> Summary<'a> {
         Summary { filter, out: DisagreementSummary::default() }
     }
 
-    pub fn line(&mut self, raw: &[u8]) {
+    fn line(&mut self, raw: &[u8]) {
         let raw = raw.trim_ascii();
         if raw.is_empty() {
             return;
@@ -128,7 +128,7 @@ impl<'a> Summary<'a> {
         }
     }
 
-    pub fn finish(self) -> DisagreementSummary {
+    fn finish(self) -> DisagreementSummary {
         self.out
     }
 }

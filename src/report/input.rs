@@ -149,6 +149,19 @@ impl ReportInput {
     }
 }
 
+/// Cumulative `(le, count)` buckets of `deltas` over `bounds` (ascending, without `+Inf`, e.g.
+/// the server's score-delta buckets), plus the `+Inf` bucket: how the offline evaluator fills
+/// `ReportInput::score_deltas` the way Prometheus would.
+pub fn cumulative_buckets(bounds: &[f64], deltas: impl IntoIterator<Item = f64>) -> Vec<(f64, u64)> {
+    let mut out: Vec<(f64, u64)> = bounds.iter().map(|&le| (le, 0)).chain([(f64::INFINITY, 0)]).collect();
+    for d in deltas {
+        for bucket in out.iter_mut().filter(|(le, _)| d <= *le) {
+            bucket.1 += 1;
+        }
+    }
+    out
+}
+
 /// `+Inf` has no JSON number: buckets serialize as `[le, count]` with `le` a number or "+Inf".
 fn serialize_buckets<S: Serializer>(map: &BTreeMap<String, Vec<(f64, u64)>>, s: S) -> Result<S::Ok, S::Error> {
     #[derive(Serialize)]
@@ -246,6 +259,12 @@ pub(crate) mod tests {
             }),
             notes: vec![],
         }
+    }
+
+    #[test]
+    fn report_cumulative_buckets_count_each_delta_at_and_above_its_bucket() {
+        let b = cumulative_buckets(&[-0.1, 0.0, 0.1], [-0.5, -0.1, 0.0, 0.05, 0.3]);
+        assert_eq!(b, [(-0.1, 2), (0.0, 3), (0.1, 4), (f64::INFINITY, 5)]);
     }
 
     #[test]
