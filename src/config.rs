@@ -88,6 +88,41 @@ pub enum Command {
         /// The config file to check.
         file: PathBuf,
     },
+    /// Build the launch-readiness report on one shadow candidate against the live model, from
+    /// Prometheus, and decide GO or NO-GO against the launch criteria (`[launch]` in --config).
+    ///
+    /// Prints the report as Markdown and writes launch-report.md, launch-report.html and
+    /// launch-report.json into --out.
+    ///
+    /// Exit status: 0 GO (every checked criterion passed), 2 NO-GO (at least one failed),
+    /// 1 the report could not be built (the cause is printed to stderr).
+    Report {
+        /// Prometheus base URL (http only; a path prefix is allowed), e.g. http://127.0.0.1:9090.
+        #[arg(long, env = "MODSERVE_REPORT_PROMETHEUS")]
+        prometheus: String,
+        /// The task whose shadow is reported on.
+        #[arg(long)]
+        task: String,
+        /// The shadow model (the candidate).
+        #[arg(long)]
+        candidate: String,
+        /// The shadow policy. Required when --candidate is the live model (a policy-only
+        /// shadow); otherwise needed only if the model shadows the task under several policies.
+        #[arg(long)]
+        policy: Option<String>,
+        /// How far back from --end to look, e.g. 1h, 30m, 7d.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        window: Duration,
+        /// End of the window: RFC 3339 (2026-11-26T13:00:00Z) or unix seconds. Default: now.
+        #[arg(long, value_parser = crate::report::parse_end)]
+        end: Option<std::time::SystemTime>,
+        /// The disagreement log to summarise (its rotated files PATH.1, PATH.2, ... too).
+        #[arg(long)]
+        disagreement_log: Option<PathBuf>,
+        /// Folder for launch-report.{md,html,json} (created if missing).
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
 }
 
 /// Settings that override the config file; each is also read from the environment.

@@ -10,7 +10,8 @@
 //!
 //! `app` wires it together; `registry` holds the serving state behind one swappable pointer;
 //! `config` is the typed configuration; `metrics` owns every metric name; `error` is the error
-//! type, mapped to gRPC status in `grpc::status` only.
+//! type, mapped to gRPC status in `grpc::status` only. `report` is the offline side: the
+//! launch-readiness report on a shadow candidate, from Prometheus (`modserve report`).
 
 pub mod admin;
 pub mod app;
@@ -29,6 +30,7 @@ pub mod model;
 pub mod policy;
 pub mod registry;
 pub mod reload;
+pub mod report;
 pub mod request;
 pub mod runtime;
 pub mod shadow;

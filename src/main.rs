@@ -1,17 +1,43 @@
-//! The `modserve` binary: parse the command line, set up logging, then serve or check a config.
+//! The `modserve` binary: parse the command line, set up logging, then serve, check a config or
+//! build a launch report.
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use modserve::app::Server;
 use modserve::config::{Cli, Command, Config, LogFormat};
-use modserve::{loader, runtime, shutdown};
+use modserve::{loader, report, runtime, shutdown};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::CheckConfig { ref file }) => check_config(file, &cli),
+        Some(Command::Report { .. }) => launch_report(&cli),
         None | Some(Command::Serve) => serve(&cli),
+    }
+}
+
+/// `modserve report`: exit 0 for GO, 2 for NO-GO, 1 when no report could be built.
+fn launch_report(cli: &Cli) -> ExitCode {
+    let Some(Command::Report { prometheus, task, candidate, policy, window, end, disagreement_log, out }) =
+        &cli.command
+    else {
+        unreachable!("called for the report subcommand only");
+    };
+    let mut fetch = report::FetchArgs::new(prometheus, task, candidate);
+    fetch.policy = policy.clone();
+    fetch.window = *window;
+    fetch.end = end.unwrap_or_else(std::time::SystemTime::now);
+    fetch.disagreement_log = disagreement_log.clone();
+    // TODO(wire): config.launch — read `[launch]` from `cli.overrides.config` once `Config` has it.
+    let criteria = report::LaunchCriteria::default();
+    match report::run(&report::RunArgs { fetch, out: out.clone() }, &criteria) {
+        Ok(report::Decision::Go) => ExitCode::from(report::EXIT_GO),
+        Ok(report::Decision::NoGo) => ExitCode::from(report::EXIT_NO_GO),
+        Err(e) => {
+            eprintln!("modserve report: {e}");
+            ExitCode::from(report::EXIT_ERROR)
+        }
     }
 }
 

@@ -1,0 +1,424 @@
+//! Launch criteria (the `[launch]` config table) and the GO / NO-GO decision they give.
+//!
+//! Each criterion passes or fails with the measured value and the limit. One whose limit is
+//! unset is "not checked"; one that cannot be measured (no verdicts, no latency offline) fails
+//! when its limit is set. GO needs every checked criterion to pass.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize, Serializer};
+
+use super::derived::Derived;
+use super::format::{ms, pct_pair, points};
+use super::input::{DECISIONS, REJECT, REVIEW, ReportInput};
+
+/// Defaults for every `[launch]` key.
+pub mod defaults {
+    /// Fewer comparisons than this say too little about the candidate.
+    pub const MIN_COMPARED: u64 = 1000;
+    pub const MIN_VERDICTS: u64 = 100;
+    /// Precision may fall at most this much (absolute, 0.02 = 2 points) below live's.
+    pub const MAX_PRECISION_DROP: f64 = 0.02;
+    pub const MAX_ERROR_RATE: f64 = 0.001;
+    pub const MAX_SHED_RATE: f64 = 0.05;
+}
+
+/// Slack for comparing derived floats with configured limits (0.87 - 0.85 > 0.02 in f64).
+const EPSILON: f64 = 1e-9;
+
+/// The `[launch]` table as written.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLaunchCriteria {
+    pub min_compared: Option<u64>,
+    pub min_verdicts: Option<u64>,
+    pub max_precision_drop: Option<f64>,
+    pub max_recall_drop: Option<f64>,
+    /// A humantime duration, e.g. "50ms".
+    pub max_p99: Option<String>,
+    pub max_error_rate: Option<f64>,
+    pub max_shed_rate: Option<f64>,
+}
+
+/// Validated launch criteria. `None` limits are not checked.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LaunchCriteria {
+    /// Compared reviews (the confusion matrix total) needed; 0 = no minimum. Default 1000.
+    pub min_compared: u64,
+    /// Moderator verdicts on the candidate needed; 0 = no minimum. Default 100.
+    pub min_verdicts: u64,
+    /// Largest allowed fall of precision below live's, at REVIEW and at REJECT. Default 0.02.
+    pub max_precision_drop: Option<f64>,
+    /// Largest allowed fall of recall below live's, at both levels. Default: not checked.
+    pub max_recall_drop: Option<f64>,
+    /// Largest allowed candidate inference p99 per batch. Default: not checked.
+    #[serde(serialize_with = "serialize_opt_duration")]
+    pub max_p99: Option<Duration>,
+    /// Largest allowed share of sampled reviews whose candidate inference failed. Default 0.001.
+    pub max_error_rate: Option<f64>,
+    /// Largest allowed share of sampled reviews shed before inference. Default 0.05.
+    pub max_shed_rate: Option<f64>,
+}
+
+impl Default for LaunchCriteria {
+    fn default() -> Self {
+        LaunchCriteria {
+            min_compared: defaults::MIN_COMPARED,
+            min_verdicts: defaults::MIN_VERDICTS,
+            max_precision_drop: Some(defaults::MAX_PRECISION_DROP),
+            max_recall_drop: None,
+            max_p99: None,
+            max_error_rate: Some(defaults::MAX_ERROR_RATE),
+            max_shed_rate: Some(defaults::MAX_SHED_RATE),
+        }
+    }
+}
+
+/// Raw `[launch]` -> typed criteria, pushing one error per bad key (each naming it) and using the
+/// default in its place.
+pub fn validate_criteria(raw: &RawLaunchCriteria, errors: &mut Vec<String>) -> LaunchCriteria {
+    let d = LaunchCriteria::default();
+    let mut share = |key: &str, value: Option<f64>, default: Option<f64>| match value {
+        None => default,
+        Some(v) if (0.0..=1.0).contains(&v) => Some(v),
+        Some(v) => {
+            errors.push(format!("launch.{key} {v}: must be within 0..=1"));
+            default
+        }
+    };
+    let max_precision_drop = share("max_precision_drop", raw.max_precision_drop, d.max_precision_drop);
+    let max_recall_drop = share("max_recall_drop", raw.max_recall_drop, d.max_recall_drop);
+    let max_error_rate = share("max_error_rate", raw.max_error_rate, d.max_error_rate);
+    let max_shed_rate = share("max_shed_rate", raw.max_shed_rate, d.max_shed_rate);
+    let max_p99 = raw.max_p99.as_deref().and_then(|text| match humantime::parse_duration(text) {
+        Ok(p) if !p.is_zero() => Some(p),
+        Ok(_) => {
+            errors.push(format!("launch.max_p99 {text:?}: must be more than 0"));
+            None
+        }
+        Err(e) => {
+            errors.push(format!("launch.max_p99 {text:?}: not a duration like \"50ms\" ({e})"));
+            None
+        }
+    });
+    LaunchCriteria {
+        min_compared: raw.min_compared.unwrap_or(d.min_compared),
+        min_verdicts: raw.min_verdicts.unwrap_or(d.min_verdicts),
+        max_precision_drop,
+        max_recall_drop,
+        max_p99,
+        max_error_rate,
+        max_shed_rate,
+    }
+}
+
+fn serialize_opt_duration<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+        None => s.serialize_none(),
+    }
+}
+
+// === evaluation ===
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Pass,
+    Fail,
+    /// The limit is unset.
+    NotChecked,
+    /// The limit is set but the comparison has no baseline (live's value is n/a).
+    Skipped,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pass => "PASS",
+            Status::Fail => "FAIL",
+            Status::NotChecked => "not checked",
+            Status::Skipped => "skipped",
+        }
+    }
+}
+
+/// One criterion's outcome, with the words to show for it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CriterionResult {
+    /// Short name, e.g. "precision drop @REJECT".
+    pub name: String,
+    /// The limit as configured, e.g. "≤ 2.0 pp".
+    pub limit: String,
+    /// The measured value, e.g. "6.0 pp".
+    pub measured: String,
+    pub status: Status,
+    /// A sentence saying what was compared.
+    pub detail: String,
+}
+
+/// The launch decision: GO only if every checked criterion passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Decision {
+    #[serde(rename = "GO")]
+    Go,
+    #[serde(rename = "NO-GO")]
+    NoGo,
+}
+
+impl Decision {
+    pub fn of(results: &[CriterionResult]) -> Decision {
+        if results.iter().any(|r| r.status == Status::Fail) { Decision::NoGo } else { Decision::Go }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Go => "GO",
+            Decision::NoGo => "NO-GO",
+        }
+    }
+}
+
+fn result(name: impl Into<String>, limit: String, measured: String, status: Status, detail: String) -> CriterionResult {
+    CriterionResult { name: name.into(), limit, measured, status, detail }
+}
+
+fn not_checked(name: &str) -> CriterionResult {
+    result(name, "-".into(), "-".into(), Status::NotChecked, "no limit set".into())
+}
+
+fn pass_if(ok: bool) -> Status {
+    if ok { Status::Pass } else { Status::Fail }
+}
+
+/// Evaluates every criterion, in a fixed order.
+pub fn evaluate(input: &ReportInput, derived: &Derived, criteria: &LaunchCriteria) -> Vec<CriterionResult> {
+    let mut out = Vec::new();
+    let compared = derived.agreement.total;
+    let need = criteria.min_compared;
+    out.push(if need == 0 {
+        not_checked("compared reviews")
+    } else {
+        let detail = if compared >= need {
+            format!("{compared} compared reviews (need {need})")
+        } else {
+            format!("{compared} compared reviews, need {need}")
+        };
+        result("compared reviews", format!("≥ {need}"), compared.to_string(), pass_if(compared >= need), detail)
+    });
+    let verdicts = derived.accuracy.map_or(0, |a| a.candidate.verdicts);
+    let need = criteria.min_verdicts;
+    out.push(if need == 0 {
+        not_checked("moderator verdicts")
+    } else {
+        let detail = if verdicts >= need {
+            format!("{verdicts} verdicts on the candidate (need {need})")
+        } else {
+            format!("{verdicts} verdicts, need {need}")
+        };
+        result("moderator verdicts", format!("≥ {need}"), verdicts.to_string(), pass_if(verdicts >= need), detail)
+    });
+    for (what, limit) in [("precision", criteria.max_precision_drop), ("recall", criteria.max_recall_drop)] {
+        for level in [REVIEW, REJECT] {
+            out.push(drop_criterion(derived, what, level, limit));
+        }
+    }
+    out.push(p99_criterion(input, criteria.max_p99));
+    let t = &derived.traffic;
+    out.push(rate_criterion("error rate", t.errors, t.sampled, t.error_rate, criteria.max_error_rate));
+    out.push(rate_criterion("shed rate", t.shed, t.sampled, t.shed_rate, criteria.max_shed_rate));
+    out
+}
+
+/// Precision or recall at `level`: the candidate's point estimate may be at most `limit` below
+/// live's.
+fn drop_criterion(derived: &Derived, what: &str, level: usize, limit: Option<f64>) -> CriterionResult {
+    let name = format!("{what} drop @{}", DECISIONS[level]);
+    let Some(limit) = limit else { return not_checked(&name) };
+    let limit_text = format!("≤ {}", points(limit));
+    let metric = format!("{what}@{}", DECISIONS[level]);
+    let Some(accuracy) = derived.accuracy.filter(|a| a.live.verdicts + a.candidate.verdicts > 0) else {
+        let detail = format!("no moderator verdicts to measure {metric} against");
+        return result(name, limit_text, "n/a".into(), Status::Fail, detail);
+    };
+    let pick = |m: &super::derived::ModelAccuracy| {
+        let pr = m.at(level);
+        if what == "precision" { pr.precision.value } else { pr.recall.value }
+    };
+    let (live, candidate) = (pick(&accuracy.live), pick(&accuracy.candidate));
+    let Some(live) = live else {
+        let detail = format!("live {metric} is n/a (no review at that level), so there is nothing to compare with");
+        return result(name, limit_text, "n/a".into(), Status::Skipped, detail);
+    };
+    let Some(candidate) = candidate else {
+        let detail =
+            format!("candidate {metric} is n/a (no review at that level) while live's is {:.1}%", live * 100.0);
+        return result(name, limit_text, "n/a".into(), Status::Fail, detail);
+    };
+    let drop = live - candidate;
+    let (c, l) = pct_pair(candidate, live);
+    let detail = if drop > 0.0 {
+        format!("candidate {metric} {c} is {} below live's {l} (allowed {})", points(drop), points(limit))
+    } else if drop < 0.0 {
+        format!("candidate {metric} {c} is {} above live's {l}", points(-drop))
+    } else {
+        format!("candidate {metric} {c} equals live's")
+    };
+    result(name, limit_text, points(drop.max(0.0)), pass_if(drop <= limit + EPSILON), detail)
+}
+
+fn p99_criterion(input: &ReportInput, limit: Option<Duration>) -> CriterionResult {
+    let name = "inference p99";
+    let Some(limit) = limit else { return not_checked(name) };
+    let limit_s = limit.as_secs_f64();
+    let limit_text = format!("≤ {}", ms(Some(limit_s)));
+    let policy_only = input.policy_only();
+    let measured = match input.latency {
+        None => Err("no latency measured (offline evaluation)".to_string()),
+        Some(l) if policy_only => l.live.ok_or_else(|| "no live inference batches in the window".to_string()),
+        Some(l) => l.candidate.ok_or_else(|| "no candidate inference batches in the window".to_string()),
+    };
+    match measured {
+        Err(why) => result(name, limit_text, "n/a".into(), Status::Fail, why),
+        Ok(q) => {
+            let who = if policy_only { "policy-only candidate runs the live model: live" } else { "candidate" };
+            let detail = format!("{who} p99 {} per batch (limit {})", ms(Some(q.p99)), ms(Some(limit_s)));
+            result(name, limit_text, ms(Some(q.p99)), pass_if(q.p99 <= limit_s + EPSILON), detail)
+        }
+    }
+}
+
+fn rate_criterion(name: &str, hits: u64, sampled: u64, rate: Option<f64>, limit: Option<f64>) -> CriterionResult {
+    let Some(limit) = limit else { return not_checked(name) };
+    let Some(rate) = rate else {
+        let detail = "no sampled reviews in the window to measure it over".to_string();
+        return result(name, format!("≤ {:.1}%", limit * 100.0), "n/a".into(), Status::Fail, detail);
+    };
+    let (r, l) = pct_pair(rate, limit);
+    let detail = format!("{hits} of {sampled} sampled reviews ({r}; limit {l})");
+    result(name, format!("≤ {l}"), r, pass_if(rate <= limit + EPSILON), detail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::input::tests::input;
+
+    fn run(input: &ReportInput, criteria: &LaunchCriteria) -> Vec<CriterionResult> {
+        evaluate(input, &Derived::of(input), criteria)
+    }
+
+    fn find<'a>(results: &'a [CriterionResult], name: &str) -> &'a CriterionResult {
+        results.iter().find(|r| r.name == name).unwrap_or_else(|| panic!("no {name} in {results:?}"))
+    }
+
+    #[test]
+    fn report_criteria_validation_names_every_bad_key_and_keeps_defaults() {
+        let raw = RawLaunchCriteria {
+            max_error_rate: Some(2.0),
+            max_shed_rate: Some(-0.1),
+            max_p99: Some("soon".into()),
+            min_compared: Some(10),
+            ..RawLaunchCriteria::default()
+        };
+        let mut errors = Vec::new();
+        let c = validate_criteria(&raw, &mut errors);
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors[0].starts_with("launch.max_error_rate 2: must be within 0..=1"), "{errors:?}");
+        assert!(errors[1].starts_with("launch.max_shed_rate"), "{errors:?}");
+        assert!(errors[2].starts_with("launch.max_p99 \"soon\""), "{errors:?}");
+        assert_eq!(c.min_compared, 10);
+        assert_eq!(c.max_error_rate, Some(defaults::MAX_ERROR_RATE));
+        let toml_text = "min_verdicts = 0\nmax_p99 = \"50ms\"\nmax_recall_drop = 0.05\n";
+        let raw: RawLaunchCriteria = toml::from_str(toml_text).unwrap();
+        let mut errors = Vec::new();
+        let c = validate_criteria(&raw, &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(c.max_p99, Some(Duration::from_millis(50)));
+        assert_eq!((c.min_verdicts, c.max_recall_drop), (0, Some(0.05)));
+        assert!(toml::from_str::<RawLaunchCriteria>("max_p95 = \"1s\"").is_err(), "unknown keys are rejected");
+        assert_eq!(validate_criteria(&RawLaunchCriteria::default(), &mut errors), LaunchCriteria::default());
+    }
+
+    #[test]
+    fn report_criteria_pass_on_the_sample_and_fail_on_each_bad_figure() {
+        let i = input();
+        let results = run(&i, &LaunchCriteria { max_p99: Some(Duration::from_millis(50)), ..Default::default() });
+        // Shed 50 of 1951 = 2.6% (< 5%); errors 1 of 1951 = 0.05% (< 0.1%); 1900 compared, 150
+        // candidate verdicts.
+        let failed: Vec<_> = results.iter().filter(|r| r.status != Status::Pass).collect();
+        assert_eq!(failed.iter().map(|r| r.status).collect::<Vec<_>>(), [Status::NotChecked, Status::NotChecked]);
+        assert_eq!(Decision::of(&results), Decision::Go);
+
+        let strict = LaunchCriteria {
+            min_compared: 2000,
+            min_verdicts: 200,
+            max_p99: Some(Duration::from_millis(10)),
+            max_shed_rate: Some(0.01),
+            ..Default::default()
+        };
+        let results = run(&i, &strict);
+        assert_eq!(find(&results, "compared reviews").detail, "1900 compared reviews, need 2000");
+        assert_eq!(find(&results, "moderator verdicts").detail, "150 verdicts, need 200");
+        assert_eq!(find(&results, "inference p99").status, Status::Fail);
+        assert_eq!(find(&results, "inference p99").measured, "18.50 ms");
+        assert_eq!(find(&results, "shed rate").status, Status::Fail);
+        assert_eq!(Decision::of(&results), Decision::NoGo);
+    }
+
+    #[test]
+    fn report_criteria_compare_precision_drops_at_both_levels() {
+        let mut i = input();
+        // Live precision@REJECT 25/30 = 83.3%; the candidate's 20/30 = 66.7%.
+        i.verdicts.as_mut().unwrap().candidate = [[78, 4, 2], [6, 22, 4], [5, 5, 20]];
+        let results = run(&i, &LaunchCriteria::default());
+        let r = find(&results, "precision drop @REJECT");
+        assert_eq!(r.status, Status::Fail);
+        assert_eq!(r.detail, "candidate precision@REJECT 66.7% is 16.7 pp below live's 83.3% (allowed 2.0 pp)");
+        assert_eq!(r.measured, "16.7 pp");
+        // A live model that never rejects gives no baseline at REJECT: skipped, and said so.
+        i.verdicts.as_mut().unwrap().live = [[80, 6, 4], [6, 24, 10], [0, 0, 0]];
+        let results = run(&i, &LaunchCriteria::default());
+        let r = find(&results, "precision drop @REJECT");
+        assert_eq!(r.status, Status::Skipped);
+        assert!(r.detail.contains("live precision@REJECT is n/a"), "{}", r.detail);
+        assert_eq!(find(&results, "recall drop @REVIEW").status, Status::NotChecked);
+    }
+
+    #[test]
+    fn report_criteria_fail_when_required_data_is_missing() {
+        let mut i = input();
+        i.verdicts = None;
+        i.latency = None;
+        i.outcomes.clear();
+        let criteria = LaunchCriteria { max_p99: Some(Duration::from_millis(50)), ..Default::default() };
+        let results = run(&i, &criteria);
+        let r = find(&results, "moderator verdicts");
+        assert_eq!((r.status, r.detail.as_str()), (Status::Fail, "0 verdicts, need 100"));
+        assert_eq!(find(&results, "precision drop @REVIEW").status, Status::Fail);
+        let r = find(&results, "inference p99");
+        assert_eq!((r.status, r.detail.as_str()), (Status::Fail, "no latency measured (offline evaluation)"));
+        assert_eq!(find(&results, "error rate").status, Status::Fail);
+        // Without limits the same gaps are not checked, and the decision can be GO.
+        let lax = LaunchCriteria {
+            min_verdicts: 0,
+            max_precision_drop: None,
+            max_error_rate: None,
+            max_shed_rate: None,
+            ..Default::default()
+        };
+        let results = run(&i, &lax);
+        assert_eq!(Decision::of(&results), Decision::Go, "{results:?}");
+    }
+
+    #[test]
+    fn report_criteria_judge_a_policy_only_candidate_by_the_live_latency() {
+        let mut i = input();
+        i.candidate.model = i.live.model.clone();
+        i.latency = Some(crate::report::input::Latency { candidate: None, ..i.latency.unwrap() });
+        let results = run(&i, &LaunchCriteria { max_p99: Some(Duration::from_millis(50)), ..Default::default() });
+        let r = find(&results, "inference p99");
+        assert_eq!(r.status, Status::Pass);
+        assert!(r.detail.starts_with("policy-only candidate runs the live model: live p99 12.00 ms"), "{}", r.detail);
+    }
+}

@@ -1,0 +1,344 @@
+//! Fills a `ReportInput` from Prometheus.
+//!
+//! Counts are exact, not `increase()` estimates (which extrapolate): each counter series is read
+//! as raw samples with a range selector (`metric{..}[window + lookback]` at `end`), and its count
+//! in the window is the sum of the steps between consecutive samples, a drop being a counter
+//! reset (a restart) whose new value counts in full. The last sample at or before the window's
+//! start is the baseline; a series with none (born inside the window, e.g. on a new replica)
+//! starts from 0. Series are then summed over replicas (`instance`, `job`) and the other labels
+//! not asked for. Latency quantiles use `histogram_quantile` over `rate()`, whose extrapolation
+//! scales every bucket alike.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::disagreements;
+use super::error::ReportError;
+use super::input::{OUTCOMES, Quantiles, ReportInput, Source, Subject, Verdicts};
+use super::prometheus::{Client, Labels, Series, quote};
+use crate::metrics::{
+    BATCHES_TOTAL, INFERENCE_ERRORS_TOTAL, SHADOW_COMPARISONS_TOTAL, SHADOW_REVIEWS_TOTAL, SHADOW_SCORE_DELTA,
+    STAGE_DURATION_SECONDS,
+};
+
+// TODO(wire): use `crate::metrics::VERDICTS_TOTAL` once the verdicts counter is merged.
+const VERDICTS_TOTAL: &str = "modserve_verdicts_total";
+
+/// How far before the window to look for each counter's baseline sample: more than any sane
+/// scrape interval, so a series that existed before the window has one.
+const BASELINE_LOOKBACK: Duration = Duration::from_secs(10 * 60);
+
+/// What to fetch. `FetchArgs::new` fills the defaults.
+#[derive(Debug, Clone)]
+pub struct FetchArgs {
+    /// `http://host:port[/prefix]`.
+    pub prometheus: String,
+    pub task: String,
+    /// The shadow model.
+    pub candidate: String,
+    /// The shadow policy; required when `candidate` is the live model (a policy-only shadow).
+    pub policy: Option<String>,
+    pub window: Duration,
+    pub end: SystemTime,
+    /// The disagreement log (rotated files `PATH.1`, `PATH.2`, ... are read too).
+    pub disagreement_log: Option<PathBuf>,
+    /// Connect and read timeout per query.
+    pub timeout: Duration,
+}
+
+impl FetchArgs {
+    /// The last hour up to now, no disagreement log, 10 s timeout.
+    pub fn new(prometheus: &str, task: &str, candidate: &str) -> FetchArgs {
+        FetchArgs {
+            prometheus: prometheus.to_string(),
+            task: task.to_string(),
+            candidate: candidate.to_string(),
+            policy: None,
+            window: Duration::from_secs(3600),
+            end: SystemTime::now(),
+            disagreement_log: None,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Reads every figure of a report for one candidate from Prometheus (and the disagreement log).
+pub fn fetch(args: &FetchArgs) -> Result<ReportInput, ReportError> {
+    let client = Client::new(&args.prometheus, args.timeout)
+        .map_err(|reason| ReportError::BadUrl { url: args.prometheus.clone(), reason })?;
+    let f = Fetcher { client, args, start: unix(args.end) - args.window.as_secs_f64() };
+    let mut notes = Vec::new();
+
+    // Who is compared with whom, from the comparisons themselves.
+    let mut matchers = vec![("task", args.task.as_str()), ("shadow_model", args.candidate.as_str())];
+    if let Some(p) = &args.policy {
+        matchers.push(("shadow_policy", p));
+    }
+    let comparisons = f.counts(SHADOW_COMPARISONS_TOTAL, &matchers)?;
+    if comparisons.is_empty() {
+        return Err(ReportError::NoComparisons {
+            task: args.task.clone(),
+            candidate: args.candidate.clone(),
+            policy: args.policy.as_ref().map(|p| format!(" (policy {p})")).unwrap_or_default(),
+            window: humantime::format_duration(args.window).to_string(),
+            url: args.prometheus.clone(),
+        });
+    }
+    let policy = choose_policy(args, &comparisons)?;
+    let live_model = choose_live_model(&comparisons, &policy, &mut notes);
+    let chosen: Vec<&Counted> = comparisons
+        .iter()
+        .filter(|c| label(&c.labels, "live_model") == live_model && label(&c.labels, "shadow_policy") == policy)
+        .collect();
+    let mut subject = |prefix: &str, model: &str| Subject {
+        model: model.to_string(),
+        version: distinct(&chosen, &format!("{prefix}_version"), &mut notes),
+        policy: distinct(&chosen, &format!("{prefix}_policy"), &mut notes),
+        policy_version: distinct(&chosen, &format!("{prefix}_policy_version"), &mut notes),
+    };
+    let live = subject("live", &live_model);
+    let candidate = subject("shadow", &args.candidate);
+    let mut matrix = [[0u64; 3]; 3];
+    for c in &chosen {
+        match (decision(label(&c.labels, "live_decision")), decision(label(&c.labels, "shadow_decision"))) {
+            (Some(l), Some(s)) => matrix[l][s] += c.count,
+            _ => notes.push(format!("ignored comparisons with unknown decisions: {:?}", c.labels)),
+        }
+    }
+
+    let pair = [
+        ("task", args.task.as_str()),
+        ("live_model", live_model.as_str()),
+        ("shadow_model", args.candidate.as_str()),
+        ("shadow_policy", policy.as_str()),
+    ];
+    let mut outcomes: BTreeMap<String, u64> = OUTCOMES.iter().map(|o| (o.to_string(), 0)).collect();
+    for c in f.counts(SHADOW_REVIEWS_TOTAL, &pair)? {
+        *outcomes.entry(label(&c.labels, "outcome").to_string()).or_default() += c.count;
+    }
+
+    let policy_only = args.candidate == live_model;
+    let mut score_deltas: BTreeMap<String, Vec<(f64, u64)>> = BTreeMap::new();
+    if !policy_only {
+        let mut by_bucket: BTreeMap<(String, String), u64> = BTreeMap::new();
+        for c in f.counts(&format!("{SHADOW_SCORE_DELTA}_bucket"), &pair)? {
+            let key = (label(&c.labels, "label").to_string(), label(&c.labels, "le").to_string());
+            *by_bucket.entry(key).or_default() += c.count;
+        }
+        for ((label, le), count) in by_bucket {
+            match le.parse::<f64>() {
+                Ok(le) => score_deltas.entry(label).or_default().push((le, count)),
+                Err(_) => notes.push(format!("ignored a score-delta bucket with le={le:?}")),
+            }
+        }
+        for buckets in score_deltas.values_mut() {
+            buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        }
+    }
+
+    let live_side = [("model", live_model.as_str()), ("role", "live")];
+    let candidate_side = [("model", args.candidate.as_str()), ("role", "shadow")];
+    let latency = super::input::Latency {
+        live: f.quantiles(&live_model, "live")?,
+        candidate: if policy_only { None } else { f.quantiles(&args.candidate, "shadow")? },
+    };
+    let (candidate_errors, candidate_batches) = if policy_only {
+        (0, 0)
+    } else {
+        (f.total(INFERENCE_ERRORS_TOTAL, &candidate_side)?, f.total(BATCHES_TOTAL, &candidate_side)?)
+    };
+
+    let live_verdicts = f.counts(VERDICTS_TOTAL, &[("task", &args.task), live_side[0], live_side[1]])?;
+    let candidate_verdicts = f.counts(
+        VERDICTS_TOTAL,
+        &[("task", &args.task), candidate_side[0], candidate_side[1], ("policy", policy.as_str())],
+    )?;
+    let verdicts = (!live_verdicts.is_empty() || !candidate_verdicts.is_empty())
+        .then(|| Verdicts { live: verdict_matrix(&live_verdicts), candidate: verdict_matrix(&candidate_verdicts) });
+
+    let end = args.end;
+    let start = end.checked_sub(args.window).unwrap_or(UNIX_EPOCH);
+    let disagreements = match &args.disagreement_log {
+        None => None,
+        Some(path) => {
+            let filter =
+                disagreements::Filter { task: &args.task, model: &args.candidate, policy: &policy, start, end };
+            Some(disagreements::summarize(path, &filter)?)
+        }
+    };
+
+    Ok(ReportInput {
+        source: Source::Prometheus { url: args.prometheus.clone(), window: args.window, end },
+        task: args.task.clone(),
+        live,
+        candidate,
+        outcomes,
+        comparisons: matrix,
+        score_deltas,
+        latency: Some(latency),
+        live_errors: f.total(INFERENCE_ERRORS_TOTAL, &live_side)?,
+        live_batches: f.total(BATCHES_TOTAL, &live_side)?,
+        candidate_errors,
+        candidate_batches,
+        verdicts,
+        disagreements,
+        notes,
+    })
+}
+
+/// A series and its exact count in the window.
+#[derive(Debug)]
+struct Counted {
+    labels: Labels,
+    count: u64,
+}
+
+struct Fetcher<'a> {
+    client: Client,
+    args: &'a FetchArgs,
+    /// The window's start, in unix seconds: samples at or before it are baselines only.
+    start: f64,
+}
+
+impl Fetcher<'_> {
+    /// Every series of counter `metric` matching `matchers` with a sample in the window, and
+    /// its count there.
+    fn counts(&self, metric: &str, matchers: &[(&str, &str)]) -> Result<Vec<Counted>, ReportError> {
+        let range = promql_duration(self.args.window + BASELINE_LOOKBACK);
+        let query = format!("{metric}{}[{range}]", selector(matchers));
+        let series = self.client.query_matrix(&query, self.args.end).map_err(|error| self.error(&query, error))?;
+        Ok(series
+            .iter()
+            .filter(|s| s.values.iter().any(|p| p.time > self.start))
+            .map(|s| Counted { labels: s.metric.clone(), count: window_count(s, self.start) })
+            .collect())
+    }
+
+    /// The count of `metric` matching `matchers`, summed over every series.
+    fn total(&self, metric: &str, matchers: &[(&str, &str)]) -> Result<u64, ReportError> {
+        Ok(self.counts(metric, matchers)?.iter().map(|c| c.count).sum())
+    }
+
+    /// p50 and p99 inference time per batch of `model` in `role`; `None` without batches.
+    fn quantiles(&self, model: &str, role: &str) -> Result<Option<Quantiles>, ReportError> {
+        let window = promql_duration(self.args.window);
+        let matchers = [("stage", "inference"), ("model", model), ("role", role)];
+        let q = |quantile: f64| -> Result<Option<f64>, ReportError> {
+            let query = format!(
+                "histogram_quantile({quantile}, sum by (le) (rate({STAGE_DURATION_SECONDS}_bucket{}[{window}])))",
+                selector(&matchers)
+            );
+            let samples = self.client.query_vector(&query, self.args.end).map_err(|error| self.error(&query, error))?;
+            Ok(samples.first().map(|s| s.value.value).filter(|v| v.is_finite()))
+        };
+        Ok(match (q(0.5)?, q(0.99)?) {
+            (Some(p50), Some(p99)) => Some(Quantiles { p50, p99 }),
+            _ => None,
+        })
+    }
+
+    fn error(&self, query: &str, error: super::prometheus::QueryError) -> ReportError {
+        ReportError::Query { url: self.args.prometheus.clone(), query: query.to_string(), error }
+    }
+}
+
+/// The count of one counter series in the window starting at `start` (unix seconds): the steps
+/// between consecutive samples after the baseline, a drop counting its new value in full.
+fn window_count(series: &Series, start: f64) -> u64 {
+    let mut previous = None;
+    let mut total = 0.0;
+    for p in &series.values {
+        if p.time > start {
+            let base = previous.unwrap_or(0.0);
+            total += if p.value >= base { p.value - base } else { p.value };
+        }
+        previous = Some(p.value);
+    }
+    total.round() as u64
+}
+
+/// The shadow policy to report on: the one asked for, or the only one seen.
+fn choose_policy(args: &FetchArgs, comparisons: &[Counted]) -> Result<String, ReportError> {
+    let seen: BTreeSet<&str> = comparisons.iter().map(|c| label(&c.labels, "shadow_policy")).collect();
+    let seen_text = || seen.iter().copied().collect::<Vec<_>>().join(", ");
+    if let Some(p) = &args.policy {
+        return Ok(p.clone());
+    }
+    if comparisons.iter().any(|c| label(&c.labels, "live_model") == args.candidate) {
+        return Err(ReportError::PolicyRequired {
+            task: args.task.clone(),
+            candidate: args.candidate.clone(),
+            seen: seen_text(),
+        });
+    }
+    match seen.len() {
+        1 => Ok(seen.first().map(|p| p.to_string()).unwrap_or_default()),
+        _ => Err(ReportError::AmbiguousPolicy {
+            task: args.task.clone(),
+            candidate: args.candidate.clone(),
+            seen: seen_text(),
+        }),
+    }
+}
+
+/// The live model with the most comparisons under `policy`; others are left out, with a note.
+fn choose_live_model(comparisons: &[Counted], policy: &str, notes: &mut Vec<String>) -> String {
+    let mut by_model: BTreeMap<&str, u64> = BTreeMap::new();
+    for c in comparisons.iter().filter(|c| label(&c.labels, "shadow_policy") == policy) {
+        *by_model.entry(label(&c.labels, "live_model")).or_default() += c.count;
+    }
+    let live = by_model.iter().max_by_key(|(_, n)| **n).map(|(m, _)| m.to_string()).unwrap_or_default();
+    for (model, n) in by_model.iter().filter(|(m, _)| **m != live) {
+        notes.push(format!("the live model changed in the window: {n} comparisons against {model} are left out"));
+    }
+    live
+}
+
+/// The values of `key` among `series`, joined with ", " (with a note when there are several).
+fn distinct(series: &[&Counted], key: &str, notes: &mut Vec<String>) -> String {
+    let values: BTreeSet<&str> = series.iter().map(|c| label(&c.labels, key)).collect();
+    let joined = values.iter().copied().collect::<Vec<_>>().join(", ");
+    if values.len() > 1 {
+        notes.push(format!("{key} changed within the window: {joined}"));
+    }
+    joined
+}
+
+fn verdict_matrix(series: &[Counted]) -> [[u64; 3]; 3] {
+    let mut m = [[0; 3]; 3];
+    for c in series {
+        if let (Some(model), Some(human)) =
+            (decision(label(&c.labels, "model_decision")), decision(label(&c.labels, "human_decision")))
+        {
+            m[model][human] += c.count;
+        }
+    }
+    m
+}
+
+fn decision(value: &str) -> Option<usize> {
+    ["allow", "review", "reject"].iter().position(|d| *d == value)
+}
+
+fn label<'a>(labels: &'a Labels, key: &str) -> &'a str {
+    labels.get(key).map_or("", String::as_str)
+}
+
+/// `{a="x",b="y"}`.
+fn selector(matchers: &[(&str, &str)]) -> String {
+    let inner: Vec<String> = matchers.iter().map(|(k, v)| format!("{k}={}", quote(v))).collect();
+    format!("{{{}}}", inner.join(","))
+}
+
+/// A PromQL duration: whole seconds when exact, else milliseconds (at least 1ms).
+fn promql_duration(d: Duration) -> String {
+    if d.subsec_nanos() == 0 { format!("{}s", d.as_secs()) } else { format!("{}ms", d.as_millis().max(1)) }
+}
+
+fn unix(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64()
+}
+
+#[cfg(test)]
+mod tests;
