@@ -79,6 +79,8 @@ fn benches(c: &mut Criterion) {
                 model_text: t.to_string(),
                 rating: None,
                 signals: Default::default(),
+                language: None,
+                text_cut: false,
             })
             .collect();
         let input = ClassifyInput { reviews, tasks: vec![], request_id: String::new() };
@@ -88,8 +90,15 @@ fn benches(c: &mut Criterion) {
             b.iter(|| {
                 let spec = package.spec.clone();
                 let decisions = scores.chunks_exact(spec.labels.len()).map(|s| spec.policy.decide(s)).collect();
+                let policy = std::sync::Arc::new(spec.policy.clone());
                 let output = ClassifyOutput {
-                    tasks: vec![TaskOutput { task: "abuse".into(), model: spec, scores: scores.clone(), decisions }],
+                    tasks: vec![TaskOutput {
+                        task: "abuse".into(),
+                        model: spec,
+                        policy,
+                        scores: scores.clone(),
+                        decisions,
+                    }],
                 };
                 convert::response(&input, &output)
             })

@@ -1,4 +1,4 @@
-//! Wiring: bind the listeners, start gRPC (Moderation, Admin, health, reflection) and the metrics
+//! Wiring: bind the listeners, start gRPC (Moderation, Feedback, Admin, health, reflection) and the metrics
 //! port, load the models through the reloader, flip health to SERVING, watch for reload
 //! triggers, and on shutdown drain in order.
 
@@ -15,9 +15,12 @@ use tonic_health::ServingStatus;
 use crate::classify::Classifier;
 use crate::config::Config;
 use crate::disagreement::DisagreementLog;
+use crate::feedback::Feedback;
 use crate::grpc::admin::AdminService;
 use crate::grpc::auth::BearerAuth;
+use crate::grpc::feedback::FeedbackService;
 use crate::grpc::pb::admin_server::AdminServer;
+use crate::grpc::pb::feedback_server::FeedbackServer;
 use crate::grpc::pb::moderation_server::ModerationServer;
 use crate::grpc::{pb, service::ModerationService, transport};
 use crate::metrics::ReloadTrigger;
@@ -165,6 +168,12 @@ async fn run(
             .max_encoding_message_size(limits.max_message_bytes.saturating_mul(4));
     let moderation =
         tonic::service::interceptor::InterceptedService::new(moderation, move |req| moderation_auth.check(req));
+    // Verdicts come from the same trusted callers as reviews: the Moderation token guards both.
+    let feedback_auth = BearerAuth::new(bound.moderation_token.clone(), "modserve.v1.Feedback");
+    let (feedback, _feedback_task) = Feedback::start(registry.clone());
+    let feedback = FeedbackServer::new(FeedbackService::new(Classifier::new(registry.clone()), feedback))
+        .max_decoding_message_size(limits.max_message_bytes);
+    let feedback = tonic::service::interceptor::InterceptedService::new(feedback, move |req| feedback_auth.check(req));
     let admin_auth = BearerAuth::new(bound.admin_token, "modserve.v1.Admin")
         .denying(bound.moderation_token, "modserve.v1.Moderation");
     let admin_service =
@@ -174,7 +183,8 @@ async fn run(
     let mut routes = tonic::service::Routes::new(health_service.clone())
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(moderation);
+        .add_service(moderation)
+        .add_service(feedback);
     let mut admin_task = None;
     match bound.admin {
         None => routes = routes.add_service(admin_service),

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use crate::error::Error;
 use crate::model::ModelSpec;
-use crate::policy::Decision;
+use crate::policy::{Decision, Policy};
 use crate::registry::{Registry, ServingState};
 use crate::request::ClassifyInput;
 use crate::worker::TokenSlot;
@@ -15,6 +15,8 @@ use crate::worker::TokenSlot;
 pub struct TaskOutput {
     pub task: String,
     pub model: Arc<ModelSpec>,
+    /// The policy that decided.
+    pub policy: Arc<Policy>,
     /// `reviews * labels` probabilities, row-major.
     pub scores: Vec<f32>,
     /// One per review.
@@ -57,6 +59,9 @@ impl Classifier {
         deadline: Option<Instant>,
     ) -> Result<ClassifyOutput, Error> {
         let tasks = resolve_tasks(state, &input.tasks)?;
+        for review in input.reviews.iter() {
+            state.input.review(review.model_text.len(), review.text_cut, review.language.as_deref());
+        }
         // Tasks whose live models tokenize the same way share one token slot, and so do shadows
         // that reuse the live ids: a review is tokenized once, by whichever worker gets to it
         // first.
@@ -89,15 +94,21 @@ impl Classifier {
                 .map_err(|_| Error::Inference { model: spec.name.clone(), reason: "worker stopped".into() })??;
             let scores = output.scores;
             let n = spec.labels.len();
-            let decisions: Vec<Decision> = scores.chunks_exact(n).map(|s| spec.policy.decide(s)).collect();
-            for d in &decisions {
-                entry.live.metrics().decided(*d).increment(1);
+            let decisions: Vec<Decision> = scores.chunks_exact(n).map(|s| entry.policy.decide(s)).collect();
+            for (s, d) in scores.chunks_exact(n).zip(&decisions) {
+                entry.metrics.answered(s, *d);
             }
             // Shadows branch off here, after the live answer is known; nothing awaits them.
             for shadow in &entry.shadows {
                 shadow.offer(&input.reviews, output.tokens.as_ref(), &scores, &decisions);
             }
-            outputs.push(TaskOutput { task: entry.name.clone(), model: spec, scores, decisions });
+            outputs.push(TaskOutput {
+                task: entry.name.clone(),
+                model: spec,
+                policy: entry.policy.clone(),
+                scores,
+                decisions,
+            });
         }
         Ok(ClassifyOutput { tasks: outputs })
     }

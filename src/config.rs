@@ -11,7 +11,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
 
 use crate::disagreement::LogConfig;
+pub use crate::feedback::FeedbackConfig;
 use crate::model::manifest::toml_error;
+use crate::policy::PolicySpec;
 use crate::shadow::ShadowPolicy;
 pub use crate::tls::TlsConfig;
 use crate::worker::WorkerSettings;
@@ -57,6 +59,14 @@ pub mod defaults {
     pub const LOG_MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
     pub const LOG_MAX_FILES: usize = 5;
     pub const LOG_QUEUE_CAPACITY: usize = 4096;
+    pub const FEEDBACK_MAX_VERDICTS_PER_REQUEST: usize = 256;
+    pub const FEEDBACK_QUEUE_CAPACITY: usize = 4096;
+    pub const FEEDBACK_BATCH_SIZE: usize = 8;
+    pub const FEEDBACK_MAX_DELAY: &str = "30s";
+    pub const FEEDBACK_DEDUPE_WINDOW: &str = "24h";
+    pub const FEEDBACK_DEDUPE_CAPACITY: usize = 100_000;
+    /// Languages counted by name in `modserve_reviews_by_language_total`; others count as "other".
+    pub const MONITORED_LANGUAGES: &[&str] = &["de", "en", "es", "fr", "it", "ja", "nl", "pl", "pt", "zh"];
 }
 
 #[derive(Debug, Parser)]
@@ -188,8 +198,20 @@ pub struct Config {
     pub disagreement_log: Option<LogConfig>,
     /// Model name -> how to load and run it.
     pub models: BTreeMap<String, ModelConfig>,
+    /// Named decision policies (`[policies.NAME]`), for live models and policy-only shadows.
+    pub policies: BTreeMap<String, PolicySpec>,
     /// In file order (sorted by name): the order of results when a request names no tasks.
     pub tasks: Vec<TaskConfig>,
+    /// Moderator verdicts (`modserve.v1.Feedback`).
+    pub feedback: FeedbackConfig,
+    pub monitoring: MonitoringConfig,
+}
+
+/// Input monitoring (the `[monitoring]` table).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MonitoringConfig {
+    /// Language tags (primary subtag, lowercase) counted by name; any other counts as "other".
+    pub languages: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -294,12 +316,17 @@ pub struct ModelConfig {
 pub struct TaskConfig {
     pub name: String,
     pub live: String,
+    /// A `[policies]` name replacing the live model's manifest policy.
+    pub policy: Option<String>,
     pub shadows: Vec<ShadowConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ShadowConfig {
     pub model: String,
+    /// A `[policies]` name replacing the shadow model's manifest policy. With the live model as
+    /// `model`, the shadow is policy-only: it decides from the live scores and runs no inference.
+    pub policy: Option<String>,
     /// Share of reviews (0..=1) the shadow sees, chosen by a hash of the review id.
     pub sample_rate: f64,
     /// Salt for that hash; defaults to the model name, so each shadow samples differently.

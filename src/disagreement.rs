@@ -36,6 +36,9 @@ pub struct LogConfig {
 pub struct Side<'a> {
     pub model: &'a str,
     pub version: &'a str,
+    /// The decision policy's name and version (a policy-only shadow differs from live only here).
+    pub policy: &'a str,
+    pub policy_version: &'a str,
     pub decision: &'a str,
     pub scores: BTreeMap<&'a str, f32>,
 }
@@ -247,8 +250,22 @@ mod tests {
             task: "abuse",
             review_id: "r1",
             direction: "stricter",
-            live: Side { model: "a", version: "1", decision: "allow", scores: [("insult", 0.1)].into() },
-            shadow: Side { model: "b", version: "2", decision: "review", scores: [("insult", 0.6)].into() },
+            live: Side {
+                model: "a",
+                version: "1",
+                policy: "default",
+                policy_version: "1",
+                decision: "allow",
+                scores: [("insult", 0.1)].into(),
+            },
+            shadow: Side {
+                model: "b",
+                version: "2",
+                policy: "default",
+                policy_version: "1",
+                decision: "review",
+                scores: [("insult", 0.6)].into(),
+            },
             text_sha256: "00".repeat(32),
             text: None,
         }

@@ -14,6 +14,9 @@ pub enum Error {
     /// A model's queue was full: the caller should back off and retry.
     #[error("model {model} is overloaded: its queue of {capacity} requests is full; retry with backoff")]
     QueueFull { model: String, capacity: usize },
+    /// The verdict queue was full: the caller should back off and retry the call.
+    #[error("the feedback queue is full ({capacity} verdicts waiting to be scored); retry with backoff")]
+    FeedbackQueueFull { capacity: usize },
     /// The caller's deadline passed; the text says where ("before inference on model X").
     /// Work dropped this way never reaches inference.
     #[error("deadline exceeded {0}")]
@@ -44,7 +47,7 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::InvalidArgument { .. } => ErrorKind::InvalidArgument,
-            Error::QueueFull { .. } => ErrorKind::QueueFull,
+            Error::QueueFull { .. } | Error::FeedbackQueueFull { .. } => ErrorKind::QueueFull,
             Error::DeadlineExceeded(_) => ErrorKind::DeadlineExceeded,
             Error::Inference { .. } => ErrorKind::Inference,
             Error::Unavailable(_) => ErrorKind::Unavailable,

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod auth;
 pub mod convert;
+pub mod feedback;
 pub mod service;
 pub mod status;
 pub mod transport;

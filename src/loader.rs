@@ -12,10 +12,11 @@ use ort::environment::Environment;
 
 use crate::config::Config;
 use crate::disagreement::DisagreementLog;
-use crate::metrics::{self, Role};
-use crate::model::Package;
+use crate::metrics::{self, InputMetrics, Role, TaskMetrics, VerdictMetrics};
+use crate::model::{ModelSpec, Package};
+use crate::policy::Policy;
 use crate::registry::{LoadedModel, ServingState, TaskEntry};
-use crate::shadow::ShadowPair;
+use crate::shadow::{PairSpec, ShadowPair};
 use crate::worker::{self, WorkerSettings};
 
 /// A loaded state and the threads of the workers it started (joined at shutdown).
@@ -38,8 +39,10 @@ pub fn load(
     let mut models: BTreeMap<String, LoadedModel> = BTreeMap::new();
     let mut threads = Vec::new();
     let live: Vec<&str> = config.tasks.iter().map(|t| t.live.as_str()).collect();
-    let shadow_rate =
-        |name: &str| config.tasks.iter().flat_map(|t| &t.shadows).find(|s| s.model == name).map(|s| s.sample_rate);
+    // A policy-only shadow runs on the live model's workers (it runs none), so it adds no role.
+    let shadow_rate = |name: &str| {
+        config.tasks.iter().flat_map(|t| &t.shadows).filter(|s| s.model == name).map(|s| s.sample_rate).reduce(f64::max)
+    };
     for (name, model) in &config.models {
         let (role, sample_rate) = if live.contains(&name.as_str()) {
             (Role::Live, 1.0)
@@ -123,20 +126,39 @@ pub fn load(
             None
         };
         let Some(live) = answers(&mut errors, "live", &task.live) else { continue };
+        let Some(live_policy) =
+            policy(&mut errors, config, &format!("tasks.{}.policy", task.name), &task.policy, live.handle.spec())
+        else {
+            continue;
+        };
         let mut pairs = Vec::new();
-        for sh in &task.shadows {
+        for (i, sh) in task.shadows.iter().enumerate() {
             let Some(shadow) = answers(&mut errors, "shadows", &sh.model) else { continue };
-            pairs.push(Arc::new(ShadowPair::new(
-                &task.name,
-                live.handle.clone(),
-                shadow.handle.clone(),
-                sh.sample_rate,
-                sh.salt.clone(),
-                config.shadow,
-                log.cloned(),
-            )));
+            let key = format!("tasks.{}.shadows[{i}].policy", task.name);
+            let Some(shadow_policy) = policy(&mut errors, config, &key, &sh.policy, shadow.handle.spec()) else {
+                continue;
+            };
+            let spec = PairSpec {
+                live: live.handle.clone(),
+                live_policy: live_policy.clone(),
+                shadow: shadow.handle.clone(),
+                shadow_policy,
+                sample_rate: sh.sample_rate,
+                salt: sh.salt.clone(),
+                record_scores: !task.shadows[..i].iter().any(|o| o.model == sh.model),
+                verdict_sources: config.feedback.sources.clone(),
+            };
+            pairs.push(Arc::new(ShadowPair::new(&task.name, spec, config.shadow, log.cloned())));
         }
-        tasks.push(TaskEntry { name: task.name.clone(), live: live.handle.clone(), shadows: pairs });
+        let spec = live.handle.spec();
+        tasks.push(TaskEntry {
+            name: task.name.clone(),
+            live: live.handle.clone(),
+            metrics: TaskMetrics::new(&task.name, spec, &live_policy),
+            verdicts: VerdictMetrics::new(&task.name, spec, Role::Live, &live_policy, &config.feedback.sources),
+            policy: live_policy,
+            shadows: pairs,
+        });
     }
     if !errors.is_empty() {
         // Dropping the new handles closes their queues, so new threads exit promptly; reused
@@ -146,8 +168,39 @@ pub fn load(
         join_all(threads);
         return Err(errors);
     }
-    let state = ServingState { generation: 0, config: config.clone(), config_sha256: String::new(), tasks, models };
+    let state = ServingState {
+        generation: 0,
+        config: config.clone(),
+        config_sha256: String::new(),
+        tasks,
+        models,
+        input: InputMetrics::new(&config.monitoring.languages),
+    };
     Ok(Loaded { state, threads })
+}
+
+/// The policy a model decides with: the named `[policies]` entry resolved against its labels,
+/// or its manifest's own. `None` after recording the problem (under `key`).
+fn policy(
+    errors: &mut Vec<String>,
+    config: &Config,
+    key: &str,
+    name: &Option<String>,
+    model: &ModelSpec,
+) -> Option<Arc<Policy>> {
+    let Some(name) = name else { return Some(Arc::new(model.policy.clone())) };
+    // Validation already checked the name exists.
+    let spec = config.policies.get(name)?;
+    match spec.resolve(&model.labels) {
+        Ok(p) => Some(Arc::new(p)),
+        Err(unknown) => {
+            errors.push(format!(
+                "{key}: policies.{name} has thresholds for {unknown:?}, which model {:?} does not output (its labels: {:?})",
+                model.name, model.labels
+            ));
+            None
+        }
+    }
 }
 
 /// What must be equal for a reload to keep a model's running workers.

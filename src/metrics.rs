@@ -11,7 +11,7 @@ use metrics::{
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::model::ModelSpec;
-use crate::policy::Decision;
+use crate::policy::{Decision, Policy};
 
 pub const REQUESTS_TOTAL: &str = "modserve_requests_total";
 pub const REQUEST_DURATION_SECONDS: &str = "modserve_request_duration_seconds";
@@ -40,6 +40,18 @@ pub const MODEL_LOAD_SECONDS: &str = "modserve_model_load_seconds";
 pub const TLS_RELOADS_TOTAL: &str = "modserve_tls_reloads_total";
 pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "modserve_tls_handshake_failures_total";
 pub const CONNECTIONS_CLOSED_IDLE_TOTAL: &str = "modserve_connections_closed_idle_total";
+pub const SCORES: &str = "modserve_scores";
+pub const SHADOW_POLICY_ONLY_REVIEWS_TOTAL: &str = "modserve_shadow_policy_only_reviews_total";
+pub const VERDICTS_TOTAL: &str = "modserve_verdicts_total";
+pub const VERDICTS_RECEIVED_TOTAL: &str = "modserve_verdicts_received_total";
+pub const VERDICT_MODEL_ERRORS_TOTAL: &str = "modserve_verdict_model_errors_total";
+pub const FEEDBACK_QUEUE_VERDICTS: &str = "modserve_feedback_queue_verdicts";
+pub const REVIEW_TEXT_BYTES: &str = "modserve_review_text_bytes";
+pub const REVIEWS_TEXT_CUT_TOTAL: &str = "modserve_reviews_text_cut_total";
+pub const REVIEWS_BY_LANGUAGE_TOTAL: &str = "modserve_reviews_by_language_total";
+pub const TOKENS_TOTAL: &str = "modserve_tokens_total";
+pub const UNKNOWN_TOKENS_TOTAL: &str = "modserve_unknown_tokens_total";
+pub const REVIEWS_AT_MAX_TOKENS_TOTAL: &str = "modserve_reviews_at_max_tokens_total";
 
 /// Latency buckets in seconds: 50 us to 5 s, dense below 10 ms where a healthy server lives.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -49,6 +61,12 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// Score deltas (shadow minus live), symmetric around 0 and dense near it, where most
 /// candidates live.
 const DELTA_BUCKETS: &[f64] = &[-1.0, -0.5, -0.25, -0.1, -0.05, -0.01, 0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0];
+/// Scores in [0, 1], in twentieths: enough to see a distribution shift on a dashboard.
+const SCORE_BUCKETS: &[f64] =
+    &[0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0];
+/// Review text sizes in bytes (text and title), powers of two up to the largest allowed text.
+const TEXT_BYTES_BUCKETS: &[f64] =
+    &[16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0, 65536.0, 1048576.0];
 /// Batch sizes in reviews: powers of two up to the largest sensible `max_batch_size`.
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
@@ -118,6 +136,8 @@ pub fn install() -> Result<PrometheusHandle, String> {
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), BATCH_BUCKETS))
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(SHADOW_SCORE_DELTA.into()), DELTA_BUCKETS))
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(SCORES.into()), SCORE_BUCKETS))
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(REVIEW_TEXT_BYTES.into()), TEXT_BYTES_BUCKETS))
                 .map_err(|e| e.to_string())?
                 .install_recorder()
                 .map_err(|e| e.to_string())?;
@@ -147,7 +167,49 @@ fn describe() {
         Unit::Seconds,
         "End-to-end time of a call or stream message inside the server, by method."
     );
-    describe_counter!(REVIEWS_TOTAL, "Reviews classified, by task, model, version, role and decision.");
+    describe_counter!(
+        REVIEWS_TOTAL,
+        "Reviews classified by the live model, by task, model, version, role, policy, policy_version and decision."
+    );
+    describe_histogram!(
+        SCORES,
+        "Scores per review and label, by task, model, role and label (live, and shadows that ran inference): drift shows here."
+    );
+    describe_counter!(
+        SHADOW_POLICY_ONLY_REVIEWS_TOTAL,
+        "Reviews a policy-only shadow decided from the live model's scores, running no inference, by task, model and shadow_policy."
+    );
+    describe_counter!(
+        VERDICTS_TOTAL,
+        "Moderator verdicts scored, by task, model, version, role, policy, policy_version, source, model_decision and human_decision (a confusion matrix per model)."
+    );
+    describe_counter!(
+        VERDICTS_RECEIVED_TOTAL,
+        "Verdicts received by Feedback/SubmitVerdicts, by task, source and outcome: counted, duplicate, shed_queue_full, shed_deadline, error."
+    );
+    describe_counter!(
+        VERDICT_MODEL_ERRORS_TOTAL,
+        "Verdicts one model could not score (inference failed or shed), so its confusion counts miss them, by task, model, role and policy."
+    );
+    describe_gauge!(FEEDBACK_QUEUE_VERDICTS, "Verdicts accepted and waiting to be scored.");
+    describe_histogram!(REVIEW_TEXT_BYTES, "Bytes of text (title and text) per classified review.");
+    describe_counter!(
+        REVIEWS_TEXT_CUT_TOTAL,
+        "Reviews whose text or title was cut to limits.max_text_bytes (limits.oversize_text = \"truncate\")."
+    );
+    describe_counter!(
+        REVIEWS_BY_LANGUAGE_TOTAL,
+        "Classified reviews by the language the caller sent (primary subtag; \"other\" outside monitoring.languages, \"none\" when not sent)."
+    );
+    describe_counter!(TOKENS_TOTAL, "Tokens fed to a model (after truncation), by model and role.");
+    describe_counter!(
+        UNKNOWN_TOKENS_TOTAL,
+        "Tokens the tokenizer could not map (its unknown token), by model and role: a rise means unfamiliar input."
+    );
+    describe_counter!(
+        REVIEWS_AT_MAX_TOKENS_TOTAL,
+        "Reviews that filled the model's max_sequence_length (the rest of the text was not seen), by model and role."
+    );
     describe_histogram!(
         STAGE_DURATION_SECONDS,
         Unit::Seconds,
@@ -230,8 +292,10 @@ pub struct ModelMetrics {
     pub batches: Counter,
     pub queue_depth: Gauge,
     pub errors: Counter,
+    pub tokens: Counter,
+    pub unknown_tokens: Counter,
+    pub at_max_tokens: Counter,
     dropped: [Counter; 3],
-    reviews: [Counter; 3],
     info: Gauge,
 }
 
@@ -241,10 +305,6 @@ impl ModelMetrics {
         let role_str = role.as_str();
         let stage = |s: Stage| histogram!(STAGE_DURATION_SECONDS, "stage" => s.as_str(), "model" => model.clone(), "role" => role_str);
         let dropped = |r: DropReason| counter!(DROPPED_TOTAL, "model" => model.clone(), "role" => role_str, "reason" => r.as_str());
-        let reviews = |d: Decision| {
-            counter!(REVIEWS_TOTAL, "task" => spec.task.clone(), "model" => model.clone(),
-                "version" => spec.version.clone(), "role" => role_str, "decision" => d.as_str())
-        };
         let info = gauge!(MODEL_INFO, "task" => spec.task.clone(), "model" => model.clone(),
             "version" => spec.version.clone(), "role" => role_str, "sha256" => spec.sha256_prefix().to_string());
         info.set(1.0);
@@ -256,18 +316,16 @@ impl ModelMetrics {
             batches: counter!(BATCHES_TOTAL, "model" => model.clone(), "role" => role_str),
             queue_depth: gauge!(QUEUE_DEPTH, "model" => model.clone(), "role" => role_str),
             errors: counter!(INFERENCE_ERRORS_TOTAL, "model" => model.clone(), "role" => role_str),
+            tokens: counter!(TOKENS_TOTAL, "model" => model.clone(), "role" => role_str),
+            unknown_tokens: counter!(UNKNOWN_TOKENS_TOTAL, "model" => model.clone(), "role" => role_str),
+            at_max_tokens: counter!(REVIEWS_AT_MAX_TOKENS_TOTAL, "model" => model.clone(), "role" => role_str),
             dropped: [dropped(DropReason::QueueFull), dropped(DropReason::Deadline), dropped(DropReason::Cancelled)],
-            reviews: [reviews(Decision::Allow), reviews(Decision::Review), reviews(Decision::Reject)],
             info,
         }
     }
 
     pub fn dropped(&self, reason: DropReason) -> &Counter {
         &self.dropped[reason as usize]
-    }
-
-    pub fn decided(&self, decision: Decision) -> &Counter {
-        &self.reviews[decision as usize]
     }
 
     /// Marks the model as no longer loaded (its info series drops to 0).
@@ -328,15 +386,188 @@ pub struct ShadowMetrics {
     outcomes: [Counter; 7],
     pub breaker_open: Gauge,
     pub breaker_trips: Counter,
+    /// Only for policy-only shadows.
+    pub policy_only_reviews: Option<Counter>,
+    /// One per shadow label, when this pair records the shadow model's score distribution.
+    scores: Vec<Histogram>,
+}
+
+/// One score histogram per label of `spec`.
+fn score_histograms(task: &str, spec: &ModelSpec, role: Role) -> Vec<Histogram> {
+    spec.labels
+        .iter()
+        .map(|label| {
+            histogram!(SCORES, "task" => task.to_string(), "model" => spec.name.clone(), "role" => role.as_str(),
+                "label" => label.clone())
+        })
+        .collect()
+}
+
+/// Pre-registered handles for one task's live answers under its policy.
+pub struct TaskMetrics {
+    decided: [Counter; 3],
+    scores: Vec<Histogram>,
+}
+
+impl TaskMetrics {
+    pub fn new(task: &str, live: &ModelSpec, policy: &Policy) -> TaskMetrics {
+        let decided = Decision::ALL.map(|d| {
+            counter!(REVIEWS_TOTAL, "task" => task.to_string(), "model" => live.name.clone(),
+                "version" => live.version.clone(), "role" => Role::Live.as_str(), "policy" => policy.name.clone(),
+                "policy_version" => policy.version.clone(), "decision" => d.as_str())
+        });
+        TaskMetrics { decided, scores: score_histograms(task, live, Role::Live) }
+    }
+
+    /// Records one review's live scores and decision.
+    pub fn answered(&self, scores: &[f32], decision: Decision) {
+        self.decided[decision as usize].increment(1);
+        for (h, s) in self.scores.iter().zip(scores) {
+            h.record(f64::from(*s));
+        }
+    }
+}
+
+/// The source label of a verdict from outside `feedback.sources`.
+pub const OTHER_SOURCE: &str = "other";
+/// The source label of a verdict that names none.
+pub const NO_SOURCE: &str = "none";
+
+/// Pre-registered verdict counters for one model (or policy) of one task: for each source, a
+/// model decision x human decision matrix, all at 0 from the start so every series exists
+/// before the first verdict (exact window counts in the launch report rely on it).
+pub struct VerdictMetrics {
+    /// Configured sources, then "other", then "none".
+    sources: Vec<String>,
+    counts: Vec<[[Counter; 3]; 3]>,
+    pub errors: Counter,
+}
+
+impl VerdictMetrics {
+    pub fn new(task: &str, spec: &ModelSpec, role: Role, policy: &Policy, sources: &[String]) -> VerdictMetrics {
+        let sources: Vec<String> =
+            sources.iter().cloned().chain([OTHER_SOURCE.to_string(), NO_SOURCE.to_string()]).collect();
+        let counts = sources
+            .iter()
+            .map(|source| {
+                Decision::ALL.map(|m| {
+                    Decision::ALL.map(|h| {
+                        counter!(VERDICTS_TOTAL, "task" => task.to_string(), "model" => spec.name.clone(),
+                            "version" => spec.version.clone(), "role" => role.as_str(),
+                            "policy" => policy.name.clone(), "policy_version" => policy.version.clone(),
+                            "source" => source.clone(), "model_decision" => m.as_str(), "human_decision" => h.as_str())
+                    })
+                })
+            })
+            .collect();
+        let errors = counter!(VERDICT_MODEL_ERRORS_TOTAL, "task" => task.to_string(), "model" => spec.name.clone(),
+            "role" => role.as_str(), "policy" => policy.name.clone());
+        VerdictMetrics { sources, counts, errors }
+    }
+
+    /// Counts one verdict; `source` is already normalised (a configured one, "other" or "none").
+    pub fn count(&self, source: &str, model: Decision, human: Decision) {
+        let i = self.sources.iter().position(|s| s == source).unwrap_or(self.sources.len() - 1);
+        self.counts[i][model as usize][human as usize].increment(1);
+    }
+}
+
+/// What became of a received verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerdictOutcome {
+    /// Scored by every model of its task (or by those that could; see `VERDICT_MODEL_ERRORS_TOTAL`).
+    Counted,
+    /// The same (review id, task) was received within `feedback.dedupe_window`.
+    Duplicate,
+    /// Refused: the feedback queue was full.
+    ShedQueueFull,
+    /// Not scored within `feedback.max_delay` (live traffic had priority).
+    ShedDeadline,
+    /// The live model could not score it.
+    Error,
+}
+
+impl VerdictOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerdictOutcome::Counted => "counted",
+            VerdictOutcome::Duplicate => "duplicate",
+            VerdictOutcome::ShedQueueFull => "shed_queue_full",
+            VerdictOutcome::ShedDeadline => "shed_deadline",
+            VerdictOutcome::Error => "error",
+        }
+    }
+}
+
+/// Records verdicts received (not a hot path: built per call).
+pub fn verdicts_received(task: &str, source: &str, outcome: VerdictOutcome, n: usize) {
+    counter!(VERDICTS_RECEIVED_TOTAL, "task" => task.to_string(), "source" => source.to_string(),
+        "outcome" => outcome.as_str())
+    .increment(n as u64);
+}
+
+/// The verdicts waiting to be scored.
+pub fn feedback_queue(verdicts: usize) {
+    gauge!(FEEDBACK_QUEUE_VERDICTS).set(verdicts as f64);
+}
+
+/// Input-quality handles, built per config (the monitored languages are configured).
+pub struct InputMetrics {
+    text_bytes: Histogram,
+    text_cut: Counter,
+    languages: Vec<(String, Counter)>,
+    other_language: Counter,
+    no_language: Counter,
+}
+
+impl InputMetrics {
+    pub fn new(languages: &[String]) -> InputMetrics {
+        let language = |l: &str| counter!(REVIEWS_BY_LANGUAGE_TOTAL, "language" => l.to_string());
+        InputMetrics {
+            text_bytes: histogram!(REVIEW_TEXT_BYTES),
+            text_cut: counter!(REVIEWS_TEXT_CUT_TOTAL),
+            languages: languages.iter().map(|l| (l.clone(), language(l))).collect(),
+            other_language: language("other"),
+            no_language: language("none"),
+        }
+    }
+
+    /// Records one classified review: its text size, whether it was cut, and its language's
+    /// primary subtag ("en-GB" counts as "en").
+    pub fn review(&self, text_bytes: usize, cut: bool, language: Option<&str>) {
+        self.text_bytes.record(text_bytes as f64);
+        if cut {
+            self.text_cut.increment(1);
+        }
+        let counter = match language.map(|l| l.split(['-', '_']).next().unwrap_or("")).filter(|l| !l.is_empty()) {
+            None => &self.no_language,
+            Some(primary) => self
+                .languages
+                .iter()
+                .find(|(l, _)| l.eq_ignore_ascii_case(primary))
+                .map_or(&self.other_language, |(_, c)| c),
+        };
+        counter.increment(1);
+    }
 }
 
 impl ShadowMetrics {
-    pub fn new(task: &str, live: &ModelSpec, shadow: &ModelSpec) -> ShadowMetrics {
+    /// `policy_only`: the shadow is the live model under `shadow_policy`; its scores are the live
+    /// ones, so it has no score deltas or flips worth a series. `scores`: record the shadow's
+    /// score histograms (once per shadow model, not once per policy it is tried with).
+    pub fn new(
+        task: &str,
+        (live, live_policy): (&ModelSpec, &Policy),
+        (shadow, shadow_policy): (&ModelSpec, &Policy),
+        policy_only: bool,
+        scores: bool,
+    ) -> ShadowMetrics {
         // The labels every per-pair series shares, plus one more where a series needs it.
         let pair = vec![
             Label::new("task", task.to_string()),
             Label::new("live_model", live.name.clone()),
             Label::new("shadow_model", shadow.name.clone()),
+            Label::new("shadow_policy", shadow_policy.name.clone()),
         ];
         let with = |key: &'static str, value: String| {
             let mut labels = pair.clone();
@@ -346,18 +577,27 @@ impl ShadowMetrics {
         let confusion = Decision::ALL.map(|l| {
             Decision::ALL.map(|s| {
                 counter!(SHADOW_COMPARISONS_TOTAL, "task" => task.to_string(), "live_model" => live.name.clone(),
-                    "live_version" => live.version.clone(), "shadow_model" => shadow.name.clone(),
-                    "shadow_version" => shadow.version.clone(), "live_decision" => l.as_str(), "shadow_decision" => s.as_str())
+                    "live_version" => live.version.clone(), "live_policy" => live_policy.name.clone(),
+                    "live_policy_version" => live_policy.version.clone(), "shadow_model" => shadow.name.clone(),
+                    "shadow_version" => shadow.version.clone(), "shadow_policy" => shadow_policy.name.clone(),
+                    "shadow_policy_version" => shadow_policy.version.clone(), "live_decision" => l.as_str(),
+                    "shadow_decision" => s.as_str())
             })
         });
         let deltas = shadow
             .labels
             .iter()
             .map(|label| {
-                live.labels.contains(label).then(|| histogram!(SHADOW_SCORE_DELTA, with("label", label.clone())))
+                (live.labels.contains(label) && !policy_only)
+                    .then(|| histogram!(SHADOW_SCORE_DELTA, with("label", label.clone())))
             })
             .collect();
         let flips = counter!(SHADOW_TOP_LABEL_FLIPS_TOTAL, pair.clone());
+        let policy_only_reviews = policy_only.then(|| {
+            counter!(SHADOW_POLICY_ONLY_REVIEWS_TOTAL, "task" => task.to_string(), "model" => shadow.name.clone(),
+                "shadow_policy" => shadow_policy.name.clone())
+        });
+        let scores = if scores { score_histograms(task, shadow, Role::Shadow) } else { Vec::new() };
         let outcomes =
             ShadowOutcome::ALL.map(|o| counter!(SHADOW_REVIEWS_TOTAL, with("outcome", o.as_str().to_string())));
         let breaker_open =
@@ -365,7 +605,14 @@ impl ShadowMetrics {
         breaker_open.set(0.0);
         let breaker_trips =
             counter!(SHADOW_BREAKER_TRIPS_TOTAL, "task" => task.to_string(), "shadow_model" => shadow.name.clone());
-        ShadowMetrics { confusion, deltas, flips, outcomes, breaker_open, breaker_trips }
+        ShadowMetrics { confusion, deltas, flips, outcomes, breaker_open, breaker_trips, policy_only_reviews, scores }
+    }
+
+    /// Records the shadow's scores for one review (no-op unless this pair records them).
+    pub fn scores(&self, scores: &[f32]) {
+        for (h, s) in self.scores.iter().zip(scores) {
+            h.record(f64::from(*s));
+        }
     }
 
     pub fn compared(&self, live: Decision, shadow: Decision) {

@@ -1,5 +1,8 @@
 //! The decision policy: per-label score thresholds that turn a model's scores into
-//! ALLOW / REVIEW / REJECT. Pure and unit-tested; the manifest supplies the thresholds.
+//! ALLOW / REVIEW / REJECT. Pure and unit-tested. A model's manifest supplies its default policy;
+//! the config may name others (`[policies.NAME]`), resolved against a model's labels at load.
+
+use std::collections::BTreeMap;
 
 /// A moderation decision, ordered by severity so `max` picks the strictest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -22,7 +25,8 @@ impl Decision {
 }
 
 /// Thresholds for one label; a score at or above a threshold triggers it.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Thresholds {
     pub review: Option<f32>,
     pub reject: Option<f32>,
@@ -35,6 +39,52 @@ pub struct Policy {
     pub version: String,
     /// One entry per label, in output order; `None` means the label never changes the decision.
     pub thresholds: Vec<Option<Thresholds>>,
+}
+
+impl Thresholds {
+    /// Problems with these thresholds, each prefixed with `field`: both within 0..=1 and review
+    /// not above reject.
+    pub fn errors(&self, field: &str) -> Vec<String> {
+        let mut errors = Vec::new();
+        for (which, v) in [("review", self.review), ("reject", self.reject)] {
+            if let Some(v) = v.filter(|v| !(0.0..=1.0).contains(v)) {
+                errors.push(format!("{field}.{which} {v}: must be within 0..=1"));
+            }
+        }
+        if let (Some(review), Some(reject)) = (self.review, self.reject)
+            && review > reject
+        {
+            errors.push(format!("{field}: review {review} must not exceed reject {reject}"));
+        }
+        errors
+    }
+}
+
+/// A policy as the config names it: thresholds by label name, not yet tied to a model.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PolicySpec {
+    pub name: String,
+    pub version: String,
+    pub thresholds: BTreeMap<String, Thresholds>,
+}
+
+impl PolicySpec {
+    /// The policy indexed by `labels` (a model's output order). Fails naming every threshold
+    /// label the model does not have: a typo would otherwise silently never trigger.
+    pub fn resolve(&self, labels: &[String]) -> Result<Policy, Vec<String>> {
+        let mut thresholds = vec![None; labels.len()];
+        let mut unknown = Vec::new();
+        for (label, t) in &self.thresholds {
+            match labels.iter().position(|l| l == label) {
+                Some(i) => thresholds[i] = Some(*t),
+                None => unknown.push(label.clone()),
+            }
+        }
+        if !unknown.is_empty() {
+            return Err(unknown);
+        }
+        Ok(Policy { name: self.name.clone(), version: self.version.clone(), thresholds })
+    }
 }
 
 impl Policy {
@@ -92,6 +142,30 @@ mod tests {
     #[test]
     fn unlisted_label_never_decides() {
         assert_eq!(policy().decide(&[0.0, 1.0, 0.0]), Decision::Allow);
+    }
+
+    #[test]
+    fn a_named_policy_resolves_by_label_name() {
+        let spec = PolicySpec {
+            name: "strict".into(),
+            version: "2".into(),
+            thresholds: [("threat".to_string(), Thresholds { review: Some(0.1), reject: None })].into(),
+        };
+        let labels = ["insult".to_string(), "threat".to_string()];
+        let policy = spec.resolve(&labels).unwrap();
+        assert_eq!(policy.thresholds, [None, Some(Thresholds { review: Some(0.1), reject: None })]);
+        assert_eq!(spec.resolve(&labels[..1]).unwrap_err(), ["threat"]);
+    }
+
+    #[test]
+    fn threshold_errors_name_the_field() {
+        let bad = Thresholds { review: Some(0.9), reject: Some(1.5) };
+        let errors = bad.errors("policies.p.thresholds.insult");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].starts_with("policies.p.thresholds.insult.reject 1.5"), "{errors:?}");
+        let inverted = Thresholds { review: Some(0.9), reject: Some(0.5) }.errors("f");
+        assert!(inverted[0].contains("must not exceed"), "{inverted:?}");
+        assert!(Thresholds { review: Some(0.2), reject: Some(0.2) }.errors("f").is_empty());
     }
 
     #[test]

@@ -10,14 +10,20 @@ use std::time::SystemTime;
 use arc_swap::ArcSwapOption;
 
 use crate::config::Config;
-use crate::metrics::Role;
+use crate::metrics::{InputMetrics, Role, TaskMetrics, VerdictMetrics};
+use crate::policy::Policy;
 use crate::shadow::ShadowPair;
 use crate::worker::ModelHandle;
 
-/// One task, its live model and its shadows.
+/// One task, its live model and policy, and its shadows.
 pub struct TaskEntry {
     pub name: String,
     pub live: ModelHandle,
+    /// The live decision policy: `tasks.NAME.policy`, or the live model's manifest policy.
+    pub policy: Arc<Policy>,
+    pub metrics: TaskMetrics,
+    /// Moderator verdicts counted against the live decisions.
+    pub verdicts: VerdictMetrics,
     pub shadows: Vec<Arc<ShadowPair>>,
 }
 
@@ -46,6 +52,7 @@ pub struct ServingState {
     pub tasks: Vec<TaskEntry>,
     /// Every loaded model by name.
     pub models: BTreeMap<String, LoadedModel>,
+    pub input: InputMetrics,
 }
 
 impl ServingState {

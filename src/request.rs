@@ -11,6 +11,10 @@ pub struct ReviewInput {
     pub model_text: String,
     pub rating: Option<f32>,
     pub signals: HashMap<String, f64>,
+    /// The caller's language tag, as sent (for input monitoring only).
+    pub language: Option<String>,
+    /// The text or title was cut to `limits.max_text_bytes`.
+    pub text_cut: bool,
 }
 
 impl ReviewInput {

@@ -13,9 +13,9 @@ use crate::breaker::{Breaker, BreakerPolicy};
 use crate::compare::{self, Direction};
 use crate::disagreement::{self, DisagreementLog};
 use crate::error::Error;
-use crate::metrics::{ShadowMetrics, ShadowOutcome};
+use crate::metrics::{Role, ShadowMetrics, ShadowOutcome, VerdictMetrics};
 use crate::model::ModelSpec;
-use crate::policy::Decision;
+use crate::policy::{Decision, Policy};
 use crate::request::ReviewInput;
 use crate::tokenize::TokenRows;
 use crate::worker::{JobResult, ModelHandle};
@@ -36,17 +36,38 @@ pub struct ShadowPair {
     pub task: String,
     /// The live model it is compared against (for labels and the queue-pressure check).
     live: ModelHandle,
-    /// The shadow's own workers.
+    live_policy: Arc<Policy>,
+    /// The shadow's own workers; for a policy-only shadow, the live model (never sent work).
     pub shadow: ModelHandle,
+    /// The thresholds the shadow decides with.
+    pub decision_policy: Arc<Policy>,
+    /// The shadow is the live model under `decision_policy`: decided from the live scores.
+    pub policy_only: bool,
     pub sample_rate: f64,
     salt: String,
     policy: ShadowPolicy,
     breaker: Breaker,
     metrics: ShadowMetrics,
+    /// Moderator verdicts counted against this shadow's decisions.
+    pub verdicts: VerdictMetrics,
     log: Option<DisagreementLog>,
     /// Live and shadow tokenize identically (same tokenizer file, same length limit), so the
     /// shadow reuses the live token ids.
     reuse_tokens: bool,
+}
+
+/// What `ShadowPair::new` needs besides the task name.
+pub struct PairSpec {
+    pub live: ModelHandle,
+    pub live_policy: Arc<Policy>,
+    pub shadow: ModelHandle,
+    pub shadow_policy: Arc<Policy>,
+    pub sample_rate: f64,
+    pub salt: String,
+    /// Record the shadow model's score histograms in this pair (one pair per shadow model does).
+    pub record_scores: bool,
+    /// `feedback.sources`, for the verdict series.
+    pub verdict_sources: Vec<String>,
 }
 
 /// Salt of the disagreement log's own sampling, independent of every shadow's.
@@ -76,29 +97,45 @@ pub fn sampled(review_id: &str, salt: &str, rate: f64) -> bool {
 }
 
 impl ShadowPair {
-    pub fn new(
-        task: &str,
-        live: ModelHandle,
-        shadow: ModelHandle,
-        sample_rate: f64,
-        salt: String,
-        policy: ShadowPolicy,
-        log: Option<DisagreementLog>,
-    ) -> ShadowPair {
-        let metrics = ShadowMetrics::new(task, live.spec(), shadow.spec());
+    pub fn new(task: &str, spec: PairSpec, policy: ShadowPolicy, log: Option<DisagreementLog>) -> ShadowPair {
+        let PairSpec { live, live_policy, shadow, shadow_policy, sample_rate, salt, record_scores, verdict_sources } =
+            spec;
+        let policy_only = Arc::ptr_eq(live.spec(), shadow.spec());
+        let metrics = ShadowMetrics::new(
+            task,
+            (live.spec(), &live_policy),
+            (shadow.spec(), &shadow_policy),
+            policy_only,
+            record_scores && !policy_only,
+        );
+        let verdicts = VerdictMetrics::new(task, shadow.spec(), Role::Shadow, &shadow_policy, &verdict_sources);
         let reuse_tokens = live.spec().tokenizer_sha256 == shadow.spec().tokenizer_sha256
             && live.spec().max_sequence_length == shadow.spec().max_sequence_length;
         ShadowPair {
             task: task.to_string(),
             live,
+            live_policy,
             shadow,
+            decision_policy: shadow_policy,
+            policy_only,
             sample_rate,
             salt,
             policy,
             breaker: Breaker::new(policy.breaker),
             metrics,
+            verdicts,
             log,
             reuse_tokens,
+        }
+    }
+
+    /// The shadow's name as logs and errors show it: the model, and the policy when it is
+    /// policy-only.
+    pub fn display_name(&self) -> String {
+        if self.policy_only {
+            format!("{} (policy {})", self.shadow.spec().name, self.decision_policy.name)
+        } else {
+            self.shadow.spec().name.clone()
         }
     }
 
@@ -123,6 +160,20 @@ impl ShadowPair {
         if picked.is_empty() {
             return;
         }
+        let n_labels = self.live.spec().labels.len();
+        if self.policy_only {
+            // The live scores are this shadow's scores: decide and compare now, no inference.
+            for &i in &picked {
+                let i = i..i + 1;
+                let scores = &live_scores[i.start * n_labels..i.end * n_labels];
+                self.compare(&reviews[i.clone()], scores, &live_decisions[i], scores);
+            }
+            if let Some(c) = &self.metrics.policy_only_reviews {
+                c.increment(picked.len() as u64);
+            }
+            self.metrics.outcome(ShadowOutcome::Compared, picked.len());
+            return;
+        }
         let open = self.breaker.is_open();
         self.metrics.breaker_open.set(if open { 1.0 } else { 0.0 });
         if open {
@@ -133,7 +184,6 @@ impl ShadowPair {
             self.metrics.outcome(ShadowOutcome::LivePressure, picked.len());
             return;
         }
-        let n_labels = self.live.spec().labels.len();
         let tokens = tokens.filter(|_| self.reuse_tokens);
         let all = picked.len() == reviews.len();
         let (subset, scores, decisions): (Arc<[ReviewInput]>, Vec<f32>, Vec<Decision>) = if all {
@@ -191,13 +241,21 @@ impl ShadowPair {
             }
         };
         self.trip_check(false, elapsed, None);
+        self.compare(reviews, live_scores, live_decisions, &scores);
+        self.metrics.outcome(ShadowOutcome::Compared, n);
+    }
+
+    /// Compares the shadow's scores for `reviews` with the live answers and records the result:
+    /// the decision matrix, score deltas, flips and (sampled) disagreement log lines.
+    fn compare(&self, reviews: &[ReviewInput], live_scores: &[f32], live_decisions: &[Decision], scores: &[f32]) {
         let live = self.live.spec();
         let shadow = self.shadow.spec();
         let (ln, sn) = (live.labels.len(), shadow.labels.len());
-        for i in 0..n {
+        for i in 0..reviews.len() {
             let (l_scores, s_scores) = (&live_scores[i * ln..(i + 1) * ln], &scores[i * sn..(i + 1) * sn]);
-            let s_decision = shadow.policy.decide(s_scores);
+            let s_decision = self.decision_policy.decide(s_scores);
             self.metrics.compared(live_decisions[i], s_decision);
+            self.metrics.scores(s_scores);
             for (index, (_, delta)) in
                 compare::score_deltas(&live.labels, l_scores, &shadow.labels, s_scores).into_iter().enumerate()
             {
@@ -205,7 +263,7 @@ impl ShadowPair {
                     h.record(f64::from(delta));
                 }
             }
-            if compare::top_label_flipped(&live.labels, l_scores, &shadow.labels, s_scores) {
+            if !self.policy_only && compare::top_label_flipped(&live.labels, l_scores, &shadow.labels, s_scores) {
                 self.metrics.flips.increment(1);
             }
             let direction = Direction::of(live_decisions[i], s_decision);
@@ -213,10 +271,17 @@ impl ShadowPair {
                 && let Some(log) = &self.log
                 && sampled(&reviews[i].id, DISAGREEMENT_LOG_SALT, log.config.sample_rate)
             {
-                fn side<'a>(spec: &'a ModelSpec, decision: Decision, scores: &[f32]) -> disagreement::Side<'a> {
+                fn side<'a>(
+                    spec: &'a ModelSpec,
+                    policy: &'a Policy,
+                    decision: Decision,
+                    scores: &[f32],
+                ) -> disagreement::Side<'a> {
                     disagreement::Side {
                         model: &spec.name,
                         version: &spec.version,
+                        policy: &policy.name,
+                        policy_version: &policy.version,
                         decision: decision.as_str(),
                         scores: spec.labels.iter().map(String::as_str).zip(scores.iter().copied()).collect(),
                     }
@@ -227,14 +292,13 @@ impl ShadowPair {
                     task: &self.task,
                     review_id: &reviews[i].id,
                     direction: if direction == Direction::Stricter { "stricter" } else { "more_lenient" },
-                    live: side(live, live_decisions[i], l_scores),
-                    shadow: side(shadow, s_decision, s_scores),
+                    live: side(live, &self.live_policy, live_decisions[i], l_scores),
+                    shadow: side(shadow, &self.decision_policy, s_decision, s_scores),
                     text_sha256: crate::model::package::sha256_hex(text.as_bytes()),
                     text: log.config.include_text.then_some(text.as_str()),
                 });
             }
         }
-        self.metrics.outcome(ShadowOutcome::Compared, n);
     }
 
     fn trip_check(&self, failed: bool, elapsed: Duration, error: Option<&Error>) {
@@ -243,7 +307,7 @@ impl ShadowPair {
             self.metrics.breaker_open.set(1.0);
             tracing::warn!(
                 task = %self.task,
-                shadow = %self.shadow.spec().name,
+                shadow = %self.display_name(),
                 cooldown = ?self.policy.breaker.cooldown,
                 last_error = error.map(|e| e.to_string()).unwrap_or_else(|| "over the latency budget".into()),
                 "shadow paused by its circuit breaker"

@@ -18,6 +18,9 @@ pub struct Encoder {
     /// instructions spent tokenizing them (`benches/callgrind.sh`). `None` when the tokenizer has
     /// no such step.
     ascii: Option<Arc<Tokenizer>>,
+    /// The id of the tokenizer's unknown token, if it has one (input-quality metrics count it).
+    pub unknown_id: Option<i64>,
+    pub max_sequence_length: usize,
 }
 
 /// A batch of token ids and masks, row-major `[rows, seq]`. Reused across batches by a worker so
@@ -91,6 +94,17 @@ impl TokenBatch {
     }
 }
 
+/// The unknown token's id: WordPiece, WordLevel and BPE models name it (`unk_token`), Unigram
+/// gives its id (`unk_id`). Read from the model's serialised form, which every model type has.
+fn unknown_id(tokenizer: &Tokenizer) -> Option<i64> {
+    let model = serde_json::to_value(tokenizer.get_model()).ok()?;
+    if let Some(id) = model.get("unk_id").and_then(|v| v.as_i64()) {
+        return Some(id);
+    }
+    let token = model.get("unk_token")?.as_str()?;
+    tokenizer.token_to_id(token).map(i64::from)
+}
+
 impl Encoder {
     pub fn new(mut tokenizer: Tokenizer, max_sequence_length: usize) -> Result<Encoder, String> {
         tokenizer
@@ -105,7 +119,8 @@ impl Encoder {
         // would otherwise make every review cost the full length.
         tokenizer.with_padding(None);
         let ascii = ascii_variant(&tokenizer)?.map(Arc::new);
-        Ok(Encoder { tokenizer: Arc::new(tokenizer), ascii })
+        let unknown_id = unknown_id(&tokenizer);
+        Ok(Encoder { tokenizer: Arc::new(tokenizer), ascii, unknown_id, max_sequence_length })
     }
 
     /// Appends each text's truncated, unpadded token ids to `rows`.
@@ -174,6 +189,16 @@ mod tests {
     fn encoder(max: usize) -> Encoder {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-abuse/tokenizer.json");
         Encoder::new(Tokenizer::from_file(path).unwrap(), max).unwrap()
+    }
+
+    #[test]
+    fn the_unknown_token_is_found_and_used_for_unseen_words() {
+        let e = encoder(64);
+        let unk = e.unknown_id.expect("the fixture's WordLevel model names [UNK]");
+        let mut rows = TokenRows::default();
+        e.encode_rows(["qzxv idiot"], &mut rows).unwrap();
+        assert!(rows.row(0).contains(&unk), "{:?}", rows.row(0));
+        assert!(rows.row(0).iter().any(|&id| id != unk), "{:?}", rows.row(0));
     }
 
     #[test]

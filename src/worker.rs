@@ -355,6 +355,25 @@ impl Worker {
         }
     }
 
+    /// Input-quality counters for the batch in `self.rows`: tokens, unknown tokens, and reviews
+    /// that filled the model's length (their end was cut).
+    fn count_tokens(&self) {
+        let (mut tokens, mut unknown, mut full) = (0, 0, 0);
+        for r in 0..self.rows.len() {
+            let row = self.rows.row(r);
+            tokens += row.len();
+            if let Some(unk) = self.encoder.unknown_id {
+                unknown += row.iter().filter(|&&id| id == unk).count();
+            }
+            if row.len() >= self.encoder.max_sequence_length {
+                full += 1;
+            }
+        }
+        self.metrics.tokens.increment(tokens as u64);
+        self.metrics.unknown_tokens.increment(unknown as u64);
+        self.metrics.at_max_tokens.increment(full);
+    }
+
     /// Tokenizes and runs `jobs` as one batch, leaving the scores in `self.scores`.
     fn infer(&mut self, jobs: &[Job]) -> Result<(), String> {
         let spec = self.session.spec().clone();
@@ -380,6 +399,7 @@ impl Worker {
             }
         }
         self.tokens.pad_from(&self.rows);
+        self.count_tokens();
         self.features.clear();
         if !spec.features.is_empty() {
             for review in jobs.iter().flat_map(|j| j.reviews.iter()) {

@@ -79,9 +79,10 @@ async fn admin_reload_applies_good_configs_and_refuses_bad_ones() {
     let r = admin.reload(pb::ReloadRequest {}).await.unwrap().into_inner();
     assert!(r.applied, "{:?}", r.errors);
     assert_eq!(live_model(&server).await, "tiny-abuse-v2");
+    // Listed per task: the live model first, then its shadows.
     assert_eq!(
         models(&mut admin).await,
-        [("tiny-abuse".into(), "shadow".into()), ("tiny-abuse-v2".into(), "live".into())]
+        [("tiny-abuse-v2".into(), "live".into()), ("tiny-abuse".into(), "shadow".into())]
     );
 
     // Bad configs: each refused with its reason; the promoted config keeps serving.

@@ -37,6 +37,8 @@ fn reviews(texts: &[&str]) -> Arc<[ReviewInput]> {
             model_text: t.to_string(),
             rating: None,
             signals: Default::default(),
+            language: None,
+            text_cut: false,
         })
         .collect()
 }

@@ -7,7 +7,9 @@ panel expression into a rules file so `promtool check rules` validates them in C
 import json
 import pathlib
 
-PAIR = 'task=~"$task", shadow_model=~"$shadow"'
+PAIR = 'task=~"$task", shadow_model=~"$shadow", shadow_policy=~"$policy"'
+# Verdict and score series name the model (live or shadow) instead of the pair.
+MODEL = 'task=~"$task"'
 PANELS = [
     ("Agreement (shadow decision = live decision)", "percentunit", [
         ("{{task}} {{live_model}} vs {{shadow_model}}", f"modserve:shadow_agreement:ratio_rate5m{{{PAIR}}}"),
@@ -53,6 +55,33 @@ PANELS = [
     ("Disagreement log lines per second", "short", [
         ("{{outcome}}", "sum by (outcome) (rate(modserve_disagreement_log_lines_total[$__rate_interval]))"),
     ]),
+    ("Precision against moderator verdicts (1 day): live vs candidates", "percentunit", [
+        ("REJECT {{model}} {{policy}} ({{role}})", f"modserve:verdict_reject_precision:ratio_1d{{{MODEL}}}"),
+        ("REVIEW+ {{model}} {{policy}} ({{role}})", f"modserve:verdict_review_precision:ratio_1d{{{MODEL}}}"),
+    ]),
+    ("Recall against moderator verdicts (1 day): live vs candidates", "percentunit", [
+        ("REJECT {{model}} {{policy}} ({{role}})", f"modserve:verdict_reject_recall:ratio_1d{{{MODEL}}}"),
+        ("REVIEW+ {{model}} {{policy}} ({{role}})", f"modserve:verdict_review_recall:ratio_1d{{{MODEL}}}"),
+    ]),
+    ("Verdicts received per second by outcome", "short", [
+        ("{{task}} {{outcome}}",
+         f"sum by (task, outcome) (rate(modserve_verdicts_received_total{{{MODEL}}}[$__rate_interval]))"),
+    ]),
+    ("Mean score per label (1 h), live and shadows", "short", [
+        ("{{model}} {{label}} ({{role}})", f"modserve:score:mean_rate1h{{{MODEL}}}"),
+    ]),
+    ("Score distribution over the range", "short", [
+        ("{{model}} {{label}} <= {{le}}",
+         f"sum by (model, label, le) (increase(modserve_scores_bucket{{{MODEL}}}[$__range]))"),
+    ]),
+    ("Input quality: unknown tokens, reviews at max length, cut texts", "percentunit", [
+        ("unknown tokens {{model}} ({{role}})", "modserve:unknown_tokens:ratio_rate1h"),
+        ("at max length {{model}} ({{role}})", "modserve:reviews_at_max_tokens:ratio_rate1h"),
+        ("text cut", "modserve:reviews_text_cut:ratio_rate1h"),
+    ]),
+    ("Languages callers send (share, 1 h)", "percentunit", [
+        ("{{language}}", "modserve:reviews_by_language:ratio_rate1h"),
+    ]),
 ]
 
 
@@ -95,6 +124,8 @@ dashboard = {
         {"name": "datasource", "type": "datasource", "query": "prometheus"},
         variable("task", "label_values(modserve_shadow_reviews_total, task)"),
         variable("shadow", "label_values(modserve_shadow_reviews_total{task=~\"$task\"}, shadow_model)"),
+        variable("policy",
+                 "label_values(modserve_shadow_reviews_total{task=~\"$task\", shadow_model=~\"$shadow\"}, shadow_policy)"),
     ]},
     "panels": [panel(i, *p) for i, p in enumerate(PANELS)],
 }

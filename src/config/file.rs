@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::{LogFormat, OversizeText};
+use crate::policy::Thresholds;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -18,7 +19,10 @@ pub(super) struct RawConfig {
     pub(super) batching: RawBatching,
     pub(super) shadow: RawShadowPolicy,
     pub(super) models: BTreeMap<String, RawModel>,
+    pub(super) policies: BTreeMap<String, RawPolicy>,
     pub(super) tasks: BTreeMap<String, RawTask>,
+    pub(super) feedback: RawFeedback,
+    pub(super) monitoring: RawMonitoring,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -81,6 +85,7 @@ pub(super) struct RawModel {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawTask {
     pub(super) live: String,
+    pub(super) policy: Option<String>,
     #[serde(default)]
     pub(super) shadows: Vec<RawShadow>,
 }
@@ -89,8 +94,35 @@ pub(super) struct RawTask {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawShadow {
     pub(super) model: String,
+    pub(super) policy: Option<String>,
     pub(super) sample_rate: f64,
     pub(super) salt: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPolicy {
+    pub(super) version: String,
+    #[serde(default)]
+    pub(super) thresholds: BTreeMap<String, Thresholds>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawFeedback {
+    pub(super) sources: Option<Vec<String>>,
+    pub(super) max_verdicts_per_request: Option<usize>,
+    pub(super) queue_capacity: Option<usize>,
+    pub(super) batch_size: Option<usize>,
+    pub(super) max_delay: Option<String>,
+    pub(super) dedupe_window: Option<String>,
+    pub(super) dedupe_capacity: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawMonitoring {
+    pub(super) languages: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

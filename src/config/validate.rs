@@ -177,6 +177,38 @@ pub(super) fn validate(
     if raw.tasks.is_empty() {
         errors.push("tasks: at least one task is required, e.g. [tasks.abuse] live = \"abuse-v1\"".into());
     }
+    let mut policies = BTreeMap::new();
+    for (name, p) in &raw.policies {
+        let key = format!("policies.{name}");
+        if !is_valid_name(name) {
+            errors.push(format!("{key}: policy names use 1-64 of [a-z0-9._-]"));
+        }
+        if p.version.trim().is_empty() {
+            errors.push(format!("{key}.version: must not be empty"));
+        }
+        if p.thresholds.is_empty() {
+            errors.push(format!(
+                "{key}.thresholds: name at least one label, e.g. [{key}.thresholds.insult] reject = 0.9"
+            ));
+        }
+        for (label, t) in &p.thresholds {
+            errors.extend(t.errors(&format!("{key}.thresholds.{label}")));
+        }
+        policies.insert(
+            name.clone(),
+            PolicySpec { name: name.clone(), version: p.version.clone(), thresholds: p.thresholds.clone() },
+        );
+    }
+    let policy_ref = |errors: &mut Vec<String>, key: &str, policy: &Option<String>| {
+        if let Some(p) = policy
+            && !policies.contains_key(p)
+        {
+            errors.push(format!(
+                "{key}: no policy named {p:?} under [policies] (configured: {:?})",
+                policies.keys().collect::<Vec<_>>()
+            ));
+        }
+    };
     let mut tasks = Vec::new();
     for (name, t) in &raw.tasks {
         if !is_valid_name(name) {
@@ -189,28 +221,41 @@ pub(super) fn validate(
                 models.keys().collect::<Vec<_>>()
             ));
         }
+        policy_ref(&mut errors, &format!("tasks.{name}.policy"), &t.policy);
         let mut shadows = Vec::new();
         for (i, sh) in t.shadows.iter().enumerate() {
             let key = format!("tasks.{name}.shadows[{i}]");
             if !models.contains_key(&sh.model) {
                 errors.push(format!("{key}.model: no model named {:?} under [models]", sh.model));
             }
-            if sh.model == t.live {
-                errors.push(format!("{key}.model: {:?} is already the live model of this task", sh.model));
+            policy_ref(&mut errors, &format!("{key}.policy"), &sh.policy);
+            if sh.model == t.live && sh.policy.is_none() {
+                errors.push(format!(
+                    "{key}.model: {:?} is already the live model of this task; add policy = \"NAME\" to try other thresholds on it",
+                    sh.model
+                ));
+            } else if sh.model == t.live && sh.policy == t.policy {
+                errors.push(format!("{key}.policy: {:?} is already the live policy of this task", sh.policy));
             }
-            if t.shadows[..i].iter().any(|o| o.model == sh.model) {
-                errors.push(format!("{key}.model: {:?} is listed twice", sh.model));
+            if t.shadows[..i].iter().any(|o| o.model == sh.model && o.policy == sh.policy) {
+                errors.push(format!("{key}: model {:?} with policy {:?} is listed twice", sh.model, sh.policy));
             }
             if !(0.0..=1.0).contains(&sh.sample_rate) {
                 errors.push(format!("{key}.sample_rate {}: must be within 0..=1 (1 = every review)", sh.sample_rate));
             }
+            // The default salt keeps a model shadow's sample unchanged when a policy is added.
+            let salt = match &sh.policy {
+                Some(p) if sh.model == t.live => format!("{}+{p}", sh.model),
+                _ => sh.model.clone(),
+            };
             shadows.push(ShadowConfig {
                 model: sh.model.clone(),
+                policy: sh.policy.clone(),
                 sample_rate: sh.sample_rate,
-                salt: sh.salt.clone().unwrap_or_else(|| sh.model.clone()),
+                salt: sh.salt.clone().unwrap_or(salt),
             });
         }
-        tasks.push(TaskConfig { name: name.clone(), live: t.live.clone(), shadows });
+        tasks.push(TaskConfig { name: name.clone(), live: t.live.clone(), policy: t.policy.clone(), shadows });
     }
     for task in &tasks {
         for other in &tasks {
@@ -254,6 +299,24 @@ pub(super) fn validate(
     if !(0..=19).contains(&shadow_nice) {
         errors.push(format!("shadow.nice {shadow_nice}: must be 0..=19"));
     }
+    let feedback = feedback(&mut errors, &raw.feedback);
+    let monitoring = MonitoringConfig {
+        languages: match &raw.monitoring.languages {
+            Some(list) => list.iter().map(|l| l.to_ascii_lowercase()).collect(),
+            None => defaults::MONITORED_LANGUAGES.iter().map(|l| l.to_string()).collect(),
+        },
+    };
+    for (i, l) in monitoring.languages.iter().enumerate() {
+        if !(2..=8).contains(&l.len()) || !l.bytes().all(|b| b.is_ascii_lowercase()) {
+            errors.push(format!("monitoring.languages[{i}] {l:?}: use a primary language subtag like \"en\""));
+        }
+    }
+    if monitoring.languages.len() > 100 {
+        errors.push(format!(
+            "monitoring.languages: {} entries; at most 100 (each is a metric series)",
+            monitoring.languages.len()
+        ));
+    }
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -269,8 +332,57 @@ pub(super) fn validate(
         shadow_nice,
         disagreement_log,
         models,
+        policies,
         tasks,
+        feedback,
+        monitoring,
     })
+}
+
+fn feedback(errors: &mut Vec<String>, raw: &super::file::RawFeedback) -> FeedbackConfig {
+    let text = |v: &Option<String>, default: &'static str| v.clone().unwrap_or_else(|| default.to_string());
+    let config = FeedbackConfig {
+        sources: raw.sources.clone().unwrap_or_default(),
+        max_verdicts_per_request: raw.max_verdicts_per_request.unwrap_or(defaults::FEEDBACK_MAX_VERDICTS_PER_REQUEST),
+        queue_capacity: raw.queue_capacity.unwrap_or(defaults::FEEDBACK_QUEUE_CAPACITY),
+        batch_size: raw.batch_size.unwrap_or(defaults::FEEDBACK_BATCH_SIZE),
+        max_delay: duration(errors, "feedback.max_delay", &text(&raw.max_delay, defaults::FEEDBACK_MAX_DELAY)),
+        dedupe_window: duration(
+            errors,
+            "feedback.dedupe_window",
+            &text(&raw.dedupe_window, defaults::FEEDBACK_DEDUPE_WINDOW),
+        ),
+        dedupe_capacity: raw.dedupe_capacity.unwrap_or(defaults::FEEDBACK_DEDUPE_CAPACITY),
+    };
+    for (i, s) in config.sources.iter().enumerate() {
+        if !is_valid_name(s) || s == crate::metrics::OTHER_SOURCE || s == crate::metrics::NO_SOURCE {
+            errors.push(format!(
+                "feedback.sources[{i}] {s:?}: use 1-64 of [a-z0-9._-], not \"{}\" or \"{}\" (reserved)",
+                crate::metrics::OTHER_SOURCE,
+                crate::metrics::NO_SOURCE
+            ));
+        }
+    }
+    if config.sources.len() > 50 {
+        errors.push(format!(
+            "feedback.sources: {} entries; at most 50 (each multiplies the verdict series)",
+            config.sources.len()
+        ));
+    }
+    for (key, v, max) in [
+        ("feedback.max_verdicts_per_request", config.max_verdicts_per_request, 10_000),
+        ("feedback.queue_capacity", config.queue_capacity, 1_000_000),
+        ("feedback.batch_size", config.batch_size, 1024),
+        ("feedback.dedupe_capacity", config.dedupe_capacity, 10_000_000),
+    ] {
+        if v == 0 || v > max {
+            errors.push(format!("{key} {v}: must be 1..={max}"));
+        }
+    }
+    if config.max_delay < Duration::from_millis(10) {
+        errors.push(format!("feedback.max_delay {:?}: must be at least 10ms", config.max_delay));
+    }
+    config
 }
 
 fn token_source(

@@ -7,7 +7,8 @@ use super::pb::{
     GetConfigRequest, GetConfigResponse, ListModelsRequest, ListModelsResponse, LoadedModel, ReloadRequest,
     ReloadResponse,
 };
-use crate::metrics::ReloadTrigger;
+use crate::metrics::{ReloadTrigger, Role};
+use crate::policy::Policy;
 use crate::registry::Registry;
 use crate::reload::ReloadHandle;
 
@@ -48,27 +49,35 @@ impl Admin for AdminService {
 
     async fn list_models(&self, _: Request<ListModelsRequest>) -> Result<Response<ListModelsResponse>, Status> {
         let state = self.registry.load().ok_or_else(|| Status::unavailable("models are still loading"))?;
-        let models = state
-            .models
-            .iter()
-            .map(|(name, m)| {
-                let spec = m.handle.spec();
-                LoadedModel {
-                    name: name.clone(),
-                    version: spec.version.clone(),
-                    task: spec.task.clone(),
-                    role: m.role.as_str().to_string(),
-                    sha256: spec.model_sha256.clone(),
-                    tokenizer_sha256: spec.tokenizer_sha256.clone(),
-                    loaded_at: humantime::format_rfc3339_millis(m.loaded_at).to_string(),
-                    load_seconds: m.load_seconds,
-                    sample_rate: m.sample_rate,
-                    policy_name: spec.policy.name.clone(),
-                    policy_version: spec.policy.version.clone(),
-                    path: spec.dir.display().to_string(),
-                }
-            })
-            .collect();
+        // One entry per use: the live model of each task with the task's policy, then each shadow
+        // with its own (a policy-only shadow lists the live model again, under its policy).
+        let entry = |handle: &crate::worker::ModelHandle, role: &str, policy: &Policy, sample_rate: f64| {
+            let spec = handle.spec();
+            let loaded = state.models.get(&spec.name);
+            LoadedModel {
+                name: spec.name.clone(),
+                version: spec.version.clone(),
+                task: spec.task.clone(),
+                role: role.to_string(),
+                sha256: spec.model_sha256.clone(),
+                tokenizer_sha256: spec.tokenizer_sha256.clone(),
+                loaded_at: loaded
+                    .map(|m| humantime::format_rfc3339_millis(m.loaded_at).to_string())
+                    .unwrap_or_default(),
+                load_seconds: loaded.map_or(0.0, |m| m.load_seconds),
+                sample_rate,
+                policy_name: policy.name.clone(),
+                policy_version: policy.version.clone(),
+                path: spec.dir.display().to_string(),
+            }
+        };
+        let mut models = Vec::new();
+        for task in &state.tasks {
+            models.push(entry(&task.live, Role::Live.as_str(), &task.policy, 1.0));
+            for pair in &task.shadows {
+                models.push(entry(&pair.shadow, Role::Shadow.as_str(), &pair.decision_policy, pair.sample_rate));
+            }
+        }
         Ok(Response::new(ListModelsResponse { models, generation: state.generation }))
     }
 }

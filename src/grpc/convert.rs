@@ -1,5 +1,5 @@
 //! Proto <-> domain: validates a `ClassifyRequest` into a `ClassifyInput` (pure, no I/O, so it
-//! can be fuzzed) and builds the `ClassifyResponse`.
+//! can be fuzzed), a `SubmitVerdictsRequest` into `Verdict`s, and builds the `ClassifyResponse`.
 
 use std::collections::{HashMap, HashSet};
 
@@ -7,7 +7,9 @@ use super::pb;
 use crate::classify::ClassifyOutput;
 use crate::config::{Limits, OversizeText};
 use crate::error::Error;
+use crate::feedback::{Verdict, source_label};
 use crate::policy::Decision;
+use crate::registry::ServingState;
 use crate::request::{ClassifyInput, ReviewInput};
 
 /// Longest review id accepted, in bytes: ids end up in logs and the disagreement log.
@@ -29,22 +31,14 @@ pub fn validate(req: pb::ClassifyRequest, limits: &Limits) -> Result<ClassifyInp
     }
     let mut seen: HashMap<&str, usize> = HashMap::with_capacity(req.reviews.len());
     for (i, r) in req.reviews.iter().enumerate() {
-        if r.id.trim().is_empty() {
-            return Err(Error::invalid(format!("reviews[{i}].id"), "must not be empty"));
-        }
-        if r.id.len() > MAX_ID_BYTES {
-            return Err(Error::invalid(
-                format!("reviews[{i}].id"),
-                format!("{} bytes exceed the limit of {MAX_ID_BYTES}", r.id.len()),
-            ));
-        }
+        check_id(&format!("reviews[{i}]"), &r.id)?;
         if let Some(j) = seen.insert(r.id.as_str(), i) {
             return Err(Error::invalid(format!("reviews[{i}].id"), format!("duplicate of reviews[{j}].id {:?}", r.id)));
         }
     }
     let mut reviews = Vec::with_capacity(req.reviews.len());
     for (i, r) in req.reviews.into_iter().enumerate() {
-        reviews.push(validate_review(i, r, limits)?);
+        reviews.push(validate_review(&format!("reviews[{i}]"), r, limits)?);
     }
     let mut tasks: Vec<String> = Vec::with_capacity(req.tasks.len());
     let mut seen_tasks = HashSet::new();
@@ -59,43 +53,66 @@ pub fn validate(req: pb::ClassifyRequest, limits: &Limits) -> Result<ClassifyInp
     Ok(ClassifyInput { reviews: reviews.into(), tasks, request_id: req.request_id })
 }
 
-fn validate_review(i: usize, r: pb::Review, limits: &Limits) -> Result<ReviewInput, Error> {
-    if r.text.trim().is_empty() {
-        return Err(Error::invalid(format!("reviews[{i}].text"), "must not be empty or only whitespace"));
+/// Checks a review id; `at` is the review's field path (`reviews[3]`).
+fn check_id(at: &str, id: &str) -> Result<(), Error> {
+    if id.trim().is_empty() {
+        return Err(Error::invalid(format!("{at}.id"), "must not be empty"));
     }
-    let text = fit(format!("reviews[{i}].text"), r.text, limits)?;
-    let title = match r.title {
-        Some(t) if !t.trim().is_empty() => Some(fit(format!("reviews[{i}].title"), t, limits)?),
-        _ => None,
+    if id.len() > MAX_ID_BYTES {
+        return Err(Error::invalid(
+            format!("{at}.id"),
+            format!("{} bytes exceed the limit of {MAX_ID_BYTES}", id.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks one review (all but its id); `at` is its field path (`reviews[3]`).
+fn validate_review(at: &str, r: pb::Review, limits: &Limits) -> Result<ReviewInput, Error> {
+    if r.text.trim().is_empty() {
+        return Err(Error::invalid(format!("{at}.text"), "must not be empty or only whitespace"));
+    }
+    let (text, text_cut) = fit(format!("{at}.text"), r.text, limits)?;
+    let (title, title_cut) = match r.title {
+        Some(t) if !t.trim().is_empty() => {
+            let (title, cut) = fit(format!("{at}.title"), t, limits)?;
+            (Some(title), cut)
+        }
+        _ => (None, false),
     };
     if let Some(rating) = r.rating
         && !rating.is_finite()
     {
-        return Err(Error::invalid(format!("reviews[{i}].rating"), "must be a finite number"));
+        return Err(Error::invalid(format!("{at}.rating"), "must be a finite number"));
     }
     if r.signals.len() > MAX_SIGNALS {
         return Err(Error::invalid(
-            format!("reviews[{i}].signals"),
+            format!("{at}.signals"),
             format!("{} signals exceed the limit of {MAX_SIGNALS}", r.signals.len()),
         ));
     }
     if let Some((k, _)) = r.signals.iter().find(|(_, v)| !v.is_finite() || v.abs() > f32::MAX as f64) {
-        return Err(Error::invalid(
-            format!("reviews[{i}].signals[{k:?}]"),
-            "must be a finite number within float32 range",
-        ));
+        return Err(Error::invalid(format!("{at}.signals[{k:?}]"), "must be a finite number within float32 range"));
     }
     let model_text = match title {
         Some(title) => format!("{title}\n{text}"),
         None => text,
     };
-    Ok(ReviewInput { id: r.id, model_text, rating: r.rating, signals: r.signals })
+    Ok(ReviewInput {
+        id: r.id,
+        model_text,
+        rating: r.rating,
+        signals: r.signals,
+        language: r.language.filter(|l| !l.is_empty()),
+        text_cut: text_cut || title_cut,
+    })
 }
 
-/// Applies the text size limit: reject, or cut at the last character boundary within it.
-fn fit(field: String, mut text: String, limits: &Limits) -> Result<String, Error> {
+/// Applies the text size limit: reject, or cut at the last character boundary within it (and
+/// say so).
+fn fit(field: String, mut text: String, limits: &Limits) -> Result<(String, bool), Error> {
     if text.len() <= limits.max_text_bytes {
-        return Ok(text);
+        return Ok((text, false));
     }
     match limits.oversize_text {
         OversizeText::Reject => Err(Error::invalid(
@@ -108,9 +125,88 @@ fn fit(field: String, mut text: String, limits: &Limits) -> Result<String, Error
                 cut -= 1;
             }
             text.truncate(cut);
-            Ok(text)
+            Ok((text, true))
         }
     }
+}
+
+/// Checks every verdict of a `SubmitVerdictsRequest` against the serving state (its tasks and
+/// their models' labels); the first broken rule fails the call, naming the field.
+pub fn validate_verdicts(req: pb::SubmitVerdictsRequest, state: &ServingState) -> Result<Vec<Verdict>, Error> {
+    let feedback = &state.config.feedback;
+    if req.verdicts.is_empty() {
+        return Err(Error::invalid("verdicts", "at least one verdict is required"));
+    }
+    if req.verdicts.len() > feedback.max_verdicts_per_request {
+        return Err(Error::invalid(
+            "verdicts",
+            format!(
+                "{} verdicts exceed the limit of {} per request (feedback.max_verdicts_per_request)",
+                req.verdicts.len(),
+                feedback.max_verdicts_per_request
+            ),
+        ));
+    }
+    let mut verdicts = Vec::with_capacity(req.verdicts.len());
+    for (i, v) in req.verdicts.into_iter().enumerate() {
+        let at = format!("verdicts[{i}]");
+        let Some(entry) = state.tasks.iter().find(|t| t.name == v.task) else {
+            return Err(Error::invalid(
+                format!("{at}.task"),
+                format!("unknown task {:?}; configured tasks are {:?}", v.task, state.task_names()),
+            ));
+        };
+        let human = match pb::Decision::try_from(v.decision) {
+            Ok(pb::Decision::Allow) => Decision::Allow,
+            Ok(pb::Decision::Review) => Decision::Review,
+            Ok(pb::Decision::Reject) => Decision::Reject,
+            _ => {
+                return Err(Error::invalid(
+                    format!("{at}.decision"),
+                    "must be DECISION_ALLOW, DECISION_REVIEW or DECISION_REJECT",
+                ));
+            }
+        };
+        let Some(review) = v.review else {
+            return Err(Error::invalid(format!("{at}.review"), "is required"));
+        };
+        let review_at = format!("{at}.review");
+        check_id(&review_at, &review.id)?;
+        let review = validate_review(&review_at, review, &state.config.limits)?;
+        let known = |label: &str| {
+            entry
+                .live
+                .spec()
+                .labels
+                .iter()
+                .chain(entry.shadows.iter().flat_map(|s| &s.shadow.spec().labels))
+                .any(|l| l == label)
+        };
+        if let Some((j, label)) = v.labels.iter().enumerate().find(|(_, l)| !known(l)) {
+            return Err(Error::invalid(
+                format!("{at}.labels[{j}]"),
+                format!(
+                    "{label:?} is not a label of task {}'s models (live: {:?})",
+                    entry.name,
+                    entry.live.spec().labels
+                ),
+            ));
+        }
+        if v.source.len() > MAX_ID_BYTES {
+            return Err(Error::invalid(
+                format!("{at}.source"),
+                format!("{} bytes exceed the limit of {MAX_ID_BYTES}", v.source.len()),
+            ));
+        }
+        verdicts.push(Verdict {
+            review,
+            task: entry.name.clone(),
+            human,
+            labels: v.labels,
+            source: source_label(&v.source, &feedback.sources),
+        });
+    }
+    Ok(verdicts)
 }
 
 pub fn decision(d: Decision) -> pb::Decision {
@@ -129,8 +225,8 @@ pub fn response(input: &ClassifyInput, output: &ClassifyOutput) -> pb::ClassifyR
         .map(|t| pb::ModelRef {
             name: t.model.name.clone(),
             version: t.model.version.clone(),
-            policy_name: t.model.policy.name.clone(),
-            policy_version: t.model.policy.version.clone(),
+            policy_name: t.policy.name.clone(),
+            policy_version: t.policy.version.clone(),
         })
         .collect();
     let results = input

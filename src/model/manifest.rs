@@ -210,18 +210,7 @@ impl Manifest {
                 Some(idx) => thresholds[idx] = Some(Thresholds { review: t.review, reject: t.reject }),
                 None => errors.push(format!("{field}: no such label (labels are {:?})", raw.labels)),
             }
-            for (which, v) in [("review", t.review), ("reject", t.reject)] {
-                if let Some(v) = v {
-                    check(&mut errors, (0.0..=1.0).contains(&v), format!("{field}.{which} {v}: must be within 0..=1"));
-                }
-            }
-            if let (Some(review), Some(reject)) = (t.review, t.reject) {
-                check(
-                    &mut errors,
-                    review <= reject,
-                    format!("{field}: review {review} must not exceed reject {reject}"),
-                );
-            }
+            errors.extend(Thresholds { review: t.review, reject: t.reject }.errors(&field));
         }
         if !errors.is_empty() {
             return Err(errors);

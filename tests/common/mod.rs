@@ -289,3 +289,38 @@ pub fn percent_decode(s: &str) -> String {
     }
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// Every series of `name` in a scrape, with its labels parsed (exact names, unlike `metric`'s
+/// substring match, which cannot tell `model` from `live_model`).
+pub fn series(scrape: &str, name: &str) -> Vec<(std::collections::HashMap<String, String>, f64)> {
+    scrape
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (series_name, rest) = series.split_once('{').unwrap_or((series, "}"));
+            if series_name != name {
+                return None;
+            }
+            let labels = rest
+                .trim_end_matches('}')
+                .split("\",")
+                .filter(|kv| !kv.is_empty())
+                .filter_map(|kv| {
+                    let (k, v) = kv.split_once("=\"")?;
+                    Some((k.to_string(), v.trim_end_matches('"').to_string()))
+                })
+                .collect();
+            Some((labels, value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The sum of every series of `name` whose labels include all of `labels`, exactly.
+pub fn sum_where(scrape: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    series(scrape, name)
+        .into_iter()
+        .filter(|(l, _)| labels.iter().all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v)))
+        .map(|(_, v)| v)
+        .sum()
+}

@@ -1,0 +1,362 @@
+//! Moderator verdicts: the ground truth that tells whether a candidate is better, not only
+//! different. `Feedback/SubmitVerdicts` hands validated verdicts to `Feedback::submit`, which
+//! drops repeats of a (review id, task) seen within `feedback.dedupe_window` and queues the rest;
+//! one background task scores them with the task's live model and every shadow (not sampled) and
+//! counts each model's decision against the human one (`metrics::VerdictMetrics`).
+//!
+//! Verdicts never slow Classify: the queue is bounded (a full queue refuses the call), work goes
+//! to the live model in small chunks only while its queue is shorter than
+//! `shadow.live_pressure_jobs`, and a verdict not scored within `feedback.max_delay` is shed and
+//! counted. Nothing is stored but the dedupe window, so any replica can take any verdict.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use tokio::sync::mpsc;
+
+use crate::error::Error;
+use crate::metrics::{self, NO_SOURCE, OTHER_SOURCE, VerdictOutcome};
+use crate::policy::Decision;
+use crate::registry::{Registry, ServingState, TaskEntry};
+use crate::request::ReviewInput;
+use crate::worker::ModelHandle;
+
+/// Settings (the `[feedback]` table).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct FeedbackConfig {
+    /// Verdict sources counted by name (e.g. moderation teams or tools); any other counts as
+    /// "other", none as "none". Bounded because each is a label value.
+    pub sources: Vec<String>,
+    pub max_verdicts_per_request: usize,
+    /// Verdicts accepted but not yet scored, at most; beyond it a call is refused.
+    pub queue_capacity: usize,
+    /// Verdicts sent to a model at once: small, so a live batch never waits long behind them.
+    pub batch_size: usize,
+    /// A verdict not scored this long after it was accepted is shed.
+    #[serde(with = "crate::config::humantime_serde_str")]
+    pub max_delay: Duration,
+    /// A (review id, task) received again within this window is not counted again; 0 turns
+    /// the check off.
+    #[serde(with = "crate::config::humantime_serde_str")]
+    pub dedupe_window: Duration,
+    /// Keys remembered for the dedupe check, at most (the oldest are forgotten first).
+    pub dedupe_capacity: usize,
+}
+
+/// A validated verdict.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    pub review: ReviewInput,
+    pub task: String,
+    /// The moderator's decision.
+    pub human: Decision,
+    /// Labels the moderator found, validated against the task's models (not counted yet).
+    pub labels: Vec<String>,
+    /// A configured source, "other" or "none".
+    pub source: String,
+}
+
+/// The answer to a submission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Submitted {
+    pub accepted: usize,
+    pub duplicates: usize,
+}
+
+/// The cheap, cloneable front door; the scoring task stops when every handle is dropped.
+#[derive(Clone)]
+pub struct Feedback {
+    tx: mpsc::UnboundedSender<Accepted>,
+    /// Verdicts accepted and not yet scored: the queue's bound is checked against it (the
+    /// channel itself is unbounded so the bound can follow reloads of `queue_capacity`).
+    queued: Arc<AtomicUsize>,
+    seen: Arc<Mutex<Seen>>,
+}
+
+struct Accepted {
+    verdicts: Vec<Verdict>,
+    at: Instant,
+}
+
+/// Normalises a caller's source tag to a bounded label value.
+pub fn source_label(source: &str, configured: &[String]) -> String {
+    if source.is_empty() {
+        NO_SOURCE.to_string()
+    } else if configured.iter().any(|s| s == source) {
+        source.to_string()
+    } else {
+        OTHER_SOURCE.to_string()
+    }
+}
+
+impl Feedback {
+    /// Starts the scoring task on the current runtime.
+    pub fn start(registry: Registry) -> (Feedback, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn(score_loop(registry, rx, queued.clone()));
+        (Feedback { tx, queued, seen: Arc::new(Mutex::new(Seen::default())) }, task)
+    }
+
+    /// Drops repeats and queues the rest for scoring. Refuses the whole call (nothing counted,
+    /// nothing remembered) when the queue cannot take it.
+    pub fn submit(&self, state: &ServingState, verdicts: Vec<Verdict>) -> Result<Submitted, Error> {
+        let config = &state.config.feedback;
+        let now = Instant::now();
+        let received = verdicts.len();
+        let fresh: Vec<Verdict> = {
+            let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            let mut in_call = std::collections::HashSet::new();
+            verdicts
+                .into_iter()
+                .filter(|v| {
+                    let key = key(&v.review.id, &v.task);
+                    let repeat = !in_call.insert(key) || seen.contains(key, now, config.dedupe_window);
+                    if repeat {
+                        metrics::verdicts_received(&v.task, &v.source, VerdictOutcome::Duplicate, 1);
+                    }
+                    !repeat
+                })
+                .collect()
+        };
+        let accepted = fresh.len();
+        let submitted = Submitted { accepted, duplicates: received - accepted };
+        if accepted == 0 {
+            return Ok(submitted);
+        }
+        let before = self.queued.fetch_add(accepted, Ordering::SeqCst);
+        if before + accepted > config.queue_capacity {
+            self.queued.fetch_sub(accepted, Ordering::SeqCst);
+            for v in &fresh {
+                metrics::verdicts_received(&v.task, &v.source, VerdictOutcome::ShedQueueFull, 1);
+            }
+            return Err(Error::FeedbackQueueFull { capacity: config.queue_capacity });
+        }
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            for v in &fresh {
+                seen.insert(key(&v.review.id, &v.task), now, config.dedupe_window, config.dedupe_capacity);
+            }
+        }
+        metrics::feedback_queue(before + accepted);
+        if self.tx.send(Accepted { verdicts: fresh, at: now }).is_err() {
+            self.queued.fetch_sub(accepted, Ordering::SeqCst);
+            return Err(Error::Unavailable("the server is shutting down; retry on another replica"));
+        }
+        Ok(submitted)
+    }
+}
+
+/// A 64-bit key for (review id, task): collisions among a window's keys are negligible, and it
+/// keeps the window's memory small.
+fn key(review_id: &str, task: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    (review_id, task).hash(&mut h);
+    h.finish()
+}
+
+/// The dedupe window: keys with the time they were first accepted, oldest first.
+#[derive(Default)]
+struct Seen {
+    at: HashMap<u64, Instant>,
+    order: VecDeque<(u64, Instant)>,
+}
+
+impl Seen {
+    fn contains(&self, key: u64, now: Instant, window: Duration) -> bool {
+        self.at.get(&key).is_some_and(|t| now.duration_since(*t) < window)
+    }
+
+    fn insert(&mut self, key: u64, now: Instant, window: Duration, capacity: usize) {
+        if window.is_zero() {
+            return;
+        }
+        while let Some(&(k, t)) = self.order.front() {
+            if now.duration_since(t) < window && self.order.len() < capacity {
+                break;
+            }
+            self.order.pop_front();
+            if self.at.get(&k) == Some(&t) {
+                self.at.remove(&k);
+            }
+        }
+        self.at.insert(key, now);
+        self.order.push_back((key, now));
+    }
+}
+
+async fn score_loop(registry: Registry, mut rx: mpsc::UnboundedReceiver<Accepted>, queued: Arc<AtomicUsize>) {
+    while let Some(accepted) = rx.recv().await {
+        let n = accepted.verdicts.len();
+        match registry.load() {
+            Some(state) => score(&state, accepted).await,
+            // Only while shutting down; nothing can score them now.
+            None => {
+                for v in &accepted.verdicts {
+                    metrics::verdicts_received(&v.task, &v.source, VerdictOutcome::Error, 1);
+                }
+            }
+        }
+        let left = queued.fetch_sub(n, Ordering::SeqCst) - n;
+        metrics::feedback_queue(left);
+    }
+}
+
+/// Scores one accepted call's verdicts, task by task, in chunks.
+async fn score(state: &ServingState, accepted: Accepted) {
+    let config = &state.config.feedback;
+    let deadline = accepted.at + config.max_delay;
+    let mut by_task: Vec<(&TaskEntry, Vec<Verdict>)> = Vec::new();
+    for v in accepted.verdicts {
+        // The task was validated against the state of the call; a reload may have removed it.
+        let Some(entry) = state.tasks.iter().find(|t| t.name == v.task) else {
+            metrics::verdicts_received(&v.task, &v.source, VerdictOutcome::Error, 1);
+            continue;
+        };
+        match by_task.iter_mut().find(|(e, _)| std::ptr::eq(*e, entry)) {
+            Some((_, list)) => list.push(v),
+            None => by_task.push((entry, vec![v])),
+        }
+    }
+    let pressure = state.config.shadow.live_pressure_jobs;
+    for (entry, verdicts) in by_task {
+        for chunk in verdicts.chunks(config.batch_size) {
+            score_chunk(entry, chunk, deadline, pressure).await;
+        }
+    }
+}
+
+async fn score_chunk(entry: &TaskEntry, chunk: &[Verdict], deadline: Instant, pressure: usize) {
+    let reviews: Arc<[ReviewInput]> = chunk.iter().map(|v| v.review.clone()).collect();
+    let received = |outcome: VerdictOutcome| {
+        for v in chunk {
+            metrics::verdicts_received(&v.task, &v.source, outcome, 1);
+        }
+    };
+    let live_scores = match run(&entry.live, &reviews, deadline, Some(pressure)).await {
+        Ok(scores) => scores,
+        Err(Error::DeadlineExceeded(_)) => return received(VerdictOutcome::ShedDeadline),
+        Err(e) => {
+            tracing::warn!(task = %entry.name, model = %entry.live.spec().name, error = %e, verdicts = chunk.len(),
+                "live model could not score verdicts");
+            entry.verdicts.errors.increment(chunk.len() as u64);
+            return received(VerdictOutcome::Error);
+        }
+    };
+    let n_live = entry.live.spec().labels.len();
+    for (v, scores) in chunk.iter().zip(live_scores.chunks_exact(n_live)) {
+        entry.verdicts.count(&v.source, entry.policy.decide(scores), v.human);
+    }
+    // Shadows on their own workers, all at once; policy-only shadows reuse the live scores.
+    let shadows = entry.shadows.iter().map(|pair| {
+        let reviews = reviews.clone();
+        let live_scores = &live_scores;
+        async move {
+            let scores = if pair.policy_only {
+                Ok(live_scores.clone())
+            } else {
+                run(&pair.shadow, &reviews, deadline, None).await
+            };
+            match scores {
+                Ok(scores) => {
+                    let n = pair.shadow.spec().labels.len();
+                    for (v, s) in chunk.iter().zip(scores.chunks_exact(n)) {
+                        pair.verdicts.count(&v.source, pair.decision_policy.decide(s), v.human);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(task = %entry.name, shadow = %pair.display_name(), error = %e,
+                        verdicts = chunk.len(), "shadow could not score verdicts");
+                    pair.verdicts.errors.increment(chunk.len() as u64);
+                }
+            }
+        }
+    });
+    join_all(shadows).await;
+    received(VerdictOutcome::Counted);
+}
+
+/// Scores `reviews` on `model` before `deadline`. With `pressure`, waits while the model has
+/// that many jobs queued (live traffic first); a full queue is waited out the same way.
+async fn run(
+    model: &ModelHandle,
+    reviews: &Arc<[ReviewInput]>,
+    deadline: Instant,
+    pressure: Option<usize>,
+) -> Result<Vec<f32>, Error> {
+    const BACKOFF: Duration = Duration::from_millis(2);
+    let rx = loop {
+        if Instant::now() >= deadline {
+            return Err(Error::DeadlineExceeded("before scoring verdicts".into()));
+        }
+        if pressure.is_some_and(|jobs| model.queue_len() >= jobs) {
+            tokio::time::sleep(BACKOFF).await;
+            continue;
+        }
+        match model.submit(reviews.clone(), Some(deadline), None) {
+            Ok(rx) => break rx,
+            Err(Error::QueueFull { .. }) => tokio::time::sleep(BACKOFF).await,
+            Err(e) => return Err(e),
+        }
+    };
+    let output = rx.await.map_err(|_| Error::Unavailable("the model stopped before scoring verdicts"))??;
+    Ok(output.scores)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn a_key_is_seen_within_the_window_only() {
+        let mut seen = Seen::default();
+        let t0 = Instant::now();
+        seen.insert(key("r1", "abuse"), t0, HOUR, 10);
+        assert!(seen.contains(key("r1", "abuse"), t0 + Duration::from_secs(10), HOUR));
+        assert!(!seen.contains(key("r1", "fraud"), t0, HOUR), "the task is part of the key");
+        assert!(!seen.contains(key("r1", "abuse"), t0 + HOUR, HOUR), "expired");
+    }
+
+    #[test]
+    fn the_window_is_bounded_oldest_first() {
+        let mut seen = Seen::default();
+        let t0 = Instant::now();
+        for i in 0..5 {
+            seen.insert(key(&format!("r{i}"), "abuse"), t0, HOUR, 3);
+        }
+        assert_eq!(seen.at.len(), 3);
+        assert!(!seen.contains(key("r0", "abuse"), t0, HOUR));
+        assert!(seen.contains(key("r4", "abuse"), t0, HOUR));
+    }
+
+    #[test]
+    fn expired_keys_are_forgotten_on_insert() {
+        let mut seen = Seen::default();
+        let t0 = Instant::now();
+        seen.insert(key("old", "abuse"), t0, HOUR, 100);
+        seen.insert(key("new", "abuse"), t0 + HOUR * 2, HOUR, 100);
+        assert_eq!(seen.at.len(), 1);
+    }
+
+    #[test]
+    fn a_zero_window_remembers_nothing() {
+        let mut seen = Seen::default();
+        seen.insert(key("r1", "abuse"), Instant::now(), Duration::ZERO, 100);
+        assert!(seen.at.is_empty());
+    }
+
+    #[test]
+    fn sources_are_bounded() {
+        let configured = vec!["trust-safety".to_string()];
+        assert_eq!(source_label("trust-safety", &configured), "trust-safety");
+        assert_eq!(source_label("someone-else", &configured), OTHER_SOURCE);
+        assert_eq!(source_label("", &configured), NO_SOURCE);
+    }
+}
