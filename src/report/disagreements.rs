@@ -183,6 +183,37 @@ mod tests {
     }
 
     #[test]
+    fn report_disagreements_read_the_lines_the_server_writes() {
+        use crate::disagreement::{Entry, Side};
+        let side = |model, policy, decision, insult| Side {
+            model,
+            version: "1",
+            policy,
+            policy_version: "1",
+            decision,
+            scores: [("insult", insult)].into(),
+        };
+        let entry = Entry {
+            time: crate::disagreement::now_rfc3339(),
+            task: "abuse",
+            review_id: "r1",
+            direction: "stricter",
+            live: side("abuse-v1", "default", "allow", 0.25),
+            shadow: side("abuse-v1", "tight", "review", 0.25),
+            text_sha256: "00".repeat(32),
+            text: Some("hello"),
+        };
+        let end = SystemTime::now() + Duration::from_secs(60);
+        let filter =
+            Filter { task: "abuse", model: "abuse-v1", policy: "tight", start: end - Duration::from_secs(3600), end };
+        let mut summary = Summary::new(&filter);
+        summary.line(serde_json::to_string(&entry).unwrap().as_bytes());
+        let s = summary.finish();
+        assert_eq!((s.matched, s.unparseable), (1, 0));
+        assert_eq!((s.top[0].candidate_decision.as_str(), s.top[0].text.as_deref()), ("review", Some("hello")));
+    }
+
+    #[test]
     fn report_disagreements_are_filtered_counted_and_ranked_across_rotated_files() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("d.jsonl");

@@ -19,11 +19,8 @@ use super::input::{OUTCOMES, Quantiles, ReportInput, Source, Subject, Verdicts};
 use super::prometheus::{Client, Labels, Series, quote};
 use crate::metrics::{
     BATCHES_TOTAL, INFERENCE_ERRORS_TOTAL, SHADOW_COMPARISONS_TOTAL, SHADOW_REVIEWS_TOTAL, SHADOW_SCORE_DELTA,
-    STAGE_DURATION_SECONDS,
+    STAGE_DURATION_SECONDS, VERDICTS_TOTAL,
 };
-
-// TODO(wire): use `crate::metrics::VERDICTS_TOTAL` once the verdicts counter is merged.
-const VERDICTS_TOTAL: &str = "modserve_verdicts_total";
 
 /// How far before the window to look for each counter's baseline sample: more than any sane
 /// scrape interval, so a series that existed before the window has one.
