@@ -96,6 +96,20 @@ pub enum Command {
     ///
     /// Exit status: 0 GO (every checked criterion passed), 2 NO-GO (at least one failed),
     /// 1 the report could not be built (the cause is printed to stderr).
+    /// Run every model of the config (each task's live model and every shadow, every policy) over
+    /// a labelled JSON-lines file and write a launch report per shadow, with the labels as the
+    /// moderator verdicts and the config's `[launch]` criteria. Exit status: 0 when every shadow
+    /// is GO, 2 when any is NO-GO, 1 when the evaluation could not run.
+    Eval {
+        /// JSON lines, one review each: "id", "text", optional "title", "rating", "language",
+        /// "signals" (as in Classify), "task", and the human "decision" (allow, review or reject).
+        #[arg(long)]
+        labels: PathBuf,
+        /// Folder for the reports: one subfolder per shadow, TASK-MODEL[-POLICY], each with
+        /// launch-report.{md,html,json}.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
     Report {
         /// Prometheus base URL (http only; a path prefix is allowed), e.g. http://127.0.0.1:9090.
         #[arg(long, env = "MODSERVE_REPORT_PROMETHEUS")]
@@ -205,6 +219,8 @@ pub struct Config {
     /// Moderator verdicts (`modserve.v1.Feedback`).
     pub feedback: FeedbackConfig,
     pub monitoring: MonitoringConfig,
+    /// What a shadow must show to be promoted (`modserve report` and `modserve eval`).
+    pub launch: crate::report::LaunchCriteria,
 }
 
 /// Input monitoring (the `[monitoring]` table).

@@ -22,6 +22,7 @@ pub mod compare;
 pub mod config;
 pub mod disagreement;
 pub mod error;
+pub mod eval;
 pub mod feedback;
 pub mod grpc;
 pub mod loader;

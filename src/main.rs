@@ -13,6 +13,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::CheckConfig { ref file }) => check_config(file, &cli),
         Some(Command::Report { .. }) => launch_report(&cli),
+        Some(Command::Eval { ref labels, ref out }) => eval(labels, out, &cli),
         None | Some(Command::Serve) => serve(&cli),
     }
 }
@@ -29,9 +30,15 @@ fn launch_report(cli: &Cli) -> ExitCode {
     fetch.window = *window;
     fetch.end = end.unwrap_or_else(std::time::SystemTime::now);
     fetch.disagreement_log = disagreement_log.clone();
-    // TODO(wire): config.launch — read `[launch]` from `cli.overrides.config` once `Config` has it.
-    let criteria = report::LaunchCriteria::default();
-    match report::run(&report::RunArgs { fetch, out: out.clone() }, &criteria) {
+    // The config supplies the launch criteria; its models are not loaded.
+    let config = match Config::load(&cli.overrides.config, &cli.overrides) {
+        Ok(c) => c,
+        Err(errors) => {
+            report_config_errors(&cli.overrides.config, &errors);
+            return ExitCode::from(report::EXIT_ERROR);
+        }
+    };
+    match report::run(&report::RunArgs { fetch, out: out.clone() }, &config.launch) {
         Ok(report::Decision::Go) => ExitCode::from(report::EXIT_GO),
         Ok(report::Decision::NoGo) => ExitCode::from(report::EXIT_NO_GO),
         Err(e) => {
@@ -108,6 +115,81 @@ fn check_config(file: &std::path::Path, cli: &Cli) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(errors) => report_config_errors(file, &errors),
+    }
+}
+
+/// `modserve eval`: every model of the config over a labelled file, one launch report per shadow.
+/// Exit 0 when every shadow is GO, 2 when any is NO-GO, 1 when it could not run.
+fn eval(labels: &std::path::Path, out: &std::path::Path, cli: &Cli) -> ExitCode {
+    init_logging(cli.overrides.log_format.unwrap_or(LogFormat::Text));
+    let failed = || ExitCode::from(report::EXIT_ERROR);
+    let path = &cli.overrides.config;
+    let config = match Config::load(path, &cli.overrides) {
+        Ok(c) => std::sync::Arc::new(c),
+        Err(errors) => {
+            report_config_errors(path, &errors);
+            return failed();
+        }
+    };
+    let env = match runtime::environment(&config.server.onnxruntime_lib) {
+        Ok(env) => env,
+        Err(e) => {
+            report_config_errors(path, &[e.to_string()]);
+            return failed();
+        }
+    };
+    let loaded = match loader::load(&config, &env, false, None, None) {
+        Ok(l) => l,
+        Err(errors) => {
+            report_config_errors(path, &errors);
+            return failed();
+        }
+    };
+    let state = loaded.state;
+    let result = (|| {
+        let labelled = modserve::eval::read_labels(labels, &state).map_err(|errors| errors.join("\n  "))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+        let inputs = runtime
+            .block_on(modserve::eval::evaluate(&state, &labelled, labels, modserve::eval::progress_bar()))
+            .map_err(|e| e.to_string())?;
+        if inputs.is_empty() {
+            return Err(format!(
+                "no shadow to evaluate: no task of {} with labelled reviews has shadows",
+                path.display()
+            ));
+        }
+        let mut all_go = true;
+        for input in inputs {
+            let dir = modserve::eval::report_dir(out, &input);
+            let report = report::Report::build(input, &config.launch);
+            report.write(&dir).map_err(|e| e.to_string())?;
+            all_go &= report.decision == report::Decision::Go;
+            let failed = if report.failed.is_empty() {
+                String::new()
+            } else {
+                format!(" (failed: {})", report.failed.join(", "))
+            };
+            println!(
+                "{}: {}{failed}  -> {}",
+                dir.display(),
+                report.decision.as_str(),
+                dir.join(report::MARKDOWN_FILE).display()
+            );
+        }
+        Ok(all_go)
+    })();
+    drop(state);
+    loader::join_all(loaded.threads);
+    match result {
+        Ok(true) => ExitCode::from(report::EXIT_GO),
+        Ok(false) => ExitCode::from(report::EXIT_NO_GO),
+        Err(e) => {
+            eprintln!("modserve eval: {e}");
+            failed()
+        }
     }
 }
 

@@ -60,7 +60,7 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 /// Score deltas (shadow minus live), symmetric around 0 and dense near it, where most
 /// candidates live.
-const DELTA_BUCKETS: &[f64] = &[-1.0, -0.5, -0.25, -0.1, -0.05, -0.01, 0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0];
+pub const DELTA_BUCKETS: &[f64] = &[-1.0, -0.5, -0.25, -0.1, -0.05, -0.01, 0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0];
 /// Scores in [0, 1], in twentieths: enough to see a distribution shift on a dashboard.
 const SCORE_BUCKETS: &[f64] =
     &[0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0];

@@ -300,6 +300,7 @@ pub(super) fn validate(
         errors.push(format!("shadow.nice {shadow_nice}: must be 0..=19"));
     }
     let feedback = feedback(&mut errors, &raw.feedback);
+    let launch = crate::report::validate_criteria(&raw.launch, &mut errors);
     let monitoring = MonitoringConfig {
         languages: match &raw.monitoring.languages {
             Some(list) => list.iter().map(|l| l.to_ascii_lowercase()).collect(),
@@ -336,6 +337,7 @@ pub(super) fn validate(
         tasks,
         feedback,
         monitoring,
+        launch,
     })
 }
 

@@ -31,14 +31,14 @@ pub fn validate(req: pb::ClassifyRequest, limits: &Limits) -> Result<ClassifyInp
     }
     let mut seen: HashMap<&str, usize> = HashMap::with_capacity(req.reviews.len());
     for (i, r) in req.reviews.iter().enumerate() {
-        check_id(&format!("reviews[{i}]"), &r.id)?;
+        check_id(&format!("reviews[{i}]."), &r.id)?;
         if let Some(j) = seen.insert(r.id.as_str(), i) {
             return Err(Error::invalid(format!("reviews[{i}].id"), format!("duplicate of reviews[{j}].id {:?}", r.id)));
         }
     }
     let mut reviews = Vec::with_capacity(req.reviews.len());
     for (i, r) in req.reviews.into_iter().enumerate() {
-        reviews.push(validate_review(&format!("reviews[{i}]"), r, limits)?);
+        reviews.push(validate_review(&format!("reviews[{i}]."), r, limits)?);
     }
     let mut tasks: Vec<String> = Vec::with_capacity(req.tasks.len());
     let mut seen_tasks = HashSet::new();
@@ -53,29 +53,29 @@ pub fn validate(req: pb::ClassifyRequest, limits: &Limits) -> Result<ClassifyInp
     Ok(ClassifyInput { reviews: reviews.into(), tasks, request_id: req.request_id })
 }
 
-/// Checks a review id; `at` is the review's field path (`reviews[3]`).
+/// Checks a review id; `at` prefixes its field names (`reviews[3].`, or empty).
 fn check_id(at: &str, id: &str) -> Result<(), Error> {
     if id.trim().is_empty() {
-        return Err(Error::invalid(format!("{at}.id"), "must not be empty"));
+        return Err(Error::invalid(format!("{at}id"), "must not be empty"));
     }
     if id.len() > MAX_ID_BYTES {
         return Err(Error::invalid(
-            format!("{at}.id"),
+            format!("{at}id"),
             format!("{} bytes exceed the limit of {MAX_ID_BYTES}", id.len()),
         ));
     }
     Ok(())
 }
 
-/// Checks one review (all but its id); `at` is its field path (`reviews[3]`).
+/// Checks one review (all but its id); `at` prefixes its field names (`reviews[3].`).
 fn validate_review(at: &str, r: pb::Review, limits: &Limits) -> Result<ReviewInput, Error> {
     if r.text.trim().is_empty() {
-        return Err(Error::invalid(format!("{at}.text"), "must not be empty or only whitespace"));
+        return Err(Error::invalid(format!("{at}text"), "must not be empty or only whitespace"));
     }
-    let (text, text_cut) = fit(format!("{at}.text"), r.text, limits)?;
+    let (text, text_cut) = fit(format!("{at}text"), r.text, limits)?;
     let (title, title_cut) = match r.title {
         Some(t) if !t.trim().is_empty() => {
-            let (title, cut) = fit(format!("{at}.title"), t, limits)?;
+            let (title, cut) = fit(format!("{at}title"), t, limits)?;
             (Some(title), cut)
         }
         _ => (None, false),
@@ -83,16 +83,16 @@ fn validate_review(at: &str, r: pb::Review, limits: &Limits) -> Result<ReviewInp
     if let Some(rating) = r.rating
         && !rating.is_finite()
     {
-        return Err(Error::invalid(format!("{at}.rating"), "must be a finite number"));
+        return Err(Error::invalid(format!("{at}rating"), "must be a finite number"));
     }
     if r.signals.len() > MAX_SIGNALS {
         return Err(Error::invalid(
-            format!("{at}.signals"),
+            format!("{at}signals"),
             format!("{} signals exceed the limit of {MAX_SIGNALS}", r.signals.len()),
         ));
     }
     if let Some((k, _)) = r.signals.iter().find(|(_, v)| !v.is_finite() || v.abs() > f32::MAX as f64) {
-        return Err(Error::invalid(format!("{at}.signals[{k:?}]"), "must be a finite number within float32 range"));
+        return Err(Error::invalid(format!("{at}signals[{k:?}]"), "must be a finite number within float32 range"));
     }
     let model_text = match title {
         Some(title) => format!("{title}\n{text}"),
@@ -149,10 +149,10 @@ pub fn validate_verdicts(req: pb::SubmitVerdictsRequest, state: &ServingState) -
     }
     let mut verdicts = Vec::with_capacity(req.verdicts.len());
     for (i, v) in req.verdicts.into_iter().enumerate() {
-        let at = format!("verdicts[{i}]");
+        let at = format!("verdicts[{i}].");
         let Some(entry) = state.tasks.iter().find(|t| t.name == v.task) else {
             return Err(Error::invalid(
-                format!("{at}.task"),
+                format!("{at}task"),
                 format!("unknown task {:?}; configured tasks are {:?}", v.task, state.task_names()),
             ));
         };
@@ -162,15 +162,15 @@ pub fn validate_verdicts(req: pb::SubmitVerdictsRequest, state: &ServingState) -
             Ok(pb::Decision::Reject) => Decision::Reject,
             _ => {
                 return Err(Error::invalid(
-                    format!("{at}.decision"),
+                    format!("{at}decision"),
                     "must be DECISION_ALLOW, DECISION_REVIEW or DECISION_REJECT",
                 ));
             }
         };
         let Some(review) = v.review else {
-            return Err(Error::invalid(format!("{at}.review"), "is required"));
+            return Err(Error::invalid(format!("{at}review"), "is required"));
         };
-        let review_at = format!("{at}.review");
+        let review_at = format!("{at}review.");
         check_id(&review_at, &review.id)?;
         let review = validate_review(&review_at, review, &state.config.limits)?;
         let known = |label: &str| {
@@ -184,7 +184,7 @@ pub fn validate_verdicts(req: pb::SubmitVerdictsRequest, state: &ServingState) -
         };
         if let Some((j, label)) = v.labels.iter().enumerate().find(|(_, l)| !known(l)) {
             return Err(Error::invalid(
-                format!("{at}.labels[{j}]"),
+                format!("{at}labels[{j}]"),
                 format!(
                     "{label:?} is not a label of task {}'s models (live: {:?})",
                     entry.name,
@@ -194,7 +194,7 @@ pub fn validate_verdicts(req: pb::SubmitVerdictsRequest, state: &ServingState) -
         }
         if v.source.len() > MAX_ID_BYTES {
             return Err(Error::invalid(
-                format!("{at}.source"),
+                format!("{at}source"),
                 format!("{} bytes exceed the limit of {MAX_ID_BYTES}", v.source.len()),
             ));
         }
@@ -207,6 +207,13 @@ pub fn validate_verdicts(req: pb::SubmitVerdictsRequest, state: &ServingState) -
         });
     }
     Ok(verdicts)
+}
+
+/// Checks one review on its own (a line of `modserve eval`'s labelled file): the rules of a
+/// Classify review, with plain field names (`text`, `title`).
+pub fn validate_review_fields(r: pb::Review, limits: &Limits) -> Result<ReviewInput, Error> {
+    check_id("", &r.id)?;
+    validate_review("", r, limits)
 }
 
 pub fn decision(d: Decision) -> pb::Decision {
