@@ -88,18 +88,11 @@ pub enum Command {
         /// The config file to check.
         file: PathBuf,
     },
-    /// Build the launch-readiness report on one shadow candidate against the live model, from
-    /// Prometheus, and decide GO or NO-GO against the launch criteria (`[launch]` in --config).
-    ///
-    /// Prints the report as Markdown and writes launch-report.md, launch-report.html and
-    /// launch-report.json into --out.
-    ///
-    /// Exit status: 0 GO (every checked criterion passed), 2 NO-GO (at least one failed),
-    /// 1 the report could not be built (the cause is printed to stderr).
     /// Run every model of the config (each task's live model and every shadow, every policy) over
-    /// a labelled JSON-lines file and write a launch report per shadow, with the labels as the
-    /// moderator verdicts and the config's `[launch]` criteria. Exit status: 0 when every shadow
-    /// is GO, 2 when any is NO-GO, 1 when the evaluation could not run.
+    /// a labelled JSON-lines file and write a launch report per shadow, with the labels standing
+    /// in for moderator verdicts, judged by the config's `[launch]` criteria.
+    ///
+    /// Exit status: 0 every shadow GO, 2 any NO-GO, 1 the evaluation could not run.
     Eval {
         /// JSON lines, one review each: "id", "text", optional "title", "rating", "language",
         /// "signals" (as in Classify), "task", and the human "decision" (allow, review or reject).
@@ -110,6 +103,14 @@ pub enum Command {
         #[arg(long, default_value = ".")]
         out: PathBuf,
     },
+    /// Build the launch-readiness report on one shadow candidate against the live model, from
+    /// Prometheus, and decide GO or NO-GO against the launch criteria (`[launch]` in --config).
+    ///
+    /// Prints the report as Markdown and writes launch-report.md, launch-report.html and
+    /// launch-report.json into --out.
+    ///
+    /// Exit status: 0 GO (every checked criterion passed), 2 NO-GO (at least one failed),
+    /// 1 the report could not be built (the cause is printed to stderr).
     Report {
         /// Prometheus base URL (http only; a path prefix is allowed), e.g. http://127.0.0.1:9090.
         #[arg(long, env = "MODSERVE_REPORT_PROMETHEUS")]

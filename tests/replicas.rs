@@ -36,6 +36,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use common::prometheus::Prometheus;
 use common::*;
 use modserve::grpc::pb;
 use modserve::grpc::pb::admin_client::AdminClient;
@@ -340,101 +341,6 @@ impl Nginx {
     }
 }
 
-// === Prometheus ===
-
-struct Prometheus {
-    child: Child,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn start_prometheus(targets: &[SocketAddr]) -> Prometheus {
-    let dir = tempfile::tempdir().unwrap();
-    let rules = repo().join("deploy/prometheus/modserve-rules.yml");
-    let config = dir.path().join("prometheus.yml");
-    let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {rules:?}\nscrape_configs:\n  - job_name: modserve\n    static_configs:\n      - targets: [{}]\n",
-            targets.join(", ")
-        ),
-    )
-    .unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let child = Command::new("prometheus")
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
-        .arg(format!("--web.listen-address={addr}"))
-        .arg("--log.level=warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("prometheus on PATH (Debian package `prometheus`; scripts/setup --test installs it)");
-    let prometheus = Prometheus { child, addr, _dir: dir };
-    for _ in 0..300 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() && http_get(addr, "/-/ready").await.0 == 200 {
-            return prometheus;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("prometheus did not become ready within 30 s");
-}
-
-fn url_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-impl Prometheus {
-    /// An instant query: every sample as (labels, evaluation time, value).
-    async fn query_all(&self, promql: &str) -> Vec<(serde_json::Value, f64, f64)> {
-        let (status, body) = http_get(self.addr, &format!("/api/v1/query?query={}", url_encode(promql))).await;
-        assert_eq!(status, 200, "{promql}: {body}");
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        v["data"]["result"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| {
-                let time = s["value"][0].as_f64().unwrap();
-                let value = s["value"][1].as_str().unwrap().parse().unwrap();
-                (s["metric"].clone(), time, value)
-            })
-            .collect()
-    }
-
-    /// The first sample of an instant query, as (evaluation time, value).
-    async fn query(&self, promql: &str) -> Option<(f64, f64)> {
-        self.query_all(promql).await.first().map(|(_, t, v)| (*t, *v))
-    }
-
-    /// Polls until the query's first value is `want` (bounded: 30 s); returns the last
-    /// (evaluation time, value) seen.
-    async fn wait_for(&self, promql: &str, want: f64) -> Option<(f64, f64)> {
-        let mut last = None;
-        for _ in 0..300 {
-            last = self.query(promql).await;
-            if last.is_some_and(|(_, v)| v == want) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        last
-    }
-}
-
 // === answers ===
 
 /// Golden answers: (model, text) -> (decision, probabilities).
@@ -675,7 +581,7 @@ async fn three_replicas_behind_nginx_sample_alike_aggregate_and_roll_without_los
     .await;
     let mut candidate = candidate_server.client().await;
     let nginx = start_nginx(&replicas.iter().map(|r| r.grpc).collect::<Vec<_>>()).await;
-    let prometheus = start_prometheus(&replicas.iter().map(|r| r.metrics).collect::<Vec<_>>()).await;
+    let prometheus = Prometheus::start(&replicas.iter().map(|r| r.metrics).collect::<Vec<_>>()).await;
     let via_nginx = connect(nginx.addr).await;
     let mut tally = Tally::default();
 

@@ -2,6 +2,8 @@
 //! Runtime and the fixture models, waits for gRPC health, and talks real gRPC to it.
 #![allow(dead_code)]
 
+pub mod prometheus;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
