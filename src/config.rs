@@ -449,6 +449,64 @@ live = "abuse-v9"
     }
 
     #[test]
+    fn policies_and_their_uses_are_validated_with_their_keys() {
+        let text = r#"
+[models.abuse-v1]
+path = "m"
+[policies.strict]
+version = ""
+[policies.strict.thresholds.insult]
+review = 0.9
+reject = 0.5
+[policies.Bad_Name]
+version = "1"
+[tasks.abuse]
+live = "abuse-v1"
+policy = "nope"
+shadows = [
+  { model = "abuse-v1", sample_rate = 1.0 },
+  { model = "abuse-v1", policy = "strict", sample_rate = 1.0 },
+  { model = "abuse-v1", policy = "strict", sample_rate = 0.5 },
+]
+[feedback]
+sources = ["other"]
+queue_capacity = 0
+[monitoring]
+languages = ["english!"]
+"#;
+        let errors = parse(text).unwrap_err();
+        for key in [
+            "policies.strict.version",
+            "policies.strict.thresholds.insult: review 0.9 must not exceed reject 0.5",
+            "policies.Bad_Name: policy names",
+            "policies.Bad_Name.thresholds",
+            "tasks.abuse.policy: no policy named \"nope\"",
+            "tasks.abuse.shadows[0].model: \"abuse-v1\" is already the live model",
+            "tasks.abuse.shadows[2]: model \"abuse-v1\" with policy Some(\"strict\") is listed twice",
+            "feedback.sources[0] \"other\"",
+            "feedback.queue_capacity 0",
+            "monitoring.languages[0]",
+        ] {
+            assert!(errors.iter().any(|e| e.starts_with(key)), "no error for {key}: {errors:#?}");
+        }
+    }
+
+    #[test]
+    fn a_policy_only_shadow_gets_its_own_salt() {
+        let text = format!(
+            "{GOOD}policy = \"strict\"\nshadows = [{{ model = \"abuse-v1\", policy = \"lenient\", sample_rate = 0.5 }}]\n\
+             [policies.strict]\nversion = \"1\"\n[policies.strict.thresholds.insult]\nreject = 0.9\n\
+             [policies.lenient]\nversion = \"1\"\n[policies.lenient.thresholds.insult]\nreject = 0.99\n"
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(c.tasks[0].policy.as_deref(), Some("strict"));
+        assert_eq!(c.tasks[0].shadows[0].salt, "abuse-v1+lenient");
+        assert_eq!(c.policies["lenient"].thresholds["insult"].reject, Some(0.99));
+        assert_eq!(c.feedback.dedupe_window, Duration::from_secs(24 * 3600));
+        assert_eq!(c.launch, crate::report::LaunchCriteria::default());
+    }
+
+    #[test]
     fn no_tasks_is_an_error() {
         let errors = parse("").unwrap_err();
         assert!(errors[0].starts_with("tasks"), "{errors:?}");

@@ -349,3 +349,53 @@ async fn the_moderation_token_is_denied_on_admin() {
     assert_eq!(admin.list_models(call("admin-token")).await.expect("admin token").into_inner().models.len(), 1);
     server.stop().await;
 }
+
+/// Policies reload like shadows: a policy-only shadow appears, then its policy is promoted to
+/// live, and answers follow each step; a policy that names a label the model lacks is refused
+/// and the running config keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_and_policy_only_shadows_reload() {
+    let _guard = exclusive().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("modserve.toml");
+    let policy =
+        "[policies.strict-2]\nversion = \"2\"\n[policies.strict-2.thresholds.insult]\nreview = 0.3\nreject = 0.6\n";
+    write_config(&path, "watch_config = false", V1);
+    let server = start(&path).await;
+    let mut admin = admin(server.channel().await).await;
+    let mut client = server.client().await;
+    let answer = |reply: pb::ClassifyResponse| {
+        let t = &reply.results[0].tasks[0];
+        let m = t.model.as_ref().unwrap();
+        (m.policy_name.clone(), m.policy_version.clone(), decision_name(t.decision))
+    };
+
+    let shadowed = format!(
+        "{policy}[tasks.abuse]\nlive = \"tiny-abuse\"\nshadows = [{{ model = \"tiny-abuse\", policy = \"strict-2\", sample_rate = 1.0 }}]\n"
+    );
+    write_config(&path, "watch_config = false", &shadowed);
+    let r = admin.reload(pb::ReloadRequest {}).await.unwrap().into_inner();
+    assert!(r.applied, "{:?}", r.errors);
+    let list = admin.list_models(pb::ListModelsRequest {}).await.unwrap().into_inner().models;
+    let listed: Vec<_> = list.iter().map(|m| (m.name.as_str(), m.role.as_str(), m.policy_name.as_str())).collect();
+    assert_eq!(listed, [("tiny-abuse", "live", "default"), ("tiny-abuse", "shadow", "strict-2")]);
+    // "this is dumb" scores 0.622 on insult: REVIEW under the manifest (0.5/0.9), REJECT under strict-2.
+    let reply = client.classify(request(vec![review("p1", "this is dumb")])).await.unwrap().into_inner();
+    assert_eq!(answer(reply), ("default".into(), "1".into(), "REVIEW"));
+
+    let promoted = format!("{policy}[tasks.abuse]\nlive = \"tiny-abuse\"\npolicy = \"strict-2\"\n");
+    write_config(&path, "watch_config = false", &promoted);
+    let r = admin.reload(pb::ReloadRequest {}).await.unwrap().into_inner();
+    assert!(r.applied, "{:?}", r.errors);
+    let reply = client.classify(request(vec![review("p2", "this is dumb")])).await.unwrap().into_inner();
+    assert_eq!(answer(reply), ("strict-2".into(), "2".into(), "REJECT"));
+
+    let misfit = promoted.replace("thresholds.insult]", "thresholds.spam]");
+    write_config(&path, "watch_config = false", &misfit);
+    let r = admin.reload(pb::ReloadRequest {}).await.unwrap().into_inner();
+    assert!(!r.applied);
+    assert!(r.errors.iter().any(|e| e.starts_with("tasks.abuse.policy: policies.strict-2")), "{:?}", r.errors);
+    let reply = client.classify(request(vec![review("p3", "this is dumb")])).await.unwrap().into_inner();
+    assert_eq!(answer(reply), ("strict-2".into(), "2".into(), "REJECT"), "the running policy keeps serving");
+    server.stop().await;
+}
