@@ -27,6 +27,18 @@ pub struct TaskEntry {
     pub shadows: Vec<Arc<ShadowPair>>,
 }
 
+impl TaskEntry {
+    /// True when the live model or a shadow outputs `label`.
+    pub fn has_label(&self, label: &str) -> bool {
+        self.live
+            .spec()
+            .labels
+            .iter()
+            .chain(self.shadows.iter().flat_map(|s| &s.shadow.spec().labels))
+            .any(|l| l == label)
+    }
+}
+
 /// A loaded model and where it came from.
 #[derive(Clone)]
 pub struct LoadedModel {

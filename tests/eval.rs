@@ -48,26 +48,6 @@ shadows = [
     path
 }
 
-fn index(decision: &str) -> usize {
-    match decision.to_ascii_lowercase().as_str() {
-        "allow" => 0,
-        "review" => 1,
-        "reject" => 2,
-        other => panic!("decision {other}"),
-    }
-}
-
-/// strict-2 by hand: insult only, review at 0.3, reject at 0.6.
-fn strict_2(scores: &[f32]) -> usize {
-    if scores[0] >= 0.6 {
-        2
-    } else if scores[0] >= 0.3 {
-        1
-    } else {
-        0
-    }
-}
-
 /// The expected matrices from golden.json and the fixture's labels: live x candidate, and each
 /// model's decision x the label. Sampling rates do not matter offline: every review is scored.
 struct Expected {
@@ -86,11 +66,11 @@ fn expected(candidate: &str) -> Expected {
     for line in labelled.lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         let text = v["text"].as_str().unwrap().to_string();
-        let human = index(v["decision"].as_str().unwrap());
+        let human = decision_index(v["decision"].as_str().unwrap());
         let live_golden = &golden_by_text[&("tiny-abuse".to_string(), text.clone())];
-        let live = index(&live_golden.decision);
+        let live = decision_index(&live_golden.decision);
         let cand = match candidate {
-            "v2" => index(&golden_by_text[&("tiny-abuse-v2".to_string(), text)].decision),
+            "v2" => decision_index(&golden_by_text[&("tiny-abuse-v2".to_string(), text)].decision),
             _ => strict_2(&live_golden.probabilities),
         };
         e.comparisons[live][cand] += 1;
@@ -129,6 +109,19 @@ fn precision_recall(m: &[[u64; 3]; 3], level: usize) -> (u64, u64, u64) {
     (both, model, human)
 }
 
+/// Runs `modserve eval` on the labelled fixture.
+fn run_eval(config: &std::path::Path, out: &std::path::Path) -> std::process::Output {
+    modserve()
+        .args(["eval", "--config"])
+        .arg(config)
+        .arg("--labels")
+        .arg(fixture("labelled.jsonl"))
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap()
+}
+
 fn report(out: &std::path::Path, dir: &str) -> serde_json::Value {
     let path = out.join(dir).join("launch-report.json");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -141,15 +134,7 @@ fn eval_reports_the_figures_computed_from_the_golden_scores() {
     // Lenient criteria: both candidates pass on 12 reviews.
     let config = write_config(&dir, "min_compared = 10\nmin_verdicts = 10\nmax_precision_drop = 1.0");
     let out = dir.path().join("reports");
-    let run = modserve()
-        .args(["eval", "--config"])
-        .arg(&config)
-        .arg("--labels")
-        .arg(fixture("labelled.jsonl"))
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
+    let run = run_eval(&config, &out);
     let stdout = String::from_utf8_lossy(&run.stdout);
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert_eq!(run.status.code(), Some(0), "stdout: {stdout}\nstderr: {stderr}");
@@ -196,15 +181,7 @@ fn eval_says_no_go_with_exit_status_2_when_a_criterion_fails() {
     // 12 labelled reviews cannot meet the default of 100 verdicts.
     let config = write_config(&dir, "min_compared = 10");
     let out = dir.path().join("reports");
-    let run = modserve()
-        .args(["eval", "--config"])
-        .arg(&config)
-        .arg("--labels")
-        .arg(fixture("labelled.jsonl"))
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
+    let run = run_eval(&config, &out);
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert_eq!(run.status.code(), Some(2), "{stdout}\n{}", String::from_utf8_lossy(&run.stderr));
     assert!(stdout.contains("NO-GO"), "{stdout}");

@@ -34,18 +34,6 @@ shadows = [
 ]
 "#;
 
-/// strict-2 applied by hand: insult only, review at 0.3, reject at 0.6.
-fn strict_2(scores: &[f32]) -> &'static str {
-    let insult = scores[0];
-    if insult >= 0.6 {
-        "reject"
-    } else if insult >= 0.3 {
-        "review"
-    } else {
-        "allow"
-    }
-}
-
 /// A golden text with what each configured decider says about it (lowercase decisions).
 struct Case {
     text: String,
@@ -64,7 +52,7 @@ fn cases() -> Vec<Case> {
         .filter_map(|(text, m)| {
             let (live, scores) = m.get("tiny-abuse")?.clone();
             let (v2, _) = m.get("tiny-abuse-v2")?.clone();
-            Some(Case { text, live: live.to_lowercase(), v2: v2.to_lowercase(), strict: strict_2(&scores) })
+            Some(Case { text, live: live.to_lowercase(), v2: v2.to_lowercase(), strict: DECISIONS[strict_2(&scores)] })
         })
         .collect();
     cases.sort_by(|a, b| a.text.cmp(&b.text));
@@ -229,7 +217,8 @@ async fn a_policy_only_shadow_runs_no_inference_and_decides_from_the_live_scores
         let model = task.model.as_ref().unwrap();
         assert_eq!((model.policy_name.as_str(), model.policy_version.as_str()), ("default", "1"));
         let scores: Vec<f32> = task.scores.iter().map(|s| s.score).collect();
-        *expected.entry((decision_name(task.decision).to_lowercase(), strict_2(&scores))).or_default() += 1.0;
+        *expected.entry((decision_name(task.decision).to_lowercase(), DECISIONS[strict_2(&scores)])).or_default() +=
+            1.0;
     }
     let pair = [
         ("task", "abuse"),
@@ -299,7 +288,7 @@ async fn a_task_policy_replaces_the_manifest_policy_in_answers() {
     let model = task.model.as_ref().unwrap();
     assert_eq!((model.policy_name.as_str(), model.policy_version.as_str()), ("strict-2", "2"));
     let scores: Vec<f32> = task.scores.iter().map(|s| s.score).collect();
-    assert_eq!(decision_name(task.decision).to_lowercase(), strict_2(&scores));
+    assert_eq!(decision_name(task.decision).to_lowercase(), DECISIONS[strict_2(&scores)]);
     server.stop().await;
 }
 

@@ -43,26 +43,6 @@ fn models(log: &Path) -> String {
         .replace("{log}", &path_str(log))
 }
 
-fn index(decision: &str) -> usize {
-    match decision.to_ascii_lowercase().as_str() {
-        "allow" => 0,
-        "review" => 1,
-        "reject" => 2,
-        other => panic!("decision {other}"),
-    }
-}
-
-/// strict-2 by hand: insult only, review at 0.3, reject at 0.6.
-fn strict_2(scores: &[f32]) -> usize {
-    if scores[0] >= 0.6 {
-        2
-    } else if scores[0] >= 0.3 {
-        1
-    } else {
-        0
-    }
-}
-
 const HUMAN: [pb::Decision; 3] = [pb::Decision::Allow, pb::Decision::Review, pb::Decision::Reject];
 
 /// The known mix, as each decider saw it.
@@ -148,10 +128,10 @@ async fn the_report_from_prometheus_matches_the_known_mix() {
     for i in 0..n {
         let text = texts[i % texts.len()];
         let reply = client.classify(request(vec![review(&format!("m{i}"), text)])).await.unwrap().into_inner();
-        let live = index(decision_name(reply.results[0].tasks[0].decision));
+        let live = decision_index(decision_name(reply.results[0].tasks[0].decision));
         let g = &golden_by[&("tiny-abuse".to_string(), text.to_string())];
-        assert_eq!(live, index(&g.decision), "{text}: the live answer is the golden one");
-        let v2 = index(&golden_by[&("tiny-abuse-v2".to_string(), text.to_string())].decision);
+        assert_eq!(live, decision_index(&g.decision), "{text}: the live answer is the golden one");
+        let v2 = decision_index(&golden_by[&("tiny-abuse-v2".to_string(), text.to_string())].decision);
         let strict = strict_2(&g.probabilities);
         mix.comparisons.entry("v2").or_default()[live][v2] += 1;
         mix.comparisons.entry("strict").or_default()[live][strict] += 1;
@@ -179,6 +159,30 @@ async fn the_report_from_prometheus_matches_the_known_mix() {
         (r#"sum(modserve_verdicts_total{task="abuse"})"#, 3 * judged),
     ] {
         assert_eq!(prometheus.wait_for(q, want as f64).await.map(|(_, v)| v), Some(want as f64), "{q}");
+    }
+    // The recording rules put live and candidate precision side by side: each equals the mix's.
+    // (Every series started from a scraped zero, so increase() has nothing to extrapolate.)
+    for (who, model, role, policy) in [
+        ("live", "tiny-abuse", "live", "default"),
+        ("v2", "tiny-abuse-v2", "shadow", "default"),
+        ("strict", "tiny-abuse", "shadow", "strict-2"),
+    ] {
+        let m = mix.verdicts[who];
+        let rejected: u64 = m[2].iter().sum();
+        let want = m[2][2] as f64 / rejected as f64;
+        let rule = format!(
+            r#"modserve:verdict_reject_precision:ratio_1d{{task="abuse", model="{model}", role="{role}", policy="{policy}"}}"#
+        );
+        // Rules run every second: poll until the evaluation after the last scrape shows.
+        let mut got = None;
+        for _ in 0..100 {
+            got = prometheus.query(&rule).await.map(|(_, v)| v);
+            if got.is_some_and(|v| (v - want).abs() < 1e-9) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert!(got.is_some_and(|v| (v - want).abs() < 1e-9), "{rule}: {got:?}, the mix says {want}");
     }
     let v2_mix = mix.comparisons["v2"];
     let disagreements: u64 =

@@ -173,16 +173,7 @@ pub fn validate_verdicts(req: pb::SubmitVerdictsRequest, state: &ServingState) -
         let review_at = format!("{at}review.");
         check_id(&review_at, &review.id)?;
         let review = validate_review(&review_at, review, &state.config.limits)?;
-        let known = |label: &str| {
-            entry
-                .live
-                .spec()
-                .labels
-                .iter()
-                .chain(entry.shadows.iter().flat_map(|s| &s.shadow.spec().labels))
-                .any(|l| l == label)
-        };
-        if let Some((j, label)) = v.labels.iter().enumerate().find(|(_, l)| !known(l)) {
+        if let Some((j, label)) = v.labels.iter().enumerate().find(|(_, l)| !entry.has_label(l)) {
             return Err(Error::invalid(
                 format!("{at}labels[{j}]"),
                 format!(

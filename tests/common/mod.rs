@@ -326,3 +326,21 @@ pub fn sum_where(scrape: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .map(|(_, v)| v)
         .sum()
 }
+
+/// Decision names in index order, as `modserve_*` metric labels spell them.
+pub const DECISIONS: [&str; 3] = ["allow", "review", "reject"];
+
+/// A decision name in any case ("REVIEW", "review") as an index: 0 allow, 1 review, 2 reject.
+pub fn decision_index(decision: &str) -> usize {
+    DECISIONS.iter().position(|d| d.eq_ignore_ascii_case(decision)).unwrap_or_else(|| panic!("decision {decision}"))
+}
+
+/// The `strict-2` policy the policy tests configure (insult only: review at 0.3, reject at 0.6),
+/// applied by hand to a tiny-abuse score row: the decision's index.
+pub fn strict_2(scores: &[f32]) -> usize {
+    match scores[0] {
+        s if s >= 0.6 => 2,
+        s if s >= 0.3 => 1,
+        _ => 0,
+    }
+}
