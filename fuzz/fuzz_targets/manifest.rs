@@ -11,7 +11,14 @@ fuzz_target!(|data: &[u8]| {
         Ok(manifest) => {
             assert!(!manifest.labels.is_empty());
             assert!(manifest.max_sequence_length > 0);
-            assert!(!manifest.model_file.contains(".."), "{}", manifest.model_file);
+            // File names stay inside the package: every component a plain name ("mod..el.onnx" is
+            // one; "../model.onnx" is not).
+            for file in [&manifest.model_file, &manifest.tokenizer_file] {
+                let inside = std::path::Path::new(file)
+                    .components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_)));
+                assert!(inside, "{file}");
+            }
         }
     }
 });
