@@ -176,17 +176,23 @@ impl Reloader {
     }
 }
 
-/// "abuse=abuse-v1(+abuse-v2) fraud=..." for the log line.
+/// "abuse=abuse-v1(+abuse-v2,+abuse-v1/strict-2) fraud=..." for the log line: a model under a
+/// policy other than its manifest's shows as MODEL/POLICY.
 fn summary(state: &ServingState) -> String {
+    let named = |model: &crate::worker::ModelHandle, policy: &crate::policy::Policy| {
+        let spec = model.spec();
+        if spec.policy == *policy { spec.name.clone() } else { format!("{}/{}", spec.name, policy.name) }
+    };
     state
         .tasks
         .iter()
         .map(|t| {
-            let shadows: Vec<&str> = t.shadows.iter().map(|s| s.shadow.spec().name.as_str()).collect();
+            let live = named(&t.live, &t.policy);
+            let shadows: Vec<String> = t.shadows.iter().map(|s| named(&s.shadow, &s.decision_policy)).collect();
             if shadows.is_empty() {
-                format!("{}={}", t.name, t.live.spec().name)
+                format!("{}={live}", t.name)
             } else {
-                format!("{}={}(+{})", t.name, t.live.spec().name, shadows.join(",+"))
+                format!("{}={live}(+{})", t.name, shadows.join(",+"))
             }
         })
         .collect::<Vec<_>>()
