@@ -101,22 +101,9 @@ fn parse_line(line: &str, state: &ServingState, limits: &Limits) -> Result<Label
         state.tasks.iter().find(|t| t.name == raw.task).ok_or_else(|| {
             format!("task: unknown task {:?}; configured tasks are {:?}", raw.task, state.task_names())
         })?;
-    let human = match raw.decision.to_ascii_lowercase().as_str() {
-        "allow" => Decision::Allow,
-        "review" => Decision::Review,
-        "reject" => Decision::Reject,
-        other => return Err(format!("decision: {other:?} is not allow, review or reject")),
-    };
-    let known = |l: &str| {
-        entry
-            .live
-            .spec()
-            .labels
-            .iter()
-            .chain(entry.shadows.iter().flat_map(|s| &s.shadow.spec().labels))
-            .any(|x| x == l)
-    };
-    if let Some(label) = raw.labels.iter().find(|l| !known(l)) {
+    let human = Decision::from_name(&raw.decision)
+        .ok_or_else(|| format!("decision: {:?} is not allow, review or reject", raw.decision.to_ascii_lowercase()))?;
+    if let Some(label) = raw.labels.iter().find(|l| !entry.has_label(l)) {
         return Err(format!("labels: {label:?} is not a label of task {}'s models", entry.name));
     }
     let review = pb::Review {

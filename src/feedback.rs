@@ -55,8 +55,6 @@ pub struct Verdict {
     pub task: String,
     /// The moderator's decision.
     pub human: Decision,
-    /// Labels the moderator found, validated against the task's models (not counted yet).
-    pub labels: Vec<String>,
     /// A configured source, "other" or "none".
     pub source: String,
 }

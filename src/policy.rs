@@ -22,6 +22,11 @@ impl Decision {
             Decision::Reject => "reject",
         }
     }
+
+    /// The decision `as_str` names, in any case ("REJECT", "reject").
+    pub fn from_name(name: &str) -> Option<Decision> {
+        Decision::ALL.into_iter().find(|d| d.as_str().eq_ignore_ascii_case(name))
+    }
 }
 
 /// Thresholds for one label; a score at or above a threshold triggers it.
@@ -166,6 +171,14 @@ mod tests {
         let inverted = Thresholds { review: Some(0.9), reject: Some(0.5) }.errors("f");
         assert!(inverted[0].contains("must not exceed"), "{inverted:?}");
         assert!(Thresholds { review: Some(0.2), reject: Some(0.2) }.errors("f").is_empty());
+    }
+
+    #[test]
+    fn decisions_parse_from_their_names_in_any_case() {
+        for d in Decision::ALL {
+            assert_eq!(Decision::from_name(&d.as_str().to_uppercase()), Some(d));
+        }
+        assert_eq!(Decision::from_name("maybe"), None);
     }
 
     #[test]

@@ -189,11 +189,11 @@ pub fn validate_verdicts(req: pb::SubmitVerdictsRequest, state: &ServingState) -
                 format!("{} bytes exceed the limit of {MAX_ID_BYTES}", v.source.len()),
             ));
         }
+        // Labels are checked above but not counted yet: the verdict keeps only what is.
         verdicts.push(Verdict {
             review,
             task: entry.name.clone(),
             human,
-            labels: v.labels,
             source: source_label(&v.source, &feedback.sources),
         });
     }

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use serde::Deserialize;
 
-use crate::policy::{Policy, Thresholds};
+use crate::policy::{Policy, PolicySpec, Thresholds};
 
 /// The manifest's file name inside a package folder.
 pub const MANIFEST_FILE: &str = "manifest.toml";
@@ -72,14 +72,7 @@ struct RawPolicy {
     name: String,
     version: String,
     #[serde(default)]
-    thresholds: BTreeMap<String, RawThresholds>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawThresholds {
-    review: Option<f32>,
-    reject: Option<f32>,
+    thresholds: BTreeMap<String, Thresholds>,
 }
 
 /// A validated manifest.
@@ -203,18 +196,23 @@ impl Manifest {
         }
         check(&mut errors, !raw.policy.name.is_empty(), "policy.name: must not be empty".into());
         check(&mut errors, !raw.policy.version.is_empty(), "policy.version: must not be empty".into());
-        let mut thresholds = vec![None; raw.labels.len()];
         for (label, t) in &raw.policy.thresholds {
-            let field = format!("policy.thresholds.{label}");
-            match raw.labels.iter().position(|l| l == label) {
-                Some(idx) => thresholds[idx] = Some(Thresholds { review: t.review, reject: t.reject }),
-                None => errors.push(format!("{field}: no such label (labels are {:?})", raw.labels)),
+            errors.extend(t.errors(&format!("policy.thresholds.{label}")));
+        }
+        let spec = PolicySpec { name: raw.policy.name, version: raw.policy.version, thresholds: raw.policy.thresholds };
+        let policy = match spec.resolve(&raw.labels) {
+            Ok(policy) => Some(policy),
+            Err(unknown) => {
+                for label in unknown {
+                    errors.push(format!("policy.thresholds.{label}: no such label (labels are {:?})", raw.labels));
+                }
+                None
             }
-            errors.extend(Thresholds { review: t.review, reject: t.reject }.errors(&field));
-        }
-        if !errors.is_empty() {
+        };
+        // A policy that did not resolve has pushed an error, so `errors` is never empty here.
+        let (true, Some(policy)) = (errors.is_empty(), policy) else {
             return Err(errors);
-        }
+        };
         Ok(Manifest {
             name: raw.name,
             version: raw.version,
@@ -233,7 +231,7 @@ impl Manifest {
                 probabilities: raw.io.probabilities,
             },
             features: raw.features.into_iter().map(|f| Feature { name: f.name, default: f.default }).collect(),
-            policy: Policy { name: raw.policy.name, version: raw.policy.version, thresholds },
+            policy,
         })
     }
 }
