@@ -133,8 +133,15 @@ pub async fn evaluate(
     labels_file: &Path,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Vec<ReportInput>, Error> {
-    let total = labelled.len()
-        * state.tasks.iter().map(|t| 1 + t.shadows.iter().filter(|s| !s.policy_only).count()).sum::<usize>();
+    // Each task's reviews go through its live model and every shadow that runs inference.
+    let total: usize = state
+        .tasks
+        .iter()
+        .map(|t| {
+            let models = 1 + t.shadows.iter().filter(|s| !s.policy_only).count();
+            models * labelled.iter().filter(|l| l.task == t.name).count()
+        })
+        .sum();
     let mut done = 0;
     let mut inputs = Vec::new();
     for entry in &state.tasks {

@@ -226,3 +226,39 @@ fn a_bad_labelled_file_is_refused_naming_each_line() {
     }
     assert!(!stderr.contains(&format!("{}:1:", labels.display())), "line 1 is fine: {stderr}");
 }
+
+#[test]
+fn progress_counts_each_task_on_its_own_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&dir, "min_compared = 1");
+    // Add a fraud task, live only: its reviews go through one model, abuse's through two.
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "[tasks.abuse]",
+        &format!(
+            "[models.tiny-fraud]\npath = {:?}\n[tasks.fraud]\nlive = \"tiny-fraud\"\n[tasks.abuse]",
+            path_str(&fixture("tiny-fraud"))
+        ),
+    );
+    std::fs::write(&config, text).unwrap();
+    let labels = dir.path().join("labels.jsonl");
+    let mut lines = std::fs::read_to_string(fixture("labelled.jsonl")).unwrap();
+    for i in 0..5 {
+        lines += &format!(
+            "{{\"id\": \"f{i}\", \"text\": \"win a free prize now\", \"task\": \"fraud\", \"decision\": \"reject\"}}\n"
+        );
+    }
+    std::fs::write(&labels, lines).unwrap();
+    let run = modserve()
+        .args(["eval", "--config"])
+        .arg(&config)
+        .arg("--labels")
+        .arg(&labels)
+        .arg("--out")
+        .arg(dir.path().join("reports"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    // 12 abuse reviews on tiny-abuse and tiny-abuse-v2, 5 fraud reviews on tiny-fraud.
+    assert!(stderr.contains("29/29 reviews scored"), "{stderr}");
+    assert!(!stderr.contains("/29 reviews scored\n30"), "{stderr}");
+}
