@@ -20,6 +20,7 @@ use crate::compare;
 use crate::config::Limits;
 use crate::error::Error;
 use crate::grpc::{convert, pb};
+use crate::metrics::ShadowOutcome;
 use crate::policy::{Decision, Policy};
 use crate::registry::{ServingState, TaskEntry};
 use crate::report::{ReportInput, Source, Subject, Verdicts, cumulative_buckets};
@@ -235,7 +236,7 @@ fn report_input(
         task: entry.name.clone(),
         live: subject(&entry.live, &entry.policy),
         candidate: subject(shadow_model, shadow_policy),
-        outcomes: [("compared".to_string(), n as u64)].into(),
+        outcomes: [(ShadowOutcome::Compared.as_str().to_string(), n as u64)].into(),
         comparisons,
         score_deltas,
         latency: None,

@@ -362,7 +362,7 @@ impl ShadowOutcome {
         ShadowOutcome::Error,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             ShadowOutcome::Compared => "compared",
             ShadowOutcome::SampledOut => "sampled_out",

@@ -33,22 +33,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-pub use criteria::{
-    CriterionResult, Decision, LaunchCriteria, RawLaunchCriteria, Status, defaults as criteria_defaults,
-    validate_criteria,
-};
+pub use criteria::{CriterionResult, Decision, LaunchCriteria, RawLaunchCriteria, Status, validate_criteria};
 pub use derived::{
     Accuracy, Agreement, DeltaBucket, DeltaDistribution, Derived, ModelAccuracy, PrecisionRecall, Traffic,
 };
-pub use disagreements::{Filter as DisagreementFilter, summarize as summarize_disagreements};
 pub use error::ReportError;
 pub use fetch::{FetchArgs, fetch};
 pub use input::{
-    ALLOW, DECISIONS, Disagreement, DisagreementSummary, Latency, OUTCOMES, Quantiles, REJECT, REVIEW, ReportInput,
-    Source, Subject, Verdicts, cumulative_buckets,
+    Disagreement, DisagreementSummary, Latency, Quantiles, ReportInput, Source, Subject, Verdicts, cumulative_buckets,
 };
 pub use prometheus::QueryError;
-pub use stats::{Estimate, wilson};
+pub use stats::Estimate;
 
 /// Exit status of `modserve report`: every checked criterion passed.
 pub const EXIT_GO: u8 = 0;

@@ -8,6 +8,7 @@ use super::derived::ModelAccuracy;
 use super::format::{bucket, estimate, ms, pct, score};
 use super::input::{DECISIONS, OUTCOMES, REJECT, REVIEW, Source, Subject};
 use super::stats::ratio;
+use crate::metrics::ShadowOutcome;
 
 pub struct Content {
     pub title: String,
@@ -127,7 +128,7 @@ fn traffic(r: &Report) -> Vec<Block> {
     }
     let rows = OUTCOMES
         .iter()
-        .filter(|o| **o != "sampled_out")
+        .filter(|o| **o != ShadowOutcome::SampledOut.as_str())
         .map(|o| {
             let n = r.input.outcome(o);
             vec![o.to_string(), n.to_string(), pct(ratio(n, t.sampled))]
@@ -184,7 +185,7 @@ fn confusion(r: &Report) -> Vec<Block> {
     vec![
         Block::Text("Rows: live decision; columns: candidate decision.".into()),
         Block::Table(Table {
-            header: vec!["live \\ candidate", "ALLOW", "REVIEW", "REJECT", "Total"],
+            header: [&["live \\ candidate"][..], &DECISIONS, &["Total"]].concat(),
             align: "lrrrr",
             rows,
             strong: vec![(0, 0), (1, 0), (2, 0)],

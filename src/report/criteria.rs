@@ -196,28 +196,22 @@ pub fn evaluate(input: &ReportInput, derived: &Derived, criteria: &LaunchCriteri
     let mut out = Vec::new();
     let compared = derived.agreement.total;
     let need = criteria.min_compared;
-    out.push(if need == 0 {
-        not_checked("compared reviews")
-    } else {
-        let detail = if compared >= need {
-            format!("{compared} compared reviews (need {need})")
-        } else {
-            format!("{compared} compared reviews, need {need}")
-        };
-        result("compared reviews", format!("≥ {need}"), compared.to_string(), pass_if(compared >= need), detail)
-    });
+    out.push(min_criterion(
+        "compared reviews",
+        compared,
+        need,
+        format!("{compared} compared reviews (need {need})"),
+        format!("{compared} compared reviews, need {need}"),
+    ));
     let verdicts = derived.accuracy.map_or(0, |a| a.candidate.verdicts);
     let need = criteria.min_verdicts;
-    out.push(if need == 0 {
-        not_checked("moderator verdicts")
-    } else {
-        let detail = if verdicts >= need {
-            format!("{verdicts} verdicts on the candidate (need {need})")
-        } else {
-            format!("{verdicts} verdicts, need {need}")
-        };
-        result("moderator verdicts", format!("≥ {need}"), verdicts.to_string(), pass_if(verdicts >= need), detail)
-    });
+    out.push(min_criterion(
+        "moderator verdicts",
+        verdicts,
+        need,
+        format!("{verdicts} verdicts on the candidate (need {need})"),
+        format!("{verdicts} verdicts, need {need}"),
+    ));
     for (what, limit) in [("precision", criteria.max_precision_drop), ("recall", criteria.max_recall_drop)] {
         for level in [REVIEW, REJECT] {
             out.push(drop_criterion(derived, what, level, limit));
@@ -228,6 +222,15 @@ pub fn evaluate(input: &ReportInput, derived: &Derived, criteria: &LaunchCriteri
     out.push(rate_criterion("error rate", t.errors, t.sampled, t.error_rate, criteria.max_error_rate));
     out.push(rate_criterion("shed rate", t.shed, t.sampled, t.shed_rate, criteria.max_shed_rate));
     out
+}
+
+/// At least `need` of something (0: not checked); the detail depends on the outcome.
+fn min_criterion(name: &str, have: u64, need: u64, met: String, short: String) -> CriterionResult {
+    if need == 0 {
+        return not_checked(name);
+    }
+    let detail = if have >= need { met } else { short };
+    result(name, format!("≥ {need}"), have.to_string(), pass_if(have >= need), detail)
 }
 
 /// Precision or recall at `level`: the candidate's point estimate may be at most `limit` below
@@ -246,13 +249,14 @@ fn drop_criterion(derived: &Derived, what: &str, level: usize, limit: Option<f64
         if what == "precision" { pr.precision.value } else { pr.recall.value }
     };
     let (live, candidate) = (pick(&accuracy.live), pick(&accuracy.candidate));
+    // Precision is over what the model flagged, recall over what the moderators flagged.
+    let why = if what == "precision" { "it flagged no review at that level" } else { "moderators flagged none" };
     let Some(live) = live else {
-        let detail = format!("live {metric} is n/a (no review at that level), so there is nothing to compare with");
+        let detail = format!("live {metric} is n/a ({why}), so there is nothing to compare with");
         return result(name, limit_text, "n/a".into(), Status::Skipped, detail);
     };
     let Some(candidate) = candidate else {
-        let detail =
-            format!("candidate {metric} is n/a (no review at that level) while live's is {:.1}%", live * 100.0);
+        let detail = format!("candidate {metric} is n/a ({why}) while live's is {:.1}%", live * 100.0);
         return result(name, limit_text, "n/a".into(), Status::Fail, detail);
     };
     let drop = live - candidate;

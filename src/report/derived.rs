@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::input::{REJECT, REVIEW, ReportInput, SHED_OUTCOMES};
 use super::stats::{Estimate, ratio};
+use crate::metrics::ShadowOutcome;
 
 /// Everything the renderers and the launch criteria read besides the input itself.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -112,11 +113,11 @@ impl Derived {
 impl Traffic {
     pub fn of(input: &ReportInput) -> Traffic {
         let offered: u64 = input.outcomes.values().sum();
-        let sampled_out = input.outcome("sampled_out");
+        let sampled_out = input.outcome(ShadowOutcome::SampledOut.as_str());
         let sampled = offered - sampled_out;
-        let compared = input.outcome("compared");
+        let compared = input.outcome(ShadowOutcome::Compared.as_str());
         let shed = SHED_OUTCOMES.iter().map(|o| input.outcome(o)).sum();
-        let errors = input.outcome("error");
+        let errors = input.outcome(ShadowOutcome::Error.as_str());
         Traffic {
             offered,
             sampled_out,

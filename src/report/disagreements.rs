@@ -140,13 +140,7 @@ fn disagreement(line: Line) -> Disagreement {
         .iter()
         .filter_map(|(label, s)| line.live.scores.get(label).map(|l| (label.clone(), s - l)))
         .fold((String::new(), 0.0f64), |best, (label, d)| if d.abs() > best.1.abs() { (label, d) } else { best });
-    let text = line.text.map(|t| {
-        let mut cut: String = t.chars().take(TEXT_CHARS).collect();
-        if cut.len() < t.len() {
-            cut.push('…');
-        }
-        cut
-    });
+    let text = line.text.map(|t| super::format::cut(&t, TEXT_CHARS));
     Disagreement {
         time: line.time,
         review_id: line.review_id,

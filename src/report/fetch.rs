@@ -21,6 +21,7 @@ use crate::metrics::{
     BATCHES_TOTAL, INFERENCE_ERRORS_TOTAL, SHADOW_COMPARISONS_TOTAL, SHADOW_REVIEWS_TOTAL, SHADOW_SCORE_DELTA,
     STAGE_DURATION_SECONDS, VERDICTS_TOTAL,
 };
+use crate::policy::Decision;
 
 /// How far before the window to look for each counter's baseline sample: more than any sane
 /// scrape interval, so a series that existed before the window has one.
@@ -315,7 +316,7 @@ fn verdict_matrix(series: &[Counted]) -> [[u64; 3]; 3] {
 }
 
 fn decision(value: &str) -> Option<usize> {
-    ["allow", "review", "reject"].iter().position(|d| *d == value)
+    Decision::from_name(value).map(|d| d as usize)
 }
 
 fn label<'a>(labels: &'a Labels, key: &str) -> &'a str {

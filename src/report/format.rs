@@ -6,6 +6,15 @@ use super::derived::DeltaBucket;
 use super::stats::Estimate;
 
 /// A share as a percentage with one decimal, or "n/a".
+/// The first `chars` characters of `text`, with "…" when anything was cut.
+pub fn cut(text: &str, chars: usize) -> String {
+    let mut cut: String = text.chars().take(chars).collect();
+    if cut.len() < text.len() {
+        cut.push('…');
+    }
+    cut
+}
+
 pub fn pct(v: Option<f64>) -> String {
     v.map_or_else(|| "n/a".into(), |v| format!("{:.1}%", v * 100.0))
 }

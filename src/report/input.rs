@@ -7,18 +7,34 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Serialize, Serializer};
 
-/// Decision indices used by every `[[u64; 3]; 3]` matrix: ALLOW < REVIEW < REJECT.
-pub const ALLOW: usize = 0;
-pub const REVIEW: usize = 1;
-pub const REJECT: usize = 2;
+use crate::metrics::ShadowOutcome;
+use crate::policy::Decision;
+
+/// Decision indices used by every `[[u64; 3]; 3]` matrix (allow is 0), as `policy::Decision`
+/// orders them.
+pub const REVIEW: usize = Decision::Review as usize;
+pub const REJECT: usize = Decision::Reject as usize;
 /// Upper-case names, indexed like the matrices.
 pub const DECISIONS: [&str; 3] = ["ALLOW", "REVIEW", "REJECT"];
 
-/// Reviews offered to a shadow, by what became of them (the `outcome` label values).
-pub const OUTCOMES: [&str; 7] =
-    ["compared", "sampled_out", "queue_full", "live_pressure", "deadline", "breaker_open", "error"];
+/// Reviews offered to a shadow, by what became of them: the `outcome` label values, from
+/// `metrics::ShadowOutcome`.
+pub const OUTCOMES: [&str; ShadowOutcome::ALL.len()] = {
+    let mut names = [""; ShadowOutcome::ALL.len()];
+    let mut i = 0;
+    while i < names.len() {
+        names[i] = ShadowOutcome::ALL[i].as_str();
+        i += 1;
+    }
+    names
+};
 /// The outcomes that count as shed work: sampled, but dropped before inference.
-pub const SHED_OUTCOMES: [&str; 4] = ["queue_full", "live_pressure", "deadline", "breaker_open"];
+pub const SHED_OUTCOMES: [&str; 4] = [
+    ShadowOutcome::QueueFull.as_str(),
+    ShadowOutcome::LivePressure.as_str(),
+    ShadowOutcome::Deadline.as_str(),
+    ShadowOutcome::BreakerOpen.as_str(),
+];
 
 /// Everything a report needs, as measured. Two producers fill it: `fetch` from Prometheus and
 /// the offline evaluator from a labelled file.
@@ -31,7 +47,7 @@ pub struct ReportInput {
     /// Reviews offered to the candidate, by outcome (keys from `OUTCOMES`; missing keys are 0).
     /// Offline: just `compared`.
     pub outcomes: BTreeMap<String, u64>,
-    /// `[live decision][candidate decision]`, indexed by `ALLOW`, `REVIEW`, `REJECT`.
+    /// `[live decision][candidate decision]`, indexed as `policy::Decision` orders them.
     pub comparisons: [[u64; 3]; 3],
     /// Per label: cumulative histogram buckets `(le, count)` of candidate score minus live
     /// score, ascending `le`, the last one `f64::INFINITY`. Empty for policy-only shadows.

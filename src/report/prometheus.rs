@@ -246,11 +246,7 @@ fn excerpt(body: &[u8]) -> String {
     if text.is_empty() {
         return "(empty body)".into();
     }
-    let mut cut: String = text.chars().take(200).collect();
-    if cut.len() < text.len() {
-        cut.push('…');
-    }
-    cut
+    super::format::cut(&text, 200)
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters.

@@ -102,6 +102,20 @@ fn store() -> Vec<Value> {
         series("modserve_shadow_score_delta_bucket", &bucket("insult", "-0.1"), &[(START + 1.0, 2.0)]),
         series("modserve_shadow_score_delta_bucket", &bucket("insult", "0"), &[(START + 1.0, 100.0)]),
         series("modserve_shadow_score_delta_bucket", &bucket("insult", "+Inf"), &[(START + 1.0, 152.0)]),
+        // A policy-only candidate must not read these: abuse-v1 never runs as a shadow, so any
+        // delta or shadow latency it reported would be made up.
+        series(
+            "modserve_shadow_score_delta_bucket",
+            &[
+                ("task", "abuse"),
+                ("live_model", "abuse-v1"),
+                ("shadow_model", "abuse-v1"),
+                ("shadow_policy", "tight"),
+                ("label", "insult"),
+                ("le", "+Inf"),
+            ],
+            &[(START + 1.0, 5.0)],
+        ),
         series("modserve_batches_total", &[("model", "abuse-v1"), ("role", "live")], &[(START, 7.0), (END, 57.0)]),
         series("modserve_batches_total", &[("model", "abuse-v2"), ("role", "shadow")], &[(START + 1.0, 40.0)]),
         series("modserve_inference_errors_total", &[("model", "abuse-v2"), ("role", "shadow")], &[(END, 1.0)]),
@@ -132,10 +146,13 @@ fn answer(query: &str) -> Value {
     if let Some(rest) = query.strip_prefix("histogram_quantile(") {
         let q: f64 = rest.split(',').next().unwrap().parse().unwrap();
         let role = &matchers.iter().find(|(k, _)| k == "role").unwrap().1;
-        let value = match (role.as_str(), q) {
-            ("live", 0.5) => "0.004",
-            ("live", _) => "0.012",
-            (_, 0.5) => "0.006",
+        let model = &matchers.iter().find(|(k, _)| k == "model").unwrap().1;
+        let value = match (model.as_str(), role.as_str(), q) {
+            (_, "live", 0.5) => "0.004",
+            (_, "live", _) => "0.012",
+            // Finite, so a policy-only candidate that asked for its own latency would get one.
+            ("abuse-v1", "shadow", _) => "0.5",
+            (_, _, 0.5) => "0.006",
             _ => "NaN",
         };
         return json!({"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[END, value]}]}});
