@@ -7,7 +7,7 @@
 use std::str::FromStr;
 use std::sync::Arc;
 
-use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+use tokenizers::{ModelWrapper, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 /// A tokenizer configured for one model.
 #[derive(Clone)]
@@ -94,15 +94,18 @@ impl TokenBatch {
     }
 }
 
-/// The unknown token's id: WordPiece, WordLevel and BPE models name it (`unk_token`), Unigram
-/// gives its id (`unk_id`). Read from the model's serialised form, which every model type has.
+/// The unknown token's id. WordPiece, WordLevel and BPE models name the token; Unigram keeps
+/// only its id, which no accessor exposes, so only for Unigram is the model serialised to read it.
 fn unknown_id(tokenizer: &Tokenizer) -> Option<i64> {
-    let model = serde_json::to_value(tokenizer.get_model()).ok()?;
-    if let Some(id) = model.get("unk_id").and_then(|v| v.as_i64()) {
-        return Some(id);
-    }
-    let token = model.get("unk_token")?.as_str()?;
-    tokenizer.token_to_id(token).map(i64::from)
+    let token = match tokenizer.get_model() {
+        ModelWrapper::WordPiece(m) => Some(m.unk_token.clone()),
+        ModelWrapper::WordLevel(m) => Some(m.unk_token.clone()),
+        ModelWrapper::BPE(m) => m.unk_token.clone(),
+        ModelWrapper::Unigram(m) => {
+            return serde_json::to_value(m).ok()?.get("unk_id")?.as_i64();
+        }
+    };
+    tokenizer.token_to_id(&token?).map(i64::from)
 }
 
 impl Encoder {
