@@ -15,11 +15,13 @@ use ort::environment::Environment;
 use tokio::sync::oneshot;
 
 use crate::batch::{Admit, BatchPolicy};
+use crate::cpu::{self, CpuSet};
 use crate::error::Error;
 use crate::metrics::{DropReason, ModelMetrics, Role};
 use crate::model::session::ModelSession;
 use crate::model::{ModelSpec, Package, PackageError};
 use crate::request::ReviewInput;
+use crate::shadow::budget::{ModelCpu, ShadowCpu};
 use crate::tokenize::{Encoder, TokenBatch, TokenRows};
 
 /// Token ids shared between models that tokenize identically (same tokenizer file, same length
@@ -100,6 +102,11 @@ pub struct WorkerSettings {
     /// Scheduling niceness of the worker threads (0 = normal; shadows run at a higher value so
     /// the kernel favours live work when cores are busy).
     pub nice: i32,
+    /// Run the worker threads under `SCHED_IDLE` where the kernel allows it (shadows), falling
+    /// back to `nice`.
+    pub idle: bool,
+    /// Keep the worker threads on these CPUs (`shadow.cpus`); `None` = wherever the process may run.
+    pub cpus: Option<CpuSet>,
 }
 
 /// The front door to a model's workers. Clone freely.
@@ -110,6 +117,8 @@ pub struct ModelHandle {
     tx: Sender<Job>,
     capacity: usize,
     metrics: Arc<ModelMetrics>,
+    /// CPU used by this model's workers, when they are shadow workers under a `ShadowCpu`.
+    cpu: Option<Arc<ModelCpu>>,
 }
 
 impl ModelHandle {
@@ -119,6 +128,11 @@ impl ModelHandle {
 
     pub fn metrics(&self) -> &ModelMetrics {
         &self.metrics
+    }
+
+    /// The CPU this model's workers have used, for shadow workers (see `start`).
+    pub fn cpu(&self) -> Option<&Arc<ModelCpu>> {
+        self.cpu.as_ref()
     }
 
     /// Jobs waiting in the queue now.
@@ -182,11 +196,14 @@ pub struct WorkerPool {
 
 /// Builds one session per worker thread from the verified package, warms each up, and starts
 /// the threads. Fails (naming the model file) if any session cannot be built or warmed.
+/// With `shadow_cpu`, every batch's thread CPU time is recorded there and no batch starts while
+/// its budget is spent.
 pub fn start(
     env: &Environment,
     package: &Package,
     role: Role,
     settings: WorkerSettings,
+    shadow_cpu: Option<&Arc<ShadowCpu>>,
 ) -> Result<WorkerPool, PackageError> {
     let spec = package.spec.clone();
     let encoder = Encoder::new(package.tokenizer.clone(), spec.max_sequence_length)
@@ -200,6 +217,7 @@ pub fn start(
     }
     let (tx, rx) = crossbeam_channel::bounded(settings.queue_capacity.max(1));
     let metrics = Arc::new(ModelMetrics::new(&spec, role));
+    let cpu = shadow_cpu.map(|_| Arc::new(ModelCpu::new(&spec.name)));
     let mut threads = Vec::with_capacity(sessions.len());
     for (i, session) in sessions.into_iter().enumerate() {
         let worker = Worker {
@@ -212,13 +230,14 @@ pub fn start(
             tokens: TokenBatch::default(),
             features: Vec::new(),
             scores: Vec::new(),
+            accounting: shadow_cpu.zip(cpu.as_ref()).map(|(b, m)| (b.clone(), m.clone())),
         };
         let name = format!("infer-{}-{i}", spec.name);
-        let nice = settings.nice;
+        let model = spec.name.clone();
         let thread = std::thread::Builder::new()
             .name(name.chars().take(15).collect())
             .spawn(move || {
-                set_nice(nice);
+                isolate(&model, &settings);
                 worker.run()
             })
             .map_err(|e| PackageError::WarmUp {
@@ -227,7 +246,7 @@ pub fn start(
             })?;
         threads.push(thread);
     }
-    let handle = ModelHandle { spec, tx, capacity: settings.queue_capacity.max(1), metrics };
+    let handle = ModelHandle { spec, tx, capacity: settings.queue_capacity.max(1), metrics, cpu };
     Ok(WorkerPool { handle, threads })
 }
 
@@ -258,6 +277,8 @@ struct Worker {
     tokens: TokenBatch,
     features: Vec<f32>,
     scores: Vec<f32>,
+    /// Shadow workers: the budget every batch is charged to, and this model's share of it.
+    accounting: Option<(Arc<ShadowCpu>, Arc<ModelCpu>)>,
 }
 
 impl Worker {
@@ -301,12 +322,24 @@ impl Worker {
                 }
             }
             self.metrics.queue_depth.set(self.rx.len() as f64);
-            self.process(jobs);
+            match self.accounting.clone() {
+                None => {
+                    self.process(jobs);
+                }
+                Some((budget, model)) => {
+                    wait_for_budget(&budget, &jobs);
+                    // The callbacks (comparison, logging) are shadow work too: measure all of it.
+                    let before = cpu::thread_cpu_time();
+                    let reviews = self.process(jobs);
+                    budget.record(&model, cpu::thread_cpu_time().saturating_sub(before), reviews);
+                }
+            }
         }
     }
 
     /// Drops expired and abandoned jobs, runs the rest as one batch and replies to each.
-    fn process(&mut self, jobs: Vec<Job>) {
+    /// Returns the reviews run.
+    fn process(&mut self, jobs: Vec<Job>) -> usize {
         let now = Instant::now();
         let mut live = Vec::with_capacity(jobs.len());
         for job in jobs {
@@ -323,14 +356,16 @@ impl Worker {
             }
         }
         if live.is_empty() {
-            return;
+            return 0;
         }
+        let reviews = live.iter().map(|j| j.reviews.len()).sum();
         // A panic inside tokenization or ONNX Runtime must not take the thread down with the
         // jobs' reply channels: catch it and answer every job with an error.
         let started = Instant::now();
+        let waited_before = self.accounting.as_ref().and_then(|_| cpu::thread_run_delay());
         let outcome = catch_unwind(AssertUnwindSafe(|| self.infer(&live)))
             .unwrap_or_else(|panic| Err(format!("panicked: {}", panic_message(&panic))));
-        let elapsed = started.elapsed();
+        let elapsed = own_time(started.elapsed(), waited_before);
         match outcome {
             Ok(()) => {
                 let n_labels = self.session.spec().labels.len();
@@ -353,6 +388,7 @@ impl Worker {
                 }
             }
         }
+        reviews
     }
 
     /// Input-quality counters for the batch in `self.rows`: tokens, unknown tokens, and reviews
@@ -447,23 +483,77 @@ mod fault {
             {
                 std::thread::sleep(std::time::Duration::from_millis(ms));
             }
+            // Busy work of the given CPU time: a shadow heavier than live, which sleep is not.
+            if let Some(rest) = text.split("modserve-fault:spin-").nth(1)
+                && let Some((ms, target)) = rest.split_once(':')
+                && target.split(';').next() == Some(model)
+                && let Ok(ms) = ms.parse::<u64>()
+            {
+                let start = crate::cpu::thread_cpu_time();
+                let mut x = 0u64;
+                while crate::cpu::thread_cpu_time() - start < std::time::Duration::from_millis(ms) {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+            }
         }
     }
 }
 
-/// Sets the calling thread's niceness (Linux applies `setpriority` per thread). Best effort: on
-/// failure the thread just runs at normal priority.
-fn set_nice(nice: i32) {
-    if nice == 0 {
+/// Applies a worker thread's scheduling and CPU placement (shadows: `SCHED_IDLE` or `nice`,
+/// and `shadow.cpus`). Best effort: what could not be applied is logged, and the policy in
+/// effect is exported, so a dashboard shows a shadow that is not behind live.
+fn isolate(model: &str, settings: &WorkerSettings) {
+    if let Some(cpus) = &settings.cpus
+        && let Err(e) = cpu::set_thread_affinity(cpus)
+    {
+        tracing::warn!(model, cpus = %cpus.to_list(), error = %e, "cannot keep shadow worker on shadow.cpus");
+    }
+    if !settings.idle && settings.nice == 0 {
         return;
     }
-    // SAFETY: plain syscalls on the calling thread, no pointers involved.
-    let rc = unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, nice)
-    };
-    if rc != 0 {
-        tracing::warn!(nice, error = %std::io::Error::last_os_error(), "cannot lower worker thread priority");
+    let (policy, error) = cpu::lower_thread_priority(settings.idle, settings.nice);
+    crate::metrics::shadow_scheduling(model, policy);
+    let error = error.map(|e| e.to_string());
+    match policy {
+        cpu::SchedPolicy::Idle => tracing::debug!(model, "shadow worker runs under SCHED_IDLE"),
+        _ => tracing::warn!(
+            model,
+            policy = policy.as_str(),
+            nice = settings.nice,
+            error = error.as_deref().unwrap_or(""),
+            "shadow worker could not use SCHED_IDLE; live work has priority only by niceness"
+        ),
+    }
+}
+
+/// Waits, before a shadow batch, while the shadow CPU budget is spent. Stops waiting once every
+/// job is past its deadline: `process` then drops them unrun.
+fn wait_for_budget(budget: &ShadowCpu, jobs: &[Job]) {
+    loop {
+        let wait = budget.wait();
+        if wait.is_zero() {
+            return;
+        }
+        let now = Instant::now();
+        let latest = jobs.iter().map(|j| j.deadline).try_fold(now, |acc, d| d.map(|d| acc.max(d)));
+        let mut nap = wait.min(Duration::from_millis(50));
+        if let Some(latest) = latest {
+            if latest <= now {
+                return;
+            }
+            nap = nap.min(latest - now);
+        }
+        std::thread::sleep(nap);
+    }
+}
+
+/// A batch's own run time: wall time minus the time its thread waited for a CPU (runnable, not
+/// running). A shadow behind live work under `SCHED_IDLE` or a throttled quota waits a lot, and
+/// that wait is not the model being slow; the circuit breaker judges this figure.
+fn own_time(wall: Duration, waited_before: Option<Duration>) -> Duration {
+    match (waited_before, waited_before.and(cpu::thread_run_delay())) {
+        (Some(before), Some(after)) => wall.saturating_sub(after.saturating_sub(before)),
+        _ => wall,
     }
 }
 
