@@ -242,3 +242,59 @@ fn shadow_cpus_must_be_cpus_the_process_may_use() {
     let errors = parse("3-1").unwrap_err();
     assert!(errors.iter().any(|e| e.starts_with("shadow.cpus \"3-1\"")), "{errors:?}");
 }
+
+/// Two replicas given the same reviews under the same pressure compare exactly the same ones:
+/// both lower their effective rate to the floor (`min_sample_rate = 0.3`), and at that rate each
+/// compares exactly the reviews `shadow::sampled` picks at 0.3, read back from each one's
+/// disagreement log (every review here is a disagreement: "this is dumb" is REVIEW live and
+/// REJECT in the shadow).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_at_the_same_effective_rate_compare_the_same_reviews() {
+    let _guard = exclusive().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = |name: &str| dir.path().join(format!("{name}.jsonl"));
+    let start = |name: &str| {
+        let table = format!(
+            "max_cpu_fraction = 0.05\nmin_sample_rate = 0.3\nmax_delay = \"500ms\"\n[shadow.disagreement_log]\npath = {:?}\n",
+            log(name).display().to_string()
+        );
+        TestServer::start(heavy_config(&table))
+    };
+    let (a, b) = (start("a").await, start("b").await);
+    // Heat: 20 ms of shadow CPU per review against a budget of a few per second drives both to
+    // the floor at their first tick.
+    let (na, nb) = tokio::join!(
+        send_heavy(&a, "heat", 20, Duration::from_secs(3)),
+        send_heavy(&b, "heat", 20, Duration::from_secs(3))
+    );
+    assert!(na > 100 && nb > 100, "{na} {nb}");
+    // Let queued heat work run or expire (max_delay) and the budget refill; no offers, no ticks.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The same cheap reviews to both, in lockstep, quickly: the smoothed cost per review is still
+    // far above what the budget pays for at a higher rate, so both stay at the floor.
+    let ids: Vec<String> = (0..200).map(|i| format!("same-{i}")).collect();
+    let (mut ca, mut cb) = (a.client().await, b.client().await);
+    for id in &ids {
+        ca.classify(request(vec![review(id, "this is dumb")])).await.unwrap();
+        cb.classify(request(vec![review(id, "this is dumb")])).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    a.stop().await;
+    b.stop().await;
+    let compared = |name: &str| -> Vec<String> {
+        let text = std::fs::read_to_string(log(name)).unwrap();
+        let mut ids: Vec<String> = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["review_id"].as_str().unwrap().to_string())
+            .filter(|id| id.starts_with("same-"))
+            .collect();
+        ids.sort();
+        ids
+    };
+    let mut expected: Vec<String> =
+        ids.iter().filter(|id| modserve::shadow::sampled(id, "tiny-abuse-v2", 0.3)).cloned().collect();
+    expected.sort();
+    assert!(expected.len() > 30 && expected.len() < 100, "{}", expected.len());
+    assert_eq!(compared("a"), expected, "replica a compared the reviews sampled at 0.3");
+    assert_eq!(compared("b"), expected, "replica b compared the same reviews");
+}
