@@ -56,6 +56,9 @@ pub mod defaults {
     pub const SHADOW_MAX_DELAY: &str = "2s";
     pub const SHADOW_LIVE_PRESSURE_JOBS: usize = 4;
     pub const SHADOW_NICE: i32 = 10;
+    pub const SHADOW_SCHEDULING: super::ShadowScheduling = super::ShadowScheduling::Idle;
+    /// A trickle that keeps a throttled shadow's cost measured: 1 review in 1,000.
+    pub const SHADOW_MIN_SAMPLE_RATE: f64 = 0.001;
     pub const BREAKER_WINDOW: usize = 20;
     pub const BREAKER_MIN_BATCHES: usize = 10;
     pub const BREAKER_MAX_FAILURE_RATIO: f64 = 0.5;
@@ -178,6 +181,16 @@ pub enum LogFormat {
     Json,
 }
 
+/// How shadow worker threads are put behind live work (`shadow.scheduling`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ShadowScheduling {
+    /// `SCHED_IDLE` where the kernel allows it, else `shadow.nice`.
+    Idle,
+    /// Only `shadow.nice`.
+    Nice,
+}
+
 /// What to do with a review text longer than `limits.max_text_bytes`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -215,6 +228,10 @@ pub struct Config {
     pub shadow: ShadowPolicy,
     /// Niceness of shadow worker threads.
     pub shadow_nice: i32,
+    /// Scheduling class asked for shadow worker threads.
+    pub shadow_scheduling: ShadowScheduling,
+    /// CPUs shadow worker threads are kept on; `None` = wherever the process may run.
+    pub shadow_cpus: Option<crate::cpu::CpuSet>,
     /// Where disagreements go; `None` turns the log off.
     pub disagreement_log: Option<LogConfig>,
     /// Model name -> how to load and run it.

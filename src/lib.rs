@@ -20,6 +20,7 @@ pub mod breaker;
 pub mod classify;
 pub mod compare;
 pub mod config;
+pub mod cpu;
 pub mod disagreement;
 pub mod error;
 pub mod eval;

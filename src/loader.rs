@@ -16,6 +16,7 @@ use crate::metrics::{self, InputMetrics, Role, TaskMetrics, VerdictMetrics};
 use crate::model::{ModelSpec, Package};
 use crate::policy::Policy;
 use crate::registry::{LoadedModel, ServingState, TaskEntry};
+use crate::shadow::budget::ShadowCpu;
 use crate::shadow::{PairSpec, ShadowPair};
 use crate::worker::{self, WorkerSettings};
 
@@ -39,6 +40,10 @@ pub fn load(
     let mut models: BTreeMap<String, LoadedModel> = BTreeMap::new();
     let mut threads = Vec::new();
     let live: Vec<&str> = config.tasks.iter().map(|t| t.live.as_str()).collect();
+    // One budget per server, kept across reloads: reused shadow workers keep charging it.
+    let shadow_cpu = previous.map(|p| p.shadow_cpu.clone()).unwrap_or_else(|| Arc::new(ShadowCpu::new()));
+    let capacity = crate::cpu::process_capacity();
+    metrics::process_cpu_capacity(capacity);
     // A policy-only shadow runs on the live model's workers (it runs none), so it adds no role.
     let shadow_rate = |name: &str| {
         config.tasks.iter().flat_map(|t| &t.shadows).filter(|s| s.model == name).map(|s| s.sample_rate).reduce(f64::max)
@@ -73,13 +78,16 @@ pub fn load(
         let mut settings = model.workers;
         if role == Role::Shadow {
             settings.nice = config.shadow_nice;
+            settings.idle = config.shadow_scheduling == crate::config::ShadowScheduling::Idle;
+            settings.cpus = config.shadow_cpus;
         }
         let fingerprint = fingerprint(&package, role, &settings);
         if let Some(running) = previous.and_then(|p| p.models.get(name)).filter(|m| m.fingerprint == fingerprint) {
             models.insert(name.clone(), LoadedModel { sample_rate, ..running.clone() });
             continue;
         }
-        match worker::start(env, &package, role, settings) {
+        let budget = (role == Role::Shadow).then_some(&shadow_cpu);
+        match worker::start(env, &package, role, settings, budget) {
             Ok(pool) => {
                 let load_seconds = started.elapsed().as_secs_f64();
                 metrics::model_loaded(name, load_seconds);
@@ -147,6 +155,7 @@ pub fn load(
                 salt: sh.salt.clone(),
                 record_scores: !task.shadows[..i].iter().any(|o| o.model == sh.model),
                 verdict_sources: config.feedback.sources.clone(),
+                shadow_cpu: Some(shadow_cpu.clone()),
             };
             pairs.push(Arc::new(ShadowPair::new(&task.name, spec, config.shadow, log.cloned())));
         }
@@ -168,8 +177,20 @@ pub fn load(
         join_all(threads);
         return Err(errors);
     }
+    let shadow_models = models.values().filter(|m| m.role == Role::Shadow).count();
+    let budget = config.shadow.max_cpu_fraction.map(|f| f * capacity.cpus);
+    shadow_cpu.configure(budget, shadow_models);
+    if let Some(budget) = budget {
+        tracing::info!(
+            cpus = capacity.cpus,
+            source = capacity.source.as_str(),
+            budget_cpu_per_second = budget,
+            "shadow CPU budget"
+        );
+    }
     let state = ServingState {
         generation: 0,
+        shadow_cpu,
         config: config.clone(),
         config_sha256: String::new(),
         tasks,

@@ -53,6 +53,13 @@ pub const REVIEWS_BY_LANGUAGE_TOTAL: &str = "modserve_reviews_by_language_total"
 pub const TOKENS_TOTAL: &str = "modserve_tokens_total";
 pub const UNKNOWN_TOKENS_TOTAL: &str = "modserve_unknown_tokens_total";
 pub const REVIEWS_AT_MAX_TOKENS_TOTAL: &str = "modserve_reviews_at_max_tokens_total";
+pub const SHADOW_SCHEDULING: &str = "modserve_shadow_scheduling";
+pub const SHADOW_BATCH_CPU_SECONDS: &str = "modserve_shadow_batch_cpu_seconds";
+pub const SHADOW_CPU_BUDGET: &str = "modserve_shadow_cpu_budget";
+pub const SHADOW_CPU_USE: &str = "modserve_shadow_cpu_use";
+pub const PROCESS_CPU_CAPACITY: &str = "modserve_process_cpu_capacity";
+pub const SHADOW_SAMPLE_RATE_CONFIGURED: &str = "modserve_shadow_sample_rate_configured";
+pub const SHADOW_SAMPLE_RATE_EFFECTIVE: &str = "modserve_shadow_sample_rate_effective";
 
 /// Latency buckets in seconds: 50 us to 5 s, dense below 10 ms where a healthy server lives.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -255,7 +262,7 @@ fn describe() {
     );
     describe_counter!(
         SHADOW_REVIEWS_TOTAL,
-        "Reviews offered to a shadow, by task, live model, shadow model and outcome: compared, or skipped as sampled_out, queue_full, live_pressure, deadline, breaker_open, error."
+        "Reviews offered to a shadow, by task, live model, shadow model and outcome: compared, or skipped as sampled_out, queue_full, live_pressure, deadline, breaker_open, error, budget (shadow CPU budget spent), throttled (in the configured sample, not in the lowered effective one)."
     );
     describe_gauge!(SHADOW_BREAKER_OPEN, "1 while a shadow's circuit breaker has paused it, by task and shadow model.");
     describe_counter!(
@@ -282,6 +289,32 @@ fn describe() {
         "Time the last load of a model took (read, verify, build sessions, warm up), by model."
     );
     describe_counter!(SHADOW_BREAKER_TRIPS_TOTAL, "Times a shadow's circuit breaker opened, by task and shadow model.");
+    describe_gauge!(
+        SHADOW_SCHEDULING,
+        "1 for the scheduling a shadow model's worker threads run under (idle = SCHED_IDLE, nice, normal), 0 for the others, by model and policy."
+    );
+    describe_histogram!(
+        SHADOW_BATCH_CPU_SECONDS,
+        Unit::Seconds,
+        "CPU time of each shadow batch on its worker thread (thread CPU clock, comparison included), by model; _sum is the shadow's CPU seconds."
+    );
+    describe_gauge!(
+        SHADOW_CPU_BUDGET,
+        "CPU-seconds per second all shadow work may use (shadow.max_cpu_fraction of the process's CPU capacity); 0 = no budget."
+    );
+    describe_gauge!(SHADOW_CPU_USE, "CPU-seconds per second shadow work used, averaged over the last 10 s.");
+    describe_gauge!(
+        PROCESS_CPU_CAPACITY,
+        "CPUs the process may use (cgroup quota, else affinity mask), by source (cgroup_v2, cgroup_v1, affinity)."
+    );
+    describe_gauge!(
+        SHADOW_SAMPLE_RATE_CONFIGURED,
+        "A shadow's configured sample_rate, by task, live model, shadow model and shadow policy."
+    );
+    describe_gauge!(
+        SHADOW_SAMPLE_RATE_EFFECTIVE,
+        "The share of reviews a shadow takes now: the configured rate, lowered while the CPU budget or the queues cannot take it (a subset of the same hash), by task, live model, shadow model and shadow policy."
+    );
 }
 
 /// Records one finished call or stream message; `code` is the gRPC status name (`OK`, ...).
@@ -356,10 +389,15 @@ pub enum ShadowOutcome {
     Deadline,
     BreakerOpen,
     Error,
+    /// Sampled, but the shadow CPU budget was spent: not started.
+    Budget,
+    /// In the configured sample but not in the lowered effective one (a uniform reduction,
+    /// unlike the sheds).
+    Throttled,
 }
 
 impl ShadowOutcome {
-    pub const ALL: [ShadowOutcome; 7] = [
+    pub const ALL: [ShadowOutcome; 9] = [
         ShadowOutcome::Compared,
         ShadowOutcome::SampledOut,
         ShadowOutcome::QueueFull,
@@ -367,6 +405,8 @@ impl ShadowOutcome {
         ShadowOutcome::Deadline,
         ShadowOutcome::BreakerOpen,
         ShadowOutcome::Error,
+        ShadowOutcome::Budget,
+        ShadowOutcome::Throttled,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -378,6 +418,8 @@ impl ShadowOutcome {
             ShadowOutcome::Deadline => "deadline",
             ShadowOutcome::BreakerOpen => "breaker_open",
             ShadowOutcome::Error => "error",
+            ShadowOutcome::Budget => "budget",
+            ShadowOutcome::Throttled => "throttled",
         }
     }
 }
@@ -390,8 +432,10 @@ pub struct ShadowMetrics {
     /// live model lacks the label).
     deltas: Vec<Option<Histogram>>,
     pub flips: Counter,
-    outcomes: [Counter; 7],
+    outcomes: [Counter; 9],
     pub breaker_open: Gauge,
+    pub rate_configured: Gauge,
+    pub rate_effective: Gauge,
     pub breaker_trips: Counter,
     /// Only for policy-only shadows.
     pub policy_only_reviews: Option<Counter>,
@@ -612,7 +656,20 @@ impl ShadowMetrics {
         breaker_open.set(0.0);
         let breaker_trips =
             counter!(SHADOW_BREAKER_TRIPS_TOTAL, "task" => task.to_string(), "shadow_model" => shadow.name.clone());
-        ShadowMetrics { confusion, deltas, flips, outcomes, breaker_open, breaker_trips, policy_only_reviews, scores }
+        let rate_configured = gauge!(SHADOW_SAMPLE_RATE_CONFIGURED, pair.clone());
+        let rate_effective = gauge!(SHADOW_SAMPLE_RATE_EFFECTIVE, pair.clone());
+        ShadowMetrics {
+            confusion,
+            deltas,
+            flips,
+            outcomes,
+            breaker_open,
+            rate_configured,
+            rate_effective,
+            breaker_trips,
+            policy_only_reviews,
+            scores,
+        }
     }
 
     /// Records the shadow's scores for one review (no-op unless this pair records them).
@@ -635,6 +692,47 @@ impl ShadowMetrics {
         // `ALL` is in declaration order, so the discriminant is the index.
         self.outcomes[outcome as usize].increment(reviews as u64);
     }
+}
+
+/// The shadow CPU budget's gauges (one set per process).
+#[derive(Debug)]
+pub struct BudgetMetrics {
+    pub budget: Gauge,
+    pub usage: Gauge,
+}
+
+impl BudgetMetrics {
+    pub fn new() -> BudgetMetrics {
+        BudgetMetrics { budget: gauge!(SHADOW_CPU_BUDGET), usage: gauge!(SHADOW_CPU_USE) }
+    }
+}
+
+impl Default for BudgetMetrics {
+    fn default() -> Self {
+        BudgetMetrics::new()
+    }
+}
+
+/// CPU seconds per batch of one shadow model (a histogram: the metrics crate's counters are
+/// integers, and its `_sum` is the cumulative CPU seconds).
+pub fn shadow_batch_cpu_seconds(model: &str) -> Histogram {
+    histogram!(SHADOW_BATCH_CPU_SECONDS, "model" => model.to_string())
+}
+
+/// Records the scheduling a shadow model's workers run under (1 for it, 0 for the others).
+pub fn shadow_scheduling(model: &str, policy: crate::cpu::SchedPolicy) {
+    for p in crate::cpu::SchedPolicy::ALL {
+        gauge!(SHADOW_SCHEDULING, "model" => model.to_string(), "policy" => p.as_str()).set(if p == policy {
+            1.0
+        } else {
+            0.0
+        });
+    }
+}
+
+/// Records the process's CPU capacity.
+pub fn process_cpu_capacity(capacity: crate::cpu::Capacity) {
+    gauge!(PROCESS_CPU_CAPACITY, "source" => capacity.source.as_str()).set(capacity.cpus);
 }
 
 /// What became of a disagreement log line.

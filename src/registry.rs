@@ -65,6 +65,8 @@ pub struct ServingState {
     /// Every loaded model by name.
     pub models: BTreeMap<String, LoadedModel>,
     pub input: InputMetrics,
+    /// The server's shadow CPU budget and use, handed from state to state on reload.
+    pub shadow_cpu: Arc<crate::shadow::budget::ShadowCpu>,
 }
 
 impl ServingState {

@@ -5,9 +5,21 @@
 //! of their id, sheds the work when the shadow is paused or live work is queueing, and otherwise
 //! `try_send`s it to the shadow's own bounded queue and worker threads. The shadow's worker then
 //! calls `ShadowPair::record`, which compares the two models (`compare`) and records metrics.
+//!
+//! Two controls keep a shadow behind live work and its comparison a uniform sample: the shadow
+//! CPU budget (`budget`: no shadow batch starts while it is spent) and the effective sample rate
+//! (`rate`: lowered, on the same hash, while the budget or the queues cannot take the
+//! configured one), updated once per `TICK` by whichever request gets there first.
 
-use std::sync::Arc;
+pub mod budget;
+pub mod rate;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use budget::ShadowCpu;
+use rate::{RateController, Tick};
 
 use crate::breaker::{Breaker, BreakerPolicy};
 use crate::compare::{self, Direction};
@@ -29,7 +41,14 @@ pub struct ShadowPolicy {
     /// Skip shadow work while the live model has at least this many jobs queued.
     pub live_pressure_jobs: usize,
     pub breaker: BreakerPolicy,
+    /// Share of the process's CPU capacity all shadow work may use; `None` = no budget.
+    pub max_cpu_fraction: Option<f64>,
+    /// The effective sample rate never goes below this (nor above the configured rate).
+    pub min_sample_rate: f64,
 }
+
+/// How often a shadow's effective sample rate is reconsidered.
+pub const TICK: Duration = Duration::from_secs(1);
 
 /// One shadow of one task, with everything needed to feed and judge it.
 pub struct ShadowPair {
@@ -54,6 +73,25 @@ pub struct ShadowPair {
     /// Live and shadow tokenize identically (same tokenizer file, same length limit), so the
     /// shadow reuses the live token ids.
     reuse_tokens: bool,
+    /// The process's shadow CPU budget (`None` for policy-only shadows, which run no inference).
+    cpu: Option<Arc<ShadowCpu>>,
+    /// The effective sample rate now, as f64 bits: read by every offer, written by the tick.
+    effective: AtomicU64,
+    /// Reviews offered, and sampled reviews shed, since the last tick.
+    offered: AtomicU64,
+    sampled_now: AtomicU64,
+    shed: AtomicU64,
+    /// Locked only by the tick (`try_lock`: a request that finds it busy just goes on).
+    controller: Mutex<Controller>,
+}
+
+/// The rate controller and the cumulative figures its last tick saw.
+struct Controller {
+    rate: RateController,
+    last: Instant,
+    /// This model's (CPU ns, reviews run) and all shadows' CPU ns at the last tick.
+    model: (u64, u64),
+    total_ns: u64,
 }
 
 /// What `ShadowPair::new` needs besides the task name.
@@ -68,6 +106,8 @@ pub struct PairSpec {
     pub record_scores: bool,
     /// `feedback.sources`, for the verdict series.
     pub verdict_sources: Vec<String>,
+    /// The server's shadow CPU budget and accounting.
+    pub shadow_cpu: Option<Arc<ShadowCpu>>,
 }
 
 /// Salt of the disagreement log's own sampling, independent of every shadow's.
@@ -98,8 +138,17 @@ pub fn sampled(review_id: &str, salt: &str, rate: f64) -> bool {
 
 impl ShadowPair {
     pub fn new(task: &str, spec: PairSpec, policy: ShadowPolicy, log: Option<DisagreementLog>) -> ShadowPair {
-        let PairSpec { live, live_policy, shadow, shadow_policy, sample_rate, salt, record_scores, verdict_sources } =
-            spec;
+        let PairSpec {
+            live,
+            live_policy,
+            shadow,
+            shadow_policy,
+            sample_rate,
+            salt,
+            record_scores,
+            verdict_sources,
+            shadow_cpu,
+        } = spec;
         let policy_only = Arc::ptr_eq(live.spec(), shadow.spec());
         let metrics = ShadowMetrics::new(
             task,
@@ -111,6 +160,15 @@ impl ShadowPair {
         let verdicts = VerdictMetrics::new(task, shadow.spec(), Role::Shadow, &shadow_policy, &verdict_sources);
         let reuse_tokens = live.spec().tokenizer_sha256 == shadow.spec().tokenizer_sha256
             && live.spec().max_sequence_length == shadow.spec().max_sequence_length;
+        metrics.rate_configured.set(sample_rate);
+        metrics.rate_effective.set(sample_rate);
+        let model = shadow.cpu().map(|m| m.totals()).unwrap_or_default();
+        let controller = Controller {
+            rate: RateController::new(sample_rate, policy.min_sample_rate),
+            last: Instant::now(),
+            model,
+            total_ns: shadow_cpu.as_ref().map_or(0, |c| c.total_ns()),
+        };
         ShadowPair {
             task: task.to_string(),
             live,
@@ -126,6 +184,72 @@ impl ShadowPair {
             verdicts,
             log,
             reuse_tokens,
+            cpu: shadow_cpu.filter(|_| !policy_only),
+            effective: AtomicU64::new(sample_rate.to_bits()),
+            offered: AtomicU64::new(0),
+            sampled_now: AtomicU64::new(0),
+            shed: AtomicU64::new(0),
+            controller: Mutex::new(controller),
+        }
+    }
+
+    /// The share of reviews this shadow takes now (at most `sample_rate`).
+    pub fn effective_rate(&self) -> f64 {
+        f64::from_bits(self.effective.load(Ordering::Relaxed))
+    }
+
+    /// Counts sampled reviews shed for want of room, for the rate controller and the metrics.
+    fn shed(&self, outcome: ShadowOutcome, reviews: usize) {
+        self.shed.fetch_add(reviews as u64, Ordering::Relaxed);
+        self.metrics.outcome(outcome, reviews);
+    }
+
+    /// Reconsiders the effective rate once per `TICK`, on whichever request gets here first.
+    fn maybe_tick(&self) {
+        let Ok(mut c) = self.controller.try_lock() else { return };
+        let now = Instant::now();
+        let seconds = now.duration_since(c.last).as_secs_f64();
+        if seconds < TICK.as_secs_f64() {
+            return;
+        }
+        let model = self.shadow.cpu().map(|m| m.totals()).unwrap_or_default();
+        let total_ns = self.cpu.as_ref().map_or(0, |b| b.total_ns());
+        let (own_ns, run) = (model.0.saturating_sub(c.model.0), model.1.saturating_sub(c.model.1));
+        // This shadow's share: an equal part of the budget, or whatever the others leave.
+        let target_cpu = self.cpu.as_ref().and_then(|b| {
+            let budget = b.budget()?;
+            let others = total_ns.saturating_sub(c.total_ns).saturating_sub(own_ns) as f64 / 1e9 / seconds;
+            Some((budget / b.models() as f64).max(budget - others))
+        });
+        let tick = Tick {
+            seconds,
+            offered: self.offered.swap(0, Ordering::Relaxed),
+            sampled: self.sampled_now.swap(0, Ordering::Relaxed),
+            shed: self.shed.swap(0, Ordering::Relaxed),
+            cpu_ns: own_ns,
+            reviews_run: run,
+            target_cpu,
+        };
+        let before = c.rate.effective();
+        let rate = c.rate.tick(tick);
+        c.last = now;
+        c.model = model;
+        c.total_ns = total_ns;
+        drop(c);
+        self.effective.store(rate.to_bits(), Ordering::Relaxed);
+        self.metrics.rate_effective.set(rate);
+        if let Some(b) = &self.cpu {
+            b.usage();
+        }
+        if rate != before {
+            tracing::info!(
+                task = %self.task,
+                shadow = %self.display_name(),
+                configured = self.sample_rate,
+                effective = rate,
+                shed = tick.shed,
+                "shadow effective sample rate changed"
+            );
         }
     }
 
@@ -154,9 +278,22 @@ impl ShadowPair {
         live_scores: &[f32],
         live_decisions: &[Decision],
     ) {
-        let picked: Vec<usize> =
+        let mut picked: Vec<usize> =
             (0..reviews.len()).filter(|&i| sampled(&reviews[i].id, &self.salt, self.sample_rate)).collect();
         self.metrics.outcome(ShadowOutcome::SampledOut, reviews.len() - picked.len());
+        if !self.policy_only {
+            // The effective rate samples a subset of the same hash: the reviews it leaves out are
+            // a uniform share of the configured sample, unlike work shed when it arrives.
+            self.offered.fetch_add(reviews.len() as u64, Ordering::Relaxed);
+            self.maybe_tick();
+            let effective = self.effective_rate();
+            if effective < self.sample_rate {
+                let before = picked.len();
+                picked.retain(|&i| sampled(&reviews[i].id, &self.salt, effective));
+                self.metrics.outcome(ShadowOutcome::Throttled, before - picked.len());
+            }
+            self.sampled_now.fetch_add(picked.len() as u64, Ordering::Relaxed);
+        }
         if picked.is_empty() {
             return;
         }
@@ -181,7 +318,11 @@ impl ShadowPair {
             return;
         }
         if self.live.queue_len() >= self.policy.live_pressure_jobs {
-            self.metrics.outcome(ShadowOutcome::LivePressure, picked.len());
+            self.shed(ShadowOutcome::LivePressure, picked.len());
+            return;
+        }
+        if self.cpu.as_ref().is_some_and(|b| b.exhausted()) {
+            self.shed(ShadowOutcome::Budget, picked.len());
             return;
         }
         let tokens = tokens.filter(|_| self.reuse_tokens);
@@ -214,7 +355,7 @@ impl ShadowPair {
         });
         match self.shadow.submit_with(subset, tokens, Some(Instant::now() + self.policy.max_delay), callback) {
             Ok(()) => {}
-            Err(Error::QueueFull { .. }) => self.metrics.outcome(ShadowOutcome::QueueFull, count),
+            Err(Error::QueueFull { .. }) => self.shed(ShadowOutcome::QueueFull, count),
             // Only while shutting down; nothing to compare any more.
             Err(_) => {}
         }

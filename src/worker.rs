@@ -16,11 +16,13 @@ use ort::environment::Environment;
 use tokio::sync::oneshot;
 
 use crate::batch::{Admit, BatchPolicy};
+use crate::cpu::{self, CpuSet};
 use crate::error::Error;
 use crate::metrics::{DropReason, ModelMetrics, Role};
 use crate::model::session::ModelSession;
 use crate::model::{ModelSpec, Package, PackageError};
 use crate::request::ReviewInput;
+use crate::shadow::budget::{ModelCpu, ShadowCpu};
 use crate::tokenize::{Encoder, TokenBatch, TokenRows};
 
 /// Token ids shared between models that tokenize identically (same tokenizer file, same length
@@ -101,16 +103,36 @@ pub struct WorkerSettings {
     /// Scheduling niceness of the worker threads (0 = normal; shadows run at a higher value so
     /// the kernel favours live work when cores are busy).
     pub nice: i32,
+    /// Run the worker threads under `SCHED_IDLE` where the kernel allows it (shadows), falling
+    /// back to `nice`.
+    pub idle: bool,
+    /// Keep the worker threads on these CPUs (`shadow.cpus`); `None` = wherever the process may run.
+    pub cpus: Option<CpuSet>,
 }
+
+/// Jobs with at most this many bytes of review text go to the small lane, which workers take
+/// from first: a caller sending long or crafted texts (or large batches) then delays a short
+/// call by at most the job already running, not by everything it has queued.
+const SMALL_JOB_BYTES: usize = 8 * 1024;
+/// After this many batches in a row from the small lane while large jobs wait, one large job
+/// goes next: large jobs are delayed under load, never starved.
+const SMALL_BATCHES_BEFORE_LARGE: u32 = 8;
+
+/// Lane indices.
+const SMALL: usize = 0;
+const LARGE: usize = 1;
 
 /// The front door to a model's workers. Clone freely.
 #[derive(Clone)]
 pub struct ModelHandle {
     spec: Arc<ModelSpec>,
-    /// Bounded; `try_send` so a full queue is an immediate `QueueFull`, never a wait.
-    tx: Sender<Job>,
+    /// The small and the large lane, each bounded; `try_send` so a full lane is an immediate
+    /// `QueueFull`, never a wait.
+    lanes: [Sender<Job>; 2],
     capacity: usize,
     metrics: Arc<ModelMetrics>,
+    /// CPU used by this model's workers, when they are shadow workers under a `ShadowCpu`.
+    cpu: Option<Arc<ModelCpu>>,
 }
 
 impl ModelHandle {
@@ -122,9 +144,14 @@ impl ModelHandle {
         &self.metrics
     }
 
-    /// Jobs waiting in the queue now.
+    /// The CPU this model's workers have used, for shadow workers (see `start`).
+    pub fn cpu(&self) -> Option<&Arc<ModelCpu>> {
+        self.cpu.as_ref()
+    }
+
+    /// Jobs waiting in the queue now (both lanes).
     pub fn queue_len(&self) -> usize {
-        self.tx.len()
+        self.lanes.iter().map(Sender::len).sum()
     }
 
     /// Queues `reviews` for inference; the receiver yields the scores (and, with a `share` slot,
@@ -164,7 +191,9 @@ impl ModelHandle {
     }
 
     fn enqueue(&self, job: Job) -> Result<(), Error> {
-        match self.tx.try_send(job) {
+        let bytes: usize = job.reviews.iter().map(|r| r.model_text.len()).sum();
+        let lane = if bytes <= SMALL_JOB_BYTES { SMALL } else { LARGE };
+        match self.lanes[lane].try_send(job) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => {
                 self.metrics.dropped(DropReason::QueueFull).increment(1);
@@ -183,11 +212,14 @@ pub struct WorkerPool {
 
 /// Builds one session per worker thread from the verified package, warms each up, and starts
 /// the threads. Fails (naming the model file) if any session cannot be built or warmed.
+/// With `shadow_cpu`, every batch's thread CPU time is recorded there and no batch starts while
+/// its budget is spent.
 pub fn start(
     env: &Environment,
     package: &Package,
     role: Role,
     settings: WorkerSettings,
+    shadow_cpu: Option<&Arc<ShadowCpu>>,
 ) -> Result<WorkerPool, PackageError> {
     let spec = package.spec.clone();
     let encoder = Encoder::new(package.tokenizer.clone(), spec.max_sequence_length)
@@ -200,27 +232,31 @@ pub fn start(
             .map_err(|reason| PackageError::WarmUp { path: package.model_path(), reason })?;
         sessions.push(session);
     }
-    let (tx, rx) = crossbeam_channel::bounded(settings.queue_capacity.max(1));
+    let (small, small_rx) = crossbeam_channel::bounded(settings.queue_capacity.max(1));
+    let (large, large_rx) = crossbeam_channel::bounded(settings.queue_capacity.max(1));
     let metrics = Arc::new(ModelMetrics::new(&spec, role));
+    let cpu = shadow_cpu.map(|_| Arc::new(ModelCpu::new(&spec.name)));
     let mut threads = Vec::with_capacity(sessions.len());
     for (i, session) in sessions.into_iter().enumerate() {
         let worker = Worker {
             session,
             encoder: encoder.clone(),
-            rx: rx.clone(),
+            lanes: [small_rx.clone(), large_rx.clone()],
+            small_streak: 0,
             policy: settings.batch,
             metrics: metrics.clone(),
             rows: TokenRows::default(),
             tokens: TokenBatch::default(),
             features: Vec::new(),
             scores: Vec::new(),
+            accounting: shadow_cpu.zip(cpu.as_ref()).map(|(b, m)| (b.clone(), m.clone())),
         };
         let name = format!("infer-{}-{i}", spec.name);
-        let nice = settings.nice;
+        let model = spec.name.clone();
         let thread = std::thread::Builder::new()
             .name(name.chars().take(15).collect())
             .spawn(move || {
-                set_nice(nice);
+                isolate(&model, &settings);
                 worker.run()
             })
             .map_err(|e| PackageError::WarmUp {
@@ -229,7 +265,7 @@ pub fn start(
             })?;
         threads.push(thread);
     }
-    let handle = ModelHandle { spec, tx, capacity: settings.queue_capacity.max(1), metrics };
+    let handle = ModelHandle { spec, lanes: [small, large], capacity: settings.queue_capacity.max(1), metrics, cpu };
     Ok(WorkerPool { handle, threads })
 }
 
@@ -266,7 +302,9 @@ struct Worker {
     session: ModelSession,
     encoder: Encoder,
     /// Shared with the model's other workers; closes when every `ModelHandle` is dropped.
-    rx: Receiver<Job>,
+    lanes: [Receiver<Job>; 2],
+    /// Batches taken from the small lane in a row while the large lane had jobs.
+    small_streak: u32,
     policy: BatchPolicy,
     metrics: Arc<ModelMetrics>,
     /// Buffers reused across batches.
@@ -274,30 +312,30 @@ struct Worker {
     tokens: TokenBatch,
     features: Vec<f32>,
     scores: Vec<f32>,
+    /// Shadow workers: the budget every batch is charged to, and this model's share of it.
+    accounting: Option<(Arc<ShadowCpu>, Arc<ModelCpu>)>,
 }
 
 impl Worker {
     fn run(mut self) {
-        let mut carried: Option<Job> = None;
+        let mut carried: Option<(Job, usize)> = None;
         loop {
-            let first = match carried.take() {
-                Some(job) => job,
-                None => match self.rx.recv() {
-                    Ok(job) => job,
-                    Err(_) => return, // every handle dropped and the queue drained
-                },
+            let Some((first, lane)) = carried.take().or_else(|| self.next_job()) else {
+                return; // every handle dropped and the queue drained
             };
+            let rx = self.lanes[lane].clone();
             let started = Instant::now();
             let mut reviews = first.reviews.len();
             let mut jobs = vec![first];
             let wait_until = self.policy.wait_until(started);
+            // A batch is filled from its first job's lane only.
             while !self.policy.is_full(reviews) {
-                let next = match self.rx.try_recv() {
+                let next = match rx.try_recv() {
                     Ok(job) => job,
                     Err(TryRecvError::Disconnected) => break,
                     Err(TryRecvError::Empty) => match wait_until {
                         None => break,
-                        Some(until) => match self.rx.recv_deadline(until) {
+                        Some(until) => match rx.recv_deadline(until) {
                             Ok(job) => job,
                             Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
                                 break;
@@ -311,18 +349,61 @@ impl Worker {
                         jobs.push(next);
                     }
                     Admit::Defer => {
-                        carried = Some(next);
+                        carried = Some((next, lane));
                         break;
                     }
                 }
             }
-            self.metrics.queue_depth.set(self.rx.len() as f64);
-            self.process(jobs);
+            self.metrics.queue_depth.set(self.lanes.iter().map(Receiver::len).sum::<usize>() as f64);
+            match self.accounting.clone() {
+                None => {
+                    self.process(jobs);
+                }
+                Some((budget, model)) => {
+                    wait_for_budget(&budget, &jobs);
+                    // The callbacks (comparison, logging) are shadow work too: measure all of it.
+                    let before = cpu::thread_cpu_time();
+                    let reviews = self.process(jobs);
+                    budget.record(&model, cpu::thread_cpu_time().saturating_sub(before), reviews);
+                }
+            }
         }
     }
 
+    /// The next job to start a batch with, and its lane: the small lane first, unless it has
+    /// gone first `SMALL_BATCHES_BEFORE_LARGE` times while large jobs waited. Blocks while both
+    /// are empty; `None` once every handle is dropped and both are drained.
+    fn next_job(&mut self) -> Option<(Job, usize)> {
+        let large_waiting = !self.lanes[LARGE].is_empty();
+        let order = if large_waiting && self.small_streak >= SMALL_BATCHES_BEFORE_LARGE {
+            [LARGE, SMALL]
+        } else {
+            [SMALL, LARGE]
+        };
+        let taken = order.into_iter().find_map(|lane| self.lanes[lane].try_recv().ok().map(|job| (job, lane)));
+        let (job, lane) = match taken {
+            Some(taken) => taken,
+            None => {
+                let (small, large) = (&self.lanes[SMALL], &self.lanes[LARGE]);
+                let received = crossbeam_channel::select! {
+                    recv(small) -> job => job.map(|j| (j, SMALL)),
+                    recv(large) -> job => job.map(|j| (j, LARGE)),
+                };
+                match received {
+                    Ok(taken) => taken,
+                    // One lane is closed and drained; the handles hold both, so the other is
+                    // closed too: take what it still has.
+                    Err(_) => self.lanes.iter().enumerate().find_map(|(i, rx)| rx.try_recv().ok().map(|j| (j, i)))?,
+                }
+            }
+        };
+        self.small_streak = if lane == SMALL && large_waiting { self.small_streak + 1 } else { 0 };
+        Some((job, lane))
+    }
+
     /// Drops expired and abandoned jobs, runs the rest as one batch and replies to each.
-    fn process(&mut self, jobs: Vec<Job>) {
+    /// Returns the reviews run.
+    fn process(&mut self, jobs: Vec<Job>) -> usize {
         let now = Instant::now();
         let mut live = Vec::with_capacity(jobs.len());
         for job in jobs {
@@ -339,15 +420,17 @@ impl Worker {
             }
         }
         if live.is_empty() {
-            return;
+            return 0;
         }
+        let reviews = live.iter().map(|j| j.reviews.len()).sum();
         // A panic inside tokenization or ONNX Runtime must not take the thread down with the
         // jobs' reply channels: catch it and answer every job with an error.
         let started = Instant::now();
+        let waited_before = self.accounting.as_ref().and_then(|_| cpu::thread_run_delay());
         let mut expired = vec![false; live.len()];
         let outcome = catch_unwind(AssertUnwindSafe(|| self.infer(&live, &mut expired)))
             .unwrap_or_else(|panic| Err(format!("panicked: {}", panic_message(&panic))));
-        let elapsed = started.elapsed();
+        let elapsed = own_time(started.elapsed(), waited_before);
         let model = self.session.spec().name.clone();
         let (live, late): (Vec<_>, Vec<_>) = live.into_iter().zip(expired).partition(|(_, late)| !late);
         for (job, _) in late {
@@ -377,6 +460,7 @@ impl Worker {
                 }
             }
         }
+        reviews
     }
 
     /// Input-quality counters for the batch in `self.rows`: tokens, unknown tokens, and reviews
@@ -497,23 +581,73 @@ mod fault {
             if let Some(ms) = stall(text, "modserve-fault:sleep-", model) {
                 std::thread::sleep(std::time::Duration::from_millis(ms));
             }
+            // Busy work of the given CPU time: a shadow heavier than live, which sleep is not.
+            if let Some(ms) = stall(text, "modserve-fault:spin-", model) {
+                let start = crate::cpu::thread_cpu_time();
+                let mut x = 0u64;
+                while crate::cpu::thread_cpu_time() - start < std::time::Duration::from_millis(ms) {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+            }
         }
     }
 }
 
-/// Sets the calling thread's niceness (Linux applies `setpriority` per thread). Best effort: on
-/// failure the thread just runs at normal priority.
-fn set_nice(nice: i32) {
-    if nice == 0 {
+/// Applies a worker thread's scheduling and CPU placement (shadows: `SCHED_IDLE` or `nice`,
+/// and `shadow.cpus`). Best effort: what could not be applied is logged, and the policy in
+/// effect is exported, so a dashboard shows a shadow that is not behind live.
+fn isolate(model: &str, settings: &WorkerSettings) {
+    if let Some(cpus) = &settings.cpus
+        && let Err(e) = cpu::set_thread_affinity(cpus)
+    {
+        tracing::warn!(model, cpus = %cpus.to_list(), error = %e, "cannot keep shadow worker on shadow.cpus");
+    }
+    if !settings.idle && settings.nice == 0 {
         return;
     }
-    // SAFETY: plain syscalls on the calling thread, no pointers involved.
-    let rc = unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, nice)
-    };
-    if rc != 0 {
-        tracing::warn!(nice, error = %std::io::Error::last_os_error(), "cannot lower worker thread priority");
+    let (policy, error) = cpu::lower_thread_priority(settings.idle, settings.nice);
+    crate::metrics::shadow_scheduling(model, policy);
+    let error = error.map(|e| e.to_string());
+    match policy {
+        cpu::SchedPolicy::Idle => tracing::debug!(model, "shadow worker runs under SCHED_IDLE"),
+        _ => tracing::warn!(
+            model,
+            policy = policy.as_str(),
+            nice = settings.nice,
+            error = error.as_deref().unwrap_or(""),
+            "shadow worker could not use SCHED_IDLE; live work has priority only by niceness"
+        ),
+    }
+}
+
+/// Waits, before a shadow batch, while the shadow CPU budget is spent. Stops waiting once every
+/// job is past its deadline: `process` then drops them unrun.
+fn wait_for_budget(budget: &ShadowCpu, jobs: &[Job]) {
+    loop {
+        let wait = budget.wait();
+        if wait.is_zero() {
+            return;
+        }
+        let now = Instant::now();
+        let latest = jobs.iter().map(|j| j.deadline).try_fold(now, |acc, d| d.map(|d| acc.max(d)));
+        let mut nap = wait.min(Duration::from_millis(50));
+        if let Some(latest) = latest {
+            if latest <= now {
+                return;
+            }
+            nap = nap.min(latest - now);
+        }
+        std::thread::sleep(nap);
+    }
+}
+
+/// A batch's own run time: wall time minus the time its thread waited for a CPU (runnable, not
+/// running). A shadow behind live work under `SCHED_IDLE` or a throttled quota waits a lot, and
+/// that wait is not the model being slow; the circuit breaker judges this figure.
+fn own_time(wall: Duration, waited_before: Option<Duration>) -> Duration {
+    match (waited_before, waited_before.and(cpu::thread_run_delay())) {
+        (Some(before), Some(after)) => wall.saturating_sub(after.saturating_sub(before)),
+        _ => wall,
     }
 }
 

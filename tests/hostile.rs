@@ -323,3 +323,45 @@ async fn an_unknown_task_name_is_quoted_only_in_part() {
     assert!(status.message().contains("1048576 bytes"), "{}", status.message());
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_call_goes_before_queued_large_ones() {
+    let _guard = exclusive().await;
+    let server = TestServer::start(config(ONE_MODEL)).await;
+    // Large jobs (over 8 KiB of text) that stall the worker 300 ms each (test-only fault hook).
+    let large = format!("modserve-fault:sleep-300:tiny-abuse; {}", "great product ".repeat(700));
+    let finished = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let call = |name, text| spawn_call(&server, finished.clone(), name, text);
+    let first = call("large-1", large.clone()).await;
+    tokio::time::sleep(Duration::from_millis(100)).await; // large-1 is running
+    let queued = [call("large-2", large.clone()).await, call("large-3", large.clone()).await];
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let short = call("short", "you idiot".to_string()).await;
+    for task in [first, short].into_iter().chain(queued) {
+        task.await.unwrap();
+    }
+    let order = finished.lock().unwrap().clone();
+    let at = |name| order.iter().position(|n| *n == name).unwrap();
+    // large-1 and the short call finish within a millisecond of each other (either order);
+    // the large ones queued before the short call each take another 300 ms.
+    assert!(
+        at("short") < at("large-2") && at("short") < at("large-3"),
+        "the short call waited only for the job running: {order:?}"
+    );
+    server.stop().await;
+}
+
+/// Starts one Classify of `text` on its own connection; its name goes into `finished` when
+/// answered.
+async fn spawn_call(
+    server: &TestServer,
+    finished: std::sync::Arc<std::sync::Mutex<Vec<&'static str>>>,
+    name: &'static str,
+    text: String,
+) -> tokio::task::JoinHandle<()> {
+    let mut client = server.client().await;
+    tokio::spawn(async move {
+        client.classify(request(vec![review(name, &text)])).await.expect(name);
+        finished.lock().unwrap().push(name);
+    })
+}

@@ -24,8 +24,10 @@ fn pool(model: &str) -> WorkerPool {
         threads: 1,
         intra_threads: 1,
         nice: 0,
+        idle: false,
+        cpus: None,
     };
-    worker::start(&env, &package, Role::Shadow, settings).expect("workers start")
+    worker::start(&env, &package, Role::Shadow, settings, None).expect("workers start")
 }
 
 fn reviews(texts: &[&str]) -> Arc<[ReviewInput]> {

@@ -354,6 +354,8 @@ pub(super) fn validate(
     if !(0..=19).contains(&shadow_nice) {
         errors.push(format!("shadow.nice {shadow_nice}: must be 0..=19"));
     }
+    let shadow_scheduling = raw.shadow.scheduling.unwrap_or(defaults::SHADOW_SCHEDULING);
+    let shadow_cpus = raw.shadow.cpus.as_deref().and_then(|list| shadow_cpus(&mut errors, list));
     let feedback = feedback(&mut errors, &raw.feedback);
     let launch = crate::report::validate_criteria(&raw.launch, &mut errors);
     let monitoring = MonitoringConfig {
@@ -386,6 +388,8 @@ pub(super) fn validate(
         limits,
         shadow,
         shadow_nice,
+        shadow_scheduling,
+        shadow_cpus,
         disagreement_log,
         models,
         policies,
@@ -499,7 +503,45 @@ fn shadow_policy(errors: &mut Vec<String>, raw: &RawShadowPolicy) -> ShadowPolic
     if live_pressure_jobs == 0 {
         errors.push("shadow.live_pressure_jobs 0: must be at least 1".into());
     }
-    ShadowPolicy { max_delay, live_pressure_jobs, breaker }
+    let max_cpu_fraction = raw.max_cpu_fraction;
+    if let Some(f) = max_cpu_fraction
+        && !(f > 0.0 && f <= 1.0)
+    {
+        errors.push(format!(
+            "shadow.max_cpu_fraction {f}: must be within (0, 1] (a share of the CPUs the process may use; leave it out for no budget)"
+        ));
+    }
+    let min_sample_rate = raw.min_sample_rate.unwrap_or(defaults::SHADOW_MIN_SAMPLE_RATE);
+    if !(0.0..=1.0).contains(&min_sample_rate) {
+        errors.push(format!("shadow.min_sample_rate {min_sample_rate}: must be within 0..=1"));
+    }
+    ShadowPolicy { max_delay, live_pressure_jobs, breaker, max_cpu_fraction, min_sample_rate }
+}
+
+/// `shadow.cpus`: a CPU list within the CPUs this process may run on.
+fn shadow_cpus(errors: &mut Vec<String>, list: &str) -> Option<crate::cpu::CpuSet> {
+    let cpus = match crate::cpu::CpuSet::parse(list) {
+        Ok(c) => c,
+        Err(e) => {
+            errors.push(format!("shadow.cpus {list:?}: {e}"));
+            return None;
+        }
+    };
+    match crate::cpu::allowed_cpus() {
+        Ok(allowed) => {
+            let outside = cpus.minus(&allowed);
+            if outside.count() > 0 {
+                errors.push(format!(
+                    "shadow.cpus {list:?}: CPU {} not in the CPUs this process may use ({})",
+                    outside.to_list(),
+                    allowed.to_list()
+                ));
+                return None;
+            }
+        }
+        Err(e) => errors.push(format!("shadow.cpus {list:?}: cannot read this process's CPU affinity: {e}")),
+    }
+    Some(cpus)
 }
 
 /// Resolves one `[batching]` table, falling back to `parent` (the global table) then defaults.
@@ -521,6 +563,8 @@ fn batching(errors: &mut Vec<String>, key: &str, raw: &RawBatching, parent: Opti
         threads: pick(raw.inference_threads, |p| p.threads, defaults::INFERENCE_THREADS),
         intra_threads: pick(raw.intra_op_threads, |p| p.intra_threads, defaults::INTRA_OP_THREADS),
         nice: 0,
+        idle: false,
+        cpus: None,
     };
     for (name, v, max) in [
         ("max_batch_size", settings.batch.max_batch_size, 4096),

@@ -29,11 +29,14 @@ pub const OUTCOMES: [&str; ShadowOutcome::ALL.len()] = {
     names
 };
 /// The outcomes that count as shed work: sampled, but dropped before inference.
-pub const SHED_OUTCOMES: [&str; 4] = [
+/// `throttled` is not shed: the effective sample rate leaves those reviews out uniformly, so it
+/// lowers coverage without biasing the comparison.
+pub const SHED_OUTCOMES: [&str; 5] = [
     ShadowOutcome::QueueFull.as_str(),
     ShadowOutcome::LivePressure.as_str(),
     ShadowOutcome::Deadline.as_str(),
     ShadowOutcome::BreakerOpen.as_str(),
+    ShadowOutcome::Budget.as_str(),
 ];
 
 /// Everything a report needs, as measured. Two producers fill it: `fetch` from Prometheus and

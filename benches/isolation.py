@@ -1,0 +1,129 @@
+#!/usr/bin/env python3
+"""Helper of benches/isolation.sh (standard library only).
+
+`cell`: one measured level -> one JSON line: the loadgen result plus, from two /metrics scrapes,
+each shadow's outcomes, effective sample rate, and the shadow CPU used.
+`summary`: medians over rounds -> Markdown tables, live figures beside live-only at the same load.
+"""
+import argparse
+import json
+import re
+import statistics
+import sys
+from collections import defaultdict
+
+SERIES = re.compile(r'^([a-z_]+)\{([^}]*)\} (\S+)$')
+
+
+def parse(path):
+    out = defaultdict(float)
+    for line in open(path):
+        m = SERIES.match(line.strip())
+        if not m:
+            continue
+        name, labels, value = m.groups()
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+        try:
+            out[(name, tuple(sorted(labels.items())))] += float(value)
+        except ValueError:
+            pass
+    return out
+
+
+def cell(a):
+    result = json.loads(open(a.result).readline())
+    before, after = parse(a.before), parse(a.after)
+
+    def delta(name, **want):
+        return sum(v - before.get(k, 0.0) for k, v in after.items()
+                   if k[0] == name and all(dict(k[1]).get(x) == y for x, y in want.items()))
+
+    shadows = {}
+    for (name, labels), value in after.items():
+        if name == 'modserve_shadow_sample_rate_effective':
+            model = dict(labels)['shadow_model']
+            outcomes = {o: delta('modserve_shadow_reviews_total', shadow_model=model, outcome=o)
+                        for o in ('compared', 'sampled_out', 'queue_full', 'live_pressure', 'deadline',
+                                  'breaker_open', 'error', 'budget', 'throttled')}
+            offered = sum(outcomes.values())
+            sampled = offered - outcomes['sampled_out']
+            shadows[model] = {
+                'effective_rate': value,
+                'outcomes': outcomes,
+                'coverage': outcomes['compared'] / sampled if sampled else None,
+                'cpu_seconds': delta('modserve_shadow_batch_cpu_seconds_sum', model=model),
+            }
+    cpu = sum(s['cpu_seconds'] for s in shadows.values())
+    print(json.dumps({
+        'round': a.round, 'placement': a.placement, 'config': a.config, 'load': a.load,
+        'wall_s': a.wall, 'throttled_s': a.throttled_us / 1e6, 'result': result, 'shadows': shadows,
+        # CPU-seconds per second of the whole level (warm-up included, as the counter is).
+        'shadow_cpu_per_s': cpu / a.wall if a.wall else 0.0,
+    }))
+
+
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def fmt(x, digits=3):
+    return '-' if x is None else f'{x:.{digits}f}'
+
+
+def summary(a):
+    rows = [json.loads(line) for line in open(a.file)]
+    capacity = {r['capacity']['placement']: r['capacity']['requests_per_s'] for r in rows if 'capacity' in r}
+    cells = defaultdict(list)
+    for r in rows:
+        if 'round' in r:
+            cells[(r['placement'], r['config'], str(r['load']))].append(r)
+    rounds = max((r['round'] for r in rows if 'round' in r), default=0)
+    print(f'Rounds: {rounds} (medians); quota: {a.quota}; shadow.max_cpu_fraction = {a.budget}; '
+          f'live-only capacity (closed loop, concurrency 16): '
+          + ', '.join(f'{p} {c:,} req/s' for p, c in capacity.items()))
+    print()
+    print('| placement | load | config | achieved req/s | p50 ms | p99 ms | p99.9 ms | p99 / live-only | '
+          'coverage (compared / sampled) | effective rate | shadow CPU (CPU-s/s) | throttled s | errors |')
+    print('|---|---|---|---|---|---|---|---|---|---|---|---|---|')
+    order = {'one': 0, 'two': 1, 'quota': 2}
+    loads = {'25': 0, '50': 1, '80': 2, 'closed1': 3}
+    for key in sorted(cells, key=lambda k: (loads.get(k[2], 9), order.get(k[0], 9), ['none', 'minilm', 'v2'].index(k[1]))):
+        placement, config, load = key
+        rs = cells[key]
+        base = cells.get((placement, 'none', load), [])
+        p99 = med([r['result']['p99_ms'] for r in rs])
+        p99_base = med([r['result']['p99_ms'] for r in base])
+        shadows = sorted({m for r in rs for m in r['shadows']})
+        coverage = ', '.join(f"{m} {fmt(med([r['shadows'][m]['coverage'] for r in rs if m in r['shadows']]), 3)}"
+                             for m in shadows) or '-'
+        rate = ', '.join(f"{m} {fmt(med([r['shadows'][m]['effective_rate'] for r in rs if m in r['shadows']]), 3)}"
+                         for m in shadows) or '-'
+        errors = sum(sum(r['result']['errors'].values()) for r in rs)
+        level = 'closed, conc 1' if load == 'closed1' else f'{load}%'
+        ratio = f'{p99 / p99_base:.2f}x' if p99 and p99_base and config != 'none' else '-'
+        print(f"| {placement} | {level} | {config} | {med([r['result']['requests_per_s'] for r in rs]):,.0f} | "
+              f"{fmt(med([r['result']['p50_ms'] for r in rs]))} | {fmt(p99)} | "
+              f"{fmt(med([r['result']['p999_ms'] for r in rs]))} | {ratio} | {coverage} | {rate} | "
+              f"{fmt(med([r['shadow_cpu_per_s'] for r in rs]), 3)} | {fmt(med([r['throttled_s'] for r in rs]), 2)} | {errors} |")
+
+
+def main():
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest='cmd', required=True)
+    c = sub.add_parser('cell')
+    for name in ('round', 'throttled-us'):
+        c.add_argument(f'--{name}', type=int, required=True)
+    for name in ('placement', 'config', 'load', 'result', 'before', 'after'):
+        c.add_argument(f'--{name}', required=True)
+    c.add_argument('--wall', type=float, required=True)
+    s = sub.add_parser('summary')
+    s.add_argument('file')
+    s.add_argument('--quota', default='')
+    s.add_argument('--budget', default='')
+    a = p.parse_args()
+    {'cell': cell, 'summary': summary}[a.cmd](a)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,176 @@
+#!/usr/bin/env bash
+# Shadow isolation: does a heavy shadow slow live? Single-review requests (both tasks) at a fixed
+# offered load (open loop) of 25%, 50% and 80% of live-only capacity, with the server
+#   one   - pinned to core 0, the load generator on core 1;
+#   two   - on cores 0-1, sharing them with the load generator (this machine has two cores);
+#   quota - unpinned inside a cgroup CPU quota of one core made by this script (v2 cpu.max or v1
+#           cpu.cfs_quota_us, whichever the machine has; needs root), load generator outside it;
+# each with no shadow, with abuse-minilm at 100%, and with both v2 shadows at 100% (abuse-v2 and
+# fraud-v2); plus a closed loop at concurrency 1 on one core (live keeps the core busy). Shadow
+# configs set shadow.max_cpu_fraction = $BUDGET. ROUNDS rounds; within a round the configs
+# alternate (none, minilm, v2) for every placement. Capacity is measured once, before round 1,
+# with the live-only config (closed loop, concurrency 16), per placement.
+#
+# usage: [ROUNDS=3] [DURATION=8s] [WARMUP=2s] [BUDGET=0.15] benches/isolation.sh
+# Raw JSON lines go to target/bench/isolation-*.jsonl; the Markdown summary (medians) to stdout.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+rounds="${ROUNDS:-3}"
+duration="${DURATION:-8s}"
+warmup="${WARMUP:-2s}"
+budget="${BUDGET:-0.15}"
+grpc=127.0.0.1:50075
+metrics=127.0.0.1:9485
+out="target/bench/isolation-$(date +%Y%m%dT%H%M%S).jsonl"
+mkdir -p target/bench
+scripts/setup >/dev/null
+CARGO_BUILD_JOBS=2 flock /tmp/cargo.lock cargo build --release --locked --bins 2>/dev/null
+tmp="$(mktemp -d)"
+cgroup=""
+
+cleanup() {
+    [[ -n "${server_pid:-}" ]] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
+    [[ -n "$cgroup" && -d "$cgroup" ]] && rmdir "$cgroup" 2>/dev/null
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+# === configs ===
+config() {  # config NAME SHADOW_TABLES...: live abuse-v1 and fraud-v1, plus the given shadows
+    local name="$1" abuse="$2" fraud="$3" extra="$4"
+    cat >"$tmp/$name.toml" <<EOF
+[server]
+grpc_listen = "$grpc"
+metrics_listen = "$metrics"
+onnxruntime_lib = "$root/.ort/libonnxruntime.so.1.31.1"
+watch_config = false
+$extra
+[models.abuse-v1]
+path = "$root/models/abuse-v1"
+[models.fraud-v1]
+path = "$root/models/fraud-v1"
+[models.abuse-v2]
+path = "$root/models/abuse-v2"
+[models.fraud-v2]
+path = "$root/models/fraud-v2"
+[models.abuse-minilm]
+path = "$root/models/abuse-minilm"
+[tasks.abuse]
+live = "abuse-v1"
+shadows = [$abuse]
+[tasks.fraud]
+live = "fraud-v1"
+shadows = [$fraud]
+EOF
+}
+shadow_table="[shadow]
+max_cpu_fraction = $budget"
+config none "" "" ""
+config minilm '{ model = "abuse-minilm", sample_rate = 1.0 }' "" "$shadow_table"
+config v2 '{ model = "abuse-v2", sample_rate = 1.0 }' '{ model = "fraud-v2", sample_rate = 1.0 }' "$shadow_table"
+
+# === the CPU quota ===
+if [[ -f /sys/fs/cgroup/cgroup.controllers ]]; then
+    cgroup=/sys/fs/cgroup/modserve-isolation
+    grep -qw cpu /sys/fs/cgroup/cgroup.subtree_control || echo +cpu >/sys/fs/cgroup/cgroup.subtree_control
+    mkdir -p "$cgroup"
+    echo "100000 100000" >"$cgroup/cpu.max"
+    quota_kind="cgroup v2 cpu.max 100000 100000"
+else
+    cgroup=/sys/fs/cgroup/cpu/modserve-isolation
+    mkdir -p "$cgroup"
+    echo 100000 >"$cgroup/cpu.cfs_period_us"
+    echo 100000 >"$cgroup/cpu.cfs_quota_us"
+    quota_kind="cgroup v1 cpu.cfs_quota_us 100000 / cpu.cfs_period_us 100000"
+fi
+echo "quota: $quota_kind ($cgroup)" >&2
+
+# === running ===
+server_cpus() { case "$1" in one) echo 0 ;; *) echo 0,1 ;; esac; }
+client_cpus() { case "$1" in one) echo 1 ;; *) echo 0,1 ;; esac; }
+
+start_server() {  # start_server PLACEMENT CONFIG
+    local placement="$1" name="$2" log="$tmp/server.log"
+    : >"$log"
+    if [[ "$placement" == quota ]]; then
+        # The shell joins the cgroup first, so the server and every thread it starts are in it.
+        sh -c "echo \$\$ >'$cgroup/cgroup.procs'; exec taskset -c 0,1 target/release/modserve --config '$tmp/$name.toml' --log-format json" 2>"$log" &
+    else
+        taskset -c "$(server_cpus "$placement")" target/release/modserve --config "$tmp/$name.toml" --log-format json 2>"$log" &
+    fi
+    server_pid=$!
+    for _ in $(seq 1 600); do grep -q '"serving"' "$log" && return 0; sleep 0.1; done
+    echo "isolation.sh: the server did not start ($name, $placement):" >&2; cat "$log" >&2; exit 1
+}
+
+stop_server() {
+    kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=""
+}
+
+scrape() { curl -s "http://$metrics/metrics" >"$1"; }
+
+loadgen() {  # loadgen PLACEMENT ARGS...
+    local placement="$1"; shift
+    taskset -c "$(client_cpus "$placement")" target/release/loadgen --addr "http://$grpc" --json \
+        --duration "$duration" --warmup "$warmup" "$@"
+}
+
+cell() {  # cell ROUND PLACEMENT CONFIG LOAD ARGS...: one measured level, as one JSON line
+    local round="$1" placement="$2" name="$3" load="$4"; shift 4
+    scrape "$tmp/before"
+    local throttled_before=0
+    [[ "$placement" == quota ]] && throttled_before="$(throttled_us)"
+    local t0; t0="$(date +%s.%N)"
+    loadgen "$placement" "$@" >"$tmp/result"
+    local t1; t1="$(date +%s.%N)"
+    sleep 0.5  # let queued shadow work finish and be counted
+    scrape "$tmp/after"
+    local throttled=0
+    [[ "$placement" == quota ]] && throttled=$(( $(throttled_us) - throttled_before ))
+    python3 benches/isolation.py cell --round "$round" --placement "$placement" --config "$name" \
+        --load "$load" --wall "$(echo "$t1 - $t0" | bc)" --throttled-us "$throttled" \
+        --result "$tmp/result" --before "$tmp/before" --after "$tmp/after" >>"$out"
+}
+
+throttled_us() {  # total time the quota cgroup was throttled, in microseconds
+    if [[ -f "$cgroup/cpu.stat" ]] && grep -q throttled_usec "$cgroup/cpu.stat"; then
+        awk '/^throttled_usec/ {print $2}' "$cgroup/cpu.stat"
+    else
+        awk '/^throttled_time/ {printf "%d\n", $2 / 1000}' "$cgroup/cpu.stat"
+    fi
+}
+
+# === capacity, once ===
+declare -A capacity
+for placement in one two quota; do
+    start_server "$placement" none
+    capacity[$placement]="$(loadgen "$placement" --concurrency 16 | python3 -c 'import json,sys; print(round(json.loads(sys.stdin.readline())["requests_per_s"]))')"
+    stop_server
+    echo "live-only capacity, $placement: ${capacity[$placement]} req/s" >&2
+    echo "{\"capacity\":{\"placement\":\"$placement\",\"requests_per_s\":${capacity[$placement]}}}" >>"$out"
+done
+
+for round in $(seq 1 "$rounds"); do
+    for placement in one two quota; do
+        rates="$(python3 -c "c=${capacity[$placement]}; print(','.join(str(round(c*f)) for f in (0.25,0.5,0.8)))")"
+        for name in none minilm v2; do
+            echo "round $round/$rounds: $placement, $name, open loop at $rates req/s" >&2
+            start_server "$placement" "$name"
+            IFS=, read -r -a levels <<<"$rates"
+            for i in 0 1 2; do
+                cell "$round" "$placement" "$name" "$(( (i == 0) * 25 + (i == 1) * 50 + (i == 2) * 80 ))" --rate "${levels[$i]}"
+            done
+            stop_server
+        done
+    done
+    for name in none minilm v2; do
+        echo "round $round/$rounds: closed loop, concurrency 1, one core, $name" >&2
+        start_server one "$name"
+        cell "$round" one "$name" closed1 --concurrency 1
+        stop_server
+    done
+done
+
+python3 benches/isolation.py summary "$out" --quota "$quota_kind" --budget "$budget"
+echo "raw: $out" >&2

@@ -1,0 +1,418 @@
+//! What the process may use of the machine's CPUs, and the per-thread controls that keep shadow
+//! work behind live work: CPU lists, the affinity mask, the cgroup CPU quota (v1 and v2), the
+//! calling thread's scheduling class, and per-thread CPU clocks.
+//!
+//! Parsing is pure and unit-tested; the syscalls are thin wrappers. Everything is Linux-first:
+//! elsewhere the controls report that they could not act and the clocks read zero.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Most CPUs a `CpuSet` can name; `libc::cpu_set_t` holds 1024 as well.
+pub const MAX_CPUS: usize = 1024;
+
+/// A set of CPU numbers, as in a CPU list ("0-3,6"). Fixed size and `Copy`, so it can sit in
+/// `WorkerSettings`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CpuSet([u64; MAX_CPUS / 64]);
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CpuListError {
+    #[error("empty CPU list; write CPUs like \"2-3,6\"")]
+    Empty,
+    #[error("{0:?} is not a CPU number or range like \"2-3\"")]
+    Syntax(String),
+    #[error("range {0:?} ends before it starts")]
+    Backwards(String),
+    #[error("CPU {0} is beyond the supported {MAX_CPUS}")]
+    TooLarge(usize),
+}
+
+impl CpuSet {
+    pub const fn empty() -> CpuSet {
+        CpuSet([0; MAX_CPUS / 64])
+    }
+
+    /// Parses a kernel-style CPU list: comma-separated numbers and inclusive ranges.
+    pub fn parse(list: &str) -> Result<CpuSet, CpuListError> {
+        let mut set = CpuSet::empty();
+        for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let number = |s: &str| s.trim().parse::<usize>().map_err(|_| CpuListError::Syntax(part.to_string()));
+            let (lo, hi) = match part.split_once('-') {
+                Some((a, b)) => (number(a)?, number(b)?),
+                None => (number(part)?, number(part)?),
+            };
+            if hi < lo {
+                return Err(CpuListError::Backwards(part.to_string()));
+            }
+            if hi >= MAX_CPUS {
+                return Err(CpuListError::TooLarge(hi));
+            }
+            for cpu in lo..=hi {
+                set.insert(cpu);
+            }
+        }
+        if set.count() == 0 {
+            return Err(CpuListError::Empty);
+        }
+        Ok(set)
+    }
+
+    pub fn insert(&mut self, cpu: usize) {
+        self.0[cpu / 64] |= 1 << (cpu % 64);
+    }
+
+    pub fn contains(&self, cpu: usize) -> bool {
+        cpu < MAX_CPUS && self.0[cpu / 64] & (1 << (cpu % 64)) != 0
+    }
+
+    pub fn count(&self) -> usize {
+        self.0.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..MAX_CPUS).filter(|&c| self.contains(c))
+    }
+
+    /// CPUs of `self` that are not in `other`.
+    pub fn minus(&self, other: &CpuSet) -> CpuSet {
+        let mut out = *self;
+        for (w, o) in out.0.iter_mut().zip(other.0) {
+            *w &= !o;
+        }
+        out
+    }
+
+    /// The set as a compact CPU list ("0-3,6").
+    pub fn to_list(&self) -> String {
+        let cpus: Vec<usize> = self.iter().collect();
+        let mut parts = Vec::new();
+        let mut i = 0;
+        while i < cpus.len() {
+            let mut j = i;
+            while j + 1 < cpus.len() && cpus[j + 1] == cpus[j] + 1 {
+                j += 1;
+            }
+            parts.push(if i == j { cpus[i].to_string() } else { format!("{}-{}", cpus[i], cpus[j]) });
+            i = j + 1;
+        }
+        parts.join(",")
+    }
+}
+
+impl std::fmt::Debug for CpuSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CpuSet({})", self.to_list())
+    }
+}
+
+impl serde::Serialize for CpuSet {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_list())
+    }
+}
+
+/// The CPUs this process may run on (its affinity mask).
+pub fn allowed_cpus() -> std::io::Result<CpuSet> {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: `mask` is a plain bit array the kernel fills; size given exactly.
+        let mut mask: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut mask) };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut set = CpuSet::empty();
+        for cpu in 0..MAX_CPUS {
+            // SAFETY: cpu < CPU_SETSIZE (1024).
+            if unsafe { libc::CPU_ISSET(cpu, &mask) } {
+                set.insert(cpu);
+            }
+        }
+        Ok(set)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(MAX_CPUS);
+        let mut set = CpuSet::empty();
+        (0..n).for_each(|c| set.insert(c));
+        Ok(set)
+    }
+}
+
+/// Restricts the calling thread to `cpus`.
+pub fn set_thread_affinity(cpus: &CpuSet) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: `mask` is a plain bit array; pid 0 is the calling thread.
+        let mut mask: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        for cpu in cpus.iter() {
+            unsafe { libc::CPU_SET(cpu, &mut mask) };
+        }
+        let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mask) };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = cpus;
+        Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "CPU affinity needs Linux"))
+    }
+}
+
+/// The scheduling a shadow worker thread ended up with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchedPolicy {
+    /// `SCHED_IDLE`: runs only when no normal thread wants the CPU.
+    Idle,
+    /// Normal class at a raised niceness: a smaller share of a busy CPU, not none.
+    Nice,
+    /// Neither could be applied (or none was asked for).
+    Normal,
+}
+
+impl SchedPolicy {
+    pub const ALL: [SchedPolicy; 3] = [SchedPolicy::Idle, SchedPolicy::Nice, SchedPolicy::Normal];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            SchedPolicy::Idle => "idle",
+            SchedPolicy::Nice => "nice",
+            SchedPolicy::Normal => "normal",
+        }
+    }
+}
+
+/// Moves the calling thread below normal work: `SCHED_IDLE` when `idle` and the kernel allows
+/// it, else niceness `nice` (when non-zero). Returns what took effect; failures are logged by
+/// the caller, which knows the model.
+pub fn lower_thread_priority(idle: bool, nice: i32) -> (SchedPolicy, Option<std::io::Error>) {
+    let mut error = None;
+    #[cfg(target_os = "linux")]
+    if idle {
+        // SAFETY: sched_param is plain data; pid 0 is the calling thread.
+        let param = libc::sched_param { sched_priority: 0 };
+        if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } == 0 {
+            // The nice value still orders idle threads among themselves; keep it too (best
+            // effort: the idle class is what matters).
+            let _ = set_nice(nice);
+            return (SchedPolicy::Idle, None);
+        }
+        error = Some(std::io::Error::last_os_error());
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = idle;
+    if nice == 0 {
+        return (SchedPolicy::Normal, error);
+    }
+    match set_nice(nice) {
+        Ok(()) => (SchedPolicy::Nice, error),
+        Err(e) => (SchedPolicy::Normal, Some(e)),
+    }
+}
+
+/// Sets the calling thread's niceness (Linux applies `setpriority` per thread).
+fn set_nice(nice: i32) -> std::io::Result<()> {
+    // SAFETY: plain syscalls on the calling thread, no pointers involved.
+    let rc = unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, nice)
+    };
+    if rc != 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// CPU time the calling thread has used (user + system), from its own CPU clock.
+pub fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid out-pointer; this clock always exists on Linux.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Time the calling thread has spent runnable but waiting for a CPU (the second field of
+/// `/proc/thread-self/schedstat`), or `None` where the kernel does not provide it.
+pub fn thread_run_delay() -> Option<Duration> {
+    let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns: u64 = text.split_whitespace().nth(1)?.parse().ok()?;
+    Some(Duration::from_nanos(ns))
+}
+
+// === capacity: how many CPUs the process may use ===
+
+/// Where the CPU capacity figure came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CapacitySource {
+    /// cgroup v2 `cpu.max`.
+    CgroupV2,
+    /// cgroup v1 `cpu.cfs_quota_us` / `cpu.cfs_period_us`.
+    CgroupV1,
+    /// No quota: the affinity mask.
+    Affinity,
+}
+
+impl CapacitySource {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            CapacitySource::CgroupV2 => "cgroup_v2",
+            CapacitySource::CgroupV1 => "cgroup_v1",
+            CapacitySource::Affinity => "affinity",
+        }
+    }
+}
+
+/// CPUs (possibly fractional) the process may use per second of wall time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Capacity {
+    pub cpus: f64,
+    pub source: CapacitySource,
+}
+
+/// The process's CPU capacity: the tightest cgroup quota on its own cgroup or an ancestor
+/// (v2 `cpu.max`, else v1 CFS quota), capped by the affinity mask; the mask alone when there
+/// is no quota.
+pub fn process_capacity() -> Capacity {
+    let affinity = allowed_cpus().map(|s| s.count()).unwrap_or(1).max(1) as f64;
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let quota = cgroup_quota(Path::new("/sys/fs/cgroup"), &cgroup, |p| std::fs::read_to_string(p).ok());
+    match quota {
+        Some((cpus, source)) if cpus < affinity => Capacity { cpus, source },
+        _ => Capacity { cpus: affinity, source: CapacitySource::Affinity },
+    }
+}
+
+/// The tightest quota (in CPUs) over the cgroup named in `proc_self_cgroup` and its ancestors,
+/// reading files under `root` through `read` (injectable for tests).
+pub fn cgroup_quota(
+    root: &Path,
+    proc_self_cgroup: &str,
+    read: impl Fn(&Path) -> Option<String>,
+) -> Option<(f64, CapacitySource)> {
+    let mut best: Option<(f64, CapacitySource)> = None;
+    let mut consider = |q: Option<f64>, source| {
+        if let Some(q) = q
+            && best.is_none_or(|(b, _)| q < b)
+        {
+            best = Some((q, source));
+        }
+    };
+    for line in proc_self_cgroup.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (Some(id), Some(controllers), Some(path)) = (fields.next(), fields.next(), fields.next()) else {
+            continue;
+        };
+        if id == "0" && controllers.is_empty() {
+            // v2: the unified hierarchy at the root, or under `unified` in hybrid mode.
+            for base in [root.to_path_buf(), root.join("unified")] {
+                for dir in ancestors(&base, path) {
+                    consider(read(&dir.join("cpu.max")).as_deref().and_then(parse_cpu_max), CapacitySource::CgroupV2);
+                }
+            }
+        } else if controllers.split(',').any(|c| c == "cpu") {
+            for mount in ["cpu", "cpu,cpuacct", "cpuacct,cpu"] {
+                for dir in ancestors(&root.join(mount), path) {
+                    let quota = read(&dir.join("cpu.cfs_quota_us"));
+                    let period = read(&dir.join("cpu.cfs_period_us"));
+                    consider(quota.zip(period).and_then(|(q, p)| parse_cfs(&q, &p)), CapacitySource::CgroupV1);
+                }
+            }
+        }
+    }
+    best
+}
+
+/// `base/path` and each of its ancestors up to `base` itself.
+fn ancestors(base: &Path, path: &str) -> Vec<PathBuf> {
+    let mut dirs = vec![base.to_path_buf()];
+    let mut dir = base.to_path_buf();
+    for part in path.split('/').filter(|p| !p.is_empty()) {
+        dir.push(part);
+        dirs.push(dir.clone());
+    }
+    dirs
+}
+
+/// cgroup v2 `cpu.max`: "QUOTA PERIOD" in microseconds, or "max PERIOD" for no limit.
+pub fn parse_cpu_max(text: &str) -> Option<f64> {
+    let mut fields = text.split_whitespace();
+    let quota = fields.next()?;
+    let period: f64 = fields.next().unwrap_or("100000").parse().ok()?;
+    if quota == "max" || period <= 0.0 {
+        return None;
+    }
+    let quota: f64 = quota.parse().ok()?;
+    (quota > 0.0).then(|| quota / period)
+}
+
+/// cgroup v1 CFS quota and period (microseconds); a quota of -1 means no limit.
+pub fn parse_cfs(quota: &str, period: &str) -> Option<f64> {
+    let quota: i64 = quota.trim().parse().ok()?;
+    let period: i64 = period.trim().parse().ok()?;
+    (quota > 0 && period > 0).then(|| quota as f64 / period as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn cpu_lists_parse_and_print() {
+        let s = CpuSet::parse("2-3,6, 0").unwrap();
+        assert_eq!(s.iter().collect::<Vec<_>>(), [0, 2, 3, 6]);
+        assert_eq!(s.to_list(), "0,2-3,6");
+        assert_eq!(s.count(), 4);
+        assert_eq!(CpuSet::parse(""), Err(CpuListError::Empty));
+        assert_eq!(CpuSet::parse("a"), Err(CpuListError::Syntax("a".into())));
+        assert_eq!(CpuSet::parse("3-1"), Err(CpuListError::Backwards("3-1".into())));
+        assert_eq!(CpuSet::parse("1024"), Err(CpuListError::TooLarge(1024)));
+        assert_eq!(CpuSet::parse("0-3").unwrap().minus(&CpuSet::parse("1-2").unwrap()).to_list(), "0,3");
+    }
+
+    #[test]
+    fn quota_files_parse() {
+        assert_eq!(parse_cpu_max("max 100000\n"), None);
+        assert_eq!(parse_cpu_max("150000 100000\n"), Some(1.5));
+        assert_eq!(parse_cfs("-1", "100000"), None);
+        assert_eq!(parse_cfs("50000\n", "100000\n"), Some(0.5));
+    }
+
+    fn files(entries: &[(&str, &str)]) -> impl Fn(&Path) -> Option<String> {
+        let map: HashMap<PathBuf, String> = entries.iter().map(|(p, t)| (PathBuf::from(p), t.to_string())).collect();
+        move |p: &Path| map.get(p).cloned()
+    }
+
+    #[test]
+    fn the_tightest_quota_of_the_cgroup_and_its_ancestors_wins() {
+        let v2 = "0::/kubepods/pod1/ctr\n";
+        let read = files(&[
+            ("/cg/kubepods/cpu.max", "max 100000"),
+            ("/cg/kubepods/pod1/cpu.max", "200000 100000"),
+            ("/cg/kubepods/pod1/ctr/cpu.max", "max 100000"),
+        ]);
+        assert_eq!(cgroup_quota(Path::new("/cg"), v2, read), Some((2.0, CapacitySource::CgroupV2)));
+        let v1 = "4:memory:/x\n1:cpu,cpuacct:/bench\n0::/\n";
+        let read = files(&[
+            ("/cg/cpu,cpuacct/bench/cpu.cfs_quota_us", "100000"),
+            ("/cg/cpu,cpuacct/bench/cpu.cfs_period_us", "100000"),
+            ("/cg/cpu,cpuacct/cpu.cfs_quota_us", "-1"),
+            ("/cg/cpu,cpuacct/cpu.cfs_period_us", "100000"),
+        ]);
+        assert_eq!(cgroup_quota(Path::new("/cg"), v1, read), Some((1.0, CapacitySource::CgroupV1)));
+        assert_eq!(cgroup_quota(Path::new("/cg"), "0::/\n", files(&[])), None);
+    }
+
+    #[test]
+    fn thread_clocks_advance_with_work() {
+        let before = thread_cpu_time();
+        let mut x = 0u64;
+        while thread_cpu_time() - before < Duration::from_millis(5) {
+            x = x.wrapping_add(1);
+        }
+        assert!(x > 0);
+        assert!(thread_cpu_time() - before >= Duration::from_millis(5));
+    }
+}

@@ -1,0 +1,300 @@
+//! Shadow isolation end to end: the scheduling policy shadow threads really run under, the
+//! shadow CPU budget measured against the threads' own CPU clocks, and the effective sample
+//! rate lowered under pressure and raised back.
+//!
+//! The server runs in this test process, so its worker threads are `/proc/self/task/*`.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// One `/proc/self/task` entry of an inference worker.
+#[derive(Debug)]
+struct WorkerThread {
+    #[allow(dead_code)] // shown in assertion messages
+    comm: String,
+    /// `stat` field 41: 0 SCHED_OTHER, 5 SCHED_IDLE.
+    policy: u32,
+    /// `stat` field 19.
+    nice: i64,
+    /// `schedstat` field 1: CPU time in ns.
+    cpu_ns: u64,
+}
+
+const SCHED_OTHER: u32 = 0;
+const SCHED_IDLE: u32 = 5;
+
+/// Every thread of this process whose name starts with `infer-`.
+fn worker_threads() -> Vec<WorkerThread> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/task").unwrap() {
+        let dir = entry.unwrap().path();
+        let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else { continue };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        let comm = stat[open + 1..close].to_string();
+        if !comm.starts_with("infer-") {
+            continue;
+        }
+        // Fields after the command start at field 3.
+        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        let field = |n: usize| fields[n - 3];
+        let schedstat = std::fs::read_to_string(dir.join("schedstat")).unwrap_or_default();
+        out.push(WorkerThread {
+            comm,
+            policy: field(41).parse().unwrap(),
+            nice: field(19).parse().unwrap(),
+            cpu_ns: schedstat.split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or(0),
+        });
+    }
+    out
+}
+
+fn heavy_config(shadow: &str) -> modserve::config::Config {
+    config(&format!(
+        r#"
+[shadow]
+live_pressure_jobs = 1000
+{shadow}
+[models.tiny-abuse]
+path = "tests/fixtures/tiny-abuse"
+[models.tiny-abuse-v2]
+path = "tests/fixtures/tiny-abuse-v2"
+[models.tiny-abuse-v2.batching]
+max_batch_size = 1
+inference_threads = 2
+[tasks.abuse]
+live = "tiny-abuse"
+shadows = [{{ model = "tiny-abuse-v2", sample_rate = 1.0 }}]
+"#
+    ))
+}
+
+/// The shadow's worker threads run under the policy the gauge reports, and live ones do not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduling_policy_in_effect_is_the_one_reported() {
+    let _guard = exclusive().await;
+    for (setting, want_gauge, want_policy) in
+        [("scheduling = \"idle\"", "idle", SCHED_IDLE), ("scheduling = \"nice\"", "nice", SCHED_OTHER)]
+    {
+        let server = TestServer::start(heavy_config(setting)).await;
+        let scrape = server.scrape().await;
+        for policy in ["idle", "nice", "normal"] {
+            let want = if policy == want_gauge { 1.0 } else { 0.0 };
+            let got = metric(&scrape, "modserve_shadow_scheduling", &[("model", "tiny-abuse-v2"), ("policy", policy)]);
+            assert_eq!(got, Some(want), "{setting}: policy {policy}");
+        }
+        // Live threads are never lowered; shadow threads are at shadow.nice (10) under their
+        // policy. Names are cut to 15 bytes, so tell them apart by niceness.
+        let threads = worker_threads();
+        let shadow: Vec<&WorkerThread> = threads.iter().filter(|t| t.nice == 10).collect();
+        let live: Vec<&WorkerThread> = threads.iter().filter(|t| t.nice == 0).collect();
+        assert_eq!(shadow.len(), 2, "two shadow worker threads: {threads:?}");
+        assert!(shadow.iter().all(|t| t.policy == want_policy), "{setting}: {threads:?}");
+        assert!(!live.is_empty() && live.iter().all(|t| t.policy == SCHED_OTHER), "{threads:?}");
+        server.stop().await;
+    }
+}
+
+/// Sends single-review requests whose shadow work spins `spin_ms` of CPU each, for `time`;
+/// returns how many were sent.
+async fn send_heavy(server: &TestServer, prefix: &str, spin_ms: u64, time: Duration) -> usize {
+    let mut client = server.client().await;
+    let text = if spin_ms > 0 {
+        format!("modserve-fault:spin-{spin_ms}:tiny-abuse-v2; you idiot")
+    } else {
+        "you idiot".to_string()
+    };
+    let start = Instant::now();
+    let mut n = 0;
+    while start.elapsed() < time {
+        let resp = client.classify(request(vec![review(&format!("{prefix}-{n}"), &text)])).await.expect("live answers");
+        assert_eq!(decision_name(resp.into_inner().results[0].tasks[0].decision), "REJECT");
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    n
+}
+
+const OUTCOMES: [&str; 9] = [
+    "compared",
+    "sampled_out",
+    "queue_full",
+    "live_pressure",
+    "deadline",
+    "breaker_open",
+    "error",
+    "budget",
+    "throttled",
+];
+
+fn outcome(base: &str, now: &str, o: &str) -> f64 {
+    delta(base, now, "modserve_shadow_reviews_total", &[("shadow_model", "tiny-abuse-v2"), ("outcome", o)])
+}
+
+/// Polls until every review sent has an outcome (shadow work finishes after the answers).
+async fn settled(server: &TestServer, base: &str, n: usize) -> String {
+    let mut scrape = server.scrape().await;
+    for _ in 0..200 {
+        let total: f64 = OUTCOMES.iter().map(|o| outcome(base, &scrape, o)).sum();
+        if total >= n as f64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        scrape = server.scrape().await;
+    }
+    scrape
+}
+
+/// A shadow that spends 20 ms of CPU per review, far more than its budget of 5% of the
+/// process's CPUs: the CPU its threads use (by the metric and by the kernel's own count) stays
+/// within the budget over the run, and the work it could not afford is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heavy_shadow_stays_within_its_cpu_budget() {
+    let _guard = exclusive().await;
+    let server = TestServer::start(heavy_config("max_cpu_fraction = 0.05")).await;
+    let base = server.scrape().await;
+    let budget = metric(&base, "modserve_shadow_cpu_budget", &[]).expect("budget gauge");
+    let capacity: f64 = modserve::cpu::process_capacity().cpus;
+    assert!((budget - 0.05 * capacity).abs() < 1e-9, "budget {budget} for {capacity} CPUs");
+    let cpu_before: u64 = worker_threads().iter().filter(|t| t.nice == 10).map(|t| t.cpu_ns).sum();
+    let started = Instant::now();
+    let n = send_heavy(&server, "h", 20, Duration::from_secs(4)).await;
+    let scrape = settled(&server, &base, n).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu_after: u64 = worker_threads().iter().filter(|t| t.nice == 10).map(|t| t.cpu_ns).sum();
+
+    let total: f64 = OUTCOMES.iter().map(|o| outcome(&base, &scrape, o)).sum();
+    assert_eq!(total, n as f64, "every review has one outcome: {scrape}");
+    let compared = outcome(&base, &scrape, "compared");
+    let unaffordable = outcome(&base, &scrape, "budget") + outcome(&base, &scrape, "throttled");
+    // Unlimited, the shadow would have needed n * 20 ms; the test only means something if that
+    // is well over the budget.
+    let wanted = n as f64 * 0.020;
+    assert!(wanted > 3.0 * budget * elapsed, "{n} reviews in {elapsed:.1}s are not enough load");
+    assert!(compared >= 1.0, "the shadow still compares some reviews");
+    assert!(unaffordable >= n as f64 / 2.0, "the rest is counted as budget or throttled: {scrape}");
+
+    // Tolerance: the 100 ms burst, plus one 20 ms batch per worker thread started just before the
+    // budget ran out, plus 20% for the comparison and tokenization around each spin.
+    let bound = (budget * (elapsed + 0.1) + 2.0 * 0.020) * 1.2;
+    let by_metric = delta(&base, &scrape, "modserve_shadow_batch_cpu_seconds_sum", &[("model", "tiny-abuse-v2")]);
+    let by_kernel = (cpu_after - cpu_before) as f64 / 1e9;
+    eprintln!(
+        "{n} reviews in {elapsed:.2}s; budget {budget:.3} CPU/s; shadow CPU: metric {by_metric:.3}s, kernel {by_kernel:.3}s, \
+         bound {bound:.3}s, unlimited would need {wanted:.2}s; compared {compared}, budget+throttled {unaffordable}"
+    );
+    assert!(by_metric > 0.0 && by_metric <= bound, "metric: {by_metric:.3} CPU-s over {elapsed:.1}s, bound {bound:.3}");
+    assert!(by_kernel <= bound, "kernel: {by_kernel:.3} CPU-s over {elapsed:.1}s, bound {bound:.3}");
+    // The two measures agree (the kernel also counts the idle loop between batches).
+    assert!((by_kernel - by_metric).abs() <= 0.05 + 0.1 * by_kernel, "kernel {by_kernel:.3} vs metric {by_metric:.3}");
+    server.stop().await;
+}
+
+/// Under a budget the heavy shadow cannot meet, its effective sample rate drops below the
+/// configured one; once its reviews are cheap again, the rate climbs back to the configured one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_effective_rate_drops_under_pressure_and_comes_back() {
+    let _guard = exclusive().await;
+    let server = TestServer::start(heavy_config("max_cpu_fraction = 0.05")).await;
+    let labels = [("shadow_model", "tiny-abuse-v2")];
+    let rate = |scrape: &str| metric(scrape, "modserve_shadow_sample_rate_effective", &labels).expect("rate gauge");
+    let base = server.scrape().await;
+    assert_eq!(metric(&base, "modserve_shadow_sample_rate_configured", &labels), Some(1.0));
+    assert_eq!(rate(&base), 1.0);
+    let n = send_heavy(&server, "p", 20, Duration::from_secs(4)).await;
+    let scrape = settled(&server, &base, n).await;
+    let lowered = rate(&scrape);
+    eprintln!("effective rate after {n} heavy reviews: {lowered}");
+    assert!(lowered < 0.5, "effective rate under pressure: {lowered}");
+    assert!(outcome(&base, &scrape, "throttled") >= 1.0);
+
+    // Cheap reviews: the measured cost per review falls and the rate is raised step by step.
+    let mut raised = lowered;
+    for round in 0..20 {
+        send_heavy(&server, &format!("c{round}"), 0, Duration::from_secs(1)).await;
+        raised = rate(&server.scrape().await);
+        if raised == 1.0 {
+            break;
+        }
+    }
+    assert_eq!(raised, 1.0, "the rate came back after the pressure lifted (from {lowered})");
+    server.stop().await;
+}
+
+/// `shadow.cpus` outside the process's CPUs is refused, naming the key.
+#[test]
+fn shadow_cpus_must_be_cpus_the_process_may_use() {
+    let text = |cpus: &str| {
+        format!(
+            "[shadow]\ncpus = {cpus:?}\n[models.tiny-abuse]\npath = \"tests/fixtures/tiny-abuse\"\n[tasks.abuse]\nlive = \"tiny-abuse\"\n"
+        )
+    };
+    let parse = |cpus: &str| {
+        modserve::config::Config::parse(&text(cpus), &repo().join("t.toml"), &Default::default()).map(|c| c.shadow_cpus)
+    };
+    let allowed = modserve::cpu::allowed_cpus().unwrap();
+    let first = allowed.iter().next().unwrap();
+    assert_eq!(parse(&first.to_string()).unwrap().map(|c| c.to_list()), Some(first.to_string()));
+    let errors = parse("1000").unwrap_err();
+    assert!(errors.iter().any(|e| e.starts_with("shadow.cpus \"1000\": CPU 1000 not in")), "{errors:?}");
+    let errors = parse("3-1").unwrap_err();
+    assert!(errors.iter().any(|e| e.starts_with("shadow.cpus \"3-1\"")), "{errors:?}");
+}
+
+/// Two replicas given the same reviews under the same pressure compare exactly the same ones:
+/// both lower their effective rate to the floor (`min_sample_rate = 0.3`), and at that rate each
+/// compares exactly the reviews `shadow::sampled` picks at 0.3, read back from each one's
+/// disagreement log (every review here is a disagreement: "this is dumb" is REVIEW live and
+/// REJECT in the shadow).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_at_the_same_effective_rate_compare_the_same_reviews() {
+    let _guard = exclusive().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = |name: &str| dir.path().join(format!("{name}.jsonl"));
+    let start = |name: &str| {
+        let table = format!(
+            "max_cpu_fraction = 0.05\nmin_sample_rate = 0.3\nmax_delay = \"500ms\"\n[shadow.disagreement_log]\npath = {:?}\n",
+            log(name).display().to_string()
+        );
+        TestServer::start(heavy_config(&table))
+    };
+    let (a, b) = (start("a").await, start("b").await);
+    // Heat: 20 ms of shadow CPU per review against a budget of a few per second drives both to
+    // the floor at their first tick.
+    let (na, nb) = tokio::join!(
+        send_heavy(&a, "heat", 20, Duration::from_secs(3)),
+        send_heavy(&b, "heat", 20, Duration::from_secs(3))
+    );
+    assert!(na > 100 && nb > 100, "{na} {nb}");
+    // Let queued heat work run or expire (max_delay) and the budget refill; no offers, no ticks.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The same cheap reviews to both, in lockstep, quickly: the smoothed cost per review is still
+    // far above what the budget pays for at a higher rate, so both stay at the floor.
+    let ids: Vec<String> = (0..200).map(|i| format!("same-{i}")).collect();
+    let (mut ca, mut cb) = (a.client().await, b.client().await);
+    for id in &ids {
+        ca.classify(request(vec![review(id, "this is dumb")])).await.unwrap();
+        cb.classify(request(vec![review(id, "this is dumb")])).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    a.stop().await;
+    b.stop().await;
+    let compared = |name: &str| -> Vec<String> {
+        let text = std::fs::read_to_string(log(name)).unwrap();
+        let mut ids: Vec<String> = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["review_id"].as_str().unwrap().to_string())
+            .filter(|id| id.starts_with("same-"))
+            .collect();
+        ids.sort();
+        ids
+    };
+    let mut expected: Vec<String> =
+        ids.iter().filter(|id| modserve::shadow::sampled(id, "tiny-abuse-v2", 0.3)).cloned().collect();
+    expected.sort();
+    assert!(expected.len() > 30 && expected.len() < 100, "{}", expected.len());
+    assert_eq!(compared("a"), expected, "replica a compared the reviews sampled at 0.3");
+    assert_eq!(compared("b"), expected, "replica b compared the same reviews");
+}
