@@ -1,25 +1,43 @@
 //! The HTTP side port: Prometheus `/metrics`, and `/health/live` and `/health/ready` for
-//! orchestrators that probe over HTTP. A deliberately tiny HTTP/1.1 responder: one request per
-//! connection, bounded header size, bounded connections, a read timeout.
+//! orchestrators that probe over HTTP. Served by hyper's HTTP/1.1 server, one request per
+//! connection, each connection with one deadline for reading the request and writing the answer.
+//! Slots are bounded; when they run out the oldest connection (the slowest to finish) is closed
+//! to make room, so clients that trickle bytes cannot keep a probe or a scrape out.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 
 use crate::shutdown::ShutdownSignal;
 
 const MAX_CONNECTIONS: usize = 64;
 const MAX_REQUEST_HEAD: usize = 8 * 1024;
-const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// From accept to the last byte of the answer. A scrape of a few hundred kilobytes on loopback
+/// takes milliseconds; a client that needs longer is not a probe.
+const CONNECTION_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Open connections by age (ids increase), each with the sender that closes it.
+#[derive(Default)]
+struct Open {
+    next_id: u64,
+    closers: BTreeMap<u64, oneshot::Sender<()>>,
+}
 
 /// Serves until shutdown. `ready` is true while every live model is loaded and not draining.
 pub async fn serve(listener: TcpListener, metrics: PrometheusHandle, ready: Arc<AtomicBool>, shutdown: ShutdownSignal) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let open = Arc::new(Mutex::new(Open::default()));
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.keep_alive(false).max_buf_size(MAX_REQUEST_HEAD);
     let stop = shutdown.wait();
     tokio::pin!(stop);
     loop {
@@ -34,70 +52,57 @@ pub async fn serve(listener: TcpListener, metrics: PrometheusHandle, ready: Arc<
                 }
             },
         };
-        // Over the connection limit: close at once rather than queue.
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            continue;
-        };
-        let metrics = metrics.clone();
-        let ready = ready.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            if let Err(e) = respond(stream, &metrics, &ready).await {
-                tracing::debug!(error = %e, "metrics connection failed");
+        let (id, closed) = {
+            let mut open = open.lock().unwrap_or_else(|e| e.into_inner());
+            if open.closers.len() >= MAX_CONNECTIONS
+                && let Some((_, oldest)) = open.closers.pop_first()
+            {
+                let _ = oldest.send(());
             }
+            let (close, closed) = oneshot::channel();
+            let id = open.next_id;
+            open.next_id += 1;
+            open.closers.insert(id, close);
+            (id, closed)
+        };
+        let (metrics, ready, open) = (metrics.clone(), ready.clone(), open.clone());
+        let connection = builder.serve_connection(
+            TokioIo::new(stream),
+            hyper::service::service_fn(move |request| {
+                let answer = respond(&request, &metrics, &ready);
+                async move { Ok::<_, Infallible>(answer) }
+            }),
+        );
+        tokio::spawn(async move {
+            tokio::select! {
+                result = tokio::time::timeout(CONNECTION_DEADLINE, connection) => match result {
+                    Ok(Err(e)) => tracing::debug!(error = %e, "metrics connection failed"),
+                    Err(_) => tracing::debug!("metrics connection closed at its deadline"),
+                    Ok(Ok(())) => {}
+                },
+                _ = closed => tracing::debug!("metrics connection closed to make room for a new one"),
+            }
+            open.lock().unwrap_or_else(|e| e.into_inner()).closers.remove(&id);
         });
     }
 }
 
-async fn respond(mut stream: TcpStream, metrics: &PrometheusHandle, ready: &AtomicBool) -> std::io::Result<()> {
-    let mut head = Vec::with_capacity(512);
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = tokio::time::timeout(READ_TIMEOUT, stream.read(&mut buf))
-            .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "request head timed out"))??;
-        if n == 0 {
-            return Ok(());
-        }
-        head.extend_from_slice(&buf[..n]);
-        if head.len() > MAX_REQUEST_HEAD {
-            return write(
-                &mut stream,
-                "431 Request Header Fields Too Large",
-                "text/plain",
-                b"request head too large\n",
-            )
-            .await;
-        }
+fn respond(request: &Request<Incoming>, metrics: &PrometheusHandle, ready: &AtomicBool) -> Response<Full<Bytes>> {
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return answer(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "only GET\n");
     }
-    let line = head.split(|b| *b == b'\r').next().unwrap_or_default();
-    let line = String::from_utf8_lossy(line);
-    let mut parts = line.split_whitespace();
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = target.split('?').next().unwrap_or("");
-    if method != "GET" && method != "HEAD" {
-        return write(&mut stream, "405 Method Not Allowed", "text/plain", b"only GET\n").await;
-    }
-    match path {
-        "/metrics" => {
-            let body = metrics.render();
-            write(&mut stream, "200 OK", "text/plain; version=0.0.4; charset=utf-8", body.as_bytes()).await
-        }
-        "/health/live" => write(&mut stream, "200 OK", "text/plain", b"live\n").await,
-        "/health/ready" if ready.load(Ordering::Relaxed) => {
-            write(&mut stream, "200 OK", "text/plain", b"ready\n").await
-        }
-        "/health/ready" => write(&mut stream, "503 Service Unavailable", "text/plain", b"not ready\n").await,
-        _ => write(&mut stream, "404 Not Found", "text/plain", b"try /metrics, /health/live or /health/ready\n").await,
+    match request.uri().path() {
+        "/metrics" => answer(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", metrics.render()),
+        "/health/live" => answer(StatusCode::OK, "text/plain", "live\n"),
+        "/health/ready" if ready.load(Ordering::Relaxed) => answer(StatusCode::OK, "text/plain", "ready\n"),
+        "/health/ready" => answer(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n"),
+        _ => answer(StatusCode::NOT_FOUND, "text/plain", "try /metrics, /health/live or /health/ready\n"),
     }
 }
 
-async fn write(stream: &mut TcpStream, status: &str, content_type: &str, body: &[u8]) -> std::io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body).await?;
-    stream.shutdown().await
+fn answer(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(content_type));
+    response
 }

@@ -185,6 +185,11 @@ async fn run(
         .add_service(reflection_v1alpha)
         .add_service(moderation)
         .add_service(feedback);
+    // The transports cut a call whose upload outlives its deadline; the ceiling follows reloads.
+    let startup_ceiling = limits.max_call_timeout;
+    let ceiling_registry = registry.clone();
+    let call_ceiling: transport::CallCeiling =
+        Arc::new(move || ceiling_registry.load().map_or(startup_ceiling, |state| state.config.limits.max_call_timeout));
     let mut admin_task = None;
     match bound.admin {
         None => routes = routes.add_service(admin_service),
@@ -200,6 +205,7 @@ async fn run(
                 listener,
                 admin_routes,
                 config.server.transport(),
+                call_ceiling.clone(),
                 bound.tls.clone(),
                 transport_signal.clone(),
             )));
@@ -210,6 +216,7 @@ async fn run(
         bound.grpc,
         routes.prepare(),
         config.server.transport(),
+        call_ceiling,
         bound.tls.clone(),
         transport_signal.clone(),
     ));
@@ -311,7 +318,9 @@ async fn load(
         env,
         log,
         threads: threads.clone(),
+        applied_inputs: Mutex::new(None),
     });
+    let inputs = reload::Inputs::of(config);
     let startup = Arc::new(config.clone());
     let r = reloader.clone();
     let outcome = tokio::task::spawn_blocking(move || r.apply_config(startup, ReloadTrigger::Startup))
@@ -320,6 +329,7 @@ async fn load(
     if !outcome.applied {
         anyhow::bail!("{} problem(s) loading models:\n  {}", outcome.errors.len(), outcome.errors.join("\n  "));
     }
+    *reloader.applied_inputs.lock().unwrap_or_else(|p| p.into_inner()) = Some(inputs);
     let reloader = Arc::into_inner(reloader).context("reloader still shared after start-up")?;
     Ok((reloader, log_thread, threads))
 }

@@ -126,7 +126,11 @@ fn resolve_tasks(state: &ServingState, requested: &[String]) -> Result<Vec<usize
             state.tasks.iter().position(|t| &t.name == name).ok_or_else(|| {
                 Error::invalid(
                     format!("tasks[{i}]"),
-                    format!("unknown task {name:?}; configured tasks are {:?}", state.task_names()),
+                    format!(
+                        "unknown task {}; configured tasks are {:?}",
+                        crate::error::excerpt(name),
+                        state.task_names()
+                    ),
                 )
             })
         })

@@ -42,6 +42,11 @@ pub mod defaults {
     pub const STREAM_IN_FLIGHT: usize = 8;
     pub const MAX_CALL_TIMEOUT_SECS: u64 = 30;
     pub const IDLE_TIMEOUT: &str = "10m";
+    pub const HANDSHAKE_TIMEOUT: &str = "10s";
+    pub const MAX_CONNECTIONS: usize = 4096;
+    pub const MAX_CONNECTIONS_PER_PEER: usize = 256;
+    pub const MAX_BUFFERED_REQUEST_BYTES: usize = 256 * 1024 * 1024;
+    pub const MAX_BUFFERED_REQUEST_BYTES_PER_CONNECTION: usize = 16 * 1024 * 1024;
     pub const TLS_WATCH_INTERVAL: &str = "10s";
     pub const MAX_BATCH_SIZE: usize = 32;
     pub const MAX_WAIT: &str = "0ms";
@@ -64,6 +69,7 @@ pub mod defaults {
     pub const LOG_QUEUE_CAPACITY: usize = 4096;
     pub const FEEDBACK_MAX_VERDICTS_PER_REQUEST: usize = 256;
     pub const FEEDBACK_QUEUE_CAPACITY: usize = 4096;
+    pub const FEEDBACK_QUEUE_MAX_BYTES: usize = 16 * 1024 * 1024;
     pub const FEEDBACK_BATCH_SIZE: usize = 8;
     pub const FEEDBACK_MAX_DELAY: &str = "30s";
     pub const FEEDBACK_DEDUPE_WINDOW: &str = "24h";
@@ -265,6 +271,19 @@ pub struct ServerConfig {
     /// A connection with no call open for this long is closed (GOAWAY); zero keeps it forever.
     #[serde(with = "humantime_serde_str")]
     pub idle_timeout: Duration,
+    /// A connection that has not sent the HTTP/2 preface (and, with TLS, finished its handshake)
+    /// this long after it was accepted is closed.
+    #[serde(with = "humantime_serde_str")]
+    pub handshake_timeout: Duration,
+    /// Open connections per listener, and per peer address, beyond which new ones are closed at
+    /// once.
+    pub max_connections: usize,
+    pub max_connections_per_peer: usize,
+    /// Request bytes received but not yet decoded into a message, process-wide and per
+    /// connection; a call whose message would go over is refused RESOURCE_EXHAUSTED before its
+    /// body is read.
+    pub max_buffered_request_bytes: usize,
+    pub max_buffered_request_bytes_per_connection: usize,
     pub log_format: LogFormat,
     pub onnxruntime_lib: PathBuf,
     /// Reload when the config file's content changes (checked every `watch_interval`).
@@ -310,6 +329,8 @@ pub struct AdminConfig {
     /// Its own listen address; `None` serves it on `server.grpc_listen`.
     pub listen: Option<SocketAddr>,
     pub token: Option<TokenSource>,
+    /// Serve Admin without a token even though Moderation requires one (an explicit opt-out).
+    pub allow_unauthenticated: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -374,6 +395,11 @@ impl ServerConfig {
             keepalive_interval: self.keepalive_interval,
             keepalive_timeout: self.keepalive_timeout,
             idle_timeout: self.idle_timeout,
+            handshake_timeout: self.handshake_timeout,
+            max_connections: self.max_connections,
+            max_connections_per_peer: self.max_connections_per_peer,
+            max_buffered_bytes: self.max_buffered_request_bytes,
+            max_buffered_bytes_per_connection: self.max_buffered_request_bytes_per_connection,
             shutdown_grace: self.shutdown_grace,
         }
     }
@@ -521,6 +547,32 @@ languages = ["english!"]
         assert_eq!(c.policies["lenient"].thresholds["insult"].reject, Some(0.99));
         assert_eq!(c.feedback.dedupe_window, Duration::from_secs(24 * 3600));
         assert_eq!(c.launch, crate::report::LaunchCriteria::default());
+    }
+
+    #[test]
+    fn admin_must_be_guarded_when_moderation_is_or_opened_explicitly() {
+        let guarded = format!("[server]\nmoderation_token_env = \"MODERATION_TOKEN\"\n{GOOD}");
+        let errors = parse(&guarded).unwrap_err();
+        assert!(errors.iter().any(|e| e.contains("admin.allow_unauthenticated")), "{errors:?}");
+        let open = format!("{guarded}[admin]\nallow_unauthenticated = true\n");
+        assert!(parse(&open).unwrap().admin.allow_unauthenticated);
+        let with_token = format!("{guarded}[admin]\ntoken_env = \"ADMIN_TOKEN\"\n");
+        assert!(parse(&with_token).is_ok());
+    }
+
+    #[test]
+    fn upload_budgets_must_hold_the_largest_message() {
+        let text = format!(
+            "[server]\nmax_buffered_request_bytes_per_connection = 1000\nmax_buffered_request_bytes = 500\n{GOOD}"
+        );
+        let errors = parse(&text).unwrap_err();
+        assert!(errors.iter().any(|e| e.contains("at least limits.max_message_bytes")), "{errors:?}");
+        assert!(errors.iter().any(|e| e.starts_with("server.max_buffered_request_bytes 500")), "{errors:?}");
+        let text =
+            format!("[server]\nmax_connections = 4\nmax_connections_per_peer = 5\nhandshake_timeout = \"1ms\"\n{GOOD}");
+        let errors = parse(&text).unwrap_err();
+        assert!(errors.iter().any(|e| e.starts_with("server.max_connections_per_peer 5")), "{errors:?}");
+        assert!(errors.iter().any(|e| e.starts_with("server.handshake_timeout")), "{errors:?}");
     }
 
     #[test]

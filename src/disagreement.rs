@@ -89,6 +89,7 @@ impl DisagreementLog {
             size,
             pending: Vec::new(),
             pending_lines: 0,
+            failures: Failures::default(),
             config: config.clone(),
             metrics: metrics.clone(),
         };
@@ -158,9 +159,20 @@ struct Writer {
     /// Lines waiting for the next write: one `write` call per drained batch.
     pending: Vec<u8>,
     pending_lines: u64,
+    failures: Failures,
     config: LogConfig,
     metrics: std::sync::Arc<LogMetrics>,
 }
+
+/// Write failures since the last warning: a full disk fails every batch, and one warning per
+/// `WARN_EVERY` (with the count) tells the on-call engineer as much as thousands would.
+#[derive(Default)]
+struct Failures {
+    last_warned: Option<std::time::Instant>,
+    lines_since: u64,
+}
+
+const WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Writer {
     fn run(mut self) {
@@ -208,7 +220,13 @@ impl Writer {
                     let _ = self.out.set_len(self.size);
                 }
                 self.metrics.count_n(LogOutcome::DroppedIoError, lines);
-                tracing::warn!(error = %e, lines, path = %self.config.path.display(), "disagreement log: write failed; lines dropped");
+                self.failures.lines_since += lines;
+                if self.failures.last_warned.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+                    let lines = std::mem::take(&mut self.failures.lines_since);
+                    self.failures.last_warned = Some(std::time::Instant::now());
+                    tracing::warn!(error = %e, lines, path = %self.config.path.display(),
+                        "disagreement log: write failed; lines dropped (warned at most every 10s)");
+                }
             }
         }
         self.pending.clear();

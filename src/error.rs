@@ -15,8 +15,8 @@ pub enum Error {
     #[error("model {model} is overloaded: its queue of {capacity} requests is full; retry with backoff")]
     QueueFull { model: String, capacity: usize },
     /// The verdict queue was full: the caller should back off and retry the call.
-    #[error("the feedback queue is full ({capacity} verdicts waiting to be scored); retry with backoff")]
-    FeedbackQueueFull { capacity: usize },
+    #[error("the feedback queue is full ({limit}); retry with backoff")]
+    FeedbackQueueFull { limit: String },
     /// The caller's deadline passed; the text says where ("before inference on model X").
     /// Work dropped this way never reaches inference.
     #[error("deadline exceeded {0}")]
@@ -37,6 +37,17 @@ pub enum ErrorKind {
     DeadlineExceeded,
     Inference,
     Unavailable,
+}
+
+/// A caller's string as an error message may quote it: at most `EXCERPT_CHARS` characters, then
+/// its full length. Messages travel back in `grpc-message`, which clients bound; an unbounded
+/// echo turns a 1 MiB bad value into a transport error instead of a clear INVALID_ARGUMENT.
+pub fn excerpt(value: &str) -> String {
+    const EXCERPT_CHARS: usize = 64;
+    match value.char_indices().nth(EXCERPT_CHARS) {
+        None => format!("{value:?}"),
+        Some((cut, _)) => format!("{:?}... ({} bytes)", &value[..cut], value.len()),
+    }
 }
 
 impl Error {

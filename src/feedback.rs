@@ -35,6 +35,9 @@ pub struct FeedbackConfig {
     pub max_verdicts_per_request: usize,
     /// Verdicts accepted but not yet scored, at most; beyond it a call is refused.
     pub queue_capacity: usize,
+    /// Review text bytes of those verdicts, at most: verdicts carry whole reviews, so a count
+    /// alone does not bound memory.
+    pub queue_max_bytes: usize,
     /// Verdicts sent to a model at once: small, so a live batch never waits long behind them.
     pub batch_size: usize,
     /// A verdict not scored this long after it was accepted is shed.
@@ -73,11 +76,14 @@ pub struct Feedback {
     /// Verdicts accepted and not yet scored: the queue's bound is checked against it (the
     /// channel itself is unbounded so the bound can follow reloads of `queue_capacity`).
     queued: Arc<AtomicUsize>,
+    /// Review text bytes of the verdicts in `queued`.
+    queued_bytes: Arc<AtomicUsize>,
     seen: Arc<Mutex<Seen>>,
 }
 
 struct Accepted {
     verdicts: Vec<Verdict>,
+    bytes: usize,
     at: Instant,
 }
 
@@ -96,54 +102,65 @@ impl Feedback {
     /// Starts the scoring task on the current runtime.
     pub fn start(registry: Registry) -> (Feedback, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let queued = Arc::new(AtomicUsize::new(0));
-        let task = tokio::spawn(score_loop(registry, rx, queued.clone()));
-        (Feedback { tx, queued, seen: Arc::new(Mutex::new(Seen::default())) }, task)
+        let (queued, queued_bytes) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let task = tokio::spawn(score_loop(registry, rx, queued.clone(), queued_bytes.clone()));
+        (Feedback { tx, queued, queued_bytes, seen: Arc::new(Mutex::new(Seen::default())) }, task)
     }
 
     /// Drops repeats and queues the rest for scoring. Refuses the whole call (nothing counted,
-    /// nothing remembered) when the queue cannot take it.
+    /// nothing remembered) when the queue cannot take it. The dedupe window is locked from the
+    /// check to the insert, so two calls carrying the same verdict at once count it once.
     pub fn submit(&self, state: &ServingState, verdicts: Vec<Verdict>) -> Result<Submitted, Error> {
         let config = &state.config.feedback;
         let now = Instant::now();
         let received = verdicts.len();
-        let fresh: Vec<Verdict> = {
-            let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-            let mut in_call = std::collections::HashSet::new();
-            verdicts
-                .into_iter()
-                .filter(|v| {
-                    let key = key(&v.review.id, &v.task);
-                    let repeat = !in_call.insert(key) || seen.contains(key, now, config.dedupe_window);
-                    if repeat {
-                        metrics::verdicts_received(&v.task, &v.source, VerdictOutcome::Duplicate, 1);
-                    }
-                    !repeat
-                })
-                .collect()
-        };
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let mut in_call = std::collections::HashSet::new();
+        let fresh: Vec<Verdict> = verdicts
+            .into_iter()
+            .filter(|v| {
+                let key = key(&v.review.id, &v.task);
+                let repeat = !in_call.insert(key) || seen.contains(key, now, config.dedupe_window);
+                if repeat {
+                    metrics::verdicts_received(&v.task, &v.source, VerdictOutcome::Duplicate, 1);
+                }
+                !repeat
+            })
+            .collect();
         let accepted = fresh.len();
         let submitted = Submitted { accepted, duplicates: received - accepted };
         if accepted == 0 {
             return Ok(submitted);
         }
+        let bytes: usize = fresh.iter().map(|v| v.review.model_text.len()).sum();
         let before = self.queued.fetch_add(accepted, Ordering::SeqCst);
-        if before + accepted > config.queue_capacity {
+        let bytes_before = self.queued_bytes.fetch_add(bytes, Ordering::SeqCst);
+        let full = if before + accepted > config.queue_capacity {
+            Some(format!("{} verdicts waiting to be scored, feedback.queue_capacity", config.queue_capacity))
+        } else if bytes_before + bytes > config.queue_max_bytes {
+            Some(format!(
+                "{} bytes of review text waiting to be scored, feedback.queue_max_bytes",
+                config.queue_max_bytes
+            ))
+        } else {
+            None
+        };
+        if let Some(limit) = full {
             self.queued.fetch_sub(accepted, Ordering::SeqCst);
+            self.queued_bytes.fetch_sub(bytes, Ordering::SeqCst);
             for v in &fresh {
                 metrics::verdicts_received(&v.task, &v.source, VerdictOutcome::ShedQueueFull, 1);
             }
-            return Err(Error::FeedbackQueueFull { capacity: config.queue_capacity });
+            return Err(Error::FeedbackQueueFull { limit });
         }
-        {
-            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-            for v in &fresh {
-                seen.insert(key(&v.review.id, &v.task), now, config.dedupe_window, config.dedupe_capacity);
-            }
+        for v in &fresh {
+            seen.insert(key(&v.review.id, &v.task), now, config.dedupe_window, config.dedupe_capacity);
         }
+        drop(seen);
         metrics::feedback_queue(before + accepted);
-        if self.tx.send(Accepted { verdicts: fresh, at: now }).is_err() {
+        if self.tx.send(Accepted { verdicts: fresh, bytes, at: now }).is_err() {
             self.queued.fetch_sub(accepted, Ordering::SeqCst);
+            self.queued_bytes.fetch_sub(bytes, Ordering::SeqCst);
             return Err(Error::Unavailable("the server is shutting down; retry on another replica"));
         }
         Ok(submitted)
@@ -188,9 +205,14 @@ impl Seen {
     }
 }
 
-async fn score_loop(registry: Registry, mut rx: mpsc::UnboundedReceiver<Accepted>, queued: Arc<AtomicUsize>) {
+async fn score_loop(
+    registry: Registry,
+    mut rx: mpsc::UnboundedReceiver<Accepted>,
+    queued: Arc<AtomicUsize>,
+    queued_bytes: Arc<AtomicUsize>,
+) {
     while let Some(accepted) = rx.recv().await {
-        let n = accepted.verdicts.len();
+        let (n, bytes) = (accepted.verdicts.len(), accepted.bytes);
         match registry.load() {
             Some(state) => score(&state, accepted).await,
             // Only while shutting down; nothing can score them now.
@@ -200,6 +222,7 @@ async fn score_loop(registry: Registry, mut rx: mpsc::UnboundedReceiver<Accepted
                 }
             }
         }
+        queued_bytes.fetch_sub(bytes, Ordering::SeqCst);
         let left = queued.fetch_sub(n, Ordering::SeqCst) - n;
         metrics::feedback_queue(left);
     }
@@ -221,7 +244,8 @@ async fn score(state: &ServingState, accepted: Accepted) {
             None => by_task.push((entry, vec![v])),
         }
     }
-    let pressure = state.config.shadow.live_pressure_jobs;
+    // Verdicts wait until the live model's queue is empty: they are never ahead of a caller.
+    let pressure = 1;
     for (entry, verdicts) in by_task {
         for chunk in verdicts.chunks(config.batch_size) {
             score_chunk(entry, chunk, deadline, pressure).await;

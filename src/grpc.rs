@@ -9,6 +9,7 @@ pub mod feedback;
 pub mod service;
 pub mod status;
 pub mod transport;
+pub mod upload;
 
 /// Generated protobuf and tonic code for `proto/modserve/v1/moderation.proto`.
 pub mod pb {

@@ -40,6 +40,7 @@ pub const MODEL_LOAD_SECONDS: &str = "modserve_model_load_seconds";
 pub const TLS_RELOADS_TOTAL: &str = "modserve_tls_reloads_total";
 pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "modserve_tls_handshake_failures_total";
 pub const CONNECTIONS_CLOSED_IDLE_TOTAL: &str = "modserve_connections_closed_idle_total";
+pub const TRANSPORT_REFUSALS_TOTAL: &str = "modserve_transport_refusals_total";
 pub const SCORES: &str = "modserve_scores";
 pub const SHADOW_POLICY_ONLY_REVIEWS_TOTAL: &str = "modserve_shadow_policy_only_reviews_total";
 pub const VERDICTS_TOTAL: &str = "modserve_verdicts_total";
@@ -167,6 +168,12 @@ fn describe() {
     describe_counter!(
         CONNECTIONS_CLOSED_IDLE_TOTAL,
         "HTTP/2 connections closed after server.idle_timeout without a call, by listener."
+    );
+    describe_counter!(
+        TRANSPORT_REFUSALS_TOTAL,
+        "Connections and calls the gRPC transport refused or cut before a handler saw them, by listener and reason \
+         (connection_limit, peer_connection_limit, handshake_timeout, upload_budget_connection, \
+         upload_budget_process, upload_deadline)."
     );
     describe_counter!(REQUESTS_TOTAL, "gRPC calls (stream messages count one each), by method and status code.");
     describe_histogram!(
@@ -780,6 +787,41 @@ pub fn tls_handshake_failed(listener: &'static str) {
 /// Records a connection closed for being idle.
 pub fn connection_closed_idle(listener: &'static str) {
     counter!(CONNECTIONS_CLOSED_IDLE_TOTAL, "listener" => listener).increment(1);
+}
+
+/// Why the gRPC transport refused a connection or cut a call before its handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportRefusal {
+    /// `server.max_connections` connections were open.
+    ConnectionLimit,
+    /// `server.max_connections_per_peer` connections from the same address were open.
+    PeerConnectionLimit,
+    /// The HTTP/2 preface did not arrive within `server.handshake_timeout`.
+    HandshakeTimeout,
+    /// The message would not fit in the connection's share of buffered request bytes.
+    UploadBudgetConnection,
+    /// The message would not fit in the process's buffered request bytes.
+    UploadBudgetProcess,
+    /// The call's deadline passed before it was answered (its upload had not finished).
+    UploadDeadline,
+}
+
+impl TransportRefusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransportRefusal::ConnectionLimit => "connection_limit",
+            TransportRefusal::PeerConnectionLimit => "peer_connection_limit",
+            TransportRefusal::HandshakeTimeout => "handshake_timeout",
+            TransportRefusal::UploadBudgetConnection => "upload_budget_connection",
+            TransportRefusal::UploadBudgetProcess => "upload_budget_process",
+            TransportRefusal::UploadDeadline => "upload_deadline",
+        }
+    }
+}
+
+/// Records a connection or call refused by the transport.
+pub fn transport_refused(listener: &'static str, reason: TransportRefusal) {
+    counter!(TRANSPORT_REFUSALS_TOTAL, "listener" => listener, "reason" => reason.as_str()).increment(1);
 }
 
 /// What started a reload.

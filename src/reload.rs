@@ -41,7 +41,39 @@ pub struct Reloader {
     pub log: Option<DisagreementLog>,
     /// Every worker thread ever started, joined at shutdown.
     pub threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    /// What the serving state was built from, to skip a reload whose inputs are unchanged.
+    pub applied_inputs: Mutex<Option<Inputs>>,
 }
+
+/// A reload's inputs, cheaply compared: the config text's hash and the size and modification
+/// time of every file in every configured model folder. Reading and hashing the packages is what
+/// a reload costs; this only stats them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inputs {
+    config_sha256: String,
+    files: Vec<(PathBuf, u64, Option<std::time::SystemTime>)>,
+}
+
+impl Inputs {
+    pub fn of(config: &Config) -> Inputs {
+        let mut files = Vec::new();
+        for model in config.models.values() {
+            let Ok(entries) = std::fs::read_dir(&model.path) else { continue };
+            for entry in entries.flatten() {
+                if let Ok(meta) = entry.metadata() {
+                    files.push((entry.path(), meta.len(), meta.modified().ok()));
+                }
+            }
+        }
+        files.sort();
+        Inputs { config_sha256: config.source_sha256.clone(), files }
+    }
+}
+
+/// Reloads start at most this often; requests that arrive sooner wait and are coalesced, since
+/// each reads the newest file anyway. An Admin client calling Reload in a loop costs one reload
+/// per interval, not one per call.
+const MIN_RELOAD_INTERVAL: Duration = Duration::from_millis(500);
 
 type Request = (ReloadTrigger, Option<oneshot::Sender<ReloadOutcome>>);
 
@@ -96,10 +128,31 @@ impl Reloader {
         let Ok(text) = String::from_utf8(bytes) else {
             return refuse(vec![format!("{}: not UTF-8", self.config_path.display())]);
         };
-        match Config::parse(&text, &self.config_path, &self.overrides) {
-            Ok(c) => self.apply_config(Arc::new(c), trigger),
-            Err(errors) => refuse(errors),
+        let config = match Config::parse(&text, &self.config_path, &self.overrides) {
+            Ok(c) => c,
+            Err(errors) => return refuse(errors),
+        };
+        let inputs = Inputs::of(&config);
+        if let Some(current) = self.registry.load()
+            && self.applied_inputs.lock().unwrap_or_else(|p| p.into_inner()).as_ref() == Some(&inputs)
+        {
+            tracing::info!(
+                trigger = trigger.as_str(),
+                generation = current.generation,
+                "config and model files unchanged; nothing to reload"
+            );
+            return ReloadOutcome {
+                applied: true,
+                generation: current.generation,
+                errors: Vec::new(),
+                config_sha256: current.config_sha256.clone(),
+            };
         }
+        let outcome = self.apply_config(Arc::new(config), trigger);
+        if outcome.applied {
+            *self.applied_inputs.lock().unwrap_or_else(|p| p.into_inner()) = Some(inputs);
+        }
+        outcome
     }
 
     /// Keeps the running state and reports why.
@@ -159,8 +212,17 @@ impl Reloader {
         let ReloadRequests(mut rx) = requests;
         let reloader = Arc::new(self);
         tokio::spawn(async move {
-            while let Some((trigger, reply)) = rx.recv().await {
-                let r = reloader.clone();
+            let mut last_started: Option<tokio::time::Instant> = None;
+            while let Some(first) = rx.recv().await {
+                if let Some(last) = last_started {
+                    tokio::time::sleep_until(last + MIN_RELOAD_INTERVAL).await;
+                }
+                let mut requests = vec![first];
+                while let Ok(more) = rx.try_recv() {
+                    requests.push(more);
+                }
+                last_started = Some(tokio::time::Instant::now());
+                let (trigger, r) = (requests[0].0, reloader.clone());
                 let outcome =
                     tokio::task::spawn_blocking(move || r.apply(trigger)).await.unwrap_or_else(|e| ReloadOutcome {
                         applied: false,
@@ -168,8 +230,10 @@ impl Reloader {
                         errors: vec![format!("reload panicked: {e}")],
                         config_sha256: String::new(),
                     });
-                if let Some(reply) = reply {
-                    let _ = reply.send(outcome);
+                for (_, reply) in requests {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(outcome.clone());
+                    }
                 }
             }
         });

@@ -1,11 +1,14 @@
 //! Turns review texts into the padded `input_ids` / `attention_mask` tensors a model takes.
 //!
-//! Runs on inference worker threads (never on the async runtime). Truncates to the model's
+//! Runs on inference worker threads (never on the async runtime). Reads at most
+//! `max_sequence_length * CHARS_PER_TOKEN` characters of a review, truncates to the model's
 //! `max_sequence_length` and pads to the longest sequence in the batch with id 0 and mask 0,
-//! whatever padding the tokenizer file itself asks for.
+//! whatever padding the tokenizer file itself asks for. A tokenizer whose cost on crafted text
+//! grows faster than its input is refused at load (`Encoder::check_cost`).
 
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokenizers::{ModelWrapper, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
@@ -21,7 +24,58 @@ pub struct Encoder {
     /// The id of the tokenizer's unknown token, if it has one (input-quality metrics count it).
     pub unknown_id: Option<i64>,
     pub max_sequence_length: usize,
+    /// Characters of a review that are read; see `CHARS_PER_TOKEN`.
+    pub max_chars: usize,
 }
+
+/// Characters of a review read per token of the model's length limit. The tokens a model keeps
+/// come from the start of the text, so tokenizing beyond this is work nobody uses; on crafted
+/// text it is also the work that costs, since normaliser patterns run over the whole text before
+/// truncation. 32 characters per token is several times the longest run of ordinary words.
+pub const CHARS_PER_TOKEN: usize = 32;
+
+/// A tokenizer is refused when crafted text of `max_chars` costs more than this many times
+/// ordinary text of the same length. Bounded patterns measure 1-3x; an unbounded repetition
+/// that backtracks measures 30x and more at the bundled models' 8,192 characters
+/// (`docs/model-package.md`, "Tokenizer cost").
+pub const MAX_COST_RATIO: f64 = 10.0;
+
+/// The texts the load-time cost check tokenizes: shapes that make a regex normaliser with an
+/// unbounded repetition backtrack over the rest of the text from every start position.
+/// Each is `head`, then `unit` repeated, then `tail`: `max_chars` characters in all.
+const COST_PROBES: [Probe; 9] = [
+    Probe { name: "run ending in @", head: "", unit: "a", tail: "@" },
+    Probe { name: "non-ASCII run ending in @", head: "", unit: "é", tail: "@" },
+    Probe { name: "@ then a run", head: "a@", unit: "a", tail: "" },
+    Probe { name: "hyphenated run ending in a dot", head: "", unit: "a-", tail: "." },
+    Probe { name: "hyphenated digits ending in a dot", head: "", unit: "1-", tail: "1." },
+    Probe { name: "dotted run", head: "", unit: "a.", tail: "" },
+    Probe { name: "digits and separators", head: "", unit: "1 ", tail: "x" },
+    Probe { name: "run of digits", head: "", unit: "1", tail: "" },
+    Probe { name: "url-like run", head: "", unit: "www.a", tail: "/" },
+];
+
+struct Probe {
+    name: &'static str,
+    head: &'static str,
+    unit: &'static str,
+    tail: &'static str,
+}
+
+impl Probe {
+    /// The probe's text, `n` characters long (`head` and `tail` are ASCII).
+    fn text(&self, n: usize) -> String {
+        let body = n.saturating_sub(self.head.len() + self.tail.len());
+        let mut text = String::with_capacity(n);
+        text.push_str(self.head);
+        text.extend(self.unit.chars().cycle().take(body));
+        text.push_str(self.tail);
+        text
+    }
+}
+
+/// Ordinary review text, the cost the probes are compared with.
+const COST_BASELINE: &str = "great product, fast delivery and friendly seller. would buy again! ";
 
 /// A batch of token ids and masks, row-major `[rows, seq]`. Reused across batches by a worker so
 /// steady-state encoding does not allocate tensors.
@@ -123,7 +177,59 @@ impl Encoder {
         tokenizer.with_padding(None);
         let ascii = ascii_variant(&tokenizer)?.map(Arc::new);
         let unknown_id = unknown_id(&tokenizer);
-        Ok(Encoder { tokenizer: Arc::new(tokenizer), ascii, unknown_id, max_sequence_length })
+        Ok(Encoder {
+            tokenizer: Arc::new(tokenizer),
+            ascii,
+            unknown_id,
+            max_sequence_length,
+            max_chars: max_sequence_length.saturating_mul(CHARS_PER_TOKEN).max(1),
+        })
+    }
+
+    /// The part of `text` that is tokenized: its first `max_chars` characters.
+    pub fn readable<'a>(&self, text: &'a str) -> &'a str {
+        match text.char_indices().nth(self.max_chars) {
+            Some((cut, _)) => &text[..cut],
+            None => text,
+        }
+    }
+
+    /// Measures the tokenizer on crafted texts of `max_chars` characters against ordinary text
+    /// of the same length, and refuses it (saying which shape and how slow) when one costs
+    /// more than `MAX_COST_RATIO` times as much. Each time is the fastest of three, so a busy
+    /// machine slows both sides alike rather than failing a good tokenizer.
+    pub fn check_cost(&self) -> Result<(), String> {
+        let n = self.max_chars;
+        let ordinary = Probe { name: "ordinary", head: "", unit: COST_BASELINE, tail: "" };
+        let baseline = self.fastest_of_three(&ordinary.text(n))?.max(Duration::from_micros(50));
+        for probe in &COST_PROBES {
+            let name = probe.name;
+            let took = self.fastest_of_three(&probe.text(n))?;
+            let ratio = took.as_secs_f64() / baseline.as_secs_f64();
+            if ratio > MAX_COST_RATIO {
+                return Err(format!(
+                    "tokenizing a crafted text ({name}, {n} characters) took {:.1} ms, {ratio:.0}x ordinary text \
+                     of the same length ({:.2} ms; the limit is {MAX_COST_RATIO}x): a normaliser or \
+                     pre-tokenizer pattern backtracks super-linearly; bound its repetitions (e.g. {{1,64}} \
+                     instead of +), see docs/model-package.md",
+                    took.as_secs_f64() * 1e3,
+                    baseline.as_secs_f64() * 1e3,
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn fastest_of_three(&self, text: &str) -> Result<Duration, String> {
+        let mut rows = TokenRows::default();
+        let mut best = Duration::MAX;
+        for _ in 0..3 {
+            rows.clear();
+            let start = Instant::now();
+            self.encode_rows([text], &mut rows)?;
+            best = best.min(start.elapsed());
+        }
+        Ok(best)
     }
 
     /// Appends each text's truncated, unpadded token ids to `rows`.
@@ -133,6 +239,7 @@ impl Encoder {
         rows: &mut TokenRows,
     ) -> Result<(), String> {
         for text in texts {
+            let text = self.readable(text);
             let tokenizer = match &self.ascii {
                 Some(ascii) if text.is_ascii() => ascii,
                 _ => &self.tokenizer,
@@ -320,6 +427,44 @@ mod tests {
             let enc = bundled();
             proptest::prop_assert_eq!(fast_ids(enc, &text), reference_ids(enc, &text));
         }
+    }
+
+    #[test]
+    fn only_the_first_max_chars_characters_are_read() {
+        let e = encoder(8);
+        assert_eq!(e.max_chars, 8 * CHARS_PER_TOKEN);
+        let text = "great ".repeat(100) + "idiot";
+        assert_eq!(e.readable(&text).chars().count(), e.max_chars);
+        // Multi-byte characters are counted as characters and cut on a boundary.
+        let accents = "é".repeat(1000);
+        assert_eq!(e.readable(&accents), "é".repeat(e.max_chars));
+        assert_eq!(e.readable("short"), "short");
+        // The tokens a model keeps come from the part that is read.
+        let (mut whole, mut part) = (TokenRows::default(), TokenRows::default());
+        e.encode_rows([text.as_str()], &mut whole).unwrap();
+        part.push(e.tokenizer.encode_fast(e.readable(&text), true).unwrap().get_ids().iter().map(|&id| i64::from(id)));
+        assert_eq!(whole, part);
+    }
+
+    /// The tiny fixture's tokenizer with `pattern` as a `Replace` normaliser, at 256 tokens.
+    fn with_replace(pattern: &str) -> Encoder {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-abuse/tokenizer.json");
+        let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        json["normalizer"] = serde_json::json!({"type": "Sequence", "normalizers": [
+            {"type": "Lowercase"},
+            {"type": "Replace", "pattern": {"Regex": pattern}, "content": " xxemail "},
+        ]});
+        Encoder::new(Tokenizer::from_str(&json.to_string()).unwrap(), 256).unwrap()
+    }
+
+    #[test]
+    fn a_normaliser_that_backtracks_is_refused_and_its_bounded_form_passes() {
+        let unbounded = with_replace(r"[^\s@<>()\[\]]+@[^\s@<>()\[\]]+\.[a-z]{2,}");
+        let refusal = unbounded.check_cost().expect_err("quadratic on a run ending in @");
+        assert!(refusal.contains("run ending in @") && refusal.contains("8192 characters"), "{refusal}");
+        let bounded = with_replace(r"[^\s@<>()\[\]]{1,64}@[^\s@<>()\[\]]{1,255}\.[a-z]{2,24}");
+        bounded.check_cost().expect("bounded repetitions are linear");
+        encoder(64).check_cost().expect("no normaliser patterns at all");
     }
 
     #[test]

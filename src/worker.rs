@@ -5,8 +5,9 @@
 //! `ModelHandle` is the cheap, cloneable front door. When the last handle is dropped the queue
 //! closes; workers finish the jobs already queued and exit.
 
+use std::collections::BTreeSet;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -207,6 +208,7 @@ pub fn start(
 ) -> Result<WorkerPool, PackageError> {
     let spec = package.spec.clone();
     let encoder = Encoder::new(package.tokenizer.clone(), spec.max_sequence_length)
+        .and_then(|encoder| check_cost_once(&encoder, &spec.tokenizer_sha256).map(|()| encoder))
         .map_err(|reason| PackageError::Tokenizer { path: spec.dir.join("tokenizer.json"), reason })?;
     let mut sessions = Vec::with_capacity(settings.threads);
     for _ in 0..settings.threads.max(1) {
@@ -248,6 +250,20 @@ pub fn start(
     }
     let handle = ModelHandle { spec, tx, capacity: settings.queue_capacity.max(1), metrics, cpu };
     Ok(WorkerPool { handle, threads })
+}
+
+/// `Encoder::check_cost`, measured once per tokenizer file and length: reloads and models that
+/// share a tokenizer do not measure again. Only a pass is remembered, so a refusal is measured
+/// afresh next time.
+fn check_cost_once(encoder: &Encoder, tokenizer_sha256: &str) -> Result<(), String> {
+    static PASSED: Mutex<BTreeSet<(String, usize)>> = Mutex::new(BTreeSet::new());
+    let key = (tokenizer_sha256.to_string(), encoder.max_chars);
+    if PASSED.lock().unwrap_or_else(|e| e.into_inner()).contains(&key) {
+        return Ok(());
+    }
+    encoder.check_cost()?;
+    PASSED.lock().unwrap_or_else(|e| e.into_inner()).insert(key);
+    Ok(())
 }
 
 /// Runs one tiny batch so the first real request does not pay for lazy initialisation, and so a
@@ -358,19 +374,28 @@ impl Worker {
         if live.is_empty() {
             return 0;
         }
-        let reviews = live.iter().map(|j| j.reviews.len()).sum();
         // A panic inside tokenization or ONNX Runtime must not take the thread down with the
         // jobs' reply channels: catch it and answer every job with an error.
         let started = Instant::now();
         let waited_before = self.accounting.as_ref().and_then(|_| cpu::thread_run_delay());
-        let outcome = catch_unwind(AssertUnwindSafe(|| self.infer(&live)))
+        let mut expired = vec![false; live.len()];
+        let outcome = catch_unwind(AssertUnwindSafe(|| self.infer(&live, &mut expired)))
             .unwrap_or_else(|panic| Err(format!("panicked: {}", panic_message(&panic))));
         let elapsed = own_time(started.elapsed(), waited_before);
+        let model = self.session.spec().name.clone();
+        let (live, late): (Vec<_>, Vec<_>) = live.into_iter().zip(expired).partition(|(_, late)| !late);
+        for (job, _) in late {
+            // Its deadline passed while the batch was being tokenized: the job never ran.
+            self.metrics.dropped(DropReason::Deadline).increment(1);
+            let error = Error::DeadlineExceeded(format!("while tokenizing for model {model}"));
+            job.reply.send(Err(error), Duration::ZERO);
+        }
+        let reviews = live.iter().map(|(job, _)| job.reviews.len()).sum();
         match outcome {
             Ok(()) => {
                 let n_labels = self.session.spec().labels.len();
                 let mut row = 0;
-                for job in live {
+                for (job, _) in live {
                     let n = job.reviews.len();
                     let scores = self.scores[row * n_labels..(row + n) * n_labels].to_vec();
                     let tokens = job.share.as_ref().and_then(|slot| slot.get().cloned());
@@ -380,9 +405,8 @@ impl Worker {
             }
             Err(reason) => {
                 self.metrics.errors.increment(1);
-                let model = self.session.spec().name.clone();
                 tracing::error!(model = %model, error = %reason, jobs = live.len(), "inference failed");
-                for job in live {
+                for (job, _) in live {
                     let error = Error::Inference { model: model.clone(), reason: reason.clone() };
                     job.reply.send(Err(error), elapsed);
                 }
@@ -410,35 +434,51 @@ impl Worker {
         self.metrics.at_max_tokens.increment(full);
     }
 
-    /// Tokenizes and runs `jobs` as one batch, leaving the scores in `self.scores`.
-    fn infer(&mut self, jobs: &[Job]) -> Result<(), String> {
+    /// Tokenizes and runs `jobs` as one batch, leaving the scores in `self.scores`. A job whose
+    /// deadline passes while the batch is tokenized is marked in `expired` and left out, so one
+    /// slow text cannot make the rest of the batch run for callers who have given up.
+    fn infer(&mut self, jobs: &[Job], expired: &mut [bool]) -> Result<(), String> {
         let spec = self.session.spec().clone();
         #[cfg(feature = "fault-injection")]
         fault::inject(&spec.name, jobs);
         let t0 = Instant::now();
         self.rows.clear();
-        for job in jobs {
+        for (j, job) in jobs.iter().enumerate() {
             let n = job.reviews.len();
-            let texts = job.reviews.iter().map(|r| r.model_text.as_str());
             let known =
                 job.tokens.as_ref().or_else(|| job.share.as_ref().and_then(|s| s.get())).filter(|t| t.len() == n);
-            match (known, &job.share) {
-                (Some(known), _) => self.rows.extend_from(known, 0..n),
-                (None, Some(slot)) => {
-                    let mut mine = TokenRows::default();
-                    self.encoder.encode_rows(texts, &mut mine)?;
-                    self.rows.extend_from(&mine, 0..n);
-                    // Another worker may have published first; its ids are the same.
-                    let _ = slot.set(Arc::new(mine));
-                }
-                (None, None) => self.encoder.encode_rows(texts, &mut self.rows)?,
+            if let Some(known) = known {
+                self.rows.extend_from(known, 0..n);
+                continue;
             }
+            let mut mine = TokenRows::default();
+            for review in job.reviews.iter() {
+                if job.deadline.is_some_and(|d| d <= Instant::now()) {
+                    expired[j] = true;
+                    break;
+                }
+                #[cfg(feature = "fault-injection")]
+                fault::slow_tokenize(&spec.name, &review.model_text);
+                self.encoder.encode_rows([review.model_text.as_str()], &mut mine)?;
+            }
+            if expired[j] {
+                continue;
+            }
+            self.rows.extend_from(&mine, 0..n);
+            if let Some(slot) = &job.share {
+                // Another worker may have published first; its ids are the same.
+                let _ = slot.set(Arc::new(mine));
+            }
+        }
+        if self.rows.is_empty() {
+            return Ok(());
         }
         self.tokens.pad_from(&self.rows);
         self.count_tokens();
         self.features.clear();
         if !spec.features.is_empty() {
-            for review in jobs.iter().flat_map(|j| j.reviews.iter()) {
+            let kept = jobs.iter().zip(expired.iter()).filter(|(_, late)| !**late);
+            for review in kept.flat_map(|(j, _)| j.reviews.iter()) {
                 for feature in &spec.features {
                     self.features.push(review.signal(&feature.name).unwrap_or(feature.default));
                 }
@@ -458,7 +498,8 @@ impl Worker {
 
 /// Test-only faults, compiled in with the `fault-injection` feature (the test suite enables it;
 /// release builds never have it). A review whose text contains `modserve-fault:panic:<model>;`
-/// makes that model's worker panic; `modserve-fault:sleep-<ms>:<model>;` makes it stall.
+/// makes that model's worker panic; `modserve-fault:sleep-<ms>:<model>;` makes it stall before
+/// the batch, `modserve-fault:tokenize-<ms>:<model>;` while tokenizing that review.
 /// `MODSERVE_FAULT_LOAD_DELAY_MS` slows every model's warm-up, to observe start-up.
 #[cfg(feature = "fault-injection")]
 mod fault {
@@ -470,17 +511,26 @@ mod fault {
         }
     }
 
+    pub fn slow_tokenize(model: &str, text: &str) {
+        if let Some(ms) = stall(text, "modserve-fault:tokenize-", model) {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
+    }
+
+    /// `<ms>` of a `<prefix><ms>:<model>;` marker in `text` naming `model`.
+    fn stall(text: &str, prefix: &str, model: &str) -> Option<u64> {
+        let rest = text.split(prefix).nth(1)?;
+        let (ms, target) = rest.split_once(':')?;
+        (target.split(';').next() == Some(model)).then(|| ms.parse().ok()).flatten()
+    }
+
     pub fn inject(model: &str, jobs: &[Job]) {
         for review in jobs.iter().flat_map(|j| j.reviews.iter()) {
             let text = &review.model_text;
             if text.contains(&format!("modserve-fault:panic:{model};")) {
                 panic!("injected fault for model {model}");
             }
-            if let Some(rest) = text.split("modserve-fault:sleep-").nth(1)
-                && let Some((ms, target)) = rest.split_once(':')
-                && target.split(';').next() == Some(model)
-                && let Ok(ms) = ms.parse::<u64>()
-            {
+            if let Some(ms) = stall(text, "modserve-fault:sleep-", model) {
                 std::thread::sleep(std::time::Duration::from_millis(ms));
             }
             // Busy work of the given CPU time: a shadow heavier than live, which sleep is not.

@@ -375,3 +375,43 @@ async fn policies_that_do_not_fit_the_model_are_refused_at_load() {
         "{errors:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_verdict_sent_twice_at_once_is_counted_once() {
+    let _guard = exclusive().await;
+    let server = TestServer::start(config(WITH_POLICIES)).await;
+    let (mut a, mut b) = (feedback(&server).await, feedback(&server).await);
+    let mut doubled = 0;
+    for round in 0..150 {
+        let call = || pb::SubmitVerdictsRequest {
+            verdicts: vec![verdict(&format!("race-{round}"), "you idiot", pb::Decision::Reject, "")],
+        };
+        let (x, y) = tokio::join!(a.submit_verdicts(call()), b.submit_verdicts(call()));
+        let accepted = x.unwrap().get_ref().accepted + y.unwrap().get_ref().accepted;
+        assert!(accepted >= 1, "round {round}: neither call accepted the verdict");
+        doubled += usize::from(accepted > 1);
+    }
+    assert_eq!(doubled, 0, "rounds in which both concurrent calls counted the same verdict");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_verdict_queue_is_bounded_in_bytes() {
+    let _guard = exclusive().await;
+    let text = WITH_POLICIES.replace(
+        "[feedback]\nsources = [\"trust-safety\"]",
+        "[feedback]\nsources = [\"trust-safety\"]\nqueue_max_bytes = 10000",
+    );
+    let server = TestServer::start(config(&text)).await;
+    let mut client = feedback(&server).await;
+    let long = "you idiot ".repeat(400);
+    let verdicts =
+        |n: usize| (0..n).map(|i| verdict(&format!("b{i}"), &long, pb::Decision::Reject, "")).collect::<Vec<_>>();
+    // 3 x 4,000 bytes of review text do not fit in 10,000; the whole call is refused.
+    let status = client.submit_verdicts(pb::SubmitVerdictsRequest { verdicts: verdicts(3) }).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("feedback.queue_max_bytes"), "{}", status.message());
+    let answer = client.submit_verdicts(pb::SubmitVerdictsRequest { verdicts: verdicts(2) }).await.unwrap();
+    assert_eq!(answer.get_ref().accepted, 2, "8,000 bytes fit");
+    server.stop().await;
+}

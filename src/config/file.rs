@@ -41,6 +41,11 @@ pub(super) struct RawServer {
     pub(super) keepalive_interval: Option<String>,
     pub(super) keepalive_timeout: Option<String>,
     pub(super) idle_timeout: Option<String>,
+    pub(super) handshake_timeout: Option<String>,
+    pub(super) max_connections: Option<usize>,
+    pub(super) max_connections_per_peer: Option<usize>,
+    pub(super) max_buffered_request_bytes: Option<usize>,
+    pub(super) max_buffered_request_bytes_per_connection: Option<usize>,
     pub(super) log_format: Option<LogFormat>,
     pub(super) onnxruntime_lib: Option<PathBuf>,
 }
@@ -51,6 +56,7 @@ pub(super) struct RawAdmin {
     pub(super) listen: Option<String>,
     pub(super) token_env: Option<String>,
     pub(super) token_file: Option<PathBuf>,
+    pub(super) allow_unauthenticated: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -114,6 +120,7 @@ pub(super) struct RawFeedback {
     pub(super) sources: Option<Vec<String>>,
     pub(super) max_verdicts_per_request: Option<usize>,
     pub(super) queue_capacity: Option<usize>,
+    pub(super) queue_max_bytes: Option<usize>,
     pub(super) batch_size: Option<usize>,
     pub(super) max_delay: Option<String>,
     pub(super) dedupe_window: Option<String>,

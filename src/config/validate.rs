@@ -71,6 +71,30 @@ pub(super) fn validate(
         "server.idle_timeout",
         raw.server.idle_timeout.as_deref().unwrap_or(defaults::IDLE_TIMEOUT),
     );
+    let handshake_timeout = duration(
+        &mut errors,
+        "server.handshake_timeout",
+        raw.server.handshake_timeout.as_deref().unwrap_or(defaults::HANDSHAKE_TIMEOUT),
+    );
+    if handshake_timeout < Duration::from_millis(100) {
+        errors.push(format!("server.handshake_timeout {handshake_timeout:?}: must be at least 100ms"));
+    }
+    let max_connections = raw.server.max_connections.unwrap_or(defaults::MAX_CONNECTIONS);
+    let max_connections_per_peer = raw.server.max_connections_per_peer.unwrap_or(defaults::MAX_CONNECTIONS_PER_PEER);
+    if max_connections == 0 {
+        errors.push("server.max_connections 0: must be at least 1".to_string());
+    }
+    if !(1..=max_connections.max(1)).contains(&max_connections_per_peer) {
+        errors.push(format!(
+            "server.max_connections_per_peer {max_connections_per_peer}: must be 1..=server.max_connections ({max_connections})"
+        ));
+    }
+    let max_buffered_request_bytes =
+        raw.server.max_buffered_request_bytes.unwrap_or(defaults::MAX_BUFFERED_REQUEST_BYTES);
+    let max_buffered_request_bytes_per_connection = raw
+        .server
+        .max_buffered_request_bytes_per_connection
+        .unwrap_or(defaults::MAX_BUFFERED_REQUEST_BYTES_PER_CONNECTION);
     if !idle_timeout.is_zero() && idle_timeout < Duration::from_secs(1) {
         errors.push(format!("server.idle_timeout {idle_timeout:?}: must be 0 (never) or at least 1s"));
     }
@@ -89,6 +113,11 @@ pub(super) fn validate(
         keepalive_interval,
         keepalive_timeout,
         idle_timeout,
+        handshake_timeout,
+        max_connections,
+        max_connections_per_peer,
+        max_buffered_request_bytes,
+        max_buffered_request_bytes_per_connection,
         log_format: overrides.log_format.or(raw.server.log_format).unwrap_or(LogFormat::Text),
         onnxruntime_lib,
         watch_config: raw.server.watch_config.unwrap_or(true),
@@ -115,7 +144,18 @@ pub(super) fn validate(
             .or(raw.admin.listen.as_ref())
             .map(|a| addr(&mut errors, "admin.listen", Some(a), "")),
         token: token_source(&mut errors, "admin.token", &raw.admin.token_env, &raw.admin.token_file, base),
+        allow_unauthenticated: raw.admin.allow_unauthenticated.unwrap_or(false),
     };
+    // Guarding reviews but not the service that reads the config and reloads models is almost
+    // always a forgotten key: refuse it unless the config says so in as many words.
+    if server.moderation_token.is_some() && admin.token.is_none() && !admin.allow_unauthenticated {
+        errors.push(
+            "admin.token_env / admin.token_file: server.moderation_token_* guards Moderation and Feedback, but \
+             Admin (GetConfig, ListModels, Reload) would answer anyone; set an admin token, or \
+             admin.allow_unauthenticated = true if its listener is reachable only by operators"
+                .to_string(),
+        );
+    }
 
     let d = Limits::default();
     let limits = Limits {
@@ -156,6 +196,21 @@ pub(super) fn validate(
         if v == 0 || v > max {
             errors.push(format!("{key} {v}: must be 1..={max}"));
         }
+    }
+    // A message of the largest allowed size must fit in the upload budgets, or no caller could
+    // send one.
+    let per_connection = server.max_buffered_request_bytes_per_connection;
+    if per_connection < limits.max_message_bytes {
+        errors.push(format!(
+            "server.max_buffered_request_bytes_per_connection {per_connection}: must be at least limits.max_message_bytes ({})",
+            limits.max_message_bytes
+        ));
+    }
+    if server.max_buffered_request_bytes < per_connection {
+        errors.push(format!(
+            "server.max_buffered_request_bytes {}: must be at least server.max_buffered_request_bytes_per_connection ({per_connection})",
+            server.max_buffered_request_bytes
+        ));
     }
     if limits.max_text_bytes > limits.max_message_bytes {
         errors.push(format!(
@@ -351,6 +406,7 @@ fn feedback(errors: &mut Vec<String>, raw: &super::file::RawFeedback) -> Feedbac
         sources: raw.sources.clone().unwrap_or_default(),
         max_verdicts_per_request: raw.max_verdicts_per_request.unwrap_or(defaults::FEEDBACK_MAX_VERDICTS_PER_REQUEST),
         queue_capacity: raw.queue_capacity.unwrap_or(defaults::FEEDBACK_QUEUE_CAPACITY),
+        queue_max_bytes: raw.queue_max_bytes.unwrap_or(defaults::FEEDBACK_QUEUE_MAX_BYTES),
         batch_size: raw.batch_size.unwrap_or(defaults::FEEDBACK_BATCH_SIZE),
         max_delay: duration(errors, "feedback.max_delay", &text(&raw.max_delay, defaults::FEEDBACK_MAX_DELAY)),
         dedupe_window: duration(
@@ -378,6 +434,7 @@ fn feedback(errors: &mut Vec<String>, raw: &super::file::RawFeedback) -> Feedbac
     for (key, v, max) in [
         ("feedback.max_verdicts_per_request", config.max_verdicts_per_request, 10_000),
         ("feedback.queue_capacity", config.queue_capacity, 1_000_000),
+        ("feedback.queue_max_bytes", config.queue_max_bytes, 1 << 30),
         ("feedback.batch_size", config.batch_size, 1024),
         ("feedback.dedupe_capacity", config.dedupe_capacity, 10_000_000),
     ] {

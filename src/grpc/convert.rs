@@ -33,7 +33,10 @@ pub fn validate(req: pb::ClassifyRequest, limits: &Limits) -> Result<ClassifyInp
     for (i, r) in req.reviews.iter().enumerate() {
         check_id(&format!("reviews[{i}]."), &r.id)?;
         if let Some(j) = seen.insert(r.id.as_str(), i) {
-            return Err(Error::invalid(format!("reviews[{i}].id"), format!("duplicate of reviews[{j}].id {:?}", r.id)));
+            return Err(Error::invalid(
+                format!("reviews[{i}].id"),
+                format!("duplicate of reviews[{j}].id {}", crate::error::excerpt(&r.id)),
+            ));
         }
     }
     let mut reviews = Vec::with_capacity(req.reviews.len());
@@ -153,7 +156,11 @@ pub fn validate_verdicts(req: pb::SubmitVerdictsRequest, state: &ServingState) -
         let Some(entry) = state.tasks.iter().find(|t| t.name == v.task) else {
             return Err(Error::invalid(
                 format!("{at}task"),
-                format!("unknown task {:?}; configured tasks are {:?}", v.task, state.task_names()),
+                format!(
+                    "unknown task {}; configured tasks are {:?}",
+                    crate::error::excerpt(&v.task),
+                    state.task_names()
+                ),
             ));
         };
         let human = match pb::Decision::try_from(v.decision) {
@@ -177,7 +184,8 @@ pub fn validate_verdicts(req: pb::SubmitVerdictsRequest, state: &ServingState) -
             return Err(Error::invalid(
                 format!("{at}labels[{j}]"),
                 format!(
-                    "{label:?} is not a label of task {}'s models (live: {:?})",
+                    "{} is not a label of task {}'s models (live: {:?})",
+                    crate::error::excerpt(label),
                     entry.name,
                     entry.live.spec().labels
                 ),

@@ -2,14 +2,14 @@
 //! record request metrics.
 
 use std::pin::Pin;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::{Stream, StreamExt};
-use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::pb::moderation_server::Moderation;
 use super::pb::{self, ClassifyRequest, ClassifyResponse};
+use super::transport::{Arrival, parse_grpc_timeout};
 use super::{convert, status};
 use crate::classify::Classifier;
 use crate::error::Error;
@@ -66,8 +66,7 @@ type ResponseStream = Pin<Box<dyn Stream<Item = Result<ClassifyResponse, Status>
 #[tonic::async_trait]
 impl Moderation for ModerationService {
     async fn classify(&self, request: Request<ClassifyRequest>) -> Result<Response<ClassifyResponse>, Status> {
-        let started = Instant::now();
-        let deadline = deadline(request.metadata(), started);
+        let (started, deadline) = arrival(&request);
         let result = self.handle(request.into_inner(), started, deadline).await.map_err(|e| {
             log_error(&e);
             Status::from(e)
@@ -136,42 +135,16 @@ fn log_error(e: &Error) {
     }
 }
 
-/// The caller's deadline, from the `grpc-timeout` header (see `transport` for why the handler,
-/// not the transport, enforces it).
-fn deadline(metadata: &MetadataMap, now: Instant) -> Option<Instant> {
-    let timeout = parse_grpc_timeout(metadata.get("grpc-timeout")?.to_str().ok()?)?;
-    now.checked_add(timeout)
-}
-
-/// Parses a `grpc-timeout` value: up to 8 digits and a unit (H, M, S, m, u, n).
-fn parse_grpc_timeout(value: &str) -> Option<Duration> {
-    if value.len() < 2 || value.len() > 9 {
-        return None;
-    }
-    let (digits, unit) = value.split_at(value.len() - 1);
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n * 3600),
-        "M" => Duration::from_secs(n * 60),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_grpc_timeouts() {
-        assert_eq!(parse_grpc_timeout("100m"), Some(Duration::from_millis(100)));
-        assert_eq!(parse_grpc_timeout("1n"), Some(Duration::from_nanos(1)));
-        assert_eq!(parse_grpc_timeout("2H"), Some(Duration::from_secs(7200)));
-        assert_eq!(parse_grpc_timeout("123456789S"), None);
-        assert_eq!(parse_grpc_timeout("5x"), None);
-        assert_eq!(parse_grpc_timeout("m"), None);
+/// When the call arrived and the caller's deadline, from the `grpc-timeout` header, both as the
+/// transport saw them: counted from the arrival of the headers, not from the end of the upload.
+fn arrival(request: &Request<impl Sized>) -> (Instant, Option<Instant>) {
+    match request.extensions().get::<Arrival>() {
+        Some(a) => (a.at, a.deadline),
+        // Served without our transport (not in production): count from now.
+        None => {
+            let now = Instant::now();
+            let asked = request.metadata().get("grpc-timeout").and_then(|v| parse_grpc_timeout(v.to_str().ok()?));
+            (now, asked.and_then(|t| now.checked_add(t)))
+        }
     }
 }

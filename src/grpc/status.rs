@@ -10,6 +10,23 @@ impl From<Error> for Status {
     }
 }
 
+/// tonic answers a request body that is not valid protobuf INTERNAL, since its codec cannot tell
+/// a caller's bytes from a server fault. It is the caller's mistake: INVALID_ARGUMENT, and
+/// counted like any other refused call.
+pub fn is_decode_failure(code: Code, message: &str) -> bool {
+    code == Code::Internal && message.starts_with("failed to decode Protobuf message")
+}
+
+/// The `method` label of a counted call's path, for calls answered before their handler ran.
+pub fn counted_method(path: &str) -> Option<&'static str> {
+    match path {
+        "/modserve.v1.Moderation/Classify" => Some("Classify"),
+        "/modserve.v1.Moderation/ClassifyStream" => Some("ClassifyStream"),
+        "/modserve.v1.Feedback/SubmitVerdicts" => Some("SubmitVerdicts"),
+        _ => None,
+    }
+}
+
 /// The status code for each error kind.
 pub fn code(kind: ErrorKind) -> Code {
     match kind {

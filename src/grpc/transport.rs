@@ -1,25 +1,34 @@
-//! The HTTP/2 transport for gRPC: an accept loop over hyper, optional TLS, per-connection limits,
-//! idle connections closed, and a graceful drain.
+//! The HTTP/2 transport for gRPC: an accept loop over hyper, optional TLS, connection limits (in
+//! all and per peer), a handshake deadline, bounded uploads (`upload`), call deadlines counted
+//! from the arrival of the headers, idle connections closed, and a drain that ends in a hard
+//! close.
 //!
 //! We serve tonic's routes with hyper directly instead of `tonic::transport::Server` because
 //! the latter wraps every call in its own `grpc-timeout` enforcement, which answers an expired
 //! call CANCELLED ("Timeout expired") before our handler can say DEADLINE_EXCEEDED and count
 //! the dropped work. Here the handler owns the deadline.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tonic::service::Routes;
 use tower::ServiceExt;
 
-use crate::metrics;
+use super::status;
+use super::upload::{BoundedBody, Budget};
+use crate::metrics::{self, TransportRefusal};
 use crate::shutdown::ShutdownSignal;
 use crate::tls::Tls;
 
@@ -29,10 +38,14 @@ const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
 const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 256;
 const MAX_SEND_BUFFER_BYTES: usize = 1024 * 1024;
-/// A TLS handshake that takes longer is abandoned (a slow or silent client holds no slot).
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The HTTP/2 client preface (`PRI * HTTP/2.0...`) is 24 bytes, and a SETTINGS frame header
+/// follows it: a connection that has sent fewer bytes has not finished its handshake.
+const HANDSHAKE_BYTES: u64 = 24 + 9;
+/// How much longer than a call's deadline the transport waits before cutting it: the handler
+/// owns the deadline and answers first, with its own message, whenever the call got that far.
+const DEADLINE_SLACK: Duration = Duration::from_millis(50);
 
-/// HTTP/2 settings, from the config.
+/// HTTP/2 settings and connection limits, from the config.
 #[derive(Debug, Clone, Copy)]
 pub struct TransportSettings {
     /// Concurrent calls one connection may have open, so one client cannot take every slot.
@@ -42,24 +55,54 @@ pub struct TransportSettings {
     pub keepalive_timeout: Duration,
     /// A connection on which no call started for this long gets GOAWAY; zero = never.
     pub idle_timeout: Duration,
+    /// TLS handshake plus HTTP/2 preface must be done within this after accept.
+    pub handshake_timeout: Duration,
+    /// Open connections on this listener, and from one peer address.
+    pub max_connections: usize,
+    pub max_connections_per_peer: usize,
+    /// Request bytes being received (not yet decoded), process-wide and per connection.
+    pub max_buffered_bytes: usize,
+    pub max_buffered_bytes_per_connection: usize,
     /// After shutdown starts, how long open calls (streams included) get to finish.
     pub shutdown_grace: Duration,
 }
 
+/// When a call arrived and the deadline it asked for (`grpc-timeout`), put in the request's
+/// extensions by the transport, so a handler counts its deadline from the arrival of the
+/// headers rather than from the end of the upload.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival {
+    pub at: Instant,
+    pub deadline: Option<Instant>,
+}
+
+/// The longest any call may run (`limits.max_call_timeout`, which a reload can change).
+pub type CallCeiling = Arc<dyn Fn() -> Duration + Send + Sync>;
+
+/// Where the accept loop tells connections to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Serving,
+    /// GOAWAY: finish the calls in flight.
+    Draining,
+    /// `shutdown_grace` is over: close now.
+    Closing,
+}
+
 /// Accepts connections until shutdown, then stops accepting, sends GOAWAY on every connection
-/// and waits up to `shutdown_grace` for the calls in flight. With `tls`, every connection is a
-/// TLS handshake first, with the certificate current at that moment.
+/// and waits up to `shutdown_grace` for the calls in flight before closing what is left. With
+/// `tls`, every connection is a TLS handshake first, with the certificate current at that moment.
 pub async fn serve(
     name: &'static str,
     listener: TcpListener,
     routes: Routes,
     settings: TransportSettings,
+    call_ceiling: CallCeiling,
     tls: Option<Arc<Tls>>,
     shutdown: ShutdownSignal,
 ) {
-    // Every connection holds a receiver: `true` asks it to drain, and the sender sees it closed
-    // once every connection has ended.
-    let (drain, draining) = watch::channel(false);
+    // Every connection holds a receiver; the sender sees it closed once every connection ended.
+    let (phase, phases) = watch::channel(Phase::Serving);
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
@@ -70,13 +113,15 @@ pub async fn serve(
         .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESET_STREAMS)
         .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS)
         .max_send_buf_size(MAX_SEND_BUFFER_BYTES);
+    let slots = Slots::new(settings.max_connections, settings.max_connections_per_peer);
+    let process_budget = Budget::new(settings.max_buffered_bytes, TransportRefusal::UploadBudgetProcess);
     let stop = shutdown.wait();
     tokio::pin!(stop);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = &mut stop => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Usually EMFILE: back off instead of spinning.
                     tracing::warn!(listener = name, error = %e, "accept failed");
@@ -85,23 +130,89 @@ pub async fn serve(
                 }
             },
         };
+        let slot = match slots.take(peer.ip()) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                // Closed at once: a flood of connections costs us an accept and a close each.
+                metrics::transport_refused(name, refusal);
+                tracing::debug!(listener = name, peer = %peer, reason = refusal.as_str(), "connection refused");
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let connection = Connection {
             name,
             builder: builder.clone(),
             routes: routes.clone(),
-            idle_timeout: settings.idle_timeout,
-            drain: draining.clone(),
+            settings,
+            call_ceiling: call_ceiling.clone(),
+            budgets: (
+                Budget::new(settings.max_buffered_bytes_per_connection, TransportRefusal::UploadBudgetConnection),
+                process_budget.clone(),
+            ),
+            phase: phases.clone(),
+            _slot: slot,
         };
         let tls = tls.as_ref().map(|t| t.acceptor());
         tokio::spawn(connection.start(stream, tls));
     }
     // Connections still in the listen backlog are reset when the listener closes; a proxy sees a
     // connection error (see docs/deploying.md).
-    drop((listener, draining));
-    let _ = drain.send(true);
-    if tokio::time::timeout(settings.shutdown_grace, drain.closed()).await.is_err() {
+    drop((listener, phases));
+    let _ = phase.send(Phase::Draining);
+    if tokio::time::timeout(settings.shutdown_grace, phase.closed()).await.is_err() {
         tracing::warn!(listener = name, grace = ?settings.shutdown_grace, "calls still open after server.shutdown_grace; closing them");
+        let _ = phase.send(Phase::Closing);
+        // Each connection drops at once on Closing; this only waits for the tasks to notice.
+        let _ = tokio::time::timeout(Duration::from_secs(1), phase.closed()).await;
+    }
+}
+
+/// Connection counts, per listener and per peer address.
+#[derive(Clone)]
+struct Slots {
+    open: Arc<AtomicUsize>,
+    per_peer: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    max: usize,
+    max_per_peer: usize,
+}
+
+/// A connection's place in `Slots`, given back when dropped.
+struct Slot {
+    slots: Slots,
+    peer: IpAddr,
+}
+
+impl Slots {
+    fn new(max: usize, max_per_peer: usize) -> Slots {
+        Slots { open: Arc::default(), per_peer: Arc::default(), max, max_per_peer }
+    }
+
+    fn take(&self, peer: IpAddr) -> Result<Slot, TransportRefusal> {
+        let mut per_peer = self.per_peer.lock().unwrap_or_else(|e| e.into_inner());
+        if self.open.load(Ordering::Relaxed) >= self.max {
+            return Err(TransportRefusal::ConnectionLimit);
+        }
+        let count = per_peer.entry(peer).or_insert(0);
+        if *count >= self.max_per_peer {
+            return Err(TransportRefusal::PeerConnectionLimit);
+        }
+        *count += 1;
+        self.open.fetch_add(1, Ordering::Relaxed);
+        Ok(Slot { slots: self.clone(), peer })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut per_peer = self.slots.per_peer.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = per_peer.get_mut(&self.peer) {
+            *count -= 1;
+            if *count == 0 {
+                per_peer.remove(&self.peer);
+            }
+        }
+        self.slots.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -110,67 +221,259 @@ struct Connection {
     name: &'static str,
     builder: hyper::server::conn::http2::Builder<TokioExecutor>,
     routes: Routes,
-    idle_timeout: Duration,
-    drain: watch::Receiver<bool>,
+    settings: TransportSettings,
+    call_ceiling: CallCeiling,
+    /// The connection's own upload budget, and the process's.
+    budgets: (Budget, Budget),
+    phase: watch::Receiver<Phase>,
+    _slot: Slot,
 }
 
 impl Connection {
     /// Runs the (optional) TLS handshake, then serves the connection.
     async fn start(self, stream: TcpStream, tls: Option<tokio_rustls::TlsAcceptor>) {
+        let accepted = Instant::now();
         let name = self.name;
         match tls {
-            None => self.serve(stream).await,
-            Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(stream)) => self.serve(stream).await,
-                Ok(Err(e)) => {
-                    metrics::tls_handshake_failed(name);
-                    tracing::debug!(listener = name, error = %e, "TLS handshake failed");
+            None => self.serve(stream, accepted).await,
+            Some(acceptor) => {
+                match tokio::time::timeout(self.settings.handshake_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => self.serve(stream, accepted).await,
+                    Ok(Err(e)) => {
+                        metrics::tls_handshake_failed(name);
+                        tracing::debug!(listener = name, error = %e, "TLS handshake failed");
+                    }
+                    Err(_) => {
+                        metrics::tls_handshake_failed(name);
+                        tracing::debug!(listener = name, "TLS handshake timed out");
+                    }
                 }
-                Err(_) => {
-                    metrics::tls_handshake_failed(name);
-                    tracing::debug!(listener = name, "TLS handshake timed out");
-                }
-            },
+            }
         }
     }
 
-    async fn serve<IO>(self, io: IO)
+    async fn serve<IO>(self, io: IO, accepted: Instant)
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        // Milliseconds since `opened` at which the last call started.
-        let opened = Instant::now();
+        let name = self.name;
+        // Milliseconds since `accepted` at which the last call started.
         let last_call = Arc::new(AtomicU64::new(0));
         let touch = last_call.clone();
-        let routes = self.routes;
+        let (routes, ceiling, budgets) = (self.routes, self.call_ceiling, self.budgets);
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
-            touch.store(opened.elapsed().as_millis() as u64, Ordering::Relaxed);
+            let arrived = Instant::now();
+            touch.store(arrived.duration_since(accepted).as_millis() as u64, Ordering::Relaxed);
+            let asked = request.headers().get("grpc-timeout").and_then(|v| parse_grpc_timeout(v.to_str().ok()?));
+            let limit = asked.map_or(ceiling(), |asked| asked.min(ceiling()));
+            let arrival = Arrival { at: arrived, deadline: asked.and_then(|a| arrived.checked_add(a)) };
+            let (connection_budget, process_budget) = budgets.clone();
+            let request = request.map(|body| {
+                BoundedBody::new(body, connection_budget, process_budget, move |why| {
+                    metrics::transport_refused(name, why)
+                })
+            });
+            let mut request = request;
+            request.extensions_mut().insert(arrival);
             let routes = routes.clone();
-            async move { Ok::<_, Infallible>(routes.oneshot(request).await.unwrap_or_else(|never| match never {})) }
+            let method = status::counted_method(request.uri().path());
+            async move {
+                let call = routes.oneshot(request);
+                match tokio::time::timeout(limit + DEADLINE_SLACK, call).await {
+                    Ok(response) => {
+                        let response = response.unwrap_or_else(|never| match never {});
+                        Ok::<_, Infallible>(match method {
+                            Some(method) => answer_decode_failures_as_invalid(response, method, arrived),
+                            None => response,
+                        })
+                    }
+                    Err(_) => {
+                        // Only a call whose handler never ran gets here (the handler answers at
+                        // its deadline): its upload was still going.
+                        metrics::transport_refused(name, TransportRefusal::UploadDeadline);
+                        let status = tonic::Status::deadline_exceeded(format!(
+                            "deadline exceeded while the request was still being received ({limit:?} from the \
+                             arrival of its headers; limits.max_call_timeout caps it)"
+                        ));
+                        Ok(status.into_http())
+                    }
+                }
+            }
         });
+        let received = Arc::new(AtomicU64::new(0));
+        let io = Counted { inner: io, received: received.clone() };
         let connection = self.builder.serve_connection(TokioIo::new(io), service);
         tokio::pin!(connection);
-        let (idle, mut drain) = (self.idle_timeout, self.drain);
+        let settings = self.settings;
+        let (idle, mut phase) = (settings.idle_timeout, self.phase);
+        let handshake_deadline = tokio::time::Instant::from_std(accepted + settings.handshake_timeout);
+        let handshaken = || received.load(Ordering::Relaxed) >= HANDSHAKE_BYTES;
         let mut closing = false;
         let result = loop {
-            let since_call = opened.elapsed().saturating_sub(Duration::from_millis(last_call.load(Ordering::Relaxed)));
+            let since_call =
+                accepted.elapsed().saturating_sub(Duration::from_millis(last_call.load(Ordering::Relaxed)));
             if !closing && !idle.is_zero() && since_call >= idle {
                 // GOAWAY: no new calls here; calls still open finish, then it closes.
-                metrics::connection_closed_idle(self.name);
+                metrics::connection_closed_idle(name);
                 connection.as_mut().graceful_shutdown();
                 closing = true;
             }
             tokio::select! {
                 result = connection.as_mut() => break result,
-                _ = drain.changed(), if !closing => {
-                    connection.as_mut().graceful_shutdown();
-                    closing = true;
+                changed = phase.changed() => {
+                    let now = if changed.is_ok() { *phase.borrow_and_update() } else { Phase::Closing };
+                    // A connection that never finished its handshake has no call to finish, and
+                    // would hold the drain open until the grace ends: close it now.
+                    if now == Phase::Closing || !handshaken() {
+                        return;
+                    }
+                    if !closing {
+                        connection.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                }
+                // Armed while the preface is missing when the loop last went round; the preface
+                // may have arrived since, so look again before closing.
+                _ = tokio::time::sleep_until(handshake_deadline), if !handshaken() => {
+                    if handshaken() {
+                        continue;
+                    }
+                    metrics::transport_refused(name, TransportRefusal::HandshakeTimeout);
+                    tracing::debug!(listener = name, "HTTP/2 preface not received in time; closing the connection");
+                    return;
                 }
                 _ = tokio::time::sleep(idle.saturating_sub(since_call)), if !closing && !idle.is_zero() => {}
             }
         };
         if let Err(e) = result {
-            tracing::debug!(listener = self.name, error = %e, "connection ended with an error");
+            tracing::debug!(listener = name, error = %e, "connection ended with an error");
         }
+    }
+}
+
+/// The answer to a call whose request was not valid protobuf comes from tonic, before or
+/// between handler runs, as INTERNAL: its status travels in the headers (trailers-only) or in
+/// the trailers. This rewrites it to INVALID_ARGUMENT wherever it is, and counts the call
+/// (`status::is_decode_failure`).
+fn answer_decode_failures_as_invalid(
+    response: hyper::Response<tonic::body::Body>,
+    method: &'static str,
+    arrived: Instant,
+) -> hyper::Response<tonic::body::Body> {
+    let (mut parts, body) = response.into_parts();
+    if rewrite_decode_failure(&mut parts.headers, method, arrived) {
+        return hyper::Response::from_parts(parts, body);
+    }
+    let body = body.map_frame(move |frame| match frame.into_trailers() {
+        Ok(mut trailers) => {
+            rewrite_decode_failure(&mut trailers, method, arrived);
+            hyper::body::Frame::trailers(trailers)
+        }
+        Err(frame) => frame,
+    });
+    hyper::Response::from_parts(parts, tonic::body::Body::new(body))
+}
+
+/// Rewrites a decode failure's `grpc-status` in `headers`; true if it did.
+fn rewrite_decode_failure(headers: &mut hyper::HeaderMap, method: &'static str, arrived: Instant) -> bool {
+    let code = headers.get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<i32>().ok());
+    // tonic percent-encodes the message; the prefix compared has only spaces to decode.
+    let message = headers.get("grpc-message").and_then(|v| v.to_str().ok()).unwrap_or_default().replace("%20", " ");
+    if !code.is_some_and(|c| status::is_decode_failure(tonic::Code::from(c), &message)) {
+        return false;
+    }
+    headers.insert("grpc-status", hyper::header::HeaderValue::from(tonic::Code::InvalidArgument as i32));
+    metrics::request_finished(method, status::code_name(tonic::Code::InvalidArgument), arrived.elapsed().as_secs_f64());
+    true
+}
+
+/// An I/O stream that counts the bytes read from it, so the connection loop can tell whether
+/// the peer has sent its HTTP/2 preface.
+struct Counted<IO> {
+    inner: IO,
+    received: Arc<AtomicU64>,
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Counted<IO> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let read = buf.filled().len() - before;
+        if read > 0 {
+            self.received.fetch_add(read as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Counted<IO> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Parses a `grpc-timeout` value: up to 8 digits and a unit (H, M, S, m, u, n).
+pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_grpc_timeouts() {
+        assert_eq!(parse_grpc_timeout("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(parse_grpc_timeout("1n"), Some(Duration::from_nanos(1)));
+        assert_eq!(parse_grpc_timeout("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_grpc_timeout("123456789S"), None);
+        assert_eq!(parse_grpc_timeout("5x"), None);
+        assert_eq!(parse_grpc_timeout("m"), None);
+    }
+
+    #[test]
+    fn slots_cap_connections_per_peer_and_in_all() {
+        let slots = Slots::new(3, 2);
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let first = slots.take(a).unwrap();
+        let _second = slots.take(a).unwrap();
+        assert_eq!(slots.take(a).err(), Some(TransportRefusal::PeerConnectionLimit));
+        let _third = slots.take(b).unwrap();
+        assert_eq!(slots.take(b).err(), Some(TransportRefusal::ConnectionLimit));
+        drop(first);
+        assert!(slots.take(a).is_ok(), "a closed connection gives its slot back");
     }
 }

