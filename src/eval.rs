@@ -240,6 +240,7 @@ fn report_input(
         comparisons,
         score_deltas,
         latency: None,
+        sample_rate: None,
         live_errors: 0,
         live_batches: 0,
         candidate_errors: 0,

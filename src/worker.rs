@@ -422,7 +422,6 @@ impl Worker {
         if live.is_empty() {
             return 0;
         }
-        let reviews = live.iter().map(|j| j.reviews.len()).sum();
         // A panic inside tokenization or ONNX Runtime must not take the thread down with the
         // jobs' reply channels: catch it and answer every job with an error.
         let started = Instant::now();
@@ -439,6 +438,7 @@ impl Worker {
             let error = Error::DeadlineExceeded(format!("while tokenizing for model {model}"));
             job.reply.send(Err(error), Duration::ZERO);
         }
+        let reviews = live.iter().map(|(job, _)| job.reviews.len()).sum();
         match outcome {
             Ok(()) => {
                 let n_labels = self.session.spec().labels.len();

@@ -222,6 +222,9 @@ async fn the_report_from_prometheus_matches_the_known_mix() {
     assert_eq!(matrix(&input["comparisons"]), v2_mix);
     assert_eq!(input["outcomes"]["compared"], n);
     assert_eq!(input["outcomes"]["sampled_out"].as_u64().unwrap_or(0), 0);
+    // Nothing pressed this shadow: its effective rate stayed at the configured one.
+    assert_eq!(input["sample_rate"]["configured"], 1.0, "{}", input["sample_rate"]);
+    assert_eq!(input["sample_rate"]["effective_min"], 1.0, "{}", input["sample_rate"]);
     assert_eq!(matrix(&input["verdicts"]["live"]), mix.verdicts["live"]);
     assert_eq!(matrix(&input["verdicts"]["candidate"]), mix.verdicts["v2"]);
     assert_eq!(input["candidate"]["version"], "2.0.0");

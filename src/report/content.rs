@@ -145,6 +145,17 @@ fn traffic(r: &Report) -> Vec<Block> {
                 t.sampled
             ),
             format!("Coverage (compared / sampled): {}", pct(t.coverage)),
+            match &r.input.sample_rate {
+                Some(s) => format!(
+                    "Effective sample rate: mean {} over the window, lowest {}, configured {} \
+                     (reviews between them are counted as throttled: left out uniformly by the \
+                     review-id hash, not shed)",
+                    pct(Some(s.effective_mean)),
+                    pct(Some(s.effective_min)),
+                    pct(Some(s.configured))
+                ),
+                None => "Effective sample rate: not measured".to_string(),
+            },
             format!("Shed rate: {}", pct(t.shed_rate)),
             format!("Error rate: {}", pct(t.error_rate)),
         ]),

@@ -15,11 +15,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::disagreements;
 use super::error::ReportError;
-use super::input::{OUTCOMES, Quantiles, ReportInput, Source, Subject, Verdicts};
+use super::input::{OUTCOMES, Quantiles, ReportInput, SampleRates, Source, Subject, Verdicts};
 use super::prometheus::{Client, Labels, Series, quote};
 use crate::metrics::{
-    BATCHES_TOTAL, INFERENCE_ERRORS_TOTAL, SHADOW_COMPARISONS_TOTAL, SHADOW_REVIEWS_TOTAL, SHADOW_SCORE_DELTA,
-    STAGE_DURATION_SECONDS, VERDICTS_TOTAL,
+    BATCHES_TOTAL, INFERENCE_ERRORS_TOTAL, SHADOW_COMPARISONS_TOTAL, SHADOW_REVIEWS_TOTAL,
+    SHADOW_SAMPLE_RATE_CONFIGURED, SHADOW_SAMPLE_RATE_EFFECTIVE, SHADOW_SCORE_DELTA, STAGE_DURATION_SECONDS,
+    VERDICTS_TOTAL,
 };
 use crate::policy::Decision;
 
@@ -179,6 +180,7 @@ pub fn fetch(args: &FetchArgs) -> Result<ReportInput, ReportError> {
         live_batches: f.total(BATCHES_TOTAL, &live_side)?,
         candidate_errors,
         candidate_batches,
+        sample_rate: if policy_only { None } else { f.sample_rates(&pair)? },
         verdicts,
         disagreements,
         notes,
@@ -232,6 +234,26 @@ impl Fetcher<'_> {
         };
         Ok(match (q(0.5)?, q(0.99)?) {
             (Some(p50), Some(p99)) => Some(Quantiles { p50, p99 }),
+            _ => None,
+        })
+    }
+
+    /// The configured rate and the effective rate's mean and minimum over the window; `None`
+    /// when the server exported no rate gauges (older versions).
+    fn sample_rates(&self, pair: &[(&str, &str)]) -> Result<Option<SampleRates>, ReportError> {
+        let window = promql_duration(self.args.window);
+        let q = |query: String| -> Result<Option<f64>, ReportError> {
+            let samples = self.client.query_vector(&query, self.args.end).map_err(|error| self.error(&query, error))?;
+            Ok(samples.first().map(|s| s.value.value).filter(|v| v.is_finite()))
+        };
+        let sel = selector(pair);
+        let configured = q(format!("max(max_over_time({SHADOW_SAMPLE_RATE_CONFIGURED}{sel}[{window}]))"))?;
+        let mean = q(format!("avg(avg_over_time({SHADOW_SAMPLE_RATE_EFFECTIVE}{sel}[{window}]))"))?;
+        let min = q(format!("min(min_over_time({SHADOW_SAMPLE_RATE_EFFECTIVE}{sel}[{window}]))"))?;
+        Ok(match (configured, mean, min) {
+            (Some(configured), Some(effective_mean), Some(effective_min)) => {
+                Some(SampleRates { configured, effective_mean, effective_min })
+            }
             _ => None,
         })
     }

@@ -62,12 +62,25 @@ pub struct ReportInput {
     pub live_batches: u64,
     pub candidate_errors: u64,
     pub candidate_batches: u64,
+    /// The candidate's configured and effective sample rates over the window; `None` when not
+    /// measured (offline, or a server without the gauges).
+    pub sample_rate: Option<SampleRates>,
     /// Moderator verdicts; `None` when there are none to compare against.
     pub verdicts: Option<Verdicts>,
     pub disagreements: Option<DisagreementSummary>,
     /// Anything the producer wants the reader to know (versions that changed in the window,
     /// series it left out), printed under the subjects.
     pub notes: Vec<String>,
+}
+
+/// A shadow's sample rates over the window (averaged over replicas).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct SampleRates {
+    pub configured: f64,
+    /// Mean of the effective rate over the window.
+    pub effective_mean: f64,
+    /// The lowest effective rate any replica had in the window.
+    pub effective_min: f64,
 }
 
 /// Where the numbers come from.
@@ -254,6 +267,7 @@ pub(crate) mod tests {
             live_batches: 5000,
             candidate_errors: 1,
             candidate_batches: 2000,
+            sample_rate: Some(SampleRates { configured: 1.0, effective_mean: 0.5, effective_min: 0.25 }),
             verdicts: Some(Verdicts {
                 live: [[80, 6, 4], [5, 20, 5], [1, 4, 25]],
                 candidate: [[78, 4, 2], [4, 22, 4], [1, 4, 31]],

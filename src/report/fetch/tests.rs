@@ -157,6 +157,16 @@ fn answer(query: &str) -> Value {
         };
         return json!({"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[END, value]}]}});
     }
+    if query.starts_with("max(max_over_time(") || query.starts_with("avg(") || query.starts_with("min(") {
+        let value = if query.starts_with("max(") {
+            "1"
+        } else if query.starts_with("avg(") {
+            "0.5"
+        } else {
+            "0.25"
+        };
+        return json!({"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[END, value]}]}});
+    }
     assert!(query.ends_with("[4200s]"), "window plus lookback: {query}");
     let result: Vec<Value> = store()
         .into_iter()
@@ -284,6 +294,11 @@ fn report_fetch_reads_exact_counts_and_discovers_the_subjects() {
     assert_eq!(latency.candidate, None, "a NaN quantile is no measurement");
     assert_eq!((input.live_batches, input.live_errors), (50, 0));
     assert_eq!((input.candidate_batches, input.candidate_errors), (40, 1));
+    assert_eq!(
+        input.sample_rate,
+        Some(SampleRates { configured: 1.0, effective_mean: 0.5, effective_min: 0.25 }),
+        "from the rate gauges"
+    );
     let v = input.verdicts.unwrap();
     assert_eq!((v.live[2][2], v.live[0][1]), (8, 2));
     assert_eq!(v.candidate[1][2], 6);
@@ -302,6 +317,7 @@ fn report_fetch_policy_only_candidates_need_a_policy_and_skip_their_own_inferenc
     assert_eq!(input.comparisons[0][1], 9);
     assert!(input.score_deltas.is_empty());
     assert_eq!(input.latency.unwrap().candidate, None);
+    assert_eq!(input.sample_rate, None, "a policy-only shadow takes every review it samples");
 }
 
 #[test]
