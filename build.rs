@@ -12,11 +12,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc);
-    tonic_prost_build::configure().file_descriptor_set_path(out.join("modserve_descriptor.bin")).compile_with_config(
-        config,
-        &["proto/modserve/v1/moderation.proto"],
-        &["proto"],
-    )?;
+    // Our codec counts a request's entries before prost decodes it (src/grpc/codec.rs).
+    tonic_prost_build::configure()
+        .codec_path("crate::grpc::codec::BoundedCodec")
+        .file_descriptor_set_path(out.join("modserve_descriptor.bin"))
+        .compile_with_config(config, &["proto/modserve/v1/moderation.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

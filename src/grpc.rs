@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod codec;
 pub mod convert;
 pub mod feedback;
 pub mod service;

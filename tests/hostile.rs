@@ -365,3 +365,24 @@ async fn spawn_call(
         finished.lock().unwrap().push(name);
     })
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_of_countless_tiny_reviews_is_refused_before_decoding() {
+    let _guard = exclusive().await;
+    let server = TestServer::start(config(ONE_MODEL)).await;
+    let base = server.scrape().await;
+    // 300,000 empty reviews (field 1, length 0): 600 KB that prost would turn into 300,000
+    // structs before validation could count them.
+    let payload: Vec<u8> = std::iter::repeat_n([0x0a, 0x00], 300_000).flatten().collect();
+    let (code, message) = raw_call(server.grpc_addr, "Classify", &payload, "10S").await;
+    assert_eq!(code, Code::InvalidArgument as i32, "{message}");
+    assert!(message.contains("refused before decoding"), "{message}");
+    let counted = delta(
+        &base,
+        &server.scrape().await,
+        "modserve_requests_total",
+        &[("method", "Classify"), ("code", "INVALID_ARGUMENT")],
+    );
+    assert_eq!(counted, 1.0);
+    server.stop().await;
+}

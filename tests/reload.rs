@@ -74,6 +74,12 @@ async fn admin_reload_applies_good_configs_and_refuses_bad_ones() {
     );
     assert_eq!(live_model(&server).await, "tiny-abuse");
 
+    // The same file and model files again: nothing to reload, so nothing is (Reload in a loop
+    // costs a stat of each package file, not a re-read and re-hash of every package).
+    let again = admin.reload(pb::ReloadRequest {}).await.unwrap().into_inner();
+    assert!(again.applied && again.errors.is_empty(), "{again:?}");
+    assert_eq!(again.generation, 2, "an unchanged reload starts no new generation");
+
     // Promote the shadow, demote the live model.
     write_config(&path, "watch_config = false", PROMOTED);
     let r = admin.reload(pb::ReloadRequest {}).await.unwrap().into_inner();

@@ -13,8 +13,10 @@ impl From<Error> for Status {
 /// tonic answers a request body that is not valid protobuf INTERNAL, since its codec cannot tell
 /// a caller's bytes from a server fault. It is the caller's mistake: INVALID_ARGUMENT, and
 /// counted like any other refused call.
+/// Our codec's refusal of a message with too many entries is one too (`codec`).
 pub fn is_decode_failure(code: Code, message: &str) -> bool {
-    code == Code::Internal && message.starts_with("failed to decode Protobuf message")
+    (code == Code::Internal && message.starts_with("failed to decode Protobuf message"))
+        || (code == Code::InvalidArgument && message.starts_with(super::codec::REFUSED_BEFORE_DECODING))
 }
 
 /// The `method` label of a counted call's path, for calls answered before their handler ran.

@@ -377,7 +377,7 @@ fn answer_decode_failures_as_invalid(
 /// Rewrites a decode failure's `grpc-status` in `headers`; true if it did.
 fn rewrite_decode_failure(headers: &mut hyper::HeaderMap, method: &'static str, arrived: Instant) -> bool {
     let code = headers.get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<i32>().ok());
-    // tonic percent-encodes the message; the prefix compared has only spaces to decode.
+    // tonic percent-encodes the message; of the prefixes compared, only spaces are encoded.
     let message = headers.get("grpc-message").and_then(|v| v.to_str().ok()).unwrap_or_default().replace("%20", " ");
     if !code.is_some_and(|c| status::is_decode_failure(tonic::Code::from(c), &message)) {
         return false;
