@@ -35,9 +35,9 @@ pub struct Encoder {
 pub const CHARS_PER_TOKEN: usize = 32;
 
 /// A tokenizer is refused when crafted text of `max_chars` costs more than this many times
-/// ordinary text of the same length. Bounded patterns measure 1-3x; an unbounded repetition
-/// that backtracks measures 30x and more at the bundled models' 8,192 characters
-/// (`docs/model-package.md`, "Tokenizer cost").
+/// ordinary text of the same length. Measured on 4,096-character probes (Python binding, same
+/// core): the bundled tokenizer with bounded patterns at most 4.2x, with the unbounded ones it
+/// shipped before 37-292x; longer probes widen the gap (`docs/model-package.md`).
 pub const MAX_COST_RATIO: f64 = 10.0;
 
 /// The texts the load-time cost check tokenizes: shapes that make a regex normaliser with an

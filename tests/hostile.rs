@@ -13,12 +13,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tonic::Code;
 
-const ONE_MODEL: &str = r#"
-[models.tiny-abuse]
-path = "tests/fixtures/tiny-abuse"
-[tasks.abuse]
-live = "tiny-abuse"
-"#;
+/// `modserve_transport_refusals_total` on the gRPC listener for `reason`, since `base`.
+async fn refusals(server: &TestServer, base: &str, reason: &str) -> f64 {
+    let now = server.scrape().await;
+    delta(base, &now, "modserve_transport_refusals_total", &[("listener", "grpc"), ("reason", reason)])
+}
 
 /// Waits until the server closes `stream` (EOF or reset); panics after `within`.
 async fn closed_by_server(stream: &mut TcpStream, within: Duration) {
@@ -193,12 +192,7 @@ async fn connections_over_the_per_peer_limit_are_closed_at_once() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut third = TcpStream::connect(server.grpc_addr).await.unwrap();
     closed_by_server(&mut third, Duration::from_secs(5)).await;
-    let refused = delta(
-        &base,
-        &server.scrape().await,
-        "modserve_transport_refusals_total",
-        &[("listener", "grpc"), ("reason", "peer_connection_limit")],
-    );
+    let refused = refusals(&server, &base, "peer_connection_limit").await;
     assert!(refused >= 1.0, "counted: {refused}");
     drop(_held);
     // Their slots come back once they close.
@@ -228,24 +222,14 @@ async fn connections_that_never_finish_the_handshake_are_closed() {
     half.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
     closed_by_server(&mut silent, Duration::from_secs(10)).await;
     closed_by_server(&mut half, Duration::from_secs(10)).await;
-    let refused = delta(
-        &base,
-        &server.scrape().await,
-        "modserve_transport_refusals_total",
-        &[("listener", "grpc"), ("reason", "handshake_timeout")],
-    );
+    let refused = refusals(&server, &base, "handshake_timeout").await;
     assert_eq!(refused, 2.0);
     // A real client is unaffected, on the same connection long past the handshake timeout.
     let mut client = server.client().await;
     client.classify(request(vec![review("ok", "you idiot")])).await.expect("served");
     tokio::time::sleep(Duration::from_millis(800)).await;
     client.classify(request(vec![review("ok2", "you idiot")])).await.expect("served again on the same connection");
-    let refused = delta(
-        &base,
-        &server.scrape().await,
-        "modserve_transport_refusals_total",
-        &[("listener", "grpc"), ("reason", "handshake_timeout")],
-    );
+    let refused = refusals(&server, &base, "handshake_timeout").await;
     assert_eq!(refused, 2.0, "only the two that never finished");
     server.stop().await;
 }

@@ -8,13 +8,6 @@ use std::time::Duration;
 use common::*;
 use tonic::Code;
 
-const ONE_MODEL: &str = r#"
-[models.tiny-abuse]
-path = "tests/fixtures/tiny-abuse"
-[tasks.abuse]
-live = "tiny-abuse"
-"#;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_call_timeout_caps_calls_with_no_deadline_or_a_longer_one() {
     let _guard = exclusive().await;

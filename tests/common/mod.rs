@@ -55,6 +55,14 @@ pub fn config_with(server: &str, body: &str) -> Config {
         .unwrap_or_else(|e| panic!("bad test config: {e:?}\n{text}"))
 }
 
+/// The tiny abuse fixture as the abuse task.
+pub const ONE_MODEL: &str = r#"
+[models.tiny-abuse]
+path = "tests/fixtures/tiny-abuse"
+[tasks.abuse]
+live = "tiny-abuse"
+"#;
+
 /// The two tiny fixture models as the abuse and fraud tasks.
 pub const BASIC: &str = r#"
 [models.tiny-abuse]
