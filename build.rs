@@ -12,9 +12,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc);
-    // Our codec counts a request's entries before prost decodes it (src/grpc/codec.rs).
+    // Our codec counts a request's entries before prost decodes it (src/serving/grpc/codec.rs).
     tonic_prost_build::configure()
-        .codec_path("crate::grpc::codec::BoundedCodec")
+        .codec_path("crate::serving::grpc::codec::BoundedCodec")
         .file_descriptor_set_path(out.join("modserve_descriptor.bin"))
         .compile_with_config(config, &["proto/modserve/v1/moderation.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto");

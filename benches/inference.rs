@@ -6,12 +6,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use modserve::classify::{ClassifyOutput, TaskOutput};
-use modserve::grpc::convert;
-use modserve::model::Package;
-use modserve::model::session::ModelSession;
+use modserve::inference::model::Package;
+use modserve::inference::model::session::ModelSession;
+use modserve::inference::tokenize::{Encoder, TokenBatch};
 use modserve::request::{ClassifyInput, ReviewInput};
-use modserve::tokenize::{Encoder, TokenBatch};
+use modserve::serving::classify::{ClassifyOutput, TaskOutput};
+use modserve::serving::grpc::convert;
 
 const BATCH_SIZES: [usize; 4] = [1, 8, 32, 64];
 
@@ -37,7 +37,7 @@ fn benches(c: &mut Criterion) {
     let lib = std::env::var_os("MODSERVE_ONNXRUNTIME_LIB")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo().join(".ort/libonnxruntime.so.1.31.1"));
-    let env = modserve::runtime::environment(&lib).expect("ONNX Runtime (run scripts/setup)");
+    let env = modserve::inference::runtime::environment(&lib).expect("ONNX Runtime (run scripts/setup)");
     let package = Package::load(&repo().join("models/abuse-v1")).expect("models/abuse-v1 loads");
     let encoder = Encoder::new(package.tokenizer.clone(), package.spec.max_sequence_length).unwrap();
     let mut session = ModelSession::build(&env, &package, 1).expect("session");

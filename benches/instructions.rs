@@ -8,8 +8,8 @@
 
 use std::path::PathBuf;
 
-use modserve::model::Package;
-use modserve::tokenize::{Encoder, TokenRows};
+use modserve::inference::model::Package;
+use modserve::inference::tokenize::{Encoder, TokenRows};
 
 const PASSES: usize = 10;
 

@@ -12,23 +12,25 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tonic_health::ServingStatus;
 
-use crate::classify::Classifier;
 use crate::config::Config;
-use crate::disagreement::DisagreementLog;
+use crate::control::registry::Registry;
+use crate::control::reload::{self, ReloadHandle, Reloader};
+use crate::control::{http_port, loader};
 use crate::feedback::Feedback;
-use crate::grpc::admin::AdminService;
-use crate::grpc::auth::BearerAuth;
-use crate::grpc::feedback::FeedbackService;
-use crate::grpc::pb::admin_server::AdminServer;
-use crate::grpc::pb::feedback_server::FeedbackServer;
-use crate::grpc::pb::moderation_server::ModerationServer;
-use crate::grpc::{pb, service::ModerationService, transport};
+use crate::inference::runtime;
+use crate::metrics;
 use crate::metrics::ReloadTrigger;
-use crate::registry::Registry;
-use crate::reload::{self, ReloadHandle, Reloader};
+use crate::serving::classify::Classifier;
+use crate::serving::grpc::admin::AdminService;
+use crate::serving::grpc::auth::BearerAuth;
+use crate::serving::grpc::feedback::FeedbackService;
+use crate::serving::grpc::pb::admin_server::AdminServer;
+use crate::serving::grpc::pb::feedback_server::FeedbackServer;
+use crate::serving::grpc::pb::moderation_server::ModerationServer;
+use crate::serving::grpc::{pb, service::ModerationService, transport};
+use crate::serving::tls::{self, Tls};
+use crate::shadow::disagreement::DisagreementLog;
 use crate::shutdown::{Shutdown, ShutdownSignal};
-use crate::tls::{self, Tls};
-use crate::{admin, loader, metrics, runtime};
 
 /// The fully-qualified name health checks use for the Moderation service.
 pub const MODERATION_SERVICE: &str = "modserve.v1.Moderation";
@@ -204,7 +206,7 @@ async fn run(
                 "admin",
                 listener,
                 admin_routes,
-                config.server.transport(),
+                transport::TransportSettings::new(&config.server),
                 call_ceiling.clone(),
                 bound.tls.clone(),
                 transport_signal.clone(),
@@ -215,12 +217,12 @@ async fn run(
         "grpc",
         bound.grpc,
         routes.prepare(),
-        config.server.transport(),
+        transport::TransportSettings::new(&config.server),
         call_ceiling,
         bound.tls.clone(),
         transport_signal.clone(),
     ));
-    let http_task = tokio::spawn(admin::serve(bound.metrics, prometheus, ready.clone(), transport_signal));
+    let http_task = tokio::spawn(http_port::serve(bound.metrics, prometheus, ready.clone(), transport_signal));
     if let Some(tls) = bound.tls {
         tokio::spawn(tls::watch(tls, signal.clone()));
     }

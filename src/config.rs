@@ -1,5 +1,5 @@
-//! Configuration: the command line (clap, every flag also an environment variable) and the TOML
-//! file, validated as a whole into a typed `Config`. Every key is documented in
+//! Configuration: the TOML file and the command-line overrides (`Overrides`, filled by `cli`),
+//! validated as a whole into a typed `Config`. Every key is documented in
 //! `docs/configuration.md`; defaults live in `defaults` below and nowhere else.
 
 use std::collections::BTreeMap;
@@ -7,16 +7,15 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
 
-use crate::disagreement::LogConfig;
 pub use crate::feedback::FeedbackConfig;
-use crate::model::manifest::toml_error;
+use crate::inference::model::manifest::toml_error;
+use crate::inference::worker::WorkerSettings;
 use crate::policy::PolicySpec;
+pub use crate::serving::tls::TlsConfig;
 use crate::shadow::ShadowPolicy;
-pub use crate::tls::TlsConfig;
-use crate::worker::WorkerSettings;
+use crate::shadow::disagreement::LogConfig;
 
 mod file;
 mod validate;
@@ -78,103 +77,25 @@ pub mod defaults {
     pub const MONITORED_LANGUAGES: &[&str] = &["de", "en", "es", "fr", "it", "ja", "nl", "pl", "pt", "zh"];
 }
 
-#[derive(Debug, Parser)]
-#[command(name = "modserve", version, about = "Content-moderation inference server with shadow mode")]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Option<Command>,
-    #[command(flatten)]
-    pub overrides: Overrides,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run the server (what `modserve` with no subcommand does).
-    Serve,
-    /// Validate a config file and load every model it names; print every error and exit
-    /// non-zero if there is any.
-    CheckConfig {
-        /// The config file to check.
-        file: PathBuf,
-    },
-    /// Run every model of the config (each task's live model and every shadow, every policy) over
-    /// a labelled JSON-lines file and write a launch report per shadow, with the labels standing
-    /// in for moderator verdicts, judged by the config's `[launch]` criteria.
-    ///
-    /// Exit status: 0 every shadow GO, 2 any NO-GO, 1 the evaluation could not run.
-    Eval {
-        /// JSON lines, one review each: "id", "text", optional "title", "rating", "language",
-        /// "signals" (as in Classify), "task", and the human "decision" (allow, review or reject).
-        #[arg(long)]
-        labels: PathBuf,
-        /// Folder for the reports: one subfolder per shadow, TASK-MODEL[-POLICY], each with
-        /// launch-report.{md,html,json}.
-        #[arg(long, default_value = ".")]
-        out: PathBuf,
-    },
-    /// Build the launch-readiness report on one shadow candidate against the live model, from
-    /// Prometheus, and decide GO or NO-GO against the launch criteria (`[launch]` in --config).
-    ///
-    /// Prints the report as Markdown and writes launch-report.md, launch-report.html and
-    /// launch-report.json into --out.
-    ///
-    /// Exit status: 0 GO (every checked criterion passed), 2 NO-GO (at least one failed),
-    /// 1 the report could not be built (the cause is printed to stderr).
-    Report {
-        /// Prometheus base URL (http only; a path prefix is allowed), e.g. http://127.0.0.1:9090.
-        #[arg(long, env = "MODSERVE_REPORT_PROMETHEUS")]
-        prometheus: String,
-        /// The task whose shadow is reported on.
-        #[arg(long)]
-        task: String,
-        /// The shadow model (the candidate).
-        #[arg(long)]
-        candidate: String,
-        /// The shadow policy. Required when --candidate is the live model (a policy-only
-        /// shadow); otherwise needed only if the model shadows the task under several policies.
-        #[arg(long)]
-        policy: Option<String>,
-        /// How far back from --end to look, e.g. 1h, 30m, 7d.
-        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
-        window: Duration,
-        /// End of the window: RFC 3339 (2026-11-26T13:00:00Z) or unix seconds. Default: now.
-        #[arg(long, value_parser = crate::report::parse_end)]
-        end: Option<std::time::SystemTime>,
-        /// The disagreement log to summarise (its rotated files PATH.1, PATH.2, ... too).
-        #[arg(long)]
-        disagreement_log: Option<PathBuf>,
-        /// Folder for launch-report.{md,html,json} (created if missing).
-        #[arg(long, default_value = ".")]
-        out: PathBuf,
-    },
-}
-
-/// Settings that override the config file; each is also read from the environment.
-#[derive(Debug, Clone, Default, Args)]
+/// Settings that override the config file (`cli::Flags`: the command line and environment),
+/// re-applied on every reload.
+#[derive(Debug, Clone, Default)]
 pub struct Overrides {
-    /// Config file (TOML). Relative paths inside it are relative to its folder.
-    #[arg(long, env = "MODSERVE_CONFIG", default_value = defaults::CONFIG_FILE, global = true)]
+    /// The config file.
     pub config: PathBuf,
-    /// gRPC listen address, overriding `server.grpc_listen`.
-    #[arg(long, env = "MODSERVE_GRPC_LISTEN", global = true)]
+    /// Overrides `server.grpc_listen`.
     pub grpc_listen: Option<String>,
-    /// Prometheus /metrics listen address, overriding `server.metrics_listen`.
-    #[arg(long, env = "MODSERVE_METRICS_LISTEN", global = true)]
+    /// Overrides `server.metrics_listen`.
     pub metrics_listen: Option<String>,
-    /// Admin service listen address, overriding `admin.listen` (so replicas sharing one config
-    /// file can each have their own port).
-    #[arg(long, env = "MODSERVE_ADMIN_LISTEN", global = true)]
+    /// Overrides `admin.listen`.
     pub admin_listen: Option<String>,
-    /// Log format, overriding `server.log_format`.
-    #[arg(long, env = "MODSERVE_LOG_FORMAT", global = true)]
+    /// Overrides `server.log_format`.
     pub log_format: Option<LogFormat>,
-    /// ONNX Runtime shared library, overriding `server.onnxruntime_lib` (relative to the
-    /// current directory).
-    #[arg(long, env = "MODSERVE_ONNXRUNTIME_LIB", global = true)]
+    /// Overrides `server.onnxruntime_lib` (relative to the current directory).
     pub onnxruntime_lib: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
@@ -231,7 +152,7 @@ pub struct Config {
     /// Scheduling class asked for shadow worker threads.
     pub shadow_scheduling: ShadowScheduling,
     /// CPUs shadow worker threads are kept on; `None` = wherever the process may run.
-    pub shadow_cpus: Option<crate::cpu::CpuSet>,
+    pub shadow_cpus: Option<crate::inference::cpu::CpuSet>,
     /// Where disagreements go; `None` turns the log off.
     pub disagreement_log: Option<LogConfig>,
     /// Model name -> how to load and run it.
@@ -244,7 +165,7 @@ pub struct Config {
     pub feedback: FeedbackConfig,
     pub monitoring: MonitoringConfig,
     /// What a shadow must show to be promoted (`modserve report` and `modserve eval`).
-    pub launch: crate::report::LaunchCriteria,
+    pub launch: crate::offline::report::LaunchCriteria,
 }
 
 /// Input monitoring (the `[monitoring]` table).
@@ -388,23 +309,6 @@ pub struct ShadowConfig {
     pub salt: String,
 }
 
-impl ServerConfig {
-    pub fn transport(&self) -> crate::grpc::transport::TransportSettings {
-        crate::grpc::transport::TransportSettings {
-            max_concurrent_streams: self.max_concurrent_streams,
-            keepalive_interval: self.keepalive_interval,
-            keepalive_timeout: self.keepalive_timeout,
-            idle_timeout: self.idle_timeout,
-            handshake_timeout: self.handshake_timeout,
-            max_connections: self.max_connections,
-            max_connections_per_peer: self.max_connections_per_peer,
-            max_buffered_bytes: self.max_buffered_request_bytes,
-            max_buffered_bytes_per_connection: self.max_buffered_request_bytes_per_connection,
-            shutdown_grace: self.shutdown_grace,
-        }
-    }
-}
-
 impl Config {
     /// Reads `path`, applies `overrides` and validates. On failure returns every problem found,
     /// each naming its key.
@@ -546,7 +450,7 @@ languages = ["english!"]
         assert_eq!(c.tasks[0].shadows[0].salt, "abuse-v1+lenient");
         assert_eq!(c.policies["lenient"].thresholds["insult"].reject, Some(0.99));
         assert_eq!(c.feedback.dedupe_window, Duration::from_secs(24 * 3600));
-        assert_eq!(c.launch, crate::report::LaunchCriteria::default());
+        assert_eq!(c.launch, crate::offline::report::LaunchCriteria::default());
     }
 
     #[test]

@@ -19,12 +19,12 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use tokio::sync::mpsc;
 
+use crate::control::registry::{Registry, ServingState, TaskEntry};
 use crate::error::Error;
+use crate::inference::worker::ModelHandle;
 use crate::metrics::{self, NO_SOURCE, OTHER_SOURCE, VerdictOutcome};
 use crate::policy::Decision;
-use crate::registry::{Registry, ServingState, TaskEntry};
 use crate::request::ReviewInput;
-use crate::worker::ModelHandle;
 
 /// Settings (the `[feedback]` table).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]

@@ -1,42 +1,48 @@
 //! modserve: a content-moderation inference server with shadow (dry-run) mode.
 //!
-//! A request flows one way:
+//! # Map
+//!
+//! The tree is the architecture. A request flows one way, top to bottom; shadow work branches
+//! off after the live answer:
 //!
 //! ```text
-//! grpc::service -> grpc::convert (validate) -> classify (facade: tasks -> live models)
-//!   -> worker (bounded queue, batch::BatchPolicy, tokenize, model::session on ONNX Runtime)
-//!   -> policy (decision) -> grpc::convert (response)
+//! serving::grpc        transport: listeners, budgets, proto -> domain (validation), status
+//!   -> serving::classify   tasks -> one job per task on its live model
+//!   -> inference::worker   bounded queue, batch, tokenize, ONNX Runtime session
+//!   -> policy              scores -> ALLOW / REVIEW / REJECT
+//!   -> serving::grpc       domain -> proto
+//!        \-> shadow        sample, queue on the candidate's workers, compare, log disagreements
 //! ```
 //!
-//! `app` wires it together; `registry` holds the serving state behind one swappable pointer;
-//! `config` is the typed configuration; `metrics` owns every metric name; `error` is the error
-//! type, mapped to gRPC status in `grpc::status` only. `report` is the offline side: the
-//! launch-readiness report on a shadow candidate, from Prometheus (`modserve report`).
+//! Layers, each a folder:
+//! - `serving`: what callers talk to (`grpc`, `tls`, `classify`).
+//! - `inference`: model packages and sessions, tokenization, batching, worker threads, and the
+//!   CPU controls that keep shadow threads behind live ones.
+//! - `shadow`: the live/shadow pair (sampling, effective rate, CPU budget, breaker, comparison,
+//!   disagreement log).
+//! - `control`: the serving state (`registry`), building it (`loader`), reloading it, and the
+//!   HTTP port for metrics and health probes.
+//! - `feedback`: moderator verdicts scored against live and every shadow.
+//! - `offline`: `modserve report` and `modserve eval`, run beside the server.
+//!
+//! Shared by all of them: `config` (the typed configuration), `request` (a validated review),
+//! `policy` (the decision), `error` (mapped to gRPC status in `serving::grpc::status` only),
+//! `metrics` (every metric name) and `shutdown`. `app` wires the layers into a running server;
+//! `cli` is the command line; `sys`, the syscalls, is the one module allowed `unsafe`.
 
-pub mod admin;
 pub mod app;
-pub mod batch;
-pub mod breaker;
-pub mod classify;
-pub mod compare;
+pub mod cli;
 pub mod config;
-pub mod cpu;
-pub mod disagreement;
+pub mod control;
 pub mod error;
-pub mod eval;
 pub mod feedback;
-pub mod grpc;
-pub mod loader;
+pub mod inference;
 pub mod metrics;
-pub mod model;
+pub mod offline;
 pub mod policy;
-pub mod registry;
-pub mod reload;
-pub mod report;
 pub mod request;
-pub mod runtime;
+pub mod serving;
 pub mod shadow;
 pub mod shutdown;
-pub mod tls;
-pub mod tokenize;
-pub mod worker;
+#[allow(unsafe_code)]
+mod sys;

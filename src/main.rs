@@ -5,8 +5,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use modserve::app::Server;
-use modserve::config::{Cli, Command, Config, LogFormat};
-use modserve::{loader, report, runtime, shutdown};
+use modserve::cli::{Cli, Command};
+use modserve::config::{Config, LogFormat};
+use modserve::control::loader;
+use modserve::inference::runtime;
+use modserve::offline::report;
+use modserve::shutdown;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -31,10 +35,10 @@ fn launch_report(cli: &Cli) -> ExitCode {
     fetch.end = end.unwrap_or_else(std::time::SystemTime::now);
     fetch.disagreement_log = disagreement_log.clone();
     // The config supplies the launch criteria; its models are not loaded.
-    let config = match Config::load(&cli.overrides.config, &cli.overrides) {
+    let config = match Config::load(&cli.flags.config, &cli.flags.overrides()) {
         Ok(c) => c,
         Err(errors) => {
-            report_config_errors(&cli.overrides.config, &errors);
+            report_config_errors(&cli.flags.config, &errors);
             return ExitCode::from(report::EXIT_ERROR);
         }
     };
@@ -64,9 +68,9 @@ fn init_logging(format: LogFormat) {
 }
 
 fn serve(cli: &Cli) -> ExitCode {
-    let config = match Config::load(&cli.overrides.config, &cli.overrides) {
+    let config = match Config::load(&cli.flags.config, &cli.flags.overrides()) {
         Ok(c) => c,
-        Err(errors) => return report_config_errors(&cli.overrides.config, &errors),
+        Err(errors) => return report_config_errors(&cli.flags.config, &errors),
     };
     init_logging(config.server.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -96,8 +100,8 @@ fn serve(cli: &Cli) -> ExitCode {
 }
 
 fn check_config(file: &std::path::Path, cli: &Cli) -> ExitCode {
-    init_logging(cli.overrides.log_format.unwrap_or(LogFormat::Text));
-    let config = match Config::load(file, &cli.overrides) {
+    init_logging(cli.flags.log_format.unwrap_or(LogFormat::Text));
+    let config = match Config::load(file, &cli.flags.overrides()) {
         Ok(c) => c,
         Err(errors) => return report_config_errors(file, &errors),
     };
@@ -121,10 +125,10 @@ fn check_config(file: &std::path::Path, cli: &Cli) -> ExitCode {
 /// `modserve eval`: every model of the config over a labelled file, one launch report per shadow.
 /// Exit 0 when every shadow is GO, 2 when any is NO-GO, 1 when it could not run.
 fn eval(labels: &std::path::Path, out: &std::path::Path, cli: &Cli) -> ExitCode {
-    init_logging(cli.overrides.log_format.unwrap_or(LogFormat::Text));
+    init_logging(cli.flags.log_format.unwrap_or(LogFormat::Text));
     let failed = || ExitCode::from(report::EXIT_ERROR);
-    let path = &cli.overrides.config;
-    let config = match Config::load(path, &cli.overrides) {
+    let path = &cli.flags.config;
+    let config = match Config::load(path, &cli.flags.overrides()) {
         Ok(c) => std::sync::Arc::new(c),
         Err(errors) => {
             report_config_errors(path, &errors);
@@ -147,13 +151,18 @@ fn eval(labels: &std::path::Path, out: &std::path::Path, cli: &Cli) -> ExitCode 
     };
     let state = loaded.state;
     let result = (|| {
-        let labelled = modserve::eval::read_labels(labels, &state).map_err(|errors| errors.join("\n  "))?;
+        let labelled = modserve::offline::eval::read_labels(labels, &state).map_err(|errors| errors.join("\n  "))?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| format!("cannot start the async runtime: {e}"))?;
         let inputs = runtime
-            .block_on(modserve::eval::evaluate(&state, &labelled, labels, modserve::eval::progress_bar()))
+            .block_on(modserve::offline::eval::evaluate(
+                &state,
+                &labelled,
+                labels,
+                modserve::offline::eval::progress_bar(),
+            ))
             .map_err(|e| e.to_string())?;
         if inputs.is_empty() {
             return Err(format!(
@@ -163,7 +172,7 @@ fn eval(labels: &std::path::Path, out: &std::path::Path, cli: &Cli) -> ExitCode 
         }
         let mut all_go = true;
         for input in inputs {
-            let dir = modserve::eval::report_dir(out, &input);
+            let dir = modserve::offline::eval::report_dir(out, &input);
             let report = report::Report::build(input, &config.launch);
             report.write(&dir).map_err(|e| e.to_string())?;
             all_go &= report.decision == report::Decision::Go;

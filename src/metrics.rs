@@ -10,7 +10,7 @@ use metrics::{
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::model::ModelSpec;
+use crate::inference::model::ModelSpec;
 use crate::policy::{Decision, Policy};
 
 pub const REQUESTS_TOTAL: &str = "modserve_requests_total";
@@ -720,8 +720,8 @@ pub fn shadow_batch_cpu_seconds(model: &str) -> Histogram {
 }
 
 /// Records the scheduling a shadow model's workers run under (1 for it, 0 for the others).
-pub fn shadow_scheduling(model: &str, policy: crate::cpu::SchedPolicy) {
-    for p in crate::cpu::SchedPolicy::ALL {
+pub fn shadow_scheduling(model: &str, policy: crate::inference::cpu::SchedPolicy) {
+    for p in crate::inference::cpu::SchedPolicy::ALL {
         gauge!(SHADOW_SCHEDULING, "model" => model.to_string(), "policy" => p.as_str()).set(if p == policy {
             1.0
         } else {
@@ -731,7 +731,7 @@ pub fn shadow_scheduling(model: &str, policy: crate::cpu::SchedPolicy) {
 }
 
 /// Records the process's CPU capacity.
-pub fn process_cpu_capacity(capacity: crate::cpu::Capacity) {
+pub fn process_cpu_capacity(capacity: crate::inference::cpu::Capacity) {
     gauge!(PROCESS_CPU_CAPACITY, "source" => capacity.source.as_str()).set(capacity.cpus);
 }
 

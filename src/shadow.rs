@@ -11,7 +11,10 @@
 //! (`rate`: lowered, on the same hash, while the budget or the queues cannot take the
 //! configured one), updated once per `TICK` by whichever request gets there first.
 
+pub mod breaker;
 pub mod budget;
+pub mod compare;
+pub mod disagreement;
 pub mod rate;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,16 +24,16 @@ use std::time::{Duration, Instant};
 use budget::ShadowCpu;
 use rate::{RateController, Tick};
 
-use crate::breaker::{Breaker, BreakerPolicy};
-use crate::compare::{self, Direction};
-use crate::disagreement::{self, DisagreementLog};
 use crate::error::Error;
+use crate::inference::model::ModelSpec;
+use crate::inference::tokenize::TokenRows;
+use crate::inference::worker::{JobResult, ModelHandle};
 use crate::metrics::{Role, ShadowMetrics, ShadowOutcome, VerdictMetrics};
-use crate::model::ModelSpec;
 use crate::policy::{Decision, Policy};
 use crate::request::ReviewInput;
-use crate::tokenize::TokenRows;
-use crate::worker::{JobResult, ModelHandle};
+use crate::shadow::breaker::{Breaker, BreakerPolicy};
+use compare::Direction;
+use disagreement::DisagreementLog;
 
 /// Shedding rules shared by every shadow (the `[shadow]` config table).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
@@ -435,7 +438,7 @@ impl ShadowPair {
                     direction: if direction == Direction::Stricter { "stricter" } else { "more_lenient" },
                     live: side(live, &self.live_policy, live_decisions[i], l_scores),
                     shadow: side(shadow, &self.decision_policy, s_decision, s_scores),
-                    text_sha256: crate::model::package::sha256_hex(text.as_bytes()),
+                    text_sha256: crate::inference::model::package::sha256_hex(text.as_bytes()),
                     text: log.config.include_text.then_some(text.as_str()),
                 });
             }

@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use modserve::grpc::pb;
+use modserve::serving::grpc::pb;
 use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -33,7 +33,7 @@ live = "tiny-fraud-v2"
     for _round in 0..20 {
         let mut calls = Vec::new();
         for c in 0..64 {
-            let mut client = modserve::grpc::pb::moderation_client::ModerationClient::new(channel.clone());
+            let mut client = modserve::serving::grpc::pb::moderation_client::ModerationClient::new(channel.clone());
             let reviews = (0..64).map(|i| review(&format!("{c}-{i}"), "win a free prize now")).collect();
             calls.push(tokio::spawn(async move { client.classify(request(reviews)).await }));
         }

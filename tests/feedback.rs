@@ -10,8 +10,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
-use modserve::grpc::pb;
-use modserve::grpc::pb::feedback_client::FeedbackClient;
+use modserve::serving::grpc::pb;
+use modserve::serving::grpc::pb::feedback_client::FeedbackClient;
 
 /// The live model, a model shadow, and the live model under a stricter policy.
 const WITH_POLICIES: &str = r#"
@@ -363,8 +363,8 @@ async fn a_full_queue_refuses_the_call_and_late_verdicts_are_shed() {
 async fn policies_that_do_not_fit_the_model_are_refused_at_load() {
     let text = WITH_POLICIES.replace("[policies.strict-2.thresholds.insult]", "[policies.strict-2.thresholds.spam]");
     let config = std::sync::Arc::new(config(&text));
-    let env = modserve::runtime::environment(&ort_lib()).unwrap();
-    let errors = match modserve::loader::load(&config, &env, false, None, None) {
+    let env = modserve::inference::runtime::environment(&ort_lib()).unwrap();
+    let errors = match modserve::control::loader::load(&config, &env, false, None, None) {
         Ok(_) => panic!("a policy with a label the model lacks must not load"),
         Err(errors) => errors,
     };

@@ -53,7 +53,7 @@ fn package_with_backtracking_tokenizer(dir: &std::path::Path) -> std::path::Path
     });
     let tokenizer = serde_json::to_vec(&tokenizer).unwrap();
     std::fs::write(package.join("tokenizer.json"), &tokenizer).unwrap();
-    let sha = |bytes: &[u8]| modserve::model::package::sha256_hex(bytes);
+    let sha = |bytes: &[u8]| modserve::inference::model::package::sha256_hex(bytes);
     let manifest = std::fs::read_to_string(fixture.join("manifest.toml")).unwrap();
     let old_sha = sha(&std::fs::read(fixture.join("tokenizer.json")).unwrap());
     let manifest =
@@ -200,7 +200,7 @@ async fn connections_over_the_per_peer_limit_are_closed_at_once() {
     for _ in 0..50 {
         let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.grpc_addr)).unwrap();
         if let Ok(channel) = channel.connect().await {
-            let mut client = modserve::grpc::pb::moderation_client::ModerationClient::new(channel);
+            let mut client = modserve::serving::grpc::pb::moderation_client::ModerationClient::new(channel);
             if client.classify(request(vec![review("ok", "you idiot")])).await.is_ok() {
                 answered = true;
                 break;

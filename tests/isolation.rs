@@ -9,7 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use modserve::grpc::pb;
+use modserve::serving::grpc::pb;
 
 /// One `/proc/self/task` entry of an inference worker.
 #[derive(Debug)]
@@ -157,7 +157,7 @@ async fn a_heavy_shadow_stays_within_its_cpu_budget() {
     let server = TestServer::start(heavy_config("max_cpu_fraction = 0.05")).await;
     let base = server.scrape().await;
     let budget = metric(&base, "modserve_shadow_cpu_budget", &[]).expect("budget gauge");
-    let capacity: f64 = modserve::cpu::process_capacity().cpus;
+    let capacity: f64 = modserve::inference::cpu::process_capacity().cpus;
     assert!((budget - 0.05 * capacity).abs() < 1e-9, "budget {budget} for {capacity} CPUs");
     let cpu_before: u64 = worker_threads().iter().filter(|t| t.nice == 10).map(|t| t.cpu_ns).sum();
     let started = Instant::now();
@@ -235,7 +235,7 @@ fn shadow_cpus_must_be_cpus_the_process_may_use() {
     let parse = |cpus: &str| {
         modserve::config::Config::parse(&text(cpus), &repo().join("t.toml"), &Default::default()).map(|c| c.shadow_cpus)
     };
-    let allowed = modserve::cpu::allowed_cpus().unwrap();
+    let allowed = modserve::inference::cpu::allowed_cpus().unwrap();
     let first = allowed.iter().next().unwrap();
     assert_eq!(parse(&first.to_string()).unwrap().map(|c| c.to_list()), Some(first.to_string()));
     let errors = parse("1000").unwrap_err();

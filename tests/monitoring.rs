@@ -21,8 +21,8 @@ live = "tiny-abuse"
 shadows = [{ model = "tiny-abuse-v2", sample_rate = 1.0 }]
 "#;
 
-fn with_language(id: &str, text: &str, language: Option<&str>) -> modserve::grpc::pb::Review {
-    modserve::grpc::pb::Review { language: language.map(str::to_string), ..review(id, text) }
+fn with_language(id: &str, text: &str, language: Option<&str>) -> modserve::serving::grpc::pb::Review {
+    modserve::serving::grpc::pb::Review { language: language.map(str::to_string), ..review(id, text) }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -133,7 +133,7 @@ async fn sigterm_under_load_finishes_in_flight_calls_and_exits_zero() {
     // Load from 8 clients, each a bounded loop, until the server closes.
     let mut clients = Vec::new();
     for c in 0..8 {
-        let mut client = modserve::grpc::pb::moderation_client::ModerationClient::new(channel.clone());
+        let mut client = modserve::serving::grpc::pb::moderation_client::ModerationClient::new(channel.clone());
         let signalled = signalled.clone();
         clients.push(tokio::spawn(async move {
             let (mut ok, mut after_signal) = (0, 0);
@@ -206,8 +206,9 @@ async fn sighup_reloads_the_config_file() {
     let (mut child, addr, logs) = spawn_server(&config);
     let channel = tonic::transport::Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
     wait_serving(channel.clone()).await;
-    let mut client = modserve::grpc::pb::moderation_client::ModerationClient::new(channel.clone());
-    let live = |resp: modserve::grpc::pb::ClassifyResponse| resp.results[0].tasks[0].model.clone().unwrap().name;
+    let mut client = modserve::serving::grpc::pb::moderation_client::ModerationClient::new(channel.clone());
+    let live =
+        |resp: modserve::serving::grpc::pb::ClassifyResponse| resp.results[0].tasks[0].model.clone().unwrap().name;
     let resp = client.classify(request(vec![review("a", "this is dumb")])).await.unwrap().into_inner();
     assert_eq!(live(resp), "tiny-abuse");
 
@@ -239,7 +240,7 @@ async fn sighup_reloads_the_config_file() {
 /// hashed), during a reload; then the whole log is searched for every text sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_review_text_reaches_the_logs_on_any_path() {
-    use modserve::grpc::pb::moderation_client::ModerationClient;
+    use modserve::serving::grpc::pb::moderation_client::ModerationClient;
     let dir = tempfile::tempdir().unwrap();
     let body = format!(
         "[limits]\nmax_text_bytes = 2000\nmax_reviews_per_request = 4\n\
@@ -281,12 +282,15 @@ async fn no_review_text_reaches_the_logs_on_any_path() {
         request(vec![review("", &text("no id"))]),
         request(vec![review("long", &format!("{} {}", text("oversize"), "x".repeat(2100)))]),
         request((0..5).map(|i| review(&i.to_string(), &text("too many"))).collect()),
-        modserve::grpc::pb::ClassifyRequest {
+        modserve::serving::grpc::pb::ClassifyRequest {
             tasks: vec!["nope".into()],
             ..request(vec![review("u", &text("unknown task"))])
         },
         request(vec![review("dup", &text("duplicate one")), review("dup", &text("duplicate two"))]),
-        request(vec![modserve::grpc::pb::Review { rating: Some(f32::NAN), ..review("nan", &text("nan rating")) }]),
+        request(vec![modserve::serving::grpc::pb::Review {
+            rating: Some(f32::NAN),
+            ..review("nan", &text("nan rating"))
+        }]),
     ];
     for req in invalid {
         let status = client.classify(req).await.unwrap_err();
@@ -301,8 +305,8 @@ async fn no_review_text_reaches_the_logs_on_any_path() {
     let mut stream = client.classify_stream(tokio_stream::iter(messages)).await.unwrap().into_inner();
     while stream.message().await.unwrap().is_some() {}
     // A reload, then traffic again.
-    let mut admin = modserve::grpc::pb::admin_client::AdminClient::new(channel.clone());
-    admin.reload(modserve::grpc::pb::ReloadRequest {}).await.unwrap();
+    let mut admin = modserve::serving::grpc::pb::admin_client::AdminClient::new(channel.clone());
+    admin.reload(modserve::serving::grpc::pb::ReloadRequest {}).await.unwrap();
     client.classify(request(vec![review("after", &text("after reload"))])).await.unwrap();
 
     // Let the shadows finish and the disagreement log flush, then stop.
@@ -361,7 +365,7 @@ fn read_logs(child: &mut std::process::Child) -> (std::net::SocketAddr, std::thr
 /// the disagreement log parses (a torn last line from the kill is cut back on restart).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_load_restarts_cleanly_with_no_torn_log_line() {
-    use modserve::grpc::pb::moderation_client::ModerationClient;
+    use modserve::serving::grpc::pb::moderation_client::ModerationClient;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("disagreements.jsonl");
     let body = format!(

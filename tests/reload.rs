@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use common::*;
 use modserve::config::{Config, Overrides};
-use modserve::grpc::pb;
-use modserve::grpc::pb::admin_client::AdminClient;
+use modserve::serving::grpc::pb;
+use modserve::serving::grpc::pb::admin_client::AdminClient;
 use tonic::Code;
 use tonic::transport::Channel;
 

@@ -38,9 +38,9 @@ use std::time::{Duration, Instant};
 
 use common::prometheus::Prometheus;
 use common::*;
-use modserve::grpc::pb;
-use modserve::grpc::pb::admin_client::AdminClient;
-use modserve::grpc::pb::moderation_client::ModerationClient;
+use modserve::serving::grpc::pb;
+use modserve::serving::grpc::pb::admin_client::AdminClient;
+use modserve::serving::grpc::pb::moderation_client::ModerationClient;
 use modserve::shadow::sampled;
 use tonic::Code;
 use tonic::transport::Channel;

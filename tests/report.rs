@@ -12,8 +12,8 @@ use std::process::Command;
 
 use common::prometheus::Prometheus;
 use common::*;
-use modserve::grpc::pb;
-use modserve::grpc::pb::feedback_client::FeedbackClient;
+use modserve::serving::grpc::pb;
+use modserve::serving::grpc::pb::feedback_client::FeedbackClient;
 
 /// The models and policies, with `{log}` for the disagreement log path.
 const MODELS: &str = r#"

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
-use modserve::grpc::pb;
+use modserve::serving::grpc::pb;
 use prost::Message;
 
 const SHADOWED: &str = r#"
@@ -148,7 +148,7 @@ async fn confusion_counts_equal_the_expected_ones() {
         let want = if rank(&shadow.to_lowercase()) > rank(&live.to_lowercase()) { "stricter" } else { "more_lenient" };
         assert_eq!(line["direction"], want);
         assert!(line.get("text").is_none(), "text is left out by default");
-        assert_eq!(line["text_sha256"], modserve::model::package::sha256_hex(text.as_bytes()));
+        assert_eq!(line["text_sha256"], modserve::inference::model::package::sha256_hex(text.as_bytes()));
         assert!(line["live"]["scores"]["insult"].is_number());
     }
 }

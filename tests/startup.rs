@@ -10,9 +10,13 @@ use tonic_health::pb::health_check_response::ServingStatus;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listeners_answer_not_serving_while_models_load() {
+    // The one `unsafe` outside `src/sys.rs`: the load delay is a process-wide fault hook.
     // SAFETY: set before the server (and any other thread that reads it) starts; this test
     // binary has no other test.
-    unsafe { std::env::set_var("MODSERVE_FAULT_LOAD_DELAY_MS", "3000") };
+    #[allow(unsafe_code)]
+    unsafe {
+        std::env::set_var("MODSERVE_FAULT_LOAD_DELAY_MS", "3000")
+    };
     let server = modserve::app::Server::start(config(BASIC)).await.expect("listeners bind");
     let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.grpc_addr))
         .unwrap()
@@ -24,7 +28,7 @@ async fn listeners_answer_not_serving_while_models_load() {
     let status = check.expect("health answers during loading").into_inner().status;
     // Each model sleeps 3 s in its warm-up: loading is still under way.
     assert_eq!(status, ServingStatus::NotServing as i32);
-    let mut client = modserve::grpc::pb::moderation_client::ModerationClient::new(channel.clone());
+    let mut client = modserve::serving::grpc::pb::moderation_client::ModerationClient::new(channel.clone());
     let refused = client.classify(request(vec![review("r1", "you idiot")])).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
     assert!(refused.message().contains("loading"), "{refused:?}");

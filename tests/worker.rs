@@ -7,16 +7,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use modserve::batch::BatchPolicy;
 use modserve::error::Error;
+use modserve::inference::batch::BatchPolicy;
+use modserve::inference::model::Package;
+use modserve::inference::tokenize::{Encoder, TokenRows};
+use modserve::inference::worker::{self, WorkerPool, WorkerSettings};
 use modserve::metrics::Role;
-use modserve::model::Package;
 use modserve::request::ReviewInput;
-use modserve::tokenize::{Encoder, TokenRows};
-use modserve::worker::{self, WorkerPool, WorkerSettings};
 
 fn pool(model: &str) -> WorkerPool {
-    let env = modserve::runtime::environment(&ort_lib()).expect("ONNX Runtime loads");
+    let env = modserve::inference::runtime::environment(&ort_lib()).expect("ONNX Runtime loads");
     let package = Package::load(&fixture(model)).expect("fixture loads");
     let settings = WorkerSettings {
         batch: BatchPolicy { max_batch_size: 8, max_wait: Duration::ZERO },
@@ -79,7 +79,7 @@ fn token_ids_from_a_shared_tokenizer_are_used_as_given() {
     let texts = reviews(&["you idiot", "great product"]);
     let out = live
         .handle
-        .submit(texts.clone(), None, Some(Arc::new(modserve::worker::TokenSlot::new())))
+        .submit(texts.clone(), None, Some(Arc::new(modserve::inference::worker::TokenSlot::new())))
         .unwrap()
         .blocking_recv()
         .unwrap()

@@ -4,7 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use modserve::config::{Limits, OversizeText};
-use modserve::grpc::{convert, pb};
+use modserve::serving::grpc::{convert, pb};
 use prost::Message;
 
 fuzz_target!(|data: &[u8]| {

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use hdrhistogram::Histogram;
-use modserve::grpc::pb::moderation_client::ModerationClient;
-use modserve::grpc::pb::{ClassifyRequest, Review};
+use modserve::serving::grpc::pb::moderation_client::ModerationClient;
+use modserve::serving::grpc::pb::{ClassifyRequest, Review};
 use tokio::sync::Mutex;
 use tonic::transport::{Channel, Endpoint};
 

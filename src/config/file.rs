@@ -23,7 +23,7 @@ pub(super) struct RawConfig {
     pub(super) tasks: BTreeMap<String, RawTask>,
     pub(super) feedback: RawFeedback,
     pub(super) monitoring: RawMonitoring,
-    pub(super) launch: crate::report::RawLaunchCriteria,
+    pub(super) launch: crate::offline::report::RawLaunchCriteria,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use super::file::{RawBatching, RawConfig, RawShadowPolicy};
 use super::*;
-use crate::batch::BatchPolicy;
-use crate::breaker::BreakerPolicy;
-use crate::disagreement::LogConfig;
-use crate::model::manifest::is_valid_name;
+use crate::inference::batch::BatchPolicy;
+use crate::inference::model::manifest::is_valid_name;
+use crate::inference::worker::WorkerSettings;
 use crate::shadow::ShadowPolicy;
-use crate::worker::WorkerSettings;
+use crate::shadow::breaker::BreakerPolicy;
+use crate::shadow::disagreement::LogConfig;
 
 pub(super) fn validate(
     raw: RawConfig,
@@ -357,7 +357,7 @@ pub(super) fn validate(
     let shadow_scheduling = raw.shadow.scheduling.unwrap_or(defaults::SHADOW_SCHEDULING);
     let shadow_cpus = raw.shadow.cpus.as_deref().and_then(|list| shadow_cpus(&mut errors, list));
     let feedback = feedback(&mut errors, &raw.feedback);
-    let launch = crate::report::validate_criteria(&raw.launch, &mut errors);
+    let launch = crate::offline::report::validate_criteria(&raw.launch, &mut errors);
     let monitoring = MonitoringConfig {
         languages: match &raw.monitoring.languages {
             Some(list) => list.iter().map(|l| l.to_ascii_lowercase()).collect(),
@@ -380,7 +380,7 @@ pub(super) fn validate(
     }
     Ok(Config {
         source: path.to_path_buf(),
-        source_sha256: crate::model::package::sha256_hex(text.as_bytes()),
+        source_sha256: crate::inference::model::package::sha256_hex(text.as_bytes()),
         overrides: overrides.clone(),
         server,
         admin,
@@ -519,15 +519,15 @@ fn shadow_policy(errors: &mut Vec<String>, raw: &RawShadowPolicy) -> ShadowPolic
 }
 
 /// `shadow.cpus`: a CPU list within the CPUs this process may run on.
-fn shadow_cpus(errors: &mut Vec<String>, list: &str) -> Option<crate::cpu::CpuSet> {
-    let cpus = match crate::cpu::CpuSet::parse(list) {
+fn shadow_cpus(errors: &mut Vec<String>, list: &str) -> Option<crate::inference::cpu::CpuSet> {
+    let cpus = match crate::inference::cpu::CpuSet::parse(list) {
         Ok(c) => c,
         Err(e) => {
             errors.push(format!("shadow.cpus {list:?}: {e}"));
             return None;
         }
     };
-    match crate::cpu::allowed_cpus() {
+    match crate::inference::cpu::allowed_cpus() {
         Ok(allowed) => {
             let outside = cpus.minus(&allowed);
             if outside.count() > 0 {

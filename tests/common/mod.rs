@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use modserve::app::{MODERATION_SERVICE, Server};
 use modserve::config::{Config, Overrides};
-use modserve::grpc::pb;
-use modserve::grpc::pb::moderation_client::ModerationClient;
+use modserve::serving::grpc::pb;
+use modserve::serving::grpc::pb::moderation_client::ModerationClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
@@ -249,7 +249,7 @@ pub fn delta(base: &str, now: &str, name: &str, labels: &[(&str, &str)]) -> f64 
 /// returns the server's `grpc-status` and `grpc-message`.
 pub async fn raw_classify(
     addr: std::net::SocketAddr,
-    req: &modserve::grpc::pb::ClassifyRequest,
+    req: &modserve::serving::grpc::pb::ClassifyRequest,
     timeout: &str,
 ) -> (i32, String) {
     use prost::Message;

@@ -35,7 +35,7 @@ sys.path.insert(0, str(HERE / "gen"))
 from modserve.v1 import moderation_pb2 as pb  # noqa: E402
 from modserve.v1 import moderation_pb2_grpc as pb_grpc  # noqa: E402
 
-# The same limits modserve applies (src/grpc/convert.rs); [limits] in the config overrides the
+# The same limits modserve applies (src/serving/grpc/convert.rs); [limits] in the config overrides the
 # configurable ones.
 MAX_ID_BYTES = 256
 MAX_SIGNALS = 64

@@ -29,8 +29,8 @@ use tower::ServiceExt;
 use super::status;
 use super::upload::{BoundedBody, Budget};
 use crate::metrics::{self, TransportRefusal};
+use crate::serving::tls::Tls;
 use crate::shutdown::ShutdownSignal;
-use crate::tls::Tls;
 
 /// HTTP/2 frames a peer may make us buffer per connection before we stop reading: bounded so a
 /// client cannot grow our memory with headers or unacknowledged resets.
@@ -65,6 +65,23 @@ pub struct TransportSettings {
     pub max_buffered_bytes_per_connection: usize,
     /// After shutdown starts, how long open calls (streams included) get to finish.
     pub shutdown_grace: Duration,
+}
+
+impl TransportSettings {
+    pub fn new(server: &crate::config::ServerConfig) -> TransportSettings {
+        TransportSettings {
+            max_concurrent_streams: server.max_concurrent_streams,
+            keepalive_interval: server.keepalive_interval,
+            keepalive_timeout: server.keepalive_timeout,
+            idle_timeout: server.idle_timeout,
+            handshake_timeout: server.handshake_timeout,
+            max_connections: server.max_connections,
+            max_connections_per_peer: server.max_connections_per_peer,
+            max_buffered_bytes: server.max_buffered_request_bytes,
+            max_buffered_bytes_per_connection: server.max_buffered_request_bytes_per_connection,
+            shutdown_grace: server.shutdown_grace,
+        }
+    }
 }
 
 /// When a call arrived and the deadline it asked for (`grpc-timeout`), put in the request's

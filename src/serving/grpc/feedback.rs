@@ -8,10 +8,10 @@ use tonic::{Request, Response, Status};
 use super::pb::feedback_server;
 use super::pb::{SubmitVerdictsRequest, SubmitVerdictsResponse};
 use super::{convert, status};
-use crate::classify::Classifier;
 use crate::error::Error;
 use crate::feedback::Feedback;
 use crate::metrics;
+use crate::serving::classify::Classifier;
 
 pub struct FeedbackService {
     classifier: Classifier,

@@ -4,12 +4,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::control::registry::{Registry, ServingState};
 use crate::error::Error;
-use crate::model::ModelSpec;
+use crate::inference::model::ModelSpec;
+use crate::inference::worker::TokenSlot;
 use crate::policy::{Decision, Policy};
-use crate::registry::{Registry, ServingState};
 use crate::request::ClassifyInput;
-use crate::worker::TokenSlot;
 
 /// One task's answer for every review of a request.
 pub struct TaskOutput {

@@ -11,14 +11,14 @@ use std::time::{Instant, SystemTime};
 use ort::environment::Environment;
 
 use crate::config::Config;
-use crate::disagreement::DisagreementLog;
+use crate::control::registry::{LoadedModel, ServingState, TaskEntry};
+use crate::inference::model::{ModelSpec, Package};
+use crate::inference::worker::{self, WorkerSettings};
 use crate::metrics::{self, InputMetrics, Role, TaskMetrics, VerdictMetrics};
-use crate::model::{ModelSpec, Package};
 use crate::policy::Policy;
-use crate::registry::{LoadedModel, ServingState, TaskEntry};
 use crate::shadow::budget::ShadowCpu;
+use crate::shadow::disagreement::DisagreementLog;
 use crate::shadow::{PairSpec, ShadowPair};
-use crate::worker::{self, WorkerSettings};
 
 /// A loaded state and the threads of the workers it started (joined at shutdown).
 pub struct Loaded {
@@ -43,7 +43,7 @@ pub fn load(
     // One budget per server, kept across reloads: reused shadow workers keep charging it.
     let shadow_cpu = previous.map(|p| p.shadow_cpu.clone()).unwrap_or_else(|| Arc::new(ShadowCpu::new()));
     let live_work = previous.map(|p| p.live_work.clone()).unwrap_or_default();
-    let capacity = crate::cpu::process_capacity();
+    let capacity = crate::inference::cpu::process_capacity();
     metrics::process_cpu_capacity(capacity);
     // A policy-only shadow runs on the live model's workers (it runs none), so it adds no role.
     let shadow_rate = |name: &str| {

@@ -7,10 +7,10 @@ use super::pb::{
     GetConfigRequest, GetConfigResponse, ListModelsRequest, ListModelsResponse, LoadedModel, ReloadRequest,
     ReloadResponse,
 };
+use crate::control::registry::Registry;
+use crate::control::reload::ReloadHandle;
 use crate::metrics::{ReloadTrigger, Role};
 use crate::policy::Policy;
-use crate::registry::Registry;
-use crate::reload::ReloadHandle;
 
 pub struct AdminService {
     registry: Registry,
@@ -51,7 +51,7 @@ impl Admin for AdminService {
         let state = self.registry.load().ok_or_else(|| Status::unavailable("models are still loading"))?;
         // One entry per use: the live model of each task with the task's policy, then each shadow
         // with its own (a policy-only shadow lists the live model again, under its policy).
-        let entry = |handle: &crate::worker::ModelHandle, role: &str, policy: &Policy, sample_rate: f64| {
+        let entry = |handle: &crate::inference::worker::ModelHandle, role: &str, policy: &Policy, sample_rate: f64| {
             let spec = handle.spec();
             let loaded = state.models.get(&spec.name);
             LoadedModel {

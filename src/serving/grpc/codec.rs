@@ -110,7 +110,7 @@ fn varint(bytes: &mut &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::grpc::pb;
+    use crate::serving::grpc::pb;
 
     #[test]
     fn counts_the_fields_prost_would_decode() {

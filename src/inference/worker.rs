@@ -16,15 +16,15 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySen
 use ort::environment::Environment;
 use tokio::sync::oneshot;
 
-use crate::batch::{Admit, BatchPolicy};
-use crate::cpu::{self, CpuSet};
 use crate::error::Error;
+use crate::inference::batch::{Admit, BatchPolicy};
+use crate::inference::cpu::{self, CpuSet};
+use crate::inference::model::session::ModelSession;
+use crate::inference::model::{ModelSpec, Package, PackageError};
+use crate::inference::tokenize::{Encoder, TokenBatch, TokenRows};
 use crate::metrics::{DropReason, ModelMetrics, Role};
-use crate::model::session::ModelSession;
-use crate::model::{ModelSpec, Package, PackageError};
 use crate::request::ReviewInput;
 use crate::shadow::budget::{ModelCpu, ShadowCpu};
-use crate::tokenize::{Encoder, TokenBatch, TokenRows};
 
 /// Token ids shared between models that tokenize identically (same tokenizer file, same length
 /// limit): the first worker to tokenize a request's reviews publishes them, later ones reuse them.
@@ -641,9 +641,9 @@ mod fault {
             }
             // Busy work of the given CPU time: a shadow heavier than live, which sleep is not.
             if let Some(ms) = stall(text, "modserve-fault:spin-", model) {
-                let start = crate::cpu::thread_cpu_time();
+                let start = crate::inference::cpu::thread_cpu_time();
                 let mut x = 0u64;
-                while crate::cpu::thread_cpu_time() - start < std::time::Duration::from_millis(ms) {
+                while crate::inference::cpu::thread_cpu_time() - start < std::time::Duration::from_millis(ms) {
                     x = std::hint::black_box(x.wrapping_add(1));
                 }
             }

@@ -2,7 +2,7 @@
 //! work behind live work: CPU lists, the affinity mask, the cgroup CPU quota (v1 and v2), the
 //! calling thread's scheduling class, and per-thread CPU clocks.
 //!
-//! Parsing is pure and unit-tested; the syscalls are thin wrappers. Everything is Linux-first:
+//! Parsing is pure and unit-tested; the syscalls are in `crate::sys`. Everything is Linux-first:
 //! elsewhere the controls report that they could not act and the clocks read zero.
 
 use std::path::{Path, PathBuf};
@@ -114,52 +114,22 @@ impl serde::Serialize for CpuSet {
 
 /// The CPUs this process may run on (its affinity mask).
 pub fn allowed_cpus() -> std::io::Result<CpuSet> {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: `mask` is a plain bit array the kernel fills; size given exactly.
-        let mut mask: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-        let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut mask) };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error());
+    let cpus = match crate::sys::affinity() {
+        Ok(cpus) => cpus,
+        // Without an affinity call, every CPU the standard library sees.
+        Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
+            (0..std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).collect()
         }
-        let mut set = CpuSet::empty();
-        for cpu in 0..MAX_CPUS {
-            // SAFETY: cpu < CPU_SETSIZE (1024).
-            if unsafe { libc::CPU_ISSET(cpu, &mask) } {
-                set.insert(cpu);
-            }
-        }
-        Ok(set)
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(MAX_CPUS);
-        let mut set = CpuSet::empty();
-        (0..n).for_each(|c| set.insert(c));
-        Ok(set)
-    }
+        Err(e) => return Err(e),
+    };
+    let mut set = CpuSet::empty();
+    cpus.into_iter().filter(|&cpu| cpu < MAX_CPUS).for_each(|cpu| set.insert(cpu));
+    Ok(set)
 }
 
 /// Restricts the calling thread to `cpus`.
 pub fn set_thread_affinity(cpus: &CpuSet) -> std::io::Result<()> {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: `mask` is a plain bit array; pid 0 is the calling thread.
-        let mut mask: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-        for cpu in cpus.iter() {
-            unsafe { libc::CPU_SET(cpu, &mut mask) };
-        }
-        let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mask) };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = cpus;
-        Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "CPU affinity needs Linux"))
-    }
+    crate::sys::set_affinity(cpus.iter())
 }
 
 /// The scheduling a shadow worker thread ended up with.
@@ -190,47 +160,29 @@ impl SchedPolicy {
 /// the caller, which knows the model.
 pub fn lower_thread_priority(idle: bool, nice: i32) -> (SchedPolicy, Option<std::io::Error>) {
     let mut error = None;
-    #[cfg(target_os = "linux")]
     if idle {
-        // SAFETY: sched_param is plain data; pid 0 is the calling thread.
-        let param = libc::sched_param { sched_priority: 0 };
-        if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } == 0 {
-            // The nice value still orders idle threads among themselves; keep it too (best
-            // effort: the idle class is what matters).
-            let _ = set_nice(nice);
-            return (SchedPolicy::Idle, None);
+        match crate::sys::set_sched_idle() {
+            Ok(()) => {
+                // The nice value still orders idle threads among themselves; keep it too (best
+                // effort: the idle class is what matters).
+                let _ = crate::sys::set_nice(nice);
+                return (SchedPolicy::Idle, None);
+            }
+            Err(e) => error = Some(e),
         }
-        error = Some(std::io::Error::last_os_error());
     }
-    #[cfg(not(target_os = "linux"))]
-    let _ = idle;
     if nice == 0 {
         return (SchedPolicy::Normal, error);
     }
-    match set_nice(nice) {
+    match crate::sys::set_nice(nice) {
         Ok(()) => (SchedPolicy::Nice, error),
         Err(e) => (SchedPolicy::Normal, Some(e)),
     }
 }
 
-/// Sets the calling thread's niceness (Linux applies `setpriority` per thread).
-fn set_nice(nice: i32) -> std::io::Result<()> {
-    // SAFETY: plain syscalls on the calling thread, no pointers involved.
-    let rc = unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, nice)
-    };
-    if rc != 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
-}
-
 /// CPU time the calling thread has used (user + system), from its own CPU clock.
 pub fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid out-pointer; this clock always exists on Linux.
-    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
-        return Duration::ZERO;
-    }
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    crate::sys::thread_cpu_time()
 }
 
 /// Time the calling thread has spent runnable but waiting for a CPU (the second field of

@@ -4,13 +4,13 @@
 use std::collections::{HashMap, HashSet};
 
 use super::pb;
-use crate::classify::ClassifyOutput;
 use crate::config::{Limits, OversizeText};
+use crate::control::registry::ServingState;
 use crate::error::Error;
 use crate::feedback::{Verdict, source_label};
 use crate::policy::Decision;
-use crate::registry::ServingState;
 use crate::request::{ClassifyInput, ReviewInput};
+use crate::serving::classify::ClassifyOutput;
 
 /// Longest review id accepted, in bytes: ids end up in logs and the disagreement log.
 pub const MAX_ID_BYTES: usize = 256;

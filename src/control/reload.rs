@@ -13,11 +13,11 @@ use ort::environment::Environment;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{Config, Overrides};
-use crate::disagreement::DisagreementLog;
-use crate::loader;
+use crate::control::loader;
+use crate::control::registry::{Registry, ServingState};
+use crate::inference::model::package::sha256_hex;
 use crate::metrics::{self, ReloadTrigger};
-use crate::model::package::sha256_hex;
-use crate::registry::{Registry, ServingState};
+use crate::shadow::disagreement::DisagreementLog;
 use crate::shutdown::ShutdownSignal;
 
 /// The result of one reload attempt.
@@ -243,7 +243,7 @@ impl Reloader {
 /// "abuse=abuse-v1(+abuse-v2,+abuse-v1/strict-2) fraud=..." for the log line: a model under a
 /// policy other than its manifest's shows as MODEL/POLICY.
 fn summary(state: &ServingState) -> String {
-    let named = |model: &crate::worker::ModelHandle, policy: &crate::policy::Policy| {
+    let named = |model: &crate::inference::worker::ModelHandle, policy: &crate::policy::Policy| {
         let spec = model.spec();
         if spec.policy == *policy { spec.name.clone() } else { format!("{}/{}", spec.name, policy.name) }
     };

@@ -16,16 +16,16 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::compare;
 use crate::config::Limits;
+use crate::control::registry::{ServingState, TaskEntry};
 use crate::error::Error;
-use crate::grpc::{convert, pb};
+use crate::inference::worker::ModelHandle;
 use crate::metrics::ShadowOutcome;
+use crate::offline::report::{ReportInput, Source, Subject, Verdicts, cumulative_buckets};
 use crate::policy::{Decision, Policy};
-use crate::registry::{ServingState, TaskEntry};
-use crate::report::{ReportInput, Source, Subject, Verdicts, cumulative_buckets};
 use crate::request::ReviewInput;
-use crate::worker::ModelHandle;
+use crate::serving::grpc::{convert, pb};
+use crate::shadow::compare;
 
 /// Reviews sent to a model at once.
 const CHUNK: usize = 32;

@@ -1,4 +1,4 @@
-//! Summarises the disagreement log (JSON lines written by `crate::disagreement`, rotated as
+//! Summarises the disagreement log (JSON lines written by `crate::shadow::disagreement`, rotated as
 //! `PATH.1`, `PATH.2`, ...) for one task and candidate within the window: counts by direction
 //! and the disagreements with the largest score differences. Lines that do not parse are
 //! skipped and counted.
@@ -178,7 +178,7 @@ mod tests {
 
     #[test]
     fn report_disagreements_read_the_lines_the_server_writes() {
-        use crate::disagreement::{Entry, Side};
+        use crate::shadow::disagreement::{Entry, Side};
         let side = |model, policy, decision, insult| Side {
             model,
             version: "1",
@@ -188,7 +188,7 @@ mod tests {
             scores: [("insult", insult)].into(),
         };
         let entry = Entry {
-            time: crate::disagreement::now_rfc3339(),
+            time: crate::shadow::disagreement::now_rfc3339(),
             task: "abuse",
             review_id: "r1",
             direction: "stricter",

@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::report::prometheus::Point;
+use crate::offline::report::prometheus::Point;
 
 const END: f64 = 1_795_000_000.0;
 const START: f64 = END - 3600.0;

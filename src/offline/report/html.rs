@@ -136,8 +136,8 @@ fn chart(out: &mut String, r: &Report, chart: Chart) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::LaunchCriteria;
-    use crate::report::input::tests::input;
+    use crate::offline::report::LaunchCriteria;
+    use crate::offline::report::input::tests::input;
 
     /// Counts of `<tag>` / `<tag ...>` openings and `</tag>` closings.
     fn balance(text: &str, tag: &str) -> (usize, usize) {

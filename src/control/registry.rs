@@ -10,10 +10,10 @@ use std::time::SystemTime;
 use arc_swap::ArcSwapOption;
 
 use crate::config::Config;
+use crate::inference::worker::ModelHandle;
 use crate::metrics::{InputMetrics, Role, TaskMetrics, VerdictMetrics};
 use crate::policy::Policy;
 use crate::shadow::ShadowPair;
-use crate::worker::ModelHandle;
 
 /// One task, its live model and policy, and its shadows.
 pub struct TaskEntry {
@@ -68,7 +68,7 @@ pub struct ServingState {
     /// The server's shadow CPU budget and use, handed from state to state on reload.
     pub shadow_cpu: Arc<crate::shadow::budget::ShadowCpu>,
     /// The server's live jobs in flight, which shadow batches wait for; handed on like the budget.
-    pub live_work: Arc<crate::worker::LiveWork>,
+    pub live_work: Arc<crate::inference::worker::LiveWork>,
 }
 
 impl ServingState {

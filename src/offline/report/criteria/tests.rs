@@ -1,7 +1,7 @@
 //! Launch criteria: validation of `[launch]` and pass / fail on the sample input and on gaps.
 
 use super::*;
-use crate::report::input::tests::input;
+use crate::offline::report::input::tests::input;
 
 fn run(input: &ReportInput, criteria: &LaunchCriteria) -> Vec<CriterionResult> {
     evaluate(input, &Derived::of(input), criteria)
@@ -114,7 +114,7 @@ fn report_criteria_fail_when_required_data_is_missing() {
 fn report_criteria_judge_a_policy_only_candidate_by_the_live_latency() {
     let mut i = input();
     i.candidate.model = i.live.model.clone();
-    i.latency = Some(crate::report::input::Latency { candidate: None, ..i.latency.unwrap() });
+    i.latency = Some(crate::offline::report::input::Latency { candidate: None, ..i.latency.unwrap() });
     let results = run(&i, &LaunchCriteria { max_p99: Some(Duration::from_millis(50)), ..Default::default() });
     let r = find(&results, "inference p99");
     assert_eq!(r.status, Status::Pass);

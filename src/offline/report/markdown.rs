@@ -63,8 +63,8 @@ fn table(out: &mut String, t: &Table) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::LaunchCriteria;
-    use crate::report::input::tests::input;
+    use crate::offline::report::LaunchCriteria;
+    use crate::offline::report::input::tests::input;
 
     const SECTIONS: [&str; 10] = [
         "## Traffic compared and coverage",

@@ -166,7 +166,7 @@ mod tests {
     fn report_subcommand_parses_its_flags_and_documents_exit_codes() {
         use clap::{CommandFactory, Parser};
 
-        use crate::config::{Cli, Command};
+        use crate::cli::{Cli, Command};
         let cli = Cli::try_parse_from([
             "modserve",
             "report",

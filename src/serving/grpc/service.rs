@@ -11,9 +11,9 @@ use super::pb::moderation_server::Moderation;
 use super::pb::{self, ClassifyRequest, ClassifyResponse};
 use super::transport::{Arrival, parse_grpc_timeout};
 use super::{convert, status};
-use crate::classify::Classifier;
 use crate::error::Error;
 use crate::metrics;
+use crate::serving::classify::Classifier;
 use crate::shutdown::ShutdownSignal;
 
 #[derive(Clone)]

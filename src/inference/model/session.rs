@@ -9,7 +9,7 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::value::{TensorElementType, TensorRef, ValueType};
 
 use super::{ModelSpec, Package, PackageError};
-use crate::tokenize::TokenBatch;
+use crate::inference::tokenize::TokenBatch;
 
 /// A session plus what it needs to check its inputs and outputs.
 pub struct ModelSession {

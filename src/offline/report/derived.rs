@@ -230,7 +230,7 @@ impl DeltaDistribution {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::input::tests::input;
+    use crate::offline::report::input::tests::input;
 
     #[test]
     fn traffic_rates_leave_sampled_out_reviews_out_of_the_denominator() {

@@ -1,0 +1,128 @@
+//! The command line: the subcommands and the flags that override the config file, every flag
+//! also an environment variable (clap). `config` never sees clap: `Flags::overrides` hands it
+//! plain settings.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{LogFormat, Overrides, defaults};
+
+#[derive(Debug, Parser)]
+#[command(name = "modserve", version, about = "Content-moderation inference server with shadow mode")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub flags: Flags,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (what `modserve` with no subcommand does).
+    Serve,
+    /// Validate a config file and load every model it names; print every error and exit
+    /// non-zero if there is any.
+    CheckConfig {
+        /// The config file to check.
+        file: PathBuf,
+    },
+    /// Run every model of the config (each task's live model and every shadow, every policy) over
+    /// a labelled JSON-lines file and write a launch report per shadow, with the labels standing
+    /// in for moderator verdicts, judged by the config's `[launch]` criteria.
+    ///
+    /// Exit status: 0 every shadow GO, 2 any NO-GO, 1 the evaluation could not run.
+    Eval {
+        /// JSON lines, one review each: "id", "text", optional "title", "rating", "language",
+        /// "signals" (as in Classify), "task", and the human "decision" (allow, review or reject).
+        #[arg(long)]
+        labels: PathBuf,
+        /// Folder for the reports: one subfolder per shadow, TASK-MODEL[-POLICY], each with
+        /// launch-report.{md,html,json}.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
+    /// Build the launch-readiness report on one shadow candidate against the live model, from
+    /// Prometheus, and decide GO or NO-GO against the launch criteria (`[launch]` in --config).
+    ///
+    /// Prints the report as Markdown and writes launch-report.md, launch-report.html and
+    /// launch-report.json into --out.
+    ///
+    /// Exit status: 0 GO (every checked criterion passed), 2 NO-GO (at least one failed),
+    /// 1 the report could not be built (the cause is printed to stderr).
+    Report {
+        /// Prometheus base URL (http only; a path prefix is allowed), e.g. http://127.0.0.1:9090.
+        #[arg(long, env = "MODSERVE_REPORT_PROMETHEUS")]
+        prometheus: String,
+        /// The task whose shadow is reported on.
+        #[arg(long)]
+        task: String,
+        /// The shadow model (the candidate).
+        #[arg(long)]
+        candidate: String,
+        /// The shadow policy. Required when --candidate is the live model (a policy-only
+        /// shadow); otherwise needed only if the model shadows the task under several policies.
+        #[arg(long)]
+        policy: Option<String>,
+        /// How far back from --end to look, e.g. 1h, 30m, 7d.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        window: Duration,
+        /// End of the window: RFC 3339 (2026-11-26T13:00:00Z) or unix seconds. Default: now.
+        #[arg(long, value_parser = crate::offline::report::parse_end)]
+        end: Option<std::time::SystemTime>,
+        /// The disagreement log to summarise (its rotated files PATH.1, PATH.2, ... too).
+        #[arg(long)]
+        disagreement_log: Option<PathBuf>,
+        /// Folder for launch-report.{md,html,json} (created if missing).
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
+}
+
+/// Flags that override the config file; each is also read from the environment.
+#[derive(Debug, Clone, Default, Args)]
+pub struct Flags {
+    /// Config file (TOML). Relative paths inside it are relative to its folder.
+    #[arg(long, env = "MODSERVE_CONFIG", default_value = defaults::CONFIG_FILE, global = true)]
+    pub config: PathBuf,
+    /// gRPC listen address, overriding `server.grpc_listen`.
+    #[arg(long, env = "MODSERVE_GRPC_LISTEN", global = true)]
+    pub grpc_listen: Option<String>,
+    /// Prometheus /metrics listen address, overriding `server.metrics_listen`.
+    #[arg(long, env = "MODSERVE_METRICS_LISTEN", global = true)]
+    pub metrics_listen: Option<String>,
+    /// Admin service listen address, overriding `admin.listen` (so replicas sharing one config
+    /// file can each have their own port).
+    #[arg(long, env = "MODSERVE_ADMIN_LISTEN", global = true)]
+    pub admin_listen: Option<String>,
+    /// Log format, overriding `server.log_format`.
+    #[arg(long, env = "MODSERVE_LOG_FORMAT", global = true, value_parser = log_format)]
+    pub log_format: Option<LogFormat>,
+    /// ONNX Runtime shared library, overriding `server.onnxruntime_lib` (relative to the
+    /// current directory).
+    #[arg(long, env = "MODSERVE_ONNXRUNTIME_LIB", global = true)]
+    pub onnxruntime_lib: Option<PathBuf>,
+}
+
+impl Flags {
+    /// The flags as config overrides.
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            config: self.config.clone(),
+            grpc_listen: self.grpc_listen.clone(),
+            metrics_listen: self.metrics_listen.clone(),
+            admin_listen: self.admin_listen.clone(),
+            log_format: self.log_format,
+            onnxruntime_lib: self.onnxruntime_lib.clone(),
+        }
+    }
+}
+
+fn log_format(value: &str) -> Result<LogFormat, String> {
+    match value {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        _ => Err("expected text or json".to_string()),
+    }
+}

@@ -1,0 +1,8 @@
+//! The serving path: what a caller talks to. The gRPC transport (`grpc`: listeners, byte and
+//! connection budgets, proto <-> domain conversion, the one `Error` -> status mapping), TLS for
+//! its listeners (`tls`), and the classification facade (`classify`) that turns a validated
+//! request into one job per task on its live model and the model's decision.
+
+pub mod classify;
+pub mod grpc;
+pub mod tls;

@@ -1,0 +1,84 @@
+//! The only module allowed `unsafe`: thin wrappers over the Linux syscalls the shadow isolation
+//! needs (the calling thread's affinity, scheduling class, niceness and CPU clock). Each takes
+//! and returns plain Rust values; `inference::cpu` builds the policy on them. Elsewhere than
+//! Linux they report `Unsupported` (and the clock reads zero).
+
+use std::io;
+use std::time::Duration;
+
+/// CPUs `libc::cpu_set_t` can hold.
+#[cfg(target_os = "linux")]
+const SETSIZE: usize = libc::CPU_SETSIZE as usize;
+
+/// The CPU numbers in the calling thread's affinity mask.
+#[cfg(target_os = "linux")]
+pub fn affinity() -> io::Result<Vec<usize>> {
+    // SAFETY: `mask` is a plain bit array the kernel fills; its size is given exactly.
+    let mut mask: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut mask) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: every cpu < CPU_SETSIZE.
+    Ok((0..SETSIZE).filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &mask) }).collect())
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn affinity() -> io::Result<Vec<usize>> {
+    Err(io::Error::new(io::ErrorKind::Unsupported, "CPU affinity needs Linux"))
+}
+
+/// Restricts the calling thread to `cpus` (numbers at or beyond `CPU_SETSIZE` are ignored).
+#[cfg(target_os = "linux")]
+pub fn set_affinity(cpus: impl Iterator<Item = usize>) -> io::Result<()> {
+    // SAFETY: `mask` is a plain bit array; pid 0 is the calling thread; every cpu < CPU_SETSIZE.
+    let mut mask: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for cpu in cpus.filter(|&cpu| cpu < SETSIZE) {
+        unsafe { libc::CPU_SET(cpu, &mut mask) };
+    }
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mask) };
+    if rc != 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn set_affinity(_cpus: impl Iterator<Item = usize>) -> io::Result<()> {
+    Err(io::Error::new(io::ErrorKind::Unsupported, "CPU affinity needs Linux"))
+}
+
+/// Moves the calling thread to `SCHED_IDLE`.
+#[cfg(target_os = "linux")]
+pub fn set_sched_idle() -> io::Result<()> {
+    // SAFETY: sched_param is plain data; pid 0 is the calling thread.
+    let param = libc::sched_param { sched_priority: 0 };
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn set_sched_idle() -> io::Result<()> {
+    Err(io::Error::new(io::ErrorKind::Unsupported, "SCHED_IDLE needs Linux"))
+}
+
+/// Sets the calling thread's niceness (Linux applies `setpriority` per thread).
+pub fn set_nice(nice: i32) -> io::Result<()> {
+    // SAFETY: plain syscalls on the calling thread, no pointers involved.
+    let rc = unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, nice)
+    };
+    if rc != 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// CPU time the calling thread has used (user + system), from its own CPU clock; zero if the
+/// clock cannot be read.
+pub fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid out-pointer; this clock always exists on Linux.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
