@@ -4,6 +4,7 @@
 //!
 //! The server runs in this test process, so its worker threads are `/proc/self/task/*`.
 
+#[path = "it/common/mod.rs"]
 mod common;
 
 use std::time::{Duration, Instant};

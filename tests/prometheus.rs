@@ -2,6 +2,7 @@
 //! `deploy/prometheus/modserve-rules.yml`: the recorded agreement ratio must equal the ratio
 //! computed from the two models' own answers for the reviews sent.
 
+#[path = "it/common/mod.rs"]
 mod common;
 
 use common::prometheus::Prometheus;

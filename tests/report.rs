@@ -4,6 +4,7 @@
 //! scores; GO and NO-GO come out with exit codes 0 and 2; the HTML page opens in headless
 //! Chromium (the Debian package) without errors, and a screenshot is taken.
 
+#[path = "it/common/mod.rs"]
 mod common;
 
 use std::collections::HashMap;

@@ -2,6 +2,7 @@
 //! NOT_SERVING, Classify UNAVAILABLE, /health/ready 503, /health/live 200), then SERVING.
 //! Its own test binary: the slow load is set through the environment, process-wide.
 
+#[path = "it/common/mod.rs"]
 mod common;
 
 use common::*;

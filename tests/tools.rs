@@ -1,6 +1,7 @@
 //! Standard clients against the real server: grpcurl 1.8.6 through reflection (what a newcomer
 //! uses first) and promtool on a live /metrics scrape. `scripts/setup --test` installs both.
 
+#[path = "it/common/mod.rs"]
 mod common;
 
 use std::path::PathBuf;

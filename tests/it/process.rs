@@ -1,13 +1,11 @@
 //! The `modserve` binary as an operator runs it: `check-config` on broken packages, refusing to
 //! start on a broken model, graceful SIGTERM under load, and what the logs contain.
 
-mod common;
-
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use tonic::Code;
 
 fn modserve() -> Command {
@@ -34,6 +32,7 @@ fn one_model(name: &str) -> String {
 
 #[test]
 fn check_config_accepts_a_good_config() {
+    let _shared = shared_blocking();
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(&dir, &one_model("tiny-abuse"));
     let out = modserve().arg("check-config").arg(&config).output().unwrap();
@@ -44,6 +43,7 @@ fn check_config_accepts_a_good_config() {
 
 #[test]
 fn check_config_names_every_broken_package_and_what_is_wrong() {
+    let _shared = shared_blocking();
     let broken = [
         ("broken-corrupt-onnx", "model.onnx: ONNX Runtime cannot load the model"),
         ("broken-input-names", "graph input \"ids\" is not one the manifest declares"),
@@ -76,6 +76,7 @@ fn check_config_names_every_broken_package_and_what_is_wrong() {
 
 #[test]
 fn check_config_reports_config_errors_by_key() {
+    let _shared = shared_blocking();
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(&dir, "[batching]\nmax_batch_size = 0\n[tasks.abuse]\nlive = \"nope\"\n");
     let out = modserve().arg("check-config").arg(&config).output().unwrap();
@@ -87,6 +88,7 @@ fn check_config_reports_config_errors_by_key() {
 
 #[test]
 fn serve_refuses_to_start_on_a_broken_model() {
+    let _shared = shared_blocking();
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(&dir, &one_model("broken-sha256"));
     let out = modserve().arg("--config").arg(&config).output().unwrap();
@@ -97,6 +99,7 @@ fn serve_refuses_to_start_on_a_broken_model() {
 
 #[test]
 fn serve_refuses_to_start_without_onnx_runtime() {
+    let _shared = shared_blocking();
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(&dir, &one_model("tiny-abuse"));
     let out = modserve()
@@ -122,6 +125,7 @@ fn spawn_server(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_finishes_in_flight_calls_and_exits_zero() {
+    let _shared = shared().await;
     let dir = tempfile::tempdir().unwrap();
     // write_config puts the body right after its [server] keys, so drain_delay lands there.
     let config = write_config(&dir, &format!("drain_delay = \"300ms\"\n{}", one_model("tiny-abuse")));
@@ -196,6 +200,7 @@ fn send_sigterm(pid: i32) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_config_file() {
+    let _shared = shared().await;
     let dir = tempfile::tempdir().unwrap();
     let models = format!(
         "[models.tiny-abuse]\npath = {:?}\n[models.tiny-abuse-v2]\npath = {:?}\n",
@@ -240,6 +245,7 @@ async fn sighup_reloads_the_config_file() {
 /// hashed), during a reload; then the whole log is searched for every text sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_review_text_reaches_the_logs_on_any_path() {
+    let _shared = shared().await;
     use modserve::serving::grpc::pb::moderation_client::ModerationClient;
     let dir = tempfile::tempdir().unwrap();
     let body = format!(
@@ -365,6 +371,7 @@ fn read_logs(child: &mut std::process::Child) -> (std::net::SocketAddr, std::thr
 /// the disagreement log parses (a torn last line from the kill is cut back on restart).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_load_restarts_cleanly_with_no_torn_log_line() {
+    let _shared = shared().await;
     use modserve::serving::grpc::pb::moderation_client::ModerationClient;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("disagreements.jsonl");

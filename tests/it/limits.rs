@@ -1,11 +1,9 @@
 //! Transport limits: the per-call timeout ceiling and the idle-connection timeout. Its own test
 //! binary, so the request counters it reads are its own.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,11 +1,9 @@
 //! The error table of the server issue, end to end: queue full, deadlines, inference failures
 //! and shutdown. Each test uses its own fixture model so metric deltas are its own.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use modserve::app::MODERATION_SERVICE;
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
@@ -13,6 +11,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_answers_resource_exhausted_and_the_rest_succeed() {
+    let _guard = exclusive().await;
     let server = TestServer::start(config(
         r#"
 [models.tiny-fraud-v2]
@@ -69,6 +68,7 @@ live = "tiny-fraud-v2"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_passed_deadline_answers_deadline_exceeded_without_inference() {
+    let _guard = exclusive().await;
     let server = TestServer::start(config(
         r#"
 [models.tiny-abuse-v2]
@@ -79,7 +79,9 @@ live = "tiny-abuse-v2"
     ))
     .await;
     let mut client = server.client().await;
-    let before = metric(&server.scrape().await, "modserve_batches_total", &[("model", "tiny-abuse-v2")]).unwrap();
+    let before =
+        metric(&server.scrape().await, "modserve_batches_total", &[("model", "tiny-abuse-v2"), ("role", "live")])
+            .unwrap();
     // A raw HTTP/2 call, because a tonic client enforces `grpc-timeout` itself and would
     // report its own timeout before the server's answer arrives; we want the server's answer.
     let (status, message) = raw_classify(server.grpc_addr, &request(vec![review("a", "you idiot")]), "1n").await;
@@ -87,7 +89,7 @@ live = "tiny-abuse-v2"
     assert!(message.contains("deadline exceeded"), "{message}");
     let scrape = server.scrape().await;
     assert_eq!(
-        metric(&scrape, "modserve_batches_total", &[("model", "tiny-abuse-v2")]),
+        metric(&scrape, "modserve_batches_total", &[("model", "tiny-abuse-v2"), ("role", "live")]),
         Some(before),
         "no inference ran"
     );
@@ -101,6 +103,7 @@ live = "tiny-abuse-v2"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_model_answers_internal_naming_it_and_keeps_serving() {
+    let _guard = exclusive().await;
     let server = TestServer::start(config(
         r#"
 [models.tiny-faulty]
@@ -152,6 +155,7 @@ async fn a_panicking_live_worker_answers_internal_and_keeps_serving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_turns_health_not_serving_and_serves_until_the_drain_ends() {
+    let _shared = shared().await;
     // drain_delay keeps connections open after NOT_SERVING, as behind a load balancer.
     let server = TestServer::start(config_with(
         "drain_delay = \"1s\"",

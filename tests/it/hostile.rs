@@ -2,11 +2,9 @@
 //! connections, a locked-out metrics port, malformed bodies and echoed values, each against the
 //! real server. Its own test binary, so the counters it reads are its own.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -26,8 +26,6 @@
 //!
 //! Needs `nginx` and `prometheus` (`scripts/setup --test` installs both).
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -36,8 +34,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::prometheus::Prometheus;
-use common::*;
+use crate::common::prometheus::Prometheus;
+use crate::common::*;
 use modserve::serving::grpc::pb;
 use modserve::serving::grpc::pb::admin_client::AdminClient;
 use modserve::serving::grpc::pb::moderation_client::ModerationClient;
@@ -561,6 +559,7 @@ fn logged_ids(log: &Path) -> BTreeSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_replicas_behind_nginx_sample_alike_aggregate_and_roll_without_losing_calls() {
+    let _guard = exclusive().await;
     let started = Instant::now();
     let golden = Arc::new(golden_table());
     let root = tempfile::tempdir().unwrap();

@@ -3,12 +3,10 @@
 //! and a rotated certificate takes effect without a restart or a failed call, while a bad one
 //! keeps the old one serving.
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use modserve::serving::grpc::pb::moderation_client::ModerationClient;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};

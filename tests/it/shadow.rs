@@ -1,12 +1,10 @@
 //! Shadow mode end to end: live answers untouched, comparisons counted exactly, sampling
 //! deterministic, failing / panicking / slow shadows isolated and counted.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use modserve::serving::grpc::pb;
 use prost::Message;
 

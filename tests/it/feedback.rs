@@ -4,12 +4,10 @@
 //! queue refuses the call, verdicts that cannot be scored in time are shed and counted, and a
 //! policy-only shadow runs no inference.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use modserve::serving::grpc::pb;
 use modserve::serving::grpc::pb::feedback_client::FeedbackClient;
 
@@ -361,6 +359,7 @@ async fn a_full_queue_refuses_the_call_and_late_verdicts_are_shed() {
 
 #[tokio::test]
 async fn policies_that_do_not_fit_the_model_are_refused_at_load() {
+    let _shared = shared().await;
     let text = WITH_POLICIES.replace("[policies.strict-2.thresholds.insult]", "[policies.strict-2.thresholds.spam]");
     let config = std::sync::Arc::new(config(&text));
     let env = modserve::inference::runtime::environment(&ort_lib()).unwrap();

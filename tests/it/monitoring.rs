@@ -2,9 +2,7 @@
 //! at the model's length limit and score histograms, each counted exactly for a known set of
 //! reviews (token counts from the fixture tokenizer's own vocabulary).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 const CONFIG: &str = r#"
 [limits]
@@ -27,6 +25,7 @@ fn with_language(id: &str, text: &str, language: Option<&str>) -> modserve::serv
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn input_quality_and_scores_are_counted_exactly() {
+    let _guard = exclusive().await;
     let server = TestServer::start(config(CONFIG)).await;
     let base = server.scrape().await;
     // "you idiot": 2 known tokens. "qzxv blorf idiot": 2 unknown of 3. 70 x "you": 70 tokens,

@@ -1,13 +1,12 @@
 //! End-to-end Classify and ClassifyStream against the real server and real ONNX Runtime.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use modserve::serving::grpc::pb;
 use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scores_and_decisions_match_the_golden_outputs() {
+    let _shared = shared().await;
     let server = TestServer::start(config(BASIC)).await;
     let mut client = server.client().await;
     for (model, task) in [("tiny-abuse", "abuse"), ("tiny-fraud", "fraud")] {
@@ -38,6 +37,7 @@ async fn scores_and_decisions_match_the_golden_outputs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_task_named_means_every_task_in_config_order() {
+    let _shared = shared().await;
     let server = TestServer::start(config(BASIC)).await;
     let mut client = server.client().await;
     let resp = client.classify(request(vec![review("a", "you idiot, win a free prize")])).await.unwrap().into_inner();
@@ -57,6 +57,7 @@ async fn no_task_named_means_every_task_in_config_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn structured_signals_reach_the_features_input() {
+    let _shared = shared().await;
     let server = TestServer::start(config(
         r#"
 [models.tiny-fraud-features]
@@ -92,6 +93,7 @@ live = "tiny-fraud-features"
 /// different requests share batches: every review must get its own text's scores back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_never_get_each_others_scores() {
+    let _guard = exclusive().await;
     let server =
         TestServer::start(config(&format!("[batching]\nmax_batch_size = 16\nmax_wait = \"3ms\"\n{BASIC}"))).await;
     let cases: Vec<Golden> = golden().into_iter().filter(|g| g.model == "tiny-abuse").collect();
@@ -141,6 +143,7 @@ async fn concurrent_requests_never_get_each_others_scores() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_requests_name_the_field_and_index() {
+    let _guard = exclusive().await;
     let server =
         TestServer::start(config(&format!("[limits]\nmax_reviews_per_request = 3\nmax_text_bytes = 100\n{BASIC}")))
             .await;
@@ -189,6 +192,7 @@ async fn invalid_requests_name_the_field_and_index() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversize_text_can_be_truncated_instead() {
+    let _shared = shared().await;
     let server =
         TestServer::start(config(&format!("[limits]\nmax_text_bytes = 20\noversize_text = \"truncate\"\n{BASIC}")))
             .await;
@@ -203,6 +207,7 @@ async fn oversize_text_can_be_truncated_instead() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_answers_every_message_in_order_and_survives_bad_ones() {
+    let _shared = shared().await;
     let server = TestServer::start(config(BASIC)).await;
     let mut client = server.client().await;
     let texts = ["you idiot", "great product", "win a free prize", "this is dumb", "call me"];
@@ -241,6 +246,7 @@ async fn stream_answers_every_message_in_order_and_survives_bad_ones() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_over_the_size_limit_is_refused_before_it_is_read() {
+    let _shared = shared().await;
     let server =
         TestServer::start(config(&format!("[limits]\nmax_message_bytes = 2048\nmax_text_bytes = 1024\n{BASIC}"))).await;
     let mut client = server.client().await;

@@ -3,13 +3,11 @@
 //! golden scores, GO and NO-GO come from the `[launch]` criteria with their exit codes, and a
 //! bad labelled file is refused naming the line.
 
-mod common;
-
 use std::collections::HashMap;
 use std::io::Write;
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 fn modserve() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_modserve"));
@@ -130,6 +128,7 @@ fn report(out: &std::path::Path, dir: &str) -> serde_json::Value {
 
 #[test]
 fn eval_reports_the_figures_computed_from_the_golden_scores() {
+    let _shared = shared_blocking();
     let dir = tempfile::tempdir().unwrap();
     // Lenient criteria: both candidates pass on 12 reviews.
     let config = write_config(&dir, "min_compared = 10\nmin_verdicts = 10\nmax_precision_drop = 1.0");
@@ -177,6 +176,7 @@ fn eval_reports_the_figures_computed_from_the_golden_scores() {
 
 #[test]
 fn eval_says_no_go_with_exit_status_2_when_a_criterion_fails() {
+    let _shared = shared_blocking();
     let dir = tempfile::tempdir().unwrap();
     // 12 labelled reviews cannot meet the default of 100 verdicts.
     let config = write_config(&dir, "min_compared = 10");
@@ -196,6 +196,7 @@ fn eval_says_no_go_with_exit_status_2_when_a_criterion_fails() {
 
 #[test]
 fn a_bad_labelled_file_is_refused_naming_each_line() {
+    let _shared = shared_blocking();
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(&dir, "");
     let labels = dir.path().join("labels.jsonl");
@@ -229,6 +230,7 @@ fn a_bad_labelled_file_is_refused_naming_each_line() {
 
 #[test]
 fn progress_counts_each_task_on_its_own_models() {
+    let _shared = shared_blocking();
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(&dir, "min_compared = 1");
     // Add a fraud task, live only: its reviews go through one model, abuse's through two.

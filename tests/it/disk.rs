@@ -6,11 +6,9 @@
 //! file system read-only while a file on it is open for writing, as the log is. Any write error
 //! (ENOSPC here, EROFS, EIO) takes the same path: the batch's lines are dropped and counted.
 
-mod common;
-
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 /// A 4 MiB tmpfs at a fresh directory, unmounted on drop.
 struct Tmpfs(tempfile::TempDir);

@@ -1,12 +1,10 @@
 //! The inference worker through its library API: deadlines checked before inference, and token
 //! ids reused across models that share a tokenizer.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use modserve::error::Error;
 use modserve::inference::batch::BatchPolicy;
 use modserve::inference::model::Package;
@@ -49,6 +47,7 @@ fn reviews(texts: &[&str]) -> Arc<[ReviewInput]> {
 /// DEADLINE_EXCEEDED and counted, and never reaches the session.
 #[test]
 fn queued_work_past_its_deadline_is_dropped_before_inference() {
+    let _shared = shared_blocking();
     let pool = pool("tiny-abuse");
     let reviews = reviews(&["you idiot"]);
     let expired = Instant::now() - Duration::from_millis(1);
@@ -73,6 +72,7 @@ fn queued_work_past_its_deadline_is_dropped_before_inference() {
 /// text: proven by handing it ids that disagree with the text.
 #[test]
 fn token_ids_from_a_shared_tokenizer_are_used_as_given() {
+    let _shared = shared_blocking();
     let live = pool("tiny-abuse");
     let shadow = pool("tiny-abuse-v2");
     // Live keeps its token ids.
@@ -110,15 +110,22 @@ fn token_ids_from_a_shared_tokenizer_are_used_as_given() {
 /// A job whose caller went away while it was queued is dropped before inference and counted.
 #[test]
 fn abandoned_jobs_are_dropped_before_inference_and_counted() {
+    let _guard = exclusive_blocking();
     let prometheus = modserve::metrics::install().unwrap();
     let pool = pool("tiny-fraud");
     let count = |reason: &str| {
-        metric(&prometheus.render(), "modserve_dropped_total", &[("model", "tiny-fraud"), ("reason", reason)])
-            .unwrap_or(0.0)
+        metric(
+            &prometheus.render(),
+            "modserve_dropped_total",
+            &[("model", "tiny-fraud"), ("role", "shadow"), ("reason", reason)],
+        )
+        .unwrap_or(0.0)
     };
     // Reviews that reached the session, over every batch.
-    let inferred =
-        || metric(&prometheus.render(), "modserve_batch_size_sum", &[("model", "tiny-fraud")]).unwrap_or(0.0);
+    let inferred = || {
+        metric(&prometheus.render(), "modserve_batch_size_sum", &[("model", "tiny-fraud"), ("role", "shadow")])
+            .unwrap_or(0.0)
+    };
     let before = (count("cancelled"), inferred());
     // The first job stalls the only worker (test-only fault hook), so the second waits queued.
     let busy = pool.handle.submit(reviews(&["modserve-fault:sleep-300:tiny-fraud; call me"]), None, None).unwrap();

@@ -1,12 +1,10 @@
 //! Config reload end to end: the Admin RPC, the file watcher (including a Kubernetes ConfigMap
 //! style symlink swap), fixed settings, bad configs, promotion, tokens, and a soak under load.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use modserve::config::{Config, Overrides};
 use modserve::serving::grpc::pb;
 use modserve::serving::grpc::pb::admin_client::AdminClient;

@@ -173,19 +173,18 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
 
 /// The value of the series `name{labels...}` in a Prometheus text scrape (labels may be a
 /// subset; all must match), or `None`.
+/// The value of the one series of `name` whose labels include `labels`. Panics if several
+/// series match: the test names too few labels (every test shares one process-wide registry,
+/// so a series another test made must not be picked by accident); sum them with `sum_where`.
 pub fn metric(scrape: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    scrape.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
-        let (series, value) = line.rsplit_once(' ')?;
-        let (series_name, rest) = match series.split_once('{') {
-            Some((n, r)) => (n, r),
-            None => (series, ""),
-        };
-        if series_name != name {
-            return None;
-        }
-        let all = labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
-        all.then(|| value.parse().ok()).flatten()
-    })
+    let matching: Vec<_> = series(scrape, name).into_iter().filter(|(l, _)| has_labels(l, labels)).collect();
+    assert!(matching.len() <= 1, "{name} {labels:?} matches {} series, name more labels: {matching:?}", matching.len());
+    matching.first().map(|(_, v)| *v)
+}
+
+/// Whether a series' labels include every one of `labels`, by exact name and value.
+fn has_labels(series: &std::collections::HashMap<String, String>, labels: &[(&str, &str)]) -> bool {
+    labels.iter().all(|(k, v)| series.get(*k).map(String::as_str) == Some(*v))
 }
 
 pub fn review(id: &str, text: &str) -> pb::Review {
@@ -233,16 +232,35 @@ pub fn path_str(p: &Path) -> String {
     p.display().to_string()
 }
 
-/// Metrics are process-wide, so tests that assert on them run one at a time (hold the guard for
-/// the whole test) and compare against a baseline scrape taken at their start.
-pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
-    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    LOCK.lock().await
+/// Tests that must not overlap with others (`exclusive`) against the rest (`shared`).
+static LOCK: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// Metrics are process-wide, so tests that assert on them run alone (hold the guard for the
+/// whole test) and compare against a baseline scrape taken at their start.
+pub async fn exclusive() -> tokio::sync::RwLockWriteGuard<'static, ()> {
+    LOCK.write().await
 }
 
-/// `name{labels}` in `now` minus its value in `base` (missing counts as 0).
+/// Every other test holds this for its whole run: any number of them together, never beside an
+/// `exclusive` one (they would move its metrics and take its CPU).
+pub async fn shared() -> tokio::sync::RwLockReadGuard<'static, ()> {
+    LOCK.read().await
+}
+
+/// `shared` for a test outside the async runtime.
+pub fn shared_blocking() -> tokio::sync::RwLockReadGuard<'static, ()> {
+    LOCK.blocking_read()
+}
+
+/// `exclusive` for a test outside the async runtime.
+pub fn exclusive_blocking() -> tokio::sync::RwLockWriteGuard<'static, ()> {
+    LOCK.blocking_write()
+}
+
+/// The growth of `name` summed over the series whose labels include `labels`, from `base` to
+/// `now` (missing counts as 0).
 pub fn delta(base: &str, now: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    metric(now, name, labels).unwrap_or(0.0) - metric(base, name, labels).unwrap_or(0.0)
+    sum_where(now, name, labels) - sum_where(base, name, labels)
 }
 
 /// Sends one unary Classify over a bare HTTP/2 connection with the given `grpc-timeout` and
@@ -305,8 +323,7 @@ pub fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Every series of `name` in a scrape, with its labels parsed (exact names, unlike `metric`'s
-/// substring match, which cannot tell `model` from `live_model`).
+/// Every series of `name` in a scrape, with its labels parsed.
 pub fn series(scrape: &str, name: &str) -> Vec<(std::collections::HashMap<String, String>, f64)> {
     scrape
         .lines()
@@ -333,11 +350,7 @@ pub fn series(scrape: &str, name: &str) -> Vec<(std::collections::HashMap<String
 
 /// The sum of every series of `name` whose labels include all of `labels`, exactly.
 pub fn sum_where(scrape: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    series(scrape, name)
-        .into_iter()
-        .filter(|(l, _)| labels.iter().all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v)))
-        .map(|(_, v)| v)
-        .sum()
+    series(scrape, name).into_iter().filter(|(l, _)| has_labels(l, labels)).map(|(_, v)| v).sum()
 }
 
 /// Decision names in index order, as `modserve_*` metric labels spell them.
