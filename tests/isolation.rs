@@ -10,7 +10,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use modserve::serving::grpc::pb;
 
 /// One `/proc/self/task` entry of an inference worker.
 #[derive(Debug)]
@@ -299,69 +298,4 @@ async fn replicas_at_the_same_effective_rate_compare_the_same_reviews() {
     assert!(expected.len() > 30 && expected.len() < 100, "{}", expected.len());
     assert_eq!(compared("a"), expected, "replica a compared the reviews sampled at 0.3");
     assert_eq!(compared("b"), expected, "replica b compared the same reviews");
-}
-
-/// A shadow batch does not start while live work is queued or running anywhere in the server
-/// (on a second core or in a shared quota a shadow beside a live batch slows it; see
-/// `worker::LiveWork`): with a fraud call held in its live worker, an abuse call is answered at
-/// once, and its shadow comparison waits until the fraud call is done.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shadow_work_waits_while_live_work_is_in_flight() {
-    let _guard = exclusive().await;
-    let server = TestServer::start(config(
-        r#"
-[models.tiny-abuse]
-path = "tests/fixtures/tiny-abuse"
-[models.tiny-abuse-v2]
-path = "tests/fixtures/tiny-abuse-v2"
-[models.tiny-fraud]
-path = "tests/fixtures/tiny-fraud"
-[tasks.abuse]
-live = "tiny-abuse"
-shadows = [{ model = "tiny-abuse-v2", sample_rate = 1.0 }]
-[tasks.fraud]
-live = "tiny-fraud"
-"#,
-    ))
-    .await;
-    let base = server.scrape().await;
-    let fraud_only = |r: pb::Review| pb::ClassifyRequest { tasks: vec!["fraud".into()], ..request(vec![r]) };
-    let abuse_only = |r: pb::Review| pb::ClassifyRequest { tasks: vec!["abuse".into()], ..request(vec![r]) };
-
-    let mut held_client = server.client().await;
-    let held = tokio::spawn(async move {
-        let r = review("held", "modserve-fault:sleep-1500:tiny-fraud; buy now");
-        held_client.classify(fraud_only(r)).await
-    });
-    // The held call's batch has started once its queue wait is recorded.
-    let waits = &[("model", "tiny-fraud"), ("stage", "queue_wait")];
-    assert_eq!(server.wait_for(&base, "modserve_stage_duration_seconds_count", waits, 1.0).await, 1.0);
-
-    let mut client = server.client().await;
-    let resp = client.classify(abuse_only(review("a", "you idiot"))).await.expect("live answers at once");
-    assert_eq!(decision_name(resp.into_inner().results[0].tasks[0].decision), "REJECT");
-    let compared = |scrape: &str| {
-        delta(
-            &base,
-            scrape,
-            "modserve_shadow_reviews_total",
-            &[("shadow_model", "tiny-abuse-v2"), ("outcome", "compared")],
-        )
-    };
-    // Without the gate the comparison takes a millisecond or two; look for 300 ms while the
-    // fraud call is still held.
-    for _ in 0..6 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let scrape = server.scrape().await;
-        assert!(!held.is_finished(), "the held call is still in its worker");
-        assert_eq!(compared(&scrape), 0.0, "no shadow batch while live work runs: {scrape}");
-    }
-    held.await.unwrap().expect("the held call is answered");
-    let labels = &[("shadow_model", "tiny-abuse-v2"), ("outcome", "compared")];
-    assert_eq!(
-        server.wait_for(&base, "modserve_shadow_reviews_total", labels, 1.0).await,
-        1.0,
-        "compared once live is done"
-    );
-    server.stop().await;
 }

@@ -42,7 +42,6 @@ pub fn load(
     let live: Vec<&str> = config.tasks.iter().map(|t| t.live.as_str()).collect();
     // One budget per server, kept across reloads: reused shadow workers keep charging it.
     let shadow_cpu = previous.map(|p| p.shadow_cpu.clone()).unwrap_or_else(|| Arc::new(ShadowCpu::new()));
-    let live_work = previous.map(|p| p.live_work.clone()).unwrap_or_default();
     let capacity = crate::inference::cpu::process_capacity();
     metrics::process_cpu_capacity(capacity);
     // A policy-only shadow runs on the live model's workers (it runs none), so it adds no role.
@@ -88,7 +87,7 @@ pub fn load(
             continue;
         }
         let budget = (role == Role::Shadow).then_some(&shadow_cpu);
-        match worker::start(env, &package, role, settings, budget, &live_work) {
+        match worker::start(env, &package, role, settings, budget) {
             Ok(pool) => {
                 let load_seconds = started.elapsed().as_secs_f64();
                 metrics::model_loaded(name, load_seconds);
@@ -192,7 +191,6 @@ pub fn load(
     let state = ServingState {
         generation: 0,
         shadow_cpu,
-        live_work,
         config: config.clone(),
         config_sha256: String::new(),
         tasks,

@@ -67,8 +67,6 @@ pub struct ServingState {
     pub input: InputMetrics,
     /// The server's shadow CPU budget and use, handed from state to state on reload.
     pub shadow_cpu: Arc<crate::shadow::budget::ShadowCpu>,
-    /// The server's live jobs in flight, which shadow batches wait for; handed on like the budget.
-    pub live_work: Arc<crate::inference::worker::LiveWork>,
 }
 
 impl ServingState {

@@ -7,7 +7,6 @@
 
 use std::collections::BTreeSet;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -89,40 +88,6 @@ pub struct Job {
     pub deadline: Option<Instant>,
     pub enqueued_at: Instant,
     pub reply: Reply,
-    /// Set for work a caller awaits: counts in the server's `LiveWork` from submission until
-    /// the job is dropped (answered, shed or drained).
-    _live: Option<LiveMark>,
-}
-
-/// Jobs a caller awaits (live work), queued or running, across one server's models. A shadow
-/// batch does not start while there are any: a shadow running beside a live batch, on the other
-/// core or inside the same CPU quota, takes cache, memory bandwidth and quota from it, which
-/// `SCHED_IDLE` does not prevent (it only decides who runs on one core). One per server, handed
-/// from state to state on reload like the shadow budget.
-#[derive(Debug, Default)]
-pub struct LiveWork(AtomicUsize);
-
-impl LiveWork {
-    /// Live jobs queued or running now.
-    pub fn jobs(&self) -> usize {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-/// One job's share of a `LiveWork`.
-struct LiveMark(Arc<LiveWork>);
-
-impl LiveMark {
-    fn new(work: &Arc<LiveWork>) -> LiveMark {
-        work.0.fetch_add(1, Ordering::SeqCst);
-        LiveMark(work.clone())
-    }
-}
-
-impl Drop for LiveMark {
-    fn drop(&mut self) {
-        self.0.0.fetch_sub(1, Ordering::SeqCst);
-    }
 }
 
 /// How a model's workers run.
@@ -168,9 +133,6 @@ pub struct ModelHandle {
     metrics: Arc<ModelMetrics>,
     /// CPU used by this model's workers, when they are shadow workers under a `ShadowCpu`.
     cpu: Option<Arc<ModelCpu>>,
-    /// The server's live work, which jobs a caller awaits on a live model count in (a shadow
-    /// model's callers, such as feedback scoring, are background work).
-    live_work: Option<Arc<LiveWork>>,
 }
 
 impl ModelHandle {
@@ -201,15 +163,8 @@ impl ModelHandle {
         share: Option<Arc<TokenSlot>>,
     ) -> Result<oneshot::Receiver<JobResult>, Error> {
         let (reply, rx) = oneshot::channel();
-        let job = Job {
-            reviews,
-            tokens: None,
-            share,
-            deadline,
-            enqueued_at: Instant::now(),
-            reply: Reply::Caller(reply),
-            _live: self.live_work.as_ref().map(LiveMark::new),
-        };
+        let job =
+            Job { reviews, tokens: None, share, deadline, enqueued_at: Instant::now(), reply: Reply::Caller(reply) };
         self.enqueue(job)?;
         Ok(rx)
     }
@@ -231,7 +186,6 @@ impl ModelHandle {
             deadline,
             enqueued_at: Instant::now(),
             reply: Reply::Callback(callback),
-            _live: None,
         };
         self.enqueue(job)
     }
@@ -259,14 +213,13 @@ pub struct WorkerPool {
 /// Builds one session per worker thread from the verified package, warms each up, and starts
 /// the threads. Fails (naming the model file) if any session cannot be built or warmed.
 /// With `shadow_cpu`, every batch's thread CPU time is recorded there and no batch starts while
-/// its budget is spent or while any of `live_work` is queued or running.
+/// its budget is spent.
 pub fn start(
     env: &Environment,
     package: &Package,
     role: Role,
     settings: WorkerSettings,
     shadow_cpu: Option<&Arc<ShadowCpu>>,
-    live_work: &Arc<LiveWork>,
 ) -> Result<WorkerPool, PackageError> {
     let spec = package.spec.clone();
     let encoder = Encoder::new(package.tokenizer.clone(), spec.max_sequence_length)
@@ -297,7 +250,6 @@ pub fn start(
             features: Vec::new(),
             scores: Vec::new(),
             accounting: shadow_cpu.zip(cpu.as_ref()).map(|(b, m)| (b.clone(), m.clone())),
-            live_work: live_work.clone(),
         };
         let name = format!("infer-{}-{i}", spec.name);
         let model = spec.name.clone();
@@ -313,14 +265,7 @@ pub fn start(
             })?;
         threads.push(thread);
     }
-    let handle = ModelHandle {
-        spec,
-        lanes: [small, large],
-        capacity: settings.queue_capacity.max(1),
-        metrics,
-        cpu,
-        live_work: (role == Role::Live).then(|| live_work.clone()),
-    };
+    let handle = ModelHandle { spec, lanes: [small, large], capacity: settings.queue_capacity.max(1), metrics, cpu };
     Ok(WorkerPool { handle, threads })
 }
 
@@ -369,8 +314,6 @@ struct Worker {
     scores: Vec<f32>,
     /// Shadow workers: the budget every batch is charged to, and this model's share of it.
     accounting: Option<(Arc<ShadowCpu>, Arc<ModelCpu>)>,
-    /// The server's live work; shadow workers wait for it to be done.
-    live_work: Arc<LiveWork>,
 }
 
 impl Worker {
@@ -418,7 +361,6 @@ impl Worker {
                 }
                 Some((budget, model)) => {
                     wait_for_budget(&budget, &jobs);
-                    wait_for_live(&self.live_work, &jobs);
                     // The callbacks (comparison, logging) are shadow work too: measure all of it.
                     let before = cpu::thread_cpu_time();
                     let reviews = self.process(jobs);
@@ -675,23 +617,6 @@ fn isolate(model: &str, settings: &WorkerSettings) {
             error = error.as_deref().unwrap_or(""),
             "shadow worker could not use SCHED_IDLE; live work has priority only by niceness"
         ),
-    }
-}
-
-/// How often a shadow worker held back by live work looks again. Short against a live batch
-/// (about a millisecond here), so a shadow resumes soon after live goes idle; the look is one
-/// atomic load.
-const LIVE_POLL: Duration = Duration::from_micros(200);
-
-/// Waits, before a shadow batch, while live jobs are queued or running (`LiveWork`). Stops
-/// waiting once every job is past its deadline: `process` then drops them unrun.
-fn wait_for_live(live: &LiveWork, jobs: &[Job]) {
-    let latest = jobs.iter().map(|j| j.deadline).try_fold(Instant::now(), |acc, d| d.map(|d| acc.max(d)));
-    while live.jobs() > 0 {
-        if latest.is_some_and(|latest| latest <= Instant::now()) {
-            return;
-        }
-        std::thread::sleep(LIVE_POLL);
     }
 }
 

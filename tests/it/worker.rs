@@ -25,7 +25,7 @@ fn pool(model: &str) -> WorkerPool {
         idle: false,
         cpus: None,
     };
-    worker::start(&env, &package, Role::Shadow, settings, None, &Default::default()).expect("workers start")
+    worker::start(&env, &package, Role::Shadow, settings, None).expect("workers start")
 }
 
 fn reviews(texts: &[&str]) -> Arc<[ReviewInput]> {
