@@ -23,7 +23,7 @@ pub enum Error {
     DeadlineExceeded(String),
     /// The model failed to produce valid scores (runtime error, bad shape, NaN, panic).
     #[error("inference failed on model {model}: {reason}")]
-    Inference { model: String, reason: String },
+    Inference { model: String, reason: crate::inference::InferenceError },
     /// The server is starting (models not loaded yet) or shutting down.
     #[error("{0}")]
     Unavailable(&'static str),

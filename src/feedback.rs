@@ -311,23 +311,25 @@ async fn run(
     deadline: Instant,
     pressure: Option<usize>,
 ) -> Result<Vec<f32>, Error> {
-    const BACKOFF: Duration = Duration::from_millis(2);
-    let rx = loop {
-        if Instant::now() >= deadline {
-            return Err(Error::DeadlineExceeded("before scoring verdicts".into()));
-        }
-        if pressure.is_some_and(|jobs| model.queue_len() >= jobs) {
-            tokio::time::sleep(BACKOFF).await;
-            continue;
+    let late = || Error::DeadlineExceeded("before scoring verdicts".into());
+    let scoring = loop {
+        if let Some(jobs) = pressure
+            && !model.wait_below(jobs, deadline).await
+        {
+            return Err(late());
         }
         match model.submit(reviews.clone(), Some(deadline), None) {
-            Ok(rx) => break rx,
-            Err(Error::QueueFull { .. }) => tokio::time::sleep(BACKOFF).await,
+            Ok(scoring) => break scoring,
+            // Until a worker takes a job off the full queue.
+            Err(Error::QueueFull { .. }) => {
+                if !model.wait_below(model.queue_len(), deadline).await {
+                    return Err(late());
+                }
+            }
             Err(e) => return Err(e),
         }
     };
-    let output = rx.await.map_err(|_| Error::Unavailable("the model stopped before scoring verdicts"))??;
-    Ok(output.scores)
+    Ok(scoring.wait().await?.scores)
 }
 
 #[cfg(test)]

@@ -1,7 +1,49 @@
-//! The validated, transport-free form of a classification request.
+//! A classification request in the domain: the rules every review and request must meet
+//! (`validate`, whatever the transport) and their validated form.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::{Limits, OversizeText};
+use crate::error::Error;
+
+/// When a call must be answered by: the caller's deadline, capped at `limits.max_call_timeout`
+/// from the call's arrival, so no call holds resources for longer whatever the client asks.
+#[derive(Debug, Clone, Copy)]
+pub struct CallDeadline {
+    pub at: Instant,
+    /// The cap, when it is what set `at` (said in the error, so the caller knows why).
+    capped: Option<Duration>,
+}
+
+impl CallDeadline {
+    pub fn new(arrived: Instant, asked: Option<Instant>, ceiling: Duration) -> CallDeadline {
+        match asked {
+            Some(at) if at <= arrived + ceiling => CallDeadline { at, capped: None },
+            _ => CallDeadline { at: arrived + ceiling, capped: Some(ceiling) },
+        }
+    }
+
+    /// The error for a call whose deadline passed while it waited for inference.
+    pub fn exceeded_waiting(&self) -> Error {
+        Error::DeadlineExceeded(match self.capped {
+            Some(ceiling) => format!("while waiting for inference (limits.max_call_timeout {ceiling:?})"),
+            None => "while waiting for inference".into(),
+        })
+    }
+}
+
+/// One review as a caller sent it, not yet checked.
+#[derive(Debug, Clone, Default)]
+pub struct RawReview {
+    pub id: String,
+    pub text: String,
+    pub title: Option<String>,
+    pub rating: Option<f32>,
+    pub signals: HashMap<String, f64>,
+    pub language: Option<String>,
+}
 
 /// One review, validated. Shared (behind an `Arc`) by every task's job for the request.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,4 +77,140 @@ pub struct ClassifyInput {
     /// Requested task names, deduplicated, in request order; empty means every task.
     pub tasks: Vec<String>,
     pub request_id: String,
+}
+
+/// Longest review id accepted, in bytes: ids end up in logs and the disagreement log.
+pub const MAX_ID_BYTES: usize = 256;
+/// Most structured signals on one review.
+pub const MAX_SIGNALS: usize = 64;
+
+/// Checks every rule of the API on a request's reviews and task names; the first broken rule
+/// fails the request, naming the field and the review's index.
+pub fn validate(
+    raw: Vec<RawReview>,
+    tasks: Vec<String>,
+    request_id: String,
+    limits: &Limits,
+) -> Result<ClassifyInput, Error> {
+    if raw.is_empty() {
+        return Err(Error::invalid("reviews", "at least one review is required"));
+    }
+    if raw.len() > limits.max_reviews_per_request {
+        return Err(Error::invalid(
+            "reviews",
+            format!("{} reviews exceed the limit of {} per request", raw.len(), limits.max_reviews_per_request),
+        ));
+    }
+    let mut seen: HashMap<&str, usize> = HashMap::with_capacity(raw.len());
+    for (i, r) in raw.iter().enumerate() {
+        check_id(&format!("reviews[{i}]."), &r.id)?;
+        if let Some(j) = seen.insert(r.id.as_str(), i) {
+            return Err(Error::invalid(
+                format!("reviews[{i}].id"),
+                format!("duplicate of reviews[{j}].id {}", crate::error::excerpt(&r.id)),
+            ));
+        }
+    }
+    let mut reviews = Vec::with_capacity(raw.len());
+    for (i, r) in raw.into_iter().enumerate() {
+        reviews.push(validate_review(&format!("reviews[{i}]."), r, limits)?);
+    }
+    let n_tasks = tasks.len();
+    let asked = tasks;
+    let mut tasks: Vec<String> = Vec::with_capacity(n_tasks);
+    let mut seen_tasks = HashSet::new();
+    for (i, t) in asked.into_iter().enumerate() {
+        if t.is_empty() {
+            return Err(Error::invalid(format!("tasks[{i}]"), "must not be empty"));
+        }
+        if seen_tasks.insert(t.clone()) {
+            tasks.push(t);
+        }
+    }
+    Ok(ClassifyInput { reviews: reviews.into(), tasks, request_id })
+}
+
+/// Checks a review id; `at` prefixes its field names (`reviews[3].`, or empty).
+pub fn check_id(at: &str, id: &str) -> Result<(), Error> {
+    if id.trim().is_empty() {
+        return Err(Error::invalid(format!("{at}id"), "must not be empty"));
+    }
+    if id.len() > MAX_ID_BYTES {
+        return Err(Error::invalid(
+            format!("{at}id"),
+            format!("{} bytes exceed the limit of {MAX_ID_BYTES}", id.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks one review (all but its id); `at` prefixes its field names (`reviews[3].`, or empty
+/// for a review on its own, as `modserve eval` reads them).
+pub fn validate_review(at: &str, r: RawReview, limits: &Limits) -> Result<ReviewInput, Error> {
+    if r.text.trim().is_empty() {
+        return Err(Error::invalid(format!("{at}text"), "must not be empty or only whitespace"));
+    }
+    let (text, text_cut) = fit(format!("{at}text"), r.text, limits)?;
+    let (title, title_cut) = match r.title {
+        Some(t) if !t.trim().is_empty() => {
+            let (title, cut) = fit(format!("{at}title"), t, limits)?;
+            (Some(title), cut)
+        }
+        _ => (None, false),
+    };
+    if let Some(rating) = r.rating
+        && !rating.is_finite()
+    {
+        return Err(Error::invalid(format!("{at}rating"), "must be a finite number"));
+    }
+    if r.signals.len() > MAX_SIGNALS {
+        return Err(Error::invalid(
+            format!("{at}signals"),
+            format!("{} signals exceed the limit of {MAX_SIGNALS}", r.signals.len()),
+        ));
+    }
+    if let Some((k, _)) = r.signals.iter().find(|(_, v)| !v.is_finite() || v.abs() > f32::MAX as f64) {
+        return Err(Error::invalid(format!("{at}signals[{k:?}]"), "must be a finite number within float32 range"));
+    }
+    let model_text = match title {
+        Some(title) => format!("{title}\n{text}"),
+        None => text,
+    };
+    Ok(ReviewInput {
+        id: r.id,
+        model_text,
+        rating: r.rating,
+        signals: r.signals,
+        language: r.language.filter(|l| !l.is_empty()),
+        text_cut: text_cut || title_cut,
+    })
+}
+
+/// Applies the text size limit: reject, or cut at the last character boundary within it (and
+/// say so).
+fn fit(field: String, mut text: String, limits: &Limits) -> Result<(String, bool), Error> {
+    if text.len() <= limits.max_text_bytes {
+        return Ok((text, false));
+    }
+    match limits.oversize_text {
+        OversizeText::Reject => Err(Error::invalid(
+            field,
+            format!("{} bytes exceed the limit of {} (limits.max_text_bytes)", text.len(), limits.max_text_bytes),
+        )),
+        OversizeText::Truncate => {
+            let mut cut = limits.max_text_bytes;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text.truncate(cut);
+            Ok((text, true))
+        }
+    }
+}
+
+/// Checks one review on its own (a line of `modserve eval`'s labelled file): the rules of a
+/// Classify review, with plain field names (`text`, `title`).
+pub fn validate_one(r: RawReview, limits: &Limits) -> Result<ReviewInput, Error> {
+    check_id("", &r.id)?;
+    validate_review("", r, limits)
 }

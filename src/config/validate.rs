@@ -5,7 +5,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::file::{RawBatching, RawConfig, RawShadowPolicy};
+use super::file::{
+    RawAdmin, RawBatching, RawConfig, RawLimits, RawLog, RawMonitoring, RawPolicy, RawServer, RawShadowPolicy, RawTask,
+    RawTls,
+};
 use super::*;
 use crate::inference::batch::BatchPolicy;
 use crate::inference::model::manifest::is_valid_name;
@@ -22,65 +25,103 @@ pub(super) fn validate(
     overrides: &Overrides,
 ) -> Result<Config, Vec<String>> {
     let mut errors = Vec::new();
-    let addr = |errors: &mut Vec<String>, key: &str, value: Option<&String>, default: &str| {
-        let value = value.map(String::as_str).unwrap_or(default);
-        value.parse::<SocketAddr>().unwrap_or_else(|_| {
-            errors.push(format!("{key} {value:?}: not an address like 127.0.0.1:50051"));
-            SocketAddr::from(([127, 0, 0, 1], 0))
-        })
-    };
+    let server = server(&mut errors, &raw.server, base, overrides);
+    let admin = admin(&mut errors, &raw.admin, base, overrides);
+    guarded_together(&mut errors, &server, &admin);
+    let limits = limits(&mut errors, &raw.limits);
+    upload_fits(&mut errors, &server, &limits);
+    let tls = raw.tls.as_ref().map(|t| tls(&mut errors, t, base));
+    let models = models(&mut errors, &raw, base);
+    let policies = policies(&mut errors, &raw.policies);
+    let tasks = tasks(&mut errors, &raw.tasks, &models, &policies);
+    let shadow = shadow_policy(&mut errors, &raw.shadow);
+    let disagreement_log = raw.shadow.disagreement_log.as_ref().map(|l| disagreement_log(&mut errors, l, base));
+    let (shadow_nice, shadow_scheduling, shadow_cpus) = shadow_threads(&mut errors, &raw.shadow);
+    let feedback = feedback(&mut errors, &raw.feedback);
+    let launch = crate::offline::report::validate_criteria(&raw.launch, &mut errors);
+    let monitoring = monitoring(&mut errors, &raw.monitoring);
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(Config {
+        source: path.to_path_buf(),
+        source_sha256: crate::inference::model::package::sha256_hex(text.as_bytes()),
+        overrides: overrides.clone(),
+        server,
+        admin,
+        tls,
+        limits,
+        shadow,
+        shadow_nice,
+        shadow_scheduling,
+        shadow_cpus,
+        disagreement_log,
+        models,
+        policies,
+        tasks,
+        feedback,
+        monitoring,
+        launch,
+    })
+}
+
+/// A listen address, or an error naming `key` (and a placeholder so validation goes on).
+fn addr(errors: &mut Vec<String>, key: &str, value: Option<&String>, default: &str) -> SocketAddr {
+    let value = value.map(String::as_str).unwrap_or(default);
+    value.parse::<SocketAddr>().unwrap_or_else(|_| {
+        errors.push(format!("{key} {value:?}: not an address like 127.0.0.1:50051"));
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    })
+}
+
+/// `[server]`, with the command-line overrides.
+fn server(errors: &mut Vec<String>, raw: &RawServer, base: &Path, overrides: &Overrides) -> ServerConfig {
     let grpc_listen = addr(
-        &mut errors,
+        errors,
         "server.grpc_listen",
-        overrides.grpc_listen.as_ref().or(raw.server.grpc_listen.as_ref()),
+        overrides.grpc_listen.as_ref().or(raw.grpc_listen.as_ref()),
         defaults::GRPC_LISTEN,
     );
     let metrics_listen = addr(
-        &mut errors,
+        errors,
         "server.metrics_listen",
-        overrides.metrics_listen.as_ref().or(raw.server.metrics_listen.as_ref()),
+        overrides.metrics_listen.as_ref().or(raw.metrics_listen.as_ref()),
         defaults::METRICS_LISTEN,
     );
-    let shutdown_grace = duration(
-        &mut errors,
-        "server.shutdown_grace",
-        raw.server.shutdown_grace.as_deref().unwrap_or(defaults::SHUTDOWN_GRACE),
-    );
+    let shutdown_grace =
+        duration(errors, "server.shutdown_grace", raw.shutdown_grace.as_deref().unwrap_or(defaults::SHUTDOWN_GRACE));
     let onnxruntime_lib = match &overrides.onnxruntime_lib {
         Some(p) => p.clone(),
-        None => base.join(raw.server.onnxruntime_lib.as_deref().unwrap_or(Path::new(defaults::ONNXRUNTIME_LIB))),
+        None => base.join(raw.onnxruntime_lib.as_deref().unwrap_or(Path::new(defaults::ONNXRUNTIME_LIB))),
     };
     let drain_delay =
-        duration(&mut errors, "server.drain_delay", raw.server.drain_delay.as_deref().unwrap_or(defaults::DRAIN_DELAY));
-    let max_concurrent_streams = raw.server.max_concurrent_streams.unwrap_or(defaults::MAX_CONCURRENT_STREAMS);
+        duration(errors, "server.drain_delay", raw.drain_delay.as_deref().unwrap_or(defaults::DRAIN_DELAY));
+    let max_concurrent_streams = raw.max_concurrent_streams.unwrap_or(defaults::MAX_CONCURRENT_STREAMS);
     if !(1..=100_000).contains(&max_concurrent_streams) {
         errors.push(format!("server.max_concurrent_streams {max_concurrent_streams}: must be 1..=100000"));
     }
     let keepalive_interval = duration(
-        &mut errors,
+        errors,
         "server.keepalive_interval",
-        raw.server.keepalive_interval.as_deref().unwrap_or(defaults::KEEPALIVE_INTERVAL),
+        raw.keepalive_interval.as_deref().unwrap_or(defaults::KEEPALIVE_INTERVAL),
     );
     let keepalive_timeout = duration(
-        &mut errors,
+        errors,
         "server.keepalive_timeout",
-        raw.server.keepalive_timeout.as_deref().unwrap_or(defaults::KEEPALIVE_TIMEOUT),
+        raw.keepalive_timeout.as_deref().unwrap_or(defaults::KEEPALIVE_TIMEOUT),
     );
-    let idle_timeout = duration(
-        &mut errors,
-        "server.idle_timeout",
-        raw.server.idle_timeout.as_deref().unwrap_or(defaults::IDLE_TIMEOUT),
-    );
+    let idle_timeout =
+        duration(errors, "server.idle_timeout", raw.idle_timeout.as_deref().unwrap_or(defaults::IDLE_TIMEOUT));
     let handshake_timeout = duration(
-        &mut errors,
+        errors,
         "server.handshake_timeout",
-        raw.server.handshake_timeout.as_deref().unwrap_or(defaults::HANDSHAKE_TIMEOUT),
+        raw.handshake_timeout.as_deref().unwrap_or(defaults::HANDSHAKE_TIMEOUT),
     );
     if handshake_timeout < Duration::from_millis(100) {
         errors.push(format!("server.handshake_timeout {handshake_timeout:?}: must be at least 100ms"));
     }
-    let max_connections = raw.server.max_connections.unwrap_or(defaults::MAX_CONNECTIONS);
-    let max_connections_per_peer = raw.server.max_connections_per_peer.unwrap_or(defaults::MAX_CONNECTIONS_PER_PEER);
+    let max_connections = raw.max_connections.unwrap_or(defaults::MAX_CONNECTIONS);
+    let max_connections_per_peer = raw.max_connections_per_peer.unwrap_or(defaults::MAX_CONNECTIONS_PER_PEER);
     if max_connections == 0 {
         errors.push("server.max_connections 0: must be at least 1".to_string());
     }
@@ -89,12 +130,9 @@ pub(super) fn validate(
             "server.max_connections_per_peer {max_connections_per_peer}: must be 1..=server.max_connections ({max_connections})"
         ));
     }
-    let max_buffered_request_bytes =
-        raw.server.max_buffered_request_bytes.unwrap_or(defaults::MAX_BUFFERED_REQUEST_BYTES);
-    let max_buffered_request_bytes_per_connection = raw
-        .server
-        .max_buffered_request_bytes_per_connection
-        .unwrap_or(defaults::MAX_BUFFERED_REQUEST_BYTES_PER_CONNECTION);
+    let max_buffered_request_bytes = raw.max_buffered_request_bytes.unwrap_or(defaults::MAX_BUFFERED_REQUEST_BYTES);
+    let max_buffered_request_bytes_per_connection =
+        raw.max_buffered_request_bytes_per_connection.unwrap_or(defaults::MAX_BUFFERED_REQUEST_BYTES_PER_CONNECTION);
     if !idle_timeout.is_zero() && idle_timeout < Duration::from_secs(1) {
         errors.push(format!("server.idle_timeout {idle_timeout:?}: must be 0 (never) or at least 1s"));
     }
@@ -118,36 +156,44 @@ pub(super) fn validate(
         max_connections_per_peer,
         max_buffered_request_bytes,
         max_buffered_request_bytes_per_connection,
-        log_format: overrides.log_format.or(raw.server.log_format).unwrap_or(LogFormat::Text),
+        log_format: overrides.log_format.or(raw.log_format).unwrap_or(LogFormat::Text),
         onnxruntime_lib,
-        watch_config: raw.server.watch_config.unwrap_or(true),
+        watch_config: raw.watch_config.unwrap_or(true),
         watch_interval: duration(
-            &mut errors,
+            errors,
             "server.watch_interval",
-            raw.server.watch_interval.as_deref().unwrap_or(defaults::WATCH_INTERVAL),
+            raw.watch_interval.as_deref().unwrap_or(defaults::WATCH_INTERVAL),
         ),
         moderation_token: token_source(
-            &mut errors,
+            errors,
             "server.moderation_token",
-            &raw.server.moderation_token_env,
-            &raw.server.moderation_token_file,
+            &raw.moderation_token_env,
+            &raw.moderation_token_file,
             base,
         ),
     };
     if server.watch_interval < Duration::from_millis(100) {
         errors.push(format!("server.watch_interval {:?}: must be at least 100ms", server.watch_interval));
     }
-    let admin = AdminConfig {
+    server
+}
+
+/// `[admin]`, with the command-line override of its listener.
+fn admin(errors: &mut Vec<String>, raw: &RawAdmin, base: &Path, overrides: &Overrides) -> AdminConfig {
+    AdminConfig {
         listen: overrides
             .admin_listen
             .as_ref()
-            .or(raw.admin.listen.as_ref())
-            .map(|a| addr(&mut errors, "admin.listen", Some(a), "")),
-        token: token_source(&mut errors, "admin.token", &raw.admin.token_env, &raw.admin.token_file, base),
-        allow_unauthenticated: raw.admin.allow_unauthenticated.unwrap_or(false),
-    };
-    // Guarding reviews but not the service that reads the config and reloads models is almost
-    // always a forgotten key: refuse it unless the config says so in as many words.
+            .or(raw.listen.as_ref())
+            .map(|a| addr(errors, "admin.listen", Some(a), "")),
+        token: token_source(errors, "admin.token", &raw.token_env, &raw.token_file, base),
+        allow_unauthenticated: raw.allow_unauthenticated.unwrap_or(false),
+    }
+}
+
+/// Guarding reviews but not the service that reads the config and reloads models is almost
+/// always a forgotten key: refuse it unless the config says so in as many words.
+fn guarded_together(errors: &mut Vec<String>, server: &ServerConfig, admin: &AdminConfig) {
     if server.moderation_token.is_some() && admin.token.is_none() && !admin.allow_unauthenticated {
         errors.push(
             "admin.token_env / admin.token_file: server.moderation_token_* guards Moderation and Feedback, but \
@@ -156,36 +202,24 @@ pub(super) fn validate(
                 .to_string(),
         );
     }
+}
 
+/// `[limits]`.
+fn limits(errors: &mut Vec<String>, raw: &RawLimits) -> Limits {
     let d = Limits::default();
     let limits = Limits {
-        max_reviews_per_request: raw.limits.max_reviews_per_request.unwrap_or(d.max_reviews_per_request),
-        max_text_bytes: raw.limits.max_text_bytes.unwrap_or(d.max_text_bytes),
-        oversize_text: raw.limits.oversize_text.unwrap_or(d.oversize_text),
-        max_message_bytes: raw.limits.max_message_bytes.unwrap_or(d.max_message_bytes),
-        stream_in_flight: raw.limits.stream_in_flight.unwrap_or(d.stream_in_flight),
-        max_call_timeout: match &raw.limits.max_call_timeout {
-            Some(text) => duration(&mut errors, "limits.max_call_timeout", text),
+        max_reviews_per_request: raw.max_reviews_per_request.unwrap_or(d.max_reviews_per_request),
+        max_text_bytes: raw.max_text_bytes.unwrap_or(d.max_text_bytes),
+        oversize_text: raw.oversize_text.unwrap_or(d.oversize_text),
+        max_message_bytes: raw.max_message_bytes.unwrap_or(d.max_message_bytes),
+        stream_in_flight: raw.stream_in_flight.unwrap_or(d.stream_in_flight),
+        max_call_timeout: match &raw.max_call_timeout {
+            Some(text) => duration(errors, "limits.max_call_timeout", text),
             None => d.max_call_timeout,
         },
     };
     if !(Duration::from_millis(1)..=Duration::from_secs(3600)).contains(&limits.max_call_timeout) {
         errors.push(format!("limits.max_call_timeout {:?}: must be 1ms..=1h", limits.max_call_timeout));
-    }
-    let tls = raw.tls.as_ref().map(|t| TlsConfig {
-        cert_file: base.join(&t.cert_file),
-        key_file: base.join(&t.key_file),
-        client_ca_file: t.client_ca_file.as_ref().map(|p| base.join(p)),
-        watch_interval: duration(
-            &mut errors,
-            "tls.watch_interval",
-            t.watch_interval.as_deref().unwrap_or(defaults::TLS_WATCH_INTERVAL),
-        ),
-    });
-    if let Some(t) = &tls
-        && t.watch_interval < Duration::from_millis(100)
-    {
-        errors.push(format!("tls.watch_interval {:?}: must be at least 100ms", t.watch_interval));
     }
     for (key, v, max) in [
         ("limits.max_reviews_per_request", limits.max_reviews_per_request, 10_000),
@@ -197,8 +231,12 @@ pub(super) fn validate(
             errors.push(format!("{key} {v}: must be 1..={max}"));
         }
     }
-    // A message of the largest allowed size must fit in the upload budgets, or no caller could
-    // send one.
+    limits
+}
+
+/// A message of the largest allowed size must fit in the upload budgets, or no caller could
+/// send one.
+fn upload_fits(errors: &mut Vec<String>, server: &ServerConfig, limits: &Limits) {
     let per_connection = server.max_buffered_request_bytes_per_connection;
     if per_connection < limits.max_message_bytes {
         errors.push(format!(
@@ -218,22 +256,42 @@ pub(super) fn validate(
             limits.max_text_bytes, limits.max_message_bytes
         ));
     }
+}
 
-    let global = batching(&mut errors, "batching", &raw.batching, None);
+/// `[tls]`.
+fn tls(errors: &mut Vec<String>, raw: &RawTls, base: &Path) -> TlsConfig {
+    let watch_interval =
+        duration(errors, "tls.watch_interval", raw.watch_interval.as_deref().unwrap_or(defaults::TLS_WATCH_INTERVAL));
+    if watch_interval < Duration::from_millis(100) {
+        errors.push(format!("tls.watch_interval {watch_interval:?}: must be at least 100ms"));
+    }
+    TlsConfig {
+        cert_file: base.join(&raw.cert_file),
+        key_file: base.join(&raw.key_file),
+        client_ca_file: raw.client_ca_file.as_ref().map(|p| base.join(p)),
+        watch_interval,
+    }
+}
+
+/// `[batching]` and `[models.NAME]`.
+fn models(errors: &mut Vec<String>, raw: &RawConfig, base: &Path) -> BTreeMap<String, ModelConfig> {
+    let global = batching(errors, "batching", &raw.batching, None);
     let mut models = BTreeMap::new();
     for (name, m) in &raw.models {
         if !is_valid_name(name) {
             errors.push(format!("models.{name}: model names use 1-64 of [a-z0-9._-]"));
         }
-        let workers = batching(&mut errors, &format!("models.{name}.batching"), &m.batching, Some(global));
+        let workers = batching(errors, &format!("models.{name}.batching"), &m.batching, Some(global));
         models.insert(name.clone(), ModelConfig { name: name.clone(), path: base.join(&m.path), workers });
     }
 
-    if raw.tasks.is_empty() {
-        errors.push("tasks: at least one task is required, e.g. [tasks.abuse] live = \"abuse-v1\"".into());
-    }
+    models
+}
+
+/// `[policies.NAME]`.
+fn policies(errors: &mut Vec<String>, raw: &BTreeMap<String, RawPolicy>) -> BTreeMap<String, PolicySpec> {
     let mut policies = BTreeMap::new();
-    for (name, p) in &raw.policies {
+    for (name, p) in raw {
         let key = format!("policies.{name}");
         if !is_valid_name(name) {
             errors.push(format!("{key}: policy names use 1-64 of [a-z0-9._-]"));
@@ -254,6 +312,19 @@ pub(super) fn validate(
             PolicySpec { name: name.clone(), version: p.version.clone(), thresholds: p.thresholds.clone() },
         );
     }
+    policies
+}
+
+/// `[tasks.NAME]` and their shadows, checked against the models and policies.
+fn tasks(
+    errors: &mut Vec<String>,
+    raw: &BTreeMap<String, RawTask>,
+    models: &BTreeMap<String, ModelConfig>,
+    policies: &BTreeMap<String, PolicySpec>,
+) -> Vec<TaskConfig> {
+    if raw.is_empty() {
+        errors.push("tasks: at least one task is required, e.g. [tasks.abuse] live = \"abuse-v1\"".into());
+    }
     let policy_ref = |errors: &mut Vec<String>, key: &str, policy: &Option<String>| {
         if let Some(p) = policy
             && !policies.contains_key(p)
@@ -265,7 +336,7 @@ pub(super) fn validate(
         }
     };
     let mut tasks = Vec::new();
-    for (name, t) in &raw.tasks {
+    for (name, t) in raw {
         if !is_valid_name(name) {
             errors.push(format!("tasks.{name}: task names use 1-64 of [a-z0-9._-]"));
         }
@@ -276,14 +347,14 @@ pub(super) fn validate(
                 models.keys().collect::<Vec<_>>()
             ));
         }
-        policy_ref(&mut errors, &format!("tasks.{name}.policy"), &t.policy);
+        policy_ref(errors, &format!("tasks.{name}.policy"), &t.policy);
         let mut shadows = Vec::new();
         for (i, sh) in t.shadows.iter().enumerate() {
             let key = format!("tasks.{name}.shadows[{i}]");
             if !models.contains_key(&sh.model) {
                 errors.push(format!("{key}.model: no model named {:?} under [models]", sh.model));
             }
-            policy_ref(&mut errors, &format!("{key}.policy"), &sh.policy);
+            policy_ref(errors, &format!("{key}.policy"), &sh.policy);
             if sh.model == t.live && sh.policy.is_none() {
                 errors.push(format!(
                     "{key}.model: {:?} is already the live model of this task; add policy = \"NAME\" to try other thresholds on it",
@@ -322,44 +393,52 @@ pub(super) fn validate(
             }
         }
     }
-    let shadow = shadow_policy(&mut errors, &raw.shadow);
-    let disagreement_log = raw.shadow.disagreement_log.as_ref().map(|l| {
-        let config = LogConfig {
-            path: base.join(&l.path),
-            sample_rate: l.sample_rate.unwrap_or(1.0),
-            include_text: l.include_text.unwrap_or(false),
-            max_file_bytes: l.max_file_bytes.unwrap_or(defaults::LOG_MAX_FILE_BYTES),
-            max_files: l.max_files.unwrap_or(defaults::LOG_MAX_FILES),
-            queue_capacity: l.queue_capacity.unwrap_or(defaults::LOG_QUEUE_CAPACITY),
-        };
-        if !(0.0..=1.0).contains(&config.sample_rate) {
-            errors.push(format!("shadow.disagreement_log.sample_rate {}: must be within 0..=1", config.sample_rate));
-        }
-        if config.max_file_bytes < 4096 {
-            errors.push(format!(
-                "shadow.disagreement_log.max_file_bytes {}: must be at least 4096",
-                config.max_file_bytes
-            ));
-        }
-        if !(1..=1000).contains(&config.max_files) {
-            errors.push(format!("shadow.disagreement_log.max_files {}: must be 1..=1000", config.max_files));
-        }
-        if !(1..=1_000_000).contains(&config.queue_capacity) {
-            errors
-                .push(format!("shadow.disagreement_log.queue_capacity {}: must be 1..=1000000", config.queue_capacity));
-        }
-        config
-    });
-    let shadow_nice = raw.shadow.nice.unwrap_or(defaults::SHADOW_NICE);
+    tasks
+}
+
+/// `[shadow.disagreement_log]`.
+fn disagreement_log(errors: &mut Vec<String>, l: &RawLog, base: &Path) -> LogConfig {
+    let config = LogConfig {
+        path: base.join(&l.path),
+        sample_rate: l.sample_rate.unwrap_or(1.0),
+        include_text: l.include_text.unwrap_or(false),
+        max_file_bytes: l.max_file_bytes.unwrap_or(defaults::LOG_MAX_FILE_BYTES),
+        max_files: l.max_files.unwrap_or(defaults::LOG_MAX_FILES),
+        queue_capacity: l.queue_capacity.unwrap_or(defaults::LOG_QUEUE_CAPACITY),
+    };
+    if !(0.0..=1.0).contains(&config.sample_rate) {
+        errors.push(format!("shadow.disagreement_log.sample_rate {}: must be within 0..=1", config.sample_rate));
+    }
+    if config.max_file_bytes < 4096 {
+        errors.push(format!("shadow.disagreement_log.max_file_bytes {}: must be at least 4096", config.max_file_bytes));
+    }
+    if !(1..=1000).contains(&config.max_files) {
+        errors.push(format!("shadow.disagreement_log.max_files {}: must be 1..=1000", config.max_files));
+    }
+    if !(1..=1_000_000).contains(&config.queue_capacity) {
+        errors.push(format!("shadow.disagreement_log.queue_capacity {}: must be 1..=1000000", config.queue_capacity));
+    }
+    config
+}
+
+/// How shadow worker threads are put behind live ones (`shadow.nice`, `.scheduling`, `.cpus`).
+fn shadow_threads(
+    errors: &mut Vec<String>,
+    raw: &RawShadowPolicy,
+) -> (i32, ShadowScheduling, Option<crate::inference::cpu::CpuSet>) {
+    let shadow_nice = raw.nice.unwrap_or(defaults::SHADOW_NICE);
     if !(0..=19).contains(&shadow_nice) {
         errors.push(format!("shadow.nice {shadow_nice}: must be 0..=19"));
     }
-    let shadow_scheduling = raw.shadow.scheduling.unwrap_or(defaults::SHADOW_SCHEDULING);
-    let shadow_cpus = raw.shadow.cpus.as_deref().and_then(|list| shadow_cpus(&mut errors, list));
-    let feedback = feedback(&mut errors, &raw.feedback);
-    let launch = crate::offline::report::validate_criteria(&raw.launch, &mut errors);
+    let shadow_scheduling = raw.scheduling.unwrap_or(defaults::SHADOW_SCHEDULING);
+    let shadow_cpus = raw.cpus.as_deref().and_then(|list| shadow_cpus(errors, list));
+    (shadow_nice, shadow_scheduling, shadow_cpus)
+}
+
+/// `[monitoring]`.
+fn monitoring(errors: &mut Vec<String>, raw: &RawMonitoring) -> MonitoringConfig {
     let monitoring = MonitoringConfig {
-        languages: match &raw.monitoring.languages {
+        languages: match &raw.languages {
             Some(list) => list.iter().map(|l| l.to_ascii_lowercase()).collect(),
             None => defaults::MONITORED_LANGUAGES.iter().map(|l| l.to_string()).collect(),
         },
@@ -375,29 +454,7 @@ pub(super) fn validate(
             monitoring.languages.len()
         ));
     }
-    if !errors.is_empty() {
-        return Err(errors);
-    }
-    Ok(Config {
-        source: path.to_path_buf(),
-        source_sha256: crate::inference::model::package::sha256_hex(text.as_bytes()),
-        overrides: overrides.clone(),
-        server,
-        admin,
-        tls,
-        limits,
-        shadow,
-        shadow_nice,
-        shadow_scheduling,
-        shadow_cpus,
-        disagreement_log,
-        models,
-        policies,
-        tasks,
-        feedback,
-        monitoring,
-        launch,
-    })
+    monitoring
 }
 
 fn feedback(errors: &mut Vec<String>, raw: &super::file::RawFeedback) -> FeedbackConfig {

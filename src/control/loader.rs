@@ -10,7 +10,7 @@ use std::time::{Instant, SystemTime};
 
 use ort::environment::Environment;
 
-use crate::config::Config;
+use crate::config::{Config, ModelConfig, TaskConfig};
 use crate::control::registry::{LoadedModel, ServingState, TaskEntry};
 use crate::inference::model::{ModelSpec, Package};
 use crate::inference::worker::{self, WorkerSettings};
@@ -39,136 +39,27 @@ pub fn load(
     let mut errors = Vec::new();
     let mut models: BTreeMap<String, LoadedModel> = BTreeMap::new();
     let mut threads = Vec::new();
-    let live: Vec<&str> = config.tasks.iter().map(|t| t.live.as_str()).collect();
     // One budget per server, kept across reloads: reused shadow workers keep charging it.
     let shadow_cpu = previous.map(|p| p.shadow_cpu.clone()).unwrap_or_else(|| Arc::new(ShadowCpu::new()));
-    let capacity = crate::inference::cpu::process_capacity();
-    metrics::process_cpu_capacity(capacity);
-    // A policy-only shadow runs on the live model's workers (it runs none), so it adds no role.
-    let shadow_rate = |name: &str| {
-        config.tasks.iter().flat_map(|t| &t.shadows).filter(|s| s.model == name).map(|s| s.sample_rate).reduce(f64::max)
-    };
     for (name, model) in &config.models {
-        let (role, sample_rate) = if live.contains(&name.as_str()) {
-            (Role::Live, 1.0)
-        } else if let Some(rate) = shadow_rate(name) {
-            (Role::Shadow, rate)
-        } else if all_models {
-            (Role::Live, 1.0)
-        } else {
+        let Some((role, sample_rate)) = role_of(config, name, all_models) else {
             tracing::warn!(model = %name, "models.{name} is not used by any task; not loaded");
             continue;
         };
-        let started = Instant::now();
-        let package = match Package::load(&model.path) {
-            Ok(p) => p,
-            Err(e) => {
-                errors.push(format!("models.{name}: {e}"));
-                continue;
-            }
-        };
-        if package.spec.name != *name {
-            errors.push(format!(
-                "models.{name}: the package at {} is named {:?} in its manifest; use that name as the key",
-                model.path.display(),
-                package.spec.name
-            ));
-            continue;
-        }
-        let mut settings = model.workers;
-        if role == Role::Shadow {
-            settings.nice = config.shadow_nice;
-            settings.idle = config.shadow_scheduling == crate::config::ShadowScheduling::Idle;
-            settings.cpus = config.shadow_cpus;
-        }
-        let fingerprint = fingerprint(&package, role, &settings);
-        if let Some(running) = previous.and_then(|p| p.models.get(name)).filter(|m| m.fingerprint == fingerprint) {
-            models.insert(name.clone(), LoadedModel { sample_rate, ..running.clone() });
-            continue;
-        }
-        let budget = (role == Role::Shadow).then_some(&shadow_cpu);
-        match worker::start(env, &package, role, settings, budget) {
-            Ok(pool) => {
-                let load_seconds = started.elapsed().as_secs_f64();
-                metrics::model_loaded(name, load_seconds);
-                tracing::info!(
-                    model = %name,
-                    version = %package.spec.version,
-                    task = %package.spec.task,
-                    role = role.as_str(),
-                    sha256 = %package.spec.sha256_prefix(),
-                    threads = pool.threads.len(),
-                    load_ms = (load_seconds * 1000.0) as u64,
-                    "model loaded and warmed up"
-                );
-                threads.extend(pool.threads);
-                models.insert(
-                    name.clone(),
-                    LoadedModel {
-                        handle: pool.handle,
-                        role,
-                        fingerprint,
-                        loaded_at: SystemTime::now(),
-                        load_seconds,
-                        sample_rate,
-                    },
-                );
+        let running = previous.and_then(|p| p.models.get(name));
+        match start_model(env, config, model, role, running, &shadow_cpu) {
+            Ok((loaded, started)) => {
+                threads.extend(started);
+                models.insert(name.clone(), LoadedModel { sample_rate, ..loaded });
             }
             Err(e) => errors.push(format!("models.{name}: {e}")),
         }
     }
-    let mut tasks = Vec::new();
-    for task in &config.tasks {
-        // Models that failed to load are already reported; a model for another task is not.
-        let answers = |errors: &mut Vec<String>, key: &str, model: &str| {
-            let m = models.get(model)?;
-            if m.handle.spec().task == task.name {
-                return Some(m);
-            }
-            errors.push(format!(
-                "tasks.{}.{key}: model {model:?} answers task {:?} (its manifest says so), not {:?}",
-                task.name,
-                m.handle.spec().task,
-                task.name
-            ));
-            None
-        };
-        let Some(live) = answers(&mut errors, "live", &task.live) else { continue };
-        let Some(live_policy) =
-            policy(&mut errors, config, &format!("tasks.{}.policy", task.name), &task.policy, live.handle.spec())
-        else {
-            continue;
-        };
-        let mut pairs = Vec::new();
-        for (i, sh) in task.shadows.iter().enumerate() {
-            let Some(shadow) = answers(&mut errors, "shadows", &sh.model) else { continue };
-            let key = format!("tasks.{}.shadows[{i}].policy", task.name);
-            let Some(shadow_policy) = policy(&mut errors, config, &key, &sh.policy, shadow.handle.spec()) else {
-                continue;
-            };
-            let spec = PairSpec {
-                live: live.handle.clone(),
-                live_policy: live_policy.clone(),
-                shadow: shadow.handle.clone(),
-                shadow_policy,
-                sample_rate: sh.sample_rate,
-                salt: sh.salt.clone(),
-                record_scores: !task.shadows[..i].iter().any(|o| o.model == sh.model),
-                verdict_sources: config.feedback.sources.clone(),
-                shadow_cpu: Some(shadow_cpu.clone()),
-            };
-            pairs.push(Arc::new(ShadowPair::new(&task.name, spec, config.shadow, log.cloned())));
-        }
-        let spec = live.handle.spec();
-        tasks.push(TaskEntry {
-            name: task.name.clone(),
-            live: live.handle.clone(),
-            metrics: TaskMetrics::new(&task.name, spec, &live_policy),
-            verdicts: VerdictMetrics::new(&task.name, spec, Role::Live, &live_policy, &config.feedback.sources),
-            policy: live_policy,
-            shadows: pairs,
-        });
-    }
+    let tasks: Vec<TaskEntry> = config
+        .tasks
+        .iter()
+        .filter_map(|task| task_entry(&mut errors, config, task, &models, &shadow_cpu, log))
+        .collect();
     if !errors.is_empty() {
         // Dropping the new handles closes their queues, so new threads exit promptly; reused
         // workers keep serving the previous state.
@@ -177,6 +68,156 @@ pub fn load(
         join_all(threads);
         return Err(errors);
     }
+    configure_budget(&shadow_cpu, config, &models);
+    let state = ServingState {
+        generation: 0,
+        shadow_cpu,
+        config: config.clone(),
+        config_sha256: String::new(),
+        tasks,
+        models,
+        input: InputMetrics::new(&config.monitoring.languages),
+    };
+    Ok(Loaded { state, threads })
+}
+
+/// A model's role and the highest rate it is sampled at: live for a task's live model, shadow
+/// for a model only shadows use (a policy-only shadow runs on the live model's workers, so it
+/// adds no role); with `all_models`, live for an unused one. `None` = not needed.
+fn role_of(config: &Config, name: &str, all_models: bool) -> Option<(Role, f64)> {
+    if config.tasks.iter().any(|t| t.live == name) {
+        return Some((Role::Live, 1.0));
+    }
+    let shadow_rate = config
+        .tasks
+        .iter()
+        .flat_map(|t| &t.shadows)
+        .filter(|s| s.model == name)
+        .map(|s| s.sample_rate)
+        .reduce(f64::max);
+    match shadow_rate {
+        Some(rate) => Some((Role::Shadow, rate)),
+        None => all_models.then_some((Role::Live, 1.0)),
+    }
+}
+
+/// Loads and verifies one model's package and starts its workers, or keeps `running`'s workers
+/// when nothing about the model changed. Returns the model and the threads it started.
+fn start_model(
+    env: &Environment,
+    config: &Config,
+    model: &ModelConfig,
+    role: Role,
+    running: Option<&LoadedModel>,
+    shadow_cpu: &Arc<ShadowCpu>,
+) -> Result<(LoadedModel, Vec<JoinHandle<()>>), String> {
+    let started = Instant::now();
+    let name = &model.name;
+    let package = Package::load(&model.path).map_err(|e| e.to_string())?;
+    if package.spec.name != *name {
+        return Err(format!(
+            "the package at {} is named {:?} in its manifest; use that name as the key",
+            model.path.display(),
+            package.spec.name
+        ));
+    }
+    let mut settings = model.workers;
+    if role == Role::Shadow {
+        settings.nice = config.shadow_nice;
+        settings.idle = config.shadow_scheduling == crate::config::ShadowScheduling::Idle;
+        settings.cpus = config.shadow_cpus;
+    }
+    let fingerprint = Fingerprint::new(&package, role, settings);
+    if let Some(running) = running.filter(|m| m.fingerprint == fingerprint) {
+        return Ok((running.clone(), Vec::new()));
+    }
+    let budget = (role == Role::Shadow).then_some(shadow_cpu);
+    let pool = worker::start(env, &package, role, settings, budget).map_err(|e| e.to_string())?;
+    let load_seconds = started.elapsed().as_secs_f64();
+    metrics::model_loaded(name, load_seconds);
+    tracing::info!(
+        model = %name,
+        version = %package.spec.version,
+        task = %package.spec.task,
+        role = role.as_str(),
+        sha256 = %package.spec.sha256_prefix(),
+        threads = pool.threads.len(),
+        load_ms = (load_seconds * 1000.0) as u64,
+        "model loaded and warmed up"
+    );
+    let loaded = LoadedModel {
+        handle: pool.handle,
+        role,
+        fingerprint,
+        loaded_at: SystemTime::now(),
+        load_seconds,
+        sample_rate: 1.0,
+    };
+    Ok((loaded, pool.threads))
+}
+
+/// One task's live model, its policy and its shadow pairs, checked against the loaded models.
+/// `None` after recording the problems (models that failed to load are already reported).
+fn task_entry(
+    errors: &mut Vec<String>,
+    config: &Config,
+    task: &TaskConfig,
+    models: &BTreeMap<String, LoadedModel>,
+    shadow_cpu: &Arc<ShadowCpu>,
+    log: Option<&DisagreementLog>,
+) -> Option<TaskEntry> {
+    // A model for another task is refused here.
+    let answers = |errors: &mut Vec<String>, key: &str, model: &str| {
+        let m = models.get(model)?;
+        if m.handle.spec().task == task.name {
+            return Some(m);
+        }
+        errors.push(format!(
+            "tasks.{}.{key}: model {model:?} answers task {:?} (its manifest says so), not {:?}",
+            task.name,
+            m.handle.spec().task,
+            task.name
+        ));
+        None
+    };
+    let live = answers(errors, "live", &task.live)?;
+    let live_policy = policy(errors, config, &format!("tasks.{}.policy", task.name), &task.policy, live.handle.spec())?;
+    let mut pairs = Vec::new();
+    for (i, sh) in task.shadows.iter().enumerate() {
+        let Some(shadow) = answers(errors, "shadows", &sh.model) else { continue };
+        let key = format!("tasks.{}.shadows[{i}].policy", task.name);
+        let Some(shadow_policy) = policy(errors, config, &key, &sh.policy, shadow.handle.spec()) else {
+            continue;
+        };
+        let spec = PairSpec {
+            live: live.handle.clone(),
+            live_policy: live_policy.clone(),
+            shadow: shadow.handle.clone(),
+            shadow_policy,
+            sample_rate: sh.sample_rate,
+            salt: sh.salt.clone(),
+            record_scores: !task.shadows[..i].iter().any(|o| o.model == sh.model),
+            verdict_sources: config.feedback.sources.clone(),
+            shadow_cpu: Some(shadow_cpu.clone()),
+        };
+        pairs.push(Arc::new(ShadowPair::new(&task.name, spec, config.shadow, log.cloned())));
+    }
+    let spec = live.handle.spec();
+    Some(TaskEntry {
+        name: task.name.clone(),
+        live: live.handle.clone(),
+        metrics: TaskMetrics::new(&task.name, spec, &live_policy),
+        verdicts: VerdictMetrics::new(&task.name, spec, Role::Live, &live_policy, &config.feedback.sources),
+        policy: live_policy,
+        shadows: pairs,
+    })
+}
+
+/// Sets the shadow CPU budget from `shadow.max_cpu_fraction` and the process's CPU capacity,
+/// shared by the shadow models now loaded.
+fn configure_budget(shadow_cpu: &ShadowCpu, config: &Config, models: &BTreeMap<String, LoadedModel>) {
+    let capacity = crate::inference::cpu::process_capacity();
+    metrics::process_cpu_capacity(capacity);
     let shadow_models = models.values().filter(|m| m.role == Role::Shadow).count();
     let budget = config.shadow.max_cpu_fraction.map(|f| f * capacity.cpus);
     shadow_cpu.configure(budget, shadow_models);
@@ -188,16 +229,6 @@ pub fn load(
             "shadow CPU budget"
         );
     }
-    let state = ServingState {
-        generation: 0,
-        shadow_cpu,
-        config: config.clone(),
-        config_sha256: String::new(),
-        tasks,
-        models,
-        input: InputMetrics::new(&config.monitoring.languages),
-    };
-    Ok(Loaded { state, threads })
 }
 
 /// The policy a model decides with: the named `[policies]` entry resolved against its labels,
@@ -224,17 +255,30 @@ fn policy(
     }
 }
 
-/// What must be equal for a reload to keep a model's running workers.
-fn fingerprint(package: &Package, role: Role, settings: &WorkerSettings) -> String {
-    let spec = &package.spec;
-    format!(
-        "{}|{}|{}|{}|{}|{settings:?}",
-        spec.dir.display(),
-        spec.manifest_sha256,
-        spec.model_sha256,
-        spec.tokenizer_sha256,
-        role.as_str()
-    )
+/// What must be equal for a reload to keep a model's running workers: where the package is,
+/// what is in it, the role and the worker settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fingerprint {
+    dir: std::path::PathBuf,
+    manifest_sha256: String,
+    model_sha256: String,
+    tokenizer_sha256: String,
+    role: Role,
+    settings: WorkerSettings,
+}
+
+impl Fingerprint {
+    fn new(package: &Package, role: Role, settings: WorkerSettings) -> Fingerprint {
+        let spec = &package.spec;
+        Fingerprint {
+            dir: spec.dir.clone(),
+            manifest_sha256: spec.manifest_sha256.clone(),
+            model_sha256: spec.model_sha256.clone(),
+            tokenizer_sha256: spec.tokenizer_sha256.clone(),
+            role,
+            settings,
+        }
+    }
 }
 
 /// Waits for worker threads to finish (their queues must be closed first).

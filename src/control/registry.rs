@@ -46,7 +46,7 @@ pub struct LoadedModel {
     pub role: Role,
     /// Package content, role and worker settings: equal fingerprints let a reload keep the
     /// running workers instead of building new ones.
-    pub fingerprint: String,
+    pub fingerprint: crate::control::loader::Fingerprint,
     pub loaded_at: SystemTime,
     pub load_seconds: f64,
     /// For shadows, the share of reviews sampled; 1 for live models.

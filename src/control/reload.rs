@@ -263,41 +263,51 @@ fn summary(state: &ServingState) -> String {
         .join(" ")
 }
 
-/// Settings bound at start-up (sockets, the runtime library, the log writer): a reload that
-/// changes them is refused, naming each.
+/// Settings bound at start-up (sockets and their transport limits, the runtime library, the
+/// log writer): a reload that changes them is refused, naming each. Compared as values; shown
+/// as the config spells them.
 pub fn fixed_settings_changed(running: &Config, new: &Config) -> Vec<String> {
     let mut errors = Vec::new();
-    let mut check = |key: &str, a: String, b: String| {
-        if a != b {
+    let mut check = |key: &str, changed: Option<(String, String)>| {
+        if let Some((a, b)) = changed {
             errors.push(format!(
                 "{key} cannot change at run time (running: {a}, file: {b}); restart modserve to apply it"
             ));
         }
     };
     let (r, n) = (&running.server, &new.server);
-    check("server.grpc_listen", r.grpc_listen.to_string(), n.grpc_listen.to_string());
-    check("server.metrics_listen", r.metrics_listen.to_string(), n.metrics_listen.to_string());
-    check("server.shutdown_grace", format!("{:?}", r.shutdown_grace), format!("{:?}", n.shutdown_grace));
-    check("server.drain_delay", format!("{:?}", r.drain_delay), format!("{:?}", n.drain_delay));
-    check("server.log_format", format!("{:?}", r.log_format), format!("{:?}", n.log_format));
-    check("server.onnxruntime_lib", r.onnxruntime_lib.display().to_string(), n.onnxruntime_lib.display().to_string());
-    check("server.max_concurrent_streams", r.max_concurrent_streams.to_string(), n.max_concurrent_streams.to_string());
-    check("server.keepalive_interval", format!("{:?}", r.keepalive_interval), format!("{:?}", n.keepalive_interval));
-    check("server.keepalive_timeout", format!("{:?}", r.keepalive_timeout), format!("{:?}", n.keepalive_timeout));
-    check("server.idle_timeout", format!("{:?}", r.idle_timeout), format!("{:?}", n.idle_timeout));
-    check("server.moderation_token", format!("{:?}", r.moderation_token), format!("{:?}", n.moderation_token));
-    check("server.watch_config", r.watch_config.to_string(), n.watch_config.to_string());
-    check("server.watch_interval", format!("{:?}", r.watch_interval), format!("{:?}", n.watch_interval));
+    check("server.grpc_listen", changed(&r.grpc_listen, &n.grpc_listen));
+    check("server.metrics_listen", changed(&r.metrics_listen, &n.metrics_listen));
+    check("server.shutdown_grace", changed(&r.shutdown_grace, &n.shutdown_grace));
+    check("server.drain_delay", changed(&r.drain_delay, &n.drain_delay));
+    check("server.log_format", changed(&r.log_format, &n.log_format));
+    check("server.onnxruntime_lib", changed(&r.onnxruntime_lib, &n.onnxruntime_lib));
+    check("server.max_concurrent_streams", changed(&r.max_concurrent_streams, &n.max_concurrent_streams));
+    check("server.keepalive_interval", changed(&r.keepalive_interval, &n.keepalive_interval));
+    check("server.keepalive_timeout", changed(&r.keepalive_timeout, &n.keepalive_timeout));
+    check("server.idle_timeout", changed(&r.idle_timeout, &n.idle_timeout));
+    check("server.handshake_timeout", changed(&r.handshake_timeout, &n.handshake_timeout));
+    check("server.max_connections", changed(&r.max_connections, &n.max_connections));
+    check("server.max_connections_per_peer", changed(&r.max_connections_per_peer, &n.max_connections_per_peer));
+    check("server.max_buffered_request_bytes", changed(&r.max_buffered_request_bytes, &n.max_buffered_request_bytes));
     check(
-        "limits.max_message_bytes",
-        running.limits.max_message_bytes.to_string(),
-        new.limits.max_message_bytes.to_string(),
+        "server.max_buffered_request_bytes_per_connection",
+        changed(&r.max_buffered_request_bytes_per_connection, &n.max_buffered_request_bytes_per_connection),
     );
-    check("admin", format!("{:?}", running.admin), format!("{:?}", new.admin));
+    check("server.moderation_token", changed(&r.moderation_token, &n.moderation_token));
+    check("server.watch_config", changed(&r.watch_config, &n.watch_config));
+    check("server.watch_interval", changed(&r.watch_interval, &n.watch_interval));
+    check("limits.max_message_bytes", changed(&running.limits.max_message_bytes, &new.limits.max_message_bytes));
+    check("admin", changed(&running.admin, &new.admin));
     // The files' content is reloaded on its own (`tls::watch`); only where they are is fixed.
-    check("tls", format!("{:?}", running.tls), format!("{:?}", new.tls));
-    check("shadow.disagreement_log", format!("{:?}", running.disagreement_log), format!("{:?}", new.disagreement_log));
+    check("tls", changed(&running.tls, &new.tls));
+    check("shadow.disagreement_log", changed(&running.disagreement_log, &new.disagreement_log));
     errors
+}
+
+/// The two values, shown as the config spells them, if they differ.
+fn changed<T: PartialEq + std::fmt::Debug>(running: &T, new: &T) -> Option<(String, String)> {
+    (running != new).then(|| (format!("{running:?}"), format!("{new:?}")))
 }
 
 /// Watches the config file by content: every `interval` it hashes the file (following
@@ -361,6 +371,40 @@ pub async fn on_sighup(reload: ReloadHandle, shutdown: ShutdownSignal) {
                 tracing::info!("SIGHUP: reloading the config");
                 reload.trigger(ReloadTrigger::Signal);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::Overrides;
+
+    fn parse(server: &str) -> Config {
+        let text = format!("[server]\n{server}\n[models.m]\npath = \"m\"\n[tasks.abuse]\nlive = \"m\"\n");
+        Config::parse(&text, Path::new("/srv/modserve.toml"), &Overrides::default()).expect("valid")
+    }
+
+    /// Every setting the listeners are built with at start-up is refused by a reload, naming
+    /// its key; the transport limits were once taken silently and never applied.
+    #[test]
+    fn a_reload_changing_a_listener_setting_is_refused_naming_it() {
+        let running = parse("");
+        assert!(fixed_settings_changed(&running, &parse("")).is_empty());
+        for (line, key) in [
+            ("grpc_listen = \"127.0.0.1:1\"", "server.grpc_listen"),
+            ("idle_timeout = \"5m\"", "server.idle_timeout"),
+            ("handshake_timeout = \"2s\"", "server.handshake_timeout"),
+            ("max_connections = 1000", "server.max_connections"),
+            ("max_connections_per_peer = 3", "server.max_connections_per_peer"),
+            ("max_buffered_request_bytes = 300000000", "server.max_buffered_request_bytes"),
+            ("max_buffered_request_bytes_per_connection = 8388608", "server.max_buffered_request_bytes_per_connection"),
+        ] {
+            let errors = fixed_settings_changed(&running, &parse(line));
+            assert_eq!(errors.len(), 1, "{line}: {errors:?}");
+            assert!(errors[0].starts_with(&format!("{key} cannot change at run time")), "{line}: {errors:?}");
         }
     }
 }

@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
 use ort::environment::Environment;
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 
 use crate::error::Error;
+use crate::inference::InferenceError;
 use crate::inference::batch::{Admit, BatchPolicy};
 use crate::inference::cpu::{self, CpuSet};
 use crate::inference::model::session::ModelSession;
@@ -133,6 +134,8 @@ pub struct ModelHandle {
     metrics: Arc<ModelMetrics>,
     /// CPU used by this model's workers, when they are shadow workers under a `ShadowCpu`.
     cpu: Option<Arc<ModelCpu>>,
+    /// Signalled each time a worker takes jobs off the queue (`wait_below`).
+    taken: Arc<Notify>,
 }
 
 impl ModelHandle {
@@ -154,19 +157,37 @@ impl ModelHandle {
         self.lanes.iter().map(Sender::len).sum()
     }
 
-    /// Queues `reviews` for inference; the receiver yields the scores (and, with a `share` slot,
-    /// the token ids).
+    /// Queues `reviews` for inference; `Scoring::wait` yields the scores (and, with a `share`
+    /// slot, the token ids). Every caller that awaits scores (classify, feedback, eval) goes
+    /// through here.
     pub fn submit(
         &self,
         reviews: Arc<[ReviewInput]>,
         deadline: Option<Instant>,
         share: Option<Arc<TokenSlot>>,
-    ) -> Result<oneshot::Receiver<JobResult>, Error> {
+    ) -> Result<Scoring, Error> {
         let (reply, rx) = oneshot::channel();
         let job =
             Job { reviews, tokens: None, share, deadline, enqueued_at: Instant::now(), reply: Reply::Caller(reply) };
         self.enqueue(job)?;
-        Ok(rx)
+        Ok(Scoring { rx, model: self.spec.name.clone() })
+    }
+
+    /// Waits until fewer than `jobs` jobs are queued, woken by the workers as they take jobs
+    /// (no polling). False if `deadline` came first.
+    pub async fn wait_below(&self, jobs: usize, deadline: Instant) -> bool {
+        loop {
+            let taken = self.taken.notified();
+            tokio::pin!(taken);
+            // Registered before the check, so a job taken in between still wakes us.
+            taken.as_mut().enable();
+            if self.queue_len() < jobs {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline.into(), taken).await.is_err() {
+                return false;
+            }
+        }
     }
 
     /// Queues `reviews` (with their token ids, if already known) without waiting: `callback`
@@ -204,6 +225,27 @@ impl ModelHandle {
     }
 }
 
+/// Scores being computed for a caller (`ModelHandle::submit`).
+pub struct Scoring {
+    rx: oneshot::Receiver<JobResult>,
+    model: String,
+}
+
+impl Scoring {
+    /// The job's outcome; a worker that stopped without answering is an inference error naming
+    /// the model.
+    pub async fn wait(self) -> JobResult {
+        let model = self.model;
+        self.rx.await.map_err(|_| Error::Inference { model, reason: InferenceError::WorkerStopped })?
+    }
+
+    /// `wait` for a caller outside the async runtime (a plain thread).
+    pub fn blocking_wait(self) -> JobResult {
+        let model = self.model;
+        self.rx.blocking_recv().map_err(|_| Error::Inference { model, reason: InferenceError::WorkerStopped })?
+    }
+}
+
 /// A running model: its handle plus the worker threads to join on shutdown.
 pub struct WorkerPool {
     pub handle: ModelHandle,
@@ -236,6 +278,7 @@ pub fn start(
     let (large, large_rx) = crossbeam_channel::bounded(settings.queue_capacity.max(1));
     let metrics = Arc::new(ModelMetrics::new(&spec, role));
     let cpu = shadow_cpu.map(|_| Arc::new(ModelCpu::new(&spec.name)));
+    let taken = Arc::new(Notify::new());
     let mut threads = Vec::with_capacity(sessions.len());
     for (i, session) in sessions.into_iter().enumerate() {
         let worker = Worker {
@@ -250,6 +293,7 @@ pub fn start(
             features: Vec::new(),
             scores: Vec::new(),
             accounting: shadow_cpu.zip(cpu.as_ref()).map(|(b, m)| (b.clone(), m.clone())),
+            taken: taken.clone(),
         };
         let name = format!("infer-{}-{i}", spec.name);
         let model = spec.name.clone();
@@ -265,7 +309,14 @@ pub fn start(
             })?;
         threads.push(thread);
     }
-    let handle = ModelHandle { spec, lanes: [small, large], capacity: settings.queue_capacity.max(1), metrics, cpu };
+    let handle = ModelHandle {
+        spec,
+        lanes: [small, large],
+        capacity: settings.queue_capacity.max(1),
+        metrics,
+        cpu,
+        taken: taken.clone(),
+    };
     Ok(WorkerPool { handle, threads })
 }
 
@@ -294,7 +345,7 @@ fn warm_up(session: &mut ModelSession, encoder: &Encoder) -> Result<(), String> 
     let features: Vec<f32> = spec.features.iter().map(|f| f.default).collect();
     let features = (!features.is_empty()).then_some(features.as_slice());
     let mut out = Vec::new();
-    session.run(&tokens, features, &mut out)
+    session.run(&tokens, features, &mut out).map_err(|e| e.to_string())
 }
 
 /// The state one worker thread owns.
@@ -314,6 +365,8 @@ struct Worker {
     scores: Vec<f32>,
     /// Shadow workers: the budget every batch is charged to, and this model's share of it.
     accounting: Option<(Arc<ShadowCpu>, Arc<ModelCpu>)>,
+    /// Shared with the handles; see `ModelHandle::wait_below`.
+    taken: Arc<Notify>,
 }
 
 impl Worker {
@@ -355,6 +408,7 @@ impl Worker {
                 }
             }
             self.metrics.queue_depth.set(self.lanes.iter().map(Receiver::len).sum::<usize>() as f64);
+            self.taken.notify_waiters();
             match self.accounting.clone() {
                 None => {
                     self.process(jobs);
@@ -428,7 +482,7 @@ impl Worker {
         let waited_before = self.accounting.as_ref().and_then(|_| cpu::thread_run_delay());
         let mut expired = vec![false; live.len()];
         let outcome = catch_unwind(AssertUnwindSafe(|| self.infer(&live, &mut expired)))
-            .unwrap_or_else(|panic| Err(format!("panicked: {}", panic_message(&panic))));
+            .unwrap_or_else(|panic| Err(InferenceError::Panicked(panic_message(&panic))));
         let elapsed = own_time(started.elapsed(), waited_before);
         let model = self.session.spec().name.clone();
         let (live, late): (Vec<_>, Vec<_>) = live.into_iter().zip(expired).partition(|(_, late)| !late);
@@ -485,7 +539,7 @@ impl Worker {
     /// Tokenizes and runs `jobs` as one batch, leaving the scores in `self.scores`. A job whose
     /// deadline passes while the batch is tokenized is marked in `expired` and left out, so one
     /// slow text cannot make the rest of the batch run for callers who have given up.
-    fn infer(&mut self, jobs: &[Job], expired: &mut [bool]) -> Result<(), String> {
+    fn infer(&mut self, jobs: &[Job], expired: &mut [bool]) -> Result<(), InferenceError> {
         let spec = self.session.spec().clone();
         #[cfg(feature = "fault-injection")]
         fault::inject(&spec.name, jobs);
@@ -507,7 +561,7 @@ impl Worker {
                 }
                 #[cfg(feature = "fault-injection")]
                 fault::slow_tokenize(&spec.name, &review.model_text);
-                self.encoder.encode_rows([review.model_text.as_str()], &mut mine)?;
+                self.encoder.encode_rows([review.model_text.as_str()], &mut mine).map_err(InferenceError::Tokenizer)?;
             }
             if expired[j] {
                 continue;

@@ -23,8 +23,7 @@ use crate::inference::worker::ModelHandle;
 use crate::metrics::ShadowOutcome;
 use crate::offline::report::{ReportInput, Source, Subject, Verdicts, cumulative_buckets};
 use crate::policy::{Decision, Policy};
-use crate::request::ReviewInput;
-use crate::serving::grpc::{convert, pb};
+use crate::request::{self, RawReview, ReviewInput};
 use crate::shadow::compare;
 
 /// Reviews sent to a model at once.
@@ -107,7 +106,7 @@ fn parse_line(line: &str, state: &ServingState, limits: &Limits) -> Result<Label
     if let Some(label) = raw.labels.iter().find(|l| !entry.has_label(l)) {
         return Err(format!("labels: {label:?} is not a label of task {}'s models", entry.name));
     }
-    let review = pb::Review {
+    let review = RawReview {
         id: raw.id,
         text: raw.text,
         title: raw.title,
@@ -116,7 +115,7 @@ fn parse_line(line: &str, state: &ServingState, limits: &Limits) -> Result<Label
         signals: raw.signals,
     };
     // The same rules as a Classify request; field names lose the `reviews[i].` prefix.
-    let review = convert::validate_review_fields(review, limits).map_err(|e| e.to_string())?;
+    let review = request::validate_one(review, limits).map_err(|e| e.to_string())?;
     Ok(Labelled { review, task: entry.name.clone(), human })
 }
 
@@ -183,8 +182,7 @@ async fn run(
 ) -> Result<Scored, Error> {
     let mut scores = Vec::with_capacity(reviews.len() * model.spec().labels.len());
     for chunk in reviews.chunks(CHUNK) {
-        let rx = model.submit(Arc::from(chunk), None, None)?;
-        let output = rx.await.map_err(|_| Error::Unavailable("the model stopped during evaluation"))??;
+        let output = model.submit(Arc::from(chunk), None, None)?.wait().await?;
         scores.extend_from_slice(&output.scores);
         *done += chunk.len();
         progress(*done, total);

@@ -83,15 +83,13 @@ impl Classifier {
                     slot
                 }
             });
-            let rx = entry.live.submit(input.reviews.clone(), deadline, share)?;
-            pending.push((entry, rx));
+            let scoring = entry.live.submit(input.reviews.clone(), deadline, share)?;
+            pending.push((entry, scoring));
         }
         let mut outputs = Vec::with_capacity(pending.len());
-        for (entry, rx) in pending {
+        for (entry, scoring) in pending {
             let spec = entry.live.spec().clone();
-            let output = rx
-                .await
-                .map_err(|_| Error::Inference { model: spec.name.clone(), reason: "worker stopped".into() })??;
+            let output = scoring.wait().await?;
             let scores = output.scores;
             let n = spec.labels.len();
             let decisions: Vec<Decision> = scores.chunks_exact(n).map(|s| entry.policy.decide(s)).collect();

@@ -52,7 +52,7 @@ fn queued_work_past_its_deadline_is_dropped_before_inference() {
     let reviews = reviews(&["you idiot"]);
     let expired = Instant::now() - Duration::from_millis(1);
     let rx = pool.handle.submit(reviews.clone(), Some(expired), None).expect("queued");
-    match rx.blocking_recv().expect("answered") {
+    match rx.blocking_wait() {
         Err(Error::DeadlineExceeded(where_)) => {
             assert!(where_.contains("before inference on model tiny-abuse"), "{where_}")
         }
@@ -60,7 +60,7 @@ fn queued_work_past_its_deadline_is_dropped_before_inference() {
     }
     // The same review with time to spare is scored.
     let rx = pool.handle.submit(reviews, Some(Instant::now() + Duration::from_secs(10)), None).expect("queued");
-    let scores = rx.blocking_recv().expect("answered").expect("scored").scores;
+    let scores = rx.blocking_wait().expect("scored").scores;
     assert!(scores[0] > 0.9, "insult score {scores:?}");
     drop(pool.handle);
     for t in pool.threads {
@@ -81,8 +81,7 @@ fn token_ids_from_a_shared_tokenizer_are_used_as_given() {
         .handle
         .submit(texts.clone(), None, Some(Arc::new(modserve::inference::worker::TokenSlot::new())))
         .unwrap()
-        .blocking_recv()
-        .unwrap()
+        .blocking_wait()
         .unwrap();
     let kept = out.tokens.expect("token ids kept");
     let package = Package::load(&fixture("tiny-abuse")).unwrap();
@@ -132,8 +131,8 @@ fn abandoned_jobs_are_dropped_before_inference_and_counted() {
     let abandoned = pool.handle.submit(reviews(&["win a free prize"]), None, None).unwrap();
     drop(abandoned);
     let after = pool.handle.submit(reviews(&["great product"]), None, None).unwrap();
-    busy.blocking_recv().unwrap().unwrap();
-    after.blocking_recv().unwrap().unwrap();
+    busy.blocking_wait().unwrap();
+    after.blocking_wait().unwrap();
     assert_eq!(count("cancelled") - before.0, 1.0);
     assert_eq!(inferred() - before.1, 2.0, "the abandoned review never reached the session");
     drop(pool.handle);

@@ -9,6 +9,7 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::value::{TensorElementType, TensorRef, ValueType};
 
 use super::{ModelSpec, Package, PackageError};
+use crate::inference::InferenceError;
 use crate::inference::tokenize::TokenBatch;
 
 /// A session plus what it needs to check its inputs and outputs.
@@ -41,16 +42,22 @@ impl ModelSession {
     /// Runs one batch. `features` is row-major `[rows, k]` when the model declares features.
     /// Appends `rows * n_labels` probabilities to `out`; fails on any runtime error, a wrong
     /// output shape or a non-finite score, so a broken model never yields a wrong answer.
-    pub fn run(&mut self, tokens: &TokenBatch, features: Option<&[f32]>, out: &mut Vec<f32>) -> Result<(), String> {
+    pub fn run(
+        &mut self,
+        tokens: &TokenBatch,
+        features: Option<&[f32]>,
+        out: &mut Vec<f32>,
+    ) -> Result<(), InferenceError> {
         let shape = [tokens.rows, tokens.seq];
-        let ids = TensorRef::from_array_view((shape, tokens.ids.as_slice())).map_err(|e| e.to_string())?;
-        let mask = TensorRef::from_array_view((shape, tokens.mask.as_slice())).map_err(|e| e.to_string())?;
+        let runtime = |e: ort::Error| InferenceError::Runtime(e.to_string());
+        let ids = TensorRef::from_array_view((shape, tokens.ids.as_slice())).map_err(runtime)?;
+        let mask = TensorRef::from_array_view((shape, tokens.mask.as_slice())).map_err(runtime)?;
         let io = &self.spec.io;
         let n_labels = self.spec.labels.len();
         let outputs = match features {
             Some(f) => {
                 let k = self.spec.features.len();
-                let feats = TensorRef::from_array_view(([tokens.rows, k], f)).map_err(|e| e.to_string())?;
+                let feats = TensorRef::from_array_view(([tokens.rows, k], f)).map_err(runtime)?;
                 self.session.run(ort::inputs![
                     io.input_ids.as_str() => ids,
                     io.attention_mask.as_str() => mask,
@@ -62,20 +69,16 @@ impl ModelSession {
                 io.attention_mask.as_str() => mask,
             ]),
         }
-        .map_err(|e| e.to_string())?;
-        let value =
-            outputs.get(io.probabilities.as_str()).ok_or_else(|| format!("no output named {:?}", io.probabilities))?;
-        let (out_shape, data) = value.try_extract_tensor::<f32>().map_err(|e| e.to_string())?;
+        .map_err(runtime)?;
+        let output = || io.probabilities.clone();
+        let value = outputs.get(io.probabilities.as_str()).ok_or_else(|| InferenceError::MissingOutput(output()))?;
+        let (out_shape, data) = value.try_extract_tensor::<f32>().map_err(runtime)?;
         if out_shape.len() != 2 || out_shape[0] != tokens.rows as i64 || out_shape[1] != n_labels as i64 {
-            return Err(format!(
-                "output {:?} has shape {:?}, expected [{}, {n_labels}]",
-                io.probabilities,
-                &out_shape[..],
-                tokens.rows
-            ));
+            let shape = out_shape.to_vec();
+            return Err(InferenceError::Shape { output: output(), shape, rows: tokens.rows, labels: n_labels });
         }
-        if let Some(bad) = data.iter().find(|p| !p.is_finite() || **p < 0.0 || **p > 1.0) {
-            return Err(format!("output {:?} holds {bad}, not a probability in [0, 1]", io.probabilities));
+        if let Some(&bad) = data.iter().find(|p| !p.is_finite() || **p < 0.0 || **p > 1.0) {
+            return Err(InferenceError::NotProbability { output: output(), value: bad });
         }
         out.extend_from_slice(data);
         Ok(())

@@ -1,136 +1,25 @@
 //! Proto <-> domain: validates a `ClassifyRequest` into a `ClassifyInput` (pure, no I/O, so it
 //! can be fuzzed), a `SubmitVerdictsRequest` into `Verdict`s, and builds the `ClassifyResponse`.
 
-use std::collections::{HashMap, HashSet};
-
 use super::pb;
-use crate::config::{Limits, OversizeText};
+use crate::config::Limits;
 use crate::control::registry::ServingState;
 use crate::error::Error;
 use crate::feedback::{Verdict, source_label};
 use crate::policy::Decision;
-use crate::request::{ClassifyInput, ReviewInput};
+use crate::request::{self, ClassifyInput, MAX_ID_BYTES, RawReview};
 use crate::serving::classify::ClassifyOutput;
 
-/// Longest review id accepted, in bytes: ids end up in logs and the disagreement log.
-pub const MAX_ID_BYTES: usize = 256;
-/// Most structured signals on one review.
-pub const MAX_SIGNALS: usize = 64;
-
-/// Checks every rule of the API; the first broken rule fails the request, naming the field
-/// and the review's index.
+/// Checks every rule of the API (`request::validate`); the first broken rule fails the
+/// request, naming the field and the review's index.
 pub fn validate(req: pb::ClassifyRequest, limits: &Limits) -> Result<ClassifyInput, Error> {
-    if req.reviews.is_empty() {
-        return Err(Error::invalid("reviews", "at least one review is required"));
-    }
-    if req.reviews.len() > limits.max_reviews_per_request {
-        return Err(Error::invalid(
-            "reviews",
-            format!("{} reviews exceed the limit of {} per request", req.reviews.len(), limits.max_reviews_per_request),
-        ));
-    }
-    let mut seen: HashMap<&str, usize> = HashMap::with_capacity(req.reviews.len());
-    for (i, r) in req.reviews.iter().enumerate() {
-        check_id(&format!("reviews[{i}]."), &r.id)?;
-        if let Some(j) = seen.insert(r.id.as_str(), i) {
-            return Err(Error::invalid(
-                format!("reviews[{i}].id"),
-                format!("duplicate of reviews[{j}].id {}", crate::error::excerpt(&r.id)),
-            ));
-        }
-    }
-    let mut reviews = Vec::with_capacity(req.reviews.len());
-    for (i, r) in req.reviews.into_iter().enumerate() {
-        reviews.push(validate_review(&format!("reviews[{i}]."), r, limits)?);
-    }
-    let mut tasks: Vec<String> = Vec::with_capacity(req.tasks.len());
-    let mut seen_tasks = HashSet::new();
-    for (i, t) in req.tasks.into_iter().enumerate() {
-        if t.is_empty() {
-            return Err(Error::invalid(format!("tasks[{i}]"), "must not be empty"));
-        }
-        if seen_tasks.insert(t.clone()) {
-            tasks.push(t);
-        }
-    }
-    Ok(ClassifyInput { reviews: reviews.into(), tasks, request_id: req.request_id })
+    let reviews = req.reviews.into_iter().map(review).collect();
+    request::validate(reviews, req.tasks, req.request_id, limits)
 }
 
-/// Checks a review id; `at` prefixes its field names (`reviews[3].`, or empty).
-fn check_id(at: &str, id: &str) -> Result<(), Error> {
-    if id.trim().is_empty() {
-        return Err(Error::invalid(format!("{at}id"), "must not be empty"));
-    }
-    if id.len() > MAX_ID_BYTES {
-        return Err(Error::invalid(
-            format!("{at}id"),
-            format!("{} bytes exceed the limit of {MAX_ID_BYTES}", id.len()),
-        ));
-    }
-    Ok(())
-}
-
-/// Checks one review (all but its id); `at` prefixes its field names (`reviews[3].`).
-fn validate_review(at: &str, r: pb::Review, limits: &Limits) -> Result<ReviewInput, Error> {
-    if r.text.trim().is_empty() {
-        return Err(Error::invalid(format!("{at}text"), "must not be empty or only whitespace"));
-    }
-    let (text, text_cut) = fit(format!("{at}text"), r.text, limits)?;
-    let (title, title_cut) = match r.title {
-        Some(t) if !t.trim().is_empty() => {
-            let (title, cut) = fit(format!("{at}title"), t, limits)?;
-            (Some(title), cut)
-        }
-        _ => (None, false),
-    };
-    if let Some(rating) = r.rating
-        && !rating.is_finite()
-    {
-        return Err(Error::invalid(format!("{at}rating"), "must be a finite number"));
-    }
-    if r.signals.len() > MAX_SIGNALS {
-        return Err(Error::invalid(
-            format!("{at}signals"),
-            format!("{} signals exceed the limit of {MAX_SIGNALS}", r.signals.len()),
-        ));
-    }
-    if let Some((k, _)) = r.signals.iter().find(|(_, v)| !v.is_finite() || v.abs() > f32::MAX as f64) {
-        return Err(Error::invalid(format!("{at}signals[{k:?}]"), "must be a finite number within float32 range"));
-    }
-    let model_text = match title {
-        Some(title) => format!("{title}\n{text}"),
-        None => text,
-    };
-    Ok(ReviewInput {
-        id: r.id,
-        model_text,
-        rating: r.rating,
-        signals: r.signals,
-        language: r.language.filter(|l| !l.is_empty()),
-        text_cut: text_cut || title_cut,
-    })
-}
-
-/// Applies the text size limit: reject, or cut at the last character boundary within it (and
-/// say so).
-fn fit(field: String, mut text: String, limits: &Limits) -> Result<(String, bool), Error> {
-    if text.len() <= limits.max_text_bytes {
-        return Ok((text, false));
-    }
-    match limits.oversize_text {
-        OversizeText::Reject => Err(Error::invalid(
-            field,
-            format!("{} bytes exceed the limit of {} (limits.max_text_bytes)", text.len(), limits.max_text_bytes),
-        )),
-        OversizeText::Truncate => {
-            let mut cut = limits.max_text_bytes;
-            while !text.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            text.truncate(cut);
-            Ok((text, true))
-        }
-    }
+/// A proto review as the domain's unvalidated review.
+fn review(r: pb::Review) -> RawReview {
+    RawReview { id: r.id, text: r.text, title: r.title, rating: r.rating, signals: r.signals, language: r.language }
 }
 
 /// Checks every verdict of a `SubmitVerdictsRequest` against the serving state (its tasks and
@@ -178,8 +67,8 @@ pub fn validate_verdicts(req: pb::SubmitVerdictsRequest, state: &ServingState) -
             return Err(Error::invalid(format!("{at}review"), "is required"));
         };
         let review_at = format!("{at}review.");
-        check_id(&review_at, &review.id)?;
-        let review = validate_review(&review_at, review, &state.config.limits)?;
+        request::check_id(&review_at, &review.id)?;
+        let review = request::validate_review(&review_at, self::review(review), &state.config.limits)?;
         if let Some((j, label)) = v.labels.iter().enumerate().find(|(_, l)| !entry.has_label(l)) {
             return Err(Error::invalid(
                 format!("{at}labels[{j}]"),
@@ -206,13 +95,6 @@ pub fn validate_verdicts(req: pb::SubmitVerdictsRequest, state: &ServingState) -
         });
     }
     Ok(verdicts)
-}
-
-/// Checks one review on its own (a line of `modserve eval`'s labelled file): the rules of a
-/// Classify review, with plain field names (`text`, `title`).
-pub fn validate_review_fields(r: pb::Review, limits: &Limits) -> Result<ReviewInput, Error> {
-    check_id("", &r.id)?;
-    validate_review("", r, limits)
 }
 
 pub fn decision(d: Decision) -> pb::Decision {
@@ -266,6 +148,7 @@ pub fn response(input: &ClassifyInput, output: &ClassifyOutput) -> pb::ClassifyR
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::OversizeText;
 
     fn review(id: &str, text: &str) -> pb::Review {
         pb::Review { id: id.into(), text: text.into(), ..Default::default() }

@@ -13,6 +13,7 @@ use super::transport::{Arrival, parse_grpc_timeout};
 use super::{convert, status};
 use crate::error::Error;
 use crate::metrics;
+use crate::request::CallDeadline;
 use crate::serving::classify::Classifier;
 use crate::shutdown::ShutdownSignal;
 
@@ -39,24 +40,15 @@ impl ModerationService {
         // GOAWAY, and the transport lets it finish within `shutdown_grace`.
         // One state for the whole call: a reload mid-call changes nothing for it.
         let state = self.classifier.state()?;
-        let ceiling = state.config.limits.max_call_timeout;
-        let (deadline, capped) = match deadline {
-            Some(d) if d <= started + ceiling => (d, false),
-            _ => (started + ceiling, true),
-        };
+        let deadline = CallDeadline::new(started, deadline, state.config.limits.max_call_timeout);
         let input = convert::validate(req, &state.config.limits)?;
-        if deadline <= Instant::now() {
+        if deadline.at <= Instant::now() {
             return Err(Error::DeadlineExceeded("before the request was queued".into()));
         }
-        let output = tokio::time::timeout_at(deadline.into(), self.classifier.classify(&state, &input, Some(deadline)))
-            .await
-            .map_err(|_| {
-                Error::DeadlineExceeded(if capped {
-                    format!("while waiting for inference (limits.max_call_timeout {ceiling:?})")
-                } else {
-                    "while waiting for inference".into()
-                })
-            })??;
+        let output =
+            tokio::time::timeout_at(deadline.at.into(), self.classifier.classify(&state, &input, Some(deadline.at)))
+                .await
+                .map_err(|_| deadline.exceeded_waiting())??;
         Ok(convert::response(&input, &output))
     }
 }
