@@ -149,18 +149,70 @@ async fn run(
     let registry = Registry::default();
     let ready = Arc::new(AtomicBool::new(false));
     let (health, health_service) = tonic_health::server::health_reporter();
-    for name in ["", MODERATION_SERVICE] {
-        health.set_service_status(name, ServingStatus::NotServing).await;
-    }
+    set_health(&health, ServingStatus::NotServing).await;
     let (reload, reload_requests) = ReloadHandle::channel();
-
     // The transports (and the metrics port, so the drain can still be scraped) stop on their
     // own signal, `drain_delay` after shutdown starts: health says NOT_SERVING at once so load
     // balancers move away, while calls that still arrive are served, not refused.
     let (stop_transport, transport_signal) = Shutdown::new();
-
     // Serve before loading: while the models load, health answers NOT_SERVING, Classify
     // UNAVAILABLE and /health/ready 503, instead of connections hanging unanswered.
+    let listeners =
+        serve(&config, bound, &registry, &reload, health_service, prometheus, &ready, transport_signal, &signal)?;
+
+    let started = Instant::now();
+    let (reloader, log_thread, threads) = match load(&config, registry.clone()).await {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            stop_transport.trigger();
+            return Err(e);
+        }
+    };
+    reloader.serve(reload_requests);
+    watch_for_reloads(&config, &reload, &signal);
+    set_health(&health, ServingStatus::Serving).await;
+    ready.store(true, Ordering::Relaxed);
+    tracing::info!(load_ms = started.elapsed().as_millis() as u64, "serving");
+
+    signal.clone().wait().await;
+    drain(&config, &health, &ready, stop_transport, listeners).await;
+    // Drop the serving state and the reload task (which holds the log and the runtime): queues
+    // close, workers finish what is queued and exit.
+    registry.swap(None);
+    drop(reload);
+    stop_workers(config.server.shutdown_grace, threads, log_thread).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The tasks serving the listeners, awaited at shutdown.
+struct Listeners {
+    grpc: JoinHandle<()>,
+    admin: Option<JoinHandle<()>>,
+    http: JoinHandle<()>,
+}
+
+async fn set_health(health: &tonic_health::server::HealthReporter, status: ServingStatus) {
+    for name in ["", MODERATION_SERVICE] {
+        health.set_service_status(name, status).await;
+    }
+}
+
+/// Starts serving every listener: the gRPC services (Moderation, Feedback, health, reflection,
+/// and Admin unless it has its own listener), the Admin listener, the HTTP port, and the TLS
+/// certificate watch.
+#[allow(clippy::too_many_arguments)]
+fn serve<H: tonic_health::pb::health_server::Health>(
+    config: &Config,
+    bound: Bound,
+    registry: &Registry,
+    reload: &ReloadHandle,
+    health_service: tonic_health::pb::health_server::HealthServer<H>,
+    prometheus: metrics_exporter_prometheus::PrometheusHandle,
+    ready: &Arc<AtomicBool>,
+    transport_signal: ShutdownSignal,
+    signal: &ShutdownSignal,
+) -> anyhow::Result<Listeners> {
     let (reflection_v1, reflection_v1alpha) = reflection()?;
     let limits = config.limits;
     let moderation_auth = BearerAuth::new(bound.moderation_token.clone(), "modserve.v1.Moderation");
@@ -192,7 +244,7 @@ async fn run(
     let ceiling_registry = registry.clone();
     let call_ceiling: transport::CallCeiling =
         Arc::new(move || ceiling_registry.load().map_or(startup_ceiling, |state| state.config.limits.max_call_timeout));
-    let mut admin_task = None;
+    let mut admin = None;
     match bound.admin {
         None => routes = routes.add_service(admin_service),
         Some(listener) => {
@@ -202,7 +254,7 @@ async fn run(
                 .add_service(v1alpha)
                 .add_service(health_service)
                 .prepare();
-            admin_task = Some(tokio::spawn(transport::serve(
+            admin = Some(tokio::spawn(transport::serve(
                 "admin",
                 listener,
                 admin_routes,
@@ -213,7 +265,7 @@ async fn run(
             )));
         }
     }
-    let grpc_task = tokio::spawn(transport::serve(
+    let grpc = tokio::spawn(transport::serve(
         "grpc",
         bound.grpc,
         routes.prepare(),
@@ -222,21 +274,15 @@ async fn run(
         bound.tls.clone(),
         transport_signal.clone(),
     ));
-    let http_task = tokio::spawn(http_port::serve(bound.metrics, prometheus, ready.clone(), transport_signal));
+    let http = tokio::spawn(http_port::serve(bound.metrics, prometheus, ready.clone(), transport_signal));
     if let Some(tls) = bound.tls {
         tokio::spawn(tls::watch(tls, signal.clone()));
     }
+    Ok(Listeners { grpc, admin, http })
+}
 
-    let started = Instant::now();
-    let loaded = load(&config, registry.clone()).await;
-    let (reloader, log_thread, threads) = match loaded {
-        Ok(loaded) => loaded,
-        Err(e) => {
-            stop_transport.trigger();
-            return Err(e);
-        }
-    };
-    reloader.serve(reload_requests);
+/// Reloads on SIGHUP and, with `server.watch_config`, when the file's content changes.
+fn watch_for_reloads(config: &Config, reload: &ReloadHandle, signal: &ShutdownSignal) {
     tokio::spawn(reload::on_sighup(reload.clone(), signal.clone()));
     if config.server.watch_config {
         tokio::spawn(reload::watch(
@@ -247,44 +293,46 @@ async fn run(
             signal.clone(),
         ));
     }
+}
 
-    for name in ["", MODERATION_SERVICE] {
-        health.set_service_status(name, ServingStatus::Serving).await;
-    }
-    ready.store(true, Ordering::Relaxed);
-    tracing::info!(load_ms = started.elapsed().as_millis() as u64, "serving");
-
-    signal.clone().wait().await;
+/// The drain: health NOT_SERVING at once, calls served for `drain_delay`, then the listeners
+/// close and open calls get `shutdown_grace` (in the transports) to finish.
+async fn drain(
+    config: &Config,
+    health: &tonic_health::server::HealthReporter,
+    ready: &AtomicBool,
+    stop_transport: Shutdown,
+    listeners: Listeners,
+) {
     tracing::info!(
         drain_delay = ?config.server.drain_delay,
         "shutting down: health NOT_SERVING; calls are served until the drain delay ends, then connections close"
     );
     ready.store(false, Ordering::Relaxed);
-    for name in ["", MODERATION_SERVICE] {
-        health.set_service_status(name, ServingStatus::NotServing).await;
-    }
+    set_health(health, ServingStatus::NotServing).await;
     tokio::time::sleep(config.server.drain_delay).await;
     stop_transport.trigger();
-    let grace = config.server.shutdown_grace;
-    if let Err(e) = grpc_task.await {
+    if let Err(e) = listeners.grpc.await {
         tracing::error!(error = %e, "gRPC server task panicked");
     }
-    if let Some(t) = admin_task {
+    if let Some(t) = listeners.admin {
         let _ = t.await;
     }
-    let _ = http_task.await;
-    // Drop the serving state and the reload task (which holds the log and the runtime): queues
-    // close, workers finish what is queued and exit.
-    registry.swap(None);
-    drop(reload);
+    let _ = listeners.http.await;
+}
+
+/// Waits, at most `grace` each, for the worker threads (their queues closed with the serving
+/// state) and then the disagreement log's writer, which the shadows held the last handles of.
+async fn stop_workers(
+    grace: std::time::Duration,
+    threads: WorkerThreads,
+    log_thread: Option<std::thread::JoinHandle<()>>,
+) {
     let threads = std::mem::take(&mut *threads.lock().unwrap_or_else(|p| p.into_inner()));
     let _ = tokio::time::timeout(grace, tokio::task::spawn_blocking(move || loader::join_all(threads))).await;
-    // The shadows held the last log handles: the writer flushes and exits.
     if let Some(thread) = log_thread {
         let _ = tokio::time::timeout(grace, tokio::task::spawn_blocking(move || thread.join())).await;
     }
-    tracing::info!("stopped");
-    Ok(())
 }
 
 type WorkerThreads = Arc<Mutex<Vec<std::thread::JoinHandle<()>>>>;

@@ -9,16 +9,19 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::feedback::FeedbackConfig;
-use crate::inference::model::manifest::toml_error;
-use crate::inference::worker::WorkerSettings;
-use crate::policy::PolicySpec;
-pub use crate::serving::tls::TlsConfig;
-use crate::shadow::ShadowPolicy;
-use crate::shadow::disagreement::LogConfig;
-
+mod cpus;
 mod file;
+mod launch;
+mod settings;
 mod validate;
+
+pub use cpus::{CpuListError, CpuSet, MAX_CPUS, allowed_cpus};
+pub use launch::defaults as launch_defaults;
+pub use launch::{LaunchCriteria, RawLaunchCriteria, validate_criteria};
+pub use settings::{
+    BatchPolicy, BreakerPolicy, FeedbackConfig, LogConfig, NO_SOURCE, OTHER_SOURCE, PolicySpec, ShadowPolicy,
+    Thresholds, TlsConfig, WorkerSettings,
+};
 
 use file::RawConfig;
 use validate::validate;
@@ -131,6 +134,33 @@ pub mod humantime_serde_str {
     }
 }
 
+/// A TOML error on one line: "line L, column C: message" (toml's own rendering spans lines).
+pub fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim_end();
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message.to_string(),
+    }
+}
+
+/// True for names made of `[a-z0-9._-]`, non-empty: safe in file names and metric labels.
+pub fn is_valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+}
+
+/// Hex sha256 of a config's text (`Config::source_sha256`).
+fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))
+}
+
 // === the validated config ===
 
 #[derive(Debug, Clone, Serialize)]
@@ -152,7 +182,7 @@ pub struct Config {
     /// Scheduling class asked for shadow worker threads.
     pub shadow_scheduling: ShadowScheduling,
     /// CPUs shadow worker threads are kept on; `None` = wherever the process may run.
-    pub shadow_cpus: Option<crate::inference::cpu::CpuSet>,
+    pub shadow_cpus: Option<CpuSet>,
     /// Where disagreements go; `None` turns the log off.
     pub disagreement_log: Option<LogConfig>,
     /// Model name -> how to load and run it.
@@ -165,7 +195,7 @@ pub struct Config {
     pub feedback: FeedbackConfig,
     pub monitoring: MonitoringConfig,
     /// What a shadow must show to be promoted (`modserve report` and `modserve eval`).
-    pub launch: crate::offline::report::LaunchCriteria,
+    pub launch: LaunchCriteria,
 }
 
 /// Input monitoring (the `[monitoring]` table).
@@ -450,7 +480,7 @@ languages = ["english!"]
         assert_eq!(c.tasks[0].shadows[0].salt, "abuse-v1+lenient");
         assert_eq!(c.policies["lenient"].thresholds["insult"].reject, Some(0.99));
         assert_eq!(c.feedback.dedupe_window, Duration::from_secs(24 * 3600));
-        assert_eq!(c.launch, crate::offline::report::LaunchCriteria::default());
+        assert_eq!(c.launch, LaunchCriteria::default());
     }
 
     #[test]

@@ -19,37 +19,13 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use tokio::sync::mpsc;
 
+pub use crate::config::FeedbackConfig;
 use crate::control::registry::{Registry, ServingState, TaskEntry};
 use crate::error::Error;
 use crate::inference::worker::ModelHandle;
 use crate::metrics::{self, NO_SOURCE, OTHER_SOURCE, VerdictOutcome};
 use crate::policy::Decision;
 use crate::request::ReviewInput;
-
-/// Settings (the `[feedback]` table).
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct FeedbackConfig {
-    /// Verdict sources counted by name (e.g. moderation teams or tools); any other counts as
-    /// "other", none as "none". Bounded because each is a label value.
-    pub sources: Vec<String>,
-    pub max_verdicts_per_request: usize,
-    /// Verdicts accepted but not yet scored, at most; beyond it a call is refused.
-    pub queue_capacity: usize,
-    /// Review text bytes of those verdicts, at most: verdicts carry whole reviews, so a count
-    /// alone does not bound memory.
-    pub queue_max_bytes: usize,
-    /// Verdicts sent to a model at once: small, so a live batch never waits long behind them.
-    pub batch_size: usize,
-    /// A verdict not scored this long after it was accepted is shed.
-    #[serde(with = "crate::config::humantime_serde_str")]
-    pub max_delay: Duration,
-    /// A (review id, task) received again within this window is not counted again; 0 turns
-    /// the check off.
-    #[serde(with = "crate::config::humantime_serde_str")]
-    pub dedupe_window: Duration,
-    /// Keys remembered for the dedupe check, at most (the oldest are forgotten first).
-    pub dedupe_capacity: usize,
-}
 
 /// A validated verdict.
 #[derive(Debug, Clone)]

@@ -25,7 +25,8 @@
 //! - `feedback`: moderator verdicts scored against live and every shadow.
 //! - `offline`: `modserve report` and `modserve eval`, run beside the server.
 //!
-//! Shared by all of them: `config` (the typed configuration), `request` (a validated review),
+//! Shared by all of them: `config` (the typed configuration and the settings types every layer
+//! reads; a leaf that imports no layer), `request` (a validated review),
 //! `policy` (the decision), `error` (mapped to gRPC status in `serving::grpc::status` only),
 //! `metrics` (every metric name) and `shutdown`. `app` wires the layers into a running server;
 //! `cli` is the command line; `sys`, the syscalls, is the one module allowed `unsafe`.

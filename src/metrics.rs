@@ -10,6 +10,7 @@ use metrics::{
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+pub use crate::config::{NO_SOURCE, OTHER_SOURCE};
 use crate::inference::model::ModelSpec;
 use crate::policy::{Decision, Policy};
 
@@ -478,11 +479,6 @@ impl TaskMetrics {
         }
     }
 }
-
-/// The source label of a verdict from outside `feedback.sources`.
-pub const OTHER_SOURCE: &str = "other";
-/// The source label of a verdict that names none.
-pub const NO_SOURCE: &str = "none";
 
 /// Pre-registered verdict counters for one model (or policy) of one task: for each source, a
 /// model decision x human decision matrix, all at 0 from the start so every series exists

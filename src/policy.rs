@@ -2,7 +2,7 @@
 //! ALLOW / REVIEW / REJECT. Pure and unit-tested. A model's manifest supplies its default policy;
 //! the config may name others (`[policies.NAME]`), resolved against a model's labels at load.
 
-use std::collections::BTreeMap;
+pub use crate::config::{PolicySpec, Thresholds};
 
 /// A moderation decision, ordered by severity so `max` picks the strictest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -29,14 +29,6 @@ impl Decision {
     }
 }
 
-/// Thresholds for one label; a score at or above a threshold triggers it.
-#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Thresholds {
-    pub review: Option<f32>,
-    pub reject: Option<f32>,
-}
-
 /// A named, versioned set of thresholds, indexed like the model's labels.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
@@ -44,33 +36,6 @@ pub struct Policy {
     pub version: String,
     /// One entry per label, in output order; `None` means the label never changes the decision.
     pub thresholds: Vec<Option<Thresholds>>,
-}
-
-impl Thresholds {
-    /// Problems with these thresholds, each prefixed with `field`: both within 0..=1 and review
-    /// not above reject.
-    pub fn errors(&self, field: &str) -> Vec<String> {
-        let mut errors = Vec::new();
-        for (which, v) in [("review", self.review), ("reject", self.reject)] {
-            if let Some(v) = v.filter(|v| !(0.0..=1.0).contains(v)) {
-                errors.push(format!("{field}.{which} {v}: must be within 0..=1"));
-            }
-        }
-        if let (Some(review), Some(reject)) = (self.review, self.reject)
-            && review > reject
-        {
-            errors.push(format!("{field}: review {review} must not exceed reject {reject}"));
-        }
-        errors
-    }
-}
-
-/// A policy as the config names it: thresholds by label name, not yet tied to a model.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct PolicySpec {
-    pub name: String,
-    pub version: String,
-    pub thresholds: BTreeMap<String, Thresholds>,
 }
 
 impl PolicySpec {

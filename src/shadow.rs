@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use budget::ShadowCpu;
 use rate::{RateController, Tick};
 
+pub use crate::config::ShadowPolicy;
 use crate::error::Error;
 use crate::inference::model::ModelSpec;
 use crate::inference::tokenize::TokenRows;
@@ -31,24 +32,9 @@ use crate::inference::worker::{JobResult, ModelHandle};
 use crate::metrics::{Role, ShadowMetrics, ShadowOutcome, VerdictMetrics};
 use crate::policy::{Decision, Policy};
 use crate::request::ReviewInput;
-use crate::shadow::breaker::{Breaker, BreakerPolicy};
+use crate::shadow::breaker::Breaker;
 use compare::Direction;
 use disagreement::DisagreementLog;
-
-/// Shedding rules shared by every shadow (the `[shadow]` config table).
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
-pub struct ShadowPolicy {
-    /// Shadow work still queued this long after the live answer is dropped (`deadline`).
-    #[serde(with = "crate::config::humantime_serde_str")]
-    pub max_delay: Duration,
-    /// Skip shadow work while the live model has at least this many jobs queued.
-    pub live_pressure_jobs: usize,
-    pub breaker: BreakerPolicy,
-    /// Share of the process's CPU capacity all shadow work may use; `None` = no budget.
-    pub max_cpu_fraction: Option<f64>,
-    /// The effective sample rate never goes below this (nor above the configured rate).
-    pub min_sample_rate: f64,
-}
 
 /// How often a shadow's effective sample rate is reconsidered.
 pub const TICK: Duration = Duration::from_secs(1);

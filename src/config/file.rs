@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use super::Thresholds;
 use super::{LogFormat, OversizeText};
-use crate::policy::Thresholds;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -23,7 +23,7 @@ pub(super) struct RawConfig {
     pub(super) tasks: BTreeMap<String, RawTask>,
     pub(super) feedback: RawFeedback,
     pub(super) monitoring: RawMonitoring,
-    pub(super) launch: crate::offline::report::RawLaunchCriteria,
+    pub(super) launch: super::RawLaunchCriteria,
 }
 
 #[derive(Debug, Default, Deserialize)]

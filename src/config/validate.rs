@@ -10,12 +10,6 @@ use super::file::{
     RawTls,
 };
 use super::*;
-use crate::inference::batch::BatchPolicy;
-use crate::inference::model::manifest::is_valid_name;
-use crate::inference::worker::WorkerSettings;
-use crate::shadow::ShadowPolicy;
-use crate::shadow::breaker::BreakerPolicy;
-use crate::shadow::disagreement::LogConfig;
 
 pub(super) fn validate(
     raw: RawConfig,
@@ -38,14 +32,14 @@ pub(super) fn validate(
     let disagreement_log = raw.shadow.disagreement_log.as_ref().map(|l| disagreement_log(&mut errors, l, base));
     let (shadow_nice, shadow_scheduling, shadow_cpus) = shadow_threads(&mut errors, &raw.shadow);
     let feedback = feedback(&mut errors, &raw.feedback);
-    let launch = crate::offline::report::validate_criteria(&raw.launch, &mut errors);
+    let launch = validate_criteria(&raw.launch, &mut errors);
     let monitoring = monitoring(&mut errors, &raw.monitoring);
     if !errors.is_empty() {
         return Err(errors);
     }
     Ok(Config {
         source: path.to_path_buf(),
-        source_sha256: crate::inference::model::package::sha256_hex(text.as_bytes()),
+        source_sha256: sha256_hex(text),
         overrides: overrides.clone(),
         server,
         admin,
@@ -422,10 +416,7 @@ fn disagreement_log(errors: &mut Vec<String>, l: &RawLog, base: &Path) -> LogCon
 }
 
 /// How shadow worker threads are put behind live ones (`shadow.nice`, `.scheduling`, `.cpus`).
-fn shadow_threads(
-    errors: &mut Vec<String>,
-    raw: &RawShadowPolicy,
-) -> (i32, ShadowScheduling, Option<crate::inference::cpu::CpuSet>) {
+fn shadow_threads(errors: &mut Vec<String>, raw: &RawShadowPolicy) -> (i32, ShadowScheduling, Option<CpuSet>) {
     let shadow_nice = raw.nice.unwrap_or(defaults::SHADOW_NICE);
     if !(0..=19).contains(&shadow_nice) {
         errors.push(format!("shadow.nice {shadow_nice}: must be 0..=19"));
@@ -474,11 +465,10 @@ fn feedback(errors: &mut Vec<String>, raw: &super::file::RawFeedback) -> Feedbac
         dedupe_capacity: raw.dedupe_capacity.unwrap_or(defaults::FEEDBACK_DEDUPE_CAPACITY),
     };
     for (i, s) in config.sources.iter().enumerate() {
-        if !is_valid_name(s) || s == crate::metrics::OTHER_SOURCE || s == crate::metrics::NO_SOURCE {
+        if !is_valid_name(s) || s == OTHER_SOURCE || s == NO_SOURCE {
             errors.push(format!(
                 "feedback.sources[{i}] {s:?}: use 1-64 of [a-z0-9._-], not \"{}\" or \"{}\" (reserved)",
-                crate::metrics::OTHER_SOURCE,
-                crate::metrics::NO_SOURCE
+                OTHER_SOURCE, NO_SOURCE
             ));
         }
     }
@@ -576,15 +566,15 @@ fn shadow_policy(errors: &mut Vec<String>, raw: &RawShadowPolicy) -> ShadowPolic
 }
 
 /// `shadow.cpus`: a CPU list within the CPUs this process may run on.
-fn shadow_cpus(errors: &mut Vec<String>, list: &str) -> Option<crate::inference::cpu::CpuSet> {
-    let cpus = match crate::inference::cpu::CpuSet::parse(list) {
+fn shadow_cpus(errors: &mut Vec<String>, list: &str) -> Option<CpuSet> {
+    let cpus = match CpuSet::parse(list) {
         Ok(c) => c,
         Err(e) => {
             errors.push(format!("shadow.cpus {list:?}: {e}"));
             return None;
         }
     };
-    match crate::inference::cpu::allowed_cpus() {
+    match allowed_cpus() {
         Ok(allowed) => {
             let outside = cpus.minus(&allowed);
             if outside.count() > 0 {

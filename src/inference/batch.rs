@@ -1,19 +1,8 @@
 //! Batch formation: which queued jobs run together. A pure policy, unit-tested without threads;
 //! the inference worker (`worker`) applies it to its queue.
 
-use std::time::{Duration, Instant};
-
-/// How a model's worker merges queued jobs into one inference batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct BatchPolicy {
-    /// Most reviews in one batch. A single job larger than this runs alone (request size is
-    /// bounded separately by `limits.max_reviews_per_request`).
-    pub max_batch_size: usize,
-    /// How long to hold a non-full batch for more jobs once the queue is empty. Zero means
-    /// "take what is queued now": no added latency at low load, natural batching under load.
-    #[serde(with = "crate::config::humantime_serde_str")]
-    pub max_wait: Duration,
-}
+pub use crate::config::BatchPolicy;
+use std::time::Instant;
 
 /// What to do with the next queued job given the batch so far.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +36,8 @@ impl BatchPolicy {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     const POLICY: BatchPolicy = BatchPolicy { max_batch_size: 8, max_wait: Duration::ZERO };

@@ -15,10 +15,11 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySen
 use ort::environment::Environment;
 use tokio::sync::{Notify, oneshot};
 
+pub use crate::config::WorkerSettings;
 use crate::error::Error;
 use crate::inference::InferenceError;
 use crate::inference::batch::{Admit, BatchPolicy};
-use crate::inference::cpu::{self, CpuSet};
+use crate::inference::cpu;
 use crate::inference::model::session::ModelSession;
 use crate::inference::model::{ModelSpec, Package, PackageError};
 use crate::inference::tokenize::{Encoder, TokenBatch, TokenRows};
@@ -91,26 +92,6 @@ pub struct Job {
     pub reply: Reply,
 }
 
-/// How a model's workers run.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
-pub struct WorkerSettings {
-    pub batch: BatchPolicy,
-    /// Jobs that may wait in the queue; beyond this, submissions fail with `QueueFull`.
-    pub queue_capacity: usize,
-    /// Worker threads, each with its own session.
-    pub threads: usize,
-    /// ONNX Runtime intra-op threads per session.
-    pub intra_threads: usize,
-    /// Scheduling niceness of the worker threads (0 = normal; shadows run at a higher value so
-    /// the kernel favours live work when cores are busy).
-    pub nice: i32,
-    /// Run the worker threads under `SCHED_IDLE` where the kernel allows it (shadows), falling
-    /// back to `nice`.
-    pub idle: bool,
-    /// Keep the worker threads on these CPUs (`shadow.cpus`); `None` = wherever the process may run.
-    pub cpus: Option<CpuSet>,
-}
-
 /// Jobs with at most this many bytes of review text go to the small lane, which workers take
 /// from first: a caller sending long or crafted texts (or large batches) then delays a short
 /// call by at most the job already running, not by everything it has queued.
@@ -170,7 +151,7 @@ impl ModelHandle {
         let job =
             Job { reviews, tokens: None, share, deadline, enqueued_at: Instant::now(), reply: Reply::Caller(reply) };
         self.enqueue(job)?;
-        Ok(Scoring { rx, model: self.spec.name.clone() })
+        Ok(Scoring { rx, spec: self.spec.clone() })
     }
 
     /// Waits until fewer than `jobs` jobs are queued, woken by the workers as they take jobs
@@ -228,21 +209,25 @@ impl ModelHandle {
 /// Scores being computed for a caller (`ModelHandle::submit`).
 pub struct Scoring {
     rx: oneshot::Receiver<JobResult>,
-    model: String,
+    spec: Arc<ModelSpec>,
 }
 
 impl Scoring {
     /// The job's outcome; a worker that stopped without answering is an inference error naming
     /// the model.
     pub async fn wait(self) -> JobResult {
-        let model = self.model;
-        self.rx.await.map_err(|_| Error::Inference { model, reason: InferenceError::WorkerStopped })?
+        let spec = self.spec;
+        self.rx
+            .await
+            .map_err(|_| Error::Inference { model: spec.name.clone(), reason: InferenceError::WorkerStopped })?
     }
 
     /// `wait` for a caller outside the async runtime (a plain thread).
     pub fn blocking_wait(self) -> JobResult {
-        let model = self.model;
-        self.rx.blocking_recv().map_err(|_| Error::Inference { model, reason: InferenceError::WorkerStopped })?
+        let spec = self.spec;
+        self.rx
+            .blocking_recv()
+            .map_err(|_| Error::Inference { model: spec.name.clone(), reason: InferenceError::WorkerStopped })?
     }
 }
 

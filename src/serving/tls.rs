@@ -9,7 +9,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use rustls::RootCertStore;
@@ -18,22 +17,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use sha2::{Digest, Sha256};
 
+pub use crate::config::TlsConfig;
 use crate::metrics;
 use crate::shutdown::ShutdownSignal;
-
-/// Where the server's certificate, key and (for mTLS) client CA are read from.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct TlsConfig {
-    /// PEM: the server certificate first, then any intermediates.
-    pub cert_file: PathBuf,
-    /// PEM: the private key (PKCS#8, PKCS#1 or SEC1).
-    pub key_file: PathBuf,
-    /// PEM: CA certificates; when set, every client must present a certificate they signed.
-    pub client_ca_file: Option<PathBuf>,
-    /// How often the files are checked for new content.
-    #[serde(with = "crate::config::humantime_serde_str")]
-    pub watch_interval: Duration,
-}
 
 /// Why a certificate set could not be loaded. The message names the file.
 #[derive(Debug, thiserror::Error)]

@@ -5,27 +5,11 @@
 //! the shadow's worker threads record outcomes (behind a mutex, off the request path) and the
 //! request path only reads an atomic "open until" instant.
 
+pub use crate::config::BreakerPolicy;
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-
-/// When a breaker opens.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
-pub struct BreakerPolicy {
-    /// Recent batches considered.
-    pub window: usize,
-    /// The breaker needs at least this many batches in the window before it can open.
-    pub min_batches: usize,
-    /// Open when failed batches / batches in the window reaches this.
-    pub max_failure_ratio: f64,
-    /// A batch slower than this counts as failed.
-    #[serde(with = "crate::config::humantime_serde_str")]
-    pub latency_budget: Duration,
-    /// How long the breaker stays open before letting work through again.
-    #[serde(with = "crate::config::humantime_serde_str")]
-    pub cooldown: Duration,
-}
 
 /// The pure state: a window of recent outcomes and whether the breaker is open.
 #[derive(Debug)]

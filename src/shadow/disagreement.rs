@@ -13,23 +13,10 @@ use std::time::SystemTime;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use serde::Serialize;
 
+pub use crate::config::LogConfig;
 #[cfg(test)]
 use crate::metrics::DISAGREEMENT_LOG_LINES_TOTAL;
 use crate::metrics::{LogMetrics, LogOutcome};
-
-/// Settings (the `[shadow.disagreement_log]` table).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct LogConfig {
-    pub path: PathBuf,
-    /// Share of disagreements logged (by a hash of the review id).
-    pub sample_rate: f64,
-    /// Log the review text itself; otherwise only its sha256.
-    pub include_text: bool,
-    pub max_file_bytes: u64,
-    /// Files kept: the live one plus `max_files - 1` rotated ones (`.1` is the newest).
-    pub max_files: usize,
-    pub queue_capacity: usize,
-}
 
 /// One model's side of a disagreement.
 #[derive(Debug, Serialize)]

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use serde::Deserialize;
 
+pub use crate::config::{is_valid_name, toml_error};
 use crate::policy::{Policy, PolicySpec, Thresholds};
 
 /// The manifest's file name inside a package folder.
@@ -107,27 +108,6 @@ pub struct IoNames {
 pub struct Feature {
     pub name: String,
     pub default: f32,
-}
-
-/// A TOML error on one line: "line L, column C: message" (toml's own rendering spans lines).
-pub fn toml_error(text: &str, e: &toml::de::Error) -> String {
-    let message = e.message().trim_end();
-    match e.span() {
-        Some(span) => {
-            let before = &text[..span.start.min(text.len())];
-            let line = before.matches('\n').count() + 1;
-            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-            format!("line {line}, column {column}: {message}")
-        }
-        None => message.to_string(),
-    }
-}
-
-/// True for names made of `[a-z0-9._-]`, non-empty: safe in file names and metric labels.
-pub fn is_valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
 }
 
 fn is_sha256_hex(s: &str) -> bool {

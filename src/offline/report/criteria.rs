@@ -6,118 +6,15 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize, Serializer};
+use serde::Serialize;
 
 use super::derived::Derived;
 use super::format::{ms, pct_pair, points};
 use super::input::{DECISIONS, REJECT, REVIEW, ReportInput};
-
-/// Defaults for every `[launch]` key.
-pub mod defaults {
-    /// Fewer comparisons than this say too little about the candidate.
-    pub const MIN_COMPARED: u64 = 1000;
-    pub const MIN_VERDICTS: u64 = 100;
-    /// Precision may fall at most this much (absolute, 0.02 = 2 points) below live's.
-    pub const MAX_PRECISION_DROP: f64 = 0.02;
-    pub const MAX_ERROR_RATE: f64 = 0.001;
-    pub const MAX_SHED_RATE: f64 = 0.05;
-}
+pub use crate::config::{LaunchCriteria, RawLaunchCriteria, validate_criteria};
 
 /// Slack for comparing derived floats with configured limits (0.87 - 0.85 > 0.02 in f64).
 const EPSILON: f64 = 1e-9;
-
-/// The `[launch]` table as written.
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RawLaunchCriteria {
-    pub min_compared: Option<u64>,
-    pub min_verdicts: Option<u64>,
-    pub max_precision_drop: Option<f64>,
-    pub max_recall_drop: Option<f64>,
-    /// A humantime duration, e.g. "50ms".
-    pub max_p99: Option<String>,
-    pub max_error_rate: Option<f64>,
-    pub max_shed_rate: Option<f64>,
-}
-
-/// Validated launch criteria. `None` limits are not checked.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct LaunchCriteria {
-    /// Compared reviews (the confusion matrix total) needed; 0 = no minimum. Default 1000.
-    pub min_compared: u64,
-    /// Moderator verdicts on the candidate needed; 0 = no minimum. Default 100.
-    pub min_verdicts: u64,
-    /// Largest allowed fall of precision below live's, at REVIEW and at REJECT. Default 0.02.
-    pub max_precision_drop: Option<f64>,
-    /// Largest allowed fall of recall below live's, at both levels. Default: not checked.
-    pub max_recall_drop: Option<f64>,
-    /// Largest allowed candidate inference p99 per batch. Default: not checked.
-    #[serde(serialize_with = "serialize_opt_duration")]
-    pub max_p99: Option<Duration>,
-    /// Largest allowed share of sampled reviews whose candidate inference failed. Default 0.001.
-    pub max_error_rate: Option<f64>,
-    /// Largest allowed share of sampled reviews shed before inference. Default 0.05.
-    pub max_shed_rate: Option<f64>,
-}
-
-impl Default for LaunchCriteria {
-    fn default() -> Self {
-        LaunchCriteria {
-            min_compared: defaults::MIN_COMPARED,
-            min_verdicts: defaults::MIN_VERDICTS,
-            max_precision_drop: Some(defaults::MAX_PRECISION_DROP),
-            max_recall_drop: None,
-            max_p99: None,
-            max_error_rate: Some(defaults::MAX_ERROR_RATE),
-            max_shed_rate: Some(defaults::MAX_SHED_RATE),
-        }
-    }
-}
-
-/// Raw `[launch]` -> typed criteria, pushing one error per bad key (each naming it) and using the
-/// default in its place.
-pub fn validate_criteria(raw: &RawLaunchCriteria, errors: &mut Vec<String>) -> LaunchCriteria {
-    let d = LaunchCriteria::default();
-    let mut share = |key: &str, value: Option<f64>, default: Option<f64>| match value {
-        None => default,
-        Some(v) if (0.0..=1.0).contains(&v) => Some(v),
-        Some(v) => {
-            errors.push(format!("launch.{key} {v}: must be within 0..=1"));
-            default
-        }
-    };
-    let max_precision_drop = share("max_precision_drop", raw.max_precision_drop, d.max_precision_drop);
-    let max_recall_drop = share("max_recall_drop", raw.max_recall_drop, d.max_recall_drop);
-    let max_error_rate = share("max_error_rate", raw.max_error_rate, d.max_error_rate);
-    let max_shed_rate = share("max_shed_rate", raw.max_shed_rate, d.max_shed_rate);
-    let max_p99 = raw.max_p99.as_deref().and_then(|text| match humantime::parse_duration(text) {
-        Ok(p) if !p.is_zero() => Some(p),
-        Ok(_) => {
-            errors.push(format!("launch.max_p99 {text:?}: must be more than 0"));
-            None
-        }
-        Err(e) => {
-            errors.push(format!("launch.max_p99 {text:?}: not a duration like \"50ms\" ({e})"));
-            None
-        }
-    });
-    LaunchCriteria {
-        min_compared: raw.min_compared.unwrap_or(d.min_compared),
-        min_verdicts: raw.min_verdicts.unwrap_or(d.min_verdicts),
-        max_precision_drop,
-        max_recall_drop,
-        max_p99,
-        max_error_rate,
-        max_shed_rate,
-    }
-}
-
-fn serialize_opt_duration<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-    match d {
-        Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
-        None => s.serialize_none(),
-    }
-}
 
 // === evaluation ===
 

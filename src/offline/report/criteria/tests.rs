@@ -1,6 +1,7 @@
 //! Launch criteria: validation of `[launch]` and pass / fail on the sample input and on gaps.
 
 use super::*;
+use crate::config::launch_defaults as defaults;
 use crate::offline::report::input::tests::input;
 
 fn run(input: &ReportInput, criteria: &LaunchCriteria) -> Vec<CriterionResult> {
