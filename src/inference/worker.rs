@@ -18,6 +18,7 @@ use tokio::sync::{Notify, oneshot};
 pub use crate::config::WorkerSettings;
 use crate::error::Error;
 use crate::inference::InferenceError;
+use crate::inference::backend::Backend;
 use crate::inference::batch::{Admit, BatchPolicy};
 use crate::inference::cpu;
 use crate::inference::model::session::ModelSession;
@@ -248,26 +249,54 @@ pub fn start(
     settings: WorkerSettings,
     shadow_cpu: Option<&Arc<ShadowCpu>>,
 ) -> Result<WorkerPool, PackageError> {
-    let spec = package.spec.clone();
-    let encoder = Encoder::new(package.tokenizer.clone(), spec.max_sequence_length)
-        .and_then(|encoder| check_cost_once(&encoder, &spec.tokenizer_sha256).map(|()| encoder))
-        .map_err(|reason| PackageError::Tokenizer { path: spec.dir.join("tokenizer.json"), reason })?;
-    let mut sessions = Vec::with_capacity(settings.threads);
+    let encoder = encoder(package)?;
+    let mut sessions: Vec<Box<dyn Backend>> = Vec::with_capacity(settings.threads);
     for _ in 0..settings.threads.max(1) {
         let mut session = ModelSession::build(env, package, settings.intra_threads)?;
-        warm_up(&mut session, &encoder)
+        warm_up(&mut session, &package.spec, &encoder)
             .map_err(|reason| PackageError::WarmUp { path: package.model_path(), reason })?;
-        sessions.push(session);
+        sessions.push(Box::new(session));
     }
+    start_with(package, encoder, role, settings, shadow_cpu, sessions)
+}
+
+/// The package's tokenizer, checked against its cost budget.
+fn encoder(package: &Package) -> Result<Encoder, PackageError> {
+    let spec = &package.spec;
+    Encoder::new(package.tokenizer.clone(), spec.max_sequence_length)
+        .and_then(|encoder| check_cost_once(&encoder, &spec.tokenizer_sha256).map(|()| encoder))
+        .map_err(|reason| PackageError::Tokenizer { path: spec.dir.join("tokenizer.json"), reason })
+}
+
+/// Starts one worker thread per backend (`start` with ONNX Runtime sessions; tests with fakes).
+pub fn start_backends(
+    package: &Package,
+    role: Role,
+    settings: WorkerSettings,
+    backends: Vec<Box<dyn Backend>>,
+) -> Result<WorkerPool, PackageError> {
+    start_with(package, encoder(package)?, role, settings, None, backends)
+}
+
+fn start_with(
+    package: &Package,
+    encoder: Encoder,
+    role: Role,
+    settings: WorkerSettings,
+    shadow_cpu: Option<&Arc<ShadowCpu>>,
+    backends: Vec<Box<dyn Backend>>,
+) -> Result<WorkerPool, PackageError> {
+    let spec = package.spec.clone();
     let (small, small_rx) = crossbeam_channel::bounded(settings.queue_capacity.max(1));
     let (large, large_rx) = crossbeam_channel::bounded(settings.queue_capacity.max(1));
     let metrics = Arc::new(ModelMetrics::new(&spec, role));
     let cpu = shadow_cpu.map(|_| Arc::new(ModelCpu::new(&spec.name)));
     let taken = Arc::new(Notify::new());
-    let mut threads = Vec::with_capacity(sessions.len());
-    for (i, session) in sessions.into_iter().enumerate() {
+    let mut threads = Vec::with_capacity(backends.len());
+    for (i, backend) in backends.into_iter().enumerate() {
         let worker = Worker {
-            session,
+            backend,
+            spec: spec.clone(),
             encoder: encoder.clone(),
             lanes: [small_rx.clone(), large_rx.clone()],
             small_streak: 0,
@@ -321,8 +350,7 @@ fn check_cost_once(encoder: &Encoder, tokenizer_sha256: &str) -> Result<(), Stri
 
 /// Runs one tiny batch so the first real request does not pay for lazy initialisation, and so a
 /// model that loads but cannot run is refused at start-up.
-fn warm_up(session: &mut ModelSession, encoder: &Encoder) -> Result<(), String> {
-    let spec = session.spec().clone();
+fn warm_up(session: &mut ModelSession, spec: &ModelSpec, encoder: &Encoder) -> Result<(), String> {
     #[cfg(feature = "fault-injection")]
     fault::slow_load();
     let mut tokens = TokenBatch::default();
@@ -335,7 +363,8 @@ fn warm_up(session: &mut ModelSession, encoder: &Encoder) -> Result<(), String> 
 
 /// The state one worker thread owns.
 struct Worker {
-    session: ModelSession,
+    backend: Box<dyn Backend>,
+    spec: Arc<ModelSpec>,
     encoder: Encoder,
     /// Shared with the model's other workers; closes when every `ModelHandle` is dropped.
     lanes: [Receiver<Job>; 2],
@@ -449,7 +478,7 @@ impl Worker {
             self.metrics.queue_wait.record(now.duration_since(job.enqueued_at).as_secs_f64());
             if job.deadline.is_some_and(|d| d <= now) {
                 self.metrics.dropped(DropReason::Deadline).increment(1);
-                let model = &self.session.spec().name;
+                let model = &self.spec.name;
                 let error = Error::DeadlineExceeded(format!("before inference on model {model}"));
                 job.reply.send(Err(error), Duration::ZERO);
             } else if job.reply.is_closed() {
@@ -469,7 +498,7 @@ impl Worker {
         let outcome = catch_unwind(AssertUnwindSafe(|| self.infer(&live, &mut expired)))
             .unwrap_or_else(|panic| Err(InferenceError::Panicked(panic_message(&panic))));
         let elapsed = own_time(started.elapsed(), waited_before);
-        let model = self.session.spec().name.clone();
+        let model = self.spec.name.clone();
         let (live, late): (Vec<_>, Vec<_>) = live.into_iter().zip(expired).partition(|(_, late)| !late);
         for (job, _) in late {
             // Its deadline passed while the batch was being tokenized: the job never ran.
@@ -480,7 +509,7 @@ impl Worker {
         let reviews = live.iter().map(|(job, _)| job.reviews.len()).sum();
         match outcome {
             Ok(()) => {
-                let n_labels = self.session.spec().labels.len();
+                let n_labels = self.spec.labels.len();
                 let mut row = 0;
                 for (job, _) in live {
                     let n = job.reviews.len();
@@ -525,7 +554,7 @@ impl Worker {
     /// deadline passes while the batch is tokenized is marked in `expired` and left out, so one
     /// slow text cannot make the rest of the batch run for callers who have given up.
     fn infer(&mut self, jobs: &[Job], expired: &mut [bool]) -> Result<(), InferenceError> {
-        let spec = self.session.spec().clone();
+        let spec = self.spec.clone();
         #[cfg(feature = "fault-injection")]
         fault::inject(&spec.name, jobs);
         let t0 = Instant::now();
@@ -577,7 +606,7 @@ impl Worker {
         self.metrics.batches.increment(1);
         self.scores.clear();
         let features = (!spec.features.is_empty()).then_some(self.features.as_slice());
-        let result = self.session.run(&self.tokens, features, &mut self.scores);
+        let result = self.backend.run(&self.tokens, features, &mut self.scores);
         self.metrics.inference.record(t1.elapsed().as_secs_f64());
         result
     }
@@ -697,5 +726,115 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         s.clone()
     } else {
         "unknown panic".to_string()
+    }
+}
+
+/// The workers' own behaviour, on a scripted backend (no model runtime): what every caller of a
+/// batch gets when the backend fails or panics, and that late work never reaches it.
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::inference::backend::fake::FakeBackend;
+
+    fn package() -> Package {
+        Package::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-abuse")).unwrap()
+    }
+
+    fn pool(backend: &FakeBackend) -> WorkerPool {
+        let settings = WorkerSettings {
+            batch: BatchPolicy { max_batch_size: 8, max_wait: Duration::ZERO },
+            queue_capacity: 8,
+            threads: 1,
+            intra_threads: 1,
+            nice: 0,
+            idle: false,
+            cpus: None,
+        };
+        start_backends(&package(), Role::Live, settings, vec![Box::new(backend.clone())]).unwrap()
+    }
+
+    fn reviews(texts: &[&str]) -> Arc<[ReviewInput]> {
+        let review = |(i, t): (usize, &&str)| ReviewInput {
+            id: format!("r{i}"),
+            model_text: t.to_string(),
+            rating: None,
+            signals: Default::default(),
+            language: None,
+            text_cut: false,
+        };
+        texts.iter().enumerate().map(review).collect()
+    }
+
+    fn stop(pool: WorkerPool) {
+        drop(pool.handle);
+        pool.threads.into_iter().for_each(|t| t.join().unwrap());
+    }
+
+    #[test]
+    fn each_review_gets_its_own_row_of_scores() {
+        // Scores from the row's first token id, so rows cannot be mixed up unnoticed.
+        let fake = FakeBackend::new(|ids| Ok(vec![(ids[1] % 100) as f32 / 100.0, 0.5]));
+        let pool = pool(&fake);
+        let texts = ["you idiot", "great product", "fast delivery"];
+        let out = pool.handle.submit(reviews(&texts), None, None).unwrap().blocking_wait().unwrap();
+        let encoder = encoder(&package()).unwrap();
+        let mut expected = Vec::new();
+        for text in texts {
+            let mut rows = TokenRows::default();
+            encoder.encode_rows([text], &mut rows).unwrap();
+            expected.extend([(rows.row(0)[1] % 100) as f32 / 100.0, 0.5]);
+        }
+        assert_eq!(out.scores, expected);
+        assert_eq!(fake.rows.load(Ordering::SeqCst), 3);
+        stop(pool);
+    }
+
+    #[test]
+    fn a_backend_that_panics_fails_its_batch_and_the_worker_goes_on() {
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = calls.clone();
+        let fake = FakeBackend::new(move |_| {
+            if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+                panic!("runtime blew up");
+            }
+            Ok(vec![0.1, 0.2])
+        });
+        let pool = pool(&fake);
+        match pool.handle.submit(reviews(&["first"]), None, None).unwrap().blocking_wait() {
+            Err(Error::Inference { model, reason: InferenceError::Panicked(message) }) => {
+                assert_eq!(model, "tiny-abuse");
+                assert!(message.contains("runtime blew up"), "{message}");
+            }
+            other => panic!("expected a panic answered as an inference error, got {other:?}"),
+        }
+        let out = pool.handle.submit(reviews(&["second"]), None, None).unwrap().blocking_wait().unwrap();
+        assert_eq!(out.scores, [0.1, 0.2], "the same thread serves the next batch");
+        stop(pool);
+    }
+
+    #[test]
+    fn a_backend_error_reaches_the_caller_naming_model_and_reason() {
+        let fake =
+            FakeBackend::new(|_| Err(InferenceError::NotProbability { output: "probs".into(), value: f32::NAN }));
+        let pool = pool(&fake);
+        let error = pool.handle.submit(reviews(&["a", "b"]), None, None).unwrap().blocking_wait().unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "inference failed on model tiny-abuse: output \"probs\" holds NaN, not a probability in [0, 1]"
+        );
+        stop(pool);
+    }
+
+    #[test]
+    fn work_past_its_deadline_never_reaches_the_backend() {
+        let fake = FakeBackend::new(|_| Ok(vec![0.0, 0.0]));
+        let pool = pool(&fake);
+        let late = Instant::now() - Duration::from_millis(1);
+        let error = pool.handle.submit(reviews(&["late"]), Some(late), None).unwrap().blocking_wait().unwrap_err();
+        assert!(matches!(error, Error::DeadlineExceeded(_)), "{error:?}");
+        assert_eq!(fake.batches.load(Ordering::SeqCst), 0);
+        stop(pool);
     }
 }
