@@ -14,6 +14,41 @@ pub use crate::config::{NO_SOURCE, OTHER_SOURCE};
 use crate::inference::model::ModelSpec;
 use crate::policy::{Decision, Policy};
 
+/// Every label key, as the series carry it and as the report's reader (`offline::report::fetch`)
+/// selects by it.
+pub mod label {
+    pub const CODE: &str = "code";
+    pub const DECISION: &str = "decision";
+    pub const HUMAN_DECISION: &str = "human_decision";
+    pub const LABEL: &str = "label";
+    pub const LANGUAGE: &str = "language";
+    pub const LISTENER: &str = "listener";
+    pub const LIVE_DECISION: &str = "live_decision";
+    pub const LIVE_MODEL: &str = "live_model";
+    pub const LIVE_POLICY: &str = "live_policy";
+    pub const LIVE_POLICY_VERSION: &str = "live_policy_version";
+    pub const LIVE_VERSION: &str = "live_version";
+    pub const METHOD: &str = "method";
+    pub const MODEL: &str = "model";
+    pub const MODEL_DECISION: &str = "model_decision";
+    pub const OUTCOME: &str = "outcome";
+    pub const POLICY: &str = "policy";
+    pub const POLICY_VERSION: &str = "policy_version";
+    pub const REASON: &str = "reason";
+    pub const RESULT: &str = "result";
+    pub const ROLE: &str = "role";
+    pub const SHADOW_DECISION: &str = "shadow_decision";
+    pub const SHADOW_MODEL: &str = "shadow_model";
+    pub const SHADOW_POLICY: &str = "shadow_policy";
+    pub const SHADOW_POLICY_VERSION: &str = "shadow_policy_version";
+    pub const SHADOW_VERSION: &str = "shadow_version";
+    pub const SOURCE: &str = "source";
+    pub const STAGE: &str = "stage";
+    pub const TASK: &str = "task";
+    pub const TRIGGER: &str = "trigger";
+    pub const VERSION: &str = "version";
+}
+
 pub const REQUESTS_TOTAL: &str = "modserve_requests_total";
 pub const REQUEST_DURATION_SECONDS: &str = "modserve_request_duration_seconds";
 pub const REVIEWS_TOTAL: &str = "modserve_reviews_total";
@@ -104,7 +139,7 @@ pub enum Stage {
 }
 
 impl Stage {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Stage::QueueWait => "queue_wait",
             Stage::Tokenize => "tokenize",
@@ -151,7 +186,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
                 .install_recorder()
                 .map_err(|e| e.to_string())?;
             describe();
-            gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            gauge!(BUILD_INFO, label::VERSION => env!("CARGO_PKG_VERSION")).set(1.0);
             Ok(handle)
         })
         .clone()
@@ -320,8 +355,8 @@ fn describe() {
 
 /// Records one finished call or stream message; `code` is the gRPC status name (`OK`, ...).
 pub fn request_finished(method: &'static str, code: &'static str, seconds: f64) {
-    counter!(REQUESTS_TOTAL, "method" => method, "code" => code).increment(1);
-    histogram!(REQUEST_DURATION_SECONDS, "method" => method).record(seconds);
+    counter!(REQUESTS_TOTAL, label::METHOD => method, label::CODE => code).increment(1);
+    histogram!(REQUEST_DURATION_SECONDS, label::METHOD => method).record(seconds);
 }
 
 /// Pre-registered handles for one model in one role, so the hot path never builds label sets.
@@ -344,22 +379,22 @@ impl ModelMetrics {
     pub fn new(spec: &ModelSpec, role: Role) -> ModelMetrics {
         let model = spec.name.clone();
         let role_str = role.as_str();
-        let stage = |s: Stage| histogram!(STAGE_DURATION_SECONDS, "stage" => s.as_str(), "model" => model.clone(), "role" => role_str);
-        let dropped = |r: DropReason| counter!(DROPPED_TOTAL, "model" => model.clone(), "role" => role_str, "reason" => r.as_str());
-        let info = gauge!(MODEL_INFO, "task" => spec.task.clone(), "model" => model.clone(),
-            "version" => spec.version.clone(), "role" => role_str, "sha256" => spec.sha256_prefix().to_string());
+        let stage = |s: Stage| histogram!(STAGE_DURATION_SECONDS, label::STAGE => s.as_str(), label::MODEL => model.clone(), label::ROLE => role_str);
+        let dropped = |r: DropReason| counter!(DROPPED_TOTAL, label::MODEL => model.clone(), label::ROLE => role_str, label::REASON => r.as_str());
+        let info = gauge!(MODEL_INFO, label::TASK => spec.task.clone(), label::MODEL => model.clone(),
+            label::VERSION => spec.version.clone(), label::ROLE => role_str, "sha256" => spec.sha256_prefix().to_string());
         info.set(1.0);
         ModelMetrics {
             queue_wait: stage(Stage::QueueWait),
             tokenize: stage(Stage::Tokenize),
             inference: stage(Stage::Inference),
-            batch_size: histogram!(BATCH_SIZE, "model" => model.clone(), "role" => role_str),
-            batches: counter!(BATCHES_TOTAL, "model" => model.clone(), "role" => role_str),
-            queue_depth: gauge!(QUEUE_DEPTH, "model" => model.clone(), "role" => role_str),
-            errors: counter!(INFERENCE_ERRORS_TOTAL, "model" => model.clone(), "role" => role_str),
-            tokens: counter!(TOKENS_TOTAL, "model" => model.clone(), "role" => role_str),
-            unknown_tokens: counter!(UNKNOWN_TOKENS_TOTAL, "model" => model.clone(), "role" => role_str),
-            at_max_tokens: counter!(REVIEWS_AT_MAX_TOKENS_TOTAL, "model" => model.clone(), "role" => role_str),
+            batch_size: histogram!(BATCH_SIZE, label::MODEL => model.clone(), label::ROLE => role_str),
+            batches: counter!(BATCHES_TOTAL, label::MODEL => model.clone(), label::ROLE => role_str),
+            queue_depth: gauge!(QUEUE_DEPTH, label::MODEL => model.clone(), label::ROLE => role_str),
+            errors: counter!(INFERENCE_ERRORS_TOTAL, label::MODEL => model.clone(), label::ROLE => role_str),
+            tokens: counter!(TOKENS_TOTAL, label::MODEL => model.clone(), label::ROLE => role_str),
+            unknown_tokens: counter!(UNKNOWN_TOKENS_TOTAL, label::MODEL => model.clone(), label::ROLE => role_str),
+            at_max_tokens: counter!(REVIEWS_AT_MAX_TOKENS_TOTAL, label::MODEL => model.clone(), label::ROLE => role_str),
             dropped: [dropped(DropReason::QueueFull), dropped(DropReason::Deadline), dropped(DropReason::Cancelled)],
             info,
         }
@@ -449,8 +484,8 @@ fn score_histograms(task: &str, spec: &ModelSpec, role: Role) -> Vec<Histogram> 
     spec.labels
         .iter()
         .map(|label| {
-            histogram!(SCORES, "task" => task.to_string(), "model" => spec.name.clone(), "role" => role.as_str(),
-                "label" => label.clone())
+            histogram!(SCORES, label::TASK => task.to_string(), label::MODEL => spec.name.clone(), label::ROLE => role.as_str(),
+                label::LABEL => label.clone())
         })
         .collect()
 }
@@ -464,9 +499,9 @@ pub struct TaskMetrics {
 impl TaskMetrics {
     pub fn new(task: &str, live: &ModelSpec, policy: &Policy) -> TaskMetrics {
         let decided = Decision::ALL.map(|d| {
-            counter!(REVIEWS_TOTAL, "task" => task.to_string(), "model" => live.name.clone(),
-                "version" => live.version.clone(), "role" => Role::Live.as_str(), "policy" => policy.name.clone(),
-                "policy_version" => policy.version.clone(), "decision" => d.as_str())
+            counter!(REVIEWS_TOTAL, label::TASK => task.to_string(), label::MODEL => live.name.clone(),
+                label::VERSION => live.version.clone(), label::ROLE => Role::Live.as_str(), label::POLICY => policy.name.clone(),
+                label::POLICY_VERSION => policy.version.clone(), label::DECISION => d.as_str())
         });
         TaskMetrics { decided, scores: score_histograms(task, live, Role::Live) }
     }
@@ -499,16 +534,16 @@ impl VerdictMetrics {
             .map(|source| {
                 Decision::ALL.map(|m| {
                     Decision::ALL.map(|h| {
-                        counter!(VERDICTS_TOTAL, "task" => task.to_string(), "model" => spec.name.clone(),
-                            "version" => spec.version.clone(), "role" => role.as_str(),
-                            "policy" => policy.name.clone(), "policy_version" => policy.version.clone(),
-                            "source" => source.clone(), "model_decision" => m.as_str(), "human_decision" => h.as_str())
+                        counter!(VERDICTS_TOTAL, label::TASK => task.to_string(), label::MODEL => spec.name.clone(),
+                            label::VERSION => spec.version.clone(), label::ROLE => role.as_str(),
+                            label::POLICY => policy.name.clone(), label::POLICY_VERSION => policy.version.clone(),
+                            label::SOURCE => source.clone(), label::MODEL_DECISION => m.as_str(), label::HUMAN_DECISION => h.as_str())
                     })
                 })
             })
             .collect();
-        let errors = counter!(VERDICT_MODEL_ERRORS_TOTAL, "task" => task.to_string(), "model" => spec.name.clone(),
-            "role" => role.as_str(), "policy" => policy.name.clone());
+        let errors = counter!(VERDICT_MODEL_ERRORS_TOTAL, label::TASK => task.to_string(), label::MODEL => spec.name.clone(),
+            label::ROLE => role.as_str(), label::POLICY => policy.name.clone());
         VerdictMetrics { sources, counts, errors }
     }
 
@@ -548,8 +583,8 @@ impl VerdictOutcome {
 
 /// Records verdicts received (not a hot path: built per call).
 pub fn verdicts_received(task: &str, source: &str, outcome: VerdictOutcome, n: usize) {
-    counter!(VERDICTS_RECEIVED_TOTAL, "task" => task.to_string(), "source" => source.to_string(),
-        "outcome" => outcome.as_str())
+    counter!(VERDICTS_RECEIVED_TOTAL, label::TASK => task.to_string(), label::SOURCE => source.to_string(),
+        label::OUTCOME => outcome.as_str())
     .increment(n as u64);
 }
 
@@ -569,7 +604,7 @@ pub struct InputMetrics {
 
 impl InputMetrics {
     pub fn new(languages: &[String]) -> InputMetrics {
-        let language = |l: &str| counter!(REVIEWS_BY_LANGUAGE_TOTAL, "language" => l.to_string());
+        let language = |l: &str| counter!(REVIEWS_BY_LANGUAGE_TOTAL, label::LANGUAGE => l.to_string());
         InputMetrics {
             text_bytes: histogram!(REVIEW_TEXT_BYTES),
             text_cut: counter!(REVIEWS_TEXT_CUT_TOTAL),
@@ -623,12 +658,12 @@ impl ShadowMetrics {
         };
         let confusion = Decision::ALL.map(|l| {
             Decision::ALL.map(|s| {
-                counter!(SHADOW_COMPARISONS_TOTAL, "task" => task.to_string(), "live_model" => live.name.clone(),
-                    "live_version" => live.version.clone(), "live_policy" => live_policy.name.clone(),
-                    "live_policy_version" => live_policy.version.clone(), "shadow_model" => shadow.name.clone(),
-                    "shadow_version" => shadow.version.clone(), "shadow_policy" => shadow_policy.name.clone(),
-                    "shadow_policy_version" => shadow_policy.version.clone(), "live_decision" => l.as_str(),
-                    "shadow_decision" => s.as_str())
+                counter!(SHADOW_COMPARISONS_TOTAL, label::TASK => task.to_string(), label::LIVE_MODEL => live.name.clone(),
+                    label::LIVE_VERSION => live.version.clone(), label::LIVE_POLICY => live_policy.name.clone(),
+                    label::LIVE_POLICY_VERSION => live_policy.version.clone(), label::SHADOW_MODEL => shadow.name.clone(),
+                    label::SHADOW_VERSION => shadow.version.clone(), label::SHADOW_POLICY => shadow_policy.name.clone(),
+                    label::SHADOW_POLICY_VERSION => shadow_policy.version.clone(), label::LIVE_DECISION => l.as_str(),
+                    label::SHADOW_DECISION => s.as_str())
             })
         });
         let deltas = shadow
@@ -641,17 +676,16 @@ impl ShadowMetrics {
             .collect();
         let flips = counter!(SHADOW_TOP_LABEL_FLIPS_TOTAL, pair.clone());
         let policy_only_reviews = policy_only.then(|| {
-            counter!(SHADOW_POLICY_ONLY_REVIEWS_TOTAL, "task" => task.to_string(), "model" => shadow.name.clone(),
-                "shadow_policy" => shadow_policy.name.clone())
+            counter!(SHADOW_POLICY_ONLY_REVIEWS_TOTAL, label::TASK => task.to_string(), label::MODEL => shadow.name.clone(),
+                label::SHADOW_POLICY => shadow_policy.name.clone())
         });
         let scores = if scores { score_histograms(task, shadow, Role::Shadow) } else { Vec::new() };
         let outcomes =
             ShadowOutcome::ALL.map(|o| counter!(SHADOW_REVIEWS_TOTAL, with("outcome", o.as_str().to_string())));
         let breaker_open =
-            gauge!(SHADOW_BREAKER_OPEN, "task" => task.to_string(), "shadow_model" => shadow.name.clone());
+            gauge!(SHADOW_BREAKER_OPEN, label::TASK => task.to_string(), label::SHADOW_MODEL => shadow.name.clone());
         breaker_open.set(0.0);
-        let breaker_trips =
-            counter!(SHADOW_BREAKER_TRIPS_TOTAL, "task" => task.to_string(), "shadow_model" => shadow.name.clone());
+        let breaker_trips = counter!(SHADOW_BREAKER_TRIPS_TOTAL, label::TASK => task.to_string(), label::SHADOW_MODEL => shadow.name.clone());
         let rate_configured = gauge!(SHADOW_SAMPLE_RATE_CONFIGURED, pair.clone());
         let rate_effective = gauge!(SHADOW_SAMPLE_RATE_EFFECTIVE, pair.clone());
         ShadowMetrics {
@@ -712,13 +746,13 @@ impl Default for BudgetMetrics {
 /// CPU seconds per batch of one shadow model (a histogram: the metrics crate's counters are
 /// integers, and its `_sum` is the cumulative CPU seconds).
 pub fn shadow_batch_cpu_seconds(model: &str) -> Histogram {
-    histogram!(SHADOW_BATCH_CPU_SECONDS, "model" => model.to_string())
+    histogram!(SHADOW_BATCH_CPU_SECONDS, label::MODEL => model.to_string())
 }
 
 /// Records the scheduling a shadow model's workers run under (1 for it, 0 for the others).
 pub fn shadow_scheduling(model: &str, policy: crate::inference::cpu::SchedPolicy) {
     for p in crate::inference::cpu::SchedPolicy::ALL {
-        gauge!(SHADOW_SCHEDULING, "model" => model.to_string(), "policy" => p.as_str()).set(if p == policy {
+        gauge!(SHADOW_SCHEDULING, label::MODEL => model.to_string(), label::POLICY => p.as_str()).set(if p == policy {
             1.0
         } else {
             0.0
@@ -728,7 +762,7 @@ pub fn shadow_scheduling(model: &str, policy: crate::inference::cpu::SchedPolicy
 
 /// Records the process's CPU capacity.
 pub fn process_cpu_capacity(capacity: crate::inference::cpu::Capacity) {
-    gauge!(PROCESS_CPU_CAPACITY, "source" => capacity.source.as_str()).set(capacity.cpus);
+    gauge!(PROCESS_CPU_CAPACITY, label::SOURCE => capacity.source.as_str()).set(capacity.cpus);
 }
 
 /// What became of a disagreement log line.
@@ -746,7 +780,7 @@ pub struct LogMetrics {
 
 impl LogMetrics {
     pub fn new() -> LogMetrics {
-        let c = |o: &'static str| counter!(DISAGREEMENT_LOG_LINES_TOTAL, "outcome" => o);
+        let c = |o: &'static str| counter!(DISAGREEMENT_LOG_LINES_TOTAL, label::OUTCOME => o);
         LogMetrics { lines: [c("written"), c("dropped_queue_full"), c("dropped_io_error")] }
     }
 
@@ -767,22 +801,22 @@ impl Default for LogMetrics {
 
 /// Records a model's load time.
 pub fn model_loaded(model: &str, seconds: f64) {
-    gauge!(MODEL_LOAD_SECONDS, "model" => model.to_string()).set(seconds);
+    gauge!(MODEL_LOAD_SECONDS, label::MODEL => model.to_string()).set(seconds);
 }
 
 /// Records a TLS certificate reload.
 pub fn tls_reloaded(applied: bool) {
-    counter!(TLS_RELOADS_TOTAL, "result" => if applied { "success" } else { "failure" }).increment(1);
+    counter!(TLS_RELOADS_TOTAL, label::RESULT => if applied { "success" } else { "failure" }).increment(1);
 }
 
 /// Records a failed TLS handshake on `listener` ("grpc" or "admin").
 pub fn tls_handshake_failed(listener: &'static str) {
-    counter!(TLS_HANDSHAKE_FAILURES_TOTAL, "listener" => listener).increment(1);
+    counter!(TLS_HANDSHAKE_FAILURES_TOTAL, label::LISTENER => listener).increment(1);
 }
 
 /// Records a connection closed for being idle.
 pub fn connection_closed_idle(listener: &'static str) {
-    counter!(CONNECTIONS_CLOSED_IDLE_TOTAL, "listener" => listener).increment(1);
+    counter!(CONNECTIONS_CLOSED_IDLE_TOTAL, label::LISTENER => listener).increment(1);
 }
 
 /// Why the gRPC transport refused a connection or cut a call before its handler.
@@ -817,7 +851,7 @@ impl TransportRefusal {
 
 /// Records a connection or call refused by the transport.
 pub fn transport_refused(listener: &'static str, reason: TransportRefusal) {
-    counter!(TRANSPORT_REFUSALS_TOTAL, "listener" => listener, "reason" => reason.as_str()).increment(1);
+    counter!(TRANSPORT_REFUSALS_TOTAL, label::LISTENER => listener, label::REASON => reason.as_str()).increment(1);
 }
 
 /// What started a reload.
@@ -852,7 +886,7 @@ pub fn reload_finished(
     // Set from start-up on, so every replica has the series (the start-up config applied).
     gauge!(CONFIG_LAST_RELOAD_SUCCESS).set(if applied { 1.0 } else { 0.0 });
     if trigger != ReloadTrigger::Startup {
-        counter!(CONFIG_RELOADS_TOTAL, "trigger" => trigger.as_str(), "result" => result).increment(1);
+        counter!(CONFIG_RELOADS_TOTAL, label::TRIGGER => trigger.as_str(), label::RESULT => result).increment(1);
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         gauge!(CONFIG_LAST_RELOAD_TIMESTAMP_SECONDS).set(now.as_secs_f64());
     }

@@ -18,9 +18,9 @@ use super::error::ReportError;
 use super::input::{OUTCOMES, Quantiles, ReportInput, SampleRates, Source, Subject, Verdicts};
 use super::prometheus::{Client, Labels, Series, quote};
 use crate::metrics::{
-    BATCHES_TOTAL, INFERENCE_ERRORS_TOTAL, SHADOW_COMPARISONS_TOTAL, SHADOW_REVIEWS_TOTAL,
-    SHADOW_SAMPLE_RATE_CONFIGURED, SHADOW_SAMPLE_RATE_EFFECTIVE, SHADOW_SCORE_DELTA, STAGE_DURATION_SECONDS,
-    VERDICTS_TOTAL,
+    BATCHES_TOTAL, INFERENCE_ERRORS_TOTAL, Role, SHADOW_COMPARISONS_TOTAL, SHADOW_REVIEWS_TOTAL,
+    SHADOW_SAMPLE_RATE_CONFIGURED, SHADOW_SAMPLE_RATE_EFFECTIVE, SHADOW_SCORE_DELTA, STAGE_DURATION_SECONDS, Stage,
+    VERDICTS_TOTAL, label,
 };
 use crate::policy::Decision;
 
@@ -70,9 +70,9 @@ pub fn fetch(args: &FetchArgs) -> Result<ReportInput, ReportError> {
     let mut notes = Vec::new();
 
     // Who is compared with whom, from the comparisons themselves.
-    let mut matchers = vec![("task", args.task.as_str()), ("shadow_model", args.candidate.as_str())];
+    let mut matchers = vec![(label::TASK, args.task.as_str()), (label::SHADOW_MODEL, args.candidate.as_str())];
     if let Some(p) = &args.policy {
-        matchers.push(("shadow_policy", p));
+        matchers.push((label::SHADOW_POLICY, p));
     }
     let comparisons = f.counts(SHADOW_COMPARISONS_TOTAL, &matchers)?;
     if comparisons.is_empty() {
@@ -88,7 +88,9 @@ pub fn fetch(args: &FetchArgs) -> Result<ReportInput, ReportError> {
     let live_model = choose_live_model(&comparisons, &policy, &mut notes);
     let chosen: Vec<&Counted> = comparisons
         .iter()
-        .filter(|c| label(&c.labels, "live_model") == live_model && label(&c.labels, "shadow_policy") == policy)
+        .filter(|c| {
+            label(&c.labels, label::LIVE_MODEL) == live_model && label(&c.labels, label::SHADOW_POLICY) == policy
+        })
         .collect();
     let mut subject = |prefix: &str, model: &str| Subject {
         model: model.to_string(),
@@ -100,21 +102,21 @@ pub fn fetch(args: &FetchArgs) -> Result<ReportInput, ReportError> {
     let candidate = subject("shadow", &args.candidate);
     let mut matrix = [[0u64; 3]; 3];
     for c in &chosen {
-        match (decision(label(&c.labels, "live_decision")), decision(label(&c.labels, "shadow_decision"))) {
+        match (decision(label(&c.labels, label::LIVE_DECISION)), decision(label(&c.labels, label::SHADOW_DECISION))) {
             (Some(l), Some(s)) => matrix[l][s] += c.count,
             _ => notes.push(format!("ignored comparisons with unknown decisions: {:?}", c.labels)),
         }
     }
 
     let pair = [
-        ("task", args.task.as_str()),
-        ("live_model", live_model.as_str()),
-        ("shadow_model", args.candidate.as_str()),
-        ("shadow_policy", policy.as_str()),
+        (label::TASK, args.task.as_str()),
+        (label::LIVE_MODEL, live_model.as_str()),
+        (label::SHADOW_MODEL, args.candidate.as_str()),
+        (label::SHADOW_POLICY, policy.as_str()),
     ];
     let mut outcomes: BTreeMap<String, u64> = OUTCOMES.iter().map(|o| (o.to_string(), 0)).collect();
     for c in f.counts(SHADOW_REVIEWS_TOTAL, &pair)? {
-        *outcomes.entry(label(&c.labels, "outcome").to_string()).or_default() += c.count;
+        *outcomes.entry(label(&c.labels, label::OUTCOME).to_string()).or_default() += c.count;
     }
 
     let policy_only = args.candidate == live_model;
@@ -122,7 +124,7 @@ pub fn fetch(args: &FetchArgs) -> Result<ReportInput, ReportError> {
     if !policy_only {
         let mut by_bucket: BTreeMap<(String, String), u64> = BTreeMap::new();
         for c in f.counts(&format!("{SHADOW_SCORE_DELTA}_bucket"), &pair)? {
-            let key = (label(&c.labels, "label").to_string(), label(&c.labels, "le").to_string());
+            let key = (label(&c.labels, label::LABEL).to_string(), label(&c.labels, "le").to_string());
             *by_bucket.entry(key).or_default() += c.count;
         }
         for ((label, le), count) in by_bucket {
@@ -136,11 +138,11 @@ pub fn fetch(args: &FetchArgs) -> Result<ReportInput, ReportError> {
         }
     }
 
-    let live_side = [("model", live_model.as_str()), ("role", "live")];
-    let candidate_side = [("model", args.candidate.as_str()), ("role", "shadow")];
+    let live_side = [(label::MODEL, live_model.as_str()), (label::ROLE, Role::Live.as_str())];
+    let candidate_side = [(label::MODEL, args.candidate.as_str()), (label::ROLE, Role::Shadow.as_str())];
     let latency = super::input::Latency {
-        live: f.quantiles(&live_model, "live")?,
-        candidate: if policy_only { None } else { f.quantiles(&args.candidate, "shadow")? },
+        live: f.quantiles(&live_model, Role::Live.as_str())?,
+        candidate: if policy_only { None } else { f.quantiles(&args.candidate, Role::Shadow.as_str())? },
     };
     let (candidate_errors, candidate_batches) = if policy_only {
         (0, 0)
@@ -148,10 +150,10 @@ pub fn fetch(args: &FetchArgs) -> Result<ReportInput, ReportError> {
         (f.total(INFERENCE_ERRORS_TOTAL, &candidate_side)?, f.total(BATCHES_TOTAL, &candidate_side)?)
     };
 
-    let live_verdicts = f.counts(VERDICTS_TOTAL, &[("task", &args.task), live_side[0], live_side[1]])?;
+    let live_verdicts = f.counts(VERDICTS_TOTAL, &[(label::TASK, &args.task), live_side[0], live_side[1]])?;
     let candidate_verdicts = f.counts(
         VERDICTS_TOTAL,
-        &[("task", &args.task), candidate_side[0], candidate_side[1], ("policy", policy.as_str())],
+        &[(label::TASK, &args.task), candidate_side[0], candidate_side[1], (label::POLICY, policy.as_str())],
     )?;
     let verdicts = (!live_verdicts.is_empty() || !candidate_verdicts.is_empty())
         .then(|| Verdicts { live: verdict_matrix(&live_verdicts), candidate: verdict_matrix(&candidate_verdicts) });
@@ -223,7 +225,7 @@ impl Fetcher<'_> {
     /// p50 and p99 inference time per batch of `model` in `role`; `None` without batches.
     fn quantiles(&self, model: &str, role: &str) -> Result<Option<Quantiles>, ReportError> {
         let window = promql_duration(self.args.window);
-        let matchers = [("stage", "inference"), ("model", model), ("role", role)];
+        let matchers = [(label::STAGE, Stage::Inference.as_str()), (label::MODEL, model), (label::ROLE, role)];
         let q = |quantile: f64| -> Result<Option<f64>, ReportError> {
             let query = format!(
                 "histogram_quantile({quantile}, sum by (le) (rate({STAGE_DURATION_SECONDS}_bucket{}[{window}])))",
@@ -280,12 +282,12 @@ fn window_count(series: &Series, start: f64) -> u64 {
 
 /// The shadow policy to report on: the one asked for, or the only one seen.
 fn choose_policy(args: &FetchArgs, comparisons: &[Counted]) -> Result<String, ReportError> {
-    let seen: BTreeSet<&str> = comparisons.iter().map(|c| label(&c.labels, "shadow_policy")).collect();
+    let seen: BTreeSet<&str> = comparisons.iter().map(|c| label(&c.labels, label::SHADOW_POLICY)).collect();
     let seen_text = || seen.iter().copied().collect::<Vec<_>>().join(", ");
     if let Some(p) = &args.policy {
         return Ok(p.clone());
     }
-    if comparisons.iter().any(|c| label(&c.labels, "live_model") == args.candidate) {
+    if comparisons.iter().any(|c| label(&c.labels, label::LIVE_MODEL) == args.candidate) {
         return Err(ReportError::PolicyRequired {
             task: args.task.clone(),
             candidate: args.candidate.clone(),
@@ -305,8 +307,8 @@ fn choose_policy(args: &FetchArgs, comparisons: &[Counted]) -> Result<String, Re
 /// The live model with the most comparisons under `policy`; others are left out, with a note.
 fn choose_live_model(comparisons: &[Counted], policy: &str, notes: &mut Vec<String>) -> String {
     let mut by_model: BTreeMap<&str, u64> = BTreeMap::new();
-    for c in comparisons.iter().filter(|c| label(&c.labels, "shadow_policy") == policy) {
-        *by_model.entry(label(&c.labels, "live_model")).or_default() += c.count;
+    for c in comparisons.iter().filter(|c| label(&c.labels, label::SHADOW_POLICY) == policy) {
+        *by_model.entry(label(&c.labels, label::LIVE_MODEL)).or_default() += c.count;
     }
     let live = by_model.iter().max_by_key(|(_, n)| **n).map(|(m, _)| m.to_string()).unwrap_or_default();
     for (model, n) in by_model.iter().filter(|(m, _)| **m != live) {
@@ -329,7 +331,7 @@ fn verdict_matrix(series: &[Counted]) -> [[u64; 3]; 3] {
     let mut m = [[0; 3]; 3];
     for c in series {
         if let (Some(model), Some(human)) =
-            (decision(label(&c.labels, "model_decision")), decision(label(&c.labels, "human_decision")))
+            (decision(label(&c.labels, label::MODEL_DECISION)), decision(label(&c.labels, label::HUMAN_DECISION)))
         {
             m[model][human] += c.count;
         }
