@@ -15,6 +15,7 @@ pub mod breaker;
 pub mod budget;
 pub mod compare;
 pub mod disagreement;
+pub mod offload;
 pub mod rate;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -288,16 +289,24 @@ impl ShadowPair {
         }
         let n_labels = self.live.spec().labels.len();
         if self.policy_only {
-            // The live scores are this shadow's scores: decide and compare now, no inference.
-            for &i in &picked {
-                let i = i..i + 1;
-                let scores = &live_scores[i.start * n_labels..i.end * n_labels];
-                self.compare(&reviews[i.clone()], scores, &live_decisions[i], scores);
+            // The live scores are this shadow's scores: no inference, and the comparison runs
+            // off this request's task (`offload`).
+            let (pair, reviews, count) = (self.clone(), reviews.clone(), picked.len());
+            let (live_scores, live_decisions) = (live_scores.to_vec(), live_decisions.to_vec());
+            let work = Box::new(move || {
+                for &i in &picked {
+                    let i = i..i + 1;
+                    let scores = &live_scores[i.start * n_labels..i.end * n_labels];
+                    pair.compare(&reviews[i.clone()], scores, &live_decisions[i], scores);
+                }
+                pair.metrics.outcome(ShadowOutcome::Compared, count);
+                if let Some(c) = &pair.metrics.policy_only_reviews {
+                    c.increment(count as u64);
+                }
+            });
+            if !offload::submit(work) {
+                self.shed(ShadowOutcome::QueueFull, count);
             }
-            if let Some(c) = &self.metrics.policy_only_reviews {
-                c.increment(picked.len() as u64);
-            }
-            self.metrics.outcome(ShadowOutcome::Compared, picked.len());
             return;
         }
         let open = self.breaker.is_open();

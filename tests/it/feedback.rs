@@ -225,7 +225,10 @@ async fn a_policy_only_shadow_runs_no_inference_and_decides_from_the_live_scores
         ("shadow_policy", "strict-2"),
     ];
     let compared = [pair.as_slice(), &[("outcome", "compared")]].concat();
-    // Decided inline with the live answer, so already counted when the call returns.
+    // Decided off the request's task, after the live answer: wait until all are counted.
+    server
+        .wait_for(&base, "modserve_shadow_policy_only_reviews_total", &[("shadow_policy", "strict-2")], calls as f64)
+        .await;
     let now = server.scrape().await;
     assert_eq!(
         sum_where(&now, "modserve_shadow_reviews_total", &compared)
