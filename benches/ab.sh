@@ -3,7 +3,8 @@
 # B, A, ...), the server pinned to core 0 and the load generator (this tree's) to core 1. For a
 # change that must not cost speed (a refactor): build the old commit's binary elsewhere, then
 #
-#   benches/ab.sh OLD_BINARY NEW_BINARY [ROUNDS]          (default 3; about 2 minutes a round)
+#   [CONFIG=benches/configs/live-only.toml] benches/ab.sh OLD_BINARY NEW_BINARY [ROUNDS]
+#   (default 3 rounds; about 2 minutes a round)
 #
 # Scenarios: single reviews, closed loop at concurrency 1 and 16; 32 reviews per request at
 # concurrency 4. Prints medians per binary and the B/A ratio (Markdown); raw JSON lines go to
@@ -12,7 +13,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 a="$(realpath "$1")"; b="$(realpath "$2")"; rounds="${3:-3}"
-config=benches/configs/live-only.toml
+config="${CONFIG:-benches/configs/live-only.toml}"
 addr=127.0.0.1:50071
 out="target/bench/ab-$(date +%Y%m%dT%H%M%S).jsonl"
 mkdir -p target/bench

@@ -289,24 +289,7 @@ impl ShadowPair {
         }
         let n_labels = self.live.spec().labels.len();
         if self.policy_only {
-            // The live scores are this shadow's scores: no inference, and the comparison runs
-            // off this request's task (`offload`).
-            let (pair, reviews, count) = (self.clone(), reviews.clone(), picked.len());
-            let (live_scores, live_decisions) = (live_scores.to_vec(), live_decisions.to_vec());
-            let work = Box::new(move || {
-                for &i in &picked {
-                    let i = i..i + 1;
-                    let scores = &live_scores[i.start * n_labels..i.end * n_labels];
-                    pair.compare(&reviews[i.clone()], scores, &live_decisions[i], scores);
-                }
-                pair.metrics.outcome(ShadowOutcome::Compared, count);
-                if let Some(c) = &pair.metrics.policy_only_reviews {
-                    c.increment(count as u64);
-                }
-            });
-            if !offload::submit(work) {
-                self.shed(ShadowOutcome::QueueFull, count);
-            }
+            self.offer_policy_only(reviews, picked, live_scores, live_decisions);
             return;
         }
         let open = self.breaker.is_open();
@@ -382,6 +365,35 @@ impl ShadowPair {
         self.trip_check(false, elapsed, None);
         self.compare(reviews, live_scores, live_decisions, &scores);
         self.metrics.outcome(ShadowOutcome::Compared, n);
+    }
+
+    /// A policy-only shadow's comparison of the `picked` reviews: the live scores are its
+    /// scores, so there is no inference, and the comparison runs off this request's task
+    /// (`offload`).
+    fn offer_policy_only(
+        self: &Arc<Self>,
+        reviews: &Arc<[ReviewInput]>,
+        picked: Vec<usize>,
+        live_scores: &[f32],
+        live_decisions: &[Decision],
+    ) {
+        let n_labels = self.live.spec().labels.len();
+        let (pair, reviews, count) = (self.clone(), reviews.clone(), picked.len());
+        let (live_scores, live_decisions) = (live_scores.to_vec(), live_decisions.to_vec());
+        let work = Box::new(move || {
+            for &i in &picked {
+                let i = i..i + 1;
+                let scores = &live_scores[i.start * n_labels..i.end * n_labels];
+                pair.compare(&reviews[i.clone()], scores, &live_decisions[i], scores);
+            }
+            pair.metrics.outcome(ShadowOutcome::Compared, count);
+            if let Some(c) = &pair.metrics.policy_only_reviews {
+                c.increment(count as u64);
+            }
+        });
+        if !offload::submit(work) {
+            self.shed(ShadowOutcome::QueueFull, count);
+        }
     }
 
     /// Compares the shadow's scores for `reviews` with the live answers and records the result:
