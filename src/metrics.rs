@@ -12,6 +12,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub use crate::config::{NO_SOURCE, OTHER_SOURCE};
 use crate::inference::model::ModelSpec;
+use crate::policy::Confusion;
 use crate::policy::{Decision, Policy};
 
 /// Every label key, as the series carry it and as the report's reader (`offline::report::fetch`)
@@ -463,7 +464,7 @@ impl ShadowOutcome {
 /// Pre-registered handles for one (task, live model, shadow model) pair.
 pub struct ShadowMetrics {
     /// `[live decision][shadow decision]`.
-    confusion: [[Counter; 3]; 3],
+    confusion: Confusion<Counter>,
     /// One per shadow label that the live model also has, in shadow label order (`None` when the
     /// live model lacks the label).
     deltas: Vec<Option<Histogram>>,
@@ -508,7 +509,7 @@ impl TaskMetrics {
 
     /// Records one review's live scores and decision.
     pub fn answered(&self, scores: &[f32], decision: Decision) {
-        self.decided[decision as usize].increment(1);
+        self.decided[decision.index()].increment(1);
         for (h, s) in self.scores.iter().zip(scores) {
             h.record(f64::from(*s));
         }
@@ -521,7 +522,7 @@ impl TaskMetrics {
 pub struct VerdictMetrics {
     /// Configured sources, then "other", then "none".
     sources: Vec<String>,
-    counts: Vec<[[Counter; 3]; 3]>,
+    counts: Vec<Confusion<Counter>>,
     pub errors: Counter,
 }
 
@@ -532,13 +533,11 @@ impl VerdictMetrics {
         let counts = sources
             .iter()
             .map(|source| {
-                Decision::ALL.map(|m| {
-                    Decision::ALL.map(|h| {
+                Confusion::from_fn(|m, h| {
                         counter!(VERDICTS_TOTAL, label::TASK => task.to_string(), label::MODEL => spec.name.clone(),
                             label::VERSION => spec.version.clone(), label::ROLE => role.as_str(),
                             label::POLICY => policy.name.clone(), label::POLICY_VERSION => policy.version.clone(),
                             label::SOURCE => source.clone(), label::MODEL_DECISION => m.as_str(), label::HUMAN_DECISION => h.as_str())
-                    })
                 })
             })
             .collect();
@@ -550,7 +549,7 @@ impl VerdictMetrics {
     /// Counts one verdict; `source` is already normalised (a configured one, "other" or "none").
     pub fn count(&self, source: &str, model: Decision, human: Decision) {
         let i = self.sources.iter().position(|s| s == source).unwrap_or(self.sources.len() - 1);
-        self.counts[i][model as usize][human as usize].increment(1);
+        self.counts[i][(model, human)].increment(1);
     }
 }
 
@@ -656,15 +655,13 @@ impl ShadowMetrics {
             labels.push(Label::new(key, value));
             labels
         };
-        let confusion = Decision::ALL.map(|l| {
-            Decision::ALL.map(|s| {
-                counter!(SHADOW_COMPARISONS_TOTAL, label::TASK => task.to_string(), label::LIVE_MODEL => live.name.clone(),
+        let confusion = Confusion::from_fn(|l, s| {
+            counter!(SHADOW_COMPARISONS_TOTAL, label::TASK => task.to_string(), label::LIVE_MODEL => live.name.clone(),
                     label::LIVE_VERSION => live.version.clone(), label::LIVE_POLICY => live_policy.name.clone(),
                     label::LIVE_POLICY_VERSION => live_policy.version.clone(), label::SHADOW_MODEL => shadow.name.clone(),
                     label::SHADOW_VERSION => shadow.version.clone(), label::SHADOW_POLICY => shadow_policy.name.clone(),
                     label::SHADOW_POLICY_VERSION => shadow_policy.version.clone(), label::LIVE_DECISION => l.as_str(),
                     label::SHADOW_DECISION => s.as_str())
-            })
         });
         let deltas = shadow
             .labels
@@ -710,7 +707,7 @@ impl ShadowMetrics {
     }
 
     pub fn compared(&self, live: Decision, shadow: Decision) {
-        self.confusion[live as usize][shadow as usize].increment(1);
+        self.confusion[(live, shadow)].increment(1);
     }
 
     /// The delta histogram for the shadow's label `index`, if the live model has that label.

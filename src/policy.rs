@@ -15,6 +15,15 @@ pub enum Decision {
 impl Decision {
     pub const ALL: [Decision; 3] = [Decision::Allow, Decision::Review, Decision::Reject];
 
+    /// Its position in `ALL` (and in every `Confusion`): allow 0, review 1, reject 2.
+    pub const fn index(self) -> usize {
+        match self {
+            Decision::Allow => 0,
+            Decision::Review => 1,
+            Decision::Reject => 2,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Decision::Allow => "allow",
@@ -72,6 +81,55 @@ impl Policy {
             }
         }
         decision
+    }
+}
+
+/// A decision x decision tally: rows by one decision (live, or the model judged), columns by the
+/// other (the shadow, or the human). The one type behind shadow comparisons, moderator verdicts
+/// and `modserve eval`, indexed by `(Decision, Decision)`; it reads as the `[[T; 3]; 3]` it
+/// serialises to, in `Decision::ALL` order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(transparent)]
+pub struct Confusion<T>(pub [[T; 3]; 3]);
+
+impl<T> Confusion<T> {
+    /// Each cell from its row and column decisions.
+    pub fn from_fn(mut cell: impl FnMut(Decision, Decision) -> T) -> Confusion<T> {
+        Confusion(Decision::ALL.map(|row| Decision::ALL.map(|column| cell(row, column))))
+    }
+}
+
+impl<T> std::ops::Index<(Decision, Decision)> for Confusion<T> {
+    type Output = T;
+    fn index(&self, (row, column): (Decision, Decision)) -> &T {
+        &self.0[row.index()][column.index()]
+    }
+}
+
+impl<T> std::ops::IndexMut<(Decision, Decision)> for Confusion<T> {
+    fn index_mut(&mut self, (row, column): (Decision, Decision)) -> &mut T {
+        &mut self.0[row.index()][column.index()]
+    }
+}
+
+impl<T: PartialEq> PartialEq<[[T; 3]; 3]> for Confusion<T> {
+    fn eq(&self, other: &[[T; 3]; 3]) -> bool {
+        self.0 == *other
+    }
+}
+
+/// A row by index, as the report's arithmetic reads it (`REVIEW`, `REJECT`).
+impl<T> std::ops::Index<usize> for Confusion<T> {
+    type Output = [T; 3];
+    fn index(&self, row: usize) -> &[T; 3] {
+        &self.0[row]
+    }
+}
+
+impl<T> std::ops::Deref for Confusion<T> {
+    type Target = [[T; 3]; 3];
+    fn deref(&self) -> &[[T; 3]; 3] {
+        &self.0
     }
 }
 

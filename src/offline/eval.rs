@@ -22,7 +22,7 @@ use crate::error::Error;
 use crate::inference::worker::ModelHandle;
 use crate::metrics::ShadowOutcome;
 use crate::offline::report::{ReportInput, Source, Subject, Verdicts, cumulative_buckets};
-use crate::policy::{Decision, Policy};
+use crate::policy::{Confusion, Decision, Policy};
 use crate::request::{self, RawReview, ReviewInput};
 use crate::shadow::compare;
 
@@ -207,7 +207,7 @@ fn report_input(
     labels_file: &Path,
 ) -> ReportInput {
     let n = human.len();
-    let mut comparisons = [[0u64; 3]; 3];
+    let mut comparisons = Confusion::<u64>::default();
     let mut verdicts = Verdicts::default();
     let live_labels = &entry.live.spec().labels;
     let shadow_labels = &shadow_model.spec().labels;
@@ -216,9 +216,9 @@ fn report_input(
         let l_scores = &live.scores[i * live.labels..(i + 1) * live.labels];
         let s_scores = &shadow.scores[i * shadow.labels..(i + 1) * shadow.labels];
         let s_decision = shadow_policy.decide(s_scores);
-        comparisons[live_decisions[i] as usize][s_decision as usize] += 1;
-        verdicts.live[live_decisions[i] as usize][human[i] as usize] += 1;
-        verdicts.candidate[s_decision as usize][human[i] as usize] += 1;
+        comparisons[(live_decisions[i], s_decision)] += 1;
+        verdicts.live[(live_decisions[i], human[i])] += 1;
+        verdicts.candidate[(s_decision, human[i])] += 1;
         if policy_only {
             continue;
         }

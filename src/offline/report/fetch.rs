@@ -22,7 +22,7 @@ use crate::metrics::{
     SHADOW_SAMPLE_RATE_CONFIGURED, SHADOW_SAMPLE_RATE_EFFECTIVE, SHADOW_SCORE_DELTA, STAGE_DURATION_SECONDS, Stage,
     VERDICTS_TOTAL, label,
 };
-use crate::policy::Decision;
+use crate::policy::{Confusion, Decision};
 
 /// How far before the window to look for each counter's baseline sample: more than any sane
 /// scrape interval, so a series that existed before the window has one.
@@ -100,10 +100,10 @@ pub fn fetch(args: &FetchArgs) -> Result<ReportInput, ReportError> {
     };
     let live = subject("live", &live_model);
     let candidate = subject("shadow", &args.candidate);
-    let mut matrix = [[0u64; 3]; 3];
+    let mut matrix = Confusion::<u64>::default();
     for c in &chosen {
         match (decision(label(&c.labels, label::LIVE_DECISION)), decision(label(&c.labels, label::SHADOW_DECISION))) {
-            (Some(l), Some(s)) => matrix[l][s] += c.count,
+            (Some(l), Some(s)) => matrix[(l, s)] += c.count,
             _ => notes.push(format!("ignored comparisons with unknown decisions: {:?}", c.labels)),
         }
     }
@@ -327,20 +327,20 @@ fn distinct(series: &[&Counted], key: &str, notes: &mut Vec<String>) -> String {
     joined
 }
 
-fn verdict_matrix(series: &[Counted]) -> [[u64; 3]; 3] {
-    let mut m = [[0; 3]; 3];
+fn verdict_matrix(series: &[Counted]) -> Confusion<u64> {
+    let mut m = Confusion::default();
     for c in series {
         if let (Some(model), Some(human)) =
             (decision(label(&c.labels, label::MODEL_DECISION)), decision(label(&c.labels, label::HUMAN_DECISION)))
         {
-            m[model][human] += c.count;
+            m[(model, human)] += c.count;
         }
     }
     m
 }
 
-fn decision(value: &str) -> Option<usize> {
-    Decision::from_name(value).map(|d| d as usize)
+fn decision(value: &str) -> Option<Decision> {
+    Decision::from_name(value)
 }
 
 fn label<'a>(labels: &'a Labels, key: &str) -> &'a str {

@@ -8,12 +8,12 @@ use std::time::{Duration, SystemTime};
 use serde::{Serialize, Serializer};
 
 use crate::metrics::ShadowOutcome;
-use crate::policy::Decision;
+use crate::policy::{Confusion, Decision};
 
-/// Decision indices used by every `[[u64; 3]; 3]` matrix (allow is 0), as `policy::Decision`
+/// Decision indices used by every `Confusion` matrix (allow is 0), as `policy::Decision`
 /// orders them.
-pub const REVIEW: usize = Decision::Review as usize;
-pub const REJECT: usize = Decision::Reject as usize;
+pub const REVIEW: usize = Decision::Review.index();
+pub const REJECT: usize = Decision::Reject.index();
 /// Upper-case names, indexed like the matrices.
 pub const DECISIONS: [&str; 3] = ["ALLOW", "REVIEW", "REJECT"];
 
@@ -51,7 +51,7 @@ pub struct ReportInput {
     /// Offline: just `compared`.
     pub outcomes: BTreeMap<String, u64>,
     /// `[live decision][candidate decision]`, indexed as `policy::Decision` orders them.
-    pub comparisons: [[u64; 3]; 3],
+    pub comparisons: Confusion<u64>,
     /// Per label: cumulative histogram buckets `(le, count)` of candidate score minus live
     /// score, ascending `le`, the last one `f64::INFINITY`. Empty for policy-only shadows.
     #[serde(serialize_with = "serialize_buckets")]
@@ -125,8 +125,8 @@ pub struct Quantiles {
 /// Moderator verdicts, each `[model decision][human decision]`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Verdicts {
-    pub live: [[u64; 3]; 3],
-    pub candidate: [[u64; 3]; 3],
+    pub live: Confusion<u64>,
+    pub candidate: Confusion<u64>,
 }
 
 /// The disagreement log lines for this task and candidate within the window.
@@ -253,7 +253,7 @@ pub(crate) mod tests {
             live: subject("abuse-v1", "1.0.0", "default"),
             candidate: subject("abuse-v2", "2.0.0", "strict"),
             outcomes: outcomes.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
-            comparisons: [[1500, 60, 10], [30, 200, 20], [5, 15, 60]],
+            comparisons: Confusion([[1500, 60, 10], [30, 200, 20], [5, 15, 60]]),
             score_deltas: [
                 ("insult".to_string(), vec![(-0.1, 100), (0.0, 900), (0.1, 1800), (inf, 1900)]),
                 ("threat".to_string(), vec![(-0.1, 0), (0.0, 1000), (0.1, 1850), (inf, 1900)]),
@@ -269,8 +269,8 @@ pub(crate) mod tests {
             candidate_batches: 2000,
             sample_rate: Some(SampleRates { configured: 1.0, effective_mean: 0.5, effective_min: 0.25 }),
             verdicts: Some(Verdicts {
-                live: [[80, 6, 4], [5, 20, 5], [1, 4, 25]],
-                candidate: [[78, 4, 2], [4, 22, 4], [1, 4, 31]],
+                live: Confusion([[80, 6, 4], [5, 20, 5], [1, 4, 25]]),
+                candidate: Confusion([[78, 4, 2], [4, 22, 4], [1, 4, 31]]),
             }),
             disagreements: Some(DisagreementSummary {
                 files: vec!["/var/log/modserve/disagreements.jsonl".into()],

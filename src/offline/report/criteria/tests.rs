@@ -3,6 +3,7 @@
 use super::*;
 use crate::config::launch_defaults as defaults;
 use crate::offline::report::input::tests::input;
+use crate::policy::Confusion;
 
 fn run(input: &ReportInput, criteria: &LaunchCriteria) -> Vec<CriterionResult> {
     evaluate(input, &Derived::of(input), criteria)
@@ -70,14 +71,14 @@ fn report_criteria_pass_on_the_sample_and_fail_on_each_bad_figure() {
 fn report_criteria_compare_precision_drops_at_both_levels() {
     let mut i = input();
     // Live precision@REJECT 25/30 = 83.3%; the candidate's 20/30 = 66.7%.
-    i.verdicts.as_mut().unwrap().candidate = [[78, 4, 2], [6, 22, 4], [5, 5, 20]];
+    i.verdicts.as_mut().unwrap().candidate = Confusion([[78, 4, 2], [6, 22, 4], [5, 5, 20]]);
     let results = run(&i, &LaunchCriteria::default());
     let r = find(&results, "precision drop @REJECT");
     assert_eq!(r.status, Status::Fail);
     assert_eq!(r.detail, "candidate precision@REJECT 66.7% is 16.7 pp below live's 83.3% (allowed 2.0 pp)");
     assert_eq!(r.measured, "16.7 pp");
     // A live model that never rejects gives no baseline at REJECT: skipped, and said so.
-    i.verdicts.as_mut().unwrap().live = [[80, 6, 4], [6, 24, 10], [0, 0, 0]];
+    i.verdicts.as_mut().unwrap().live = Confusion([[80, 6, 4], [6, 24, 10], [0, 0, 0]]);
     let results = run(&i, &LaunchCriteria::default());
     let r = find(&results, "precision drop @REJECT");
     assert_eq!(r.status, Status::Skipped);
