@@ -334,11 +334,13 @@ async fn a_full_queue_refuses_the_call_and_late_verdicts_are_shed() {
     let server = TestServer::start(config(&text)).await;
     let base = server.scrape().await;
     let mut classify = server.client().await;
-    // Keep the live worker busy for 1.5 s with one slow review.
+    // Keep the live worker busy for 1.5 s with one slow review, running once its batch has
+    // recorded its queue wait.
     let slow = tokio::spawn(async move {
         classify.classify(request(vec![review("slow", "modserve-fault:sleep-1500:tiny-abuse; hi")])).await
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = [("model", "tiny-abuse"), ("role", "live"), ("stage", "queue_wait")];
+    assert_eq!(server.wait_for(&base, "modserve_stage_duration_seconds_count", &started, 1.0).await, 1.0);
     let mut client = feedback(&server).await;
     let three = (0..3).map(|i| verdict(&format!("q{i}"), "you idiot", pb::Decision::Reject, "")).collect();
     let status = client.submit_verdicts(pb::SubmitVerdictsRequest { verdicts: three }).await.unwrap_err();

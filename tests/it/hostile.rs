@@ -314,8 +314,11 @@ async fn a_short_call_goes_before_queued_large_ones() {
     let large = format!("modserve-fault:sleep-300:tiny-abuse; {}", "great product ".repeat(700));
     let finished = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let call = |name, text| spawn_call(&server, finished.clone(), name, text);
+    let base = server.scrape().await;
     let first = call("large-1", large.clone()).await;
-    tokio::time::sleep(Duration::from_millis(100)).await; // large-1 is running
+    // large-1 is running once its batch has recorded its queue wait.
+    let started = [("model", "tiny-abuse"), ("stage", "queue_wait")];
+    assert_eq!(server.wait_for(&base, "modserve_stage_duration_seconds_count", &started, 1.0).await, 1.0);
     let queued = [call("large-2", large.clone()).await, call("large-3", large.clone()).await];
     tokio::time::sleep(Duration::from_millis(50)).await;
     let short = call("short", "you idiot".to_string()).await;
