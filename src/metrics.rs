@@ -194,6 +194,16 @@ pub fn install() -> Result<PrometheusHandle, String> {
 }
 
 fn describe() {
+    describe_transport();
+    describe_requests();
+    describe_inference();
+    describe_shadow();
+    describe_feedback();
+    describe_control();
+}
+
+/// The listeners: TLS, connections, refusals.
+fn describe_transport() {
     describe_counter!(
         TLS_RELOADS_TOTAL,
         "TLS certificate reloads after their files changed, by result (success, or failure: the old one kept serving)."
@@ -212,6 +222,10 @@ fn describe() {
          (connection_limit, peer_connection_limit, handshake_timeout, upload_budget_connection, \
          upload_budget_process, upload_deadline)."
     );
+}
+
+/// Calls and the reviews in them (input monitoring included).
+fn describe_requests() {
     describe_counter!(REQUESTS_TOTAL, "gRPC calls (stream messages count one each), by method and status code.");
     describe_histogram!(
         REQUEST_DURATION_SECONDS,
@@ -226,23 +240,6 @@ fn describe() {
         SCORES,
         "Scores per review and label, by task, model, role and label (live, and shadows that ran inference): drift shows here."
     );
-    describe_counter!(
-        SHADOW_POLICY_ONLY_REVIEWS_TOTAL,
-        "Reviews a policy-only shadow decided from the live model's scores, running no inference, by task, model and shadow_policy."
-    );
-    describe_counter!(
-        VERDICTS_TOTAL,
-        "Moderator verdicts scored, by task, model, version, role, policy, policy_version, source, model_decision and human_decision (a confusion matrix per model)."
-    );
-    describe_counter!(
-        VERDICTS_RECEIVED_TOTAL,
-        "Verdicts received by Feedback/SubmitVerdicts, by task, source and outcome: counted, duplicate, shed_queue_full, shed_deadline, error."
-    );
-    describe_counter!(
-        VERDICT_MODEL_ERRORS_TOTAL,
-        "Verdicts one model could not score (inference failed or shed), so its confusion counts miss them, by task, model, role and policy."
-    );
-    describe_gauge!(FEEDBACK_QUEUE_VERDICTS, "Verdicts accepted and waiting to be scored.");
     describe_histogram!(REVIEW_TEXT_BYTES, "Bytes of text (title and text) per classified review.");
     describe_counter!(
         REVIEWS_TEXT_CUT_TOTAL,
@@ -252,6 +249,10 @@ fn describe() {
         REVIEWS_BY_LANGUAGE_TOTAL,
         "Classified reviews by the language the caller sent (primary subtag; \"other\" outside monitoring.languages, \"none\" when not sent)."
     );
+}
+
+/// Tokenization, batching, queues and the model runtime.
+fn describe_inference() {
     describe_counter!(TOKENS_TOTAL, "Tokens fed to a model (after truncation), by model and role.");
     describe_counter!(
         UNKNOWN_TOKENS_TOTAL,
@@ -280,11 +281,14 @@ fn describe() {
         INFERENCE_ERRORS_TOTAL,
         "Inference batches that failed (runtime error, bad output, panic), by model and role."
     );
-    describe_gauge!(
-        MODEL_INFO,
-        "1 for every loaded model, labelled with task, model, version, role and the first 12 hex digits of its sha256."
+}
+
+/// Shadows: coverage, comparisons, breaker, CPU budget, sample rates, the disagreement log.
+fn describe_shadow() {
+    describe_counter!(
+        SHADOW_POLICY_ONLY_REVIEWS_TOTAL,
+        "Reviews a policy-only shadow decided from the live model's scores, running no inference, by task, model and shadow_policy."
     );
-    describe_gauge!(BUILD_INFO, "1, labelled with the modserve version.");
     describe_counter!(
         SHADOW_COMPARISONS_TOTAL,
         "Reviews scored by both the live model and a shadow, by task, both models and versions, and both decisions (a 3x3 confusion matrix)."
@@ -306,6 +310,55 @@ fn describe() {
         DISAGREEMENT_LOG_LINES_TOTAL,
         "Disagreement log lines, by outcome: written, dropped_queue_full (the writer fell behind), dropped_io_error."
     );
+    describe_counter!(SHADOW_BREAKER_TRIPS_TOTAL, "Times a shadow's circuit breaker opened, by task and shadow model.");
+    describe_gauge!(
+        SHADOW_SCHEDULING,
+        "1 for the scheduling a shadow model's worker threads run under (idle = SCHED_IDLE, nice, normal), 0 for the others, by model and policy."
+    );
+    describe_histogram!(
+        SHADOW_BATCH_CPU_SECONDS,
+        Unit::Seconds,
+        "CPU time of each shadow batch on its worker thread (thread CPU clock, comparison included), by model; _sum is the shadow's CPU seconds."
+    );
+    describe_gauge!(
+        SHADOW_CPU_BUDGET,
+        "CPU-seconds per second all shadow work may use (shadow.max_cpu_fraction of the process's CPU capacity); 0 = no budget."
+    );
+    describe_gauge!(SHADOW_CPU_USE, "CPU-seconds per second shadow work used, averaged over the last 10 s.");
+    describe_gauge!(
+        SHADOW_SAMPLE_RATE_CONFIGURED,
+        "A shadow's configured sample_rate, by task, live model, shadow model and shadow policy."
+    );
+    describe_gauge!(
+        SHADOW_SAMPLE_RATE_EFFECTIVE,
+        "The share of reviews a shadow takes now: the configured rate, lowered while the CPU budget or the queues cannot take it (a subset of the same hash), by task, live model, shadow model and shadow policy."
+    );
+}
+
+/// Moderator verdicts.
+fn describe_feedback() {
+    describe_counter!(
+        VERDICTS_TOTAL,
+        "Moderator verdicts scored, by task, model, version, role, policy, policy_version, source, model_decision and human_decision (a confusion matrix per model)."
+    );
+    describe_counter!(
+        VERDICTS_RECEIVED_TOTAL,
+        "Verdicts received by Feedback/SubmitVerdicts, by task, source and outcome: counted, duplicate, shed_queue_full, shed_deadline, error."
+    );
+    describe_counter!(
+        VERDICT_MODEL_ERRORS_TOTAL,
+        "Verdicts one model could not score (inference failed or shed), so its confusion counts miss them, by task, model, role and policy."
+    );
+    describe_gauge!(FEEDBACK_QUEUE_VERDICTS, "Verdicts accepted and waiting to be scored.");
+}
+
+/// The build, the config and its reloads, model loading, CPU capacity.
+fn describe_control() {
+    describe_gauge!(
+        MODEL_INFO,
+        "1 for every loaded model, labelled with task, model, version, role and the first 12 hex digits of its sha256."
+    );
+    describe_gauge!(BUILD_INFO, "1, labelled with the modserve version.");
     describe_counter!(
         CONFIG_RELOADS_TOTAL,
         "Config reload attempts, by trigger (file, signal, admin) and result (success, failure)."
@@ -325,32 +378,9 @@ fn describe() {
         Unit::Seconds,
         "Time the last load of a model took (read, verify, build sessions, warm up), by model."
     );
-    describe_counter!(SHADOW_BREAKER_TRIPS_TOTAL, "Times a shadow's circuit breaker opened, by task and shadow model.");
-    describe_gauge!(
-        SHADOW_SCHEDULING,
-        "1 for the scheduling a shadow model's worker threads run under (idle = SCHED_IDLE, nice, normal), 0 for the others, by model and policy."
-    );
-    describe_histogram!(
-        SHADOW_BATCH_CPU_SECONDS,
-        Unit::Seconds,
-        "CPU time of each shadow batch on its worker thread (thread CPU clock, comparison included), by model; _sum is the shadow's CPU seconds."
-    );
-    describe_gauge!(
-        SHADOW_CPU_BUDGET,
-        "CPU-seconds per second all shadow work may use (shadow.max_cpu_fraction of the process's CPU capacity); 0 = no budget."
-    );
-    describe_gauge!(SHADOW_CPU_USE, "CPU-seconds per second shadow work used, averaged over the last 10 s.");
     describe_gauge!(
         PROCESS_CPU_CAPACITY,
         "CPUs the process may use (cgroup quota, else affinity mask), by source (cgroup_v2, cgroup_v1, affinity)."
-    );
-    describe_gauge!(
-        SHADOW_SAMPLE_RATE_CONFIGURED,
-        "A shadow's configured sample_rate, by task, live model, shadow model and shadow policy."
-    );
-    describe_gauge!(
-        SHADOW_SAMPLE_RATE_EFFECTIVE,
-        "The share of reviews a shadow takes now: the configured rate, lowered while the CPU budget or the queues cannot take it (a subset of the same hash), by task, live model, shadow model and shadow policy."
     );
 }
 
