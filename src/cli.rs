@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{LogFormat, Overrides, defaults};
@@ -97,7 +98,7 @@ pub struct Flags {
     #[arg(long, env = "MODSERVE_ADMIN_LISTEN", global = true)]
     pub admin_listen: Option<String>,
     /// Log format, overriding `server.log_format`.
-    #[arg(long, env = "MODSERVE_LOG_FORMAT", global = true, value_parser = log_format)]
+    #[arg(long, env = "MODSERVE_LOG_FORMAT", global = true, value_parser = log_format())]
     pub log_format: Option<LogFormat>,
     /// ONNX Runtime shared library, overriding `server.onnxruntime_lib` (relative to the
     /// current directory).
@@ -119,10 +120,7 @@ impl Flags {
     }
 }
 
-fn log_format(value: &str) -> Result<LogFormat, String> {
-    match value {
-        "text" => Ok(LogFormat::Text),
-        "json" => Ok(LogFormat::Json),
-        _ => Err("expected text or json".to_string()),
-    }
+/// `text` or `json`, listed in `--help` and in the error for anything else.
+fn log_format() -> impl TypedValueParser<Value = LogFormat> {
+    PossibleValuesParser::new(["text", "json"]).map(|v| if v == "json" { LogFormat::Json } else { LogFormat::Text })
 }

@@ -1,6 +1,7 @@
-//! Inference workers: dedicated OS threads, each owning one ONNX Runtime session of a model,
-//! pulling jobs from the model's bounded queue, batching them (`batch::BatchPolicy`),
-//! tokenizing, running the session and replying per job.
+//! Inference workers: dedicated OS threads, each owning one backend of a model (an ONNX Runtime
+//! session in the server, `backend::fake` in tests), pulling jobs from the model's bounded
+//! queue, batching them (`batch::BatchPolicy`), tokenizing, running the batch and replying per
+//! job.
 //!
 //! `ModelHandle` is the cheap, cloneable front door. When the last handle is dropped the queue
 //! closes; workers finish the jobs already queued and exit.
