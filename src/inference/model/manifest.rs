@@ -125,70 +125,10 @@ impl Manifest {
     pub fn parse(text: &str) -> Result<Manifest, Vec<String>> {
         let raw: RawManifest = toml::from_str(text).map_err(|e| vec![toml_error(text, &e)])?;
         let mut errors = Vec::new();
-        fn check(errors: &mut Vec<String>, ok: bool, msg: String) {
-            if !ok {
-                errors.push(msg);
-            }
-        }
-        check(&mut errors, is_valid_name(&raw.name), format!("name {:?}: use 1-64 of [a-z0-9._-]", raw.name));
-        check(&mut errors, !raw.version.trim().is_empty(), "version: must not be empty".into());
-        check(&mut errors, is_valid_name(&raw.task), format!("task {:?}: use 1-64 of [a-z0-9._-]", raw.task));
-        check(&mut errors, !raw.labels.is_empty(), "labels: at least one label is required".into());
-        let mut seen = HashSet::new();
-        for (i, label) in raw.labels.iter().enumerate() {
-            check(&mut errors, is_valid_name(label), format!("labels[{i}] {label:?}: use 1-64 of [a-z0-9._-]"));
-            check(&mut errors, seen.insert(label), format!("labels[{i}] {label:?}: duplicate label"));
-        }
-        check(
-            &mut errors,
-            (1..=MAX_SEQUENCE_LENGTH).contains(&raw.max_sequence_length),
-            format!("max_sequence_length {}: must be 1..={MAX_SEQUENCE_LENGTH}", raw.max_sequence_length),
-        );
-        check(
-            &mut errors,
-            is_plain_relative(&raw.files.model),
-            format!("files.model {:?}: must be a relative path inside the package", raw.files.model),
-        );
-        check(
-            &mut errors,
-            is_plain_relative(&raw.files.tokenizer),
-            format!("files.tokenizer {:?}: must be a relative path inside the package", raw.files.tokenizer),
-        );
-        check(
-            &mut errors,
-            is_sha256_hex(&raw.files.model_sha256),
-            "files.model_sha256: must be 64 lowercase hex digits".into(),
-        );
-        check(
-            &mut errors,
-            is_sha256_hex(&raw.files.tokenizer_sha256),
-            "files.tokenizer_sha256: must be 64 lowercase hex digits".into(),
-        );
-        let mut feature_names = HashSet::new();
-        for (i, f) in raw.features.iter().enumerate() {
-            check(&mut errors, !f.name.is_empty(), format!("features[{i}].name: must not be empty"));
-            check(
-                &mut errors,
-                feature_names.insert(&f.name),
-                format!("features[{i}].name {:?}: duplicate feature", f.name),
-            );
-            check(&mut errors, f.default.is_finite(), format!("features[{i}].default: must be a finite number"));
-        }
-        check(&mut errors, !raw.policy.name.is_empty(), "policy.name: must not be empty".into());
-        check(&mut errors, !raw.policy.version.is_empty(), "policy.version: must not be empty".into());
-        for (label, t) in &raw.policy.thresholds {
-            errors.extend(t.errors(&format!("policy.thresholds.{label}")));
-        }
-        let spec = PolicySpec { name: raw.policy.name, version: raw.policy.version, thresholds: raw.policy.thresholds };
-        let policy = match spec.resolve(&raw.labels) {
-            Ok(policy) => Some(policy),
-            Err(unknown) => {
-                for label in unknown {
-                    errors.push(format!("policy.thresholds.{label}: no such label (labels are {:?})", raw.labels));
-                }
-                None
-            }
-        };
+        check_identity(&mut errors, &raw);
+        check_files(&mut errors, &raw.files);
+        check_features(&mut errors, &raw.features);
+        let policy = policy(&mut errors, raw.policy, &raw.labels);
         // A policy that did not resolve has pushed an error, so `errors` is never empty here.
         let (true, Some(policy)) = (errors.is_empty(), policy) else {
             return Err(errors);
@@ -213,6 +153,81 @@ impl Manifest {
             features: raw.features.into_iter().map(|f| Feature { name: f.name, default: f.default }).collect(),
             policy,
         })
+    }
+}
+
+/// Pushes `msg` when `ok` is false.
+fn check(errors: &mut Vec<String>, ok: bool, msg: String) {
+    if !ok {
+        errors.push(msg);
+    }
+}
+
+/// Name, version, task, labels and length limit.
+fn check_identity(errors: &mut Vec<String>, raw: &RawManifest) {
+    check(errors, is_valid_name(&raw.name), format!("name {:?}: use 1-64 of [a-z0-9._-]", raw.name));
+    check(errors, !raw.version.trim().is_empty(), "version: must not be empty".into());
+    check(errors, is_valid_name(&raw.task), format!("task {:?}: use 1-64 of [a-z0-9._-]", raw.task));
+    check(errors, !raw.labels.is_empty(), "labels: at least one label is required".into());
+    let mut seen = HashSet::new();
+    for (i, label) in raw.labels.iter().enumerate() {
+        check(errors, is_valid_name(label), format!("labels[{i}] {label:?}: use 1-64 of [a-z0-9._-]"));
+        check(errors, seen.insert(label), format!("labels[{i}] {label:?}: duplicate label"));
+    }
+    check(
+        errors,
+        (1..=MAX_SEQUENCE_LENGTH).contains(&raw.max_sequence_length),
+        format!("max_sequence_length {}: must be 1..={MAX_SEQUENCE_LENGTH}", raw.max_sequence_length),
+    );
+}
+
+/// `[files]`: paths inside the package, and their digests.
+fn check_files(errors: &mut Vec<String>, files: &RawFiles) {
+    check(
+        errors,
+        is_plain_relative(&files.model),
+        format!("files.model {:?}: must be a relative path inside the package", files.model),
+    );
+    check(
+        errors,
+        is_plain_relative(&files.tokenizer),
+        format!("files.tokenizer {:?}: must be a relative path inside the package", files.tokenizer),
+    );
+    check(errors, is_sha256_hex(&files.model_sha256), "files.model_sha256: must be 64 lowercase hex digits".into());
+    check(
+        errors,
+        is_sha256_hex(&files.tokenizer_sha256),
+        "files.tokenizer_sha256: must be 64 lowercase hex digits".into(),
+    );
+}
+
+/// `[[features]]`: named once each, with a finite default.
+fn check_features(errors: &mut Vec<String>, features: &[RawFeature]) {
+    let mut names = HashSet::new();
+    for (i, f) in features.iter().enumerate() {
+        check(errors, !f.name.is_empty(), format!("features[{i}].name: must not be empty"));
+        check(errors, names.insert(&f.name), format!("features[{i}].name {:?}: duplicate feature", f.name));
+        check(errors, f.default.is_finite(), format!("features[{i}].default: must be a finite number"));
+    }
+}
+
+/// `[policy]`, the model's default decision policy, resolved against its labels; `None` after
+/// recording why not.
+fn policy(errors: &mut Vec<String>, raw: RawPolicy, labels: &[String]) -> Option<Policy> {
+    check(errors, !raw.name.is_empty(), "policy.name: must not be empty".into());
+    check(errors, !raw.version.is_empty(), "policy.version: must not be empty".into());
+    for (label, t) in &raw.thresholds {
+        errors.extend(t.errors(&format!("policy.thresholds.{label}")));
+    }
+    let spec = PolicySpec { name: raw.name, version: raw.version, thresholds: raw.thresholds };
+    match spec.resolve(labels) {
+        Ok(policy) => Some(policy),
+        Err(unknown) => {
+            for label in unknown {
+                errors.push(format!("policy.thresholds.{label}: no such label (labels are {labels:?})"));
+            }
+            None
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::disagreements;
 use super::error::ReportError;
-use super::input::{OUTCOMES, Quantiles, ReportInput, SampleRates, Source, Subject, Verdicts};
+use super::input::{DisagreementSummary, OUTCOMES, Quantiles, ReportInput, SampleRates, Source, Subject, Verdicts};
 use super::prometheus::{Client, Labels, Series, quote};
 use crate::metrics::{
     BATCHES_TOTAL, INFERENCE_ERRORS_TOTAL, Role, SHADOW_COMPARISONS_TOTAL, SHADOW_REVIEWS_TOTAL,
@@ -70,20 +70,7 @@ pub fn fetch(args: &FetchArgs) -> Result<ReportInput, ReportError> {
     let mut notes = Vec::new();
 
     // Who is compared with whom, from the comparisons themselves.
-    let mut matchers = vec![(label::TASK, args.task.as_str()), (label::SHADOW_MODEL, args.candidate.as_str())];
-    if let Some(p) = &args.policy {
-        matchers.push((label::SHADOW_POLICY, p));
-    }
-    let comparisons = f.counts(SHADOW_COMPARISONS_TOTAL, &matchers)?;
-    if comparisons.is_empty() {
-        return Err(ReportError::NoComparisons {
-            task: args.task.clone(),
-            candidate: args.candidate.clone(),
-            policy: args.policy.as_ref().map(|p| format!(" (policy {p})")).unwrap_or_default(),
-            window: humantime::format_duration(args.window).to_string(),
-            url: args.prometheus.clone(),
-        });
-    }
+    let comparisons = comparisons(&f, args)?;
     let policy = choose_policy(args, &comparisons)?;
     let live_model = choose_live_model(&comparisons, &policy, &mut notes);
     let chosen: Vec<&Counted> = comparisons
@@ -100,13 +87,7 @@ pub fn fetch(args: &FetchArgs) -> Result<ReportInput, ReportError> {
     };
     let live = subject("live", &live_model);
     let candidate = subject("shadow", &args.candidate);
-    let mut matrix = Confusion::<u64>::default();
-    for c in &chosen {
-        match (decision(label(&c.labels, label::LIVE_DECISION)), decision(label(&c.labels, label::SHADOW_DECISION))) {
-            (Some(l), Some(s)) => matrix[(l, s)] += c.count,
-            _ => notes.push(format!("ignored comparisons with unknown decisions: {:?}", c.labels)),
-        }
-    }
+    let matrix = comparison_matrix(&chosen, &mut notes);
 
     let pair = [
         (label::TASK, args.task.as_str()),
@@ -114,29 +95,10 @@ pub fn fetch(args: &FetchArgs) -> Result<ReportInput, ReportError> {
         (label::SHADOW_MODEL, args.candidate.as_str()),
         (label::SHADOW_POLICY, policy.as_str()),
     ];
-    let mut outcomes: BTreeMap<String, u64> = OUTCOMES.iter().map(|o| (o.to_string(), 0)).collect();
-    for c in f.counts(SHADOW_REVIEWS_TOTAL, &pair)? {
-        *outcomes.entry(label(&c.labels, label::OUTCOME).to_string()).or_default() += c.count;
-    }
+    let outcomes = outcomes(&f, &pair)?;
 
     let policy_only = args.candidate == live_model;
-    let mut score_deltas: BTreeMap<String, Vec<(f64, u64)>> = BTreeMap::new();
-    if !policy_only {
-        let mut by_bucket: BTreeMap<(String, String), u64> = BTreeMap::new();
-        for c in f.counts(&format!("{SHADOW_SCORE_DELTA}_bucket"), &pair)? {
-            let key = (label(&c.labels, label::LABEL).to_string(), label(&c.labels, "le").to_string());
-            *by_bucket.entry(key).or_default() += c.count;
-        }
-        for ((label, le), count) in by_bucket {
-            match le.parse::<f64>() {
-                Ok(le) => score_deltas.entry(label).or_default().push((le, count)),
-                Err(_) => notes.push(format!("ignored a score-delta bucket with le={le:?}")),
-            }
-        }
-        for buckets in score_deltas.values_mut() {
-            buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-        }
-    }
+    let score_deltas = if policy_only { BTreeMap::new() } else { score_deltas(&f, &pair, &mut notes)? };
 
     let live_side = [(label::MODEL, live_model.as_str()), (label::ROLE, Role::Live.as_str())];
     let candidate_side = [(label::MODEL, args.candidate.as_str()), (label::ROLE, Role::Shadow.as_str())];
@@ -150,24 +112,10 @@ pub fn fetch(args: &FetchArgs) -> Result<ReportInput, ReportError> {
         (f.total(INFERENCE_ERRORS_TOTAL, &candidate_side)?, f.total(BATCHES_TOTAL, &candidate_side)?)
     };
 
-    let live_verdicts = f.counts(VERDICTS_TOTAL, &[(label::TASK, &args.task), live_side[0], live_side[1]])?;
-    let candidate_verdicts = f.counts(
-        VERDICTS_TOTAL,
-        &[(label::TASK, &args.task), candidate_side[0], candidate_side[1], (label::POLICY, policy.as_str())],
-    )?;
-    let verdicts = (!live_verdicts.is_empty() || !candidate_verdicts.is_empty())
-        .then(|| Verdicts { live: verdict_matrix(&live_verdicts), candidate: verdict_matrix(&candidate_verdicts) });
+    let verdicts = verdicts(&f, args, &live_side, &candidate_side, &policy)?;
 
     let end = args.end;
-    let start = end.checked_sub(args.window).unwrap_or(UNIX_EPOCH);
-    let disagreements = match &args.disagreement_log {
-        None => None,
-        Some(path) => {
-            let filter =
-                disagreements::Filter { task: &args.task, model: &args.candidate, policy: &policy, start, end };
-            Some(disagreements::summarize(path, &filter)?)
-        }
-    };
+    let disagreements = disagreements(args, &policy)?;
 
     Ok(ReportInput {
         source: Source::Prometheus { url: args.prometheus.clone(), window: args.window, end },
@@ -187,6 +135,96 @@ pub fn fetch(args: &FetchArgs) -> Result<ReportInput, ReportError> {
         disagreements,
         notes,
     })
+}
+
+/// Every comparison series of the task's candidate (and policy, if given) in the window; an
+/// error saying what was looked for when there is none.
+fn comparisons(f: &Fetcher, args: &FetchArgs) -> Result<Vec<Counted>, ReportError> {
+    let mut matchers = vec![(label::TASK, args.task.as_str()), (label::SHADOW_MODEL, args.candidate.as_str())];
+    if let Some(p) = &args.policy {
+        matchers.push((label::SHADOW_POLICY, p));
+    }
+    let comparisons = f.counts(SHADOW_COMPARISONS_TOTAL, &matchers)?;
+    if comparisons.is_empty() {
+        return Err(ReportError::NoComparisons {
+            task: args.task.clone(),
+            candidate: args.candidate.clone(),
+            policy: args.policy.as_ref().map(|p| format!(" (policy {p})")).unwrap_or_default(),
+            window: humantime::format_duration(args.window).to_string(),
+            url: args.prometheus.clone(),
+        });
+    }
+    Ok(comparisons)
+}
+
+/// Live decision x candidate decision over the chosen comparison series.
+fn comparison_matrix(chosen: &[&Counted], notes: &mut Vec<String>) -> Confusion<u64> {
+    let mut matrix = Confusion::<u64>::default();
+    for c in chosen {
+        match (decision(label(&c.labels, label::LIVE_DECISION)), decision(label(&c.labels, label::SHADOW_DECISION))) {
+            (Some(l), Some(s)) => matrix[(l, s)] += c.count,
+            _ => notes.push(format!("ignored comparisons with unknown decisions: {:?}", c.labels)),
+        }
+    }
+    matrix
+}
+
+/// Reviews offered to the candidate, by outcome (every outcome present, 0 if none).
+fn outcomes(f: &Fetcher, pair: &[(&str, &str)]) -> Result<BTreeMap<String, u64>, ReportError> {
+    let mut outcomes: BTreeMap<String, u64> = OUTCOMES.iter().map(|o| (o.to_string(), 0)).collect();
+    for c in f.counts(SHADOW_REVIEWS_TOTAL, pair)? {
+        *outcomes.entry(label(&c.labels, label::OUTCOME).to_string()).or_default() += c.count;
+    }
+    Ok(outcomes)
+}
+
+/// Per label, the cumulative buckets of candidate minus live score, ascending `le`.
+fn score_deltas(
+    f: &Fetcher,
+    pair: &[(&str, &str)],
+    notes: &mut Vec<String>,
+) -> Result<BTreeMap<String, Vec<(f64, u64)>>, ReportError> {
+    let mut by_bucket: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for c in f.counts(&format!("{SHADOW_SCORE_DELTA}_bucket"), pair)? {
+        let key = (label(&c.labels, label::LABEL).to_string(), label(&c.labels, "le").to_string());
+        *by_bucket.entry(key).or_default() += c.count;
+    }
+    let mut score_deltas: BTreeMap<String, Vec<(f64, u64)>> = BTreeMap::new();
+    for ((label, le), count) in by_bucket {
+        match le.parse::<f64>() {
+            Ok(le) => score_deltas.entry(label).or_default().push((le, count)),
+            Err(_) => notes.push(format!("ignored a score-delta bucket with le={le:?}")),
+        }
+    }
+    for buckets in score_deltas.values_mut() {
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+    Ok(score_deltas)
+}
+
+/// Moderator verdicts on live and on the candidate (under `policy`); `None` when there are none.
+fn verdicts(
+    f: &Fetcher,
+    args: &FetchArgs,
+    live_side: &[(&str, &str); 2],
+    candidate_side: &[(&str, &str); 2],
+    policy: &str,
+) -> Result<Option<Verdicts>, ReportError> {
+    let live_verdicts = f.counts(VERDICTS_TOTAL, &[(label::TASK, &args.task), live_side[0], live_side[1]])?;
+    let candidate_verdicts = f.counts(
+        VERDICTS_TOTAL,
+        &[(label::TASK, &args.task), candidate_side[0], candidate_side[1], (label::POLICY, policy)],
+    )?;
+    Ok((!live_verdicts.is_empty() || !candidate_verdicts.is_empty())
+        .then(|| Verdicts { live: verdict_matrix(&live_verdicts), candidate: verdict_matrix(&candidate_verdicts) }))
+}
+
+/// The disagreement log's lines for this candidate in the window, when a log was given.
+fn disagreements(args: &FetchArgs, policy: &str) -> Result<Option<DisagreementSummary>, ReportError> {
+    let Some(path) = &args.disagreement_log else { return Ok(None) };
+    let (end, start) = (args.end, args.end.checked_sub(args.window).unwrap_or(UNIX_EPOCH));
+    let filter = disagreements::Filter { task: &args.task, model: &args.candidate, policy, start, end };
+    Ok(Some(disagreements::summarize(path, &filter)?))
 }
 
 /// A series and its exact count in the window.
