@@ -34,6 +34,15 @@ impl CallDeadline {
     }
 }
 
+/// A request as a caller sent it, not yet checked (`validate`).
+#[derive(Debug, Clone, Default)]
+pub struct RawRequest {
+    pub reviews: Vec<RawReview>,
+    /// Task names as sent; empty means every task.
+    pub tasks: Vec<String>,
+    pub request_id: String,
+}
+
 /// One review as a caller sent it, not yet checked.
 #[derive(Debug, Clone, Default)]
 pub struct RawReview {

@@ -9,7 +9,7 @@ use crate::error::Error;
 use crate::inference::model::ModelSpec;
 use crate::inference::worker::TokenSlot;
 use crate::policy::{Decision, Policy};
-use crate::request::ClassifyInput;
+use crate::request::{self, CallDeadline, ClassifyInput, RawRequest};
 
 /// One task's answer for every review of a request.
 pub struct TaskOutput {
@@ -45,13 +45,36 @@ impl Classifier {
         Classifier { registry }
     }
 
-    /// Classifies a validated request. `deadline` is the caller's; work still queued past it
-    /// is dropped before inference.
     /// The serving state for one request: load it once and use it throughout.
     pub fn state(&self) -> Result<Arc<ServingState>, Error> {
         self.registry.load().ok_or(Error::Unavailable("models are still loading"))
     }
 
+    /// One call, whole, as a transport hands it over: one serving state for all of it (a reload
+    /// mid-call changes nothing for it), the deadline (the caller's, `asked`, capped at
+    /// `limits.max_call_timeout` from `arrived`), the request's rules, then `classify` within
+    /// the deadline. Returns the validated request with its answer.
+    pub async fn call(
+        &self,
+        request: RawRequest,
+        arrived: Instant,
+        asked: Option<Instant>,
+    ) -> Result<(ClassifyInput, ClassifyOutput), Error> {
+        let state = self.state()?;
+        let limits = &state.config.limits;
+        let deadline = CallDeadline::new(arrived, asked, limits.max_call_timeout);
+        let input = request::validate(request.reviews, request.tasks, request.request_id, limits)?;
+        if deadline.at <= Instant::now() {
+            return Err(Error::DeadlineExceeded("before the request was queued".into()));
+        }
+        let output = tokio::time::timeout_at(deadline.at.into(), self.classify(&state, &input, Some(deadline.at)))
+            .await
+            .map_err(|_| deadline.exceeded_waiting())??;
+        Ok((input, output))
+    }
+
+    /// Classifies a validated request. `deadline` is the caller's; work still queued past it
+    /// is dropped before inference.
     pub async fn classify(
         &self,
         state: &ServingState,

@@ -7,14 +7,19 @@ use crate::control::registry::ServingState;
 use crate::error::Error;
 use crate::feedback::{Verdict, source_label};
 use crate::policy::Decision;
-use crate::request::{self, ClassifyInput, MAX_ID_BYTES, RawReview};
+use crate::request::{self, ClassifyInput, MAX_ID_BYTES, RawRequest, RawReview};
 use crate::serving::classify::ClassifyOutput;
 
 /// Checks every rule of the API (`request::validate`); the first broken rule fails the
 /// request, naming the field and the review's index.
 pub fn validate(req: pb::ClassifyRequest, limits: &Limits) -> Result<ClassifyInput, Error> {
-    let reviews = req.reviews.into_iter().map(review).collect();
-    request::validate(reviews, req.tasks, req.request_id, limits)
+    let raw = request(req);
+    request::validate(raw.reviews, raw.tasks, raw.request_id, limits)
+}
+
+/// A proto request as the domain's unvalidated request.
+pub fn request(req: pb::ClassifyRequest) -> RawRequest {
+    RawRequest { reviews: req.reviews.into_iter().map(review).collect(), tasks: req.tasks, request_id: req.request_id }
 }
 
 /// A proto review as the domain's unvalidated review.

@@ -13,7 +13,6 @@ use super::transport::{Arrival, parse_grpc_timeout};
 use super::{convert, status};
 use crate::error::Error;
 use crate::metrics;
-use crate::request::CallDeadline;
 use crate::serving::classify::Classifier;
 use crate::shutdown::ShutdownSignal;
 
@@ -28,8 +27,7 @@ impl ModerationService {
         ModerationService { classifier, shutdown }
     }
 
-    /// `deadline` is the caller's, if it sent one; `limits.max_call_timeout` caps it, so no call
-    /// holds resources for longer whatever the client asks.
+    /// `deadline` is the caller's, if it sent one (the classifier caps it).
     async fn handle(
         &self,
         req: ClassifyRequest,
@@ -38,17 +36,7 @@ impl ModerationService {
     ) -> Result<ClassifyResponse, Error> {
         // No refusal at shutdown: a call that reaches the handler was sent before the client saw
         // GOAWAY, and the transport lets it finish within `shutdown_grace`.
-        // One state for the whole call: a reload mid-call changes nothing for it.
-        let state = self.classifier.state()?;
-        let deadline = CallDeadline::new(started, deadline, state.config.limits.max_call_timeout);
-        let input = convert::validate(req, &state.config.limits)?;
-        if deadline.at <= Instant::now() {
-            return Err(Error::DeadlineExceeded("before the request was queued".into()));
-        }
-        let output =
-            tokio::time::timeout_at(deadline.at.into(), self.classifier.classify(&state, &input, Some(deadline.at)))
-                .await
-                .map_err(|_| deadline.exceeded_waiting())??;
+        let (input, output) = self.classifier.call(convert::request(req), started, deadline).await?;
         Ok(convert::response(&input, &output))
     }
 }
