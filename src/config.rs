@@ -155,10 +155,10 @@ pub fn is_valid_name(s: &str) -> bool {
         && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
 }
 
-/// Hex sha256 of a config's text (`Config::source_sha256`).
-fn sha256_hex(text: &str) -> String {
+/// Hex sha256 of some bytes: a config's text (`Config::source_sha256`) and a package's files.
+pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(text.as_bytes()))
+    hex::encode(sha2::Sha256::digest(bytes))
 }
 
 // === the validated config ===

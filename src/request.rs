@@ -95,12 +95,8 @@ pub const MAX_SIGNALS: usize = 64;
 
 /// Checks every rule of the API on a request's reviews and task names; the first broken rule
 /// fails the request, naming the field and the review's index.
-pub fn validate(
-    raw: Vec<RawReview>,
-    tasks: Vec<String>,
-    request_id: String,
-    limits: &Limits,
-) -> Result<ClassifyInput, Error> {
+pub fn validate(request: RawRequest, limits: &Limits) -> Result<ClassifyInput, Error> {
+    let RawRequest { reviews: raw, tasks, request_id } = request;
     if raw.is_empty() {
         return Err(Error::invalid("reviews", "at least one review is required"));
     }

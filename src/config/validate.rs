@@ -39,7 +39,7 @@ pub(super) fn validate(
     }
     Ok(Config {
         source: path.to_path_buf(),
-        source_sha256: sha256_hex(text),
+        source_sha256: sha256_hex(text.as_bytes()),
         overrides: overrides.clone(),
         server,
         admin,

@@ -269,7 +269,9 @@ fn encoder(package: &Package) -> Result<Encoder, PackageError> {
         .map_err(|reason| PackageError::Tokenizer { path: spec.dir.join("tokenizer.json"), reason })
 }
 
-/// Starts one worker thread per backend (`start` with ONNX Runtime sessions; tests with fakes).
+/// Starts one worker thread per backend given (tests, with `backend::fake`; the server goes
+/// through `start`).
+#[cfg(any(test, feature = "fault-injection"))]
 pub fn start_backends(
     package: &Package,
     role: Role,

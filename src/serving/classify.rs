@@ -63,7 +63,7 @@ impl Classifier {
         let state = self.state()?;
         let limits = &state.config.limits;
         let deadline = CallDeadline::new(arrived, asked, limits.max_call_timeout);
-        let input = request::validate(request.reviews, request.tasks, request.request_id, limits)?;
+        let input = request::validate(request, limits)?;
         if deadline.at <= Instant::now() {
             return Err(Error::DeadlineExceeded("before the request was queued".into()));
         }

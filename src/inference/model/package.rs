@@ -4,7 +4,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
 use tokenizers::Tokenizer;
 
 use super::ModelSpec;
@@ -111,10 +110,7 @@ fn read(path: &Path, limit: u64) -> Result<Vec<u8>, PackageError> {
     Ok(bytes)
 }
 
-/// Lowercase hex sha256 of `bytes`.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
+pub use crate::config::sha256_hex;
 
 fn verify_sha256(path: &Path, bytes: &[u8], expected: &str) -> Result<(), PackageError> {
     let actual = sha256_hex(bytes);

@@ -13,8 +13,7 @@ use crate::serving::classify::ClassifyOutput;
 /// Checks every rule of the API (`request::validate`); the first broken rule fails the
 /// request, naming the field and the review's index.
 pub fn validate(req: pb::ClassifyRequest, limits: &Limits) -> Result<ClassifyInput, Error> {
-    let raw = request(req);
-    request::validate(raw.reviews, raw.tasks, raw.request_id, limits)
+    request::validate(request(req), limits)
 }
 
 /// A proto request as the domain's unvalidated request.
