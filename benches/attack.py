@@ -200,9 +200,15 @@ def cpu_seconds(pid: int) -> float | None:
 
 def http_get(host: str, port: int, path: str, timeout: float = 2.0) -> tuple[int | None, bytes, float]:
     """A whole GET within `timeout`: (status or None, body, seconds)."""
+    status, data, took, _ = http_get_why(host, port, path, timeout)
+    return status, data, took
+
+
+def http_get_why(host: str, port: int, path: str, timeout: float = 2.0) -> tuple[int | None, bytes, float, str]:
+    """`http_get`, plus why it got no status: "timeout", "closed before an answer", an errno name."""
     t0 = time.monotonic()
     end = t0 + timeout
-    status, data = None, b""
+    status, data, why = None, b"", ""
     try:
         with socket.create_connection((host, port), timeout=timeout) as s:
             s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode())
@@ -220,9 +226,15 @@ def http_get(host: str, port: int, path: str, timeout: float = 2.0) -> tuple[int
             parts = head.split(b" ", 2)
             if len(parts) >= 2 and parts[0].startswith(b"HTTP/"):
                 status = int(parts[1])
-    except (OSError, ValueError):
-        status = None
-    return status, data, time.monotonic() - t0
+            else:
+                why = f"closed before an answer ({len(buf)} bytes)"
+    except TimeoutError:
+        status, why = None, "timeout"
+    except OSError as e:
+        status, why = None, errno.errorcode.get(e.errno, type(e).__name__) if e.errno else type(e).__name__
+    except ValueError:
+        status, why = None, "unparsable status line"
+    return status, data, time.monotonic() - t0, why
 
 
 def parse_metrics(text: str) -> list[tuple[str, dict[str, str], float]]:
@@ -416,6 +428,7 @@ class Monitor:
         self.rss: list[float] = []
         self.probes: dict[str, list[int]] = {"/metrics": [0, 0], "/health/ready": [0, 0]}
         self.probe_lat: list[float] = []
+        self.probe_failures: dict[str, int] = {}
         self.threads: list[threading.Thread] = []
         self.lock = threading.Lock()
 
@@ -449,12 +462,15 @@ class Monitor:
         host, port = self.ctx.metrics
         while not self.stop_ev.is_set():
             t0 = time.monotonic()
-            status, _, took = http_get(host, port, path, timeout=2.0)
+            status, _, took, why = http_get_why(host, port, path, timeout=2.0)
             with self.lock:
                 self.probes[path][1] += 1
                 if status == 200:
                     self.probes[path][0] += 1
                     self.probe_lat.append(took)
+                else:
+                    reason = f"{path}: {why or f'status {status}'} after {took * 1000:.0f} ms"
+                    self.probe_failures[reason] = self.probe_failures.get(reason, 0) + 1
             self.stop_ev.wait(max(0.0, 1.0 - (time.monotonic() - t0)))
 
     def summary(self) -> dict:
@@ -463,6 +479,7 @@ class Monitor:
             "rss_start_mib": round(self.rss[0], 1) if self.rss else None,
             "probes": {k: f"{v[0]}/{v[1]}" for k, v in self.probes.items()},
             "probes_ok": all(v[0] == v[1] for v in self.probes.values()),
+            "probe_failures": dict(self.probe_failures),
             "probes_answered": sum(v[0] for v in self.probes.values()),
             "probes_sent": sum(v[1] for v in self.probes.values()),
             "cpu_s": self.cpu,
@@ -1367,6 +1384,7 @@ def fmt_row_line(row: dict) -> str:
         f"RSS {b.get('rss_peak_mib')}->{d.get('rss_peak_mib')} MiB, probes {d['probes']['/metrics']} metrics "
         f"{d['probes']['/health/ready']} health, recovery {row.get('recovery_s')} s | {row.get('detail')}"
         + (f" | broken: {', '.join(row['broken'])}" if row["broken"] else "")
+        + (f" | probes unanswered: {d['probe_failures']}" if d.get("probe_failures") else "")
     )
 
 
