@@ -806,13 +806,29 @@ def attack_slow_upload(ctx: Ctx, duration: float) -> dict:
 
 
 def attack_metrics_slowloris(ctx: Ctx, duration: float) -> dict:
-    """c. 64 connections to the metrics port, each sending one byte every 4 s (reopened when closed)."""
+    """c. 64 connections to the metrics port, each sending one byte every 4 s (reopened when closed),
+    while a fast prober asks /health/ready every 50 ms: every reconnect makes the server close a
+    connection, and the fast probes show whether it ever picks one that is being answered."""
     host, port = ctx.metrics
     head = b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 8000
     n_conns, interval = 64, 4.0
     end = time.monotonic() + duration
     conns: list[dict] = []
     opened = reopened = closed_by_server = 0
+    fast = {"sent": 0, "answered": 0, "why": collections.Counter()}
+
+    def fast_probe():
+        while time.monotonic() < end:
+            status, _, _, why = http_get_why(host, port, "/health/ready", timeout=2.0)
+            fast["sent"] += 1
+            if status == 200:
+                fast["answered"] += 1
+            else:
+                fast["why"][why or f"status {status}"] += 1
+            time.sleep(0.05)
+
+    prober = threading.Thread(target=fast_probe, daemon=True)
+    prober.start()
 
     def open_one():
         s = socket.socket()
@@ -861,8 +877,11 @@ def attack_metrics_slowloris(ctx: Ctx, duration: float) -> dict:
     finally:
         for c in conns:
             c["sock"].close()
-    return {"detail": f"{n_conns} connections, 1 byte per {interval:.0f} s; server closed {closed_by_server} (reopened)",
-            "check": None, "closed_by_server": closed_by_server}
+        prober.join(5)
+    unanswered = f" ({fmt_codes(fast['why'])})" if fast["why"] else ""
+    return {"detail": f"{n_conns} connections, 1 byte per {interval:.0f} s; server closed {closed_by_server} (reopened); "
+                      f"fast probes answered {fast['answered']}/{fast['sent']}{unanswered}",
+            "check": fast["sent"] > 0 and fast["answered"] == fast["sent"], "closed_by_server": closed_by_server}
 
 
 def _open_silent_conns(ctx: Ctx, n: int) -> list[dict]:
