@@ -12,8 +12,8 @@ pub enum Error {
     #[error("{field}: {reason}")]
     InvalidArgument { field: String, reason: String },
     /// A model's queue was full: the caller should back off and retry.
-    #[error("model {model} is overloaded: its queue of {capacity} requests is full; retry with backoff")]
-    QueueFull { model: String, capacity: usize },
+    #[error("model {model} is overloaded: its queue is full ({limit}); retry with backoff")]
+    QueueFull { model: String, limit: String },
     /// The verdict queue was full: the caller should back off and retry the call.
     #[error("the feedback queue is full ({limit}); retry with backoff")]
     FeedbackQueueFull { limit: String },

@@ -12,6 +12,9 @@ use modserve::inference::runtime;
 use modserve::offline::report;
 use modserve::shutdown;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {

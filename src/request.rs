@@ -68,6 +68,11 @@ pub struct ReviewInput {
     pub text_cut: bool,
 }
 
+/// Bytes of text that `reviews` keep alive: what queues of work holding them are bounded by.
+pub fn text_bytes(reviews: &[ReviewInput]) -> usize {
+    reviews.iter().map(|r| r.model_text.len() + r.id.len()).sum()
+}
+
 impl ReviewInput {
     /// The value of a structured signal for a model's `features` input: the `signals` map
     /// first, then the typed `rating` field for a feature named "rating".

@@ -32,7 +32,7 @@ use crate::inference::tokenize::TokenRows;
 use crate::inference::worker::{JobResult, ModelHandle};
 use crate::metrics::{Role, ShadowMetrics, ShadowOutcome, VerdictMetrics};
 use crate::policy::{Decision, Policy};
-use crate::request::ReviewInput;
+use crate::request::{ReviewInput, text_bytes};
 use crate::shadow::breaker::Breaker;
 use compare::Direction;
 use disagreement::DisagreementLog;
@@ -379,6 +379,7 @@ impl ShadowPair {
     ) {
         let n_labels = self.live.spec().labels.len();
         let (pair, reviews, count) = (self.clone(), reviews.clone(), picked.len());
+        let bytes = text_bytes(&reviews);
         let (live_scores, live_decisions) = (live_scores.to_vec(), live_decisions.to_vec());
         let work = Box::new(move || {
             for &i in &picked {
@@ -391,7 +392,7 @@ impl ShadowPair {
                 c.increment(count as u64);
             }
         });
-        if !offload::submit(work) {
+        if !offload::submit(work, bytes) {
             self.shed(ShadowOutcome::QueueFull, count);
         }
     }

@@ -10,7 +10,10 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokenizers::{ModelWrapper, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+use tokenizers::{
+    Encoding, ModelWrapper, PostProcessor, PostProcessorWrapper, Tokenizer, TruncationDirection, TruncationParams,
+    TruncationStrategy,
+};
 
 /// A tokenizer configured for one model.
 #[derive(Clone)]
@@ -21,11 +24,19 @@ pub struct Encoder {
     /// instructions spent tokenizing them (`benches/callgrind.sh`). `None` when the tokenizer has
     /// no such step.
     ascii: Option<Arc<Tokenizer>>,
+    /// `tokenizer` and `ascii` for reading a long review's prefix: raw tokens (no special ones),
+    /// truncated `PREFIX_MARGIN_TOKENS` past the model's length; see `PREFIX_CHARS_PER_TOKEN`.
+    probe: Arc<Tokenizer>,
+    ascii_probe: Option<Arc<Tokenizer>>,
+    /// Special tokens the tokenizer adds to a text (`[CLS]`, `[SEP]`), within the model's length.
+    added: usize,
     /// The id of the tokenizer's unknown token, if it has one (input-quality metrics count it).
     pub unknown_id: Option<i64>,
     pub max_sequence_length: usize,
     /// Characters of a review that are read; see `CHARS_PER_TOKEN`.
     pub max_chars: usize,
+    /// Characters tokenized first; see `PREFIX_CHARS_PER_TOKEN`.
+    prefix_chars: usize,
 }
 
 /// Characters of a review read per token of the model's length limit. The tokens a model keeps
@@ -33,6 +44,20 @@ pub struct Encoder {
 /// text it is also the work that costs, since normaliser patterns run over the whole text before
 /// truncation. 32 characters per token is several times the longest run of ordinary words.
 pub const CHARS_PER_TOKEN: usize = 32;
+
+/// Characters of a long review tokenized first, per token of the model's length limit: several
+/// tokens' worth of ordinary text (about 5 characters a word), a quarter of `CHARS_PER_TOKEN`.
+/// When that prefix alone yields `PREFIX_MARGIN_TOKENS` more tokens than the model keeps, its
+/// first tokens are the review's own and the rest of the review is not read; otherwise the whole
+/// readable part is tokenized. A review of 32 KiB then costs about what one of 2 KiB does.
+const PREFIX_CHARS_PER_TOKEN: usize = 8;
+/// Tokens past the model's length that the prefix must yield. The prefix ends at whitespace, so a
+/// pattern that cannot span whitespace (the URL, e-mail, domain and number patterns of the
+/// bundled normaliser) is never cut; one that can (the phone pattern) changes only the tokens from
+/// where its match starts, and a greedy match that starts among the kept tokens runs to the cut
+/// and becomes one replacement, leaving fewer tokens after them than this, so then the whole
+/// text is read.
+const PREFIX_MARGIN_TOKENS: usize = 64;
 
 /// A tokenizer is refused when crafted text of `max_chars` costs more than this many times
 /// ordinary text of the same length. Measured on 4,096-character probes (Python binding, same
@@ -175,14 +200,32 @@ impl Encoder {
         // We pad ourselves (to the batch's longest row): a tokenizer file with fixed padding
         // would otherwise make every review cost the full length.
         tokenizer.with_padding(None);
-        let ascii = ascii_variant(&tokenizer)?.map(Arc::new);
+        let ascii = ascii_variant(&tokenizer)?;
         let unknown_id = unknown_id(&tokenizer);
+        let added = tokenizer.get_post_processor().map_or(0, |p| p.added_tokens(false));
+        let probe = |t: &Tokenizer| -> Result<Arc<Tokenizer>, String> {
+            let mut probe = t.clone();
+            probe
+                .with_truncation(Some(TruncationParams {
+                    max_length: max_sequence_length + PREFIX_MARGIN_TOKENS,
+                    strategy: TruncationStrategy::LongestFirst,
+                    stride: 0,
+                    direction: TruncationDirection::Right,
+                }))
+                .map_err(|e| format!("cannot set truncation for the prefix probe: {e}"))?;
+            probe.with_post_processor(None::<PostProcessorWrapper>);
+            Ok(Arc::new(probe))
+        };
         Ok(Encoder {
+            probe: probe(&tokenizer)?,
+            ascii_probe: ascii.as_ref().map(probe).transpose()?,
+            added,
             tokenizer: Arc::new(tokenizer),
-            ascii,
+            ascii: ascii.map(Arc::new),
             unknown_id,
             max_sequence_length,
             max_chars: max_sequence_length.saturating_mul(CHARS_PER_TOKEN).max(1),
+            prefix_chars: max_sequence_length.saturating_mul(PREFIX_CHARS_PER_TOKEN).max(1),
         })
     }
 
@@ -192,6 +235,14 @@ impl Encoder {
             Some((cut, _)) => &text[..cut],
             None => text,
         }
+    }
+
+    /// The first words of a readable text longer than `prefix_chars`, cut at the last whitespace
+    /// before that; `None` for a shorter text or one without whitespace there.
+    fn prefix<'a>(&self, text: &'a str) -> Option<&'a str> {
+        let (cut, _) = text.char_indices().nth(self.prefix_chars)?;
+        let end = text[..cut].rfind(char::is_whitespace)?;
+        Some(&text[..end])
     }
 
     /// Measures the tokenizer on crafted texts of `max_chars` characters against ordinary text
@@ -240,15 +291,40 @@ impl Encoder {
     ) -> Result<(), String> {
         for text in texts {
             let text = self.readable(text);
-            let tokenizer = match &self.ascii {
-                Some(ascii) if text.is_ascii() => ascii,
-                _ => &self.tokenizer,
+            let encoding = match self.encode_prefix(text)? {
+                Some(encoding) => encoding,
+                None => self.tokenizer_for(text).encode_fast(text, true).map_err(failed)?,
             };
-            let encoding = tokenizer.encode_fast(text, true).map_err(|e| format!("tokenizer failed: {e}"))?;
             // Unpadded, every token is attended to: the mask is all ones, so ids suffice.
             rows.push(encoding.get_ids().iter().map(|&id| i64::from(id)));
         }
         Ok(())
+    }
+
+    /// The tokenizer for `text`: the one without Unicode normalisation for ASCII text.
+    fn tokenizer_for(&self, text: &str) -> &Tokenizer {
+        match &self.ascii {
+            Some(ascii) if text.is_ascii() => ascii,
+            _ => &self.tokenizer,
+        }
+    }
+
+    /// `text`'s encoding read from its prefix, when the prefix yields `PREFIX_MARGIN_TOKENS` more
+    /// tokens than the model keeps; `None` when the whole text has to be read.
+    fn encode_prefix(&self, text: &str) -> Result<Option<Encoding>, String> {
+        let Some(prefix) = self.prefix(text) else {
+            return Ok(None);
+        };
+        let probe = match &self.ascii_probe {
+            Some(ascii) if text.is_ascii() => ascii,
+            _ => &self.probe,
+        };
+        let mut raw = probe.encode_fast(prefix, false).map_err(failed)?;
+        if raw.len() < self.max_sequence_length + PREFIX_MARGIN_TOKENS {
+            return Ok(None);
+        }
+        raw.truncate(self.max_sequence_length.saturating_sub(self.added), 0, TruncationDirection::Right);
+        self.tokenizer_for(text).post_process(raw, None, true).map(Some).map_err(failed)
     }
 
     /// Encodes `texts` into `out`, replacing its contents.
@@ -262,6 +338,10 @@ impl Encoder {
         out.pad_from(&rows);
         Ok(())
     }
+}
+
+fn failed(e: tokenizers::Error) -> String {
+    format!("tokenizer failed: {e}")
 }
 
 /// Unicode normalisation forms: each maps an ASCII string to itself, offsets included.
@@ -364,6 +444,68 @@ mod tests {
         })
     }
 
+    /// The MiniLM candidate's tokenizer: BERT normaliser and pre-tokenizer, WordPiece, 128 tokens.
+    fn minilm() -> &'static Encoder {
+        static ENCODER: std::sync::OnceLock<Encoder> = std::sync::OnceLock::new();
+        ENCODER.get_or_init(|| {
+            let path = concat!(env!("CARGO_MANIFEST_DIR"), "/models/abuse-minilm/tokenizer.json");
+            Encoder::new(Tokenizer::from_file(path).unwrap(), 128).unwrap()
+        })
+    }
+
+    /// Ids of the whole readable part of `text`, as the tokenizer file says, without the prefix.
+    fn whole_ids(enc: &Encoder, text: &str) -> Vec<u32> {
+        reference_ids(enc, enc.readable(text))
+    }
+
+    fn eval_texts() -> Vec<String> {
+        let file = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/models/eval/reviews.jsonl")).unwrap();
+        file.lines()
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()["text"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_long_review_read_from_its_prefix_gives_the_ids_of_the_whole_text() {
+        let texts = eval_texts();
+        let mut from_prefix = 0;
+        for enc in [bundled(), minilm()] {
+            // Long reviews made of the eval reviews, starting at each one in turn, so the prefix
+            // is cut at many different places; then ones with a phone number, a URL and an
+            // e-mail address across each possible cut.
+            let mut long: Vec<String> = (0..texts.len())
+                .map(|start| texts.iter().cycle().skip(start).take(60).cloned().collect::<Vec<_>>().join(" "))
+                .collect();
+            let words = "great product fast delivery ".repeat(enc.prefix_chars / 28);
+            for shift in 0..40 {
+                let head = &words[..words.len() - shift];
+                for tail in [
+                    "+1 (555) 123-4567 89 call now",
+                    "https://example.com/a/b?c=d ok",
+                    "me@example.com ok",
+                    "9 9 9 9 9 9 9 9 9 9",
+                ] {
+                    long.push(format!("{head}{tail} {words}"));
+                }
+            }
+            for text in &long {
+                from_prefix += usize::from(enc.encode_prefix(enc.readable(text)).unwrap().is_some());
+                assert_eq!(fast_ids(enc, text), whole_ids(enc, text), "{text}");
+            }
+        }
+        assert!(from_prefix > 100, "the prefix was used for only {from_prefix} texts");
+    }
+
+    #[test]
+    fn a_text_whose_prefix_yields_too_few_tokens_is_read_whole() {
+        let enc = bundled();
+        // One word as long as the prefix, then ordinary words: the prefix is a few tokens.
+        let text = format!("{} {}", "a".repeat(enc.prefix_chars), "you idiot ".repeat(400));
+        assert!(enc.encode_prefix(enc.readable(&text)).unwrap().is_none());
+        assert_eq!(fast_ids(enc, &text), whole_ids(enc, &text));
+        assert_eq!(fast_ids(enc, &text).len(), 256, "the words after the long one are read");
+    }
+
     /// Ids from the tokenizer file as written, bypassing the ASCII variant.
     fn reference_ids(enc: &Encoder, text: &str) -> Vec<u32> {
         enc.tokenizer.encode_fast(text, true).unwrap().get_ids().to_vec()
@@ -418,6 +560,15 @@ mod tests {
         fn ascii_fast_path_gives_the_same_ids(text in "[ -~\t\n\r]{0,300}") {
             let enc = bundled();
             proptest::prop_assert_eq!(fast_ids(enc, &text), reference_ids(enc, &text));
+        }
+
+        #[test]
+        fn long_url_phone_and_email_like_text_gives_the_ids_of_the_whole_text(
+            text in "([A-Za-z]{1,8}|[0-9]{1,12}|www\\.|https?://|@|\\.(com|co\\.uk|biz)|[ ().+-]|\\t| ){300,900}"
+        ) {
+            for enc in [bundled(), minilm()] {
+                proptest::prop_assert_eq!(fast_ids(enc, &text), whole_ids(enc, &text));
+            }
         }
 
         #[test]

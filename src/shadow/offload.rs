@@ -6,6 +6,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crossbeam_channel::Sender;
 
@@ -14,11 +15,37 @@ pub type Work = Box<dyn FnOnce() + Send>;
 
 /// Pieces of work that may wait; beyond this, `submit` refuses.
 const CAPACITY: usize = 4096;
+/// Bytes of review text that waiting and running work may keep alive; beyond this, `submit`
+/// refuses. Each piece holds its request's reviews, and this thread runs only when live work
+/// leaves a core idle: under 2 MiB requests that kept the CPUs busy, a queue bounded by count
+/// alone held ~230 MiB.
+const MAX_BYTES: usize = 8 * 1024 * 1024;
 
-/// Queues `work` for the background thread; false when the queue is full or the thread could
-/// not be started (the work is dropped unrun).
-pub fn submit(work: Work) -> bool {
+static HELD: AtomicUsize = AtomicUsize::new(0);
+
+/// `bytes` held against `MAX_BYTES` until dropped: after the work has run, or unrun.
+struct Charge(usize);
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        HELD.fetch_sub(self.0, Ordering::Relaxed);
+    }
+}
+
+/// Queues `work`, which keeps `bytes` of review text alive, for the background thread; false
+/// when the queue is full, by count or bytes, or the thread could not be started (the work is
+/// dropped unrun).
+pub fn submit(work: Work, bytes: usize) -> bool {
     static QUEUE: OnceLock<Option<Sender<Work>>> = OnceLock::new();
+    let charge = Charge(bytes);
+    let held = HELD.fetch_add(bytes, Ordering::Relaxed);
+    if held > 0 && held + bytes > MAX_BYTES {
+        return false;
+    }
+    let work: Work = Box::new(move || {
+        let _charge = charge;
+        work();
+    });
     QUEUE.get_or_init(start).as_ref().is_some_and(|queue| queue.try_send(work).is_ok())
 }
 
@@ -39,5 +66,35 @@ fn start() -> Option<Sender<Work>> {
             tracing::error!(error = %e, "cannot start the shadow comparison thread; policy-only shadows are shed");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use super::*;
+
+    #[test]
+    fn work_is_refused_beyond_the_byte_budget_until_what_holds_it_has_run() {
+        let (ran_tx, ran) = mpsc::channel();
+        let (release, wait) = mpsc::channel::<()>();
+        let half = MAX_BYTES / 2 + 1;
+        let holder = ran_tx.clone();
+        assert!(submit(
+            Box::new(move || {
+                let _ = wait.recv();
+                let _ = holder.send("first");
+            }),
+            half
+        ));
+        assert!(!submit(Box::new(|| {}), half), "two halves and a byte are more than the budget");
+        release.send(()).unwrap();
+        // The thread runs one piece at a time: once this one runs, the first has given its bytes back.
+        let marker = ran_tx.clone();
+        assert!(submit(Box::new(move || drop(marker.send("marker"))), 0));
+        assert_eq!((ran.recv().unwrap(), ran.recv().unwrap()), ("first", "marker"));
+        assert!(submit(Box::new(move || drop(ran_tx.send("again"))), half));
+        assert_eq!(ran.recv().unwrap(), "again");
     }
 }
