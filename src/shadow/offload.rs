@@ -92,9 +92,19 @@ mod tests {
         release.send(()).unwrap();
         // The thread runs one piece at a time: once this one runs, the first has given its bytes back.
         let marker = ran_tx.clone();
-        assert!(submit(Box::new(move || drop(marker.send("marker"))), 0));
+        assert!(submit(
+            Box::new(move || {
+                let _ = marker.send("marker");
+            }),
+            0
+        ));
         assert_eq!((ran.recv().unwrap(), ran.recv().unwrap()), ("first", "marker"));
-        assert!(submit(Box::new(move || drop(ran_tx.send("again"))), half));
+        assert!(submit(
+            Box::new(move || {
+                let _ = ran_tx.send("again");
+            }),
+            half
+        ));
         assert_eq!(ran.recv().unwrap(), "again");
     }
 }
