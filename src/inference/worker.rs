@@ -243,7 +243,12 @@ impl ModelHandle {
             }
         }
         match self.lanes[lane].try_send(job) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                // Set here as well as when a worker takes jobs, so the gauge rises while every
+                // worker is busy with a long batch.
+                self.metrics.queue_depth.set(self.queue_len() as f64);
+                Ok(())
+            }
             Err(TrySendError::Full(_)) => {
                 self.metrics.dropped(DropReason::QueueFull).increment(1);
                 Err(Error::QueueFull { model: self.spec.name.clone(), limit: format!("{} requests", self.capacity) })
@@ -445,11 +450,12 @@ impl Worker {
                 return; // every handle dropped and the queue drained
             };
             let (mut jobs, deferred) = self.fill(first, lane, true);
+            let taken = Instant::now();
             carried = deferred.map(|job| (job, lane));
             if lane == LARGE && self.accounting.is_none() {
                 self.tokenize_ahead(&mut jobs);
             }
-            self.run_batch(jobs);
+            self.run_batch(jobs, taken);
             self.tokenized_ahead = Duration::ZERO;
         }
     }
@@ -490,18 +496,19 @@ impl Worker {
         (jobs, deferred)
     }
 
-    /// Runs `jobs` as one batch; a shadow worker's batch waits for and is charged to the shadow
-    /// CPU budget.
-    fn run_batch(&mut self, jobs: Vec<Job>) {
+    /// Runs `jobs`, taken off the queue at `taken`, as one batch; a shadow worker's batch waits
+    /// for and is charged to the shadow CPU budget.
+    fn run_batch(&mut self, jobs: Vec<Job>, taken: Instant) {
         match self.accounting.clone() {
             None => {
-                self.process(jobs);
+                self.process(jobs, taken);
             }
             Some((budget, model)) => {
                 wait_for_budget(&budget, &jobs);
                 // The callbacks (comparison, logging) are shadow work too: measure all of it.
                 let before = cpu::thread_cpu_time();
-                let reviews = self.process(jobs);
+                // A shadow batch's wait for the budget counts as queueing, as it always has.
+                let reviews = self.process(jobs, Instant::now());
                 budget.record(&model, cpu::thread_cpu_time().saturating_sub(before), reviews);
             }
         }
@@ -556,9 +563,9 @@ impl Worker {
             return;
         };
         let (jobs, deferred) = self.fill(first, SMALL, false);
-        self.run_batch(jobs);
+        self.run_batch(jobs, Instant::now());
         if let Some(job) = deferred {
-            self.run_batch(vec![job]);
+            self.run_batch(vec![job], Instant::now());
         }
     }
 
@@ -595,11 +602,12 @@ impl Worker {
 
     /// Drops expired and abandoned jobs, runs the rest as one batch and replies to each.
     /// Returns the reviews run.
-    fn process(&mut self, jobs: Vec<Job>) -> usize {
+    fn process(&mut self, jobs: Vec<Job>, taken: Instant) -> usize {
         let now = Instant::now();
         let mut live = Vec::with_capacity(jobs.len());
         for job in jobs {
-            self.metrics.queue_wait.record(now.duration_since(job.enqueued_at).as_secs_f64());
+            // Up to when the batch was taken off the queue: tokenizing ahead is not waiting.
+            self.metrics.queue_wait.record(taken.duration_since(job.enqueued_at).as_secs_f64());
             if job.deadline.is_some_and(|d| d <= now) {
                 self.metrics.dropped(DropReason::Deadline).increment(1);
                 let model = &self.spec.name;

@@ -320,7 +320,8 @@ async fn a_short_call_goes_before_queued_large_ones() {
     let started = [("model", "tiny-abuse"), ("stage", "queue_wait")];
     assert_eq!(server.wait_for(&base, "modserve_stage_duration_seconds_count", &started, 1.0).await, 1.0);
     let queued = [call("large-2", large.clone()).await, call("large-3", large.clone()).await];
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let depth = [("model", "tiny-abuse"), ("role", "live")];
+    assert_eq!(server.wait_for(&base, "modserve_queue_depth", &depth, 2.0).await, 2.0, "both queued");
     let short = call("short", "you idiot".to_string()).await;
     for task in [first, short].into_iter().chain(queued) {
         task.await.unwrap();
