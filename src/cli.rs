@@ -58,17 +58,22 @@ pub enum Command {
     /// reviews than --min-verdicts, or no threshold meets the target; the counts are printed),
     /// 1 it could not run.
     Tune {
-        /// JSON lines, as `eval --labels` reads; only the lines of --task are used.
+        /// JSON lines, as `eval --labels` reads: every line is checked as eval checks it (its task
+        /// must be configured); only the lines of --task are tuned on.
         #[arg(long)]
         labels: PathBuf,
         /// The task whose live model is tuned.
         #[arg(long)]
         task: String,
-        /// review-precision=P: the lowest REVIEW threshold whose precision (flagged reviews a
-        /// moderator decided REVIEW or REJECT) has a Wilson 95% lower bound >= P.
-        /// reject-precision=P: the same for REJECT (moderator decided REJECT).
+        /// What to solve for (0 < P < 1):
+        ///
+        /// review-precision=P: the lowest REVIEW threshold whose precision (share of the reviews
+        /// it flags that a moderator decided REVIEW or REJECT) has a Wilson 95% lower bound >= P.
+        ///
+        /// reject-precision=P: the same for REJECT (positives: moderator decided REJECT).
+        ///
         /// review-volume=live: the REVIEW threshold flagging as many reviews as live's does on
-        /// the file, with recall beside live's. 0 < P < 1.
+        /// the file (at most), with its recall beside live's.
         #[arg(long, value_parser = parse_target)]
         target: crate::offline::tune::Target,
         /// The policy's name (default: <live model>-tuned).
