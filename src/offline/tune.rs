@@ -98,11 +98,13 @@ impl Target {
             Target::ReviewPrecision(_) | Target::ReviewVolumeLive => Decision::Review,
         }
     }
+}
 
-    /// The least severe human decision that counts as a positive.
-    fn positive_from(self) -> Decision {
-        self.sets()
-    }
+/// Whether a review whose moderator decided `human`, naming `labels` (empty: none named), is a
+/// positive for `label` under `target`: human REVIEW or REJECT for the REVIEW threshold, REJECT
+/// for the REJECT one, and `label` among the named ones when any are.
+pub fn is_positive(target: Target, human: Decision, labels: &[String], label: &str) -> bool {
+    human >= target.sets() && (labels.is_empty() || labels.iter().any(|l| l == label))
 }
 
 /// `--name`: a policy name by the config's rule.
@@ -230,8 +232,7 @@ pub fn solve_task(entry: &TaskEntry, rows: &[&Labelled], scored: &Scored, args: 
                 .enumerate()
                 .map(|(i, row)| Point {
                     score: scored.scores.get(i * scored.labels + j).copied().unwrap_or(0.0),
-                    positive: row.human >= args.target.positive_from()
-                        && (row.labels.is_empty() || row.labels.iter().any(|l| l == label)),
+                    positive: is_positive(args.target, row.human, &row.labels, label),
                 })
                 .collect();
             let live = live_policy.thresholds.get(j).copied().flatten().unwrap_or_default();
@@ -335,6 +336,25 @@ mod tests {
         for bad in ["review-precision=1", "review-precision=0", "reject-precision=x", "review-precision=NaN"] {
             assert!(matches!(bad.parse::<Target>(), Err(TargetError::BadPrecision(_))), "{bad}");
         }
+    }
+
+    #[test]
+    fn positives_follow_the_target_and_the_named_labels() {
+        let review = Target::ReviewPrecision(0.9);
+        let reject = Target::RejectPrecision(0.9);
+        let none: &[String] = &[];
+        assert!(is_positive(review, Decision::Review, none, "insult"));
+        assert!(is_positive(review, Decision::Reject, none, "insult"));
+        assert!(!is_positive(review, Decision::Allow, none, "insult"));
+        assert!(!is_positive(reject, Decision::Review, none, "insult"));
+        assert!(is_positive(reject, Decision::Reject, none, "insult"));
+        assert!(is_positive(Target::ReviewVolumeLive, Decision::Review, none, "insult"));
+        // Rejected for a threat: a threat positive, not an insult one.
+        let threat = ["threat".to_string()];
+        assert!(is_positive(reject, Decision::Reject, &threat, "threat"));
+        assert!(!is_positive(reject, Decision::Reject, &threat, "insult"));
+        // Naming a label does not make an ALLOW a positive.
+        assert!(!is_positive(review, Decision::Allow, &threat, "threat"));
     }
 
     #[test]

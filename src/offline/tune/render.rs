@@ -261,3 +261,86 @@ pub fn json(tuning: &Tuning) -> String {
     // Plain data with string keys: serialising cannot fail.
     serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n"
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Proposal, Target};
+    use super::*;
+    use crate::offline::report::Estimate;
+
+    fn counts(threshold: f32, flagged: u64, hits: u64) -> Counts {
+        Counts {
+            threshold,
+            flagged,
+            hits,
+            positives: 10,
+            reviews: 40,
+            precision: Estimate::new(hits, flagged),
+            recall: Estimate::new(hits, 10),
+        }
+    }
+
+    fn tuning(name: &str, outcome: Result<Proposal, Refusal>) -> Tuning {
+        let live = Thresholds { review: Some(0.6), reject: Some(0.95) };
+        let mut t = Tuning {
+            task: "abuse".into(),
+            model: "abuse-v1".into(),
+            model_version: "1.0.0".into(),
+            live_policy: "default".into(),
+            target: Target::ReviewPrecision(0.8),
+            name: name.into(),
+            version: String::new(),
+            reviews: 40,
+            min_verdicts: 20,
+            labels_file: "l.jsonl".into(),
+            labels: vec![LabelTuning { label: "insult".into(), live, positives: 10, outcome }],
+            name_taken: false,
+        };
+        t.version = version(&t);
+        t
+    }
+
+    fn proposal() -> Proposal {
+        Proposal {
+            thresholds: Thresholds { review: Some(0.45), reject: Some(0.95) },
+            tuned: counts(0.45, 9, 9),
+            live: Some(counts(0.6, 6, 6)),
+        }
+    }
+
+    #[test]
+    fn the_snippet_is_a_policy_table_under_any_valid_name() {
+        // A `.` is allowed in a policy name and would split a bare TOML key.
+        let t = tuning("abuse.v1-tuned", Ok(proposal()));
+        let snippet = toml(&t);
+        let doc: toml::Table = toml::from_str(&snippet).unwrap_or_else(|e| panic!("{e}\n{snippet}"));
+        let policy = &doc["policies"]["abuse.v1-tuned"];
+        assert_eq!(policy["version"].as_str(), Some(t.version.as_str()));
+        assert_eq!(policy["thresholds"]["insult"]["review"].as_float(), Some(0.45));
+        assert_eq!(policy["thresholds"]["insult"]["reject"].as_float(), Some(0.95));
+        assert!(snippet.contains("precision 1.000 = 9/9 flagged"), "{snippet}");
+        assert!(snippet.contains(r#"policy = "abuse.v1-tuned""#), "{snippet}");
+    }
+
+    #[test]
+    fn the_version_follows_the_thresholds_only() {
+        let a = tuning("a", Ok(proposal()));
+        assert_eq!(a.version, tuning("b", Ok(proposal())).version);
+        assert!(a.version.starts_with("tune-") && a.version.len() == 17, "{}", a.version);
+        let mut other = proposal();
+        other.thresholds.review = Some(0.46);
+        assert_ne!(a.version, tuning("a", Ok(other)).version);
+    }
+
+    #[test]
+    fn without_a_proposal_there_is_no_table_but_the_reason() {
+        let t = tuning("x", Err(Refusal::TooFew { reviews: 40, min: 100 }));
+        let snippet = toml(&t);
+        assert!(!snippet.contains("[policies."), "{snippet}");
+        assert!(snippet.contains("# Not proposed: insult: 40 labelled reviews of task abuse, fewer than the 100"));
+        let json: serde_json::Value = serde_json::from_str(&json(&t)).unwrap();
+        assert_eq!(json["complete"], false);
+        assert_eq!(json["labels"][0]["proposed"], false);
+        assert!(json["labels"][0]["reason"].as_str().unwrap().starts_with("insult: 40 labelled reviews"));
+    }
+}
