@@ -44,6 +44,48 @@ pub enum Command {
         #[arg(long, default_value = ".")]
         out: PathBuf,
     },
+    /// Solve per-label thresholds of a task's live model from a labelled file (as `eval` reads)
+    /// for a target, and print them as a `[policies.NAME]` table to try as a policy-only shadow,
+    /// with the verdict counts and Wilson 95% interval behind each threshold.
+    ///
+    /// For label L, a review is flagged at threshold t when its score for L is at least t.
+    /// Positives are reviews a moderator decided REVIEW or REJECT (review-precision,
+    /// review-volume) or REJECT (reject-precision); a line that lists `labels` is a positive only
+    /// for the labels it lists. The target sets one threshold per label; the other keeps the live
+    /// policy's value, and review must stay <= reject.
+    ///
+    /// Exit status: 0 a threshold proposed for every label, 2 some label got none (fewer labelled
+    /// reviews than --min-verdicts, or no threshold meets the target; the counts are printed),
+    /// 1 it could not run.
+    Tune {
+        /// JSON lines, as `eval --labels` reads: every line is checked as eval checks it (its task
+        /// must be configured); only the lines of --task are tuned on.
+        #[arg(long)]
+        labels: PathBuf,
+        /// The task whose live model is tuned.
+        #[arg(long)]
+        task: String,
+        /// What to solve for (0 < P < 1):
+        ///
+        /// review-precision=P: the lowest REVIEW threshold whose precision (share of the reviews
+        /// it flags that a moderator decided REVIEW or REJECT) has a Wilson 95% lower bound >= P.
+        ///
+        /// reject-precision=P: the same for REJECT (positives: moderator decided REJECT).
+        ///
+        /// review-volume=live: the REVIEW threshold flagging as many reviews as live's does on
+        /// the file (at most), with its recall beside live's.
+        #[arg(long, value_parser = parse_target)]
+        target: crate::offline::tune::Target,
+        /// The policy's name (default: <live model>-tuned).
+        #[arg(long, value_parser = crate::offline::tune::parse_name)]
+        name: Option<String>,
+        /// Labelled reviews of the task needed to propose anything (default: [launch].min_verdicts).
+        #[arg(long)]
+        min_verdicts: Option<u64>,
+        /// Also write policy.toml (the snippet) and tune.json into this folder.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Build the launch-readiness report on one shadow candidate against the live model, from
     /// Prometheus, and decide GO or NO-GO against the launch criteria (`[launch]` in --config).
     ///
@@ -118,6 +160,11 @@ impl Flags {
             onnxruntime_lib: self.onnxruntime_lib.clone(),
         }
     }
+}
+
+/// `--target`, parsed by `Target`'s own rules (clap names the flag in the error).
+fn parse_target(s: &str) -> Result<crate::offline::tune::Target, crate::offline::tune::TargetError> {
+    s.parse()
 }
 
 /// `text` or `json`, listed in `--help` and in the error for anything else.

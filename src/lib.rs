@@ -23,7 +23,7 @@
 //! - `control`: the serving state (`registry`), building it (`loader`), reloading it, and the
 //!   HTTP port for metrics and health probes.
 //! - `feedback`: moderator verdicts scored against live and every shadow.
-//! - `offline`: `modserve report` and `modserve eval`, run beside the server.
+//! - `offline`: `modserve report`, `modserve eval` and `modserve tune`, run beside the server.
 //!
 //! Shared by all of them: `config` (the typed configuration and the settings types every layer
 //! reads; a leaf that imports no layer), `request` (a validated review),

@@ -1,5 +1,5 @@
-//! The `modserve` binary: parse the command line, set up logging, then serve, check a config or
-//! build a launch report.
+//! The `modserve` binary: parse the command line, set up logging, then serve, check a config,
+//! build a launch report, evaluate or tune offline.
 
 use std::process::ExitCode;
 
@@ -9,18 +9,27 @@ use modserve::cli::{Cli, Command};
 use modserve::config::{Config, LogFormat};
 use modserve::control::loader;
 use modserve::inference::runtime;
-use modserve::offline::report;
+use modserve::offline::{report, tune};
 use modserve::shutdown;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // A usage error exits 1, not clap's 2: scripts read 2 as NO-GO (`eval`, `report`) or
+        // "not enough evidence" (`tune`), never as a typo in the command line.
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::FAILURE } else { ExitCode::SUCCESS };
+        }
+    };
     match cli.command {
         Some(Command::CheckConfig { ref file }) => check_config(file, &cli),
         Some(Command::Report { .. }) => launch_report(&cli),
         Some(Command::Eval { ref labels, ref out }) => eval(labels, out, &cli),
+        Some(Command::Tune { .. }) => tune(&cli),
         None | Some(Command::Serve) => serve(&cli),
     }
 }
@@ -131,27 +140,7 @@ fn eval(labels: &std::path::Path, out: &std::path::Path, cli: &Cli) -> ExitCode 
     init_logging(cli.flags.log_format.unwrap_or(LogFormat::Text));
     let failed = || ExitCode::from(report::EXIT_ERROR);
     let path = &cli.flags.config;
-    let config = match Config::load(path, &cli.flags.overrides()) {
-        Ok(c) => std::sync::Arc::new(c),
-        Err(errors) => {
-            report_config_errors(path, &errors);
-            return failed();
-        }
-    };
-    let env = match runtime::environment(&config.server.onnxruntime_lib) {
-        Ok(env) => env,
-        Err(e) => {
-            report_config_errors(path, &[e.to_string()]);
-            return failed();
-        }
-    };
-    let loaded = match loader::load(&config, &env, false, None, None) {
-        Ok(l) => l,
-        Err(errors) => {
-            report_config_errors(path, &errors);
-            return failed();
-        }
-    };
+    let Some((config, loaded)) = load_models(cli) else { return failed() };
     let state = loaded.state;
     let result = (|| {
         let labelled = modserve::offline::eval::read_labels(labels, &state).map_err(|errors| errors.join("\n  "))?;
@@ -200,6 +189,82 @@ fn eval(labels: &std::path::Path, out: &std::path::Path, cli: &Cli) -> ExitCode 
         Ok(false) => ExitCode::from(report::EXIT_NO_GO),
         Err(e) => {
             eprintln!("modserve eval: {e}");
+            failed()
+        }
+    }
+}
+
+/// The config and every model its tasks use, for the offline subcommands; `None` once the
+/// errors are printed.
+fn load_models(cli: &Cli) -> Option<(std::sync::Arc<Config>, loader::Loaded)> {
+    let path = &cli.flags.config;
+    let config = match Config::load(path, &cli.flags.overrides()) {
+        Ok(c) => std::sync::Arc::new(c),
+        Err(errors) => {
+            report_config_errors(path, &errors);
+            return None;
+        }
+    };
+    let env = match runtime::environment(&config.server.onnxruntime_lib) {
+        Ok(env) => env,
+        Err(e) => {
+            report_config_errors(path, &[e.to_string()]);
+            return None;
+        }
+    };
+    match loader::load(&config, &env, false, None, None) {
+        Ok(loaded) => Some((config, loaded)),
+        Err(errors) => {
+            report_config_errors(path, &errors);
+            None
+        }
+    }
+}
+
+/// `modserve tune`: thresholds for a task's live model from a labelled file. Exit 0 when every
+/// label got a proposal, 2 when some did not, 1 when it could not run.
+fn tune(cli: &Cli) -> ExitCode {
+    let Some(Command::Tune { labels, task, target, name, min_verdicts, out }) = &cli.command else {
+        unreachable!("called for the tune subcommand only");
+    };
+    init_logging(cli.flags.log_format.unwrap_or(LogFormat::Text));
+    let failed = || ExitCode::from(tune::EXIT_ERROR);
+    let Some((config, loaded)) = load_models(cli) else { return failed() };
+    let state = loaded.state;
+    let args = tune::TuneArgs {
+        task: task.clone(),
+        target: *target,
+        name: name.clone(),
+        min_verdicts: min_verdicts.unwrap_or(config.launch.min_verdicts),
+        labels_file: labels.clone(),
+    };
+    let result = (|| -> Result<bool, String> {
+        let labelled = modserve::offline::eval::read_labels(labels, &state).map_err(|errors| errors.join("\n  "))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+        let tuning = runtime
+            .block_on(tune::tune(&state, &labelled, &args, modserve::offline::eval::progress_bar()))
+            .map_err(|e| e.to_string())?;
+        if let Some(dir) = out {
+            tune::write(&tuning, dir).map_err(|e| e.to_string())?;
+        }
+        print!("{}", tune::toml(&tuning));
+        for l in &tuning.labels {
+            if let Some(message) = tune::refusal_message(&tuning, l) {
+                eprintln!("modserve tune: {message}");
+            }
+        }
+        Ok(tuning.complete())
+    })();
+    drop(state);
+    loader::join_all(loaded.threads);
+    match result {
+        Ok(true) => ExitCode::from(tune::EXIT_PROPOSED),
+        Ok(false) => ExitCode::from(tune::EXIT_NOT_PROPOSED),
+        Err(e) => {
+            eprintln!("modserve tune: {e}");
             failed()
         }
     }

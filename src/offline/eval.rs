@@ -55,6 +55,10 @@ pub struct Labelled {
     pub review: ReviewInput,
     pub task: String,
     pub human: Decision,
+    /// The labels the moderator named (the line's optional `labels`), each one the task's;
+    /// empty when the line names none. `modserve tune` counts a review as a label's positive
+    /// only if this is empty or names the label.
+    pub labels: Vec<String>,
 }
 
 /// Reads and validates the labelled file against the serving state: every problem is reported,
@@ -106,6 +110,7 @@ fn parse_line(line: &str, state: &ServingState, limits: &Limits) -> Result<Label
     if let Some(label) = raw.labels.iter().find(|l| !entry.has_label(l)) {
         return Err(format!("labels: {label:?} is not a label of task {}'s models", entry.name));
     }
+    let labels = raw.labels;
     let review = RawReview {
         id: raw.id,
         text: raw.text,
@@ -116,13 +121,25 @@ fn parse_line(line: &str, state: &ServingState, limits: &Limits) -> Result<Label
     };
     // The same rules as a Classify request; field names lose the `reviews[i].` prefix.
     let review = request::validate_one(review, limits).map_err(|e| e.to_string())?;
-    Ok(Labelled { review, task: entry.name.clone(), human })
+    Ok(Labelled { review, task: entry.name.clone(), human, labels })
 }
 
-/// Scores of one model over a task's labelled reviews, row-major.
-struct Scored {
-    scores: Vec<f32>,
-    labels: usize,
+/// Scores of one model over a task's labelled reviews, row-major: review `i`'s score for label
+/// `j` (the model's output order) is `scores[i * labels + j]`.
+pub struct Scored {
+    pub scores: Vec<f32>,
+    pub labels: usize,
+}
+
+/// Scores `reviews` on `model` as `evaluate` does, a chunk at a time; `progress` is told the
+/// reviews done so far and `reviews.len()`. `modserve tune` scores the live model with it.
+pub async fn score(
+    model: &ModelHandle,
+    reviews: &[ReviewInput],
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Scored, Error> {
+    let mut done = 0;
+    run(model, reviews, &mut done, reviews.len(), &mut progress).await
 }
 
 /// Runs every model of every task over `labelled` and returns one report input per shadow, in

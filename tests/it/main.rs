@@ -18,4 +18,5 @@ mod reload;
 mod replicas;
 mod shadow;
 mod tls;
+mod tune;
 mod worker;

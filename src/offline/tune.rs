@@ -1,0 +1,403 @@
+//! `modserve tune`: thresholds for a task's live model solved from moderator verdicts (a
+//! labelled file, as `modserve eval` reads), written as a named, versioned `[policies.NAME]`
+//! table to try at once as a policy-only shadow.
+//!
+//! For label L, a review counts as flagged at threshold t when its score for L is at least t.
+//! Positives are the reviews a moderator decided REVIEW or REJECT (`review-*` targets) or REJECT
+//! (`reject-precision`); when a line lists `labels`, it is a positive for L only if L is among
+//! them. A label with fewer labelled reviews than `--min-verdicts`, or whose target no
+//! threshold meets, gets no proposal: the counts say why.
+//!
+//! # Layout
+//!
+//! - `solve`: the pure solver over one label's scores (precision by Wilson lower bound, volume).
+//! - `render`: the TOML snippet and `tune.json`.
+//!
+//! `tune` scores the live model with `eval`'s machinery and hands the scores to `solve_task`.
+
+mod render;
+mod solve;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+pub use render::{JSON_FILE, TOML_FILE, json, refusal_message, toml};
+pub use solve::{Counts, Point, PrecisionSolution, lowest_precise, matching_volume};
+
+use crate::control::registry::{ServingState, TaskEntry};
+use crate::offline::eval::{self, Labelled, Scored};
+use crate::policy::{Decision, Thresholds};
+
+/// Exit status of `modserve tune`: a threshold proposed for every label.
+pub const EXIT_PROPOSED: u8 = 0;
+/// Exit status of `modserve tune`: it could not run (flags, config, models, labelled file).
+pub const EXIT_ERROR: u8 = 1;
+/// Exit status of `modserve tune`: at least one label got no proposal (too few verdicts, or no
+/// threshold meets the target).
+pub const EXIT_NOT_PROPOSED: u8 = 2;
+
+/// What the thresholds are solved for (`--target`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Target {
+    /// `review-precision=P`: the lowest REVIEW threshold whose precision against human REVIEW
+    /// or REJECT has a Wilson 95% lower bound of at least P.
+    ReviewPrecision(f64),
+    /// `reject-precision=P`: the same for REJECT against human REJECT.
+    RejectPrecision(f64),
+    /// `review-volume=live`: the REVIEW threshold flagging as many reviews as live's does.
+    ReviewVolumeLive,
+}
+
+/// A `--target` that does not parse.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TargetError {
+    #[error("expected review-precision=P, reject-precision=P (0 < P < 1) or review-volume=live, got {0:?}")]
+    Unknown(String),
+    #[error("{0:?}: P must be a number strictly between 0 and 1 (a 95% lower bound never reaches 1)")]
+    BadPrecision(String),
+}
+
+impl FromStr for Target {
+    type Err = TargetError;
+
+    fn from_str(s: &str) -> Result<Target, TargetError> {
+        let (kind, value) = s.split_once('=').ok_or_else(|| TargetError::Unknown(s.to_string()))?;
+        let precision = || {
+            value
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|p| *p > 0.0 && *p < 1.0)
+                .ok_or_else(|| TargetError::BadPrecision(s.to_string()))
+        };
+        match kind.trim() {
+            "review-precision" => Ok(Target::ReviewPrecision(precision()?)),
+            "reject-precision" => Ok(Target::RejectPrecision(precision()?)),
+            "review-volume" if value.trim() == "live" => Ok(Target::ReviewVolumeLive),
+            _ => Err(TargetError::Unknown(s.to_string())),
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::ReviewPrecision(p) => write!(f, "review-precision={p}"),
+            Target::RejectPrecision(p) => write!(f, "reject-precision={p}"),
+            Target::ReviewVolumeLive => f.write_str("review-volume=live"),
+        }
+    }
+}
+
+impl Target {
+    /// The threshold the target sets; the other one keeps live's value.
+    pub fn sets(self) -> Decision {
+        match self {
+            Target::RejectPrecision(_) => Decision::Reject,
+            Target::ReviewPrecision(_) | Target::ReviewVolumeLive => Decision::Review,
+        }
+    }
+}
+
+/// Whether a review whose moderator decided `human`, naming `labels` (empty: none named), is a
+/// positive for `label` under `target`: human REVIEW or REJECT for the REVIEW threshold, REJECT
+/// for the REJECT one, and `label` among the named ones when any are.
+pub fn is_positive(target: Target, human: Decision, labels: &[String], label: &str) -> bool {
+    human >= target.sets() && (labels.is_empty() || labels.iter().any(|l| l == label))
+}
+
+/// `--name`: a policy name by the config's rule.
+pub fn parse_name(s: &str) -> Result<String, String> {
+    if crate::config::is_valid_name(s) {
+        Ok(s.to_string())
+    } else {
+        Err(format!("{s:?}: policy names use 1-64 of [a-z0-9._-]"))
+    }
+}
+
+/// What `modserve tune` was asked.
+#[derive(Debug, Clone)]
+pub struct TuneArgs {
+    pub task: String,
+    pub target: Target,
+    /// The policy's name; `None` is `<live model>-tuned`.
+    pub name: Option<String>,
+    pub min_verdicts: u64,
+    /// Named in the output only.
+    pub labels_file: PathBuf,
+}
+
+/// Why `tune` could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum TuneError {
+    #[error("--task: no task named {task:?}; configured tasks are {known:?}")]
+    UnknownTask { task: String, known: Vec<String> },
+    #[error("scoring the labelled reviews: {0}")]
+    Scoring(#[from] crate::error::Error),
+    #[error("{path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+}
+
+/// Why one label got no proposal.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refusal {
+    /// Fewer labelled reviews than `--min-verdicts`.
+    TooFew { reviews: u64, min: u64 },
+    /// No threshold meets the precision target; the best candidate, if any.
+    Unmet { best: Option<Box<Counts>> },
+    /// The live policy flags none of the reviews for this label (`review-volume=live`).
+    NoLiveVolume,
+    /// The solution would put review above reject.
+    Inverted { review: f32, reject: f32 },
+}
+
+/// One label's answer: its live thresholds, and the proposal or why there is none.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelTuning {
+    pub label: String,
+    pub live: Thresholds,
+    /// The positives among the labelled reviews, for the messages.
+    pub positives: u64,
+    pub outcome: Result<Proposal, Refusal>,
+}
+
+/// A proposed threshold and the evidence behind it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Proposal {
+    /// Both thresholds of the label: the one the target sets, and live's other one.
+    pub thresholds: Thresholds,
+    /// The counts at the proposed threshold.
+    pub tuned: Counts,
+    /// The counts at live's threshold of the same level, if live has one.
+    pub live: Option<Counts>,
+}
+
+/// The result of a run: every label of the live model, in its output order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tuning {
+    pub task: String,
+    pub model: String,
+    pub model_version: String,
+    pub live_policy: String,
+    pub target: Target,
+    pub name: String,
+    /// A content hash of the proposed thresholds (see `render::version`).
+    pub version: String,
+    pub reviews: u64,
+    pub min_verdicts: u64,
+    pub labels_file: PathBuf,
+    pub labels: Vec<LabelTuning>,
+    /// The config already has a policy of this name (pasting the snippet would clash).
+    pub name_taken: bool,
+}
+
+impl Tuning {
+    /// True when every label got a proposal.
+    pub fn complete(&self) -> bool {
+        self.labels.iter().all(|l| l.outcome.is_ok())
+    }
+}
+
+/// Scores `args.task`'s labelled reviews on its live model and solves every label.
+pub async fn tune(
+    state: &ServingState,
+    labelled: &[Labelled],
+    args: &TuneArgs,
+    progress: impl FnMut(usize, usize),
+) -> Result<Tuning, TuneError> {
+    let entry = state.tasks.iter().find(|t| t.name == args.task).ok_or_else(|| TuneError::UnknownTask {
+        task: args.task.clone(),
+        known: state.task_names().into_iter().map(String::from).collect(),
+    })?;
+    let rows: Vec<&Labelled> = labelled.iter().filter(|l| l.task == entry.name).collect();
+    let reviews: Vec<_> = rows.iter().map(|l| l.review.clone()).collect();
+    let scored = eval::score(&entry.live, &reviews, progress).await?;
+    let mut tuning = solve_task(entry, &rows, &scored, args);
+    tuning.name_taken = state.config.policies.contains_key(&tuning.name);
+    Ok(tuning)
+}
+
+/// Solves every label of `entry`'s live model from its scores on `rows`.
+pub fn solve_task(entry: &TaskEntry, rows: &[&Labelled], scored: &Scored, args: &TuneArgs) -> Tuning {
+    let spec = entry.live.spec();
+    let live_policy = &entry.policy;
+    let labels = spec
+        .labels
+        .iter()
+        .enumerate()
+        .map(|(j, label)| {
+            let points: Vec<Point> = rows
+                .iter()
+                .enumerate()
+                .map(|(i, row)| Point {
+                    score: scored.scores.get(i * scored.labels + j).copied().unwrap_or(0.0),
+                    positive: is_positive(args.target, row.human, &row.labels, label),
+                })
+                .collect();
+            let live = live_policy.thresholds.get(j).copied().flatten().unwrap_or_default();
+            solve_label(label, live, &points, args)
+        })
+        .collect();
+    let mut tuning = Tuning {
+        task: entry.name.clone(),
+        model: spec.name.clone(),
+        model_version: spec.version.clone(),
+        live_policy: live_policy.name.clone(),
+        target: args.target,
+        name: args.name.clone().unwrap_or_else(|| format!("{}-tuned", spec.name)),
+        version: String::new(),
+        reviews: rows.len() as u64,
+        min_verdicts: args.min_verdicts,
+        labels_file: args.labels_file.clone(),
+        labels,
+        name_taken: false,
+    };
+    tuning.version = render::version(&tuning);
+    tuning
+}
+
+/// One label: the threshold its target sets, live's other one, or why there is none.
+pub fn solve_label(label: &str, live: Thresholds, points: &[Point], args: &TuneArgs) -> LabelTuning {
+    let positives = points.iter().filter(|p| p.positive).count() as u64;
+    let reviews = points.len() as u64;
+    let sets = args.target.sets();
+    let live_threshold = if sets == Decision::Reject { live.reject } else { live.review };
+    let live_counts = live_threshold.map(|t| solve::at(points, t));
+    let outcome = if reviews < args.min_verdicts {
+        Err(Refusal::TooFew { reviews, min: args.min_verdicts })
+    } else {
+        match args.target {
+            Target::ReviewPrecision(p) | Target::RejectPrecision(p) => match lowest_precise(points, p) {
+                PrecisionSolution::Met(c) => Ok(c),
+                PrecisionSolution::Unmet(best) => Err(Refusal::Unmet { best: best.map(Box::new) }),
+            },
+            // On the live model's own scores this is live's threshold, which flags that volume
+            // by definition; `matching_volume` matters for ties and for other scores.
+            Target::ReviewVolumeLive => live_counts
+                .filter(|c| c.flagged > 0)
+                .and_then(|live| {
+                    let tuned = matching_volume(points, live.flagged)?;
+                    Some(if tuned.flagged == live.flagged { live } else { tuned })
+                })
+                .ok_or(Refusal::NoLiveVolume),
+        }
+        .and_then(|tuned| {
+            let thresholds = match sets {
+                Decision::Reject => Thresholds { review: live.review, reject: Some(tuned.threshold) },
+                _ => Thresholds { review: Some(tuned.threshold), reject: live.reject },
+            };
+            match (thresholds.review, thresholds.reject) {
+                (Some(review), Some(reject)) if review > reject => Err(Refusal::Inverted { review, reject }),
+                _ => Ok(Proposal { thresholds, tuned, live: live_counts }),
+            }
+        })
+    };
+    LabelTuning { label: label.to_string(), live, positives, outcome }
+}
+
+/// Writes `policy.toml` and `tune.json` into `dir` (created if missing).
+pub fn write(tuning: &Tuning, dir: &Path) -> Result<(), TuneError> {
+    let wrap = |path: PathBuf| move |source| TuneError::Write { path, source };
+    std::fs::create_dir_all(dir).map_err(wrap(dir.to_path_buf()))?;
+    let toml = dir.join(TOML_FILE);
+    std::fs::write(&toml, render::toml(tuning)).map_err(wrap(toml.clone()))?;
+    let json = dir.join(JSON_FILE);
+    std::fs::write(&json, render::json(tuning)).map_err(wrap(json.clone()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(target: Target, min_verdicts: u64) -> TuneArgs {
+        TuneArgs { task: "abuse".into(), target, name: None, min_verdicts, labels_file: "l.jsonl".into() }
+    }
+
+    fn points(rows: &[(f32, bool)]) -> Vec<Point> {
+        rows.iter().map(|&(score, positive)| Point { score, positive }).collect()
+    }
+
+    #[test]
+    fn targets_parse_and_print_back() {
+        for s in ["review-precision=0.9", "reject-precision=0.95", "review-volume=live"] {
+            assert_eq!(s.parse::<Target>().unwrap().to_string(), s);
+        }
+        assert_eq!("review-precision=0.9".parse::<Target>().unwrap().sets(), Decision::Review);
+        assert_eq!("reject-precision=0.9".parse::<Target>().unwrap().sets(), Decision::Reject);
+    }
+
+    #[test]
+    fn malformed_targets_say_what_is_expected() {
+        for bad in ["", "precision=0.9", "review-precision", "review-volume=2x", "review-recall=0.9"] {
+            assert!(matches!(bad.parse::<Target>(), Err(TargetError::Unknown(_))), "{bad}");
+        }
+        for bad in ["review-precision=1", "review-precision=0", "reject-precision=x", "review-precision=NaN"] {
+            assert!(matches!(bad.parse::<Target>(), Err(TargetError::BadPrecision(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn positives_follow_the_target_and_the_named_labels() {
+        let review = Target::ReviewPrecision(0.9);
+        let reject = Target::RejectPrecision(0.9);
+        let none: &[String] = &[];
+        assert!(is_positive(review, Decision::Review, none, "insult"));
+        assert!(is_positive(review, Decision::Reject, none, "insult"));
+        assert!(!is_positive(review, Decision::Allow, none, "insult"));
+        assert!(!is_positive(reject, Decision::Review, none, "insult"));
+        assert!(is_positive(reject, Decision::Reject, none, "insult"));
+        assert!(is_positive(Target::ReviewVolumeLive, Decision::Review, none, "insult"));
+        // Rejected for a threat: a threat positive, not an insult one.
+        let threat = ["threat".to_string()];
+        assert!(is_positive(reject, Decision::Reject, &threat, "threat"));
+        assert!(!is_positive(reject, Decision::Reject, &threat, "insult"));
+        // Naming a label does not make an ALLOW a positive.
+        assert!(!is_positive(review, Decision::Allow, &threat, "threat"));
+    }
+
+    #[test]
+    fn names_follow_the_config_rule() {
+        assert!(parse_name("abuse-v1-tuned").is_ok());
+        assert!(parse_name("Abuse").is_err() && parse_name("").is_err() && parse_name("a b").is_err());
+    }
+
+    #[test]
+    fn too_few_reviews_get_no_proposal() {
+        let live = Thresholds { review: Some(0.5), reject: Some(0.9) };
+        let t = solve_label("insult", live, &points(&[(0.9, true); 5]), &args(Target::ReviewPrecision(0.1), 6));
+        assert_eq!(t.outcome, Err(Refusal::TooFew { reviews: 5, min: 6 }));
+    }
+
+    #[test]
+    fn a_review_target_keeps_live_reject_and_refuses_to_cross_it() {
+        // 5 of 5 positives at 0.8 and above (lower bound 5/8.8416 = 0.5655), then negatives.
+        let rows = [(0.95, true), (0.9, true), (0.85, true), (0.82, true), (0.8, true), (0.3, false), (0.2, false)];
+        let live = Thresholds { review: Some(0.5), reject: Some(0.9) };
+        let t = solve_label("insult", live, &points(&rows), &args(Target::ReviewPrecision(0.5), 0));
+        let p = t.outcome.unwrap();
+        assert_eq!(p.thresholds, Thresholds { review: Some(0.8), reject: Some(0.9) });
+        assert_eq!(p.live.map(|c| (c.flagged, c.hits)), Some((5, 5)));
+        // Live rejects at 0.7: the review threshold 0.8 would be above it.
+        let low_reject = Thresholds { review: Some(0.5), reject: Some(0.7) };
+        let t = solve_label("insult", low_reject, &points(&rows), &args(Target::ReviewPrecision(0.5), 0));
+        assert_eq!(t.outcome, Err(Refusal::Inverted { review: 0.8, reject: 0.7 }));
+    }
+
+    #[test]
+    fn volume_matches_live_and_needs_live_to_flag_something() {
+        let rows = points(&[(0.9, true), (0.7, false), (0.6, true), (0.2, false)]);
+        let live = Thresholds { review: Some(0.65), reject: None };
+        let t = solve_label("insult", live, &rows, &args(Target::ReviewVolumeLive, 0));
+        let p = t.outcome.unwrap();
+        // Live's 0.65 already flags 2: it is the answer (any value in (0.6, 0.7] would do).
+        assert_eq!((p.tuned.threshold, p.tuned.flagged), (0.65, 2));
+        assert_eq!(p.thresholds.reject, None);
+        let none = Thresholds { review: Some(0.95), reject: None };
+        assert_eq!(
+            solve_label("insult", none, &rows, &args(Target::ReviewVolumeLive, 0)).outcome,
+            Err(Refusal::NoLiveVolume)
+        );
+    }
+}

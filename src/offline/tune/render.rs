@@ -1,0 +1,346 @@
+//! The renderings of a `Tuning`: the TOML snippet to paste into the config (printed, and
+//! `policy.toml`), the refusal messages, and `tune.json`.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use super::{Counts, LabelTuning, Refusal, Tuning};
+use crate::policy::{Decision, Thresholds};
+
+/// The snippet, written by `--out`.
+pub const TOML_FILE: &str = "policy.toml";
+/// The machine-readable result, written by `--out`.
+pub const JSON_FILE: &str = "tune.json";
+
+/// The policy version: `tune-` and the first 12 hex digits of the sha256 of the thresholds.
+/// Deterministic, unlike a timestamp: the same thresholds always get the same version, so
+/// re-running on the same file proposes the same policy, and any change of a threshold shows
+/// as a new version in `modserve_*{policy_version}` and the reports.
+pub fn version(tuning: &Tuning) -> String {
+    let mut canonical = String::new();
+    for l in &tuning.labels {
+        let t = proposed(l);
+        let _ = writeln!(canonical, "{}\t{:?}\t{:?}", l.label, t.review, t.reject);
+    }
+    let hash = crate::config::sha256_hex(canonical.as_bytes());
+    format!("tune-{}", &hash[..12])
+}
+
+/// The thresholds a label ends with: the proposal's, or live's when there is none.
+fn proposed(l: &LabelTuning) -> Thresholds {
+    l.outcome.as_ref().map_or(l.live, |p| p.thresholds)
+}
+
+/// A TOML key: bare when it can be, quoted otherwise (a `.` would split a bare key).
+fn key(s: &str) -> String {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        s.to_string()
+    } else {
+        serde_json::to_string(s).unwrap_or_default()
+    }
+}
+
+/// A threshold as TOML: `{:?}` prints the shortest text that reads back as the same `f32`, and
+/// always as a float (`1.0`, not `1`), so the config loads exactly the threshold counted here.
+fn threshold(t: f32) -> String {
+    format!("{t:?}")
+}
+
+fn figures(c: &Counts) -> String {
+    let (lo, hi) = c.precision.ci95.unwrap_or((0.0, 0.0));
+    format!(
+        "precision {} = {}/{} flagged (Wilson 95%: {lo:.3}-{hi:.3}), recall {} = {}/{}",
+        pct(c.precision.value),
+        c.hits,
+        c.flagged,
+        pct(c.recall.value),
+        c.hits,
+        c.positives
+    )
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map_or_else(|| "n/a".to_string(), |v| format!("{v:.3}"))
+}
+
+/// Why a label got no proposal, naming it and the counts.
+pub fn refusal_message(tuning: &Tuning, l: &LabelTuning) -> Option<String> {
+    let refusal = l.outcome.as_ref().err()?;
+    let level = tuning.target.sets().as_str();
+    let label = &l.label;
+    Some(match refusal {
+        Refusal::TooFew { reviews, min } => format!(
+            "{label}: {reviews} labelled reviews of task {}, fewer than the {min} needed (--min-verdicts, by default \
+             [launch].min_verdicts); no threshold proposed",
+            tuning.task
+        ),
+        Refusal::Unmet { best } => {
+            let best = best
+                .as_ref()
+                .map_or_else(String::new, |b| format!("; the best is {}: {}", threshold(b.threshold), figures(b)));
+            format!(
+                "{label}: no {level} threshold meets {} by its Wilson 95% lower bound on {} labelled reviews \
+                 ({} positives){best}",
+                tuning.target, tuning.reviews, l.positives
+            )
+        }
+        Refusal::NoLiveVolume => format!(
+            "{label}: the live review threshold ({}) flags none of the {} labelled reviews: no volume to match",
+            l.live.review.map_or_else(|| "none".to_string(), threshold),
+            tuning.reviews
+        ),
+        Refusal::Inverted { review, reject } => format!(
+            "{label}: the solution breaks review <= reject: review {} > reject {} ({} kept from live); a policy \
+             needs review <= reject per label, so tune the other threshold too or change the target",
+            threshold(*review),
+            threshold(*reject),
+            if tuning.target.sets() == Decision::Review { "reject" } else { "review" }
+        ),
+    })
+}
+
+/// The snippet: a header, the `[policies.NAME]` table with the evidence behind each proposed
+/// threshold, and the policy-only shadow entry to try it. Without a proposal for every label,
+/// the header and why, and no table.
+pub fn toml(tuning: &Tuning) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# modserve tune: task {}, model {} {}, target {}, {} labelled reviews ({})",
+        tuning.task,
+        tuning.model,
+        tuning.model_version,
+        tuning.target,
+        tuning.reviews,
+        tuning.labels_file.display()
+    );
+    let positives = match tuning.target.sets() {
+        Decision::Reject => "REJECT",
+        _ => "REVIEW or REJECT",
+    };
+    let _ = writeln!(
+        out,
+        "# Positives: reviews a moderator decided {positives} (a line listing `labels` counts for those labels only)."
+    );
+    let _ = match tuning.target {
+        super::Target::ReviewVolumeLive => {
+            writeln!(out, "# Figures are on this file; the threshold flags at most as many reviews as live's.")
+        }
+        _ => writeln!(out, "# Figures are on this file; the target is met by the Wilson 95% lower bound of precision."),
+    };
+    if !tuning.complete() {
+        for l in &tuning.labels {
+            if let Some(m) = refusal_message(tuning, l) {
+                let _ = writeln!(out, "# Not proposed: {m}");
+            }
+        }
+        return out;
+    }
+    if tuning.name_taken {
+        let _ = writeln!(out, "# Note: the config already has [policies.{}]: replace it, or pick --name.", tuning.name);
+    }
+    let table = format!("policies.{}", key(&tuning.name));
+    let _ = writeln!(out, "[{table}]\nversion = \"{}\"", tuning.version);
+    let set = tuning.target.sets();
+    for l in &tuning.labels {
+        let Ok(p) = &l.outcome else { continue };
+        let _ = writeln!(out, "[{table}.thresholds.{}]", key(&l.label));
+        for level in [Decision::Review, Decision::Reject] {
+            let (value, live) = match level {
+                Decision::Reject => (p.thresholds.reject, l.live.reject),
+                _ => (p.thresholds.review, l.live.review),
+            };
+            let name = level.as_str();
+            if level != set {
+                match value {
+                    Some(v) => {
+                        let _ = writeln!(out, "{name} = {}   # kept from live", threshold(v));
+                    }
+                    None => {
+                        let _ = writeln!(out, "# {name}: none, as live");
+                    }
+                }
+                continue;
+            }
+            let live = match (live, &p.live) {
+                (Some(t), Some(c)) => format!("live {}: {}", threshold(t), figures(c)),
+                _ => "live: none".to_string(),
+            };
+            let volume = if matches!(tuning.target, super::Target::ReviewVolumeLive) {
+                format!("flags {} of {} (live {}); ", p.tuned.flagged, p.tuned.reviews, p.live.map_or(0, |c| c.flagged))
+            } else {
+                String::new()
+            };
+            let _ =
+                writeln!(out, "{name} = {}   # {volume}{}; {live}", threshold(p.tuned.threshold), figures(&p.tuned));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# To try it beside live, add this policy-only shadow to [tasks.{}] shadows (keep any others), then \
+         reload (SIGHUP or Admin/Reload):\n# shadows = [{{ model = \"{}\", policy = \"{}\", sample_rate = 1.0 }}]",
+        key(&tuning.task),
+        tuning.model,
+        tuning.name
+    );
+    out
+}
+
+#[derive(Serialize)]
+struct JsonTuning<'a> {
+    task: &'a str,
+    model: &'a str,
+    model_version: &'a str,
+    live_policy: &'a str,
+    target: String,
+    /// "review" or "reject": the threshold the target sets.
+    sets: &'static str,
+    policy: JsonPolicy<'a>,
+    reviews: u64,
+    min_verdicts: u64,
+    labels_file: String,
+    /// Every label got a proposal (exit status 0).
+    complete: bool,
+    labels: Vec<JsonLabel<'a>>,
+}
+
+#[derive(Serialize)]
+struct JsonPolicy<'a> {
+    name: &'a str,
+    version: &'a str,
+}
+
+#[derive(Serialize)]
+struct JsonLabel<'a> {
+    label: &'a str,
+    proposed: bool,
+    /// Why not, when not proposed.
+    reason: Option<String>,
+    /// The label's positives among the labelled reviews.
+    positives: u64,
+    /// The proposed thresholds (live's when not proposed).
+    thresholds: Thresholds,
+    live_thresholds: Thresholds,
+    /// Counts at the proposed threshold.
+    tuned: Option<Counts>,
+    /// Counts at live's threshold of the same level.
+    live: Option<Counts>,
+}
+
+/// `tune.json`: the run, and per label the thresholds, counts, precision and recall with their
+/// intervals, and live's figures.
+pub fn json(tuning: &Tuning) -> String {
+    let doc = JsonTuning {
+        task: &tuning.task,
+        model: &tuning.model,
+        model_version: &tuning.model_version,
+        live_policy: &tuning.live_policy,
+        target: tuning.target.to_string(),
+        sets: tuning.target.sets().as_str(),
+        policy: JsonPolicy { name: &tuning.name, version: &tuning.version },
+        reviews: tuning.reviews,
+        min_verdicts: tuning.min_verdicts,
+        labels_file: tuning.labels_file.display().to_string(),
+        complete: tuning.complete(),
+        labels: tuning
+            .labels
+            .iter()
+            .map(|l| JsonLabel {
+                label: &l.label,
+                proposed: l.outcome.is_ok(),
+                reason: refusal_message(tuning, l),
+                positives: l.positives,
+                thresholds: proposed(l),
+                live_thresholds: l.live,
+                tuned: l.outcome.as_ref().ok().map(|p| p.tuned),
+                live: l.outcome.as_ref().ok().and_then(|p| p.live),
+            })
+            .collect(),
+    };
+    // Plain data with string keys: serialising cannot fail.
+    serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Proposal, Target};
+    use super::*;
+    use crate::offline::report::Estimate;
+
+    fn counts(threshold: f32, flagged: u64, hits: u64) -> Counts {
+        Counts {
+            threshold,
+            flagged,
+            hits,
+            positives: 10,
+            reviews: 40,
+            precision: Estimate::new(hits, flagged),
+            recall: Estimate::new(hits, 10),
+        }
+    }
+
+    fn tuning(name: &str, outcome: Result<Proposal, Refusal>) -> Tuning {
+        let live = Thresholds { review: Some(0.6), reject: Some(0.95) };
+        let mut t = Tuning {
+            task: "abuse".into(),
+            model: "abuse-v1".into(),
+            model_version: "1.0.0".into(),
+            live_policy: "default".into(),
+            target: Target::ReviewPrecision(0.8),
+            name: name.into(),
+            version: String::new(),
+            reviews: 40,
+            min_verdicts: 20,
+            labels_file: "l.jsonl".into(),
+            labels: vec![LabelTuning { label: "insult".into(), live, positives: 10, outcome }],
+            name_taken: false,
+        };
+        t.version = version(&t);
+        t
+    }
+
+    fn proposal() -> Proposal {
+        Proposal {
+            thresholds: Thresholds { review: Some(0.45), reject: Some(0.95) },
+            tuned: counts(0.45, 9, 9),
+            live: Some(counts(0.6, 6, 6)),
+        }
+    }
+
+    #[test]
+    fn the_snippet_is_a_policy_table_under_any_valid_name() {
+        // A `.` is allowed in a policy name and would split a bare TOML key.
+        let t = tuning("abuse.v1-tuned", Ok(proposal()));
+        let snippet = toml(&t);
+        let doc: toml::Table = toml::from_str(&snippet).unwrap_or_else(|e| panic!("{e}\n{snippet}"));
+        let policy = &doc["policies"]["abuse.v1-tuned"];
+        assert_eq!(policy["version"].as_str(), Some(t.version.as_str()));
+        assert_eq!(policy["thresholds"]["insult"]["review"].as_float(), Some(0.45));
+        assert_eq!(policy["thresholds"]["insult"]["reject"].as_float(), Some(0.95));
+        assert!(snippet.contains("precision 1.000 = 9/9 flagged"), "{snippet}");
+        assert!(snippet.contains(r#"policy = "abuse.v1-tuned""#), "{snippet}");
+    }
+
+    #[test]
+    fn the_version_follows_the_thresholds_only() {
+        let a = tuning("a", Ok(proposal()));
+        assert_eq!(a.version, tuning("b", Ok(proposal())).version);
+        assert!(a.version.starts_with("tune-") && a.version.len() == 17, "{}", a.version);
+        let mut other = proposal();
+        other.thresholds.review = Some(0.46);
+        assert_ne!(a.version, tuning("a", Ok(other)).version);
+    }
+
+    #[test]
+    fn without_a_proposal_there_is_no_table_but_the_reason() {
+        let t = tuning("x", Err(Refusal::TooFew { reviews: 40, min: 100 }));
+        let snippet = toml(&t);
+        assert!(!snippet.contains("[policies."), "{snippet}");
+        assert!(snippet.contains("# Not proposed: insult: 40 labelled reviews of task abuse, fewer than the 100"));
+        let json: serde_json::Value = serde_json::from_str(&json(&t)).unwrap();
+        assert_eq!(json["complete"], false);
+        assert_eq!(json["labels"][0]["proposed"], false);
+        assert!(json["labels"][0]["reason"].as_str().unwrap().starts_with("insult: 40 labelled reviews"));
+    }
+}
