@@ -32,9 +32,8 @@ fn labelled(dir: &Path) -> PathBuf {
     path
 }
 
-/// Held by every test that loads abuse-v1: the loader times its tokenizer on crafted text
-/// against ordinary text and refuses it above 10x, a ratio that several model loads at once on
-/// a small machine can push over (seen at 13x with five in parallel on 2 cores; see `loading`).
+/// Held by every test that runs a `modserve` process loading abuse-v1: each is a full model
+/// load, and several at once on a small machine only slow the suite down.
 fn alone() -> tokio::sync::RwLockWriteGuard<'static, ()> {
     exclusive_blocking()
 }
@@ -52,7 +51,7 @@ fn write_config(dir: &Path, shadows: &str, extra: &str) -> PathBuf {
 
 /// `modserve tune` with `args`, on task abuse unless they name a `--task`.
 fn tune(config: &Path, labels: &Path, args: &[&str]) -> Output {
-    loading(|| {
+    output_of({
         let mut cmd = modserve();
         cmd.args(["tune", "--config"]).arg(config).arg("--labels").arg(labels);
         if !args.contains(&"--task") {
@@ -63,20 +62,8 @@ fn tune(config: &Path, labels: &Path, args: &[&str]) -> Output {
     })
 }
 
-/// Runs a command that loads abuse-v1, again (up to 3 times in all) when the loader refused its
-/// tokenizer on time alone: the load-time cost check compares crafted text against ordinary
-/// text timed a moment earlier, and another process taking the CPU in between can push the
-/// bundled tokenizer over the 10x limit (seen at 11x while a build ran beside the tests).
-fn loading(command: impl Fn() -> Command) -> Output {
-    let mut run = command().output().unwrap();
-    for _ in 1..3 {
-        let stderr = String::from_utf8_lossy(&run.stderr);
-        if !(stderr.contains("not a usable tokenizer.json") && stderr.contains("x ordinary text")) {
-            break;
-        }
-        run = command().output().unwrap();
-    }
-    run
+fn output_of(mut command: Command) -> Output {
+    command.output().unwrap()
 }
 
 fn show(run: &Output) -> String {
@@ -135,7 +122,7 @@ fn a_proposed_policy_parses_keeps_its_rules_and_loads_as_a_policy_only_shadow() 
         &format!("shadows = {shadow_line}"),
         &format!("{snippet}\n[launch]\nmin_compared = 1\nmin_verdicts = 1"),
     );
-    let check = loading(|| {
+    let check = output_of({
         let mut cmd = modserve();
         cmd.arg("check-config").arg(&tried);
         cmd
@@ -147,7 +134,7 @@ fn a_proposed_policy_parses_keeps_its_rules_and_loads_as_a_policy_only_shadow() 
     // flags at REVIEW (one label, so REVIEW or above means insult >= review) and how many of
     // those the file rejects are the counts `tune` reported.
     let reports = dir.path().join("reports");
-    let eval = loading(|| {
+    let eval = output_of({
         let mut cmd = modserve();
         cmd.args(["eval", "--config"]).arg(&tried).arg("--labels").arg(&labels).arg("--out").arg(&reports);
         cmd
