@@ -125,6 +125,22 @@ const SHADOW_LARGE_LANE_BYTES: usize = 8 * 1024 * 1024;
 /// goes next: large jobs are delayed under load, never starved.
 const SMALL_BATCHES_BEFORE_LARGE: u32 = 8;
 
+/// CPU a shadow batch is sized to, from the model's measured cost per review. The budget is
+/// checked before a batch starts, and a started batch runs to its end: a 32-review batch of a
+/// transformer (~10 ms a review) spent 300 ms at once, three periods of a one-CPU cgroup quota,
+/// throttling live with it. Batches of about this much keep the budget's hold fine-grained.
+const SHADOW_BATCH_CPU: Duration = Duration::from_millis(10);
+
+/// Reviews in a shadow batch: as many as `SHADOW_BATCH_CPU` buys at the model's mean cost so far
+/// (`(cpu ns, reviews)`), at least one; no cap before anything is measured.
+fn shadow_batch_cap((ns, reviews): (u64, u64)) -> usize {
+    if reviews == 0 || ns == 0 {
+        return usize::MAX;
+    }
+    let per_review = ns / reviews;
+    (SHADOW_BATCH_CPU.as_nanos() as u64 / per_review.max(1)).max(1) as usize
+}
+
 /// Lane indices.
 const SMALL: usize = 0;
 const LARGE: usize = 1;
@@ -468,7 +484,8 @@ impl Worker {
         let mut jobs = vec![first];
         let mut deferred = None;
         let wait_until = self.policy.wait_until(Instant::now()).filter(|_| wait);
-        while !self.policy.is_full(reviews) {
+        let cap = self.accounting.as_ref().map_or(usize::MAX, |(_, model)| shadow_batch_cap(model.totals()));
+        while !self.policy.is_full(reviews) && reviews < cap {
             let next = match rx.try_recv() {
                 Ok(job) => job,
                 Err(TryRecvError::Disconnected) => break,
@@ -481,9 +498,13 @@ impl Worker {
                 },
             };
             match self.policy.admit(reviews, next.reviews.len()) {
-                Admit::Join => {
+                Admit::Join if reviews + next.reviews.len() <= cap => {
                     reviews += next.reviews.len();
                     jobs.push(next);
+                }
+                Admit::Join => {
+                    deferred = Some(next);
+                    break;
                 }
                 Admit::Defer => {
                     deferred = Some(next);
@@ -1023,6 +1044,19 @@ mod tests {
         );
         rx.blocking_recv().unwrap().expect("the long job is answered too");
         stop(pool);
+    }
+
+    #[test]
+    fn a_shadow_batch_is_sized_to_its_cpu_at_the_measured_cost() {
+        assert_eq!(shadow_batch_cap((0, 0)), usize::MAX, "nothing measured yet");
+        // 10 ms a review (a transformer): one at a time.
+        assert_eq!(shadow_batch_cap((100_000_000, 10)), 1);
+        // 30 ms a review: still one.
+        assert_eq!(shadow_batch_cap((300_000_000, 10)), 1);
+        // 2.5 ms a review: four.
+        assert_eq!(shadow_batch_cap((25_000_000, 10)), 4);
+        // 50 us a review (a bag-of-words model): 200, so `max_batch_size` is what limits it.
+        assert_eq!(shadow_batch_cap((500_000, 10)), 200);
     }
 
     #[test]
