@@ -1,9 +1,10 @@
 //! Turns review texts into the padded `input_ids` / `attention_mask` tensors a model takes.
 //!
 //! Runs on inference worker threads (never on the async runtime). Reads at most
-//! `max_sequence_length * CHARS_PER_TOKEN` characters of a review, truncates to the model's
-//! `max_sequence_length` and pads to the longest sequence in the batch with id 0 and mask 0,
-//! whatever padding the tokenizer file itself asks for. A tokenizer whose cost on crafted text
+//! `max_sequence_length * CHARS_PER_TOKEN` characters of a review (of a long one, first a prefix
+//! of `max_sequence_length * PREFIX_CHARS_PER_TOKEN`, which most often suffices), truncates to
+//! the model's `max_sequence_length` and pads to the longest sequence in the batch with id 0 and
+//! mask 0, whatever padding the tokenizer file itself asks for. A tokenizer whose cost on crafted text
 //! grows faster than its input is refused at load (`Encoder::check_cost`).
 
 use std::str::FromStr;
