@@ -143,11 +143,7 @@ fn eval(labels: &std::path::Path, out: &std::path::Path, cli: &Cli) -> ExitCode 
     let Some((config, loaded)) = load_models(cli) else { return failed() };
     let state = loaded.state;
     let result = (|| {
-        let labelled = modserve::offline::eval::read_labels(labels, &state).map_err(|errors| errors.join("\n  "))?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+        let (labelled, runtime) = labelled_and_runtime(labels, &state)?;
         let inputs = runtime
             .block_on(modserve::offline::eval::evaluate(
                 &state,
@@ -192,6 +188,20 @@ fn eval(labels: &std::path::Path, out: &std::path::Path, cli: &Cli) -> ExitCode 
             failed()
         }
     }
+}
+
+/// The labelled file read against `state`, and a runtime to score it on: what `eval` and `tune`
+/// both start with.
+fn labelled_and_runtime(
+    labels: &std::path::Path,
+    state: &modserve::control::registry::ServingState,
+) -> Result<(Vec<modserve::offline::eval::Labelled>, tokio::runtime::Runtime), String> {
+    let labelled = modserve::offline::eval::read_labels(labels, state).map_err(|errors| errors.join("\n  "))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    Ok((labelled, runtime))
 }
 
 /// The config and every model its tasks use, for the offline subcommands; `None` once the
@@ -239,11 +249,7 @@ fn tune(cli: &Cli) -> ExitCode {
         labels_file: labels.clone(),
     };
     let result = (|| -> Result<bool, String> {
-        let labelled = modserve::offline::eval::read_labels(labels, &state).map_err(|errors| errors.join("\n  "))?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+        let (labelled, runtime) = labelled_and_runtime(labels, &state)?;
         let tuning = runtime
             .block_on(tune::tune(&state, &labelled, &args, modserve::offline::eval::progress_bar()))
             .map_err(|e| e.to_string())?;

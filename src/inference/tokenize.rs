@@ -50,7 +50,7 @@ pub const CHARS_PER_TOKEN: usize = 32;
 /// tokens' worth of ordinary text (about 5 characters a word), a quarter of `CHARS_PER_TOKEN`.
 /// When that prefix alone yields `PREFIX_MARGIN_TOKENS` more tokens than the model keeps, its
 /// first tokens are the review's own and the rest of the review is not read; otherwise the whole
-/// readable part is tokenized. A review of 32 KiB then costs about what one of 2 KiB does.
+/// readable part is tokenized. For ordinary text that reads a quarter of the characters.
 const PREFIX_CHARS_PER_TOKEN: usize = 8;
 /// Tokens past the model's length that the prefix must yield. The prefix ends at whitespace, so a
 /// pattern that cannot span whitespace (the URL, e-mail, domain and number patterns of the

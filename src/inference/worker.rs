@@ -97,6 +97,23 @@ pub struct Job {
     charge: Option<Charge>,
 }
 
+impl Job {
+    /// Token ids of all the job's reviews computed elsewhere: given with the job, or published
+    /// by another worker with the same tokenizer.
+    fn known_tokens(&self) -> Option<&Arc<TokenRows>> {
+        let n = self.reviews.len();
+        self.tokens.as_ref().or_else(|| self.share.as_ref().and_then(|s| s.get())).filter(|t| t.len() == n)
+    }
+
+    /// Offers the job's ids to the workers sharing its tokenizer.
+    fn publish(&self, rows: &Arc<TokenRows>) {
+        if let Some(slot) = &self.share {
+            // Another worker may have published first; its ids are the same.
+            let _ = slot.set(rows.clone());
+        }
+    }
+}
+
 /// Bytes of a queued job's text, held against a lane's budget until the job is dropped (answered,
 /// expired or discarded), so the budget bounds the text that queued and running jobs keep alive.
 struct Charge {
@@ -545,8 +562,7 @@ impl Worker {
     fn tokenize_ahead(&mut self, jobs: &mut [Job]) {
         let mut spent = Duration::ZERO;
         for job in jobs.iter_mut() {
-            let n = job.reviews.len();
-            if job.tokens.as_ref().or_else(|| job.share.as_ref().and_then(|s| s.get())).is_some_and(|t| t.len() == n) {
+            if job.known_tokens().is_some() {
                 continue;
             }
             let mut mine = TokenRows::default();
@@ -558,24 +574,26 @@ impl Worker {
                     break;
                 }
                 let started = Instant::now();
-                #[cfg(feature = "fault-injection")]
-                fault::slow_tokenize(&self.spec.name, &review.model_text);
-                let encoded = self.encoder.encode_rows([review.model_text.as_str()], &mut mine);
+                let encoded = self.encode_review(review, &mut mine);
                 spent += started.elapsed();
                 if encoded.is_err() {
                     break;
                 }
             }
-            if mine.len() == n {
+            if mine.len() == job.reviews.len() {
                 let mine = Arc::new(mine);
-                if let Some(slot) = &job.share {
-                    // Another worker may have published first; its ids are the same.
-                    let _ = slot.set(mine.clone());
-                }
+                job.publish(&mine);
                 job.tokens = Some(mine);
             }
         }
         self.tokenized_ahead = spent;
+    }
+
+    /// Appends `review`'s token ids to `rows`.
+    fn encode_review(&self, review: &ReviewInput, rows: &mut TokenRows) -> Result<(), String> {
+        #[cfg(feature = "fault-injection")]
+        fault::slow_tokenize(&self.spec.name, &review.model_text);
+        self.encoder.encode_rows([review.model_text.as_str()], rows)
     }
 
     /// One batch from the small lane, if it has a job, without waiting for more.
@@ -714,9 +732,7 @@ impl Worker {
         self.rows.clear();
         for (j, job) in jobs.iter().enumerate() {
             let n = job.reviews.len();
-            let known =
-                job.tokens.as_ref().or_else(|| job.share.as_ref().and_then(|s| s.get())).filter(|t| t.len() == n);
-            if let Some(known) = known {
+            if let Some(known) = job.known_tokens() {
                 self.rows.extend_from(known, 0..n);
                 continue;
             }
@@ -726,18 +742,13 @@ impl Worker {
                     expired[j] = true;
                     break;
                 }
-                #[cfg(feature = "fault-injection")]
-                fault::slow_tokenize(&spec.name, &review.model_text);
-                self.encoder.encode_rows([review.model_text.as_str()], &mut mine).map_err(InferenceError::Tokenizer)?;
+                self.encode_review(review, &mut mine).map_err(InferenceError::Tokenizer)?;
             }
             if expired[j] {
                 continue;
             }
             self.rows.extend_from(&mine, 0..n);
-            if let Some(slot) = &job.share {
-                // Another worker may have published first; its ids are the same.
-                let _ = slot.set(Arc::new(mine));
-            }
+            job.publish(&Arc::new(mine));
         }
         if self.rows.is_empty() {
             return Ok(());
