@@ -17,6 +17,7 @@ use crate::control::registry::Registry;
 use crate::control::reload::{self, ReloadHandle, Reloader};
 use crate::control::{http_port, loader};
 use crate::feedback::Feedback;
+use crate::inference::backend::{Backends, Wrap};
 use crate::inference::runtime;
 use crate::metrics;
 use crate::metrics::ReloadTrigger;
@@ -64,6 +65,12 @@ impl Server {
     /// then serves in the background. Fails at once only if a listener cannot be bound, a token
     /// or TLS certificate cannot be read, or metrics cannot install.
     pub async fn start(config: Config) -> anyhow::Result<Server> {
+        Server::start_wrapped(config, None).await
+    }
+
+    /// `start`, with every model's inference backend passed through `wrap` (tests inject faults
+    /// this way: `inference::backend`).
+    pub async fn start_wrapped(config: Config, wrap: Option<Wrap>) -> anyhow::Result<Server> {
         let read = |key: &str, source: &Option<crate::config::TokenSource>| {
             source.as_ref().map(|s| s.read().map_err(|e| anyhow::anyhow!("{key}: {e}"))).transpose()
         };
@@ -98,7 +105,7 @@ impl Server {
             config = %config.source.display(),
             "listening"
         );
-        let task = tokio::spawn(run(config, bound, prometheus, signal));
+        let task = tokio::spawn(run(config, bound, prometheus, signal, wrap));
         Ok(Server { grpc_addr, metrics_addr, admin_addr, shutdown, task })
     }
 
@@ -145,6 +152,7 @@ async fn run(
     bound: Bound,
     prometheus: metrics_exporter_prometheus::PrometheusHandle,
     signal: ShutdownSignal,
+    wrap: Option<Wrap>,
 ) -> anyhow::Result<()> {
     let registry = Registry::default();
     let ready = Arc::new(AtomicBool::new(false));
@@ -161,7 +169,7 @@ async fn run(
         serve(&config, bound, &registry, &reload, health_service, prometheus, &ready, transport_signal, &signal)?;
 
     let started = Instant::now();
-    let (reloader, log_thread, threads) = match load(&config, registry.clone()).await {
+    let (reloader, log_thread, threads) = match load(&config, registry.clone(), wrap).await {
         Ok(loaded) => loaded,
         Err(e) => {
             stop_transport.trigger();
@@ -343,6 +351,7 @@ type WorkerThreads = Arc<Mutex<Vec<std::thread::JoinHandle<()>>>>;
 async fn load(
     config: &Config,
     registry: Registry,
+    wrap: Option<Wrap>,
 ) -> anyhow::Result<(Reloader, Option<std::thread::JoinHandle<()>>, WorkerThreads)> {
     let setup_config = config.clone();
     let setup = tokio::task::spawn_blocking(move || {
@@ -365,7 +374,10 @@ async fn load(
         config_path: config.source.clone(),
         overrides: config.overrides.clone(),
         registry,
-        env,
+        backends: match wrap {
+            Some(wrap) => Backends::wrapped(env, wrap),
+            None => Backends::new(env),
+        },
         log,
         threads: threads.clone(),
         applied_inputs: Mutex::new(None),

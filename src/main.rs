@@ -8,6 +8,7 @@ use modserve::app::Server;
 use modserve::cli::{Cli, Command};
 use modserve::config::{Config, LogFormat};
 use modserve::control::loader;
+use modserve::inference::backend::Backends;
 use modserve::inference::runtime;
 use modserve::offline::{report, tune};
 use modserve::shutdown;
@@ -121,7 +122,7 @@ fn check_config(file: &std::path::Path, cli: &Cli) -> ExitCode {
         Ok(env) => env,
         Err(e) => return report_config_errors(file, &[e.to_string()]),
     };
-    match loader::load(&std::sync::Arc::new(config.clone()), &env, true, None, None) {
+    match loader::load(&std::sync::Arc::new(config.clone()), &Backends::new(env), true, None, None) {
         Ok(loaded) => {
             let models = config.models.len();
             let tasks = loaded.state.tasks.len();
@@ -222,7 +223,7 @@ fn load_models(cli: &Cli) -> Option<(std::sync::Arc<Config>, loader::Loaded)> {
             return None;
         }
     };
-    match loader::load(&config, &env, false, None, None) {
+    match loader::load(&config, &Backends::new(env), false, None, None) {
         Ok(loaded) => Some((config, loaded)),
         Err(errors) => {
             report_config_errors(path, &errors);

@@ -98,19 +98,26 @@ async fn the_scheduling_policy_in_effect_is_the_one_reported() {
     }
 }
 
-/// Sends single-review requests whose shadow work spins `spin_ms` of CPU each, for `time`;
-/// returns how many were sent.
-async fn send_heavy(server: &TestServer, prefix: &str, spin_ms: u64, time: Duration) -> usize {
+/// The shadow's CPU time per heavy review (`send_heavy`).
+const SPIN: Duration = Duration::from_millis(20);
+
+/// A server on `config` (a `heavy_config`) whose shadow spends `SPIN` of CPU on each review that
+/// holds the word "huge" (a fault injected through its backend).
+async fn heavy_server(config: modserve::config::Config) -> TestServer {
+    let (server, faults) = TestServer::start_faulty(config).await;
+    faults.on_word("tiny-abuse-v2", "huge", Action::Spin(SPIN));
+    server
+}
+
+/// Sends single-review requests for `time`, heavy for the shadow (`SPIN` of CPU each, see
+/// `heavy_server`) when `heavy`; returns how many were sent.
+async fn send_heavy(server: &TestServer, prefix: &str, heavy: bool, time: Duration) -> usize {
     let mut client = server.client().await;
-    let text = if spin_ms > 0 {
-        format!("modserve-fault:spin-{spin_ms}:tiny-abuse-v2; you idiot")
-    } else {
-        "you idiot".to_string()
-    };
+    let text = if heavy { "you idiot huge" } else { "you idiot" };
     let start = Instant::now();
     let mut n = 0;
     while start.elapsed() < time {
-        let resp = client.classify(request(vec![review(&format!("{prefix}-{n}"), &text)])).await.expect("live answers");
+        let resp = client.classify(request(vec![review(&format!("{prefix}-{n}"), text)])).await.expect("live answers");
         assert_eq!(decision_name(resp.into_inner().results[0].tasks[0].decision), "REJECT");
         n += 1;
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -154,14 +161,14 @@ async fn settled(server: &TestServer, base: &str, n: usize) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_heavy_shadow_stays_within_its_cpu_budget() {
     let _guard = exclusive().await;
-    let server = TestServer::start(heavy_config("max_cpu_fraction = 0.05")).await;
+    let server = heavy_server(heavy_config("max_cpu_fraction = 0.05")).await;
     let base = server.scrape().await;
     let budget = metric(&base, "modserve_shadow_cpu_budget", &[]).expect("budget gauge");
     let capacity: f64 = modserve::inference::cpu::process_capacity().cpus;
     assert!((budget - 0.05 * capacity).abs() < 1e-9, "budget {budget} for {capacity} CPUs");
     let cpu_before: u64 = worker_threads().iter().filter(|t| t.nice == 10).map(|t| t.cpu_ns).sum();
     let started = Instant::now();
-    let n = send_heavy(&server, "h", 20, Duration::from_secs(4)).await;
+    let n = send_heavy(&server, "h", true, Duration::from_secs(4)).await;
     let scrape = settled(&server, &base, n).await;
     let elapsed = started.elapsed().as_secs_f64();
     let cpu_after: u64 = worker_threads().iter().filter(|t| t.nice == 10).map(|t| t.cpu_ns).sum();
@@ -172,14 +179,14 @@ async fn a_heavy_shadow_stays_within_its_cpu_budget() {
     let unaffordable = outcome(&base, &scrape, "budget") + outcome(&base, &scrape, "throttled");
     // Unlimited, the shadow would have needed n * 20 ms; the test only means something if that
     // is well over the budget.
-    let wanted = n as f64 * 0.020;
+    let wanted = n as f64 * SPIN.as_secs_f64();
     assert!(wanted > 3.0 * budget * elapsed, "{n} reviews in {elapsed:.1}s are not enough load");
     assert!(compared >= 1.0, "the shadow still compares some reviews");
     assert!(unaffordable >= n as f64 / 2.0, "the rest is counted as budget or throttled: {scrape}");
 
     // Tolerance: the 100 ms burst, plus one 20 ms batch per worker thread started just before the
     // budget ran out, plus 20% for the comparison and tokenization around each spin.
-    let bound = (budget * (elapsed + 0.1) + 2.0 * 0.020) * 1.2;
+    let bound = (budget * (elapsed + 0.1) + 2.0 * SPIN.as_secs_f64()) * 1.2;
     let by_metric = delta(&base, &scrape, "modserve_shadow_batch_cpu_seconds_sum", &[("model", "tiny-abuse-v2")]);
     let by_kernel = (cpu_after - cpu_before) as f64 / 1e9;
     eprintln!(
@@ -198,13 +205,13 @@ async fn a_heavy_shadow_stays_within_its_cpu_budget() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_effective_rate_drops_under_pressure_and_comes_back() {
     let _guard = exclusive().await;
-    let server = TestServer::start(heavy_config("max_cpu_fraction = 0.05")).await;
+    let server = heavy_server(heavy_config("max_cpu_fraction = 0.05")).await;
     let labels = [("shadow_model", "tiny-abuse-v2")];
     let rate = |scrape: &str| metric(scrape, "modserve_shadow_sample_rate_effective", &labels).expect("rate gauge");
     let base = server.scrape().await;
     assert_eq!(metric(&base, "modserve_shadow_sample_rate_configured", &labels), Some(1.0));
     assert_eq!(rate(&base), 1.0);
-    let n = send_heavy(&server, "p", 20, Duration::from_secs(4)).await;
+    let n = send_heavy(&server, "p", true, Duration::from_secs(4)).await;
     let scrape = settled(&server, &base, n).await;
     let lowered = rate(&scrape);
     eprintln!("effective rate after {n} heavy reviews: {lowered}");
@@ -214,7 +221,7 @@ async fn the_effective_rate_drops_under_pressure_and_comes_back() {
     // Cheap reviews: the measured cost per review falls and the rate is raised step by step.
     let mut raised = lowered;
     for round in 0..20 {
-        send_heavy(&server, &format!("c{round}"), 0, Duration::from_secs(1)).await;
+        send_heavy(&server, &format!("c{round}"), false, Duration::from_secs(1)).await;
         raised = rate(&server.scrape().await);
         if raised == 1.0 {
             break;
@@ -259,14 +266,14 @@ async fn replicas_at_the_same_effective_rate_compare_the_same_reviews() {
             "max_cpu_fraction = 0.05\nmin_sample_rate = 0.3\nmax_delay = \"500ms\"\n[shadow.disagreement_log]\npath = {:?}\n",
             log(name).display().to_string()
         );
-        TestServer::start(heavy_config(&table))
+        heavy_server(heavy_config(&table))
     };
     let (a, b) = (start("a").await, start("b").await);
     // Heat: 20 ms of shadow CPU per review against a budget of a few per second drives both to
     // the floor at their first tick.
     let (na, nb) = tokio::join!(
-        send_heavy(&a, "heat", 20, Duration::from_secs(3)),
-        send_heavy(&b, "heat", 20, Duration::from_secs(3))
+        send_heavy(&a, "heat", true, Duration::from_secs(3)),
+        send_heavy(&b, "heat", true, Duration::from_secs(3))
     );
     assert!(na > 100 && nb > 100, "{na} {nb}");
     // Let queued heat work run or expire (max_delay) and the budget refill; no offers, no ticks.

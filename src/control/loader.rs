@@ -8,10 +8,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime};
 
-use ort::environment::Environment;
-
 use crate::config::{Config, ModelConfig, TaskConfig};
 use crate::control::registry::{LoadedModel, ServingState, TaskEntry};
+use crate::inference::backend::Backends;
 use crate::inference::model::{ModelSpec, Package};
 use crate::inference::worker::{self, WorkerSettings};
 use crate::metrics::{self, InputMetrics, Role, TaskMetrics, VerdictMetrics};
@@ -31,7 +30,7 @@ pub struct Loaded {
 /// The returned state has generation 0 and no config hash: the caller sets them.
 pub fn load(
     config: &Arc<Config>,
-    env: &Environment,
+    backends: &Backends,
     all_models: bool,
     log: Option<&DisagreementLog>,
     previous: Option<&ServingState>,
@@ -47,7 +46,7 @@ pub fn load(
             continue;
         };
         let running = previous.and_then(|p| p.models.get(name));
-        match start_model(env, config, model, role, running, &shadow_cpu) {
+        match start_model(backends, config, model, role, running, &shadow_cpu) {
             Ok((loaded, started)) => {
                 threads.extend(started);
                 models.insert(name.clone(), LoadedModel { sample_rate, ..loaded });
@@ -104,7 +103,7 @@ fn role_of(config: &Config, name: &str, all_models: bool) -> Option<(Role, f64)>
 /// Loads and verifies one model's package and starts its workers, or keeps `running`'s workers
 /// when nothing about the model changed. Returns the model and the threads it started.
 fn start_model(
-    env: &Environment,
+    backends: &Backends,
     config: &Config,
     model: &ModelConfig,
     role: Role,
@@ -132,7 +131,7 @@ fn start_model(
         return Ok((running.clone(), Vec::new()));
     }
     let budget = (role == Role::Shadow).then_some(shadow_cpu);
-    let pool = worker::start(env, &package, role, settings, budget).map_err(|e| e.to_string())?;
+    let pool = worker::start(backends, &package, role, settings, budget).map_err(|e| e.to_string())?;
     let load_seconds = started.elapsed().as_secs_f64();
     metrics::model_loaded(name, load_seconds);
     tracing::info!(

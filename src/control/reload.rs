@@ -9,12 +9,12 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use ort::environment::Environment;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{Config, Overrides};
 use crate::control::loader;
 use crate::control::registry::{Registry, ServingState};
+use crate::inference::backend::Backends;
 use crate::inference::model::package::sha256_hex;
 use crate::metrics::{self, ReloadTrigger};
 use crate::shadow::disagreement::DisagreementLog;
@@ -36,7 +36,7 @@ pub struct Reloader {
     pub config_path: PathBuf,
     pub overrides: Overrides,
     pub registry: Registry,
-    pub env: Environment,
+    pub backends: Backends,
     /// Started once at start-up; its settings cannot change by reload.
     pub log: Option<DisagreementLog>,
     /// Every worker thread ever started, joined at shutdown.
@@ -178,7 +178,7 @@ impl Reloader {
                 return kept(fixed);
             }
         }
-        let loaded = match loader::load(&config, &self.env, false, self.log.as_ref(), current.as_deref()) {
+        let loaded = match loader::load(&config, &self.backends, false, self.log.as_ref(), current.as_deref()) {
             Ok(l) => l,
             Err(errors) => return kept(errors),
         };

@@ -34,6 +34,70 @@ impl BatchPolicy {
     }
 }
 
+/// What one run of a model costs, as measured at load: a fixed part per run and a part per padded
+/// token (`rows * longest row`). For a bag-of-words model the fixed part dominates and a batch is
+/// best run whole; for a transformer nearly all of it is per token, and padding a 10-token review
+/// to a 60-token neighbour's length pays for 50 tokens of nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct RunCost {
+    pub per_run_ns: f64,
+    pub per_token_ns: f64,
+}
+
+/// A split is taken only when it saves at least this share of running the batch whole, and at
+/// least `MIN_SPLIT_SAVING_NS`: the cost model is a measurement, a split it barely favours is
+/// within its error, and on a small model the whole batch costs microseconds either way.
+const MIN_SPLIT_SAVING: f64 = 0.1;
+const MIN_SPLIT_SAVING_NS: f64 = 100_000.0;
+
+impl RunCost {
+    /// Estimated cost of running rows of these lengths as one padded batch.
+    pub fn of(&self, rows: usize, longest: usize) -> f64 {
+        self.per_run_ns + self.per_token_ns * (rows * longest.max(1)) as f64
+    }
+
+    /// Groups a batch's rows (by their token counts) into runs of similar length, each padded to
+    /// its own longest row, when that is cheaper by this cost than one run of the whole batch.
+    /// Returns row indices per run, every row exactly once; a single group means "run it whole".
+    /// Optimal for the cost model: rows sorted by length, then the cheapest cut into contiguous
+    /// groups (each group's padded width is its last, longest row), O(n^2) for a batch of n.
+    pub fn split_by_length(&self, lengths: &[usize]) -> Vec<Vec<usize>> {
+        let n = lengths.len();
+        let whole = vec![(0..n).collect::<Vec<_>>()];
+        if n < 2 || self.per_token_ns <= 0.0 {
+            return whole;
+        }
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by_key(|&i| lengths[i]);
+        let len = |k: usize| lengths[order[k]].max(1);
+        // best[j]: cheapest cost of the first j sorted rows; cut[j]: where its last group starts.
+        let mut best = vec![0.0f64; n + 1];
+        let mut cut = vec![0usize; n + 1];
+        for j in 1..=n {
+            best[j] = f64::INFINITY;
+            for i in 0..j {
+                let cost = best[i] + self.of(j - i, len(j - 1));
+                if cost < best[j] {
+                    best[j] = cost;
+                    cut[j] = i;
+                }
+            }
+        }
+        let unsplit = self.of(n, len(n - 1));
+        if best[n] > unsplit * (1.0 - MIN_SPLIT_SAVING) || unsplit - best[n] < MIN_SPLIT_SAVING_NS {
+            return whole;
+        }
+        let mut groups = Vec::new();
+        let mut j = n;
+        while j > 0 {
+            groups.push(order[cut[j]..j].to_vec());
+            j = cut[j];
+        }
+        groups.reverse();
+        groups
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -115,5 +179,49 @@ mod tests {
                 }
             }
         }
+    }
+
+    const TRANSFORMER: RunCost = RunCost { per_run_ns: 2_000_000.0, per_token_ns: 100_000.0 };
+    const BAG: RunCost = RunCost { per_run_ns: 20_000.0, per_token_ns: 30.0 };
+
+    fn covers_every_row_once(groups: &[Vec<usize>], n: usize) {
+        let mut all: Vec<usize> = groups.iter().flatten().copied().collect();
+        all.sort();
+        assert_eq!(all, (0..n).collect::<Vec<_>>(), "{groups:?}");
+    }
+
+    #[test]
+    fn a_transformer_batch_of_mixed_lengths_runs_as_groups_of_similar_length() {
+        let lengths = [60, 8, 10, 58, 9, 61, 12, 59];
+        let groups = TRANSFORMER.split_by_length(&lengths);
+        covers_every_row_once(&groups, lengths.len());
+        assert_eq!(groups.len(), 2, "{groups:?}");
+        let mut short: Vec<usize> = groups[0].iter().map(|&i| lengths[i]).collect();
+        short.sort();
+        assert_eq!(short, [8, 9, 10, 12], "the short rows run together, padded to 12, not 61");
+        let cost: f64 =
+            groups.iter().map(|g| TRANSFORMER.of(g.len(), g.iter().map(|&i| lengths[i]).max().unwrap())).sum();
+        assert!(cost < TRANSFORMER.of(8, 61) * 0.9, "the split is cheaper by the model's own cost");
+    }
+
+    #[test]
+    fn a_batch_of_similar_lengths_runs_whole() {
+        let lengths = [20, 21, 22, 20, 23, 21];
+        assert_eq!(TRANSFORMER.split_by_length(&lengths), vec![(0..6).collect::<Vec<_>>()]);
+    }
+
+    #[test]
+    fn a_model_whose_cost_is_per_run_never_splits() {
+        let lengths = [60, 8, 10, 58, 9, 61, 12, 59];
+        assert_eq!(BAG.split_by_length(&lengths), vec![(0..8).collect::<Vec<_>>()]);
+        assert_eq!(RunCost::default().split_by_length(&lengths).len(), 1, "unmeasured: run whole");
+    }
+
+    #[test]
+    fn one_row_and_empty_rows_are_well_formed() {
+        assert_eq!(TRANSFORMER.split_by_length(&[5]), vec![vec![0]]);
+        assert_eq!(TRANSFORMER.split_by_length(&[]), vec![Vec::<usize>::new()]);
+        let groups = TRANSFORMER.split_by_length(&[0, 0, 64, 64]);
+        covers_every_row_once(&groups, 4);
     }
 }

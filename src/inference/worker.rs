@@ -14,16 +14,14 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
-use ort::environment::Environment;
 use tokio::sync::{Notify, oneshot};
 
 pub use crate::config::WorkerSettings;
 use crate::error::Error;
 use crate::inference::InferenceError;
-use crate::inference::backend::Backend;
-use crate::inference::batch::{Admit, BatchPolicy};
+use crate::inference::backend::{Backend, Backends};
+use crate::inference::batch::{Admit, BatchPolicy, RunCost};
 use crate::inference::cpu;
-use crate::inference::model::session::ModelSession;
 use crate::inference::model::{ModelSpec, Package, PackageError};
 use crate::inference::tokenize::{Encoder, TokenBatch, TokenRows};
 use crate::metrics::{DropReason, ModelMetrics, Role};
@@ -327,7 +325,7 @@ pub struct WorkerPool {
 /// With `shadow_cpu`, every batch's thread CPU time is recorded there and no batch starts while
 /// its budget is spent.
 pub fn start(
-    env: &Environment,
+    backends: &Backends,
     package: &Package,
     role: Role,
     settings: WorkerSettings,
@@ -335,13 +333,18 @@ pub fn start(
 ) -> Result<WorkerPool, PackageError> {
     let encoder = encoder(package)?;
     let mut sessions: Vec<Box<dyn Backend>> = Vec::with_capacity(settings.threads);
-    for _ in 0..settings.threads.max(1) {
-        let mut session = ModelSession::build(env, package, settings.intra_threads)?;
-        warm_up(&mut session, &package.spec, &encoder)
+    let mut run_cost = RunCost::default();
+    for i in 0..settings.threads.max(1) {
+        let mut session = backends.build(package, settings.intra_threads)?;
+        warm_up(session.as_mut(), &package.spec, &encoder)
             .map_err(|reason| PackageError::WarmUp { path: package.model_path(), reason })?;
-        sessions.push(Box::new(session));
+        if i == 0 {
+            run_cost = measure_run_cost(session.as_mut(), &package.spec, &encoder)
+                .map_err(|reason| PackageError::WarmUp { path: package.model_path(), reason })?;
+        }
+        sessions.push(session);
     }
-    start_with(package, encoder, role, settings, shadow_cpu, sessions)
+    start_with(package, encoder, role, settings, shadow_cpu, sessions, run_cost)
 }
 
 /// The package's tokenizer, checked against its cost budget.
@@ -352,16 +355,17 @@ fn encoder(package: &Package) -> Result<Encoder, PackageError> {
         .map_err(|reason| PackageError::Tokenizer { path: spec.dir.join("tokenizer.json"), reason })
 }
 
-/// Starts one worker thread per backend given (tests, with `backend::fake`; the server goes
+/// Starts one worker thread per backend given (unit tests, with `backend::fake`; the server goes
 /// through `start`).
-#[cfg(any(test, feature = "fault-injection"))]
-pub fn start_backends(
+#[cfg(test)]
+fn start_backends(
     package: &Package,
     role: Role,
     settings: WorkerSettings,
     backends: Vec<Box<dyn Backend>>,
+    run_cost: RunCost,
 ) -> Result<WorkerPool, PackageError> {
-    start_with(package, encoder(package)?, role, settings, None, backends)
+    start_with(package, encoder(package)?, role, settings, None, backends, run_cost)
 }
 
 fn start_with(
@@ -371,6 +375,7 @@ fn start_with(
     settings: WorkerSettings,
     shadow_cpu: Option<&Arc<ShadowCpu>>,
     backends: Vec<Box<dyn Backend>>,
+    run_cost: RunCost,
 ) -> Result<WorkerPool, PackageError> {
     let spec = package.spec.clone();
     let (small, small_rx) = crossbeam_channel::bounded(settings.queue_capacity.max(1));
@@ -379,6 +384,7 @@ fn start_with(
     let cpu = shadow_cpu.map(|_| Arc::new(ModelCpu::new(&spec.name)));
     let taken = Arc::new(Notify::new());
     let mut threads = Vec::with_capacity(backends.len());
+    let (isolated_tx, isolated_rx) = std::sync::mpsc::channel::<()>();
     for (i, backend) in backends.into_iter().enumerate() {
         let worker = Worker {
             backend,
@@ -395,13 +401,20 @@ fn start_with(
             accounting: shadow_cpu.zip(cpu.as_ref()).map(|(b, m)| (b.clone(), m.clone())),
             taken: taken.clone(),
             tokenized_ahead: Duration::ZERO,
+            run_cost,
+            group_rows: TokenRows::default(),
+            group_features: Vec::new(),
+            group_scores: Vec::new(),
         };
         let name = format!("infer-{}-{i}", spec.name);
         let model = spec.name.clone();
+        let isolated = isolated_tx.clone();
         let thread = std::thread::Builder::new()
             .name(name.chars().take(15).collect())
             .spawn(move || {
                 isolate(&model, &settings);
+                let _ = isolated.send(());
+                drop(isolated);
                 worker.run()
             })
             .map_err(|e| PackageError::WarmUp {
@@ -410,6 +423,10 @@ fn start_with(
             })?;
         threads.push(thread);
     }
+    // The scheduling policy each thread got is exported before the model is reported loaded,
+    // so the gauge never shows a previous load's policy while this one serves.
+    drop(isolated_tx);
+    while isolated_rx.recv().is_ok() {}
     let handle = ModelHandle {
         spec,
         lanes: [small, large],
@@ -439,15 +456,58 @@ fn check_cost_once(encoder: &Encoder, tokenizer_sha256: &str) -> Result<(), Stri
 
 /// Runs one tiny batch so the first real request does not pay for lazy initialisation, and so a
 /// model that loads but cannot run is refused at start-up.
-fn warm_up(session: &mut ModelSession, spec: &ModelSpec, encoder: &Encoder) -> Result<(), String> {
-    #[cfg(feature = "fault-injection")]
-    fault::slow_load();
+fn warm_up(session: &mut dyn Backend, spec: &ModelSpec, encoder: &Encoder) -> Result<(), String> {
     let mut tokens = TokenBatch::default();
     encoder.encode_into(["modserve warm-up review: great product, fast delivery."], &mut tokens)?;
     let features: Vec<f32> = spec.features.iter().map(|f| f.default).collect();
     let features = (!features.is_empty()).then_some(features.as_slice());
     let mut out = Vec::new();
     session.run(&tokens, features, &mut out).map_err(|e| e.to_string())
+}
+
+/// Measures `RunCost` on a warmed session: one row the length of the warm-up review, then a few
+/// rows of `LONG_ROW` tokens, the fastest of a few tries each. Load time grows by these runs (for
+/// a transformer, tens of milliseconds).
+fn measure_run_cost(backend: &mut dyn Backend, spec: &ModelSpec, encoder: &Encoder) -> Result<RunCost, String> {
+    const TRIES: usize = 3;
+    const LONG_ROWS: usize = 4;
+    const LONG_ROW: usize = 32;
+    let mut rows = TokenRows::default();
+    encoder.encode_rows(["modserve warm-up review: great product, fast delivery."], &mut rows)?;
+    let short: Vec<i64> = rows.row(0).to_vec();
+    if short.is_empty() {
+        return Ok(RunCost::default());
+    }
+    let width = LONG_ROW.min(spec.max_sequence_length).max(short.len());
+    let long: Vec<i64> = short.iter().copied().cycle().take(width).collect();
+    let mut one = TokenRows::default();
+    one.push(short.iter().copied());
+    let mut many = TokenRows::default();
+    for _ in 0..LONG_ROWS {
+        many.push(long.iter().copied());
+    }
+    let features: Vec<f32> = spec.features.iter().map(|f| f.default).collect();
+    let mut fastest = |rows: &TokenRows| -> Result<f64, String> {
+        let mut batch = TokenBatch::default();
+        batch.pad_from(rows);
+        let features: Vec<f32> = features.iter().copied().cycle().take(features.len() * rows.len()).collect();
+        let features = (!features.is_empty()).then_some(features.as_slice());
+        let mut out = Vec::new();
+        let mut best = f64::INFINITY;
+        for _ in 0..TRIES {
+            out.clear();
+            let started = Instant::now();
+            backend.run(&batch, features, &mut out).map_err(|e| e.to_string())?;
+            best = best.min(started.elapsed().as_nanos() as f64);
+        }
+        Ok(best)
+    };
+    let (t_one, t_many) = (fastest(&one)?, fastest(&many)?);
+    let (tokens_one, tokens_many) = (short.len() as f64, (LONG_ROWS * width) as f64);
+    let per_token_ns = ((t_many - t_one) / (tokens_many - tokens_one)).max(0.0);
+    let per_run_ns = (t_one - per_token_ns * tokens_one).max(0.0);
+    tracing::debug!(model = %spec.name, per_run_us = per_run_ns / 1e3, per_token_us = per_token_ns / 1e3, "measured run cost");
+    Ok(RunCost { per_run_ns, per_token_ns })
 }
 
 /// The state one worker thread owns.
@@ -473,6 +533,12 @@ struct Worker {
     /// Time spent tokenizing the next batch's reviews ahead of it (`tokenize_ahead`), counted
     /// in that batch's tokenize stage.
     tokenized_ahead: Duration,
+    /// Measured at load; decides whether a batch runs whole or as groups of similar length.
+    run_cost: RunCost,
+    /// Buffers for running a batch as groups (`run_grouped`).
+    group_rows: TokenRows,
+    group_features: Vec<f32>,
+    group_scores: Vec<f32>,
 }
 
 impl Worker {
@@ -590,9 +656,8 @@ impl Worker {
     }
 
     /// Appends `review`'s token ids to `rows`.
-    fn encode_review(&self, review: &ReviewInput, rows: &mut TokenRows) -> Result<(), String> {
-        #[cfg(feature = "fault-injection")]
-        fault::slow_tokenize(&self.spec.name, &review.model_text);
+    fn encode_review(&mut self, review: &ReviewInput, rows: &mut TokenRows) -> Result<(), String> {
+        self.backend.before_tokenizing();
         self.encoder.encode_rows([review.model_text.as_str()], rows)
     }
 
@@ -726,8 +791,6 @@ impl Worker {
     /// slow text cannot make the rest of the batch run for callers who have given up.
     fn infer(&mut self, jobs: &[Job], expired: &mut [bool]) -> Result<(), InferenceError> {
         let spec = self.spec.clone();
-        #[cfg(feature = "fault-injection")]
-        fault::inject(&spec.name, jobs);
         let t0 = Instant::now();
         self.rows.clear();
         for (j, job) in jobs.iter().enumerate() {
@@ -753,7 +816,6 @@ impl Worker {
         if self.rows.is_empty() {
             return Ok(());
         }
-        self.tokens.pad_from(&self.rows);
         self.count_tokens();
         self.features.clear();
         if !spec.features.is_empty() {
@@ -767,62 +829,54 @@ impl Worker {
         let t1 = Instant::now();
         let ahead = std::mem::take(&mut self.tokenized_ahead);
         self.metrics.tokenize.record((t1.duration_since(t0) + ahead).as_secs_f64());
-        self.metrics.batch_size.record(self.tokens.rows as f64);
+        self.metrics.batch_size.record(self.rows.len() as f64);
         self.metrics.batches.increment(1);
         self.scores.clear();
-        let features = (!spec.features.is_empty()).then_some(self.features.as_slice());
-        let result = self.backend.run(&self.tokens, features, &mut self.scores);
+        let lengths: Vec<usize> = (0..self.rows.len()).map(|r| self.rows.row(r).len()).collect();
+        let groups = self.run_cost.split_by_length(&lengths);
+        let result = if groups.len() == 1 {
+            self.tokens.pad_from(&self.rows);
+            let features = (!spec.features.is_empty()).then_some(self.features.as_slice());
+            self.backend.run(&self.tokens, features, &mut self.scores)
+        } else {
+            self.run_grouped(&groups)
+        };
         self.metrics.inference.record(t1.elapsed().as_secs_f64());
         result
     }
-}
 
-/// Test-only faults, compiled in with the `fault-injection` feature (the test suite enables it;
-/// release builds never have it). A review whose text contains `modserve-fault:panic:<model>;`
-/// makes that model's worker panic; `modserve-fault:sleep-<ms>:<model>;` makes it stall before
-/// the batch, `modserve-fault:tokenize-<ms>:<model>;` while tokenizing that review.
-/// `MODSERVE_FAULT_LOAD_DELAY_MS` slows every model's warm-up, to observe start-up.
-#[cfg(feature = "fault-injection")]
-mod fault {
-    use super::Job;
-
-    pub fn slow_load() {
-        if let Some(ms) = std::env::var("MODSERVE_FAULT_LOAD_DELAY_MS").ok().and_then(|v| v.parse::<u64>().ok()) {
-            std::thread::sleep(std::time::Duration::from_millis(ms));
-        }
-    }
-
-    pub fn slow_tokenize(model: &str, text: &str) {
-        if let Some(ms) = stall(text, "modserve-fault:tokenize-", model) {
-            std::thread::sleep(std::time::Duration::from_millis(ms));
-        }
-    }
-
-    /// `<ms>` of a `<prefix><ms>:<model>;` marker in `text` naming `model`.
-    fn stall(text: &str, prefix: &str, model: &str) -> Option<u64> {
-        let rest = text.split(prefix).nth(1)?;
-        let (ms, target) = rest.split_once(':')?;
-        (target.split(';').next() == Some(model)).then(|| ms.parse().ok()).flatten()
-    }
-
-    pub fn inject(model: &str, jobs: &[Job]) {
-        for review in jobs.iter().flat_map(|j| j.reviews.iter()) {
-            let text = &review.model_text;
-            if text.contains(&format!("modserve-fault:panic:{model};")) {
-                panic!("injected fault for model {model}");
+    /// Runs the batch in `self.rows` (and `self.features`) as `groups` of row indices, each
+    /// padded to its own longest row, and puts the scores back in row order in `self.scores`.
+    fn run_grouped(&mut self, groups: &[Vec<usize>]) -> Result<(), InferenceError> {
+        let n_labels = self.spec.labels.len();
+        let n_features = self.spec.features.len();
+        self.scores.resize(self.rows.len() * n_labels, 0.0);
+        for group in groups {
+            self.group_rows.clear();
+            self.group_features.clear();
+            for &r in group {
+                self.group_rows.push(self.rows.row(r).iter().copied());
+                self.group_features.extend_from_slice(&self.features[r * n_features..(r + 1) * n_features]);
             }
-            if let Some(ms) = stall(text, "modserve-fault:sleep-", model) {
-                std::thread::sleep(std::time::Duration::from_millis(ms));
+            self.tokens.pad_from(&self.group_rows);
+            let features = (n_features > 0).then_some(self.group_features.as_slice());
+            self.group_scores.clear();
+            self.backend.run(&self.tokens, features, &mut self.group_scores)?;
+            if self.group_scores.len() != group.len() * n_labels {
+                let shape = vec![self.group_scores.len() as i64];
+                return Err(InferenceError::Shape {
+                    output: "scores".into(),
+                    shape,
+                    rows: group.len(),
+                    labels: n_labels,
+                });
             }
-            // Busy work of the given CPU time: a shadow heavier than live, which sleep is not.
-            if let Some(ms) = stall(text, "modserve-fault:spin-", model) {
-                let start = crate::inference::cpu::thread_cpu_time();
-                let mut x = 0u64;
-                while crate::inference::cpu::thread_cpu_time() - start < std::time::Duration::from_millis(ms) {
-                    x = std::hint::black_box(x.wrapping_add(1));
-                }
+            for (k, &r) in group.iter().enumerate() {
+                self.scores[r * n_labels..(r + 1) * n_labels]
+                    .copy_from_slice(&self.group_scores[k * n_labels..(k + 1) * n_labels]);
             }
         }
+        Ok(())
     }
 }
 
@@ -912,6 +966,10 @@ mod tests {
     }
 
     fn pool_as(backend: &FakeBackend, role: Role) -> WorkerPool {
+        pool_costing(backend, role, RunCost::default())
+    }
+
+    fn pool_costing(backend: &FakeBackend, role: Role, run_cost: RunCost) -> WorkerPool {
         let settings = WorkerSettings {
             batch: BatchPolicy { max_batch_size: 8, max_wait: Duration::ZERO },
             queue_capacity: 8,
@@ -921,7 +979,7 @@ mod tests {
             idle: false,
             cpus: None,
         };
-        start_backends(&package(), role, settings, vec![Box::new(backend.clone())]).unwrap()
+        start_backends(&package(), role, settings, vec![Box::new(backend.clone())], run_cost).unwrap()
     }
 
     /// A backend that holds each batch until the test lets it go, and says when a batch began.
@@ -970,6 +1028,43 @@ mod tests {
         }
         assert_eq!(out.scores, expected);
         assert_eq!(fake.rows.load(Ordering::SeqCst), 3);
+        stop(pool);
+    }
+
+    #[test]
+    fn a_batch_of_mixed_lengths_runs_as_groups_and_each_review_keeps_its_scores() {
+        // A transformer-like cost: nearly all per token, so padding short rows to a long one is
+        // worth avoiding. Each row's score is its own token count, and every run's width is kept.
+        let widths = Arc::new(Mutex::new(Vec::new()));
+        let seen = widths.clone();
+        let fake = FakeBackend::new(move |ids| {
+            seen.lock().unwrap().push(ids.len());
+            Ok(vec![ids.iter().filter(|&&id| id != 0).count() as f32 / 100.0, 0.5])
+        });
+        let cost = RunCost { per_run_ns: 2_000_000.0, per_token_ns: 100_000.0 };
+        let pool = pool_costing(&fake, Role::Live, cost);
+        let long = "great product fast delivery ".repeat(6);
+        let texts = ["you idiot", long.as_str(), "great product", long.as_str(), "fast delivery"];
+        let out = pool.handle.submit(reviews(&texts), None, None).unwrap().blocking_wait().unwrap();
+        let encoder = encoder(&package()).unwrap();
+        let mut expected = Vec::new();
+        let mut short_max = 0;
+        for text in texts {
+            let mut rows = TokenRows::default();
+            encoder.encode_rows([text], &mut rows).unwrap();
+            expected.extend([rows.row(0).len() as f32 / 100.0, 0.5]);
+            if text.len() < 20 {
+                short_max = short_max.max(rows.row(0).len());
+            }
+        }
+        assert_eq!(out.scores, expected, "scores back in the order of the reviews");
+        assert_eq!(fake.batches.load(Ordering::SeqCst), 2, "one run for the short rows, one for the long");
+        let widths = widths.lock().unwrap().clone();
+        assert_eq!(
+            widths.iter().filter(|&&w| w == short_max).count(),
+            3,
+            "short rows padded to {short_max}: {widths:?}"
+        );
         stop(pool);
     }
 
@@ -1038,10 +1133,10 @@ mod tests {
 
     #[test]
     fn a_short_job_runs_between_the_reviews_of_a_long_batch_being_tokenized() {
-        let fake = FakeBackend::new(|_| Ok(vec![0.5, 0.5]));
+        // Every review takes 300 ms to tokenize; five of 2 KiB make a long job.
+        let fake = FakeBackend::new(|_| Ok(vec![0.5, 0.5])).slow_tokenizing(Duration::from_millis(300));
         let pool = pool(&fake);
-        // Five reviews of 2 KiB (a long job), each taking 300 ms to tokenize.
-        let slow = format!("modserve-fault:tokenize-300:tiny-abuse; {}", "great product ".repeat(150));
+        let slow = "great product ".repeat(150);
         let long = pool.handle.submit(reviews(&[&slow, &slow, &slow, &slow, &slow]), None, None).unwrap();
         while pool.handle.queue_len() > 0 {
             std::thread::yield_now();

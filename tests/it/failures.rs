@@ -129,18 +129,18 @@ live = "tiny-faulty"
     server.stop().await;
 }
 
-/// A live inference worker that panics (test-only fault hook): the panic is caught on the
+/// A live inference worker that panics (a fault injected through its backend): the panic is caught on the
 /// worker thread, every job in the batch gets INTERNAL naming the model, the error is counted,
 /// and the same worker thread goes on serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_live_worker_answers_internal_and_keeps_serving() {
     let _guard = exclusive().await;
-    let server = TestServer::start(config(BASIC)).await;
+    let (server, faults) = TestServer::start_faulty(config(BASIC)).await;
+    faults.on_word("tiny-abuse", "huge", Action::Panic);
     let base = server.scrape().await;
     let mut client = server.client().await;
     for round in 0..3 {
-        let poisoned =
-            request(vec![review("ok", "you idiot"), review("boom", "modserve-fault:panic:tiny-abuse; great product")]);
+        let poisoned = request(vec![review("ok", "you idiot"), review("boom", "huge great product")]);
         let status = client.classify(poisoned).await.expect_err("the batch fails");
         assert_eq!(status.code(), Code::Internal, "{status:?}");
         assert!(status.message().contains("model tiny-abuse"), "{}", status.message());

@@ -331,14 +331,13 @@ async fn a_full_queue_refuses_the_call_and_late_verdicts_are_shed() {
         "[feedback]\nsources = [\"trust-safety\"]",
         "[feedback]\nsources = [\"trust-safety\"]\nqueue_capacity = 2\nmax_delay = \"200ms\"\nbatch_size = 1",
     );
-    let server = TestServer::start(config(&text)).await;
+    let (server, faults) = TestServer::start_faulty(config(&text)).await;
     let base = server.scrape().await;
     let mut classify = server.client().await;
-    // Keep the live worker busy for 1.5 s with one slow review, running once its batch has
-    // recorded its queue wait.
-    let slow = tokio::spawn(async move {
-        classify.classify(request(vec![review("slow", "modserve-fault:sleep-1500:tiny-abuse; hi")])).await
-    });
+    // Keep the live worker busy for 1.5 s with one slow review (a fault injected through its
+    // backend), running once its batch has recorded its queue wait.
+    faults.on_word("tiny-abuse", "huge", Action::Sleep(Duration::from_millis(1500)));
+    let slow = tokio::spawn(async move { classify.classify(request(vec![review("slow", "huge")])).await });
     let started = [("model", "tiny-abuse"), ("role", "live"), ("stage", "queue_wait")];
     assert_eq!(server.wait_for(&base, "modserve_stage_duration_seconds_count", &started, 1.0).await, 1.0);
     let mut client = feedback(&server).await;
@@ -368,7 +367,8 @@ async fn policies_that_do_not_fit_the_model_are_refused_at_load() {
     let text = WITH_POLICIES.replace("[policies.strict-2.thresholds.insult]", "[policies.strict-2.thresholds.spam]");
     let config = std::sync::Arc::new(config(&text));
     let env = modserve::inference::runtime::environment(&ort_lib()).unwrap();
-    let errors = match modserve::control::loader::load(&config, &env, false, None, None) {
+    let backends = modserve::inference::backend::Backends::new(env);
+    let errors = match modserve::control::loader::load(&config, &backends, false, None, None) {
         Ok(_) => panic!("a policy with a label the model lacks must not load"),
         Err(errors) => errors,
     };

@@ -82,13 +82,13 @@ async fn a_tokenizer_that_backtracks_on_crafted_text_is_refused_at_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_deadline_is_checked_per_review_while_a_batch_is_tokenized() {
     let _guard = exclusive().await;
-    let server = TestServer::start(config(ONE_MODEL)).await;
+    let (server, faults) = TestServer::start_faulty(config(ONE_MODEL)).await;
     let base = server.scrape().await;
-    // Each review stalls the worker 300 ms while it is tokenized (test-only fault hook); the
-    // call's deadline passes during the second, so the third and fourth are never tokenized
-    // and the job is dropped rather than run for a caller who has gone.
-    let slow = "modserve-fault:tokenize-300:tiny-abuse; you idiot";
-    let reviews = (0..4).map(|i| review(&format!("r{i}"), slow)).collect();
+    // Each review stalls the worker 300 ms while it is tokenized (a fault injected through its
+    // backend); the call's deadline passes during the second, so the third and fourth are never
+    // tokenized and the job is dropped rather than run for a caller who has gone.
+    faults.slow_tokenizing("tiny-abuse", Duration::from_millis(300), 4);
+    let reviews = (0..4).map(|i| review(&format!("r{i}"), "you idiot")).collect();
     let (code, message) = raw_classify(server.grpc_addr, &request(reviews), "500m").await;
     assert_eq!(code, Code::DeadlineExceeded as i32, "{message}");
     let dropped =
@@ -309,9 +309,11 @@ async fn an_unknown_task_name_is_quoted_only_in_part() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_call_goes_before_queued_large_ones() {
     let _guard = exclusive().await;
-    let server = TestServer::start(config(ONE_MODEL)).await;
-    // Large jobs (over 8 KiB of text) that stall the worker 300 ms each (test-only fault hook).
-    let large = format!("modserve-fault:sleep-300:tiny-abuse; {}", "great product ".repeat(700));
+    let (server, faults) = TestServer::start_faulty(config(ONE_MODEL)).await;
+    // Large jobs (over 8 KiB of text) that stall the worker 300 ms each (a fault injected
+    // through its backend).
+    faults.on_word("tiny-abuse", "huge", Action::Sleep(Duration::from_millis(300)));
+    let large = format!("huge {}", "great product ".repeat(700));
     let finished = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let call = |name, text| spawn_call(&server, finished.clone(), name, text);
     let base = server.scrape().await;

@@ -9,10 +9,13 @@ use tonic::Code;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_call_timeout_caps_calls_with_no_deadline_or_a_longer_one() {
     let _guard = exclusive().await;
-    let server = TestServer::start(config(&format!("[limits]\nmax_call_timeout = \"300ms\"\n{ONE_MODEL}"))).await;
+    let (server, faults) =
+        TestServer::start_faulty(config(&format!("[limits]\nmax_call_timeout = \"300ms\"\n{ONE_MODEL}"))).await;
     let mut client = server.client().await;
-    // The worker stalls 1.5 s on this review (test-only fault hook); the call has no deadline.
-    let slow = "modserve-fault:sleep-1500:tiny-abuse; you idiot";
+    // The worker stalls 1.5 s on this review (a fault injected through its backend); the call
+    // has no deadline.
+    faults.on_word("tiny-abuse", "huge", Action::Sleep(Duration::from_millis(1500)));
+    let slow = "you idiot huge";
     let status = client.classify(request(vec![review("slow", slow)])).await.expect_err("capped");
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
     assert!(status.message().contains("limits.max_call_timeout"), "{}", status.message());

@@ -1,8 +1,8 @@
 //! The integration tests: one binary (one link of the whole crate) with a module per area.
 //! Metrics are process-wide, so a test that asserts on them holds `common::exclusive()` for its
 //! whole run and every other test holds `common::shared()`: the two never overlap.
-//! `tests/startup.rs` and `tests/isolation.rs` stay binaries of their own: they set a
-//! process-wide fault hook and count the process's threads.
+//! `tests/isolation.rs` stays a binary of its own: it counts the process's threads and their CPU
+//! time. Faults are injected through the inference backend seam (`common::faults`).
 
 mod classify;
 mod common;
@@ -17,6 +17,7 @@ mod process;
 mod reload;
 mod replicas;
 mod shadow;
+mod startup;
 mod tls;
 mod tune;
 mod worker;

@@ -191,7 +191,7 @@ shadows = [{ model = "tiny-abuse-v2", sample_rate = 0.3, salt = "experiment-7" }
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_or_panicking_shadow_never_touches_live_answers() {
     let _guard = exclusive().await;
-    let server = TestServer::start(config(
+    let (server, faults) = TestServer::start_faulty(config(
         r#"
 [shadow]
 breaker_window = 4
@@ -209,14 +209,10 @@ shadows = [{ model = "tiny-faulty", sample_rate = 1.0 }]
     .await;
     let base = server.scrape().await;
     let mut client = server.client().await;
-    // "explode" fails the shadow in ONNX Runtime, "nan" makes it emit NaN, the marker panics it.
-    // The live model scores all of them normally.
-    let texts = [
-        "you idiot explode",
-        "nan great product",
-        "modserve-fault:panic:tiny-faulty; you idiot",
-        "great product explode",
-    ];
+    // "explode" fails the shadow in ONNX Runtime, "nan" makes it emit NaN, "huge" panics it (a
+    // fault injected through its backend). The live model scores all of them normally.
+    faults.on_word("tiny-faulty", "huge", Action::Panic);
+    let texts = ["you idiot explode", "nan great product", "huge you idiot", "great product explode"];
     let expected = ["REJECT", "ALLOW", "REJECT", "ALLOW"];
     let error = [("shadow_model", "tiny-faulty"), ("outcome", "error")];
     for round in 0..3 {
@@ -257,7 +253,7 @@ shadows = [{ model = "tiny-faulty", sample_rate = 1.0 }]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_shadow_is_shed_and_counted_while_live_keeps_answering() {
     let _guard = exclusive().await;
-    let server = TestServer::start(config(
+    let (server, faults) = TestServer::start_faulty(config(
         r#"
 [shadow]
 max_delay = "50ms"
@@ -277,13 +273,13 @@ shadows = [{ model = "tiny-abuse-v2", sample_rate = 1.0 }]
     .await;
     let base = server.scrape().await;
     let mut client = server.client().await;
-    // Every review stalls the shadow 100 ms; live answers at full speed.
+    // Every review stalls the shadow 100 ms (a fault injected through its backend); live
+    // answers at full speed.
+    faults.on_word("tiny-abuse-v2", "idiot", Action::Sleep(Duration::from_millis(100)));
     let n = 40;
     for i in 0..n {
-        let resp = client
-            .classify(request(vec![review(&format!("s{i}"), "modserve-fault:sleep-100:tiny-abuse-v2; you idiot")]))
-            .await
-            .expect("live unaffected");
+        let resp =
+            client.classify(request(vec![review(&format!("s{i}"), "you idiot")])).await.expect("live unaffected");
         assert_eq!(decision_name(resp.into_inner().results[0].tasks[0].decision), "REJECT");
     }
     let scrape = server.scrape().await;
@@ -321,11 +317,11 @@ shadows = [{ model = "tiny-abuse-v2", sample_rate = 1.0 }]
 }
 
 /// While live work is queueing, shadow work is shed as `live_pressure`: the live model stalls on
-/// its first request (test-only fault hook) while two more queue behind it.
+/// its first request (a fault injected through its backend) while two more queue behind it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shadow_work_is_shed_while_live_work_is_queueing() {
     let _guard = exclusive().await;
-    let server = TestServer::start(config(
+    let (server, faults) = TestServer::start_faulty(config(
         r#"
 [shadow]
 live_pressure_jobs = 1
@@ -343,20 +339,25 @@ shadows = [{ model = "tiny-abuse-v2", sample_rate = 1.0 }]
     .await;
     let base = server.scrape().await;
     let mut first = server.client().await;
-    let stall = tokio::spawn(async move {
-        first.classify(request(vec![review("stall", "modserve-fault:sleep-400:tiny-abuse; you idiot")])).await.unwrap()
-    });
-    // Let the stalled job reach the worker, then queue two more behind it.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    // The first of them stalls the worker again, so the other is still queued when the first
-    // request's shadow work is offered.
+    // Stalls of the live worker, injected through its backend.
+    faults.on_word("tiny-abuse", "huge", Action::Sleep(Duration::from_millis(400)));
+    faults.on_word("tiny-abuse", "thanks", Action::Sleep(Duration::from_millis(300)));
+    let stall =
+        tokio::spawn(async move { first.classify(request(vec![review("stall", "you idiot huge")])).await.unwrap() });
+    // Once the stalled job is running (its queue wait recorded), queue two more behind it, in
+    // order. The first of them stalls the worker again, so the other is still queued when the
+    // first request's shadow work is offered.
+    let started = [("model", "tiny-abuse"), ("role", "live"), ("stage", "queue_wait")];
+    assert_eq!(server.wait_for(&base, "modserve_stage_duration_seconds_count", &started, 1.0).await, 1.0);
+    let depth = [("model", "tiny-abuse"), ("role", "live")];
     let mut queued = Vec::new();
-    for (i, text) in ["modserve-fault:sleep-300:tiny-abuse; you idiot", "you idiot"].into_iter().enumerate() {
+    for (i, text) in ["you idiot thanks", "you idiot"].into_iter().enumerate() {
         let mut c = server.client().await;
         queued.push(tokio::spawn(
             async move { c.classify(request(vec![review(&format!("q{i}"), text)])).await.unwrap() },
         ));
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let want = (i + 1) as f64;
+        assert_eq!(server.wait_for(&base, "modserve_queue_depth", &depth, want).await, want, "q{i} queued");
     }
     stall.await.unwrap();
     for q in queued {

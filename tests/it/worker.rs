@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 use modserve::error::Error;
+use modserve::inference::backend::Backends;
 use modserve::inference::batch::BatchPolicy;
 use modserve::inference::model::Package;
 use modserve::inference::tokenize::{Encoder, TokenRows};
@@ -14,7 +15,13 @@ use modserve::metrics::Role;
 use modserve::request::ReviewInput;
 
 fn pool(model: &str) -> WorkerPool {
+    pool_with(model, &Arc::new(Faults::default()))
+}
+
+/// A pool whose backend injects the faults armed in `faults`.
+fn pool_with(model: &str, faults: &Arc<Faults>) -> WorkerPool {
     let env = modserve::inference::runtime::environment(&ort_lib()).expect("ONNX Runtime loads");
+    let backends = Backends::wrapped(env, faults.wrap());
     let package = Package::load(&fixture(model)).expect("fixture loads");
     let settings = WorkerSettings {
         batch: BatchPolicy { max_batch_size: 8, max_wait: Duration::ZERO },
@@ -25,7 +32,7 @@ fn pool(model: &str) -> WorkerPool {
         idle: false,
         cpus: None,
     };
-    worker::start(&env, &package, Role::Shadow, settings, None).expect("workers start")
+    worker::start(&backends, &package, Role::Shadow, settings, None).expect("workers start")
 }
 
 fn reviews(texts: &[&str]) -> Arc<[ReviewInput]> {
@@ -111,7 +118,8 @@ fn token_ids_from_a_shared_tokenizer_are_used_as_given() {
 fn abandoned_jobs_are_dropped_before_inference_and_counted() {
     let _guard = exclusive_blocking();
     let prometheus = modserve::metrics::install().unwrap();
-    let pool = pool("tiny-fraud");
+    let faults = Arc::new(Faults::default());
+    let pool = pool_with("tiny-fraud", &faults);
     let count = |reason: &str| {
         metric(
             &prometheus.render(),
@@ -126,8 +134,10 @@ fn abandoned_jobs_are_dropped_before_inference_and_counted() {
             .unwrap_or(0.0)
     };
     let before = (count("cancelled"), inferred());
-    // The first job stalls the only worker (test-only fault hook), so the second waits queued.
-    let busy = pool.handle.submit(reviews(&["modserve-fault:sleep-300:tiny-fraud; call me"]), None, None).unwrap();
+    // The first job stalls the only worker (a fault injected through its backend), so the
+    // second waits queued.
+    faults.on_word("tiny-fraud", "huge", Action::Sleep(Duration::from_millis(300)));
+    let busy = pool.handle.submit(reviews(&["huge call me"]), None, None).unwrap();
     let abandoned = pool.handle.submit(reviews(&["win a free prize"]), None, None).unwrap();
     drop(abandoned);
     let after = pool.handle.submit(reviews(&["great product"]), None, None).unwrap();

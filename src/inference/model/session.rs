@@ -12,6 +12,9 @@ use super::{ModelSpec, Package, PackageError};
 use crate::inference::InferenceError;
 use crate::inference::tokenize::TokenBatch;
 
+/// ONNX Runtime graph rewrites left out, chosen by measurement (see `build`).
+const DISABLED_OPTIMIZERS: &str = "SkipLayerNormFusion";
+
 /// A session plus what it needs to check its inputs and outputs.
 pub struct ModelSession {
     session: Session,
@@ -27,6 +30,11 @@ impl ModelSession {
             .with_intra_threads(intra_threads)
             .map_err(|e| onnx_err(e.into()))?
             .with_optimization_level(GraphOptimizationLevel::Level3)
+            .map_err(|e| onnx_err(e.into()))?
+            // ONNX Runtime's fused SkipLayerNormalization CPU kernel took ~5 ns per element, a
+            // fifth of abuse-minilm's run; the unfused Add + LayerNormalization ran the same
+            // 32-review batch 1.23x faster (docs/benchmarks.md, "The transformer path").
+            .with_disabled_optimizers(DISABLED_OPTIMIZERS)
             .map_err(|e| onnx_err(e.into()))?
             .commit_from_memory(&package.model_bytes)
             .map_err(onnx_err)?;

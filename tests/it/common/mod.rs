@@ -2,11 +2,15 @@
 //! Runtime and the fixture models, waits for gRPC health, and talks real gRPC to it.
 #![allow(dead_code)]
 
+pub mod faults;
 pub mod prometheus;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+#[allow(unused_imports)] // not every test binary that includes this module injects faults
+pub use faults::{Action, Faults};
 use modserve::app::{MODERATION_SERVICE, Server};
 use modserve::config::{Config, Overrides};
 use modserve::serving::grpc::pb;
@@ -84,7 +88,18 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a server and returns once health says SERVING.
     pub async fn start(config: Config) -> TestServer {
-        let server = Server::start(config).await.expect("server starts");
+        TestServer::start_wrapped(config, None).await
+    }
+
+    /// Starts a server whose model backends inject the faults the test arms in the returned
+    /// `Faults` (`faults.rs`).
+    pub async fn start_faulty(config: Config) -> (TestServer, Arc<Faults>) {
+        let faults = Arc::new(Faults::default());
+        (TestServer::start_wrapped(config, Some(faults.wrap())).await, faults)
+    }
+
+    async fn start_wrapped(config: Config, wrap: Option<modserve::inference::backend::Wrap>) -> TestServer {
+        let server = Server::start_wrapped(config, wrap).await.expect("server starts");
         let grpc_addr = server.grpc_addr;
         let metrics_addr = server.metrics_addr;
         let ts = TestServer { server, grpc_addr, metrics_addr };

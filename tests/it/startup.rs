@@ -1,24 +1,21 @@
 //! Start-up as an orchestrator sees it: the listeners answer while the models load (health
 //! NOT_SERVING, Classify UNAVAILABLE, /health/ready 503, /health/live 200), then SERVING.
-//! Its own test binary: the slow load is set through the environment, process-wide.
 
-#[path = "it/common/mod.rs"]
-mod common;
-
-use common::*;
+use crate::common::*;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listeners_answer_not_serving_while_models_load() {
-    // The one `unsafe` outside `src/sys.rs`: the load delay is a process-wide fault hook.
-    // SAFETY: set before the server (and any other thread that reads it) starts; this test
-    // binary has no other test.
-    #[allow(unsafe_code)]
-    unsafe {
-        std::env::set_var("MODSERVE_FAULT_LOAD_DELAY_MS", "3000")
-    };
-    let server = modserve::app::Server::start(config(BASIC)).await.expect("listeners bind");
+    let _shared = shared().await;
+    // Each model's warm-up batch sleeps 3 s (a fault injected through its backend), so loading
+    // is still under way while the listeners answer.
+    let faults = std::sync::Arc::new(Faults::default());
+    for model in ["tiny-abuse", "tiny-fraud"] {
+        faults.on_batches(model, 1, Action::Sleep(std::time::Duration::from_secs(3)));
+    }
+    let server =
+        modserve::app::Server::start_wrapped(config(BASIC), Some(faults.wrap())).await.expect("listeners bind");
     let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.grpc_addr))
         .unwrap()
         .connect()

@@ -1,0 +1,46 @@
+"""Medians from a benches/transformer.sh results file and its compute bound; prints Markdown."""
+
+import collections
+import json
+import statistics
+import sys
+
+rows = [json.loads(line) for line in open(sys.argv[1])]
+bound = json.load(open(sys.argv[2]))
+rounds = max(r["round"] for r in rows)
+servers = [s for s in ("modserve-old", "modserve", "peer") if any(r["server"] == s for r in rows)]
+runs = collections.defaultdict(list)  # (server, scenario, level) -> [result]
+for r in rows:
+    runs[(r["server"], r["scenario"], r["result"]["level"])].append(r["result"])
+
+
+def med(server, scenario, level, key):
+    values = [x[key] for x in runs.get((server, scenario, level), [])]
+    return statistics.median(values) if values else float("nan")
+
+
+def errors(server, scenario, level):
+    total = collections.Counter()
+    for x in runs.get((server, scenario, level), []):
+        total.update(x["errors"])
+    return ", ".join(f"{k}={v}" for k, v in sorted(total.items())) or "0"
+
+
+print(f"abuse-minilm live, one server core; medians of {rounds} round(s). Compute bound: "
+      f"{bound['bound_reviews_per_s']:,.0f} reviews/s ({bound['tokens_per_review']} tokens per review, "
+      f"{bound['macs_per_token'] / 1e6:.1f} M multiply-adds per token, int8 kernel at "
+      f"{bound['effective_macs_per_s'] / 1e9:.0f} G multiply-adds/s).\n")
+print("| scenario | level | " + " | ".join(f"{s} reviews/s | p50 ms | p99 ms" for s in servers)
+      + " | modserve / peer | share of bound (modserve) | errors |")
+print("|---|---|" + "---|---|---|" * len(servers) + "---|---|---|")
+for scenario in ("single", "batch32"):
+    levels = sorted({k[2] for k in runs if k[1] == scenario}, key=lambda s: float(s.split("=")[-1]))
+    for lv in levels:
+        cells = []
+        for s in servers:
+            cells.append(f"{med(s, scenario, lv, 'reviews_per_s'):,.0f} | {med(s, scenario, lv, 'p50_ms'):.2f} "
+                         f"| {med(s, scenario, lv, 'p99_ms'):.2f}")
+        m, p = med("modserve", scenario, lv, "reviews_per_s"), med("peer", scenario, lv, "reviews_per_s")
+        errs = " / ".join(errors(s, scenario, lv) for s in servers)
+        print(f"| {scenario} | {lv} | " + " | ".join(cells)
+              + f" | {m / p:.2f}x | {m / bound['bound_reviews_per_s']:.2f} | {errs} |")

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# The transformer path: abuse-minilm as the live model, served by modserve and by the Python peer
+# (benches/peers/python) on the same package, alternating within each round, the server pinned to
+# core 0 and the load generator to core 1 (so every figure is one server core). With OLD=BINARY an
+# older modserve runs too, for a before/after ratio in the same run. Then the compute bound
+# (benches/compute_bound.py): the encoder's multiply-adds per token over this core's measured int8
+# matrix-multiply rate.
+#
+#   [OLD=path/to/old/modserve] benches/transformer.sh [ROUNDS]    (default 3; ~2 min a round per server)
+#
+# Raw loadgen JSON lines go to target/bench/transformer-*.jsonl; the summary (Markdown) to stdout.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+rounds="${1:-3}"
+config=benches/configs/minilm-live.toml
+out="target/bench/transformer-$(date +%Y%m%dT%H%M%S).jsonl"
+mkdir -p target/bench
+scripts/setup >/dev/null
+benches/peers/python/setup.sh >/dev/null
+cargo build --release --locked --bins 2>/dev/null
+
+# Reviews of about 20 words (the eval suite's texts, as every loadgen run uses by default).
+scenarios=(
+    "single|--tasks abuse --concurrency 1,64"
+    "batch32|--tasks abuse --reviews 32 --concurrency 1,4"
+)
+
+wait_port() {  # wait_port HOST:PORT
+    for _ in $(seq 1 600); do
+        (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "transformer.sh: nothing listens on $1" >&2; return 1
+}
+
+measure() {  # measure SERVER ROUND ADDR PID
+    local name="$1" round="$2" addr="$3" pid="$4"
+    wait_port "$addr"
+    sleep 1  # the peer listens before its warm-up inference is done
+    for s in "${scenarios[@]}"; do
+        # shellcheck disable=SC2086
+        taskset -c 1 target/release/loadgen --addr "http://$addr" --duration 8s --warmup 2s --json ${s#*|} \
+            | sed "s/^/{\"server\":\"$name\",\"round\":$round,\"scenario\":\"${s%%|*}\",\"result\":/; s/\$/}/" >>"$out"
+    done
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+
+modserve() {  # modserve NAME BINARY ROUND
+    echo "round $3/$rounds: $1" >&2
+    taskset -c 0 "$2" --config "$config" 2>"/tmp/transformer-$1.log" &
+    measure "$1" "$3" 127.0.0.1:50071 $!
+}
+
+for round in $(seq 1 "$rounds"); do
+    if [ -n "${OLD:-}" ]; then modserve modserve-old "$OLD" "$round"; fi
+    modserve modserve target/release/modserve "$round"
+    echo "round $round/$rounds: python peer" >&2
+    (cd benches/peers/python && exec taskset -c 0 .venv/bin/python server.py --config "../../../$config" \
+        --listen 127.0.0.1:50091) >/tmp/transformer-peer.log 2>&1 &
+    measure peer "$round" 127.0.0.1:50091 $!
+done
+echo "raw results: $out" >&2
+[ -x .tools/bound-venv/bin/python ] || { python3 -m venv .tools/bound-venv && .tools/bound-venv/bin/pip install -q --disable-pip-version-check -r benches/bound-requirements.txt; }
+taskset -c 0 .tools/bound-venv/bin/python benches/compute_bound.py models/abuse-minilm >"$out.bound.json"
+python3 benches/summarise_transformer.py "$out" "$out.bound.json"

@@ -1,0 +1,123 @@
+//! Faults injected through the inference backend seam: `TestServer::start_faulty` wraps every
+//! model's real ONNX Runtime session (`Server::start_wrapped`), and a test arms what a model's
+//! backend does: panic, stall or burn CPU on the rows that hold a marker word, or stall while
+//! the next reviews are tokenized. The server has no fault hooks of its own.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use modserve::inference::InferenceError;
+use modserve::inference::backend::{Backend, Wrap};
+use modserve::inference::cpu::thread_cpu_time;
+use modserve::inference::model::{ModelSpec, Package};
+use modserve::inference::tokenize::TokenBatch;
+
+use super::fixture;
+
+/// What a faulty backend does, once per marked row, before it runs a batch.
+#[derive(Debug, Clone, Copy)]
+pub enum Action {
+    /// Panics, as a runtime bug would; the worker must catch it.
+    Panic,
+    /// Sleeps: a stalled runtime.
+    Sleep(Duration),
+    /// Spins for this much thread CPU time: a model heavier than live, which a sleep is not.
+    Spin(Duration),
+}
+
+#[derive(Default)]
+pub struct Faults {
+    /// model -> (marker token id, action).
+    on_token: Mutex<HashMap<String, Vec<(i64, Action)>>>,
+    /// model -> (action, batches left to do it on).
+    on_batches: Mutex<HashMap<String, (Action, usize)>>,
+    /// model -> (stall, reviews left to stall).
+    tokenizing: Mutex<HashMap<String, (Duration, usize)>>,
+}
+
+impl Faults {
+    /// Every row of a `model` batch that holds `word` (a word of the fixtures' vocabulary) does
+    /// `action` before the batch runs.
+    pub fn on_word(&self, model: &str, word: &str, action: Action) {
+        let package = Package::load(&fixture(model)).expect("fixture loads");
+        let id =
+            package.tokenizer.token_to_id(word).unwrap_or_else(|| panic!("{word:?} is not in {model}'s vocabulary"));
+        self.on_token.lock().unwrap().entry(model.to_string()).or_default().push((i64::from(id), action));
+    }
+
+    /// The next `batches` batches `model` runs (its warm-up at load included) each do `action`
+    /// first, once.
+    pub fn on_batches(&self, model: &str, batches: usize, action: Action) {
+        self.on_batches.lock().unwrap().insert(model.to_string(), (action, batches));
+    }
+
+    /// The next `reviews` reviews `model` tokenizes each stall `stall` first.
+    pub fn slow_tokenizing(&self, model: &str, stall: Duration, reviews: usize) {
+        self.tokenizing.lock().unwrap().insert(model.to_string(), (stall, reviews));
+    }
+
+    pub fn wrap(self: &Arc<Self>) -> Wrap {
+        let faults = self.clone();
+        Arc::new(move |spec: &ModelSpec, inner: Box<dyn Backend>| -> Box<dyn Backend> {
+            Box::new(Faulty { inner, model: spec.name.clone(), faults: faults.clone() })
+        })
+    }
+
+    fn actions(&self, model: &str, tokens: &TokenBatch) -> Vec<Action> {
+        let rules = self.on_token.lock().unwrap().get(model).cloned().unwrap_or_default();
+        let rows = tokens.ids.chunks(tokens.seq.max(1)).take(tokens.rows);
+        let mut actions: Vec<Action> = rows
+            .flat_map(|row| rules.iter().filter(|(id, _)| row.contains(id)).map(|(_, a)| *a).collect::<Vec<_>>())
+            .collect();
+        if let Some((action, left)) = self.on_batches.lock().unwrap().get_mut(model).filter(|(_, left)| *left > 0) {
+            *left -= 1;
+            actions.push(*action);
+        }
+        actions
+    }
+
+    fn tokenizing_stall(&self, model: &str) -> Option<Duration> {
+        let mut tokenizing = self.tokenizing.lock().unwrap();
+        let (stall, left) = tokenizing.get_mut(model)?;
+        if *left == 0 {
+            return None;
+        }
+        *left -= 1;
+        Some(*stall)
+    }
+}
+
+struct Faulty {
+    inner: Box<dyn Backend>,
+    model: String,
+    faults: Arc<Faults>,
+}
+
+impl Backend for Faulty {
+    fn run(&mut self, tokens: &TokenBatch, features: Option<&[f32]>, out: &mut Vec<f32>) -> Result<(), InferenceError> {
+        for action in self.faults.actions(&self.model, tokens) {
+            match action {
+                Action::Panic => panic!("injected fault for model {}", self.model),
+                Action::Sleep(d) => std::thread::sleep(d),
+                Action::Spin(d) => spin(d),
+            }
+        }
+        self.inner.run(tokens, features, out)
+    }
+
+    fn before_tokenizing(&mut self) {
+        if let Some(stall) = self.faults.tokenizing_stall(&self.model) {
+            std::thread::sleep(stall);
+        }
+    }
+}
+
+/// Busy work for `d` of this thread's CPU time.
+fn spin(d: Duration) {
+    let start = thread_cpu_time();
+    let mut x = 0u64;
+    while thread_cpu_time() - start < d {
+        x = std::hint::black_box(x.wrapping_add(1));
+    }
+}
