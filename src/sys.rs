@@ -62,6 +62,23 @@ pub fn set_sched_idle() -> io::Result<()> {
     Err(io::Error::new(io::ErrorKind::Unsupported, "SCHED_IDLE needs Linux"))
 }
 
+/// Moves the calling thread back to the normal class (`SCHED_OTHER`).
+#[cfg(target_os = "linux")]
+pub fn set_sched_normal() -> io::Result<()> {
+    // SAFETY: sched_param is plain data; pid 0 is the calling thread.
+    let param = libc::sched_param { sched_priority: 0 };
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn set_sched_normal() -> io::Result<()> {
+    Err(io::Error::new(io::ErrorKind::Unsupported, "scheduling classes need Linux"))
+}
+
 /// Sets the calling thread's niceness (Linux applies `setpriority` per thread).
 pub fn set_nice(nice: i32) -> io::Result<()> {
     // SAFETY: plain syscalls on the calling thread, no pointers involved.

@@ -22,6 +22,8 @@ struct WorkerThread {
     nice: i64,
     /// `schedstat` field 1: CPU time in ns.
     cpu_ns: u64,
+    /// `Cpus_allowed_list` of `status`, e.g. "0-1".
+    cpus: String,
 }
 
 const SCHED_OTHER: u32 = 0;
@@ -29,24 +31,32 @@ const SCHED_IDLE: u32 = 5;
 
 /// Every thread of this process whose name starts with `infer-`.
 fn worker_threads() -> Vec<WorkerThread> {
+    threads_named("infer-")
+}
+
+/// Every thread of this process whose name starts with `prefix`.
+fn threads_named(prefix: &str) -> Vec<WorkerThread> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc/self/task").unwrap() {
         let dir = entry.unwrap().path();
         let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else { continue };
         let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
         let comm = stat[open + 1..close].to_string();
-        if !comm.starts_with("infer-") {
+        if !comm.starts_with(prefix) {
             continue;
         }
         // Fields after the command start at field 3.
         let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
         let field = |n: usize| fields[n - 3];
         let schedstat = std::fs::read_to_string(dir.join("schedstat")).unwrap_or_default();
+        let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+        let cpus = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).unwrap_or("").trim().to_string();
         out.push(WorkerThread {
             comm,
             policy: field(41).parse().unwrap(),
             nice: field(19).parse().unwrap(),
             cpu_ns: schedstat.split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or(0),
+            cpus,
         });
     }
     out
@@ -107,6 +117,56 @@ async fn heavy_server(config: modserve::config::Config) -> TestServer {
     let (server, faults) = TestServer::start_faulty(config).await;
     faults.on_word("tiny-abuse-v2", "huge", Action::Spin(SPIN));
     server
+}
+
+/// The thread that runs policy-only shadows' comparisons is placed like the shadow workers, by
+/// the config being served: `shadow.scheduling`, `shadow.nice` and `shadow.cpus`, re-applied
+/// when a new config changes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_policy_only_shadow_thread_follows_the_shadow_settings() {
+    let _guard = exclusive().await;
+    let first = modserve::inference::cpu::allowed_cpus().unwrap().iter().next().unwrap();
+    let all = modserve::inference::cpu::allowed_cpus().unwrap().to_list();
+    for (shadow, want_policy, want_cpus) in [
+        (format!("scheduling = \"nice\"\nnice = 7\ncpus = \"{first}\""), SCHED_OTHER, first.to_string()),
+        ("scheduling = \"idle\"\nnice = 7".to_string(), SCHED_IDLE, all.clone()),
+    ] {
+        let server = TestServer::start(config(&format!(
+            r#"
+[shadow]
+{shadow}
+[policies.strict]
+version = "1"
+[policies.strict.thresholds.insult]
+review = 0.1
+reject = 0.2
+[models.tiny-abuse]
+path = "tests/fixtures/tiny-abuse"
+[tasks.abuse]
+live = "tiny-abuse"
+shadows = [{{ model = "tiny-abuse", policy = "strict", sample_rate = 1.0 }}]
+"#
+        )))
+        .await;
+        let base = server.scrape().await;
+        let mut client = server.client().await;
+        client.classify(request(vec![review("r", "you idiot")])).await.expect("answered");
+        // Compared on the comparison thread, which applies the placement before its next work.
+        let compared = [("outcome", "compared")];
+        for _ in 0..600 {
+            if sum_where(&server.scrape().await, "modserve_shadow_reviews_total", &compared)
+                > sum_where(&base, "modserve_shadow_reviews_total", &compared)
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let thread = threads_named("shadow-offload");
+        assert_eq!(thread.len(), 1, "{thread:?}");
+        assert_eq!((thread[0].policy, thread[0].nice), (want_policy, 7), "{shadow}: {thread:?}");
+        assert_eq!(thread[0].cpus, want_cpus, "{shadow}: {thread:?}");
+        server.stop().await;
+    }
 }
 
 /// Sends single-review requests for `time`, heavy for the shadow (`SPIN` of CPU each, see

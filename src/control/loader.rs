@@ -68,6 +68,11 @@ pub fn load(
         return Err(errors);
     }
     configure_budget(&shadow_cpu, config, &models);
+    crate::shadow::offload::place(crate::shadow::offload::Placement {
+        idle: config.shadow_scheduling == crate::config::ShadowScheduling::Idle,
+        nice: config.shadow_nice,
+        cpus: config.shadow_cpus,
+    });
     let state = ServingState {
         generation: 0,
         shadow_cpu,

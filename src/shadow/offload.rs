@@ -1,14 +1,65 @@
 //! Shadow work that runs no inference (a policy-only shadow: the live scores under another
 //! policy) still costs, per review, a decision, metric updates and, on a disagreement, a hashed
-//! and serialised log line. It runs here, on one background thread behind live work
-//! (`SCHED_IDLE`, else `nice`), not on the request's task: the request hands it over with a
-//! send that never waits, and a full queue sheds the work (counted by the caller).
+//! and serialised log line. It runs here, on one background thread placed like the shadow
+//! workers (`shadow.scheduling`, `shadow.nice`, `shadow.cpus`), not on the request's task: the
+//! request hands it over with a send that never waits, and a full queue sheds the work (counted
+//! by the caller).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use crossbeam_channel::Sender;
+
+use crate::inference::cpu::{self, CpuSet, SchedPolicy};
+
+/// How the thread runs: the `[shadow]` settings of the config being served.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Placement {
+    pub idle: bool,
+    pub nice: i32,
+    pub cpus: Option<CpuSet>,
+}
+
+impl Default for Placement {
+    fn default() -> Placement {
+        Placement { idle: true, nice: crate::config::defaults::SHADOW_NICE, cpus: None }
+    }
+}
+
+static PLACEMENT: Mutex<Option<Placement>> = Mutex::new(None);
+/// Bumped by every change of `PLACEMENT`; the thread re-applies it before its next work.
+static PLACED: AtomicU64 = AtomicU64::new(0);
+
+/// Sets how the thread runs from its next piece of work on (every load of a config calls it).
+pub fn place(placement: Placement) {
+    let mut current = PLACEMENT.lock().unwrap_or_else(|e| e.into_inner());
+    if current.as_ref() != Some(&placement) {
+        *current = Some(placement);
+        PLACED.fetch_add(1, Ordering::Release);
+    }
+}
+
+/// Applies the current placement to the calling thread; `all` is the process's CPUs, where the
+/// thread goes back to when `shadow.cpus` is unset. Best effort, as for the shadow workers:
+/// what could not be applied is logged.
+fn apply(all: Option<&CpuSet>) {
+    let placement = PLACEMENT.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_default();
+    if !placement.idle {
+        // From SCHED_IDLE (a previous config) back to the normal class first.
+        let _ = crate::sys::set_sched_normal();
+    }
+    let (policy, error) = cpu::lower_thread_priority(placement.idle, placement.nice);
+    if placement.idle && policy != SchedPolicy::Idle {
+        let error = error.map(|e| e.to_string()).unwrap_or_default();
+        tracing::warn!(policy = policy.as_str(), %error, "the shadow comparison thread could not use SCHED_IDLE");
+    }
+    if let Some(cpus) = placement.cpus.as_ref().or(all)
+        && let Err(e) = cpu::set_thread_affinity(cpus)
+    {
+        tracing::warn!(cpus = %cpus.to_list(), error = %e, "cannot place the shadow comparison thread on shadow.cpus");
+    }
+}
 
 /// Work handed to the thread.
 pub type Work = Box<dyn FnOnce() + Send>;
@@ -51,9 +102,16 @@ pub fn submit(work: Work, bytes: usize) -> bool {
 
 fn start() -> Option<Sender<Work>> {
     let (tx, rx) = crossbeam_channel::bounded::<Work>(CAPACITY);
+    // Read here, on a thread no shadow setting has restricted.
+    let all = cpu::allowed_cpus().ok();
     let spawned = std::thread::Builder::new().name("shadow-offload".into()).spawn(move || {
-        let _ = crate::inference::cpu::lower_thread_priority(true, crate::config::defaults::SHADOW_NICE);
+        let mut placed = None;
         for work in rx {
+            let now = PLACED.load(Ordering::Acquire);
+            if placed != Some(now) {
+                apply(all.as_ref());
+                placed = Some(now);
+            }
             // A failing comparison must not take the thread (and every later one) down.
             if catch_unwind(AssertUnwindSafe(work)).is_err() {
                 tracing::error!("a shadow comparison panicked; the next one runs");
