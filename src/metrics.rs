@@ -149,8 +149,25 @@ impl Stage {
     }
 }
 
+/// One handle per variant of a label enum, built from the enum's `ALL` list and looked up by
+/// the variant itself: a counter never depends on where its variant sits in the declaration.
+#[derive(Debug)]
+pub struct ByVariant<E, T, const N: usize>([(E, T); N]);
+
+impl<E: Copy + PartialEq, T, const N: usize> ByVariant<E, T, N> {
+    pub fn new(all: [E; N], make: impl Fn(E) -> T) -> Self {
+        ByVariant(all.map(|e| (e, make(e))))
+    }
+
+    pub fn get(&self, variant: E) -> &T {
+        // `new` made one entry per variant of `ALL`, and every variant is in `ALL`: the unit
+        // tests of each enum check both.
+        &self.0.iter().find(|(e, _)| *e == variant).expect("a handle for every variant").1
+    }
+}
+
 /// Why queued work was dropped without inference.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropReason {
     /// The model's queue was full when the request arrived.
     QueueFull,
@@ -161,6 +178,8 @@ pub enum DropReason {
 }
 
 impl DropReason {
+    pub const ALL: [DropReason; 3] = [DropReason::QueueFull, DropReason::Deadline, DropReason::Cancelled];
+
     fn as_str(self) -> &'static str {
         match self {
             DropReason::QueueFull => "queue_full",
@@ -402,7 +421,7 @@ pub struct ModelMetrics {
     pub tokens: Counter,
     pub unknown_tokens: Counter,
     pub at_max_tokens: Counter,
-    dropped: [Counter; 3],
+    dropped: ByVariant<DropReason, Counter, 3>,
     info: Gauge,
 }
 
@@ -426,13 +445,13 @@ impl ModelMetrics {
             tokens: counter!(TOKENS_TOTAL, label::MODEL => model.clone(), label::ROLE => role_str),
             unknown_tokens: counter!(UNKNOWN_TOKENS_TOTAL, label::MODEL => model.clone(), label::ROLE => role_str),
             at_max_tokens: counter!(REVIEWS_AT_MAX_TOKENS_TOTAL, label::MODEL => model.clone(), label::ROLE => role_str),
-            dropped: [dropped(DropReason::QueueFull), dropped(DropReason::Deadline), dropped(DropReason::Cancelled)],
+            dropped: ByVariant::new(DropReason::ALL, dropped),
             info,
         }
     }
 
     pub fn dropped(&self, reason: DropReason) -> &Counter {
-        &self.dropped[reason as usize]
+        self.dropped.get(reason)
     }
 
     /// Marks the model as no longer loaded (its info series drops to 0).
@@ -499,7 +518,7 @@ pub struct ShadowMetrics {
     /// live model lacks the label).
     deltas: Vec<Option<Histogram>>,
     pub flips: Counter,
-    outcomes: [Counter; 9],
+    outcomes: ByVariant<ShadowOutcome, Counter, 9>,
     pub breaker_open: Gauge,
     pub rate_configured: Gauge,
     pub rate_effective: Gauge,
@@ -707,8 +726,9 @@ impl ShadowMetrics {
                 label::SHADOW_POLICY => shadow_policy.name.clone())
         });
         let scores = if scores { score_histograms(task, shadow, Role::Shadow) } else { Vec::new() };
-        let outcomes =
-            ShadowOutcome::ALL.map(|o| counter!(SHADOW_REVIEWS_TOTAL, with("outcome", o.as_str().to_string())));
+        let outcomes = ByVariant::new(ShadowOutcome::ALL, |o| {
+            counter!(SHADOW_REVIEWS_TOTAL, with("outcome", o.as_str().to_string()))
+        });
         let breaker_open =
             gauge!(SHADOW_BREAKER_OPEN, label::TASK => task.to_string(), label::SHADOW_MODEL => shadow.name.clone());
         breaker_open.set(0.0);
@@ -746,8 +766,7 @@ impl ShadowMetrics {
     }
 
     pub fn outcome(&self, outcome: ShadowOutcome, reviews: usize) {
-        // `ALL` is in declaration order, so the discriminant is the index.
-        self.outcomes[outcome as usize].increment(reviews as u64);
+        self.outcomes.get(outcome).increment(reviews as u64);
     }
 }
 
@@ -793,22 +812,38 @@ pub fn process_cpu_capacity(capacity: crate::inference::cpu::Capacity) {
 }
 
 /// What became of a disagreement log line.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogOutcome {
     Written,
     DroppedQueueFull,
     DroppedIoError,
 }
 
+impl LogOutcome {
+    pub const ALL: [LogOutcome; 3] = [LogOutcome::Written, LogOutcome::DroppedQueueFull, LogOutcome::DroppedIoError];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            LogOutcome::Written => "written",
+            LogOutcome::DroppedQueueFull => "dropped_queue_full",
+            LogOutcome::DroppedIoError => "dropped_io_error",
+        }
+    }
+}
+
 /// Handles for the disagreement log's counters.
 pub struct LogMetrics {
-    lines: [Counter; 3],
+    lines: ByVariant<LogOutcome, Counter, 3>,
 }
 
 impl LogMetrics {
     pub fn new() -> LogMetrics {
-        let c = |o: &'static str| counter!(DISAGREEMENT_LOG_LINES_TOTAL, label::OUTCOME => o);
-        LogMetrics { lines: [c("written"), c("dropped_queue_full"), c("dropped_io_error")] }
+        LogMetrics {
+            lines: ByVariant::new(
+                LogOutcome::ALL,
+                |o| counter!(DISAGREEMENT_LOG_LINES_TOTAL, label::OUTCOME => o.as_str()),
+            ),
+        }
     }
 
     pub fn count(&self, outcome: LogOutcome) {
@@ -816,7 +851,7 @@ impl LogMetrics {
     }
 
     pub fn count_n(&self, outcome: LogOutcome, lines: u64) {
-        self.lines[outcome as usize].increment(lines);
+        self.lines.get(outcome).increment(lines);
     }
 }
 
@@ -923,5 +958,51 @@ pub fn reload_finished(
         }
         gauge!(CONFIG_INFO, "sha256" => active_sha256.to_string()).set(1.0);
         gauge!(CONFIG_GENERATION).set(generation as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `ALL` lists every variant once. Each `match` below is exhaustive, so a new variant does
+    /// not compile until it has a place here, and then the test checks it is in `ALL`.
+    fn lists_each_once<E: Copy, const N: usize>(all: [E; N], index: impl Fn(E) -> usize) {
+        let mut seen: Vec<usize> = all.iter().map(|&e| index(e)).collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..N).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn every_label_enum_lists_each_variant_once() {
+        lists_each_once(DropReason::ALL, |r| match r {
+            DropReason::QueueFull => 0,
+            DropReason::Deadline => 1,
+            DropReason::Cancelled => 2,
+        });
+        lists_each_once(LogOutcome::ALL, |o| match o {
+            LogOutcome::Written => 0,
+            LogOutcome::DroppedQueueFull => 1,
+            LogOutcome::DroppedIoError => 2,
+        });
+        lists_each_once(ShadowOutcome::ALL, |o| match o {
+            ShadowOutcome::Compared => 0,
+            ShadowOutcome::SampledOut => 1,
+            ShadowOutcome::QueueFull => 2,
+            ShadowOutcome::LivePressure => 3,
+            ShadowOutcome::Deadline => 4,
+            ShadowOutcome::BreakerOpen => 5,
+            ShadowOutcome::Error => 6,
+            ShadowOutcome::Budget => 7,
+            ShadowOutcome::Throttled => 8,
+        });
+    }
+
+    #[test]
+    fn each_variant_gets_its_own_handle() {
+        let table = ByVariant::new(ShadowOutcome::ALL, ShadowOutcome::as_str);
+        for o in ShadowOutcome::ALL {
+            assert_eq!(*table.get(o), o.as_str());
+        }
     }
 }
