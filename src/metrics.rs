@@ -77,6 +77,7 @@ pub const MODEL_LOAD_SECONDS: &str = "modserve_model_load_seconds";
 pub const TLS_RELOADS_TOTAL: &str = "modserve_tls_reloads_total";
 pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "modserve_tls_handshake_failures_total";
 pub const CONNECTIONS_CLOSED_IDLE_TOTAL: &str = "modserve_connections_closed_idle_total";
+pub const CONNECTIONS_OPEN: &str = "modserve_connections_open";
 pub const TRANSPORT_REFUSALS_TOTAL: &str = "modserve_transport_refusals_total";
 pub const SCORES: &str = "modserve_scores";
 pub const SHADOW_POLICY_ONLY_REVIEWS_TOTAL: &str = "modserve_shadow_policy_only_reviews_total";
@@ -230,6 +231,10 @@ fn describe_transport() {
     describe_counter!(
         TLS_HANDSHAKE_FAILURES_TOTAL,
         "TLS handshakes that failed or timed out (plaintext on a TLS port, no or untrusted client certificate), by listener."
+    );
+    describe_gauge!(
+        CONNECTIONS_OPEN,
+        "Connections open now, by listener (grpc, admin, metrics): accepted and not yet closed, TLS handshakes included."
     );
     describe_counter!(
         CONNECTIONS_CLOSED_IDLE_TOTAL,
@@ -874,6 +879,11 @@ pub fn tls_reloaded(applied: bool) {
 /// Records a failed TLS handshake on `listener` ("grpc" or "admin").
 pub fn tls_handshake_failed(listener: &'static str) {
     counter!(TLS_HANDSHAKE_FAILURES_TOTAL, label::LISTENER => listener).increment(1);
+}
+
+/// The open-connections gauge of `listener`.
+pub fn connections_open(listener: &'static str) -> Gauge {
+    gauge!(CONNECTIONS_OPEN, label::LISTENER => listener)
 }
 
 /// Records a connection closed for being idle.

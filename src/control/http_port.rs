@@ -80,6 +80,7 @@ impl Open {
 /// Serves until shutdown. `ready` is true while every live model is loaded and not draining.
 pub async fn serve(listener: TcpListener, metrics: PrometheusHandle, ready: Arc<AtomicBool>, shutdown: ShutdownSignal) {
     let open = Arc::new(Mutex::new(Open::default()));
+    let gauge = crate::metrics::connections_open("metrics");
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.keep_alive(false).max_buf_size(MAX_REQUEST_HEAD);
     let stop = shutdown.wait();
@@ -105,6 +106,7 @@ pub async fn serve(listener: TcpListener, metrics: PrometheusHandle, ready: Arc<
                 let id = open.next_id;
                 open.next_id += 1;
                 open.slots.insert(id, Slot { accepted: now, answering: answering.clone(), close });
+                gauge.set(open.slots.len() as f64);
                 (id, closed, answering)
             })
         };
@@ -112,7 +114,7 @@ pub async fn serve(listener: TcpListener, metrics: PrometheusHandle, ready: Arc<
             tracing::debug!("metrics connection refused: every slot is taken by a connection younger than the grace");
             continue;
         };
-        let (metrics, ready, open) = (metrics.clone(), ready.clone(), open.clone());
+        let (metrics, ready, open, gauge) = (metrics.clone(), ready.clone(), open.clone(), gauge.clone());
         let connection = builder.serve_connection(
             TokioIo::new(stream),
             hyper::service::service_fn(move |request| {
@@ -130,7 +132,9 @@ pub async fn serve(listener: TcpListener, metrics: PrometheusHandle, ready: Arc<
                 },
                 _ = closed => tracing::debug!("metrics connection closed to make room for a new one"),
             }
-            open.lock().unwrap_or_else(|e| e.into_inner()).slots.remove(&id);
+            let mut open = open.lock().unwrap_or_else(|e| e.into_inner());
+            open.slots.remove(&id);
+            gauge.set(open.slots.len() as f64);
         });
     }
 }

@@ -187,7 +187,8 @@ async fn connections_over_the_per_peer_limit_are_closed_at_once() {
     let base = server.scrape().await;
     let _held =
         [TcpStream::connect(server.grpc_addr).await.unwrap(), TcpStream::connect(server.grpc_addr).await.unwrap()];
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let open = [("listener", "grpc")];
+    assert_eq!(server.wait_gauge("modserve_connections_open", &open, 2.0).await, Some(2.0), "both accepted");
     let mut third = TcpStream::connect(server.grpc_addr).await.unwrap();
     closed_by_server(&mut third, Duration::from_secs(5)).await;
     let refused = refusals(&server, &base, "peer_connection_limit").await;
@@ -246,7 +247,8 @@ async fn a_silent_connection_does_not_hold_shutdown_for_the_grace() {
     let _silent = TcpStream::connect(server.grpc_addr).await.unwrap();
     let mut half = TcpStream::connect(server.grpc_addr).await.unwrap();
     half.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let open = [("listener", "grpc")];
+    assert_eq!(server.wait_gauge("modserve_connections_open", &open, 2.0).await, Some(2.0), "both accepted");
     // Not a speed assertion: with the bug, stop waits the whole 60 s grace.
     tokio::time::timeout(Duration::from_secs(20), server.stop())
         .await

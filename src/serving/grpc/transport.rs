@@ -130,7 +130,7 @@ pub async fn serve(
         .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESET_STREAMS)
         .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS)
         .max_send_buf_size(MAX_SEND_BUFFER_BYTES);
-    let slots = Slots::new(settings.max_connections, settings.max_connections_per_peer);
+    let slots = Slots::new(name, settings.max_connections, settings.max_connections_per_peer);
     let process_budget = Budget::new(settings.max_buffered_bytes, TransportRefusal::UploadBudgetProcess);
     let stop = shutdown.wait();
     tokio::pin!(stop);
@@ -192,6 +192,7 @@ struct Slots {
     per_peer: Arc<Mutex<HashMap<IpAddr, usize>>>,
     max: usize,
     max_per_peer: usize,
+    gauge: ::metrics::Gauge,
 }
 
 /// A connection's place in `Slots`, given back when dropped.
@@ -201,8 +202,10 @@ struct Slot {
 }
 
 impl Slots {
-    fn new(max: usize, max_per_peer: usize) -> Slots {
-        Slots { open: Arc::default(), per_peer: Arc::default(), max, max_per_peer }
+    fn new(listener: &'static str, max: usize, max_per_peer: usize) -> Slots {
+        let gauge = metrics::connections_open(listener);
+        gauge.set(0.0);
+        Slots { open: Arc::default(), per_peer: Arc::default(), max, max_per_peer, gauge }
     }
 
     fn take(&self, peer: IpAddr) -> Result<Slot, TransportRefusal> {
@@ -216,6 +219,7 @@ impl Slots {
         }
         *count += 1;
         self.open.fetch_add(1, Ordering::Relaxed);
+        self.gauge.increment(1.0);
         Ok(Slot { slots: self.clone(), peer })
     }
 }
@@ -230,6 +234,7 @@ impl Drop for Slot {
             }
         }
         self.slots.open.fetch_sub(1, Ordering::Relaxed);
+        self.slots.gauge.decrement(1.0);
     }
 }
 
@@ -483,7 +488,7 @@ mod tests {
 
     #[test]
     fn slots_cap_connections_per_peer_and_in_all() {
-        let slots = Slots::new(3, 2);
+        let slots = Slots::new("test", 3, 2);
         let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
         let first = slots.take(a).unwrap();
         let _second = slots.take(a).unwrap();

@@ -138,6 +138,20 @@ impl TestServer {
         last
     }
 
+    /// Polls the scrape until the gauge `name{labels}` reads exactly `want` (30 s at most);
+    /// returns the last reading.
+    pub async fn wait_gauge(&self, name: &str, labels: &[(&str, &str)], want: f64) -> Option<f64> {
+        let mut last = None;
+        for _ in 0..600 {
+            last = metric(&self.scrape().await, name, labels);
+            if last == Some(want) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        last
+    }
+
     pub async fn scrape(&self) -> String {
         scrape(self.metrics_addr).await
     }
