@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes models/eval/reviews.jsonl (81 hand-written reviews, 0/1 per task) to stdout as the
+"""Writes models/eval/reviews.jsonl (264 hand-written reviews, 0/1 per task) to stdout as the
 labelled file `modserve eval --labels` reads: one line per review and task, with 1 as "reject"
 and 0 as "allow". Reviews with an empty or blank text (the "empty_ish" category) are left out,
 as Classify refuses them. Standard library only.
