@@ -69,8 +69,8 @@ def main():
     a = ap.parse_args()
     out = pathlib.Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = ["| task | group (+ look-alikes) | model | recall @REVIEW | look-alike FP @REVIEW | precision @REVIEW | "
-            "recall @REJECT | look-alike FP @REJECT | precision @REJECT | modserve eval |",
+    rows = ["| task | group (+ look-alikes) | model | recall @REVIEW | false positives @REVIEW | precision @REVIEW | "
+            "recall @REJECT | false positives @REJECT | precision @REJECT | modserve eval |",
             "|---|---|---|---|---|---|---|---|---|---|"]
 
     def fmt(f, level):

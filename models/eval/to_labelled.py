@@ -6,7 +6,9 @@ as Classify refuses them. Standard library only.
 
 usage: python3 models/eval/to_labelled.py > labelled.jsonl
        python3 models/eval/to_labelled.py --task abuse --categories threat,veiled_threat,harsh_clean > part.jsonl
-(--task keeps one task's lines; --categories keeps the reviews of those categories)
+       python3 models/eval/to_labelled.py --original > labelled-81.jsonl
+(--task keeps one task's lines; --categories keeps the reviews of those categories; --original keeps
+only the first 81 lines, the suite as it was before issue 19, for tests that pin its counts)
 """
 import argparse
 import json
@@ -16,13 +18,16 @@ import sys
 parser = argparse.ArgumentParser(description="reviews.jsonl -> modserve eval labelled lines")
 parser.add_argument("--task", choices=["abuse", "fraud"], help="only this task's lines")
 parser.add_argument("--categories", help="comma-separated categories to keep (default: all)")
+parser.add_argument("--original", action="store_true", help="only the first 81 reviews (the suite before issue 19)")
 args = parser.parse_args()
+ORIGINAL = 81
 keep = set(args.categories.split(",")) if args.categories else None
 tasks = (args.task,) if args.task else ("abuse", "fraud")
 
 reviews = pathlib.Path(__file__).with_name("reviews.jsonl")
 skipped = 0
-for line in reviews.read_text().splitlines():
+lines = reviews.read_text().splitlines()
+for line in lines[:ORIGINAL] if args.original else lines:
     review = json.loads(line)
     if keep is not None and review["category"] not in keep:
         continue

