@@ -83,7 +83,8 @@ def ablation_table(m):
     task = m["task"]
     ab = m["ablations"]
     out = ["| trained on | review / reject threshold | " + " | ".join(
-        cards.SOURCE_NAMES.get(k, k) + " ROC-AUC" for k in m["sources"]) + " | eval-suite ROC-AUC | "
+        cards.SOURCE_NAMES.get(k, k) + (" ROC-AUC" if m["sources"][k]["n_positive"] else " flagged @REVIEW")
+        for k in m["sources"]) + " | eval-suite ROC-AUC | "
         + " | ".join(f"eval: {g.split(' (')[0]} @REVIEW" for g in GROUPS[task]) + " |",
         "|---" * (3 + len(m["sources"]) + len(GROUPS[task])) + "|"]
 
@@ -238,8 +239,10 @@ Probes: {', '.join(f'"{k}" {v:.3f}' for k, v in m['probes'].items())}.
 
 ## Cross-source and ablations (same recipe and C, less data)
 
-Each row is trained again without some data, with its own out-of-fold thresholds; held-out sources and
-the eval suite as above (eval groups flagged at that row's REVIEW threshold).
+Each row is trained again without some data (same C values), with its own out-of-fold thresholds; held-out
+sources and the eval suite as above (eval groups flagged at that row's REVIEW threshold). The first row is the
+shipped graph at batch 1 (as in the next section); the other rows score with the training-side forward pass
+(length-sorted batches of 32), which can move a review near a threshold (see batch dependence above).
 
 {ablation_table(m)}
 
@@ -291,8 +294,8 @@ bash models/train/build_all.sh                     # every package
 
 `build_all.sh` downloads the packages above (checked against `packages.sha256`), trains on one thread
 with seed 42, exports, checks the export and rewrites `model.onnx`, `tokenizer.json`, `manifest.toml`,
-`metrics.json` and this card (build time this run: {m['build_seconds']:.0f} s for this package, after the shared
-embeddings; see `models/README.md`). Embeddings are cached by content in `models/train/data/cache/`
+`metrics.json` and this card (build time this run: {m['build_seconds']:.0f} s for this package, including the
+embeddings it computed first, not those already computed for the other v3 package; see `models/README.md`). Embeddings are cached by content in `models/train/data/cache/`
 (gitignored); the cache changes no result, only the time.
 """
     with open(os.path.join(pdir, "MODEL_CARD.md"), "w", encoding="utf-8") as f:
@@ -322,9 +325,11 @@ def limits_text(m):
         lim = [
             "**No review-spam data offline.** SMS and e-mail spam teach promotional, link and phone-number spam; "
             "self-reviews, incentivised reviews, competitor promotion and review selling are learnt only from the "
-            "hand-written texts and the encoder (see the ablation without them). Fabricated praise without any "
-            "promotional cue (`fake_glowing`) is not taught at all, and no text-only model can tell an honest "
-            "owner's review from a disguised one.",
+            "hand-written texts and the encoder (see the ablation without them). No training text is labelled as "
+            "fabricated praise: the `fake_glowing` reviews the model flags share the over-the-top style (exclamation "
+            "marks, \"buy it now\", superlatives) of SMS spam and of the hand-written incentivised and self-reviews, "
+            "so an honest but effusive review is at the same risk; plausible fabricated reviews without such cues are "
+            "not caught, and no text-only model can tell an honest owner's review from a disguised one.",
             "**Within-source figures overstate real performance**; the cross-source rows (SMS only, SpamAssassin "
             "only) show how the recipe transfers between spam sources.",
             "**Links and phone numbers.** SMS spam makes phone numbers a strong spam cue; honest reviews that cite "
