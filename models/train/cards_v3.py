@@ -62,7 +62,6 @@ def groups_table(m):
 
 
 def categories_table(m):
-    task = m["task"]
     peers = list(m["eval_peers"])
     cats = m["eval_categories"]
     out = [f"| category | n | measure | {m['name']} @REVIEW | {m['name']} @REJECT | "

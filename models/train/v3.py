@@ -182,7 +182,6 @@ class Data:
             self.teacher_dropped[k] = {"n": len(texts), "dropped": int((~keep).sum()),
                                        "examples": [texts[i] for i in np.where(~keep)[0][:5]]}
             self.sets[k + "_teacher_ok"] = [r for r, ok in zip(self.sets[k], keep) if ok]
-        self.teacher_insults_test_auc = None
         y = np.array([yy for _, yy in self.sets["insults_test"]])
         self.teacher_insults_test_auc = round(float(roc_auc_score(y, tch([t for t, _ in self.sets["insults_test"]]))), 4)
         self.eval_rows = ctx.eval_rows
@@ -528,6 +527,3 @@ def build_all(ctx, names):
         results[name] = build_task(ctx, name, enc, data, feats)
     return results
 
-
-if __name__ == "__main__":
-    print(json.dumps({"names": NAMES}))
