@@ -1,7 +1,7 @@
 """manifest.toml and MODEL_CARD.md writers (the card's numbers all come from metrics.json)."""
 import os
 
-VERSIONS = {"v1": "1.0.0", "v2": "2.0.0", "minilm": "1.0.0"}
+VERSIONS = {"v1": "1.0.0", "v2": "2.0.0", "minilm": "1.0.0", "v3": "3.0.0"}
 
 SUMMARIES = {
     "abuse-v1": "word embedding-bag logistic regression (per-token weights summed, divided by sqrt(n)) on insults 0.1.12 train split + benign review sentences",
@@ -9,6 +9,8 @@ SUMMARIES = {
     "fraud-v1": "word embedding-bag logistic regression on SMS spam + SpamAssassin 80% splits + benign review sentences",
     "fraud-v2": "word + hashed-bigram embedding bag with a 32-unit relu layer on SMS spam + SpamAssassin 80% splits + benign review sentences",
     "abuse-minilm": "int8 all-MiniLM-L6-v2 encoder, mean pooling, L2 norm, logistic-regression head on insults 0.1.12 train split + benign review sentences",
+    "abuse-v3": "int8 all-MiniLM-L6-v2 encoder (int8 arithmetic) + WordPiece unigram/hashed-bigram bag, two logistic regressions averaged and Platt-scaled, on insults train split + benign review sentences and hard negatives + hand-written texts",
+    "fraud-v3": "int8 all-MiniLM-L6-v2 encoder (int8 arithmetic) + WordPiece unigram/hashed-bigram bag, two logistic regressions averaged and Platt-scaled, on SMS spam + SpamAssassin 80% splits + benign review sentences and hard negatives + hand-written texts",
 }
 
 
@@ -463,3 +465,8 @@ byte-identity of rebuilds.
 """
     with open(os.path.join(pdir, "MODEL_CARD.md"), "w", encoding="utf-8") as f:
         f.write(text)
+
+
+def write_card_v3(pdir, m):
+    import cards_v3
+    cards_v3.write(pdir, m)

