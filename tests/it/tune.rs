@@ -19,7 +19,10 @@ fn modserve() -> Command {
 /// task (the fraud lines are dropped: the config here has no fraud task, and every line of the
 /// file is checked against it, as `eval` does).
 fn labelled(dir: &Path) -> PathBuf {
-    let out = Command::new("python3").arg(repo().join("models/eval/to_labelled.py")).output().unwrap();
+    // `--original`: the 81 reviews of models/eval/ before issue 19 grew the suite, whose counts
+    // these tests pin.
+    let out =
+        Command::new("python3").arg(repo().join("models/eval/to_labelled.py")).arg("--original").output().unwrap();
     assert!(out.status.success(), "to_labelled.py: {}", String::from_utf8_lossy(&out.stderr));
     let lines: String = String::from_utf8(out.stdout)
         .unwrap()
