@@ -2,8 +2,8 @@
 //! (Rust, tonic) and `examples/python/classify.py` (grpcio). Both classify batches unary and
 //! over a stream, retry RESOURCE_EXHAUSTED (a queue of one that is really full) and UNAVAILABLE
 //! (nothing listening) with bounded backoff, and do not retry INVALID_ARGUMENT, UNAUTHENTICATED
-//! or DEADLINE_EXCEEDED. Every case runs both clients with the same flags and checks the same
-//! output.
+//! or DEADLINE_EXCEEDED; they send a bearer token and speak TLS with a CA file. Every case runs
+//! both clients with the same flags and checks the same output.
 //!
 //! The Rust example is built here with `cargo build --example classify` (a no-op after `cargo
 //! test`, which builds examples); the Python one installs its pinned dependencies into
@@ -319,4 +319,50 @@ live = "tiny-abuse-v2"
         stall.await.unwrap();
     }
     server.stop().await;
+}
+
+/// A CA (PEM) and a server certificate and key it signed for localhost and 127.0.0.1.
+fn certificates() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, "clients test CA");
+    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    (ca_pem, leaf.signed_by(&key, &issuer).unwrap().pem(), key.serialize_pem())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_speak_tls_with_a_ca_file() {
+    tokio::task::block_in_place(warm_up);
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = certificates();
+    for (name, body) in [("ca.crt", &ca), ("server.crt", &cert), ("server.key", &key)] {
+        std::fs::write(dir.path().join(name), body).unwrap();
+    }
+    let body = format!(
+        "{BASIC}\n[tls]\ncert_file = {:?}\nkey_file = {:?}\n",
+        path_str(&dir.path().join("server.crt")),
+        path_str(&dir.path().join("server.key")),
+    );
+    let server = modserve::app::Server::start(config(&body)).await.expect("starts with TLS");
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(&ca))
+        .domain_name("localhost");
+    let endpoint = tonic::transport::Channel::from_shared(format!("https://{}", server.grpc_addr)).unwrap();
+    wait_serving(endpoint.tls_config(tls).unwrap().connect().await.expect("TLS connect")).await;
+    let target = format!("localhost:{}", server.grpc_addr.port());
+    let ca_file = path_str(&dir.path().join("ca.crt"));
+    for client in BOTH {
+        let run = run(client, &["--target", &target, "--ca-file", &ca_file, "--stream"], &[]);
+        assert_eq!((run.code, run.results.len()), (0, 6), "{client:?}: {}", run.stderr);
+        // Without --ca-file a client speaks plaintext to the TLS port: no answer, exit 1.
+        let run = self::run(client, &["--target", &target, "--attempts", "2"], &[]);
+        assert_eq!(run.code, 1, "{client:?}: plaintext to a TLS port: {}", run.stderr);
+    }
+    server.shutdown();
+    server.wait().await.unwrap();
 }
