@@ -100,8 +100,6 @@ pub enum Command {
         /// or https://prom.internal/prom (Thanos and Mimir query endpoints work too).
         #[arg(long, env = "MODSERVE_REPORT_PROMETHEUS")]
         prometheus: String,
-        #[command(flatten)]
-        access: PrometheusAccess,
         /// The task whose shadow is reported on.
         #[arg(long)]
         task: String,
@@ -124,12 +122,16 @@ pub enum Command {
         /// Folder for launch-report.{md,html,json} (created if missing).
         #[arg(long, default_value = ".")]
         out: PathBuf,
+        // Last, so that only its flags fall under its help heading.
+        #[command(flatten)]
+        access: PrometheusAccess,
     },
 }
 
 /// How `report` reaches a Prometheus behind TLS or authentication. Secrets are never flag
 /// values: each is read from a file or from a named environment variable.
 #[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Prometheus TLS and credentials")]
 pub struct PrometheusAccess {
     /// PEM file with the CA certificate(s) to trust for an https --prometheus, instead of the
     /// Mozilla roots built in.
