@@ -251,13 +251,20 @@ live = "tiny-fraud-v2"
     ))
     .await;
     let target = server.grpc_addr.to_string();
-    for client in BOTH {
+    for (client, stream) in
+        [(Client::Rust, false), (Client::Python, false), (Client::Rust, true), (Client::Python, true)]
+    {
         // The worker stalls 4 s: the client is refused until then (Python starts in about 1 s).
         // 20 attempts wait about 16 s on average in all, and under 4 s with odds below 1e-6.
+        // On a stream the refusal is the message's error, and the message is retried unary.
         let calls = fill_queue(&server, "tiny-fraud-v2", 4000).await;
         let started = std::time::Instant::now();
-        let run = run(client, &["--target", &target, "--attempts", "20", "--deadline", "10"], &[]);
-        assert_eq!(run.code, 0, "{client:?}: {}", run.stderr);
+        let mut args = vec!["--target", target.as_str(), "--attempts", "20", "--deadline", "10"];
+        if stream {
+            args.push("--stream");
+        }
+        let run = run(client, &args, &[]);
+        assert_eq!(run.code, 0, "{client:?} stream={stream}: {}", run.stderr);
         assert_eq!(run.results.len(), 3, "{client:?}: the sample reviews, one task");
         let retries = run.retries();
         assert!(!retries.is_empty(), "{client:?} was never refused: {}", run.stderr);
@@ -269,7 +276,10 @@ live = "tiny-fraud-v2"
         }
     }
     let scrape = server.scrape().await;
-    assert!(metric(&scrape, "modserve_requests_total", &[("code", "RESOURCE_EXHAUSTED")]).unwrap_or(0.0) >= 2.0);
+    let refused = |method: &str| {
+        metric(&scrape, "modserve_requests_total", &[("code", "RESOURCE_EXHAUSTED"), ("method", method)])
+    };
+    assert_eq!(refused("ClassifyStream"), Some(2.0), "each stream's one message was refused once, then retried unary");
     server.stop().await;
 }
 
@@ -280,12 +290,16 @@ async fn clients_give_up_on_unavailable_after_bounded_attempts() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let target = format!("127.0.0.1:{port}");
     for client in BOTH {
-        let run = run(client, &["--target", &target, "--attempts", "3"], &[]);
-        assert_eq!(run.code, 1, "{client:?}: {}", run.stderr);
-        let retries = run.retries();
-        assert_eq!(retries.len(), 2, "{client:?}: {}", run.stderr);
-        assert!(retries[1].starts_with("retry 2/2 after UNAVAILABLE:"), "{client:?}: {}", run.stderr);
-        assert!(run.stderr.contains("(gave up after 3 attempts)"), "{client:?}: {}", run.stderr);
+        // A unary call, and a whole stream (reopened for the unanswered messages each time).
+        for (mode, failed) in [(None, "failed: UNAVAILABLE:"), (Some("--stream"), "stream failed: UNAVAILABLE:")] {
+            let run = run(client, &[&["--target", &target, "--attempts", "3"][..], mode.as_slice()].concat(), &[]);
+            assert_eq!(run.code, 1, "{client:?} {mode:?}: {}", run.stderr);
+            let retries = run.retries();
+            assert_eq!(retries.len(), 2, "{client:?} {mode:?}: {}", run.stderr);
+            assert!(retries[1].starts_with("retry 2/2 after UNAVAILABLE:"), "{client:?} {mode:?}: {}", run.stderr);
+            assert!(run.stderr.contains(failed), "{client:?} {mode:?}: {}", run.stderr);
+            assert!(run.stderr.contains("(gave up after 3 attempts)"), "{client:?} {mode:?}: {}", run.stderr);
+        }
     }
 }
 
