@@ -151,6 +151,16 @@ fn code_name(code: Code) -> String {
     if code == Code::Ok { "OK".into() } else { name }
 }
 
+/// tonic enforces the `grpc-timeout` it sends, and reports its own expiry as CANCELLED "Timeout
+/// expired": that is the deadline passing, so it becomes DEADLINE_EXCEEDED here.
+fn deadline_status(status: Status) -> Status {
+    if status.code() == Code::Cancelled && status.message() == tonic::TimeoutExpired(()).to_string() {
+        Status::deadline_exceeded("the client's deadline passed")
+    } else {
+        status
+    }
+}
+
 /// The wait before retry number `retry` (1-based): full jitter.
 fn backoff(retry: u32) -> Duration {
     let ceiling = BACKOFF_CAP.min(BACKOFF_BASE.saturating_mul(1 << (retry - 1).min(16)));
@@ -292,7 +302,7 @@ impl Client {
     async fn classify_once(&self, message: pb::ClassifyRequest) -> Result<pb::ClassifyResponse, Status> {
         let mut client = ModerationClient::new(self.channel.clone());
         match tokio::time::timeout(self.deadline, client.classify(self.request(message))).await {
-            Ok(result) => result.map(|r| r.into_inner()),
+            Ok(result) => result.map(|r| r.into_inner()).map_err(deadline_status),
             Err(_) => Err(Status::deadline_exceeded("the client's deadline passed")),
         }
     }
@@ -330,7 +340,7 @@ impl Client {
                 Ok(())
             };
             match tokio::time::timeout(self.deadline, run).await {
-                Ok(result) => result,
+                Ok(result) => result.map_err(deadline_status),
                 Err(_) => Err(Status::deadline_exceeded("the client's deadline passed")),
             }
         };
