@@ -174,6 +174,9 @@ impl Client {
             .timeout_global(Some(timeout))
             // Statuses are read here: Prometheus puts its error envelope in 400, 422 and 503.
             .http_status_as_error(false)
+            // A redirect is reported, not followed: the credentials go to the URL given, only.
+            .max_redirects(0)
+            .max_redirects_will_error(false)
             .user_agent(concat!("modserve-report/", env!("CARGO_PKG_VERSION")))
             .build()
             .into();
@@ -226,6 +229,13 @@ impl Client {
         }
         let mut response = request.call().map_err(|e| self.transport_error(e))?;
         let status = response.status().as_u16();
+        if response.status().is_redirection() {
+            let to = response.headers().get("location").and_then(|v| v.to_str().ok()).unwrap_or("nowhere");
+            return Err(QueryError::Http {
+                status,
+                message: format!("redirected to {to}: give the URL Prometheus answers on in --prometheus"),
+            });
+        }
         let body = response
             .body_mut()
             .with_config()

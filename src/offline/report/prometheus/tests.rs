@@ -162,6 +162,13 @@ fn report_client_turns_error_answers_into_clear_errors() {
     thread.join().unwrap();
     assert_eq!(e.to_string(), "HTTP 503: Service Unavailable");
 
+    // A redirect is not followed (the credentials go nowhere else), and says where it pointed.
+    let (url, _request, thread) =
+        serve_once("HTTP/1.1 302 Found\r\nLocation: https://elsewhere/prom\r\nContent-Length: 0\r\n\r\n".into());
+    let e = client(&url).unwrap().query("up", SystemTime::now()).unwrap_err();
+    thread.join().unwrap();
+    assert!(e.to_string().starts_with("HTTP 302: redirected to https://elsewhere/prom"), "{e}");
+
     let (url, _request, thread) = serve_once(http("200 OK", VECTOR));
     let e = client(&url).unwrap().query_matrix("up", SystemTime::now()).unwrap_err();
     thread.join().unwrap();
