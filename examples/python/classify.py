@@ -31,6 +31,7 @@ proto/ at run time into a temporary directory (never committed).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
@@ -193,9 +194,8 @@ def classify_unary(pb, stub, requests, opts, metadata) -> bool:
     ok = True
     for request in requests:
         try:
-            response = with_retries(
-                lambda: stub.Classify(request, timeout=opts.deadline, metadata=metadata), opts.attempts
-            )
+            call = functools.partial(stub.Classify, request, timeout=opts.deadline, metadata=metadata)
+            response = with_retries(call, opts.attempts)
         except grpc.RpcError as e:
             report_failure("", e)
             ok = False
@@ -225,11 +225,9 @@ def classify_stream(pb, stub, requests, opts, metadata) -> bool:
                     code = CODES.get(response.error.code, grpc.StatusCode.UNKNOWN)
                     if code in RETRYABLE:
                         request = pending[index]
+                        call = functools.partial(stub.Classify, request, timeout=opts.deadline, metadata=metadata)
                         try:
-                            response = with_retries(
-                                lambda: stub.Classify(request, timeout=opts.deadline, metadata=metadata),
-                                opts.attempts,
-                            )
+                            response = with_retries(call, opts.attempts)
                         except grpc.RpcError as e:
                             report_failure(f"message {request.request_id} ", e)
                             ok = False
