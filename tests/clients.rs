@@ -254,10 +254,11 @@ live = "tiny-fraud-v2"
     for (client, stream) in
         [(Client::Rust, false), (Client::Python, false), (Client::Rust, true), (Client::Python, true)]
     {
-        // The worker stalls 4 s: the client is refused until then (Python starts in about 1 s).
-        // 20 attempts wait about 16 s on average in all, and under 4 s with odds below 1e-6.
+        // The worker stalls 6 s: the client is refused until then (Python starts in about 1 s,
+        // slower on a busy machine). 20 attempts wait about 16 s on average in all, and under
+        // 6 s with odds of a few in a million.
         // On a stream the refusal is the message's error, and the message is retried unary.
-        let calls = fill_queue(&server, "tiny-fraud-v2", 4000).await;
+        let calls = fill_queue(&server, "tiny-fraud-v2", 6000).await;
         let started = std::time::Instant::now();
         let mut args = vec!["--target", target.as_str(), "--attempts", "20", "--deadline", "10"];
         if stream {
@@ -318,10 +319,11 @@ live = "tiny-abuse-v2"
     let target = server.grpc_addr.to_string();
     let channel = server.channel().await;
     for client in BOTH {
-        // The worker stalls 3 s; the client's call waits behind it with a 0.3 s deadline.
+        // The worker stalls 5 s (room for a slow Python start); the client's call waits behind
+        // it with a 0.3 s deadline.
         let mut stalled = ModerationClient::new(channel.clone());
         let stall = tokio::spawn(async move {
-            let text = "stall modserve-fault:sleep-3000:tiny-abuse-v2; you idiot";
+            let text = "stall modserve-fault:sleep-5000:tiny-abuse-v2; you idiot";
             stalled.classify(request(vec![review("stall", text)])).await.expect("the stalled call is served");
         });
         tokio::time::sleep(Duration::from_millis(300)).await;
