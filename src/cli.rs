@@ -9,6 +9,7 @@ use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{LogFormat, Overrides, defaults};
+use crate::offline::report::{Access, Credentials, Secret};
 
 #[derive(Debug, Parser)]
 #[command(name = "modserve", version, about = "Content-moderation inference server with shadow mode")]
@@ -95,7 +96,8 @@ pub enum Command {
     /// Exit status: 0 GO (every checked criterion passed), 2 NO-GO (at least one failed),
     /// 1 the report could not be built (the cause is printed to stderr).
     Report {
-        /// Prometheus base URL (http only; a path prefix is allowed), e.g. http://127.0.0.1:9090.
+        /// Prometheus base URL, http or https, a path prefix allowed, e.g. http://127.0.0.1:9090
+        /// or https://prom.internal/prom (Thanos and Mimir query endpoints work too).
         #[arg(long, env = "MODSERVE_REPORT_PROMETHEUS")]
         prometheus: String,
         /// The task whose shadow is reported on.
@@ -120,7 +122,56 @@ pub enum Command {
         /// Folder for launch-report.{md,html,json} (created if missing).
         #[arg(long, default_value = ".")]
         out: PathBuf,
+        // Last, so that only its flags fall under its help heading.
+        #[command(flatten)]
+        access: PrometheusAccess,
     },
+}
+
+/// How `report` reaches a Prometheus behind TLS or authentication. Secrets are never flag
+/// values: each is read from a file or from a named environment variable.
+#[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Prometheus TLS and credentials")]
+pub struct PrometheusAccess {
+    /// PEM file with the CA certificate(s) to trust for an https --prometheus, instead of the
+    /// Mozilla roots built in.
+    #[arg(long, value_name = "PATH")]
+    pub prometheus_ca_file: Option<PathBuf>,
+    /// File holding a bearer token, sent as `Authorization: Bearer <token>` (one line; a
+    /// trailing newline is cut).
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["prometheus_bearer_token_env", "prometheus_user"])]
+    pub prometheus_bearer_token_file: Option<PathBuf>,
+    /// Name of the environment variable holding the bearer token.
+    #[arg(long, value_name = "NAME", conflicts_with = "prometheus_user")]
+    pub prometheus_bearer_token_env: Option<String>,
+    /// User for basic auth; the password comes from --prometheus-password-file or
+    /// --prometheus-password-env.
+    #[arg(long, value_name = "USER", requires = "prometheus_password")]
+    pub prometheus_user: Option<String>,
+    /// File holding the basic-auth password (one line; a trailing newline is cut).
+    #[arg(long, value_name = "PATH", group = "prometheus_password", requires = "prometheus_user")]
+    pub prometheus_password_file: Option<PathBuf>,
+    /// Name of the environment variable holding the basic-auth password.
+    #[arg(long, value_name = "NAME", group = "prometheus_password", requires = "prometheus_user")]
+    pub prometheus_password_env: Option<String>,
+}
+
+impl PrometheusAccess {
+    /// The flags as the report's access settings (nothing is read yet).
+    pub fn access(&self) -> Access {
+        let secret = |file: &Option<PathBuf>, env: &Option<String>| match (file, env) {
+            (Some(path), _) => Some(Secret::File(path.clone())),
+            (None, Some(name)) => Some(Secret::Env(name.clone())),
+            (None, None) => None,
+        };
+        let credentials =
+            match (&self.prometheus_user, secret(&self.prometheus_password_file, &self.prometheus_password_env)) {
+                (Some(user), Some(password)) => Some(Credentials::Basic { user: user.clone(), password }),
+                _ => secret(&self.prometheus_bearer_token_file, &self.prometheus_bearer_token_env)
+                    .map(Credentials::Bearer),
+            };
+        Access { ca_file: self.prometheus_ca_file.clone(), credentials }
+    }
 }
 
 /// Flags that override the config file; each is also read from the environment.

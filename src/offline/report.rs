@@ -4,7 +4,7 @@
 //! # Layout
 //!
 //! - `input`: `ReportInput`, the plain numbers a report is built from. Two producers fill it:
-//!   `fetch` (Prometheus, through the small blocking client in `prometheus`, plus the
+//!   `fetch` (Prometheus, through the blocking client in `prometheus`, plus the
 //!   disagreement log through `disagreements`) and the offline evaluator.
 //! - `stats` (proportions, Wilson intervals) and `derived` (coverage, agreement, precision and
 //!   recall, score-delta distributions): pure functions of the input.
@@ -42,7 +42,7 @@ pub use fetch::{FetchArgs, fetch};
 pub use input::{
     Disagreement, DisagreementSummary, Latency, Quantiles, ReportInput, Source, Subject, Verdicts, cumulative_buckets,
 };
-pub use prometheus::QueryError;
+pub use prometheus::{Access, AccessError, Credentials, QueryError, Secret};
 pub use stats::Estimate;
 
 /// Exit status of `modserve report`: every checked criterion passed.
@@ -194,6 +194,32 @@ mod tests {
         let Some(Command::Report { window, end, .. }) = defaults.unwrap().command else { panic!() };
         assert_eq!((window, end), (Duration::from_secs(3600), None));
         assert!(Cli::try_parse_from(["modserve", "report", "--task", "t", "--candidate", "c"]).is_err());
+        // TLS and credentials: a token from a file or a variable, or a user with a password.
+        let base = ["modserve", "report", "--prometheus", "https://p", "--task", "t", "--candidate", "c"];
+        let parse = |extra: &[&str]| {
+            Cli::try_parse_from(base.iter().chain(extra)).map(|cli| match cli.command {
+                Some(Command::Report { access, .. }) => access.access(),
+                _ => panic!("not the report subcommand"),
+            })
+        };
+        let access = parse(&["--prometheus-ca-file", "ca.pem", "--prometheus-bearer-token-env", "TOKEN"]).unwrap();
+        assert_eq!(access.ca_file, Some(PathBuf::from("ca.pem")));
+        assert_eq!(access.credentials, Some(Credentials::Bearer(Secret::Env("TOKEN".into()))));
+        let access = parse(&["--prometheus-user", "u", "--prometheus-password-file", "pw"]).unwrap();
+        assert_eq!(
+            access.credentials,
+            Some(Credentials::Basic { user: "u".into(), password: Secret::File("pw".into()) })
+        );
+        assert_eq!(parse(&[]).unwrap(), Access::default());
+        for bad in [
+            &["--prometheus-user", "u"][..],
+            &["--prometheus-password-env", "PW"],
+            &["--prometheus-bearer-token-file", "t", "--prometheus-bearer-token-env", "T"],
+            &["--prometheus-bearer-token-env", "T", "--prometheus-user", "u", "--prometheus-password-env", "PW"],
+            &["--prometheus-user", "u", "--prometheus-password-env", "PW", "--prometheus-password-file", "pw"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} must be refused");
+        }
         let help = Cli::command().find_subcommand_mut("report").unwrap().render_long_help().to_string();
         assert!(help.contains("Exit status: 0 GO"), "{help}");
         assert!(help.contains("2 NO-GO"), "{help}");

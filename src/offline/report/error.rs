@@ -2,12 +2,14 @@
 
 use std::path::PathBuf;
 
-use super::prometheus::QueryError;
+use super::prometheus::{AccessError, QueryError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
     #[error("--prometheus {url:?}: {reason}")]
     BadUrl { url: String, reason: String },
+    #[error(transparent)]
+    Access(AccessError),
     #[error("Prometheus query `{query}` at {url} failed: {error}")]
     Query { url: String, query: String, error: QueryError },
     #[error(

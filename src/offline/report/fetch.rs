@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::disagreements;
 use super::error::ReportError;
 use super::input::{DisagreementSummary, OUTCOMES, Quantiles, ReportInput, SampleRates, Source, Subject, Verdicts};
-use super::prometheus::{Client, Labels, Series, quote};
+use super::prometheus::{Access, Client, ClientError, Labels, Series, quote};
 use crate::metrics::{
     BATCHES_TOTAL, INFERENCE_ERRORS_TOTAL, Role, SHADOW_COMPARISONS_TOTAL, SHADOW_REVIEWS_TOTAL,
     SHADOW_SAMPLE_RATE_CONFIGURED, SHADOW_SAMPLE_RATE_EFFECTIVE, SHADOW_SCORE_DELTA, STAGE_DURATION_SECONDS, Stage,
@@ -31,8 +31,10 @@ const BASELINE_LOOKBACK: Duration = Duration::from_secs(10 * 60);
 /// What to fetch. `FetchArgs::new` fills the defaults.
 #[derive(Debug, Clone)]
 pub struct FetchArgs {
-    /// `http://host:port[/prefix]`.
+    /// `http[s]://host:port[/prefix]`.
     pub prometheus: String,
+    /// TLS trust and credentials for `prometheus`.
+    pub access: Access,
     pub task: String,
     /// The shadow model.
     pub candidate: String,
@@ -42,15 +44,16 @@ pub struct FetchArgs {
     pub end: SystemTime,
     /// The disagreement log (rotated files `PATH.1`, `PATH.2`, ... are read too).
     pub disagreement_log: Option<PathBuf>,
-    /// Connect and read timeout per query.
+    /// Time limit per query (connecting, TLS, sending, reading the answer).
     pub timeout: Duration,
 }
 
 impl FetchArgs {
-    /// The last hour up to now, no disagreement log, 10 s timeout.
+    /// The last hour up to now, no credentials, no disagreement log, 10 s timeout.
     pub fn new(prometheus: &str, task: &str, candidate: &str) -> FetchArgs {
         FetchArgs {
             prometheus: prometheus.to_string(),
+            access: Access::default(),
             task: task.to_string(),
             candidate: candidate.to_string(),
             policy: None,
@@ -64,8 +67,10 @@ impl FetchArgs {
 
 /// Reads every figure of a report for one candidate from Prometheus (and the disagreement log).
 pub fn fetch(args: &FetchArgs) -> Result<ReportInput, ReportError> {
-    let client = Client::new(&args.prometheus, args.timeout)
-        .map_err(|reason| ReportError::BadUrl { url: args.prometheus.clone(), reason })?;
+    let client = Client::new(&args.prometheus, args.timeout, &args.access).map_err(|e| match e {
+        ClientError::Url(reason) => ReportError::BadUrl { url: args.prometheus.clone(), reason },
+        ClientError::Access(error) => ReportError::Access(error),
+    })?;
     let f = Fetcher { client, args, start: unix(args.end) - args.window.as_secs_f64() };
     let mut notes = Vec::new();
 

@@ -1,14 +1,16 @@
-//! A minimal blocking client for the Prometheus HTTP query API: `GET /api/v1/query` over
-//! `std::net::TcpStream`, HTTP/1.0 so the answer is never chunked (the body runs to EOF), and
-//! the JSON envelope parsed into typed results. Plain http only; the URL may carry a path prefix
-//! (`http://host:9090/prom`).
+//! A blocking client for the Prometheus HTTP query API: `GET /api/v1/query` through `ureq`
+//! (HTTP/1.1, rustls), and the JSON envelope parsed into typed results. The URL is http or https
+//! and may carry a path prefix (`https://prom.internal/prom`); `Access` adds a CA file and a
+//! bearer token or basic auth, as Prometheus, Thanos, Mimir and hosted endpoints want.
+
+mod access;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
+
+pub use access::{Access, AccessError, Credentials, Secret};
 
 /// The most of an answer read: a year of 15 s samples for a few hundred series fits easily.
 const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
@@ -17,11 +19,13 @@ const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
     #[error("cannot connect to {addr}: {error}")]
-    Connect { addr: String, error: std::io::Error },
+    Connect { addr: String, error: String },
+    #[error("TLS with {addr} failed: {error}")]
+    Tls { addr: String, error: String },
     #[error("no answer within {0:?}")]
     Timeout(Duration),
-    #[error("connection failed: {0}")]
-    Io(std::io::Error),
+    #[error("connection to {addr} failed: {error}")]
+    Io { addr: String, error: String },
     #[error("HTTP {status}: {message}")]
     Http { status: u16, message: String },
     #[error("Prometheus answered {error_type}: {error}")]
@@ -32,14 +36,40 @@ pub enum QueryError {
     UnexpectedType { expected: &'static str, got: &'static str },
 }
 
-/// A Prometheus server, parsed from a URL like `http://127.0.0.1:9090[/prefix]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why a client could not be made: the URL, or the access settings.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{0}")]
+    Url(String),
+    #[error(transparent)]
+    Access(#[from] AccessError),
+}
+
+/// A Prometheus server, parsed from a URL like `https://prom.internal:9090[/prefix]`.
+#[derive(Clone)]
 pub struct Client {
-    /// `host:port` to connect to, also sent as the Host header.
+    /// `http` or `https`.
+    scheme: &'static str,
+    /// `host[:port]` as written in the URL, for the request and for error messages.
     authority: String,
     /// The path prefix without a trailing slash ("" or "/prom").
     prefix: String,
     timeout: Duration,
+    /// The `Authorization` header value, when credentials are configured. Never printed.
+    authorization: Option<String>,
+    /// TLS trust and the time limit; keeps the connection alive between the queries of a report.
+    agent: ureq::Agent,
+}
+
+/// Redacts the credentials.
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("url", &format_args!("{}://{}{}", self.scheme, self.authority, self.prefix))
+            .field("timeout", &self.timeout)
+            .field("authorization", &self.authorization.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// Labels of a series.
@@ -110,28 +140,54 @@ impl Data {
 // === impl Client ===
 
 impl Client {
-    /// Parses `http://host[:port][/prefix]`; the error says what is wrong with the URL.
-    pub fn new(url: &str, timeout: Duration) -> Result<Client, String> {
-        let rest = url.strip_prefix("http://").ok_or_else(|| {
-            if url.starts_with("https://") {
-                "https is not supported; use an http:// URL (e.g. through a local proxy)".to_string()
-            } else {
-                "not a URL like http://127.0.0.1:9090".to_string()
-            }
-        })?;
+    /// Parses `http[s]://host[:port][/prefix]` and reads the access settings (CA file, secret);
+    /// each error says what is wrong and names the flag, file or variable.
+    pub fn new(url: &str, timeout: Duration, access: &Access) -> Result<Client, ClientError> {
+        let (scheme, rest) = match url.split_once("://") {
+            Some(("http", rest)) => ("http", rest),
+            Some(("https", rest)) => ("https", rest),
+            _ => return Err(ClientError::Url("not a URL like http://127.0.0.1:9090 or https://prom.internal".into())),
+        };
         let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-        if authority.is_empty() || authority.contains('@') {
-            return Err("the URL needs a host (and no user info)".into());
+        if authority.is_empty() {
+            return Err(ClientError::Url("the URL needs a host".into()));
+        }
+        if authority.contains('@') {
+            return Err(ClientError::Url(
+                "user info in the URL is not read; use --prometheus-user with --prometheus-password-file or -env"
+                    .into(),
+            ));
         }
         if path.contains(['?', '#']) {
-            return Err("the URL may have a path prefix but no query or fragment".into());
+            return Err(ClientError::Url("the URL may have a path prefix but no query or fragment".into()));
         }
-        let has_port = match authority.rfind(']') {
-            Some(bracket) => authority[bracket..].contains(':'),
-            None => authority.contains(':'),
-        };
-        let authority = if has_port { authority.to_string() } else { format!("{authority}:80") };
-        Ok(Client { authority, prefix: path.trim_end_matches('/').to_string(), timeout })
+        if scheme == "http" && access.ca_file.is_some() {
+            return Err(AccessError::CaWithoutTls.into());
+        }
+        let mut tls = ureq::tls::TlsConfig::builder();
+        if let Some(certs) = access.ca_certificates()? {
+            let certs: Vec<_> = certs.iter().map(|der| ureq::tls::Certificate::from_der(der).to_owned()).collect();
+            tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&certs));
+        }
+        let agent = ureq::Agent::config_builder()
+            .tls_config(tls.build())
+            .timeout_global(Some(timeout))
+            // Statuses are read here: Prometheus puts its error envelope in 400, 422 and 503.
+            .http_status_as_error(false)
+            // A redirect is reported, not followed: the credentials go to the URL given, only.
+            .max_redirects(0)
+            .max_redirects_will_error(false)
+            .user_agent(concat!("modserve-report/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .into();
+        Ok(Client {
+            scheme,
+            authority: authority.to_string(),
+            prefix: path.trim_end_matches('/').to_string(),
+            timeout,
+            authorization: access.authorization()?,
+            agent,
+        })
     }
 
     /// Runs an instant query at `time`.
@@ -145,7 +201,7 @@ impl Client {
             at.subsec_millis()
         );
         let (status, body) = self.get(&target)?;
-        parse_answer(status, &body)
+        parse_answer(status, &body).map_err(|e| self.explain(e))
     }
 
     /// Runs a query that must give a range vector (a range selector like `m[1h]`).
@@ -164,58 +220,92 @@ impl Client {
         }
     }
 
-    /// One HTTP/1.0 GET: the status code and the whole body.
+    /// One GET: the status code and the whole body (at most `MAX_RESPONSE_BYTES`).
     fn get(&self, target: &str) -> Result<(u16, Vec<u8>), QueryError> {
-        let mut stream = self.connect()?;
-        let io = |e: std::io::Error| match e.kind() {
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => QueryError::Timeout(self.timeout),
-            _ => QueryError::Io(e),
-        };
-        stream.set_read_timeout(Some(self.timeout)).map_err(QueryError::Io)?;
-        stream.set_write_timeout(Some(self.timeout)).map_err(QueryError::Io)?;
-        let request = format!(
-            "GET {target} HTTP/1.0\r\nHost: {}\r\nAccept: application/json\r\nUser-Agent: modserve-report/{}\r\n\r\n",
-            self.authority,
-            env!("CARGO_PKG_VERSION")
-        );
-        stream.write_all(request.as_bytes()).map_err(io)?;
-        let mut raw = Vec::new();
-        (&mut stream).take(MAX_RESPONSE_BYTES as u64 + 1).read_to_end(&mut raw).map_err(io)?;
-        if raw.len() > MAX_RESPONSE_BYTES {
-            return Err(QueryError::BadResponse(format!("the answer is over {MAX_RESPONSE_BYTES} bytes")));
+        let url = format!("{}://{}{target}", self.scheme, self.authority);
+        let mut request = self.agent.get(&url).header("Accept", "application/json");
+        if let Some(value) = &self.authorization {
+            request = request.header("Authorization", value);
         }
-        split_response(&raw)
+        let mut response = request.call().map_err(|e| self.transport_error(e))?;
+        let status = response.status().as_u16();
+        if response.status().is_redirection() {
+            let to = response.headers().get("location").and_then(|v| v.to_str().ok()).unwrap_or("nowhere");
+            return Err(QueryError::Http {
+                status,
+                message: format!("redirected to {to}: give the URL Prometheus answers on in --prometheus"),
+            });
+        }
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(MAX_RESPONSE_BYTES as u64)
+            .read_to_vec()
+            .map_err(|e| self.transport_error(e))?;
+        Ok((status, body))
     }
 
-    fn connect(&self) -> Result<TcpStream, QueryError> {
-        let connect_error = |error| QueryError::Connect { addr: self.authority.clone(), error };
-        let addrs = self.authority.to_socket_addrs().map_err(connect_error)?;
-        let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "the host name resolved to no address");
-        for addr in addrs {
-            match TcpStream::connect_timeout(&addr, self.timeout) {
-                Ok(stream) => return Ok(stream),
-                Err(e) => last = e,
+    /// A transport error in words that say what to check.
+    fn transport_error(&self, error: ureq::Error) -> QueryError {
+        let addr = self.authority.clone();
+        match error {
+            ureq::Error::Timeout(_) => QueryError::Timeout(self.timeout),
+            ureq::Error::HostNotFound => {
+                QueryError::Connect { addr, error: "the host name resolved to no address".into() }
             }
+            ureq::Error::ConnectionFailed => QueryError::Connect { addr, error: "connection failed".into() },
+            ureq::Error::Io(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                QueryError::Connect { addr, error: e.to_string() }
+            }
+            ureq::Error::Io(e) if matches!(e.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock) => {
+                QueryError::Timeout(self.timeout)
+            }
+            ureq::Error::Rustls(e) => QueryError::Tls { addr, error: tls_hint(&e) },
+            // rustls reports a refused certificate through the stream, as an io::Error.
+            ureq::Error::Io(e) if e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) => {
+                let inner = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>());
+                QueryError::Tls { addr, error: inner.map_or_else(|| e.to_string(), tls_hint) }
+            }
+            ureq::Error::Tls(e) => QueryError::Tls { addr, error: e.to_string() },
+            ureq::Error::BodyExceedsLimit(_) => {
+                QueryError::BadResponse(format!("the answer is over {MAX_RESPONSE_BYTES} bytes"))
+            }
+            ureq::Error::Io(e) => QueryError::Io { addr, error: e.to_string() },
+            other => QueryError::Io { addr, error: other.to_string() },
         }
-        Err(connect_error(last))
+    }
+
+    /// Adds what to check to a 401 or 403: the credentials missing, or refused.
+    fn explain(&self, error: QueryError) -> QueryError {
+        match error {
+            QueryError::Http { status: status @ (401 | 403), message } => {
+                let hint = if self.authorization.is_some() {
+                    "Prometheus refused the credentials sent: check the token or the user and password"
+                } else {
+                    "Prometheus wants credentials: --prometheus-bearer-token-file or -env, or \
+                     --prometheus-user with --prometheus-password-file or -env"
+                };
+                QueryError::Http { status, message: format!("{message} ({hint})") }
+            }
+            other => other,
+        }
     }
 }
 
-/// Splits a raw HTTP response into its status code and body.
-fn split_response(raw: &[u8]) -> Result<(u16, Vec<u8>), QueryError> {
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| QueryError::BadResponse("no complete HTTP header (connection closed early?)".into()))?;
-    let head = String::from_utf8_lossy(&raw[..end]);
-    let status_line = head.lines().next().unwrap_or_default();
-    let status = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .filter(|_| status_line.starts_with("HTTP/"))
-        .ok_or_else(|| QueryError::BadResponse(format!("not an HTTP status line: {status_line:?}")))?;
-    Ok((status, raw[end + 4..].to_vec()))
+/// A rustls error, with what to check for the usual certificate problems.
+fn tls_hint(error: &rustls::Error) -> String {
+    use rustls::CertificateError::{Expired, ExpiredContext, NotValidForName, NotValidForNameContext, UnknownIssuer};
+    let hint = match error {
+        rustls::Error::InvalidCertificate(UnknownIssuer) => {
+            " (the server's certificate is not signed by a trusted CA: give that CA with --prometheus-ca-file)"
+        }
+        rustls::Error::InvalidCertificate(NotValidForName | NotValidForNameContext { .. }) => {
+            " (the certificate does not name this host: use a host name it was issued for)"
+        }
+        rustls::Error::InvalidCertificate(Expired | ExpiredContext { .. }) => " (the server's certificate has expired)",
+        _ => "",
+    };
+    format!("{error}{hint}")
 }
 
 /// Turns a status and body into data, or the most precise error the answer allows: Prometheus

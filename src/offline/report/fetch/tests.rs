@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::offline::report::prometheus::Point;
+use crate::offline::report::prometheus::{Credentials, Point, Secret};
 
 const END: f64 = 1_795_000_000.0;
 const START: f64 = END - 3600.0;
@@ -332,6 +332,13 @@ fn report_fetch_errors_name_the_cause() {
     let expected =
         format!("no shadow comparisons for task abuse, candidate abuse-v9 in the last 1h at {}", prometheus.url);
     assert!(e.to_string().starts_with(&expected), "{e}");
-    let e = fetch(&args("https://prometheus:9090", "abuse-v2", None)).unwrap_err();
-    assert!(e.to_string().starts_with("--prometheus \"https://prometheus:9090\": https is not supported"), "{e}");
+    let e = fetch(&args("ftp://prometheus:9090", "abuse-v2", None)).unwrap_err();
+    assert!(e.to_string().starts_with("--prometheus \"ftp://prometheus:9090\": not a URL like http://"), "{e}");
+    let mut bad_token = args(&prometheus.url, "abuse-v2", None);
+    bad_token.access.credentials = Some(Credentials::Bearer(Secret::Env("MODSERVE_TEST_SURELY_UNSET_7f3a".into())));
+    let e = fetch(&bad_token).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "--prometheus-bearer-token-env MODSERVE_TEST_SURELY_UNSET_7f3a: the environment variable is not set (or empty)"
+    );
 }

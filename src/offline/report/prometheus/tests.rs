@@ -21,20 +21,26 @@ const VECTOR: &str = r#"{"status":"success","data":{"resultType":"vector","resul
 
 const BAD_QUERY: &str = r#"{"status":"error","errorType":"bad_data","error":"invalid parameter \"query\": 1:5: parse error: unexpected \"}\""}"#;
 
+fn client(url: &str) -> Result<Client, ClientError> {
+    Client::new(url, Duration::from_secs(10), &Access::default())
+}
+
 #[test]
 fn report_client_parses_urls_with_ports_and_path_prefixes() {
-    let t = Duration::from_secs(10);
-    let c = Client::new("http://127.0.0.1:9090", t).unwrap();
-    assert_eq!((c.authority.as_str(), c.prefix.as_str()), ("127.0.0.1:9090", ""));
-    let c = Client::new("http://prom.internal/prom/", t).unwrap();
-    assert_eq!((c.authority.as_str(), c.prefix.as_str()), ("prom.internal:80", "/prom"));
-    let c = Client::new("http://[::1]:9090/a/b", t).unwrap();
-    assert_eq!((c.authority.as_str(), c.prefix.as_str()), ("[::1]:9090", "/a/b"));
-    assert_eq!(Client::new("http://[::1]", t).unwrap().authority, "[::1]:80");
-    assert!(Client::new("https://x:9090", t).unwrap_err().contains("https is not supported"));
-    assert!(Client::new("127.0.0.1:9090", t).is_err());
-    assert!(Client::new("http://", t).is_err());
-    assert!(Client::new("http://x:9090/?q=1", t).is_err());
+    let parts = |c: Client| (c.scheme, c.authority, c.prefix);
+    assert_eq!(parts(client("http://127.0.0.1:9090").unwrap()), ("http", "127.0.0.1:9090".into(), "".into()));
+    assert_eq!(
+        parts(client("https://prom.internal/prom/").unwrap()),
+        ("https", "prom.internal".into(), "/prom".into())
+    );
+    assert_eq!(parts(client("http://[::1]:9090/a/b").unwrap()), ("http", "[::1]:9090".into(), "/a/b".into()));
+    for bad in ["127.0.0.1:9090", "http://", "http://x:9090/?q=1", "ftp://x", "https://u:p@x"] {
+        assert!(matches!(client(bad), Err(ClientError::Url(_))), "{bad}");
+    }
+    assert!(client("https://u:p@x").unwrap_err().to_string().contains("--prometheus-user"));
+    let ca = Access { ca_file: Some("ca.pem".into()), credentials: None };
+    let e = Client::new("http://x:9090", Duration::from_secs(1), &ca).unwrap_err();
+    assert_eq!(e.to_string(), "--prometheus-ca-file is set but the URL is http://; use an https:// URL");
 }
 
 #[test]
@@ -70,7 +76,7 @@ fn report_client_errors_say_what_prometheus_said() {
     assert!(matches!(parse_answer(200, b"hello"), Err(QueryError::BadResponse(_))));
 }
 
-/// Serves one connection with `response`, sending back the request line it read.
+/// Serves one connection with `response`, sending back the request head it read.
 fn serve_once(response: String) -> (String, mpsc::Receiver<String>, JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/prom", listener.local_addr().unwrap());
@@ -78,14 +84,10 @@ fn serve_once(response: String) -> (String, mpsc::Receiver<String>, JoinHandle<(
     let thread = std::thread::spawn(move || {
         let (stream, _) = listener.accept().unwrap();
         let mut reader = BufReader::new(stream);
-        let mut request_line = String::new();
-        reader.read_line(&mut request_line).unwrap();
-        // Read the rest of the header so the client's write never fails.
-        let mut line = String::new();
-        while reader.read_line(&mut line).unwrap() > 2 {
-            line.clear();
-        }
-        tx.send(request_line.trim_end().to_string()).unwrap();
+        // The request head, read whole so the client's write never fails.
+        let mut head = String::new();
+        while reader.read_line(&mut head).unwrap() > 0 && !head.ends_with("\r\n\r\n") {}
+        tx.send(head.trim_end().to_string()).unwrap();
         let mut stream = reader.into_inner();
         stream.write_all(response.as_bytes()).unwrap();
         // Dropping the stream closes it: the HTTP/1.0 end of the body.
@@ -94,44 +96,86 @@ fn serve_once(response: String) -> (String, mpsc::Receiver<String>, JoinHandle<(
 }
 
 fn http(status: &str, body: &str) -> String {
-    format!("HTTP/1.0 {status}\r\nContent-Type: application/json\r\n\r\n{body}")
+    format!("HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())
 }
 
 #[test]
-fn report_client_queries_over_http_1_0_end_to_end() {
+fn report_client_queries_over_http_end_to_end() {
     let (url, request, thread) = serve_once(http("200 OK", MATRIX));
-    let client = Client::new(&url, Duration::from_secs(10)).unwrap();
+    let prom = client(&url).unwrap();
     let time = UNIX_EPOCH + Duration::from_millis(1_795_000_030_250);
-    let series = client.query_matrix("modserve_shadow_reviews_total{task=\"abuse\"}[1h]", time).unwrap();
+    let series = prom.query_matrix("modserve_shadow_reviews_total{task=\"abuse\"}[1h]", time).unwrap();
     thread.join().unwrap();
     assert_eq!(series.len(), 2);
+    let head = request.recv().unwrap();
     assert_eq!(
-        request.recv().unwrap(),
-        "GET /prom/api/v1/query?query=modserve_shadow_reviews_total%7Btask%3D%22abuse%22%7D%5B1h%5D&time=1795000030.250 HTTP/1.0"
+        head.lines().next().unwrap(),
+        "GET /prom/api/v1/query?query=modserve_shadow_reviews_total%7Btask%3D%22abuse%22%7D%5B1h%5D&time=1795000030.250 HTTP/1.1"
     );
+    assert!(!head.to_ascii_lowercase().contains("authorization"), "{head}");
+
+    // An HTTP/1.0 answer whose body runs to the end of the connection reads too.
+    let (url, _request, thread) =
+        serve_once(format!("HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n{VECTOR}"));
+    let samples = client(&url).unwrap().query_vector("up", time).unwrap();
+    thread.join().unwrap();
+    assert_eq!(samples.len(), 3);
+}
+
+#[test]
+fn report_client_sends_credentials_and_explains_401() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "t0ken\n").unwrap();
+    let access = Access { ca_file: None, credentials: Some(Credentials::Bearer(Secret::File(token))) };
+    let (url, request, thread) = serve_once(http("200 OK", VECTOR));
+    let client_with_token = Client::new(&url, Duration::from_secs(10), &access).unwrap();
+    assert!(!format!("{client_with_token:?}").contains("t0ken"), "Debug redacts the token");
+    client_with_token.query_vector("up", SystemTime::now()).unwrap();
+    thread.join().unwrap();
+    let head = request.recv().unwrap();
+    assert!(head.lines().any(|l| l.eq_ignore_ascii_case("authorization: Bearer t0ken")), "{head}");
+
+    let (url, _request, thread) = serve_once(http("401 Unauthorized", "Unauthorized"));
+    let e = client(&url).unwrap().query("up", SystemTime::now()).unwrap_err();
+    thread.join().unwrap();
+    assert!(
+        e.to_string()
+            .starts_with("HTTP 401: Unauthorized (Prometheus wants credentials: --prometheus-bearer-token-file"),
+        "{e}"
+    );
+    let (url, _request, thread) = serve_once(http("401 Unauthorized", "Unauthorized"));
+    let e = Client::new(&url, Duration::from_secs(10), &access).unwrap().query("up", SystemTime::now()).unwrap_err();
+    thread.join().unwrap();
+    assert!(e.to_string().contains("refused the credentials sent"), "{e}");
 }
 
 #[test]
 fn report_client_turns_error_answers_into_clear_errors() {
     let (url, _request, thread) = serve_once(http("400 Bad Request", BAD_QUERY));
-    let client = Client::new(&url, Duration::from_secs(10)).unwrap();
-    let e = client.query("m{", SystemTime::now()).unwrap_err();
+    let e = client(&url).unwrap().query("m{", SystemTime::now()).unwrap_err();
     thread.join().unwrap();
     assert!(e.to_string().starts_with("Prometheus answered bad_data: invalid parameter"), "{e}");
 
     let (url, _request, thread) = serve_once(http("503 Service Unavailable", "Service Unavailable"));
-    let e = Client::new(&url, Duration::from_secs(10)).unwrap().query("up", SystemTime::now()).unwrap_err();
+    let e = client(&url).unwrap().query("up", SystemTime::now()).unwrap_err();
     thread.join().unwrap();
     assert_eq!(e.to_string(), "HTTP 503: Service Unavailable");
 
+    // A redirect is not followed (the credentials go nowhere else), and says where it pointed.
+    let (url, _request, thread) =
+        serve_once("HTTP/1.1 302 Found\r\nLocation: https://elsewhere/prom\r\nContent-Length: 0\r\n\r\n".into());
+    let e = client(&url).unwrap().query("up", SystemTime::now()).unwrap_err();
+    thread.join().unwrap();
+    assert!(e.to_string().starts_with("HTTP 302: redirected to https://elsewhere/prom"), "{e}");
+
     let (url, _request, thread) = serve_once(http("200 OK", VECTOR));
-    let e = Client::new(&url, Duration::from_secs(10)).unwrap().query_matrix("up", SystemTime::now()).unwrap_err();
+    let e = client(&url).unwrap().query_matrix("up", SystemTime::now()).unwrap_err();
     thread.join().unwrap();
     assert_eq!(e.to_string(), "expected a matrix result, got a vector");
 
     // Nothing listening: the error names the address.
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let client = Client::new(&format!("http://127.0.0.1:{port}"), Duration::from_secs(10)).unwrap();
-    let e = client.query("up", SystemTime::now()).unwrap_err();
+    let e = client(&format!("http://127.0.0.1:{port}")).unwrap().query("up", SystemTime::now()).unwrap_err();
     assert!(e.to_string().starts_with(&format!("cannot connect to 127.0.0.1:{port}")), "{e}");
 }
