@@ -207,15 +207,21 @@ async fn clients_do_not_retry_a_bad_request_or_a_missing_token() {
     server.stop().await;
 }
 
-/// Fills a queue of one: a call whose model stalls `stall_ms` in its worker, then one more
-/// waiting behind it; returns once a probe is refused RESOURCE_EXHAUSTED, with the two calls.
-async fn fill_queue(server: &TestServer, model: &str, stall_ms: u64) -> Vec<tokio::task::JoinHandle<()>> {
+/// Fills a queue of one: a call whose model stalls `stall_ms` in its worker (a fault injected
+/// through its backend), then one more waiting behind it; returns once a probe is refused
+/// RESOURCE_EXHAUSTED, with the two calls.
+async fn fill_queue(
+    server: &TestServer,
+    faults: &Faults,
+    model: &str,
+    stall_ms: u64,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let channel = server.channel().await;
     let mut calls = Vec::new();
-    let stall = format!("stall modserve-fault:sleep-{stall_ms}:{model};");
+    faults.on_word(model, "huge", Action::Sleep(Duration::from_millis(stall_ms)));
     let mut client = ModerationClient::new(channel.clone());
     calls.push(tokio::spawn(async move {
-        client.classify(request(vec![review("stall", &stall)])).await.expect("the stalled call is served");
+        client.classify(request(vec![review("stall", "stall huge")])).await.expect("the stalled call is served");
     }));
     tokio::time::sleep(Duration::from_millis(300)).await;
     for i in 0..50 {
@@ -238,7 +244,7 @@ async fn fill_queue(server: &TestServer, model: &str, stall_ms: u64) -> Vec<toki
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_retry_resource_exhausted_with_backoff_until_served() {
     tokio::task::block_in_place(warm_up);
-    let server = TestServer::start(config(
+    let (server, faults) = TestServer::start_faulty(config(
         r#"
 [models.tiny-fraud-v2]
 path = "tests/fixtures/tiny-fraud-v2"
@@ -258,7 +264,7 @@ live = "tiny-fraud-v2"
         // slower on a busy machine). 20 attempts wait about 16 s on average in all, and under
         // 6 s with odds of a few in a million.
         // On a stream the refusal is the message's error, and the message is retried unary.
-        let calls = fill_queue(&server, "tiny-fraud-v2", 6000).await;
+        let calls = fill_queue(&server, &faults, "tiny-fraud-v2", 6000).await;
         let started = std::time::Instant::now();
         let mut args = vec!["--target", target.as_str(), "--attempts", "20", "--deadline", "10"];
         if stream {
@@ -307,7 +313,7 @@ async fn clients_give_up_on_unavailable_after_bounded_attempts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_do_not_retry_deadline_exceeded() {
     tokio::task::block_in_place(warm_up);
-    let server = TestServer::start(config(
+    let (server, faults) = TestServer::start_faulty(config(
         r#"
 [models.tiny-abuse-v2]
 path = "tests/fixtures/tiny-abuse-v2"
@@ -319,11 +325,12 @@ live = "tiny-abuse-v2"
     let target = server.grpc_addr.to_string();
     let channel = server.channel().await;
     for client in BOTH {
-        // The worker stalls 5 s (room for a slow Python start); the client's call waits behind
-        // it with a 0.3 s deadline.
+        // The worker stalls 5 s (room for a slow Python start; a fault injected through its
+        // backend); the client's call waits behind it with a 0.3 s deadline.
+        faults.on_word("tiny-abuse-v2", "huge", Action::Sleep(Duration::from_millis(5000)));
         let mut stalled = ModerationClient::new(channel.clone());
         let stall = tokio::spawn(async move {
-            let text = "stall modserve-fault:sleep-5000:tiny-abuse-v2; you idiot";
+            let text = "stall huge you idiot";
             stalled.classify(request(vec![review("stall", text)])).await.expect("the stalled call is served");
         });
         tokio::time::sleep(Duration::from_millis(300)).await;

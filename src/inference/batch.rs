@@ -50,6 +50,12 @@ pub struct RunCost {
 const MIN_SPLIT_SAVING: f64 = 0.1;
 const MIN_SPLIT_SAVING_NS: f64 = 100_000.0;
 
+/// The most padded tokens (rows x longest row) one run may take; a batch over it runs as
+/// several. A transformer's activations grow with the padded tokens (its attention with their
+/// square per row), and ONNX Runtime keeps the largest run's buffers: two transformer shadows
+/// running 32 reviews of 128 tokens at a time held ~300 MiB more than at this budget.
+pub const MAX_RUN_TOKENS: usize = 1024;
+
 impl RunCost {
     /// Estimated cost of running rows of these lengths as one padded batch.
     pub fn of(&self, rows: usize, longest: usize) -> f64 {
@@ -57,26 +63,29 @@ impl RunCost {
     }
 
     /// Groups a batch's rows (by their token counts) into runs of similar length, each padded to
-    /// its own longest row, when that is cheaper by this cost than one run of the whole batch.
-    /// Returns row indices per run, every row exactly once; a single group means "run it whole".
-    /// Optimal for the cost model: rows sorted by length, then the cheapest cut into contiguous
-    /// groups (each group's padded width is its last, longest row), O(n^2) for a batch of n.
+    /// its own longest row, when that is cheaper by this cost than one run of the whole batch,
+    /// or when the whole batch would exceed `MAX_RUN_TOKENS` padded tokens (no run does, but a
+    /// single row). Returns row indices per run, every row exactly once; a single group means
+    /// "run it whole". Optimal for the cost model: rows sorted by length, then the cheapest cut
+    /// into contiguous groups (each group's padded width is its last, longest row), O(n^2).
     pub fn split_by_length(&self, lengths: &[usize]) -> Vec<Vec<usize>> {
         let n = lengths.len();
         let whole = vec![(0..n).collect::<Vec<_>>()];
-        if n < 2 || self.per_token_ns <= 0.0 {
-            return whole;
-        }
         let mut order: Vec<usize> = (0..n).collect();
         order.sort_by_key(|&i| lengths[i]);
         let len = |k: usize| lengths[order[k]].max(1);
+        let fits = |rows: usize, longest: usize| rows == 1 || rows * longest <= MAX_RUN_TOKENS;
+        if n < 2 || (self.per_token_ns <= 0.0 && fits(n, len(n - 1))) {
+            return whole;
+        }
         // best[j]: cheapest cost of the first j sorted rows; cut[j]: where its last group starts.
         let mut best = vec![0.0f64; n + 1];
         let mut cut = vec![0usize; n + 1];
         for j in 1..=n {
             best[j] = f64::INFINITY;
             for i in 0..j {
-                let cost = best[i] + self.of(j - i, len(j - 1));
+                // A run over the token budget is not a choice; one row always is.
+                let cost = if fits(j - i, len(j - 1)) { best[i] + self.of(j - i, len(j - 1)) } else { f64::INFINITY };
                 if cost < best[j] {
                     best[j] = cost;
                     cut[j] = i;
@@ -84,7 +93,8 @@ impl RunCost {
             }
         }
         let unsplit = self.of(n, len(n - 1));
-        if best[n] > unsplit * (1.0 - MIN_SPLIT_SAVING) || unsplit - best[n] < MIN_SPLIT_SAVING_NS {
+        let worth_it = best[n] <= unsplit * (1.0 - MIN_SPLIT_SAVING) && unsplit - best[n] >= MIN_SPLIT_SAVING_NS;
+        if fits(n, len(n - 1)) && !worth_it {
             return whole;
         }
         let mut groups = Vec::new();
@@ -215,6 +225,19 @@ mod tests {
         let lengths = [60, 8, 10, 58, 9, 61, 12, 59];
         assert_eq!(BAG.split_by_length(&lengths), vec![(0..8).collect::<Vec<_>>()]);
         assert_eq!(RunCost::default().split_by_length(&lengths).len(), 1, "unmeasured: run whole");
+    }
+
+    #[test]
+    fn no_run_exceeds_the_token_budget_whatever_the_cost() {
+        // 32 rows of 128 tokens: 4,096 padded tokens, four times the budget.
+        let lengths = vec![128; 32];
+        for cost in [TRANSFORMER, BAG, RunCost::default()] {
+            let groups = cost.split_by_length(&lengths);
+            covers_every_row_once(&groups, 32);
+            assert!(groups.iter().all(|g| g.len() * 128 <= MAX_RUN_TOKENS), "{cost:?}: {groups:?}");
+        }
+        // One row longer than the budget still runs, alone.
+        assert_eq!(BAG.split_by_length(&[MAX_RUN_TOKENS + 1, 3]).len(), 2);
     }
 
     #[test]

@@ -38,12 +38,16 @@ pub struct Faults {
 
 impl Faults {
     /// Every row of a `model` batch that holds `word` (a word of the fixtures' vocabulary) does
-    /// `action` before the batch runs.
+    /// `action` before the batch runs (replacing what the same word was armed with before).
     pub fn on_word(&self, model: &str, word: &str, action: Action) {
         let package = Package::load(&fixture(model)).expect("fixture loads");
         let id =
             package.tokenizer.token_to_id(word).unwrap_or_else(|| panic!("{word:?} is not in {model}'s vocabulary"));
-        self.on_token.lock().unwrap().entry(model.to_string()).or_default().push((i64::from(id), action));
+        let mut on_token = self.on_token.lock().unwrap();
+        let rules = on_token.entry(model.to_string()).or_default();
+        // Arming the same word again replaces its action.
+        rules.retain(|(marker, _)| *marker != i64::from(id));
+        rules.push((i64::from(id), action));
     }
 
     /// The next `batches` batches `model` runs (its warm-up at load included) each do `action`
