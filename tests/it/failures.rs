@@ -24,6 +24,8 @@ live = "tiny-fraud-v2"
 "#,
     ))
     .await;
+    // Totals are process-wide (other tests' servers count too): compare with a scrape before.
+    let base = server.scrape().await;
     let channel = server.channel().await;
     // Bounded: a burst of concurrent 64-review requests against a queue of one job. Rounds
     // repeat (at most 20) until at least one is shed; on this machine the first round does it.
@@ -59,10 +61,11 @@ live = "tiny-fraud-v2"
     assert!(ok > 0, "some requests must still be served");
     let scrape = server.scrape().await;
     assert_eq!(
-        metric(&scrape, "modserve_dropped_total", &[("model", "tiny-fraud-v2"), ("reason", "queue_full")]),
-        Some(shed as f64)
+        delta(&base, &scrape, "modserve_dropped_total", &[("model", "tiny-fraud-v2"), ("reason", "queue_full")]),
+        shed as f64
     );
-    assert_eq!(metric(&scrape, "modserve_requests_total", &[("code", "RESOURCE_EXHAUSTED")]), Some(shed as f64));
+    let refused = |s: &str| sum_where(s, "modserve_requests_total", &[("code", "RESOURCE_EXHAUSTED")]);
+    assert_eq!(refused(&scrape) - refused(&base), shed as f64);
     server.stop().await;
 }
 
@@ -79,9 +82,8 @@ live = "tiny-abuse-v2"
     ))
     .await;
     let mut client = server.client().await;
-    let before =
-        metric(&server.scrape().await, "modserve_batches_total", &[("model", "tiny-abuse-v2"), ("role", "live")])
-            .unwrap();
+    let base = server.scrape().await;
+    let before = metric(&base, "modserve_batches_total", &[("model", "tiny-abuse-v2"), ("role", "live")]).unwrap();
     // A raw HTTP/2 call, because a tonic client enforces `grpc-timeout` itself and would
     // report its own timeout before the server's answer arrives; we want the server's answer.
     let (status, message) = raw_classify(server.grpc_addr, &request(vec![review("a", "you idiot")]), "1n").await;
@@ -93,7 +95,8 @@ live = "tiny-abuse-v2"
         Some(before),
         "no inference ran"
     );
-    assert_eq!(metric(&scrape, "modserve_requests_total", &[("code", "DEADLINE_EXCEEDED")]), Some(1.0));
+    let late = |s: &str| sum_where(s, "modserve_requests_total", &[("code", "DEADLINE_EXCEEDED")]);
+    assert_eq!(late(&scrape) - late(&base), 1.0);
     // A generous deadline is met.
     let mut req = tonic::Request::new(request(vec![review("a", "you idiot")]));
     req.set_timeout(Duration::from_secs(10));

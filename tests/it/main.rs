@@ -1,10 +1,14 @@
 //! The integration tests: one binary (one link of the whole crate) with a module per area.
 //! Metrics are process-wide, so a test that asserts on them holds `common::exclusive()` for its
 //! whole run and every other test holds `common::shared()`: the two never overlap.
-//! `tests/isolation.rs` stays a binary of its own: it counts the process's threads and their CPU
-//! time. Faults are injected through the inference backend seam (`common::faults`).
+//! Binaries of their own: `tests/isolation.rs` counts the process's threads and their CPU time;
+//! `tests/report.rs` and `tests/report_access.rs` read exact totals of the process-wide
+//! recorder through a real Prometheus; `tests/prometheus.rs` and `tests/tools.rs` check the
+//! scrape and the tools. Faults are injected through the inference backend seam
+//! (`common::faults`).
 
 mod classify;
+mod clients;
 mod common;
 mod disk;
 mod eval;

@@ -9,15 +9,12 @@
 //! test`, which builds examples); the Python one installs its pinned dependencies into
 //! `.tools/examples-venv` on first use (PyPI), which takes about 20 s once.
 
-#[path = "it/common/mod.rs"]
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use modserve::serving::grpc::pb::moderation_client::ModerationClient;
 use tonic::Code;
 
@@ -131,6 +128,7 @@ const REVIEWS: [(&str, &str); 5] = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_classify_batches_unary_and_over_a_stream() {
+    let _shared = shared().await;
     tokio::task::block_in_place(warm_up);
     let server = TestServer::start(config(BASIC)).await;
     let dir = tempfile::tempdir().unwrap();
@@ -162,6 +160,7 @@ async fn clients_classify_batches_unary_and_over_a_stream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_do_not_retry_a_bad_request_or_a_missing_token() {
+    let _shared = shared().await;
     tokio::task::block_in_place(warm_up);
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
@@ -243,6 +242,7 @@ async fn fill_queue(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_retry_resource_exhausted_with_backoff_until_served() {
+    let _guard = exclusive().await;
     tokio::task::block_in_place(warm_up);
     let (server, faults) = TestServer::start_faulty(config(
         r#"
@@ -256,6 +256,7 @@ live = "tiny-fraud-v2"
 "#,
     ))
     .await;
+    let base = server.scrape().await;
     let target = server.grpc_addr.to_string();
     for (client, stream) in
         [(Client::Rust, false), (Client::Python, false), (Client::Rust, true), (Client::Python, true)]
@@ -282,16 +283,19 @@ live = "tiny-fraud-v2"
             call.await.unwrap();
         }
     }
-    let scrape = server.scrape().await;
-    let refused = |method: &str| {
-        metric(&scrape, "modserve_requests_total", &[("code", "RESOURCE_EXHAUSTED"), ("method", method)])
-    };
-    assert_eq!(refused("ClassifyStream"), Some(2.0), "each stream's one message was refused once, then retried unary");
+    let refused = delta(
+        &base,
+        &server.scrape().await,
+        "modserve_requests_total",
+        &[("code", "RESOURCE_EXHAUSTED"), ("method", "ClassifyStream")],
+    );
+    assert_eq!(refused, 2.0, "each stream's one message was refused once, then retried unary");
     server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_give_up_on_unavailable_after_bounded_attempts() {
+    let _shared = shared().await;
     tokio::task::block_in_place(warm_up);
     // Nothing listens on this port: every attempt is UNAVAILABLE.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -312,6 +316,8 @@ async fn clients_give_up_on_unavailable_after_bounded_attempts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_do_not_retry_deadline_exceeded() {
+    // Alone: the stall must outlast the Python client's start, which other tests would slow.
+    let _guard = exclusive().await;
     tokio::task::block_in_place(warm_up);
     let (server, faults) = TestServer::start_faulty(config(
         r#"
@@ -360,6 +366,7 @@ fn certificates() -> (String, String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_speak_tls_with_a_ca_file() {
+    let _shared = shared().await;
     tokio::task::block_in_place(warm_up);
     let dir = tempfile::tempdir().unwrap();
     let (ca, cert, key) = certificates();
