@@ -71,13 +71,17 @@ impl RunCost {
     pub fn split_by_length(&self, lengths: &[usize]) -> Vec<Vec<usize>> {
         let n = lengths.len();
         let whole = vec![(0..n).collect::<Vec<_>>()];
+        let fits = |rows: usize, longest: usize| rows == 1 || rows * longest <= MAX_RUN_TOKENS;
+        let longest = lengths.iter().map(|&l| l.max(1)).max().unwrap_or(1);
+        // A split saves at most the padding's per-token cost: when that is small, run it whole
+        // without searching (the common case for bag-of-words models, batch after batch).
+        let padding: usize = lengths.iter().map(|&l| longest - l.max(1)).sum();
+        if n < 2 || (fits(n, longest) && self.per_token_ns * (padding as f64) < MIN_SPLIT_SAVING_NS) {
+            return whole;
+        }
         let mut order: Vec<usize> = (0..n).collect();
         order.sort_by_key(|&i| lengths[i]);
         let len = |k: usize| lengths[order[k]].max(1);
-        let fits = |rows: usize, longest: usize| rows == 1 || rows * longest <= MAX_RUN_TOKENS;
-        if n < 2 || (self.per_token_ns <= 0.0 && fits(n, len(n - 1))) {
-            return whole;
-        }
         // best[j]: cheapest cost of the first j sorted rows; cut[j]: where its last group starts.
         let mut best = vec![0.0f64; n + 1];
         let mut cut = vec![0usize; n + 1];

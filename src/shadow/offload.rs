@@ -11,7 +11,7 @@ use std::sync::{Mutex, OnceLock};
 
 use crossbeam_channel::Sender;
 
-use crate::inference::cpu::{self, CpuSet, SchedPolicy};
+use crate::inference::cpu::{self, CpuSet};
 
 /// How the thread runs: the `[shadow]` settings of the config being served.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,9 +50,10 @@ fn apply(all: Option<&CpuSet>) {
         let _ = crate::sys::set_sched_normal();
     }
     let (policy, error) = cpu::lower_thread_priority(placement.idle, placement.nice);
-    if placement.idle && policy != SchedPolicy::Idle {
-        let error = error.map(|e| e.to_string()).unwrap_or_default();
-        tracing::warn!(policy = policy.as_str(), %error, "the shadow comparison thread could not use SCHED_IDLE");
+    if let Some(error) = error {
+        // E.g. SCHED_IDLE refused, or a lower niceness than before without CAP_SYS_NICE.
+        let wanted = if placement.idle { "idle" } else { "nice" };
+        tracing::warn!(wanted, policy = policy.as_str(), nice = placement.nice, %error, "the shadow comparison thread could not be placed as configured");
     }
     if let Some(cpus) = placement.cpus.as_ref().or(all)
         && let Err(e) = cpu::set_thread_affinity(cpus)
