@@ -10,11 +10,11 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 
+use common::nginx::Nginx;
 use common::prometheus::Prometheus;
 use common::*;
 
@@ -47,52 +47,17 @@ fn certificates(name: &str) -> (String, String, String) {
     (ca_pem, cert.pem(), key.serialize_pem())
 }
 
-/// nginx in the foreground, killed (SIGTERM to the master) on drop.
-struct Nginx {
-    child: Child,
-    addr: SocketAddr,
-    dir: PathBuf,
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
-        let _ = self.child.wait();
-    }
-}
-
-/// `nginx` from PATH, else where the Debian package puts it.
-fn nginx_binary() -> PathBuf {
-    let on_path =
-        std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join("nginx")).find(|f| f.is_file()));
-    on_path.unwrap_or_else(|| PathBuf::from("/usr/sbin/nginx"))
-}
-
 /// nginx terminating TLS for `prometheus` on three prefixes: `/open/` (TLS only), `/bearer/`
 /// (`Authorization: Bearer TOKEN`, else 401) and `/basic/` (basic auth, USER and PASSWORD),
 /// each stripping its prefix as a reverse proxy in front of Prometheus does.
 async fn start_nginx(dir: &Path, prometheus: SocketAddr, cert: &str, key: &str) -> Nginx {
-    use std::os::unix::fs::MetadataExt;
     std::fs::write(dir.join("server.crt"), cert).unwrap();
     std::fs::write(dir.join("server.key"), key).unwrap();
     // nginx's own plain-text scheme: no htpasswd tool needed.
     std::fs::write(dir.join("htpasswd"), format!("{USER}:{{PLAIN}}{PASSWORD}\n")).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let root = std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false);
-    let conf = r#"USER
-worker_processes 1;
-pid DIR/nginx.pid;
-error_log DIR/error.log error;
-events { worker_connections 64; }
-http {
-    access_log off;
-    client_body_temp_path DIR/client_body;
-    proxy_temp_path DIR/proxy;
-    fastcgi_temp_path DIR/fastcgi;
-    uwsgi_temp_path DIR/uwsgi;
-    scgi_temp_path DIR/scgi;
-    server {
+    let http = r#"    server {
         listen ADDR ssl;
         ssl_certificate DIR/server.crt;
         ssl_certificate_key DIR/server.key;
@@ -111,38 +76,10 @@ http {
             proxy_pass http://PROMETHEUS/;
         }
     }
-}
 "#
-    .replace("USER", if root { "user root;" } else { "" })
-    .replace("ADDR", &addr.to_string())
     .replace("PROMETHEUS", &prometheus.to_string())
-    .replace("TOKEN", TOKEN)
-    .replace("DIR", &dir.display().to_string());
-    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-    let child = Command::new(nginx_binary())
-        .arg("-p")
-        .arg(dir)
-        .arg("-c")
-        .arg(dir.join("nginx.conf"))
-        .arg("-e")
-        .arg(dir.join("error.log"))
-        .arg("-g")
-        .arg("daemon off;")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nginx (Debian package `nginx`; scripts/setup --test installs it)");
-    let nginx = Nginx { child, addr, dir: dir.to_path_buf() };
-    for _ in 0..300 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return nginx;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!(
-        "nginx did not listen within 30 s: {}",
-        std::fs::read_to_string(nginx.dir.join("error.log")).unwrap_or_default()
-    );
+    .replace("TOKEN", TOKEN);
+    Nginx::start(dir, addr, 64, &http).await
 }
 
 /// How a `modserve report` run ended.

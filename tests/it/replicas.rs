@@ -34,6 +34,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::common::nginx::Nginx;
 use crate::common::prometheus::Prometheus;
 use crate::common::*;
 use modserve::serving::grpc::pb;
@@ -216,28 +217,6 @@ impl Drop for Replica {
 
 // === nginx ===
 
-struct Nginx {
-    child: Child,
-    addr: SocketAddr,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        // SIGTERM to the master stops its worker too (a SIGKILL would orphan the worker).
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
-        let _ = self.child.wait();
-    }
-}
-
-/// `nginx` from PATH, else where the Debian package puts it (`/usr/sbin` is not on every
-/// user's PATH).
-fn nginx_binary() -> PathBuf {
-    let on_path =
-        std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join("nginx")).find(|f| f.is_file()));
-    on_path.unwrap_or_else(|| PathBuf::from("/usr/sbin/nginx"))
-}
-
 /// nginx in the foreground from a temp dir, proxying gRPC (HTTP/2 without TLS) to `upstreams`.
 ///
 /// - A new upstream connection per call (no upstream `keepalive`), so a replica that stopped
@@ -258,26 +237,12 @@ fn nginx_binary() -> PathBuf {
 ///   retries would come back, counted, and the test would still pass.
 /// - `keepalive_requests` raised so nginx does not GOAWAY the client's connection every 1000
 ///   calls mid-test.
-async fn start_nginx(upstreams: &[SocketAddr]) -> Nginx {
-    use std::os::unix::fs::MetadataExt;
+async fn start_nginx(upstreams: &[SocketAddr]) -> (Nginx, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let servers: String =
         upstreams.iter().map(|u| format!("        server {u} max_fails=1 fail_timeout=2s;\n")).collect();
-    let root = std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false);
-    let conf = r#"USER
-worker_processes 1;
-pid DIR/nginx.pid;
-error_log DIR/error.log error;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    client_body_temp_path DIR/client_body;
-    proxy_temp_path DIR/proxy;
-    fastcgi_temp_path DIR/fastcgi;
-    uwsgi_temp_path DIR/uwsgi;
-    scgi_temp_path DIR/scgi;
-    upstream modserve {
+    let http = r#"    upstream modserve {
 SERVERS    }
     server {
         listen ADDR http2;
@@ -296,47 +261,16 @@ SERVERS    }
             return 204;
         }
     }
-}
 "#
-    .replace("USER", if root { "user root;" } else { "" })
     .replace("SERVERS", &servers)
-    .replace("ADDR", &addr.to_string())
-    .replace("TRIES", &upstreams.len().to_string())
-    .replace("DIR", &dir.path().display().to_string());
-    std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
-    let child = Command::new(nginx_binary())
-        .arg("-p")
-        .arg(dir.path())
-        .arg("-c")
-        .arg(dir.path().join("nginx.conf"))
-        .arg("-e")
-        .arg(dir.path().join("error.log"))
-        .arg("-g")
-        .arg("daemon off;")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nginx (Debian package `nginx`; scripts/setup --test installs it)");
-    let nginx = Nginx { child, addr, dir };
-    for _ in 0..300 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return nginx;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("nginx did not listen within 30 s: {}", nginx.error_log());
+    .replace("TRIES", &upstreams.len().to_string());
+    (Nginx::start(dir.path(), addr, 1024, &http).await, dir)
 }
 
-impl Nginx {
-    fn error_log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
-    }
-
-    /// Calls nginx found `upstream` refusing its connection (and so passed to the next one).
-    fn refused(&self, upstream: SocketAddr) -> usize {
-        let needle = format!("upstream: \"grpc://{upstream}\"");
-        self.error_log().lines().filter(|l| l.contains("Connection refused") && l.contains(&needle)).count()
-    }
+/// Calls `nginx` found `upstream` refusing its connection (and so passed to the next one).
+fn refused(nginx: &Nginx, upstream: SocketAddr) -> usize {
+    let needle = format!("upstream: \"grpc://{upstream}\"");
+    nginx.error_log().lines().filter(|l| l.contains("Connection refused") && l.contains(&needle)).count()
 }
 
 // === answers ===
@@ -579,7 +513,7 @@ async fn three_replicas_behind_nginx_sample_alike_aggregate_and_roll_without_los
     ))
     .await;
     let mut candidate = candidate_server.client().await;
-    let nginx = start_nginx(&replicas.iter().map(|r| r.grpc).collect::<Vec<_>>()).await;
+    let (nginx, _nginx_dir) = start_nginx(&replicas.iter().map(|r| r.grpc).collect::<Vec<_>>()).await;
     let prometheus = Prometheus::start(&replicas.iter().map(|r| r.metrics).collect::<Vec<_>>()).await;
     let via_nginx = connect(nginx.addr).await;
     let mut tally = Tally::default();
@@ -683,19 +617,19 @@ async fn three_replicas_behind_nginx_sample_alike_aggregate_and_roll_without_los
     let load = Load::start(&via_nginx, "restart", 6, 20, &golden);
     load.wait_answers(200).await;
     for r in replicas.iter_mut() {
-        let refused_before = nginx.refused(r.grpc);
+        let refused_before = refused(&nginx, r.grpc);
         r.sigterm();
         let (status, logs) = r.wait_exit().await;
         assert!(status.success(), "{} exit status {status:?}:\n{logs}", r.name);
         assert!(logs.contains("\"stopped\""), "{}: a graceful stop:\n{logs}", r.name);
         // While it is down, nginx finds its port refusing and passes the calls on.
         for _ in 0..600 {
-            if nginx.refused(r.grpc) > refused_before {
+            if refused(&nginx, r.grpc) > refused_before {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert!(nginx.refused(r.grpc) > refused_before, "nginx saw {} refuse connections", r.name);
+        assert!(refused(&nginx, r.grpc) > refused_before, "nginx saw {} refuse connections", r.name);
         r.spawn().await;
         r.wait_serving().await;
         // Traffic comes back to the new process before the next replica goes.
@@ -704,7 +638,7 @@ async fn three_replicas_behind_nginx_sample_alike_aggregate_and_roll_without_los
     }
     load.wait_answers(200).await;
     let restart = load.stop().await;
-    let refused: usize = replicas.iter().map(|r| nginx.refused(r.grpc)).sum();
+    let refused: usize = replicas.iter().map(|r| refused(&nginx, r.grpc)).sum();
     println!(
         "(3) rolling restart: {} calls, {} answered validly, {} failed; nginx passed on {refused} refused \
          connection(s); {} calls retried UNAVAILABLE ({} retries: {} shutting down, {} models loading, \

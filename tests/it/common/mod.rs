@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod faults;
+pub mod nginx;
 pub mod prometheus;
 
 use std::path::{Path, PathBuf};
