@@ -134,11 +134,12 @@ async fn sigterm_under_load_finishes_in_flight_calls_and_exits_zero() {
     wait_serving(channel.clone()).await;
     let secret = "zebra-quartz-unicorn secret text";
     let signalled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     // Load from 8 clients, each a bounded loop, until the server closes.
     let mut clients = Vec::new();
     for c in 0..8 {
         let mut client = modserve::serving::grpc::pb::moderation_client::ModerationClient::new(channel.clone());
-        let signalled = signalled.clone();
+        let (signalled, answered) = (signalled.clone(), answered.clone());
         clients.push(tokio::spawn(async move {
             let (mut ok, mut after_signal) = (0, 0);
             for i in 0..5000 {
@@ -149,6 +150,7 @@ async fn sigterm_under_load_finishes_in_flight_calls_and_exits_zero() {
                         let expected = if i % 2 == 0 { "REJECT" } else { "ALLOW" };
                         assert_eq!(decision_name(resp.results[0].tasks[0].decision), expected);
                         ok += 1;
+                        answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                         after_signal += usize::from(signalled.load(std::sync::atomic::Ordering::SeqCst));
                     }
                     // After the drain delay the server sends GOAWAY and closes: the client's
@@ -163,8 +165,13 @@ async fn sigterm_under_load_finishes_in_flight_calls_and_exits_zero() {
             (ok, after_signal)
         }));
     }
-    // Wait until requests are flowing, then SIGTERM.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Wait until every client has had answers (requests are flowing), then SIGTERM.
+    for _ in 0..600 {
+        if answered.load(std::sync::atomic::Ordering::SeqCst) >= 8 * 20 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let pid = child.id() as i32;
     signalled.store(true, std::sync::atomic::Ordering::SeqCst);
     send_sigterm(pid);
