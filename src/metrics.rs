@@ -78,6 +78,7 @@ pub const TLS_RELOADS_TOTAL: &str = "modserve_tls_reloads_total";
 pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "modserve_tls_handshake_failures_total";
 pub const CONNECTIONS_CLOSED_IDLE_TOTAL: &str = "modserve_connections_closed_idle_total";
 pub const CONNECTIONS_OPEN: &str = "modserve_connections_open";
+pub const REQUEST_BYTES_RECEIVING: &str = "modserve_request_bytes_receiving";
 pub const TRANSPORT_REFUSALS_TOTAL: &str = "modserve_transport_refusals_total";
 pub const SCORES: &str = "modserve_scores";
 pub const SHADOW_POLICY_ONLY_REVIEWS_TOTAL: &str = "modserve_shadow_policy_only_reviews_total";
@@ -235,6 +236,12 @@ fn describe_transport() {
     describe_gauge!(
         CONNECTIONS_OPEN,
         "Connections open now, by listener (grpc, admin, metrics): accepted and not yet closed, TLS handshakes included."
+    );
+    describe_gauge!(
+        REQUEST_BYTES_RECEIVING,
+        Unit::Bytes,
+        "Request bytes reserved now by messages being uploaded (their declared lengths), by listener: what \
+         server.max_buffered_request_bytes bounds."
     );
     describe_counter!(
         CONNECTIONS_CLOSED_IDLE_TOTAL,
@@ -884,6 +891,11 @@ pub fn tls_handshake_failed(listener: &'static str) {
 /// The open-connections gauge of `listener`.
 pub fn connections_open(listener: &'static str) -> Gauge {
     gauge!(CONNECTIONS_OPEN, label::LISTENER => listener)
+}
+
+/// The gauge of request bytes being received on `listener`.
+pub fn request_bytes_receiving(listener: &'static str) -> Gauge {
+    gauge!(REQUEST_BYTES_RECEIVING, label::LISTENER => listener)
 }
 
 /// Records a connection closed for being idle.

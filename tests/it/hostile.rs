@@ -157,7 +157,9 @@ async fn stalled_uploads_are_bounded_in_bytes_and_cut_at_their_deadline() {
     // Two messages of 60,000 bytes fit in the connection's 131,072; both stall after 100 bytes.
     let first = stalled_upload(&sender, addr, 60_000, 100, "1S");
     let second = stalled_upload(&sender, addr, 60_000, 100, "1S");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let receiving = [("listener", "grpc")];
+    let reserved = server.wait_gauge("modserve_request_bytes_receiving", &receiving, 120_000.0).await;
+    assert_eq!(reserved, Some(120_000.0), "both messages reserved their declared length");
     // A third does not fit: refused at its prefix, long before any deadline.
     let third = stalled_upload(&sender, addr, 60_000, 100, "20S");
     let (code, message) = tokio::time::timeout(Duration::from_secs(10), third).await.expect("refused at once").unwrap();
@@ -174,7 +176,10 @@ async fn stalled_uploads_are_bounded_in_bytes_and_cut_at_their_deadline() {
     let refused = |reason: &str| delta(&base, &now, "modserve_transport_refusals_total", &[("reason", reason)]);
     assert_eq!(refused("upload_budget_connection"), 1.0);
     assert_eq!(refused("upload_deadline"), 2.0);
-    // Their bytes were given back: the same connection can upload a whole message again.
+    // Their bytes were given back: the gauge is back at zero, and the same connection can
+    // upload a whole message again.
+    let released = server.wait_gauge("modserve_request_bytes_receiving", &receiving, 0.0).await;
+    assert_eq!(released, Some(0.0), "the cut uploads gave their reservation back");
     let mut client = server.client().await;
     client.classify(request(vec![review("ok", "you idiot")])).await.expect("served after the stalls");
     server.stop().await;

@@ -131,7 +131,8 @@ pub async fn serve(
         .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS)
         .max_send_buf_size(MAX_SEND_BUFFER_BYTES);
     let slots = Slots::new(name, settings.max_connections, settings.max_connections_per_peer);
-    let process_budget = Budget::new(settings.max_buffered_bytes, TransportRefusal::UploadBudgetProcess);
+    let process_budget = Budget::new(settings.max_buffered_bytes, TransportRefusal::UploadBudgetProcess)
+        .shown(metrics::request_bytes_receiving(name));
     let stop = shutdown.wait();
     tokio::pin!(stop);
     loop {

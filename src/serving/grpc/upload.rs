@@ -26,11 +26,25 @@ pub struct Budget {
     bytes: Arc<Semaphore>,
     limit: usize,
     refusal: TransportRefusal,
+    /// Shows what is reserved now (the process budget: `modserve_request_bytes_receiving`).
+    gauge: Option<::metrics::Gauge>,
 }
 
 impl Budget {
     pub fn new(limit: usize, refusal: TransportRefusal) -> Budget {
-        Budget { bytes: Arc::new(Semaphore::new(limit.min(Semaphore::MAX_PERMITS))), limit, refusal }
+        Budget { bytes: Arc::new(Semaphore::new(limit.min(Semaphore::MAX_PERMITS))), limit, refusal, gauge: None }
+    }
+
+    /// A budget whose reservations `gauge` shows.
+    pub fn shown(self, gauge: ::metrics::Gauge) -> Budget {
+        gauge.set(self.in_use() as f64);
+        Budget { gauge: Some(gauge), ..self }
+    }
+
+    fn show(&self) {
+        if let Some(gauge) = &self.gauge {
+            gauge.set(self.in_use() as f64);
+        }
     }
 
     /// Bytes reserved now (for tests and logs).
@@ -102,11 +116,15 @@ impl BoundedBody {
     }
 
     fn reserve(&mut self, declared: u32) -> Result<(), tonic::Status> {
-        for budget in &self.budgets {
+        for i in 0..self.budgets.len() {
+            let budget = self.budgets[i].clone();
             match budget.bytes.clone().try_acquire_many_owned(declared) {
-                Ok(permit) => self.held.push(permit),
+                Ok(permit) => {
+                    self.held.push(permit);
+                    budget.show();
+                }
                 Err(_) => {
-                    self.held.clear();
+                    self.release();
                     if let Some(report) = self.on_refusal.take() {
                         report(budget.refusal);
                     }
@@ -128,8 +146,20 @@ impl BoundedBody {
     }
 
     fn finish_message(&mut self) {
-        self.held.clear();
+        self.release();
         self.prefix_len = 0;
+    }
+
+    fn release(&mut self) {
+        self.held.clear();
+        self.budgets.iter().for_each(Budget::show);
+    }
+}
+
+impl Drop for BoundedBody {
+    /// A call that ends mid-message (reset, deadline) gives its reservation back here.
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
