@@ -46,36 +46,33 @@ pub fn set_affinity(_cpus: impl Iterator<Item = usize>) -> io::Result<()> {
 }
 
 /// Moves the calling thread to `SCHED_IDLE`.
-#[cfg(target_os = "linux")]
 pub fn set_sched_idle() -> io::Result<()> {
-    // SAFETY: sched_param is plain data; pid 0 is the calling thread.
-    let param = libc::sched_param { sched_priority: 0 };
-    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-pub fn set_sched_idle() -> io::Result<()> {
-    Err(io::Error::new(io::ErrorKind::Unsupported, "SCHED_IDLE needs Linux"))
+    set_scheduler(Policy::Idle)
 }
 
 /// Moves the calling thread back to the normal class (`SCHED_OTHER`).
-#[cfg(target_os = "linux")]
 pub fn set_sched_normal() -> io::Result<()> {
+    set_scheduler(Policy::Normal)
+}
+
+enum Policy {
+    Idle,
+    Normal,
+}
+
+#[cfg(target_os = "linux")]
+fn set_scheduler(policy: Policy) -> io::Result<()> {
+    let policy = match policy {
+        Policy::Idle => libc::SCHED_IDLE,
+        Policy::Normal => libc::SCHED_OTHER,
+    };
     // SAFETY: sched_param is plain data; pid 0 is the calling thread.
     let param = libc::sched_param { sched_priority: 0 };
-    if unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    if unsafe { libc::sched_setscheduler(0, policy, &param) } == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
 #[cfg(not(target_os = "linux"))]
-pub fn set_sched_normal() -> io::Result<()> {
+fn set_scheduler(_policy: Policy) -> io::Result<()> {
     Err(io::Error::new(io::ErrorKind::Unsupported, "scheduling classes need Linux"))
 }
 

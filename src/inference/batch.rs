@@ -52,8 +52,9 @@ const MIN_SPLIT_SAVING_NS: f64 = 100_000.0;
 
 /// The most padded tokens (rows x longest row) one run may take; a batch over it runs as
 /// several. A transformer's activations grow with the padded tokens (its attention with their
-/// square per row), and ONNX Runtime keeps the largest run's buffers: two transformer shadows
-/// running 32 reviews of 128 tokens at a time held ~300 MiB more than at this budget.
+/// square per row), and ONNX Runtime keeps the largest run's buffers: under attack i (2 MiB
+/// requests of long reviews) two transformer shadows running 32 reviews of 128 tokens at a time
+/// grew RSS by 364-426 MiB, and by 126-163 MiB at this budget (docs/benchmarks.md).
 pub const MAX_RUN_TOKENS: usize = 1024;
 
 impl RunCost {

@@ -454,11 +454,14 @@ fn check_cost_once(encoder: &Encoder, tokenizer_sha256: &str) -> Result<(), Stri
     Ok(())
 }
 
+/// The review a model runs at load: to warm it up and to measure its `RunCost`.
+const WARM_UP_REVIEW: &str = "modserve warm-up review: great product, fast delivery.";
+
 /// Runs one tiny batch so the first real request does not pay for lazy initialisation, and so a
 /// model that loads but cannot run is refused at start-up.
 fn warm_up(session: &mut dyn Backend, spec: &ModelSpec, encoder: &Encoder) -> Result<(), String> {
     let mut tokens = TokenBatch::default();
-    encoder.encode_into(["modserve warm-up review: great product, fast delivery."], &mut tokens)?;
+    encoder.encode_into([WARM_UP_REVIEW], &mut tokens)?;
     let features: Vec<f32> = spec.features.iter().map(|f| f.default).collect();
     let features = (!features.is_empty()).then_some(features.as_slice());
     let mut out = Vec::new();
@@ -473,7 +476,7 @@ fn measure_run_cost(backend: &mut dyn Backend, spec: &ModelSpec, encoder: &Encod
     const LONG_ROWS: usize = 4;
     const LONG_ROW: usize = 32;
     let mut rows = TokenRows::default();
-    encoder.encode_rows(["modserve warm-up review: great product, fast delivery."], &mut rows)?;
+    encoder.encode_rows([WARM_UP_REVIEW], &mut rows)?;
     let short: Vec<i64> = rows.row(0).to_vec();
     if short.is_empty() {
         return Ok(RunCost::default());
