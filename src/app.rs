@@ -222,6 +222,40 @@ fn serve<H: tonic_health::pb::health_server::Health>(
     signal: &ShutdownSignal,
 ) -> anyhow::Result<Listeners> {
     let (reflection_v1, reflection_v1alpha) = reflection()?;
+    let routes =
+        tonic::service::Routes::new(health_service.clone()).add_service(reflection_v1).add_service(reflection_v1alpha);
+    let routes = with_caller_services(routes, config, &bound, registry, &transport_signal);
+    let (routes, admin_routes) =
+        with_admin_service(routes, bound.admin.is_some(), &bound, registry, reload, health_service)?;
+    let call_ceiling = call_ceiling(registry, config.limits.max_call_timeout);
+    let transport = |name, listener, routes: tonic::service::Routes| {
+        tokio::spawn(transport::serve(
+            name,
+            listener,
+            routes.prepare(),
+            transport::TransportSettings::new(&config.server),
+            call_ceiling.clone(),
+            bound.tls.clone(),
+            transport_signal.clone(),
+        ))
+    };
+    let admin = bound.admin.zip(admin_routes).map(|(listener, routes)| transport("admin", listener, routes));
+    let grpc = transport("grpc", bound.grpc, routes);
+    let http = tokio::spawn(http_port::serve(bound.metrics, prometheus, ready.clone(), transport_signal));
+    if let Some(tls) = bound.tls {
+        tokio::spawn(tls::watch(tls, signal.clone()));
+    }
+    Ok(Listeners { grpc, admin, http })
+}
+
+/// Moderation and Feedback, both behind the moderation token.
+fn with_caller_services(
+    routes: tonic::service::Routes,
+    config: &Config,
+    bound: &Bound,
+    registry: &Registry,
+    transport_signal: &ShutdownSignal,
+) -> tonic::service::Routes {
     let limits = config.limits;
     let moderation_auth = BearerAuth::new(bound.moderation_token.clone(), "modserve.v1.Moderation");
     let moderation =
@@ -236,57 +270,39 @@ fn serve<H: tonic_health::pb::health_server::Health>(
     let feedback = FeedbackServer::new(FeedbackService::new(Classifier::new(registry.clone()), feedback))
         .max_decoding_message_size(limits.max_message_bytes);
     let feedback = tonic::service::interceptor::InterceptedService::new(feedback, move |req| feedback_auth.check(req));
-    let admin_auth = BearerAuth::new(bound.admin_token, "modserve.v1.Admin")
-        .denying(bound.moderation_token, "modserve.v1.Moderation");
+    routes.add_service(moderation).add_service(feedback)
+}
+
+/// Admin, behind the admin token (which the moderation token never passes): on the gRPC routes,
+/// or, with `admin.listen`, on routes of its own with reflection and health (returned second).
+fn with_admin_service<H: tonic_health::pb::health_server::Health>(
+    routes: tonic::service::Routes,
+    own_listener: bool,
+    bound: &Bound,
+    registry: &Registry,
+    reload: &ReloadHandle,
+    health_service: tonic_health::pb::health_server::HealthServer<H>,
+) -> anyhow::Result<(tonic::service::Routes, Option<tonic::service::Routes>)> {
+    let admin_auth = BearerAuth::new(bound.admin_token.clone(), "modserve.v1.Admin")
+        .denying(bound.moderation_token.clone(), "modserve.v1.Moderation");
     let admin_service =
         AdminServer::with_interceptor(AdminService::new(registry.clone(), reload.clone()), move |req| {
             admin_auth.check(req)
         });
-    let mut routes = tonic::service::Routes::new(health_service.clone())
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(moderation)
-        .add_service(feedback);
-    // The transports cut a call whose upload outlives its deadline; the ceiling follows reloads.
-    let startup_ceiling = limits.max_call_timeout;
-    let ceiling_registry = registry.clone();
-    let call_ceiling: transport::CallCeiling =
-        Arc::new(move || ceiling_registry.load().map_or(startup_ceiling, |state| state.config.limits.max_call_timeout));
-    let mut admin = None;
-    match bound.admin {
-        None => routes = routes.add_service(admin_service),
-        Some(listener) => {
-            let (v1, v1alpha) = reflection()?;
-            let admin_routes = tonic::service::Routes::new(admin_service)
-                .add_service(v1)
-                .add_service(v1alpha)
-                .add_service(health_service)
-                .prepare();
-            admin = Some(tokio::spawn(transport::serve(
-                "admin",
-                listener,
-                admin_routes,
-                transport::TransportSettings::new(&config.server),
-                call_ceiling.clone(),
-                bound.tls.clone(),
-                transport_signal.clone(),
-            )));
-        }
+    if !own_listener {
+        return Ok((routes.add_service(admin_service), None));
     }
-    let grpc = tokio::spawn(transport::serve(
-        "grpc",
-        bound.grpc,
-        routes.prepare(),
-        transport::TransportSettings::new(&config.server),
-        call_ceiling,
-        bound.tls.clone(),
-        transport_signal.clone(),
-    ));
-    let http = tokio::spawn(http_port::serve(bound.metrics, prometheus, ready.clone(), transport_signal));
-    if let Some(tls) = bound.tls {
-        tokio::spawn(tls::watch(tls, signal.clone()));
-    }
-    Ok(Listeners { grpc, admin, http })
+    let (v1, v1alpha) = reflection()?;
+    let admin_routes =
+        tonic::service::Routes::new(admin_service).add_service(v1).add_service(v1alpha).add_service(health_service);
+    Ok((routes, Some(admin_routes)))
+}
+
+/// The longest a call may run: `limits.max_call_timeout` of the serving config, which follows
+/// reloads. The transports cut a call whose upload outlives it.
+fn call_ceiling(registry: &Registry, at_startup: std::time::Duration) -> transport::CallCeiling {
+    let registry = registry.clone();
+    Arc::new(move || registry.load().map_or(at_startup, |state| state.config.limits.max_call_timeout))
 }
 
 /// Reloads on SIGHUP and, with `server.watch_config`, when the file's content changes.

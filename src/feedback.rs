@@ -27,6 +27,8 @@ use crate::metrics::{self, NO_SOURCE, OTHER_SOURCE, VerdictOutcome};
 use crate::policy::Decision;
 use crate::request::ReviewInput;
 
+pub mod verdict;
+
 /// A validated verdict.
 #[derive(Debug, Clone)]
 pub struct Verdict {

@@ -268,6 +268,42 @@ impl ShadowPair {
         live_scores: &[f32],
         live_decisions: &[Decision],
     ) {
+        let picked = self.pick(reviews);
+        if picked.is_empty() {
+            return;
+        }
+        if self.policy_only {
+            self.offer_policy_only(reviews, picked, live_scores, live_decisions);
+            return;
+        }
+        if let Some(refusal) = self.refusal() {
+            match refusal {
+                ShadowOutcome::BreakerOpen => self.metrics.outcome(refusal, picked.len()),
+                shed => self.shed(shed, picked.len()),
+            }
+            return;
+        }
+        let tokens = tokens.filter(|_| self.reuse_tokens);
+        let offered =
+            Offered::select(&picked, reviews, tokens, live_scores, live_decisions, self.live.spec().labels.len());
+        let count = offered.reviews.len();
+        let pair = self.clone();
+        let Offered { reviews, tokens, live_scores, live_decisions } = offered;
+        let logged = reviews.clone();
+        let callback = Box::new(move |result: JobResult, elapsed: Duration| {
+            pair.record(&logged, &live_scores, &live_decisions, result, elapsed)
+        });
+        match self.shadow.submit_with(reviews, tokens, Some(Instant::now() + self.policy.max_delay), callback) {
+            Ok(()) => {}
+            Err(Error::QueueFull { .. }) => self.shed(ShadowOutcome::QueueFull, count),
+            // Only while shutting down; nothing to compare any more.
+            Err(_) => {}
+        }
+    }
+
+    /// The indices of the reviews in this shadow's sample, at its effective rate; the rest
+    /// counted as sampled out or throttled.
+    fn pick(&self, reviews: &[ReviewInput]) -> Vec<usize> {
         let mut picked: Vec<usize> =
             (0..reviews.len()).filter(|&i| sampled(&reviews[i].id, &self.salt, self.sample_rate)).collect();
         self.metrics.outcome(ShadowOutcome::SampledOut, reviews.len() - picked.len());
@@ -284,61 +320,21 @@ impl ShadowPair {
             }
             self.sampled_now.fetch_add(picked.len() as u64, Ordering::Relaxed);
         }
-        if picked.is_empty() {
-            return;
-        }
-        let n_labels = self.live.spec().labels.len();
-        if self.policy_only {
-            self.offer_policy_only(reviews, picked, live_scores, live_decisions);
-            return;
-        }
+        picked
+    }
+
+    /// Why sampled work cannot be queued on the candidate now, if it cannot.
+    fn refusal(&self) -> Option<ShadowOutcome> {
         let open = self.breaker.is_open();
         self.metrics.breaker_open.set(if open { 1.0 } else { 0.0 });
         if open {
-            self.metrics.outcome(ShadowOutcome::BreakerOpen, picked.len());
-            return;
-        }
-        if self.live.queue_len() >= self.policy.live_pressure_jobs {
-            self.shed(ShadowOutcome::LivePressure, picked.len());
-            return;
-        }
-        if self.cpu.as_ref().is_some_and(|b| b.exhausted()) {
-            self.shed(ShadowOutcome::Budget, picked.len());
-            return;
-        }
-        let tokens = tokens.filter(|_| self.reuse_tokens);
-        let all = picked.len() == reviews.len();
-        let (subset, scores, decisions): (Arc<[ReviewInput]>, Vec<f32>, Vec<Decision>) = if all {
-            (reviews.clone(), live_scores.to_vec(), live_decisions.to_vec())
+            Some(ShadowOutcome::BreakerOpen)
+        } else if self.live.queue_len() >= self.policy.live_pressure_jobs {
+            Some(ShadowOutcome::LivePressure)
+        } else if self.cpu.as_ref().is_some_and(|b| b.exhausted()) {
+            Some(ShadowOutcome::Budget)
         } else {
-            (
-                picked.iter().map(|&i| reviews[i].clone()).collect(),
-                picked.iter().flat_map(|&i| live_scores[i * n_labels..(i + 1) * n_labels].iter().copied()).collect(),
-                picked.iter().map(|&i| live_decisions[i]).collect(),
-            )
-        };
-        let tokens = match tokens {
-            Some(t) if all => Some(t.clone()),
-            Some(t) => {
-                let mut rows = TokenRows::default();
-                for &i in &picked {
-                    rows.extend_from(t, i..i + 1);
-                }
-                Some(Arc::new(rows))
-            }
-            None => None,
-        };
-        let count = subset.len();
-        let pair = self.clone();
-        let logged = subset.clone();
-        let callback = Box::new(move |result: JobResult, elapsed: Duration| {
-            pair.record(&logged, &scores, &decisions, result, elapsed)
-        });
-        match self.shadow.submit_with(subset, tokens, Some(Instant::now() + self.policy.max_delay), callback) {
-            Ok(()) => {}
-            Err(Error::QueueFull { .. }) => self.shed(ShadowOutcome::QueueFull, count),
-            // Only while shutting down; nothing to compare any more.
-            Err(_) => {}
+            None
         }
     }
 
@@ -464,6 +460,50 @@ impl ShadowPair {
                 last_error = error.map(|e| e.to_string()).unwrap_or_else(|| "over the latency budget".into()),
                 "shadow paused by its circuit breaker"
             );
+        }
+    }
+}
+
+/// The sampled part of a request, with the live answers to compare it with.
+struct Offered {
+    reviews: Arc<[ReviewInput]>,
+    tokens: Option<Arc<TokenRows>>,
+    live_scores: Vec<f32>,
+    live_decisions: Vec<Decision>,
+}
+
+impl Offered {
+    /// Rows `picked` of the request; the request's own buffers when every review was picked.
+    fn select(
+        picked: &[usize],
+        reviews: &Arc<[ReviewInput]>,
+        tokens: Option<&Arc<TokenRows>>,
+        live_scores: &[f32],
+        live_decisions: &[Decision],
+        n_labels: usize,
+    ) -> Offered {
+        if picked.len() == reviews.len() {
+            return Offered {
+                reviews: reviews.clone(),
+                tokens: tokens.cloned(),
+                live_scores: live_scores.to_vec(),
+                live_decisions: live_decisions.to_vec(),
+            };
+        }
+        Offered {
+            reviews: picked.iter().map(|&i| reviews[i].clone()).collect(),
+            tokens: tokens.map(|t| {
+                let mut rows = TokenRows::default();
+                for &i in picked {
+                    rows.extend_from(t, i..i + 1);
+                }
+                Arc::new(rows)
+            }),
+            live_scores: picked
+                .iter()
+                .flat_map(|&i| live_scores[i * n_labels..(i + 1) * n_labels].iter().copied())
+                .collect(),
+            live_decisions: picked.iter().map(|&i| live_decisions[i]).collect(),
         }
     }
 }

@@ -337,16 +337,18 @@ async fn replicas_at_the_same_effective_rate_compare_the_same_reviews() {
     );
     assert!(na > 100 && nb > 100, "{na} {nb}");
     // Let queued heat work run or expire (max_delay) and the budget refill; no offers, no ticks.
+    // A clock by design: both are timers, and a probe to see whether they ran would be an offer.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // The same cheap reviews to both, in lockstep, quickly: the smoothed cost per review is still
     // far above what the budget pays for at a higher rate, so both stay at the floor.
     let ids: Vec<String> = (0..200).map(|i| format!("same-{i}")).collect();
     let (mut ca, mut cb) = (a.client().await, b.client().await);
+    let (base_a, base_b) = (a.scrape().await, b.scrape().await);
     for id in &ids {
         ca.classify(request(vec![review(id, "this is dumb")])).await.unwrap();
         cb.classify(request(vec![review(id, "this is dumb")])).await.unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::join!(settled(&a, &base_a, ids.len()), settled(&b, &base_b, ids.len()));
     a.stop().await;
     b.stop().await;
     let compared = |name: &str| -> Vec<String> {

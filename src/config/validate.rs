@@ -70,94 +70,39 @@ fn addr(errors: &mut Vec<String>, key: &str, value: Option<&String>, default: &s
 
 /// `[server]`, with the command-line overrides.
 fn server(errors: &mut Vec<String>, raw: &RawServer, base: &Path, overrides: &Overrides) -> ServerConfig {
-    let grpc_listen = addr(
-        errors,
-        "server.grpc_listen",
-        overrides.grpc_listen.as_ref().or(raw.grpc_listen.as_ref()),
-        defaults::GRPC_LISTEN,
-    );
-    let metrics_listen = addr(
-        errors,
-        "server.metrics_listen",
-        overrides.metrics_listen.as_ref().or(raw.metrics_listen.as_ref()),
-        defaults::METRICS_LISTEN,
-    );
-    let shutdown_grace =
-        duration(errors, "server.shutdown_grace", raw.shutdown_grace.as_deref().unwrap_or(defaults::SHUTDOWN_GRACE));
-    let onnxruntime_lib = match &overrides.onnxruntime_lib {
-        Some(p) => p.clone(),
-        None => base.join(raw.onnxruntime_lib.as_deref().unwrap_or(Path::new(defaults::ONNXRUNTIME_LIB))),
-    };
-    let drain_delay =
-        duration(errors, "server.drain_delay", raw.drain_delay.as_deref().unwrap_or(defaults::DRAIN_DELAY));
-    let max_concurrent_streams = raw.max_concurrent_streams.unwrap_or(defaults::MAX_CONCURRENT_STREAMS);
-    if !(1..=100_000).contains(&max_concurrent_streams) {
-        errors.push(format!("server.max_concurrent_streams {max_concurrent_streams}: must be 1..=100000"));
-    }
-    let keepalive_interval = duration(
-        errors,
-        "server.keepalive_interval",
-        raw.keepalive_interval.as_deref().unwrap_or(defaults::KEEPALIVE_INTERVAL),
-    );
-    let keepalive_timeout = duration(
-        errors,
-        "server.keepalive_timeout",
-        raw.keepalive_timeout.as_deref().unwrap_or(defaults::KEEPALIVE_TIMEOUT),
-    );
-    let idle_timeout =
-        duration(errors, "server.idle_timeout", raw.idle_timeout.as_deref().unwrap_or(defaults::IDLE_TIMEOUT));
-    let handshake_timeout = duration(
-        errors,
-        "server.handshake_timeout",
-        raw.handshake_timeout.as_deref().unwrap_or(defaults::HANDSHAKE_TIMEOUT),
-    );
-    if handshake_timeout < Duration::from_millis(100) {
-        errors.push(format!("server.handshake_timeout {handshake_timeout:?}: must be at least 100ms"));
-    }
-    let max_connections = raw.max_connections.unwrap_or(defaults::MAX_CONNECTIONS);
-    let max_connections_per_peer = raw.max_connections_per_peer.unwrap_or(defaults::MAX_CONNECTIONS_PER_PEER);
-    if max_connections == 0 {
-        errors.push("server.max_connections 0: must be at least 1".to_string());
-    }
-    if !(1..=max_connections.max(1)).contains(&max_connections_per_peer) {
-        errors.push(format!(
-            "server.max_connections_per_peer {max_connections_per_peer}: must be 1..=server.max_connections ({max_connections})"
-        ));
-    }
-    let max_buffered_request_bytes = raw.max_buffered_request_bytes.unwrap_or(defaults::MAX_BUFFERED_REQUEST_BYTES);
-    let max_buffered_request_bytes_per_connection =
-        raw.max_buffered_request_bytes_per_connection.unwrap_or(defaults::MAX_BUFFERED_REQUEST_BYTES_PER_CONNECTION);
-    if !idle_timeout.is_zero() && idle_timeout < Duration::from_secs(1) {
-        errors.push(format!("server.idle_timeout {idle_timeout:?}: must be 0 (never) or at least 1s"));
-    }
-    for (key, d) in [("server.keepalive_interval", keepalive_interval), ("server.keepalive_timeout", keepalive_timeout)]
-    {
-        if d < Duration::from_secs(1) {
-            errors.push(format!("{key} {d:?}: must be at least 1s"));
-        }
-    }
-    let server = ServerConfig {
-        grpc_listen,
-        metrics_listen,
-        shutdown_grace,
-        drain_delay,
-        max_concurrent_streams,
-        keepalive_interval,
-        keepalive_timeout,
-        idle_timeout,
-        handshake_timeout,
-        max_connections,
-        max_connections_per_peer,
-        max_buffered_request_bytes,
-        max_buffered_request_bytes_per_connection,
-        log_format: overrides.log_format.or(raw.log_format).unwrap_or(LogFormat::Text),
-        onnxruntime_lib,
-        watch_config: raw.watch_config.unwrap_or(true),
-        watch_interval: duration(
+    let timeouts = server_timeouts(errors, raw);
+    let capacity = server_capacity(errors, raw);
+    ServerConfig {
+        grpc_listen: addr(
             errors,
-            "server.watch_interval",
-            raw.watch_interval.as_deref().unwrap_or(defaults::WATCH_INTERVAL),
+            "server.grpc_listen",
+            overrides.grpc_listen.as_ref().or(raw.grpc_listen.as_ref()),
+            defaults::GRPC_LISTEN,
         ),
+        metrics_listen: addr(
+            errors,
+            "server.metrics_listen",
+            overrides.metrics_listen.as_ref().or(raw.metrics_listen.as_ref()),
+            defaults::METRICS_LISTEN,
+        ),
+        shutdown_grace: timeouts.shutdown_grace,
+        drain_delay: timeouts.drain_delay,
+        max_concurrent_streams: capacity.max_concurrent_streams,
+        keepalive_interval: timeouts.keepalive_interval,
+        keepalive_timeout: timeouts.keepalive_timeout,
+        idle_timeout: timeouts.idle_timeout,
+        handshake_timeout: timeouts.handshake_timeout,
+        max_connections: capacity.max_connections,
+        max_connections_per_peer: capacity.max_connections_per_peer,
+        max_buffered_request_bytes: capacity.max_buffered_request_bytes,
+        max_buffered_request_bytes_per_connection: capacity.max_buffered_request_bytes_per_connection,
+        log_format: overrides.log_format.or(raw.log_format).unwrap_or(LogFormat::Text),
+        onnxruntime_lib: match &overrides.onnxruntime_lib {
+            Some(p) => p.clone(),
+            None => base.join(raw.onnxruntime_lib.as_deref().unwrap_or(Path::new(defaults::ONNXRUNTIME_LIB))),
+        },
+        watch_config: raw.watch_config.unwrap_or(true),
+        watch_interval: timeouts.watch_interval,
         moderation_token: token_source(
             errors,
             "server.moderation_token",
@@ -165,11 +110,103 @@ fn server(errors: &mut Vec<String>, raw: &RawServer, base: &Path, overrides: &Ov
             &raw.moderation_token_file,
             base,
         ),
-    };
-    if server.watch_interval < Duration::from_millis(100) {
-        errors.push(format!("server.watch_interval {:?}: must be at least 100ms", server.watch_interval));
     }
-    server
+}
+
+/// `[server]`'s durations, each with its floor.
+struct ServerTimeouts {
+    shutdown_grace: Duration,
+    drain_delay: Duration,
+    keepalive_interval: Duration,
+    keepalive_timeout: Duration,
+    idle_timeout: Duration,
+    handshake_timeout: Duration,
+    watch_interval: Duration,
+}
+
+fn server_timeouts(errors: &mut Vec<String>, raw: &RawServer) -> ServerTimeouts {
+    let mut setting = |key: &str, value: &Option<String>, default: &str, floor: Option<Duration>| {
+        let d = duration(errors, key, value.as_deref().unwrap_or(default));
+        match floor {
+            Some(floor) if d < floor => errors.push(format!("{key} {d:?}: must be at least {floor:?}")),
+            _ => {}
+        }
+        d
+    };
+    let second = Some(Duration::from_secs(1));
+    let timeouts = ServerTimeouts {
+        shutdown_grace: setting("server.shutdown_grace", &raw.shutdown_grace, defaults::SHUTDOWN_GRACE, None),
+        drain_delay: setting("server.drain_delay", &raw.drain_delay, defaults::DRAIN_DELAY, None),
+        keepalive_interval: setting(
+            "server.keepalive_interval",
+            &raw.keepalive_interval,
+            defaults::KEEPALIVE_INTERVAL,
+            second,
+        ),
+        keepalive_timeout: setting(
+            "server.keepalive_timeout",
+            &raw.keepalive_timeout,
+            defaults::KEEPALIVE_TIMEOUT,
+            second,
+        ),
+        idle_timeout: setting("server.idle_timeout", &raw.idle_timeout, defaults::IDLE_TIMEOUT, None),
+        handshake_timeout: setting(
+            "server.handshake_timeout",
+            &raw.handshake_timeout,
+            defaults::HANDSHAKE_TIMEOUT,
+            Some(Duration::from_millis(100)),
+        ),
+        watch_interval: setting(
+            "server.watch_interval",
+            &raw.watch_interval,
+            defaults::WATCH_INTERVAL,
+            Some(Duration::from_millis(100)),
+        ),
+    };
+    // Zero is allowed here: it means "never".
+    let idle = timeouts.idle_timeout;
+    if !idle.is_zero() && idle < Duration::from_secs(1) {
+        errors.push(format!("server.idle_timeout {idle:?}: must be 0 (never) or at least 1s"));
+    }
+    timeouts
+}
+
+/// `[server]`'s bounds on streams, connections and buffered request bytes.
+struct ServerCapacity {
+    max_concurrent_streams: u32,
+    max_connections: usize,
+    max_connections_per_peer: usize,
+    max_buffered_request_bytes: usize,
+    max_buffered_request_bytes_per_connection: usize,
+}
+
+fn server_capacity(errors: &mut Vec<String>, raw: &RawServer) -> ServerCapacity {
+    let capacity = ServerCapacity {
+        max_concurrent_streams: raw.max_concurrent_streams.unwrap_or(defaults::MAX_CONCURRENT_STREAMS),
+        max_connections: raw.max_connections.unwrap_or(defaults::MAX_CONNECTIONS),
+        max_connections_per_peer: raw.max_connections_per_peer.unwrap_or(defaults::MAX_CONNECTIONS_PER_PEER),
+        max_buffered_request_bytes: raw.max_buffered_request_bytes.unwrap_or(defaults::MAX_BUFFERED_REQUEST_BYTES),
+        max_buffered_request_bytes_per_connection: raw
+            .max_buffered_request_bytes_per_connection
+            .unwrap_or(defaults::MAX_BUFFERED_REQUEST_BYTES_PER_CONNECTION),
+    };
+    let ServerCapacity {
+        max_concurrent_streams: streams,
+        max_connections: total,
+        max_connections_per_peer: per_peer,
+        ..
+    } = capacity;
+    if !(1..=100_000).contains(&streams) {
+        errors.push(format!("server.max_concurrent_streams {streams}: must be 1..=100000"));
+    }
+    if total == 0 {
+        errors.push("server.max_connections 0: must be at least 1".to_string());
+    }
+    if !(1..=total.max(1)).contains(&per_peer) {
+        errors
+            .push(format!("server.max_connections_per_peer {per_peer}: must be 1..=server.max_connections ({total})"));
+    }
+    capacity
 }
 
 /// `[admin]`, with the command-line override of its listener.
@@ -319,16 +356,6 @@ fn tasks(
     if raw.is_empty() {
         errors.push("tasks: at least one task is required, e.g. [tasks.abuse] live = \"abuse-v1\"".into());
     }
-    let policy_ref = |errors: &mut Vec<String>, key: &str, policy: &Option<String>| {
-        if let Some(p) = policy
-            && !policies.contains_key(p)
-        {
-            errors.push(format!(
-                "{key}: no policy named {p:?} under [policies] (configured: {:?})",
-                policies.keys().collect::<Vec<_>>()
-            ));
-        }
-    };
     let mut tasks = Vec::new();
     for (name, t) in raw {
         if !is_valid_name(name) {
@@ -341,44 +368,74 @@ fn tasks(
                 models.keys().collect::<Vec<_>>()
             ));
         }
-        policy_ref(errors, &format!("tasks.{name}.policy"), &t.policy);
-        let mut shadows = Vec::new();
-        for (i, sh) in t.shadows.iter().enumerate() {
-            let key = format!("tasks.{name}.shadows[{i}]");
-            if !models.contains_key(&sh.model) {
-                errors.push(format!("{key}.model: no model named {:?} under [models]", sh.model));
-            }
-            policy_ref(errors, &format!("{key}.policy"), &sh.policy);
-            if sh.model == t.live && sh.policy.is_none() {
-                errors.push(format!(
-                    "{key}.model: {:?} is already the live model of this task; add policy = \"NAME\" to try other thresholds on it",
-                    sh.model
-                ));
-            } else if sh.model == t.live && sh.policy == t.policy {
-                errors.push(format!("{key}.policy: {:?} is already the live policy of this task", sh.policy));
-            }
-            if t.shadows[..i].iter().any(|o| o.model == sh.model && o.policy == sh.policy) {
-                errors.push(format!("{key}: model {:?} with policy {:?} is listed twice", sh.model, sh.policy));
-            }
-            if !(0.0..=1.0).contains(&sh.sample_rate) {
-                errors.push(format!("{key}.sample_rate {}: must be within 0..=1 (1 = every review)", sh.sample_rate));
-            }
-            // The default salt keeps a model shadow's sample unchanged when a policy is added.
-            let salt = match &sh.policy {
-                Some(p) if sh.model == t.live => format!("{}+{p}", sh.model),
-                _ => sh.model.clone(),
-            };
-            shadows.push(ShadowConfig {
-                model: sh.model.clone(),
-                policy: sh.policy.clone(),
-                sample_rate: sh.sample_rate,
-                salt: sh.salt.clone().unwrap_or(salt),
-            });
-        }
+        policy_ref(errors, &format!("tasks.{name}.policy"), &t.policy, policies);
+        let shadows = task_shadows(errors, name, t, models, policies);
         tasks.push(TaskConfig { name: name.clone(), live: t.live.clone(), policy: t.policy.clone(), shadows });
     }
-    for task in &tasks {
-        for other in &tasks {
+    no_live_model_shadows_another_task(errors, &tasks);
+    tasks
+}
+
+/// An error unless `policy` is unset or names a `[policies]` table.
+fn policy_ref(errors: &mut Vec<String>, key: &str, policy: &Option<String>, policies: &BTreeMap<String, PolicySpec>) {
+    if let Some(p) = policy
+        && !policies.contains_key(p)
+    {
+        errors.push(format!(
+            "{key}: no policy named {p:?} under [policies] (configured: {:?})",
+            policies.keys().collect::<Vec<_>>()
+        ));
+    }
+}
+
+/// `tasks.NAME.shadows`: each a known model, or the live model under another policy, listed once.
+fn task_shadows(
+    errors: &mut Vec<String>,
+    name: &str,
+    t: &RawTask,
+    models: &BTreeMap<String, ModelConfig>,
+    policies: &BTreeMap<String, PolicySpec>,
+) -> Vec<ShadowConfig> {
+    let mut shadows = Vec::new();
+    for (i, sh) in t.shadows.iter().enumerate() {
+        let key = format!("tasks.{name}.shadows[{i}]");
+        if !models.contains_key(&sh.model) {
+            errors.push(format!("{key}.model: no model named {:?} under [models]", sh.model));
+        }
+        policy_ref(errors, &format!("{key}.policy"), &sh.policy, policies);
+        if sh.model == t.live && sh.policy.is_none() {
+            errors.push(format!(
+                "{key}.model: {:?} is already the live model of this task; add policy = \"NAME\" to try other thresholds on it",
+                sh.model
+            ));
+        } else if sh.model == t.live && sh.policy == t.policy {
+            errors.push(format!("{key}.policy: {:?} is already the live policy of this task", sh.policy));
+        }
+        if t.shadows[..i].iter().any(|o| o.model == sh.model && o.policy == sh.policy) {
+            errors.push(format!("{key}: model {:?} with policy {:?} is listed twice", sh.model, sh.policy));
+        }
+        if !(0.0..=1.0).contains(&sh.sample_rate) {
+            errors.push(format!("{key}.sample_rate {}: must be within 0..=1 (1 = every review)", sh.sample_rate));
+        }
+        // The default salt keeps a model shadow's sample unchanged when a policy is added.
+        let salt = match &sh.policy {
+            Some(p) if sh.model == t.live => format!("{}+{p}", sh.model),
+            _ => sh.model.clone(),
+        };
+        shadows.push(ShadowConfig {
+            model: sh.model.clone(),
+            policy: sh.policy.clone(),
+            sample_rate: sh.sample_rate,
+            salt: sh.salt.clone().unwrap_or(salt),
+        });
+    }
+    shadows
+}
+
+/// A model serves one role: live in one task, or a shadow in others, never both.
+fn no_live_model_shadows_another_task(errors: &mut Vec<String>, tasks: &[TaskConfig]) {
+    for task in tasks {
+        for other in tasks {
             if task.name != other.name && other.shadows.iter().any(|s| s.model == task.live) {
                 errors.push(format!(
                     "tasks.{}: model {:?} cannot be live here and a shadow of task {}",
@@ -387,7 +444,6 @@ fn tasks(
             }
         }
     }
-    tasks
 }
 
 /// `[shadow.disagreement_log]`.

@@ -218,11 +218,12 @@ async fn fill_queue(
     let channel = server.channel().await;
     let mut calls = Vec::new();
     faults.on_word(model, "huge", Action::Sleep(Duration::from_millis(stall_ms)));
+    let begun = faults.begun();
     let mut client = ModerationClient::new(channel.clone());
     calls.push(tokio::spawn(async move {
         client.classify(request(vec![review("stall", "stall huge")])).await.expect("the stalled call is served");
     }));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    faults.wait_begun(begun + 1).await;
     for i in 0..50 {
         let mut client = ModerationClient::new(channel.clone());
         calls.push(tokio::spawn(async move {
@@ -334,12 +335,13 @@ live = "tiny-abuse-v2"
         // The worker stalls 5 s (room for a slow Python start; a fault injected through its
         // backend); the client's call waits behind it with a 0.3 s deadline.
         faults.on_word("tiny-abuse-v2", "huge", Action::Sleep(Duration::from_millis(5000)));
+        let begun = faults.begun();
         let mut stalled = ModerationClient::new(channel.clone());
         let stall = tokio::spawn(async move {
             let text = "stall huge you idiot";
             stalled.classify(request(vec![review("stall", text)])).await.expect("the stalled call is served");
         });
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        faults.wait_begun(begun + 1).await;
         let run = run(client, &["--target", &target, "--deadline", "0.3"], &[]);
         assert_eq!(run.code, 1, "{client:?}: {}", run.stderr);
         assert!(run.stderr.contains("failed: DEADLINE_EXCEEDED:"), "{client:?}: {}", run.stderr);

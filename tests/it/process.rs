@@ -322,8 +322,14 @@ async fn no_review_text_reaches_the_logs_on_any_path() {
     admin.reload(modserve::serving::grpc::pb::ReloadRequest {}).await.unwrap();
     client.classify(request(vec![review("after", &text("after reload"))])).await.unwrap();
 
-    // Let the shadows finish and the disagreement log flush, then stop.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Until the shadow's disagreements on the golden texts reach the log, then stop.
+    let disagreement_log = dir.path().join("disagreements.jsonl");
+    for _ in 0..400 {
+        if std::fs::metadata(&disagreement_log).is_ok_and(|m| m.len() > 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
     send_sigterm(child.0.id() as i32);
     let status = tokio::task::spawn_blocking(move || child.0.wait().unwrap()).await.unwrap();
     assert!(status.success(), "{status:?}");
@@ -337,7 +343,7 @@ async fn no_review_text_reaches_the_logs_on_any_path() {
         assert!(!logs.contains(g.as_str()), "review text {g:?} leaked into the logs");
     }
     // The disagreement log holds hashes, not text.
-    let disagreements = std::fs::read_to_string(dir.path().join("disagreements.jsonl")).unwrap();
+    let disagreements = std::fs::read_to_string(&disagreement_log).unwrap();
     assert!(!disagreements.is_empty(), "the models disagreed on some golden texts");
     assert!(!disagreements.contains("qxmarker"), "{disagreements}");
 }

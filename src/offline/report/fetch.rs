@@ -74,25 +74,7 @@ pub fn fetch(args: &FetchArgs) -> Result<ReportInput, ReportError> {
     let f = Fetcher { client, args, start: unix(args.end) - args.window.as_secs_f64() };
     let mut notes = Vec::new();
 
-    // Who is compared with whom, from the comparisons themselves.
-    let comparisons = comparisons(&f, args)?;
-    let policy = choose_policy(args, &comparisons)?;
-    let live_model = choose_live_model(&comparisons, &policy, &mut notes);
-    let chosen: Vec<&Counted> = comparisons
-        .iter()
-        .filter(|c| {
-            label(&c.labels, label::LIVE_MODEL) == live_model && label(&c.labels, label::SHADOW_POLICY) == policy
-        })
-        .collect();
-    let mut subject = |prefix: &str, model: &str| Subject {
-        model: model.to_string(),
-        version: distinct(&chosen, &format!("{prefix}_version"), &mut notes),
-        policy: distinct(&chosen, &format!("{prefix}_policy"), &mut notes),
-        policy_version: distinct(&chosen, &format!("{prefix}_policy_version"), &mut notes),
-    };
-    let live = subject("live", &live_model);
-    let candidate = subject("shadow", &args.candidate);
-    let matrix = comparison_matrix(&chosen, &mut notes);
+    let Compared { live_model, policy, live, candidate, matrix } = compared(&f, args, &mut notes)?;
 
     let pair = [
         (label::TASK, args.task.as_str()),
@@ -140,6 +122,38 @@ pub fn fetch(args: &FetchArgs) -> Result<ReportInput, ReportError> {
         disagreements,
         notes,
     })
+}
+
+/// Who is compared with whom (from the comparisons themselves) and how their decisions cross.
+struct Compared {
+    live_model: String,
+    policy: String,
+    live: Subject,
+    candidate: Subject,
+    matrix: Confusion<u64>,
+}
+
+fn compared(f: &Fetcher, args: &FetchArgs, notes: &mut Vec<String>) -> Result<Compared, ReportError> {
+    let comparisons = comparisons(f, args)?;
+    let policy = choose_policy(args, &comparisons)?;
+    let live_model = choose_live_model(&comparisons, &policy, notes);
+    let chosen: Vec<&Counted> = comparisons
+        .iter()
+        .filter(|c| {
+            label(&c.labels, label::LIVE_MODEL) == live_model && label(&c.labels, label::SHADOW_POLICY) == policy
+        })
+        .collect();
+    let mut subject = |prefix: &str, model: &str| Subject {
+        model: model.to_string(),
+        version: distinct(&chosen, &format!("{prefix}_version"), notes),
+        policy: distinct(&chosen, &format!("{prefix}_policy"), notes),
+        policy_version: distinct(&chosen, &format!("{prefix}_policy_version"), notes),
+    };
+    let live = subject("live", &live_model);
+    let candidate = subject("shadow", &args.candidate);
+    let matrix = comparison_matrix(&chosen, notes);
+
+    Ok(Compared { live_model, policy, live, candidate, matrix })
 }
 
 /// Every comparison series of the task's candidate (and policy, if given) in the window; an

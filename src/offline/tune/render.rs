@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::{Counts, LabelTuning, Refusal, Tuning};
+use super::{Counts, LabelTuning, Proposal, Refusal, Tuning};
 use crate::policy::{Decision, Thresholds};
 
 /// The snippet, written by `--out`.
@@ -105,6 +105,38 @@ pub fn refusal_message(tuning: &Tuning, l: &LabelTuning) -> Option<String> {
 /// the header and why, and no table.
 pub fn toml(tuning: &Tuning) -> String {
     let mut out = String::new();
+    header(&mut out, tuning);
+    if !tuning.complete() {
+        for l in &tuning.labels {
+            if let Some(m) = refusal_message(tuning, l) {
+                let _ = writeln!(out, "# Not proposed: {m}");
+            }
+        }
+        return out;
+    }
+    if tuning.name_taken {
+        let _ = writeln!(out, "# Note: the config already has [policies.{}]: replace it, or pick --name.", tuning.name);
+    }
+    let table = format!("policies.{}", key(&tuning.name));
+    let _ = writeln!(out, "[{table}]\nversion = \"{}\"", tuning.version);
+    for l in &tuning.labels {
+        if let Ok(p) = &l.outcome {
+            thresholds(&mut out, tuning, &table, l, p);
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# To try it beside live, add this policy-only shadow to [tasks.{}] shadows (keep any others), then \
+         reload (SIGHUP or Admin/Reload):\n# shadows = [{{ model = \"{}\", policy = \"{}\", sample_rate = 1.0 }}]",
+        key(&tuning.task),
+        tuning.model,
+        tuning.name
+    );
+    out
+}
+
+/// What was tuned, on what, and how a proposal is judged.
+fn header(out: &mut String, tuning: &Tuning) {
     let _ = writeln!(
         out,
         "# modserve tune: task {}, model {} {}, target {}, {} labelled reviews ({})",
@@ -129,62 +161,40 @@ pub fn toml(tuning: &Tuning) -> String {
         }
         _ => writeln!(out, "# Figures are on this file; the target is met by the Wilson 95% lower bound of precision."),
     };
-    if !tuning.complete() {
-        for l in &tuning.labels {
-            if let Some(m) = refusal_message(tuning, l) {
-                let _ = writeln!(out, "# Not proposed: {m}");
-            }
-        }
-        return out;
-    }
-    if tuning.name_taken {
-        let _ = writeln!(out, "# Note: the config already has [policies.{}]: replace it, or pick --name.", tuning.name);
-    }
-    let table = format!("policies.{}", key(&tuning.name));
-    let _ = writeln!(out, "[{table}]\nversion = \"{}\"", tuning.version);
+}
+
+/// `[policies.NAME.thresholds.LABEL]`: the tuned threshold with its evidence, the other level kept.
+fn thresholds(out: &mut String, tuning: &Tuning, table: &str, l: &LabelTuning, p: &Proposal) {
     let set = tuning.target.sets();
-    for l in &tuning.labels {
-        let Ok(p) = &l.outcome else { continue };
-        let _ = writeln!(out, "[{table}.thresholds.{}]", key(&l.label));
-        for level in [Decision::Review, Decision::Reject] {
-            let (value, live) = match level {
-                Decision::Reject => (p.thresholds.reject, l.live.reject),
-                _ => (p.thresholds.review, l.live.review),
-            };
-            let name = level.as_str();
-            if level != set {
-                match value {
-                    Some(v) => {
-                        let _ = writeln!(out, "{name} = {}   # kept from live", threshold(v));
-                    }
-                    None => {
-                        let _ = writeln!(out, "# {name}: none, as live");
-                    }
+    let _ = writeln!(out, "[{table}.thresholds.{}]", key(&l.label));
+    for level in [Decision::Review, Decision::Reject] {
+        let (value, live) = match level {
+            Decision::Reject => (p.thresholds.reject, l.live.reject),
+            _ => (p.thresholds.review, l.live.review),
+        };
+        let name = level.as_str();
+        if level != set {
+            match value {
+                Some(v) => {
+                    let _ = writeln!(out, "{name} = {}   # kept from live", threshold(v));
                 }
-                continue;
+                None => {
+                    let _ = writeln!(out, "# {name}: none, as live");
+                }
             }
-            let live = match (live, &p.live) {
-                (Some(t), Some(c)) => format!("live {}: {}", threshold(t), figures(c)),
-                _ => "live: none".to_string(),
-            };
-            let volume = if matches!(tuning.target, super::Target::ReviewVolumeLive) {
-                format!("flags {} of {} (live {}); ", p.tuned.flagged, p.tuned.reviews, p.live.map_or(0, |c| c.flagged))
-            } else {
-                String::new()
-            };
-            let _ =
-                writeln!(out, "{name} = {}   # {volume}{}; {live}", threshold(p.tuned.threshold), figures(&p.tuned));
+            continue;
         }
+        let live = match (live, &p.live) {
+            (Some(t), Some(c)) => format!("live {}: {}", threshold(t), figures(c)),
+            _ => "live: none".to_string(),
+        };
+        let volume = if matches!(tuning.target, super::Target::ReviewVolumeLive) {
+            format!("flags {} of {} (live {}); ", p.tuned.flagged, p.tuned.reviews, p.live.map_or(0, |c| c.flagged))
+        } else {
+            String::new()
+        };
+        let _ = writeln!(out, "{name} = {}   # {volume}{}; {live}", threshold(p.tuned.threshold), figures(&p.tuned));
     }
-    let _ = writeln!(
-        out,
-        "# To try it beside live, add this policy-only shadow to [tasks.{}] shadows (keep any others), then \
-         reload (SIGHUP or Admin/Reload):\n# shadows = [{{ model = \"{}\", policy = \"{}\", sample_rate = 1.0 }}]",
-        key(&tuning.task),
-        tuning.model,
-        tuning.name
-    );
-    out
 }
 
 #[derive(Serialize)]

@@ -3,11 +3,10 @@
 
 use super::pb;
 use crate::config::Limits;
-use crate::control::registry::ServingState;
 use crate::error::Error;
-use crate::feedback::{Verdict, source_label};
+use crate::feedback::verdict::RawVerdict;
 use crate::policy::Decision;
-use crate::request::{self, ClassifyInput, MAX_ID_BYTES, RawRequest, RawReview};
+use crate::request::{self, ClassifyInput, RawRequest, RawReview};
 use crate::serving::classify::ClassifyOutput;
 
 /// Checks every rule of the API (`request::validate`); the first broken rule fails the
@@ -26,79 +25,23 @@ fn review(r: pb::Review) -> RawReview {
     RawReview { id: r.id, text: r.text, title: r.title, rating: r.rating, signals: r.signals, language: r.language }
 }
 
-/// Checks every verdict of a `SubmitVerdictsRequest` against the serving state (its tasks and
-/// their models' labels); the first broken rule fails the call, naming the field.
-pub fn validate_verdicts(req: pb::SubmitVerdictsRequest, state: &ServingState) -> Result<Vec<Verdict>, Error> {
-    let feedback = &state.config.feedback;
-    if req.verdicts.is_empty() {
-        return Err(Error::invalid("verdicts", "at least one verdict is required"));
-    }
-    if req.verdicts.len() > feedback.max_verdicts_per_request {
-        return Err(Error::invalid(
-            "verdicts",
-            format!(
-                "{} verdicts exceed the limit of {} per request (feedback.max_verdicts_per_request)",
-                req.verdicts.len(),
-                feedback.max_verdicts_per_request
-            ),
-        ));
-    }
-    let mut verdicts = Vec::with_capacity(req.verdicts.len());
-    for (i, v) in req.verdicts.into_iter().enumerate() {
-        let at = format!("verdicts[{i}].");
-        let Some(entry) = state.tasks.iter().find(|t| t.name == v.task) else {
-            return Err(Error::invalid(
-                format!("{at}task"),
-                format!(
-                    "unknown task {}; configured tasks are {:?}",
-                    crate::error::excerpt(&v.task),
-                    state.task_names()
-                ),
-            ));
-        };
-        let human = match pb::Decision::try_from(v.decision) {
-            Ok(pb::Decision::Allow) => Decision::Allow,
-            Ok(pb::Decision::Review) => Decision::Review,
-            Ok(pb::Decision::Reject) => Decision::Reject,
-            _ => {
-                return Err(Error::invalid(
-                    format!("{at}decision"),
-                    "must be DECISION_ALLOW, DECISION_REVIEW or DECISION_REJECT",
-                ));
-            }
-        };
-        let Some(review) = v.review else {
-            return Err(Error::invalid(format!("{at}review"), "is required"));
-        };
-        let review_at = format!("{at}review.");
-        request::check_id(&review_at, &review.id)?;
-        let review = request::validate_review(&review_at, self::review(review), &state.config.limits)?;
-        if let Some((j, label)) = v.labels.iter().enumerate().find(|(_, l)| !entry.has_label(l)) {
-            return Err(Error::invalid(
-                format!("{at}labels[{j}]"),
-                format!(
-                    "{} is not a label of task {}'s models (live: {:?})",
-                    crate::error::excerpt(label),
-                    entry.name,
-                    entry.live.spec().labels
-                ),
-            ));
-        }
-        if v.source.len() > MAX_ID_BYTES {
-            return Err(Error::invalid(
-                format!("{at}source"),
-                format!("{} bytes exceed the limit of {MAX_ID_BYTES}", v.source.len()),
-            ));
-        }
-        // Labels are checked above but not counted yet: the verdict keeps only what is.
-        verdicts.push(Verdict {
-            review,
-            task: entry.name.clone(),
-            human,
-            source: source_label(&v.source, &feedback.sources),
-        });
-    }
-    Ok(verdicts)
+/// A `SubmitVerdictsRequest`'s verdicts, for `feedback::verdict::validate`.
+pub fn verdicts(req: pb::SubmitVerdictsRequest) -> Vec<RawVerdict> {
+    req.verdicts
+        .into_iter()
+        .map(|v| RawVerdict {
+            decision: match pb::Decision::try_from(v.decision) {
+                Ok(pb::Decision::Allow) => Some(Decision::Allow),
+                Ok(pb::Decision::Review) => Some(Decision::Review),
+                Ok(pb::Decision::Reject) => Some(Decision::Reject),
+                _ => None,
+            },
+            task: v.task,
+            review: v.review.map(review),
+            labels: v.labels,
+            source: v.source,
+        })
+        .collect()
 }
 
 pub fn decision(d: Decision) -> pb::Decision {

@@ -25,7 +25,7 @@ impl FeedbackService {
 
     fn handle(&self, req: SubmitVerdictsRequest) -> Result<SubmitVerdictsResponse, Error> {
         let state = self.classifier.state()?;
-        let verdicts = convert::validate_verdicts(req, &state)?;
+        let verdicts = crate::feedback::verdict::validate(convert::verdicts(req), &state)?;
         let submitted = self.feedback.submit(&state, verdicts)?;
         Ok(SubmitVerdictsResponse { accepted: submitted.accepted as u32, duplicates: submitted.duplicates as u32 })
     }

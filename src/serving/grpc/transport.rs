@@ -120,16 +120,7 @@ pub async fn serve(
 ) {
     // Every connection holds a receiver; the sender sees it closed once every connection ended.
     let (phase, phases) = watch::channel(Phase::Serving);
-    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    builder
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(settings.max_concurrent_streams)
-        .keep_alive_interval(settings.keepalive_interval)
-        .keep_alive_timeout(settings.keepalive_timeout)
-        .max_header_list_size(MAX_HEADER_LIST_BYTES)
-        .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESET_STREAMS)
-        .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS)
-        .max_send_buf_size(MAX_SEND_BUFFER_BYTES);
+    let builder = http2_builder(&settings);
     let slots = Slots::new(name, settings.max_connections, settings.max_connections_per_peer);
     let process_budget = Budget::new(settings.max_buffered_bytes, TransportRefusal::UploadBudgetProcess)
         .shown(metrics::request_bytes_receiving(name));
@@ -138,15 +129,7 @@ pub async fn serve(
     loop {
         let (stream, peer) = tokio::select! {
             _ = &mut stop => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Usually EMFILE: back off instead of spinning.
-                    tracing::warn!(listener = name, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = accept(name, &listener) => accepted,
         };
         let slot = match slots.take(peer.ip()) {
             Ok(slot) => slot,
@@ -177,9 +160,42 @@ pub async fn serve(
     // Connections still in the listen backlog are reset when the listener closes; a proxy sees a
     // connection error (see docs/deploying.md).
     drop((listener, phases));
+    drain(name, phase, settings.shutdown_grace).await;
+}
+
+fn http2_builder(settings: &TransportSettings) -> hyper::server::conn::http2::Builder<TokioExecutor> {
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(settings.max_concurrent_streams)
+        .keep_alive_interval(settings.keepalive_interval)
+        .keep_alive_timeout(settings.keepalive_timeout)
+        .max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESET_STREAMS)
+        .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS)
+        .max_send_buf_size(MAX_SEND_BUFFER_BYTES);
+    builder
+}
+
+/// The next accepted connection; a failed accept is logged and retried.
+async fn accept(name: &'static str, listener: &TcpListener) -> (TcpStream, std::net::SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(accepted) => return accepted,
+            Err(e) => {
+                // Usually EMFILE: back off instead of spinning.
+                tracing::warn!(listener = name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// GOAWAY on every connection, then up to `grace` for their calls before closing what is left.
+async fn drain(name: &'static str, phase: watch::Sender<Phase>, grace: Duration) {
     let _ = phase.send(Phase::Draining);
-    if tokio::time::timeout(settings.shutdown_grace, phase.closed()).await.is_err() {
-        tracing::warn!(listener = name, grace = ?settings.shutdown_grace, "calls still open after server.shutdown_grace; closing them");
+    if tokio::time::timeout(grace, phase.closed()).await.is_err() {
+        tracing::warn!(listener = name, grace = ?grace, "calls still open after server.shutdown_grace; closing them");
         let _ = phase.send(Phase::Closing);
         // Each connection drops at once on Closing; this only waits for the tasks to notice.
         let _ = tokio::time::timeout(Duration::from_secs(1), phase.closed()).await;
@@ -282,47 +298,15 @@ impl Connection {
         let name = self.name;
         // Milliseconds since `accepted` at which the last call started.
         let last_call = Arc::new(AtomicU64::new(0));
-        let touch = last_call.clone();
-        let (routes, ceiling, budgets) = (self.routes, self.call_ceiling, self.budgets);
-        let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
-            let arrived = Instant::now();
-            touch.store(arrived.duration_since(accepted).as_millis() as u64, Ordering::Relaxed);
-            let asked = request.headers().get("grpc-timeout").and_then(|v| parse_grpc_timeout(v.to_str().ok()?));
-            let limit = asked.map_or(ceiling(), |asked| asked.min(ceiling()));
-            let arrival = Arrival { at: arrived, deadline: asked.and_then(|a| arrived.checked_add(a)) };
-            let (connection_budget, process_budget) = budgets.clone();
-            let request = request.map(|body| {
-                BoundedBody::new(body, connection_budget, process_budget, move |why| {
-                    metrics::transport_refused(name, why)
-                })
-            });
-            let mut request = request;
-            request.extensions_mut().insert(arrival);
-            let routes = routes.clone();
-            let method = status::counted_method(request.uri().path());
-            async move {
-                let call = routes.oneshot(request);
-                match tokio::time::timeout(limit + DEADLINE_SLACK, call).await {
-                    Ok(response) => {
-                        let response = response.unwrap_or_else(|never| match never {});
-                        Ok::<_, Infallible>(match method {
-                            Some(method) => answer_decode_failures_as_invalid(response, method, arrived),
-                            None => response,
-                        })
-                    }
-                    Err(_) => {
-                        // Only a call whose handler never ran gets here (the handler answers at
-                        // its deadline): its upload was still going.
-                        metrics::transport_refused(name, TransportRefusal::UploadDeadline);
-                        let status = tonic::Status::deadline_exceeded(format!(
-                            "deadline exceeded while the request was still being received ({limit:?} from the \
-                             arrival of its headers; limits.max_call_timeout caps it)"
-                        ));
-                        Ok(status.into_http())
-                    }
-                }
-            }
-        });
+        let calls = Calls {
+            name,
+            accepted,
+            last_call: last_call.clone(),
+            routes: self.routes,
+            ceiling: self.call_ceiling,
+            budgets: self.budgets,
+        };
+        let service = hyper::service::service_fn(move |request| calls.clone().answer(request));
         let received = Arc::new(AtomicU64::new(0));
         let io = Counted { inner: io, received: received.clone() };
         let connection = self.builder.serve_connection(TokioIo::new(io), service);
@@ -370,6 +354,53 @@ impl Connection {
         };
         if let Err(e) = result {
             tracing::debug!(listener = name, error = %e, "connection ended with an error");
+        }
+    }
+}
+
+/// What every call on one connection shares: its routes, its budgets, and when a call last began.
+#[derive(Clone)]
+struct Calls {
+    name: &'static str,
+    accepted: Instant,
+    last_call: Arc<AtomicU64>,
+    routes: Routes,
+    ceiling: CallCeiling,
+    /// The connection's own upload budget, and the process's.
+    budgets: (Budget, Budget),
+}
+
+impl Calls {
+    /// One call: its upload bounded, its deadline counted from the arrival of its headers.
+    async fn answer(self, request: hyper::Request<Incoming>) -> Result<hyper::Response<tonic::body::Body>, Infallible> {
+        let (name, arrived) = (self.name, Instant::now());
+        self.last_call.store(arrived.duration_since(self.accepted).as_millis() as u64, Ordering::Relaxed);
+        let asked = request.headers().get("grpc-timeout").and_then(|v| parse_grpc_timeout(v.to_str().ok()?));
+        let limit = asked.map_or((self.ceiling)(), |asked| asked.min((self.ceiling)()));
+        let (connection_budget, process_budget) = self.budgets;
+        let mut request = request.map(|body| {
+            BoundedBody::new(body, connection_budget, process_budget, move |why| metrics::transport_refused(name, why))
+        });
+        request.extensions_mut().insert(Arrival { at: arrived, deadline: asked.and_then(|a| arrived.checked_add(a)) });
+        let method = status::counted_method(request.uri().path());
+        match tokio::time::timeout(limit + DEADLINE_SLACK, self.routes.oneshot(request)).await {
+            Ok(response) => {
+                let response = response.unwrap_or_else(|never| match never {});
+                Ok(match method {
+                    Some(method) => answer_decode_failures_as_invalid(response, method, arrived),
+                    None => response,
+                })
+            }
+            Err(_) => {
+                // Only a call whose handler never ran gets here (the handler answers at its
+                // deadline): its upload was still going.
+                metrics::transport_refused(name, TransportRefusal::UploadDeadline);
+                let status = tonic::Status::deadline_exceeded(format!(
+                    "deadline exceeded while the request was still being received ({limit:?} from the arrival of \
+                     its headers; limits.max_call_timeout caps it)"
+                ));
+                Ok(status.into_http())
+            }
         }
     }
 }

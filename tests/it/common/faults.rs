@@ -26,8 +26,9 @@ pub enum Action {
     Spin(Duration),
 }
 
-#[derive(Default)]
 pub struct Faults {
+    /// Actions begun so far, so a test can wait for a stall to start instead of sleeping.
+    begun: tokio::sync::watch::Sender<usize>,
     /// model -> (marker token id, action).
     on_token: Mutex<HashMap<String, Vec<(i64, Action)>>>,
     /// model -> (action, batches left to do it on).
@@ -36,7 +37,32 @@ pub struct Faults {
     tokenizing: Mutex<HashMap<String, (Duration, usize)>>,
 }
 
+impl Default for Faults {
+    fn default() -> Faults {
+        Faults {
+            begun: tokio::sync::watch::Sender::new(0),
+            on_token: Mutex::default(),
+            on_batches: Mutex::default(),
+            tokenizing: Mutex::default(),
+        }
+    }
+}
+
 impl Faults {
+    /// How many actions have begun, on every model.
+    pub fn begun(&self) -> usize {
+        *self.begun.borrow()
+    }
+
+    /// Waits until `n` actions have begun (counted as `begun` counts), e.g. until a call's stall
+    /// holds its worker.
+    pub async fn wait_begun(&self, n: usize) {
+        let mut begun = self.begun.subscribe();
+        tokio::time::timeout(Duration::from_secs(30), begun.wait_for(|&b| b >= n))
+            .await
+            .expect("the fault began")
+            .expect("the faults outlive the server");
+    }
     /// Every row of a `model` batch that holds `word` (a word of the fixtures' vocabulary) does
     /// `action` before the batch runs (replacing what the same word was armed with before).
     pub fn on_word(&self, model: &str, word: &str, action: Action) {
@@ -101,6 +127,7 @@ struct Faulty {
 impl Backend for Faulty {
     fn run(&mut self, tokens: &TokenBatch, features: Option<&[f32]>, out: &mut Vec<f32>) -> Result<(), InferenceError> {
         for action in self.faults.actions(&self.model, tokens) {
+            self.faults.begun.send_modify(|b| *b += 1);
             match action {
                 Action::Panic => panic!("injected fault for model {}", self.model),
                 Action::Sleep(d) => std::thread::sleep(d),
