@@ -426,6 +426,30 @@ live = "abuse-v9"
     }
 
     #[test]
+    fn labelling_is_off_by_default_and_validated_with_its_keys() {
+        assert_eq!(parse(GOOD).unwrap().labelling, None);
+        let c = parse(&format!("{GOOD}\n[labelling]\npath = \"queue/labelling.jsonl\"\n")).unwrap();
+        let l = c.labelling.unwrap();
+        assert_eq!(l.path, Path::new("/etc/modserve/queue/labelling.jsonl"));
+        assert_eq!((l.disagreement_rate, l.agreement_rate), (1.0, 0.01));
+        assert_eq!((l.include_text, l.max_files), (false, defaults::LOG_MAX_FILES));
+        let bad = "[labelling]\npath = \"q.jsonl\"\ndisagreement_rate = 0.0\nagreement_rate = 1.5\n\
+                   max_file_bytes = 100\nmax_files = 0\nqueue_capacity = 0\n";
+        let errors = parse(&format!("{GOOD}\n{bad}")).unwrap_err();
+        for want in [
+            "labelling.disagreement_rate 0: must be above 0 and at most 1",
+            "labelling.agreement_rate 1.5: must be above 0 and at most 1",
+            "labelling.max_file_bytes 100",
+            "labelling.max_files 0",
+            "labelling.queue_capacity 0",
+        ] {
+            assert!(errors.iter().any(|e| e.starts_with(want)), "no {want:?} in {errors:?}");
+        }
+        let nan = parse(&format!("{GOOD}\n[labelling]\npath = \"q\"\nagreement_rate = nan\n")).unwrap_err();
+        assert!(nan.iter().any(|e| e.starts_with("labelling.agreement_rate NaN")), "{nan:?}");
+    }
+
+    #[test]
     fn unknown_keys_are_rejected() {
         let errors = parse(&format!("{GOOD}\n[limits]\nmax_reviews = 3\n")).unwrap_err();
         assert!(errors[0].contains("max_reviews"), "{errors:?}");
