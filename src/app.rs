@@ -333,7 +333,11 @@ async fn drain(
 /// Waits, at most `grace` each, for the worker threads (their queues closed with the serving
 /// state) and then the writers of the disagreement log and the labelling queue, which the
 /// shadows held the last handles of.
-async fn stop_workers(grace: std::time::Duration, threads: WorkerThreads, writer_threads: Vec<std::thread::JoinHandle<()>>) {
+async fn stop_workers(
+    grace: std::time::Duration,
+    threads: WorkerThreads,
+    writer_threads: Vec<std::thread::JoinHandle<()>>,
+) {
     let threads = std::mem::take(&mut *threads.lock().unwrap_or_else(|p| p.into_inner()));
     let _ = tokio::time::timeout(grace, tokio::task::spawn_blocking(move || loader::join_all(threads))).await;
     for thread in writer_threads {

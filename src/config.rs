@@ -19,8 +19,8 @@ pub use cpus::{CpuListError, CpuSet, MAX_CPUS, allowed_cpus};
 pub use launch::defaults as launch_defaults;
 pub use launch::{LaunchCriteria, RawLaunchCriteria, validate_criteria};
 pub use settings::{
-    BatchPolicy, BreakerPolicy, FeedbackConfig, LabellingConfig, LogConfig, NO_SOURCE, OTHER_SOURCE, PolicySpec, ShadowPolicy,
-    Thresholds, TlsConfig, WorkerSettings,
+    BatchPolicy, BreakerPolicy, FeedbackConfig, LabellingConfig, LogConfig, NO_SOURCE, OTHER_SOURCE, PolicySpec,
+    ShadowPolicy, Thresholds, TlsConfig, WorkerSettings,
 };
 
 use file::RawConfig;

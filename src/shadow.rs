@@ -164,7 +164,8 @@ impl ShadowPair {
         let verdicts = VerdictMetrics::new(task, shadow.spec(), Role::Shadow, &shadow_policy, &verdict_sources);
         let labelling = labelling.map(|queue| {
             let design = Design::new(sample_rate, &queue.config);
-            let sides = ((live.spec().as_ref(), live_policy.as_ref()), (shadow.spec().as_ref(), shadow_policy.as_ref()));
+            let sides =
+                ((live.spec().as_ref(), live_policy.as_ref()), (shadow.spec().as_ref(), shadow_policy.as_ref()));
             let verdicts = LabelledVerdictMetrics::new(task, sides, |agree| {
                 design.inclusion_probability(if agree { Stratum::Agreement } else { Stratum::Disagreement })
             });

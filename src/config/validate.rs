@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::file::{
-    RawAdmin, RawBatching, RawConfig, RawLabelling, RawLimits, RawLog, RawMonitoring, RawPolicy, RawServer, RawShadowPolicy, RawTask,
-    RawTls,
+    RawAdmin, RawBatching, RawConfig, RawLabelling, RawLimits, RawLog, RawMonitoring, RawPolicy, RawServer,
+    RawShadowPolicy, RawTask, RawTls,
 };
 use super::*;
 

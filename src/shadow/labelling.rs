@@ -62,11 +62,7 @@ pub struct Design {
 
 impl Design {
     pub fn new(shadow_rate: f64, config: &LabellingConfig) -> Design {
-        Design {
-            shadow_rate,
-            disagreement_rate: config.disagreement_rate,
-            agreement_rate: config.agreement_rate,
-        }
+        Design { shadow_rate, disagreement_rate: config.disagreement_rate, agreement_rate: config.agreement_rate }
     }
 
     /// The labelling rate of `stratum`.

@@ -79,8 +79,13 @@ fn mix() -> Vec<Case> {
                     let text = if i % 2 == 0 { "this is dumb" } else { "you are stupid" };
                     (text, if (i / 10) % 5 == 0 { 2 } else { 0 })
                 }
-                2..=6 => (if i % 2 == 0 { "you idiot" } else { "what a moron" }, if (i / 10) % 10 == 3 { 0 } else { 2 }),
-                _ => (if i % 2 == 0 { "great product" } else { "zorblax quixotic flummery" }, if (i / 10) % 10 == 7 { 2 } else { 0 }),
+                2..=6 => {
+                    (if i % 2 == 0 { "you idiot" } else { "what a moron" }, if (i / 10) % 10 == 3 { 0 } else { 2 })
+                }
+                _ => (
+                    if i % 2 == 0 { "great product" } else { "zorblax quixotic flummery" },
+                    if (i / 10) % 10 == 7 { 2 } else { 0 },
+                ),
             };
             Case {
                 id: format!("lab-{i}"),
@@ -94,7 +99,11 @@ fn mix() -> Vec<Case> {
 }
 
 /// Precision when flagging at `level`: hits / flagged, each case weighted.
-fn weighted_precision<'a>(cases: impl Iterator<Item = (&'a Case, f64)>, decision: fn(&Case) -> usize, level: usize) -> f64 {
+fn weighted_precision<'a>(
+    cases: impl Iterator<Item = (&'a Case, f64)>,
+    decision: fn(&Case) -> usize,
+    level: usize,
+) -> f64 {
     let (mut hits, mut flagged) = (0.0, 0.0);
     for (c, w) in cases {
         if decision(c) >= level {

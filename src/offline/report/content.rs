@@ -6,9 +6,9 @@ use super::Report;
 use super::criteria::Status;
 use super::derived::ModelAccuracy;
 use super::format::{bucket, estimate, ms, pct, score, weighted_estimate};
-use super::weighted::WeightedModelAccuracy;
 use super::input::{DECISIONS, OUTCOMES, REJECT, REVIEW, Source, Subject};
 use super::stats::ratio;
+use super::weighted::WeightedModelAccuracy;
 use crate::metrics::ShadowOutcome;
 
 pub struct Content {
@@ -349,7 +349,15 @@ fn weighted(r: &Report) -> Vec<Block> {
             w.verdicts, w.disagreements
         )),
         table(
-            &["", "Live (weighted)", "n (n_eff)", "Live (unweighted)", "Candidate (weighted)", "n (n_eff)", "Candidate (unweighted)"],
+            &[
+                "",
+                "Live (weighted)",
+                "n (n_eff)",
+                "Live (unweighted)",
+                "Candidate (weighted)",
+                "n (n_eff)",
+                "Candidate (unweighted)",
+            ],
             "lrrrrrr",
             rows,
         ),

@@ -112,12 +112,7 @@ impl WeightedAccuracy {
             at_review: precision_recall(cells, decision, REVIEW),
             at_reject: precision_recall(cells, decision, REJECT),
         };
-        Some(WeightedAccuracy {
-            verdicts,
-            disagreements,
-            live: model(|c| c.live),
-            candidate: model(|c| c.candidate),
-        })
+        Some(WeightedAccuracy { verdicts, disagreements, live: model(|c| c.live), candidate: model(|c| c.candidate) })
     }
 }
 
