@@ -31,6 +31,7 @@ use crate::serving::grpc::pb::moderation_server::ModerationServer;
 use crate::serving::grpc::{pb, service::ModerationService, transport};
 use crate::serving::tls::{self, Tls};
 use crate::shadow::disagreement::DisagreementLog;
+use crate::shadow::labelling::LabellingQueue;
 use crate::shutdown::{Shutdown, ShutdownSignal};
 
 /// The fully-qualified name health checks use for the Moderation service.
@@ -346,29 +347,31 @@ async fn drain(
 }
 
 /// Waits, at most `grace` each, for the worker threads (their queues closed with the serving
-/// state) and then the disagreement log's writer, which the shadows held the last handles of.
+/// state) and then the writers of the disagreement log and the labelling queue, which the
+/// shadows held the last handles of.
 async fn stop_workers(
     grace: std::time::Duration,
     threads: WorkerThreads,
-    log_thread: Option<std::thread::JoinHandle<()>>,
+    writer_threads: Vec<std::thread::JoinHandle<()>>,
 ) {
     let threads = std::mem::take(&mut *threads.lock().unwrap_or_else(|p| p.into_inner()));
     let _ = tokio::time::timeout(grace, tokio::task::spawn_blocking(move || loader::join_all(threads))).await;
-    if let Some(thread) = log_thread {
+    for thread in writer_threads {
         let _ = tokio::time::timeout(grace, tokio::task::spawn_blocking(move || thread.join())).await;
     }
 }
 
 type WorkerThreads = Arc<Mutex<Vec<std::thread::JoinHandle<()>>>>;
 
-/// Sets up ONNX Runtime and the disagreement log (bound for the process's life), then loads the
+/// Sets up ONNX Runtime, the disagreement log and the labelling queue (bound for the process's
+/// life; their writer threads are returned), then loads the
 /// start-up config through the same path every reload takes. On blocking threads: file IO and
 /// model loads.
 async fn load(
     config: &Config,
     registry: Registry,
     wrap: Option<Wrap>,
-) -> anyhow::Result<(Reloader, Option<std::thread::JoinHandle<()>>, WorkerThreads)> {
+) -> anyhow::Result<(Reloader, Vec<std::thread::JoinHandle<()>>, WorkerThreads)> {
     let setup_config = config.clone();
     let setup = tokio::task::spawn_blocking(move || {
         let env = runtime::environment(&setup_config.server.onnxruntime_lib).map_err(|e| e.to_string())?;
@@ -379,12 +382,27 @@ async fn load(
                     .map_err(|e| format!("shadow.disagreement_log.path: cannot open {}: {e}", c.path.display()))?,
             ),
         };
-        Ok::<_, String>((env, log))
+        let labelling = match &setup_config.labelling {
+            None => None,
+            Some(c) => Some(
+                LabellingQueue::start(c.clone())
+                    .map_err(|e| format!("labelling.path: cannot open {}: {e}", c.path.display()))?,
+            ),
+        };
+        Ok::<_, String>((env, log, labelling))
     })
     .await
     .context("start-up panicked")?;
-    let (env, log) = setup.map_err(|e| anyhow::anyhow!(e))?;
-    let (log, log_thread) = log.map_or((None, None), |(l, t)| (Some(l), Some(t)));
+    let (env, log, labelling) = setup.map_err(|e| anyhow::anyhow!(e))?;
+    let mut log_thread = Vec::new();
+    let log = log.map(|(l, t)| {
+        log_thread.push(t);
+        l
+    });
+    let labelling = labelling.map(|(q, t)| {
+        log_thread.push(t);
+        q
+    });
     let threads = Arc::new(Mutex::new(Vec::new()));
     let reloader = Arc::new(Reloader {
         config_path: config.source.clone(),
@@ -395,6 +413,7 @@ async fn load(
             None => Backends::new(env),
         },
         log,
+        labelling,
         threads: threads.clone(),
         applied_inputs: Mutex::new(None),
     });

@@ -249,13 +249,14 @@ async fn score_chunk(entry: &TaskEntry, chunk: &[Verdict], deadline: Instant, pr
         }
     };
     let n_live = entry.live.spec().labels.len();
-    for (v, scores) in chunk.iter().zip(live_scores.chunks_exact(n_live)) {
-        entry.verdicts.count(&v.source, entry.policy.decide(scores), v.human);
+    let live_decisions: Vec<Decision> = live_scores.chunks_exact(n_live).map(|s| entry.policy.decide(s)).collect();
+    for (v, &decision) in chunk.iter().zip(&live_decisions) {
+        entry.verdicts.count(&v.source, decision, v.human);
     }
     // Shadows on their own workers, all at once; policy-only shadows reuse the live scores.
     let shadows = entry.shadows.iter().map(|pair| {
         let reviews = reviews.clone();
-        let live_scores = &live_scores;
+        let (live_scores, live_decisions) = (&live_scores, &live_decisions);
         async move {
             let scores = if pair.policy_only {
                 Ok(live_scores.clone())
@@ -265,8 +266,11 @@ async fn score_chunk(entry: &TaskEntry, chunk: &[Verdict], deadline: Instant, pr
             match scores {
                 Ok(scores) => {
                     let n = pair.shadow.spec().labels.len();
-                    for (v, s) in chunk.iter().zip(scores.chunks_exact(n)) {
-                        pair.verdicts.count(&v.source, pair.decision_policy.decide(s), v.human);
+                    for ((v, s), &live) in chunk.iter().zip(scores.chunks_exact(n)).zip(live_decisions) {
+                        let decision = pair.decision_policy.decide(s);
+                        pair.verdicts.count(&v.source, decision, v.human);
+                        // Weighted estimates use only verdicts the labelling queue would pick.
+                        pair.count_labelled(&v.review.id, live, decision, v.human);
                     }
                 }
                 Err(e) => {

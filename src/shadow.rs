@@ -15,6 +15,7 @@ pub mod breaker;
 pub mod budget;
 pub mod compare;
 pub mod disagreement;
+pub mod labelling;
 pub mod offload;
 pub mod rate;
 
@@ -30,12 +31,13 @@ use crate::error::Error;
 use crate::inference::model::ModelSpec;
 use crate::inference::tokenize::TokenRows;
 use crate::inference::worker::{JobResult, ModelHandle};
-use crate::metrics::{Role, ShadowMetrics, ShadowOutcome, VerdictMetrics};
+use crate::metrics::{LabelledVerdictMetrics, Role, ShadowMetrics, ShadowOutcome, VerdictMetrics};
 use crate::policy::{Decision, Policy};
 use crate::request::{ReviewInput, text_bytes};
 use crate::shadow::breaker::Breaker;
 use compare::Direction;
 use disagreement::DisagreementLog;
+use labelling::{Design, LabellingQueue, Stratum};
 
 /// How often a shadow's effective sample rate is reconsidered.
 pub const TICK: Duration = Duration::from_secs(1);
@@ -60,6 +62,8 @@ pub struct ShadowPair {
     /// Moderator verdicts counted against this shadow's decisions.
     pub verdicts: VerdictMetrics,
     log: Option<DisagreementLog>,
+    /// The labelling queue, this pair's design for it, and the verdicts on reviews it picks.
+    labelling: Option<Labelling>,
     /// Live and shadow tokenize identically (same tokenizer file, same length limit), so the
     /// shadow reuses the live token ids.
     reuse_tokens: bool,
@@ -73,6 +77,13 @@ pub struct ShadowPair {
     shed: AtomicU64,
     /// Locked only by the tick (`try_lock`: a request that finds it busy just goes on).
     controller: Mutex<Controller>,
+}
+
+/// A pair's part in the labelling queue.
+struct Labelling {
+    queue: LabellingQueue,
+    design: Design,
+    verdicts: LabelledVerdictMetrics,
 }
 
 /// The rate controller and the cumulative figures its last tick saw.
@@ -98,6 +109,8 @@ pub struct PairSpec {
     pub verdict_sources: Vec<String>,
     /// The server's shadow CPU budget and accounting.
     pub shadow_cpu: Option<Arc<ShadowCpu>>,
+    /// The labelling queue, when `[labelling]` is set.
+    pub labelling: Option<LabellingQueue>,
 }
 
 /// Salt of the disagreement log's own sampling, independent of every shadow's.
@@ -138,6 +151,7 @@ impl ShadowPair {
             record_scores,
             verdict_sources,
             shadow_cpu,
+            labelling,
         } = spec;
         let policy_only = Arc::ptr_eq(live.spec(), shadow.spec());
         let metrics = ShadowMetrics::new(
@@ -148,6 +162,15 @@ impl ShadowPair {
             record_scores && !policy_only,
         );
         let verdicts = VerdictMetrics::new(task, shadow.spec(), Role::Shadow, &shadow_policy, &verdict_sources);
+        let labelling = labelling.map(|queue| {
+            let design = Design::new(sample_rate, &queue.config);
+            let sides =
+                ((live.spec().as_ref(), live_policy.as_ref()), (shadow.spec().as_ref(), shadow_policy.as_ref()));
+            let verdicts = LabelledVerdictMetrics::new(task, sides, |agree| {
+                design.inclusion_probability(if agree { Stratum::Agreement } else { Stratum::Disagreement })
+            });
+            Labelling { queue, design, verdicts }
+        });
         let reuse_tokens = live.spec().tokenizer_sha256 == shadow.spec().tokenizer_sha256
             && live.spec().max_sequence_length == shadow.spec().max_sequence_length;
         metrics.rate_configured.set(sample_rate);
@@ -173,6 +196,7 @@ impl ShadowPair {
             metrics,
             verdicts,
             log,
+            labelling,
             reuse_tokens,
             cpu: shadow_cpu.filter(|_| !policy_only),
             effective: AtomicU64::new(sample_rate.to_bits()),
@@ -419,21 +443,6 @@ impl ShadowPair {
                 && let Some(log) = &self.log
                 && sampled(&reviews[i].id, DISAGREEMENT_LOG_SALT, log.config.sample_rate)
             {
-                fn side<'a>(
-                    spec: &'a ModelSpec,
-                    policy: &'a Policy,
-                    decision: Decision,
-                    scores: &[f32],
-                ) -> disagreement::Side<'a> {
-                    disagreement::Side {
-                        model: &spec.name,
-                        version: &spec.version,
-                        policy: &policy.name,
-                        policy_version: &policy.version,
-                        decision: decision.as_str(),
-                        scores: spec.labels.iter().map(String::as_str).zip(scores.iter().copied()).collect(),
-                    }
-                }
                 let text = &reviews[i].model_text;
                 log.write(&disagreement::Entry {
                     time: disagreement::now_rfc3339(),
@@ -446,6 +455,46 @@ impl ShadowPair {
                     text: log.config.include_text.then_some(text.as_str()),
                 });
             }
+            self.queue_for_labelling(&reviews[i], (live_decisions[i], l_scores), (s_decision, s_scores), direction);
+        }
+    }
+
+    /// Writes a compared review to the labelling queue when the pair's design picks it.
+    fn queue_for_labelling(
+        &self,
+        review: &ReviewInput,
+        (l_decision, l_scores): (Decision, &[f32]),
+        (s_decision, s_scores): (Decision, &[f32]),
+        direction: Direction,
+    ) {
+        let Some(labelling) = &self.labelling else { return };
+        let stratum = Stratum::of(direction);
+        if !labelling.design.picks(&review.id, &self.salt, stratum) {
+            return;
+        }
+        let text = &review.model_text;
+        labelling.queue.write(&labelling::Entry {
+            time: disagreement::now_rfc3339(),
+            task: &self.task,
+            review_id: &review.id,
+            stratum: stratum.as_str(),
+            inclusion_probability: labelling.design.inclusion_probability(stratum),
+            direction: labelling::direction_name(direction),
+            live: side(self.live.spec(), &self.live_policy, l_decision, l_scores),
+            shadow: side(self.shadow.spec(), &self.decision_policy, s_decision, s_scores),
+            text_sha256: crate::inference::model::package::sha256_hex(text.as_bytes()),
+            text: labelling.queue.config.include_text.then_some(text.as_str()),
+        });
+    }
+
+    /// Counts a verdict on `review_id` against this pair's labelling design, given live's and
+    /// this shadow's decisions on it (scored by the feedback path): only when the queue would
+    /// have picked the review, so the count is a sample with known inclusion probabilities.
+    pub fn count_labelled(&self, review_id: &str, live: Decision, shadow: Decision, human: Decision) {
+        let Some(labelling) = &self.labelling else { return };
+        let stratum = Stratum::of(Direction::of(live, shadow));
+        if labelling.design.picks(review_id, &self.salt, stratum) {
+            labelling.verdicts.count(live, shadow, human);
         }
     }
 
@@ -505,6 +554,18 @@ impl Offered {
                 .collect(),
             live_decisions: picked.iter().map(|&i| live_decisions[i]).collect(),
         }
+    }
+}
+
+/// One model's side of a logged comparison.
+fn side<'a>(spec: &'a ModelSpec, policy: &'a Policy, decision: Decision, scores: &[f32]) -> disagreement::Side<'a> {
+    disagreement::Side {
+        model: &spec.name,
+        version: &spec.version,
+        policy: &policy.name,
+        policy_version: &policy.version,
+        decision: decision.as_str(),
+        scores: spec.labels.iter().map(String::as_str).zip(scores.iter().copied()).collect(),
     }
 }
 

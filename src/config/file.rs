@@ -24,6 +24,7 @@ pub(super) struct RawConfig {
     pub(super) feedback: RawFeedback,
     pub(super) monitoring: RawMonitoring,
     pub(super) launch: super::RawLaunchCriteria,
+    pub(super) labelling: Option<RawLabelling>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -156,6 +157,18 @@ pub(super) struct RawShadowPolicy {
 pub(super) struct RawLog {
     pub(super) path: PathBuf,
     pub(super) sample_rate: Option<f64>,
+    pub(super) include_text: Option<bool>,
+    pub(super) max_file_bytes: Option<u64>,
+    pub(super) max_files: Option<usize>,
+    pub(super) queue_capacity: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLabelling {
+    pub(super) path: PathBuf,
+    pub(super) disagreement_rate: Option<f64>,
+    pub(super) agreement_rate: Option<f64>,
     pub(super) include_text: Option<bool>,
     pub(super) max_file_bytes: Option<u64>,
     pub(super) max_files: Option<usize>,

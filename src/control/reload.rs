@@ -18,6 +18,7 @@ use crate::inference::backend::Backends;
 use crate::inference::model::package::sha256_hex;
 use crate::metrics::{self, ReloadTrigger};
 use crate::shadow::disagreement::DisagreementLog;
+use crate::shadow::labelling::LabellingQueue;
 use crate::shutdown::ShutdownSignal;
 
 /// The result of one reload attempt.
@@ -39,6 +40,8 @@ pub struct Reloader {
     pub backends: Backends,
     /// Started once at start-up; its settings cannot change by reload.
     pub log: Option<DisagreementLog>,
+    /// The labelling queue, likewise.
+    pub labelling: Option<LabellingQueue>,
     /// Every worker thread ever started, joined at shutdown.
     pub threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
     /// What the serving state was built from, to skip a reload whose inputs are unchanged.
@@ -178,7 +181,8 @@ impl Reloader {
                 return kept(fixed);
             }
         }
-        let loaded = match loader::load(&config, &self.backends, false, self.log.as_ref(), current.as_deref()) {
+        let writers = loader::Writers { log: self.log.as_ref(), labelling: self.labelling.as_ref() };
+        let loaded = match loader::load_with(&config, &self.backends, false, writers, current.as_deref()) {
             Ok(l) => l,
             Err(errors) => return kept(errors),
         };
@@ -302,6 +306,7 @@ pub fn fixed_settings_changed(running: &Config, new: &Config) -> Vec<String> {
     // The files' content is reloaded on its own (`tls::watch`); only where they are is fixed.
     check("tls", changed(&running.tls, &new.tls));
     check("shadow.disagreement_log", changed(&running.disagreement_log, &new.disagreement_log));
+    check("labelling", changed(&running.labelling, &new.labelling));
     errors
 }
 

@@ -48,10 +48,8 @@ pub struct Entry<'a> {
 /// The cheap, cloneable front door; the writer thread exits once every handle is dropped.
 #[derive(Clone)]
 pub struct DisagreementLog {
-    /// Bounded; `try_send` so a slow disk sheds lines instead of blocking a shadow worker.
-    tx: Sender<String>,
+    lines: Lines,
     pub config: LogConfig,
-    metrics: std::sync::Arc<LogMetrics>,
 }
 
 /// Now, as RFC 3339 UTC with milliseconds.
@@ -62,30 +60,70 @@ pub fn now_rfc3339() -> String {
 impl DisagreementLog {
     /// Opens (creating folders as needed) and starts the writer thread.
     pub fn start(config: LogConfig) -> std::io::Result<(DisagreementLog, JoinHandle<()>)> {
-        if let Some(dir) = config.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let files = Files {
+            path: config.path.clone(),
+            max_file_bytes: config.max_file_bytes,
+            max_files: config.max_files,
+            queue_capacity: config.queue_capacity,
+        };
+        let (lines, thread) = Lines::start("disagreement-log", files, LogMetrics::new())?;
+        Ok((DisagreementLog { lines, config }, thread))
+    }
+
+    /// Queues one entry; drops and counts it if the writer is behind.
+    pub fn write(&self, entry: &Entry<'_>) {
+        self.lines.write(entry);
+    }
+}
+
+/// Where a JSON-lines file goes and how far it may grow: the disagreement log's and the
+/// labelling queue's settings alike.
+#[derive(Debug, Clone)]
+pub struct Files {
+    pub path: PathBuf,
+    pub max_file_bytes: u64,
+    pub max_files: usize,
+    pub queue_capacity: usize,
+}
+
+/// A JSON-lines file written by its own thread from a bounded queue (the disagreement log, the
+/// labelling queue); cheap to clone, and the thread exits once every handle is dropped.
+#[derive(Clone)]
+pub struct Lines {
+    /// Bounded; `try_send` so a slow disk sheds lines instead of blocking a shadow worker.
+    tx: Sender<String>,
+    metrics: std::sync::Arc<LogMetrics>,
+}
+
+impl Lines {
+    /// Opens `files.path` (creating folders as needed) and starts the writer thread, named
+    /// `name` (also how its warnings name the file).
+    pub fn start(name: &'static str, files: Files, metrics: LogMetrics) -> std::io::Result<(Lines, JoinHandle<()>)> {
+        if let Some(dir) = files.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        let file = open(&config.path)?;
-        drop_torn_tail(&file, &config.path)?;
+        let file = open(&files.path)?;
+        drop_torn_tail(&file, &files.path)?;
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-        let (tx, rx) = crossbeam_channel::bounded(config.queue_capacity.max(1));
-        let metrics = std::sync::Arc::new(LogMetrics::new());
+        let (tx, rx) = crossbeam_channel::bounded(files.queue_capacity.max(1));
+        let metrics = std::sync::Arc::new(metrics);
         let writer = Writer {
+            name,
             rx,
             out: file,
             size,
             pending: Vec::new(),
             pending_lines: 0,
             failures: Failures::default(),
-            config: config.clone(),
+            files,
             metrics: metrics.clone(),
         };
-        let thread = std::thread::Builder::new().name("disagreement-log".into()).spawn(move || writer.run())?;
-        Ok((DisagreementLog { tx, config, metrics }, thread))
+        let thread = std::thread::Builder::new().name(name.into()).spawn(move || writer.run())?;
+        Ok((Lines { tx, metrics }, thread))
     }
 
-    /// Queues one entry; drops and counts it if the writer is behind.
-    pub fn write(&self, entry: &Entry<'_>) {
+    /// Queues one entry as a line; drops and counts it if the writer is behind.
+    pub fn write(&self, entry: &impl Serialize) {
         let line = match serde_json::to_string(entry) {
             Ok(l) => l,
             Err(_) => return self.metrics.count(LogOutcome::DroppedIoError),
@@ -131,7 +169,7 @@ fn drop_torn_tail(file: &File, path: &Path) -> std::io::Result<()> {
         tracing::warn!(
             path = %path.display(),
             bytes = meta.len() - keep,
-            "disagreement log: removed a torn last line left by an unclean stop"
+            "removed a torn last line left by an unclean stop"
         );
         file.set_len(keep)?;
     }
@@ -139,6 +177,8 @@ fn drop_torn_tail(file: &File, path: &Path) -> std::io::Result<()> {
 }
 
 struct Writer {
+    /// The thread's name, naming the file in warnings.
+    name: &'static str,
     rx: Receiver<String>,
     out: File,
     /// Bytes in the current file, counting only what was written successfully.
@@ -147,7 +187,7 @@ struct Writer {
     pending: Vec<u8>,
     pending_lines: u64,
     failures: Failures,
-    config: LogConfig,
+    files: Files,
     metrics: std::sync::Arc<LogMetrics>,
 }
 
@@ -176,10 +216,10 @@ impl Writer {
 
     fn push(&mut self, line: &str) {
         let grown = self.size + self.pending.len() as u64 + line.len() as u64 + 1;
-        if self.size + self.pending.len() as u64 > 0 && grown > self.config.max_file_bytes {
+        if self.size + self.pending.len() as u64 > 0 && grown > self.files.max_file_bytes {
             self.write_pending();
             if let Err(e) = self.rotate() {
-                tracing::warn!(error = %e, path = %self.config.path.display(), "disagreement log: rotation failed");
+                tracing::warn!(error = %e, path = %self.files.path.display(), "{}: rotation failed", self.name);
             }
         }
         self.pending.extend_from_slice(line.as_bytes());
@@ -211,8 +251,8 @@ impl Writer {
                 if self.failures.last_warned.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
                     let lines = std::mem::take(&mut self.failures.lines_since);
                     self.failures.last_warned = Some(std::time::Instant::now());
-                    tracing::warn!(error = %e, lines, path = %self.config.path.display(),
-                        "disagreement log: write failed; lines dropped (warned at most every 10s)");
+                    tracing::warn!(error = %e, lines, path = %self.files.path.display(),
+                        "{}: write failed; lines dropped (warned at most every 10s)", self.name);
                 }
             }
         }
@@ -222,14 +262,14 @@ impl Writer {
 
     /// `log` -> `log.1` -> `log.2` ...; the oldest beyond `max_files` is deleted.
     fn rotate(&mut self) -> std::io::Result<()> {
-        let path = &self.config.path;
+        let path = &self.files.path;
         // Only regular files rotate: a device or pipe given as the path is written as is.
         if !std::fs::metadata(path).map(|m| m.is_file()).unwrap_or(false) {
             self.size = 0;
             return Ok(());
         }
         let numbered = |n: usize| PathBuf::from(format!("{}.{n}", path.display()));
-        let keep = self.config.max_files.max(1);
+        let keep = self.files.max_files.max(1);
         if keep == 1 {
             std::fs::remove_file(path)?;
         } else {
