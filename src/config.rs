@@ -324,7 +324,28 @@ pub struct TaskConfig {
     pub live: String,
     /// A `[policies]` name replacing the live model's manifest policy.
     pub policy: Option<String>,
+    /// Surface name -> the `[policies]` name the live model decides with on it
+    /// (`[tasks.NAME.surfaces]`); empty when every surface decides alike.
+    pub surfaces: BTreeMap<String, String>,
+    /// What a request naming a surface not in `surfaces` gets.
+    pub unknown_surface: UnknownSurface,
     pub shadows: Vec<ShadowConfig>,
+}
+
+/// Most surfaces one task may list: each multiplies the decision, comparison and verdict
+/// series of the task.
+pub const MAX_SURFACES: usize = 16;
+
+/// What a request naming a surface its task does not list gets (`tasks.NAME.unknown_surface`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownSurface {
+    /// INVALID_ARGUMENT naming `surface`: a typo never silently gets the default thresholds.
+    #[default]
+    Reject,
+    /// The task's default policy, counted as the default surface's (and in
+    /// `modserve_surface_fallbacks_total`).
+    Default,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -337,6 +358,9 @@ pub struct ShadowConfig {
     pub sample_rate: f64,
     /// Salt for that hash; defaults to the model name, so each shadow samples differently.
     pub salt: String,
+    /// The task's surfaces this shadow is offered (and judged by verdicts) on; `None` = all
+    /// traffic, the default surface included.
+    pub surfaces: Option<Vec<String>>,
 }
 
 impl Config {

@@ -36,6 +36,9 @@ pub struct Verdict {
     pub human: Decision,
     /// A configured source, "other" or "none".
     pub source: String,
+    /// The surface the review was classified for, when its task lists it (`None`: the default
+    /// surface); looked up again at scoring, by name, in the state of the moment.
+    pub surface: Option<String>,
 }
 
 /// The answer to a submission.
@@ -248,7 +251,8 @@ async fn score_chunk(entry: &TaskEntry, chunk: &[Verdict], deadline: Instant, pr
     };
     let n_live = entry.live.spec().labels.len();
     for (v, scores) in chunk.iter().zip(live_scores.chunks_exact(n_live)) {
-        entry.verdicts.count(&v.source, entry.policy.decide(scores), v.human);
+        let surface = entry.surface_named(v.surface.as_deref());
+        entry.verdicts_on(surface).count(&v.source, entry.policy_on(surface).decide(scores), v.human);
     }
     // Shadows on their own workers, all at once; policy-only shadows reuse the live scores.
     let shadows = entry.shadows.iter().map(|pair| {
@@ -264,7 +268,10 @@ async fn score_chunk(entry: &TaskEntry, chunk: &[Verdict], deadline: Instant, pr
                 Ok(scores) => {
                     let n = pair.shadow.spec().labels.len();
                     for (v, s) in chunk.iter().zip(scores.chunks_exact(n)) {
-                        pair.verdicts.count(&v.source, pair.decision_policy.decide(s), v.human);
+                        // A shadow tried on some surfaces only is judged on those only.
+                        if let Some(counts) = pair.verdicts_on(entry.surface_named(v.surface.as_deref())) {
+                            counts.count(&v.source, pair.decision_policy.decide(s), v.human);
+                        }
                     }
                 }
                 Err(e) => {

@@ -31,8 +31,8 @@ use crate::inference::model::ModelSpec;
 use crate::inference::tokenize::TokenRows;
 use crate::inference::worker::{JobResult, ModelHandle};
 use crate::metrics::{Role, ShadowMetrics, ShadowOutcome, VerdictMetrics};
-use crate::policy::{Decision, Policy};
-use crate::request::{ReviewInput, text_bytes};
+use crate::policy::{Confusion, Decision, Policy};
+use crate::request::{ReviewInput, Surface, text_bytes};
 use crate::shadow::breaker::Breaker;
 use compare::Direction;
 use disagreement::DisagreementLog;
@@ -57,8 +57,14 @@ pub struct ShadowPair {
     policy: ShadowPolicy,
     breaker: Breaker,
     metrics: ShadowMetrics,
-    /// Moderator verdicts counted against this shadow's decisions.
+    /// Moderator verdicts counted against this shadow's decisions on the default surface
+    /// (registered, at 0, even when the shadow is not offered it: `verdicts_on` says).
     pub verdicts: VerdictMetrics,
+    /// Per surface of the task (`TaskEntry::surfaces` order): the live policy and this pair's
+    /// series there; `None` where the shadow is not offered that surface.
+    on_surfaces: Vec<Option<OnSurface>>,
+    /// Offered the default surface's reviews: the shadow lists no `surfaces`.
+    on_default: bool,
     log: Option<DisagreementLog>,
     /// Live and shadow tokenize identically (same tokenizer file, same length limit), so the
     /// shadow reuses the live token ids.
@@ -73,6 +79,22 @@ pub struct ShadowPair {
     shed: AtomicU64,
     /// Locked only by the tick (`try_lock`: a request that finds it busy just goes on).
     controller: Mutex<Controller>,
+}
+
+/// A pair on one named surface.
+struct OnSurface {
+    name: String,
+    live_policy: Arc<Policy>,
+    comparisons: Confusion<::metrics::Counter>,
+    verdicts: VerdictMetrics,
+}
+
+/// The live side of one of the task's surfaces, as a pair is built with it.
+pub struct SurfaceSpec {
+    pub name: String,
+    pub live_policy: Arc<Policy>,
+    /// The shadow is offered this surface's reviews.
+    pub offered: bool,
 }
 
 /// The rate controller and the cumulative figures its last tick saw.
@@ -98,6 +120,10 @@ pub struct PairSpec {
     pub verdict_sources: Vec<String>,
     /// The server's shadow CPU budget and accounting.
     pub shadow_cpu: Option<Arc<ShadowCpu>>,
+    /// The task's surfaces, in `TaskEntry::surfaces` order.
+    pub surfaces: Vec<SurfaceSpec>,
+    /// The shadow is offered the default surface's reviews (it lists no `surfaces`).
+    pub default_surface: bool,
 }
 
 /// Salt of the disagreement log's own sampling, independent of every shadow's.
@@ -138,6 +164,8 @@ impl ShadowPair {
             record_scores,
             verdict_sources,
             shadow_cpu,
+            surfaces,
+            default_surface,
         } = spec;
         let policy_only = Arc::ptr_eq(live.spec(), shadow.spec());
         let metrics = ShadowMetrics::new(
@@ -146,8 +174,32 @@ impl ShadowPair {
             (shadow.spec(), &shadow_policy),
             policy_only,
             record_scores && !policy_only,
+            default_surface,
         );
         let verdicts = VerdictMetrics::new(task, shadow.spec(), Role::Shadow, &shadow_policy, &verdict_sources);
+        let on_surfaces = surfaces
+            .into_iter()
+            .map(|s| {
+                s.offered.then(|| OnSurface {
+                    comparisons: crate::metrics::comparisons(
+                        task,
+                        (live.spec(), &s.live_policy),
+                        (shadow.spec(), &shadow_policy),
+                        Some(&s.name),
+                    ),
+                    verdicts: VerdictMetrics::on_surface(
+                        task,
+                        shadow.spec(),
+                        Role::Shadow,
+                        &shadow_policy,
+                        &verdict_sources,
+                        Some(&s.name),
+                    ),
+                    name: s.name,
+                    live_policy: s.live_policy,
+                })
+            })
+            .collect();
         let reuse_tokens = live.spec().tokenizer_sha256 == shadow.spec().tokenizer_sha256
             && live.spec().max_sequence_length == shadow.spec().max_sequence_length;
         metrics.rate_configured.set(sample_rate);
@@ -172,6 +224,8 @@ impl ShadowPair {
             breaker: Breaker::new(policy.breaker),
             metrics,
             verdicts,
+            on_surfaces,
+            on_default: default_surface,
             log,
             reuse_tokens,
             cpu: shadow_cpu.filter(|_| !policy_only),
@@ -253,6 +307,23 @@ impl ShadowPair {
         }
     }
 
+    /// True when this shadow is offered the reviews of `surface` (its `surfaces`, if it lists
+    /// any).
+    pub fn offered_on(&self, surface: Surface) -> bool {
+        match surface {
+            None => self.on_default,
+            Some(i) => self.on_surfaces.get(i).is_some_and(Option::is_some),
+        }
+    }
+
+    /// This shadow's verdict counts on `surface`; `None` where it is not offered that surface.
+    pub fn verdicts_on(&self, surface: Surface) -> Option<&VerdictMetrics> {
+        match surface {
+            None => self.on_default.then_some(&self.verdicts),
+            Some(i) => self.on_surfaces.get(i)?.as_ref().map(|s| &s.verdicts),
+        }
+    }
+
     /// True when this shadow reuses the live model's token ids.
     pub fn reuses_tokens(&self) -> bool {
         self.reuse_tokens
@@ -263,11 +334,15 @@ impl ShadowPair {
     /// `tokens` are the live model's token ids for `reviews`, reused when `reuses_tokens`.
     pub fn offer(
         self: &Arc<Self>,
+        surface: Surface,
         reviews: &Arc<[ReviewInput]>,
         tokens: Option<&Arc<TokenRows>>,
         live_scores: &[f32],
         live_decisions: &[Decision],
     ) {
+        if !self.offered_on(surface) {
+            return;
+        }
         let mut picked: Vec<usize> =
             (0..reviews.len()).filter(|&i| sampled(&reviews[i].id, &self.salt, self.sample_rate)).collect();
         self.metrics.outcome(ShadowOutcome::SampledOut, reviews.len() - picked.len());
@@ -289,7 +364,7 @@ impl ShadowPair {
         }
         let n_labels = self.live.spec().labels.len();
         if self.policy_only {
-            self.offer_policy_only(reviews, picked, live_scores, live_decisions);
+            self.offer_policy_only(surface, reviews, picked, live_scores, live_decisions);
             return;
         }
         let open = self.breaker.is_open();
@@ -332,7 +407,7 @@ impl ShadowPair {
         let pair = self.clone();
         let logged = subset.clone();
         let callback = Box::new(move |result: JobResult, elapsed: Duration| {
-            pair.record(&logged, &scores, &decisions, result, elapsed)
+            pair.record(surface, &logged, &scores, &decisions, result, elapsed)
         });
         match self.shadow.submit_with(subset, tokens, Some(Instant::now() + self.policy.max_delay), callback) {
             Ok(()) => {}
@@ -346,6 +421,7 @@ impl ShadowPair {
     /// shadow's worker thread.
     fn record(
         &self,
+        surface: Surface,
         reviews: &[ReviewInput],
         live_scores: &[f32],
         live_decisions: &[Decision],
@@ -363,7 +439,7 @@ impl ShadowPair {
             }
         };
         self.trip_check(false, elapsed, None);
-        self.compare(reviews, live_scores, live_decisions, &scores);
+        self.compare(surface, reviews, live_scores, live_decisions, &scores);
         self.metrics.outcome(ShadowOutcome::Compared, n);
     }
 
@@ -372,6 +448,7 @@ impl ShadowPair {
     /// (`offload`).
     fn offer_policy_only(
         self: &Arc<Self>,
+        surface: Surface,
         reviews: &Arc<[ReviewInput]>,
         picked: Vec<usize>,
         live_scores: &[f32],
@@ -385,7 +462,7 @@ impl ShadowPair {
             for &i in &picked {
                 let i = i..i + 1;
                 let scores = &live_scores[i.start * n_labels..i.end * n_labels];
-                pair.compare(&reviews[i.clone()], scores, &live_decisions[i], scores);
+                pair.compare(surface, &reviews[i.clone()], scores, &live_decisions[i], scores);
             }
             pair.metrics.outcome(ShadowOutcome::Compared, count);
             if let Some(c) = &pair.metrics.policy_only_reviews {
@@ -399,14 +476,26 @@ impl ShadowPair {
 
     /// Compares the shadow's scores for `reviews` with the live answers and records the result:
     /// the decision matrix, score deltas, flips and (sampled) disagreement log lines.
-    fn compare(&self, reviews: &[ReviewInput], live_scores: &[f32], live_decisions: &[Decision], scores: &[f32]) {
+    fn compare(
+        &self,
+        surface: Surface,
+        reviews: &[ReviewInput],
+        live_scores: &[f32],
+        live_decisions: &[Decision],
+        scores: &[f32],
+    ) {
+        let on_surface = surface.and_then(|i| self.on_surfaces.get(i)?.as_ref());
+        let live_policy = on_surface.map_or(&self.live_policy, |s| &s.live_policy);
         let live = self.live.spec();
         let shadow = self.shadow.spec();
         let (ln, sn) = (live.labels.len(), shadow.labels.len());
         for i in 0..reviews.len() {
             let (l_scores, s_scores) = (&live_scores[i * ln..(i + 1) * ln], &scores[i * sn..(i + 1) * sn]);
             let s_decision = self.decision_policy.decide(s_scores);
-            self.metrics.compared(live_decisions[i], s_decision);
+            match on_surface {
+                Some(s) => s.comparisons[(live_decisions[i], s_decision)].increment(1),
+                None => self.metrics.compared(live_decisions[i], s_decision),
+            }
             self.metrics.scores(s_scores);
             for (index, (_, delta)) in
                 compare::score_deltas(&live.labels, l_scores, &shadow.labels, s_scores).into_iter().enumerate()
@@ -444,7 +533,8 @@ impl ShadowPair {
                     task: &self.task,
                     review_id: &reviews[i].id,
                     direction: if direction == Direction::Stricter { "stricter" } else { "more_lenient" },
-                    live: side(live, &self.live_policy, live_decisions[i], l_scores),
+                    surface: on_surface.map(|s| s.name.as_str()),
+                    live: side(live, live_policy, live_decisions[i], l_scores),
                     shadow: side(shadow, &self.decision_policy, s_decision, s_scores),
                     text_sha256: crate::inference::model::package::sha256_hex(text.as_bytes()),
                     text: log.config.include_text.then_some(text.as_str()),

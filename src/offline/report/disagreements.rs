@@ -192,6 +192,7 @@ mod tests {
             task: "abuse",
             review_id: "r1",
             direction: "stricter",
+            surface: None,
             live: side("abuse-v1", "default", "allow", 0.25),
             shadow: side("abuse-v1", "tight", "review", 0.25),
             text_sha256: "00".repeat(32),

@@ -3,7 +3,7 @@
 
 use super::pb;
 use crate::config::Limits;
-use crate::control::registry::ServingState;
+use crate::control::registry::{ServingState, TaskEntry};
 use crate::error::Error;
 use crate::feedback::{Verdict, source_label};
 use crate::policy::Decision;
@@ -18,7 +18,12 @@ pub fn validate(req: pb::ClassifyRequest, limits: &Limits) -> Result<ClassifyInp
 
 /// A proto request as the domain's unvalidated request.
 pub fn request(req: pb::ClassifyRequest) -> RawRequest {
-    RawRequest { reviews: req.reviews.into_iter().map(review).collect(), tasks: req.tasks, request_id: req.request_id }
+    RawRequest {
+        reviews: req.reviews.into_iter().map(review).collect(),
+        tasks: req.tasks,
+        request_id: req.request_id,
+        surface: req.surface,
+    }
 }
 
 /// A proto review as the domain's unvalidated review.
@@ -56,6 +61,7 @@ pub fn validate_verdicts(req: pb::SubmitVerdictsRequest, state: &ServingState) -
                 ),
             ));
         };
+        let surface = verdict_surface(&at, entry, v.surface.as_deref())?;
         let human = match pb::Decision::try_from(v.decision) {
             Ok(pb::Decision::Allow) => Decision::Allow,
             Ok(pb::Decision::Review) => Decision::Review,
@@ -96,9 +102,19 @@ pub fn validate_verdicts(req: pb::SubmitVerdictsRequest, state: &ServingState) -
             task: entry.name.clone(),
             human,
             source: source_label(&v.source, &feedback.sources),
+            surface,
         });
     }
     Ok(verdicts)
+}
+
+/// The surface a verdict names, under Classify's rules (`verdicts[i].surface`): its name when
+/// the task lists it, `None` for the default surface (unset, or an unknown one that falls back).
+fn verdict_surface(at: &str, entry: &TaskEntry, asked: Option<&str>) -> Result<Option<String>, Error> {
+    let field = format!("{at}surface");
+    request::check_surface(&field, asked)?;
+    let (surface, _) = entry.surface(&field, asked)?;
+    Ok(surface.map(|i| entry.surfaces[i].name.clone()))
 }
 
 pub fn decision(d: Decision) -> pb::Decision {
