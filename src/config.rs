@@ -507,6 +507,68 @@ languages = ["english!"]
         assert_eq!(c.launch, LaunchCriteria::default());
     }
 
+    const SURFACES: &str = r#"
+[models.abuse-v1]
+path = "m"
+[policies.strict]
+version = "1"
+[policies.strict.thresholds.insult]
+reject = 0.5
+[policies.stricter]
+version = "1"
+[policies.stricter.thresholds.insult]
+reject = 0.4
+[tasks.abuse]
+live = "abuse-v1"
+shadows = [{ model = "abuse-v1", policy = "stricter", sample_rate = 1.0, surfaces = ["kids"] }]
+[tasks.abuse.surfaces]
+kids = "strict"
+forum = "strict"
+"#;
+
+    #[test]
+    fn surfaces_map_to_policies_and_shadows_may_keep_to_some() {
+        let c = parse(SURFACES).unwrap();
+        let task = &c.tasks[0];
+        assert_eq!(task.surfaces["kids"], "strict");
+        assert_eq!(task.surfaces.len(), 2);
+        assert_eq!(task.unknown_surface, UnknownSurface::Reject);
+        assert_eq!(task.shadows[0].surfaces.as_deref(), Some(&["kids".to_string()][..]));
+        let fallback =
+            SURFACES.replace("live = \"abuse-v1\"\n", "live = \"abuse-v1\"\nunknown_surface = \"default\"\n");
+        assert_eq!(parse(&fallback).unwrap().tasks[0].unknown_surface, UnknownSurface::Default);
+        // The live policy of the default surface, tried on one surface only, is a real change.
+        let default_policy = SURFACES.replace("live = \"abuse-v1\"\n", "live = \"abuse-v1\"\npolicy = \"stricter\"\n");
+        assert!(parse(&default_policy).is_ok());
+    }
+
+    #[test]
+    fn surface_errors_name_their_key() {
+        let text = SURFACES
+            .replace(
+                "surfaces = [\"kids\"] }]",
+                "surfaces = [\"kids\", \"nope\", \"kids\"] },\n  { model = \"abuse-v1\", policy = \"strict\", sample_rate = 1.0, surfaces = [] }]",
+            )
+            .replace("kids = \"strict\"", "kids = \"stricter\"\n\"\" = \"strict\"\nForum = \"missing\"")
+            + "[tasks.other]\nlive = \"abuse-v1\"\nunknown_surface = \"default\"\n";
+        let errors = parse(&text).unwrap_err();
+        for key in [
+            "tasks.abuse.surfaces.\"\": surface names use",
+            "tasks.abuse.surfaces.\"Forum\": surface names use",
+            "tasks.abuse.surfaces.Forum: no policy named \"missing\"",
+            "tasks.abuse.shadows[0].surfaces[0]: Some(\"stricter\") is already the live policy on surface \"kids\"",
+            "tasks.abuse.shadows[0].surfaces[1]: \"nope\" is not a surface of this task",
+            "tasks.abuse.shadows[0].surfaces[2]: \"kids\" is listed twice",
+            "tasks.abuse.shadows[1].surfaces: empty",
+            "tasks.other.unknown_surface: the task lists no surfaces",
+        ] {
+            assert!(errors.iter().any(|e| e.starts_with(key)), "no error for {key}: {errors:#?}");
+        }
+        let many: String = (0..=MAX_SURFACES).map(|i| format!("s{i} = \"strict\"\n")).collect();
+        let errors = parse(&format!("{SURFACES}{many}")).unwrap_err();
+        assert!(errors.iter().any(|e| e.starts_with("tasks.abuse.surfaces: 19 surfaces; at most 16")), "{errors:#?}");
+    }
+
     #[test]
     fn admin_must_be_guarded_when_moderation_is_or_opened_explicitly() {
         let guarded = format!("[server]\nmoderation_token_env = \"MODERATION_TOKEN\"\n{GOOD}");

@@ -789,8 +789,7 @@ impl ShadowMetrics {
             labels.push(Label::new(key, value));
             labels
         };
-        let confusion =
-            default_surface.then(|| comparisons(task, (live, live_policy), (shadow, shadow_policy), None));
+        let confusion = default_surface.then(|| comparisons(task, (live, live_policy), (shadow, shadow_policy), None));
         let deltas = shadow
             .labels
             .iter()

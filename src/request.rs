@@ -159,10 +159,9 @@ pub const MAX_SURFACE_BYTES: usize = 64;
 pub fn check_surface(field: &str, surface: Option<&str>) -> Result<(), Error> {
     match surface {
         Some("") => Err(Error::invalid(field, "must not be empty; leave it unset for the default surface")),
-        Some(s) if s.len() > MAX_SURFACE_BYTES => Err(Error::invalid(
-            field,
-            format!("{} bytes exceed the limit of {MAX_SURFACE_BYTES}", s.len()),
-        )),
+        Some(s) if s.len() > MAX_SURFACE_BYTES => {
+            Err(Error::invalid(field, format!("{} bytes exceed the limit of {MAX_SURFACE_BYTES}", s.len())))
+        }
         _ => Ok(()),
     }
 }

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::file::{
-    RawAdmin, RawBatching, RawConfig, RawLimits, RawLog, RawMonitoring, RawPolicy, RawServer, RawShadow, RawShadowPolicy,
-    RawTask, RawTls,
+    RawAdmin, RawBatching, RawConfig, RawLimits, RawLog, RawMonitoring, RawPolicy, RawServer, RawShadow,
+    RawShadowPolicy, RawTask, RawTls,
 };
 use super::*;
 
@@ -437,7 +437,8 @@ fn shadow_surfaces(errors: &mut Vec<String>, key: &str, sh: &RawShadow, task: &R
     let list = sh.surfaces.as_ref()?;
     let key = format!("{key}.surfaces");
     if list.is_empty() {
-        errors.push(format!("{key}: empty, so the shadow would see nothing; leave the key out to offer it all traffic"));
+        errors
+            .push(format!("{key}: empty, so the shadow would see nothing; leave the key out to offer it all traffic"));
     }
     for (j, surface) in list.iter().enumerate() {
         if !task.surfaces.contains_key(surface) {

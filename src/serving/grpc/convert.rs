@@ -231,6 +231,16 @@ mod tests {
     }
 
     #[test]
+    fn a_surface_is_kept_and_an_empty_or_overlong_one_refused() {
+        let with =
+            |surface: &str| pb::ClassifyRequest { surface: Some(surface.into()), ..request(vec![review("a", "x")]) };
+        assert_eq!(validate(with("kids"), &Limits::default()).unwrap().surface.as_deref(), Some("kids"));
+        assert_eq!(validate(request(vec![review("a", "x")]), &Limits::default()).unwrap().surface, None);
+        assert_eq!(field_of(validate(with(""), &Limits::default()).unwrap_err()), "surface");
+        assert_eq!(field_of(validate(with(&"s".repeat(65)), &Limits::default()).unwrap_err()), "surface");
+    }
+
+    #[test]
     fn tasks_are_deduplicated_in_order() {
         let mut req = request(vec![review("a", "x")]);
         req.tasks = vec!["fraud".into(), "abuse".into(), "fraud".into()];
