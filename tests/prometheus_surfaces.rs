@@ -1,6 +1,6 @@
 //! A real Prometheus scrapes a modserve whose task lists surfaces and evaluates
 //! `deploy/prometheus/modserve-rules.yml`: the per-surface agreement rules equal the ratios
-//! computed from the answers. Its own binary: the series of the default surface are the ones
+//! computed from the answers, and `modserve report --surface` reads that surface's comparisons. Its own binary: the series of the default surface are the ones
 //! `tests/prometheus.rs` makes, and the recorder is process-wide.
 
 #[path = "it/common/mod.rs"]
@@ -54,6 +54,8 @@ forum = "forum-lenient"
         ["you idiot", "this is dumb", "you are stupid", "great product", "what a moron", "i will kill you", "nice"];
     let (mut live, mut candidate) = (server.client().await, plain_v2.client().await);
     let mut by_surface: Vec<(&str, usize, usize)> = Vec::new();
+    // Live decision x candidate decision on kids, for `modserve report --surface kids`.
+    let mut kids = [[0u64; 3]; 3];
     for surface in ["", "kids", "forum"] {
         let (mut agree, mut total) = (0, 0);
         for i in 0..42 {
@@ -61,7 +63,11 @@ forum = "forum-lenient"
             let on_surface = pb_surface(req.clone(), surface);
             let l = live.classify(on_surface).await.unwrap().into_inner();
             let c = candidate.classify(req).await.unwrap().into_inner();
-            agree += usize::from(l.results[0].tasks[0].decision == c.results[0].tasks[0].decision);
+            let (ld, cd) = (l.results[0].tasks[0].decision, c.results[0].tasks[0].decision);
+            agree += usize::from(ld == cd);
+            if surface == "kids" {
+                kids[decision_index(decision_name(ld))][decision_index(decision_name(cd))] += 1;
+            }
             total += 1;
         }
         by_surface.push((surface, agree, total));
@@ -88,6 +94,13 @@ forum = "forum-lenient"
     let whole = r#"round(1e6 * modserve:shadow_agreement:ratio{task="abuse", shadow_model="tiny-abuse-v2"})"#;
     let expected = micro(agree as f64 / all as f64);
     assert_eq!(prometheus.wait_for(whole, expected).await.map(|(_, v)| v), Some(expected), "the all-traffic rule");
+    // The launch report kept to one surface reads that surface's comparisons only.
+    let mut args = modserve::offline::report::FetchArgs::new(&prometheus.url(), "abuse", "tiny-abuse-v2");
+    args.surface = Some("kids".into());
+    let input = tokio::task::spawn_blocking(move || modserve::offline::report::fetch(&args)).await.unwrap().unwrap();
+    assert_eq!(input.comparisons, kids);
+    assert_eq!(input.live.policy, "strict-2", "live decides with the kids policy there");
+    assert!(input.notes.iter().any(|n| n.starts_with("surface kids only")), "{:?}", input.notes);
     drop(prometheus);
     server.stop().await;
     plain_v2.stop().await;
