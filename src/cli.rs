@@ -127,9 +127,10 @@ pub enum Command {
         /// Folder for launch-report.{md,html,json} (created if missing).
         #[arg(long, default_value = ".")]
         out: PathBuf,
-        // Last, so that only its flags fall under its help heading.
+        // Last, so that only its flags fall under its help heading. Boxed: the largest
+        // variant by far, and `Command` is moved by value.
         #[command(flatten)]
-        access: PrometheusAccess,
+        access: Box<PrometheusAccess>,
     },
 }
 
