@@ -6,6 +6,10 @@
 //! `try_send`s it to the shadow's own bounded queue and worker threads. The shadow's worker then
 //! calls `ShadowPair::record`, which compares the two models (`compare`) and records metrics.
 //!
+//! A task that lists surfaces decides each with its own live policy; a pair compares against
+//! the live policy of the request's surface and counts comparisons and verdicts per surface, and
+//! a shadow may be kept to some surfaces (`offered_on`).
+//!
 //! Two controls keep a shadow behind live work and its comparison a uniform sample: the shadow
 //! CPU budget (`budget`: no shadow batch starts while it is spent) and the effective sample rate
 //! (`rate`: lowered, on the same hash, while the budget or the queues cannot take the
@@ -332,6 +336,8 @@ impl ShadowPair {
     /// Offers a request's reviews, with the live scores and decisions, to this shadow. Never
     /// blocks and never fails: anything that cannot run now is counted and dropped.
     /// `tokens` are the live model's token ids for `reviews`, reused when `reuses_tokens`.
+    /// `surface` is the request's on this task: a shadow kept to other surfaces is not offered
+    /// the reviews at all (nothing is counted for it), and comparisons are counted per surface.
     pub fn offer(
         self: &Arc<Self>,
         surface: Surface,
