@@ -38,6 +38,9 @@ pub struct Verdict {
     pub human: Decision,
     /// A configured source, "other" or "none".
     pub source: String,
+    /// The surface the review was classified for, when its task lists it (`None`: the default
+    /// surface); looked up again at scoring, by name, in the state of the moment.
+    pub surface: Option<String>,
 }
 
 /// The answer to a submission.
@@ -249,9 +252,13 @@ async fn score_chunk(entry: &TaskEntry, chunk: &[Verdict], deadline: Instant, pr
         }
     };
     let n_live = entry.live.spec().labels.len();
-    let live_decisions: Vec<Decision> = live_scores.chunks_exact(n_live).map(|s| entry.policy.decide(s)).collect();
+    let live_decisions: Vec<Decision> = chunk
+        .iter()
+        .zip(live_scores.chunks_exact(n_live))
+        .map(|(v, scores)| entry.policy_on(entry.surface_named(v.surface.as_deref())).decide(scores))
+        .collect();
     for (v, &decision) in chunk.iter().zip(&live_decisions) {
-        entry.verdicts.count(&v.source, decision, v.human);
+        entry.verdicts_on(entry.surface_named(v.surface.as_deref())).count(&v.source, decision, v.human);
     }
     // Shadows on their own workers, all at once; policy-only shadows reuse the live scores.
     let shadows = entry.shadows.iter().map(|pair| {
@@ -267,8 +274,12 @@ async fn score_chunk(entry: &TaskEntry, chunk: &[Verdict], deadline: Instant, pr
                 Ok(scores) => {
                     let n = pair.shadow.spec().labels.len();
                     for ((v, s), &live) in chunk.iter().zip(scores.chunks_exact(n)).zip(live_decisions) {
+                        // A shadow tried on some surfaces only is judged on those only.
+                        let Some(counts) = pair.verdicts_on(entry.surface_named(v.surface.as_deref())) else {
+                            continue;
+                        };
                         let decision = pair.decision_policy.decide(s);
-                        pair.verdicts.count(&v.source, decision, v.human);
+                        counts.count(&v.source, decision, v.human);
                         // Weighted estimates use only verdicts the labelling queue would pick.
                         pair.count_labelled(&v.review.id, live, decision, v.human);
                     }
