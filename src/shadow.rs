@@ -574,7 +574,9 @@ impl ShadowPair {
                     text: log.config.include_text.then_some(text.as_str()),
                 });
             }
-            self.queue_for_labelling(&reviews[i], (live_decisions[i], l_scores), (s_decision, s_scores), direction);
+            let surface = on_surface.map(|s| s.name.as_str());
+            let sides = ((live_policy.as_ref(), live_decisions[i], l_scores), (s_decision, s_scores));
+            self.queue_for_labelling(&reviews[i], surface, sides, direction);
         }
     }
 
@@ -582,8 +584,8 @@ impl ShadowPair {
     fn queue_for_labelling(
         &self,
         review: &ReviewInput,
-        (l_decision, l_scores): (Decision, &[f32]),
-        (s_decision, s_scores): (Decision, &[f32]),
+        surface: Option<&str>,
+        ((live_policy, l_decision, l_scores), (s_decision, s_scores)): LoggedSides<'_>,
         direction: Direction,
     ) {
         let Some(labelling) = &self.labelling else { return };
@@ -599,7 +601,8 @@ impl ShadowPair {
             stratum: stratum.as_str(),
             inclusion_probability: labelling.design.inclusion_probability(stratum),
             direction: labelling::direction_name(direction),
-            live: side(self.live.spec(), &self.live_policy, l_decision, l_scores),
+            surface,
+            live: side(self.live.spec(), live_policy, l_decision, l_scores),
             shadow: side(self.shadow.spec(), &self.decision_policy, s_decision, s_scores),
             text_sha256: crate::inference::model::package::sha256_hex(text.as_bytes()),
             text: labelling.queue.config.include_text.then_some(text.as_str()),
@@ -675,6 +678,10 @@ impl Offered {
         }
     }
 }
+
+/// Live's policy (the surface's, on a named surface), decision and scores, then the shadow's
+/// decision and scores: what a queued comparison records.
+type LoggedSides<'a> = ((&'a Policy, Decision, &'a [f32]), (Decision, &'a [f32]));
 
 /// One model's side of a logged comparison.
 fn side<'a>(spec: &'a ModelSpec, policy: &'a Policy, decision: Decision, scores: &[f32]) -> disagreement::Side<'a> {

@@ -99,6 +99,10 @@ pub struct Entry<'a> {
     pub inclusion_probability: f64,
     /// "agree", "stricter" or "more_lenient": the shadow relative to live.
     pub direction: &'static str,
+    /// The surface the review was classified for, when its task lists it (live's side then
+    /// names that surface's policy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub surface: Option<&'a str>,
     pub live: Side<'a>,
     pub shadow: Side<'a>,
     pub text_sha256: String,
