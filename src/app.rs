@@ -19,6 +19,7 @@ use crate::control::{http_port, loader};
 use crate::feedback::Feedback;
 use crate::inference::backend::{Backends, Wrap};
 use crate::inference::runtime;
+use crate::journal::Journal;
 use crate::metrics;
 use crate::metrics::ReloadTrigger;
 use crate::serving::classify::Classifier;
@@ -169,7 +170,7 @@ async fn run(
         serve(&config, bound, &registry, &reload, health_service, prometheus, &ready, transport_signal, &signal)?;
 
     let started = Instant::now();
-    let (reloader, log_thread, threads) = match load(&config, registry.clone(), wrap).await {
+    let (reloader, writers, threads) = match load(&config, registry.clone(), wrap).await {
         Ok(loaded) => loaded,
         Err(e) => {
             stop_transport.trigger();
@@ -188,7 +189,7 @@ async fn run(
     // close, workers finish what is queued and exit.
     registry.swap(None);
     drop(reload);
-    stop_workers(config.server.shutdown_grace, threads, log_thread).await;
+    stop_workers(config.server.shutdown_grace, threads, writers).await;
     tracing::info!("stopped");
     Ok(())
 }
@@ -346,29 +347,27 @@ async fn drain(
 }
 
 /// Waits, at most `grace` each, for the worker threads (their queues closed with the serving
-/// state) and then the disagreement log's writer, which the shadows held the last handles of.
-async fn stop_workers(
-    grace: std::time::Duration,
-    threads: WorkerThreads,
-    log_thread: Option<std::thread::JoinHandle<()>>,
-) {
+/// state) and then the writers of the disagreement log and the journal, which the serving
+/// states and shadows held the last handles of: each drains its queue to disk before it exits,
+/// so no record queued before the signal is lost.
+async fn stop_workers(grace: std::time::Duration, threads: WorkerThreads, writers: Vec<std::thread::JoinHandle<()>>) {
     let threads = std::mem::take(&mut *threads.lock().unwrap_or_else(|p| p.into_inner()));
     let _ = tokio::time::timeout(grace, tokio::task::spawn_blocking(move || loader::join_all(threads))).await;
-    if let Some(thread) = log_thread {
+    for thread in writers {
         let _ = tokio::time::timeout(grace, tokio::task::spawn_blocking(move || thread.join())).await;
     }
 }
 
 type WorkerThreads = Arc<Mutex<Vec<std::thread::JoinHandle<()>>>>;
 
-/// Sets up ONNX Runtime and the disagreement log (bound for the process's life), then loads the
+/// Sets up ONNX Runtime, the disagreement log and the journal (bound for the process's life), then loads the
 /// start-up config through the same path every reload takes. On blocking threads: file IO and
 /// model loads.
 async fn load(
     config: &Config,
     registry: Registry,
     wrap: Option<Wrap>,
-) -> anyhow::Result<(Reloader, Option<std::thread::JoinHandle<()>>, WorkerThreads)> {
+) -> anyhow::Result<(Reloader, Vec<std::thread::JoinHandle<()>>, WorkerThreads)> {
     let setup_config = config.clone();
     let setup = tokio::task::spawn_blocking(move || {
         let env = runtime::environment(&setup_config.server.onnxruntime_lib).map_err(|e| e.to_string())?;
@@ -379,12 +378,15 @@ async fn load(
                     .map_err(|e| format!("shadow.disagreement_log.path: cannot open {}: {e}", c.path.display()))?,
             ),
         };
-        Ok::<_, String>((env, log))
+        let journal = start_journal(&setup_config)?;
+        Ok::<_, String>((env, log, journal))
     })
     .await
     .context("start-up panicked")?;
-    let (env, log) = setup.map_err(|e| anyhow::anyhow!(e))?;
+    let (env, log, journal) = setup.map_err(|e| anyhow::anyhow!(e))?;
     let (log, log_thread) = log.map_or((None, None), |(l, t)| (Some(l), Some(t)));
+    let (journal, journal_thread) = journal.map_or((None, None), |(j, t)| (Some(j), Some(t)));
+    let writers: Vec<_> = log_thread.into_iter().chain(journal_thread).collect();
     let threads = Arc::new(Mutex::new(Vec::new()));
     let reloader = Arc::new(Reloader {
         config_path: config.source.clone(),
@@ -395,6 +397,7 @@ async fn load(
             None => Backends::new(env),
         },
         log,
+        journal,
         threads: threads.clone(),
         applied_inputs: Mutex::new(None),
     });
@@ -409,5 +412,14 @@ async fn load(
     }
     *reloader.applied_inputs.lock().unwrap_or_else(|p| p.into_inner()) = Some(inputs);
     let reloader = Arc::into_inner(reloader).context("reloader still shared after start-up")?;
-    Ok((reloader, log_thread, threads))
+    Ok((reloader, writers, threads))
+}
+
+/// The decision journal, when `[journal]` is configured: opened (a torn last line cut) before
+/// anything is served, so a path it cannot write stops start-up instead of losing records.
+fn start_journal(config: &Config) -> Result<Option<(Journal, std::thread::JoinHandle<()>)>, String> {
+    let Some(c) = &config.journal else { return Ok(None) };
+    Journal::start(c.clone())
+        .map(Some)
+        .map_err(|e| format!("journal.path: cannot open {}: {e}", c.path.display()))
 }

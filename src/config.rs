@@ -19,7 +19,7 @@ pub use cpus::{CpuListError, CpuSet, MAX_CPUS, allowed_cpus};
 pub use launch::defaults as launch_defaults;
 pub use launch::{LaunchCriteria, RawLaunchCriteria, validate_criteria};
 pub use settings::{
-    BatchPolicy, BreakerPolicy, FeedbackConfig, LogConfig, NO_SOURCE, OTHER_SOURCE, PolicySpec, ShadowPolicy,
+    BatchPolicy, BreakerPolicy, FeedbackConfig, JournalConfig, LogConfig, NO_SOURCE, OTHER_SOURCE, PolicySpec, ShadowPolicy,
     Thresholds, TlsConfig, WorkerSettings,
 };
 
@@ -69,6 +69,12 @@ pub mod defaults {
     pub const LOG_MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
     pub const LOG_MAX_FILES: usize = 5;
     pub const LOG_QUEUE_CAPACITY: usize = 4096;
+    pub const JOURNAL_MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
+    pub const JOURNAL_MAX_FILE_AGE: &str = "1h";
+    pub const JOURNAL_MAX_FILES: usize = 24;
+    pub const JOURNAL_QUEUE_CAPACITY: usize = 4096;
+    pub const JOURNAL_INDEX_CAPACITY: usize = 100_000;
+    pub const JOURNAL_INDEX_MAX_AGE: &str = "24h";
     pub const FEEDBACK_MAX_VERDICTS_PER_REQUEST: usize = 256;
     pub const FEEDBACK_QUEUE_CAPACITY: usize = 4096;
     pub const FEEDBACK_QUEUE_MAX_BYTES: usize = 16 * 1024 * 1024;
@@ -185,6 +191,8 @@ pub struct Config {
     pub shadow_cpus: Option<CpuSet>,
     /// Where disagreements go; `None` turns the log off.
     pub disagreement_log: Option<LogConfig>,
+    /// The decision journal; `None` (the default) turns it off.
+    pub journal: Option<JournalConfig>,
     /// Model name -> how to load and run it.
     pub models: BTreeMap<String, ModelConfig>,
     /// Named decision policies (`[policies.NAME]`), for live models and policy-only shadows.

@@ -68,6 +68,8 @@ pub const SHADOW_REVIEWS_TOTAL: &str = "modserve_shadow_reviews_total";
 pub const SHADOW_BREAKER_OPEN: &str = "modserve_shadow_breaker_open";
 pub const SHADOW_BREAKER_TRIPS_TOTAL: &str = "modserve_shadow_breaker_trips_total";
 pub const DISAGREEMENT_LOG_LINES_TOTAL: &str = "modserve_disagreement_log_lines_total";
+pub const JOURNAL_RECORDS_TOTAL: &str = "modserve_journal_records_total";
+pub const JOURNAL_VERDICT_LOOKUPS_TOTAL: &str = "modserve_journal_verdict_lookups_total";
 pub const CONFIG_RELOADS_TOTAL: &str = "modserve_config_reloads_total";
 pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "modserve_config_last_reload_success";
 pub const CONFIG_LAST_RELOAD_TIMESTAMP_SECONDS: &str = "modserve_config_last_reload_timestamp_seconds";
@@ -340,6 +342,14 @@ fn describe_shadow() {
     describe_counter!(
         DISAGREEMENT_LOG_LINES_TOTAL,
         "Disagreement log lines, by outcome: written, dropped_queue_full (the writer fell behind), dropped_io_error."
+    );
+    describe_counter!(
+        JOURNAL_RECORDS_TOTAL,
+        "Decision journal records (one per review, task and decider), by outcome: written, dropped_queue_full (the writer fell behind), dropped_io_error."
+    );
+    describe_counter!(
+        JOURNAL_VERDICT_LOOKUPS_TOTAL,
+        "Verdicts looked up in the decision journal's index, by task and outcome: served (counted against the decision served), not_found or changed (model, policy or text differ; both re-scored)."
     );
     describe_counter!(SHADOW_BREAKER_TRIPS_TOTAL, "Times a shadow's circuit breaker opened, by task and shadow model.");
     describe_gauge!(
@@ -648,6 +658,33 @@ pub fn verdicts_received(task: &str, source: &str, outcome: VerdictOutcome, n: u
     .increment(n as u64);
 }
 
+/// What the decision journal's index knew of a verdict's review.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JournalLookup {
+    /// The decision served for the same text, by the model and policy live now.
+    Served,
+    /// No decision for the (review id, task) in the index.
+    NotFound,
+    /// Served by another model or policy, or for another text.
+    Changed,
+}
+
+impl JournalLookup {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JournalLookup::Served => "served",
+            JournalLookup::NotFound => "not_found",
+            JournalLookup::Changed => "changed",
+        }
+    }
+}
+
+/// Records journal lookups of verdicts (not a hot path: per scored chunk).
+pub fn journal_lookups(task: &str, outcome: JournalLookup, n: usize) {
+    counter!(JOURNAL_VERDICT_LOOKUPS_TOTAL, label::TASK => task.to_string(), label::OUTCOME => outcome.as_str())
+        .increment(n as u64);
+}
+
 /// The verdicts waiting to be scored.
 pub fn feedback_queue(verdicts: usize) {
     gauge!(FEEDBACK_QUEUE_VERDICTS).set(verdicts as f64);
@@ -823,7 +860,7 @@ pub fn process_cpu_capacity(capacity: crate::inference::cpu::Capacity) {
     gauge!(PROCESS_CPU_CAPACITY, label::SOURCE => capacity.source.as_str()).set(capacity.cpus);
 }
 
-/// What became of a disagreement log line.
+/// What became of a JSON-lines record (a disagreement log line, a journal record).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogOutcome {
     Written,
@@ -843,18 +880,26 @@ impl LogOutcome {
     }
 }
 
-/// Handles for the disagreement log's counters.
+/// Handles for a JSON-lines file's counters: the disagreement log's or the journal's.
 pub struct LogMetrics {
     lines: ByVariant<LogOutcome, Counter, 3>,
 }
 
 impl LogMetrics {
+    /// The disagreement log's.
     pub fn new() -> LogMetrics {
         LogMetrics {
             lines: ByVariant::new(
                 LogOutcome::ALL,
                 |o| counter!(DISAGREEMENT_LOG_LINES_TOTAL, label::OUTCOME => o.as_str()),
             ),
+        }
+    }
+
+    /// The decision journal's.
+    pub fn journal() -> LogMetrics {
+        LogMetrics {
+            lines: ByVariant::new(LogOutcome::ALL, |o| counter!(JOURNAL_RECORDS_TOTAL, label::OUTCOME => o.as_str())),
         }
     }
 

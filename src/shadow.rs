@@ -19,7 +19,7 @@ pub mod offload;
 pub mod rate;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use budget::ShadowCpu;
@@ -30,6 +30,7 @@ use crate::error::Error;
 use crate::inference::model::ModelSpec;
 use crate::inference::tokenize::TokenRows;
 use crate::inference::worker::{JobResult, ModelHandle};
+use crate::journal::{ComparedReview, Decider, Journal};
 use crate::metrics::{Role, ShadowMetrics, ShadowOutcome, VerdictMetrics};
 use crate::policy::{Decision, Policy};
 use crate::request::{ReviewInput, text_bytes};
@@ -60,6 +61,8 @@ pub struct ShadowPair {
     /// Moderator verdicts counted against this shadow's decisions.
     pub verdicts: VerdictMetrics,
     log: Option<DisagreementLog>,
+    /// The decision journal, given after loading (`reload`) when one is configured.
+    journal: OnceLock<Journal>,
     /// Live and shadow tokenize identically (same tokenizer file, same length limit), so the
     /// shadow reuses the live token ids.
     reuse_tokens: bool,
@@ -173,6 +176,7 @@ impl ShadowPair {
             metrics,
             verdicts,
             log,
+            journal: OnceLock::new(),
             reuse_tokens,
             cpu: shadow_cpu.filter(|_| !policy_only),
             effective: AtomicU64::new(sample_rate.to_bits()),
@@ -251,6 +255,11 @@ impl ShadowPair {
         } else {
             self.shadow.spec().name.clone()
         }
+    }
+
+    /// Journals this shadow's compared decisions from now on (set once; later calls do nothing).
+    pub fn journal_to(&self, journal: Journal) {
+        let _ = self.journal.set(journal);
     }
 
     /// True when this shadow reuses the live model's token ids.
@@ -399,9 +408,20 @@ impl ShadowPair {
         let live = self.live.spec();
         let shadow = self.shadow.spec();
         let (ln, sn) = (live.labels.len(), shadow.labels.len());
+        let journal = self.journal.get().filter(|j| j.config.include_shadows);
+        let mut journaled = Vec::with_capacity(if journal.is_some() { reviews.len() } else { 0 });
         for i in 0..reviews.len() {
             let (l_scores, s_scores) = (&live_scores[i * ln..(i + 1) * ln], &scores[i * sn..(i + 1) * sn]);
             let s_decision = self.decision_policy.decide(s_scores);
+            if journal.is_some() {
+                journaled.push(ComparedReview {
+                    review_id: reviews[i].id.clone(),
+                    text: reviews[i].model_text.clone(),
+                    live_decision: live_decisions[i],
+                    decision: s_decision,
+                    scores: s_scores.to_vec(),
+                });
+            }
             self.metrics.compared(live_decisions[i], s_decision);
             self.metrics.scores(s_scores);
             for (index, (_, delta)) in
@@ -446,6 +466,15 @@ impl ShadowPair {
                     text: log.config.include_text.then_some(text.as_str()),
                 });
             }
+        }
+        if let Some(journal) = journal {
+            let decider = |model: &Arc<ModelSpec>, policy: &Arc<Policy>| Decider { model: model.clone(), policy: policy.clone() };
+            journal.compared(
+                &self.task,
+                decider(live, &self.live_policy),
+                decider(shadow, &self.decision_policy),
+                journaled,
+            );
         }
     }
 

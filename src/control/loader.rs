@@ -81,6 +81,7 @@ pub fn load(
         tasks,
         models,
         input: InputMetrics::new(&config.monitoring.languages),
+        journal: None,
     };
     Ok(Loaded { state, threads })
 }

@@ -17,6 +17,7 @@ use crate::control::registry::{Registry, ServingState};
 use crate::inference::backend::Backends;
 use crate::inference::model::package::sha256_hex;
 use crate::metrics::{self, ReloadTrigger};
+use crate::journal::Journal;
 use crate::shadow::disagreement::DisagreementLog;
 use crate::shutdown::ShutdownSignal;
 
@@ -39,6 +40,8 @@ pub struct Reloader {
     pub backends: Backends,
     /// Started once at start-up; its settings cannot change by reload.
     pub log: Option<DisagreementLog>,
+    /// The decision journal, likewise; handed to every serving state and its shadows.
+    pub journal: Option<Journal>,
     /// Every worker thread ever started, joined at shutdown.
     pub threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
     /// What the serving state was built from, to skip a reload whose inputs are unchanged.
@@ -183,6 +186,9 @@ impl Reloader {
             Err(errors) => return kept(errors),
         };
         let mut state = loaded.state;
+        if let Some(journal) = &self.journal {
+            attach_journal(&mut state, journal);
+        }
         state.generation = current.as_ref().map_or(1, |c| c.generation + 1);
         state.config_sha256 = sha.clone();
         self.threads.lock().unwrap_or_else(|p| p.into_inner()).extend(loaded.threads);
@@ -302,7 +308,16 @@ pub fn fixed_settings_changed(running: &Config, new: &Config) -> Vec<String> {
     // The files' content is reloaded on its own (`tls::watch`); only where they are is fixed.
     check("tls", changed(&running.tls, &new.tls));
     check("shadow.disagreement_log", changed(&running.disagreement_log, &new.disagreement_log));
+    check("journal", changed(&running.journal, &new.journal));
     errors
+}
+
+/// Gives a freshly loaded serving state, and every shadow in it, the journal.
+fn attach_journal(state: &mut ServingState, journal: &Journal) {
+    for pair in state.tasks.iter().flat_map(|t| &t.shadows) {
+        pair.journal_to(journal.clone());
+    }
+    state.journal = Some(journal.clone());
 }
 
 /// The two values, shown as the config spells them, if they differ.
