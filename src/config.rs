@@ -518,6 +518,36 @@ languages = ["english!"]
     }
 
     #[test]
+    fn the_journal_is_off_by_default_and_its_keys_are_validated() {
+        assert_eq!(parse(GOOD).unwrap().journal, None);
+        let on = parse(&format!("{GOOD}[journal]\npath = \"j/decisions.jsonl\"\n")).unwrap().journal.unwrap();
+        assert_eq!(on.path, Path::new("/etc/modserve/j/decisions.jsonl"));
+        assert!(!on.include_text && on.include_shadows);
+        assert_eq!(on.max_file_age, Duration::from_secs(3600));
+        assert_eq!(on.retention, Duration::ZERO);
+        let text = format!(
+            "{GOOD}[journal]\npath = \"\"\nmax_file_bytes = 10\nmax_file_age = \"10ms\"\nretention = \"soon\"\n\
+             max_files = 0\nqueue_capacity = 0\nindex_capacity = 20000000\n"
+        );
+        let errors = parse(&text).unwrap_err();
+        for key in [
+            "journal.path",
+            "journal.max_file_bytes 10",
+            "journal.max_file_age",
+            "journal.retention \"soon\"",
+            "journal.max_files 0",
+            "journal.queue_capacity 0",
+            "journal.index_capacity 20000000",
+        ] {
+            assert!(errors.iter().any(|e| e.starts_with(key)), "no error for {key}: {errors:#?}");
+        }
+        let errors = parse(&format!("{GOOD}[journal]\npath = \"j\"\nindex_max_age = \"0s\"\n")).unwrap_err();
+        assert!(errors[0].starts_with("journal.index_max_age"), "{errors:?}");
+        let errors = parse(&format!("{GOOD}[journal]\npath = \"j\"\nrotate = true\n")).unwrap_err();
+        assert!(errors[0].contains("rotate"), "{errors:?}");
+    }
+
+    #[test]
     fn no_tasks_is_an_error() {
         let errors = parse("").unwrap_err();
         assert!(errors[0].starts_with("tasks"), "{errors:?}");

@@ -110,7 +110,8 @@ pub fn start<R: Render>(
         pending_lines: 0,
         scratch: Vec::new(),
         ends: Vec::new(),
-        checked: Instant::now(),
+        // Due at once: files left past their retention by the last run go at the first record.
+        checked: Instant::now().checked_sub(AGE_CHECK).unwrap_or_else(Instant::now),
         failures: Failures::default(),
         settings: settings.clone(),
         metrics: metrics.clone(),

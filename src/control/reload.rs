@@ -422,4 +422,21 @@ mod tests {
             assert!(errors[0].starts_with(&format!("{key} cannot change at run time")), "{line}: {errors:?}");
         }
     }
+
+    /// The journal's writer and file are the process's: turning it on, off or elsewhere needs a
+    /// restart.
+    #[test]
+    fn a_reload_changing_the_journal_is_refused_naming_it() {
+        let with = |table: &str| {
+            let text = format!("{table}\n[models.m]\npath = \"m\"\n[tasks.abuse]\nlive = \"m\"\n");
+            Config::parse(&text, Path::new("/srv/modserve.toml"), &Overrides::default()).expect("valid")
+        };
+        let off = with("");
+        let on = with("[journal]\npath = \"j.jsonl\"");
+        for (running, new) in [(&off, &on), (&on, &off), (&on, &with("[journal]\npath = \"k.jsonl\""))] {
+            let errors = fixed_settings_changed(running, new);
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert!(errors[0].starts_with("journal cannot change at run time"), "{errors:?}");
+        }
+    }
 }
