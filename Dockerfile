@@ -8,9 +8,14 @@
 # a new tag. deploy/kubernetes/ runs it; deploy/kubernetes/check.sh checks that the paths below
 # match the config there.
 
+# The base images. Rust 1.92 is the crate's rust-version (Cargo.toml); bookworm matches the runtime
+# stage's glibc. Where no registry is reachable, deploy/image/check.sh makes both from Debian
+# packages and passes them in.
+ARG BUILDER_IMAGE=rust:1.92-bookworm
+ARG RUNTIME_IMAGE=debian:bookworm-slim
+
 # ---- build ----
-# Rust 1.92 is the crate's rust-version (Cargo.toml); bookworm matches the runtime stage's glibc.
-FROM rust:1.92-bookworm AS builder
+FROM ${BUILDER_IMAGE} AS builder
 # scripts/fetch-onnxruntime.sh takes the library from the PyPI onnxruntime wheel with pip.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-pip \
@@ -31,7 +36,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
  && install -m 0755 target/release/modserve /usr/local/bin/modserve
 
 # ---- run ----
-FROM debian:bookworm-slim
+FROM ${RUNTIME_IMAGE}
 ARG ORT_VERSION=1.31.1
 # No packages added: libstdc++ (for ONNX Runtime) and glibc are in the slim image, and so is
 # `sleep` for the Kubernetes preStop hook.

@@ -32,6 +32,7 @@ use crate::serving::grpc::pb::moderation_server::ModerationServer;
 use crate::serving::grpc::{pb, service::ModerationService, transport};
 use crate::serving::tls::{self, Tls};
 use crate::shadow::disagreement::DisagreementLog;
+use crate::shadow::labelling::LabellingQueue;
 use crate::shutdown::{Shutdown, ShutdownSignal};
 
 /// The fully-qualified name health checks use for the Moderation service.
@@ -347,20 +348,25 @@ async fn drain(
 }
 
 /// Waits, at most `grace` each, for the worker threads (their queues closed with the serving
-/// state) and then the writers of the disagreement log and the journal, which the serving
-/// states and shadows held the last handles of: each drains its queue to disk before it exits,
-/// so no record queued before the signal is lost.
-async fn stop_workers(grace: std::time::Duration, threads: WorkerThreads, writers: Vec<std::thread::JoinHandle<()>>) {
+/// state) and then the writers of the disagreement log, the labelling queue and the journal,
+/// which the serving states and shadows held the last handles of: each drains its queue to disk
+/// before it exits, so no record queued before the signal is lost.
+async fn stop_workers(
+    grace: std::time::Duration,
+    threads: WorkerThreads,
+    writer_threads: Vec<std::thread::JoinHandle<()>>,
+) {
     let threads = std::mem::take(&mut *threads.lock().unwrap_or_else(|p| p.into_inner()));
     let _ = tokio::time::timeout(grace, tokio::task::spawn_blocking(move || loader::join_all(threads))).await;
-    for thread in writers {
+    for thread in writer_threads {
         let _ = tokio::time::timeout(grace, tokio::task::spawn_blocking(move || thread.join())).await;
     }
 }
 
 type WorkerThreads = Arc<Mutex<Vec<std::thread::JoinHandle<()>>>>;
 
-/// Sets up ONNX Runtime, the disagreement log and the journal (bound for the process's life), then loads the
+/// Sets up ONNX Runtime, the disagreement log, the labelling queue and the journal (bound for the
+/// process's life; their writer threads are returned), then loads the
 /// start-up config through the same path every reload takes. On blocking threads: file IO and
 /// model loads.
 async fn load(
@@ -378,15 +384,32 @@ async fn load(
                     .map_err(|e| format!("shadow.disagreement_log.path: cannot open {}: {e}", c.path.display()))?,
             ),
         };
+        let labelling = match &setup_config.labelling {
+            None => None,
+            Some(c) => Some(
+                LabellingQueue::start(c.clone())
+                    .map_err(|e| format!("labelling.path: cannot open {}: {e}", c.path.display()))?,
+            ),
+        };
         let journal = start_journal(&setup_config)?;
-        Ok::<_, String>((env, log, journal))
+        Ok::<_, String>((env, log, labelling, journal))
     })
     .await
     .context("start-up panicked")?;
-    let (env, log, journal) = setup.map_err(|e| anyhow::anyhow!(e))?;
-    let (log, log_thread) = log.map_or((None, None), |(l, t)| (Some(l), Some(t)));
-    let (journal, journal_thread) = journal.map_or((None, None), |(j, t)| (Some(j), Some(t)));
-    let writers: Vec<_> = log_thread.into_iter().chain(journal_thread).collect();
+    let (env, log, labelling, journal) = setup.map_err(|e| anyhow::anyhow!(e))?;
+    let mut log_thread = Vec::new();
+    let log = log.map(|(l, t)| {
+        log_thread.push(t);
+        l
+    });
+    let labelling = labelling.map(|(q, t)| {
+        log_thread.push(t);
+        q
+    });
+    let journal = journal.map(|(j, t)| {
+        log_thread.push(t);
+        j
+    });
     let threads = Arc::new(Mutex::new(Vec::new()));
     let reloader = Arc::new(Reloader {
         config_path: config.source.clone(),
@@ -397,6 +420,7 @@ async fn load(
             None => Backends::new(env),
         },
         log,
+        labelling,
         journal,
         threads: threads.clone(),
         applied_inputs: Mutex::new(None),
@@ -412,14 +436,12 @@ async fn load(
     }
     *reloader.applied_inputs.lock().unwrap_or_else(|p| p.into_inner()) = Some(inputs);
     let reloader = Arc::into_inner(reloader).context("reloader still shared after start-up")?;
-    Ok((reloader, writers, threads))
+    Ok((reloader, log_thread, threads))
 }
 
 /// The decision journal, when `[journal]` is configured: opened (a torn last line cut) before
 /// anything is served, so a path it cannot write stops start-up instead of losing records.
 fn start_journal(config: &Config) -> Result<Option<(Journal, std::thread::JoinHandle<()>)>, String> {
     let Some(c) = &config.journal else { return Ok(None) };
-    Journal::start(c.clone())
-        .map(Some)
-        .map_err(|e| format!("journal.path: cannot open {}: {e}", c.path.display()))
+    Journal::start(c.clone()).map(Some).map_err(|e| format!("journal.path: cannot open {}: {e}", c.path.display()))
 }

@@ -86,6 +86,18 @@ pub enum Command {
         /// Also write policy.toml (the snippet) and tune.json into this folder.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// When every label got a proposal, add it to the --config file: the [policies.NAME]
+        /// table and a policy-only shadow of the task at sample_rate 1.0. The edited file is
+        /// checked as the server checks a reload before it replaces the old one (by a rename);
+        /// comments and formatting elsewhere are kept. A running server with
+        /// server.watch_config loads it on its next look at the file.
+        #[arg(long)]
+        apply: bool,
+        /// With --apply: then ask the server at HOST:PORT (its admin.listen, else its
+        /// server.grpc_listen) to load it now with Admin/Reload, with the admin token the config
+        /// names (admin.token_env or admin.token_file). Plaintext only.
+        #[arg(long, value_name = "HOST:PORT", requires = "apply")]
+        reload: Option<String>,
     },
     /// Build the launch-readiness report on one shadow candidate against the live model, from
     /// Prometheus, and decide GO or NO-GO against the launch criteria (`[launch]` in --config).

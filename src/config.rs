@@ -19,8 +19,8 @@ pub use cpus::{CpuListError, CpuSet, MAX_CPUS, allowed_cpus};
 pub use launch::defaults as launch_defaults;
 pub use launch::{LaunchCriteria, RawLaunchCriteria, validate_criteria};
 pub use settings::{
-    BatchPolicy, BreakerPolicy, FeedbackConfig, JournalConfig, LogConfig, NO_SOURCE, OTHER_SOURCE, PolicySpec, ShadowPolicy,
-    Thresholds, TlsConfig, WorkerSettings,
+    BatchPolicy, BreakerPolicy, FeedbackConfig, JournalConfig, LabellingConfig, LogConfig, NO_SOURCE, OTHER_SOURCE,
+    PolicySpec, ShadowPolicy, Thresholds, TlsConfig, WorkerSettings,
 };
 
 use file::RawConfig;
@@ -75,6 +75,10 @@ pub mod defaults {
     pub const JOURNAL_QUEUE_CAPACITY: usize = 4096;
     pub const JOURNAL_INDEX_CAPACITY: usize = 100_000;
     pub const JOURNAL_INDEX_MAX_AGE: &str = "24h";
+    /// Every compared disagreement goes to the labelling queue: they are what a launch hinges on.
+    pub const LABELLING_DISAGREEMENT_RATE: f64 = 1.0;
+    /// A control slice of 1 agreement in 100, so precision and recall cover agreements too.
+    pub const LABELLING_AGREEMENT_RATE: f64 = 0.01;
     pub const FEEDBACK_MAX_VERDICTS_PER_REQUEST: usize = 256;
     pub const FEEDBACK_QUEUE_CAPACITY: usize = 4096;
     pub const FEEDBACK_QUEUE_MAX_BYTES: usize = 16 * 1024 * 1024;
@@ -193,6 +197,8 @@ pub struct Config {
     pub disagreement_log: Option<LogConfig>,
     /// The decision journal; `None` (the default) turns it off.
     pub journal: Option<JournalConfig>,
+    /// The labelling queue (`[labelling]`); `None` turns it off.
+    pub labelling: Option<LabellingConfig>,
     /// Model name -> how to load and run it.
     pub models: BTreeMap<String, ModelConfig>,
     /// Named decision policies (`[policies.NAME]`), for live models and policy-only shadows.
@@ -425,6 +431,30 @@ live = "abuse-v9"
         ] {
             assert!(errors.iter().any(|e| e.starts_with(key)), "no error for {key}: {errors:?}");
         }
+    }
+
+    #[test]
+    fn labelling_is_off_by_default_and_validated_with_its_keys() {
+        assert_eq!(parse(GOOD).unwrap().labelling, None);
+        let c = parse(&format!("{GOOD}\n[labelling]\npath = \"queue/labelling.jsonl\"\n")).unwrap();
+        let l = c.labelling.unwrap();
+        assert_eq!(l.path, Path::new("/etc/modserve/queue/labelling.jsonl"));
+        assert_eq!((l.disagreement_rate, l.agreement_rate), (1.0, 0.01));
+        assert_eq!((l.include_text, l.max_files), (false, defaults::LOG_MAX_FILES));
+        let bad = "[labelling]\npath = \"q.jsonl\"\ndisagreement_rate = 0.0\nagreement_rate = 1.5\n\
+                   max_file_bytes = 100\nmax_files = 0\nqueue_capacity = 0\n";
+        let errors = parse(&format!("{GOOD}\n{bad}")).unwrap_err();
+        for want in [
+            "labelling.disagreement_rate 0: must be above 0 and at most 1",
+            "labelling.agreement_rate 1.5: must be above 0 and at most 1",
+            "labelling.max_file_bytes 100",
+            "labelling.max_files 0",
+            "labelling.queue_capacity 0",
+        ] {
+            assert!(errors.iter().any(|e| e.starts_with(want)), "no {want:?} in {errors:?}");
+        }
+        let nan = parse(&format!("{GOOD}\n[labelling]\npath = \"q\"\nagreement_rate = nan\n")).unwrap_err();
+        assert!(nan.iter().any(|e| e.starts_with("labelling.agreement_rate NaN")), "{nan:?}");
     }
 
     #[test]

@@ -264,14 +264,19 @@ async fn score_chunk(
         }
     };
     let n_live = entry.live.spec().labels.len();
-    for ((v, scores), served) in chunk.iter().zip(live_scores.chunks_exact(n_live)).zip(&served) {
-        let decision = served.as_ref().map_or_else(|| entry.policy.decide(scores), |s| s.decision);
+    // The live decisions: as served where the journal knew them, else from the live scores.
+    let live_decisions: Vec<Decision> = live_scores
+        .chunks_exact(n_live)
+        .zip(&served)
+        .map(|(scores, served)| served.as_ref().map_or_else(|| entry.policy.decide(scores), |s| s.decision))
+        .collect();
+    for (v, &decision) in chunk.iter().zip(&live_decisions) {
         entry.verdicts.count(&v.source, decision, v.human);
     }
     // Shadows on their own workers, all at once; policy-only shadows reuse the live scores.
     let shadows = entry.shadows.iter().map(|pair| {
         let reviews = reviews.clone();
-        let live_scores = &live_scores;
+        let (live_scores, live_decisions) = (&live_scores, &live_decisions);
         async move {
             let scores = if pair.policy_only {
                 Ok(live_scores.clone())
@@ -281,8 +286,11 @@ async fn score_chunk(
             match scores {
                 Ok(scores) => {
                     let n = pair.shadow.spec().labels.len();
-                    for (v, s) in chunk.iter().zip(scores.chunks_exact(n)) {
-                        pair.verdicts.count(&v.source, pair.decision_policy.decide(s), v.human);
+                    for ((v, s), &live) in chunk.iter().zip(scores.chunks_exact(n)).zip(live_decisions) {
+                        let decision = pair.decision_policy.decide(s);
+                        pair.verdicts.count(&v.source, decision, v.human);
+                        // Weighted estimates use only verdicts the labelling queue would pick.
+                        pair.count_labelled(&v.review.id, live, decision, v.human);
                     }
                 }
                 Err(e) => {
@@ -340,7 +348,8 @@ async fn live_scores(
     }
     let missing: Arc<[ReviewInput]> =
         reviews.iter().zip(served).filter(|(_, s)| s.is_none()).map(|(r, _)| r.clone()).collect();
-    let rescored = if missing.is_empty() { Vec::new() } else { run(&entry.live, &missing, deadline, Some(pressure)).await? };
+    let rescored =
+        if missing.is_empty() { Vec::new() } else { run(&entry.live, &missing, deadline, Some(pressure)).await? };
     let n = entry.live.spec().labels.len();
     let mut rescored = rescored.chunks_exact(n);
     let mut scores = Vec::with_capacity(reviews.len() * n);

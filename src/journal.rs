@@ -83,8 +83,8 @@ impl Journal {
             retention: Some(config.retention).filter(|d| !d.is_zero()),
             queue_capacity: config.queue_capacity,
         };
-        let index = (config.index_capacity > 0)
-            .then(|| Arc::new(Index::new(config.index_capacity, config.index_max_age)));
+        let index =
+            (config.index_capacity > 0).then(|| Arc::new(Index::new(config.index_capacity, config.index_max_age)));
         let writer = Writer { include_text: config.include_text, index: index.clone() };
         let (sink, thread) = jsonl::start(settings, writer, LogMetrics::journal())?;
         Ok((Journal { sink, index, config }, thread))
@@ -94,8 +94,12 @@ impl Journal {
     /// and task.
     pub fn served(&self, request_id: &str, reviews: &Arc<[ReviewInput]>, tasks: Vec<ServedTask>) {
         let records = (reviews.len() * tasks.len()) as u64;
-        let message =
-            Message::Served { at: SystemTime::now(), request_id: request_id.to_string(), reviews: reviews.clone(), tasks };
+        let message = Message::Served {
+            at: SystemTime::now(),
+            request_id: request_id.to_string(),
+            reviews: reviews.clone(),
+            tasks,
+        };
         self.sink.send(message, records);
     }
 

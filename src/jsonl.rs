@@ -22,7 +22,7 @@ use crate::metrics::{LogMetrics, LogOutcome};
 /// Where and how a file is written.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Names the writer thread and prefixes its warnings ("disagreement log", "journal").
+    /// Names the writer thread and its warnings ("disagreement-log", "labelling-queue", "journal").
     pub name: &'static str,
     pub path: PathBuf,
     pub max_file_bytes: u64,
@@ -44,9 +44,9 @@ pub trait Render: Send + 'static {
 }
 
 /// Finished lines, queued as they are.
-pub struct Lines;
+pub struct Finished;
 
-impl Render for Lines {
+impl Render for Finished {
     type Message = String;
     fn render(&mut self, message: String, line: &mut dyn FnMut(&[u8])) {
         line(message.as_bytes());
@@ -116,8 +116,7 @@ pub fn start<R: Render>(
         settings: settings.clone(),
         metrics: metrics.clone(),
     };
-    let name = settings.name.replace(' ', "-");
-    let thread = std::thread::Builder::new().name(name).spawn(move || writer.run())?;
+    let thread = std::thread::Builder::new().name(settings.name.into()).spawn(move || writer.run())?;
     Ok((Sink { tx, metrics }, thread))
 }
 
@@ -360,7 +359,7 @@ mod tests {
 
     fn settings(path: PathBuf) -> Settings {
         Settings {
-            name: "test log",
+            name: "test-log",
             path,
             max_file_bytes: 1 << 20,
             max_file_age: None,
@@ -391,7 +390,7 @@ mod tests {
         let path = dir.path().join("j.jsonl");
         let mut s = settings(path.clone());
         s.max_file_age = Some(Duration::from_millis(1));
-        let (sink, thread) = start(s, Lines, LogMetrics::new()).unwrap();
+        let (sink, thread) = start(s, Finished, LogMetrics::new()).unwrap();
         sink.send("{\"n\":1}".to_string(), 1);
         // The idle writer wakes once per AGE_CHECK and rotates the aged file on its own.
         let rotated = PathBuf::from(format!("{}.1", path.display()));
@@ -420,7 +419,7 @@ mod tests {
         std::fs::write(&fresh, "{}\n").unwrap();
         let mut s = settings(path.clone());
         s.retention = Some(Duration::from_secs(3600));
-        let (sink, thread) = start(s, Lines, LogMetrics::new()).unwrap();
+        let (sink, thread) = start(s, Finished, LogMetrics::new()).unwrap();
         sink.send("{}".to_string(), 1);
         drop(sink);
         thread.join().unwrap();

@@ -236,7 +236,7 @@ fn load_models(cli: &Cli) -> Option<(std::sync::Arc<Config>, loader::Loaded)> {
 /// `modserve tune`: thresholds for a task's live model from a labelled file. Exit 0 when every
 /// label got a proposal, 2 when some did not, 1 when it could not run.
 fn tune(cli: &Cli) -> ExitCode {
-    let Some(Command::Tune { labels, task, target, name, min_verdicts, out }) = &cli.command else {
+    let Some(Command::Tune { labels, task, target, name, min_verdicts, out, apply, reload }) = &cli.command else {
         unreachable!("called for the tune subcommand only");
     };
     init_logging(cli.flags.log_format.unwrap_or(LogFormat::Text));
@@ -264,6 +264,11 @@ fn tune(cli: &Cli) -> ExitCode {
                 eprintln!("modserve tune: {message}");
             }
         }
+        if *apply && tuning.complete() {
+            apply_tuning(cli, &config, &tuning, reload.as_deref(), &runtime)?;
+        } else if *apply {
+            eprintln!("modserve tune: not applied: {}", tune::ApplyError::Incomplete);
+        }
         Ok(tuning.complete())
     })();
     drop(state);
@@ -276,6 +281,34 @@ fn tune(cli: &Cli) -> ExitCode {
             failed()
         }
     }
+}
+
+/// `tune --apply` and `--reload`: the proposal into the config file, then into the server.
+fn apply_tuning(
+    cli: &Cli,
+    config: &Config,
+    tuning: &tune::Tuning,
+    reload: Option<&str>,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<(), String> {
+    let path = &cli.flags.config;
+    let applied = tune::apply(path, tuning, &cli.flags.overrides()).map_err(|e| e.to_string())?;
+    eprintln!(
+        "modserve tune: applied to {}: [policies.{}]{} (sha256 {})",
+        path.display(),
+        tuning.name,
+        if applied.shadow_added {
+            format!(" and a policy-only shadow of task {} at sample_rate 1.0", tuning.task)
+        } else {
+            format!("; task {} already had its policy-only shadow", tuning.task)
+        },
+        applied.sha256
+    );
+    if let Some(addr) = reload {
+        let generation = runtime.block_on(tune::reload(addr, config)).map_err(|e| e.to_string())?;
+        eprintln!("modserve tune: {addr} reloaded it: config generation {generation} is serving");
+    }
+    Ok(())
 }
 
 fn report_config_errors(file: &std::path::Path, errors: &[String]) -> ExitCode {

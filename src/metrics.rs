@@ -21,6 +21,7 @@ pub mod label {
     pub const CODE: &str = "code";
     pub const DECISION: &str = "decision";
     pub const HUMAN_DECISION: &str = "human_decision";
+    pub const INCLUSION_PROBABILITY: &str = "inclusion_probability";
     pub const LABEL: &str = "label";
     pub const LANGUAGE: &str = "language";
     pub const LISTENER: &str = "listener";
@@ -101,6 +102,8 @@ pub const SHADOW_CPU_USE: &str = "modserve_shadow_cpu_use";
 pub const PROCESS_CPU_CAPACITY: &str = "modserve_process_cpu_capacity";
 pub const SHADOW_SAMPLE_RATE_CONFIGURED: &str = "modserve_shadow_sample_rate_configured";
 pub const SHADOW_SAMPLE_RATE_EFFECTIVE: &str = "modserve_shadow_sample_rate_effective";
+pub const LABELLING_QUEUE_ENTRIES_TOTAL: &str = "modserve_labelling_queue_entries_total";
+pub const LABELLED_VERDICTS_TOTAL: &str = "modserve_labelled_verdicts_total";
 
 /// Latency buckets in seconds: 50 us to 5 s, dense below 10 ms where a healthy server lives.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -391,6 +394,14 @@ fn describe_feedback() {
         "Verdicts one model could not score (inference failed or shed), so its confusion counts miss them, by task, model, role and policy."
     );
     describe_gauge!(FEEDBACK_QUEUE_VERDICTS, "Verdicts accepted and waiting to be scored.");
+    describe_counter!(
+        LABELLING_QUEUE_ENTRIES_TOTAL,
+        "Labelling queue entries (compared reviews sampled for moderators), by outcome: written, dropped_queue_full (the writer fell behind), dropped_io_error."
+    );
+    describe_counter!(
+        LABELLED_VERDICTS_TOTAL,
+        "Verdicts on reviews the labelling queue selects for a shadow pair, by task, both models, versions and policies, the review's inclusion_probability (weight = 1 / it), live_decision, shadow_decision and human_decision."
+    );
 }
 
 /// The build, the config and its reloads, model loading, CPU capacity.
@@ -621,6 +632,43 @@ impl VerdictMetrics {
     pub fn count(&self, source: &str, model: Decision, human: Decision) {
         let i = self.sources.iter().position(|s| s == source).unwrap_or(self.sources.len() - 1);
         self.counts[i][(model, human)].increment(1);
+    }
+}
+
+/// Pre-registered counters of verdicts on reviews the labelling queue selects for one shadow
+/// pair, `[live][shadow][human]` decision, each series labelled with the inclusion probability
+/// its stratum has (agreement on the diagonal, disagreement off it), so the report can weight
+/// it without knowing the config. All at 0 from the start, as `VerdictMetrics`.
+pub struct LabelledVerdictMetrics {
+    counts: [Confusion<Counter>; 3],
+}
+
+/// Both sides of a shadow pair: each model and the policy it decides with.
+pub type PairSides<'a> = ((&'a ModelSpec, &'a Policy), (&'a ModelSpec, &'a Policy));
+
+impl LabelledVerdictMetrics {
+    /// `inclusion(agree)` is the inclusion probability of a review where live and shadow agree
+    /// (`true`) or disagree (`false`).
+    pub fn new(task: &str, sides: PairSides<'_>, inclusion: impl Fn(bool) -> f64) -> LabelledVerdictMetrics {
+        let ((live, live_policy), (shadow, shadow_policy)) = sides;
+        let counts = Decision::ALL.map(|l| {
+            Confusion::from_fn(|s, h| {
+                let p = inclusion(l == s).to_string();
+                counter!(LABELLED_VERDICTS_TOTAL, label::TASK => task.to_string(),
+                    label::LIVE_MODEL => live.name.clone(), label::LIVE_VERSION => live.version.clone(),
+                    label::LIVE_POLICY => live_policy.name.clone(), label::LIVE_POLICY_VERSION => live_policy.version.clone(),
+                    label::SHADOW_MODEL => shadow.name.clone(), label::SHADOW_VERSION => shadow.version.clone(),
+                    label::SHADOW_POLICY => shadow_policy.name.clone(),
+                    label::SHADOW_POLICY_VERSION => shadow_policy.version.clone(),
+                    label::INCLUSION_PROBABILITY => p, label::LIVE_DECISION => l.as_str(),
+                    label::SHADOW_DECISION => s.as_str(), label::HUMAN_DECISION => h.as_str())
+            })
+        });
+        LabelledVerdictMetrics { counts }
+    }
+
+    pub fn count(&self, live: Decision, shadow: Decision, human: Decision) {
+        self.counts[live.index()][(shadow, human)].increment(1);
     }
 }
 
@@ -886,21 +934,23 @@ pub struct LogMetrics {
 }
 
 impl LogMetrics {
-    /// The disagreement log's.
+    /// The disagreement log's lines.
     pub fn new() -> LogMetrics {
-        LogMetrics {
-            lines: ByVariant::new(
-                LogOutcome::ALL,
-                |o| counter!(DISAGREEMENT_LOG_LINES_TOTAL, label::OUTCOME => o.as_str()),
-            ),
-        }
+        LogMetrics::named(DISAGREEMENT_LOG_LINES_TOTAL)
     }
 
-    /// The decision journal's.
+    /// The labelling queue's entries.
+    pub fn labelling() -> LogMetrics {
+        LogMetrics::named(LABELLING_QUEUE_ENTRIES_TOTAL)
+    }
+
+    fn named(name: &'static str) -> LogMetrics {
+        LogMetrics { lines: ByVariant::new(LogOutcome::ALL, |o| counter!(name, label::OUTCOME => o.as_str())) }
+    }
+
+    /// The decision journal's records.
     pub fn journal() -> LogMetrics {
-        LogMetrics {
-            lines: ByVariant::new(LogOutcome::ALL, |o| counter!(JOURNAL_RECORDS_TOTAL, label::OUTCOME => o.as_str())),
-        }
+        LogMetrics::named(JOURNAL_RECORDS_TOTAL)
     }
 
     pub fn count(&self, outcome: LogOutcome) {

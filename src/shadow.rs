@@ -15,11 +15,12 @@ pub mod breaker;
 pub mod budget;
 pub mod compare;
 pub mod disagreement;
+pub mod labelling;
 pub mod offload;
 pub mod rate;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use budget::ShadowCpu;
@@ -31,12 +32,13 @@ use crate::inference::model::ModelSpec;
 use crate::inference::tokenize::TokenRows;
 use crate::inference::worker::{JobResult, ModelHandle};
 use crate::journal::{ComparedReview, Decider, Journal};
-use crate::metrics::{Role, ShadowMetrics, ShadowOutcome, VerdictMetrics};
+use crate::metrics::{LabelledVerdictMetrics, Role, ShadowMetrics, ShadowOutcome, VerdictMetrics};
 use crate::policy::{Decision, Policy};
 use crate::request::{ReviewInput, text_bytes};
 use crate::shadow::breaker::Breaker;
 use compare::Direction;
 use disagreement::DisagreementLog;
+use labelling::{Design, LabellingQueue, Stratum};
 
 /// How often a shadow's effective sample rate is reconsidered.
 pub const TICK: Duration = Duration::from_secs(1);
@@ -61,8 +63,10 @@ pub struct ShadowPair {
     /// Moderator verdicts counted against this shadow's decisions.
     pub verdicts: VerdictMetrics,
     log: Option<DisagreementLog>,
-    /// The decision journal, given after loading (`reload`) when one is configured.
-    journal: OnceLock<Journal>,
+    /// The decision journal, when `[journal]` is set: compared decisions are written to it.
+    journal: Option<Journal>,
+    /// The labelling queue, this pair's design for it, and the verdicts on reviews it picks.
+    labelling: Option<Labelling>,
     /// Live and shadow tokenize identically (same tokenizer file, same length limit), so the
     /// shadow reuses the live token ids.
     reuse_tokens: bool,
@@ -76,6 +80,13 @@ pub struct ShadowPair {
     shed: AtomicU64,
     /// Locked only by the tick (`try_lock`: a request that finds it busy just goes on).
     controller: Mutex<Controller>,
+}
+
+/// A pair's part in the labelling queue.
+struct Labelling {
+    queue: LabellingQueue,
+    design: Design,
+    verdicts: LabelledVerdictMetrics,
 }
 
 /// The rate controller and the cumulative figures its last tick saw.
@@ -101,6 +112,10 @@ pub struct PairSpec {
     pub verdict_sources: Vec<String>,
     /// The server's shadow CPU budget and accounting.
     pub shadow_cpu: Option<Arc<ShadowCpu>>,
+    /// The labelling queue, when `[labelling]` is set.
+    pub labelling: Option<LabellingQueue>,
+    /// The decision journal, when `[journal]` is set.
+    pub journal: Option<Journal>,
 }
 
 /// Salt of the disagreement log's own sampling, independent of every shadow's.
@@ -141,6 +156,8 @@ impl ShadowPair {
             record_scores,
             verdict_sources,
             shadow_cpu,
+            labelling,
+            journal,
         } = spec;
         let policy_only = Arc::ptr_eq(live.spec(), shadow.spec());
         let metrics = ShadowMetrics::new(
@@ -151,6 +168,15 @@ impl ShadowPair {
             record_scores && !policy_only,
         );
         let verdicts = VerdictMetrics::new(task, shadow.spec(), Role::Shadow, &shadow_policy, &verdict_sources);
+        let labelling = labelling.map(|queue| {
+            let design = Design::new(sample_rate, &queue.config);
+            let sides =
+                ((live.spec().as_ref(), live_policy.as_ref()), (shadow.spec().as_ref(), shadow_policy.as_ref()));
+            let verdicts = LabelledVerdictMetrics::new(task, sides, |agree| {
+                design.inclusion_probability(if agree { Stratum::Agreement } else { Stratum::Disagreement })
+            });
+            Labelling { queue, design, verdicts }
+        });
         let reuse_tokens = live.spec().tokenizer_sha256 == shadow.spec().tokenizer_sha256
             && live.spec().max_sequence_length == shadow.spec().max_sequence_length;
         metrics.rate_configured.set(sample_rate);
@@ -176,7 +202,8 @@ impl ShadowPair {
             metrics,
             verdicts,
             log,
-            journal: OnceLock::new(),
+            journal,
+            labelling,
             reuse_tokens,
             cpu: shadow_cpu.filter(|_| !policy_only),
             effective: AtomicU64::new(sample_rate.to_bits()),
@@ -255,11 +282,6 @@ impl ShadowPair {
         } else {
             self.shadow.spec().name.clone()
         }
-    }
-
-    /// Journals this shadow's compared decisions from now on (set once; later calls do nothing).
-    pub fn journal_to(&self, journal: Journal) {
-        let _ = self.journal.set(journal);
     }
 
     /// True when this shadow reuses the live model's token ids.
@@ -403,12 +425,13 @@ impl ShadowPair {
     }
 
     /// Compares the shadow's scores for `reviews` with the live answers and records the result:
-    /// the decision matrix, score deltas, flips and (sampled) disagreement log lines.
+    /// the decision matrix, score deltas, flips, (sampled) disagreement log lines and, with the
+    /// journal on, one journal line per review.
     fn compare(&self, reviews: &[ReviewInput], live_scores: &[f32], live_decisions: &[Decision], scores: &[f32]) {
         let live = self.live.spec();
         let shadow = self.shadow.spec();
         let (ln, sn) = (live.labels.len(), shadow.labels.len());
-        let journal = self.journal.get().filter(|j| j.config.include_shadows);
+        let journal = self.journal.as_ref().filter(|j| j.config.include_shadows);
         let mut journaled = Vec::with_capacity(if journal.is_some() { reviews.len() } else { 0 });
         for i in 0..reviews.len() {
             let (l_scores, s_scores) = (&live_scores[i * ln..(i + 1) * ln], &scores[i * sn..(i + 1) * sn]);
@@ -439,21 +462,6 @@ impl ShadowPair {
                 && let Some(log) = &self.log
                 && sampled(&reviews[i].id, DISAGREEMENT_LOG_SALT, log.config.sample_rate)
             {
-                fn side<'a>(
-                    spec: &'a ModelSpec,
-                    policy: &'a Policy,
-                    decision: Decision,
-                    scores: &[f32],
-                ) -> disagreement::Side<'a> {
-                    disagreement::Side {
-                        model: &spec.name,
-                        version: &spec.version,
-                        policy: &policy.name,
-                        policy_version: &policy.version,
-                        decision: decision.as_str(),
-                        scores: spec.labels.iter().map(String::as_str).zip(scores.iter().copied()).collect(),
-                    }
-                }
                 let text = &reviews[i].model_text;
                 log.write(&disagreement::Entry {
                     time: disagreement::now_rfc3339(),
@@ -466,15 +474,56 @@ impl ShadowPair {
                     text: log.config.include_text.then_some(text.as_str()),
                 });
             }
+            self.queue_for_labelling(&reviews[i], (live_decisions[i], l_scores), (s_decision, s_scores), direction);
         }
         if let Some(journal) = journal {
-            let decider = |model: &Arc<ModelSpec>, policy: &Arc<Policy>| Decider { model: model.clone(), policy: policy.clone() };
+            let decider =
+                |model: &Arc<ModelSpec>, policy: &Arc<Policy>| Decider { model: model.clone(), policy: policy.clone() };
             journal.compared(
                 &self.task,
                 decider(live, &self.live_policy),
                 decider(shadow, &self.decision_policy),
                 journaled,
             );
+        }
+    }
+
+    /// Writes a compared review to the labelling queue when the pair's design picks it.
+    fn queue_for_labelling(
+        &self,
+        review: &ReviewInput,
+        (l_decision, l_scores): (Decision, &[f32]),
+        (s_decision, s_scores): (Decision, &[f32]),
+        direction: Direction,
+    ) {
+        let Some(labelling) = &self.labelling else { return };
+        let stratum = Stratum::of(direction);
+        if !labelling.design.picks(&review.id, &self.salt, stratum) {
+            return;
+        }
+        let text = &review.model_text;
+        labelling.queue.write(&labelling::Entry {
+            time: disagreement::now_rfc3339(),
+            task: &self.task,
+            review_id: &review.id,
+            stratum: stratum.as_str(),
+            inclusion_probability: labelling.design.inclusion_probability(stratum),
+            direction: labelling::direction_name(direction),
+            live: side(self.live.spec(), &self.live_policy, l_decision, l_scores),
+            shadow: side(self.shadow.spec(), &self.decision_policy, s_decision, s_scores),
+            text_sha256: crate::inference::model::package::sha256_hex(text.as_bytes()),
+            text: labelling.queue.config.include_text.then_some(text.as_str()),
+        });
+    }
+
+    /// Counts a verdict on `review_id` against this pair's labelling design, given live's and
+    /// this shadow's decisions on it (scored by the feedback path): only when the queue would
+    /// have picked the review, so the count is a sample with known inclusion probabilities.
+    pub fn count_labelled(&self, review_id: &str, live: Decision, shadow: Decision, human: Decision) {
+        let Some(labelling) = &self.labelling else { return };
+        let stratum = Stratum::of(Direction::of(live, shadow));
+        if labelling.design.picks(review_id, &self.salt, stratum) {
+            labelling.verdicts.count(live, shadow, human);
         }
     }
 
@@ -534,6 +583,18 @@ impl Offered {
                 .collect(),
             live_decisions: picked.iter().map(|&i| live_decisions[i]).collect(),
         }
+    }
+}
+
+/// One model's side of a logged comparison.
+fn side<'a>(spec: &'a ModelSpec, policy: &'a Policy, decision: Decision, scores: &[f32]) -> disagreement::Side<'a> {
+    disagreement::Side {
+        model: &spec.name,
+        version: &spec.version,
+        policy: &policy.name,
+        policy_version: &policy.version,
+        decision: decision.as_str(),
+        scores: spec.labels.iter().map(String::as_str).zip(scores.iter().copied()).collect(),
     }
 }
 

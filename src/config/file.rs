@@ -25,6 +25,7 @@ pub(super) struct RawConfig {
     pub(super) journal: Option<RawJournal>,
     pub(super) monitoring: RawMonitoring,
     pub(super) launch: super::RawLaunchCriteria,
+    pub(super) labelling: Option<RawLabelling>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -176,6 +177,18 @@ pub(super) struct RawJournal {
     pub(super) queue_capacity: Option<usize>,
     pub(super) index_capacity: Option<usize>,
     pub(super) index_max_age: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLabelling {
+    pub(super) path: PathBuf,
+    pub(super) disagreement_rate: Option<f64>,
+    pub(super) agreement_rate: Option<f64>,
+    pub(super) include_text: Option<bool>,
+    pub(super) max_file_bytes: Option<u64>,
+    pub(super) max_files: Option<usize>,
+    pub(super) queue_capacity: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -113,6 +113,24 @@ pub struct JournalConfig {
     pub index_max_age: Duration,
 }
 
+/// Settings (the `[labelling]` table): which compared reviews go to the labelling queue, and
+/// its file. See `shadow::labelling`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LabellingConfig {
+    pub path: PathBuf,
+    /// Share of compared disagreements queued (by a hash of the review id), in (0, 1].
+    pub disagreement_rate: f64,
+    /// Share of compared agreements queued (the control slice), in (0, 1]: never 0, or
+    /// agreements could not be estimated at all.
+    pub agreement_rate: f64,
+    /// Write the review text itself; otherwise only its sha256.
+    pub include_text: bool,
+    pub max_file_bytes: u64,
+    /// Files kept: the live one plus `max_files - 1` rotated ones (`.1` is the newest).
+    pub max_files: usize,
+    pub queue_capacity: usize,
+}
+
 /// Settings (the `[feedback]` table).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct FeedbackConfig {

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::file::{
-    RawAdmin, RawBatching, RawConfig, RawJournal, RawLimits, RawLog, RawMonitoring, RawPolicy, RawServer, RawShadowPolicy, RawTask,
-    RawTls,
+    RawAdmin, RawBatching, RawConfig, RawJournal, RawLabelling, RawLimits, RawLog, RawMonitoring, RawPolicy, RawServer,
+    RawShadowPolicy, RawTask, RawTls,
 };
 use super::*;
 
@@ -35,6 +35,7 @@ pub(super) fn validate(
     let journal = raw.journal.as_ref().map(|j| journal(&mut errors, j, base));
     let launch = validate_criteria(&raw.launch, &mut errors);
     let monitoring = monitoring(&mut errors, &raw.monitoring);
+    let labelling = raw.labelling.as_ref().map(|l| labelling(&mut errors, l, base));
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -52,6 +53,7 @@ pub(super) fn validate(
         shadow_cpus,
         disagreement_log,
         journal,
+        labelling,
         models,
         policies,
         tasks,
@@ -516,6 +518,36 @@ fn journal(errors: &mut Vec<String>, j: &RawJournal, base: &Path) -> JournalConf
     }
     if config.index_capacity > 0 && config.index_max_age.is_zero() {
         errors.push("journal.index_max_age 0s: must be positive while journal.index_capacity is".to_string());
+    }
+    config
+}
+
+/// `[labelling]`.
+fn labelling(errors: &mut Vec<String>, l: &RawLabelling, base: &Path) -> LabellingConfig {
+    let config = LabellingConfig {
+        path: base.join(&l.path),
+        disagreement_rate: l.disagreement_rate.unwrap_or(defaults::LABELLING_DISAGREEMENT_RATE),
+        agreement_rate: l.agreement_rate.unwrap_or(defaults::LABELLING_AGREEMENT_RATE),
+        include_text: l.include_text.unwrap_or(false),
+        max_file_bytes: l.max_file_bytes.unwrap_or(defaults::LOG_MAX_FILE_BYTES),
+        max_files: l.max_files.unwrap_or(defaults::LOG_MAX_FILES),
+        queue_capacity: l.queue_capacity.unwrap_or(defaults::LOG_QUEUE_CAPACITY),
+    };
+    // A rate of 0 would give its reviews no chance of a label, and their weight (1 / rate) no
+    // value: the estimates would silently leave them out.
+    for (key, rate) in [("disagreement_rate", config.disagreement_rate), ("agreement_rate", config.agreement_rate)] {
+        if !(rate > 0.0 && rate <= 1.0) {
+            errors.push(format!("labelling.{key} {rate}: must be above 0 and at most 1"));
+        }
+    }
+    if config.max_file_bytes < 4096 {
+        errors.push(format!("labelling.max_file_bytes {}: must be at least 4096", config.max_file_bytes));
+    }
+    if !(1..=1000).contains(&config.max_files) {
+        errors.push(format!("labelling.max_files {}: must be 1..=1000", config.max_files));
+    }
+    if !(1..=1_000_000).contains(&config.queue_capacity) {
+        errors.push(format!("labelling.queue_capacity {}: must be 1..=1000000", config.queue_capacity));
     }
     config
 }

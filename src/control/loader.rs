@@ -13,11 +13,23 @@ use crate::control::registry::{LoadedModel, ServingState, TaskEntry};
 use crate::inference::backend::Backends;
 use crate::inference::model::{ModelSpec, Package};
 use crate::inference::worker::{self, WorkerSettings};
+use crate::journal::Journal;
 use crate::metrics::{self, InputMetrics, Role, TaskMetrics, VerdictMetrics};
 use crate::policy::Policy;
 use crate::shadow::budget::ShadowCpu;
 use crate::shadow::disagreement::DisagreementLog;
+use crate::shadow::labelling::LabellingQueue;
 use crate::shadow::{PairSpec, ShadowPair};
+
+/// The files shadows (and, for the journal, live decisions) write to, started once per process
+/// and shared by every state.
+#[derive(Clone, Copy, Default)]
+pub struct Writers<'a> {
+    pub log: Option<&'a DisagreementLog>,
+    pub labelling: Option<&'a LabellingQueue>,
+    /// The decision journal: the serving state's, for live decisions, and its shadows'.
+    pub journal: Option<&'a Journal>,
+}
 
 /// A loaded state and the threads of the workers it started (joined at shutdown).
 pub struct Loaded {
@@ -33,6 +45,17 @@ pub fn load(
     backends: &Backends,
     all_models: bool,
     log: Option<&DisagreementLog>,
+    previous: Option<&ServingState>,
+) -> Result<Loaded, Vec<String>> {
+    load_with(config, backends, all_models, Writers { log, labelling: None, journal: None }, previous)
+}
+
+/// `load`, with every writer the shadows may use (the labelling queue too).
+pub fn load_with(
+    config: &Arc<Config>,
+    backends: &Backends,
+    all_models: bool,
+    writers: Writers<'_>,
     previous: Option<&ServingState>,
 ) -> Result<Loaded, Vec<String>> {
     let mut errors = Vec::new();
@@ -57,7 +80,7 @@ pub fn load(
     let tasks: Vec<TaskEntry> = config
         .tasks
         .iter()
-        .filter_map(|task| task_entry(&mut errors, config, task, &models, &shadow_cpu, log))
+        .filter_map(|task| task_entry(&mut errors, config, task, &models, &shadow_cpu, writers))
         .collect();
     if !errors.is_empty() {
         // Dropping the new handles closes their queues, so new threads exit promptly; reused
@@ -81,7 +104,7 @@ pub fn load(
         tasks,
         models,
         input: InputMetrics::new(&config.monitoring.languages),
-        journal: None,
+        journal: writers.journal.cloned(),
     };
     Ok(Loaded { state, threads })
 }
@@ -169,7 +192,7 @@ fn task_entry(
     task: &TaskConfig,
     models: &BTreeMap<String, LoadedModel>,
     shadow_cpu: &Arc<ShadowCpu>,
-    log: Option<&DisagreementLog>,
+    writers: Writers<'_>,
 ) -> Option<TaskEntry> {
     // A model for another task is refused here.
     let answers = |errors: &mut Vec<String>, key: &str, model: &str| {
@@ -204,8 +227,10 @@ fn task_entry(
             record_scores: !task.shadows[..i].iter().any(|o| o.model == sh.model),
             verdict_sources: config.feedback.sources.clone(),
             shadow_cpu: Some(shadow_cpu.clone()),
+            labelling: writers.labelling.cloned(),
+            journal: writers.journal.cloned(),
         };
-        pairs.push(Arc::new(ShadowPair::new(&task.name, spec, config.shadow, log.cloned())));
+        pairs.push(Arc::new(ShadowPair::new(&task.name, spec, config.shadow, writers.log.cloned())));
     }
     let spec = live.handle.spec();
     Some(TaskEntry {

@@ -16,9 +16,10 @@ use crate::control::loader;
 use crate::control::registry::{Registry, ServingState};
 use crate::inference::backend::Backends;
 use crate::inference::model::package::sha256_hex;
-use crate::metrics::{self, ReloadTrigger};
 use crate::journal::Journal;
+use crate::metrics::{self, ReloadTrigger};
 use crate::shadow::disagreement::DisagreementLog;
+use crate::shadow::labelling::LabellingQueue;
 use crate::shutdown::ShutdownSignal;
 
 /// The result of one reload attempt.
@@ -40,8 +41,10 @@ pub struct Reloader {
     pub backends: Backends,
     /// Started once at start-up; its settings cannot change by reload.
     pub log: Option<DisagreementLog>,
-    /// The decision journal, likewise; handed to every serving state and its shadows.
+    /// The decision journal, likewise.
     pub journal: Option<Journal>,
+    /// The labelling queue, likewise.
+    pub labelling: Option<LabellingQueue>,
     /// Every worker thread ever started, joined at shutdown.
     pub threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
     /// What the serving state was built from, to skip a reload whose inputs are unchanged.
@@ -181,14 +184,16 @@ impl Reloader {
                 return kept(fixed);
             }
         }
-        let loaded = match loader::load(&config, &self.backends, false, self.log.as_ref(), current.as_deref()) {
+        let writers = loader::Writers {
+            log: self.log.as_ref(),
+            labelling: self.labelling.as_ref(),
+            journal: self.journal.as_ref(),
+        };
+        let loaded = match loader::load_with(&config, &self.backends, false, writers, current.as_deref()) {
             Ok(l) => l,
             Err(errors) => return kept(errors),
         };
         let mut state = loaded.state;
-        if let Some(journal) = &self.journal {
-            attach_journal(&mut state, journal);
-        }
         state.generation = current.as_ref().map_or(1, |c| c.generation + 1);
         state.config_sha256 = sha.clone();
         self.threads.lock().unwrap_or_else(|p| p.into_inner()).extend(loaded.threads);
@@ -309,15 +314,8 @@ pub fn fixed_settings_changed(running: &Config, new: &Config) -> Vec<String> {
     check("tls", changed(&running.tls, &new.tls));
     check("shadow.disagreement_log", changed(&running.disagreement_log, &new.disagreement_log));
     check("journal", changed(&running.journal, &new.journal));
+    check("labelling", changed(&running.labelling, &new.labelling));
     errors
-}
-
-/// Gives a freshly loaded serving state, and every shadow in it, the journal.
-fn attach_journal(state: &mut ServingState, journal: &Journal) {
-    for pair in state.tasks.iter().flat_map(|t| &t.shadows) {
-        pair.journal_to(journal.clone());
-    }
-    state.journal = Some(journal.clone());
 }
 
 /// The two values, shown as the config spells them, if they differ.

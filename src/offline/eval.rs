@@ -261,6 +261,7 @@ fn report_input(
         candidate_errors: 0,
         candidate_batches: 0,
         verdicts: Some(verdicts),
+        labelled: Vec::new(),
         disagreements: None,
         notes: vec![format!(
             "Offline evaluation: {n} labelled reviews of task {} from {}; the labels stand in for moderator verdicts. \

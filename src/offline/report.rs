@@ -6,8 +6,9 @@
 //! - `input`: `ReportInput`, the plain numbers a report is built from. Two producers fill it:
 //!   `fetch` (Prometheus, through the blocking client in `prometheus`, plus the
 //!   disagreement log through `disagreements`) and the offline evaluator.
-//! - `stats` (proportions, Wilson intervals) and `derived` (coverage, agreement, precision and
-//!   recall, score-delta distributions): pure functions of the input.
+//! - `stats` (proportions, Wilson intervals), `derived` (coverage, agreement, precision and
+//!   recall, score-delta distributions) and `weighted` (precision and recall from the labelling
+//!   queue's verdicts, weighted by inverse inclusion probability): pure functions of the input.
 //! - `criteria`: the `[launch]` table, its validation, and the GO / NO-GO evaluation.
 //! - `markdown`, `html` (with hand-written SVG charts from `svg`) and JSON: the renderings,
 //!   sharing number formats from `format`.
@@ -27,6 +28,7 @@ mod markdown;
 mod prometheus;
 mod stats;
 mod svg;
+mod weighted;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -40,10 +42,12 @@ pub use derived::{
 pub use error::ReportError;
 pub use fetch::{FetchArgs, fetch};
 pub use input::{
-    Disagreement, DisagreementSummary, Latency, Quantiles, ReportInput, Source, Subject, Verdicts, cumulative_buckets,
+    Disagreement, DisagreementSummary, LabelledCell, Latency, Quantiles, ReportInput, Source, Subject, Verdicts,
+    cumulative_buckets,
 };
 pub use prometheus::{Access, AccessError, Credentials, QueryError, Secret};
 pub use stats::Estimate;
+pub use weighted::{WeightedAccuracy, WeightedEstimate, WeightedModelAccuracy, WeightedPrecisionRecall};
 
 /// Exit status of `modserve report`: every checked criterion passed.
 pub const EXIT_GO: u8 = 0;

@@ -12,9 +12,11 @@
 //!
 //! - `solve`: the pure solver over one label's scores (precision by Wilson lower bound, volume).
 //! - `render`: the TOML snippet and `tune.json`.
+//! - `apply`: `--apply` (the snippet written into the config file) and `--reload` (Admin/Reload).
 //!
 //! `tune` scores the live model with `eval`'s machinery and hands the scores to `solve_task`.
 
+mod apply;
 mod render;
 mod solve;
 
@@ -22,6 +24,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+pub use apply::{Applied, ApplyError, ReloadError, apply, reload};
 pub use render::{JSON_FILE, TOML_FILE, json, refusal_message, toml};
 pub use solve::{Counts, Point, PrecisionSolution, lowest_precise, matching_volume};
 

@@ -4,18 +4,19 @@
 //! rotate at a size bound and only the newest few are kept.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::thread::JoinHandle;
 use std::time::SystemTime;
 
 use serde::Serialize;
 
 pub use crate::config::LogConfig;
-use crate::jsonl::{self, Lines, Sink};
-use crate::metrics::LogMetrics;
+use crate::jsonl::{self, Finished, Sink};
 #[cfg(test)]
 use crate::metrics::DISAGREEMENT_LOG_LINES_TOTAL;
+use crate::metrics::LogMetrics;
 #[cfg(test)]
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// One model's side of a disagreement.
 #[derive(Debug, Serialize)]
@@ -47,8 +48,7 @@ pub struct Entry<'a> {
 /// The cheap, cloneable front door; the writer thread exits once every handle is dropped.
 #[derive(Clone)]
 pub struct DisagreementLog {
-    /// Finished lines, to the shared JSON-lines writer (`jsonl`).
-    sink: Sink<String>,
+    lines: Lines,
     pub config: LogConfig,
 }
 
@@ -60,21 +60,59 @@ pub fn now_rfc3339() -> String {
 impl DisagreementLog {
     /// Opens (creating folders as needed) and starts the writer thread.
     pub fn start(config: LogConfig) -> std::io::Result<(DisagreementLog, JoinHandle<()>)> {
-        let settings = jsonl::Settings {
-            name: "disagreement log",
+        let files = Files {
             path: config.path.clone(),
             max_file_bytes: config.max_file_bytes,
-            max_file_age: None,
             max_files: config.max_files,
-            retention: None,
             queue_capacity: config.queue_capacity,
         };
-        let (sink, thread) = jsonl::start(settings, Lines, LogMetrics::new())?;
-        Ok((DisagreementLog { sink, config }, thread))
+        let (lines, thread) = Lines::start("disagreement-log", files, LogMetrics::new())?;
+        Ok((DisagreementLog { lines, config }, thread))
     }
 
     /// Queues one entry; drops and counts it if the writer is behind.
     pub fn write(&self, entry: &Entry<'_>) {
+        self.lines.write(entry);
+    }
+}
+
+/// Where a JSON-lines file goes and how far it may grow: the disagreement log's and the
+/// labelling queue's settings alike.
+#[derive(Debug, Clone)]
+pub struct Files {
+    pub path: PathBuf,
+    pub max_file_bytes: u64,
+    pub max_files: usize,
+    pub queue_capacity: usize,
+}
+
+/// A JSON-lines file of finished lines (the disagreement log, the labelling queue), written by
+/// the shared writer (`jsonl`); cheap to clone, and the thread exits once every handle is dropped.
+#[derive(Clone)]
+pub struct Lines {
+    /// Bounded; a slow disk sheds lines instead of blocking a shadow worker.
+    sink: Sink<String>,
+}
+
+impl Lines {
+    /// Opens `files.path` (creating folders as needed, cutting a torn last line) and starts the
+    /// writer thread, named `name` (also how its warnings name the file).
+    pub fn start(name: &'static str, files: Files, metrics: LogMetrics) -> std::io::Result<(Lines, JoinHandle<()>)> {
+        let settings = jsonl::Settings {
+            name,
+            path: files.path,
+            max_file_bytes: files.max_file_bytes,
+            max_file_age: None,
+            max_files: files.max_files,
+            retention: None,
+            queue_capacity: files.queue_capacity,
+        };
+        let (sink, thread) = jsonl::start(settings, Finished, metrics)?;
+        Ok((Lines { sink }, thread))
+    }
+
+    /// Queues one entry as a line; drops and counts it if the writer is behind.
+    pub fn write(&self, entry: &impl Serialize) {
         match serde_json::to_string(entry) {
             Ok(line) => self.sink.send(line, 1),
             Err(_) => self.sink.dropped(1),

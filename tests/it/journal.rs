@@ -104,8 +104,11 @@ async fn a_classify_call_is_journaled_per_review_and_task_with_the_text_hashed()
         }
     }
     // The shadow's decisions, from the golden scores of tiny-abuse-v2.
-    let golden: HashMap<String, String> =
-        golden().into_iter().filter(|g| g.model == "tiny-abuse-v2").map(|g| (g.text, g.decision.to_lowercase())).collect();
+    let golden: HashMap<String, String> = golden()
+        .into_iter()
+        .filter(|g| g.model == "tiny-abuse-v2")
+        .map(|g| (g.text, g.decision.to_lowercase()))
+        .collect();
     for (result, text) in answer.results.iter().zip(texts) {
         let line = all
             .iter()
@@ -302,8 +305,9 @@ async fn a_verdict_is_counted_against_the_decision_served_without_rescoring() {
     ];
     let base = server.scrape().await;
     feedback.submit_verdicts(pb::SubmitVerdictsRequest { verdicts: unknown }).await.unwrap();
-    let errors =
-        server.wait_for(&base, "modserve_verdicts_received_total", &[("task", "abuse"), ("outcome", "error")], 2.0).await;
+    let errors = server
+        .wait_for(&base, "modserve_verdicts_received_total", &[("task", "abuse"), ("outcome", "error")], 2.0)
+        .await;
     assert_eq!(errors, 2.0);
     let scrape = server.scrape().await;
     assert_eq!(delta(&base, &scrape, "modserve_journal_verdict_lookups_total", &[("outcome", "changed")]), 1.0);
@@ -362,7 +366,10 @@ async fn sigterm_loses_no_record() {
 
 /// The tiny abuse model with an absolute path, for a config file outside the repository.
 fn process_one_model() -> String {
-    format!("[models.tiny-abuse]\npath = {:?}\n[tasks.abuse]\nlive = \"tiny-abuse\"\n", path_str(&fixture("tiny-abuse")))
+    format!(
+        "[models.tiny-abuse]\npath = {:?}\n[tasks.abuse]\nlive = \"tiny-abuse\"\n",
+        path_str(&fixture("tiny-abuse"))
+    )
 }
 
 /// kill -9 under load, then restart: every line of the journal parses and the file ends in a

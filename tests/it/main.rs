@@ -16,6 +16,7 @@ mod failures;
 mod feedback;
 mod hostile;
 mod journal;
+mod labelling;
 mod limits;
 mod monitoring;
 mod process;

@@ -218,3 +218,88 @@ fn bad_flags_exit_1_naming_the_flag() {
     assert_eq!(run.status.code(), Some(1), "{}", show(&run));
     assert!(String::from_utf8_lossy(&run.stderr).contains("--task: no task named \"spam\""), "{}", show(&run));
 }
+
+/// `--apply` writes the proposal into the config file (keeping what was there) and `--reload`
+/// has the running server load it at once: Admin/ListModels then lists the policy-only shadow,
+/// and it compares live traffic. Applying the same name again, or `--reload` without `--apply`,
+/// exit 1 and leave the file alone; a reload that cannot connect says so after applying.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_writes_the_proposal_into_the_config_and_reload_loads_it() {
+    use modserve::serving::grpc::pb::{ListModelsRequest, admin_client::AdminClient};
+    let _alone = exclusive().await;
+    let dir = tempfile::tempdir().unwrap();
+    let labels = labelled(dir.path());
+    let server_table = format!(
+        "[server]\ngrpc_listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\nonnxruntime_lib = {:?}",
+        path_str(&ort_lib())
+    );
+    let config = write_config(dir.path(), "# the operator's comment stays", &server_table);
+    let before = std::fs::read_to_string(&config).unwrap();
+    let loaded = modserve::config::Config::load(&config, &modserve::config::Overrides::default()).unwrap();
+    let server = TestServer::start(loaded).await;
+    let addr = server.grpc_addr.to_string();
+    let target = ["--target", "review-precision=0.5", "--min-verdicts", "20"];
+    let run_tune = |args: Vec<String>| {
+        let (config, labels) = (config.clone(), labels.clone());
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            tune(&config, &labels, &args)
+        })
+    };
+    let args = |extra: &[&str]| -> Vec<String> { target.iter().chain(extra).map(|s| s.to_string()).collect() };
+
+    // --reload needs --apply: nothing is written.
+    let run = run_tune(args(&["--reload", &addr])).await.unwrap();
+    assert_eq!(run.status.code(), Some(1), "{}", show(&run));
+    assert!(String::from_utf8_lossy(&run.stderr).contains("--apply"), "{}", show(&run));
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), before);
+
+    let run = run_tune(args(&["--apply", "--reload", &addr])).await.unwrap();
+    assert_eq!(run.status.code(), Some(0), "{}", show(&run));
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stderr.contains("applied to") && stderr.contains("reloaded it: config generation 2"), "{}", show(&run));
+    let after = std::fs::read_to_string(&config).unwrap();
+    // Every line that was there is still there, in its order (the comment included).
+    let mut kept = after.lines();
+    assert!(before.lines().all(|line| kept.any(|l| l == line)), "before:\n{before}\nafter:\n{after}");
+    assert!(after.contains("# the operator's comment stays"), "{after}");
+    // The table is the printed snippet's; the shadow is the one it suggests.
+    let doc: toml::Table = toml::from_str(&after).unwrap();
+    let printed: toml::Table = toml::from_str(&String::from_utf8_lossy(&run.stdout)).unwrap();
+    assert_eq!(doc["policies"]["abuse-v1-tuned"], printed["policies"]["abuse-v1-tuned"]);
+    let shadows = doc["tasks"]["abuse"]["shadows"].as_array().unwrap();
+    assert_eq!(shadows.len(), 1, "{after}");
+    assert_eq!(shadows[0]["model"].as_str(), Some("abuse-v1"));
+    assert_eq!(shadows[0]["policy"].as_str(), Some("abuse-v1-tuned"));
+    assert_eq!(shadows[0]["sample_rate"].as_float(), Some(1.0));
+
+    // The server serves it: listed as a shadow, and comparing live traffic.
+    let mut admin = AdminClient::new(server.channel().await);
+    let models = admin.list_models(ListModelsRequest {}).await.unwrap().into_inner().models;
+    assert!(
+        models.iter().any(|m| m.name == "abuse-v1" && m.role == "shadow" && m.policy_name == "abuse-v1-tuned"),
+        "{models:?}"
+    );
+    let base = server.scrape().await;
+    server.client().await.classify(request(vec![review("tuned-1", "you idiot")])).await.unwrap();
+    let labels_of = [("shadow_policy", "abuse-v1-tuned")];
+    assert_eq!(server.wait_for(&base, "modserve_shadow_comparisons_total", &labels_of, 1.0).await, 1.0);
+
+    // The same name again: refused, the file as it was.
+    let run = run_tune(args(&["--apply"])).await.unwrap();
+    assert_eq!(run.status.code(), Some(1), "{}", show(&run));
+    assert!(String::from_utf8_lossy(&run.stderr).contains("already has [policies.abuse-v1-tuned]"), "{}", show(&run));
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), after);
+
+    // Another name, and a reload address where nothing listens: applied, then the failure named.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let run = run_tune(args(&["--apply", "--name", "second", "--reload", &closed])).await.unwrap();
+    assert_eq!(run.status.code(), Some(1), "{}", show(&run));
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains("applied to") && stderr.contains(&format!("--reload {closed}: cannot connect")),
+        "{stderr}"
+    );
+    assert!(std::fs::read_to_string(&config).unwrap().contains("[policies.second]"));
+    server.stop().await;
+}

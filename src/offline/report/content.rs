@@ -5,9 +5,10 @@
 use super::Report;
 use super::criteria::Status;
 use super::derived::ModelAccuracy;
-use super::format::{bucket, estimate, ms, pct, score};
+use super::format::{bucket, estimate, ms, pct, score, weighted_estimate};
 use super::input::{DECISIONS, OUTCOMES, REJECT, REVIEW, Source, Subject};
 use super::stats::ratio;
+use super::weighted::WeightedModelAccuracy;
 use crate::metrics::ShadowOutcome;
 
 pub struct Content {
@@ -115,6 +116,7 @@ pub fn build(r: &Report) -> Content {
         Section { title: "Latency", blocks: latency(r) },
         Section { title: "Errors and shed work", blocks: errors(r) },
         Section { title: "Precision and recall against moderator verdicts", blocks: accuracy(r) },
+        Section { title: "Precision and recall from the labelling queue (weighted)", blocks: weighted(r) },
         Section { title: "Disagreement log", blocks: disagreements(r) },
         Section { title: "Launch criteria", blocks: criteria(r) },
     ];
@@ -308,6 +310,57 @@ fn accuracy(r: &Report) -> Vec<Block> {
         )),
         table(&["", "Live", "n", "Candidate", "n"], "lrrrr", rows),
         Block::Chart(Chart::Accuracy),
+    ]
+}
+
+fn weighted(r: &Report) -> Vec<Block> {
+    let Some(w) = r.derived.weighted else {
+        return vec![Block::Text(
+            "No verdicts on reviews the labelling queue picks for this candidate (see [labelling] in the config)."
+                .into(),
+        )];
+    };
+    let mut rows = Vec::new();
+    for level in [REVIEW, REJECT] {
+        for what in ["precision", "recall"] {
+            let pick = |m: &WeightedModelAccuracy| {
+                let pr = m.at(level);
+                if what == "precision" { pr.precision } else { pr.recall }
+            };
+            let (l, c) = (pick(&w.live), pick(&w.candidate));
+            let name = format!("{what}@{}", DECISIONS[level]);
+            rows.push(vec![
+                name,
+                weighted_estimate(&l),
+                format!("{} ({:.1})", l.n, l.effective_n),
+                estimate(&l.unweighted),
+                weighted_estimate(&c),
+                format!("{} ({:.1})", c.n, c.effective_n),
+                estimate(&c.unweighted),
+            ]);
+        }
+    }
+    vec![
+        Block::Text(format!(
+            "Verdicts on reviews the labelling queue picked: {}, of which {} where live and the candidate disagree. \
+             Each counts 1 / its inclusion probability, so the figures stand for all compared traffic; 95% Wilson \
+             intervals at Kish's effective sample size (in brackets after n). The unweighted columns count each \
+             verdict once: the sample's own mix, which over-represents disagreements.",
+            w.verdicts, w.disagreements
+        )),
+        table(
+            &[
+                "",
+                "Live (weighted)",
+                "n (n_eff)",
+                "Live (unweighted)",
+                "Candidate (weighted)",
+                "n (n_eff)",
+                "Candidate (unweighted)",
+            ],
+            "lrrrrrr",
+            rows,
+        ),
     ]
 }
 

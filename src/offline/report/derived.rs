@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::input::{REJECT, REVIEW, ReportInput, SHED_OUTCOMES};
 use super::stats::{Estimate, ratio};
+use super::weighted::WeightedAccuracy;
 use crate::metrics::ShadowOutcome;
 
 /// Everything the renderers and the launch criteria read besides the input itself.
@@ -16,6 +17,8 @@ pub struct Derived {
     pub agreement: Agreement,
     /// `None` without moderator verdicts.
     pub accuracy: Option<Accuracy>,
+    /// From the labelling queue's weighted verdicts; `None` without any.
+    pub weighted: Option<WeightedAccuracy>,
     /// Per label, from `ReportInput::score_deltas`.
     pub score_deltas: BTreeMap<String, DeltaDistribution>,
 }
@@ -101,6 +104,7 @@ impl Derived {
             accuracy: input
                 .verdicts
                 .map(|v| Accuracy { live: ModelAccuracy::of(&v.live), candidate: ModelAccuracy::of(&v.candidate) }),
+            weighted: WeightedAccuracy::of(&input.labelled),
             score_deltas: input
                 .score_deltas
                 .iter()

@@ -15,12 +15,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::disagreements;
 use super::error::ReportError;
-use super::input::{DisagreementSummary, OUTCOMES, Quantiles, ReportInput, SampleRates, Source, Subject, Verdicts};
+use super::input::{
+    DisagreementSummary, LabelledCell, OUTCOMES, Quantiles, ReportInput, SampleRates, Source, Subject, Verdicts,
+};
 use super::prometheus::{Access, Client, ClientError, Labels, Series, quote};
 use crate::metrics::{
-    BATCHES_TOTAL, INFERENCE_ERRORS_TOTAL, Role, SHADOW_COMPARISONS_TOTAL, SHADOW_REVIEWS_TOTAL,
-    SHADOW_SAMPLE_RATE_CONFIGURED, SHADOW_SAMPLE_RATE_EFFECTIVE, SHADOW_SCORE_DELTA, STAGE_DURATION_SECONDS, Stage,
-    VERDICTS_TOTAL, label,
+    BATCHES_TOTAL, INFERENCE_ERRORS_TOTAL, LABELLED_VERDICTS_TOTAL, Role, SHADOW_COMPARISONS_TOTAL,
+    SHADOW_REVIEWS_TOTAL, SHADOW_SAMPLE_RATE_CONFIGURED, SHADOW_SAMPLE_RATE_EFFECTIVE, SHADOW_SCORE_DELTA,
+    STAGE_DURATION_SECONDS, Stage, VERDICTS_TOTAL, label,
 };
 use crate::policy::{Confusion, Decision};
 
@@ -100,6 +102,7 @@ pub fn fetch(args: &FetchArgs) -> Result<ReportInput, ReportError> {
     };
 
     let verdicts = verdicts(&f, args, &live_side, &candidate_side, &policy)?;
+    let labelled = labelled(&f, args, &live_model, &policy, &mut notes)?;
 
     let end = args.end;
     let disagreements = disagreements(args, &policy)?;
@@ -119,6 +122,7 @@ pub fn fetch(args: &FetchArgs) -> Result<ReportInput, ReportError> {
         candidate_batches,
         sample_rate: if policy_only { None } else { f.sample_rates(&pair)? },
         verdicts,
+        labelled,
         disagreements,
         notes,
     })
@@ -236,6 +240,44 @@ fn verdicts(
     )?;
     Ok((!live_verdicts.is_empty() || !candidate_verdicts.is_empty())
         .then(|| Verdicts { live: verdict_matrix(&live_verdicts), candidate: verdict_matrix(&candidate_verdicts) }))
+}
+
+/// Verdicts on the reviews the labelling queue picks for this pair, by inclusion probability
+/// and the three decisions (summed over versions and replicas).
+fn labelled(
+    f: &Fetcher,
+    args: &FetchArgs,
+    live_model: &str,
+    policy: &str,
+    notes: &mut Vec<String>,
+) -> Result<Vec<LabelledCell>, ReportError> {
+    let matchers = [
+        (label::TASK, args.task.as_str()),
+        (label::LIVE_MODEL, live_model),
+        (label::SHADOW_MODEL, args.candidate.as_str()),
+        (label::SHADOW_POLICY, policy),
+    ];
+    let mut cells: BTreeMap<(u64, usize, usize, usize), u64> = BTreeMap::new();
+    for c in f.counts(LABELLED_VERDICTS_TOTAL, &matchers)? {
+        let p = label(&c.labels, label::INCLUSION_PROBABILITY).parse::<f64>().ok().filter(|p| *p > 0.0 && *p <= 1.0);
+        let decisions = [label::LIVE_DECISION, label::SHADOW_DECISION, label::HUMAN_DECISION]
+            .map(|key| decision(label(&c.labels, key)).map(Decision::index));
+        match (p, decisions) {
+            (Some(p), [Some(l), Some(s), Some(h)]) => *cells.entry((p.to_bits(), l, s, h)).or_default() += c.count,
+            _ => notes.push(format!("ignored labelled verdicts with unknown labels: {:?}", c.labels)),
+        }
+    }
+    Ok(cells
+        .into_iter()
+        .filter(|(_, count)| *count > 0)
+        .map(|((p, live, candidate, human), count)| LabelledCell {
+            inclusion_probability: f64::from_bits(p),
+            live,
+            candidate,
+            human,
+            count,
+        })
+        .collect())
 }
 
 /// The disagreement log's lines for this candidate in the window, when a log was given.

@@ -4,6 +4,7 @@
 
 use super::derived::DeltaBucket;
 use super::stats::Estimate;
+use super::weighted::WeightedEstimate;
 
 /// A share as a percentage with one decimal, or "n/a".
 /// The first `chars` characters of `text`, with "…" when anything was cut.
@@ -38,6 +39,14 @@ pub fn ms(seconds: Option<f64>) -> String {
 
 /// An estimate as "81.0% [74.2%, 86.5%]", or "n/a".
 pub fn estimate(e: &Estimate) -> String {
+    match (e.value, e.ci95) {
+        (Some(v), Some((lo, hi))) => format!("{:.1}% [{:.1}%, {:.1}%]", v * 100.0, lo * 100.0, hi * 100.0),
+        _ => "n/a".into(),
+    }
+}
+
+/// A weighted estimate as "81.0% [74.2%, 86.5%]", or "n/a".
+pub fn weighted_estimate(e: &WeightedEstimate) -> String {
     match (e.value, e.ci95) {
         (Some(v), Some((lo, hi))) => format!("{:.1}% [{:.1}%, {:.1}%]", v * 100.0, lo * 100.0, hi * 100.0),
         _ => "n/a".into(),

@@ -67,6 +67,9 @@ pub struct ReportInput {
     pub sample_rate: Option<SampleRates>,
     /// Moderator verdicts; `None` when there are none to compare against.
     pub verdicts: Option<Verdicts>,
+    /// Verdicts on reviews the labelling queue picks for this pair, by inclusion probability
+    /// and decisions; empty without a labelling queue (and offline).
+    pub labelled: Vec<LabelledCell>,
     pub disagreements: Option<DisagreementSummary>,
     /// Anything the producer wants the reader to know (versions that changed in the window,
     /// series it left out), printed under the subjects.
@@ -127,6 +130,17 @@ pub struct Quantiles {
 pub struct Verdicts {
     pub live: Confusion<u64>,
     pub candidate: Confusion<u64>,
+}
+
+/// Verdicts with the same inclusion probability and the same three decisions (indices as in
+/// `DECISIONS`), from `modserve_labelled_verdicts_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct LabelledCell {
+    pub inclusion_probability: f64,
+    pub live: usize,
+    pub candidate: usize,
+    pub human: usize,
+    pub count: u64,
 }
 
 /// The disagreement log lines for this task and candidate within the window.
@@ -272,6 +286,12 @@ pub(crate) mod tests {
                 live: Confusion([[80, 6, 4], [5, 20, 5], [1, 4, 25]]),
                 candidate: Confusion([[78, 4, 2], [4, 22, 4], [1, 4, 31]]),
             }),
+            labelled: vec![
+                LabelledCell { inclusion_probability: 1.0, live: 0, candidate: 1, human: 0, count: 12 },
+                LabelledCell { inclusion_probability: 1.0, live: 0, candidate: 1, human: 1, count: 4 },
+                LabelledCell { inclusion_probability: 0.05, live: 2, candidate: 2, human: 2, count: 6 },
+                LabelledCell { inclusion_probability: 0.05, live: 0, candidate: 0, human: 0, count: 30 },
+            ],
             disagreements: Some(DisagreementSummary {
                 files: vec!["/var/log/modserve/disagreements.jsonl".into()],
                 matched: 2,

@@ -100,6 +100,25 @@ mod tests {
         assert!(!text.contains("<script>"));
     }
 
+    /// The sample input's labelled verdicts, by hand: the candidate flags 12 + 4 verdicts at
+    /// p = 1 (4 right) and 6 at p = 0.05 (all right): weighted 124 / 136 = 91.2%, n_eff =
+    /// 136^2 / (16 + 6 * 400) = 7.7; unweighted 10 / 22 = 45.5%. Live flags only the 6.
+    #[test]
+    fn report_markdown_shows_weighted_figures_beside_unweighted_ones() {
+        let text = Report::build(input(), &LaunchCriteria::default()).markdown();
+        let section = "## Precision and recall from the labelling queue (weighted)";
+        let at = text.find(section).unwrap_or_else(|| panic!("no weighted section in\n{text}"));
+        assert!(at > text.find("## Precision and recall against moderator verdicts").unwrap());
+        let row = "| precision@REVIEW | 100.0% [61.0%, 100.0%] | 6 (6.0) | 100.0% [61.0%, 100.0%] \
+                   | 91.2% [56.0%, 98.8%] | 22 (7.7) | 45.5% [26.9%, 65.3%] |";
+        assert!(text.contains(row), "{text}");
+        assert!(text.contains("picked: 52, of which 16 where live and the candidate disagree"), "{text}");
+        let mut i = input();
+        i.labelled.clear();
+        let text = Report::build(i, &LaunchCriteria::default()).markdown();
+        assert!(text.contains("No verdicts on reviews the labelling queue picks"), "{text}");
+    }
+
     #[test]
     fn report_markdown_says_why_a_section_is_empty_and_lists_failures() {
         let mut i = input();

@@ -17,8 +17,15 @@ pub fn wilson(hits: u64, n: u64, z: f64) -> Option<(f64, f64)> {
     if n == 0 {
         return None;
     }
-    let n = n as f64;
-    let p = hits as f64 / n;
+    wilson_at(hits as f64 / n as f64, n as f64, z)
+}
+
+/// The Wilson score interval around a share `p` over `n` trials, `n` possibly fractional (an
+/// effective sample size); `None` when `n` is not positive.
+pub fn wilson_at(p: f64, n: f64, z: f64) -> Option<(f64, f64)> {
+    if n.is_nan() || n <= 0.0 {
+        return None;
+    }
     let z2 = z * z;
     let denom = 1.0 + z2 / n;
     let center = (p + z2 / (2.0 * n)) / denom;

@@ -123,6 +123,35 @@ fn store() -> Vec<Value> {
         series("modserve_verdicts_total", &verdict("abuse-v1", "live", "default", "allow", "review"), &[(END, 2.0)]),
         series("modserve_verdicts_total", &verdict("abuse-v2", "shadow", "strict", "review", "reject"), &[(END, 6.0)]),
         series("modserve_verdicts_total", &verdict("abuse-v2", "shadow", "lax", "allow", "allow"), &[(END, 50.0)]),
+        // Labelled verdicts of the policy-only pair: two replicas of one cell, another cell, and
+        // a series whose probability is no probability (left out, with a note).
+        series(
+            LABELLED_VERDICTS_TOTAL,
+            &labelled("a", "1", ("allow", "review", "allow")),
+            &[(START - 5.0, 2.0), (END, 6.0)],
+        ),
+        series(LABELLED_VERDICTS_TOTAL, &labelled("b", "1", ("allow", "review", "allow")), &[(START + 5.0, 3.0)]),
+        series(LABELLED_VERDICTS_TOTAL, &labelled("a", "0.05", ("review", "review", "review")), &[(END, 7.0)]),
+        series(LABELLED_VERDICTS_TOTAL, &labelled("a", "0", ("allow", "allow", "allow")), &[(END, 1.0)]),
+    ]
+}
+
+/// A labelled-verdict series of the policy-only pair (abuse-v1 under `tight`).
+fn labelled(
+    instance: &'static str,
+    p: &'static str,
+    (l, s, h): (&'static str, &'static str, &'static str),
+) -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("instance", instance),
+        ("task", "abuse"),
+        ("live_model", "abuse-v1"),
+        ("shadow_model", "abuse-v1"),
+        ("shadow_policy", "tight"),
+        ("inclusion_probability", p),
+        ("live_decision", l),
+        ("shadow_decision", s),
+        ("human_decision", h),
     ]
 }
 
@@ -318,6 +347,24 @@ fn report_fetch_policy_only_candidates_need_a_policy_and_skip_their_own_inferenc
     assert!(input.score_deltas.is_empty());
     assert_eq!(input.latency.unwrap().candidate, None);
     assert_eq!(input.sample_rate, None, "a policy-only shadow takes every review it samples");
+}
+
+#[test]
+fn report_fetch_reads_labelled_verdicts_by_probability_and_notes_bad_series() {
+    let prometheus = FakePrometheus::start();
+    let input = fetch(&args(&prometheus.url, "abuse-v1", Some("tight"))).unwrap();
+    // Ordered by probability: 7 at p = 0.05; at p = 1, 4 in the window on replica a (6 - 2)
+    // and 3 born in it on b.
+    let cell =
+        |p, live, candidate, human, count| LabelledCell { inclusion_probability: p, live, candidate, human, count };
+    assert_eq!(input.labelled, [cell(0.05, 1, 1, 1, 7), cell(1.0, 0, 1, 0, 7)]);
+    assert!(
+        input.notes.iter().any(|n| n.starts_with("ignored labelled verdicts with unknown labels")),
+        "{:?}",
+        input.notes
+    );
+    // Another candidate has none.
+    assert!(fetch(&args(&prometheus.url, "abuse-v2", Some("strict"))).unwrap().labelled.is_empty());
 }
 
 #[test]
