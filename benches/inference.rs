@@ -83,7 +83,7 @@ fn benches(c: &mut Criterion) {
                 text_cut: false,
             })
             .collect();
-        let input = ClassifyInput { reviews, tasks: vec![], request_id: String::new() };
+        let input = ClassifyInput { reviews, tasks: vec![], request_id: String::new(), surface: None };
         let scores: Vec<f32> = (0..n * package.spec.labels.len()).map(|i| (i % 100) as f32 / 100.0).collect();
         group.throughput(Throughput::Elements(n as u64));
         group.bench_with_input(BenchmarkId::from_parameter(n), &scores, |b, scores| {

@@ -225,6 +225,7 @@ fn batches(reviews: Vec<pb::Review>, size: usize) -> Vec<pb::ClassifyRequest> {
             reviews: chunk.to_vec(),
             tasks: vec![],
             request_id: format!("batch-{i}"),
+            surface: None,
         })
         .collect()
 }

@@ -122,6 +122,11 @@ pub enum Command {
         /// shadow); otherwise needed only if the model shadows the task under several policies.
         #[arg(long)]
         policy: Option<String>,
+        /// Judge the candidate on one surface of the task (a name under [tasks.TASK.surfaces]):
+        /// its comparisons, verdicts and disagreement log lines there only. Shadow outcomes, score
+        /// deltas and latency are not kept per surface and still cover all of its traffic.
+        #[arg(long)]
+        surface: Option<String>,
         /// How far back from --end to look, e.g. 1h, 30m, 7d.
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         window: Duration,
@@ -134,9 +139,10 @@ pub enum Command {
         /// Folder for launch-report.{md,html,json} (created if missing).
         #[arg(long, default_value = ".")]
         out: PathBuf,
-        // Last, so that only its flags fall under its help heading.
+        // Last, so that only its flags fall under its help heading. Boxed: the largest
+        // variant by far, and `Command` is moved by value.
         #[command(flatten)]
-        access: PrometheusAccess,
+        access: Box<PrometheusAccess>,
     },
 }
 

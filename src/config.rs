@@ -338,7 +338,28 @@ pub struct TaskConfig {
     pub live: String,
     /// A `[policies]` name replacing the live model's manifest policy.
     pub policy: Option<String>,
+    /// Surface name -> the `[policies]` name the live model decides with on it
+    /// (`[tasks.NAME.surfaces]`); empty when every surface decides alike.
+    pub surfaces: BTreeMap<String, String>,
+    /// What a request naming a surface not in `surfaces` gets.
+    pub unknown_surface: UnknownSurface,
     pub shadows: Vec<ShadowConfig>,
+}
+
+/// Most surfaces one task may list: each multiplies the decision, comparison and verdict
+/// series of the task.
+pub const MAX_SURFACES: usize = 16;
+
+/// What a request naming a surface its task does not list gets (`tasks.NAME.unknown_surface`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownSurface {
+    /// INVALID_ARGUMENT naming `surface`: a typo never silently gets the default thresholds.
+    #[default]
+    Reject,
+    /// The task's default policy, counted as the default surface's (and in
+    /// `modserve_surface_fallbacks_total`).
+    Default,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -351,6 +372,9 @@ pub struct ShadowConfig {
     pub sample_rate: f64,
     /// Salt for that hash; defaults to the model name, so each shadow samples differently.
     pub salt: String,
+    /// The task's surfaces this shadow is offered (and judged by verdicts) on; `None` = all
+    /// traffic, the default surface included.
+    pub surfaces: Option<Vec<String>>,
 }
 
 impl Config {
@@ -519,6 +543,68 @@ languages = ["english!"]
         assert_eq!(c.policies["lenient"].thresholds["insult"].reject, Some(0.99));
         assert_eq!(c.feedback.dedupe_window, Duration::from_secs(24 * 3600));
         assert_eq!(c.launch, LaunchCriteria::default());
+    }
+
+    const SURFACES: &str = r#"
+[models.abuse-v1]
+path = "m"
+[policies.strict]
+version = "1"
+[policies.strict.thresholds.insult]
+reject = 0.5
+[policies.stricter]
+version = "1"
+[policies.stricter.thresholds.insult]
+reject = 0.4
+[tasks.abuse]
+live = "abuse-v1"
+shadows = [{ model = "abuse-v1", policy = "stricter", sample_rate = 1.0, surfaces = ["kids"] }]
+[tasks.abuse.surfaces]
+kids = "strict"
+forum = "strict"
+"#;
+
+    #[test]
+    fn surfaces_map_to_policies_and_shadows_may_keep_to_some() {
+        let c = parse(SURFACES).unwrap();
+        let task = &c.tasks[0];
+        assert_eq!(task.surfaces["kids"], "strict");
+        assert_eq!(task.surfaces.len(), 2);
+        assert_eq!(task.unknown_surface, UnknownSurface::Reject);
+        assert_eq!(task.shadows[0].surfaces.as_deref(), Some(&["kids".to_string()][..]));
+        let fallback =
+            SURFACES.replace("live = \"abuse-v1\"\n", "live = \"abuse-v1\"\nunknown_surface = \"default\"\n");
+        assert_eq!(parse(&fallback).unwrap().tasks[0].unknown_surface, UnknownSurface::Default);
+        // The live policy of the default surface, tried on one surface only, is a real change.
+        let default_policy = SURFACES.replace("live = \"abuse-v1\"\n", "live = \"abuse-v1\"\npolicy = \"stricter\"\n");
+        assert!(parse(&default_policy).is_ok());
+    }
+
+    #[test]
+    fn surface_errors_name_their_key() {
+        let text = SURFACES
+            .replace(
+                "surfaces = [\"kids\"] }]",
+                "surfaces = [\"kids\", \"nope\", \"kids\"] },\n  { model = \"abuse-v1\", policy = \"strict\", sample_rate = 1.0, surfaces = [] }]",
+            )
+            .replace("kids = \"strict\"", "kids = \"stricter\"\n\"\" = \"strict\"\nForum = \"missing\"")
+            + "[tasks.other]\nlive = \"abuse-v1\"\nunknown_surface = \"default\"\n";
+        let errors = parse(&text).unwrap_err();
+        for key in [
+            "tasks.abuse.surfaces.\"\": surface names use",
+            "tasks.abuse.surfaces.\"Forum\": surface names use",
+            "tasks.abuse.surfaces.Forum: no policy named \"missing\"",
+            "tasks.abuse.shadows[0].surfaces[0]: Some(\"stricter\") is already the live policy on surface \"kids\"",
+            "tasks.abuse.shadows[0].surfaces[1]: \"nope\" is not a surface of this task",
+            "tasks.abuse.shadows[0].surfaces[2]: \"kids\" is listed twice",
+            "tasks.abuse.shadows[1].surfaces: empty",
+            "tasks.other.unknown_surface: the task lists no surfaces",
+        ] {
+            assert!(errors.iter().any(|e| e.starts_with(key)), "no error for {key}: {errors:#?}");
+        }
+        let many: String = (0..=MAX_SURFACES).map(|i| format!("s{i} = \"strict\"\n")).collect();
+        let errors = parse(&format!("{SURFACES}{many}")).unwrap_err();
+        assert!(errors.iter().any(|e| e.starts_with("tasks.abuse.surfaces: 19 surfaces; at most 16")), "{errors:#?}");
     }
 
     #[test]

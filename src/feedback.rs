@@ -46,6 +46,9 @@ pub struct Verdict {
     pub human: Decision,
     /// A configured source, "other" or "none".
     pub source: String,
+    /// The surface the review was classified for, when its task lists it (`None`: the default
+    /// surface); looked up again at scoring, by name, in the state of the moment.
+    pub surface: Option<String>,
 }
 
 /// The answer to a submission.
@@ -264,14 +267,21 @@ async fn score_chunk(
         }
     };
     let n_live = entry.live.spec().labels.len();
-    // The live decisions: as served where the journal knew them, else from the live scores.
-    let live_decisions: Vec<Decision> = live_scores
-        .chunks_exact(n_live)
+    // The live decisions: as served where the journal knew them, else from the live scores
+    // under the verdict's surface's policy.
+    let live_decisions: Vec<Decision> = chunk
+        .iter()
+        .zip(live_scores.chunks_exact(n_live))
         .zip(&served)
-        .map(|(scores, served)| served.as_ref().map_or_else(|| entry.policy.decide(scores), |s| s.decision))
+        .map(|((v, scores), served)| {
+            served.as_ref().map_or_else(
+                || entry.policy_on(entry.surface_named(v.surface.as_deref())).decide(scores),
+                |s| s.decision,
+            )
+        })
         .collect();
     for (v, &decision) in chunk.iter().zip(&live_decisions) {
-        entry.verdicts.count(&v.source, decision, v.human);
+        entry.verdicts_on(entry.surface_named(v.surface.as_deref())).count(&v.source, decision, v.human);
     }
     // Shadows on their own workers, all at once; policy-only shadows reuse the live scores.
     let shadows = entry.shadows.iter().map(|pair| {
@@ -287,8 +297,12 @@ async fn score_chunk(
                 Ok(scores) => {
                     let n = pair.shadow.spec().labels.len();
                     for ((v, s), &live) in chunk.iter().zip(scores.chunks_exact(n)).zip(live_decisions) {
+                        // A shadow tried on some surfaces only is judged on those only.
+                        let Some(counts) = pair.verdicts_on(entry.surface_named(v.surface.as_deref())) else {
+                            continue;
+                        };
                         let decision = pair.decision_policy.decide(s);
-                        pair.verdicts.count(&v.source, decision, v.human);
+                        counts.count(&v.source, decision, v.human);
                         // Weighted estimates use only verdicts the labelling queue would pick.
                         pair.count_labelled(&v.review.id, live, decision, v.human);
                     }
@@ -306,15 +320,17 @@ async fn score_chunk(
 }
 
 /// For each verdict, the live decision the journal recorded as served, when there is one for
-/// the same text by the model and policy live now; counted by what the index knew.
+/// the same text by the model and policy live now (on the verdict's surface); counted by what
+/// the index knew.
 fn served_decisions(entry: &TaskEntry, journal: Option<&Journal>, chunk: &[Verdict]) -> Vec<Option<ServedDecision>> {
     let Some(journal) = journal else { return vec![None; chunk.len()] };
-    let live = decider(entry.live.spec(), &entry.policy);
     let mut counts = [0usize; 3];
     let served = chunk
         .iter()
         .map(|v| {
             let found = journal.served_decision(&v.review.id, &v.task);
+            // The policy live now on the verdict's surface: what a re-score would decide with.
+            let live = decider(entry.live.spec(), entry.policy_on(entry.surface_named(v.surface.as_deref())));
             let (outcome, served) = match found {
                 None => (JournalLookup::NotFound, None),
                 Some(s) if s.decider == live && s.text_sha256 == text_sha256(&v.review.model_text) => {

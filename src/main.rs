@@ -37,14 +37,25 @@ fn main() -> ExitCode {
 
 /// `modserve report`: exit 0 for GO, 2 for NO-GO, 1 when no report could be built.
 fn launch_report(cli: &Cli) -> ExitCode {
-    let Some(Command::Report { prometheus, access, task, candidate, policy, window, end, disagreement_log, out }) =
-        &cli.command
+    let Some(Command::Report {
+        prometheus,
+        access,
+        task,
+        candidate,
+        policy,
+        surface,
+        window,
+        end,
+        disagreement_log,
+        out,
+    }) = &cli.command
     else {
         unreachable!("called for the report subcommand only");
     };
     let mut fetch = report::FetchArgs::new(prometheus, task, candidate);
     fetch.access = access.access();
     fetch.policy = policy.clone();
+    fetch.surface = surface.clone();
     fetch.window = *window;
     fetch.end = end.unwrap_or_else(std::time::SystemTime::now);
     fetch.disagreement_log = disagreement_log.clone();

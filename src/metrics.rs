@@ -46,6 +46,9 @@ pub mod label {
     pub const SHADOW_VERSION: &str = "shadow_version";
     pub const SOURCE: &str = "source";
     pub const STAGE: &str = "stage";
+    /// Only on series of a named surface (`[tasks.NAME.surfaces]`): the default surface's series
+    /// keep the label set they had before surfaces existed, which PromQL reads as surface="".
+    pub const SURFACE: &str = "surface";
     pub const TASK: &str = "task";
     pub const TRIGGER: &str = "trigger";
     pub const VERSION: &str = "version";
@@ -104,6 +107,7 @@ pub const SHADOW_SAMPLE_RATE_CONFIGURED: &str = "modserve_shadow_sample_rate_con
 pub const SHADOW_SAMPLE_RATE_EFFECTIVE: &str = "modserve_shadow_sample_rate_effective";
 pub const LABELLING_QUEUE_ENTRIES_TOTAL: &str = "modserve_labelling_queue_entries_total";
 pub const LABELLED_VERDICTS_TOTAL: &str = "modserve_labelled_verdicts_total";
+pub const SURFACE_FALLBACKS_TOTAL: &str = "modserve_surface_fallbacks_total";
 
 /// Latency buckets in seconds: 50 us to 5 s, dense below 10 ms where a healthy server lives.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -270,7 +274,11 @@ fn describe_requests() {
     );
     describe_counter!(
         REVIEWS_TOTAL,
-        "Reviews classified by the live model, by task, model, version, role, policy, policy_version and decision."
+        "Reviews classified by the live model, by task, model, version, role, policy, policy_version and decision (and surface, for a surface the task lists)."
+    );
+    describe_counter!(
+        SURFACE_FALLBACKS_TOTAL,
+        "Classified reviews whose request named a surface the task does not list, decided under the task's default policy (unknown_surface = \"default\"), by task."
     );
     describe_histogram!(
         SCORES,
@@ -327,7 +335,7 @@ fn describe_shadow() {
     );
     describe_counter!(
         SHADOW_COMPARISONS_TOTAL,
-        "Reviews scored by both the live model and a shadow, by task, both models and versions, and both decisions (a 3x3 confusion matrix)."
+        "Reviews scored by both the live model and a shadow, by task, both models and versions, both policies and both decisions (a 3x3 confusion matrix), and surface for a surface the task lists."
     );
     describe_histogram!(
         SHADOW_SCORE_DELTA,
@@ -383,7 +391,7 @@ fn describe_shadow() {
 fn describe_feedback() {
     describe_counter!(
         VERDICTS_TOTAL,
-        "Moderator verdicts scored, by task, model, version, role, policy, policy_version, source, model_decision and human_decision (a confusion matrix per model)."
+        "Moderator verdicts scored, by task, model, version, role, policy, policy_version, source, model_decision and human_decision (a confusion matrix per model), and surface for a surface the task lists."
     );
     describe_counter!(
         VERDICTS_RECEIVED_TOTAL,
@@ -545,8 +553,9 @@ impl ShadowOutcome {
 
 /// Pre-registered handles for one (task, live model, shadow model) pair.
 pub struct ShadowMetrics {
-    /// `[live decision][shadow decision]`.
-    confusion: Confusion<Counter>,
+    /// `[live decision][shadow decision]` on the default surface; `None` for a shadow offered
+    /// named surfaces only.
+    confusion: Option<Confusion<Counter>>,
     /// One per shadow label that the live model also has, in shadow label order (`None` when the
     /// live model lacks the label).
     deltas: Vec<Option<Histogram>>,
@@ -573,6 +582,15 @@ fn score_histograms(task: &str, spec: &ModelSpec, role: Role) -> Vec<Histogram> 
         .collect()
 }
 
+/// `labels`, plus the surface's for a named surface: the default surface's series keep the
+/// label set they had before surfaces existed.
+fn on_surface(mut labels: Vec<Label>, surface: Option<&str>) -> Vec<Label> {
+    if let Some(surface) = surface {
+        labels.push(Label::new(label::SURFACE, surface.to_string()));
+    }
+    labels
+}
+
 /// Pre-registered handles for one task's live answers under its policy.
 pub struct TaskMetrics {
     decided: [Counter; 3],
@@ -581,21 +599,53 @@ pub struct TaskMetrics {
 
 impl TaskMetrics {
     pub fn new(task: &str, live: &ModelSpec, policy: &Policy) -> TaskMetrics {
-        let decided = Decision::ALL.map(|d| {
-            counter!(REVIEWS_TOTAL, label::TASK => task.to_string(), label::MODEL => live.name.clone(),
-                label::VERSION => live.version.clone(), label::ROLE => Role::Live.as_str(), label::POLICY => policy.name.clone(),
-                label::POLICY_VERSION => policy.version.clone(), label::DECISION => d.as_str())
-        });
-        TaskMetrics { decided, scores: score_histograms(task, live, Role::Live) }
+        TaskMetrics { decided: decided(task, live, policy, None), scores: score_histograms(task, live, Role::Live) }
+    }
+
+    /// The decision counters of one named surface, under its policy. Scores do not depend on
+    /// the surface, so they are recorded by the task's own `TaskMetrics` only.
+    pub fn on_surface(task: &str, live: &ModelSpec, policy: &Policy, surface: &str) -> TaskMetrics {
+        TaskMetrics { decided: decided(task, live, policy, Some(surface)), scores: Vec::new() }
     }
 
     /// Records one review's live scores and decision.
     pub fn answered(&self, scores: &[f32], decision: Decision) {
+        self.decided(decision);
+        self.scores(scores);
+    }
+
+    /// Records one review's live decision.
+    pub fn decided(&self, decision: Decision) {
         self.decided[decision.index()].increment(1);
+    }
+
+    /// Records one review's live scores (no-op for a surface's handles).
+    pub fn scores(&self, scores: &[f32]) {
         for (h, s) in self.scores.iter().zip(scores) {
             h.record(f64::from(*s));
         }
     }
+}
+
+/// `REVIEWS_TOTAL` for each decision of one task's live model under `policy`.
+fn decided(task: &str, live: &ModelSpec, policy: &Policy, surface: Option<&str>) -> [Counter; 3] {
+    Decision::ALL.map(|d| {
+        let labels = vec![
+            Label::new(label::TASK, task.to_string()),
+            Label::new(label::MODEL, live.name.clone()),
+            Label::new(label::VERSION, live.version.clone()),
+            Label::new(label::ROLE, Role::Live.as_str()),
+            Label::new(label::POLICY, policy.name.clone()),
+            Label::new(label::POLICY_VERSION, policy.version.clone()),
+            Label::new(label::DECISION, d.as_str()),
+        ];
+        counter!(REVIEWS_TOTAL, on_surface(labels, surface))
+    })
+}
+
+/// Counts reviews decided under the default policy because their surface is not listed.
+pub fn surface_fallbacks(task: &str) -> Counter {
+    counter!(SURFACE_FALLBACKS_TOTAL, label::TASK => task.to_string())
 }
 
 /// Pre-registered verdict counters for one model (or policy) of one task: for each source, a
@@ -610,16 +660,36 @@ pub struct VerdictMetrics {
 
 impl VerdictMetrics {
     pub fn new(task: &str, spec: &ModelSpec, role: Role, policy: &Policy, sources: &[String]) -> VerdictMetrics {
+        VerdictMetrics::on_surface(task, spec, role, policy, sources, None)
+    }
+
+    /// Like `new`, for the verdicts on one named surface (`None`: the default surface).
+    pub fn on_surface(
+        task: &str,
+        spec: &ModelSpec,
+        role: Role,
+        policy: &Policy,
+        sources: &[String],
+        surface: Option<&str>,
+    ) -> VerdictMetrics {
         let sources: Vec<String> =
             sources.iter().cloned().chain([OTHER_SOURCE.to_string(), NO_SOURCE.to_string()]).collect();
         let counts = sources
             .iter()
             .map(|source| {
                 Confusion::from_fn(|m, h| {
-                        counter!(VERDICTS_TOTAL, label::TASK => task.to_string(), label::MODEL => spec.name.clone(),
-                            label::VERSION => spec.version.clone(), label::ROLE => role.as_str(),
-                            label::POLICY => policy.name.clone(), label::POLICY_VERSION => policy.version.clone(),
-                            label::SOURCE => source.clone(), label::MODEL_DECISION => m.as_str(), label::HUMAN_DECISION => h.as_str())
+                    let labels = vec![
+                        Label::new(label::TASK, task.to_string()),
+                        Label::new(label::MODEL, spec.name.clone()),
+                        Label::new(label::VERSION, spec.version.clone()),
+                        Label::new(label::ROLE, role.as_str()),
+                        Label::new(label::POLICY, policy.name.clone()),
+                        Label::new(label::POLICY_VERSION, policy.version.clone()),
+                        Label::new(label::SOURCE, source.clone()),
+                        Label::new(label::MODEL_DECISION, m.as_str()),
+                        Label::new(label::HUMAN_DECISION, h.as_str()),
+                    ];
+                    counter!(VERDICTS_TOTAL, on_surface(labels, surface))
                 })
             })
             .collect();
@@ -782,12 +852,15 @@ impl ShadowMetrics {
     /// `policy_only`: the shadow is the live model under `shadow_policy`; its scores are the live
     /// ones, so it has no score deltas or flips worth a series. `scores`: record the shadow's
     /// score histograms (once per shadow model, not once per policy it is tried with).
+    /// `default_surface`: the shadow is offered the default surface's reviews, so it has
+    /// comparisons there.
     pub fn new(
         task: &str,
         (live, live_policy): (&ModelSpec, &Policy),
         (shadow, shadow_policy): (&ModelSpec, &Policy),
         policy_only: bool,
         scores: bool,
+        default_surface: bool,
     ) -> ShadowMetrics {
         // The labels every per-pair series shares, plus one more where a series needs it.
         let pair = vec![
@@ -801,14 +874,7 @@ impl ShadowMetrics {
             labels.push(Label::new(key, value));
             labels
         };
-        let confusion = Confusion::from_fn(|l, s| {
-            counter!(SHADOW_COMPARISONS_TOTAL, label::TASK => task.to_string(), label::LIVE_MODEL => live.name.clone(),
-                    label::LIVE_VERSION => live.version.clone(), label::LIVE_POLICY => live_policy.name.clone(),
-                    label::LIVE_POLICY_VERSION => live_policy.version.clone(), label::SHADOW_MODEL => shadow.name.clone(),
-                    label::SHADOW_VERSION => shadow.version.clone(), label::SHADOW_POLICY => shadow_policy.name.clone(),
-                    label::SHADOW_POLICY_VERSION => shadow_policy.version.clone(), label::LIVE_DECISION => l.as_str(),
-                    label::SHADOW_DECISION => s.as_str())
-        });
+        let confusion = default_surface.then(|| comparisons(task, (live, live_policy), (shadow, shadow_policy), None));
         let deltas = shadow
             .labels
             .iter()
@@ -853,8 +919,11 @@ impl ShadowMetrics {
         }
     }
 
+    /// Counts one comparison on the default surface (a named one has its own `comparisons`).
     pub fn compared(&self, live: Decision, shadow: Decision) {
-        self.confusion[(live, shadow)].increment(1);
+        if let Some(c) = &self.confusion {
+            c[(live, shadow)].increment(1);
+        }
     }
 
     /// The delta histogram for the shadow's label `index`, if the live model has that label.
@@ -865,6 +934,32 @@ impl ShadowMetrics {
     pub fn outcome(&self, outcome: ShadowOutcome, reviews: usize) {
         self.outcomes.get(outcome).increment(reviews as u64);
     }
+}
+
+/// `SHADOW_COMPARISONS_TOTAL` for one pair (each side's model and policy) on one surface
+/// (`None`: the default surface): live decision x shadow decision.
+pub fn comparisons(
+    task: &str,
+    (live, live_policy): (&ModelSpec, &Policy),
+    (shadow, shadow_policy): (&ModelSpec, &Policy),
+    surface: Option<&str>,
+) -> Confusion<Counter> {
+    Confusion::from_fn(|l, s| {
+        let labels = vec![
+            Label::new(label::TASK, task.to_string()),
+            Label::new(label::LIVE_MODEL, live.name.clone()),
+            Label::new(label::LIVE_VERSION, live.version.clone()),
+            Label::new(label::LIVE_POLICY, live_policy.name.clone()),
+            Label::new(label::LIVE_POLICY_VERSION, live_policy.version.clone()),
+            Label::new(label::SHADOW_MODEL, shadow.name.clone()),
+            Label::new(label::SHADOW_VERSION, shadow.version.clone()),
+            Label::new(label::SHADOW_POLICY, shadow_policy.name.clone()),
+            Label::new(label::SHADOW_POLICY_VERSION, shadow_policy.version.clone()),
+            Label::new(label::LIVE_DECISION, l.as_str()),
+            Label::new(label::SHADOW_DECISION, s.as_str()),
+        ];
+        counter!(SHADOW_COMPARISONS_TOTAL, on_surface(labels, surface))
+    })
 }
 
 /// The shadow CPU budget's gauges (one set per process).

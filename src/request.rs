@@ -41,6 +41,8 @@ pub struct RawRequest {
     /// Task names as sent; empty means every task.
     pub tasks: Vec<String>,
     pub request_id: String,
+    /// Where the reviews will be shown, as sent; `None` is the default surface.
+    pub surface: Option<String>,
 }
 
 /// One review as a caller sent it, not yet checked.
@@ -91,6 +93,9 @@ pub struct ClassifyInput {
     /// Requested task names, deduplicated, in request order; empty means every task.
     pub tasks: Vec<String>,
     pub request_id: String,
+    /// The surface the caller named (checked against each task's surfaces when it is resolved:
+    /// `TaskEntry::surface`); `None` is the default surface.
+    pub surface: Option<String>,
 }
 
 /// Longest review id accepted, in bytes: ids end up in logs and the disagreement log.
@@ -101,7 +106,8 @@ pub const MAX_SIGNALS: usize = 64;
 /// Checks every rule of the API on a request's reviews and task names; the first broken rule
 /// fails the request, naming the field and the review's index.
 pub fn validate(request: RawRequest, limits: &Limits) -> Result<ClassifyInput, Error> {
-    let RawRequest { reviews: raw, tasks, request_id } = request;
+    let RawRequest { reviews: raw, tasks, request_id, surface } = request;
+    check_surface("surface", surface.as_deref())?;
     if raw.is_empty() {
         return Err(Error::invalid("reviews", "at least one review is required"));
     }
@@ -137,7 +143,27 @@ pub fn validate(request: RawRequest, limits: &Limits) -> Result<ClassifyInput, E
             tasks.push(t);
         }
     }
-    Ok(ClassifyInput { reviews: reviews.into(), tasks, request_id })
+    Ok(ClassifyInput { reviews: reviews.into(), tasks, request_id, surface })
+}
+
+/// Where a request's (or a verdict's) reviews are shown, for one task: an index into the task's
+/// surfaces (`TaskEntry::surfaces`), or `None` for the default surface (no surface named, a task
+/// that lists none, or an unknown one that falls back).
+pub type Surface = Option<usize>;
+
+/// Longest surface name accepted, in bytes: a configured one is a name of at most 64.
+pub const MAX_SURFACE_BYTES: usize = 64;
+
+/// Checks a surface as sent (`field` names it): set means named. Whether the task knows it is
+/// for the serving state to say (`TaskEntry::surface`).
+pub fn check_surface(field: &str, surface: Option<&str>) -> Result<(), Error> {
+    match surface {
+        Some("") => Err(Error::invalid(field, "must not be empty; leave it unset for the default surface")),
+        Some(s) if s.len() > MAX_SURFACE_BYTES => {
+            Err(Error::invalid(field, format!("{} bytes exceed the limit of {MAX_SURFACE_BYTES}", s.len())))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Checks a review id; `at` prefixes its field names (`reviews[3].`, or empty).

@@ -6,6 +6,10 @@
 //! `try_send`s it to the shadow's own bounded queue and worker threads. The shadow's worker then
 //! calls `ShadowPair::record`, which compares the two models (`compare`) and records metrics.
 //!
+//! A task that lists surfaces decides each with its own live policy; a pair compares against
+//! the live policy of the request's surface and counts comparisons and verdicts per surface, and
+//! a shadow may be kept to some surfaces (`offered_on`).
+//!
 //! Two controls keep a shadow behind live work and its comparison a uniform sample: the shadow
 //! CPU budget (`budget`: no shadow batch starts while it is spent) and the effective sample rate
 //! (`rate`: lowered, on the same hash, while the budget or the queues cannot take the
@@ -33,8 +37,8 @@ use crate::inference::tokenize::TokenRows;
 use crate::inference::worker::{JobResult, ModelHandle};
 use crate::journal::{ComparedReview, Decider, Journal};
 use crate::metrics::{LabelledVerdictMetrics, Role, ShadowMetrics, ShadowOutcome, VerdictMetrics};
-use crate::policy::{Decision, Policy};
-use crate::request::{ReviewInput, text_bytes};
+use crate::policy::{Confusion, Decision, Policy};
+use crate::request::{ReviewInput, Surface, text_bytes};
 use crate::shadow::breaker::Breaker;
 use compare::Direction;
 use disagreement::DisagreementLog;
@@ -60,8 +64,14 @@ pub struct ShadowPair {
     policy: ShadowPolicy,
     breaker: Breaker,
     metrics: ShadowMetrics,
-    /// Moderator verdicts counted against this shadow's decisions.
+    /// Moderator verdicts counted against this shadow's decisions on the default surface
+    /// (registered, at 0, even when the shadow is not offered it: `verdicts_on` says).
     pub verdicts: VerdictMetrics,
+    /// Per surface of the task (`TaskEntry::surfaces` order): the live policy and this pair's
+    /// series there; `None` where the shadow is not offered that surface.
+    on_surfaces: Vec<Option<OnSurface>>,
+    /// Offered the default surface's reviews: the shadow lists no `surfaces`.
+    on_default: bool,
     log: Option<DisagreementLog>,
     /// The decision journal, when `[journal]` is set: compared decisions are written to it.
     journal: Option<Journal>,
@@ -87,6 +97,22 @@ struct Labelling {
     queue: LabellingQueue,
     design: Design,
     verdicts: LabelledVerdictMetrics,
+}
+
+/// A pair on one named surface.
+struct OnSurface {
+    name: String,
+    live_policy: Arc<Policy>,
+    comparisons: Confusion<::metrics::Counter>,
+    verdicts: VerdictMetrics,
+}
+
+/// The live side of one of the task's surfaces, as a pair is built with it.
+pub struct SurfaceSpec {
+    pub name: String,
+    pub live_policy: Arc<Policy>,
+    /// The shadow is offered this surface's reviews.
+    pub offered: bool,
 }
 
 /// The rate controller and the cumulative figures its last tick saw.
@@ -116,6 +142,10 @@ pub struct PairSpec {
     pub labelling: Option<LabellingQueue>,
     /// The decision journal, when `[journal]` is set.
     pub journal: Option<Journal>,
+    /// The task's surfaces, in `TaskEntry::surfaces` order.
+    pub surfaces: Vec<SurfaceSpec>,
+    /// The shadow is offered the default surface's reviews (it lists no `surfaces`).
+    pub default_surface: bool,
 }
 
 /// Salt of the disagreement log's own sampling, independent of every shadow's.
@@ -158,6 +188,8 @@ impl ShadowPair {
             shadow_cpu,
             labelling,
             journal,
+            surfaces,
+            default_surface,
         } = spec;
         let policy_only = Arc::ptr_eq(live.spec(), shadow.spec());
         let metrics = ShadowMetrics::new(
@@ -166,6 +198,7 @@ impl ShadowPair {
             (shadow.spec(), &shadow_policy),
             policy_only,
             record_scores && !policy_only,
+            default_surface,
         );
         let verdicts = VerdictMetrics::new(task, shadow.spec(), Role::Shadow, &shadow_policy, &verdict_sources);
         let labelling = labelling.map(|queue| {
@@ -177,6 +210,29 @@ impl ShadowPair {
             });
             Labelling { queue, design, verdicts }
         });
+        let on_surfaces = surfaces
+            .into_iter()
+            .map(|s| {
+                s.offered.then(|| OnSurface {
+                    comparisons: crate::metrics::comparisons(
+                        task,
+                        (live.spec(), &s.live_policy),
+                        (shadow.spec(), &shadow_policy),
+                        Some(&s.name),
+                    ),
+                    verdicts: VerdictMetrics::on_surface(
+                        task,
+                        shadow.spec(),
+                        Role::Shadow,
+                        &shadow_policy,
+                        &verdict_sources,
+                        Some(&s.name),
+                    ),
+                    name: s.name,
+                    live_policy: s.live_policy,
+                })
+            })
+            .collect();
         let reuse_tokens = live.spec().tokenizer_sha256 == shadow.spec().tokenizer_sha256
             && live.spec().max_sequence_length == shadow.spec().max_sequence_length;
         metrics.rate_configured.set(sample_rate);
@@ -201,6 +257,8 @@ impl ShadowPair {
             breaker: Breaker::new(policy.breaker),
             metrics,
             verdicts,
+            on_surfaces,
+            on_default: default_surface,
             log,
             journal,
             labelling,
@@ -284,6 +342,23 @@ impl ShadowPair {
         }
     }
 
+    /// True when this shadow is offered the reviews of `surface` (its `surfaces`, if it lists
+    /// any).
+    pub fn offered_on(&self, surface: Surface) -> bool {
+        match surface {
+            None => self.on_default,
+            Some(i) => self.on_surfaces.get(i).is_some_and(Option::is_some),
+        }
+    }
+
+    /// This shadow's verdict counts on `surface`; `None` where it is not offered that surface.
+    pub fn verdicts_on(&self, surface: Surface) -> Option<&VerdictMetrics> {
+        match surface {
+            None => self.on_default.then_some(&self.verdicts),
+            Some(i) => self.on_surfaces.get(i)?.as_ref().map(|s| &s.verdicts),
+        }
+    }
+
     /// True when this shadow reuses the live model's token ids.
     pub fn reuses_tokens(&self) -> bool {
         self.reuse_tokens
@@ -292,19 +367,25 @@ impl ShadowPair {
     /// Offers a request's reviews, with the live scores and decisions, to this shadow. Never
     /// blocks and never fails: anything that cannot run now is counted and dropped.
     /// `tokens` are the live model's token ids for `reviews`, reused when `reuses_tokens`.
+    /// `surface` is the request's on this task: a shadow kept to other surfaces is not offered
+    /// the reviews at all (nothing is counted for it), and comparisons are counted per surface.
     pub fn offer(
         self: &Arc<Self>,
+        surface: Surface,
         reviews: &Arc<[ReviewInput]>,
         tokens: Option<&Arc<TokenRows>>,
         live_scores: &[f32],
         live_decisions: &[Decision],
     ) {
+        if !self.offered_on(surface) {
+            return;
+        }
         let picked = self.pick(reviews);
         if picked.is_empty() {
             return;
         }
         if self.policy_only {
-            self.offer_policy_only(reviews, picked, live_scores, live_decisions);
+            self.offer_policy_only(surface, reviews, picked, live_scores, live_decisions);
             return;
         }
         if let Some(refusal) = self.refusal() {
@@ -322,7 +403,7 @@ impl ShadowPair {
         let Offered { reviews, tokens, live_scores, live_decisions } = offered;
         let logged = reviews.clone();
         let callback = Box::new(move |result: JobResult, elapsed: Duration| {
-            pair.record(&logged, &live_scores, &live_decisions, result, elapsed)
+            pair.record(surface, &logged, &live_scores, &live_decisions, result, elapsed)
         });
         match self.shadow.submit_with(reviews, tokens, Some(Instant::now() + self.policy.max_delay), callback) {
             Ok(()) => {}
@@ -373,6 +454,7 @@ impl ShadowPair {
     /// shadow's worker thread.
     fn record(
         &self,
+        surface: Surface,
         reviews: &[ReviewInput],
         live_scores: &[f32],
         live_decisions: &[Decision],
@@ -390,7 +472,7 @@ impl ShadowPair {
             }
         };
         self.trip_check(false, elapsed, None);
-        self.compare(reviews, live_scores, live_decisions, &scores);
+        self.compare(surface, reviews, live_scores, live_decisions, &scores);
         self.metrics.outcome(ShadowOutcome::Compared, n);
     }
 
@@ -399,6 +481,7 @@ impl ShadowPair {
     /// (`offload`).
     fn offer_policy_only(
         self: &Arc<Self>,
+        surface: Surface,
         reviews: &Arc<[ReviewInput]>,
         picked: Vec<usize>,
         live_scores: &[f32],
@@ -412,7 +495,7 @@ impl ShadowPair {
             for &i in &picked {
                 let i = i..i + 1;
                 let scores = &live_scores[i.start * n_labels..i.end * n_labels];
-                pair.compare(&reviews[i.clone()], scores, &live_decisions[i], scores);
+                pair.compare(surface, &reviews[i.clone()], scores, &live_decisions[i], scores);
             }
             pair.metrics.outcome(ShadowOutcome::Compared, count);
             if let Some(c) = &pair.metrics.policy_only_reviews {
@@ -427,7 +510,16 @@ impl ShadowPair {
     /// Compares the shadow's scores for `reviews` with the live answers and records the result:
     /// the decision matrix, score deltas, flips, (sampled) disagreement log lines and, with the
     /// journal on, one journal line per review.
-    fn compare(&self, reviews: &[ReviewInput], live_scores: &[f32], live_decisions: &[Decision], scores: &[f32]) {
+    fn compare(
+        &self,
+        surface: Surface,
+        reviews: &[ReviewInput],
+        live_scores: &[f32],
+        live_decisions: &[Decision],
+        scores: &[f32],
+    ) {
+        let on_surface = surface.and_then(|i| self.on_surfaces.get(i)?.as_ref());
+        let live_policy = on_surface.map_or(&self.live_policy, |s| &s.live_policy);
         let live = self.live.spec();
         let shadow = self.shadow.spec();
         let (ln, sn) = (live.labels.len(), shadow.labels.len());
@@ -445,7 +537,10 @@ impl ShadowPair {
                     scores: s_scores.to_vec(),
                 });
             }
-            self.metrics.compared(live_decisions[i], s_decision);
+            match on_surface {
+                Some(s) => s.comparisons[(live_decisions[i], s_decision)].increment(1),
+                None => self.metrics.compared(live_decisions[i], s_decision),
+            }
             self.metrics.scores(s_scores);
             for (index, (_, delta)) in
                 compare::score_deltas(&live.labels, l_scores, &shadow.labels, s_scores).into_iter().enumerate()
@@ -468,7 +563,8 @@ impl ShadowPair {
                     task: &self.task,
                     review_id: &reviews[i].id,
                     direction: if direction == Direction::Stricter { "stricter" } else { "more_lenient" },
-                    live: side(live, &self.live_policy, live_decisions[i], l_scores),
+                    surface: on_surface.map(|s| s.name.as_str()),
+                    live: side(live, live_policy, live_decisions[i], l_scores),
                     shadow: side(shadow, &self.decision_policy, s_decision, s_scores),
                     text_sha256: crate::inference::model::package::sha256_hex(text.as_bytes()),
                     text: log.config.include_text.then_some(text.as_str()),
@@ -479,12 +575,7 @@ impl ShadowPair {
         if let Some(journal) = journal {
             let decider =
                 |model: &Arc<ModelSpec>, policy: &Arc<Policy>| Decider { model: model.clone(), policy: policy.clone() };
-            journal.compared(
-                &self.task,
-                decider(live, &self.live_policy),
-                decider(shadow, &self.decision_policy),
-                journaled,
-            );
+            journal.compared(&self.task, decider(live, live_policy), decider(shadow, &self.decision_policy), journaled);
         }
     }
 

@@ -147,6 +147,7 @@ async fn the_report_from_prometheus_matches_the_known_mix() {
                 decision: human as i32,
                 labels: vec![],
                 source: String::new(),
+                surface: None,
             });
         }
     }

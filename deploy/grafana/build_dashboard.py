@@ -10,6 +10,8 @@ import pathlib
 PAIR = 'task=~"$task", shadow_model=~"$shadow", shadow_policy=~"$policy"'
 # Verdict and score series name the model (live or shadow) instead of the pair.
 MODEL = 'task=~"$task"'
+# Per-surface views; "All" (.*) also matches the default surface (no `surface` label).
+SURFACE = 'surface=~"$surface"'
 PANELS = [
     ("Agreement (shadow decision = live decision)", "percentunit", [
         ("{{task}} {{live_model}} vs {{shadow_model}}", f"modserve:shadow_agreement:ratio_rate5m{{{PAIR}}}"),
@@ -66,6 +68,39 @@ PANELS = [
     ("Verdicts received per second by outcome", "short", [
         ("{{task}} {{outcome}}",
          f"sum by (task, outcome) (rate(modserve_verdicts_received_total{{{MODEL}}}[$__rate_interval]))"),
+    ]),
+    ("Live decisions per surface (share)", "percentunit", [
+        ("{{task}} {{surface}} {{decision}}", f"modserve:surface_decision:ratio_rate5m{{{MODEL}, {SURFACE}}}"),
+    ]),
+    ("Agreement with live per surface", "percentunit", [
+        ("{{surface}} {{shadow_model}} {{shadow_policy}}",
+         f"modserve:surface_shadow_agreement:ratio_rate5m{{{PAIR}, {SURFACE}}}"),
+    ]),
+    ("Disagreement direction per surface", "percentunit", [
+        ("stricter {{surface}} {{shadow_model}} {{shadow_policy}}",
+         f"modserve:surface_shadow_stricter:ratio_rate5m{{{PAIR}, {SURFACE}}}"),
+        ("more lenient {{surface}} {{shadow_model}} {{shadow_policy}}",
+         f"modserve:surface_shadow_more_lenient:ratio_rate5m{{{PAIR}, {SURFACE}}}"),
+    ]),
+    ("Decision confusion per surface over the range (live -> shadow)", "short", [
+        ("{{surface}} {{live_decision}} -> {{shadow_decision}}",
+         f"sum by (surface, live_decision, shadow_decision) "
+         f"(increase(modserve_shadow_comparisons_total{{{PAIR}, {SURFACE}}}[$__range]))"),
+    ]),
+    ("Precision against verdicts per surface (1 day)", "percentunit", [
+        ("REJECT {{surface}} {{model}} {{policy}} ({{role}})",
+         f"modserve:surface_verdict_reject_precision:ratio_1d{{{MODEL}, {SURFACE}}}"),
+        ("REVIEW+ {{surface}} {{model}} {{policy}} ({{role}})",
+         f"modserve:surface_verdict_review_precision:ratio_1d{{{MODEL}, {SURFACE}}}"),
+    ]),
+    ("Recall against verdicts per surface (1 day)", "percentunit", [
+        ("REJECT {{surface}} {{model}} {{policy}} ({{role}})",
+         f"modserve:surface_verdict_reject_recall:ratio_1d{{{MODEL}, {SURFACE}}}"),
+        ("REVIEW+ {{surface}} {{model}} {{policy}} ({{role}})",
+         f"modserve:surface_verdict_review_recall:ratio_1d{{{MODEL}, {SURFACE}}}"),
+    ]),
+    ("Reviews with a surface the task does not list (per second)", "short", [
+        ("{{task}}", f"modserve:surface_fallbacks:rate5m{{{MODEL}}}"),
     ]),
     ("Mean score per label (1 h), live and shadows", "short", [
         ("{{model}} {{label}} ({{role}})", f"modserve:score:mean_rate1h{{{MODEL}}}"),
@@ -126,6 +161,7 @@ dashboard = {
         variable("shadow", "label_values(modserve_shadow_reviews_total{task=~\"$task\"}, shadow_model)"),
         variable("policy",
                  "label_values(modserve_shadow_reviews_total{task=~\"$task\", shadow_model=~\"$shadow\"}, shadow_policy)"),
+        variable("surface", "label_values(modserve_reviews_total{task=~\"$task\"}, surface)"),
     ]},
     "panels": [panel(i, *p) for i, p in enumerate(PANELS)],
 }

@@ -7,7 +7,7 @@ usage: panels_to_rules.py DASHBOARD.json > panels-rules.yml
 import json
 import sys
 
-SUBSTITUTIONS = {"$__rate_interval": "5m", "$__range": "1h", "$task": ".*", "$shadow": ".*", "$policy": ".*"}
+SUBSTITUTIONS = {"$__rate_interval": "5m", "$__range": "1h", "$task": ".*", "$shadow": ".*", "$policy": ".*", "$surface": ".*"}
 
 dashboard = json.load(open(sys.argv[1]))
 print("groups:\n  - name: dashboard-panels\n    rules:")

@@ -117,7 +117,7 @@ fn make_request(texts: &[String], seq: u64, reviews: usize, tasks: &[String]) ->
             Review { id: format!("lg-{n}"), text: texts[n % texts.len()].clone(), ..Default::default() }
         })
         .collect();
-    ClassifyRequest { reviews, tasks: tasks.to_vec(), request_id: String::new() }
+    ClassifyRequest { reviews, tasks: tasks.to_vec(), request_id: String::new(), surface: None }
 }
 
 async fn call(client: &mut ModerationClient<Channel>, req: ClassifyRequest) -> Result<(), tonic::Code> {

@@ -96,6 +96,9 @@ pub(super) struct RawTask {
     pub(super) live: String,
     pub(super) policy: Option<String>,
     #[serde(default)]
+    pub(super) surfaces: BTreeMap<String, String>,
+    pub(super) unknown_surface: Option<super::UnknownSurface>,
+    #[serde(default)]
     pub(super) shadows: Vec<RawShadow>,
 }
 
@@ -106,6 +109,7 @@ pub(super) struct RawShadow {
     pub(super) policy: Option<String>,
     pub(super) sample_rate: f64,
     pub(super) salt: Option<String>,
+    pub(super) surfaces: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::file::{
     RawAdmin, RawBatching, RawConfig, RawJournal, RawLabelling, RawLimits, RawLog, RawMonitoring, RawPolicy, RawServer,
-    RawShadowPolicy, RawTask, RawTls,
+    RawShadow, RawShadowPolicy, RawTask, RawTls,
 };
 use super::*;
 
@@ -373,8 +373,16 @@ fn tasks(
             ));
         }
         policy_ref(errors, &format!("tasks.{name}.policy"), &t.policy, policies);
+        let (surfaces, unknown_surface) = task_surfaces(errors, name, t, policies);
         let shadows = task_shadows(errors, name, t, models, policies);
-        tasks.push(TaskConfig { name: name.clone(), live: t.live.clone(), policy: t.policy.clone(), shadows });
+        tasks.push(TaskConfig {
+            name: name.clone(),
+            live: t.live.clone(),
+            policy: t.policy.clone(),
+            surfaces,
+            unknown_surface,
+            shadows,
+        });
     }
     no_live_model_shadows_another_task(errors, &tasks);
     tasks
@@ -412,7 +420,7 @@ fn task_shadows(
                 "{key}.model: {:?} is already the live model of this task; add policy = \"NAME\" to try other thresholds on it",
                 sh.model
             ));
-        } else if sh.model == t.live && sh.policy == t.policy {
+        } else if sh.model == t.live && sh.policy == t.policy && sh.surfaces.is_none() {
             errors.push(format!("{key}.policy: {:?} is already the live policy of this task", sh.policy));
         }
         if t.shadows[..i].iter().any(|o| o.model == sh.model && o.policy == sh.policy) {
@@ -431,6 +439,7 @@ fn task_shadows(
             policy: sh.policy.clone(),
             sample_rate: sh.sample_rate,
             salt: sh.salt.clone().unwrap_or(salt),
+            surfaces: shadow_surfaces(errors, &key, sh, t),
         });
     }
     shadows
@@ -448,6 +457,62 @@ fn no_live_model_shadows_another_task(errors: &mut Vec<String>, tasks: &[TaskCon
             }
         }
     }
+}
+
+/// `[tasks.NAME.surfaces]` (surface -> policy) and `tasks.NAME.unknown_surface`.
+fn task_surfaces(
+    errors: &mut Vec<String>,
+    task: &str,
+    raw: &RawTask,
+    policies: &BTreeMap<String, PolicySpec>,
+) -> (BTreeMap<String, String>, UnknownSurface) {
+    let key = format!("tasks.{task}.surfaces");
+    if raw.surfaces.len() > MAX_SURFACES {
+        errors.push(format!(
+            "{key}: {} surfaces; at most {MAX_SURFACES} (each multiplies the task's decision, comparison and verdict series)",
+            raw.surfaces.len()
+        ));
+    }
+    for (surface, policy) in &raw.surfaces {
+        if !is_valid_name(surface) {
+            errors.push(format!("{key}.{surface:?}: surface names use 1-64 of [a-z0-9._-]"));
+        }
+        if !policies.contains_key(policy) {
+            errors.push(format!(
+                "{key}.{surface}: no policy named {policy:?} under [policies] (configured: {:?})",
+                policies.keys().collect::<Vec<_>>()
+            ));
+        }
+    }
+    if raw.unknown_surface.is_some() && raw.surfaces.is_empty() {
+        errors.push(format!(
+            "tasks.{task}.unknown_surface: the task lists no surfaces ([{key}]), so every surface already decides alike"
+        ));
+    }
+    (raw.surfaces.clone(), raw.unknown_surface.unwrap_or_default())
+}
+
+/// `tasks.NAME.shadows[i].surfaces`: surfaces the task lists, each once, at least one.
+fn shadow_surfaces(errors: &mut Vec<String>, key: &str, sh: &RawShadow, task: &RawTask) -> Option<Vec<String>> {
+    let list = sh.surfaces.as_ref()?;
+    let key = format!("{key}.surfaces");
+    if list.is_empty() {
+        errors
+            .push(format!("{key}: empty, so the shadow would see nothing; leave the key out to offer it all traffic"));
+    }
+    for (j, surface) in list.iter().enumerate() {
+        if !task.surfaces.contains_key(surface) {
+            errors.push(format!(
+                "{key}[{j}]: {surface:?} is not a surface of this task (its surfaces: {:?})",
+                task.surfaces.keys().collect::<Vec<_>>()
+            ));
+        } else if list[..j].contains(surface) {
+            errors.push(format!("{key}[{j}]: {surface:?} is listed twice"));
+        } else if sh.model == task.live && sh.policy.as_ref() == task.surfaces.get(surface) {
+            errors.push(format!("{key}[{j}]: {:?} is already the live policy on surface {surface:?}", sh.policy));
+        }
+    }
+    Some(list.clone())
 }
 
 /// `[shadow.disagreement_log]`.

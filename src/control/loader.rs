@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime};
 
 use crate::config::{Config, ModelConfig, TaskConfig};
-use crate::control::registry::{LoadedModel, ServingState, TaskEntry};
+use crate::control::registry::{LoadedModel, ServingState, SurfaceEntry, TaskEntry};
 use crate::inference::backend::Backends;
 use crate::inference::model::{ModelSpec, Package};
 use crate::inference::worker::{self, WorkerSettings};
@@ -19,7 +19,7 @@ use crate::policy::Policy;
 use crate::shadow::budget::ShadowCpu;
 use crate::shadow::disagreement::DisagreementLog;
 use crate::shadow::labelling::LabellingQueue;
-use crate::shadow::{PairSpec, ShadowPair};
+use crate::shadow::{PairSpec, ShadowPair, SurfaceSpec};
 
 /// The files shadows (and, for the journal, live decisions) write to, started once per process
 /// and shared by every state.
@@ -210,6 +210,7 @@ fn task_entry(
     };
     let live = answers(errors, "live", &task.live)?;
     let live_policy = policy(errors, config, &format!("tasks.{}.policy", task.name), &task.policy, live.handle.spec())?;
+    let surfaces = surface_policies(errors, config, task, live.handle.spec())?;
     let mut pairs = Vec::new();
     for (i, sh) in task.shadows.iter().enumerate() {
         let Some(shadow) = answers(errors, "shadows", &sh.model) else { continue };
@@ -229,18 +230,67 @@ fn task_entry(
             shadow_cpu: Some(shadow_cpu.clone()),
             labelling: writers.labelling.cloned(),
             journal: writers.journal.cloned(),
+            surfaces: surfaces
+                .iter()
+                .map(|(name, policy)| SurfaceSpec {
+                    name: name.clone(),
+                    live_policy: policy.clone(),
+                    offered: sh.surfaces.as_ref().is_none_or(|list| list.contains(name)),
+                })
+                .collect(),
+            default_surface: sh.surfaces.is_none(),
         };
         pairs.push(Arc::new(ShadowPair::new(&task.name, spec, config.shadow, writers.log.cloned())));
     }
     let spec = live.handle.spec();
+    let sources = &config.feedback.sources;
     Some(TaskEntry {
         name: task.name.clone(),
         live: live.handle.clone(),
         metrics: TaskMetrics::new(&task.name, spec, &live_policy),
-        verdicts: VerdictMetrics::new(&task.name, spec, Role::Live, &live_policy, &config.feedback.sources),
+        verdicts: VerdictMetrics::new(&task.name, spec, Role::Live, &live_policy, sources),
         policy: live_policy,
+        surfaces: surfaces
+            .into_iter()
+            .map(|(name, policy)| SurfaceEntry {
+                metrics: TaskMetrics::on_surface(&task.name, spec, &policy, &name),
+                verdicts: VerdictMetrics::on_surface(&task.name, spec, Role::Live, &policy, sources, Some(&name)),
+                name,
+                policy,
+            })
+            .collect(),
+        unknown_surface: task.unknown_surface,
+        surface_fallbacks: metrics::surface_fallbacks(&task.name),
         shadows: pairs,
     })
+}
+
+/// Each of the task's surfaces with the live policy there, resolved against the live model's
+/// labels (a policy used on several surfaces is resolved once). `None` after recording the
+/// problems.
+fn surface_policies(
+    errors: &mut Vec<String>,
+    config: &Config,
+    task: &TaskConfig,
+    live: &ModelSpec,
+) -> Option<Vec<(String, Arc<Policy>)>> {
+    let mut resolved: BTreeMap<&str, Arc<Policy>> = BTreeMap::new();
+    let mut surfaces = Vec::with_capacity(task.surfaces.len());
+    let mut ok = true;
+    for (surface, name) in &task.surfaces {
+        if !resolved.contains_key(name.as_str()) {
+            let key = format!("tasks.{}.surfaces.{surface}", task.name);
+            match policy(errors, config, &key, &Some(name.clone()), live) {
+                Some(p) => resolved.insert(name, p),
+                None => {
+                    ok = false;
+                    continue;
+                }
+            };
+        }
+        surfaces.push((surface.clone(), resolved[name.as_str()].clone()));
+    }
+    ok.then_some(surfaces)
 }
 
 /// Sets the shadow CPU budget from `shadow.max_cpu_fraction` and the process's CPU capacity,

@@ -9,10 +9,11 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwapOption;
 
-use crate::config::Config;
+use crate::config::{Config, UnknownSurface};
+use crate::error::Error;
 use crate::inference::worker::ModelHandle;
 use crate::metrics::{InputMetrics, Role, TaskMetrics, VerdictMetrics};
-use crate::policy::Policy;
+use crate::policy::{Decision, Policy};
 use crate::shadow::ShadowPair;
 
 /// One task, its live model and policy, and its shadows.
@@ -24,8 +25,24 @@ pub struct TaskEntry {
     pub metrics: TaskMetrics,
     /// Moderator verdicts counted against the live decisions.
     pub verdicts: VerdictMetrics,
+    /// `[tasks.NAME.surfaces]`, by name: a `Surface` indexes it.
+    pub surfaces: Vec<SurfaceEntry>,
+    pub unknown_surface: UnknownSurface,
+    /// Reviews on a surface not in `surfaces`, decided under `policy` (`UnknownSurface::Default`).
+    pub surface_fallbacks: ::metrics::Counter,
     pub shadows: Vec<Arc<ShadowPair>>,
 }
+
+/// One of a task's surfaces: the live policy there and the live series on it.
+pub struct SurfaceEntry {
+    pub name: String,
+    pub policy: Arc<Policy>,
+    /// The live decisions on this surface.
+    pub metrics: TaskMetrics,
+    pub verdicts: VerdictMetrics,
+}
+
+pub use crate::request::Surface;
 
 impl TaskEntry {
     /// True when the live model or a shadow outputs `label`.
@@ -36,6 +53,53 @@ impl TaskEntry {
             .iter()
             .chain(self.shadows.iter().flat_map(|s| &s.shadow.spec().labels))
             .any(|l| l == label)
+    }
+
+    /// The surface `asked` names on this task; `field` names the request field in the error for
+    /// an unknown one. The bool is true when an unknown surface fell back to the default.
+    pub fn surface(&self, field: &str, asked: Option<&str>) -> Result<(Surface, bool), Error> {
+        let Some(asked) = asked.filter(|_| !self.surfaces.is_empty()) else { return Ok((None, false)) };
+        if let Some(i) = self.surfaces.iter().position(|s| s.name == asked) {
+            return Ok((Some(i), false));
+        }
+        match self.unknown_surface {
+            UnknownSurface::Default => Ok((None, true)),
+            UnknownSurface::Reject => Err(Error::invalid(
+                field,
+                format!(
+                    "unknown surface {} for task {}; its surfaces are {:?}",
+                    crate::error::excerpt(asked),
+                    self.name,
+                    self.surfaces.iter().map(|s| s.name.as_str()).collect::<Vec<_>>()
+                ),
+            )),
+        }
+    }
+
+    /// The surface named `name`, as a verdict resolved it (`None` when a reload removed it).
+    pub fn surface_named(&self, name: Option<&str>) -> Surface {
+        name.and_then(|n| self.surfaces.iter().position(|s| s.name == n))
+    }
+
+    /// The live policy on `surface`.
+    pub fn policy_on(&self, surface: Surface) -> &Arc<Policy> {
+        surface.map_or(&self.policy, |i| &self.surfaces[i].policy)
+    }
+
+    /// Records one review's live scores and its decision on `surface`.
+    pub fn answered(&self, surface: Surface, scores: &[f32], decision: Decision) {
+        match surface {
+            None => self.metrics.answered(scores, decision),
+            Some(i) => {
+                self.metrics.scores(scores);
+                self.surfaces[i].metrics.decided(decision);
+            }
+        }
+    }
+
+    /// The live model's verdict counts on `surface`.
+    pub fn verdicts_on(&self, surface: Surface) -> &VerdictMetrics {
+        surface.map_or(&self.verdicts, |i| &self.surfaces[i].verdicts)
     }
 }
 

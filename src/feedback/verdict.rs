@@ -2,7 +2,7 @@
 //! the decision is one of the three, the review is valid, its labels belong to the task's models.
 
 use super::{Verdict, source_label};
-use crate::control::registry::ServingState;
+use crate::control::registry::{ServingState, TaskEntry};
 use crate::error::{Error, excerpt};
 use crate::policy::Decision;
 use crate::request::{self, MAX_ID_BYTES, RawReview};
@@ -15,6 +15,8 @@ pub struct RawVerdict {
     pub review: Option<RawReview>,
     pub labels: Vec<String>,
     pub source: String,
+    /// The surface named, if any (checked against the task's surfaces as Classify checks it).
+    pub surface: Option<String>,
 }
 
 /// Checks every verdict of one submission; the first broken rule fails it, naming the field.
@@ -43,6 +45,7 @@ fn one(at: &str, v: RawVerdict, state: &ServingState) -> Result<Verdict, Error> 
             format!("unknown task {}; configured tasks are {:?}", excerpt(&v.task), state.task_names()),
         ));
     };
+    let surface = surface(&format!("{at}surface"), entry, v.surface.as_deref())?;
     let Some(human) = v.decision else {
         return Err(Error::invalid(
             format!("{at}decision"),
@@ -78,5 +81,14 @@ fn one(at: &str, v: RawVerdict, state: &ServingState) -> Result<Verdict, Error> 
         task: entry.name.clone(),
         human,
         source: source_label(&v.source, &state.config.feedback.sources),
+        surface,
     })
+}
+
+/// The surface a verdict names, under Classify's rules: its name when the task lists it, `None`
+/// for the default surface (unset, or an unknown one that falls back).
+fn surface(field: &str, entry: &TaskEntry, asked: Option<&str>) -> Result<Option<String>, Error> {
+    request::check_surface(field, asked)?;
+    let (surface, _) = entry.surface(field, asked)?;
+    Ok(surface.map(|i| entry.surfaces[i].name.clone()))
 }

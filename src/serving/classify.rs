@@ -10,7 +10,7 @@ use crate::inference::model::ModelSpec;
 use crate::inference::worker::TokenSlot;
 use crate::journal::{Decider, Journal, ServedTask};
 use crate::policy::{Decision, Policy};
-use crate::request::{self, CallDeadline, ClassifyInput, RawRequest};
+use crate::request::{self, CallDeadline, ClassifyInput, RawRequest, Surface};
 
 /// One task's answer for every review of a request.
 pub struct TaskOutput {
@@ -83,6 +83,7 @@ impl Classifier {
         deadline: Option<Instant>,
     ) -> Result<ClassifyOutput, Error> {
         let tasks = resolve_tasks(state, &input.tasks)?;
+        let surfaces = resolve_surfaces(state, &tasks, input)?;
         for review in input.reviews.iter() {
             state.input.review(review.model_text.len(), review.text_cut, review.language.as_deref());
         }
@@ -111,23 +112,24 @@ impl Classifier {
             pending.push((entry, scoring));
         }
         let mut outputs = Vec::with_capacity(pending.len());
-        for (entry, scoring) in pending {
+        for ((entry, scoring), surface) in pending.into_iter().zip(surfaces) {
             let spec = entry.live.spec().clone();
             let output = scoring.wait().await?;
             let scores = output.scores;
             let n = spec.labels.len();
-            let decisions: Vec<Decision> = scores.chunks_exact(n).map(|s| entry.policy.decide(s)).collect();
+            let policy = entry.policy_on(surface);
+            let decisions: Vec<Decision> = scores.chunks_exact(n).map(|s| policy.decide(s)).collect();
             for (s, d) in scores.chunks_exact(n).zip(&decisions) {
-                entry.metrics.answered(s, *d);
+                entry.answered(surface, s, *d);
             }
             // Shadows branch off here, after the live answer is known; nothing awaits them.
             for shadow in &entry.shadows {
-                shadow.offer(&input.reviews, output.tokens.as_ref(), &scores, &decisions);
+                shadow.offer(surface, &input.reviews, output.tokens.as_ref(), &scores, &decisions);
             }
             outputs.push(TaskOutput {
                 task: entry.name.clone(),
                 model: spec,
-                policy: entry.policy.clone(),
+                policy: policy.clone(),
                 scores,
                 decisions,
             });
@@ -152,6 +154,22 @@ fn journal_served(journal: &Journal, input: &ClassifyInput, outputs: &[TaskOutpu
         })
         .collect();
     journal.served(&input.request_id, &input.reviews, tasks);
+}
+
+/// The request's surface on each of `tasks` (indices into `state.tasks`), or INVALID_ARGUMENT
+/// naming `surface` when a task that rejects unknown surfaces does not list it. Fallbacks are
+/// counted only once every task accepted the surface, so a refused request counts nothing.
+fn resolve_surfaces(state: &ServingState, tasks: &[usize], input: &ClassifyInput) -> Result<Vec<Surface>, Error> {
+    let resolved = tasks
+        .iter()
+        .map(|&t| state.tasks[t].surface("surface", input.surface.as_deref()))
+        .collect::<Result<Vec<_>, _>>()?;
+    for (&t, (_, fell_back)) in tasks.iter().zip(&resolved) {
+        if *fell_back {
+            state.tasks[t].surface_fallbacks.increment(input.reviews.len() as u64);
+        }
+    }
+    Ok(resolved.into_iter().map(|(surface, _)| surface).collect())
 }
 
 /// Indices into `state.tasks` for the requested names (all tasks when none are named).

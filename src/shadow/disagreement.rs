@@ -38,6 +38,9 @@ pub struct Entry<'a> {
     pub review_id: &'a str,
     /// "stricter" or "more_lenient": the shadow relative to live.
     pub direction: &'a str,
+    /// The surface the review was classified for, when its task lists it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub surface: Option<&'a str>,
     pub live: Side<'a>,
     pub shadow: Side<'a>,
     pub text_sha256: String,
@@ -130,6 +133,7 @@ mod tests {
             task: "abuse",
             review_id: "r1",
             direction: "stricter",
+            surface: None,
             live: Side {
                 model: "a",
                 version: "1",

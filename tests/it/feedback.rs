@@ -78,6 +78,7 @@ fn verdict(id: &str, text: &str, human: pb::Decision, source: &str) -> pb::Verdi
         decision: human as i32,
         labels: vec![],
         source: source.into(),
+        surface: None,
     }
 }
 

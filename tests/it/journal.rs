@@ -261,6 +261,7 @@ async fn a_verdict_is_counted_against_the_decision_served_without_rescoring() {
                 decision: pb::Decision::Review as i32,
                 labels: vec![],
                 source: String::new(),
+                ..Default::default()
             }
         })
         .collect();
@@ -294,6 +295,7 @@ async fn a_verdict_is_counted_against_the_decision_served_without_rescoring() {
             decision: pb::Decision::Allow as i32,
             labels: vec![],
             source: String::new(),
+            ..Default::default()
         },
         pb::Verdict {
             review: Some(review("never-classified", "you idiot")),
@@ -301,6 +303,7 @@ async fn a_verdict_is_counted_against_the_decision_served_without_rescoring() {
             decision: pb::Decision::Reject as i32,
             labels: vec![],
             source: String::new(),
+            ..Default::default()
         },
     ];
     let base = server.scrape().await;

@@ -182,6 +182,7 @@ async fn weighted_verdicts_from_the_labelling_queue_recover_the_true_precision()
         decision: [pb::Decision::Allow, pb::Decision::Review, pb::Decision::Reject][c.human] as i32,
         labels: vec![],
         source: "labelling".into(),
+        surface: None,
     };
     let mut feedback = FeedbackClient::new(server.channel().await);
     let all: Vec<&Case> = picked.iter().chain(&organic).copied().collect();

@@ -24,6 +24,7 @@ mod reload;
 mod replicas;
 mod shadow;
 mod startup;
+mod surfaces;
 mod tls;
 mod tune;
 mod worker;

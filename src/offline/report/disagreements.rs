@@ -20,6 +20,8 @@ pub struct Filter<'a> {
     pub task: &'a str,
     pub model: &'a str,
     pub policy: &'a str,
+    /// Only lines of this surface, when set.
+    pub surface: Option<&'a str>,
     pub start: SystemTime,
     pub end: SystemTime,
 }
@@ -30,6 +32,8 @@ struct Line {
     task: String,
     review_id: String,
     direction: String,
+    #[serde(default)]
+    surface: Option<String>,
     live: Side,
     shadow: Side,
     #[serde(default)]
@@ -109,7 +113,14 @@ impl<'a> Summary<'a> {
         };
         let f = self.filter;
         let policy_matches = line.shadow.policy.as_deref().is_none_or(|p| p == f.policy);
-        if line.task != f.task || line.shadow.model != f.model || !policy_matches || time <= f.start || time > f.end {
+        let surface_matches = f.surface.is_none_or(|s| line.surface.as_deref() == Some(s));
+        if !surface_matches
+            || line.task != f.task
+            || line.shadow.model != f.model
+            || !policy_matches
+            || time <= f.start
+            || time > f.end
+        {
             return;
         }
         self.out.matched += 1;
@@ -192,19 +203,60 @@ mod tests {
             task: "abuse",
             review_id: "r1",
             direction: "stricter",
+            surface: None,
             live: side("abuse-v1", "default", "allow", 0.25),
             shadow: side("abuse-v1", "tight", "review", 0.25),
             text_sha256: "00".repeat(32),
             text: Some("hello"),
         };
         let end = SystemTime::now() + Duration::from_secs(60);
-        let filter =
-            Filter { task: "abuse", model: "abuse-v1", policy: "tight", start: end - Duration::from_secs(3600), end };
+        let filter = Filter {
+            task: "abuse",
+            model: "abuse-v1",
+            policy: "tight",
+            surface: None,
+            start: end - Duration::from_secs(3600),
+            end,
+        };
         let mut summary = Summary::new(&filter);
         summary.line(serde_json::to_string(&entry).unwrap().as_bytes());
         let s = summary.finish();
         assert_eq!((s.matched, s.unparseable), (1, 0));
         assert_eq!((s.top[0].candidate_decision.as_str(), s.top[0].text.as_deref()), ("review", Some("hello")));
+    }
+
+    #[test]
+    fn report_disagreements_kept_to_a_surface_read_that_surface_only() {
+        use crate::shadow::disagreement::{Entry, Side};
+        let side = |policy| Side {
+            model: "abuse-v1",
+            version: "1",
+            policy,
+            policy_version: "1",
+            decision: "review",
+            scores: [("insult", 0.5)].into(),
+        };
+        let entry = |surface| Entry {
+            time: crate::shadow::disagreement::now_rfc3339(),
+            task: "abuse",
+            review_id: "r1",
+            direction: "stricter",
+            surface,
+            live: side("default"),
+            shadow: side("tight"),
+            text_sha256: "00".repeat(32),
+            text: None,
+        };
+        let end = SystemTime::now() + Duration::from_secs(60);
+        let start = end - Duration::from_secs(3600);
+        let on = |surface| Filter { task: "abuse", model: "abuse-v1", policy: "tight", surface, start, end };
+        for (filter, want) in [(on(Some("kids")), 1), (on(Some("forum")), 0), (on(None), 3)] {
+            let mut summary = Summary::new(&filter);
+            for surface in [Some("kids"), Some("market"), None] {
+                summary.line(serde_json::to_string(&entry(surface)).unwrap().as_bytes());
+            }
+            assert_eq!(summary.finish().matched, want, "{:?}", filter.surface);
+        }
     }
 
     #[test]
@@ -224,8 +276,14 @@ mod tests {
             .collect();
         std::fs::write(dir.path().join("d.jsonl.1"), rotated.join("\n")).unwrap();
         let end = humantime::parse_rfc3339("2026-11-26T13:30:00Z").unwrap();
-        let filter =
-            Filter { task: "abuse", model: "abuse-v2", policy: "strict", start: end - Duration::from_secs(3600), end };
+        let filter = Filter {
+            task: "abuse",
+            model: "abuse-v2",
+            policy: "strict",
+            surface: None,
+            start: end - Duration::from_secs(3600),
+            end,
+        };
         let s = summarize(&path, &filter).unwrap();
         assert_eq!(s.files.len(), 2);
         assert_eq!((s.matched, s.unparseable), (13, 1));

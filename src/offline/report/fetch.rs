@@ -42,6 +42,8 @@ pub struct FetchArgs {
     pub candidate: String,
     /// The shadow policy; required when `candidate` is the live model (a policy-only shadow).
     pub policy: Option<String>,
+    /// One named surface of the task: comparisons, verdicts and disagreements there only.
+    pub surface: Option<String>,
     pub window: Duration,
     pub end: SystemTime,
     /// The disagreement log (rotated files `PATH.1`, `PATH.2`, ... are read too).
@@ -59,6 +61,7 @@ impl FetchArgs {
             task: task.to_string(),
             candidate: candidate.to_string(),
             policy: None,
+            surface: None,
             window: Duration::from_secs(3600),
             end: SystemTime::now(),
             disagreement_log: None,
@@ -74,7 +77,7 @@ pub fn fetch(args: &FetchArgs) -> Result<ReportInput, ReportError> {
         ClientError::Access(error) => ReportError::Access(error),
     })?;
     let f = Fetcher { client, args, start: unix(args.end) - args.window.as_secs_f64() };
-    let mut notes = Vec::new();
+    let mut notes = surface_notes(args);
 
     let Compared { live_model, policy, live, candidate, matrix } = compared(&f, args, &mut notes)?;
 
@@ -167,6 +170,9 @@ fn comparisons(f: &Fetcher, args: &FetchArgs) -> Result<Vec<Counted>, ReportErro
     if let Some(p) = &args.policy {
         matchers.push((label::SHADOW_POLICY, p));
     }
+    if let Some(s) = &args.surface {
+        matchers.push((label::SURFACE, s));
+    }
     let comparisons = f.counts(SHADOW_COMPARISONS_TOTAL, &matchers)?;
     if comparisons.is_empty() {
         return Err(ReportError::NoComparisons {
@@ -233,11 +239,15 @@ fn verdicts(
     candidate_side: &[(&str, &str); 2],
     policy: &str,
 ) -> Result<Option<Verdicts>, ReportError> {
-    let live_verdicts = f.counts(VERDICTS_TOTAL, &[(label::TASK, &args.task), live_side[0], live_side[1]])?;
-    let candidate_verdicts = f.counts(
-        VERDICTS_TOTAL,
-        &[(label::TASK, &args.task), candidate_side[0], candidate_side[1], (label::POLICY, policy)],
-    )?;
+    let mut live = vec![(label::TASK, args.task.as_str()), live_side[0], live_side[1]];
+    let mut candidate =
+        vec![(label::TASK, args.task.as_str()), candidate_side[0], candidate_side[1], (label::POLICY, policy)];
+    if let Some(s) = &args.surface {
+        live.push((label::SURFACE, s));
+        candidate.push((label::SURFACE, s));
+    }
+    let live_verdicts = f.counts(VERDICTS_TOTAL, &live)?;
+    let candidate_verdicts = f.counts(VERDICTS_TOTAL, &candidate)?;
     Ok((!live_verdicts.is_empty() || !candidate_verdicts.is_empty())
         .then(|| Verdicts { live: verdict_matrix(&live_verdicts), candidate: verdict_matrix(&candidate_verdicts) }))
 }
@@ -284,8 +294,25 @@ fn labelled(
 fn disagreements(args: &FetchArgs, policy: &str) -> Result<Option<DisagreementSummary>, ReportError> {
     let Some(path) = &args.disagreement_log else { return Ok(None) };
     let (end, start) = (args.end, args.end.checked_sub(args.window).unwrap_or(UNIX_EPOCH));
-    let filter = disagreements::Filter { task: &args.task, model: &args.candidate, policy, start, end };
+    let filter = disagreements::Filter {
+        task: &args.task,
+        model: &args.candidate,
+        policy,
+        surface: args.surface.as_deref(),
+        start,
+        end,
+    };
     Ok(Some(disagreements::summarize(path, &filter)?))
+}
+
+/// What a report kept to one surface covers, said in its notes.
+fn surface_notes(args: &FetchArgs) -> Vec<String> {
+    match &args.surface {
+        Some(s) => vec![format!(
+            "surface {s} only: comparisons, verdicts and disagreements; shadow outcomes, score deltas and latency cover every surface"
+        )],
+        None => Vec::new(),
+    }
 }
 
 /// A series and its exact count in the window.

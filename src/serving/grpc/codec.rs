@@ -119,6 +119,7 @@ mod tests {
             reviews: (0..5).map(review).collect(),
             tasks: vec!["abuse".into()],
             request_id: "x".into(),
+            surface: None,
         };
         assert_eq!(count_top_level_fields(&req.encode_to_vec(), 100), Some(7));
         // Stops counting past the limit.

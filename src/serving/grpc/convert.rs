@@ -17,7 +17,12 @@ pub fn validate(req: pb::ClassifyRequest, limits: &Limits) -> Result<ClassifyInp
 
 /// A proto request as the domain's unvalidated request.
 pub fn request(req: pb::ClassifyRequest) -> RawRequest {
-    RawRequest { reviews: req.reviews.into_iter().map(review).collect(), tasks: req.tasks, request_id: req.request_id }
+    RawRequest {
+        reviews: req.reviews.into_iter().map(review).collect(),
+        tasks: req.tasks,
+        request_id: req.request_id,
+        surface: req.surface,
+    }
 }
 
 /// A proto review as the domain's unvalidated review.
@@ -40,6 +45,7 @@ pub fn verdicts(req: pb::SubmitVerdictsRequest) -> Vec<RawVerdict> {
             review: v.review.map(review),
             labels: v.labels,
             source: v.source,
+            surface: v.surface,
         })
         .collect()
 }
@@ -155,6 +161,16 @@ mod tests {
         r.signals.insert("account_age_days".into(), f64::NAN);
         let err = validate(request(vec![r]), &Limits::default()).unwrap_err();
         assert_eq!(field_of(err), "reviews[0].signals[\"account_age_days\"]");
+    }
+
+    #[test]
+    fn a_surface_is_kept_and_an_empty_or_overlong_one_refused() {
+        let with =
+            |surface: &str| pb::ClassifyRequest { surface: Some(surface.into()), ..request(vec![review("a", "x")]) };
+        assert_eq!(validate(with("kids"), &Limits::default()).unwrap().surface.as_deref(), Some("kids"));
+        assert_eq!(validate(request(vec![review("a", "x")]), &Limits::default()).unwrap().surface, None);
+        assert_eq!(field_of(validate(with(""), &Limits::default()).unwrap_err()), "surface");
+        assert_eq!(field_of(validate(with(&"s".repeat(65)), &Limits::default()).unwrap_err()), "surface");
     }
 
     #[test]
