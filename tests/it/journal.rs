@@ -78,6 +78,8 @@ async fn a_classify_call_is_journaled_per_review_and_task_with_the_text_hashed()
     let mut req = request(vec![review("r-1", texts[0]), review("r-2", texts[1])]);
     req.request_id = "req-42".into();
     let answer = server.client().await.classify(req).await.unwrap().into_inner();
+    // The two kinds are queued independently (a shadow may land first): wait for both.
+    wait_lines(&path, "decision", 4).await;
     let all = wait_lines(&path, "shadow", 2).await;
     let decisions: Vec<_> = all.iter().filter(|l| l["kind"] == "decision").collect();
     assert_eq!(decisions.len(), 4, "2 reviews x 2 tasks: {all:#?}");
@@ -427,8 +429,16 @@ async fn kill_9_mid_write_then_restart_cuts_the_torn_line() {
         .await
         .expect("serves after restart");
     assert_eq!(answer.into_inner().results.len(), 1);
-    let all = wait_lines(&path, "decision", 1).await;
-    assert!(all.iter().any(|l| l["review_id"] == "after-restart"), "the first record after the restart");
+    // The file already holds the records from before the kill: wait for this one (30 s at most).
+    let mut found = false;
+    for _ in 0..600 {
+        found = lines(&path).iter().any(|l| l["review_id"] == "after-restart");
+        if found {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(found, "the first record after the restart is journaled");
     drop(child);
     let text = std::fs::read_to_string(&path).unwrap();
     assert!(text.ends_with('\n'));
