@@ -29,7 +29,8 @@
 //! Shared by all of them: `config` (the typed configuration and the settings types every layer
 //! reads; a leaf that imports no layer), `request` (a validated review),
 //! `policy` (the decision), `journal` (every decision as JSON lines, off by default), `jsonl`
-//! (the bounded, rotating JSON-lines writer the journal and the disagreement log share), `error` (mapped to gRPC status in `serving::grpc::status` only),
+//! (the bounded, rotating JSON-lines writer behind the journal, the disagreement log and the
+//! labelling queue), `error` (mapped to gRPC status in `serving::grpc::status` only),
 //! `metrics` (every metric name) and `shutdown`. `app` wires the layers into a running server;
 //! `cli` is the command line; `sys`, the syscalls, is the one module allowed `unsafe`.
 
