@@ -99,12 +99,61 @@ struct Labelling {
     verdicts: LabelledVerdictMetrics,
 }
 
+impl Labelling {
+    /// The pair's design for the queue (its sample rate and the queue's strata rates), and its
+    /// weighted verdict series.
+    fn new(
+        task: &str,
+        queue: LabellingQueue,
+        sample_rate: f64,
+        (live, live_policy): (&ModelHandle, &Policy),
+        (shadow, shadow_policy): (&ModelHandle, &Policy),
+    ) -> Labelling {
+        let design = Design::new(sample_rate, &queue.config);
+        let sides = ((live.spec().as_ref(), live_policy), (shadow.spec().as_ref(), shadow_policy));
+        let verdicts = LabelledVerdictMetrics::new(task, sides, |agree| {
+            design.inclusion_probability(if agree { Stratum::Agreement } else { Stratum::Disagreement })
+        });
+        Labelling { queue, design, verdicts }
+    }
+}
+
 /// A pair on one named surface.
 struct OnSurface {
     name: String,
     live_policy: Arc<Policy>,
     comparisons: Confusion<::metrics::Counter>,
     verdicts: VerdictMetrics,
+}
+
+impl OnSurface {
+    /// The pair's comparison and verdict series on surface `s`.
+    fn new(
+        task: &str,
+        s: SurfaceSpec,
+        live: &ModelHandle,
+        (shadow, shadow_policy): (&ModelHandle, &Policy),
+        verdict_sources: &[String],
+    ) -> OnSurface {
+        OnSurface {
+            comparisons: crate::metrics::comparisons(
+                task,
+                (live.spec(), &s.live_policy),
+                (shadow.spec(), shadow_policy),
+                Some(&s.name),
+            ),
+            verdicts: VerdictMetrics::on_surface(
+                task,
+                shadow.spec(),
+                Role::Shadow,
+                shadow_policy,
+                verdict_sources,
+                Some(&s.name),
+            ),
+            name: s.name,
+            live_policy: s.live_policy,
+        }
+    }
 }
 
 /// The live side of one of the task's surfaces, as a pair is built with it.
@@ -201,37 +250,11 @@ impl ShadowPair {
             default_surface,
         );
         let verdicts = VerdictMetrics::new(task, shadow.spec(), Role::Shadow, &shadow_policy, &verdict_sources);
-        let labelling = labelling.map(|queue| {
-            let design = Design::new(sample_rate, &queue.config);
-            let sides =
-                ((live.spec().as_ref(), live_policy.as_ref()), (shadow.spec().as_ref(), shadow_policy.as_ref()));
-            let verdicts = LabelledVerdictMetrics::new(task, sides, |agree| {
-                design.inclusion_probability(if agree { Stratum::Agreement } else { Stratum::Disagreement })
-            });
-            Labelling { queue, design, verdicts }
-        });
+        let labelling = labelling
+            .map(|queue| Labelling::new(task, queue, sample_rate, (&live, &live_policy), (&shadow, &shadow_policy)));
         let on_surfaces = surfaces
             .into_iter()
-            .map(|s| {
-                s.offered.then(|| OnSurface {
-                    comparisons: crate::metrics::comparisons(
-                        task,
-                        (live.spec(), &s.live_policy),
-                        (shadow.spec(), &shadow_policy),
-                        Some(&s.name),
-                    ),
-                    verdicts: VerdictMetrics::on_surface(
-                        task,
-                        shadow.spec(),
-                        Role::Shadow,
-                        &shadow_policy,
-                        &verdict_sources,
-                        Some(&s.name),
-                    ),
-                    name: s.name,
-                    live_policy: s.live_policy,
-                })
-            })
+            .map(|s| s.offered.then(|| OnSurface::new(task, s, &live, (&shadow, &shadow_policy), &verdict_sources)))
             .collect();
         let reuse_tokens = live.spec().tokenizer_sha256 == shadow.spec().tokenizer_sha256
             && live.spec().max_sequence_length == shadow.spec().max_sequence_length;

@@ -51,6 +51,13 @@ base_image() {
     rm -rf "$dir"
     debootstrap --variant=minbase ${include:+--include="$include"} bookworm "$dir" "$mirror" >"$work/$3.log" 2>&1 \
         || { say "debootstrap failed:"; tail -20 "$work/$3.log" >&2; exit 1; }
+    # The build machine's own CA certificates (e.g. a TLS-inspecting proxy in front of the
+    # registries), so pip and cargo inside the build trust what they trust here.
+    if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null && [ -d "$dir/etc/ssl/certs" ]; then
+        mkdir -p "$dir/usr/local/share/ca-certificates"
+        cp /usr/local/share/ca-certificates/*.crt "$dir/usr/local/share/ca-certificates/"
+        chroot "$dir" update-ca-certificates >/dev/null 2>&1 || say "update-ca-certificates failed in $name"
+    fi
     if [ "$3" = builder ]; then
         # The official rust image's layout: toolchain in RUSTUP_HOME, cargo's home in CARGO_HOME.
         local toolchain

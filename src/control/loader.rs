@@ -194,20 +194,7 @@ fn task_entry(
     shadow_cpu: &Arc<ShadowCpu>,
     writers: Writers<'_>,
 ) -> Option<TaskEntry> {
-    // A model for another task is refused here.
-    let answers = |errors: &mut Vec<String>, key: &str, model: &str| {
-        let m = models.get(model)?;
-        if m.handle.spec().task == task.name {
-            return Some(m);
-        }
-        errors.push(format!(
-            "tasks.{}.{key}: model {model:?} answers task {:?} (its manifest says so), not {:?}",
-            task.name,
-            m.handle.spec().task,
-            task.name
-        ));
-        None
-    };
+    let answers = |errors: &mut Vec<String>, key: &str, model: &str| answering(errors, task, models, key, model);
     let live = answers(errors, "live", &task.live)?;
     let live_policy = policy(errors, config, &format!("tasks.{}.policy", task.name), &task.policy, live.handle.spec())?;
     let surfaces = surface_policies(errors, config, task, live.handle.spec())?;
@@ -230,14 +217,7 @@ fn task_entry(
             shadow_cpu: Some(shadow_cpu.clone()),
             labelling: writers.labelling.cloned(),
             journal: writers.journal.cloned(),
-            surfaces: surfaces
-                .iter()
-                .map(|(name, policy)| SurfaceSpec {
-                    name: name.clone(),
-                    live_policy: policy.clone(),
-                    offered: sh.surfaces.as_ref().is_none_or(|list| list.contains(name)),
-                })
-                .collect(),
+            surfaces: surface_specs(&surfaces, sh.surfaces.as_deref()),
             default_surface: sh.surfaces.is_none(),
         };
         pairs.push(Arc::new(ShadowPair::new(&task.name, spec, config.shadow, writers.log.cloned())));
@@ -263,6 +243,39 @@ fn task_entry(
         surface_fallbacks: metrics::surface_fallbacks(&task.name),
         shadows: pairs,
     })
+}
+
+/// The loaded `model` when it answers `task`; a model for another task is refused here.
+fn answering<'a>(
+    errors: &mut Vec<String>,
+    task: &TaskConfig,
+    models: &'a BTreeMap<String, LoadedModel>,
+    key: &str,
+    model: &str,
+) -> Option<&'a LoadedModel> {
+    let m = models.get(model)?;
+    if m.handle.spec().task == task.name {
+        return Some(m);
+    }
+    errors.push(format!(
+        "tasks.{}.{key}: model {model:?} answers task {:?} (its manifest says so), not {:?}",
+        task.name,
+        m.handle.spec().task,
+        task.name
+    ));
+    None
+}
+
+/// The task's surfaces as one shadow sees them: offered unless its `surfaces` list leaves them out.
+fn surface_specs(surfaces: &[(String, Arc<Policy>)], offered: Option<&[String]>) -> Vec<SurfaceSpec> {
+    surfaces
+        .iter()
+        .map(|(name, policy)| SurfaceSpec {
+            name: name.clone(),
+            live_policy: policy.clone(),
+            offered: offered.is_none_or(|list| list.contains(name)),
+        })
+        .collect()
 }
 
 /// Each of the task's surfaces with the live policy there, resolved against the live model's
