@@ -6,6 +6,9 @@
 #   [CONFIG=benches/configs/live-only.toml] benches/ab.sh OLD_BINARY NEW_BINARY [ROUNDS]
 #   (default 3 rounds; about 2 minutes a round)
 #
+# With CONFIG_B, B runs on its own config: one binary against itself compares two configs
+# (the journal's cost: CONFIG_B=benches/configs/live-journal.toml benches/ab.sh BIN BIN).
+#
 # Scenarios: single reviews, closed loop at concurrency 1 and 16; 32 reviews per request at
 # concurrency 4. Prints medians per binary and the B/A ratio (Markdown); raw JSON lines go to
 # target/bench/ab-*.jsonl.
@@ -14,6 +17,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 a="$(realpath "$1")"; b="$(realpath "$2")"; rounds="${3:-3}"
 config="${CONFIG:-benches/configs/live-only.toml}"
+config_b="${CONFIG_B:-$config}"
 addr=127.0.0.1:50071
 out="target/bench/ab-$(date +%Y%m%dT%H%M%S).jsonl"
 mkdir -p target/bench
@@ -25,10 +29,10 @@ scenarios=(
     "batch32-c4|--tasks abuse --reviews 32 --concurrency 4"
 )
 
-run() {  # run LABEL BINARY ROUND
-    local label="$1" bin="$2" round="$3" log pid
+run() {  # run LABEL BINARY ROUND CONFIG
+    local label="$1" bin="$2" round="$3" cfg="$4" log pid
     log="$(mktemp)"
-    taskset -c 0 "$bin" --config "$config" --log-format json 2>"$log" &
+    taskset -c 0 "$bin" --config "$cfg" --log-format json 2>"$log" &
     pid=$!
     for _ in $(seq 1 300); do grep -q '"serving"' "$log" && break; sleep 0.1; done
     for s in "${scenarios[@]}"; do
@@ -43,7 +47,11 @@ run() {  # run LABEL BINARY ROUND
 
 for round in $(seq 1 "$rounds"); do
     echo "round $round/$rounds" >&2
-    if (( round % 2 )); then run A "$a" "$round"; run B "$b" "$round"; else run B "$b" "$round"; run A "$a" "$round"; fi
+    if (( round % 2 )); then
+        run A "$a" "$round" "$config"; run B "$b" "$round" "$config_b"
+    else
+        run B "$b" "$round" "$config_b"; run A "$a" "$round" "$config"
+    fi
 done
 
 python3 - "$out" "$a" "$b" <<'EOF'

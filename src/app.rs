@@ -19,6 +19,7 @@ use crate::control::{http_port, loader};
 use crate::feedback::Feedback;
 use crate::inference::backend::{Backends, Wrap};
 use crate::inference::runtime;
+use crate::journal::Journal;
 use crate::metrics;
 use crate::metrics::ReloadTrigger;
 use crate::serving::classify::Classifier;
@@ -170,7 +171,7 @@ async fn run(
         serve(&config, bound, &registry, &reload, health_service, prometheus, &ready, transport_signal, &signal)?;
 
     let started = Instant::now();
-    let (reloader, log_thread, threads) = match load(&config, registry.clone(), wrap).await {
+    let (reloader, writers, threads) = match load(&config, registry.clone(), wrap).await {
         Ok(loaded) => loaded,
         Err(e) => {
             stop_transport.trigger();
@@ -189,7 +190,7 @@ async fn run(
     // close, workers finish what is queued and exit.
     registry.swap(None);
     drop(reload);
-    stop_workers(config.server.shutdown_grace, threads, log_thread).await;
+    stop_workers(config.server.shutdown_grace, threads, writers).await;
     tracing::info!("stopped");
     Ok(())
 }
@@ -347,8 +348,9 @@ async fn drain(
 }
 
 /// Waits, at most `grace` each, for the worker threads (their queues closed with the serving
-/// state) and then the writers of the disagreement log and the labelling queue, which the
-/// shadows held the last handles of.
+/// state) and then the writers of the disagreement log, the labelling queue and the journal,
+/// which the serving states and shadows held the last handles of: each drains its queue to disk
+/// before it exits, so no record queued before the signal is lost.
 async fn stop_workers(
     grace: std::time::Duration,
     threads: WorkerThreads,
@@ -363,8 +365,8 @@ async fn stop_workers(
 
 type WorkerThreads = Arc<Mutex<Vec<std::thread::JoinHandle<()>>>>;
 
-/// Sets up ONNX Runtime, the disagreement log and the labelling queue (bound for the process's
-/// life; their writer threads are returned), then loads the
+/// Sets up ONNX Runtime, the disagreement log, the labelling queue and the journal (bound for the
+/// process's life; their writer threads are returned), then loads the
 /// start-up config through the same path every reload takes. On blocking threads: file IO and
 /// model loads.
 async fn load(
@@ -389,11 +391,12 @@ async fn load(
                     .map_err(|e| format!("labelling.path: cannot open {}: {e}", c.path.display()))?,
             ),
         };
-        Ok::<_, String>((env, log, labelling))
+        let journal = start_journal(&setup_config)?;
+        Ok::<_, String>((env, log, labelling, journal))
     })
     .await
     .context("start-up panicked")?;
-    let (env, log, labelling) = setup.map_err(|e| anyhow::anyhow!(e))?;
+    let (env, log, labelling, journal) = setup.map_err(|e| anyhow::anyhow!(e))?;
     let mut log_thread = Vec::new();
     let log = log.map(|(l, t)| {
         log_thread.push(t);
@@ -402,6 +405,10 @@ async fn load(
     let labelling = labelling.map(|(q, t)| {
         log_thread.push(t);
         q
+    });
+    let journal = journal.map(|(j, t)| {
+        log_thread.push(t);
+        j
     });
     let threads = Arc::new(Mutex::new(Vec::new()));
     let reloader = Arc::new(Reloader {
@@ -414,6 +421,7 @@ async fn load(
         },
         log,
         labelling,
+        journal,
         threads: threads.clone(),
         applied_inputs: Mutex::new(None),
     });
@@ -429,4 +437,11 @@ async fn load(
     *reloader.applied_inputs.lock().unwrap_or_else(|p| p.into_inner()) = Some(inputs);
     let reloader = Arc::into_inner(reloader).context("reloader still shared after start-up")?;
     Ok((reloader, log_thread, threads))
+}
+
+/// The decision journal, when `[journal]` is configured: opened (a torn last line cut) before
+/// anything is served, so a path it cannot write stops start-up instead of losing records.
+fn start_journal(config: &Config) -> Result<Option<(Journal, std::thread::JoinHandle<()>)>, String> {
+    let Some(c) = &config.journal else { return Ok(None) };
+    Journal::start(c.clone()).map(Some).map_err(|e| format!("journal.path: cannot open {}: {e}", c.path.display()))
 }

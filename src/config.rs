@@ -19,8 +19,8 @@ pub use cpus::{CpuListError, CpuSet, MAX_CPUS, allowed_cpus};
 pub use launch::defaults as launch_defaults;
 pub use launch::{LaunchCriteria, RawLaunchCriteria, validate_criteria};
 pub use settings::{
-    BatchPolicy, BreakerPolicy, FeedbackConfig, LabellingConfig, LogConfig, NO_SOURCE, OTHER_SOURCE, PolicySpec,
-    ShadowPolicy, Thresholds, TlsConfig, WorkerSettings,
+    BatchPolicy, BreakerPolicy, FeedbackConfig, JournalConfig, LabellingConfig, LogConfig, NO_SOURCE, OTHER_SOURCE,
+    PolicySpec, ShadowPolicy, Thresholds, TlsConfig, WorkerSettings,
 };
 
 use file::RawConfig;
@@ -69,6 +69,12 @@ pub mod defaults {
     pub const LOG_MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
     pub const LOG_MAX_FILES: usize = 5;
     pub const LOG_QUEUE_CAPACITY: usize = 4096;
+    pub const JOURNAL_MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
+    pub const JOURNAL_MAX_FILE_AGE: &str = "1h";
+    pub const JOURNAL_MAX_FILES: usize = 24;
+    pub const JOURNAL_QUEUE_CAPACITY: usize = 4096;
+    pub const JOURNAL_INDEX_CAPACITY: usize = 100_000;
+    pub const JOURNAL_INDEX_MAX_AGE: &str = "24h";
     /// Every compared disagreement goes to the labelling queue: they are what a launch hinges on.
     pub const LABELLING_DISAGREEMENT_RATE: f64 = 1.0;
     /// A control slice of 1 agreement in 100, so precision and recall cover agreements too.
@@ -189,6 +195,8 @@ pub struct Config {
     pub shadow_cpus: Option<CpuSet>,
     /// Where disagreements go; `None` turns the log off.
     pub disagreement_log: Option<LogConfig>,
+    /// The decision journal; `None` (the default) turns it off.
+    pub journal: Option<JournalConfig>,
     /// The labelling queue (`[labelling]`); `None` turns it off.
     pub labelling: Option<LabellingConfig>,
     /// Model name -> how to load and run it.
@@ -623,6 +631,36 @@ forum = "strict"
         let errors = parse(&text).unwrap_err();
         assert!(errors.iter().any(|e| e.starts_with("server.max_connections_per_peer 5")), "{errors:?}");
         assert!(errors.iter().any(|e| e.starts_with("server.handshake_timeout")), "{errors:?}");
+    }
+
+    #[test]
+    fn the_journal_is_off_by_default_and_its_keys_are_validated() {
+        assert_eq!(parse(GOOD).unwrap().journal, None);
+        let on = parse(&format!("{GOOD}[journal]\npath = \"j/decisions.jsonl\"\n")).unwrap().journal.unwrap();
+        assert_eq!(on.path, Path::new("/etc/modserve/j/decisions.jsonl"));
+        assert!(!on.include_text && on.include_shadows);
+        assert_eq!(on.max_file_age, Duration::from_secs(3600));
+        assert_eq!(on.retention, Duration::ZERO);
+        let text = format!(
+            "{GOOD}[journal]\npath = \"\"\nmax_file_bytes = 10\nmax_file_age = \"10ms\"\nretention = \"soon\"\n\
+             max_files = 0\nqueue_capacity = 0\nindex_capacity = 20000000\n"
+        );
+        let errors = parse(&text).unwrap_err();
+        for key in [
+            "journal.path",
+            "journal.max_file_bytes 10",
+            "journal.max_file_age",
+            "journal.retention \"soon\"",
+            "journal.max_files 0",
+            "journal.queue_capacity 0",
+            "journal.index_capacity 20000000",
+        ] {
+            assert!(errors.iter().any(|e| e.starts_with(key)), "no error for {key}: {errors:#?}");
+        }
+        let errors = parse(&format!("{GOOD}[journal]\npath = \"j\"\nindex_max_age = \"0s\"\n")).unwrap_err();
+        assert!(errors[0].starts_with("journal.index_max_age"), "{errors:?}");
+        let errors = parse(&format!("{GOOD}[journal]\npath = \"j\"\nrotate = true\n")).unwrap_err();
+        assert!(errors[0].contains("rotate"), "{errors:?}");
     }
 
     #[test]

@@ -8,6 +8,12 @@
 //! to the live model in small chunks only while its queue is shorter than
 //! `shadow.live_pressure_jobs`, and a verdict not scored within `feedback.max_delay` is shed and
 //! counted. Nothing is stored but the dedupe window, so any replica can take any verdict.
+//!
+//! With the decision journal on, the live side of a verdict is counted against the decision the
+//! journal's index recorded as served for the same (review id, task), text, model and policy,
+//! instead of re-scoring it: what was served is what the moderator judged. Verdicts the index
+//! does not know (another replica served them, they are older than `journal.index_max_age`, the
+//! model, policy or text changed since) are re-scored as without a journal.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
@@ -23,7 +29,9 @@ pub use crate::config::FeedbackConfig;
 use crate::control::registry::{Registry, ServingState, TaskEntry};
 use crate::error::Error;
 use crate::inference::worker::ModelHandle;
-use crate::metrics::{self, NO_SOURCE, OTHER_SOURCE, VerdictOutcome};
+use crate::journal::index::{ServedDecision, decider};
+use crate::journal::{Journal, text_sha256};
+use crate::metrics::{self, JournalLookup, NO_SOURCE, OTHER_SOURCE, VerdictOutcome};
 use crate::policy::Decision;
 use crate::request::ReviewInput;
 
@@ -229,19 +237,26 @@ async fn score(state: &ServingState, accepted: Accepted) {
     let pressure = 1;
     for (entry, verdicts) in by_task {
         for chunk in verdicts.chunks(config.batch_size) {
-            score_chunk(entry, chunk, deadline, pressure).await;
+            score_chunk(entry, state.journal.as_ref(), chunk, deadline, pressure).await;
         }
     }
 }
 
-async fn score_chunk(entry: &TaskEntry, chunk: &[Verdict], deadline: Instant, pressure: usize) {
+async fn score_chunk(
+    entry: &TaskEntry,
+    journal: Option<&Journal>,
+    chunk: &[Verdict],
+    deadline: Instant,
+    pressure: usize,
+) {
     let reviews: Arc<[ReviewInput]> = chunk.iter().map(|v| v.review.clone()).collect();
     let received = |outcome: VerdictOutcome| {
         for v in chunk {
             metrics::verdicts_received(&v.task, &v.source, outcome, 1);
         }
     };
-    let live_scores = match run(&entry.live, &reviews, deadline, Some(pressure)).await {
+    let served = served_decisions(entry, journal, chunk);
+    let live_scores = match live_scores(entry, &reviews, &served, deadline, pressure).await {
         Ok(scores) => scores,
         Err(Error::DeadlineExceeded(_)) => return received(VerdictOutcome::ShedDeadline),
         Err(e) => {
@@ -252,10 +267,18 @@ async fn score_chunk(entry: &TaskEntry, chunk: &[Verdict], deadline: Instant, pr
         }
     };
     let n_live = entry.live.spec().labels.len();
+    // The live decisions: as served where the journal knew them, else from the live scores
+    // under the verdict's surface's policy.
     let live_decisions: Vec<Decision> = chunk
         .iter()
         .zip(live_scores.chunks_exact(n_live))
-        .map(|(v, scores)| entry.policy_on(entry.surface_named(v.surface.as_deref())).decide(scores))
+        .zip(&served)
+        .map(|((v, scores), served)| {
+            served.as_ref().map_or_else(
+                || entry.policy_on(entry.surface_named(v.surface.as_deref())).decide(scores),
+                |s| s.decision,
+            )
+        })
         .collect();
     for (v, &decision) in chunk.iter().zip(&live_decisions) {
         entry.verdicts_on(entry.surface_named(v.surface.as_deref())).count(&v.source, decision, v.human);
@@ -294,6 +317,65 @@ async fn score_chunk(entry: &TaskEntry, chunk: &[Verdict], deadline: Instant, pr
     });
     join_all(shadows).await;
     received(VerdictOutcome::Counted);
+}
+
+/// For each verdict, the live decision the journal recorded as served, when there is one for
+/// the same text by the model and policy live now (on the verdict's surface); counted by what
+/// the index knew.
+fn served_decisions(entry: &TaskEntry, journal: Option<&Journal>, chunk: &[Verdict]) -> Vec<Option<ServedDecision>> {
+    let Some(journal) = journal else { return vec![None; chunk.len()] };
+    let mut counts = [0usize; 3];
+    let served = chunk
+        .iter()
+        .map(|v| {
+            let found = journal.served_decision(&v.review.id, &v.task);
+            // The policy live now on the verdict's surface: what a re-score would decide with.
+            let live = decider(entry.live.spec(), entry.policy_on(entry.surface_named(v.surface.as_deref())));
+            let (outcome, served) = match found {
+                None => (JournalLookup::NotFound, None),
+                Some(s) if s.decider == live && s.text_sha256 == text_sha256(&v.review.model_text) => {
+                    (JournalLookup::Served, Some(s))
+                }
+                Some(_) => (JournalLookup::Changed, None),
+            };
+            counts[outcome as usize] += 1;
+            served
+        })
+        .collect();
+    for outcome in [JournalLookup::Served, JournalLookup::NotFound, JournalLookup::Changed] {
+        if counts[outcome as usize] > 0 {
+            metrics::journal_lookups(&entry.name, outcome, counts[outcome as usize]);
+        }
+    }
+    served
+}
+
+/// The live scores of every review in the chunk: as served where the journal knew them, and
+/// from the live model for the rest (no inference at all when the journal knew every one).
+async fn live_scores(
+    entry: &TaskEntry,
+    reviews: &Arc<[ReviewInput]>,
+    served: &[Option<ServedDecision>],
+    deadline: Instant,
+    pressure: usize,
+) -> Result<Vec<f32>, Error> {
+    if served.iter().all(Option::is_none) {
+        return run(&entry.live, reviews, deadline, Some(pressure)).await;
+    }
+    let missing: Arc<[ReviewInput]> =
+        reviews.iter().zip(served).filter(|(_, s)| s.is_none()).map(|(r, _)| r.clone()).collect();
+    let rescored =
+        if missing.is_empty() { Vec::new() } else { run(&entry.live, &missing, deadline, Some(pressure)).await? };
+    let n = entry.live.spec().labels.len();
+    let mut rescored = rescored.chunks_exact(n);
+    let mut scores = Vec::with_capacity(reviews.len() * n);
+    for s in served {
+        match s {
+            Some(s) => scores.extend_from_slice(&s.scores),
+            None => scores.extend_from_slice(rescored.next().unwrap_or_default()),
+        }
+    }
+    Ok(scores)
 }
 
 /// Scores `reviews` on `model` before `deadline`. With `pressure`, waits while the model has

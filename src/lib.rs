@@ -22,12 +22,15 @@
 //!   disagreement log, labelling queue).
 //! - `control`: the serving state (`registry`), building it (`loader`), reloading it, and the
 //!   HTTP port for metrics and health probes.
-//! - `feedback`: moderator verdicts scored against live and every shadow.
+//! - `feedback`: moderator verdicts scored against live and every shadow (or, for live, counted
+//!   against the decision the journal recorded as served).
 //! - `offline`: `modserve report`, `modserve eval` and `modserve tune`, run beside the server.
 //!
 //! Shared by all of them: `config` (the typed configuration and the settings types every layer
 //! reads; a leaf that imports no layer), `request` (a validated review),
-//! `policy` (the decision), `error` (mapped to gRPC status in `serving::grpc::status` only),
+//! `policy` (the decision), `journal` (every decision as JSON lines, off by default), `jsonl`
+//! (the bounded, rotating JSON-lines writer behind the journal, the disagreement log and the
+//! labelling queue), `error` (mapped to gRPC status in `serving::grpc::status` only),
 //! `metrics` (every metric name) and `shutdown`. `app` wires the layers into a running server;
 //! `cli` is the command line; `sys`, the syscalls, is the one module allowed `unsafe`.
 
@@ -38,6 +41,8 @@ pub mod control;
 pub mod error;
 pub mod feedback;
 pub mod inference;
+pub mod journal;
+pub mod jsonl;
 pub mod metrics;
 pub mod offline;
 pub mod policy;

@@ -35,6 +35,7 @@ use crate::error::Error;
 use crate::inference::model::ModelSpec;
 use crate::inference::tokenize::TokenRows;
 use crate::inference::worker::{JobResult, ModelHandle};
+use crate::journal::{ComparedReview, Decider, Journal};
 use crate::metrics::{LabelledVerdictMetrics, Role, ShadowMetrics, ShadowOutcome, VerdictMetrics};
 use crate::policy::{Confusion, Decision, Policy};
 use crate::request::{ReviewInput, Surface, text_bytes};
@@ -72,6 +73,8 @@ pub struct ShadowPair {
     /// Offered the default surface's reviews: the shadow lists no `surfaces`.
     on_default: bool,
     log: Option<DisagreementLog>,
+    /// The decision journal, when `[journal]` is set: compared decisions are written to it.
+    journal: Option<Journal>,
     /// The labelling queue, this pair's design for it, and the verdicts on reviews it picks.
     labelling: Option<Labelling>,
     /// Live and shadow tokenize identically (same tokenizer file, same length limit), so the
@@ -186,6 +189,8 @@ pub struct PairSpec {
     pub shadow_cpu: Option<Arc<ShadowCpu>>,
     /// The labelling queue, when `[labelling]` is set.
     pub labelling: Option<LabellingQueue>,
+    /// The decision journal, when `[journal]` is set.
+    pub journal: Option<Journal>,
     /// The task's surfaces, in `TaskEntry::surfaces` order.
     pub surfaces: Vec<SurfaceSpec>,
     /// The shadow is offered the default surface's reviews (it lists no `surfaces`).
@@ -231,6 +236,7 @@ impl ShadowPair {
             verdict_sources,
             shadow_cpu,
             labelling,
+            journal,
             surfaces,
             default_surface,
         } = spec;
@@ -277,6 +283,7 @@ impl ShadowPair {
             on_surfaces,
             on_default: default_surface,
             log,
+            journal,
             labelling,
             reuse_tokens,
             cpu: shadow_cpu.filter(|_| !policy_only),
@@ -524,7 +531,8 @@ impl ShadowPair {
     }
 
     /// Compares the shadow's scores for `reviews` with the live answers and records the result:
-    /// the decision matrix, score deltas, flips and (sampled) disagreement log lines.
+    /// the decision matrix, score deltas, flips, (sampled) disagreement log lines and, with the
+    /// journal on, one journal line per review.
     fn compare(
         &self,
         surface: Surface,
@@ -538,9 +546,20 @@ impl ShadowPair {
         let live = self.live.spec();
         let shadow = self.shadow.spec();
         let (ln, sn) = (live.labels.len(), shadow.labels.len());
+        let journal = self.journal.as_ref().filter(|j| j.config.include_shadows);
+        let mut journaled = Vec::with_capacity(if journal.is_some() { reviews.len() } else { 0 });
         for i in 0..reviews.len() {
             let (l_scores, s_scores) = (&live_scores[i * ln..(i + 1) * ln], &scores[i * sn..(i + 1) * sn]);
             let s_decision = self.decision_policy.decide(s_scores);
+            if journal.is_some() {
+                journaled.push(ComparedReview {
+                    review_id: reviews[i].id.clone(),
+                    text: reviews[i].model_text.clone(),
+                    live_decision: live_decisions[i],
+                    decision: s_decision,
+                    scores: s_scores.to_vec(),
+                });
+            }
             match on_surface {
                 Some(s) => s.comparisons[(live_decisions[i], s_decision)].increment(1),
                 None => self.metrics.compared(live_decisions[i], s_decision),
@@ -577,6 +596,11 @@ impl ShadowPair {
             let surface = on_surface.map(|s| s.name.as_str());
             let sides = ((live_policy.as_ref(), live_decisions[i], l_scores), (s_decision, s_scores));
             self.queue_for_labelling(&reviews[i], surface, sides, direction);
+        }
+        if let Some(journal) = journal {
+            let decider =
+                |model: &Arc<ModelSpec>, policy: &Arc<Policy>| Decider { model: model.clone(), policy: policy.clone() };
+            journal.compared(&self.task, decider(live, live_policy), decider(shadow, &self.decision_policy), journaled);
         }
     }
 

@@ -22,6 +22,7 @@ pub(super) struct RawConfig {
     pub(super) policies: BTreeMap<String, RawPolicy>,
     pub(super) tasks: BTreeMap<String, RawTask>,
     pub(super) feedback: RawFeedback,
+    pub(super) journal: Option<RawJournal>,
     pub(super) monitoring: RawMonitoring,
     pub(super) launch: super::RawLaunchCriteria,
     pub(super) labelling: Option<RawLabelling>,
@@ -165,6 +166,21 @@ pub(super) struct RawLog {
     pub(super) max_file_bytes: Option<u64>,
     pub(super) max_files: Option<usize>,
     pub(super) queue_capacity: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawJournal {
+    pub(super) path: PathBuf,
+    pub(super) include_text: Option<bool>,
+    pub(super) include_shadows: Option<bool>,
+    pub(super) max_file_bytes: Option<u64>,
+    pub(super) max_file_age: Option<String>,
+    pub(super) max_files: Option<usize>,
+    pub(super) retention: Option<String>,
+    pub(super) queue_capacity: Option<usize>,
+    pub(super) index_capacity: Option<usize>,
+    pub(super) index_max_age: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

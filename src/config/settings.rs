@@ -86,6 +86,33 @@ pub struct LogConfig {
     pub queue_capacity: usize,
 }
 
+/// Settings (the `[journal]` table): every live decision, and every shadow decision compared,
+/// as JSON lines.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct JournalConfig {
+    pub path: PathBuf,
+    /// Write the review text itself; otherwise only its sha256.
+    pub include_text: bool,
+    /// Write a line per shadow decision compared with the live one.
+    pub include_shadows: bool,
+    pub max_file_bytes: u64,
+    /// Rotate a non-empty file this long after it was started; zero = by size only.
+    #[serde(with = "crate::config::humantime_serde_str")]
+    pub max_file_age: Duration,
+    /// Files kept: the live one plus `max_files - 1` rotated ones (`.1` is the newest).
+    pub max_files: usize,
+    /// Rotated files last written longer ago are deleted; zero = by `max_files` only.
+    #[serde(with = "crate::config::humantime_serde_str")]
+    pub retention: Duration,
+    /// Calls (each with its reviews' decisions) and shadow comparisons waiting for the writer.
+    pub queue_capacity: usize,
+    /// Decisions remembered for `Feedback` to count verdicts against; 0 = always re-score.
+    pub index_capacity: usize,
+    /// How long a decision stays in that index.
+    #[serde(with = "crate::config::humantime_serde_str")]
+    pub index_max_age: Duration,
+}
+
 /// Settings (the `[labelling]` table): which compared reviews go to the labelling queue, and
 /// its file. See `shadow::labelling`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]

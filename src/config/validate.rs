@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::file::{
-    RawAdmin, RawBatching, RawConfig, RawLabelling, RawLimits, RawLog, RawMonitoring, RawPolicy, RawServer, RawShadow,
-    RawShadowPolicy, RawTask, RawTls,
+    RawAdmin, RawBatching, RawConfig, RawJournal, RawLabelling, RawLimits, RawLog, RawMonitoring, RawPolicy, RawServer,
+    RawShadow, RawShadowPolicy, RawTask, RawTls,
 };
 use super::*;
 
@@ -32,6 +32,7 @@ pub(super) fn validate(
     let disagreement_log = raw.shadow.disagreement_log.as_ref().map(|l| disagreement_log(&mut errors, l, base));
     let (shadow_nice, shadow_scheduling, shadow_cpus) = shadow_threads(&mut errors, &raw.shadow);
     let feedback = feedback(&mut errors, &raw.feedback);
+    let journal = raw.journal.as_ref().map(|j| journal(&mut errors, j, base));
     let launch = validate_criteria(&raw.launch, &mut errors);
     let monitoring = monitoring(&mut errors, &raw.monitoring);
     let labelling = raw.labelling.as_ref().map(|l| labelling(&mut errors, l, base));
@@ -51,6 +52,7 @@ pub(super) fn validate(
         shadow_scheduling,
         shadow_cpus,
         disagreement_log,
+        journal,
         labelling,
         models,
         policies,
@@ -534,6 +536,53 @@ fn disagreement_log(errors: &mut Vec<String>, l: &RawLog, base: &Path) -> LogCon
     }
     if !(1..=1_000_000).contains(&config.queue_capacity) {
         errors.push(format!("shadow.disagreement_log.queue_capacity {}: must be 1..=1000000", config.queue_capacity));
+    }
+    config
+}
+
+/// `[journal]`.
+fn journal(errors: &mut Vec<String>, j: &RawJournal, base: &Path) -> JournalConfig {
+    let text = |v: &Option<String>, default: &'static str| v.clone().unwrap_or_else(|| default.to_string());
+    let config = JournalConfig {
+        path: base.join(&j.path),
+        include_text: j.include_text.unwrap_or(false),
+        include_shadows: j.include_shadows.unwrap_or(true),
+        max_file_bytes: j.max_file_bytes.unwrap_or(defaults::JOURNAL_MAX_FILE_BYTES),
+        max_file_age: duration(errors, "journal.max_file_age", &text(&j.max_file_age, defaults::JOURNAL_MAX_FILE_AGE)),
+        max_files: j.max_files.unwrap_or(defaults::JOURNAL_MAX_FILES),
+        retention: duration(errors, "journal.retention", &text(&j.retention, "0s")),
+        queue_capacity: j.queue_capacity.unwrap_or(defaults::JOURNAL_QUEUE_CAPACITY),
+        index_capacity: j.index_capacity.unwrap_or(defaults::JOURNAL_INDEX_CAPACITY),
+        index_max_age: duration(
+            errors,
+            "journal.index_max_age",
+            &text(&j.index_max_age, defaults::JOURNAL_INDEX_MAX_AGE),
+        ),
+    };
+    if j.path.as_os_str().is_empty() {
+        errors.push("journal.path: must name a file".to_string());
+    }
+    if config.max_file_bytes < 4096 {
+        errors.push(format!("journal.max_file_bytes {}: must be at least 4096", config.max_file_bytes));
+    }
+    // The writer checks ages once a second: a finer bound would not be kept.
+    if !config.max_file_age.is_zero() && config.max_file_age < Duration::from_secs(1) {
+        errors.push(format!("journal.max_file_age {:?}: must be 0 (off) or at least 1s", config.max_file_age));
+    }
+    if !config.retention.is_zero() && config.retention < Duration::from_secs(1) {
+        errors.push(format!("journal.retention {:?}: must be 0 (off) or at least 1s", config.retention));
+    }
+    if !(1..=10_000).contains(&config.max_files) {
+        errors.push(format!("journal.max_files {}: must be 1..=10000", config.max_files));
+    }
+    if !(1..=1_000_000).contains(&config.queue_capacity) {
+        errors.push(format!("journal.queue_capacity {}: must be 1..=1000000", config.queue_capacity));
+    }
+    if config.index_capacity > 10_000_000 {
+        errors.push(format!("journal.index_capacity {}: must be 0..=10000000", config.index_capacity));
+    }
+    if config.index_capacity > 0 && config.index_max_age.is_zero() {
+        errors.push("journal.index_max_age 0s: must be positive while journal.index_capacity is".to_string());
     }
     config
 }

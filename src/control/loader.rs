@@ -13,6 +13,7 @@ use crate::control::registry::{LoadedModel, ServingState, SurfaceEntry, TaskEntr
 use crate::inference::backend::Backends;
 use crate::inference::model::{ModelSpec, Package};
 use crate::inference::worker::{self, WorkerSettings};
+use crate::journal::Journal;
 use crate::metrics::{self, InputMetrics, Role, TaskMetrics, VerdictMetrics};
 use crate::policy::Policy;
 use crate::shadow::budget::ShadowCpu;
@@ -20,11 +21,14 @@ use crate::shadow::disagreement::DisagreementLog;
 use crate::shadow::labelling::LabellingQueue;
 use crate::shadow::{PairSpec, ShadowPair, SurfaceSpec};
 
-/// The files shadows write to, started once per process and shared by every state.
+/// The files shadows (and, for the journal, live decisions) write to, started once per process
+/// and shared by every state.
 #[derive(Clone, Copy, Default)]
 pub struct Writers<'a> {
     pub log: Option<&'a DisagreementLog>,
     pub labelling: Option<&'a LabellingQueue>,
+    /// The decision journal: the serving state's, for live decisions, and its shadows'.
+    pub journal: Option<&'a Journal>,
 }
 
 /// A loaded state and the threads of the workers it started (joined at shutdown).
@@ -43,7 +47,7 @@ pub fn load(
     log: Option<&DisagreementLog>,
     previous: Option<&ServingState>,
 ) -> Result<Loaded, Vec<String>> {
-    load_with(config, backends, all_models, Writers { log, labelling: None }, previous)
+    load_with(config, backends, all_models, Writers { log, labelling: None, journal: None }, previous)
 }
 
 /// `load`, with every writer the shadows may use (the labelling queue too).
@@ -100,6 +104,7 @@ pub fn load_with(
         tasks,
         models,
         input: InputMetrics::new(&config.monitoring.languages),
+        journal: writers.journal.cloned(),
     };
     Ok(Loaded { state, threads })
 }
@@ -211,6 +216,7 @@ fn task_entry(
             verdict_sources: config.feedback.sources.clone(),
             shadow_cpu: Some(shadow_cpu.clone()),
             labelling: writers.labelling.cloned(),
+            journal: writers.journal.cloned(),
             surfaces: surface_specs(&surfaces, sh.surfaces.as_deref()),
             default_surface: sh.surfaces.is_none(),
         };

@@ -131,6 +131,8 @@ pub struct ServingState {
     pub input: InputMetrics,
     /// The server's shadow CPU budget and use, handed from state to state on reload.
     pub shadow_cpu: Arc<crate::shadow::budget::ShadowCpu>,
+    /// The decision journal (started once, handed to every state); `None` when off.
+    pub journal: Option<crate::journal::Journal>,
 }
 
 impl ServingState {

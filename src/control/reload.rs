@@ -16,6 +16,7 @@ use crate::control::loader;
 use crate::control::registry::{Registry, ServingState};
 use crate::inference::backend::Backends;
 use crate::inference::model::package::sha256_hex;
+use crate::journal::Journal;
 use crate::metrics::{self, ReloadTrigger};
 use crate::shadow::disagreement::DisagreementLog;
 use crate::shadow::labelling::LabellingQueue;
@@ -40,6 +41,8 @@ pub struct Reloader {
     pub backends: Backends,
     /// Started once at start-up; its settings cannot change by reload.
     pub log: Option<DisagreementLog>,
+    /// The decision journal, likewise.
+    pub journal: Option<Journal>,
     /// The labelling queue, likewise.
     pub labelling: Option<LabellingQueue>,
     /// Every worker thread ever started, joined at shutdown.
@@ -181,7 +184,11 @@ impl Reloader {
                 return kept(fixed);
             }
         }
-        let writers = loader::Writers { log: self.log.as_ref(), labelling: self.labelling.as_ref() };
+        let writers = loader::Writers {
+            log: self.log.as_ref(),
+            labelling: self.labelling.as_ref(),
+            journal: self.journal.as_ref(),
+        };
         let loaded = match loader::load_with(&config, &self.backends, false, writers, current.as_deref()) {
             Ok(l) => l,
             Err(errors) => return kept(errors),
@@ -306,6 +313,7 @@ pub fn fixed_settings_changed(running: &Config, new: &Config) -> Vec<String> {
     // The files' content is reloaded on its own (`tls::watch`); only where they are is fixed.
     check("tls", changed(&running.tls, &new.tls));
     check("shadow.disagreement_log", changed(&running.disagreement_log, &new.disagreement_log));
+    check("journal", changed(&running.journal, &new.journal));
     check("labelling", changed(&running.labelling, &new.labelling));
     errors
 }
@@ -410,6 +418,23 @@ mod tests {
             let errors = fixed_settings_changed(&running, &parse(line));
             assert_eq!(errors.len(), 1, "{line}: {errors:?}");
             assert!(errors[0].starts_with(&format!("{key} cannot change at run time")), "{line}: {errors:?}");
+        }
+    }
+
+    /// The journal's writer and file are the process's: turning it on, off or elsewhere needs a
+    /// restart.
+    #[test]
+    fn a_reload_changing_the_journal_is_refused_naming_it() {
+        let with = |table: &str| {
+            let text = format!("{table}\n[models.m]\npath = \"m\"\n[tasks.abuse]\nlive = \"m\"\n");
+            Config::parse(&text, Path::new("/srv/modserve.toml"), &Overrides::default()).expect("valid")
+        };
+        let off = with("");
+        let on = with("[journal]\npath = \"j.jsonl\"");
+        for (running, new) in [(&off, &on), (&on, &off), (&on, &with("[journal]\npath = \"k.jsonl\""))] {
+            let errors = fixed_settings_changed(running, new);
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert!(errors[0].starts_with("journal cannot change at run time"), "{errors:?}");
         }
     }
 }

@@ -128,6 +128,33 @@ pub fn verdicts_received(task: &str, source: &str, outcome: VerdictOutcome, n: u
     .increment(n as u64);
 }
 
+/// What the decision journal's index knew of a verdict's review.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JournalLookup {
+    /// The decision served for the same text, by the model and policy live now.
+    Served,
+    /// No decision for the (review id, task) in the index.
+    NotFound,
+    /// Served by another model or policy, or for another text.
+    Changed,
+}
+
+impl JournalLookup {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JournalLookup::Served => "served",
+            JournalLookup::NotFound => "not_found",
+            JournalLookup::Changed => "changed",
+        }
+    }
+}
+
+/// Records journal lookups of verdicts (not a hot path: per scored chunk).
+pub fn journal_lookups(task: &str, outcome: JournalLookup, n: usize) {
+    counter!(JOURNAL_VERDICT_LOOKUPS_TOTAL, label::TASK => task.to_string(), label::OUTCOME => outcome.as_str())
+        .increment(n as u64);
+}
+
 /// The verdicts waiting to be scored.
 pub fn feedback_queue(verdicts: usize) {
     gauge!(FEEDBACK_QUEUE_VERDICTS).set(verdicts as f64);

@@ -133,6 +133,14 @@ fn describe_shadow() {
         DISAGREEMENT_LOG_LINES_TOTAL,
         "Disagreement log lines, by outcome: written, dropped_queue_full (the writer fell behind), dropped_io_error."
     );
+    describe_counter!(
+        JOURNAL_RECORDS_TOTAL,
+        "Decision journal records (one per review, task and decider), by outcome: written, dropped_queue_full (the writer fell behind), dropped_io_error."
+    );
+    describe_counter!(
+        JOURNAL_VERDICT_LOOKUPS_TOTAL,
+        "Verdicts looked up in the decision journal's index, by task and outcome: served (counted against the decision served), not_found or changed (model, policy or text differ; both re-scored)."
+    );
     describe_counter!(SHADOW_BREAKER_TRIPS_TOTAL, "Times a shadow's circuit breaker opened, by task and shadow model.");
     describe_gauge!(
         SHADOW_SCHEDULING,

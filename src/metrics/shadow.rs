@@ -223,7 +223,8 @@ pub fn process_cpu_capacity(capacity: crate::inference::cpu::Capacity) {
     gauge!(PROCESS_CPU_CAPACITY, label::SOURCE => capacity.source.as_str()).set(capacity.cpus);
 }
 
-/// What became of a disagreement log line.
+/// What became of a JSON-lines record (a disagreement log line, a labelling queue entry, a
+/// journal record).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogOutcome {
     Written,
@@ -257,6 +258,11 @@ impl LogMetrics {
     /// The labelling queue's entries.
     pub fn labelling() -> LogMetrics {
         LogMetrics::named(LABELLING_QUEUE_ENTRIES_TOTAL)
+    }
+
+    /// The decision journal's records.
+    pub fn journal() -> LogMetrics {
+        LogMetrics::named(JOURNAL_RECORDS_TOTAL)
     }
 
     fn named(name: &'static str) -> LogMetrics {

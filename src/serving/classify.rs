@@ -8,6 +8,7 @@ use crate::control::registry::{Registry, ServingState};
 use crate::error::Error;
 use crate::inference::model::ModelSpec;
 use crate::inference::worker::TokenSlot;
+use crate::journal::{Decider, Journal, ServedTask};
 use crate::policy::{Decision, Policy};
 use crate::request::{self, CallDeadline, ClassifyInput, RawRequest, Surface};
 
@@ -133,8 +134,26 @@ impl Classifier {
                 decisions,
             });
         }
+        if let Some(journal) = &state.journal {
+            journal_served(journal, input, &outputs);
+        }
         Ok(ClassifyOutput { tasks: outputs })
     }
+}
+
+/// Queues the call's live decisions for the journal: the reviews are shared, the scores copied
+/// (a few floats per review), the formatting and hashing left to the journal's writer thread.
+fn journal_served(journal: &Journal, input: &ClassifyInput, outputs: &[TaskOutput]) {
+    let tasks = outputs
+        .iter()
+        .map(|t| ServedTask {
+            task: t.task.clone(),
+            decider: Decider { model: t.model.clone(), policy: t.policy.clone() },
+            scores: t.scores.clone(),
+            decisions: t.decisions.clone(),
+        })
+        .collect();
+    journal.served(&input.request_id, &input.reviews, tasks);
 }
 
 /// The request's surface on each of `tasks` (indices into `state.tasks`), or INVALID_ARGUMENT

@@ -8,14 +8,14 @@ use std::time::Duration;
 use crate::common::*;
 use tonic::Code;
 
-fn modserve() -> Command {
+pub(crate) fn modserve() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_modserve"));
     cmd.env("MODSERVE_ONNXRUNTIME_LIB", ort_lib()).env_remove("RUST_LOG");
     cmd
 }
 
 /// Writes a config into a temp dir; package paths are absolute so it can live anywhere.
-fn write_config(dir: &tempfile::TempDir, body: &str) -> std::path::PathBuf {
+pub(crate) fn write_config(dir: &tempfile::TempDir, body: &str) -> std::path::PathBuf {
     let path = dir.path().join("modserve.toml");
     let mut f = std::fs::File::create(&path).unwrap();
     writeln!(
@@ -200,7 +200,7 @@ async fn sigterm_under_load_finishes_in_flight_calls_and_exits_zero() {
 }
 
 /// SIGTERM through kill(1): no libc dependency just for tests.
-fn send_sigterm(pid: i32) {
+pub(crate) fn send_sigterm(pid: i32) {
     let status = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap();
     assert!(status.success(), "kill -TERM {pid}");
 }
@@ -350,7 +350,7 @@ async fn no_review_text_reaches_the_logs_on_any_path() {
 
 /// A child process killed when the test ends, even by a panic: a leftover server would keep
 /// the test harness's output pipe open.
-struct KillOnDrop(std::process::Child);
+pub(crate) struct KillOnDrop(pub(crate) std::process::Child);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
@@ -360,7 +360,7 @@ impl Drop for KillOnDrop {
 }
 
 /// Collects a child's stderr on a thread; returns the gRPC address from its "listening" line.
-fn read_logs(child: &mut std::process::Child) -> (std::net::SocketAddr, std::thread::JoinHandle<String>) {
+pub(crate) fn read_logs(child: &mut std::process::Child) -> (std::net::SocketAddr, std::thread::JoinHandle<String>) {
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     let reader = std::thread::spawn(move || {
