@@ -50,6 +50,8 @@ pub struct Decider {
 /// One task's live answers for every review of a call.
 pub struct ServedTask {
     pub task: String,
+    /// The named surface decided for (`None`: the default surface).
+    pub surface: Option<String>,
     pub decider: Decider,
     /// `reviews * labels`, row-major.
     pub scores: Vec<f32>,
@@ -67,8 +69,20 @@ pub struct ComparedReview {
 
 /// What the request path and the shadow workers queue.
 pub enum Message {
-    Served { at: SystemTime, request_id: String, reviews: Arc<[ReviewInput]>, tasks: Vec<ServedTask> },
-    Compared { at: SystemTime, task: String, live: Decider, shadow: Decider, reviews: Vec<ComparedReview> },
+    Served {
+        at: SystemTime,
+        request_id: String,
+        reviews: Arc<[ReviewInput]>,
+        tasks: Vec<ServedTask>,
+    },
+    Compared {
+        at: SystemTime,
+        task: String,
+        surface: Option<String>,
+        live: Decider,
+        shadow: Decider,
+        reviews: Vec<ComparedReview>,
+    },
 }
 
 impl Journal {
@@ -104,12 +118,26 @@ impl Journal {
     }
 
     /// Queues a shadow's decisions on reviews it was compared on (when `include_shadows`).
-    pub fn compared(&self, task: &str, live: Decider, shadow: Decider, reviews: Vec<ComparedReview>) {
+    pub fn compared(
+        &self,
+        task: &str,
+        surface: Option<&str>,
+        live: Decider,
+        shadow: Decider,
+        reviews: Vec<ComparedReview>,
+    ) {
         if !self.config.include_shadows || reviews.is_empty() {
             return;
         }
         let records = reviews.len() as u64;
-        let message = Message::Compared { at: SystemTime::now(), task: task.to_string(), live, shadow, reviews };
+        let message = Message::Compared {
+            at: SystemTime::now(),
+            task: task.to_string(),
+            surface: surface.map(str::to_string),
+            live,
+            shadow,
+            reviews,
+        };
         self.sink.send(message, records);
     }
 
@@ -133,6 +161,8 @@ struct DecisionLine<'a> {
     request_id: &'a str,
     review_id: &'a str,
     task: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    surface: Option<&'a str>,
     text_sha256: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     text: Option<&'a str>,
@@ -151,6 +181,8 @@ struct ShadowLine<'a> {
     time: &'a str,
     review_id: &'a str,
     task: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    surface: Option<&'a str>,
     text_sha256: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     text: Option<&'a str>,
@@ -210,6 +242,7 @@ impl Render for Writer {
                                 request_id: &request_id,
                                 review_id: &review.id,
                                 task: &t.task,
+                                surface: t.surface.as_deref(),
                                 text_sha256: &sha_hex,
                                 text: self.include_text.then_some(review.model_text.as_str()),
                                 model: &t.decider.model.name,
@@ -232,7 +265,7 @@ impl Render for Writer {
                     }
                 }
             }
-            Message::Compared { at, task, live, shadow, reviews } => {
+            Message::Compared { at, task, surface, live, shadow, reviews } => {
                 let time = humantime::format_rfc3339_millis(at).to_string();
                 for review in &reviews {
                     let sha_hex = hex::encode(text_sha256(&review.text));
@@ -244,6 +277,7 @@ impl Render for Writer {
                             time: &time,
                             review_id: &review.review_id,
                             task: &task,
+                            surface: surface.as_deref(),
                             text_sha256: &sha_hex,
                             text: self.include_text.then_some(review.text.as_str()),
                             model: &shadow.model.name,

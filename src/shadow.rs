@@ -600,7 +600,14 @@ impl ShadowPair {
         if let Some(journal) = journal {
             let decider =
                 |model: &Arc<ModelSpec>, policy: &Arc<Policy>| Decider { model: model.clone(), policy: policy.clone() };
-            journal.compared(&self.task, decider(live, live_policy), decider(shadow, &self.decision_policy), journaled);
+            let surface = on_surface.map(|s| s.name.as_str());
+            journal.compared(
+                &self.task,
+                surface,
+                decider(live, live_policy),
+                decider(shadow, &self.decision_policy),
+                journaled,
+            );
         }
     }
 

@@ -15,6 +15,8 @@ use crate::request::{self, CallDeadline, ClassifyInput, RawRequest, Surface};
 /// One task's answer for every review of a request.
 pub struct TaskOutput {
     pub task: String,
+    /// The named surface decided for (`None`: the default surface).
+    pub surface: Option<String>,
     pub model: Arc<ModelSpec>,
     /// The policy that decided.
     pub policy: Arc<Policy>,
@@ -128,6 +130,7 @@ impl Classifier {
             }
             outputs.push(TaskOutput {
                 task: entry.name.clone(),
+                surface: surface.map(|i| entry.surfaces[i].name.clone()),
                 model: spec,
                 policy: policy.clone(),
                 scores,
@@ -148,6 +151,7 @@ fn journal_served(journal: &Journal, input: &ClassifyInput, outputs: &[TaskOutpu
         .iter()
         .map(|t| ServedTask {
             task: t.task.clone(),
+            surface: t.surface.clone(),
             decider: Decider { model: t.model.clone(), policy: t.policy.clone() },
             scores: t.scores.clone(),
             decisions: t.decisions.clone(),

@@ -129,6 +129,54 @@ async fn a_classify_call_is_journaled_per_review_and_task_with_the_text_hashed()
     server.stop().await;
 }
 
+/// A call on a named surface is journaled with the surface and the policy that decided there,
+/// and so is a shadow's comparison on it (against live's policy there); the default surface's
+/// lines carry no `surface` key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_surface_is_on_its_lines_with_the_policy_that_decided_there() {
+    let _shared = shared().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("decisions.jsonl");
+    let toml = format!(
+        "[shadow]\nlive_pressure_jobs = 1000\n{}\
+         [models.tiny-abuse]\npath = \"tests/fixtures/tiny-abuse\"\n\
+         [models.tiny-abuse-v2]\npath = \"tests/fixtures/tiny-abuse-v2\"\n\
+         [policies.strict-2]\nversion = \"2\"\n\
+         [policies.strict-2.thresholds.insult]\nreview = 0.3\nreject = 0.6\n\
+         [tasks.abuse]\nlive = \"tiny-abuse\"\nshadows = [{{ model = \"tiny-abuse-v2\", sample_rate = 1.0 }}]\n\
+         [tasks.abuse.surfaces]\nkids = \"strict-2\"\n",
+        journal_table(&path, "")
+    );
+    let server = TestServer::start(config(&toml)).await;
+    let mut client = server.client().await;
+    let mut kids = request(vec![review("k-1", "you are an idiot")]);
+    kids.surface = Some("kids".into());
+    let answer = client.classify(kids).await.unwrap().into_inner();
+    assert_eq!(answer.results[0].tasks[0].model.as_ref().unwrap().policy_name, "strict-2");
+    client.classify(request(vec![review("d-1", "you are an idiot")])).await.unwrap();
+    wait_lines(&path, "decision", 2).await;
+    let all = wait_lines(&path, "shadow", 2).await;
+    let line = |kind: &str, id: &str| {
+        all.iter()
+            .find(|l| l["kind"] == kind && l["review_id"] == id)
+            .unwrap_or_else(|| panic!("no {kind} line for {id}: {all:#?}"))
+            .clone()
+    };
+    let kids_decision = line("decision", "k-1");
+    assert_eq!((&kids_decision["surface"], &kids_decision["policy"]), (&"kids".into(), &"strict-2".into()));
+    assert_eq!(kids_decision["policy_version"], "2");
+    let kids_shadow = line("shadow", "k-1");
+    assert_eq!(kids_shadow["surface"], "kids");
+    assert_eq!(kids_shadow["live_policy"], "strict-2");
+    let default_decision = line("decision", "d-1");
+    assert!(default_decision.get("surface").is_none(), "{default_decision}");
+    assert_eq!(default_decision["policy"], "default");
+    let default_shadow = line("shadow", "d-1");
+    assert!(default_shadow.get("surface").is_none(), "{default_shadow}");
+    assert_eq!(default_shadow["live_policy"], "default");
+    server.stop().await;
+}
+
 /// `include_text = true` writes the text the model read (title, newline, text).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn include_text_writes_the_text_the_model_read() {
