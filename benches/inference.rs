@@ -94,6 +94,7 @@ fn benches(c: &mut Criterion) {
                 let output = ClassifyOutput {
                     tasks: vec![TaskOutput {
                         task: "abuse".into(),
+                        surface: None,
                         model: spec,
                         policy,
                         scores: scores.clone(),
