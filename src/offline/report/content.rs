@@ -410,14 +410,17 @@ fn forecast(r: &Report) -> Vec<Block> {
     let per = f.unit.as_str();
     let scale = match (&r.input.source, f.unit) {
         (Source::Prometheus { .. }, _) => format!(
-            "{} reviews offered to the candidate per day (measured over the window); the compared reviews              stand for all of them",
+            "{} reviews per day (the compared reviews scaled by the reviews offered to the candidate per \
+             compared one, over the window)",
             count(volume)
         ),
         (Source::Offline { .. }, Unit::Day) => {
             format!("{} reviews per day (launch.reviews_per_day), in the labelled file's mix", count(volume))
         }
         (Source::Offline { .. }, Unit::ThousandReviews) => {
-            "per 1000 reviews in the labelled file's mix (set launch.reviews_per_day for figures per day)".to_string()
+            "1000 reviews in the labelled file's mix (figures per 1000 reviews: set launch.reviews_per_day for \
+             figures per day)"
+                .to_string()
         }
     };
     let expected = |e: &Expected| match (e.value, e.range, &e.missing) {
@@ -447,7 +450,10 @@ fn forecast(r: &Report) -> Vec<Block> {
     let share = |e: &Expected| format!("{} of {}", e.share.hits, e.share.n);
     vec![
         Block::Text(format!(
-            "What each model would do to {scale}. Only REVIEW decisions go to the moderators' queue. A REJECT              is overturned when a moderator decided ALLOW or REVIEW; abuse is missed when the model allowed what a              moderator decided REVIEW or REJECT. Both are the model's decisions of that kind times the share of              its verdicts on them that went the other way, 95% range in brackets.",
+            "What each model would do to {scale}. Only REVIEW decisions go to the moderators' queue. A REJECT \
+             is overturned when a moderator decided ALLOW or REVIEW; abuse is missed when the model allowed what a \
+             moderator decided REVIEW or REJECT. Both are the model's decisions of that kind times the share of \
+             its verdicts on them that went the other way, 95% range in brackets.",
         )),
         table(&["", "Live", "Candidate", "Change"], "lrrr", rows),
         Block::Bullets(vec![
