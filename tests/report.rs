@@ -291,7 +291,12 @@ async fn the_report_from_prometheus_matches_the_known_mix() {
 
 /// The forecast in queue units, computed here from the mix: each compared review of the 15
 /// minute window stands for offered / compared reviews, 96 windows make a day.
-fn forecast_matches_the_mix(r: &serde_json::Value, comparisons: &[[u64; 3]; 3], live: &[[u64; 3]; 3], v2: &[[u64; 3]; 3]) {
+fn forecast_matches_the_mix(
+    r: &serde_json::Value,
+    comparisons: &[[u64; 3]; 3],
+    live: &[[u64; 3]; 3],
+    v2: &[[u64; 3]; 3],
+) {
     let outcomes = r["input"]["outcomes"].as_object().unwrap();
     let offered: u64 = outcomes.values().map(|v| v.as_u64().unwrap()).sum();
     let compared = outcomes["compared"].as_u64().unwrap();

@@ -284,7 +284,10 @@ fn queue_figures(e: &Expected, per_review: f64) -> QueueFigures {
     };
     QueueFigures {
         review: (live_decided(1), candidate_decided(1)),
-        overturned: (live_decided(2) * share(&e.live, 2, &[0, 1]), candidate_decided(2) * share(&e.candidate, 2, &[0, 1])),
+        overturned: (
+            live_decided(2) * share(&e.live, 2, &[0, 1]),
+            candidate_decided(2) * share(&e.candidate, 2, &[0, 1]),
+        ),
         missed: (live_decided(0) * share(&e.live, 0, &[1, 2]), candidate_decided(0) * share(&e.candidate, 0, &[1, 2])),
     }
 }
@@ -313,7 +316,10 @@ fn eval_forecasts_queue_units_per_day_and_the_cost_model_flips_the_decision() {
     assert_eq!(want.missed, (0.0, 0.0), "fixture");
 
     let mut decisions = Vec::new();
-    for (weights, name) in [("cost_wrong_reject = 1.0\ncost_missed_abuse = 1.0", "costly"), ("cost_wrong_reject = 0.0\ncost_missed_abuse = 1.0", "misses")] {
+    for (weights, name) in [
+        ("cost_wrong_reject = 1.0\ncost_missed_abuse = 1.0", "costly"),
+        ("cost_wrong_reject = 0.0\ncost_missed_abuse = 1.0", "misses"),
+    ] {
         let config = write_config(&dir, &format!("{lenient}{weights}"));
         let out = dir.path().join(name);
         let run = run_eval(&config, &out);
@@ -329,7 +335,13 @@ fn eval_forecasts_queue_units_per_day_and_the_cost_model_flips_the_decision() {
         close(&f["missed_abuse"]["live"]["value"], want.missed.0, "live missed abuse");
         close(&f["missed_abuse"]["candidate"]["value"], want.missed.1, "candidate missed abuse");
         let result = |criterion: &str| {
-            r["results"].as_array().unwrap().iter().find(|c| c["name"] == criterion).cloned().unwrap_or_else(|| panic!("{criterion}"))
+            r["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["name"] == criterion)
+                .cloned()
+                .unwrap_or_else(|| panic!("{criterion}"))
         };
         // Both models send the same number of reviews to the queue: no increase.
         assert_eq!(want.review.0, want.review.1, "fixture");

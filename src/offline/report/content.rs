@@ -445,7 +445,12 @@ fn forecast(r: &Report) -> Vec<Block> {
             expected(&o.candidate),
             change(&o.live, &o.candidate),
         ],
-        vec![format!("Missed abuse per {per}"), expected(&m.live), expected(&m.candidate), change(&m.live, &m.candidate)],
+        vec![
+            format!("Missed abuse per {per}"),
+            expected(&m.live),
+            expected(&m.candidate),
+            change(&m.live, &m.candidate),
+        ],
     ];
     let share = |e: &Expected| format!("{} of {}", e.share.hits, e.share.n);
     vec![

@@ -142,8 +142,9 @@ fn report_criteria_validation_names_bad_queue_and_cost_keys() {
     assert_eq!(errors, ["launch.cost_wrong_reject: set cost_missed_abuse with it"]);
     let (_, errors) = bad("reviews_per_day = 0");
     assert_eq!(errors, ["launch.reviews_per_day 0: must be more than 0"]);
-    let (c, errors) =
-        bad("max_review_queue_increase = 0.05\ncost_wrong_reject = 3\ncost_missed_abuse = 1.5\nreviews_per_day = 500000");
+    let (c, errors) = bad(
+        "max_review_queue_increase = 0.05\ncost_wrong_reject = 3\ncost_missed_abuse = 1.5\nreviews_per_day = 500000",
+    );
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(c.max_review_queue_increase, Some(0.05));
     assert_eq!(c.cost, Some(crate::config::CostWeights { wrong_reject: 3.0, missed_abuse: 1.5 }));
@@ -161,7 +162,11 @@ fn report_criteria_in_queue_units_flip_the_decision() {
     let results = run(&i, &lax);
     let r = find(&results, "REVIEW queue increase");
     assert_eq!((r.status, r.measured.as_str(), r.limit.as_str()), (Status::Pass, "+10.0%", "≤ +10.0%"));
-    assert!(r.detail.starts_with("candidate 10250.8 REVIEW items per day against live's 9318.9 (+931.9)"), "{}", r.detail);
+    assert!(
+        r.detail.starts_with("candidate 10250.8 REVIEW items per day against live's 9318.9 (+931.9)"),
+        "{}",
+        r.detail
+    );
     assert_eq!(Decision::of(&results), Decision::Go);
     let strict = LaunchCriteria { max_review_queue_increase: Some(0.05), ..Default::default() };
     let results = run(&i, &strict);
