@@ -1,8 +1,9 @@
 //! Launch criteria (the `[launch]` config table) and the GO / NO-GO decision they give.
 //!
 //! Each criterion passes or fails with the measured value and the limit. One whose limit is
-//! unset is "not checked" (the criteria in queue units, from `forecast`, are then left out); one that cannot be measured (no verdicts, no latency offline) fails
-//! when its limit is set. GO needs every checked criterion to pass.
+//! unset is "not checked" (the criteria in queue units, from `forecast`, are then left out);
+//! one that cannot be measured (no verdicts, no latency offline) fails when its limit is set.
+//! GO needs every checked criterion to pass.
 
 use std::time::Duration;
 
@@ -248,9 +249,12 @@ fn cost_criterion(forecast: &Forecast, w: crate::config::CostWeights) -> Criteri
     let limit_text = "≤ live's".to_string();
     let Some((live, candidate)) = forecast.cost(w.wrong_reject, w.missed_abuse) else {
         let (o, m) = (&forecast.overturned_rejects, &forecast.missed_abuse);
-        let why = [&o.live, &o.candidate, &m.live, &m.candidate]
-            .iter()
-            .find_map(|e| e.missing.clone())
+        let weighed = [(w.wrong_reject, &o.live), (w.wrong_reject, &o.candidate)]
+            .into_iter()
+            .chain([(w.missed_abuse, &m.live), (w.missed_abuse, &m.candidate)]);
+        let why = weighed
+            .filter(|(weight, _)| *weight != 0.0)
+            .find_map(|(_, e)| e.missing.clone())
             .unwrap_or_else(|| "no forecast".to_string());
         return result(name, limit_text, "n/a".into(), Status::Fail, format!("cannot forecast the cost: {why}"));
     };

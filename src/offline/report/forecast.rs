@@ -132,9 +132,12 @@ impl Forecast {
     }
 
     /// Expected cost per unit of live and of the candidate: each weight times its expected
-    /// count; `None` when either side lacks a figure.
+    /// count; `None` when either side lacks a figure a non-zero weight needs.
     pub fn cost(&self, wrong_reject: f64, missed_abuse: f64) -> Option<(f64, f64)> {
-        let side = |o: &Expected, m: &Expected| Some(wrong_reject * o.value? + missed_abuse * m.value?);
+        // A weight of 0 needs no figure: a lead who only counts missed abuse is not blocked by
+        // too few verdicts on REJECTs.
+        let term = |w: f64, e: &Expected| if w == 0.0 { Some(0.0) } else { Some(w * e.value?) };
+        let side = |o: &Expected, m: &Expected| Some(term(wrong_reject, o)? + term(missed_abuse, m)?);
         Some((
             side(&self.overturned_rejects.live, &self.missed_abuse.live)?,
             side(&self.overturned_rejects.candidate, &self.missed_abuse.candidate)?,
@@ -237,6 +240,10 @@ mod tests {
         assert_eq!(live.missing.as_deref(), Some("125 verdicts on live, fewer than launch.min_verdicts (130)"));
         assert!(f.overturned_rejects.candidate.value.is_some());
         assert_eq!(f.cost(1.0, 1.0), None);
+        // A weight of 0 needs no figure; live's missed abuse is missing too, so any weight on it
+        // leaves no cost.
+        assert_eq!(f.cost(0.0, 0.0), Some((0.0, 0.0)));
+        assert_eq!(f.cost(0.0, 1.0), None);
         // A model with no verdict on its REJECTs has no overturn share.
         i.verdicts.as_mut().unwrap().candidate = Confusion([[80, 6, 4], [5, 20, 5], [0, 0, 0]]);
         let f = forecast(&i, &LaunchCriteria { min_verdicts: 0, ..Default::default() });
