@@ -17,7 +17,7 @@ mod validate;
 
 pub use cpus::{CpuListError, CpuSet, MAX_CPUS, allowed_cpus};
 pub use launch::defaults as launch_defaults;
-pub use launch::{LaunchCriteria, RawLaunchCriteria, validate_criteria};
+pub use launch::{CostWeights, LaunchCriteria, RawLaunchCriteria, validate_criteria};
 pub use settings::{
     BatchPolicy, BreakerPolicy, FeedbackConfig, JournalConfig, LabellingConfig, LogConfig, NO_SOURCE, OTHER_SOURCE,
     PolicySpec, ShadowPolicy, Thresholds, TlsConfig, WorkerSettings,

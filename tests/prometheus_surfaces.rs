@@ -101,6 +101,18 @@ forum = "forum-lenient"
     assert_eq!(input.comparisons, kids);
     assert_eq!(input.live.policy, "strict-2", "live decides with the kids policy there");
     assert!(input.notes.iter().any(|n| n.starts_with("surface kids only")), "{:?}", input.notes);
+    // Its forecast is kids' traffic per day: the outcomes count every surface, so the kids
+    // matrix scales by offered / compared over all surfaces, not by the kids matrix total, which
+    // would forecast all surfaces' traffic onto kids.
+    let modserve::offline::report::Source::Prometheus { window, .. } = input.source.clone() else { unreachable!() };
+    assert_eq!(input.outcome("compared"), all as u64);
+    let offered: u64 = input.outcomes.values().sum();
+    let per_review = offered as f64 / all as f64 * 86_400.0 / window.as_secs_f64();
+    let criteria = modserve::offline::report::LaunchCriteria { min_verdicts: 0, ..Default::default() };
+    let queue = modserve::offline::report::Report::build(input, &criteria).forecast.review_queue.unwrap();
+    let kids_review = |live: bool| (0..3).map(|i| if live { kids[1][i] } else { kids[i][1] }).sum::<u64>() as f64;
+    assert!((queue.live - kids_review(true) * per_review).abs() < 1e-6, "{queue:?}");
+    assert!((queue.candidate - kids_review(false) * per_review).abs() < 1e-6, "{queue:?}");
     drop(prometheus);
     server.stop().await;
     plain_v2.stop().await;

@@ -254,6 +254,7 @@ async fn the_report_from_prometheus_matches_the_known_mix() {
     assert!(stdout.contains(&agreement), "the Markdown shows the agreement {agreement}: {stdout}");
     assert!(stdout.contains("**Decision: GO**"), "{stdout}");
     chromium_opens(&out.join("launch-report.html"));
+    forecast_matches_the_mix(&r, &v2_mix, &mix.verdicts["live"], &mix.verdicts["v2"]);
 
     // The policy-only shadow: its decisions are the live scores under strict-2.
     let out = dir.path().join("strict");
@@ -286,6 +287,45 @@ async fn the_report_from_prometheus_matches_the_known_mix() {
     assert!(String::from_utf8_lossy(&run.stderr).contains("tiny-abuse-v9"), "{}", String::from_utf8_lossy(&run.stderr));
     drop(prometheus);
     server.stop().await;
+}
+
+/// The forecast in queue units, computed here from the mix: each compared review of the 15
+/// minute window stands for offered / compared reviews, 96 windows make a day.
+fn forecast_matches_the_mix(
+    r: &serde_json::Value,
+    comparisons: &[[u64; 3]; 3],
+    live: &[[u64; 3]; 3],
+    v2: &[[u64; 3]; 3],
+) {
+    let outcomes = r["input"]["outcomes"].as_object().unwrap();
+    let offered: u64 = outcomes.values().map(|v| v.as_u64().unwrap()).sum();
+    let compared = outcomes["compared"].as_u64().unwrap();
+    let per_review = offered as f64 / compared as f64 * 86_400.0 / 900.0;
+    let f = &r["forecast"];
+    assert_eq!(f["unit"], "day", "{f}");
+    let close = |got: &serde_json::Value, want: f64, what: &str| {
+        let got = got.as_f64().unwrap_or_else(|| panic!("{what}: {got}"));
+        assert!((got - want).abs() < 1e-9 * want.abs().max(1.0), "{what}: {got} != {want}");
+    };
+    let live_decided = |d: usize| comparisons[d].iter().sum::<u64>() as f64 * per_review;
+    let v2_decided = |d: usize| (0..3).map(|l| comparisons[l][d]).sum::<u64>() as f64 * per_review;
+    close(&f["review_queue"]["live"], live_decided(1), "live REVIEW items per day");
+    close(&f["review_queue"]["candidate"], v2_decided(1), "candidate REVIEW items per day");
+    // Each figure: the model's decisions of a kind per day times the share of its verdicts on
+    // them a moderator decided otherwise; no figure without such verdicts.
+    for (key, decided, wrong) in [("overturned_rejects", 2, [0usize, 1]), ("missed_abuse", 0, [1, 2])] {
+        for (side, m, per_day) in [("live", live, live_decided(decided)), ("candidate", v2, v2_decided(decided))] {
+            let row = m[decided];
+            let n: u64 = row.iter().sum();
+            let e = &f[key][side];
+            if n == 0 {
+                assert!(e["value"].is_null() && e["missing"].is_string(), "{key} {side}: {e}");
+            } else {
+                let share = wrong.iter().map(|&h| row[h]).sum::<u64>() as f64 / n as f64;
+                close(&e["value"], per_day * share, &format!("{key} {side}"));
+            }
+        }
+    }
 }
 
 /// Opens the page in headless Chromium: it must load with no console error or failed resource,

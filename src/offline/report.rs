@@ -9,6 +9,8 @@
 //! - `stats` (proportions, Wilson intervals), `derived` (coverage, agreement, precision and
 //!   recall, score-delta distributions) and `weighted` (precision and recall from the labelling
 //!   queue's verdicts, weighted by inverse inclusion probability): pure functions of the input.
+//! - `forecast`: the comparison matrix and verdicts turned into queue units per day (REVIEW
+//!   items, overturned REJECTs, missed abuse) for live and the candidate.
 //! - `criteria`: the `[launch]` table, its validation, and the GO / NO-GO evaluation.
 //! - `markdown`, `html` (with hand-written SVG charts from `svg`) and JSON: the renderings,
 //!   sharing number formats from `format`.
@@ -21,6 +23,7 @@ mod derived;
 mod disagreements;
 mod error;
 mod fetch;
+mod forecast;
 mod format;
 mod html;
 mod input;
@@ -41,6 +44,7 @@ pub use derived::{
 };
 pub use error::ReportError;
 pub use fetch::{FetchArgs, fetch};
+pub use forecast::{Expected, Forecast, Pair, QueueChange, Unit};
 pub use input::{
     Disagreement, DisagreementSummary, LabelledCell, Latency, Quantiles, ReportInput, Source, Subject, Verdicts,
     cumulative_buckets,
@@ -69,6 +73,8 @@ pub struct Report {
     pub generated_at: SystemTime,
     pub input: ReportInput,
     pub derived: Derived,
+    /// The forecast in queue units (REVIEW items, overturned REJECTs, missed abuse per day).
+    pub forecast: Forecast,
     pub criteria: LaunchCriteria,
     pub results: Vec<CriterionResult>,
     pub decision: Decision,
@@ -79,6 +85,7 @@ pub struct Report {
 impl Report {
     pub fn build(input: ReportInput, criteria: &LaunchCriteria) -> Report {
         let derived = Derived::of(&input);
+        let forecast = Forecast::of(&input, &derived, criteria);
         let results = criteria::evaluate(&input, &derived, criteria);
         let decision = Decision::of(&results);
         let failed = results.iter().filter(|r| r.status == Status::Fail).map(|r| r.name.clone()).collect();
@@ -86,6 +93,7 @@ impl Report {
             generated_at: SystemTime::now(),
             input,
             derived,
+            forecast,
             criteria: criteria.clone(),
             results,
             decision,

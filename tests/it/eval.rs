@@ -264,3 +264,94 @@ fn progress_counts_each_task_on_its_own_models() {
     assert!(stderr.contains("29/29 reviews scored"), "{stderr}");
     assert!(!stderr.contains("/29 reviews scored\n30"), "{stderr}");
 }
+
+/// The forecast the test expects from a decision matrix pair, scaled to `per_review` forecast
+/// reviews per labelled one: (live, candidate) REVIEW items, overturned REJECTs and missed
+/// abuse. Computed here from the golden scores, not by the report code.
+struct QueueFigures {
+    review: (f64, f64),
+    overturned: (f64, f64),
+    missed: (f64, f64),
+}
+
+fn queue_figures(e: &Expected, per_review: f64) -> QueueFigures {
+    let live_decided = |d: usize| e.comparisons[d].iter().sum::<u64>() as f64 * per_review;
+    let candidate_decided = |d: usize| (0..3).map(|l| e.comparisons[l][d]).sum::<u64>() as f64 * per_review;
+    // Of the verdicts on a model's `decided` decisions, the share a moderator decided `wrong`.
+    let share = |m: &[[u64; 3]; 3], decided: usize, wrong: &[usize]| {
+        let row = m[decided];
+        wrong.iter().map(|&h| row[h]).sum::<u64>() as f64 / row.iter().sum::<u64>() as f64
+    };
+    QueueFigures {
+        review: (live_decided(1), candidate_decided(1)),
+        overturned: (
+            live_decided(2) * share(&e.live, 2, &[0, 1]),
+            candidate_decided(2) * share(&e.candidate, 2, &[0, 1]),
+        ),
+        missed: (live_decided(0) * share(&e.live, 0, &[1, 2]), candidate_decided(0) * share(&e.candidate, 0, &[1, 2])),
+    }
+}
+
+fn close(got: &serde_json::Value, want: f64, what: &str) {
+    let got = got.as_f64().unwrap_or_else(|| panic!("{what}: {got} is not a number"));
+    assert!((got - want).abs() < 1e-9 * want.abs().max(1.0), "{what}: {got} != {want}");
+}
+
+/// The report forecasts REVIEW items, overturned REJECTs and missed abuse per day from the
+/// labelled file scaled to `launch.reviews_per_day`, and the cost model in `[launch]` turns a
+/// candidate whose wrong REJECTs cost more than live's into NO-GO, and back to GO when a wrong
+/// REJECT weighs nothing.
+#[test]
+fn eval_forecasts_queue_units_per_day_and_the_cost_model_flips_the_decision() {
+    let _shared = shared_blocking();
+    let dir = tempfile::tempdir().unwrap();
+    let lenient = "min_compared = 10\nmin_verdicts = 10\nmax_precision_drop = 1.0\nreviews_per_day = 12000\n\
+                   max_review_queue_increase = 0.0\n";
+    let e = expected("v2");
+    // 12 labelled reviews scaled to 12000 a day: each stands for 1000.
+    let want = queue_figures(&e, 1000.0);
+    // The fixture makes tiny-abuse-v2's REJECTs overturned more often than live's, and neither
+    // misses abuse: so weighing wrong REJECTs makes it dearer, weighing only misses does not.
+    assert!(want.overturned.1 > want.overturned.0, "fixture: {:?}", want.overturned);
+    assert_eq!(want.missed, (0.0, 0.0), "fixture");
+
+    let mut decisions = Vec::new();
+    for (weights, name) in [
+        ("cost_wrong_reject = 1.0\ncost_missed_abuse = 1.0", "costly"),
+        ("cost_wrong_reject = 0.0\ncost_missed_abuse = 1.0", "misses"),
+    ] {
+        let config = write_config(&dir, &format!("{lenient}{weights}"));
+        let out = dir.path().join(name);
+        let run = run_eval(&config, &out);
+        assert!(run.status.code().is_some_and(|c| c == 0 || c == 2), "{}", String::from_utf8_lossy(&run.stderr));
+        let r = report(&out, "abuse-tiny-abuse-v2");
+        let f = &r["forecast"];
+        assert_eq!(f["unit"], "day");
+        close(&f["volume"], 12_000.0, "volume");
+        close(&f["review_queue"]["live"], want.review.0, "live REVIEW items");
+        close(&f["review_queue"]["candidate"], want.review.1, "candidate REVIEW items");
+        close(&f["overturned_rejects"]["live"]["value"], want.overturned.0, "live overturned REJECTs");
+        close(&f["overturned_rejects"]["candidate"]["value"], want.overturned.1, "candidate overturned REJECTs");
+        close(&f["missed_abuse"]["live"]["value"], want.missed.0, "live missed abuse");
+        close(&f["missed_abuse"]["candidate"]["value"], want.missed.1, "candidate missed abuse");
+        let result = |criterion: &str| {
+            r["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["name"] == criterion)
+                .cloned()
+                .unwrap_or_else(|| panic!("{criterion}"))
+        };
+        // Both models send the same number of reviews to the queue: no increase.
+        assert_eq!(want.review.0, want.review.1, "fixture");
+        assert_eq!(result("REVIEW queue increase")["status"], "pass");
+        assert_eq!(result("REVIEW queue increase")["measured"], "+0.0%");
+        let markdown = std::fs::read_to_string(out.join("abuse-tiny-abuse-v2").join("launch-report.md")).unwrap();
+        assert!(markdown.contains("## Forecast in queue units"), "{markdown}");
+        assert!(markdown.contains(&format!("Overturned REJECTs per day | {:.1} [", want.overturned.0)), "{markdown}");
+        decisions.push((result("expected cost")["status"].clone(), r["decision"].clone()));
+    }
+    assert_eq!(decisions[0], (serde_json::json!("fail"), serde_json::json!("NO-GO")), "wrong REJECTs weigh 1");
+    assert_eq!(decisions[1], (serde_json::json!("pass"), serde_json::json!("GO")), "only misses weigh");
+}

@@ -5,7 +5,8 @@
 use super::Report;
 use super::criteria::Status;
 use super::derived::ModelAccuracy;
-use super::format::{bucket, estimate, ms, pct, score, weighted_estimate};
+use super::forecast::{Expected, Unit};
+use super::format::{bucket, count, estimate, ms, pct, score, signed_pct, weighted_estimate};
 use super::input::{DECISIONS, OUTCOMES, REJECT, REVIEW, Source, Subject};
 use super::stats::ratio;
 use super::weighted::WeightedModelAccuracy;
@@ -118,6 +119,7 @@ pub fn build(r: &Report) -> Content {
         Section { title: "Precision and recall against moderator verdicts", blocks: accuracy(r) },
         Section { title: "Precision and recall from the labelling queue (weighted)", blocks: weighted(r) },
         Section { title: "Disagreement log", blocks: disagreements(r) },
+        Section { title: "Forecast in queue units", blocks: forecast(r) },
         Section { title: "Launch criteria", blocks: criteria(r) },
     ];
     Content { title, preamble, sections }
@@ -398,6 +400,72 @@ fn disagreements(r: &Report) -> Vec<Block> {
         blocks.push(table(&["Review", "Direction", "Live → candidate", "Largest difference", "Text"], "lllll", rows));
     }
     blocks
+}
+
+fn forecast(r: &Report) -> Vec<Block> {
+    let f = &r.forecast;
+    let (Some(volume), Some(q)) = (f.volume, f.review_queue) else {
+        return vec![Block::Text("No compared reviews, so there is nothing to forecast from.".into())];
+    };
+    let per = f.unit.as_str();
+    let scale = match (&r.input.source, f.unit) {
+        (Source::Prometheus { .. }, _) => format!(
+            "{} reviews per day (the compared reviews scaled by the reviews offered to the candidate per \
+             compared one, over the window)",
+            count(volume)
+        ),
+        (Source::Offline { .. }, Unit::Day) => {
+            format!("{} reviews per day (launch.reviews_per_day), in the labelled file's mix", count(volume))
+        }
+        (Source::Offline { .. }, Unit::ThousandReviews) => {
+            "1000 reviews in the labelled file's mix (figures per 1000 reviews: set launch.reviews_per_day for \
+             figures per day)"
+                .to_string()
+        }
+    };
+    let expected = |e: &Expected| match (e.value, e.range, &e.missing) {
+        (Some(v), Some((lo, hi)), _) => format!("{} [{}, {}]", count(v), count(lo), count(hi)),
+        (_, _, Some(why)) => format!("n/a: {why}"),
+        _ => "n/a".to_string(),
+    };
+    let change = |l: &Expected, c: &Expected| match (l.value, c.value) {
+        (Some(l), Some(c)) => format!("{:+.1}", c - l),
+        _ => "n/a".to_string(),
+    };
+    let (o, m) = (&f.overturned_rejects, &f.missed_abuse);
+    let queue_change = match q.change_share {
+        Some(s) => format!("{:+.1} ({})", q.change, signed_pct(s)),
+        None => format!("{:+.1}", q.change),
+    };
+    let rows = vec![
+        vec![format!("REVIEW queue items per {per}"), count(q.live), count(q.candidate), queue_change],
+        vec![
+            format!("Overturned REJECTs per {per}"),
+            expected(&o.live),
+            expected(&o.candidate),
+            change(&o.live, &o.candidate),
+        ],
+        vec![
+            format!("Missed abuse per {per}"),
+            expected(&m.live),
+            expected(&m.candidate),
+            change(&m.live, &m.candidate),
+        ],
+    ];
+    let share = |e: &Expected| format!("{} of {}", e.share.hits, e.share.n);
+    vec![
+        Block::Text(format!(
+            "What each model would do to {scale}. Only REVIEW decisions go to the moderators' queue. A REJECT \
+             is overturned when a moderator decided ALLOW or REVIEW; abuse is missed when the model allowed what a \
+             moderator decided REVIEW or REJECT. Both are the model's decisions of that kind times the share of \
+             its verdicts on them that went the other way, 95% range in brackets.",
+        )),
+        table(&["", "Live", "Candidate", "Change"], "lrrr", rows),
+        Block::Bullets(vec![
+            format!("Overturned REJECT verdicts: live {}, candidate {}", share(&o.live), share(&o.candidate)),
+            format!("Missed abuse verdicts (on ALLOWs): live {}, candidate {}", share(&m.live), share(&m.candidate)),
+        ]),
+    ]
 }
 
 fn criteria(r: &Report) -> Vec<Block> {

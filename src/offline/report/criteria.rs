@@ -1,15 +1,17 @@
 //! Launch criteria (the `[launch]` config table) and the GO / NO-GO decision they give.
 //!
 //! Each criterion passes or fails with the measured value and the limit. One whose limit is
-//! unset is "not checked"; one that cannot be measured (no verdicts, no latency offline) fails
-//! when its limit is set. GO needs every checked criterion to pass.
+//! unset is "not checked" (the criteria in queue units, from `forecast`, are then left out);
+//! one that cannot be measured (no verdicts, no latency offline) fails when its limit is set.
+//! GO needs every checked criterion to pass.
 
 use std::time::Duration;
 
 use serde::Serialize;
 
 use super::derived::Derived;
-use super::format::{ms, pct_pair, points};
+use super::forecast::Forecast;
+use super::format::{count, ms, pct_pair, points, signed_pct};
 use super::input::{DECISIONS, REJECT, REVIEW, ReportInput};
 pub use crate::config::{LaunchCriteria, RawLaunchCriteria, validate_criteria};
 
@@ -118,6 +120,15 @@ pub fn evaluate(input: &ReportInput, derived: &Derived, criteria: &LaunchCriteri
     let t = &derived.traffic;
     out.push(rate_criterion("error rate", t.errors, t.sampled, t.error_rate, criteria.max_error_rate));
     out.push(rate_criterion("shed rate", t.shed, t.sampled, t.shed_rate, criteria.max_shed_rate));
+    // The criteria in queue units join the table only when set: a config without them gets
+    // the same table it always had.
+    let forecast = Forecast::of(input, derived, criteria);
+    if let Some(limit) = criteria.max_review_queue_increase {
+        out.push(queue_criterion(&forecast, limit));
+    }
+    if let Some(weights) = criteria.cost {
+        out.push(cost_criterion(&forecast, weights));
+    }
     out
 }
 
@@ -198,6 +209,68 @@ fn rate_criterion(name: &str, hits: u64, sampled: u64, rate: Option<f64>, limit:
     let (r, l) = pct_pair(rate, limit);
     let detail = format!("{hits} of {sampled} sampled reviews ({r}; limit {l})");
     result(name, format!("≤ {l}"), r, pass_if(rate <= limit + EPSILON), detail)
+}
+
+/// The candidate's forecast REVIEW queue items per unit may exceed live's by at most `limit`
+/// (a share of live's).
+fn queue_criterion(forecast: &Forecast, limit: f64) -> CriterionResult {
+    let name = "REVIEW queue increase";
+    let limit_text = format!("≤ {:+.1}%", limit * 100.0);
+    let Some(q) = forecast.review_queue else {
+        let detail = "no compared reviews to forecast the REVIEW queue from".to_string();
+        return result(name, limit_text, "n/a".into(), Status::Fail, detail);
+    };
+    let per = forecast.unit.as_str();
+    let items = format!(
+        "candidate {} REVIEW items per {per} against live's {} ({:+.1})",
+        count(q.candidate),
+        count(q.live),
+        q.change
+    );
+    match q.change_share {
+        Some(share) => {
+            let detail = format!("{items}: {} (allowed {:+.1}%)", signed_pct(share), limit * 100.0);
+            result(name, limit_text, signed_pct(share), pass_if(share <= limit + EPSILON), detail)
+        }
+        // Live sends none: any REVIEW item is an unbounded increase.
+        None => {
+            let detail = format!("{items}: live sends no review to the queue");
+            let measured = if q.candidate > 0.0 { "+∞".to_string() } else { "+0.0%".to_string() };
+            result(name, limit_text, measured, pass_if(q.candidate <= 0.0), detail)
+        }
+    }
+}
+
+/// The candidate's expected cost per unit (weighted wrong REJECTs and missed abuse) may not
+/// exceed live's.
+fn cost_criterion(forecast: &Forecast, w: crate::config::CostWeights) -> CriterionResult {
+    let name = "expected cost";
+    let per = forecast.unit.as_str();
+    let limit_text = "≤ live's".to_string();
+    let Some((live, candidate)) = forecast.cost(w.wrong_reject, w.missed_abuse) else {
+        let (o, m) = (&forecast.overturned_rejects, &forecast.missed_abuse);
+        let weighed = [(w.wrong_reject, &o.live), (w.wrong_reject, &o.candidate)]
+            .into_iter()
+            .chain([(w.missed_abuse, &m.live), (w.missed_abuse, &m.candidate)]);
+        let why = weighed
+            .filter(|(weight, _)| *weight != 0.0)
+            .find_map(|(_, e)| e.missing.clone())
+            .unwrap_or_else(|| "no forecast".to_string());
+        return result(name, limit_text, "n/a".into(), Status::Fail, format!("cannot forecast the cost: {why}"));
+    };
+    let side = |o: f64, m: f64| {
+        format!("{} × {} wrong REJECTs + {} × {} missed abuse", w.wrong_reject, count(o), w.missed_abuse, count(m))
+    };
+    let value = |e: &super::forecast::Expected| e.value.unwrap_or(0.0);
+    let detail = format!(
+        "per {per}: candidate {} = {}, live {} = {}",
+        side(value(&forecast.overturned_rejects.candidate), value(&forecast.missed_abuse.candidate)),
+        count(candidate),
+        side(value(&forecast.overturned_rejects.live), value(&forecast.missed_abuse.live)),
+        count(live)
+    );
+    let ok = candidate <= live + EPSILON * live.abs().max(1.0);
+    result(name, limit_text, format!("{} vs {}", count(candidate), count(live)), pass_if(ok), detail)
 }
 
 #[cfg(test)]

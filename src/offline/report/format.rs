@@ -32,6 +32,16 @@ pub fn points(v: f64) -> String {
     format!("{:.1} pp", v * 100.0)
 }
 
+/// A forecast count (fractional) with one decimal, e.g. "1234.5".
+pub fn count(v: f64) -> String {
+    format!("{v:.1}")
+}
+
+/// A signed change as a percentage with one decimal, e.g. "+10.0%".
+pub fn signed_pct(v: f64) -> String {
+    format!("{:+.1}%", v * 100.0)
+}
+
 /// Seconds as milliseconds with two decimals, or "n/a".
 pub fn ms(seconds: Option<f64>) -> String {
     seconds.filter(|s| s.is_finite()).map_or_else(|| "n/a".into(), |s| format!("{:.2} ms", s * 1000.0))

@@ -122,3 +122,82 @@ fn report_criteria_judge_a_policy_only_candidate_by_the_live_latency() {
     assert_eq!(r.status, Status::Pass);
     assert!(r.detail.starts_with("policy-only candidate runs the live model: live p99 12.00 ms"), "{}", r.detail);
 }
+
+#[test]
+fn report_criteria_validation_names_bad_queue_and_cost_keys() {
+    let bad = |text: &str| {
+        let raw: RawLaunchCriteria = toml::from_str(text).unwrap();
+        let mut errors = Vec::new();
+        let c = validate_criteria(&raw, &mut errors);
+        (c, errors)
+    };
+    let (c, errors) = bad("max_review_queue_increase = 1.5\ncost_wrong_reject = -1.0\ncost_missed_abuse = 2.0");
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(errors[0].starts_with("launch.max_review_queue_increase 1.5: must be within 0..=1"), "{errors:?}");
+    assert_eq!(errors[1], "launch.cost_wrong_reject -1: must be a finite weight >= 0");
+    assert_eq!((c.max_review_queue_increase, c.cost), (None, None));
+    let (_, errors) = bad("cost_missed_abuse = 2.0");
+    assert_eq!(errors, ["launch.cost_missed_abuse: set cost_wrong_reject with it"]);
+    let (_, errors) = bad("cost_wrong_reject = 3.0");
+    assert_eq!(errors, ["launch.cost_wrong_reject: set cost_missed_abuse with it"]);
+    let (_, errors) = bad("reviews_per_day = 0");
+    assert_eq!(errors, ["launch.reviews_per_day 0: must be more than 0"]);
+    let (c, errors) = bad(
+        "max_review_queue_increase = 0.05\ncost_wrong_reject = 3\ncost_missed_abuse = 1.5\nreviews_per_day = 500000",
+    );
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(c.max_review_queue_increase, Some(0.05));
+    assert_eq!(c.cost, Some(crate::config::CostWeights { wrong_reject: 3.0, missed_abuse: 1.5 }));
+    assert_eq!(c.reviews_per_day, Some(500_000));
+    // Absent keys check nothing and add no row: existing configs keep their table.
+    let results = run(&input(), &LaunchCriteria::default());
+    assert!(results.iter().all(|r| r.name != "REVIEW queue increase" && r.name != "expected cost"));
+}
+
+#[test]
+fn report_criteria_in_queue_units_flip_the_decision() {
+    // The sample input forecasts 10% more REVIEW items than live (275 against 250 compared).
+    let i = input();
+    let lax = LaunchCriteria { max_review_queue_increase: Some(0.10), ..Default::default() };
+    let results = run(&i, &lax);
+    let r = find(&results, "REVIEW queue increase");
+    assert_eq!((r.status, r.measured.as_str(), r.limit.as_str()), (Status::Pass, "+10.0%", "≤ +10.0%"));
+    assert!(
+        r.detail.starts_with("candidate 10250.8 REVIEW items per day against live's 9318.9 (+931.9)"),
+        "{}",
+        r.detail
+    );
+    assert_eq!(Decision::of(&results), Decision::Go);
+    let strict = LaunchCriteria { max_review_queue_increase: Some(0.05), ..Default::default() };
+    let results = run(&i, &strict);
+    assert_eq!(find(&results, "REVIEW queue increase").status, Status::Fail);
+    assert_eq!(Decision::of(&results), Decision::NoGo);
+    // Per 1900 compared (x 2951 * 24 / 1900 for a day): live 80 * 5/30 = 13.33 overturned
+    // REJECTs and 1570 * 10/90 = 174.44 missed abuse; the candidate 90 * 5/36 = 12.5 and
+    // 1535 * 6/84 = 109.64, cheaper under any weights.
+    let cost = |wrong_reject, missed_abuse| LaunchCriteria {
+        cost: Some(crate::config::CostWeights { wrong_reject, missed_abuse }),
+        ..Default::default()
+    };
+    let results = run(&i, &cost(100.0, 1.0));
+    assert_eq!(find(&results, "expected cost").status, Status::Pass);
+    // Make the candidate's REJECTs worse: 20 of 36 overturned.
+    let mut worse = input();
+    worse.verdicts.as_mut().unwrap().candidate = Confusion([[78, 4, 2], [4, 22, 4], [10, 10, 16]]);
+    // Candidate: 90 * 20/36 = 50 overturned, against live's 13.33; missed abuse unchanged.
+    let results = run(&worse, &cost(100.0, 1.0));
+    let r = find(&results, "expected cost");
+    assert_eq!(r.status, Status::Fail, "{r:?}");
+    let per_cell = 2951.0 * 24.0 / 1900.0;
+    let candidate = 100.0 * 90.0 * 20.0 / 36.0 + 1535.0 * 6.0 / 84.0;
+    let live = 100.0 * 80.0 * 5.0 / 30.0 + 1570.0 * 10.0 / 90.0;
+    let want = format!("{:.1} vs {:.1}", per_cell * candidate, per_cell * live);
+    assert_eq!(r.measured, want);
+    assert!(r.detail.starts_with("per day: candidate 100 × "), "{}", r.detail);
+    assert_eq!(Decision::of(&results), Decision::NoGo);
+    // With too few verdicts there is no forecast, and a set cost model fails.
+    let results = run(&i, &LaunchCriteria { min_verdicts: 1000, ..cost(1.0, 1.0) });
+    let r = find(&results, "expected cost");
+    assert_eq!(r.status, Status::Fail);
+    assert_eq!(r.detail, "cannot forecast the cost: 150 verdicts on live, fewer than launch.min_verdicts (1000)");
+}
