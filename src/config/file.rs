@@ -80,6 +80,7 @@ pub(super) struct RawBatching {
     pub(super) queue_capacity: Option<usize>,
     pub(super) inference_threads: Option<usize>,
     pub(super) intra_op_threads: Option<usize>,
+    pub(super) long_job_nice: Option<i32>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -26,6 +26,10 @@ pub struct WorkerSettings {
     pub idle: bool,
     /// Keep the worker threads on these CPUs (`shadow.cpus`); `None` = wherever the process may run.
     pub cpus: Option<CpuSet>,
+    /// A live model's long jobs (the long lane) run on threads of their own at this niceness,
+    /// and its `threads` workers take short jobs only; 0 = every worker takes both. Shadows
+    /// ignore it.
+    pub long_job_nice: i32,
 }
 
 /// How a model's worker merges queued jobs into one inference batch.

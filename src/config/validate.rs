@@ -814,7 +814,11 @@ fn batching(errors: &mut Vec<String>, key: &str, raw: &RawBatching, parent: Opti
         nice: 0,
         idle: false,
         cpus: None,
+        long_job_nice: raw.long_job_nice.or(parent.map(|p| p.long_job_nice)).unwrap_or(defaults::LONG_JOB_NICE),
     };
+    if !(0..=19).contains(&settings.long_job_nice) {
+        errors.push(format!("{key}.long_job_nice {}: must be 0..=19", settings.long_job_nice));
+    }
     for (name, v, max) in [
         ("max_batch_size", settings.batch.max_batch_size, 4096),
         ("queue_capacity", settings.queue_capacity, 1_000_000),

@@ -160,6 +160,18 @@ fn shadow_batch_cap((ns, reviews): (u64, u64)) -> usize {
 const SMALL: usize = 0;
 const LARGE: usize = 1;
 
+/// Which lanes a worker takes jobs from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Serves {
+    /// Short jobs first, long ones between (shadows, and live with `long_job_nice = 0`).
+    Both,
+    /// A live model's normal-priority workers when long jobs have threads of their own.
+    Short,
+    /// Those threads, at `long_job_nice`: when the CPU is busy the kernel favours short calls,
+    /// so a caller sending maximal requests cannot take the cores from everyone else.
+    Long,
+}
+
 /// The front door to a model's workers. Clone freely.
 #[derive(Clone)]
 pub struct ModelHandle {
@@ -332,9 +344,12 @@ pub fn start(
     shadow_cpu: Option<&Arc<ShadowCpu>>,
 ) -> Result<WorkerPool, PackageError> {
     let encoder = encoder(package)?;
-    let mut sessions: Vec<Box<dyn Backend>> = Vec::with_capacity(settings.threads);
+    // With long-job threads, a live model has twice the sessions: its long jobs run beside its
+    // short ones, not in their place.
+    let n = settings.threads.max(1) * if long_job_threads(role, &settings) { 2 } else { 1 };
+    let mut sessions: Vec<Box<dyn Backend>> = Vec::with_capacity(n);
     let mut run_cost = RunCost::default();
-    for i in 0..settings.threads.max(1) {
+    for i in 0..n {
         let mut session = backends.build(package, settings.intra_threads)?;
         warm_up(session.as_mut(), &package.spec, &encoder)
             .map_err(|reason| PackageError::WarmUp { path: package.model_path(), reason })?;
@@ -345,6 +360,11 @@ pub fn start(
         sessions.push(session);
     }
     start_with(package, encoder, role, settings, shadow_cpu, sessions, run_cost)
+}
+
+/// Whether a model's long jobs run on threads of their own (`Serves::Long`).
+fn long_job_threads(role: Role, settings: &WorkerSettings) -> bool {
+    role == Role::Live && settings.long_job_nice > 0
 }
 
 /// The package's tokenizer, checked against its cost budget.
@@ -385,12 +405,20 @@ fn start_with(
     let taken = Arc::new(Notify::new());
     let mut threads = Vec::with_capacity(backends.len());
     let (isolated_tx, isolated_rx) = std::sync::mpsc::channel::<()>();
+    // With long-job threads the second half of the sessions (see `start`) serves long jobs.
+    let short_threads = if long_job_threads(role, &settings) && backends.len() >= 2 { backends.len() / 2 } else { 0 };
     for (i, backend) in backends.into_iter().enumerate() {
+        let serves = match short_threads {
+            0 => Serves::Both,
+            n if i < n => Serves::Short,
+            _ => Serves::Long,
+        };
         let worker = Worker {
             backend,
             spec: spec.clone(),
             encoder: encoder.clone(),
             lanes: [small_rx.clone(), large_rx.clone()],
+            serves,
             small_streak: 0,
             policy: settings.batch,
             metrics: metrics.clone(),
@@ -406,12 +434,18 @@ fn start_with(
             group_features: Vec::new(),
             group_scores: Vec::new(),
         };
-        let name = format!("infer-{}-{i}", spec.name);
+        let name = match serves {
+            Serves::Long => format!("long-{}-{}", spec.name, i - short_threads),
+            _ => format!("infer-{}-{i}", spec.name),
+        };
         let model = spec.name.clone();
         let isolated = isolated_tx.clone();
         let thread = std::thread::Builder::new()
             .name(name.chars().take(15).collect())
             .spawn(move || {
+                if serves == Serves::Long {
+                    lower_long_job_thread(&model, settings.long_job_nice);
+                }
                 isolate(&model, &settings);
                 let _ = isolated.send(());
                 drop(isolated);
@@ -520,6 +554,7 @@ struct Worker {
     encoder: Encoder,
     /// Shared with the model's other workers; closes when every `ModelHandle` is dropped.
     lanes: [Receiver<Job>; 2],
+    serves: Serves,
     /// Batches taken from the small lane in a row while the large lane had jobs.
     small_streak: u32,
     policy: BatchPolicy,
@@ -554,7 +589,7 @@ impl Worker {
             let (mut jobs, deferred) = self.fill(first, lane, true);
             let taken = Instant::now();
             carried = deferred.map(|job| (job, lane));
-            if lane == LARGE && self.accounting.is_none() {
+            if lane == LARGE && self.accounting.is_none() && self.serves == Serves::Both {
                 self.tokenize_ahead(&mut jobs);
             }
             self.run_batch(jobs, taken);
@@ -678,8 +713,17 @@ impl Worker {
 
     /// The next job to start a batch with, and its lane: the small lane first, unless it has
     /// gone first `SMALL_BATCHES_BEFORE_LARGE` times while large jobs waited. Blocks while both
-    /// are empty; `None` once every handle is dropped and both are drained.
+    /// are empty; `None` once every handle is dropped and both are drained. A worker that serves
+    /// one lane (`Serves::Short`, `Serves::Long`) takes from that lane alone.
     fn next_job(&mut self) -> Option<(Job, usize)> {
+        let only = match self.serves {
+            Serves::Both => None,
+            Serves::Short => Some(SMALL),
+            Serves::Long => Some(LARGE),
+        };
+        if let Some(lane) = only {
+            return self.lanes[lane].recv().ok().map(|job| (job, lane));
+        }
         let large_waiting = !self.lanes[LARGE].is_empty();
         let order = if large_waiting && self.small_streak >= SMALL_BATCHES_BEFORE_LARGE {
             [LARGE, SMALL]
@@ -883,6 +927,14 @@ impl Worker {
     }
 }
 
+/// Lowers a live model's long-job thread to `nice`. Best effort: where it is refused the thread
+/// runs at normal priority, as long jobs did before, and the log says so.
+fn lower_long_job_thread(model: &str, nice: i32) {
+    if let Err(e) = crate::sys::set_nice(nice) {
+        tracing::warn!(model, nice, error = %e, "cannot lower the long-job worker's priority; long jobs run at normal priority");
+    }
+}
+
 /// Applies a worker thread's scheduling and CPU placement (shadows: `SCHED_IDLE` or `nice`,
 /// and `shadow.cpus`). Best effort: what could not be applied is logged, and the policy in
 /// effect is exported, so a dashboard shows a shadow that is not behind live.
@@ -981,6 +1033,7 @@ mod tests {
             nice: 0,
             idle: false,
             cpus: None,
+            long_job_nice: 0,
         };
         start_backends(&package(), role, settings, vec![Box::new(backend.clone())], run_cost).unwrap()
     }
@@ -1152,6 +1205,57 @@ mod tests {
             "the short job waited for the whole long batch"
         );
         rx.blocking_recv().unwrap().expect("the long job is answered too");
+        stop(pool);
+    }
+
+    /// The calling thread's niceness, from /proc.
+    fn own_nice() -> i64 {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+        // Field 19; the fields after the command name's closing parenthesis start at field 3.
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        after.split(' ').nth(19 - 3).unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn a_live_models_long_jobs_run_on_their_own_lower_priority_thread() {
+        // Rows longer than a short review are held inside the runtime until the test lets them
+        // go; every row reports the niceness of the thread that ran it.
+        let (began_tx, began) = std::sync::mpsc::channel::<i64>();
+        let (release, release_rx) = std::sync::mpsc::channel::<()>();
+        let (began_tx, release_rx) = (Mutex::new(began_tx), Mutex::new(release_rx));
+        let ran_short_at = Arc::new(Mutex::new(Vec::new()));
+        let ran = ran_short_at.clone();
+        let fake = FakeBackend::new(move |row| {
+            if row.len() > 16 {
+                let _ = began_tx.lock().unwrap().send(own_nice());
+                let _ = release_rx.lock().unwrap().recv();
+            } else {
+                ran.lock().unwrap().push(own_nice());
+            }
+            Ok(vec![0.5, 0.5])
+        });
+        let settings = WorkerSettings {
+            batch: BatchPolicy { max_batch_size: 8, max_wait: Duration::ZERO },
+            queue_capacity: 8,
+            threads: 1,
+            intra_threads: 1,
+            nice: 0,
+            idle: false,
+            cpus: None,
+            long_job_nice: 10,
+        };
+        let backends: Vec<Box<dyn Backend>> = vec![Box::new(fake.clone()), Box::new(fake.clone())];
+        let pool = start_backends(&package(), Role::Live, settings, backends, RunCost::default()).unwrap();
+        // Over 8 KiB of text: a long job.
+        let long_text = "great product ".repeat(700);
+        let long = pool.handle.submit(reviews(&[&long_text]), None, None).unwrap();
+        let long_nice = began.recv_timeout(Duration::from_secs(30)).expect("the long batch started");
+        assert_eq!(long_nice, 10, "the long job ran at long_job_nice");
+        let short = pool.handle.submit(reviews(&["you idiot"]), None, None).unwrap();
+        short.blocking_wait().expect("the short job is answered while the long one is held");
+        assert_eq!(*ran_short_at.lock().unwrap(), [0], "the short job ran at normal priority");
+        release.send(()).unwrap();
+        long.blocking_wait().expect("the long job is answered once let go");
         stop(pool);
     }
 

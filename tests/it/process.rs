@@ -78,11 +78,13 @@ fn check_config_names_every_broken_package_and_what_is_wrong() {
 fn check_config_reports_config_errors_by_key() {
     let _shared = shared_blocking();
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(&dir, "[batching]\nmax_batch_size = 0\n[tasks.abuse]\nlive = \"nope\"\n");
+    let config =
+        write_config(&dir, "[batching]\nmax_batch_size = 0\nlong_job_nice = 20\n[tasks.abuse]\nlive = \"nope\"\n");
     let out = modserve().arg("check-config").arg(&config).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr.contains("batching.max_batch_size 0: must be 1..=4096"), "{stderr}");
+    assert!(stderr.contains("batching.long_job_nice 20: must be 0..=19"), "{stderr}");
     assert!(stderr.contains("tasks.abuse.live: no model named \"nope\""), "{stderr}");
 }
 

@@ -31,6 +31,7 @@ fn pool_with(model: &str, faults: &Arc<Faults>) -> WorkerPool {
         nice: 0,
         idle: false,
         cpus: None,
+        long_job_nice: 0,
     };
     worker::start(&backends, &package, Role::Shadow, settings, None).expect("workers start")
 }
