@@ -1,10 +1,9 @@
 //! The integration tests: one binary (one link of the whole crate) with a module per area.
 //! Metrics are process-wide, so a test that asserts on them holds `common::exclusive()` for its
 //! whole run and every other test holds `common::shared()`: the two never overlap.
-//! Binaries of their own: `tests/isolation.rs` counts the process's threads and their CPU time;
-//! `tests/report.rs` and `tests/report_access.rs` read exact totals of the process-wide
-//! recorder through a real Prometheus; `tests/prometheus.rs` and `tests/tools.rs` check the
-//! scrape and the tools. Faults are injected through the inference backend seam
+//! Binaries of their own: `tests/report.rs`, `tests/report_access.rs`, `tests/prometheus.rs` and
+//! `tests/prometheus_surfaces.rs` have a real Prometheus read exact totals of the process-wide
+//! recorder, which the other tests' servers (same model names, same labels) would add to. Faults are injected through the inference backend seam
 //! (`common::faults`).
 
 mod classify;
@@ -15,6 +14,7 @@ mod eval;
 mod failures;
 mod feedback;
 mod hostile;
+mod isolation;
 mod journal;
 mod labelling;
 mod limits;
@@ -26,5 +26,6 @@ mod shadow;
 mod startup;
 mod surfaces;
 mod tls;
+mod tools;
 mod tune;
 mod worker;

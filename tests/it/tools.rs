@@ -1,13 +1,10 @@
 //! Standard clients against the real server: grpcurl 1.8.6 through reflection (what a newcomer
 //! uses first) and promtool on a live /metrics scrape. `scripts/setup --test` installs both.
 
-#[path = "it/common/mod.rs"]
-mod common;
-
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 fn grpcurl() -> PathBuf {
     let path = std::env::var_os("MODSERVE_GRPCURL")
@@ -28,6 +25,7 @@ fn run(cmd: &mut Command) -> (bool, String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcurl_lists_describes_classifies_and_checks_health() {
+    let _shared = shared().await;
     let server = TestServer::start(config(BASIC)).await;
     let addr = server.grpc_addr.to_string();
     let g = grpcurl();
@@ -70,7 +68,10 @@ async fn grpcurl_lists_describes_classifies_and_checks_health() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn promtool_accepts_a_live_scrape() {
+    // It counts this test's reviews in the process-wide recorder.
+    let _guard = exclusive().await;
     let server = TestServer::start(config(BASIC)).await;
+    let base = server.scrape().await;
     let mut client = server.client().await;
     // Traffic first, so every family has samples: OK, an error, and a stream.
     client.classify(request(vec![review("a", "you idiot"), review("b", "call me")])).await.unwrap();
@@ -90,8 +91,8 @@ async fn promtool_accepts_a_live_scrape() {
         assert!(scrape.lines().any(|l| l.starts_with(family)), "{family} missing from the scrape");
     }
     assert_eq!(
-        metric(&scrape, "modserve_reviews_total", &[("model", "tiny-abuse"), ("decision", "reject")]),
-        Some(1.0)
+        delta(&base, &scrape, "modserve_reviews_total", &[("model", "tiny-abuse"), ("decision", "reject")]),
+        1.0
     );
     assert_eq!(
         metric(&scrape, "modserve_model_info", &[("model", "tiny-fraud"), ("role", "live"), ("task", "fraud")]),
@@ -124,6 +125,7 @@ async fn promtool_accepts_a_live_scrape() {
 
 #[test]
 fn promtool_accepts_the_rules_alerts_and_dashboard_expressions() {
+    let _shared = shared_blocking();
     let prometheus = repo().join("deploy/prometheus");
     let (ok, out, err) = run(Command::new("promtool")
         .arg("check")

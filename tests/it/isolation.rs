@@ -2,14 +2,12 @@
 //! shadow CPU budget measured against the threads' own CPU clocks, and the effective sample
 //! rate lowered under pressure and raised back.
 //!
-//! The server runs in this test process, so its worker threads are `/proc/self/task/*`.
-
-#[path = "it/common/mod.rs"]
-mod common;
+//! The server runs in this test process, so its worker threads are `/proc/self/task/*`; every test
+//! that reads them or their CPU holds `exclusive()`, so no other test's server runs beside it.
 
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// One `/proc/self/task` entry of an inference worker.
 #[derive(Debug)]
@@ -294,6 +292,7 @@ async fn the_effective_rate_drops_under_pressure_and_comes_back() {
 /// `shadow.cpus` outside the process's CPUs is refused, naming the key.
 #[test]
 fn shadow_cpus_must_be_cpus_the_process_may_use() {
+    let _shared = shared_blocking();
     let text = |cpus: &str| {
         format!(
             "[shadow]\ncpus = {cpus:?}\n[models.tiny-abuse]\npath = \"tests/fixtures/tiny-abuse\"\n[tasks.abuse]\nlive = \"tiny-abuse\"\n"
