@@ -1,9 +1,9 @@
 //! The integration tests: one binary (one link of the whole crate) with a module per area.
 //! Metrics are process-wide, so a test that asserts on them holds `common::exclusive()` for its
 //! whole run and every other test holds `common::shared()`: the two never overlap.
-//! Binaries of their own: `tests/report.rs`, `tests/report_access.rs`, `tests/prometheus.rs` and
-//! `tests/prometheus_surfaces.rs` have a real Prometheus read exact totals of the process-wide
-//! recorder, which the other tests' servers (same model names, same labels) would add to. Faults are injected through the inference backend seam
+//! Tests that have a real Prometheus read exact totals (`prometheus`, `prometheus_surfaces`,
+//! `report`, `report_access`) start the server as a process of its own (`common::ChildServer`),
+//! so no other test's server adds to them. Faults are injected through the inference backend seam
 //! (`common::faults`).
 
 mod classify;
@@ -20,8 +20,12 @@ mod labelling;
 mod limits;
 mod monitoring;
 mod process;
+mod prometheus;
+mod prometheus_surfaces;
 mod reload;
 mod replicas;
+mod report;
+mod report_access;
 mod shadow;
 mod startup;
 mod surfaces;

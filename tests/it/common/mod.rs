@@ -2,6 +2,7 @@
 //! Runtime and the fixture models, waits for gRPC health, and talks real gRPC to it.
 #![allow(dead_code)]
 
+pub mod child;
 pub mod faults;
 pub mod nginx;
 pub mod prometheus;
@@ -11,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 #[allow(unused_imports)] // not every test binary that includes this module injects faults
+pub use child::ChildServer;
 pub use faults::{Action, Faults};
 use modserve::app::{MODERATION_SERVICE, Server};
 use modserve::config::{Config, Overrides};
@@ -128,15 +130,7 @@ impl TestServer {
     /// file-triggered reloads are asynchronous by design). Bounded: gives up after 30 s and
     /// returns the last growth.
     pub async fn wait_for(&self, base: &str, name: &str, labels: &[(&str, &str)], want: f64) -> f64 {
-        let mut last = 0.0;
-        for _ in 0..600 {
-            last = delta(base, &self.scrape().await, name, labels);
-            if last >= want {
-                return last;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        last
+        wait_for_growth(self.metrics_addr, base, name, labels, want).await
     }
 
     /// Polls the scrape until the gauge `name{labels}` reads exactly `want` (30 s at most);
@@ -161,6 +155,25 @@ impl TestServer {
         self.server.shutdown();
         self.server.wait().await.expect("clean shutdown");
     }
+}
+
+/// `TestServer::wait_for` on the server whose metrics port is `addr`.
+pub async fn wait_for_growth(
+    addr: std::net::SocketAddr,
+    base: &str,
+    name: &str,
+    labels: &[(&str, &str)],
+    want: f64,
+) -> f64 {
+    let mut last = 0.0;
+    for _ in 0..600 {
+        last = delta(base, &scrape(addr).await, name, labels);
+        if last >= want {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    last
 }
 
 /// Follows the health Watch stream until the Moderation service reports SERVING (60 s at most).

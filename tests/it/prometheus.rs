@@ -1,16 +1,15 @@
 //! A real Prometheus (the Debian `prometheus` package) scrapes a running modserve and evaluates
 //! `deploy/prometheus/modserve-rules.yml`: the recorded agreement ratio must equal the ratio
-//! computed from the two models' own answers for the reviews sent.
+//! computed from the two models' own answers for the reviews sent. Both servers run in processes
+//! of their own (`ChildServer`), so the totals Prometheus reads are theirs alone.
 
-#[path = "it/common/mod.rs"]
-mod common;
-
-use common::prometheus::Prometheus;
-use common::*;
+use crate::common::prometheus::Prometheus;
+use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recorded_agreement_ratio_equals_the_ratio_of_the_answers() {
-    let server = TestServer::start(config(
+    let _shared = shared().await;
+    let server = ChildServer::start(
         r#"
 [models.tiny-abuse]
 path = "tests/fixtures/tiny-abuse"
@@ -20,16 +19,16 @@ path = "tests/fixtures/tiny-abuse-v2"
 live = "tiny-abuse"
 shadows = [{ model = "tiny-abuse-v2", sample_rate = 1.0 }]
 "#,
-    ))
+    )
     .await;
-    let plain_v2 = TestServer::start(config(
+    let plain_v2 = ChildServer::start(
         r#"
 [models.tiny-abuse-v2]
 path = "tests/fixtures/tiny-abuse-v2"
 [tasks.abuse]
 live = "tiny-abuse-v2"
 "#,
-    ))
+    )
     .await;
     // A known mix, answered by live (through the shadowed server) and by the candidate alone.
     let texts =

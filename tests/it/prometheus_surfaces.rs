@@ -1,13 +1,11 @@
 //! A real Prometheus scrapes a modserve whose task lists surfaces and evaluates
 //! `deploy/prometheus/modserve-rules.yml`: the per-surface agreement rules equal the ratios
-//! computed from the answers, and `modserve report --surface` reads that surface's comparisons. Its own binary: the series of the default surface are the ones
-//! `tests/prometheus.rs` makes, and the recorder is process-wide.
+//! computed from the answers, and `modserve report --surface` reads that surface's comparisons.
+//! Both servers run in processes of their own (`ChildServer`), so the totals Prometheus reads
+//! are theirs alone.
 
-#[path = "it/common/mod.rs"]
-mod common;
-
-use common::prometheus::Prometheus;
-use common::*;
+use crate::common::prometheus::Prometheus;
+use crate::common::*;
 
 /// With surfaces, the existing all-traffic rule still sees every comparison, and the per-surface
 /// rules split it by surface: each recorded agreement equals the one computed from the answers
@@ -17,7 +15,8 @@ use common::*;
 /// the ratio of rates is the exact ratio of counts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_surface_agreement_rules_split_the_comparisons_by_surface() {
-    let server = TestServer::start(config(
+    let _shared = shared().await;
+    let server = ChildServer::start(
         r#"
 [models.tiny-abuse]
 path = "tests/fixtures/tiny-abuse"
@@ -40,11 +39,11 @@ shadows = [{ model = "tiny-abuse-v2", sample_rate = 1.0 }]
 kids = "strict-2"
 forum = "forum-lenient"
 "#,
-    ))
+    )
     .await;
-    let plain_v2 = TestServer::start(config(
+    let plain_v2 = ChildServer::start(
         "[models.tiny-abuse-v2]\npath = \"tests/fixtures/tiny-abuse-v2\"\n[tasks.abuse]\nlive = \"tiny-abuse-v2\"\n",
-    ))
+    )
     .await;
     let prometheus = Prometheus::start(&[server.metrics_addr]).await;
     let zeros = r#"sum(modserve_shadow_comparisons_total{surface="forum"})"#;

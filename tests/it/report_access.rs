@@ -2,11 +2,8 @@
 //! puts it: https with a private CA, and a bearer token or basic auth in front. Certificates are
 //! made at run time (rcgen). The report is built with the right CA and credentials, and refused
 //! with a clear error, naming what to check, with a wrong CA, no token, a wrong token or a wrong
-//! password. Its own test binary: the metrics recorder is process-wide, and tests/report.rs
-//! counts every comparison its server made.
-
-#[path = "it/common/mod.rs"]
-mod common;
+//! password. The server runs in a process of its own (`ChildServer`), so the report reads its
+//! totals alone.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,9 +11,9 @@ use std::process::Command;
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 
-use common::nginx::Nginx;
-use common::prometheus::Prometheus;
-use common::*;
+use crate::common::nginx::Nginx;
+use crate::common::prometheus::Prometheus;
+use crate::common::*;
 
 /// A live model and a model shadow, so the report has a candidate.
 fn models() -> String {
@@ -113,8 +110,9 @@ fn report(config: &Path, url: &str, out: &Path, extra: &[&str], envs: &[(&str, &
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_report_reads_prometheus_behind_tls_with_a_bearer_token_or_basic_auth() {
+    let _shared = shared().await;
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(config(&models())).await;
+    let server = ChildServer::start(&models()).await;
     let prometheus = Prometheus::start(&[server.metrics_addr]).await;
     let mut client = server.client().await;
     let n = 12;

@@ -2,17 +2,15 @@
 //! known mix: live answers, a model shadow and a policy-only shadow on golden texts, and
 //! moderator verdicts. Every count in the report equals the mix, computed here from the golden
 //! scores; GO and NO-GO come out with exit codes 0 and 2; the HTML page opens in headless
-//! Chromium (the Debian package) without errors, and a screenshot is taken.
-
-#[path = "it/common/mod.rs"]
-mod common;
+//! Chromium (the Debian package) without errors, and a screenshot is taken. The server runs in a
+//! process of its own (`ChildServer`): the counts are its alone.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::prometheus::Prometheus;
-use common::*;
+use crate::common::prometheus::Prometheus;
+use crate::common::*;
 use modserve::serving::grpc::pb;
 use modserve::serving::grpc::pb::feedback_client::FeedbackClient;
 
@@ -94,9 +92,10 @@ fn matrix(v: &serde_json::Value) -> [[u64; 3]; 3] {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_report_from_prometheus_matches_the_known_mix() {
+    let _shared = shared().await;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("disagreements.jsonl");
-    let server = TestServer::start(config(&models(&log))).await;
+    let server = ChildServer::start(&models(&log)).await;
     let prometheus = Prometheus::start(&[server.metrics_addr]).await;
     // The first scrape sees every series at zero: only then does traffic start, so each count
     // in the window starts from a sample.

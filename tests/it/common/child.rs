@@ -1,0 +1,102 @@
+//! A modserve in a process of its own: the real binary, started on a config written to a temp
+//! dir. For tests that have a real Prometheus read exact totals: the metrics recorder is
+//! process-wide, and the in-process servers of the tests beside them (same model names, same
+//! labels) would add to it.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tonic::transport::Channel;
+
+use super::*;
+
+pub struct ChildServer {
+    pub grpc_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    child: Child,
+    logs: Option<std::thread::JoinHandle<String>>,
+    _dir: tempfile::TempDir,
+}
+
+impl ChildServer {
+    /// Starts the binary on `body` (the tables after `[server]`, package paths relative to the
+    /// repository as in `config`) and returns once health says SERVING.
+    pub async fn start(body: &str) -> ChildServer {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("modserve.toml");
+        let fixtures = format!("\"{}/", path_str(&repo().join("tests/fixtures")));
+        let text = format!(
+            "[server]\ngrpc_listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"\n{}",
+            body.replace("\"tests/fixtures/", &fixtures)
+        );
+        std::fs::write(&path, text).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_modserve"))
+            .env("MODSERVE_ONNXRUNTIME_LIB", ort_lib())
+            .env_remove("RUST_LOG")
+            .arg("--config")
+            .arg(&path)
+            .args(["--log-format", "json"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the modserve binary starts");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let logs = std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut all = String::new();
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("\"listening\"") {
+                    let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
+                    let addr = |key: &str| v[key].as_str().unwrap().parse::<SocketAddr>().unwrap();
+                    let _ = tx.send((addr("grpc"), addr("metrics")));
+                }
+                all.push_str(&line);
+                all.push('\n');
+            }
+            all
+        });
+        let Ok((grpc_addr, metrics_addr)) = rx.recv_timeout(Duration::from_secs(60)) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the server did not log its addresses:\n{}", logs.join().unwrap_or_default());
+        };
+        let server = ChildServer { grpc_addr, metrics_addr, child, logs: Some(logs), _dir: dir };
+        wait_serving(server.channel().await).await;
+        server
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.grpc_addr)).unwrap().connect().await.expect("connect")
+    }
+
+    pub async fn client(&self) -> ModerationClient<Channel> {
+        ModerationClient::new(self.channel().await)
+    }
+
+    pub async fn scrape(&self) -> String {
+        scrape(self.metrics_addr).await
+    }
+
+    /// `TestServer::wait_for` on this server.
+    pub async fn wait_for(&self, base: &str, name: &str, labels: &[(&str, &str)], want: f64) -> f64 {
+        wait_for_growth(self.metrics_addr, base, name, labels, want).await
+    }
+
+    /// SIGTERM, then the exit: a clean one, or the test fails with the server's logs.
+    pub async fn stop(mut self) {
+        let status = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
+        assert!(status.success(), "kill -TERM {}", self.child.id());
+        let exit = tokio::task::block_in_place(|| self.child.wait()).unwrap();
+        let logs = self.logs.take().map(|l| l.join().unwrap_or_default()).unwrap_or_default();
+        assert!(exit.success(), "the server exited with {exit}:\n{logs}");
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        // A test that failed before `stop` leaves no server behind.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
