@@ -2,14 +2,15 @@
 # One attack of the suite in its short form against a fresh BINARY on the default config, then
 # where the server's CPU went: OUT.txt (the suite's table), OUT.json, OUT.metrics (a scrape after
 # the attack) and OUT.threads (CPU-seconds per thread name, from /proc/PID/task).
-# usage: benches/attack-threads.sh BINARY ATTACK OUT   e.g. benches/attack-threads.sh target/release/modserve i /tmp/i
+# usage: [CONFIG=other.toml] benches/attack-threads.sh BINARY ATTACK OUT
+#   e.g. benches/attack-threads.sh target/release/modserve i /tmp/i
 set -euo pipefail
 cd "$(dirname "$0")/.."
 binary="$1"; attack="$2"; out="$3"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 grpc="127.0.0.1:$(free_port)"; metrics="127.0.0.1:$(free_port)"
 log="$(mktemp)"
-"$binary" --config modserve.toml --grpc-listen "$grpc" --metrics-listen "$metrics" --log-format json 2>"$log" &
+"$binary" --config "${CONFIG:-modserve.toml}" --grpc-listen "$grpc" --metrics-listen "$metrics" --log-format json 2>"$log" &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -f "$log"' EXIT
 for _ in $(seq 1 600); do grep -q '"serving"' "$log" && break; sleep 0.1; done
