@@ -55,7 +55,7 @@ pub mod defaults {
     pub const QUEUE_CAPACITY: usize = 256;
     pub const INFERENCE_THREADS: usize = 1;
     pub const INTRA_OP_THREADS: usize = 1;
-    pub const LONG_JOB_NICE: i32 = 10;
+    pub const LONG_JOB_NICE: i32 = 5;
     pub const SHADOW_MAX_DELAY: &str = "2s";
     pub const SHADOW_LIVE_PRESSURE_JOBS: usize = 4;
     pub const SHADOW_NICE: i32 = 10;
