@@ -101,6 +101,8 @@ pub struct Overrides {
     pub grpc_listen: Option<String>,
     /// Overrides `server.metrics_listen`.
     pub metrics_listen: Option<String>,
+    /// Overrides `server.http_listen`.
+    pub http_listen: Option<String>,
     /// Overrides `admin.listen`.
     pub admin_listen: Option<String>,
     /// Overrides `server.log_format`.
@@ -224,6 +226,8 @@ pub struct MonitoringConfig {
 pub struct ServerConfig {
     pub grpc_listen: SocketAddr,
     pub metrics_listen: SocketAddr,
+    /// The HTTP/JSON API's own listener (`serving::http`); `None` = no HTTP/JSON API.
+    pub http_listen: Option<SocketAddr>,
     #[serde(with = "humantime_serde_str")]
     pub shutdown_grace: Duration,
     /// How long to keep answering (NOT_SERVING / UNAVAILABLE) before closing connections.

@@ -15,6 +15,7 @@ mod eval;
 mod failures;
 mod feedback;
 mod hostile;
+mod http;
 mod journal;
 mod labelling;
 mod limits;
