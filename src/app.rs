@@ -29,6 +29,7 @@ use crate::serving::grpc::feedback::FeedbackService;
 use crate::serving::grpc::pb::admin_server::AdminServer;
 use crate::serving::grpc::pb::feedback_server::FeedbackServer;
 use crate::serving::grpc::pb::moderation_server::ModerationServer;
+use crate::serving::grpc::upload::Budget;
 use crate::serving::grpc::{pb, service::ModerationService, transport};
 use crate::serving::http;
 use crate::serving::tls::{self, Tls};
@@ -266,6 +267,11 @@ fn serve<H: tonic_health::pb::health_server::Health>(
             admin_auth: handlers.admin_auth,
             ceiling: call_ceiling.clone(),
             max_body_bytes: config.limits.max_message_bytes,
+            budget: Budget::new(
+                config.server.max_buffered_request_bytes,
+                metrics::TransportRefusal::UploadBudgetProcess,
+            )
+            .shown(metrics::request_bytes_receiving(http::LISTENER)),
         };
         let settings = http::HttpSettings::new(&config.server);
         tokio::spawn(http::serve(listener, api, settings, bound.tls.clone(), transport_signal.clone()))

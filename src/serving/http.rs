@@ -31,7 +31,7 @@ use crate::serving::tls::Tls;
 use crate::shutdown::ShutdownSignal;
 
 /// The listener's name in metrics (`listener="http"`) and logs.
-const LISTENER: &str = "http";
+pub(crate) const LISTENER: &str = "http";
 /// Bytes of request head (request line and headers) a connection may send: the gRPC listener's
 /// header bound.
 const MAX_REQUEST_HEAD: usize = 16 * 1024;

@@ -403,3 +403,46 @@ async fn curl_until_serving(url: String, ca: &Path) -> Answer {
     }
     panic!("the models did not load within 30 s");
 }
+
+/// Bodies being received share `server.max_buffered_request_bytes`: while one caller holds it
+/// with a body it does not finish, another is refused RESOURCE_EXHAUSTED (429) at once, and the
+/// budget comes back when the first call ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_being_received_share_the_upload_budget() {
+    let _guard = shared().await;
+    let server = TestServer::start(http_config(
+        "max_buffered_request_bytes = 8192\nmax_buffered_request_bytes_per_connection = 8192",
+        &format!("[limits]\nmax_message_bytes = 8192\nmax_text_bytes = 1024\nmax_call_timeout = \"30s\"\n{BASIC}"),
+    ))
+    .await;
+    let http = server.http_addr.unwrap();
+    let mut holder = tokio::net::TcpStream::connect(http).await.unwrap();
+    let head = "POST /v1/classify HTTP/1.1\r\nhost: localhost\r\ncontent-length: 8100\r\n\r\n{";
+    holder.write_all(head.as_bytes()).await.unwrap();
+    let mut refused = None;
+    // The holder's headers may not be read yet when the first call arrives: retry until they are.
+    for _ in 0..100 {
+        let a = post(http, "/v1/classify", BODY, &[]).await;
+        if a.status == 429 {
+            refused = Some(a);
+            break;
+        }
+        assert_eq!(a.status, 200, "{a:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let refused = refused.expect("a call was refused while the budget was held");
+    let (code, message) = refused.error();
+    assert_eq!(code, "RESOURCE_EXHAUSTED");
+    assert!(message.contains("server.max_buffered_request_bytes") && message.contains("limit 8192 bytes"), "{message}");
+    drop(holder);
+    let mut answered = false;
+    for _ in 0..100 {
+        if post(http, "/v1/classify", BODY, &[]).await.status == 200 {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(answered, "the budget came back when the holder went away");
+    server.stop().await;
+}

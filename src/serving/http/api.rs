@@ -20,7 +20,7 @@ use tonic::Status;
 use tonic::metadata::MetadataMap;
 
 use super::status::{error_body, http_status};
-use crate::metrics::{self, Protocol};
+use crate::metrics::{self, Protocol, TransportRefusal};
 use crate::serving::grpc::admin::AdminService;
 use crate::serving::grpc::auth::BearerAuth;
 use crate::serving::grpc::codec::{MAX_TOP_LEVEL_FIELDS, too_many_entries};
@@ -32,6 +32,7 @@ use crate::serving::grpc::pb::{self};
 use crate::serving::grpc::service::ModerationService;
 use crate::serving::grpc::status::code_name;
 use crate::serving::grpc::transport::{Arrival, CallCeiling};
+use crate::serving::grpc::upload::Budget;
 
 /// The header a caller sets its deadline with, as a duration ("250ms", "2s"); the HTTP
 /// counterpart of `grpc-timeout`, capped by `limits.max_call_timeout` like it.
@@ -53,6 +54,8 @@ pub struct Api {
     pub ceiling: CallCeiling,
     /// `limits.max_message_bytes`, the largest body (as gRPC's largest message).
     pub max_body_bytes: usize,
+    /// `server.max_buffered_request_bytes` for this listener: the bodies being received.
+    pub budget: Budget,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,9 +192,21 @@ impl Api {
                 self.max_body_bytes
             ))
         };
-        if hyper::body::Body::size_hint(&body).lower() > self.max_body_bytes as u64 {
+        let hint = hyper::body::Body::size_hint(&body);
+        if hint.lower() > self.max_body_bytes as u64 {
             return Err(too_large());
         }
+        // The declared length, or the most a chunked body may be, held until it is decoded.
+        let declared = hint.exact().map_or(self.max_body_bytes, |n| n as usize);
+        let Some(_reservation) = self.budget.try_reserve(declared) else {
+            metrics::transport_refused(super::LISTENER, TransportRefusal::UploadBudgetProcess);
+            return Err(Status::resource_exhausted(format!(
+                "a request body of {declared} bytes does not fit in the bytes being received now \
+                 (server.max_buffered_request_bytes: the server is receiving too much at once, limit {} bytes); \
+                 retry with backoff",
+                self.budget.limit()
+            )));
+        };
         let collect = Limited::new(body, self.max_body_bytes).collect();
         match tokio::time::timeout_at((arrived + limit).into(), collect).await {
             Ok(Ok(collected)) => Ok(collected.to_bytes()),
