@@ -238,6 +238,9 @@ fn serve<H: tonic_health::pb::health_server::Health>(
     signal: &ShutdownSignal,
 ) -> anyhow::Result<Listeners> {
     let handlers = Handlers::new(&bound, registry, reload, &transport_signal);
+    let models_closed = (bound.admin.is_some() && bound.admin_token.is_none()).then_some(
+        "modserve.v1.Admin: Admin has its own listener (admin.listen) and no token, so ListModels is served there only",
+    );
     let (reflection_v1, reflection_v1alpha) = reflection()?;
     let routes =
         tonic::service::Routes::new(health_service.clone()).add_service(reflection_v1).add_service(reflection_v1alpha);
@@ -265,6 +268,7 @@ fn serve<H: tonic_health::pb::health_server::Health>(
             moderation_auth: handlers.moderation_auth,
             feedback_auth: handlers.feedback_auth,
             admin_auth: handlers.admin_auth,
+            models_closed,
             ceiling: call_ceiling.clone(),
             max_body_bytes: config.limits.max_message_bytes,
             budget: Budget::new(

@@ -446,3 +446,21 @@ async fn bodies_being_received_share_the_upload_budget() {
     assert!(answered, "the budget came back when the holder went away");
     server.stop().await;
 }
+
+/// With Admin on its own listener and no admin token (`admin.allow_unauthenticated`, meant for a
+/// listener only operators reach), `/v1/models` is not opened to every caller of this port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_stay_on_an_unguarded_admin_listener() {
+    let _guard = shared().await;
+    let server = TestServer::start(http_config(
+        "",
+        &format!("{BASIC}\n[admin]\nlisten = \"127.0.0.1:0\"\nallow_unauthenticated = true\n"),
+    ))
+    .await;
+    let a = curl(format!("http://{}/v1/models", server.http_addr.unwrap()), None, vec![]).await;
+    assert_eq!(a.status, 403, "{a:?}");
+    let (code, message) = a.error();
+    assert_eq!(code, "PERMISSION_DENIED");
+    assert!(message.contains("admin.listen"), "{message}");
+    server.stop().await;
+}

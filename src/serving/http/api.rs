@@ -50,6 +50,9 @@ pub struct Api {
     pub moderation_auth: BearerAuth,
     pub feedback_auth: BearerAuth,
     pub admin_auth: BearerAuth,
+    /// Why `/v1/models` is refused, when it is: Admin has a listener of its own and no token
+    /// (`admin.allow_unauthenticated`), so answering here would open it to every caller.
+    pub models_closed: Option<&'static str>,
     /// The longest a call may run (`limits.max_call_timeout`, following reloads).
     pub ceiling: CallCeiling,
     /// `limits.max_message_bytes`, the largest body (as gRPC's largest message).
@@ -143,6 +146,9 @@ impl Api {
             Route::Verdicts => &self.feedback_auth,
             Route::Models => &self.admin_auth,
         };
+        if let (Route::Models, Some(why)) = (route, self.models_closed) {
+            return Err(Refusal::Handler(Status::permission_denied(why)));
+        }
         // Before the body is read, as tonic's interceptor runs before decoding.
         auth.check(tonic::Request::from_parts(metadata.clone(), Default::default(), ())).map_err(Refusal::Handler)?;
         let asked = timeout(&parts.headers).map_err(Refusal::Here)?;
