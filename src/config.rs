@@ -436,6 +436,20 @@ live = "abuse-v1"
     }
 
     #[test]
+    fn the_http_api_is_off_unless_an_address_is_given() {
+        assert_eq!(parse(GOOD).unwrap().server.http_listen, None);
+        let text = format!("[server]\nhttp_listen = \"127.0.0.1:8080\"\n{GOOD}");
+        assert_eq!(parse(&text).unwrap().server.http_listen.map(|a| a.port()), Some(8080));
+        let o = Overrides { http_listen: Some("127.0.0.1:9".into()), ..Overrides::default() };
+        assert_eq!(
+            Config::parse(&text, Path::new("x.toml"), &o).unwrap().server.http_listen.map(|a| a.port()),
+            Some(9)
+        );
+        let errors = parse(&format!("[server]\nhttp_listen = \"anywhere\"\n{GOOD}")).unwrap_err();
+        assert!(errors.iter().any(|e| e.starts_with("server.http_listen \"anywhere\"")), "{errors:?}");
+    }
+
+    #[test]
     fn every_error_is_reported_with_its_key() {
         let text = r#"
 [server]
