@@ -1,4 +1,5 @@
-//! Compiles `proto/` with tonic and writes the descriptor set that server reflection serves.
+//! Compiles `proto/` with tonic, writes the descriptor set that server reflection serves, and
+//! generates the proto3 JSON mapping (serde impls) the HTTP/JSON API decodes and encodes with.
 
 use std::path::PathBuf;
 
@@ -17,6 +18,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .codec_path("crate::serving::grpc::codec::BoundedCodec")
         .file_descriptor_set_path(out.join("modserve_descriptor.bin"))
         .compile_with_config(config, &["proto/modserve/v1/moderation.proto"], &["proto"])?;
+    // From the same descriptors: field names in lowerCamelCase (both spellings accepted), enums
+    // by name, unknown fields refused, as grpcurl does; responses carry zero values too, so a
+    // JSON client finds every field it reads.
+    let descriptors = std::fs::read(out.join("modserve_descriptor.bin"))?;
+    pbjson_build::Builder::new().register_descriptors(&descriptors)?.emit_fields().build(&[".modserve.v1"])?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

@@ -29,7 +29,9 @@ use crate::serving::grpc::feedback::FeedbackService;
 use crate::serving::grpc::pb::admin_server::AdminServer;
 use crate::serving::grpc::pb::feedback_server::FeedbackServer;
 use crate::serving::grpc::pb::moderation_server::ModerationServer;
+use crate::serving::grpc::upload::Budget;
 use crate::serving::grpc::{pb, service::ModerationService, transport};
+use crate::serving::http;
 use crate::serving::tls::{self, Tls};
 use crate::shadow::disagreement::DisagreementLog;
 use crate::shadow::labelling::LabellingQueue;
@@ -42,6 +44,8 @@ pub const MODERATION_SERVICE: &str = "modserve.v1.Moderation";
 pub struct Server {
     pub grpc_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
+    /// Where the HTTP/JSON API listens, when `server.http_listen` is set.
+    pub http_addr: Option<SocketAddr>,
     /// Where the Admin service listens when `admin.listen` is set (else on `grpc_addr`).
     pub admin_addr: Option<SocketAddr>,
     shutdown: Shutdown,
@@ -53,6 +57,7 @@ struct Bound {
     grpc: TcpListener,
     metrics: TcpListener,
     admin: Option<TcpListener>,
+    http: Option<TcpListener>,
     moderation_token: Option<String>,
     admin_token: Option<String>,
     tls: Option<Arc<Tls>>,
@@ -83,6 +88,10 @@ impl Server {
                 Some(addr) => Some(bind(addr, "admin.listen").await?),
                 None => None,
             },
+            http: match config.server.http_listen {
+                Some(addr) => Some(bind(addr, "server.http_listen").await?),
+                None => None,
+            },
             moderation_token: read("server.moderation_token", &config.server.moderation_token)?,
             admin_token: read("admin.token", &config.admin.token)?,
             tls: match &config.tls {
@@ -93,12 +102,14 @@ impl Server {
         let grpc_addr = bound.grpc.local_addr()?;
         let metrics_addr = bound.metrics.local_addr()?;
         let admin_addr = bound.admin.as_ref().map(|l| l.local_addr()).transpose()?;
+        let http_addr = bound.http.as_ref().map(|l| l.local_addr()).transpose()?;
         let prometheus = metrics::install().map_err(|e| anyhow::anyhow!("cannot install metrics: {e}"))?;
         let (shutdown, signal) = Shutdown::new();
         tracing::info!(
             grpc = %grpc_addr,
             metrics = %metrics_addr,
             admin = %admin_addr.map_or("on the gRPC port".to_string(), |a| a.to_string()),
+            http = %http_addr.map_or("off".to_string(), |a| a.to_string()),
             tls = match &bound.tls {
                 None => "off",
                 Some(t) if t.mutual() => "on, client certificates required",
@@ -108,7 +119,7 @@ impl Server {
             "listening"
         );
         let task = tokio::spawn(run(config, bound, prometheus, signal, wrap));
-        Ok(Server { grpc_addr, metrics_addr, admin_addr, shutdown, task })
+        Ok(Server { grpc_addr, metrics_addr, http_addr, admin_addr, shutdown, task })
     }
 
     /// Starts a graceful shutdown; `wait` returns when it is done.
@@ -199,7 +210,10 @@ async fn run(
 struct Listeners {
     grpc: JoinHandle<()>,
     admin: Option<JoinHandle<()>>,
+    /// The metrics port.
     http: JoinHandle<()>,
+    /// The HTTP/JSON API.
+    api: Option<JoinHandle<()>>,
 }
 
 async fn set_health(health: &tonic_health::server::HealthReporter, status: ServingStatus) {
@@ -209,8 +223,8 @@ async fn set_health(health: &tonic_health::server::HealthReporter, status: Servi
 }
 
 /// Starts serving every listener: the gRPC services (Moderation, Feedback, health, reflection,
-/// and Admin unless it has its own listener), the Admin listener, the HTTP port, and the TLS
-/// certificate watch.
+/// and Admin unless it has its own listener), the Admin listener, the HTTP/JSON API (the same
+/// handlers), the metrics port, and the TLS certificate watch.
 #[allow(clippy::too_many_arguments)]
 fn serve<H: tonic_health::pb::health_server::Health>(
     config: &Config,
@@ -223,12 +237,15 @@ fn serve<H: tonic_health::pb::health_server::Health>(
     transport_signal: ShutdownSignal,
     signal: &ShutdownSignal,
 ) -> anyhow::Result<Listeners> {
+    let handlers = Handlers::new(&bound, registry, reload, &transport_signal);
+    let models_closed = (bound.admin.is_some() && bound.admin_token.is_none()).then_some(
+        "modserve.v1.Admin: Admin has its own listener (admin.listen) and no token, so ListModels is served there only",
+    );
     let (reflection_v1, reflection_v1alpha) = reflection()?;
     let routes =
         tonic::service::Routes::new(health_service.clone()).add_service(reflection_v1).add_service(reflection_v1alpha);
-    let routes = with_caller_services(routes, config, &bound, registry, &transport_signal);
-    let (routes, admin_routes) =
-        with_admin_service(routes, bound.admin.is_some(), &bound, registry, reload, health_service)?;
+    let routes = with_caller_services(routes, config, &handlers);
+    let (routes, admin_routes) = with_admin_service(routes, bound.admin.is_some(), &handlers, health_service)?;
     let call_ceiling = call_ceiling(registry, config.limits.max_call_timeout);
     let transport = |name, listener, routes: tonic::service::Routes| {
         tokio::spawn(transport::serve(
@@ -243,54 +260,95 @@ fn serve<H: tonic_health::pb::health_server::Health>(
     };
     let admin = bound.admin.zip(admin_routes).map(|(listener, routes)| transport("admin", listener, routes));
     let grpc = transport("grpc", bound.grpc, routes);
+    let api = bound.http.map(|listener| {
+        let api = http::api::Api {
+            moderation: handlers.moderation,
+            feedback: handlers.feedback,
+            admin: handlers.admin,
+            moderation_auth: handlers.moderation_auth,
+            feedback_auth: handlers.feedback_auth,
+            admin_auth: handlers.admin_auth,
+            models_closed,
+            ceiling: call_ceiling.clone(),
+            max_body_bytes: config.limits.max_message_bytes,
+            budget: Budget::new(
+                config.server.max_buffered_request_bytes,
+                metrics::TransportRefusal::UploadBudgetProcess,
+            )
+            .shown(metrics::request_bytes_receiving(http::LISTENER)),
+        };
+        let settings = http::HttpSettings::new(&config.server);
+        tokio::spawn(http::serve(listener, api, settings, bound.tls.clone(), transport_signal.clone()))
+    });
     let http = tokio::spawn(http_port::serve(bound.metrics, prometheus, ready.clone(), transport_signal));
     if let Some(tls) = bound.tls {
         tokio::spawn(tls::watch(tls, signal.clone()));
     }
-    Ok(Listeners { grpc, admin, http })
+    Ok(Listeners { grpc, admin, http, api })
+}
+
+/// The service handlers and the token checks in front of them, built once: the gRPC routes and
+/// the HTTP/JSON API serve the same instances (one feedback queue, one dedupe window).
+struct Handlers {
+    moderation: Arc<ModerationService>,
+    feedback: Arc<FeedbackService>,
+    admin: Arc<AdminService>,
+    /// Moderation and Feedback: the moderation token.
+    moderation_auth: BearerAuth,
+    feedback_auth: BearerAuth,
+    /// Admin: the admin token, which the moderation token never passes.
+    admin_auth: BearerAuth,
+}
+
+impl Handlers {
+    fn new(bound: &Bound, registry: &Registry, reload: &ReloadHandle, transport_signal: &ShutdownSignal) -> Handlers {
+        let (feedback, _feedback_task) = Feedback::start(registry.clone());
+        Handlers {
+            moderation: Arc::new(ModerationService::new(Classifier::new(registry.clone()), transport_signal.clone())),
+            feedback: Arc::new(FeedbackService::new(Classifier::new(registry.clone()), feedback)),
+            admin: Arc::new(AdminService::new(registry.clone(), reload.clone())),
+            moderation_auth: BearerAuth::new(bound.moderation_token.clone(), "modserve.v1.Moderation"),
+            // Verdicts come from the same trusted callers as reviews: the Moderation token guards both.
+            feedback_auth: BearerAuth::new(bound.moderation_token.clone(), "modserve.v1.Feedback"),
+            admin_auth: BearerAuth::new(bound.admin_token.clone(), "modserve.v1.Admin")
+                .denying(bound.moderation_token.clone(), "modserve.v1.Moderation"),
+        }
+    }
 }
 
 /// Moderation and Feedback, both behind the moderation token.
 fn with_caller_services(
     routes: tonic::service::Routes,
     config: &Config,
-    bound: &Bound,
-    registry: &Registry,
-    transport_signal: &ShutdownSignal,
+    handlers: &Handlers,
 ) -> tonic::service::Routes {
     let limits = config.limits;
-    let moderation_auth = BearerAuth::new(bound.moderation_token.clone(), "modserve.v1.Moderation");
-    let moderation =
-        ModerationServer::new(ModerationService::new(Classifier::new(registry.clone()), transport_signal.clone()))
-            .max_decoding_message_size(limits.max_message_bytes)
-            .max_encoding_message_size(limits.max_message_bytes.saturating_mul(4));
+    let moderation_auth = handlers.moderation_auth.clone();
+    let moderation = ModerationServer::from_arc(handlers.moderation.clone())
+        .max_decoding_message_size(limits.max_message_bytes)
+        .max_encoding_message_size(limits.max_message_bytes.saturating_mul(4));
     let moderation =
         tonic::service::interceptor::InterceptedService::new(moderation, move |req| moderation_auth.check(req));
-    // Verdicts come from the same trusted callers as reviews: the Moderation token guards both.
-    let feedback_auth = BearerAuth::new(bound.moderation_token.clone(), "modserve.v1.Feedback");
-    let (feedback, _feedback_task) = Feedback::start(registry.clone());
-    let feedback = FeedbackServer::new(FeedbackService::new(Classifier::new(registry.clone()), feedback))
-        .max_decoding_message_size(limits.max_message_bytes);
+    let feedback_auth = handlers.feedback_auth.clone();
+    let feedback =
+        FeedbackServer::from_arc(handlers.feedback.clone()).max_decoding_message_size(limits.max_message_bytes);
     let feedback = tonic::service::interceptor::InterceptedService::new(feedback, move |req| feedback_auth.check(req));
     routes.add_service(moderation).add_service(feedback)
 }
 
-/// Admin, behind the admin token (which the moderation token never passes): on the gRPC routes,
-/// or, with `admin.listen`, on routes of its own with reflection and health (returned second).
+/// Admin, behind the admin token: on the gRPC routes, or, with `admin.listen`, on routes of its
+/// own with reflection and health (returned second).
 fn with_admin_service<H: tonic_health::pb::health_server::Health>(
     routes: tonic::service::Routes,
     own_listener: bool,
-    bound: &Bound,
-    registry: &Registry,
-    reload: &ReloadHandle,
+    handlers: &Handlers,
     health_service: tonic_health::pb::health_server::HealthServer<H>,
 ) -> anyhow::Result<(tonic::service::Routes, Option<tonic::service::Routes>)> {
-    let admin_auth = BearerAuth::new(bound.admin_token.clone(), "modserve.v1.Admin")
-        .denying(bound.moderation_token.clone(), "modserve.v1.Moderation");
-    let admin_service =
-        AdminServer::with_interceptor(AdminService::new(registry.clone(), reload.clone()), move |req| {
-            admin_auth.check(req)
-        });
+    let admin_auth = handlers.admin_auth.clone();
+    let admin_service = tonic::service::interceptor::InterceptedService::new(
+        AdminServer::from_arc(handlers.admin.clone()),
+        move |req| admin_auth.check(req),
+    );
     if !own_listener {
         return Ok((routes.add_service(admin_service), None));
     }
@@ -342,6 +400,9 @@ async fn drain(
         tracing::error!(error = %e, "gRPC server task panicked");
     }
     if let Some(t) = listeners.admin {
+        let _ = t.await;
+    }
+    if let Some(t) = listeners.api {
         let _ = t.await;
     }
     let _ = listeners.http.await;

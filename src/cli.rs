@@ -204,6 +204,9 @@ pub struct Flags {
     /// Prometheus /metrics listen address, overriding `server.metrics_listen`.
     #[arg(long, env = "MODSERVE_METRICS_LISTEN", global = true)]
     pub metrics_listen: Option<String>,
+    /// HTTP/JSON API listen address, overriding `server.http_listen` (which is off when unset).
+    #[arg(long, env = "MODSERVE_HTTP_LISTEN", global = true)]
+    pub http_listen: Option<String>,
     /// Admin service listen address, overriding `admin.listen` (so replicas sharing one config
     /// file can each have their own port).
     #[arg(long, env = "MODSERVE_ADMIN_LISTEN", global = true)]
@@ -224,6 +227,7 @@ impl Flags {
             config: self.config.clone(),
             grpc_listen: self.grpc_listen.clone(),
             metrics_listen: self.metrics_listen.clone(),
+            http_listen: self.http_listen.clone(),
             admin_listen: self.admin_listen.clone(),
             log_format: self.log_format,
             onnxruntime_lib: self.onnxruntime_lib.clone(),

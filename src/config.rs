@@ -101,6 +101,8 @@ pub struct Overrides {
     pub grpc_listen: Option<String>,
     /// Overrides `server.metrics_listen`.
     pub metrics_listen: Option<String>,
+    /// Overrides `server.http_listen`.
+    pub http_listen: Option<String>,
     /// Overrides `admin.listen`.
     pub admin_listen: Option<String>,
     /// Overrides `server.log_format`.
@@ -224,6 +226,8 @@ pub struct MonitoringConfig {
 pub struct ServerConfig {
     pub grpc_listen: SocketAddr,
     pub metrics_listen: SocketAddr,
+    /// The HTTP/JSON API's own listener (`serving::http`); `None` = no HTTP/JSON API.
+    pub http_listen: Option<SocketAddr>,
     #[serde(with = "humantime_serde_str")]
     pub shutdown_grace: Duration,
     /// How long to keep answering (NOT_SERVING / UNAVAILABLE) before closing connections.
@@ -429,6 +433,20 @@ live = "abuse-v1"
         let o = Overrides { grpc_listen: Some("127.0.0.1:7".into()), ..Overrides::default() };
         let c = Config::parse(&text, Path::new("x.toml"), &o).unwrap();
         assert_eq!(c.server.grpc_listen.port(), 7);
+    }
+
+    #[test]
+    fn the_http_api_is_off_unless_an_address_is_given() {
+        assert_eq!(parse(GOOD).unwrap().server.http_listen, None);
+        let text = format!("[server]\nhttp_listen = \"127.0.0.1:8080\"\n{GOOD}");
+        assert_eq!(parse(&text).unwrap().server.http_listen.map(|a| a.port()), Some(8080));
+        let o = Overrides { http_listen: Some("127.0.0.1:9".into()), ..Overrides::default() };
+        assert_eq!(
+            Config::parse(&text, Path::new("x.toml"), &o).unwrap().server.http_listen.map(|a| a.port()),
+            Some(9)
+        );
+        let errors = parse(&format!("[server]\nhttp_listen = \"anywhere\"\n{GOOD}")).unwrap_err();
+        assert!(errors.iter().any(|e| e.starts_with("server.http_listen \"anywhere\"")), "{errors:?}");
     }
 
     #[test]

@@ -15,7 +15,8 @@
 //! ```
 //!
 //! Layers, each a folder:
-//! - `serving`: what callers talk to (`grpc`, `tls`, `classify`).
+//! - `serving`: what callers talk to (`grpc`, `http` (JSON calling the gRPC handlers), `tls`,
+//!   `classify`).
 //! - `inference`: model packages and sessions, tokenization, batching, worker threads, and the
 //!   CPU controls that keep shadow threads behind live ones.
 //! - `shadow`: the live/shadow pair (sampling, effective rate, CPU budget, breaker, comparison,

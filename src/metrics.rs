@@ -50,6 +50,8 @@ pub mod label {
     pub const OUTCOME: &str = "outcome";
     pub const POLICY: &str = "policy";
     pub const POLICY_VERSION: &str = "policy_version";
+    /// `grpc` or `http`: the API a call came in through (`Protocol`).
+    pub const PROTOCOL: &str = "protocol";
     pub const REASON: &str = "reason";
     pub const RESULT: &str = "result";
     pub const ROLE: &str = "role";

@@ -37,6 +37,7 @@ pub(super) struct RawServer {
     pub(super) moderation_token_file: Option<PathBuf>,
     pub(super) grpc_listen: Option<String>,
     pub(super) metrics_listen: Option<String>,
+    pub(super) http_listen: Option<String>,
     pub(super) shutdown_grace: Option<String>,
     pub(super) drain_delay: Option<String>,
     pub(super) max_concurrent_streams: Option<u32>,

@@ -89,6 +89,11 @@ fn server(errors: &mut Vec<String>, raw: &RawServer, base: &Path, overrides: &Ov
             overrides.metrics_listen.as_ref().or(raw.metrics_listen.as_ref()),
             defaults::METRICS_LISTEN,
         ),
+        http_listen: overrides
+            .http_listen
+            .as_ref()
+            .or(raw.http_listen.as_ref())
+            .map(|a| addr(errors, "server.http_listen", Some(a), "")),
         shutdown_grace: timeouts.shutdown_grace,
         drain_delay: timeouts.drain_delay,
         max_concurrent_streams: capacity.max_concurrent_streams,

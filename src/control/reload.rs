@@ -289,6 +289,7 @@ pub fn fixed_settings_changed(running: &Config, new: &Config) -> Vec<String> {
     let (r, n) = (&running.server, &new.server);
     check("server.grpc_listen", changed(&r.grpc_listen, &n.grpc_listen));
     check("server.metrics_listen", changed(&r.metrics_listen, &n.metrics_listen));
+    check("server.http_listen", changed(&r.http_listen, &n.http_listen));
     check("server.shutdown_grace", changed(&r.shutdown_grace, &n.shutdown_grace));
     check("server.drain_delay", changed(&r.drain_delay, &n.drain_delay));
     check("server.log_format", changed(&r.log_format, &n.log_format));

@@ -45,11 +45,14 @@ fn describe_transport() {
 
 /// Calls and the reviews in them (input monitoring included).
 fn describe_requests() {
-    describe_counter!(REQUESTS_TOTAL, "gRPC calls (stream messages count one each), by method and status code.");
+    describe_counter!(
+        REQUESTS_TOTAL,
+        "Calls (stream messages count one each), by method, protocol (grpc, http) and gRPC status code."
+    );
     describe_histogram!(
         REQUEST_DURATION_SECONDS,
         Unit::Seconds,
-        "End-to-end time of a call or stream message inside the server, by method."
+        "End-to-end time of a call or stream message inside the server, by method and protocol."
     );
     describe_counter!(
         REVIEWS_TOTAL,

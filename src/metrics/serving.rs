@@ -26,10 +26,29 @@ impl DropReason {
     }
 }
 
-/// Records one finished call or stream message; `code` is the gRPC status name (`OK`, ...).
-pub fn request_finished(method: &'static str, code: &'static str, seconds: f64) {
-    counter!(REQUESTS_TOTAL, label::METHOD => method, label::CODE => code).increment(1);
-    histogram!(REQUEST_DURATION_SECONDS, label::METHOD => method).record(seconds);
+/// Which API a call came in through: gRPC, or the HTTP/JSON API (`serving::http`) that calls
+/// the same handlers. The HTTP API puts it in the request's extensions; absent means gRPC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Grpc,
+    Http,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Grpc => "grpc",
+            Protocol::Http => "http",
+        }
+    }
+}
+
+/// Records one finished call or stream message; `code` is the gRPC status name (`OK`, ...),
+/// also for HTTP calls (whose status follows from it: `serving::http::status`).
+pub fn request_finished(method: &'static str, protocol: Protocol, code: &'static str, seconds: f64) {
+    let protocol = protocol.as_str();
+    counter!(REQUESTS_TOTAL, label::METHOD => method, label::PROTOCOL => protocol, label::CODE => code).increment(1);
+    histogram!(REQUEST_DURATION_SECONDS, label::METHOD => method, label::PROTOCOL => protocol).record(seconds);
 }
 
 /// Pre-registered handles for one model in one role, so the hot path never builds label sets.

@@ -16,6 +16,8 @@ pub mod upload;
 pub mod pb {
     #![allow(clippy::all, clippy::pedantic)]
     tonic::include_proto!("modserve.v1");
+    // serde impls in the proto3 JSON mapping, for the HTTP/JSON API (`serving::http`).
+    include!(concat!(env!("OUT_DIR"), "/modserve.v1.serde.rs"));
 
     /// The encoded descriptor set served by reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("modserve_descriptor");

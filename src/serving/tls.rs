@@ -1,4 +1,4 @@
-//! TLS for the gRPC and Admin listeners: rustls, with optional client certificates (mTLS), and
+//! TLS for the gRPC, Admin and HTTP/JSON listeners (one certificate, two ALPN offers): rustls, with optional client certificates (mTLS), and
 //! certificates reloaded when their files change.
 //!
 //! cert-manager and similar tools rotate certificates by rewriting the files in place, so a
@@ -36,10 +36,12 @@ pub enum TlsError {
     Config(rustls::Error),
 }
 
-/// The current server config, swapped on rotation.
+/// The current server configs, swapped on rotation: the same certificate, offered as HTTP/2 to
+/// gRPC callers and as HTTP/1.1 to the HTTP/JSON API's.
 pub struct Tls {
     config: TlsConfig,
     current: ArcSwap<rustls::ServerConfig>,
+    current_http: ArcSwap<rustls::ServerConfig>,
     /// sha256 over the three files' contents, to see rotations.
     loaded: Mutex<[u8; 32]>,
 }
@@ -49,7 +51,17 @@ impl Tls {
     pub fn load(config: TlsConfig) -> Result<Tls, TlsError> {
         let files = read_files(&config)?;
         let server = server_config(&files, &config)?;
-        Ok(Tls { loaded: Mutex::new(files.fingerprint()), current: ArcSwap::from_pointee(server), config })
+        Ok(Tls {
+            loaded: Mutex::new(files.fingerprint()),
+            current_http: ArcSwap::from_pointee(http1(&server)),
+            current: ArcSwap::from_pointee(server),
+            config,
+        })
+    }
+
+    /// The acceptor for a new connection to the HTTP/JSON API (HTTP/1.1).
+    pub fn http_acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(self.current_http.load_full())
     }
 
     /// The acceptor for a new connection: the certificate current at this moment.
@@ -74,7 +86,9 @@ impl Tls {
         let server = server_config(&files, &self.config);
         // A bad set is not retried until the files change again: one error per rotation.
         *loaded = fingerprint;
-        self.current.store(Arc::new(server?));
+        let server = server?;
+        self.current_http.store(Arc::new(http1(&server)));
+        self.current.store(Arc::new(server));
         Ok(true)
     }
 }
@@ -148,6 +162,14 @@ fn certificates(key: &'static str, path: &Path, pem: &[u8]) -> Result<Vec<Certif
         return Err(TlsError::Empty { key, path: path.to_path_buf(), what: "certificate" });
     }
     Ok(certs)
+}
+
+/// `grpc`'s config, offering HTTP/1.1 instead of HTTP/2: a client that offers both (curl does)
+/// must not be told h2 by a listener that speaks HTTP/1.1 only.
+fn http1(grpc: &rustls::ServerConfig) -> rustls::ServerConfig {
+    let mut config = grpc.clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config
 }
 
 /// Builds the rustls config from the files' contents; `paths` only names them in errors.

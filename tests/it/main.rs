@@ -14,6 +14,7 @@ mod eval;
 mod failures;
 mod feedback;
 mod hostile;
+mod http;
 mod isolation;
 mod journal;
 mod labelling;

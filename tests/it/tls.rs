@@ -12,13 +12,13 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 /// A certificate authority that signs server and client certificates.
-struct Ca {
-    pem: String,
+pub struct Ca {
+    pub pem: String,
     issuer: Issuer<'static, KeyPair>,
 }
 
 impl Ca {
-    fn new(name: &str) -> Ca {
+    pub fn new(name: &str) -> Ca {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -28,7 +28,7 @@ impl Ca {
     }
 
     /// A leaf certificate for `localhost` and 127.0.0.1: (certificate PEM, key PEM).
-    fn leaf(&self, name: &str) -> (String, String) {
+    pub fn leaf(&self, name: &str) -> (String, String) {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
         params.distinguished_name.push(DnType::CommonName, name);
@@ -37,7 +37,7 @@ impl Ca {
     }
 }
 
-fn write_leaf(dir: &Path, (cert, key): &(String, String)) {
+pub fn write_leaf(dir: &Path, (cert, key): &(String, String)) {
     // Written to temporary names and renamed, as cert-manager's atomic writer does, so the
     // watcher never reads half a file.
     for (name, body) in [("server.crt", cert), ("server.key", key)] {
@@ -47,7 +47,7 @@ fn write_leaf(dir: &Path, (cert, key): &(String, String)) {
     }
 }
 
-fn tls_config(dir: &Path, client_ca: Option<&str>) -> modserve::config::Config {
+pub fn tls_config(dir: &Path, client_ca: Option<&str>) -> modserve::config::Config {
     let ca_line = client_ca.map_or(String::new(), |ca| {
         std::fs::write(dir.join("client-ca.crt"), ca).unwrap();
         format!("client_ca_file = {:?}\n", path_str(&dir.join("client-ca.crt")))

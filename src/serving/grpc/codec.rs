@@ -60,10 +60,7 @@ impl<U: Message + Default> Decoder for BoundedDecoder<U> {
         if let Some(fields) = count_top_level_fields(src.chunk(), MAX_TOP_LEVEL_FIELDS)
             && fields > MAX_TOP_LEVEL_FIELDS
         {
-            return Err(Status::invalid_argument(format!(
-                "{REFUSED_BEFORE_DECODING}the request has more than {MAX_TOP_LEVEL_FIELDS} entries (reviews, \
-                 tasks or verdicts); no configuration accepts that many"
-            )));
+            return Err(too_many_entries());
         }
         self.0.decode(src)
     }
@@ -71,6 +68,15 @@ impl<U: Message + Default> Decoder for BoundedDecoder<U> {
     fn buffer_settings(&self) -> BufferSettings {
         self.0.buffer_settings()
     }
+}
+
+/// The refusal of a request with more than `MAX_TOP_LEVEL_FIELDS` entries (the HTTP/JSON API
+/// refuses such a body with the same words).
+pub fn too_many_entries() -> Status {
+    Status::invalid_argument(format!(
+        "{REFUSED_BEFORE_DECODING}the request has more than {MAX_TOP_LEVEL_FIELDS} entries (reviews, tasks or \
+         verdicts); no configuration accepts that many"
+    ))
 }
 
 /// Top-level fields of the protobuf message in `bytes`, counting no further than `limit + 1`;

@@ -7,6 +7,7 @@ use tonic::{Request, Response, Status};
 
 use super::pb::feedback_server;
 use super::pb::{SubmitVerdictsRequest, SubmitVerdictsResponse};
+use super::service::protocol;
 use super::{convert, status};
 use crate::error::Error;
 use crate::feedback::Feedback;
@@ -38,12 +39,13 @@ impl feedback_server::Feedback for FeedbackService {
         request: Request<SubmitVerdictsRequest>,
     ) -> Result<Response<SubmitVerdictsResponse>, Status> {
         let started = Instant::now();
+        let protocol = protocol(&request);
         let result = self.handle(request.into_inner()).map_err(|e| {
             tracing::debug!(error = %e, "verdicts refused");
             Status::from(e)
         });
         let code = result.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok);
-        metrics::request_finished("SubmitVerdicts", status::code_name(code), started.elapsed().as_secs_f64());
+        metrics::request_finished("SubmitVerdicts", protocol, status::code_name(code), started.elapsed().as_secs_f64());
         result.map(Response::new)
     }
 }

@@ -47,12 +47,13 @@ type ResponseStream = Pin<Box<dyn Stream<Item = Result<ClassifyResponse, Status>
 impl Moderation for ModerationService {
     async fn classify(&self, request: Request<ClassifyRequest>) -> Result<Response<ClassifyResponse>, Status> {
         let (started, deadline) = arrival(&request);
+        let protocol = protocol(&request);
         let result = self.handle(request.into_inner(), started, deadline).await.map_err(|e| {
             log_error(&e);
             Status::from(e)
         });
         let code = result.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok);
-        metrics::request_finished("Classify", status::code_name(code), started.elapsed().as_secs_f64());
+        metrics::request_finished("Classify", protocol, status::code_name(code), started.elapsed().as_secs_f64());
         result.map(Response::new)
     }
 
@@ -84,6 +85,7 @@ impl Moderation for ModerationService {
                     let code = result.as_ref().map_or_else(|e| status::code(e.kind()), |_| tonic::Code::Ok);
                     metrics::request_finished(
                         "ClassifyStream",
+                        metrics::Protocol::Grpc,
                         status::code_name(code),
                         started.elapsed().as_secs_f64(),
                     );
@@ -115,8 +117,13 @@ fn log_error(e: &Error) {
     }
 }
 
-/// When the call arrived and the caller's deadline, from the `grpc-timeout` header, both as the
-/// transport saw them: counted from the arrival of the headers, not from the end of the upload.
+/// The API the call came in through: the HTTP/JSON API says so in the extensions.
+pub fn protocol(request: &Request<impl Sized>) -> metrics::Protocol {
+    request.extensions().get::<metrics::Protocol>().copied().unwrap_or(metrics::Protocol::Grpc)
+}
+
+/// When the call arrived and the caller's deadline, from the `grpc-timeout` header (or the HTTP
+/// API's `x-modserve-timeout`), both as the transport saw them: counted from the arrival of the headers, not from the end of the upload.
 fn arrival(request: &Request<impl Sized>) -> (Instant, Option<Instant>) {
     match request.extensions().get::<Arrival>() {
         Some(a) => (a.at, a.deadline),

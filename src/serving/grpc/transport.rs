@@ -178,7 +178,7 @@ fn http2_builder(settings: &TransportSettings) -> hyper::server::conn::http2::Bu
 }
 
 /// The next accepted connection; a failed accept is logged and retried.
-async fn accept(name: &'static str, listener: &TcpListener) -> (TcpStream, std::net::SocketAddr) {
+pub(crate) async fn accept(name: &'static str, listener: &TcpListener) -> (TcpStream, std::net::SocketAddr) {
     loop {
         match listener.accept().await {
             Ok(accepted) => return accepted,
@@ -202,9 +202,10 @@ async fn drain(name: &'static str, phase: watch::Sender<Phase>, grace: Duration)
     }
 }
 
-/// Connection counts, per listener and per peer address.
+/// Connection counts, per listener and per peer address (the HTTP/JSON listener counts its own
+/// with these too).
 #[derive(Clone)]
-struct Slots {
+pub(crate) struct Slots {
     open: Arc<AtomicUsize>,
     per_peer: Arc<Mutex<HashMap<IpAddr, usize>>>,
     max: usize,
@@ -213,19 +214,19 @@ struct Slots {
 }
 
 /// A connection's place in `Slots`, given back when dropped.
-struct Slot {
+pub(crate) struct Slot {
     slots: Slots,
     peer: IpAddr,
 }
 
 impl Slots {
-    fn new(listener: &'static str, max: usize, max_per_peer: usize) -> Slots {
+    pub(crate) fn new(listener: &'static str, max: usize, max_per_peer: usize) -> Slots {
         let gauge = metrics::connections_open(listener);
         gauge.set(0.0);
         Slots { open: Arc::default(), per_peer: Arc::default(), max, max_per_peer, gauge }
     }
 
-    fn take(&self, peer: IpAddr) -> Result<Slot, TransportRefusal> {
+    pub(crate) fn take(&self, peer: IpAddr) -> Result<Slot, TransportRefusal> {
         let mut per_peer = self.per_peer.lock().unwrap_or_else(|e| e.into_inner());
         if self.open.load(Ordering::Relaxed) >= self.max {
             return Err(TransportRefusal::ConnectionLimit);
@@ -437,7 +438,12 @@ fn rewrite_decode_failure(headers: &mut hyper::HeaderMap, method: &'static str, 
         return false;
     }
     headers.insert("grpc-status", hyper::header::HeaderValue::from(tonic::Code::InvalidArgument as i32));
-    metrics::request_finished(method, status::code_name(tonic::Code::InvalidArgument), arrived.elapsed().as_secs_f64());
+    metrics::request_finished(
+        method,
+        metrics::Protocol::Grpc,
+        status::code_name(tonic::Code::InvalidArgument),
+        arrived.elapsed().as_secs_f64(),
+    );
     true
 }
 

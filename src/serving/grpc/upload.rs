@@ -47,9 +47,35 @@ impl Budget {
         }
     }
 
+    /// Reserves `bytes` for a whole request body (the HTTP/JSON API's), if they fit now; the
+    /// permit gives them back when dropped.
+    pub fn try_reserve(&self, bytes: usize) -> Option<BodyReservation> {
+        let bytes = u32::try_from(bytes).ok()?;
+        let permit = self.bytes.clone().try_acquire_many_owned(bytes).ok()?;
+        self.show();
+        Some(BodyReservation { _permit: Some(permit), budget: self.clone() })
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
     /// Bytes reserved now (for tests and logs).
     pub fn in_use(&self) -> usize {
         self.limit.min(Semaphore::MAX_PERMITS) - self.bytes.available_permits()
+    }
+}
+
+/// Bytes of a `Budget` held for one request body; given back when dropped.
+pub struct BodyReservation {
+    _permit: Option<OwnedSemaphorePermit>,
+    budget: Budget,
+}
+
+impl Drop for BodyReservation {
+    fn drop(&mut self) {
+        self._permit.take();
+        self.budget.show();
     }
 }
 

@@ -86,6 +86,8 @@ pub struct TestServer {
     pub server: Server,
     pub grpc_addr: std::net::SocketAddr,
     pub metrics_addr: std::net::SocketAddr,
+    /// The HTTP/JSON API, when the config sets `server.http_listen`.
+    pub http_addr: Option<std::net::SocketAddr>,
 }
 
 impl TestServer {
@@ -105,7 +107,8 @@ impl TestServer {
         let server = Server::start_wrapped(config, wrap).await.expect("server starts");
         let grpc_addr = server.grpc_addr;
         let metrics_addr = server.metrics_addr;
-        let ts = TestServer { server, grpc_addr, metrics_addr };
+        let http_addr = server.http_addr;
+        let ts = TestServer { server, grpc_addr, metrics_addr, http_addr };
         ts.wait_serving().await;
         ts
     }
