@@ -1024,8 +1024,9 @@ mod tests {
         pool_costing(backend, role, RunCost::default())
     }
 
-    fn pool_costing(backend: &FakeBackend, role: Role, run_cost: RunCost) -> WorkerPool {
-        let settings = WorkerSettings {
+    /// One worker of batches up to 8, every lane on it.
+    fn settings() -> WorkerSettings {
+        WorkerSettings {
             batch: BatchPolicy { max_batch_size: 8, max_wait: Duration::ZERO },
             queue_capacity: 8,
             threads: 1,
@@ -1034,8 +1035,11 @@ mod tests {
             idle: false,
             cpus: None,
             long_job_nice: 0,
-        };
-        start_backends(&package(), role, settings, vec![Box::new(backend.clone())], run_cost).unwrap()
+        }
+    }
+
+    fn pool_costing(backend: &FakeBackend, role: Role, run_cost: RunCost) -> WorkerPool {
+        start_backends(&package(), role, settings(), vec![Box::new(backend.clone())], run_cost).unwrap()
     }
 
     /// A backend that holds each batch until the test lets it go, and says when a batch began.
@@ -1234,16 +1238,7 @@ mod tests {
             }
             Ok(vec![0.5, 0.5])
         });
-        let settings = WorkerSettings {
-            batch: BatchPolicy { max_batch_size: 8, max_wait: Duration::ZERO },
-            queue_capacity: 8,
-            threads: 1,
-            intra_threads: 1,
-            nice: 0,
-            idle: false,
-            cpus: None,
-            long_job_nice: 10,
-        };
+        let settings = WorkerSettings { long_job_nice: 10, ..settings() };
         let backends: Vec<Box<dyn Backend>> = vec![Box::new(fake.clone()), Box::new(fake.clone())];
         let pool = start_backends(&package(), Role::Live, settings, backends, RunCost::default()).unwrap();
         // Over 8 KiB of text: a long job.
