@@ -8,9 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 binary="$1"; attack="$2"; out="$3"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-grpc="127.0.0.1:$(free_port)"; metrics="127.0.0.1:$(free_port)"
+grpc="127.0.0.1:$(free_port)"; metrics="127.0.0.1:$(free_port)"; http="127.0.0.1:$(free_port)"
 log="$(mktemp)"
-"$binary" --config "${CONFIG:-modserve.toml}" --grpc-listen "$grpc" --metrics-listen "$metrics" --log-format json 2>"$log" &
+"$binary" --config "${CONFIG:-modserve.toml}" --grpc-listen "$grpc" --metrics-listen "$metrics" --http-listen "$http" --log-format json 2>"$log" &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -f "$log"' EXIT
 for _ in $(seq 1 600); do grep -q '"serving"' "$log" && break; sleep 0.1; done

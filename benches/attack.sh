@@ -11,8 +11,12 @@ binary="$1"; shift
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 grpc="127.0.0.1:$(free_port)"
 metrics="127.0.0.1:$(free_port)"
+# The HTTP/JSON listener of modserve.toml moves to a free port too, so the suite runs beside a
+# server started with scripts/serve.
+http="127.0.0.1:$(free_port)"
 log="$(mktemp)"
-"$binary" --config modserve.toml --grpc-listen "$grpc" --metrics-listen "$metrics" --log-format json 2>"$log" &
+"$binary" --config modserve.toml --grpc-listen "$grpc" --metrics-listen "$metrics" --http-listen "$http" \
+    --log-format json 2>"$log" &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -f "$log"' EXIT
 for _ in $(seq 1 600); do
