@@ -930,7 +930,7 @@ impl Worker {
 /// Lowers a live model's long-job thread to `nice`. Best effort: where it is refused the thread
 /// runs at normal priority, as long jobs did before, and the log says so.
 fn lower_long_job_thread(model: &str, nice: i32) {
-    if let Err(e) = crate::sys::set_nice(nice) {
+    if let (_, Some(e)) = cpu::lower_thread_priority(false, nice) {
         tracing::warn!(model, nice, error = %e, "cannot lower the long-job worker's priority; long jobs run at normal priority");
     }
 }
