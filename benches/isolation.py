@@ -79,7 +79,7 @@ def summary(a):
         if 'round' in r:
             cells[(r['placement'], r['config'], str(r['load']))].append(r)
     rounds = max((r['round'] for r in rows if 'round' in r), default=0)
-    print(f'Rounds: {rounds} (medians); quota: {a.quota}; shadow.max_cpu_fraction = {a.budget}; '
+    print(f'Rounds: {rounds} (medians); quota: {a.quota}; shadow.max_cpu_fraction = {a.budget}, shadow.cpu_reserve = {a.reserve}; '
           f'live-only capacity (closed loop, concurrency 16): '
           + ', '.join(f'{p} {c:,} req/s' for p, c in capacity.items()))
     print()
@@ -121,6 +121,7 @@ def main():
     s.add_argument('file')
     s.add_argument('--quota', default='')
     s.add_argument('--budget', default='')
+    s.add_argument('--reserve', default='')
     a = p.parse_args()
     {'cell': cell, 'summary': summary}[a.cmd](a)
 

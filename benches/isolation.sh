@@ -7,11 +7,11 @@
 #           cpu.cfs_quota_us, whichever the machine has; needs root), load generator outside it;
 # each with no shadow, with abuse-minilm at 100%, and with both v2 shadows at 100% (abuse-v2 and
 # fraud-v2); plus a closed loop at concurrency 1 on one core (live keeps the core busy). Shadow
-# configs set shadow.max_cpu_fraction = $BUDGET. ROUNDS rounds; within a round the configs
-# alternate (none, minilm, v2) for every placement. Capacity is measured once, before round 1,
+# configs set shadow.max_cpu_fraction = $BUDGET and shadow.cpu_reserve = $RESERVE. ROUNDS rounds;
+# within a round the configs alternate (none, minilm, v2) for every placement. Capacity is measured once, before round 1,
 # with the live-only config (closed loop, concurrency 16), per placement.
 #
-# usage: [ROUNDS=3] [DURATION=8s] [WARMUP=2s] [BUDGET=0.15] benches/isolation.sh
+# usage: [ROUNDS=3] [DURATION=8s] [WARMUP=2s] [BUDGET=0.15] [RESERVE=0.5] benches/isolation.sh
 # Raw JSON lines go to target/bench/isolation-*.jsonl; the Markdown summary (medians) to stdout.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -20,6 +20,7 @@ rounds="${ROUNDS:-3}"
 duration="${DURATION:-8s}"
 warmup="${WARMUP:-2s}"
 budget="${BUDGET:-0.15}"
+reserve="${RESERVE:-0.5}"
 grpc=127.0.0.1:50075
 metrics=127.0.0.1:9485
 out="target/bench/isolation-$(date +%Y%m%dT%H%M%S).jsonl"
@@ -65,7 +66,8 @@ shadows = [$fraud]
 EOF
 }
 shadow_table="[shadow]
-max_cpu_fraction = $budget"
+max_cpu_fraction = $budget
+cpu_reserve = $reserve"
 config none "" "" ""
 config minilm '{ model = "abuse-minilm", sample_rate = 1.0 }' "" "$shadow_table"
 config v2 '{ model = "abuse-v2", sample_rate = 1.0 }' '{ model = "fraud-v2", sample_rate = 1.0 }' "$shadow_table"
@@ -172,5 +174,5 @@ for round in $(seq 1 "$rounds"); do
     done
 done
 
-python3 benches/isolation.py summary "$out" --quota "$quota_kind" --budget "$budget"
+python3 benches/isolation.py summary "$out" --quota "$quota_kind" --budget "$budget" --reserve "$reserve"
 echo "raw: $out" >&2

@@ -62,6 +62,8 @@ pub mod defaults {
     pub const SHADOW_SCHEDULING: super::ShadowScheduling = super::ShadowScheduling::Idle;
     /// A trickle that keeps a throttled shadow's cost measured: 1 review in 1,000.
     pub const SHADOW_MIN_SAMPLE_RATE: f64 = 0.001;
+    /// Half the CPUs stay free before shadows get any (docs/shadow.md, "Headroom").
+    pub const SHADOW_CPU_RESERVE: f64 = 0.5;
     pub const BREAKER_WINDOW: usize = 20;
     pub const BREAKER_MIN_BATCHES: usize = 10;
     pub const BREAKER_MAX_FAILURE_RATIO: f64 = 0.5;
@@ -425,6 +427,20 @@ live = "abuse-v1"
         assert_eq!(c.models["abuse-v1"].workers.batch.max_batch_size, 8);
         assert_eq!(c.models["abuse-v1"].workers.queue_capacity, defaults::QUEUE_CAPACITY);
         assert_eq!(c.limits, Limits::default());
+    }
+
+    #[test]
+    fn the_shadow_cpu_reserve_defaults_to_half_and_out_of_range_is_refused_naming_it() {
+        assert_eq!(parse(GOOD).unwrap().shadow.cpu_reserve, defaults::SHADOW_CPU_RESERVE);
+        let zero = parse(&format!("[shadow]\nmax_cpu_fraction = 0.2\ncpu_reserve = 0\n{GOOD}")).unwrap();
+        assert_eq!(zero.shadow.cpu_reserve, 0.0);
+        for bad in ["1", "1.5", "-0.1"] {
+            let errors = parse(&format!("[shadow]\ncpu_reserve = {bad}\n{GOOD}")).unwrap_err();
+            assert!(
+                errors.iter().any(|e| e.starts_with(&format!("shadow.cpu_reserve {bad}: must be within [0, 1)"))),
+                "{errors:?}"
+            );
+        }
     }
 
     #[test]

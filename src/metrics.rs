@@ -118,6 +118,7 @@ pub const SHADOW_SCHEDULING: &str = "modserve_shadow_scheduling";
 pub const SHADOW_BATCH_CPU_SECONDS: &str = "modserve_shadow_batch_cpu_seconds";
 pub const SHADOW_CPU_BUDGET: &str = "modserve_shadow_cpu_budget";
 pub const SHADOW_CPU_USE: &str = "modserve_shadow_cpu_use";
+pub const SHADOW_CPU_ALLOWED: &str = "modserve_shadow_cpu_allowed";
 pub const PROCESS_CPU_CAPACITY: &str = "modserve_process_cpu_capacity";
 pub const SHADOW_SAMPLE_RATE_CONFIGURED: &str = "modserve_shadow_sample_rate_configured";
 pub const SHADOW_SAMPLE_RATE_EFFECTIVE: &str = "modserve_shadow_sample_rate_effective";

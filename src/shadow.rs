@@ -19,6 +19,7 @@ pub mod breaker;
 pub mod budget;
 pub mod compare;
 pub mod disagreement;
+pub mod headroom;
 pub mod labelling;
 pub mod offload;
 pub mod rate;
@@ -319,7 +320,7 @@ impl ShadowPair {
         let (own_ns, run) = (model.0.saturating_sub(c.model.0), model.1.saturating_sub(c.model.1));
         // This shadow's share: an equal part of the budget, or whatever the others leave.
         let target_cpu = self.cpu.as_ref().and_then(|b| {
-            let budget = b.budget()?;
+            let budget = b.in_force()?;
             let others = total_ns.saturating_sub(c.total_ns).saturating_sub(own_ns) as f64 / 1e9 / seconds;
             Some((budget / b.models() as f64).max(budget - others))
         });

@@ -150,6 +150,7 @@ pub(super) struct RawShadowPolicy {
     pub(super) scheduling: Option<super::ShadowScheduling>,
     pub(super) cpus: Option<String>,
     pub(super) max_cpu_fraction: Option<f64>,
+    pub(super) cpu_reserve: Option<f64>,
     pub(super) min_sample_rate: Option<f64>,
     pub(super) breaker_window: Option<usize>,
     pub(super) breaker_min_batches: Option<usize>,

@@ -55,6 +55,9 @@ pub struct ShadowPolicy {
     pub breaker: BreakerPolicy,
     /// Share of the process's CPU capacity all shadow work may use; `None` = no budget.
     pub max_cpu_fraction: Option<f64>,
+    /// With a budget: share of the process's CPU capacity that must stay free of everything
+    /// else (live work, other processes on its CPUs) before shadow work may use any of it.
+    pub cpu_reserve: f64,
     /// The effective sample rate never goes below this (nor above the configured rate).
     pub min_sample_rate: f64,
 }

@@ -765,11 +765,17 @@ fn shadow_policy(errors: &mut Vec<String>, raw: &RawShadowPolicy) -> ShadowPolic
             "shadow.max_cpu_fraction {f}: must be within (0, 1] (a share of the CPUs the process may use; leave it out for no budget)"
         ));
     }
+    let cpu_reserve = raw.cpu_reserve.unwrap_or(defaults::SHADOW_CPU_RESERVE);
+    if !(0.0..1.0).contains(&cpu_reserve) {
+        errors.push(format!(
+            "shadow.cpu_reserve {cpu_reserve}: must be within [0, 1) (a share of the CPUs the process may use that shadow work leaves free; 0 turns it off)"
+        ));
+    }
     let min_sample_rate = raw.min_sample_rate.unwrap_or(defaults::SHADOW_MIN_SAMPLE_RATE);
     if !(0.0..=1.0).contains(&min_sample_rate) {
         errors.push(format!("shadow.min_sample_rate {min_sample_rate}: must be within 0..=1"));
     }
-    ShadowPolicy { max_delay, live_pressure_jobs, breaker, max_cpu_fraction, min_sample_rate }
+    ShadowPolicy { max_delay, live_pressure_jobs, breaker, max_cpu_fraction, cpu_reserve, min_sample_rate }
 }
 
 /// `shadow.cpus`: a CPU list within the CPUs this process may run on.

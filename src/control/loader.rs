@@ -18,6 +18,7 @@ use crate::metrics::{self, InputMetrics, Role, TaskMetrics, VerdictMetrics};
 use crate::policy::Policy;
 use crate::shadow::budget::ShadowCpu;
 use crate::shadow::disagreement::DisagreementLog;
+use crate::shadow::headroom::Limits;
 use crate::shadow::labelling::LabellingQueue;
 use crate::shadow::{PairSpec, ShadowPair, SurfaceSpec};
 
@@ -308,17 +309,25 @@ fn surface_policies(
 
 /// Sets the shadow CPU budget from `shadow.max_cpu_fraction` and the process's CPU capacity,
 /// shared by the shadow models now loaded.
-fn configure_budget(shadow_cpu: &ShadowCpu, config: &Config, models: &BTreeMap<String, LoadedModel>) {
-    let capacity = crate::inference::cpu::process_capacity();
+fn configure_budget(shadow_cpu: &Arc<ShadowCpu>, config: &Config, models: &BTreeMap<String, LoadedModel>) {
+    use crate::inference::cpu::{self, CapacitySource};
+    let capacity = cpu::process_capacity();
     metrics::process_cpu_capacity(capacity);
     let shadow_models = models.values().filter(|m| m.role == Role::Shadow).count();
     let budget = config.shadow.max_cpu_fraction.map(|f| f * capacity.cpus);
     shadow_cpu.configure(budget, shadow_models);
+    let reserve = config.shadow.cpu_reserve;
+    let headroom = budget.filter(|_| reserve > 0.0).and_then(|_| {
+        let limits = Limits { capacity: capacity.cpus, quota: capacity.source != CapacitySource::Affinity, reserve };
+        cpu::allowed_cpus().ok().map(|cpus| (limits, cpus))
+    });
+    shadow_cpu.set_headroom(headroom);
     if let Some(budget) = budget {
         tracing::info!(
             cpus = capacity.cpus,
             source = capacity.source.as_str(),
             budget_cpu_per_second = budget,
+            cpu_reserve = reserve,
             "shadow CPU budget"
         );
     }

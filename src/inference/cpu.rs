@@ -75,6 +75,42 @@ pub fn thread_run_delay() -> Option<Duration> {
     Some(Duration::from_nanos(ns))
 }
 
+/// CPU time the whole process has used (every thread).
+pub fn process_cpu_time() -> Duration {
+    crate::sys::process_cpu_time()
+}
+
+/// Time the CPUs in `cpus` spent idle (idle + iowait in `/proc/stat`), summed; `None` where
+/// `/proc/stat` cannot be read. Counts every process on the node, which is the point: CPU time
+/// another process uses is not free for shadow work either.
+pub fn idle_time(cpus: &CpuSet) -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    parse_idle(&stat, cpus, crate::sys::clock_ticks_per_second())
+}
+
+/// Sums idle + iowait ticks of the `cpuN` lines of `/proc/stat` whose N is in `cpus`.
+pub fn parse_idle(stat: &str, cpus: &CpuSet, ticks_per_second: u64) -> Option<Duration> {
+    let mut ticks = 0u64;
+    let mut seen = false;
+    for line in stat.lines() {
+        let mut fields = line.split_whitespace();
+        let Some(cpu) = fields.next().and_then(|f| f.strip_prefix("cpu")).and_then(|n| n.parse::<usize>().ok()) else {
+            continue;
+        };
+        if !cpus.contains(cpu) {
+            continue;
+        }
+        // user nice system idle iowait ...
+        let values: Vec<u64> = fields.take(5).filter_map(|f| f.parse().ok()).collect();
+        if values.len() < 5 {
+            return None;
+        }
+        ticks += values[3] + values[4];
+        seen = true;
+    }
+    seen.then(|| Duration::from_nanos(ticks.saturating_mul(1_000_000_000 / ticks_per_second.max(1))))
+}
+
 // === capacity: how many CPUs the process may use ===
 
 /// Where the CPU capacity figure came from.
@@ -204,6 +240,20 @@ mod tests {
         assert_eq!(CpuSet::parse("3-1"), Err(CpuListError::Backwards("3-1".into())));
         assert_eq!(CpuSet::parse("1024"), Err(CpuListError::TooLarge(1024)));
         assert_eq!(CpuSet::parse("0-3").unwrap().minus(&CpuSet::parse("1-2").unwrap()).to_list(), "0,3");
+    }
+
+    #[test]
+    fn idle_time_sums_idle_and_iowait_of_the_listed_cpus_only() {
+        let stat = "cpu  10 0 10 1000 50 0 0 0 0 0\n\
+                    cpu0 5 0 5 300 20 0 0 0 0 0\n\
+                    cpu1 5 0 5 700 30 0 0 0 0 0\n\
+                    intr 12345\n";
+        let only1 = CpuSet::parse("1").unwrap();
+        assert_eq!(parse_idle(stat, &only1, 100), Some(Duration::from_millis(7_300)));
+        let both = CpuSet::parse("0-1").unwrap();
+        assert_eq!(parse_idle(stat, &both, 100), Some(Duration::from_millis(10_500)));
+        assert_eq!(parse_idle(stat, &CpuSet::parse("5").unwrap(), 100), None, "no line for the CPU");
+        assert_eq!(parse_idle("cpu1 1 2\n", &only1, 100), None, "a short line");
     }
 
     #[test]

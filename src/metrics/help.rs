@@ -160,6 +160,10 @@ fn describe_shadow() {
     );
     describe_gauge!(SHADOW_CPU_USE, "CPU-seconds per second shadow work used, averaged over the last 10 s.");
     describe_gauge!(
+        SHADOW_CPU_ALLOWED,
+        "CPU-seconds per second shadow work may use now: the budget, lowered to what the process's CPUs leave idle beyond shadow.cpu_reserve; 0 = none now."
+    );
+    describe_gauge!(
         SHADOW_SAMPLE_RATE_CONFIGURED,
         "A shadow's configured sample_rate, by task, live model, shadow model and shadow policy."
     );

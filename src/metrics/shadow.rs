@@ -187,11 +187,16 @@ pub fn comparisons(
 pub struct BudgetMetrics {
     pub budget: Gauge,
     pub usage: Gauge,
+    pub allowed: Gauge,
 }
 
 impl BudgetMetrics {
     pub fn new() -> BudgetMetrics {
-        BudgetMetrics { budget: gauge!(SHADOW_CPU_BUDGET), usage: gauge!(SHADOW_CPU_USE) }
+        BudgetMetrics {
+            budget: gauge!(SHADOW_CPU_BUDGET),
+            usage: gauge!(SHADOW_CPU_USE),
+            allowed: gauge!(SHADOW_CPU_ALLOWED),
+        }
     }
 }
 

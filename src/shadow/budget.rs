@@ -8,21 +8,33 @@
 //! over any interval T shadow work uses at most `rate * (T + BURST)` CPU-seconds, plus the one
 //! batch per worker thread that started just before the budget ran out.
 //!
+//! The budget in force can be lower than the configured one: a sampler thread lowers it to
+//! the headroom the process's CPUs leave (`super::headroom`), down to nothing on a busy node.
+//!
 //! CPU time is the right unit because it is what a cgroup quota charges: priorities
 //! (`SCHED_IDLE`, `nice`) order threads inside the process but cannot stop a shadow from spending
 //! the quota that live work then waits for.
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use metrics::Histogram;
 
+use super::headroom::{Headroom, Limits, Reading};
+use crate::inference::cpu::{self, CpuSet};
 use crate::metrics::BudgetMetrics;
 
 /// Budget that may be spent at once after an idle spell: small, so a burst cannot take a whole
 /// quota period from live work.
 pub const BURST: Duration = Duration::from_millis(100);
+/// How often the headroom is measured.
+pub const HEADROOM_TICK: Duration = Duration::from_millis(250);
+/// While the headroom leaves shadows nothing, how long a worker naps before it looks again.
+const PAUSE: Duration = Duration::from_millis(50);
+/// The most budget debt one batch can leave: a batch that ran while the budget in force was
+/// tiny must not lock shadows out for long once room comes back.
+const MAX_DEBT: Duration = Duration::from_secs(1);
 /// The usage window: 1 s buckets over 10 s.
 const BUCKETS: usize = 10;
 
@@ -100,6 +112,11 @@ pub struct ShadowCpu {
     window: Mutex<CpuWindow>,
     /// Shadow models running inference (for each one's fair share of the budget).
     models: AtomicU64,
+    /// The headroom in CPU-seconds per second, as f64 bits (infinite = not limited by it).
+    ceiling: AtomicU64,
+    /// What the headroom sampler measures against, and on which CPUs; `None` = off.
+    limits: Mutex<Option<(Limits, CpuSet)>>,
+    sampling: AtomicBool,
     metrics: BudgetMetrics,
 }
 
@@ -120,6 +137,9 @@ impl ShadowCpu {
             total_ns: AtomicU64::new(0),
             window: Mutex::new(CpuWindow::default()),
             models: AtomicU64::new(0),
+            ceiling: AtomicU64::new(f64::INFINITY.to_bits()),
+            limits: Mutex::new(None),
+            sampling: AtomicBool::new(false),
             metrics: BudgetMetrics::new(),
         }
     }
@@ -131,12 +151,74 @@ impl ShadowCpu {
         self.rate.store(rate.to_bits(), Ordering::Relaxed);
         self.models.store(models as u64, Ordering::Relaxed);
         self.metrics.budget.set(rate);
+        self.metrics.allowed.set(self.in_force().unwrap_or(0.0));
     }
 
-    /// The budget in CPU-seconds per second, if there is one.
+    /// Turns the headroom limit on (`Some`: measured against these limits on these CPUs) or off.
+    /// Starts the sampler thread the first time it is turned on; it ends with the `ShadowCpu`.
+    pub fn set_headroom(self: &Arc<Self>, limits: Option<(Limits, CpuSet)>) {
+        let on = limits.is_some();
+        let was_on = std::mem::replace(&mut *self.limits.lock().unwrap_or_else(|p| p.into_inner()), limits).is_some();
+        if !on {
+            self.set_ceiling(f64::INFINITY);
+            return;
+        }
+        if !was_on {
+            // Nothing for shadows until the headroom has been measured (two readings, half a
+            // second): a server that starts under load must not hand its first moments to them.
+            self.set_ceiling(0.0);
+        }
+        if !self.sampling.swap(true, Ordering::Relaxed) {
+            let weak = Arc::downgrade(self);
+            let spawned = std::thread::Builder::new().name("shadow-headroom".into()).spawn(move || {
+                let start = Instant::now();
+                let mut headroom = Headroom::default();
+                loop {
+                    std::thread::sleep(HEADROOM_TICK);
+                    let Some(cpu) = weak.upgrade() else { return };
+                    cpu.sample(&mut headroom, start);
+                }
+            });
+            if let Err(e) = spawned {
+                // Shadows then run within the configured budget alone.
+                tracing::warn!(error = %e, "could not start the shadow headroom sampler; the shadow budget is not lowered on a busy node");
+            }
+        }
+    }
+
+    /// One headroom measurement: the clocks read now, the ceiling set from them.
+    fn sample(&self, headroom: &mut Headroom, start: Instant) {
+        let limits = *self.limits.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((limits, cpus)) = limits else {
+            *headroom = Headroom::default();
+            return;
+        };
+        let reading = Reading {
+            at: start.elapsed().as_secs_f64(),
+            process: cpu::process_cpu_time().as_secs_f64(),
+            shadow: self.total_ns() as f64 / 1e9,
+            idle: if limits.quota { None } else { cpu::idle_time(&cpus).map(|d| d.as_secs_f64()) },
+        };
+        if let Some(allowed) = headroom.update(limits, reading) {
+            self.set_ceiling(allowed);
+        }
+    }
+
+    fn set_ceiling(&self, rate: f64) {
+        self.ceiling.store(rate.to_bits(), Ordering::Relaxed);
+        self.metrics.allowed.set(self.in_force().unwrap_or(0.0));
+    }
+
+    /// The configured budget in CPU-seconds per second, if there is one.
     pub fn budget(&self) -> Option<f64> {
         let rate = f64::from_bits(self.rate.load(Ordering::Relaxed));
         (rate > 0.0).then_some(rate)
+    }
+
+    /// The budget in force now: the configured one, lowered to the headroom (possibly to 0).
+    pub fn in_force(&self) -> Option<f64> {
+        let ceiling = f64::from_bits(self.ceiling.load(Ordering::Relaxed));
+        self.budget().map(|b| b.min(ceiling).max(0.0))
     }
 
     pub fn models(&self) -> usize {
@@ -149,8 +231,10 @@ impl ShadowCpu {
 
     /// How long until shadow work may start again; zero when it may start now.
     pub fn wait(&self) -> Duration {
-        if self.budget().is_none() {
-            return Duration::ZERO;
+        match self.in_force() {
+            None => return Duration::ZERO,
+            Some(rate) if rate <= 0.0 => return PAUSE,
+            Some(_) => {}
         }
         Duration::from_nanos(self.busy_until.load(Ordering::Relaxed).saturating_sub(self.now_ns()))
     }
@@ -168,8 +252,12 @@ impl ShadowCpu {
         model.seconds.record(cpu.as_secs_f64());
         self.total_ns.fetch_add(ns, Ordering::Relaxed);
         let now = self.now_ns();
-        if let Some(rate) = self.budget() {
-            let cost = (ns as f64 / rate) as u64;
+        if let (Some(configured), Some(in_force)) = (self.budget(), self.in_force()) {
+            // Charged at the rate in force, but never less than at the configured one (that
+            // bound always holds) nor, beyond that, more than `MAX_DEBT`.
+            let at_configured = ns as f64 / configured;
+            let at_in_force = if in_force > 0.0 { ns as f64 / in_force } else { f64::INFINITY };
+            let cost = at_in_force.min(at_configured.max(MAX_DEBT.as_nanos() as f64)) as u64;
             let floor = now.saturating_sub(BURST.as_nanos() as u64);
             let _ = self
                 .busy_until
@@ -230,5 +318,47 @@ mod tests {
         assert!(wait > Duration::from_millis(350) && wait <= Duration::from_millis(400), "{wait:?}");
         assert_eq!(model.totals(), (100_000_000, 2));
         assert_eq!(cpu.total_ns(), 100_000_000);
+    }
+
+    #[test]
+    fn the_headroom_lowers_the_budget_in_force_and_none_left_pauses_shadows() {
+        let cpu = ShadowCpu::new();
+        let model = ModelCpu::new("headroom-test");
+        cpu.configure(Some(0.5), 1);
+        cpu.set_ceiling(0.1);
+        assert_eq!(cpu.in_force(), Some(0.1));
+        // 20 ms at the 0.1 in force pays for 200 ms, minus the burst.
+        cpu.record(&model, Duration::from_millis(20), 1);
+        let wait = cpu.wait();
+        assert!(wait > Duration::from_millis(50) && wait <= Duration::from_millis(100), "{wait:?}");
+        // No headroom: spent whatever the debt, until room comes back.
+        cpu.set_ceiling(0.0);
+        assert_eq!(cpu.in_force(), Some(0.0));
+        assert_eq!(cpu.wait(), PAUSE);
+        assert!(cpu.exhausted());
+        cpu.set_ceiling(f64::INFINITY);
+        assert_eq!(cpu.in_force(), Some(0.5));
+        // Without a configured budget the headroom changes nothing.
+        let unbudgeted = ShadowCpu::new();
+        unbudgeted.set_ceiling(0.0);
+        assert_eq!(unbudgeted.in_force(), None);
+        assert!(!unbudgeted.exhausted());
+    }
+
+    #[test]
+    fn debt_run_up_at_a_tiny_headroom_is_capped_but_never_below_the_configured_rate() {
+        let model = ModelCpu::new("debt-test");
+        // 10 ms at an in-force 0.001 would be 10 s of debt: capped at MAX_DEBT.
+        let cpu = ShadowCpu::new();
+        cpu.configure(Some(0.5), 1);
+        cpu.set_ceiling(0.001);
+        cpu.record(&model, Duration::from_millis(10), 1);
+        let wait = cpu.wait();
+        assert!(wait > Duration::from_millis(800) && wait <= MAX_DEBT, "{wait:?}");
+        // A tiny configured budget keeps its own bound: 10 ms at 0.002 is 5 s, not capped.
+        let tight = ShadowCpu::new();
+        tight.configure(Some(0.002), 1);
+        tight.record(&model, Duration::from_millis(10), 1);
+        assert!(tight.wait() > Duration::from_secs(4), "{:?}", tight.wait());
     }
 }

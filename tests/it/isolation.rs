@@ -60,6 +60,10 @@ fn threads_named(prefix: &str) -> Vec<WorkerThread> {
     out
 }
 
+/// A budget of 5% of the process's CPUs and nothing else: the headroom (`cpu_reserve`) is off,
+/// so what these tests see is the budget alone, whatever else the machine runs.
+const BUDGET_ONLY: &str = "max_cpu_fraction = 0.05\ncpu_reserve = 0";
+
 fn heavy_config(shadow: &str) -> modserve::config::Config {
     config(&format!(
         r#"
@@ -219,7 +223,7 @@ async fn settled(server: &TestServer, base: &str, n: usize) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_heavy_shadow_stays_within_its_cpu_budget() {
     let _guard = exclusive().await;
-    let server = heavy_server(heavy_config("max_cpu_fraction = 0.05")).await;
+    let server = heavy_server(heavy_config(BUDGET_ONLY)).await;
     let base = server.scrape().await;
     let budget = metric(&base, "modserve_shadow_cpu_budget", &[]).expect("budget gauge");
     let capacity: f64 = modserve::inference::cpu::process_capacity().cpus;
@@ -263,7 +267,7 @@ async fn a_heavy_shadow_stays_within_its_cpu_budget() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_effective_rate_drops_under_pressure_and_comes_back() {
     let _guard = exclusive().await;
-    let server = heavy_server(heavy_config("max_cpu_fraction = 0.05")).await;
+    let server = heavy_server(heavy_config(BUDGET_ONLY)).await;
     let labels = [("shadow_model", "tiny-abuse-v2")];
     let rate = |scrape: &str| metric(scrape, "modserve_shadow_sample_rate_effective", &labels).expect("rate gauge");
     let base = server.scrape().await;
@@ -286,6 +290,71 @@ async fn the_effective_rate_drops_under_pressure_and_comes_back() {
         }
     }
     assert_eq!(raised, 1.0, "the rate came back after the pressure lifted (from {lowered})");
+    server.stop().await;
+}
+
+/// A heavy shadow on a busy node gets no CPU at all, whatever its budget: with live work (here
+/// threads spinning in this process, which count both as the process's own CPU under a quota
+/// and as busy CPUs without one) taking more than `1 - cpu_reserve` of the CPUs, the budget in
+/// force drops to 0 and no shadow work starts; once the node is quiet the room comes back and
+/// the shadow compares again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_node_leaves_shadows_no_cpu_and_a_quiet_one_gives_it_back() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let _guard = exclusive().await;
+    let server = heavy_server(heavy_config("max_cpu_fraction = 1.0\ncpu_reserve = 0.5")).await;
+    let allowed = |scrape: &str| metric(scrape, "modserve_shadow_cpu_allowed", &[]).expect("allowed gauge");
+    let until = |want: fn(f64) -> bool, what: &'static str| {
+        let server = &server;
+        async move {
+            for _ in 0..200 {
+                let scrape = server.scrape().await;
+                if want(allowed(&scrape)) {
+                    return scrape;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("{what}: allowed stayed {}", allowed(&server.scrape().await));
+        }
+    };
+    until(|a| a > 0.0, "a quiet node gives shadows room").await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let capacity = modserve::inference::cpu::process_capacity().cpus;
+    let spinners: Vec<_> = (0..capacity.ceil() as usize + 1)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
+    let busy = until(|a| a == 0.0, "a busy node leaves shadows none").await;
+    let n = send_heavy(&server, "busy", true, Duration::from_secs(1)).await;
+    let during = server.scrape().await;
+    let still_busy = allowed(&during) == 0.0;
+    stop.store(true, Ordering::Relaxed);
+    for s in spinners {
+        s.join().unwrap();
+    }
+    assert!(still_busy, "the node stayed busy through the heavy reviews");
+    assert_eq!(outcome(&busy, &during, "compared"), 0.0, "no shadow work while none is allowed: {during}");
+    let unaffordable = outcome(&busy, &during, "budget") + outcome(&busy, &during, "throttled");
+    assert!(unaffordable >= 1.0 && n >= 1, "{n} reviews counted as budget or throttled: {during}");
+
+    let quiet = until(|a| a > 0.0, "room comes back on a quiet node").await;
+    let mut compared = 0.0;
+    for round in 0..20 {
+        send_heavy(&server, &format!("quiet{round}"), true, Duration::from_millis(500)).await;
+        compared = outcome(&quiet, &server.scrape().await, "compared");
+        if compared >= 1.0 {
+            break;
+        }
+    }
+    assert!(compared >= 1.0, "the shadow compares again once the node is quiet");
     server.stop().await;
 }
 
@@ -322,7 +391,7 @@ async fn replicas_at_the_same_effective_rate_compare_the_same_reviews() {
     let log = |name: &str| dir.path().join(format!("{name}.jsonl"));
     let start = |name: &str| {
         let table = format!(
-            "max_cpu_fraction = 0.05\nmin_sample_rate = 0.3\nmax_delay = \"500ms\"\n[shadow.disagreement_log]\npath = {:?}\n",
+            "{BUDGET_ONLY}\nmin_sample_rate = 0.3\nmax_delay = \"500ms\"\n[shadow.disagreement_log]\npath = {:?}\n",
             log(name).display().to_string()
         );
         heavy_server(heavy_config(&table))
