@@ -144,4 +144,10 @@ fn promtool_accepts_the_rules_alerts_and_dashboard_expressions() {
     std::fs::write(&panels, rules).unwrap();
     let (ok, out, err) = run(Command::new("promtool").arg("check").arg("rules").arg(&panels));
     assert!(ok, "{out}{err}");
+    // Alerts with unit tests fire on the series they are for and not on the others.
+    let (ok, out, err) = run(Command::new("promtool")
+        .arg("test")
+        .arg("rules")
+        .arg(repo().join("tests/fixtures/prometheus/alerts-test.yml")));
+    assert!(ok && out.contains("SUCCESS"), "{out}{err}");
 }
