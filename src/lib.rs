@@ -19,8 +19,8 @@
 //!   `classify`).
 //! - `inference`: model packages and sessions, tokenization, batching, worker threads, and the
 //!   CPU controls that keep shadow threads behind live ones.
-//! - `shadow`: the live/shadow pair (sampling, effective rate, CPU budget, breaker, comparison,
-//!   disagreement log, labelling queue).
+//! - `shadow`: the live/shadow pair (sampling, effective rate, CPU budget and its headroom, breaker,
+//!   comparison, disagreement log, labelling queue).
 //! - `control`: the serving state (`registry`), building it (`loader`), reloading it, and the
 //!   HTTP port for metrics and health probes.
 //! - `feedback`: moderator verdicts scored against live and every shadow (or, for live, counted
