@@ -5,15 +5,8 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::process::Command;
 
 use crate::common::*;
-
-fn modserve() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_modserve"));
-    cmd.env("MODSERVE_ONNXRUNTIME_LIB", ort_lib()).env_remove("RUST_LOG");
-    cmd
-}
 
 fn write_config(dir: &tempfile::TempDir, launch: &str) -> std::path::PathBuf {
     let path = dir.path().join("modserve.toml");

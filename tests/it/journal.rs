@@ -12,7 +12,7 @@ use std::time::Duration;
 use sha2::Digest;
 
 use crate::common::*;
-use crate::process::{KillOnDrop, modserve, read_logs, send_sigterm, write_config};
+use crate::process::{KillOnDrop, send_sigterm, write_config};
 use modserve::serving::grpc::pb;
 use modserve::serving::grpc::pb::feedback_client::FeedbackClient;
 use modserve::serving::grpc::pb::moderation_client::ModerationClient;
@@ -374,7 +374,7 @@ async fn spawn(config: &Path) -> (KillOnDrop, tonic::transport::Channel, std::th
     let mut child = KillOnDrop(
         modserve().arg("--config").arg(config).arg("--log-format").arg("json").stderr(Stdio::piped()).spawn().unwrap(),
     );
-    let (addr, logs) = read_logs(&mut child.0);
+    let (Listening { grpc: addr, .. }, logs) = read_logs(&mut child.0);
     let channel = tonic::transport::Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
     wait_serving(channel.clone()).await;
     (child, channel, logs)

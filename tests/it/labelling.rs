@@ -245,13 +245,6 @@ async fn weighted_verdicts_from_the_labelling_queue_recover_the_true_precision()
     server.stop().await;
 }
 
-/// The server's `modserve` binary, with the test's ONNX Runtime.
-fn modserve() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_modserve"));
-    cmd.env("MODSERVE_ONNXRUNTIME_LIB", ort_lib()).env_remove("RUST_LOG");
-    cmd
-}
-
 #[test]
 fn a_labelling_path_that_cannot_be_opened_stops_start_up() {
     let _shared = shared_blocking();

@@ -8,12 +8,6 @@ use std::time::Duration;
 use crate::common::*;
 use tonic::Code;
 
-pub(crate) fn modserve() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_modserve"));
-    cmd.env("MODSERVE_ONNXRUNTIME_LIB", ort_lib()).env_remove("RUST_LOG");
-    cmd
-}
-
 /// Writes a config into a temp dir; package paths are absolute so it can live anywhere.
 pub(crate) fn write_config(dir: &tempfile::TempDir, body: &str) -> std::path::PathBuf {
     let path = dir.path().join("modserve.toml");
@@ -121,7 +115,7 @@ fn spawn_server(
 ) -> (std::process::Child, std::net::SocketAddr, std::thread::JoinHandle<String>) {
     let mut child =
         modserve().arg("--config").arg(config).arg("--log-format").arg("json").stderr(Stdio::piped()).spawn().unwrap();
-    let (addr, reader) = read_logs(&mut child);
+    let (Listening { grpc: addr, .. }, reader) = read_logs(&mut child);
     (child, addr, reader)
 }
 
@@ -270,7 +264,7 @@ async fn no_review_text_reaches_the_logs_on_any_path() {
     let mut cmd = modserve();
     cmd.env("RUST_LOG", "debug").arg("--config").arg(&config).arg("--log-format").arg("json");
     let mut child = KillOnDrop(cmd.stderr(Stdio::piped()).spawn().unwrap());
-    let (addr, logs) = read_logs(&mut child.0);
+    let (Listening { grpc: addr, .. }, logs) = read_logs(&mut child.0);
     let channel = tonic::transport::Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
     wait_serving(channel.clone()).await;
     let mut client = ModerationClient::new(channel.clone());
@@ -361,27 +355,6 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// Collects a child's stderr on a thread; returns the gRPC address from its "listening" line.
-pub(crate) fn read_logs(child: &mut std::process::Child) -> (std::net::SocketAddr, std::thread::JoinHandle<String>) {
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        use std::io::BufRead;
-        let mut all = String::new();
-        for line in std::io::BufReader::new(stderr).lines() {
-            let line = line.unwrap();
-            if line.contains("\"listening\"") {
-                let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
-                let _ = tx.send(v["grpc"].as_str().unwrap().parse::<std::net::SocketAddr>().unwrap());
-            }
-            all.push_str(&line);
-            all.push('\n');
-        }
-        all
-    });
-    (rx.recv_timeout(Duration::from_secs(60)).expect("server logs its address"), reader)
-}
-
 /// kill -9 in the middle of shadowed load: the restarted server serves again, and every line of
 /// the disagreement log parses (a torn last line from the kill is cut back on restart).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -407,7 +380,7 @@ async fn kill_9_under_load_restarts_cleanly_with_no_torn_log_line() {
         let mut cmd = modserve();
         cmd.arg("--config").arg(&config).arg("--log-format").arg("json");
         let mut child = KillOnDrop(cmd.stderr(Stdio::piped()).spawn().unwrap());
-        let (addr, _logs) = read_logs(&mut child.0);
+        let (Listening { grpc: addr, .. }, _logs) = read_logs(&mut child.0);
         let channel =
             tonic::transport::Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
         wait_serving(channel.clone()).await;

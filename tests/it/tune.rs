@@ -9,12 +9,6 @@ use std::process::{Command, Output};
 
 use crate::common::*;
 
-fn modserve() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_modserve"));
-    cmd.env("MODSERVE_ONNXRUNTIME_LIB", ort_lib()).env_remove("RUST_LOG");
-    cmd
-}
-
 /// The 80 non-blank reviews of `models/eval/reviews.jsonl` as a labelled file for the abuse
 /// task (the fraud lines are dropped: the config here has no fraud task, and every line of the
 /// file is checked against it, as `eval` does).

@@ -5,17 +5,62 @@
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use tonic::transport::Channel;
 
 use super::*;
 
+/// The `modserve` binary with the test's ONNX Runtime (and no `RUST_LOG` from the caller).
+pub fn modserve() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_modserve"));
+    cmd.env("MODSERVE_ONNXRUNTIME_LIB", ort_lib()).env_remove("RUST_LOG");
+    cmd
+}
+
+/// The addresses a server logs in its "listening" line.
+#[derive(Debug, Clone, Copy)]
+pub struct Listening {
+    pub grpc: SocketAddr,
+    pub metrics: SocketAddr,
+}
+
+/// Collects a child's stderr (JSON logs) on a thread; returns its "listening" addresses and the
+/// thread, which yields every line once the child has exited. A child that does not log them
+/// within 60 s is killed and the test fails with its logs.
+pub fn read_logs(child: &mut Child) -> (Listening, JoinHandle<String>) {
+    let stderr = child.stderr.take().expect("stderr piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let logs = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("\"listening\"") {
+                let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
+                let addr = |key: &str| v[key].as_str().unwrap().parse::<SocketAddr>().unwrap();
+                let _ = tx.send(Listening { grpc: addr("grpc"), metrics: addr("metrics") });
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(listening) => (listening, logs),
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the server did not log its addresses:\n{}", logs.join().unwrap_or_default());
+        }
+    }
+}
+
 pub struct ChildServer {
     pub grpc_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
     child: Child,
-    logs: Option<std::thread::JoinHandle<String>>,
+    logs: Option<JoinHandle<String>>,
     _dir: tempfile::TempDir,
 }
 
@@ -31,36 +76,14 @@ impl ChildServer {
             body.replace("\"tests/fixtures/", &fixtures)
         );
         std::fs::write(&path, text).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_modserve"))
-            .env("MODSERVE_ONNXRUNTIME_LIB", ort_lib())
-            .env_remove("RUST_LOG")
+        let mut child = modserve()
             .arg("--config")
             .arg(&path)
             .args(["--log-format", "json"])
             .stderr(Stdio::piped())
             .spawn()
             .expect("the modserve binary starts");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let logs = std::thread::spawn(move || {
-            use std::io::BufRead;
-            let mut all = String::new();
-            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("\"listening\"") {
-                    let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
-                    let addr = |key: &str| v[key].as_str().unwrap().parse::<SocketAddr>().unwrap();
-                    let _ = tx.send((addr("grpc"), addr("metrics")));
-                }
-                all.push_str(&line);
-                all.push('\n');
-            }
-            all
-        });
-        let Ok((grpc_addr, metrics_addr)) = rx.recv_timeout(Duration::from_secs(60)) else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the server did not log its addresses:\n{}", logs.join().unwrap_or_default());
-        };
+        let (Listening { grpc: grpc_addr, metrics: metrics_addr }, logs) = read_logs(&mut child);
         let server = ChildServer { grpc_addr, metrics_addr, child, logs: Some(logs), _dir: dir };
         wait_serving(server.channel().await).await;
         server

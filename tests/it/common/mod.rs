@@ -11,8 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-#[allow(unused_imports)] // not every test binary that includes this module injects faults
-pub use child::ChildServer;
+pub use child::{ChildServer, Listening, modserve, read_logs};
 pub use faults::{Action, Faults};
 use modserve::app::{MODERATION_SERVICE, Server};
 use modserve::config::{Config, Overrides};
