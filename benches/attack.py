@@ -14,7 +14,13 @@ Targets (exit code 1 if any attack breaks one): the normal client's p99 within 2
 (plus --p99-floor-ms of slack for timer noise on tiny baselines), peak RSS within 100 MiB of the
 baseline's, no failed or lost normal call, every probe answered. Attack-specific checks (handshake
 closes, double-counted verdicts, status codes, echoed message length, SIGTERM time) count too,
-unless --targets-only.
+unless --targets-only. Each row also gives the CPU seconds the server and this process (the
+attack's callers) used during the attack.
+
+Row k is a control, judged the same way but never counted in the exit code: local processes that
+only spin (about one core each, --control-spinners) and never call the server. The attack's
+callers run on the same machine as the server and the normal client; k shows what the normal
+client's p99 does when the machine is busy and the server has nothing extra to do.
 
 Usage:
   benches/attack.py --grpc 127.0.0.1:50051 --metrics 127.0.0.1:9464 --pid PID [--short]
@@ -196,6 +202,12 @@ def cpu_seconds(pid: int) -> float | None:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (FileNotFoundError, ProcessLookupError, IndexError):
         return None
+
+
+def own_cpu_seconds() -> float:
+    """CPU seconds of this process (every thread) and of its children it has waited for."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 def http_get(host: str, port: int, path: str, timeout: float = 2.0) -> tuple[int | None, bytes, float]:
@@ -434,6 +446,7 @@ class Monitor:
 
     def __enter__(self):
         self.cpu0 = cpu_seconds(self.ctx.pid)
+        self.own0 = own_cpu_seconds()
         self.t0 = time.monotonic()
         self.threads = [threading.Thread(target=self._rss, daemon=True)]
         for path in self.probes:
@@ -448,6 +461,7 @@ class Monitor:
             t.join(5)
         cpu1 = cpu_seconds(self.ctx.pid)
         self.cpu = None if self.cpu0 is None or cpu1 is None else round(cpu1 - self.cpu0, 2)
+        self.own_cpu = round(own_cpu_seconds() - self.own0, 2)
         self.seconds = time.monotonic() - self.t0
 
     def _rss(self):
@@ -483,6 +497,8 @@ class Monitor:
             "probes_answered": sum(v[0] for v in self.probes.values()),
             "probes_sent": sum(v[1] for v in self.probes.values()),
             "cpu_s": self.cpu,
+            # This process: the attack's callers and the probes (the normal client is its own process).
+            "attacker_cpu_s": self.own_cpu,
         }
 
 
@@ -1241,6 +1257,20 @@ def attack_big_requests(ctx: Ctx, duration: float) -> dict:
             "their_p50_s": percentile(lat, 0.5)}
 
 
+def control_busy_machine(ctx: Ctx, duration: float) -> dict:
+    """k. Control, not an attack: processes that only spin on this machine for the attack window and
+    never call the server. An attack client shares the machine with the server and the normal
+    client; this shows what the normal client's p99 does when the machine is that busy and the
+    server has nothing extra to do. Compare its row with the attacks' (their "attack client" CPU)."""
+    n = ctx.args.control_spinners
+    spin = f"import time\nend = time.monotonic() + {duration}\nwhile time.monotonic() < end:\n    pass\n"
+    procs = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(n)]
+    for proc in procs:
+        proc.wait()
+    return {"detail": f"{n} local process(es) spinning for {duration:.0f} s; no call to the server", "check": None,
+            "control": True}
+
+
 def attack_many_reviews(ctx: Ctx, duration: float) -> dict:
     """j. ~330k tiny reviews in one message just under max_message_bytes: time (and RSS) to refuse."""
     budget = ctx.args.max_message_bytes - 64
@@ -1288,9 +1318,10 @@ ATTACKS = [
     ("h", "huge-task-name", attack_huge_task_name),
     ("i", "big-requests", attack_big_requests),
     ("j", "many-reviews", attack_many_reviews),
+    ("k", "busy-machine-control", control_busy_machine),
 ]
 
-RUN_ORDER = "acdeghjifb"
+RUN_ORDER = "kacdeghjifb"
 
 # ---------------------------------------------------------------------------------------------
 # Running: baseline window, attack window, recovery
@@ -1397,11 +1428,12 @@ def judge(ctx: Ctx, row: dict) -> None:
 def fmt_row_line(row: dict) -> str:
     b, d = row["baseline"], row["during"]
     return (
-        f"[{'PASS' if row['pass'] else 'FAIL'}] {row['attack']}: normal p50 {b.get('p50_ms')}->{d.get('p50_ms')} ms, "
+        f"[{('CONTROL ' if row.get('control') else '') + ('PASS' if row['pass'] else 'FAIL')}] {row['attack']}: normal p50 {b.get('p50_ms')}->{d.get('p50_ms')} ms, "
         f"p99 {b.get('p99_ms')}->{d.get('p99_ms')} ms, failed {d.get('failed')}/{d.get('sent')} lost {d.get('lost')}"
         f"{' (' + fmt_codes(collections.Counter({k: v for k, v in d.get('codes', {}).items() if k != 'OK'})) + ')' if d.get('failed') else ''}, "
         f"RSS {b.get('rss_peak_mib')}->{d.get('rss_peak_mib')} MiB, probes {d['probes']['/metrics']} metrics "
-        f"{d['probes']['/health/ready']} health, recovery {row.get('recovery_s')} s | {row.get('detail')}"
+        f"{d['probes']['/health/ready']} health, recovery {row.get('recovery_s')} s, "
+        f"CPU s server {b.get('cpu_s')}->{d.get('cpu_s')} attack client {d.get('attacker_cpu_s')} | {row.get('detail')}"
         + (f" | broken: {', '.join(row['broken'])}" if row["broken"] else "")
         + (f" | probes unanswered: {d['probe_failures']}" if d.get("probe_failures") else "")
     )
@@ -1410,8 +1442,9 @@ def fmt_row_line(row: dict) -> str:
 def markdown_table(rows: list[dict]) -> str:
     out = [
         "| attack | normal p50 ms (base → attack) | normal p99 ms (base → attack) | normal failed / sent (lost) "
-        "| RSS MiB (base → peak) | /metrics, /health/ready answered | recovery s | what the attack saw | result |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| RSS MiB (base → peak) | /metrics, /health/ready answered | recovery s "
+        "| CPU s during: server, attack client | what the attack saw | result |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         b, d = r.get("baseline", {}), r.get("during", {})
@@ -1423,10 +1456,13 @@ def markdown_table(rows: list[dict]) -> str:
         rec = "-" if r.get("recovery_s") is None and not d else (
             f"{r['recovery_s']}" if r.get("recovery_s") is not None else "not recovered")
         result = "pass" if r.get("pass") else "FAIL: " + ", ".join(r.get("broken", []))
+        if r.get("control"):
+            result = "control: " + ("within" if r.get("pass") else "outside " + ", ".join(r.get("broken", [])))
+        cpu = f"{d.get('cpu_s', '-')}, {d.get('attacker_cpu_s', '-')}" if d else "-"
         detail = str(r.get("detail", "")).replace("|", "/")
         out.append(
             f"| {r['attack']} | {b.get('p50_ms', '-')} → {d.get('p50_ms', '-')} | {b.get('p99_ms', '-')} → {d.get('p99_ms', '-')} "
-            f"| {failed} | {rss} | {probes} | {rec} | {detail} | {result} |"
+            f"| {failed} | {rss} | {probes} | {rec} | {cpu} | {detail} | {result} |"
         )
     return "\n".join(out)
 
@@ -1485,6 +1521,8 @@ def main() -> int:
     p.add_argument("--rate", type=float, default=50.0, help="the normal client's calls per second (open loop)")
     p.add_argument("--p99-floor-ms", type=float, default=5.0,
                    help="slack added to the 2x p99 target for tiny baselines: limit = max(2*base, base+floor)")
+    p.add_argument("--control-spinners", type=int, default=1,
+                   help="processes the control row k spins (about one core each); match an attack client's CPU")
     p.add_argument("--targets-only", action="store_true", help="exit code from the four targets only, not the checks")
     p.add_argument("--no-latency-targets", action="store_true",
                    help="leave the p99 and RSS targets out of the exit code (CI on a debug build); the checks, "
@@ -1533,9 +1571,10 @@ def main() -> int:
         total = time.monotonic() - t_all
     print()
     print(markdown_table(sorted(rows, key=lambda r: r["attack"])))
-    failed = [r["attack"] for r in rows if not r.get("pass")]
-    print(f"\n{len(rows) - len(failed)} passed, {len(failed)} failed ({total:.0f} s"
-          f"{', short form' if args.short else ''})")
+    controls = [r for r in rows if r.get("control")]
+    failed = [r["attack"] for r in rows if not r.get("pass") and not r.get("control")]
+    print(f"\n{len(rows) - len(controls) - len(failed)} passed, {len(failed)} failed"
+          f"{f', {len(controls)} control' if controls else ''} ({total:.0f} s{', short form' if args.short else ''})")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": {k: v for k, v in vars(args).items() if k != "token"}, "seconds": round(total, 1),

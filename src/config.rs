@@ -56,10 +56,11 @@ pub mod defaults {
     pub const INFERENCE_THREADS: usize = 1;
     pub const INTRA_OP_THREADS: usize = 1;
     pub const LONG_JOB_NICE: i32 = 5;
+    pub const LONG_JOB_SCHEDULING: super::ThreadScheduling = super::ThreadScheduling::Idle;
     pub const SHADOW_MAX_DELAY: &str = "2s";
     pub const SHADOW_LIVE_PRESSURE_JOBS: usize = 4;
     pub const SHADOW_NICE: i32 = 10;
-    pub const SHADOW_SCHEDULING: super::ShadowScheduling = super::ShadowScheduling::Idle;
+    pub const SHADOW_SCHEDULING: super::ThreadScheduling = super::ThreadScheduling::Idle;
     /// A trickle that keeps a throttled shadow's cost measured: 1 review in 1,000.
     pub const SHADOW_MIN_SAMPLE_RATE: f64 = 0.001;
     /// Half the CPUs stay free before shadows get any (docs/shadow.md, "Headroom").
@@ -120,13 +121,14 @@ pub enum LogFormat {
     Json,
 }
 
-/// How shadow worker threads are put behind live work (`shadow.scheduling`).
+/// How worker threads are put behind live short calls: shadows (`shadow.scheduling`) and a live
+/// model's long jobs (`batching.long_job_scheduling`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum ShadowScheduling {
-    /// `SCHED_IDLE` where the kernel allows it, else `shadow.nice`.
+pub enum ThreadScheduling {
+    /// `SCHED_IDLE` where the kernel allows it, else the niceness (`shadow.nice`, `long_job_nice`).
     Idle,
-    /// Only `shadow.nice`.
+    /// Only the niceness.
     Nice,
 }
 
@@ -195,7 +197,7 @@ pub struct Config {
     /// Niceness of shadow worker threads.
     pub shadow_nice: i32,
     /// Scheduling class asked for shadow worker threads.
-    pub shadow_scheduling: ShadowScheduling,
+    pub shadow_scheduling: ThreadScheduling,
     /// CPUs shadow worker threads are kept on; `None` = wherever the process may run.
     pub shadow_cpus: Option<CpuSet>,
     /// Where disagreements go; `None` turns the log off.

@@ -98,7 +98,13 @@ fn serve(cli: &Cli) -> ExitCode {
         Err(errors) => return report_config_errors(&cli.flags.config, &errors),
     };
     init_logging(config.server.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // Every call is read, validated and answered on these threads: like a live model's short-job
+    // workers, they preempt long work when they wake (`cpu::LATENCY_SLICE`).
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_start(modserve::inference::cpu::shorten_slice)
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("modserve: cannot start the async runtime: {e}");

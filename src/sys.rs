@@ -1,5 +1,6 @@
-//! The only module allowed `unsafe`: thin wrappers over the Linux syscalls the shadow isolation
-//! needs (the calling thread's affinity, scheduling class, niceness and CPU clock). Each takes
+//! The only module allowed `unsafe`: thin wrappers over the Linux syscalls the thread isolation
+//! needs (the calling thread's affinity, scheduling class, niceness, scheduler slice and CPU
+//! clock). Each takes
 //! and returns plain Rust values; `inference::cpu` builds the policy on them. Elsewhere than
 //! Linux they report `Unsupported` (and the clock reads zero).
 
@@ -84,6 +85,70 @@ pub fn set_nice(nice: i32) -> io::Result<()> {
         libc::setpriority(libc::PRIO_PROCESS, tid, nice)
     };
     if rc != 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// `struct sched_attr` of sched_setattr(2), its first version (56 bytes).
+#[cfg(target_os = "linux")]
+#[repr(C)]
+#[derive(Default)]
+struct SchedAttr {
+    size: u32,
+    policy: u32,
+    flags: u64,
+    nice: i32,
+    priority: u32,
+    /// For `SCHED_OTHER` and `SCHED_BATCH` since Linux 6.12: the slice the thread asks for.
+    runtime: u64,
+    deadline: u64,
+    period: u64,
+    util_min: u32,
+    util_max: u32,
+}
+
+#[cfg(target_os = "linux")]
+fn sched_getattr(tid: i32) -> io::Result<SchedAttr> {
+    let mut attr = SchedAttr::default();
+    // SAFETY: `attr` is a valid out-pointer of the size passed; the kernel writes at most that.
+    let rc = unsafe {
+        libc::syscall(libc::SYS_sched_getattr, tid, &mut attr as *mut SchedAttr, size_of::<SchedAttr>() as u32, 0u32)
+    };
+    if rc != 0 { Err(io::Error::last_os_error()) } else { Ok(attr) }
+}
+
+/// Asks the scheduler for a `slice` for the calling thread, keeping its class and niceness. On
+/// Linux 6.12 and later (EEVDF) a shorter slice means an earlier deadline, so the thread
+/// preempts a running one of the same class when it wakes instead of waiting out that one's
+/// slice; older kernels accept the call and ignore the slice. Only for `SCHED_OTHER` and
+/// `SCHED_BATCH` threads.
+#[cfg(target_os = "linux")]
+pub fn set_sched_slice(slice: Duration) -> io::Result<()> {
+    let mut attr = sched_getattr(0)?;
+    if attr.policy != libc::SCHED_OTHER as u32 && attr.policy != libc::SCHED_BATCH as u32 {
+        return Err(io::Error::new(io::ErrorKind::Unsupported, "a slice applies to SCHED_OTHER and SCHED_BATCH only"));
+    }
+    attr.size = size_of::<SchedAttr>() as u32;
+    attr.flags = 0;
+    attr.runtime = slice.as_nanos().min(u64::MAX as u128) as u64;
+    // SAFETY: `attr` is a valid, fully initialised sched_attr of the size it declares.
+    let rc = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0u32) };
+    if rc != 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn set_sched_slice(_slice: Duration) -> io::Result<()> {
+    Err(io::Error::new(io::ErrorKind::Unsupported, "scheduler slices need Linux"))
+}
+
+/// The scheduler slice of thread `tid` (0: the calling thread) as the kernel reports it; zero
+/// where it reports none (kernels before 6.12, classes without one).
+#[cfg(target_os = "linux")]
+pub fn sched_slice(tid: i32) -> io::Result<Duration> {
+    sched_getattr(tid).map(|attr| Duration::from_nanos(attr.runtime))
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn sched_slice(_tid: i32) -> io::Result<Duration> {
+    Err(io::Error::new(io::ErrorKind::Unsupported, "scheduler slices need Linux"))
 }
 
 /// CPU time the calling thread has used (user + system), from its own CPU clock; zero if the

@@ -82,6 +82,7 @@ pub(super) struct RawBatching {
     pub(super) inference_threads: Option<usize>,
     pub(super) intra_op_threads: Option<usize>,
     pub(super) long_job_nice: Option<i32>,
+    pub(super) long_job_scheduling: Option<super::ThreadScheduling>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -147,7 +148,7 @@ pub(super) struct RawShadowPolicy {
     pub(super) max_delay: Option<String>,
     pub(super) live_pressure_jobs: Option<usize>,
     pub(super) nice: Option<i32>,
-    pub(super) scheduling: Option<super::ShadowScheduling>,
+    pub(super) scheduling: Option<super::ThreadScheduling>,
     pub(super) cpus: Option<String>,
     pub(super) max_cpu_fraction: Option<f64>,
     pub(super) cpu_reserve: Option<f64>,

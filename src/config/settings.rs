@@ -30,6 +30,9 @@ pub struct WorkerSettings {
     /// and its `threads` workers take short jobs only; 0 = every worker takes both. Shadows
     /// ignore it.
     pub long_job_nice: i32,
+    /// Those threads under `SCHED_IDLE` (where allowed; else at `long_job_nice`) or at
+    /// `long_job_nice` only.
+    pub long_job_scheduling: crate::config::ThreadScheduling,
 }
 
 /// How a model's worker merges queued jobs into one inference batch.

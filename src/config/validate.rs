@@ -623,7 +623,7 @@ fn labelling(errors: &mut Vec<String>, l: &RawLabelling, base: &Path) -> Labelli
 }
 
 /// How shadow worker threads are put behind live ones (`shadow.nice`, `.scheduling`, `.cpus`).
-fn shadow_threads(errors: &mut Vec<String>, raw: &RawShadowPolicy) -> (i32, ShadowScheduling, Option<CpuSet>) {
+fn shadow_threads(errors: &mut Vec<String>, raw: &RawShadowPolicy) -> (i32, ThreadScheduling, Option<CpuSet>) {
     let shadow_nice = raw.nice.unwrap_or(defaults::SHADOW_NICE);
     if !(0..=19).contains(&shadow_nice) {
         errors.push(format!("shadow.nice {shadow_nice}: must be 0..=19"));
@@ -826,6 +826,10 @@ fn batching(errors: &mut Vec<String>, key: &str, raw: &RawBatching, parent: Opti
         idle: false,
         cpus: None,
         long_job_nice: raw.long_job_nice.or(parent.map(|p| p.long_job_nice)).unwrap_or(defaults::LONG_JOB_NICE),
+        long_job_scheduling: raw
+            .long_job_scheduling
+            .or(parent.map(|p| p.long_job_scheduling))
+            .unwrap_or(defaults::LONG_JOB_SCHEDULING),
     };
     if !(0..=19).contains(&settings.long_job_nice) {
         errors.push(format!("{key}.long_job_nice {}: must be 0..=19", settings.long_job_nice));

@@ -93,7 +93,7 @@ pub fn load_with(
     }
     configure_budget(&shadow_cpu, config, &models);
     crate::shadow::offload::place(crate::shadow::offload::Placement {
-        idle: config.shadow_scheduling == crate::config::ShadowScheduling::Idle,
+        idle: config.shadow_scheduling == crate::config::ThreadScheduling::Idle,
         nice: config.shadow_nice,
         cpus: config.shadow_cpus,
     });
@@ -153,7 +153,7 @@ fn start_model(
     let mut settings = model.workers;
     if role == Role::Shadow {
         settings.nice = config.shadow_nice;
-        settings.idle = config.shadow_scheduling == crate::config::ShadowScheduling::Idle;
+        settings.idle = config.shadow_scheduling == crate::config::ThreadScheduling::Idle;
         settings.cpus = config.shadow_cpus;
     }
     let fingerprint = Fingerprint::new(&package, role, settings);

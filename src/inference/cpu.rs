@@ -14,6 +14,29 @@ pub fn set_thread_affinity(cpus: &CpuSet) -> std::io::Result<()> {
     crate::sys::set_affinity(cpus.iter())
 }
 
+/// The scheduler slice the threads a short call waits on ask for: the async runtime's and a live
+/// model's short-job workers. Under attack i (three callers of maximal requests, 2026-12-06) a
+/// short call's threads waited out the running long-job thread's slice (1.4 ms here) at each
+/// wake-up; with this slice (the kernel's minimum) they preempt it. See docs/reliability.md.
+pub const LATENCY_SLICE: Duration = Duration::from_micros(100);
+
+/// Asks for `LATENCY_SLICE` on the calling thread. Best effort: a refusal is logged once per
+/// process (the thread keeps the default slice, as before Linux 6.12, which ignores it).
+pub fn shorten_slice() {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    if let Err(e) = crate::sys::set_sched_slice(LATENCY_SLICE) {
+        WARNED.call_once(|| {
+            tracing::warn!(error = %e, "cannot shorten the scheduler slice of latency threads; short calls may wait out a long job's slice");
+        });
+    }
+}
+
+/// The scheduler slice of thread `tid` (0: the calling thread) as the kernel reports it: the one
+/// asked for, else the default; zero before Linux 6.12.
+pub fn thread_slice(tid: i32) -> std::io::Result<Duration> {
+    crate::sys::sched_slice(tid)
+}
+
 /// The scheduling a shadow worker thread ended up with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SchedPolicy {
@@ -41,6 +64,9 @@ impl SchedPolicy {
 /// it, else niceness `nice` (when non-zero). Returns what took effect; failures are logged by
 /// the caller, which knows the model.
 pub fn lower_thread_priority(idle: bool, nice: i32) -> (SchedPolicy, Option<std::io::Error>) {
+    // A thread started from the async runtime inherits its short slice (`LATENCY_SLICE`), with
+    // which even a niced thread would preempt live work when it wakes: back to the default.
+    let _ = crate::sys::set_sched_slice(Duration::ZERO);
     let mut error = None;
     if idle {
         match crate::sys::set_sched_idle() {

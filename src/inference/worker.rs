@@ -443,8 +443,11 @@ fn start_with(
         let thread = std::thread::Builder::new()
             .name(name.chars().take(15).collect())
             .spawn(move || {
-                if serves == Serves::Long {
-                    lower_long_job_thread(&model, settings.long_job_nice);
+                match serves {
+                    Serves::Long => lower_long_job_thread(&model, &settings),
+                    // A short call waits on a live model's workers: they preempt long work.
+                    _ if role == Role::Live => cpu::shorten_slice(),
+                    _ => {}
                 }
                 isolate(&model, &settings);
                 let _ = isolated.send(());
@@ -927,11 +930,21 @@ impl Worker {
     }
 }
 
-/// Lowers a live model's long-job thread to `nice`. Best effort: where it is refused the thread
-/// runs at normal priority, as long jobs did before, and the log says so.
-fn lower_long_job_thread(model: &str, nice: i32) {
-    if let (_, Some(e)) = cpu::lower_thread_priority(false, nice) {
-        tracing::warn!(model, nice, error = %e, "cannot lower the long-job worker's priority; long jobs run at normal priority");
+/// Puts a live model's long-job thread behind short calls: `SCHED_IDLE` (`long_job_scheduling =
+/// "idle"`), else `long_job_nice`. Best effort: what could not be applied is logged, and the
+/// thread runs at what did take effect (normal priority at worst, as long jobs did before).
+fn lower_long_job_thread(model: &str, settings: &WorkerSettings) {
+    let idle = settings.long_job_scheduling == crate::config::ThreadScheduling::Idle;
+    let nice = settings.long_job_nice;
+    match cpu::lower_thread_priority(idle, nice) {
+        (_, None) => {}
+        (policy, Some(e)) => tracing::warn!(
+            model,
+            policy = policy.as_str(),
+            nice,
+            error = %e,
+            "cannot put the long-job worker below short calls as configured (batching.long_job_scheduling); long jobs run at this policy"
+        ),
     }
 }
 
@@ -1035,6 +1048,7 @@ mod tests {
             idle: false,
             cpus: None,
             long_job_nice: 0,
+            long_job_scheduling: crate::config::ThreadScheduling::Nice,
         }
     }
 
@@ -1212,46 +1226,73 @@ mod tests {
         stop(pool);
     }
 
-    /// The calling thread's niceness, from /proc.
-    fn own_nice() -> i64 {
+    /// The calling thread's niceness and scheduling policy (0 normal, 5 idle), from /proc, and
+    /// its scheduler slice.
+    fn own_scheduling() -> (i64, u32, Duration) {
         let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
-        // Field 19; the fields after the command name's closing parenthesis start at field 3.
-        let after = &stat[stat.rfind(')').unwrap() + 2..];
-        after.split(' ').nth(19 - 3).unwrap().parse().unwrap()
+        // Fields 19 and 41; the fields after the command name's closing parenthesis start at field 3.
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        (fields[19 - 3].parse().unwrap(), fields[41 - 3].parse().unwrap(), cpu::thread_slice(0).unwrap())
     }
 
-    #[test]
-    fn a_live_models_long_jobs_run_on_their_own_lower_priority_thread() {
+    /// Runs one long job (held at the backend) and one short job beside it on a live model with
+    /// long-job threads at niceness 10 and `scheduling`; returns the scheduling each ran under.
+    fn long_and_short_under(
+        scheduling: crate::config::ThreadScheduling,
+    ) -> ((i64, u32, Duration), (i64, u32, Duration)) {
         // Rows longer than a short review are held inside the runtime until the test lets them
-        // go; every row reports the niceness of the thread that ran it.
-        let (began_tx, began) = std::sync::mpsc::channel::<i64>();
+        // go; every row reports the scheduling of the thread that ran it.
+        let (began_tx, began) = std::sync::mpsc::channel();
         let (release, release_rx) = std::sync::mpsc::channel::<()>();
         let (began_tx, release_rx) = (Mutex::new(began_tx), Mutex::new(release_rx));
         let ran_short_at = Arc::new(Mutex::new(Vec::new()));
         let ran = ran_short_at.clone();
         let fake = FakeBackend::new(move |row| {
             if row.len() > 16 {
-                let _ = began_tx.lock().unwrap().send(own_nice());
+                let _ = began_tx.lock().unwrap().send(own_scheduling());
                 let _ = release_rx.lock().unwrap().recv();
             } else {
-                ran.lock().unwrap().push(own_nice());
+                ran.lock().unwrap().push(own_scheduling());
             }
             Ok(vec![0.5, 0.5])
         });
-        let settings = WorkerSettings { long_job_nice: 10, ..settings() };
+        let settings = WorkerSettings { long_job_nice: 10, long_job_scheduling: scheduling, ..settings() };
         let backends: Vec<Box<dyn Backend>> = vec![Box::new(fake.clone()), Box::new(fake.clone())];
         let pool = start_backends(&package(), Role::Live, settings, backends, RunCost::default()).unwrap();
         // Over 8 KiB of text: a long job.
         let long_text = "great product ".repeat(700);
         let long = pool.handle.submit(reviews(&[&long_text]), None, None).unwrap();
-        let long_nice = began.recv_timeout(Duration::from_secs(30)).expect("the long batch started");
-        assert_eq!(long_nice, 10, "the long job ran at long_job_nice");
+        let long_ran = began.recv_timeout(Duration::from_secs(30)).expect("the long batch started");
         let short = pool.handle.submit(reviews(&["you idiot"]), None, None).unwrap();
         short.blocking_wait().expect("the short job is answered while the long one is held");
-        assert_eq!(*ran_short_at.lock().unwrap(), [0], "the short job ran at normal priority");
         release.send(()).unwrap();
         long.blocking_wait().expect("the long job is answered once let go");
         stop(pool);
+        let short_ran = ran_short_at.lock().unwrap().clone();
+        assert_eq!(short_ran.len(), 1, "{short_ran:?}");
+        (long_ran, short_ran[0])
+    }
+
+    #[test]
+    fn a_live_models_long_jobs_run_on_their_own_thread_below_short_calls() {
+        use crate::config::ThreadScheduling;
+        // Linux 6.12 and later report every normal thread's slice; older ones report none.
+        let slices = cpu::thread_slice(0).unwrap() > Duration::ZERO;
+        for (scheduling, want_policy) in [(ThreadScheduling::Idle, 5), (ThreadScheduling::Nice, 0)] {
+            let ((long_nice, long_policy, _), (short_nice, short_policy, short_slice)) =
+                long_and_short_under(scheduling);
+            assert_eq!(
+                (long_nice, long_policy),
+                (10, want_policy),
+                "{scheduling:?}: the long job ran below short calls"
+            );
+            assert_eq!((short_nice, short_policy), (0, 0), "{scheduling:?}: the short job ran at normal priority");
+            if slices {
+                assert_eq!(short_slice, cpu::LATENCY_SLICE, "the short job's thread asked for the short slice");
+            } else {
+                eprintln!("this kernel reports no scheduler slices (before 6.12): slice not checked");
+            }
+        }
     }
 
     #[test]

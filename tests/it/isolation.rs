@@ -22,6 +22,8 @@ struct WorkerThread {
     cpu_ns: u64,
     /// `Cpus_allowed_list` of `status`, e.g. "0-1".
     cpus: String,
+    /// The scheduler slice the kernel reports (zero before Linux 6.12).
+    slice: Duration,
 }
 
 const SCHED_OTHER: u32 = 0;
@@ -34,9 +36,15 @@ fn worker_threads() -> Vec<WorkerThread> {
 
 /// Every thread of this process whose name starts with `prefix`.
 fn threads_named(prefix: &str) -> Vec<WorkerThread> {
+    threads_of("self", prefix)
+}
+
+/// Every thread of process `pid` ("self" or a number) whose name starts with `prefix`.
+fn threads_of(pid: &str, prefix: &str) -> Vec<WorkerThread> {
     let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc/self/task").unwrap() {
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
         let dir = entry.unwrap().path();
+        let tid: i32 = dir.file_name().unwrap().to_str().unwrap().parse().unwrap();
         let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else { continue };
         let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
         let comm = stat[open + 1..close].to_string();
@@ -55,6 +63,7 @@ fn threads_named(prefix: &str) -> Vec<WorkerThread> {
             nice: field(19).parse().unwrap(),
             cpu_ns: schedstat.split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or(0),
             cpus,
+            slice: modserve::inference::cpu::thread_slice(tid).unwrap_or_default(),
         });
     }
     out
@@ -106,6 +115,40 @@ async fn the_scheduling_policy_in_effect_is_the_one_reported() {
         assert_eq!(shadow.len(), 2, "two shadow worker threads: {threads:?}");
         assert!(shadow.iter().all(|t| t.policy == want_policy), "{setting}: {threads:?}");
         assert!(!live.is_empty() && live.iter().all(|t| t.policy == SCHED_OTHER), "{threads:?}");
+        server.stop().await;
+    }
+}
+
+/// In the real binary, the threads a short call waits on (the async runtime's and the live
+/// model's short-job worker) ask for the short scheduler slice, and the live model's long-job
+/// thread runs under `SCHED_IDLE` at `long_job_nice` (`long_job_scheduling = "idle"`, the
+/// default) or at `long_job_nice` alone (`"nice"`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_calls_threads_preempt_and_long_jobs_wait_below_them() {
+    let _shared = shared().await;
+    // Linux 6.12 and later report every normal thread's slice; older ones report none.
+    let slices = modserve::inference::cpu::thread_slice(0).unwrap() > Duration::ZERO;
+    for (setting, want_policy) in [("", SCHED_IDLE), ("long_job_scheduling = \"nice\"", SCHED_OTHER)] {
+        let server = ChildServer::start(&format!(
+            "[batching]\nlong_job_nice = 7\n{setting}\n[models.tiny-abuse]\npath = \"tests/fixtures/tiny-abuse\"\n\
+             [tasks.abuse]\nlive = \"tiny-abuse\"\n"
+        ))
+        .await;
+        let pid = server.pid().to_string();
+        let runtime = threads_of(&pid, "tokio-rt-worker");
+        let short = threads_of(&pid, "infer-tiny-abu");
+        let long = threads_of(&pid, "long-tiny-abus");
+        assert!(!runtime.is_empty() && short.len() == 1 && long.len() == 1, "{runtime:?} {short:?} {long:?}");
+        for t in runtime.iter().chain(&short) {
+            assert_eq!((t.policy, t.nice), (SCHED_OTHER, 0), "{setting:?}: {t:?}");
+            if slices {
+                assert_eq!(t.slice, modserve::inference::cpu::LATENCY_SLICE, "{t:?}");
+            }
+        }
+        assert_eq!((long[0].policy, long[0].nice), (want_policy, 7), "{setting:?}: {long:?}");
+        if !slices {
+            eprintln!("this kernel reports no scheduler slices (before 6.12): slices not checked");
+        }
         server.stop().await;
     }
 }

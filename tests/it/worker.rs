@@ -32,6 +32,7 @@ fn pool_with(model: &str, faults: &Arc<Faults>) -> WorkerPool {
         idle: false,
         cpus: None,
         long_job_nice: 0,
+        long_job_scheduling: modserve::config::ThreadScheduling::Nice,
     };
     worker::start(&backends, &package, Role::Shadow, settings, None).expect("workers start")
 }

@@ -89,6 +89,11 @@ impl ChildServer {
         server
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub async fn channel(&self) -> Channel {
         Channel::from_shared(format!("http://{}", self.grpc_addr)).unwrap().connect().await.expect("connect")
     }
