@@ -32,7 +32,8 @@
 //! `policy` (the decision), `journal` (every decision as JSON lines, off by default), `jsonl`
 //! (the bounded, rotating JSON-lines writer behind the journal, the disagreement log and the
 //! labelling queue), `error` (mapped to gRPC status in `serving::grpc::status` only),
-//! `metrics` (every metric name) and `shutdown`. `app` wires the layers into a running server;
+//! `metrics` (every metric name), `otel` (OpenTelemetry traces, off unless the `OTEL_*`
+//! variables ask) and `shutdown`. `app` wires the layers into a running server;
 //! `cli` is the command line; `sys`, the syscalls, is the one module allowed `unsafe`.
 
 pub mod app;
@@ -46,6 +47,7 @@ pub mod journal;
 pub mod jsonl;
 pub mod metrics;
 pub mod offline;
+pub mod otel;
 pub mod policy;
 pub mod request;
 pub mod serving;

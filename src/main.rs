@@ -111,6 +111,18 @@ fn serve(cli: &Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The OTLP exporter's gRPC client runs on the runtime.
+    let exporter = match runtime.block_on(async { modserve::otel::init() }) {
+        Ok(exporter) => exporter,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot export OpenTelemetry traces");
+            eprintln!("modserve: cannot export OpenTelemetry traces: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(exporter) = &exporter {
+        tracing::info!(endpoint = %exporter.endpoint, "exporting OpenTelemetry traces over OTLP/gRPC");
+    }
     let result = runtime.block_on(async move {
         let server = Server::start(config).await?;
         server
@@ -120,6 +132,11 @@ fn serve(cli: &Cli) -> ExitCode {
             })
             .await
     });
+    if let Some(exporter) = exporter {
+        // The spans of the last calls: sent while the runtime still runs the client.
+        let _inside = runtime.enter();
+        exporter.shutdown(std::time::Duration::from_secs(5));
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

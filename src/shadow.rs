@@ -38,6 +38,7 @@ use crate::inference::tokenize::TokenRows;
 use crate::inference::worker::{JobResult, ModelHandle};
 use crate::journal::{ComparedReview, Decider, Journal};
 use crate::metrics::{LabelledVerdictMetrics, Role, ShadowMetrics, ShadowOutcome, VerdictMetrics};
+use crate::otel::ShadowLink;
 use crate::policy::{Confusion, Decision, Policy};
 use crate::request::{ReviewInput, Surface, text_bytes};
 use crate::shadow::breaker::Breaker;
@@ -400,6 +401,7 @@ impl ShadowPair {
         tokens: Option<&Arc<TokenRows>>,
         live_scores: &[f32],
         live_decisions: &[Decision],
+        link: &ShadowLink,
     ) {
         if !self.offered_on(surface) {
             return;
@@ -409,7 +411,7 @@ impl ShadowPair {
             return;
         }
         if self.policy_only {
-            self.offer_policy_only(surface, reviews, picked, live_scores, live_decisions);
+            self.offer_policy_only(surface, reviews, picked, live_scores, live_decisions, link);
             return;
         }
         if let Some(refusal) = self.refusal() {
@@ -426,8 +428,15 @@ impl ShadowPair {
         let pair = self.clone();
         let Offered { reviews, tokens, live_scores, live_decisions } = offered;
         let logged = reviews.clone();
+        let (link, offered_at) = (link.clone(), Instant::now());
         let callback = Box::new(move |result: JobResult, elapsed: Duration| {
-            pair.record(surface, &logged, &live_scores, &live_decisions, result, elapsed)
+            let outcome = match &result {
+                Ok(_) => ShadowOutcome::Compared,
+                Err(Error::DeadlineExceeded(_)) => ShadowOutcome::Deadline,
+                Err(_) => ShadowOutcome::Error,
+            };
+            pair.record(surface, &logged, &live_scores, &live_decisions, result, elapsed);
+            link.finished("modserve.shadow", offered_at, || pair.trace_attributes(outcome, logged.len()));
         });
         match self.shadow.submit_with(reviews, tokens, Some(Instant::now() + self.policy.max_delay), callback) {
             Ok(()) => {}
@@ -435,6 +444,17 @@ impl ShadowPair {
             // Only while shutting down; nothing to compare any more.
             Err(_) => {}
         }
+    }
+
+    /// What a shadow span says: task, shadow (model or policy), outcome, reviews.
+    fn trace_attributes(&self, outcome: ShadowOutcome, reviews: usize) -> Vec<opentelemetry::KeyValue> {
+        use opentelemetry::KeyValue;
+        vec![
+            KeyValue::new("modserve.task", self.task.clone()),
+            KeyValue::new("modserve.shadow", self.display_name()),
+            KeyValue::new("modserve.outcome", outcome.as_str()),
+            KeyValue::new("modserve.reviews", reviews as i64),
+        ]
     }
 
     /// The indices of the reviews in this shadow's sample, at its effective rate; the rest
@@ -510,8 +530,10 @@ impl ShadowPair {
         picked: Vec<usize>,
         live_scores: &[f32],
         live_decisions: &[Decision],
+        link: &ShadowLink,
     ) {
         let n_labels = self.live.spec().labels.len();
+        let (link, offered_at) = (link.clone(), Instant::now());
         let (pair, reviews, count) = (self.clone(), reviews.clone(), picked.len());
         let bytes = text_bytes(&reviews);
         let (live_scores, live_decisions) = (live_scores.to_vec(), live_decisions.to_vec());
@@ -525,6 +547,7 @@ impl ShadowPair {
             if let Some(c) = &pair.metrics.policy_only_reviews {
                 c.increment(count as u64);
             }
+            link.finished("modserve.shadow", offered_at, || pair.trace_attributes(ShadowOutcome::Compared, count));
         });
         if !offload::submit(work, bytes) {
             self.shed(ShadowOutcome::QueueFull, count);

@@ -41,6 +41,25 @@ pub struct JobOutput {
     /// The reviews' token ids, when the job shared a token slot (for shadows and other tasks
     /// that tokenize the same way).
     pub tokens: Option<Arc<TokenRows>>,
+    /// When the job's batch was tokenized and run (the call's trace shows them).
+    pub timing: BatchTiming,
+}
+
+/// When a batch was tokenized and run. Tokenizing ahead (long jobs) is counted from its start;
+/// short batches it let run in between fall inside that span.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchTiming {
+    pub tokenize_start: Instant,
+    pub infer_start: Instant,
+    pub infer_end: Instant,
+    /// Reviews in the batch (this job's and others').
+    pub rows: usize,
+}
+
+impl BatchTiming {
+    fn at(now: Instant) -> BatchTiming {
+        BatchTiming { tokenize_start: now, infer_start: now, infer_end: now, rows: 0 }
+    }
 }
 
 pub type JobResult = Result<JobOutput, Error>;
@@ -429,6 +448,7 @@ fn start_with(
             accounting: shadow_cpu.zip(cpu.as_ref()).map(|(b, m)| (b.clone(), m.clone())),
             taken: taken.clone(),
             tokenized_ahead: Duration::ZERO,
+            timing: BatchTiming::at(Instant::now()),
             run_cost,
             group_rows: TokenRows::default(),
             group_features: Vec::new(),
@@ -574,6 +594,8 @@ struct Worker {
     /// Time spent tokenizing the next batch's reviews ahead of it (`tokenize_ahead`), counted
     /// in that batch's tokenize stage.
     tokenized_ahead: Duration,
+    /// The last batch's, handed to its jobs.
+    timing: BatchTiming,
     /// Measured at load; decides whether a batch runs whole or as groups of similar length.
     run_cost: RunCost,
     /// Buffers for running a batch as groups (`run_grouped`).
@@ -801,7 +823,7 @@ impl Worker {
                     let n = job.reviews.len();
                     let scores = self.scores[row * n_labels..(row + n) * n_labels].to_vec();
                     let tokens = job.share.as_ref().and_then(|slot| slot.get().cloned());
-                    job.reply.send(Ok(JobOutput { scores, tokens }), elapsed);
+                    job.reply.send(Ok(JobOutput { scores, tokens, timing: self.timing }), elapsed);
                     row += n;
                 }
             }
@@ -878,6 +900,12 @@ impl Worker {
         }
         let t1 = Instant::now();
         let ahead = std::mem::take(&mut self.tokenized_ahead);
+        self.timing = BatchTiming {
+            tokenize_start: t0.checked_sub(ahead).unwrap_or(t0),
+            infer_start: t1,
+            infer_end: t1,
+            rows: self.rows.len(),
+        };
         self.metrics.tokenize.record((t1.duration_since(t0) + ahead).as_secs_f64());
         self.metrics.batch_size.record(self.rows.len() as f64);
         self.metrics.batches.increment(1);
@@ -891,7 +919,8 @@ impl Worker {
         } else {
             self.run_grouped(&groups)
         };
-        self.metrics.inference.record(t1.elapsed().as_secs_f64());
+        self.timing.infer_end = Instant::now();
+        self.metrics.inference.record(self.timing.infer_end.duration_since(t1).as_secs_f64());
         result
     }
 

@@ -4,11 +4,14 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use opentelemetry::KeyValue;
+
 use crate::control::registry::{Registry, ServingState};
 use crate::error::Error;
 use crate::inference::model::ModelSpec;
-use crate::inference::worker::TokenSlot;
+use crate::inference::worker::{BatchTiming, TokenSlot};
 use crate::journal::{Decider, Journal, ServedTask};
+use crate::otel::{self, CallSpan, ShadowLink};
 use crate::policy::{Decision, Policy};
 use crate::request::{self, CallDeadline, ClassifyInput, RawRequest, Surface};
 
@@ -56,33 +59,63 @@ impl Classifier {
     /// One call, whole, as a transport hands it over: one serving state for all of it (a reload
     /// mid-call changes nothing for it), the deadline (the caller's, `asked`, capped at
     /// `limits.max_call_timeout` from `arrived`), the request's rules, then `classify` within
-    /// the deadline. Returns the validated request with its answer.
+    /// the deadline. Returns the validated request with its answer. Traced under `parent` when
+    /// tracing is on (`otel`).
     pub async fn call(
         &self,
         request: RawRequest,
         arrived: Instant,
         asked: Option<Instant>,
+        parent: &otel::Parent,
+    ) -> Result<(ClassifyInput, ClassifyOutput), Error> {
+        let span = CallSpan::start(parent, "modserve.Classify", arrived, vec![]);
+        let result = self.call_traced(request, arrived, asked, span.as_ref()).await;
+        if let Some(span) = span {
+            span.end(result.as_ref().err().map(|e| e.to_string()));
+        }
+        result
+    }
+
+    async fn call_traced(
+        &self,
+        request: RawRequest,
+        arrived: Instant,
+        asked: Option<Instant>,
+        span: Option<&CallSpan>,
     ) -> Result<(ClassifyInput, ClassifyOutput), Error> {
         let state = self.state()?;
         let limits = &state.config.limits;
         let deadline = CallDeadline::new(arrived, asked, limits.max_call_timeout);
-        let input = request::validate(request, limits)?;
+        let validating = Instant::now();
+        let input = request::validate(request, limits);
+        if let Some(span) = span {
+            span.child("validate", validating, Instant::now(), vec![]);
+            if let Ok(input) = &input {
+                span.set(vec![
+                    KeyValue::new("modserve.request_id", input.request_id.clone()),
+                    KeyValue::new("modserve.reviews", input.reviews.len() as i64),
+                ]);
+            }
+        }
+        let input = input?;
         if deadline.at <= Instant::now() {
             return Err(Error::DeadlineExceeded("before the request was queued".into()));
         }
-        let output = tokio::time::timeout_at(deadline.at.into(), self.classify(&state, &input, Some(deadline.at)))
+        let classified = self.classify(&state, &input, Some(deadline.at), span);
+        let output = tokio::time::timeout_at(deadline.at.into(), classified)
             .await
             .map_err(|_| deadline.exceeded_waiting())??;
         Ok((input, output))
     }
 
     /// Classifies a validated request. `deadline` is the caller's; work still queued past it
-    /// is dropped before inference.
+    /// is dropped before inference. Each task's steps are added to `span` when it is traced.
     pub async fn classify(
         &self,
         state: &ServingState,
         input: &ClassifyInput,
         deadline: Option<Instant>,
+        span: Option<&CallSpan>,
     ) -> Result<ClassifyOutput, Error> {
         let tasks = resolve_tasks(state, &input.tasks)?;
         let surfaces = resolve_surfaces(state, &tasks, input)?;
@@ -110,13 +143,16 @@ impl Classifier {
                     slot
                 }
             });
+            let submitted = Instant::now();
             let scoring = entry.live.submit(input.reviews.clone(), deadline, share)?;
-            pending.push((entry, scoring));
+            pending.push((entry, scoring, submitted));
         }
+        let link = span.map_or_else(ShadowLink::default, CallSpan::link);
         let mut outputs = Vec::with_capacity(pending.len());
-        for ((entry, scoring), surface) in pending.into_iter().zip(surfaces) {
+        for ((entry, scoring, submitted), surface) in pending.into_iter().zip(surfaces) {
             let spec = entry.live.spec().clone();
             let output = scoring.wait().await?;
+            let deciding = Instant::now();
             let scores = output.scores;
             let n = spec.labels.len();
             let policy = entry.policy_on(surface);
@@ -124,9 +160,12 @@ impl Classifier {
             for (s, d) in scores.chunks_exact(n).zip(&decisions) {
                 entry.answered(surface, s, *d);
             }
+            if let Some(span) = span {
+                trace_task(span, &entry.name, &spec, policy, submitted, output.timing, deciding);
+            }
             // Shadows branch off here, after the live answer is known; nothing awaits them.
             for shadow in &entry.shadows {
-                shadow.offer(surface, &input.reviews, output.tokens.as_ref(), &scores, &decisions);
+                shadow.offer(surface, &input.reviews, output.tokens.as_ref(), &scores, &decisions, &link);
             }
             outputs.push(TaskOutput {
                 task: entry.name.clone(),
@@ -142,6 +181,37 @@ impl Classifier {
         }
         Ok(ClassifyOutput { tasks: outputs })
     }
+}
+
+/// One task's steps in the call's trace: waiting in the model's queue, tokenizing and running
+/// its batch (shared with other calls' jobs), and the decision.
+fn trace_task(
+    span: &CallSpan,
+    task: &str,
+    model: &ModelSpec,
+    policy: &Policy,
+    submitted: Instant,
+    batch: BatchTiming,
+    deciding: Instant,
+) {
+    let on = |extra: Vec<KeyValue>| {
+        let mut attributes = vec![
+            KeyValue::new("modserve.task", task.to_string()),
+            KeyValue::new("modserve.model", model.name.clone()),
+            KeyValue::new("modserve.model_version", model.version.clone()),
+        ];
+        attributes.extend(extra);
+        attributes
+    };
+    span.child("queue", submitted, batch.tokenize_start.max(submitted), on(vec![]));
+    span.child("tokenize", batch.tokenize_start.max(submitted), batch.infer_start, on(vec![]));
+    let rows = KeyValue::new("modserve.batch_reviews", batch.rows as i64);
+    span.child("inference", batch.infer_start, batch.infer_end, on(vec![rows]));
+    let policy = vec![
+        KeyValue::new("modserve.policy", policy.name.clone()),
+        KeyValue::new("modserve.policy_version", policy.version.clone()),
+    ];
+    span.child("decision", deciding, Instant::now(), on(policy));
 }
 
 /// Queues the call's live decisions for the journal: the reviews are shared, the scores copied

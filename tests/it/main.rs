@@ -20,6 +20,7 @@ mod journal;
 mod labelling;
 mod limits;
 mod monitoring;
+mod otel;
 mod process;
 mod prometheus;
 mod prometheus_surfaces;

@@ -13,6 +13,7 @@ use super::transport::{Arrival, parse_grpc_timeout};
 use super::{convert, status};
 use crate::error::Error;
 use crate::metrics;
+use crate::otel;
 use crate::serving::classify::Classifier;
 use crate::shutdown::ShutdownSignal;
 
@@ -27,16 +28,17 @@ impl ModerationService {
         ModerationService { classifier, shutdown }
     }
 
-    /// `deadline` is the caller's, if it sent one (the classifier caps it).
+    /// `deadline` is the caller's, if it sent one (the classifier caps it); `parent` its trace.
     async fn handle(
         &self,
         req: ClassifyRequest,
         started: Instant,
         deadline: Option<Instant>,
+        parent: &otel::Parent,
     ) -> Result<ClassifyResponse, Error> {
         // No refusal at shutdown: a call that reaches the handler was sent before the client saw
         // GOAWAY, and the transport lets it finish within `shutdown_grace`.
-        let (input, output) = self.classifier.call(convert::request(req), started, deadline).await?;
+        let (input, output) = self.classifier.call(convert::request(req), started, deadline, parent).await?;
         Ok(convert::response(&input, &output))
     }
 }
@@ -48,7 +50,8 @@ impl Moderation for ModerationService {
     async fn classify(&self, request: Request<ClassifyRequest>) -> Result<Response<ClassifyResponse>, Status> {
         let (started, deadline) = arrival(&request);
         let protocol = protocol(&request);
-        let result = self.handle(request.into_inner(), started, deadline).await.map_err(|e| {
+        let parent = trace_parent(&request);
+        let result = self.handle(request.into_inner(), started, deadline, &parent).await.map_err(|e| {
             log_error(&e);
             Status::from(e)
         });
@@ -68,6 +71,8 @@ impl Moderation for ModerationService {
         }
         let service = self.clone();
         let in_flight = self.classifier.state().map(|s| s.config.limits.stream_in_flight).map_err(Status::from)?;
+        // Every message of the stream is a call of its own under the stream's trace context.
+        let parent = trace_parent(&request);
         // Stop reading new messages at shutdown; messages already read are still answered.
         // `buffered` keeps answers in order and bounds the work per stream; tonic polls this
         // stream only as fast as the client reads, so a slow reader stalls its own stream (and,
@@ -76,12 +81,12 @@ impl Moderation for ModerationService {
             .into_inner()
             .take_until(self.shutdown.clone().wait())
             .map(move |message| {
-                let service = service.clone();
+                let (service, parent) = (service.clone(), parent.clone());
                 async move {
                     let request = message?;
                     let started = Instant::now();
                     let request_id = request.request_id.clone();
-                    let result = service.handle(request, started, None).await;
+                    let result = service.handle(request, started, None, &parent).await;
                     let code = result.as_ref().map_or_else(|e| status::code(e.kind()), |_| tonic::Code::Ok);
                     metrics::request_finished(
                         "ClassifyStream",
@@ -115,6 +120,11 @@ fn log_error(e: &Error) {
         QueueFull => tracing::warn!(error = %e, "request shed"),
         Inference => {}
     }
+}
+
+/// The caller's trace context, from the W3C headers in its metadata.
+fn trace_parent(request: &Request<impl Sized>) -> otel::Parent {
+    otel::parent_from(|name| request.metadata().get(name).and_then(|v| v.to_str().ok()))
 }
 
 /// The API the call came in through: the HTTP/JSON API says so in the extensions.

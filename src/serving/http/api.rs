@@ -134,12 +134,15 @@ impl Api {
 
     async fn call(&self, route: Route, request: Request<Incoming>, arrived: Instant) -> Result<Vec<u8>, Refusal> {
         let (parts, body) = request.into_parts();
-        // Only the metadata the handlers and token checks read: the token.
+        // Only the metadata the handlers and token checks read: the token and the caller's
+        // trace context.
         let mut metadata = MetadataMap::new();
-        if let Some(token) = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())
-            && let Ok(value) = token.parse()
-        {
-            metadata.insert("authorization", value);
+        for name in std::iter::once("authorization").chain(crate::otel::HEADERS) {
+            if let Some(value) = parts.headers.get(name).and_then(|v| v.to_str().ok())
+                && let Ok(value) = value.parse()
+            {
+                metadata.insert(name, value);
+            }
         }
         let auth = match route {
             Route::Classify => &self.moderation_auth,

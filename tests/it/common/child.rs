@@ -24,6 +24,8 @@ pub fn modserve() -> Command {
 pub struct Listening {
     pub grpc: SocketAddr,
     pub metrics: SocketAddr,
+    /// The HTTP/JSON API's, when `server.http_listen` is set.
+    pub http: Option<SocketAddr>,
 }
 
 /// Collects a child's stderr (JSON logs) on a thread; returns its "listening" addresses and the
@@ -38,8 +40,12 @@ pub fn read_logs(child: &mut Child) -> (Listening, JoinHandle<String>) {
         for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
             if line.contains("\"listening\"") {
                 let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
-                let addr = |key: &str| v[key].as_str().unwrap().parse::<SocketAddr>().unwrap();
-                let _ = tx.send(Listening { grpc: addr("grpc"), metrics: addr("metrics") });
+                let addr = |key: &str| v[key].as_str().unwrap().parse::<SocketAddr>().ok();
+                let _ = tx.send(Listening {
+                    grpc: addr("grpc").expect("the gRPC address"),
+                    metrics: addr("metrics").expect("the metrics address"),
+                    http: addr("http"),
+                });
             }
             all.push_str(&line);
             all.push('\n');
@@ -59,6 +65,7 @@ pub fn read_logs(child: &mut Child) -> (Listening, JoinHandle<String>) {
 pub struct ChildServer {
     pub grpc_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
+    pub http_addr: Option<SocketAddr>,
     child: Child,
     logs: Option<JoinHandle<String>>,
     _dir: tempfile::TempDir,
@@ -68,11 +75,16 @@ impl ChildServer {
     /// Starts the binary on `body` (the tables after `[server]`, package paths relative to the
     /// repository as in `config`) and returns once health says SERVING.
     pub async fn start(body: &str) -> ChildServer {
+        ChildServer::start_with("", body, &[]).await
+    }
+
+    /// `start`, with `server` lines added to `[server]` and `envs` set for the process.
+    pub async fn start_with(server: &str, body: &str, envs: &[(&str, &str)]) -> ChildServer {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("modserve.toml");
         let fixtures = format!("\"{}/", path_str(&repo().join("tests/fixtures")));
         let text = format!(
-            "[server]\ngrpc_listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"\n{}",
+            "[server]\ngrpc_listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"\n{server}\n{}",
             body.replace("\"tests/fixtures/", &fixtures)
         );
         std::fs::write(&path, text).unwrap();
@@ -80,11 +92,12 @@ impl ChildServer {
             .arg("--config")
             .arg(&path)
             .args(["--log-format", "json"])
+            .envs(envs.iter().copied())
             .stderr(Stdio::piped())
             .spawn()
             .expect("the modserve binary starts");
-        let (Listening { grpc: grpc_addr, metrics: metrics_addr }, logs) = read_logs(&mut child);
-        let server = ChildServer { grpc_addr, metrics_addr, child, logs: Some(logs), _dir: dir };
+        let (Listening { grpc: grpc_addr, metrics: metrics_addr, http: http_addr }, logs) = read_logs(&mut child);
+        let server = ChildServer { grpc_addr, metrics_addr, http_addr, child, logs: Some(logs), _dir: dir };
         wait_serving(server.channel().await).await;
         server
     }
@@ -111,13 +124,15 @@ impl ChildServer {
         wait_for_growth(self.metrics_addr, base, name, labels, want).await
     }
 
-    /// SIGTERM, then the exit: a clean one, or the test fails with the server's logs.
-    pub async fn stop(mut self) {
+    /// SIGTERM, then the exit: a clean one, or the test fails with the server's logs. Returns
+    /// the logs.
+    pub async fn stop(mut self) -> String {
         let status = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
         assert!(status.success(), "kill -TERM {}", self.child.id());
         let exit = tokio::task::block_in_place(|| self.child.wait()).unwrap();
         let logs = self.logs.take().map(|l| l.join().unwrap_or_default()).unwrap_or_default();
         assert!(exit.success(), "the server exited with {exit}:\n{logs}");
+        logs
     }
 }
 
