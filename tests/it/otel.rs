@@ -199,6 +199,28 @@ async fn the_last_calls_spans_are_sent_at_sigterm() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_is_down_fails_no_call_and_the_log_says_so() {
+    let _shared = shared().await;
+    // A port nothing listens on: bound, then closed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let envs = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "1000"),
+    ];
+    let server = ChildServer::start_with("", MODELS, &envs).await;
+    let mut client = server.client().await;
+    for i in 0..5 {
+        let answer = client.classify(request(vec![review(&format!("d{i}"), "you idiot")])).await;
+        answer.expect("the call is answered while its spans cannot be sent");
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let logs = server.stop().await;
+    assert!(logs.contains("BatchSpanProcessor.ExportError"), "the failed export is logged:\n{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_otlp_setting_modserve_cannot_honour_stops_it_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("modserve.toml");
