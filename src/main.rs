@@ -121,7 +121,7 @@ fn serve(cli: &Cli) -> ExitCode {
         }
     };
     if let Some(exporter) = &exporter {
-        tracing::info!(endpoint = %exporter.endpoint, "exporting OpenTelemetry traces over OTLP/gRPC");
+        tracing::info!(endpoint = %exporter.endpoint, protocol = exporter.protocol.as_str(), "exporting OpenTelemetry traces over OTLP");
     }
     let result = runtime.block_on(async move {
         let server = Server::start(config).await?;

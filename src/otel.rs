@@ -1,6 +1,7 @@
 //! OpenTelemetry traces: continues the caller's trace (W3C `traceparent`/`tracestate` from gRPC
-//! metadata or HTTP headers) and exports spans over OTLP/gRPC when the standard
-//! `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT`) is set. Unset, nothing is set up and
+//! metadata or HTTP headers) and exports spans over OTLP (gRPC, or HTTP with protobuf bodies, as
+//! `OTEL_EXPORTER_OTLP_PROTOCOL` says) when the standard `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+//! `..._TRACES_ENDPOINT`) is set. Unset, nothing is set up and
 //! every function here returns at once: no span is built, nothing is exported.
 //!
 //! A call's span and its children (validation, and per task the queue wait, tokenization,
@@ -28,10 +29,36 @@ const PROTOCOL_VARS: [&str; 2] = ["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EX
 /// The tracer, once `init` has set one up.
 static TRACER: OnceLock<SdkTracer> = OnceLock::new();
 
+/// How spans travel to the collector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// OTLP/gRPC (`grpc`, and the default here when no protocol is named), port 4317.
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies (`http/protobuf`), port 4318.
+    HttpProtobuf,
+}
+
+impl Protocol {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Grpc => "grpc",
+            Protocol::HttpProtobuf => "http/protobuf",
+        }
+    }
+}
+
+/// What the environment asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wanted {
+    pub endpoint: String,
+    pub protocol: Protocol,
+}
+
 /// Keeps the exporter; `shutdown` sends what is still queued.
 pub struct Exporter {
     provider: SdkTracerProvider,
     pub endpoint: String,
+    pub protocol: Protocol,
 }
 
 impl Exporter {
@@ -44,8 +71,9 @@ impl Exporter {
 }
 
 /// What the environment asks for: `None` (no endpoint, or `OTEL_SDK_DISABLED=true`, or
-/// `OTEL_TRACES_EXPORTER=none`), the endpoint, or why it cannot be done. `var` reads a variable.
-pub fn wanted(var: impl Fn(&str) -> Option<String>) -> Result<Option<String>, String> {
+/// `OTEL_TRACES_EXPORTER=none`), the endpoint and protocol, or why it cannot be done. `var` reads
+/// a variable.
+pub fn wanted(var: impl Fn(&str) -> Option<String>) -> Result<Option<Wanted>, String> {
     let set = |name: &str| var(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
     if set("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"))
         || set("OTEL_TRACES_EXPORTER").is_some_and(|v| v.eq_ignore_ascii_case("none"))
@@ -60,11 +88,14 @@ pub fn wanted(var: impl Fn(&str) -> Option<String>) -> Result<Option<String>, St
     {
         return Err(format!("OTEL_TRACES_EXPORTER={v}: modserve exports traces with otlp only (or none)"));
     }
-    if let Some((name, v)) = PROTOCOL_VARS.iter().find_map(|n| set(n).map(|v| (*n, v)))
-        && v != "grpc"
-    {
-        return Err(format!("{name}={v}: modserve exports OTLP over gRPC only; set it to grpc (port 4317)"));
-    }
+    let protocol = match PROTOCOL_VARS.iter().find_map(|n| set(n).map(|v| (*n, v))) {
+        None => Protocol::Grpc,
+        Some((_, v)) if v == "grpc" => Protocol::Grpc,
+        Some((_, v)) if v == "http/protobuf" => Protocol::HttpProtobuf,
+        Some((name, v)) => {
+            return Err(format!("{name}={v}: modserve exports OTLP as grpc (port 4317) or http/protobuf (4318)"));
+        }
+    };
     if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
         return Err(format!(
             "OTLP endpoint {endpoint:?}: must be an http:// or https:// URL, e.g. http://127.0.0.1:4317"
@@ -72,22 +103,28 @@ pub fn wanted(var: impl Fn(&str) -> Option<String>) -> Result<Option<String>, St
     }
     if endpoint.starts_with("https://") {
         return Err(format!(
-            "OTLP endpoint {endpoint:?}: modserve's exporter speaks plaintext gRPC only; send to a collector on the node (http://)"
+            "OTLP endpoint {endpoint:?}: modserve's exporter speaks plaintext only; send to a collector on the node (http://)"
         ));
     }
-    Ok(Some(endpoint))
+    Ok(Some(Wanted { endpoint, protocol }))
 }
 
 /// Sets up the OTLP exporter when the environment asks for it (see `wanted`). Call inside the
 /// async runtime (the gRPC client runs on it). `Ok(None)`: tracing is off.
 pub fn init() -> Result<Option<Exporter>, String> {
-    let Some(endpoint) = wanted(|n| std::env::var(n).ok())? else {
+    use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+    let Some(Wanted { endpoint, protocol }) = wanted(|n| std::env::var(n).ok())? else {
         return Ok(None);
     };
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_tonic()
-        .build()
-        .map_err(|e| format!("OTLP exporter for {endpoint}: {e}"))?;
+    let built = match protocol {
+        Protocol::Grpc => opentelemetry_otlp::SpanExporter::builder().with_tonic().build(),
+        Protocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+            .with_http_client(UreqClient::new(export_timeout(|n| std::env::var(n).ok())))
+            .build(),
+    };
+    let exporter = built.map_err(|e| format!("OTLP exporter for {endpoint} ({}): {e}", protocol.as_str()))?;
     let mut resource = opentelemetry_sdk::Resource::builder();
     if std::env::var("OTEL_SERVICE_NAME").map_or(true, |v| v.trim().is_empty()) {
         resource = resource.with_service_name("modserve");
@@ -97,7 +134,50 @@ pub fn init() -> Result<Option<Exporter>, String> {
     if TRACER.set(tracer).is_err() {
         return Err("OpenTelemetry is already set up".into());
     }
-    Ok(Some(Exporter { provider, endpoint }))
+    Ok(Some(Exporter { provider, endpoint, protocol }))
+}
+
+/// `OTEL_EXPORTER_OTLP_(TRACES_)TIMEOUT` (milliseconds), default 10 s: what one export may take.
+fn export_timeout(var: impl Fn(&str) -> Option<String>) -> Duration {
+    ["OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT"]
+        .iter()
+        .find_map(|n| var(n)?.trim().parse::<u64>().ok())
+        .map_or(Duration::from_secs(10), Duration::from_millis)
+}
+
+/// OTLP/HTTP through ureq (already in the tree for `modserve report`). The batch processor
+/// exports from a thread of its own and waits for each export, so a blocking call is right here.
+#[derive(Debug)]
+struct UreqClient(ureq::Agent);
+
+impl UreqClient {
+    fn new(timeout: Duration) -> UreqClient {
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(timeout))
+            // The exporter reads the status (it retries 429 and 503, and logs the rest).
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .user_agent(concat!("modserve/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .into();
+        UreqClient(agent)
+    }
+}
+
+/// The largest collector answer read: an OTLP answer is a few bytes (partial success at most).
+const MAX_ANSWER_BYTES: u64 = 1024 * 1024;
+
+#[tonic::async_trait]
+impl opentelemetry_http::HttpClient for UreqClient {
+    async fn send_bytes(
+        &self,
+        request: opentelemetry_http::Request<opentelemetry_http::Bytes>,
+    ) -> Result<opentelemetry_http::Response<opentelemetry_http::Bytes>, opentelemetry_http::HttpError> {
+        let response = self.0.run(request.map(|body| body.to_vec()))?;
+        let (parts, mut body) = response.into_parts();
+        let bytes = body.with_config().limit(MAX_ANSWER_BYTES).read_to_vec()?;
+        Ok(opentelemetry_http::Response::from_parts(parts, bytes.into()))
+    }
 }
 
 /// Whether spans are being made.
@@ -223,26 +303,41 @@ mod tests {
 
     #[test]
     fn off_unless_an_endpoint_is_set_and_nothing_turns_it_off() {
+        let grpc = |endpoint: &str| Ok(Some(Wanted { endpoint: endpoint.into(), protocol: Protocol::Grpc }));
         assert_eq!(wanted(env(&[])), Ok(None));
         assert_eq!(wanted(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", " ")])), Ok(None));
         let on = [("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")];
-        assert_eq!(wanted(env(&on)), Ok(Some("http://127.0.0.1:4317".into())));
+        assert_eq!(wanted(env(&on)), grpc("http://127.0.0.1:4317"));
         assert_eq!(wanted(env(&[on[0], ("OTEL_SDK_DISABLED", "TRUE")])), Ok(None));
         assert_eq!(wanted(env(&[on[0], ("OTEL_TRACES_EXPORTER", "none")])), Ok(None));
-        assert_eq!(wanted(env(&[on[0], ("OTEL_TRACES_EXPORTER", "otlp")])), Ok(Some("http://127.0.0.1:4317".into())));
+        assert_eq!(wanted(env(&[on[0], ("OTEL_TRACES_EXPORTER", "otlp")])), grpc("http://127.0.0.1:4317"));
         // The traces endpoint wins over the general one.
         let both = [on[0], ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://collector:4317")];
-        assert_eq!(wanted(env(&both)), Ok(Some("http://collector:4317".into())));
+        assert_eq!(wanted(env(&both)), grpc("http://collector:4317"));
+        // The protocol, the traces one first.
+        let http = [("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"), ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")];
+        let want = Wanted { endpoint: "http://c:4318".into(), protocol: Protocol::HttpProtobuf };
+        assert_eq!(wanted(env(&http)), Ok(Some(want)));
+        let traces = [http[0], http[1], ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc")];
+        assert_eq!(wanted(env(&traces)), grpc("http://c:4318"));
+    }
+
+    #[test]
+    fn the_export_timeout_is_read_in_milliseconds() {
+        assert_eq!(export_timeout(env(&[])), Duration::from_secs(10));
+        assert_eq!(export_timeout(env(&[("OTEL_EXPORTER_OTLP_TIMEOUT", "2500")])), Duration::from_millis(2500));
+        let both = [("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"), ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "700")];
+        assert_eq!(export_timeout(env(&both)), Duration::from_millis(700));
+        assert_eq!(export_timeout(env(&[("OTEL_EXPORTER_OTLP_TIMEOUT", "soon")])), Duration::from_secs(10));
     }
 
     #[test]
     fn what_cannot_be_honoured_is_refused_naming_the_variable() {
         let on = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318");
-        let err = wanted(env(&[on, ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")])).unwrap_err();
-        assert!(err.starts_with("OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf"), "{err}");
-        let err = wanted(env(&[on, ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json")])).unwrap_err();
-        assert!(err.starts_with("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=http/json"), "{err}");
-        assert_eq!(wanted(env(&[on, ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")])).map(|e| e.is_some()), Ok(true));
+        let err = wanted(env(&[on, ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")])).unwrap_err();
+        assert!(err.starts_with("OTEL_EXPORTER_OTLP_PROTOCOL=http/json"), "{err}");
+        let err = wanted(env(&[on, ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "thrift")])).unwrap_err();
+        assert!(err.starts_with("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=thrift"), "{err}");
         let err = wanted(env(&[on, ("OTEL_TRACES_EXPORTER", "zipkin")])).unwrap_err();
         assert!(err.contains("OTEL_TRACES_EXPORTER=zipkin"), "{err}");
         let err = wanted(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317")])).unwrap_err();

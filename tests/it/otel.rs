@@ -1,6 +1,7 @@
 //! OpenTelemetry traces end to end: the real binary, told by the standard `OTEL_*` variables to
-//! export, sends spans over OTLP/gRPC to a receiver that speaks the real protocol
-//! (`tests/otlp/receiver.py`: grpcio, stubs generated from the opentelemetry-proto definitions).
+//! export, sends spans over OTLP/gRPC and OTLP/HTTP to a receiver that speaks the real protocols
+//! (`tests/otlp/receiver.py`: grpcio and http.server, messages generated from the
+//! opentelemetry-proto definitions).
 //! A call continues the caller's trace from `traceparent`, over gRPC and over the HTTP/JSON API;
 //! its steps are its children; shadow work is a trace of its own, linked to the call; the last
 //! spans are sent at SIGTERM; a setting modserve cannot honour stops it at start.
@@ -15,7 +16,10 @@ use crate::common::*;
 struct Receiver {
     child: Child,
     out: PathBuf,
+    /// OTLP/gRPC.
     endpoint: String,
+    /// OTLP/HTTP (the exporter adds `/v1/traces`).
+    http_endpoint: String,
     _dir: tempfile::TempDir,
 }
 
@@ -47,7 +51,9 @@ impl Receiver {
             assert!(started.elapsed() < Duration::from_secs(180), "the OTLP receiver did not start");
             std::thread::sleep(Duration::from_millis(100));
         };
-        Receiver { child, out, endpoint: format!("http://127.0.0.1:{}", port.trim()), _dir: dir }
+        let (grpc, http) = port.trim().split_once(' ').expect("two ports");
+        let (endpoint, http_endpoint) = (format!("http://127.0.0.1:{grpc}"), format!("http://127.0.0.1:{http}"));
+        Receiver { child, out, endpoint, http_endpoint, _dir: dir }
     }
 
     fn spans(&self) -> Vec<serde_json::Value> {
@@ -137,9 +143,18 @@ fn check_call(spans: &[serde_json::Value], trace: &str, caller: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_continues_the_callers_trace_and_shadow_work_links_to_it() {
     let _shared = shared().await;
+    for protocol in ["grpc", "http/protobuf"] {
+        calls_are_traced_over(protocol).await;
+    }
+}
+
+/// Two calls with the caller's trace (gRPC, HTTP API) and one without, exported over `protocol`.
+async fn calls_are_traced_over(protocol: &str) {
     let receiver = tokio::task::block_in_place(Receiver::start);
+    let endpoint = if protocol == "grpc" { &receiver.endpoint } else { &receiver.http_endpoint };
     let envs = [
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
         ("OTEL_SERVICE_NAME", "modserve-test"),
     ];
@@ -178,7 +193,8 @@ async fn a_call_continues_the_callers_trace_and_shadow_work_links_to_it() {
         .expect("the call without a header");
     assert_eq!(str_of(own, "parent_span_id"), "", "a call without traceparent starts a trace: {own}");
     let logs = server.stop().await;
-    assert!(logs.contains("exporting OpenTelemetry traces over OTLP/gRPC"), "{logs}");
+    assert!(logs.contains("exporting OpenTelemetry traces over OTLP"), "{logs}");
+    assert!(logs.contains(&format!("\"protocol\":\"{protocol}\"")), "{protocol}: {logs}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -229,7 +245,7 @@ async fn an_otlp_setting_modserve_cannot_honour_stops_it_at_start() {
     std::fs::write(&path, format!("[server]\ngrpc_listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n{body}"))
         .unwrap();
     for (name, value, says) in [
-        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf", "OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json", "OTEL_EXPORTER_OTLP_PROTOCOL=http/json"),
         ("OTEL_TRACES_EXPORTER", "zipkin", "OTEL_TRACES_EXPORTER=zipkin"),
     ] {
         let out = tokio::task::block_in_place(|| {

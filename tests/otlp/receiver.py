@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""An OTLP/gRPC trace receiver for the tests: the real protocol (TraceService/Export, stubs
-generated at run time from the opentelemetry-proto definitions in tests/fixtures/otlp), with
-grpcio. Writes one JSON line per span received to --out, and the port it listens on to
---port-file once it serves. Runs until killed.
+"""An OTLP trace receiver for the tests: the real protocols, OTLP/gRPC (TraceService/Export,
+grpcio) and OTLP/HTTP (POST /v1/traces with a protobuf body, http.server), with the messages
+generated at run time from the opentelemetry-proto definitions in tests/fixtures/otlp. Writes one
+JSON line per span received to --out, and once it serves "GRPC_PORT HTTP_PORT" to --port-file.
+Runs until killed.
 
 It uses the Python example's pinned dependencies (examples/python/requirements.txt: grpcio,
 grpcio-tools, protobuf) in .tools/examples-venv, installing them on first use.
@@ -16,7 +17,9 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 from concurrent import futures
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,16 +73,17 @@ def value(v) -> object:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="JSON-lines file of the spans received")
-    p.add_argument("--port-file", required=True, help="written with the port once serving")
+    p.add_argument("--port-file", required=True, help="written with the gRPC and HTTP ports once serving")
     args = p.parse_args()
     import grpc
 
     with tempfile.TemporaryDirectory(prefix="otlp-stubs-") as stubs:
         pb, pb_grpc = load_stubs(Path(stubs))
         out = open(args.out, "a", buffering=1)
+        lock = threading.Lock()
 
-        class Traces(pb_grpc.TraceServiceServicer):
-            def Export(self, request, context):
+        def record(request) -> None:
+            with lock:
                 for resource_spans in request.resource_spans:
                     resource = {a.key: value(a.value) for a in resource_spans.resource.attributes}
                     for scope_spans in resource_spans.scope_spans:
@@ -99,15 +103,41 @@ def main() -> int:
                                 "scope": scope_spans.scope.name,
                             }
                             out.write(json.dumps(line) + "\n")
+
+        class Traces(pb_grpc.TraceServiceServicer):
+            def Export(self, request, context):
+                record(request)
                 return pb.ExportTraceServiceResponse()
+
+        class Http(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("content-length", "0")))
+                if self.path != "/v1/traces" or self.headers.get("content-type") != "application/x-protobuf":
+                    self.send_response(404 if self.path != "/v1/traces" else 415)
+                    self.end_headers()
+                    return
+                request = pb.ExportTraceServiceRequest()
+                request.ParseFromString(body)
+                record(request)
+                answer = pb.ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("content-type", "application/x-protobuf")
+                self.send_header("content-length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args):
+                pass
 
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         pb_grpc.add_TraceServiceServicer_to_server(Traces(), server)
         port = server.add_insecure_port("127.0.0.1:0")
         server.start()
+        http = ThreadingHTTPServer(("127.0.0.1", 0), Http)
+        threading.Thread(target=http.serve_forever, daemon=True).start()
         tmp = args.port_file + ".tmp"
         with open(tmp, "w") as f:
-            f.write(str(port))
+            f.write(f"{port} {http.server_address[1]}")
         os.replace(tmp, args.port_file)
         server.wait_for_termination()
     return 0
