@@ -376,6 +376,11 @@ impl ShadowPair {
         }
     }
 
+    /// The named surfaces this shadow is offered.
+    pub fn offered_surfaces(&self) -> impl Iterator<Item = &str> {
+        self.on_surfaces.iter().flatten().map(|s| s.name.as_str())
+    }
+
     /// This shadow's verdict counts on `surface`; `None` where it is not offered that surface.
     pub fn verdicts_on(&self, surface: Surface) -> Option<&VerdictMetrics> {
         match surface {

@@ -1,8 +1,7 @@
 //! The only module allowed `unsafe`: thin wrappers over the Linux syscalls the thread isolation
 //! needs (the calling thread's affinity, scheduling class, niceness, scheduler slice and CPU
-//! clock). Each takes
-//! and returns plain Rust values; `inference::cpu` builds the policy on them. Elsewhere than
-//! Linux they report `Unsupported` (and the clock reads zero).
+//! clock). Each takes and returns plain Rust values; `inference::cpu` builds the policy on them.
+//! Elsewhere than Linux they report `Unsupported` (and the clock reads zero).
 
 use std::io;
 use std::time::Duration;

@@ -31,6 +31,13 @@ pub fn shorten_slice() {
     }
 }
 
+/// Gives the calling thread the kernel's default slice back: threads started from the async
+/// runtime inherit its short one, with which even a niced thread would preempt live work when it
+/// wakes.
+pub fn default_slice() {
+    let _ = crate::sys::set_sched_slice(Duration::ZERO);
+}
+
 /// The scheduler slice of thread `tid` (0: the calling thread) as the kernel reports it: the one
 /// asked for, else the default; zero before Linux 6.12.
 pub fn thread_slice(tid: i32) -> std::io::Result<Duration> {
@@ -64,9 +71,7 @@ impl SchedPolicy {
 /// it, else niceness `nice` (when non-zero). Returns what took effect; failures are logged by
 /// the caller, which knows the model.
 pub fn lower_thread_priority(idle: bool, nice: i32) -> (SchedPolicy, Option<std::io::Error>) {
-    // A thread started from the async runtime inherits its short slice (`LATENCY_SLICE`), with
-    // which even a niced thread would preempt live work when it wakes: back to the default.
-    let _ = crate::sys::set_sched_slice(Duration::ZERO);
+    default_slice();
     let mut error = None;
     if idle {
         match crate::sys::set_sched_idle() {

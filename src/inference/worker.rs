@@ -467,7 +467,7 @@ fn start_with(
                     Serves::Long => lower_long_job_thread(&model, &settings),
                     // A short call waits on a live model's workers: they preempt long work.
                     _ if role == Role::Live => cpu::shorten_slice(),
-                    _ => {}
+                    _ => cpu::default_slice(),
                 }
                 isolate(&model, &settings);
                 let _ = isolated.send(());

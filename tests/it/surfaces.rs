@@ -214,6 +214,43 @@ async fn a_surface_picks_its_policy_and_its_series_carry_it() {
     server.stop().await;
 }
 
+/// ListModels names the live policy on each surface, and the surfaces each shadow is offered
+/// under its own policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_models_names_each_surfaces_policy() {
+    let _shared = shared().await;
+    let server = TestServer::start(config(SURFACES)).await;
+    let mut admin = AdminClient::new(server.channel().await);
+    let models = admin.list_models(pb::ListModelsRequest {}).await.expect("ListModels").into_inner().models;
+    let surfaces = |task: &str, role: &str, name: &str, policy: &str| {
+        let model = models
+            .iter()
+            .find(|m| m.task == task && m.role == role && m.name == name && m.policy_name == policy)
+            .unwrap_or_else(|| panic!("no {role} {name} under {policy} in {models:?}"));
+        let mut on: Vec<(String, String, String)> = model
+            .surfaces
+            .iter()
+            .map(|s| (s.surface.clone(), s.policy_name.clone(), s.policy_version.clone()))
+            .collect();
+        on.sort();
+        on
+    };
+    let own =
+        |surface: &str, policy: &str, version: &str| (surface.to_string(), policy.to_string(), version.to_string());
+    assert_eq!(
+        surfaces("abuse", "live", "tiny-abuse", "default"),
+        [own("forum", "forum-lenient", "3"), own("kids", "strict-2", "2")]
+    );
+    assert_eq!(
+        surfaces("abuse", "shadow", "tiny-abuse-v2", "default"),
+        [own("forum", "default", "1"), own("kids", "default", "1")],
+        "a shadow listing no surfaces is offered every one"
+    );
+    assert_eq!(surfaces("abuse", "shadow", "tiny-abuse", "kids-tighter"), [own("kids", "kids-tighter", "1")]);
+    assert_eq!(surfaces("fraud", "live", "tiny-fraud", "default"), [], "a task without surfaces");
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_surface_is_refused_or_falls_back_as_the_task_says() {
     let _guard = exclusive().await;

@@ -5,7 +5,7 @@ use tonic::{Request, Response, Status};
 use super::pb::admin_server::Admin;
 use super::pb::{
     GetConfigRequest, GetConfigResponse, ListModelsRequest, ListModelsResponse, LoadedModel, ReloadRequest,
-    ReloadResponse,
+    ReloadResponse, SurfacePolicy,
 };
 use crate::control::registry::Registry;
 use crate::control::reload::ReloadHandle;
@@ -51,7 +51,16 @@ impl Admin for AdminService {
         let state = self.registry.load().ok_or_else(|| Status::unavailable("models are still loading"))?;
         // One entry per use: the live model of each task with the task's policy, then each shadow
         // with its own (a policy-only shadow lists the live model again, under its policy).
-        let entry = |handle: &crate::inference::worker::ModelHandle, role: &str, policy: &Policy, sample_rate: f64| {
+        let on = |surface: &str, policy: &Policy| SurfacePolicy {
+            surface: surface.to_string(),
+            policy_name: policy.name.clone(),
+            policy_version: policy.version.clone(),
+        };
+        let entry = |handle: &crate::inference::worker::ModelHandle,
+                     role: &str,
+                     policy: &Policy,
+                     sample_rate: f64,
+                     surfaces: Vec<SurfacePolicy>| {
             let spec = handle.spec();
             let loaded = state.models.get(&spec.name);
             LoadedModel {
@@ -69,13 +78,17 @@ impl Admin for AdminService {
                 policy_name: policy.name.clone(),
                 policy_version: policy.version.clone(),
                 path: spec.dir.display().to_string(),
+                surfaces,
             }
         };
         let mut models = Vec::new();
         for task in &state.tasks {
-            models.push(entry(&task.live, Role::Live.as_str(), &task.policy, 1.0));
+            let surfaces = task.surfaces.iter().map(|s| on(&s.name, &s.policy)).collect();
+            models.push(entry(&task.live, Role::Live.as_str(), &task.policy, 1.0, surfaces));
             for pair in &task.shadows {
-                models.push(entry(&pair.shadow, Role::Shadow.as_str(), &pair.decision_policy, pair.sample_rate));
+                let surfaces = pair.offered_surfaces().map(|name| on(name, &pair.decision_policy)).collect();
+                let policy = &pair.decision_policy;
+                models.push(entry(&pair.shadow, Role::Shadow.as_str(), policy, pair.sample_rate, surfaces));
             }
         }
         Ok(Response::new(ListModelsResponse { models, generation: state.generation }))
