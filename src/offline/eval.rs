@@ -23,7 +23,7 @@ use crate::inference::worker::ModelHandle;
 use crate::metrics::ShadowOutcome;
 use crate::offline::report::{ReportInput, Source, Subject, Verdicts, cumulative_buckets};
 use crate::policy::{Confusion, Decision, Policy};
-use crate::request::{self, RawReview, ReviewInput};
+use crate::request::{self, RawReview, ReviewInput, Surface};
 use crate::shadow::compare;
 
 /// Reviews sent to a model at once.
@@ -47,6 +47,9 @@ struct RawLabelled {
     decision: String,
     #[serde(default)]
     labels: Vec<String>,
+    /// The review's surface, as a Classify request names it.
+    #[serde(default)]
+    surface: Option<String>,
 }
 
 /// A validated labelled review.
@@ -59,6 +62,8 @@ pub struct Labelled {
     /// empty when the line names none. `modserve tune` counts a review as a label's positive
     /// only if this is empty or names the label.
     pub labels: Vec<String>,
+    /// The task's surface the review was on: it picks the live policy, and which shadows see it.
+    pub surface: Surface,
 }
 
 /// Reads and validates the labelled file against the serving state: every problem is reported,
@@ -111,6 +116,12 @@ fn parse_line(line: &str, state: &ServingState, limits: &Limits) -> Result<Label
         return Err(format!("labels: {label:?} is not a label of task {}'s models", entry.name));
     }
     let labels = raw.labels;
+    if raw.surface.as_deref() == Some("") {
+        return Err("surface: must not be empty; leave it out for the default surface".into());
+    }
+    // The same resolution as a Classify request's (an unknown surface refused or taken as the
+    // default, as the task says).
+    let (surface, _) = entry.surface("surface", raw.surface.as_deref()).map_err(|e| e.to_string())?;
     let review = RawReview {
         id: raw.id,
         text: raw.text,
@@ -121,7 +132,7 @@ fn parse_line(line: &str, state: &ServingState, limits: &Limits) -> Result<Label
     };
     // The same rules as a Classify request; field names lose the `reviews[i].` prefix.
     let review = request::validate_one(review, limits).map_err(|e| e.to_string())?;
-    Ok(Labelled { review, task: entry.name.clone(), human, labels })
+    Ok(Labelled { review, task: entry.name.clone(), human, labels, surface })
 }
 
 /// Scores of one model over a task's labelled reviews, row-major: review `i`'s score for label
@@ -150,13 +161,20 @@ pub async fn evaluate(
     labels_file: &Path,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Vec<ReportInput>, Error> {
-    // Each task's reviews go through its live model and every shadow that runs inference.
+    // Each task's reviews go through its live model and every shadow that runs inference and is
+    // offered their surface.
     let total: usize = state
         .tasks
         .iter()
         .map(|t| {
-            let models = 1 + t.shadows.iter().filter(|s| !s.policy_only).count();
-            models * labelled.iter().filter(|l| l.task == t.name).count()
+            let rows = labelled.iter().filter(|l| l.task == t.name);
+            let shadows: usize = t
+                .shadows
+                .iter()
+                .filter(|s| !s.policy_only)
+                .map(|s| rows.clone().filter(|l| s.offered_on(l.surface)).count())
+                .sum();
+            rows.count() + shadows
         })
         .sum();
     let mut done = 0;
@@ -169,12 +187,30 @@ pub async fn evaluate(
         let reviews: Vec<ReviewInput> = rows.iter().map(|l| l.review.clone()).collect();
         let human: Vec<Decision> = rows.iter().map(|l| l.human).collect();
         let live = run(&entry.live, &reviews, &mut done, total, &mut progress).await?;
-        let live_decisions: Vec<Decision> =
-            live.scores.chunks_exact(live.labels).map(|s| entry.policy.decide(s)).collect();
+        // Each review under the live policy of its surface, as it was served.
+        let live_decisions: Vec<Decision> = live
+            .scores
+            .chunks_exact(live.labels)
+            .zip(&rows)
+            .map(|(s, l)| entry.policy_on(l.surface).decide(s))
+            .collect();
         for pair in &entry.shadows {
+            // The reviews this shadow is offered online: those on its surfaces.
+            let picked: Vec<usize> = (0..rows.len()).filter(|&i| pair.offered_on(rows[i].surface)).collect();
+            if picked.is_empty() {
+                continue;
+            }
+            let n = live.labels;
+            let live = Scored {
+                scores: picked.iter().flat_map(|&i| live.scores[i * n..(i + 1) * n].iter().copied()).collect(),
+                labels: n,
+            };
+            let live_decisions: Vec<Decision> = picked.iter().map(|&i| live_decisions[i]).collect();
+            let human: Vec<Decision> = picked.iter().map(|&i| human[i]).collect();
             let shadow = if pair.policy_only {
                 Scored { scores: live.scores.clone(), labels: live.labels }
             } else {
+                let reviews: Vec<ReviewInput> = picked.iter().map(|&i| reviews[i].clone()).collect();
                 run(&pair.shadow, &reviews, &mut done, total, &mut progress).await?
             };
             inputs.push(report_input(

@@ -348,3 +348,115 @@ fn eval_forecasts_queue_units_per_day_and_the_cost_model_flips_the_decision() {
     assert_eq!(decisions[0], (serde_json::json!("fail"), serde_json::json!("NO-GO")), "wrong REJECTs weigh 1");
     assert_eq!(decisions[1], (serde_json::json!("pass"), serde_json::json!("GO")), "only misses weigh");
 }
+
+/// With surfaces, each labelled review is decided under its surface's live policy, and a shadow
+/// kept to some surfaces is judged on their reviews only, as online.
+#[test]
+fn eval_decides_each_review_under_its_surfaces_policy_and_shadows_see_their_surfaces() {
+    let _shared = shared_blocking();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("modserve.toml");
+    let body = format!(
+        r#"
+[models.tiny-abuse]
+path = {live:?}
+[models.tiny-abuse-v2]
+path = {v2:?}
+[policies.strict-2]
+version = "2"
+[policies.strict-2.thresholds.insult]
+review = 0.3
+reject = 0.6
+[policies.lenient]
+version = "1"
+[policies.lenient.thresholds.insult]
+review = 0.8
+reject = 0.95
+[tasks.abuse]
+live = "tiny-abuse"
+shadows = [
+  {{ model = "tiny-abuse-v2", sample_rate = 1.0 }},
+  {{ model = "tiny-abuse", policy = "lenient", sample_rate = 1.0, surfaces = ["kids"] }},
+]
+[tasks.abuse.surfaces]
+kids = "strict-2"
+[launch]
+min_compared = 1
+min_verdicts = 1
+max_precision_drop = 1.0
+"#,
+        live = path_str(&fixture("tiny-abuse")),
+        v2 = path_str(&fixture("tiny-abuse-v2")),
+    );
+    std::fs::write(&config, body).unwrap();
+    // Every other labelled review on the kids surface.
+    let labels = dir.path().join("labelled.jsonl");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(fixture("labelled.jsonl"))
+        .unwrap()
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            if i % 2 == 1 {
+                v["surface"] = "kids".into();
+            }
+            v
+        })
+        .collect();
+    std::fs::write(&labels, lines.iter().map(|v| v.to_string() + "\n").collect::<String>()).unwrap();
+    let out = dir.path().join("reports");
+    let run =
+        modserve().args(["eval", "--config"]).arg(&config).arg("--labels").arg(&labels).arg("--out").arg(&out).output();
+    let run = run.unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(0), "{}\n{stderr}", String::from_utf8_lossy(&run.stdout));
+    // 12 reviews on the live model and on tiny-abuse-v2 (every surface); the policy-only shadow none.
+    assert!(stderr.contains("24/24 reviews scored"), "progress: {stderr}");
+
+    // Expected from the golden scores: live under default, or strict-2 on kids.
+    let golden: HashMap<(String, String), Golden> =
+        golden().into_iter().map(|g| ((g.model.clone(), g.text.clone()), g)).collect();
+    let lenient = |s: &[f32]| match s[0] {
+        s if s >= 0.95 => 2,
+        s if s >= 0.8 => 1,
+        _ => 0,
+    };
+    let zero = || Expected { comparisons: [[0; 3]; 3], live: [[0; 3]; 3], candidate: [[0; 3]; 3] };
+    let (mut v2, mut kids_only, mut on_kids) = (zero(), zero(), 0);
+    for line in &lines {
+        let text = line["text"].as_str().unwrap().to_string();
+        let human = decision_index(line["decision"].as_str().unwrap());
+        let live_golden = &golden[&("tiny-abuse".to_string(), text.clone())];
+        let kids = line.get("surface").is_some();
+        let live = if kids { strict_2(&live_golden.probabilities) } else { decision_index(&live_golden.decision) };
+        let cand = decision_index(&golden[&("tiny-abuse-v2".to_string(), text)].decision);
+        v2.comparisons[live][cand] += 1;
+        v2.live[live][human] += 1;
+        v2.candidate[cand][human] += 1;
+        if kids {
+            on_kids += 1;
+            let cand = lenient(&live_golden.probabilities);
+            kids_only.comparisons[live][cand] += 1;
+            kids_only.live[live][human] += 1;
+            kids_only.candidate[cand][human] += 1;
+        }
+    }
+    assert!(on_kids > 0 && kids_only.live != v2.live, "the fixture must tell the two apart");
+    for (dir, e, reviews) in [("abuse-tiny-abuse-v2", &v2, 12), ("abuse-tiny-abuse-lenient", &kids_only, on_kids)] {
+        let input = &report(&out, dir)["input"];
+        assert_eq!(input["source"]["reviews"], reviews, "{dir}");
+        assert_eq!(matrix(&input["comparisons"]), e.comparisons, "{dir}: live x candidate");
+        assert_eq!(matrix(&input["verdicts"]["live"]), e.live, "{dir}: live x label");
+        assert_eq!(matrix(&input["verdicts"]["candidate"]), e.candidate, "{dir}: candidate x label");
+    }
+    // A surface the task does not list is refused, naming the line.
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, r#"{"id": "x1", "text": "hello", "task": "abuse", "decision": "allow", "surface": "forum"}"#)
+        .unwrap();
+    let mut eval = modserve();
+    let run = eval.args(["eval", "--config"]).arg(&config).arg("--labels").arg(&bad).arg("--out").arg(&out).output();
+    let run = run.unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_ne!(run.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("bad.jsonl:1: ") && stderr.contains("unknown surface"), "{stderr}");
+}
