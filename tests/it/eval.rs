@@ -9,6 +9,25 @@ use std::io::Write;
 use crate::common::*;
 
 fn write_config(dir: &tempfile::TempDir, launch: &str) -> std::path::PathBuf {
+    write_config_with(
+        dir,
+        &format!(
+            r#"
+[tasks.abuse]
+live = "tiny-abuse"
+shadows = [
+  {{ model = "tiny-abuse-v2", sample_rate = 0.5 }},
+  {{ model = "tiny-abuse", policy = "strict-2", sample_rate = 0.1 }},
+]
+[launch]
+{launch}
+"#
+        ),
+    )
+}
+
+/// The two fixture models and the `strict-2` policy, then `tables`.
+fn write_config_with(dir: &tempfile::TempDir, tables: &str) -> std::path::PathBuf {
     let path = dir.path().join("modserve.toml");
     let mut f = std::fs::File::create(&path).unwrap();
     write!(
@@ -23,14 +42,7 @@ version = "2"
 [policies.strict-2.thresholds.insult]
 review = 0.3
 reject = 0.6
-[tasks.abuse]
-live = "tiny-abuse"
-shadows = [
-  {{ model = "tiny-abuse-v2", sample_rate = 0.5 }},
-  {{ model = "tiny-abuse", policy = "strict-2", sample_rate = 0.1 }},
-]
-[launch]
-{launch}
+{tables}
 "#,
         live = path_str(&fixture("tiny-abuse")),
         v2 = path_str(&fixture("tiny-abuse-v2")),
@@ -102,11 +114,16 @@ fn precision_recall(m: &[[u64; 3]; 3], level: usize) -> (u64, u64, u64) {
 
 /// Runs `modserve eval` on the labelled fixture.
 fn run_eval(config: &std::path::Path, out: &std::path::Path) -> std::process::Output {
+    run_eval_on(config, &fixture("labelled.jsonl"), out)
+}
+
+/// Runs `modserve eval` on the labelled file `labels`.
+fn run_eval_on(config: &std::path::Path, labels: &std::path::Path, out: &std::path::Path) -> std::process::Output {
     modserve()
         .args(["eval", "--config"])
         .arg(config)
         .arg("--labels")
-        .arg(fixture("labelled.jsonl"))
+        .arg(labels)
         .arg("--out")
         .arg(out)
         .output()
@@ -355,18 +372,9 @@ fn eval_forecasts_queue_units_per_day_and_the_cost_model_flips_the_decision() {
 fn eval_decides_each_review_under_its_surfaces_policy_and_shadows_see_their_surfaces() {
     let _shared = shared_blocking();
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("modserve.toml");
-    let body = format!(
+    let config = write_config_with(
+        &dir,
         r#"
-[models.tiny-abuse]
-path = {live:?}
-[models.tiny-abuse-v2]
-path = {v2:?}
-[policies.strict-2]
-version = "2"
-[policies.strict-2.thresholds.insult]
-review = 0.3
-reject = 0.6
 [policies.lenient]
 version = "1"
 [policies.lenient.thresholds.insult]
@@ -375,8 +383,8 @@ reject = 0.95
 [tasks.abuse]
 live = "tiny-abuse"
 shadows = [
-  {{ model = "tiny-abuse-v2", sample_rate = 1.0 }},
-  {{ model = "tiny-abuse", policy = "lenient", sample_rate = 1.0, surfaces = ["kids"] }},
+  { model = "tiny-abuse-v2", sample_rate = 1.0 },
+  { model = "tiny-abuse", policy = "lenient", sample_rate = 1.0, surfaces = ["kids"] },
 ]
 [tasks.abuse.surfaces]
 kids = "strict-2"
@@ -385,10 +393,7 @@ min_compared = 1
 min_verdicts = 1
 max_precision_drop = 1.0
 "#,
-        live = path_str(&fixture("tiny-abuse")),
-        v2 = path_str(&fixture("tiny-abuse-v2")),
     );
-    std::fs::write(&config, body).unwrap();
     // Every other labelled review on the kids surface.
     let labels = dir.path().join("labelled.jsonl");
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(fixture("labelled.jsonl"))
@@ -405,9 +410,7 @@ max_precision_drop = 1.0
         .collect();
     std::fs::write(&labels, lines.iter().map(|v| v.to_string() + "\n").collect::<String>()).unwrap();
     let out = dir.path().join("reports");
-    let run =
-        modserve().args(["eval", "--config"]).arg(&config).arg("--labels").arg(&labels).arg("--out").arg(&out).output();
-    let run = run.unwrap();
+    let run = run_eval_on(&config, &labels, &out);
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert_eq!(run.status.code(), Some(0), "{}\n{stderr}", String::from_utf8_lossy(&run.stdout));
     // 12 reviews on the live model and on tiny-abuse-v2 (every surface); the policy-only shadow none.
@@ -453,9 +456,7 @@ max_precision_drop = 1.0
     let bad = dir.path().join("bad.jsonl");
     std::fs::write(&bad, r#"{"id": "x1", "text": "hello", "task": "abuse", "decision": "allow", "surface": "forum"}"#)
         .unwrap();
-    let mut eval = modserve();
-    let run = eval.args(["eval", "--config"]).arg(&config).arg("--labels").arg(&bad).arg("--out").arg(&out).output();
-    let run = run.unwrap();
+    let run = run_eval_on(&config, &bad, &out);
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert_ne!(run.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("bad.jsonl:1: ") && stderr.contains("unknown surface"), "{stderr}");

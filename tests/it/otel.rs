@@ -81,16 +81,6 @@ impl Drop for Receiver {
     }
 }
 
-const MODELS: &str = r#"
-[models.tiny-abuse]
-path = "tests/fixtures/tiny-abuse"
-[models.tiny-abuse-v2]
-path = "tests/fixtures/tiny-abuse-v2"
-[tasks.abuse]
-live = "tiny-abuse"
-shadows = [{ model = "tiny-abuse-v2", sample_rate = 1.0 }]
-"#;
-
 /// The W3C header of a sampled span `span` in trace `trace`.
 fn traceparent(trace: &str, span: &str) -> String {
     format!("00-{trace}-{span}-01")
@@ -158,7 +148,7 @@ async fn calls_are_traced_over(protocol: &str) {
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
         ("OTEL_SERVICE_NAME", "modserve-test"),
     ];
-    let server = ChildServer::start_with("http_listen = \"127.0.0.1:0\"", MODELS, &envs).await;
+    let server = ChildServer::start_with("http_listen = \"127.0.0.1:0\"", LIVE_AND_SHADOW, &envs).await;
     // Over gRPC, the header in the metadata.
     let (grpc_trace, grpc_caller) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
     let mut call = tonic::Request::new(request(vec![review("g1", "you idiot")]));
@@ -203,7 +193,7 @@ async fn the_last_calls_spans_are_sent_at_sigterm() {
     let receiver = tokio::task::block_in_place(Receiver::start);
     // Spans would wait 10 minutes for the next export; only the exit sends them now.
     let envs = [("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.as_str()), ("OTEL_BSP_SCHEDULE_DELAY", "600000")];
-    let server = ChildServer::start_with("", MODELS, &envs).await;
+    let server = ChildServer::start_with("", LIVE_AND_SHADOW, &envs).await;
     let trace = "6cf92f3577b34da6a3ce929d0e0e4738";
     let mut call = tonic::Request::new(request(vec![review("s1", "you idiot")]));
     call.metadata_mut().insert("traceparent", traceparent(trace, "02f067aa0ba902b9").parse().unwrap());
@@ -225,7 +215,7 @@ async fn a_collector_that_is_down_fails_no_call_and_the_log_says_so() {
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
         ("OTEL_EXPORTER_OTLP_TIMEOUT", "1000"),
     ];
-    let server = ChildServer::start_with("", MODELS, &envs).await;
+    let server = ChildServer::start_with("", LIVE_AND_SHADOW, &envs).await;
     let mut client = server.client().await;
     for i in 0..5 {
         let answer = client.classify(request(vec![review(&format!("d{i}"), "you idiot")])).await;
@@ -241,7 +231,7 @@ async fn an_otlp_setting_modserve_cannot_honour_stops_it_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("modserve.toml");
     let fixtures = format!("\"{}/", path_str(&repo().join("tests/fixtures")));
-    let body = MODELS.replace("\"tests/fixtures/", &fixtures);
+    let body = LIVE_AND_SHADOW.replace("\"tests/fixtures/", &fixtures);
     std::fs::write(&path, format!("[server]\ngrpc_listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n{body}"))
         .unwrap();
     for (name, value, says) in [

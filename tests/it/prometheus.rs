@@ -9,18 +9,7 @@ use crate::common::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recorded_agreement_ratio_equals_the_ratio_of_the_answers() {
     let _shared = shared().await;
-    let server = ChildServer::start(
-        r#"
-[models.tiny-abuse]
-path = "tests/fixtures/tiny-abuse"
-[models.tiny-abuse-v2]
-path = "tests/fixtures/tiny-abuse-v2"
-[tasks.abuse]
-live = "tiny-abuse"
-shadows = [{ model = "tiny-abuse-v2", sample_rate = 1.0 }]
-"#,
-    )
-    .await;
+    let server = ChildServer::start(LIVE_AND_SHADOW).await;
     let plain_v2 = ChildServer::start(
         r#"
 [models.tiny-abuse-v2]

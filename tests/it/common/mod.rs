@@ -69,6 +69,17 @@ path = "tests/fixtures/tiny-abuse"
 live = "tiny-abuse"
 "#;
 
+/// The tiny abuse fixture live, its v2 in shadow on every review.
+pub const LIVE_AND_SHADOW: &str = r#"
+[models.tiny-abuse]
+path = "tests/fixtures/tiny-abuse"
+[models.tiny-abuse-v2]
+path = "tests/fixtures/tiny-abuse-v2"
+[tasks.abuse]
+live = "tiny-abuse"
+shadows = [{ model = "tiny-abuse-v2", sample_rate = 1.0 }]
+"#;
+
 /// The two tiny fixture models as the abuse and fraud tasks.
 pub const BASIC: &str = r#"
 [models.tiny-abuse]
