@@ -45,8 +45,8 @@ pub enum Command {
         #[arg(long, default_value = ".")]
         out: PathBuf,
     },
-    /// Solve per-label thresholds of a task's live model from a labelled file (as `eval` reads)
-    /// for a target, and print them as a `[policies.NAME]` table to try as a policy-only shadow,
+    /// Solve per-label thresholds of a task's live model from moderator verdicts (a labelled
+    /// file as `eval` reads, or the live scores on verdicts in Prometheus) for a target, and print them as a `[policies.NAME]` table to try as a policy-only shadow,
     /// with the verdict counts and Wilson 95% interval behind each threshold.
     ///
     /// For label L, a review is flagged at threshold t when its score for L is at least t.
@@ -60,12 +60,29 @@ pub enum Command {
     /// 1 it could not run.
     Tune {
         /// JSON lines, as `eval --labels` reads: every line is checked as eval checks it (its task
-        /// must be configured); only the lines of --task are tuned on.
+        /// must be configured); only the lines of --task are tuned on. Or --prometheus.
+        #[arg(long, required_unless_present = "prometheus", conflicts_with = "prometheus")]
+        labels: Option<PathBuf>,
+        /// Read the verdicts from Prometheus instead of a file: the live model's scores on the
+        /// reviews moderators judged (modserve_verdict_scores of the live model and version in
+        /// --config), over --window. Scores are known to their 0.05 bucket there, so proposed
+        /// thresholds are bucket edges. http or https, a path prefix allowed.
         #[arg(long)]
-        labels: PathBuf,
+        prometheus: Option<String>,
+        /// With --prometheus: how far back from --end to read verdicts, e.g. 1d, 7d.
+        #[arg(long, default_value = "7d", value_parser = humantime::parse_duration, requires = "prometheus")]
+        window: Duration,
+        /// With --prometheus: end of the window, RFC 3339 or unix seconds. Default: now.
+        #[arg(long, value_parser = crate::offline::report::parse_end, requires = "prometheus")]
+        end: Option<std::time::SystemTime>,
         /// The task whose live model is tuned.
         #[arg(long)]
         task: String,
+        /// Tune the live policy of one surface of the task (a name under [tasks.TASK.surfaces]):
+        /// only verdicts on that surface count, live's figures are its policy there, and --apply
+        /// offers the policy-only shadow that surface alone.
+        #[arg(long)]
+        surface: Option<String>,
         /// What to solve for (0 < P < 1):
         ///
         /// review-precision=P: the lowest REVIEW threshold whose precision (share of the reviews
@@ -74,10 +91,10 @@ pub enum Command {
         /// reject-precision=P: the same for REJECT (positives: moderator decided REJECT).
         ///
         /// review-volume=live: the REVIEW threshold flagging as many reviews as live's does on
-        /// the file (at most), with its recall beside live's.
+        /// the verdicts (at most), with its recall beside live's.
         #[arg(long, value_parser = parse_target)]
         target: crate::offline::tune::Target,
-        /// The policy's name (default: <live model>-tuned).
+        /// The policy's name (default: <live model>-tuned, or <live model>-tuned-<surface>).
         #[arg(long, value_parser = crate::offline::tune::parse_name)]
         name: Option<String>,
         /// Labelled reviews of the task needed to propose anything (default: [launch].min_verdicts).
@@ -87,10 +104,10 @@ pub enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
         /// When every label got a proposal, add it to the --config file: the [policies.NAME]
-        /// table and a policy-only shadow of the task at sample_rate 1.0. The edited file is
-        /// checked as the server checks a reload before it replaces the old one (by a rename);
-        /// comments and formatting elsewhere are kept. A running server with
-        /// server.watch_config loads it on its next look at the file.
+        /// table and a policy-only shadow of the task at sample_rate 1.0 (on --surface only,
+        /// when given). The edited file is checked as the server checks a reload before it
+        /// replaces the old one (by a rename); comments and formatting elsewhere are kept. A
+        /// running server with server.watch_config loads it on its next look at the file.
         #[arg(long)]
         apply: bool,
         /// With --apply: then ask the server at HOST:PORT (its admin.listen, else its
@@ -98,6 +115,9 @@ pub enum Command {
         /// names (admin.token_env or admin.token_file). Plaintext only.
         #[arg(long, value_name = "HOST:PORT", requires = "apply")]
         reload: Option<String>,
+        // Last, so that only its flags fall under its help heading.
+        #[command(flatten)]
+        access: Box<PrometheusAccess>,
     },
     /// Build the launch-readiness report on one shadow candidate against the live model, from
     /// Prometheus, and decide GO or NO-GO against the launch criteria (`[launch]` in --config).

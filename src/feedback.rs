@@ -44,6 +44,9 @@ pub struct Verdict {
     pub task: String,
     /// The moderator's decision.
     pub human: Decision,
+    /// The labels the moderator named (each one the task's); empty when none: the decision
+    /// then holds for every label.
+    pub labels: Vec<String>,
     /// A configured source, "other" or "none".
     pub source: String,
     /// The surface the review was classified for, when its task lists it (`None`: the default
@@ -280,8 +283,11 @@ async fn score_chunk(
             )
         })
         .collect();
-    for (v, &decision) in chunk.iter().zip(&live_decisions) {
-        entry.verdicts_on(entry.surface_named(v.surface.as_deref())).count(&v.source, decision, v.human);
+    let live_labels = &entry.live.spec().labels;
+    for ((v, &decision), scores) in chunk.iter().zip(&live_decisions).zip(live_scores.chunks_exact(n_live)) {
+        let verdicts = entry.verdicts_on(entry.surface_named(v.surface.as_deref()));
+        verdicts.count(&v.source, decision, v.human);
+        verdicts.scored(scores, v.human, &v.labels, live_labels);
     }
     // Shadows on their own workers, all at once; policy-only shadows reuse the live scores.
     let shadows = entry.shadows.iter().map(|pair| {

@@ -226,8 +226,7 @@ fn eval(labels: &std::path::Path, out: &std::path::Path, cli: &Cli) -> ExitCode 
     }
 }
 
-/// The labelled file read against `state`, and a runtime to score it on: what `eval` and `tune`
-/// both start with.
+/// The labelled file read against `state`, and a runtime to score it on: what `eval` starts with.
 fn labelled_and_runtime(
     labels: &std::path::Path,
     state: &modserve::control::registry::ServingState,
@@ -267,28 +266,81 @@ fn load_models(cli: &Cli) -> Option<(std::sync::Arc<Config>, loader::Loaded)> {
     }
 }
 
-/// `modserve tune`: thresholds for a task's live model from a labelled file. Exit 0 when every
-/// label got a proposal, 2 when some did not, 1 when it could not run.
+/// `modserve tune`: thresholds for a task's live model from a labelled file or from the verdict
+/// scores in Prometheus. Exit 0 when every label got a proposal, 2 when some did not, 1 when it
+/// could not run.
 fn tune(cli: &Cli) -> ExitCode {
-    let Some(Command::Tune { labels, task, target, name, min_verdicts, out, apply, reload }) = &cli.command else {
+    let Some(Command::Tune {
+        labels,
+        prometheus,
+        window,
+        end,
+        task,
+        surface,
+        target,
+        name,
+        min_verdicts,
+        out,
+        apply,
+        reload,
+        access,
+    }) = &cli.command
+    else {
         unreachable!("called for the tune subcommand only");
     };
     init_logging(cli.flags.log_format.unwrap_or(LogFormat::Text));
     let failed = || ExitCode::from(tune::EXIT_ERROR);
     let Some((config, loaded)) = load_models(cli) else { return failed() };
     let state = loaded.state;
+    let evidence = match (labels, prometheus) {
+        (Some(path), _) => tune::Evidence::File(path.clone()),
+        (None, Some(url)) => tune::Evidence::Prometheus {
+            url: url.clone(),
+            window: *window,
+            end: end.unwrap_or_else(std::time::SystemTime::now),
+        },
+        (None, None) => unreachable!("clap requires --labels or --prometheus"),
+    };
     let args = tune::TuneArgs {
         task: task.clone(),
         target: *target,
         name: name.clone(),
         min_verdicts: min_verdicts.unwrap_or(config.launch.min_verdicts),
-        labels_file: labels.clone(),
+        surface: surface.clone(),
+        evidence,
     };
     let result = (|| -> Result<bool, String> {
-        let (labelled, runtime) = labelled_and_runtime(labels, &state)?;
-        let tuning = runtime
-            .block_on(tune::tune(&state, &labelled, &args, modserve::offline::eval::progress_bar()))
-            .map_err(|e| e.to_string())?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+        let tuning = match &args.evidence {
+            tune::Evidence::File(path) => {
+                let labelled =
+                    modserve::offline::eval::read_labels(path, &state).map_err(|errors| errors.join("\n  "))?;
+                runtime
+                    .block_on(tune::tune(&state, &labelled, &args, modserve::offline::eval::progress_bar()))
+                    .map_err(|e| e.to_string())?
+            }
+            tune::Evidence::Prometheus { url, window, end } => {
+                let live = state.tasks.iter().find(|t| &t.name == task).map(|t| t.live.spec());
+                let mut fetch = report::FetchArgs::new(url, task, live.map_or("", |s| s.name.as_str()));
+                fetch.access = access.access();
+                fetch.surface = surface.clone();
+                fetch.window = *window;
+                fetch.end = *end;
+                // A week of raw samples is a large answer.
+                fetch.timeout = std::time::Duration::from_secs(60);
+                let scores = match live {
+                    Some(spec) => {
+                        report::verdict_scores(&fetch, &spec.name, &spec.version).map_err(|e| e.to_string())?
+                    }
+                    // Unknown task: `tune_from_histograms` says so, naming the configured ones.
+                    None => report::VerdictScores::default(),
+                };
+                tune::tune_from_histograms(&state, &scores, &args).map_err(|e| e.to_string())?
+            }
+        };
         if let Some(dir) = out {
             tune::write(&tuning, dir).map_err(|e| e.to_string())?;
         }
@@ -332,7 +384,8 @@ fn apply_tuning(
         path.display(),
         tuning.name,
         if applied.shadow_added {
-            format!(" and a policy-only shadow of task {} at sample_rate 1.0", tuning.task)
+            let on = tuning.surface.as_ref().map_or_else(String::new, |s| format!(" on surface {s}"));
+            format!(" and a policy-only shadow of task {} at sample_rate 1.0{on}", tuning.task)
         } else {
             format!("; task {} already had its policy-only shadow", tuning.task)
         },

@@ -105,6 +105,7 @@ pub const TRANSPORT_REFUSALS_TOTAL: &str = "modserve_transport_refusals_total";
 pub const SCORES: &str = "modserve_scores";
 pub const SHADOW_POLICY_ONLY_REVIEWS_TOTAL: &str = "modserve_shadow_policy_only_reviews_total";
 pub const VERDICTS_TOTAL: &str = "modserve_verdicts_total";
+pub const VERDICT_SCORES: &str = "modserve_verdict_scores";
 pub const VERDICTS_RECEIVED_TOTAL: &str = "modserve_verdicts_received_total";
 pub const VERDICT_MODEL_ERRORS_TOTAL: &str = "modserve_verdict_model_errors_total";
 pub const FEEDBACK_QUEUE_VERDICTS: &str = "modserve_feedback_queue_verdicts";
@@ -134,8 +135,9 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// Score deltas (shadow minus live), symmetric around 0 and dense near it, where most
 /// candidates live.
 pub const DELTA_BUCKETS: &[f64] = &[-1.0, -0.5, -0.25, -0.1, -0.05, -0.01, 0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0];
-/// Scores in [0, 1], in twentieths: enough to see a distribution shift on a dashboard.
-const SCORE_BUCKETS: &[f64] =
+/// Scores in [0, 1], in twentieths: enough to see a distribution shift on a dashboard, and the
+/// grid `modserve tune --prometheus` proposes thresholds on.
+pub const SCORE_BUCKETS: &[f64] =
     &[0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0];
 /// Review text sizes in bytes (text and title), powers of two up to the largest allowed text.
 const TEXT_BYTES_BUCKETS: &[f64] =
@@ -206,6 +208,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), BATCH_BUCKETS))
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(SHADOW_SCORE_DELTA.into()), DELTA_BUCKETS))
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(SCORES.into()), SCORE_BUCKETS))
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(VERDICT_SCORES.into()), SCORE_BUCKETS))
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(REVIEW_TEXT_BYTES.into()), TEXT_BYTES_BUCKETS))
                 .map_err(|e| e.to_string())?
                 .install_recorder()

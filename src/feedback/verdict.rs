@@ -75,11 +75,15 @@ fn one(at: &str, v: RawVerdict, state: &ServingState) -> Result<Verdict, Error> 
             format!("{} bytes exceed the limit of {MAX_ID_BYTES}", v.source.len()),
         ));
     }
-    // Labels are checked above but not counted yet: the verdict keeps only what is.
+    // Each once: a verdict repeating a label keeps no more than the task's labels in the queue.
+    let mut labels = v.labels;
+    labels.sort_unstable();
+    labels.dedup();
     Ok(Verdict {
         review,
         task: entry.name.clone(),
         human,
+        labels,
         source: source_label(&v.source, &state.config.feedback.sources),
         surface,
     })

@@ -10,6 +10,9 @@ pub struct VerdictMetrics {
     /// Configured sources, then "other", then "none".
     sources: Vec<String>,
     counts: Vec<Confusion<Counter>>,
+    /// For live only: the score of each label, by the human decision as it counts for that
+    /// label (`[label][human]`); empty for a shadow.
+    scores: Vec<[Histogram; 3]>,
     pub errors: Counter,
 }
 
@@ -50,13 +53,44 @@ impl VerdictMetrics {
             .collect();
         let errors = counter!(VERDICT_MODEL_ERRORS_TOTAL, label::TASK => task.to_string(), label::MODEL => spec.name.clone(),
             label::ROLE => role.as_str(), label::POLICY => policy.name.clone());
-        VerdictMetrics { sources, counts, errors }
+        // Not for shadows: `modserve tune` solves the live model's thresholds, and a candidate's
+        // scores on verdicts would multiply the series by every shadow.
+        let scores = match role {
+            Role::Live => spec
+                .labels
+                .iter()
+                .map(|l| {
+                    Decision::ALL.map(|h| {
+                        let labels = vec![
+                            Label::new(label::TASK, task.to_string()),
+                            Label::new(label::MODEL, spec.name.clone()),
+                            Label::new(label::VERSION, spec.version.clone()),
+                            Label::new(label::LABEL, l.clone()),
+                            Label::new(label::HUMAN_DECISION, h.as_str()),
+                        ];
+                        histogram!(VERDICT_SCORES, on_surface(labels, surface))
+                    })
+                })
+                .collect(),
+            Role::Shadow => Vec::new(),
+        };
+        VerdictMetrics { sources, counts, scores, errors }
     }
 
     /// Counts one verdict; `source` is already normalised (a configured one, "other" or "none").
     pub fn count(&self, source: &str, model: Decision, human: Decision) {
         let i = self.sources.iter().position(|s| s == source).unwrap_or(self.sources.len() - 1);
         self.counts[i][(model, human)].increment(1);
+    }
+
+    /// Records the live scores of one review with a verdict (nothing for a shadow). A verdict
+    /// naming labels (`named`) is a positive for those only: for every other label it counts as
+    /// `allow`, as `modserve tune` reads a labelled line.
+    pub fn scored(&self, scores: &[f32], human: Decision, named: &[String], labels: &[String]) {
+        for ((by_human, &score), label) in self.scores.iter().zip(scores).zip(labels) {
+            let counts_as = if named.is_empty() || named.contains(label) { human } else { Decision::Allow };
+            by_human[counts_as.index()].record(f64::from(score));
+        }
     }
 }
 

@@ -179,6 +179,10 @@ fn describe_feedback() {
         VERDICTS_TOTAL,
         "Moderator verdicts scored, by task, model, version, role, policy, policy_version, source, model_decision and human_decision (a confusion matrix per model), and surface for a surface the task lists."
     );
+    describe_histogram!(
+        VERDICT_SCORES,
+        "The live model's scores on reviews with a moderator verdict, by task, model, version, label and human_decision as it counts for that label (allow when the verdict names other labels only), and surface for a surface the task lists: what modserve tune --prometheus solves thresholds from."
+    );
     describe_counter!(
         VERDICTS_RECEIVED_TOTAL,
         "Verdicts received by Feedback/SubmitVerdicts, by task, source and outcome: counted, duplicate, shed_queue_full, shed_deadline, error."

@@ -43,7 +43,7 @@ pub use derived::{
     Accuracy, Agreement, DeltaBucket, DeltaDistribution, Derived, ModelAccuracy, PrecisionRecall, Traffic,
 };
 pub use error::ReportError;
-pub use fetch::{FetchArgs, fetch};
+pub use fetch::{FetchArgs, VerdictScores, fetch, verdict_scores};
 pub use forecast::{Expected, Forecast, Pair, QueueChange, Unit};
 pub use input::{
     Disagreement, DisagreementSummary, LabelledCell, Latency, Quantiles, ReportInput, Source, Subject, Verdicts,

@@ -1,12 +1,14 @@
 //! `modserve tune`: thresholds for a task's live model solved from moderator verdicts (a
-//! labelled file, as `modserve eval` reads), written as a named, versioned `[policies.NAME]`
-//! table to try at once as a policy-only shadow.
+//! labelled file, as `modserve eval` reads, or the live model's scores on verdicts in
+//! Prometheus), written as a named, versioned `[policies.NAME]` table to try at once as a
+//! policy-only shadow.
 //!
 //! For label L, a review counts as flagged at threshold t when its score for L is at least t.
 //! Positives are the reviews a moderator decided REVIEW or REJECT (`review-*` targets) or REJECT
 //! (`reject-precision`); when a line lists `labels`, it is a positive for L only if L is among
 //! them. A label with fewer labelled reviews than `--min-verdicts`, or whose target no
-//! threshold meets, gets no proposal: the counts say why.
+//! threshold meets, gets no proposal: the counts say why. With `--surface`, only the verdicts
+//! of that surface count, against live's policy there.
 //!
 //! # Layout
 //!
@@ -14,7 +16,9 @@
 //! - `render`: the TOML snippet and `tune.json`.
 //! - `apply`: `--apply` (the snippet written into the config file) and `--reload` (Admin/Reload).
 //!
-//! `tune` scores the live model with `eval`'s machinery and hands the scores to `solve_task`.
+//! From a file, `tune` scores the live model with `eval`'s machinery; from Prometheus, it reads
+//! `modserve_verdict_scores` (each score known to its bucket, so a review stands at its
+//! bucket's lower edge). Either way `solve_task` gets one label's points at a time.
 
 mod apply;
 mod render;
@@ -23,13 +27,15 @@ mod solve;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::time::{Duration, SystemTime};
 
 pub use apply::{Applied, ApplyError, ReloadError, apply, reload};
 pub use render::{JSON_FILE, TOML_FILE, json, refusal_message, toml};
 pub use solve::{Counts, Point, PrecisionSolution, lowest_precise, matching_volume};
 
-use crate::control::registry::{ServingState, TaskEntry};
-use crate::offline::eval::{self, Labelled, Scored};
+use crate::control::registry::{ServingState, Surface, TaskEntry};
+use crate::offline::eval::{self, Labelled};
+use crate::offline::report::VerdictScores;
 use crate::policy::{Decision, Thresholds};
 
 /// Exit status of `modserve tune`: a threshold proposed for every label.
@@ -127,8 +133,35 @@ pub struct TuneArgs {
     /// The policy's name; `None` is `<live model>-tuned`.
     pub name: Option<String>,
     pub min_verdicts: u64,
-    /// Named in the output only.
-    pub labels_file: PathBuf,
+    /// One named surface of the task (`[tasks.TASK.surfaces]`): its verdicts only, against
+    /// live's policy there; `None` is every verdict against the task's default policy.
+    pub surface: Option<String>,
+    /// Where the verdicts come from (named in the output).
+    pub evidence: Evidence,
+}
+
+/// Where the verdicts come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Evidence {
+    /// A labelled file (`--labels`), scored here by the live model.
+    File(PathBuf),
+    /// `modserve_verdict_scores` over `window` up to `end` (`--prometheus`): the scores the live
+    /// model gave the reviews moderators judged, known to their bucket.
+    Prometheus { url: String, window: Duration, end: SystemTime },
+}
+
+impl fmt::Display for Evidence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Evidence::File(path) => write!(f, "{}", path.display()),
+            Evidence::Prometheus { url, window, end } => write!(
+                f,
+                "Prometheus {url}, {} to {}",
+                humantime::format_duration(*window),
+                humantime::format_rfc3339_seconds(*end)
+            ),
+        }
+    }
 }
 
 /// Why `tune` could not run.
@@ -136,6 +169,12 @@ pub struct TuneArgs {
 pub enum TuneError {
     #[error("--task: no task named {task:?}; configured tasks are {known:?}")]
     UnknownTask { task: String, known: Vec<String> },
+    #[error("--surface: task {task} has no surface named {surface:?}; its surfaces are {known:?}")]
+    UnknownSurface { task: String, surface: String, known: Vec<String> },
+    #[error("--name: the default name {default:?} is not a valid policy name (1-64 of [a-z0-9._-]): name the policy")]
+    DefaultName { default: String },
+    #[error("reading verdict scores: {0}")]
+    Prometheus(String),
     #[error("scoring the labelled reviews: {0}")]
     Scoring(#[from] crate::error::Error),
     #[error("{path}: {source}")]
@@ -189,7 +228,9 @@ pub struct Tuning {
     pub version: String,
     pub reviews: u64,
     pub min_verdicts: u64,
-    pub labels_file: PathBuf,
+    /// The surface tuned for, if one (`live_policy` is live's policy there).
+    pub surface: Option<String>,
+    pub evidence: Evidence,
     pub labels: Vec<LabelTuning>,
     /// The config already has a policy of this name (pasting the snippet would clash).
     pub name_taken: bool,
@@ -202,62 +243,127 @@ impl Tuning {
     }
 }
 
-/// Scores `args.task`'s labelled reviews on its live model and solves every label.
+/// The task `args` names and the surface asked for, resolved in `state`.
+fn resolve<'a>(state: &'a ServingState, args: &TuneArgs) -> Result<(&'a TaskEntry, Surface), TuneError> {
+    let entry = state.tasks.iter().find(|t| t.name == args.task).ok_or_else(|| TuneError::UnknownTask {
+        task: args.task.clone(),
+        known: state.task_names().into_iter().map(String::from).collect(),
+    })?;
+    let surface = match &args.surface {
+        None => None,
+        Some(name) => {
+            Some(entry.surfaces.iter().position(|s| &s.name == name).ok_or_else(|| TuneError::UnknownSurface {
+                task: entry.name.clone(),
+                surface: name.clone(),
+                known: entry.surfaces.iter().map(|s| s.name.clone()).collect(),
+            })?)
+        }
+    };
+    Ok((entry, surface))
+}
+
+/// Scores `args.task`'s labelled reviews (of `args.surface`, when named) on its live model and
+/// solves every label.
 pub async fn tune(
     state: &ServingState,
     labelled: &[Labelled],
     args: &TuneArgs,
     progress: impl FnMut(usize, usize),
 ) -> Result<Tuning, TuneError> {
-    let entry = state.tasks.iter().find(|t| t.name == args.task).ok_or_else(|| TuneError::UnknownTask {
-        task: args.task.clone(),
-        known: state.task_names().into_iter().map(String::from).collect(),
-    })?;
-    let rows: Vec<&Labelled> = labelled.iter().filter(|l| l.task == entry.name).collect();
+    let (entry, surface) = resolve(state, args)?;
+    let rows: Vec<&Labelled> =
+        labelled.iter().filter(|l| l.task == entry.name && (args.surface.is_none() || l.surface == surface)).collect();
     let reviews: Vec<_> = rows.iter().map(|l| l.review.clone()).collect();
     let scored = eval::score(&entry.live, &reviews, progress).await?;
-    let mut tuning = solve_task(entry, &rows, &scored, args);
-    tuning.name_taken = state.config.policies.contains_key(&tuning.name);
-    Ok(tuning)
-}
-
-/// Solves every label of `entry`'s live model from its scores on `rows`.
-pub fn solve_task(entry: &TaskEntry, rows: &[&Labelled], scored: &Scored, args: &TuneArgs) -> Tuning {
     let spec = entry.live.spec();
-    let live_policy = &entry.policy;
-    let labels = spec
-        .labels
-        .iter()
-        .enumerate()
-        .map(|(j, label)| {
-            let points: Vec<Point> = rows
-                .iter()
+    let points = (0..spec.labels.len())
+        .map(|j| {
+            rows.iter()
                 .enumerate()
                 .map(|(i, row)| Point {
                     score: scored.scores.get(i * scored.labels + j).copied().unwrap_or(0.0),
-                    positive: is_positive(args.target, row.human, &row.labels, label),
+                    positive: is_positive(args.target, row.human, &row.labels, &spec.labels[j]),
                 })
-                .collect();
-            let live = live_policy.thresholds.get(j).copied().flatten().unwrap_or_default();
-            solve_label(label, live, &points, args)
+                .collect()
         })
         .collect();
+    solve_task(state, entry, surface, points, args)
+}
+
+/// Solves every label of `args.task`'s live model from its scores on verdicts in Prometheus
+/// (`modserve_verdict_scores` of the live model and version now configured; `fetched` by
+/// `report::verdict_scores`).
+pub fn tune_from_histograms(
+    state: &ServingState,
+    fetched: &VerdictScores,
+    args: &TuneArgs,
+) -> Result<Tuning, TuneError> {
+    let (entry, surface) = resolve(state, args)?;
+    let points = entry
+        .live
+        .spec()
+        .labels
+        .iter()
+        .map(|label| {
+            fetched
+                .buckets(label)
+                .flat_map(|(lower, human, n)| {
+                    let point = Point { score: lower as f32, positive: human >= args.target.sets() };
+                    std::iter::repeat_n(point, n as usize)
+                })
+                .collect()
+        })
+        .collect();
+    solve_task(state, entry, surface, points, args)
+}
+
+/// Solves every label of `entry`'s live model (on `surface`) from its points, one list per
+/// label in the model's output order, each with one point per labelled review.
+pub fn solve_task(
+    state: &ServingState,
+    entry: &TaskEntry,
+    surface: Surface,
+    points: Vec<Vec<Point>>,
+    args: &TuneArgs,
+) -> Result<Tuning, TuneError> {
+    let spec = entry.live.spec();
+    let live_policy = entry.policy_on(surface);
+    let reviews = points.first().map_or(0, |p| p.len() as u64);
+    let labels = spec
+        .labels
+        .iter()
+        .zip(&points)
+        .enumerate()
+        .map(|(j, (label, points))| {
+            let live = live_policy.thresholds.get(j).copied().flatten().unwrap_or_default();
+            solve_label(label, live, points, args)
+        })
+        .collect();
+    let name = match (&args.name, &args.surface) {
+        (Some(name), _) => name.clone(),
+        (None, None) => format!("{}-tuned", spec.name),
+        (None, Some(surface)) => format!("{}-tuned-{surface}", spec.name),
+    };
+    if !crate::config::is_valid_name(&name) {
+        return Err(TuneError::DefaultName { default: name });
+    }
     let mut tuning = Tuning {
         task: entry.name.clone(),
         model: spec.name.clone(),
         model_version: spec.version.clone(),
         live_policy: live_policy.name.clone(),
         target: args.target,
-        name: args.name.clone().unwrap_or_else(|| format!("{}-tuned", spec.name)),
+        name_taken: state.config.policies.contains_key(&name),
+        name,
         version: String::new(),
-        reviews: rows.len() as u64,
+        reviews,
         min_verdicts: args.min_verdicts,
-        labels_file: args.labels_file.clone(),
+        surface: args.surface.clone(),
+        evidence: args.evidence.clone(),
         labels,
-        name_taken: false,
     };
     tuning.version = render::version(&tuning);
-    tuning
+    Ok(tuning)
 }
 
 /// One label: the threshold its target sets, live's other one, or why there is none.
@@ -315,7 +421,14 @@ mod tests {
     use super::*;
 
     fn args(target: Target, min_verdicts: u64) -> TuneArgs {
-        TuneArgs { task: "abuse".into(), target, name: None, min_verdicts, labels_file: "l.jsonl".into() }
+        TuneArgs {
+            task: "abuse".into(),
+            target,
+            name: None,
+            min_verdicts,
+            surface: None,
+            evidence: Evidence::File("l.jsonl".into()),
+        }
     }
 
     fn points(rows: &[(f32, bool)]) -> Vec<Point> {

@@ -297,3 +297,299 @@ async fn apply_writes_the_proposal_into_the_config_and_reload_loads_it() {
     assert!(std::fs::read_to_string(&config).unwrap().contains("[policies.second]"));
     server.stop().await;
 }
+
+/// The edges of `modserve_verdict_scores`' buckets, written out here (twentieths).
+const EDGES: [f64; 20] =
+    [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0];
+
+/// The lower edge of the bucket a score falls in (`lower < score <= upper`, the first from 0).
+fn lower_edge(score: f32) -> f64 {
+    let s = f64::from(score);
+    let i = EDGES.iter().position(|&e| s <= e).unwrap_or(EDGES.len());
+    if i == 0 { 0.0 } else { EDGES[i - 1] }
+}
+
+/// The Wilson 95% lower bound by its closed formula (as in `solve`'s tests, not its code).
+fn wilson_lower(hits: f64, n: f64) -> f64 {
+    let z: f64 = 1.96;
+    let p = hits / n;
+    (p + z * z / (2.0 * n) - z * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt()) / (1.0 + z * z / n)
+}
+
+/// One verdict as one label sees it: the bucket's lower edge, and whether it is a positive at
+/// REVIEW (human REVIEW or REJECT, the label named or none named).
+type Seen = (f64, bool);
+
+/// The expected answer to review-precision=`target`: the lowest lower edge whose flagged set
+/// (edges at or above it) has a Wilson lower bound >= target, with (flagged, hits, positives).
+fn expected_review_threshold(points: &[Seen], target: f64) -> Option<(f64, u64, u64, u64)> {
+    let positives = points.iter().filter(|p| p.1).count() as u64;
+    let mut edges: Vec<f64> = points.iter().map(|p| p.0).collect();
+    edges.sort_by(f64::total_cmp);
+    edges.dedup();
+    edges.into_iter().find_map(|t| {
+        let flagged = points.iter().filter(|p| p.0 >= t).count() as u64;
+        let hits = points.iter().filter(|p| p.0 >= t && p.1).count() as u64;
+        (wilson_lower(hits as f64, flagged as f64) >= target).then_some((t, flagged, hits, positives))
+    })
+}
+
+/// `modserve tune --prometheus` against a real Prometheus scraping the real server: verdicts on
+/// two surfaces (some naming one label) are scored by live into `modserve_verdict_scores`, and
+/// the thresholds tune proposes, with their counts, are the ones computed here from the live
+/// scores Classify answered, bucketed and solved independently; `--surface kids` sees the kids
+/// verdicts only, against live's policy there, and its snippet offers the shadow kids alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tune_from_prometheus_solves_on_the_verdict_score_buckets() {
+    use crate::common::prometheus::Prometheus;
+    use modserve::serving::grpc::pb;
+    use modserve::serving::grpc::pb::feedback_client::FeedbackClient;
+    let _shared = shared().await;
+    let server = ChildServer::start(
+        r#"
+[models.tiny-abuse]
+path = "tests/fixtures/tiny-abuse"
+[policies.strict-2]
+version = "2"
+[policies.strict-2.thresholds.insult]
+review = 0.3
+reject = 0.6
+[policies.strict-2.thresholds.threat]
+review = 0.2
+reject = 0.5
+[tasks.abuse]
+live = "tiny-abuse"
+[tasks.abuse.surfaces]
+kids = "strict-2"
+"#,
+    )
+    .await;
+    let prometheus = Prometheus::start(&[server.metrics_addr]).await;
+    let zeros = r#"sum(modserve_verdict_scores_count{task="abuse"})"#;
+    assert_eq!(prometheus.wait_for(zeros, 0.0).await.map(|(_, v)| v), Some(0.0), "the zeros were scraped first");
+
+    let words = ["you", "idiot", "great", "stupid", "kill", "product", "moron", "will", "nice", "dumb", "i", "love"];
+    let mut client = server.client().await;
+    let mut feedback = FeedbackClient::new(server.channel().await);
+    // Per surface ("" = default) and label (insult 0, threat 1): what each verdict is to tune.
+    let mut seen: std::collections::BTreeMap<(&str, usize), Vec<Seen>> = Default::default();
+    let mut verdicts = Vec::new();
+    for i in 0..90 {
+        let text = format!("{} {} {}", words[i % 12], words[(i / 3 + 1) % 12], words[(i / 7 + 3) % 12]);
+        let surface = if i % 3 == 0 { "kids" } else { "" };
+        let reply = client.classify(request(vec![review(&format!("t{i}"), &text)])).await.unwrap().into_inner();
+        let scores: Vec<f32> = reply.results[0].tasks[0].scores.iter().map(|s| s.score).collect();
+        // Moderators mostly agree with the insult score, not always; every 11th names threat only.
+        let human = match (scores[0] > 0.5, i % 7 == 0) {
+            (true, false) | (false, true) => pb::Decision::Reject,
+            _ => pb::Decision::Allow,
+        };
+        let named = if i % 11 == 0 { vec!["threat".to_string()] } else { vec![] };
+        for (j, name) in ["insult", "threat"].iter().enumerate() {
+            let positive = human == pb::Decision::Reject && (named.is_empty() || named.iter().any(|n| n == name));
+            seen.entry((surface, j)).or_default().push((lower_edge(scores[j]), positive));
+        }
+        verdicts.push(pb::Verdict {
+            review: Some(review(&format!("t{i}"), &text)),
+            task: "abuse".into(),
+            decision: human as i32,
+            labels: named,
+            source: String::new(),
+            surface: (!surface.is_empty()).then(|| surface.to_string()),
+        });
+    }
+    feedback.submit_verdicts(pb::SubmitVerdictsRequest { verdicts }).await.unwrap();
+    let all = r#"sum(modserve_verdict_scores_count{task="abuse"})"#;
+    assert_eq!(prometheus.wait_for(all, 180.0).await.map(|(_, v)| v), Some(180.0), "90 verdicts x 2 labels");
+
+    let dir = tempfile::tempdir().unwrap();
+    let run = |surface: Option<&str>, out: &Path| {
+        let mut cmd = modserve();
+        cmd.args(["tune", "--config"]).arg(server.config_path());
+        cmd.args(["--prometheus", &prometheus.url(), "--window", "15m", "--task", "abuse"]);
+        cmd.args(["--target", "review-precision=0.5", "--min-verdicts", "10", "--out"]).arg(out);
+        if let Some(s) = surface {
+            cmd.args(["--surface", s]);
+        }
+        output_of(cmd)
+    };
+    for surface in [None, Some("kids")] {
+        let out = dir.path().join(surface.unwrap_or("default"));
+        let result = tokio::task::block_in_place(|| run(surface, &out));
+        let json: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join("tune.json")).unwrap_or_else(|e| panic!("{e}: {}", show(&result))),
+        )
+        .unwrap();
+        assert_eq!(json["surface"].as_str(), surface, "{json}");
+        assert_eq!(json["live_policy"], if surface.is_some() { "strict-2" } else { "default" }, "{json}");
+        assert!(json["labels_file"].is_null() && json["prometheus"]["window_seconds"] == 900, "{json}");
+        let key = surface.unwrap_or("");
+        let mut complete = true;
+        for (j, name) in ["insult", "threat"].iter().enumerate() {
+            let points = &seen[&(key, j)];
+            let label = &json["labels"][j];
+            assert_eq!(label["label"], *name);
+            assert_eq!(json["reviews"].as_u64(), Some(points.len() as u64), "{json}");
+            // Live's reject threshold there, which the proposal keeps and must not cross.
+            let reject: f64 = match (surface, j) {
+                (None, 0) => 0.9,
+                (None, _) => 0.7,
+                (Some(_), 0) => 0.6,
+                (Some(_), _) => 0.5,
+            };
+            assert_eq!(label["live_thresholds"]["reject"].as_f64().map(|v| v as f32), Some(reject as f32), "{label}");
+            match expected_review_threshold(points, 0.5).filter(|(t, ..)| *t as f32 <= reject as f32) {
+                Some((t, flagged, hits, positives)) => {
+                    let tuned = &label["tuned"];
+                    assert_eq!(label["thresholds"]["review"].as_f64().map(|v| v as f32), Some(t as f32), "{label}");
+                    let counts = (tuned["flagged"].as_u64(), tuned["hits"].as_u64(), tuned["positives"].as_u64());
+                    assert_eq!(counts, (Some(flagged), Some(hits), Some(positives)), "{name} on {key:?}: {label}");
+                }
+                None => {
+                    complete = false;
+                    assert_eq!(label["proposed"], false, "{name} on {key:?}: {label}");
+                }
+            }
+        }
+        assert_eq!(result.status.code(), Some(if complete { 0 } else { 2 }), "{}", show(&result));
+        let snippet = String::from_utf8_lossy(&result.stdout);
+        assert!(snippet.contains("Prometheus http://"), "{snippet}");
+        if complete && surface == Some("kids") {
+            assert!(
+                snippet.contains(r#"policy = "tiny-abuse-tuned-kids", sample_rate = 1.0, surfaces = ["kids"] }]"#),
+                "{snippet}"
+            );
+        }
+    }
+    // Not all refusals: each surface gets a proposal for some label.
+    for key in ["", "kids"] {
+        assert!((0..2).any(|j| expected_review_threshold(&seen[&(key, j)], 0.5).is_some()), "{key:?}: {seen:?}");
+    }
+    drop(prometheus);
+    server.stop().await;
+}
+
+/// `--surface kids` on a labelled file: only the kids lines count, live's figures are its
+/// policy there (strict-2), and the proposal is the lowest score whose flagged set meets the
+/// target, computed here from the fixture's golden scores; `--apply` offers its shadow the kids
+/// surface alone and the edited config loads. An unknown surface exits 1 naming the flag.
+#[test]
+fn tune_on_one_surface_counts_its_verdicts_against_its_policy() {
+    let _shared = shared_blocking();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("modserve.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[models.tiny-abuse]\npath = {:?}\n[policies.strict-2]\nversion = \"2\"\n\
+             [policies.strict-2.thresholds.insult]\nreview = 0.3\nreject = 0.95\n\
+             [policies.strict-2.thresholds.threat]\nreview = 0.2\nreject = 0.95\n\
+             [tasks.abuse]\nlive = \"tiny-abuse\"\n[tasks.abuse.surfaces]\nkids = \"strict-2\"\n",
+            path_str(&fixture("tiny-abuse"))
+        ),
+    )
+    .unwrap();
+    // Every other fixture line on kids.
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(fixture("labelled.jsonl"))
+        .unwrap()
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            if i % 2 == 1 {
+                v["surface"] = "kids".into();
+            }
+            v
+        })
+        .collect();
+    let labels = dir.path().join("labelled.jsonl");
+    std::fs::write(&labels, lines.iter().map(|v| v.to_string() + "\n").collect::<String>()).unwrap();
+
+    let out = dir.path().join("kids");
+    let run = tune(
+        &config,
+        &labels,
+        &["--surface", "kids", "--target", "review-precision=0.2", "--min-verdicts", "1", "--out", &path_str(&out)],
+    );
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("tune.json")).unwrap_or_else(|e| panic!("{e}: {}", show(&run))),
+    )
+    .unwrap();
+    assert_eq!((json["surface"].as_str(), json["live_policy"].as_str()), (Some("kids"), Some("strict-2")), "{json}");
+    assert_eq!(json["policy"]["name"], "tiny-abuse-tuned-kids");
+
+    // Expected, from the golden scores of the kids lines alone.
+    let golden: std::collections::HashMap<String, Golden> =
+        golden().into_iter().filter(|g| g.model == "tiny-abuse").map(|g| (g.text.clone(), g)).collect();
+    let kids: Vec<&serde_json::Value> = lines.iter().filter(|l| l["surface"] == "kids").collect();
+    assert_eq!(json["reviews"].as_u64(), Some(kids.len() as u64));
+    let mut complete = true;
+    for (j, name) in ["insult", "threat"].iter().enumerate() {
+        let points: Vec<(f32, bool)> = kids
+            .iter()
+            .map(|l| {
+                let score = golden[l["text"].as_str().unwrap()].probabilities[j];
+                let named = l["labels"].as_array().map(|a| a.iter().any(|n| n == name)).unwrap_or(true);
+                (score, l["decision"] != "allow" && named)
+            })
+            .collect();
+        let count = |t: f32| {
+            let flagged = points.iter().filter(|p| p.0 >= t).count() as u64;
+            (flagged, points.iter().filter(|p| p.0 >= t && p.1).count() as u64)
+        };
+        let mut scores: Vec<f32> = points.iter().map(|p| p.0).collect();
+        scores.sort_by(f32::total_cmp);
+        scores.dedup();
+        let lowest = scores.into_iter().find(|&s| {
+            let (flagged, hits) = count(s);
+            wilson_lower(hits as f64, flagged as f64) >= 0.2
+        });
+        let label = &json["labels"][j];
+        let live_review = if j == 0 { 0.3 } else { 0.2 };
+        assert_eq!(label["live_thresholds"]["review"].as_f64().map(|v| v as f32), Some(live_review), "{label}");
+        match lowest {
+            Some(s) => {
+                let t = label["thresholds"]["review"].as_f64().unwrap() as f32;
+                let (flagged, hits) = count(s);
+                assert_eq!(count(t), (flagged, hits), "{name}: {t} flags what {s} does: {label}");
+                let tuned = &label["tuned"];
+                assert_eq!((tuned["flagged"].as_u64(), tuned["hits"].as_u64()), (Some(flagged), Some(hits)), "{label}");
+                // Live's figures at strict-2's threshold, on the kids lines.
+                let (live_flagged, live_hits) = count(live_review);
+                let live = &label["live"];
+                assert_eq!((live["flagged"].as_u64(), live["hits"].as_u64()), (Some(live_flagged), Some(live_hits)));
+            }
+            None => {
+                complete = false;
+                assert_eq!(label["proposed"], false, "{label}");
+            }
+        }
+    }
+    assert!(complete, "the fixture proposes both labels on kids: {}", show(&run));
+    assert_eq!(run.status.code(), Some(0), "{}", show(&run));
+
+    // --apply: the table and a policy-only shadow on kids alone; the edited config loads.
+    let applied = tune(
+        &config,
+        &labels,
+        &["--surface", "kids", "--target", "review-precision=0.2", "--min-verdicts", "1", "--apply"],
+    );
+    assert_eq!(applied.status.code(), Some(0), "{}", show(&applied));
+    assert!(String::from_utf8_lossy(&applied.stderr).contains("on surface kids"), "{}", show(&applied));
+    let edited: toml::Table = toml::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    let shadow = &edited["tasks"]["abuse"]["shadows"][0];
+    assert_eq!(shadow["policy"].as_str(), Some("tiny-abuse-tuned-kids"), "{edited}");
+    assert_eq!(shadow["surfaces"].as_array().map(|a| a.len()), Some(1), "{edited}");
+    assert_eq!(shadow["surfaces"][0].as_str(), Some("kids"), "{edited}");
+    let check = output_of({
+        let mut cmd = modserve();
+        cmd.arg("check-config").arg(&config);
+        cmd
+    });
+    assert_eq!(check.status.code(), Some(0), "{}", show(&check));
+
+    let unknown = tune(&config, &labels, &["--surface", "forum", "--target", "review-precision=0.2"]);
+    assert_eq!(unknown.status.code(), Some(1), "{}", show(&unknown));
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert!(stderr.contains("--surface") && stderr.contains("\"forum\"") && stderr.contains("kids"), "{stderr}");
+}

@@ -22,7 +22,7 @@ use super::prometheus::{Access, Client, ClientError, Labels, Series, quote};
 use crate::metrics::{
     BATCHES_TOTAL, INFERENCE_ERRORS_TOTAL, LABELLED_VERDICTS_TOTAL, Role, SHADOW_COMPARISONS_TOTAL,
     SHADOW_REVIEWS_TOTAL, SHADOW_SAMPLE_RATE_CONFIGURED, SHADOW_SAMPLE_RATE_EFFECTIVE, SHADOW_SCORE_DELTA,
-    STAGE_DURATION_SECONDS, Stage, VERDICTS_TOTAL, label,
+    STAGE_DURATION_SECONDS, Stage, VERDICT_SCORES, VERDICTS_TOTAL, label,
 };
 use crate::policy::{Confusion, Decision};
 
@@ -72,11 +72,7 @@ impl FetchArgs {
 
 /// Reads every figure of a report for one candidate from Prometheus (and the disagreement log).
 pub fn fetch(args: &FetchArgs) -> Result<ReportInput, ReportError> {
-    let client = Client::new(&args.prometheus, args.timeout, &args.access).map_err(|e| match e {
-        ClientError::Url(reason) => ReportError::BadUrl { url: args.prometheus.clone(), reason },
-        ClientError::Access(error) => ReportError::Access(error),
-    })?;
-    let f = Fetcher { client, args, start: unix(args.end) - args.window.as_secs_f64() };
+    let f = Fetcher::new(args)?;
     let mut notes = surface_notes(args);
 
     let Compared { live_model, policy, live, candidate, matrix } = compared(&f, args, &mut notes)?;
@@ -330,6 +326,14 @@ struct Fetcher<'a> {
 }
 
 impl Fetcher<'_> {
+    fn new(args: &FetchArgs) -> Result<Fetcher<'_>, ReportError> {
+        let client = Client::new(&args.prometheus, args.timeout, &args.access).map_err(|e| match e {
+            ClientError::Url(reason) => ReportError::BadUrl { url: args.prometheus.clone(), reason },
+            ClientError::Access(error) => ReportError::Access(error),
+        })?;
+        Ok(Fetcher { client, args, start: unix(args.end) - args.window.as_secs_f64() })
+    }
+
     /// Every series of counter `metric` matching `matchers` with a sample in the window, and
     /// its count there.
     fn counts(&self, metric: &str, matchers: &[(&str, &str)]) -> Result<Vec<Counted>, ReportError> {
@@ -389,6 +393,79 @@ impl Fetcher<'_> {
     fn error(&self, query: &str, error: super::prometheus::QueryError) -> ReportError {
         ReportError::Query { url: self.args.prometheus.clone(), query: query.to_string(), error }
     }
+}
+
+/// A live model's scores on reviews with a verdict, in the window: per label, how many verdicts
+/// of each human decision (as it counts for that label) fell in each score bucket.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct VerdictScores {
+    /// label -> (bucket's lower edge, human decision, verdicts), lower edges ascending.
+    by_label: BTreeMap<String, Vec<(f64, Decision, u64)>>,
+}
+
+impl VerdictScores {
+    /// Builds it from cumulative bucket counts `(label, human, le, verdicts with score <= le)`,
+    /// as a Prometheus histogram keeps them (several replicas' series may repeat a key: summed).
+    pub fn from_cumulative(rows: impl IntoIterator<Item = (String, Decision, f64, u64)>) -> VerdictScores {
+        let mut cumulative: BTreeMap<(String, Decision), Vec<(f64, u64)>> = BTreeMap::new();
+        for (label, human, le, n) in rows {
+            cumulative.entry((label, human)).or_default().push((le, n));
+        }
+        let mut by_label: BTreeMap<String, Vec<(f64, Decision, u64)>> = BTreeMap::new();
+        for ((label, human), mut edges) in cumulative {
+            edges.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let (mut lower, mut below) = (0.0, 0);
+            let buckets = by_label.entry(label).or_default();
+            for chunk in edges.chunk_by(|a, b| a.0 == b.0) {
+                let le = chunk[0].0;
+                let at_or_below: u64 = chunk.iter().map(|(_, n)| n).sum();
+                let n = at_or_below.saturating_sub(below);
+                if n > 0 {
+                    buckets.push((lower, human, n));
+                }
+                below = below.max(at_or_below);
+                if le.is_finite() {
+                    lower = le;
+                }
+            }
+        }
+        for buckets in by_label.values_mut() {
+            buckets.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        }
+        VerdictScores { by_label }
+    }
+
+    /// `label`'s buckets: (lower edge, human decision, verdicts), lower edges ascending. A score
+    /// is in the bucket above its lower edge (`lower < score <= upper`; the first from 0).
+    pub fn buckets(&self, label: &str) -> impl Iterator<Item = (f64, Decision, u64)> + '_ {
+        self.by_label.get(label).into_iter().flatten().copied()
+    }
+
+    /// Verdicts counted for `label`.
+    pub fn verdicts(&self, label: &str) -> u64 {
+        self.buckets(label).map(|(_, _, n)| n).sum()
+    }
+}
+
+/// The scores `model` at `version` (live) gave reviews with a verdict in the window, from
+/// `modserve_verdict_scores`, on `args.surface` (or the default surface: series without one).
+/// `args.candidate` is not read. Counts are exact per bucket series, as `fetch`'s, summed over
+/// replicas.
+pub fn verdict_scores(args: &FetchArgs, model: &str, version: &str) -> Result<VerdictScores, ReportError> {
+    let f = Fetcher::new(args)?;
+    let surface = args.surface.as_deref().unwrap_or("");
+    let matchers = [
+        (label::TASK, args.task.as_str()),
+        (label::MODEL, model),
+        (label::VERSION, version),
+        (label::SURFACE, surface),
+    ];
+    let series = f.counts(&format!("{VERDICT_SCORES}_bucket"), &matchers)?;
+    Ok(VerdictScores::from_cumulative(series.iter().filter_map(|c| {
+        let human = decision(label(&c.labels, label::HUMAN_DECISION))?;
+        let le = label(&c.labels, "le").parse::<f64>().ok()?;
+        Some((label(&c.labels, label::LABEL).to_string(), human, le, c.count))
+    })))
 }
 
 /// The count of one counter series in the window starting at `start` (unix seconds): the steps

@@ -1,6 +1,7 @@
 //! `modserve tune --apply`: the proposal written into the config file itself, as its
-//! `[policies.NAME]` table and a policy-only shadow of the task at `sample_rate = 1.0`, so the
-//! running server judges it on live traffic by the same `[launch]` criteria as any candidate.
+//! `[policies.NAME]` table and a policy-only shadow of the task at `sample_rate = 1.0` (offered
+//! only the surface tuned for, with `--surface`), so the running server judges it on live
+//! traffic by the same `[launch]` criteria as any candidate.
 //!
 //! The edited text is checked as a whole (`Config::parse`, as the server does on reload) before
 //! the file is replaced, and replaced by a rename, so a server watching the file never reads half
@@ -106,6 +107,9 @@ fn add_shadow(doc: &mut DocumentMut, path: &Path, tuning: &Tuning) -> Result<boo
             entry.insert("model", tuning.model.as_str().into());
             entry.insert("policy", tuning.name.as_str().into());
             entry.insert("sample_rate", 1.0.into());
+            if let Some(surfaces) = surfaces(tuning) {
+                entry.insert("surfaces", Value::Array(surfaces));
+            }
             list.push(entry);
         }
         Item::ArrayOfTables(list) => {
@@ -119,11 +123,19 @@ fn add_shadow(doc: &mut DocumentMut, path: &Path, tuning: &Tuning) -> Result<boo
             entry.insert("model", toml_edit::value(tuning.model.as_str()));
             entry.insert("policy", toml_edit::value(tuning.name.as_str()));
             entry.insert("sample_rate", toml_edit::value(1.0));
+            if let Some(surfaces) = surfaces(tuning) {
+                entry.insert("surfaces", toml_edit::value(surfaces));
+            }
             list.push(entry);
         }
         _ => return Err(shape()),
     }
     Ok(true)
+}
+
+/// `["SURFACE"]` for a policy tuned on one surface: its shadow is tried there only.
+fn surfaces(tuning: &Tuning) -> Option<Array> {
+    tuning.surface.as_ref().map(|s| Array::from_iter([s.as_str()]))
 }
 
 /// Writes `text` beside `path` and renames it over `path`: a reader sees the old file or the new.

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::{Counts, LabelTuning, Proposal, Refusal, Tuning};
+use super::{Counts, Evidence, LabelTuning, Proposal, Refusal, Tuning};
 use crate::policy::{Decision, Thresholds};
 
 /// The snippet, written by `--out`.
@@ -124,10 +124,11 @@ pub fn toml(tuning: &Tuning) -> String {
             thresholds(&mut out, tuning, &table, l, p);
         }
     }
+    let surfaces = tuning.surface.as_ref().map_or_else(String::new, |s| format!(", surfaces = [{s:?}]"));
     let _ = writeln!(
         out,
         "# To try it beside live, add this policy-only shadow to [tasks.{}] shadows (keep any others), then \
-         reload (SIGHUP or Admin/Reload):\n# shadows = [{{ model = \"{}\", policy = \"{}\", sample_rate = 1.0 }}]",
+         reload (SIGHUP or Admin/Reload):\n# shadows = [{{ model = \"{}\", policy = \"{}\", sample_rate = 1.0{surfaces} }}]",
         key(&tuning.task),
         tuning.model,
         tuning.name
@@ -135,17 +136,26 @@ pub fn toml(tuning: &Tuning) -> String {
     out
 }
 
+/// The bucket edge live's threshold `t` is counted at when the scores are known to their
+/// bucket only (the lowest edge at or above it), if that is not `t` itself.
+fn counted_at(tuning: &Tuning, t: f32) -> Option<f32> {
+    if !matches!(tuning.evidence, Evidence::Prometheus { .. }) {
+        return None;
+    }
+    let edge = crate::metrics::SCORE_BUCKETS.iter().map(|&e| e as f32).find(|&e| e >= t)?;
+    (edge != t).then_some(edge)
+}
+
 /// What was tuned, on what, and how a proposal is judged.
 fn header(out: &mut String, tuning: &Tuning) {
+    let surface = tuning
+        .surface
+        .as_ref()
+        .map_or_else(String::new, |s| format!(", surface {s} (live policy {})", tuning.live_policy));
     let _ = writeln!(
         out,
-        "# modserve tune: task {}, model {} {}, target {}, {} labelled reviews ({})",
-        tuning.task,
-        tuning.model,
-        tuning.model_version,
-        tuning.target,
-        tuning.reviews,
-        tuning.labels_file.display()
+        "# modserve tune: task {}, model {} {}{surface}, target {}, {} labelled reviews ({})",
+        tuning.task, tuning.model, tuning.model_version, tuning.target, tuning.reviews, tuning.evidence
     );
     let positives = match tuning.target.sets() {
         Decision::Reject => "REJECT",
@@ -153,14 +163,25 @@ fn header(out: &mut String, tuning: &Tuning) {
     };
     let _ = writeln!(
         out,
-        "# Positives: reviews a moderator decided {positives} (a line listing `labels` counts for those labels only)."
+        "# Positives: reviews a moderator decided {positives} (a verdict listing `labels` counts for those labels only)."
     );
+    let on = match tuning.evidence {
+        Evidence::File(_) => "this file",
+        Evidence::Prometheus { .. } => "these verdicts",
+    };
     let _ = match tuning.target {
         super::Target::ReviewVolumeLive => {
-            writeln!(out, "# Figures are on this file; the threshold flags at most as many reviews as live's.")
+            writeln!(out, "# Figures are on {on}; the threshold flags at most as many reviews as live's.")
         }
-        _ => writeln!(out, "# Figures are on this file; the target is met by the Wilson 95% lower bound of precision."),
+        _ => writeln!(out, "# Figures are on {on}; the target is met by the Wilson 95% lower bound of precision."),
     };
+    if let Evidence::Prometheus { .. } = tuning.evidence {
+        let _ = writeln!(
+            out,
+            "# Scores are known to their bucket of modserve_verdict_scores (0.05 wide): thresholds are bucket edges, \
+             and a live threshold between edges is counted at the edge above it."
+        );
+    }
 }
 
 /// `[policies.NAME.thresholds.LABEL]`: the tuned threshold with its evidence, the other level kept.
@@ -185,7 +206,10 @@ fn thresholds(out: &mut String, tuning: &Tuning, table: &str, l: &LabelTuning, p
             continue;
         }
         let live = match (live, &p.live) {
-            (Some(t), Some(c)) => format!("live {}: {}", threshold(t), figures(c)),
+            (Some(t), Some(c)) => match counted_at(tuning, t) {
+                Some(edge) => format!("live {} (counted at {}): {}", threshold(t), threshold(edge), figures(c)),
+                None => format!("live {}: {}", threshold(t), figures(c)),
+            },
             _ => "live: none".to_string(),
         };
         let volume = if matches!(tuning.target, super::Target::ReviewVolumeLive) {
@@ -209,10 +233,23 @@ struct JsonTuning<'a> {
     policy: JsonPolicy<'a>,
     reviews: u64,
     min_verdicts: u64,
-    labels_file: String,
+    /// The surface tuned for (`live_policy` is live's there); null: the default surface.
+    surface: Option<&'a str>,
+    /// The labelled file, when the verdicts came from one.
+    labels_file: Option<String>,
+    /// The Prometheus window, when the verdicts came from `modserve_verdict_scores`.
+    prometheus: Option<JsonPrometheus>,
     /// Every label got a proposal (exit status 0).
     complete: bool,
     labels: Vec<JsonLabel<'a>>,
+}
+
+#[derive(Serialize)]
+struct JsonPrometheus {
+    url: String,
+    window_seconds: u64,
+    /// RFC 3339.
+    end: String,
 }
 
 #[derive(Serialize)]
@@ -251,7 +288,19 @@ pub fn json(tuning: &Tuning) -> String {
         policy: JsonPolicy { name: &tuning.name, version: &tuning.version },
         reviews: tuning.reviews,
         min_verdicts: tuning.min_verdicts,
-        labels_file: tuning.labels_file.display().to_string(),
+        surface: tuning.surface.as_deref(),
+        labels_file: match &tuning.evidence {
+            Evidence::File(path) => Some(path.display().to_string()),
+            Evidence::Prometheus { .. } => None,
+        },
+        prometheus: match &tuning.evidence {
+            Evidence::File(_) => None,
+            Evidence::Prometheus { url, window, end } => Some(JsonPrometheus {
+                url: url.clone(),
+                window_seconds: window.as_secs(),
+                end: humantime::format_rfc3339_seconds(*end).to_string(),
+            }),
+        },
         complete: tuning.complete(),
         labels: tuning
             .labels
@@ -302,7 +351,8 @@ mod tests {
             version: String::new(),
             reviews: 40,
             min_verdicts: 20,
-            labels_file: "l.jsonl".into(),
+            surface: None,
+            evidence: Evidence::File("l.jsonl".into()),
             labels: vec![LabelTuning { label: "insult".into(), live, positives: 10, outcome }],
             name_taken: false,
         };

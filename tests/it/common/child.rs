@@ -102,6 +102,11 @@ impl ChildServer {
         server
     }
 
+    /// The config file the server was started with.
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self._dir.path().join("modserve.toml")
+    }
+
     /// The server's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

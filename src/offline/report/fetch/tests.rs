@@ -389,3 +389,27 @@ fn report_fetch_errors_name_the_cause() {
         "--prometheus-bearer-token-env MODSERVE_TEST_SURELY_UNSET_7f3a: the environment variable is not set (or empty)"
     );
 }
+
+#[test]
+fn verdict_scores_turn_cumulative_buckets_into_counts_per_bucket() {
+    let (allow, reject) = (Decision::Allow, Decision::Reject);
+    // insult, two replicas: reject 3 at <= 0.5 (2 + 1), 7 at <= 0.9, 8 in all; allow 4 at <= 0.05.
+    let rows = [
+        ("insult", reject, 0.05, 0),
+        ("insult", reject, 0.5, 2),
+        ("insult", reject, 0.5, 1),
+        ("insult", reject, 0.9, 7),
+        ("insult", reject, f64::INFINITY, 8),
+        ("insult", allow, 0.05, 4),
+        ("insult", allow, 0.9, 4),
+        ("insult", allow, f64::INFINITY, 4),
+        ("threat", allow, 1.0, 0),
+    ];
+    let scores = VerdictScores::from_cumulative(rows.map(|(l, h, le, n)| (l.to_string(), h, le, n)));
+    let insult: Vec<_> = scores.buckets("insult").collect();
+    // Lower edges: (0.05, 0.5] holds 3, (0.5, 0.9] 4, above 0.9 (the +Inf bucket) 1; allow 4 in [0, 0.05].
+    assert_eq!(insult, [(0.0, allow, 4), (0.05, reject, 3), (0.5, reject, 4), (0.9, reject, 1)]);
+    assert_eq!(scores.verdicts("insult"), 12);
+    assert_eq!(scores.verdicts("threat"), 0);
+    assert_eq!(scores.buckets("spam").count(), 0);
+}
