@@ -40,6 +40,10 @@ pub enum Command {
         /// "signals" (as in Classify), "task", and the human "decision" (allow, review or reject).
         #[arg(long)]
         labels: PathBuf,
+        /// Judge on one surface: only the lines whose `surface` is this one (a name under
+        /// [tasks.TASK.surfaces] of their task) count, and only shadows offered it report.
+        #[arg(long)]
+        surface: Option<String>,
         /// Folder for the reports: one subfolder per shadow, TASK-MODEL[-POLICY], each with
         /// launch-report.{md,html,json}.
         #[arg(long, default_value = ".")]

@@ -29,7 +29,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::CheckConfig { ref file }) => check_config(file, &cli),
         Some(Command::Report { .. }) => launch_report(&cli),
-        Some(Command::Eval { ref labels, ref out }) => eval(labels, out, &cli),
+        Some(Command::Eval { ref labels, ref surface, ref out }) => eval(labels, surface.as_deref(), out, &cli),
         Some(Command::Tune { .. }) => tune(&cli),
         None | Some(Command::Serve) => serve(&cli),
     }
@@ -172,15 +172,18 @@ fn check_config(file: &std::path::Path, cli: &Cli) -> ExitCode {
 
 /// `modserve eval`: every model of the config over a labelled file, one launch report per shadow.
 /// Exit 0 when every shadow is GO, 2 when any is NO-GO, 1 when it could not run.
-fn eval(labels: &std::path::Path, out: &std::path::Path, cli: &Cli) -> ExitCode {
+fn eval(labels: &std::path::Path, surface: Option<&str>, out: &std::path::Path, cli: &Cli) -> ExitCode {
     init_logging(cli.flags.log_format.unwrap_or(LogFormat::Text));
     let failed = || ExitCode::from(report::EXIT_ERROR);
     let path = &cli.flags.config;
     let Some((config, loaded)) = load_models(cli) else { return failed() };
     let state = loaded.state;
     let result = (|| {
-        let (labelled, runtime) = labelled_and_runtime(labels, &state)?;
-        let inputs = runtime
+        let (mut labelled, runtime) = labelled_and_runtime(labels, &state)?;
+        if let Some(surface) = surface {
+            labelled = modserve::offline::eval::on_surface(labelled, &state, surface)?;
+        }
+        let mut inputs = runtime
             .block_on(modserve::offline::eval::evaluate(
                 &state,
                 &labelled,
@@ -189,10 +192,16 @@ fn eval(labels: &std::path::Path, out: &std::path::Path, cli: &Cli) -> ExitCode 
             ))
             .map_err(|e| e.to_string())?;
         if inputs.is_empty() {
+            let offered = surface.map_or_else(String::new, |s| format!(" offered surface {s}"));
             return Err(format!(
-                "no shadow to evaluate: no task of {} with labelled reviews has shadows",
+                "no shadow to evaluate: no task of {} with labelled reviews has shadows{offered}",
                 path.display()
             ));
+        }
+        if let Some(surface) = surface {
+            for input in &mut inputs {
+                input.notes.push(format!("surface {surface} only: the labelled lines on it"));
+            }
         }
         let mut all_go = true;
         for input in inputs {

@@ -153,6 +153,26 @@ pub async fn score(
     run(model, reviews, &mut done, reviews.len(), &mut progress).await
 }
 
+/// The lines on the surface named `surface` (of their task), for judging there alone; an error
+/// naming `--surface` when no task lists it or no line is on it.
+pub fn on_surface(labelled: Vec<Labelled>, state: &ServingState, surface: &str) -> Result<Vec<Labelled>, String> {
+    let index = |task: &str| {
+        let entry = state.tasks.iter().find(|t| t.name == task)?;
+        entry.surfaces.iter().position(|s| s.name == surface)
+    };
+    if !state.tasks.iter().any(|t| index(&t.name).is_some()) {
+        let known: Vec<String> =
+            state.tasks.iter().flat_map(|t| t.surfaces.iter().map(|s| format!("{}/{}", t.name, s.name))).collect();
+        return Err(format!("--surface: no task lists a surface named {surface:?}; the surfaces are {known:?}"));
+    }
+    let kept: Vec<Labelled> =
+        labelled.into_iter().filter(|l| l.surface.is_some() && l.surface == index(&l.task)).collect();
+    if kept.is_empty() {
+        return Err(format!("--surface: no labelled line is on surface {surface:?}"));
+    }
+    Ok(kept)
+}
+
 /// Runs every model of every task over `labelled` and returns one report input per shadow, in
 /// config order. `progress` is told the reviews done so far and the total.
 pub async fn evaluate(

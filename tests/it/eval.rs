@@ -425,14 +425,14 @@ max_precision_drop = 1.0
         _ => 0,
     };
     let zero = || Expected { comparisons: [[0; 3]; 3], live: [[0; 3]; 3], candidate: [[0; 3]; 3] };
-    let (mut v2, mut kids_only, mut on_kids) = (zero(), zero(), 0);
+    let (mut v2, mut kids_only, mut v2_kids, mut on_kids) = (zero(), zero(), zero(), 0);
     for line in &lines {
         let text = line["text"].as_str().unwrap().to_string();
         let human = decision_index(line["decision"].as_str().unwrap());
         let live_golden = &golden[&("tiny-abuse".to_string(), text.clone())];
         let kids = line.get("surface").is_some();
         let live = if kids { strict_2(&live_golden.probabilities) } else { decision_index(&live_golden.decision) };
-        let cand = decision_index(&golden[&("tiny-abuse-v2".to_string(), text)].decision);
+        let cand = decision_index(&golden[&("tiny-abuse-v2".to_string(), text.clone())].decision);
         v2.comparisons[live][cand] += 1;
         v2.live[live][human] += 1;
         v2.candidate[cand][human] += 1;
@@ -442,6 +442,10 @@ max_precision_drop = 1.0
             kids_only.comparisons[live][cand] += 1;
             kids_only.live[live][human] += 1;
             kids_only.candidate[cand][human] += 1;
+            let v2_cand = decision_index(&golden[&("tiny-abuse-v2".to_string(), text.clone())].decision);
+            v2_kids.comparisons[live][v2_cand] += 1;
+            v2_kids.live[live][human] += 1;
+            v2_kids.candidate[v2_cand][human] += 1;
         }
     }
     assert!(on_kids > 0 && kids_only.live != v2.live, "the fixture must tell the two apart");
@@ -452,6 +456,39 @@ max_precision_drop = 1.0
         assert_eq!(matrix(&input["verdicts"]["live"]), e.live, "{dir}: live x label");
         assert_eq!(matrix(&input["verdicts"]["candidate"]), e.candidate, "{dir}: candidate x label");
     }
+    // `--surface kids`: the kids lines alone, for both shadows, with a note saying so.
+    let kids_out = dir.path().join("kids-reports");
+    let run = modserve()
+        .args(["eval", "--config"])
+        .arg(&config)
+        .arg("--labels")
+        .arg(&labels)
+        .args(["--surface", "kids", "--out"])
+        .arg(&kids_out)
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(0), "{}", String::from_utf8_lossy(&run.stderr));
+    for (dir, e) in [("abuse-tiny-abuse-v2", &v2_kids), ("abuse-tiny-abuse-lenient", &kids_only)] {
+        let input = &report(&kids_out, dir)["input"];
+        assert_eq!(input["source"]["reviews"], on_kids, "{dir}");
+        assert_eq!(matrix(&input["comparisons"]), e.comparisons, "{dir} on kids: live x candidate");
+        assert_eq!(matrix(&input["verdicts"]["live"]), e.live, "{dir} on kids: live x label");
+        assert_eq!(matrix(&input["verdicts"]["candidate"]), e.candidate, "{dir} on kids: candidate x label");
+        assert!(input["notes"].to_string().contains("surface kids only"), "{dir}: {}", input["notes"]);
+    }
+    let run = modserve()
+        .args(["eval", "--config"])
+        .arg(&config)
+        .arg("--labels")
+        .arg(&labels)
+        .args(["--surface", "forum", "--out"])
+        .arg(&kids_out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--surface") && stderr.contains("\"forum\"") && stderr.contains("abuse/kids"), "{stderr}");
+
     // A surface the task does not list is refused, naming the line.
     let bad = dir.path().join("bad.jsonl");
     std::fs::write(&bad, r#"{"id": "x1", "text": "hello", "task": "abuse", "decision": "allow", "surface": "forum"}"#)
