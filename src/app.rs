@@ -25,7 +25,7 @@ use crate::metrics::ReloadTrigger;
 use crate::serving::classify::Classifier;
 use crate::serving::grpc::admin::AdminService;
 use crate::serving::grpc::auth::BearerAuth;
-use crate::serving::grpc::feedback::FeedbackService;
+use crate::serving::grpc::feedback::{FeedbackService, SUBMIT_VERDICTS_PATH};
 use crate::serving::grpc::pb::admin_server::AdminServer;
 use crate::serving::grpc::pb::feedback_server::FeedbackServer;
 use crate::serving::grpc::pb::moderation_server::ModerationServer;
@@ -247,13 +247,18 @@ fn serve<H: tonic_health::pb::health_server::Health>(
     let routes = with_caller_services(routes, config, &handlers);
     let (routes, admin_routes) = with_admin_service(routes, bound.admin.is_some(), &handlers, health_service)?;
     let call_ceiling = call_ceiling(registry, config.limits.max_call_timeout);
+    let verdicts_check = handlers.feedback.message_check();
+    let limits = transport::CallLimits {
+        ceiling: call_ceiling.clone(),
+        admission: Arc::new(move |path| (path == SUBMIT_VERDICTS_PATH).then(|| verdicts_check.clone())),
+    };
     let transport = |name, listener, routes: tonic::service::Routes| {
         tokio::spawn(transport::serve(
             name,
             listener,
             routes.prepare(),
             transport::TransportSettings::new(&config.server),
-            call_ceiling.clone(),
+            limits.clone(),
             bound.tls.clone(),
             transport_signal.clone(),
         ))

@@ -99,6 +99,32 @@ impl Feedback {
         (Feedback { tx, queued, queued_bytes, seen: Arc::new(Mutex::new(Seen::default())) }, task)
     }
 
+    /// Whether a SubmitVerdicts message of `bytes` may be read at all: refused (as the queue
+    /// refuses a call) when the queue is full by count, or when the message is larger than the
+    /// text bytes the queue has room for. Its review texts are at most its bytes, so a call
+    /// refused here might have fit by the size of its ids and tags; a flood of large calls at a
+    /// full queue then costs the server a 5-byte prefix each instead of reading and decoding
+    /// megabytes only to refuse them.
+    pub fn admit(&self, bytes: usize, config: &crate::config::FeedbackConfig) -> Result<(), Error> {
+        let queued = self.queued.load(Ordering::SeqCst);
+        let room = config.queue_max_bytes.saturating_sub(self.queued_bytes.load(Ordering::SeqCst));
+        if queued >= config.queue_capacity {
+            Err(Error::FeedbackQueueFull {
+                limit: format!("{} verdicts waiting to be scored, feedback.queue_capacity", config.queue_capacity),
+            })
+        } else if bytes > room {
+            Err(Error::FeedbackQueueFull {
+                limit: format!(
+                    "a message of {bytes} bytes, more than the {room} bytes of review text the queue has room for \
+                     (feedback.queue_max_bytes {})",
+                    config.queue_max_bytes
+                ),
+            })
+        } else {
+            Ok(())
+        }
+    }
+
     /// Drops repeats and queues the rest for scoring. Refuses the whole call (nothing counted,
     /// nothing remembered) when the queue cannot take it. The dedupe window is locked from the
     /// check to the insert, so two calls carrying the same verdict at once count it once.

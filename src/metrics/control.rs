@@ -48,6 +48,9 @@ pub enum TransportRefusal {
     UploadBudgetProcess,
     /// The call's deadline passed before it was answered (its upload had not finished).
     UploadDeadline,
+    /// A SubmitVerdicts message larger than the room left in the feedback queue, refused at
+    /// its prefix before it was read.
+    FeedbackQueueFull,
 }
 
 impl TransportRefusal {
@@ -59,6 +62,7 @@ impl TransportRefusal {
             TransportRefusal::UploadBudgetConnection => "upload_budget_connection",
             TransportRefusal::UploadBudgetProcess => "upload_budget_process",
             TransportRefusal::UploadDeadline => "upload_deadline",
+            TransportRefusal::FeedbackQueueFull => "feedback_queue_full",
         }
     }
 }

@@ -39,7 +39,8 @@ fn describe_transport() {
         TRANSPORT_REFUSALS_TOTAL,
         "Connections and calls the gRPC transport refused or cut before a handler saw them, by listener and reason \
          (connection_limit, peer_connection_limit, handshake_timeout, upload_budget_connection, \
-         upload_budget_process, upload_deadline)."
+         upload_budget_process, upload_deadline, feedback_queue_full: a SubmitVerdicts message larger than the \
+         verdict queue's room, refused at its prefix)."
     );
 }
 

@@ -110,9 +110,21 @@ fn stalled_upload(
     sent: usize,
     timeout: &str,
 ) -> tokio::task::JoinHandle<(i32, String)> {
+    stalled_call(sender, addr, "/modserve.v1.Moderation/Classify", declared, sent, timeout)
+}
+
+/// `stalled_upload` on the method at `path`.
+fn stalled_call(
+    sender: &hyper::client::conn::http2::SendRequest<Upload>,
+    addr: std::net::SocketAddr,
+    path: &str,
+    declared: u32,
+    sent: usize,
+    timeout: &str,
+) -> tokio::task::JoinHandle<(i32, String)> {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-    let request = hyper::Request::post(format!("http://{addr}/modserve.v1.Moderation/Classify"))
+    let request = hyper::Request::post(format!("http://{addr}{path}"))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
         .header("grpc-timeout", timeout)
@@ -136,6 +148,48 @@ fn stalled_upload(
         let status = get("grpc-status").expect("grpc-status").parse().unwrap();
         (status, get("grpc-message").map(|m| percent_decode(&m)).unwrap_or_default())
     })
+}
+
+/// A SubmitVerdicts message larger than the room left in the verdict queue is refused at its
+/// 5-byte prefix, before its body is read (the upload here never finishes), and counted as
+/// a transport refusal; one that fits is read as usual (it reserves its upload bytes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verdict_message_larger_than_the_queues_room_is_refused_before_it_is_read() {
+    let _guard = exclusive().await;
+    let server = TestServer::start(config(&format!(
+        "[limits]\nmax_call_timeout = \"30s\"\n[feedback]\nqueue_max_bytes = 100000\n{ONE_MODEL}"
+    )))
+    .await;
+    let base = server.scrape().await;
+    let tcp = TcpStream::connect(server.grpc_addr).await.unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let addr = server.grpc_addr;
+    let path = "/modserve.v1.Feedback/SubmitVerdicts";
+    // 2,000,000 declared bytes, 100 sent: refused at once, though the message never completes.
+    let big = stalled_call(&sender, addr, path, 2_000_000, 100, "20S");
+    let (code, message) = tokio::time::timeout(Duration::from_secs(10), big).await.expect("refused at once").unwrap();
+    assert_eq!(code, Code::ResourceExhausted as i32, "{message}");
+    assert!(message.contains("feedback queue is full") && message.contains("2000000 bytes"), "{message}");
+    assert!(
+        message.contains("100000 bytes of review text") && message.contains("feedback.queue_max_bytes"),
+        "{message}"
+    );
+    let refused = [("listener", "grpc"), ("reason", "feedback_queue_full")];
+    assert_eq!(delta(&base, &server.scrape().await, "modserve_transport_refusals_total", &refused), 1.0);
+    // 60,000 declared bytes fit in the queue's room: the upload is read (its bytes reserved)
+    // until its deadline cuts it.
+    let fits = stalled_call(&sender, addr, path, 60_000, 100, "1S");
+    let receiving = [("listener", "grpc")];
+    let reserved = server.wait_gauge("modserve_request_bytes_receiving", &receiving, 60_000.0).await;
+    assert_eq!(reserved, Some(60_000.0), "the message that fits is being received");
+    let (code, message) = tokio::time::timeout(Duration::from_secs(10), fits).await.expect("cut").unwrap();
+    assert_eq!(code, Code::DeadlineExceeded as i32, "{message}");
+    assert_eq!(delta(&base, &server.scrape().await, "modserve_transport_refusals_total", &refused), 1.0);
+    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

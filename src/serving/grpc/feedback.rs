@@ -1,6 +1,7 @@
 //! `modserve.v1.Feedback`: validates verdicts against the serving state and hands them to
 //! `feedback::Feedback`.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use tonic::{Request, Response, Status};
@@ -8,10 +9,11 @@ use tonic::{Request, Response, Status};
 use super::pb::feedback_server;
 use super::pb::{SubmitVerdictsRequest, SubmitVerdictsResponse};
 use super::service::protocol;
+use super::upload::MessageCheck;
 use super::{convert, status};
 use crate::error::Error;
 use crate::feedback::Feedback;
-use crate::metrics;
+use crate::metrics::{self, TransportRefusal};
 use crate::serving::classify::Classifier;
 
 pub struct FeedbackService {
@@ -19,9 +21,26 @@ pub struct FeedbackService {
     feedback: Feedback,
 }
 
+/// The path of SubmitVerdicts, whose messages are checked against the queue before they are read.
+pub const SUBMIT_VERDICTS_PATH: &str = "/modserve.v1.Feedback/SubmitVerdicts";
+
 impl FeedbackService {
     pub fn new(classifier: Classifier, feedback: Feedback) -> FeedbackService {
         FeedbackService { classifier, feedback }
+    }
+
+    /// The check each SubmitVerdicts message passes at its prefix, before it is read
+    /// (`Feedback::admit`, against the feedback settings serving now).
+    pub fn message_check(self: &Arc<Self>) -> MessageCheck {
+        let service = self.clone();
+        Arc::new(move |declared| {
+            // Without a state the handler answers UNAVAILABLE itself.
+            let Ok(state) = service.classifier.state() else { return Ok(()) };
+            service
+                .feedback
+                .admit(declared as usize, &state.config.feedback)
+                .map_err(|e| (Status::from(e), TransportRefusal::FeedbackQueueFull))
+        })
     }
 
     fn handle(&self, req: SubmitVerdictsRequest) -> Result<SubmitVerdictsResponse, Error> {

@@ -96,6 +96,21 @@ pub struct Arrival {
 /// The longest any call may run (`limits.max_call_timeout`, which a reload can change).
 pub type CallCeiling = Arc<dyn Fn() -> Duration + Send + Sync>;
 
+/// A check of each request message's declared length, made at its 5-byte prefix before any of
+/// it is buffered: `Err` refuses the call there (see `upload::MessageCheck`).
+pub use super::upload::MessageCheck;
+
+/// For a call's path, the check its messages pass before they are read, if any.
+pub type Admission = Arc<dyn Fn(&str) -> Option<MessageCheck> + Send + Sync>;
+
+/// What bounds every call of a listener: how long it may run, and what its messages must pass
+/// before they are read.
+#[derive(Clone)]
+pub struct CallLimits {
+    pub ceiling: CallCeiling,
+    pub admission: Admission,
+}
+
 /// Where the accept loop tells connections to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -114,7 +129,7 @@ pub async fn serve(
     listener: TcpListener,
     routes: Routes,
     settings: TransportSettings,
-    call_ceiling: CallCeiling,
+    limits: CallLimits,
     tls: Option<Arc<Tls>>,
     shutdown: ShutdownSignal,
 ) {
@@ -146,7 +161,7 @@ pub async fn serve(
             builder: builder.clone(),
             routes: routes.clone(),
             settings,
-            call_ceiling: call_ceiling.clone(),
+            limits: limits.clone(),
             budgets: (
                 Budget::new(settings.max_buffered_bytes_per_connection, TransportRefusal::UploadBudgetConnection),
                 process_budget.clone(),
@@ -262,7 +277,7 @@ struct Connection {
     builder: hyper::server::conn::http2::Builder<TokioExecutor>,
     routes: Routes,
     settings: TransportSettings,
-    call_ceiling: CallCeiling,
+    limits: CallLimits,
     /// The connection's own upload budget, and the process's.
     budgets: (Budget, Budget),
     phase: watch::Receiver<Phase>,
@@ -304,7 +319,7 @@ impl Connection {
             accepted,
             last_call: last_call.clone(),
             routes: self.routes,
-            ceiling: self.call_ceiling,
+            limits: self.limits,
             budgets: self.budgets,
         };
         let service = hyper::service::service_fn(move |request| calls.clone().answer(request));
@@ -366,7 +381,7 @@ struct Calls {
     accepted: Instant,
     last_call: Arc<AtomicU64>,
     routes: Routes,
-    ceiling: CallCeiling,
+    limits: CallLimits,
     /// The connection's own upload budget, and the process's.
     budgets: (Budget, Budget),
 }
@@ -377,10 +392,13 @@ impl Calls {
         let (name, arrived) = (self.name, Instant::now());
         self.last_call.store(arrived.duration_since(self.accepted).as_millis() as u64, Ordering::Relaxed);
         let asked = request.headers().get("grpc-timeout").and_then(|v| parse_grpc_timeout(v.to_str().ok()?));
-        let limit = asked.map_or((self.ceiling)(), |asked| asked.min((self.ceiling)()));
+        let ceiling = (self.limits.ceiling)();
+        let limit = asked.map_or(ceiling, |asked| asked.min(ceiling));
         let (connection_budget, process_budget) = self.budgets;
+        let check = (self.limits.admission)(request.uri().path());
         let mut request = request.map(|body| {
             BoundedBody::new(body, connection_budget, process_budget, move |why| metrics::transport_refused(name, why))
+                .checked(check)
         });
         request.extensions_mut().insert(Arrival { at: arrived, deadline: asked.and_then(|a| arrived.checked_add(a)) });
         let method = status::counted_method(request.uri().path());

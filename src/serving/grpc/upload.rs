@@ -79,6 +79,10 @@ impl Drop for BodyReservation {
     }
 }
 
+/// A check of a message's declared length before it is read: `Err` is the status the call is
+/// refused with, and the refusal's reason for `modserve_transport_refusals_total`.
+pub type MessageCheck = Arc<dyn Fn(u32) -> Result<(), (tonic::Status, TransportRefusal)> + Send + Sync>;
+
 /// A request body that reserves each message's declared length from its budgets.
 pub struct BoundedBody {
     inner: Incoming,
@@ -91,6 +95,8 @@ pub struct BoundedBody {
     remaining: usize,
     /// Called with the budget that refused a message, once.
     on_refusal: Option<Box<dyn FnOnce(TransportRefusal) + Send>>,
+    /// The method's own check of each message, before the budgets.
+    check: Option<MessageCheck>,
 }
 
 impl BoundedBody {
@@ -109,7 +115,14 @@ impl BoundedBody {
             prefix_len: 0,
             remaining: 0,
             on_refusal: Some(Box::new(on_refusal)),
+            check: None,
         }
+    }
+
+    /// Runs `check` on each message's declared length before reserving it.
+    pub fn checked(mut self, check: Option<MessageCheck>) -> BoundedBody {
+        self.check = check;
+        self
     }
 
     /// Follows the gRPC framing through `data`, reserving at each complete prefix and
@@ -142,6 +155,15 @@ impl BoundedBody {
     }
 
     fn reserve(&mut self, declared: u32) -> Result<(), tonic::Status> {
+        if let Some(check) = &self.check
+            && let Err((status, why)) = check(declared)
+        {
+            self.release();
+            if let Some(report) = self.on_refusal.take() {
+                report(why);
+            }
+            return Err(status);
+        }
         for i in 0..self.budgets.len() {
             let budget = self.budgets[i].clone();
             match budget.bytes.clone().try_acquire_many_owned(declared) {
