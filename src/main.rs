@@ -332,21 +332,15 @@ fn tune(cli: &Cli) -> ExitCode {
                     .map_err(|e| e.to_string())?
             }
             tune::Evidence::Prometheus { url, window, end } => {
-                let live = state.tasks.iter().find(|t| &t.name == task).map(|t| t.live.spec());
-                let mut fetch = report::FetchArgs::new(url, task, live.map_or("", |s| s.name.as_str()));
+                let live = tune::live_model(&state, &args).map_err(|e| e.to_string())?;
+                let mut fetch = report::FetchArgs::new(url, task, &live.name);
                 fetch.access = access.access();
                 fetch.surface = surface.clone();
                 fetch.window = *window;
                 fetch.end = *end;
                 // A week of raw samples is a large answer.
                 fetch.timeout = std::time::Duration::from_secs(60);
-                let scores = match live {
-                    Some(spec) => {
-                        report::verdict_scores(&fetch, &spec.name, &spec.version).map_err(|e| e.to_string())?
-                    }
-                    // Unknown task: `tune_from_histograms` says so, naming the configured ones.
-                    None => report::VerdictScores::default(),
-                };
+                let scores = report::verdict_scores(&fetch, &live.name, &live.version).map_err(|e| e.to_string())?;
                 tune::tune_from_histograms(&state, &scores, &args).map_err(|e| e.to_string())?
             }
         };

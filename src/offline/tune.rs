@@ -290,6 +290,15 @@ pub async fn tune(
     solve_task(state, entry, surface, points, args)
 }
 
+/// The live model `args` tunes (its task and surface checked first, so a typo is reported
+/// before anything is fetched).
+pub fn live_model<'a>(
+    state: &'a ServingState,
+    args: &TuneArgs,
+) -> Result<&'a crate::inference::model::ModelSpec, TuneError> {
+    resolve(state, args).map(|(entry, _)| entry.live.spec().as_ref())
+}
+
 /// Solves every label of `args.task`'s live model from its scores on verdicts in Prometheus
 /// (`modserve_verdict_scores` of the live model and version now configured; `fetched` by
 /// `report::verdict_scores`).
