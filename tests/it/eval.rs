@@ -119,11 +119,22 @@ fn run_eval(config: &std::path::Path, out: &std::path::Path) -> std::process::Ou
 
 /// Runs `modserve eval` on the labelled file `labels`.
 fn run_eval_on(config: &std::path::Path, labels: &std::path::Path, out: &std::path::Path) -> std::process::Output {
+    run_eval_args(config, labels, out, &[])
+}
+
+/// `run_eval_on` with more flags.
+fn run_eval_args(
+    config: &std::path::Path,
+    labels: &std::path::Path,
+    out: &std::path::Path,
+    args: &[&str],
+) -> std::process::Output {
     modserve()
         .args(["eval", "--config"])
         .arg(config)
         .arg("--labels")
         .arg(labels)
+        .args(args)
         .arg("--out")
         .arg(out)
         .output()
@@ -394,21 +405,7 @@ min_verdicts = 1
 max_precision_drop = 1.0
 "#,
     );
-    // Every other labelled review on the kids surface.
-    let labels = dir.path().join("labelled.jsonl");
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(fixture("labelled.jsonl"))
-        .unwrap()
-        .lines()
-        .enumerate()
-        .map(|(i, l)| {
-            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            if i % 2 == 1 {
-                v["surface"] = "kids".into();
-            }
-            v
-        })
-        .collect();
-    std::fs::write(&labels, lines.iter().map(|v| v.to_string() + "\n").collect::<String>()).unwrap();
+    let (labels, lines) = labelled_every_other_on_kids(dir.path());
     let out = dir.path().join("reports");
     let run = run_eval_on(&config, &labels, &out);
     let stderr = String::from_utf8_lossy(&run.stderr);
@@ -458,15 +455,7 @@ max_precision_drop = 1.0
     }
     // `--surface kids`: the kids lines alone, for both shadows, with a note saying so.
     let kids_out = dir.path().join("kids-reports");
-    let run = modserve()
-        .args(["eval", "--config"])
-        .arg(&config)
-        .arg("--labels")
-        .arg(&labels)
-        .args(["--surface", "kids", "--out"])
-        .arg(&kids_out)
-        .output()
-        .unwrap();
+    let run = run_eval_args(&config, &labels, &kids_out, &["--surface", "kids"]);
     assert_eq!(run.status.code(), Some(0), "{}", String::from_utf8_lossy(&run.stderr));
     for (dir, e) in [("abuse-tiny-abuse-v2", &v2_kids), ("abuse-tiny-abuse-lenient", &kids_only)] {
         let input = &report(&kids_out, dir)["input"];
@@ -476,15 +465,7 @@ max_precision_drop = 1.0
         assert_eq!(matrix(&input["verdicts"]["candidate"]), e.candidate, "{dir} on kids: candidate x label");
         assert!(input["notes"].to_string().contains("surface kids only"), "{dir}: {}", input["notes"]);
     }
-    let run = modserve()
-        .args(["eval", "--config"])
-        .arg(&config)
-        .arg("--labels")
-        .arg(&labels)
-        .args(["--surface", "forum", "--out"])
-        .arg(&kids_out)
-        .output()
-        .unwrap();
+    let run = run_eval_args(&config, &labels, &kids_out, &["--surface", "forum"]);
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert_eq!(run.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("--surface") && stderr.contains("\"forum\"") && stderr.contains("abuse/kids"), "{stderr}");

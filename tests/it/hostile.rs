@@ -113,6 +113,17 @@ fn stalled_upload(
     stalled_call(sender, addr, "/modserve.v1.Moderation/Classify", declared, sent, timeout)
 }
 
+/// An HTTP/2 connection to `addr` for raw uploads, its driver running in the background.
+async fn h2_sender(addr: std::net::SocketAddr) -> hyper::client::conn::http2::SendRequest<Upload> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
 /// `stalled_upload` on the method at `path`.
 fn stalled_call(
     sender: &hyper::client::conn::http2::SendRequest<Upload>,
@@ -161,12 +172,7 @@ async fn a_verdict_message_larger_than_the_queues_room_is_refused_before_it_is_r
     )))
     .await;
     let base = server.scrape().await;
-    let tcp = TcpStream::connect(server.grpc_addr).await.unwrap();
-    let (sender, conn) =
-        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let sender = h2_sender(server.grpc_addr).await;
     let addr = server.grpc_addr;
     let path = "/modserve.v1.Feedback/SubmitVerdicts";
     // 2,000,000 declared bytes, 100 sent: refused at once, though the message never completes.
@@ -201,12 +207,7 @@ async fn stalled_uploads_are_bounded_in_bytes_and_cut_at_their_deadline() {
     ))
     .await;
     let base = server.scrape().await;
-    let tcp = TcpStream::connect(server.grpc_addr).await.unwrap();
-    let (sender, conn) =
-        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let sender = h2_sender(server.grpc_addr).await;
     let addr = server.grpc_addr;
     // Two messages of 60,000 bytes fit in the connection's 131,072; both stall after 100 bytes.
     let first = stalled_upload(&sender, addr, 60_000, 100, "1S");

@@ -489,21 +489,7 @@ fn tune_on_one_surface_counts_its_verdicts_against_its_policy() {
         ),
     )
     .unwrap();
-    // Every other fixture line on kids.
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(fixture("labelled.jsonl"))
-        .unwrap()
-        .lines()
-        .enumerate()
-        .map(|(i, l)| {
-            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            if i % 2 == 1 {
-                v["surface"] = "kids".into();
-            }
-            v
-        })
-        .collect();
-    let labels = dir.path().join("labelled.jsonl");
-    std::fs::write(&labels, lines.iter().map(|v| v.to_string() + "\n").collect::<String>()).unwrap();
+    let (labels, lines) = labelled_every_other_on_kids(dir.path());
 
     let out = dir.path().join("kids");
     let run = tune(

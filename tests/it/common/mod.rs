@@ -284,6 +284,26 @@ pub fn assert_close(actual: &[f32], expected: &[f32], what: &str) {
     }
 }
 
+/// `tests/fixtures/labelled.jsonl` with every other line on the `kids` surface, written into
+/// `dir`; returns the file and its lines.
+pub fn labelled_every_other_on_kids(dir: &Path) -> (PathBuf, Vec<serde_json::Value>) {
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(fixture("labelled.jsonl"))
+        .unwrap()
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            if i % 2 == 1 {
+                v["surface"] = "kids".into();
+            }
+            v
+        })
+        .collect();
+    let path = dir.join("labelled.jsonl");
+    std::fs::write(&path, lines.iter().map(|v| v.to_string() + "\n").collect::<String>()).unwrap();
+    (path, lines)
+}
+
 pub fn path_str(p: &Path) -> String {
     p.display().to_string()
 }
