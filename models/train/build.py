@@ -114,12 +114,25 @@ def feats_v2(ids_list, V):
 
 # ----------------------------------------------------------------------------- thresholds & metrics
 
-def choose_thresholds(y, p):
-    """review = out-of-fold F1-optimal threshold; reject = lowest threshold >= review whose out-of-fold
-    precision reaches max(0.90, halfway from the precision at review to 1) with >= 10 flagged."""
+def choose_thresholds(y, p, review_rule="f1"):
+    """review = out-of-fold F1-optimal threshold (review_rule "f1"), or, with review_rule "f1_1se", the highest
+    threshold whose out-of-fold F1 is within one standard error, sqrt(F1max * (1 - F1max) / positives), of the
+    maximum (the most precise of the operating points the out-of-fold F1 cannot tell apart); reject = lowest
+    threshold >= review whose out-of-fold precision reaches max(0.90, halfway from the precision at review to 1)
+    with >= 10 flagged."""
     prec, rec, th = precision_recall_curve(y, p)
     f1 = 2 * prec[:-1] * rec[:-1] / np.maximum(prec[:-1] + rec[:-1], 1e-12)
-    review = floor4(th[int(np.argmax(f1))])
+    extra = {}
+    if review_rule == "f1":
+        review = floor4(th[int(np.argmax(f1))])
+    elif review_rule == "f1_1se":
+        f1max = float(f1.max())
+        se = math.sqrt(f1max * (1.0 - f1max) / max(int(np.sum(y)), 1))
+        review = floor4(th[int(np.max(np.where(f1 >= f1max - se)[0]))])
+        extra = {"review_rule": review_rule, "oof_f1_max": round(f1max, 4), "oof_f1_se": round(se, 4),
+                 "f1_argmax_threshold": floor4(th[int(np.argmax(f1))])}
+    else:
+        raise ValueError(review_rule)
     pr = at_threshold(y, p, review)
     target = max(0.90, pr["precision"] + (1.0 - pr["precision"]) / 2)
     reject = None
@@ -134,7 +147,7 @@ def choose_thresholds(y, p):
             break
     return {"review": review, "reject": reject, "reject_precision_target": round(target, 4),
             "oof_at_review": pr, "oof_at_reject": at_threshold(y, p, reject) if reject is not None else None,
-            "oof_auc": float(roc_auc_score(y, p))}
+            "oof_auc": float(roc_auc_score(y, p)), **extra}
 
 
 def at_threshold(y, p, t):

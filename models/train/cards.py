@@ -47,7 +47,9 @@ def write_manifest(pdir, m):
         'attention_mask = "attention_mask"',
         'probabilities = "probabilities"',
         "",
-        "# review = 5-fold out-of-fold F1-optimal threshold on the training split; reject = lowest threshold",
+        *(["# review = highest threshold whose 5-fold out-of-fold F1 on the training split is within one standard",
+           "# error of the F1 optimum; reject = lowest threshold"] if th.get("review_rule") == "f1_1se" else
+          ["# review = 5-fold out-of-fold F1-optimal threshold on the training split; reject = lowest threshold"]),
         "# >= review whose out-of-fold precision reaches max(0.90, halfway from the precision at review to 1).",
         "# See MODEL_CARD.md, section Calibration.",
         "[policy]",
