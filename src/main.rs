@@ -17,6 +17,7 @@ use modserve::shutdown;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    modserve::app::release_freed_memory_at_once();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         // A usage error exits 1, not clap's 2: scripts read 2 as NO-GO (`eval`, `report`) or

@@ -1,7 +1,8 @@
 //! The only module allowed `unsafe`: thin wrappers over the Linux syscalls the thread isolation
 //! needs (the calling thread's affinity, scheduling class, niceness, scheduler slice and CPU
-//! clock). Each takes and returns plain Rust values; `inference::cpu` builds the policy on them.
-//! Elsewhere than Linux they report `Unsupported` (and the clock reads zero).
+//! clock), and over the one allocator option the binary sets. Each takes and returns plain Rust
+//! values; `inference::cpu` builds the policy on them. Elsewhere than Linux they report
+//! `Unsupported` (and the clock reads zero).
 
 use std::io;
 use std::time::Duration;
@@ -175,4 +176,51 @@ fn cpu_clock(clock: libc::clockid_t) -> Duration {
         return Duration::ZERO;
     }
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+// mimalloc (the binary's global allocator) is linked wherever this crate is, so the options
+// below always resolve; in a program whose allocator is another, they set an unused instance.
+use mimalloc as _;
+
+/// `mi_option_purge_delay`: its place in mimalloc's option list, the same in its v2 and v3
+/// headers (`libmimalloc-sys` names no constant for it).
+const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
+
+unsafe extern "C" {
+    fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+    #[cfg(test)]
+    fn mi_option_get(option: std::ffi::c_int) -> std::ffi::c_long;
+}
+
+/// Sets how many milliseconds mimalloc waits before giving freed memory back to the kernel (its
+/// default 1000 in the v3 build linked here; 0 at once).
+pub fn set_allocator_purge_delay(ms: i64) {
+    // SAFETY: mi_option_set only stores the value; any value is valid for this option.
+    unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, ms as std::ffi::c_long) }
+}
+
+/// mimalloc's purge delay in force, in milliseconds.
+#[cfg(test)]
+pub fn allocator_purge_delay() -> i64 {
+    // SAFETY: mi_option_get only reads the option (initialising options from the environment
+    // the first time).
+    unsafe { mi_option_get(MI_OPTION_PURGE_DELAY) as i64 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_purge_delay_option_is_the_one_set() {
+        // Option 15's default is v3's purge delay of 1000 ms (its neighbours are 0/1 switches),
+        // unless the environment set it.
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+            assert_eq!(allocator_purge_delay(), 1000);
+        }
+        let before = allocator_purge_delay();
+        set_allocator_purge_delay(0);
+        assert_eq!(allocator_purge_delay(), 0);
+        set_allocator_purge_delay(before);
+    }
 }
