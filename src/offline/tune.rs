@@ -173,8 +173,6 @@ pub enum TuneError {
     UnknownSurface { task: String, surface: String, known: Vec<String> },
     #[error("--name: the default name {default:?} is not a valid policy name (1-64 of [a-z0-9._-]): name the policy")]
     DefaultName { default: String },
-    #[error("reading verdict scores: {0}")]
-    Prometheus(String),
     #[error("scoring the labelled reviews: {0}")]
     Scoring(#[from] crate::error::Error),
     #[error("{path}: {source}")]
