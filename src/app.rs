@@ -294,7 +294,8 @@ fn serve<H: tonic_health::pb::health_server::Health>(
 
 /// Has the allocator (mimalloc) give freed memory back to the kernel at once instead of after its
 /// default purge delay of a second: under a flood of large requests (the attack suite's i) the
-/// delay held 30-50 MiB more at the peak, at no measured CPU cost (docs/reliability.md).
+/// delay held 30-50 MiB more at the peak; the cost is a few percent of throughput at saturation
+/// (docs/reliability.md).
 /// `MIMALLOC_PURGE_DELAY`, which mimalloc reads itself, still decides when set.
 pub fn release_freed_memory_at_once() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
