@@ -109,9 +109,7 @@ impl Feedback {
         let queued = self.queued.load(Ordering::SeqCst);
         let room = config.queue_max_bytes.saturating_sub(self.queued_bytes.load(Ordering::SeqCst));
         if queued >= config.queue_capacity {
-            Err(Error::FeedbackQueueFull {
-                limit: format!("{} verdicts waiting to be scored, feedback.queue_capacity", config.queue_capacity),
-            })
+            Err(Error::FeedbackQueueFull { limit: count_limit(config) })
         } else if bytes > room {
             Err(Error::FeedbackQueueFull {
                 limit: format!(
@@ -154,7 +152,7 @@ impl Feedback {
         let before = self.queued.fetch_add(accepted, Ordering::SeqCst);
         let bytes_before = self.queued_bytes.fetch_add(bytes, Ordering::SeqCst);
         let full = if before + accepted > config.queue_capacity {
-            Some(format!("{} verdicts waiting to be scored, feedback.queue_capacity", config.queue_capacity))
+            Some(count_limit(config))
         } else if bytes_before + bytes > config.queue_max_bytes {
             Some(format!(
                 "{} bytes of review text waiting to be scored, feedback.queue_max_bytes",
@@ -187,6 +185,11 @@ impl Feedback {
 
 /// A 64-bit key for (review id, task): collisions among a window's keys are negligible, and it
 /// keeps the window's memory small.
+/// The queue's count bound, as a refusal names it.
+fn count_limit(config: &crate::config::FeedbackConfig) -> String {
+    format!("{} verdicts waiting to be scored, feedback.queue_capacity", config.queue_capacity)
+}
+
 fn key(review_id: &str, task: &str) -> u64 {
     let mut h = DefaultHasher::new();
     (review_id, task).hash(&mut h);

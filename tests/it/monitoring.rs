@@ -4,19 +4,13 @@
 
 use crate::common::*;
 
+/// Limits and languages; the models are `LIVE_AND_SHADOW`.
 const CONFIG: &str = r#"
 [limits]
 max_text_bytes = 1024
 oversize_text = "truncate"
 [monitoring]
 languages = ["en", "de"]
-[models.tiny-abuse]
-path = "tests/fixtures/tiny-abuse"
-[models.tiny-abuse-v2]
-path = "tests/fixtures/tiny-abuse-v2"
-[tasks.abuse]
-live = "tiny-abuse"
-shadows = [{ model = "tiny-abuse-v2", sample_rate = 1.0 }]
 "#;
 
 fn with_language(id: &str, text: &str, language: Option<&str>) -> modserve::serving::grpc::pb::Review {
@@ -26,7 +20,7 @@ fn with_language(id: &str, text: &str, language: Option<&str>) -> modserve::serv
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn input_quality_and_scores_are_counted_exactly() {
     let _guard = exclusive().await;
-    let server = TestServer::start(config(CONFIG)).await;
+    let server = TestServer::start(config(&format!("{CONFIG}{LIVE_AND_SHADOW}"))).await;
     let base = server.scrape().await;
     // "you idiot": 2 known tokens. "qzxv blorf idiot": 2 unknown of 3. 70 x "you": 70 tokens,
     // cut to the model's 64. 1100 bytes of "you ": cut to 1024 bytes (256 words), then 64 tokens.

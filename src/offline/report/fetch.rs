@@ -440,11 +440,6 @@ impl VerdictScores {
     pub fn buckets(&self, label: &str) -> impl Iterator<Item = (f64, Decision, u64)> + '_ {
         self.by_label.get(label).into_iter().flatten().copied()
     }
-
-    /// Verdicts counted for `label`.
-    pub fn verdicts(&self, label: &str) -> u64 {
-        self.buckets(label).map(|(_, _, n)| n).sum()
-    }
 }
 
 /// The scores `model` at `version` (live) gave reviews with a verdict in the window, from
