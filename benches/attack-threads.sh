@@ -14,6 +14,6 @@ log="$(mktemp)"
 pid=$!
 trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -f "$log"' EXIT
 for _ in $(seq 1 600); do grep -q '"serving"' "$log" && break; sleep 0.1; done
-python3 benches/attack.py --grpc "$grpc" --metrics "$metrics" --pid "$pid" --short --only "$attack" --json "$out.json" > "$out.txt" 2>&1 || true
+python3 benches/attack.py --grpc "$grpc" --metrics "$metrics" --pid "$pid" --loadgen "$(dirname "$binary")/loadgen" --short --only "$attack" --json "$out.json" > "$out.txt" 2>&1 || true
 curl -s "http://$metrics/metrics" > "$out.metrics"
 for t in /proc/$pid/task/*; do echo "$(cat $t/comm) $(awk "{print \$14+\$15}" $t/stat)"; done | awk "{a[\$1]+=\$2} END {for (k in a) print k, a[k]/100}" | sort -k2 -nr > "$out.threads"

@@ -1307,6 +1307,31 @@ def attack_many_reviews(ctx: Ctx, duration: float) -> dict:
             "refuse_s_max": max(took)}
 
 
+def attack_call_flood(ctx: Ctx, duration: float) -> dict:
+    """l. One client keeps 512 single-review Classify calls in flight on 8 connections, each sent as
+    soon as the last is answered: the independent HTTP/2 load generator (modserve-loadgen, --loadgen),
+    whose rate no Python client matches. What it gets is what the others lose."""
+    loadgen = Path(ctx.args.loadgen)
+    if not loadgen.is_file():
+        return {"detail": f"no load generator at {loadgen} (cargo build --release --bin loadgen)", "check": False}
+    if ctx.args.token:
+        return {"detail": "the load generator sends no token: run without --token", "check": False}
+    cmd = [str(loadgen), "--addr", f"http://{ctx.grpc_target}", "--concurrency", "512", "--connections", "8",
+           "--duration", f"{duration:.0f}s", "--warmup", "0s", "--json",
+           "--texts", str(ROOT / "models" / "eval" / "reviews.jsonl")]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+    if out.returncode != 0 or not lines:
+        return {"detail": f"load generator failed ({out.returncode}): {out.stderr.strip()[-300:]}", "check": False}
+    level = json.loads(lines[-1])
+    errors = level.get("errors") or {}
+    codes = collections.Counter({"OK": level["ok"], **errors})
+    detail = (f"1 client, 8 connections x 64 calls in flight: {fmt_codes(codes)} "
+              f"({level['requests_per_s']:.0f}/s, its p99 {level['p99_ms']:.1f} ms)")
+    return {"detail": detail, "check": level["ok"] > 0, "codes": dict(codes),
+            "flood_per_s": round(level["requests_per_s"]), "flood_p99_ms": level["p99_ms"]}
+
+
 ATTACKS = [
     ("a", "tokenizer", attack_tokenizer),
     ("b", "slow-upload", attack_slow_upload),
@@ -1319,9 +1344,10 @@ ATTACKS = [
     ("i", "big-requests", attack_big_requests),
     ("j", "many-reviews", attack_many_reviews),
     ("k", "busy-machine-control", control_busy_machine),
+    ("l", "call-flood", attack_call_flood),
 ]
 
-RUN_ORDER = "kacdeghjifb"
+RUN_ORDER = "kacdeghjilfb"
 
 # ---------------------------------------------------------------------------------------------
 # Running: baseline window, attack window, recovery
@@ -1518,6 +1544,8 @@ def main() -> int:
     p.add_argument("--max-text-bytes", type=int, default=16384, help="the server's limits.max_text_bytes")
     p.add_argument("--max-message-bytes", type=int, default=4194304, help="the server's limits.max_message_bytes")
     p.add_argument("--max-reviews", type=int, default=64, help="the server's limits.max_reviews_per_request")
+    p.add_argument("--loadgen", default=str(ROOT / "target" / "release" / "loadgen"),
+                   help="modserve-loadgen binary for attack l (attack.sh passes the one beside the server)")
     p.add_argument("--rate", type=float, default=50.0, help="the normal client's calls per second (open loop)")
     p.add_argument("--p99-floor-ms", type=float, default=5.0,
                    help="slack added to the 2x p99 target for tiny baselines: limit = max(2*base, base+floor)")

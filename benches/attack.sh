@@ -25,4 +25,4 @@ for _ in $(seq 1 600); do
     sleep 0.1
 done
 grep -q '"serving"' "$log" || { echo "attack.sh: the server did not start within 60 s" >&2; exit 1; }
-python3 benches/attack.py --grpc "$grpc" --metrics "$metrics" --pid "$pid" "$@"
+python3 benches/attack.py --grpc "$grpc" --metrics "$metrics" --pid "$pid" --loadgen "$(dirname "$binary")/loadgen" "$@"

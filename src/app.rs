@@ -33,6 +33,7 @@ use crate::serving::grpc::upload::Budget;
 use crate::serving::grpc::{pb, service::ModerationService, transport};
 use crate::serving::http;
 use crate::serving::tls::{self, Tls};
+use crate::serving::turns::Turns;
 use crate::shadow::disagreement::DisagreementLog;
 use crate::shadow::labelling::LabellingQueue;
 use crate::shutdown::{Shutdown, ShutdownSignal};
@@ -248,9 +249,11 @@ fn serve<H: tonic_health::pb::health_server::Health>(
     let (routes, admin_routes) = with_admin_service(routes, bound.admin.is_some(), &handlers, health_service)?;
     let call_ceiling = call_ceiling(registry, config.limits.max_call_timeout);
     let verdicts_check = handlers.feedback.message_check();
+    let turns = Turns::new(config.server.max_calls_in_progress, metrics::calls_waiting());
     let limits = transport::CallLimits {
         ceiling: call_ceiling.clone(),
         admission: Arc::new(move |path| (path == SUBMIT_VERDICTS_PATH).then(|| verdicts_check.clone())),
+        turns: turns.clone(),
     };
     let transport = |name, listener, routes: tonic::service::Routes| {
         tokio::spawn(transport::serve(
@@ -281,6 +284,7 @@ fn serve<H: tonic_health::pb::health_server::Health>(
                 metrics::TransportRefusal::UploadBudgetProcess,
             )
             .shown(metrics::request_bytes_receiving(http::LISTENER)),
+            turns,
         };
         let settings = http::HttpSettings::new(&config.server);
         tokio::spawn(http::serve(listener, api, settings, bound.tls.clone(), transport_signal.clone()))

@@ -33,7 +33,7 @@ use crate::journal::index::{ServedDecision, decider};
 use crate::journal::{Journal, text_sha256};
 use crate::metrics::{self, JournalLookup, NO_SOURCE, OTHER_SOURCE, VerdictOutcome};
 use crate::policy::Decision;
-use crate::request::ReviewInput;
+use crate::request::{Caller, ReviewInput};
 
 pub mod verdict;
 
@@ -428,7 +428,7 @@ async fn run(
         {
             return Err(late());
         }
-        match model.submit(reviews.clone(), Some(deadline), None) {
+        match model.submit(reviews.clone(), Some(deadline), None, Caller::SERVER) {
             Ok(scoring) => break scoring,
             // Until a worker takes a job off the full queue.
             Err(Error::QueueFull { .. }) => {

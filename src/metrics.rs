@@ -101,6 +101,7 @@ pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "modserve_tls_handshake_failures_
 pub const CONNECTIONS_CLOSED_IDLE_TOTAL: &str = "modserve_connections_closed_idle_total";
 pub const CONNECTIONS_OPEN: &str = "modserve_connections_open";
 pub const REQUEST_BYTES_RECEIVING: &str = "modserve_request_bytes_receiving";
+pub const CALLS_WAITING: &str = "modserve_calls_waiting";
 pub const TRANSPORT_REFUSALS_TOTAL: &str = "modserve_transport_refusals_total";
 pub const SCORES: &str = "modserve_scores";
 pub const SHADOW_POLICY_ONLY_REVIEWS_TOTAL: &str = "modserve_shadow_policy_only_reviews_total";
@@ -259,8 +260,9 @@ mod tests {
     fn every_label_enum_lists_each_variant_once() {
         lists_each_once(DropReason::ALL, |r| match r {
             DropReason::QueueFull => 0,
-            DropReason::Deadline => 1,
-            DropReason::Cancelled => 2,
+            DropReason::FairShare => 1,
+            DropReason::Deadline => 2,
+            DropReason::Cancelled => 3,
         });
         lists_each_once(LogOutcome::ALL, |o| match o {
             LogOutcome::Written => 0,

@@ -86,6 +86,28 @@ impl ReviewInput {
     }
 }
 
+/// Who sent a call, as far as a model's queue shares its room and its turns
+/// (`inference::queue`): the connection the call came on. A client with more connections gets
+/// more turns, as many as `server.max_connections_per_peer` lets it open; callers behind a proxy
+/// that pools connections share the proxy's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Caller(u64);
+
+impl Caller {
+    /// Work the server makes itself (verdict scoring, evaluation, shadow copies): one caller.
+    pub const SERVER: Caller = Caller(0);
+
+    pub const fn connection(id: u64) -> Caller {
+        Caller(id)
+    }
+
+    /// A caller for a newly accepted connection.
+    pub fn new_connection() -> Caller {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        Caller(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
 /// A validated request: at least one review, unique ids, texts within limits.
 #[derive(Debug, Clone)]
 pub struct ClassifyInput {

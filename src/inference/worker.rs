@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
 use tokio::sync::{Notify, oneshot};
 
 pub use crate::config::WorkerSettings;
@@ -23,6 +22,7 @@ use crate::inference::backend::{Backend, Backends};
 use crate::inference::batch::{Admit, BatchPolicy, RunCost};
 use crate::inference::cpu;
 use crate::inference::model::{ModelSpec, Package, PackageError};
+use crate::inference::queue::{self, Caller, Consumer, Producer, Refused};
 use crate::inference::tokenize::{Encoder, TokenBatch, TokenRows};
 use crate::metrics::{DropReason, ModelMetrics, Role};
 use crate::request::{ReviewInput, text_bytes};
@@ -195,9 +195,9 @@ enum Serves {
 #[derive(Clone)]
 pub struct ModelHandle {
     spec: Arc<ModelSpec>,
-    /// The small and the large lane, each bounded; `try_send` so a full lane is an immediate
-    /// `QueueFull`, never a wait.
-    lanes: [Sender<Job>; 2],
+    /// The small and the large lane, each bounded and shared fairly between callers; a full lane
+    /// is an immediate `QueueFull`, never a wait.
+    queue: Producer<Job>,
     capacity: usize,
     /// Bytes of review text held by large-lane jobs, and the most they may hold
     /// (`LIVE_LARGE_LANE_BYTES`, `SHADOW_LARGE_LANE_BYTES`).
@@ -226,17 +226,18 @@ impl ModelHandle {
 
     /// Jobs waiting in the queue now (both lanes).
     pub fn queue_len(&self) -> usize {
-        self.lanes.iter().map(Sender::len).sum()
+        self.queue.queued()
     }
 
-    /// Queues `reviews` for inference; `Scoring::wait` yields the scores (and, with a `share`
-    /// slot, the token ids). Every caller that awaits scores (classify, feedback, eval) goes
-    /// through here.
+    /// Queues `reviews` for inference on behalf of `caller` (whose jobs take turns with other
+    /// callers', `queue`); `Scoring::wait` yields the scores (and, with a `share` slot, the token
+    /// ids). Every caller that awaits scores (classify, feedback, eval) goes through here.
     pub fn submit(
         &self,
         reviews: Arc<[ReviewInput]>,
         deadline: Option<Instant>,
         share: Option<Arc<TokenSlot>>,
+        caller: Caller,
     ) -> Result<Scoring, Error> {
         let (reply, rx) = oneshot::channel();
         let job = Job {
@@ -248,7 +249,7 @@ impl ModelHandle {
             reply: Reply::Caller(reply),
             charge: None,
         };
-        self.enqueue(job)?;
+        self.enqueue(job, caller)?;
         Ok(Scoring { rx, spec: self.spec.clone() })
     }
 
@@ -288,10 +289,12 @@ impl ModelHandle {
             reply: Reply::Callback(callback),
             charge: None,
         };
-        self.enqueue(job)
+        // Shadow copies of every caller's reviews share one queue position: a shadow samples
+        // traffic, and taking turns by caller would bias the sample towards light callers.
+        self.enqueue(job, Caller::SERVER)
     }
 
-    fn enqueue(&self, mut job: Job) -> Result<(), Error> {
+    fn enqueue(&self, mut job: Job, caller: Caller) -> Result<(), Error> {
         let bytes = text_bytes(&job.reviews);
         let lane = if bytes <= SMALL_JOB_BYTES { SMALL } else { LARGE };
         if lane == LARGE {
@@ -304,18 +307,23 @@ impl ModelHandle {
                 return Err(Error::QueueFull { model: self.spec.name.clone(), limit });
             }
         }
-        match self.lanes[lane].try_send(job) {
-            Ok(()) => {
+        match self.queue.push(lane, caller, job) {
+            Ok(pushed_out) => {
+                if let Some(job) = pushed_out {
+                    self.metrics.dropped(DropReason::FairShare).increment(1);
+                    let limit = format!("{} requests, and this caller held the most of them", self.capacity);
+                    job.reply.send(Err(Error::QueueFull { model: self.spec.name.clone(), limit }), Duration::ZERO);
+                }
                 // Set here as well as when a worker takes jobs, so the gauge rises while every
                 // worker is busy with a long batch.
                 self.metrics.queue_depth.set(self.queue_len() as f64);
                 Ok(())
             }
-            Err(TrySendError::Full(_)) => {
+            Err(Refused::Full(_)) => {
                 self.metrics.dropped(DropReason::QueueFull).increment(1);
                 Err(Error::QueueFull { model: self.spec.name.clone(), limit: format!("{} requests", self.capacity) })
             }
-            Err(TrySendError::Disconnected(_)) => Err(Error::Unavailable("the model is shutting down")),
+            Err(Refused::Closed(_)) => Err(Error::Unavailable("the model is shutting down")),
         }
     }
 }
@@ -417,8 +425,7 @@ fn start_with(
     run_cost: RunCost,
 ) -> Result<WorkerPool, PackageError> {
     let spec = package.spec.clone();
-    let (small, small_rx) = crossbeam_channel::bounded(settings.queue_capacity.max(1));
-    let (large, large_rx) = crossbeam_channel::bounded(settings.queue_capacity.max(1));
+    let (producer, consumer) = queue::queue(settings.queue_capacity.max(1));
     let metrics = Arc::new(ModelMetrics::new(&spec, role));
     let cpu = shadow_cpu.map(|_| Arc::new(ModelCpu::new(&spec.name)));
     let taken = Arc::new(Notify::new());
@@ -436,7 +443,7 @@ fn start_with(
             backend,
             spec: spec.clone(),
             encoder: encoder.clone(),
-            lanes: [small_rx.clone(), large_rx.clone()],
+            queue: consumer.clone(),
             serves,
             small_streak: 0,
             policy: settings.batch,
@@ -486,7 +493,7 @@ fn start_with(
     while isolated_rx.recv().is_ok() {}
     let handle = ModelHandle {
         spec,
-        lanes: [small, large],
+        queue: producer,
         capacity: settings.queue_capacity.max(1),
         large_bytes: Arc::new(AtomicUsize::new(0)),
         large_budget: if role == Role::Shadow { SHADOW_LARGE_LANE_BYTES } else { LIVE_LARGE_LANE_BYTES },
@@ -576,7 +583,7 @@ struct Worker {
     spec: Arc<ModelSpec>,
     encoder: Encoder,
     /// Shared with the model's other workers; closes when every `ModelHandle` is dropped.
-    lanes: [Receiver<Job>; 2],
+    queue: Consumer<Job>,
     serves: Serves,
     /// Batches taken from the small lane in a row while the large lane had jobs.
     small_streak: u32,
@@ -625,22 +632,18 @@ impl Worker {
     /// A batch that starts with `first`, filled from `first`'s lane only, waiting up to the batch
     /// policy's `max_wait` for more when `wait`; and the job that came next but did not fit, if any.
     fn fill(&mut self, first: Job, lane: usize, wait: bool) -> (Vec<Job>, Option<Job>) {
-        let rx = self.lanes[lane].clone();
         let mut reviews = first.reviews.len();
         let mut jobs = vec![first];
         let mut deferred = None;
         let wait_until = self.policy.wait_until(Instant::now()).filter(|_| wait);
         let cap = self.accounting.as_ref().map_or(usize::MAX, |(_, model)| shadow_batch_cap(model.totals()));
         while !self.policy.is_full(reviews) && reviews < cap {
-            let next = match rx.try_recv() {
-                Ok(job) => job,
-                Err(TryRecvError::Disconnected) => break,
-                Err(TryRecvError::Empty) => match wait_until {
+            let next = match self.queue.try_pop(lane) {
+                Ok(Some(job)) => job,
+                Err(queue::Closed) => break,
+                Ok(None) => match wait_until.and_then(|until| self.queue.pop(&[lane], Some(until))) {
+                    Some((job, _)) => job,
                     None => break,
-                    Some(until) => match rx.recv_deadline(until) {
-                        Ok(job) => job,
-                        Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
-                    },
                 },
             };
             match self.policy.admit(reviews, next.reviews.len()) {
@@ -658,7 +661,7 @@ impl Worker {
                 }
             }
         }
-        self.metrics.queue_depth.set(self.lanes.iter().map(Receiver::len).sum::<usize>() as f64);
+        self.metrics.queue_depth.set(self.queue.total() as f64);
         self.taken.notify_waiters();
         (jobs, deferred)
     }
@@ -696,7 +699,7 @@ impl Worker {
             }
             let mut mine = TokenRows::default();
             for review in job.reviews.iter() {
-                if !self.lanes[SMALL].is_empty() {
+                if self.queue.len(SMALL) > 0 {
                     self.run_one_small_batch();
                 }
                 if job.deadline.is_some_and(|d| d <= Instant::now()) || job.reply.is_closed() {
@@ -726,7 +729,7 @@ impl Worker {
 
     /// One batch from the small lane, if it has a job, without waiting for more.
     fn run_one_small_batch(&mut self) {
-        let Ok(first) = self.lanes[SMALL].try_recv() else {
+        let Ok(Some(first)) = self.queue.try_pop(SMALL) else {
             return;
         };
         let (jobs, deferred) = self.fill(first, SMALL, false);
@@ -747,31 +750,15 @@ impl Worker {
             Serves::Long => Some(LARGE),
         };
         if let Some(lane) = only {
-            return self.lanes[lane].recv().ok().map(|job| (job, lane));
+            return self.queue.pop(&[lane], None);
         }
-        let large_waiting = !self.lanes[LARGE].is_empty();
+        let large_waiting = self.queue.len(LARGE) > 0;
         let order = if large_waiting && self.small_streak >= SMALL_BATCHES_BEFORE_LARGE {
             [LARGE, SMALL]
         } else {
             [SMALL, LARGE]
         };
-        let taken = order.into_iter().find_map(|lane| self.lanes[lane].try_recv().ok().map(|job| (job, lane)));
-        let (job, lane) = match taken {
-            Some(taken) => taken,
-            None => {
-                let (small, large) = (&self.lanes[SMALL], &self.lanes[LARGE]);
-                let received = crossbeam_channel::select! {
-                    recv(small) -> job => job.map(|j| (j, SMALL)),
-                    recv(large) -> job => job.map(|j| (j, LARGE)),
-                };
-                match received {
-                    Ok(taken) => taken,
-                    // One lane is closed and drained; the handles hold both, so the other is
-                    // closed too: take what it still has.
-                    Err(_) => self.lanes.iter().enumerate().find_map(|(i, rx)| rx.try_recv().ok().map(|j| (j, i)))?,
-                }
-            }
-        };
+        let (job, lane) = self.queue.pop(&order, None)?;
         self.small_streak = if lane == SMALL && large_waiting { self.small_streak + 1 } else { 0 };
         Some((job, lane))
     }
@@ -1121,7 +1108,7 @@ mod tests {
         let fake = FakeBackend::new(|ids| Ok(vec![(ids[1] % 100) as f32 / 100.0, 0.5]));
         let pool = pool(&fake);
         let texts = ["you idiot", "great product", "fast delivery"];
-        let out = pool.handle.submit(reviews(&texts), None, None).unwrap().blocking_wait().unwrap();
+        let out = pool.handle.submit(reviews(&texts), None, None, Caller::SERVER).unwrap().blocking_wait().unwrap();
         let encoder = encoder(&package()).unwrap();
         let mut expected = Vec::new();
         for text in texts {
@@ -1148,7 +1135,7 @@ mod tests {
         let pool = pool_costing(&fake, Role::Live, cost);
         let long = "great product fast delivery ".repeat(6);
         let texts = ["you idiot", long.as_str(), "great product", long.as_str(), "fast delivery"];
-        let out = pool.handle.submit(reviews(&texts), None, None).unwrap().blocking_wait().unwrap();
+        let out = pool.handle.submit(reviews(&texts), None, None, Caller::SERVER).unwrap().blocking_wait().unwrap();
         let encoder = encoder(&package()).unwrap();
         let mut expected = Vec::new();
         let mut short_max = 0;
@@ -1182,14 +1169,15 @@ mod tests {
             Ok(vec![0.1, 0.2])
         });
         let pool = pool(&fake);
-        match pool.handle.submit(reviews(&["first"]), None, None).unwrap().blocking_wait() {
+        match pool.handle.submit(reviews(&["first"]), None, None, Caller::SERVER).unwrap().blocking_wait() {
             Err(Error::Inference { model, reason: InferenceError::Panicked(message) }) => {
                 assert_eq!(model, "tiny-abuse");
                 assert!(message.contains("runtime blew up"), "{message}");
             }
             other => panic!("expected a panic answered as an inference error, got {other:?}"),
         }
-        let out = pool.handle.submit(reviews(&["second"]), None, None).unwrap().blocking_wait().unwrap();
+        let out =
+            pool.handle.submit(reviews(&["second"]), None, None, Caller::SERVER).unwrap().blocking_wait().unwrap();
         assert_eq!(out.scores, [0.1, 0.2], "the same thread serves the next batch");
         stop(pool);
     }
@@ -1199,7 +1187,8 @@ mod tests {
         let fake =
             FakeBackend::new(|_| Err(InferenceError::NotProbability { output: "probs".into(), value: f32::NAN }));
         let pool = pool(&fake);
-        let error = pool.handle.submit(reviews(&["a", "b"]), None, None).unwrap().blocking_wait().unwrap_err();
+        let error =
+            pool.handle.submit(reviews(&["a", "b"]), None, None, Caller::SERVER).unwrap().blocking_wait().unwrap_err();
         assert_eq!(
             error.to_string(),
             "inference failed on model tiny-abuse: output \"probs\" holds NaN, not a probability in [0, 1]"
@@ -1213,24 +1202,27 @@ mod tests {
         let pool = pool_as(&fake, Role::Shadow);
         let long = "great product ".repeat(3 * 1024 * 1024 / 14);
         // The first long job runs (held at the backend) and the second waits: 6 MiB held.
-        let first = pool.handle.submit(reviews(&[&long]), None, None).unwrap();
+        let first = pool.handle.submit(reviews(&[&long]), None, None, Caller::SERVER).unwrap();
         began.recv().unwrap();
-        let second = pool.handle.submit(reviews(&[&long]), None, None).unwrap();
-        match pool.handle.submit(reviews(&[&long]), None, None) {
+        let second = pool.handle.submit(reviews(&[&long]), None, None, Caller::SERVER).unwrap();
+        match pool.handle.submit(reviews(&[&long]), None, None, Caller::SERVER) {
             Err(Error::QueueFull { model, limit }) => {
                 assert_eq!((model.as_str(), limit.as_str()), ("tiny-abuse", "8 MiB of long reviews"));
             }
             Err(other) => panic!("expected the byte budget to refuse the third, got {other}"),
             Ok(_) => panic!("a third 3 MiB job was queued beyond the shadow's 8 MiB"),
         }
-        let short = pool.handle.submit(reviews(&["short review"]), None, None).expect("short jobs are not held to it");
+        let short = pool
+            .handle
+            .submit(reviews(&["short review"]), None, None, Caller::SERVER)
+            .expect("short jobs are not held to it");
         drop(release);
         for scoring in [first, second, short] {
             scoring.blocking_wait().unwrap();
         }
         // Answered jobs give their bytes back.
-        pool.handle.submit(reviews(&[&long]), None, None).unwrap().blocking_wait().unwrap();
-        pool.handle.submit(reviews(&[&long]), None, None).unwrap().blocking_wait().unwrap();
+        pool.handle.submit(reviews(&[&long]), None, None, Caller::SERVER).unwrap().blocking_wait().unwrap();
+        pool.handle.submit(reviews(&[&long]), None, None, Caller::SERVER).unwrap().blocking_wait().unwrap();
         stop(pool);
     }
 
@@ -1240,11 +1232,12 @@ mod tests {
         let fake = FakeBackend::new(|_| Ok(vec![0.5, 0.5])).slow_tokenizing(Duration::from_millis(300));
         let pool = pool(&fake);
         let slow = "great product ".repeat(150);
-        let long = pool.handle.submit(reviews(&[&slow, &slow, &slow, &slow, &slow]), None, None).unwrap();
+        let long =
+            pool.handle.submit(reviews(&[&slow, &slow, &slow, &slow, &slow]), None, None, Caller::SERVER).unwrap();
         while pool.handle.queue_len() > 0 {
             std::thread::yield_now();
         }
-        let short = pool.handle.submit(reviews(&["you idiot"]), None, None).unwrap();
+        let short = pool.handle.submit(reviews(&["you idiot"]), None, None, Caller::SERVER).unwrap();
         let Scoring { mut rx, .. } = long;
         short.blocking_wait().expect("the short job is answered");
         assert!(
@@ -1290,9 +1283,9 @@ mod tests {
         let pool = start_backends(&package(), Role::Live, settings, backends, RunCost::default()).unwrap();
         // Over 8 KiB of text: a long job.
         let long_text = "great product ".repeat(700);
-        let long = pool.handle.submit(reviews(&[&long_text]), None, None).unwrap();
+        let long = pool.handle.submit(reviews(&[&long_text]), None, None, Caller::SERVER).unwrap();
         let long_ran = began.recv_timeout(Duration::from_secs(30)).expect("the long batch started");
-        let short = pool.handle.submit(reviews(&["you idiot"]), None, None).unwrap();
+        let short = pool.handle.submit(reviews(&["you idiot"]), None, None, Caller::SERVER).unwrap();
         short.blocking_wait().expect("the short job is answered while the long one is held");
         release.send(()).unwrap();
         long.blocking_wait().expect("the long job is answered once let go");
@@ -1342,7 +1335,12 @@ mod tests {
         let fake = FakeBackend::new(|_| Ok(vec![0.0, 0.0]));
         let pool = pool(&fake);
         let late = Instant::now() - Duration::from_millis(1);
-        let error = pool.handle.submit(reviews(&["late"]), Some(late), None).unwrap().blocking_wait().unwrap_err();
+        let error = pool
+            .handle
+            .submit(reviews(&["late"]), Some(late), None, Caller::SERVER)
+            .unwrap()
+            .blocking_wait()
+            .unwrap_err();
         assert!(matches!(error, Error::DeadlineExceeded(_)), "{error:?}");
         assert_eq!(fake.batches.load(Ordering::SeqCst), 0);
         stop(pool);

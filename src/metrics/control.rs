@@ -28,6 +28,11 @@ pub fn request_bytes_receiving(listener: &'static str) -> Gauge {
     gauge!(REQUEST_BYTES_RECEIVING, label::LISTENER => listener)
 }
 
+/// The gauge of Classify calls waiting for a turn (`serving::turns`).
+pub fn calls_waiting() -> Gauge {
+    gauge!(CALLS_WAITING)
+}
+
 /// Records a connection closed for being idle.
 pub fn connection_closed_idle(listener: &'static str) {
     counter!(CONNECTIONS_CLOSED_IDLE_TOTAL, label::LISTENER => listener).increment(1);
@@ -51,6 +56,8 @@ pub enum TransportRefusal {
     /// A SubmitVerdicts message larger than the room left in the feedback queue, refused at
     /// its prefix before it was read.
     FeedbackQueueFull,
+    /// The call's deadline passed while it waited for a turn (`server.max_calls_in_progress`).
+    TurnDeadline,
 }
 
 impl TransportRefusal {
@@ -63,6 +70,7 @@ impl TransportRefusal {
             TransportRefusal::UploadBudgetProcess => "upload_budget_process",
             TransportRefusal::UploadDeadline => "upload_deadline",
             TransportRefusal::FeedbackQueueFull => "feedback_queue_full",
+            TransportRefusal::TurnDeadline => "turn_deadline",
         }
     }
 }

@@ -31,6 +31,10 @@ fn describe_transport() {
         "Request bytes reserved now by messages being uploaded (their declared lengths), by listener: what \
          server.max_buffered_request_bytes bounds."
     );
+    describe_gauge!(
+        CALLS_WAITING,
+        "Classify calls waiting now for a turn, unread: server.max_calls_in_progress were in progress (both APIs)."
+    );
     describe_counter!(
         CONNECTIONS_CLOSED_IDLE_TOTAL,
         "HTTP/2 connections closed after server.idle_timeout without a call, by listener."
@@ -102,7 +106,7 @@ fn describe_inference() {
     );
     describe_counter!(
         DROPPED_TOTAL,
-        "Jobs dropped without inference, by model, role and reason (queue_full, deadline, cancelled)."
+        "Jobs dropped without inference, by model, role and reason (queue_full, fair_share, deadline, cancelled)."
     );
     describe_counter!(
         INFERENCE_ERRORS_TOTAL,

@@ -8,6 +8,9 @@ use super::*;
 pub enum DropReason {
     /// The model's queue was full when the request arrived.
     QueueFull,
+    /// Queued, then pushed out of a full queue to make room for another caller's job: the
+    /// newest job of the caller holding the most of the queue (`inference::queue`).
+    FairShare,
     /// The caller's deadline had passed.
     Deadline,
     /// The caller went away (cancelled or disconnected).
@@ -15,11 +18,13 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 3] = [DropReason::QueueFull, DropReason::Deadline, DropReason::Cancelled];
+    pub const ALL: [DropReason; 4] =
+        [DropReason::QueueFull, DropReason::FairShare, DropReason::Deadline, DropReason::Cancelled];
 
     fn as_str(self) -> &'static str {
         match self {
             DropReason::QueueFull => "queue_full",
+            DropReason::FairShare => "fair_share",
             DropReason::Deadline => "deadline",
             DropReason::Cancelled => "cancelled",
         }
@@ -63,7 +68,7 @@ pub struct ModelMetrics {
     pub tokens: Counter,
     pub unknown_tokens: Counter,
     pub at_max_tokens: Counter,
-    dropped: ByVariant<DropReason, Counter, 3>,
+    dropped: ByVariant<DropReason, Counter, 4>,
     info: Gauge,
 }
 

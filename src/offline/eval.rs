@@ -23,7 +23,7 @@ use crate::inference::worker::ModelHandle;
 use crate::metrics::ShadowOutcome;
 use crate::offline::report::{ReportInput, Source, Subject, Verdicts, cumulative_buckets};
 use crate::policy::{Confusion, Decision, Policy};
-use crate::request::{self, RawReview, ReviewInput, Surface};
+use crate::request::{self, Caller, RawReview, ReviewInput, Surface};
 use crate::shadow::compare;
 
 /// Reviews sent to a model at once.
@@ -255,7 +255,7 @@ async fn run(
 ) -> Result<Scored, Error> {
     let mut scores = Vec::with_capacity(reviews.len() * model.spec().labels.len());
     for chunk in reviews.chunks(CHUNK) {
-        let output = model.submit(Arc::from(chunk), None, None)?.wait().await?;
+        let output = model.submit(Arc::from(chunk), None, None, Caller::SERVER)?.wait().await?;
         scores.extend_from_slice(&output.scores);
         *done += chunk.len();
         progress(*done, total);

@@ -13,7 +13,7 @@ use crate::inference::worker::{BatchTiming, TokenSlot};
 use crate::journal::{Decider, Journal, ServedTask};
 use crate::otel::{self, CallSpan, ShadowLink};
 use crate::policy::{Decision, Policy};
-use crate::request::{self, CallDeadline, ClassifyInput, RawRequest, Surface};
+use crate::request::{self, CallDeadline, Caller, ClassifyInput, RawRequest, Surface};
 
 /// One task's answer for every review of a request.
 pub struct TaskOutput {
@@ -59,17 +59,18 @@ impl Classifier {
     /// One call, whole, as a transport hands it over: one serving state for all of it (a reload
     /// mid-call changes nothing for it), the deadline (the caller's, `asked`, capped at
     /// `limits.max_call_timeout` from `arrived`), the request's rules, then `classify` within
-    /// the deadline. Returns the validated request with its answer. Traced under `parent` when
-    /// tracing is on (`otel`).
+    /// the deadline, its jobs queued as `caller`'s. Returns the validated request with its
+    /// answer. Traced under `parent` when tracing is on (`otel`).
     pub async fn call(
         &self,
         request: RawRequest,
         arrived: Instant,
         asked: Option<Instant>,
+        caller: Caller,
         parent: &otel::Parent,
     ) -> Result<(ClassifyInput, ClassifyOutput), Error> {
         let span = CallSpan::start(parent, "modserve.Classify", arrived, vec![]);
-        let result = self.call_traced(request, arrived, asked, span.as_ref()).await;
+        let result = self.call_traced(request, arrived, asked, caller, span.as_ref()).await;
         if let Some(span) = span {
             span.end(result.as_ref().err().map(|e| e.to_string()));
         }
@@ -81,6 +82,7 @@ impl Classifier {
         request: RawRequest,
         arrived: Instant,
         asked: Option<Instant>,
+        caller: Caller,
         span: Option<&CallSpan>,
     ) -> Result<(ClassifyInput, ClassifyOutput), Error> {
         let state = self.state()?;
@@ -101,7 +103,7 @@ impl Classifier {
         if deadline.at <= Instant::now() {
             return Err(Error::DeadlineExceeded("before the request was queued".into()));
         }
-        let classified = self.classify(&state, &input, Some(deadline.at), span);
+        let classified = self.classify(&state, &input, Some(deadline.at), caller, span);
         let output = tokio::time::timeout_at(deadline.at.into(), classified)
             .await
             .map_err(|_| deadline.exceeded_waiting())??;
@@ -109,12 +111,14 @@ impl Classifier {
     }
 
     /// Classifies a validated request. `deadline` is the caller's; work still queued past it
-    /// is dropped before inference. Each task's steps are added to `span` when it is traced.
+    /// is dropped before inference. Its jobs take turns with other callers' (`Caller`). Each
+    /// task's steps are added to `span` when it is traced.
     pub async fn classify(
         &self,
         state: &ServingState,
         input: &ClassifyInput,
         deadline: Option<Instant>,
+        caller: Caller,
         span: Option<&CallSpan>,
     ) -> Result<ClassifyOutput, Error> {
         let tasks = resolve_tasks(state, &input.tasks)?;
@@ -144,7 +148,7 @@ impl Classifier {
                 }
             });
             let submitted = Instant::now();
-            let scoring = entry.live.submit(input.reviews.clone(), deadline, share)?;
+            let scoring = entry.live.submit(input.reviews.clone(), deadline, share, caller)?;
             pending.push((entry, scoring, submitted));
         }
         let link = span.map_or_else(ShadowLink::default, CallSpan::link);

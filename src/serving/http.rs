@@ -26,6 +26,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::metrics;
+use crate::request::Caller;
 use crate::serving::grpc::transport::{Slot, Slots, accept};
 use crate::serving::tls::Tls;
 use crate::shutdown::ShutdownSignal;
@@ -146,9 +147,10 @@ impl Connection {
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let api = self.api;
+        let caller = Caller::new_connection();
         let service = hyper::service::service_fn(move |request| {
             let api = api.clone();
-            async move { Ok::<_, std::convert::Infallible>(api.answer(request).await) }
+            async move { Ok::<_, std::convert::Infallible>(api.answer(request, caller).await) }
         });
         let connection = self.watcher.watch(self.builder.serve_connection(TokioIo::new(io), service));
         let mut closing = self.closing;

@@ -436,3 +436,98 @@ async fn a_message_of_countless_tiny_reviews_is_refused_before_decoding() {
     assert_eq!(counted, 1.0);
     server.stop().await;
 }
+
+/// Calls' names and outcomes, in the order they were answered.
+type Finished = std::sync::Arc<std::sync::Mutex<Vec<(String, Result<(), tonic::Status>)>>>;
+
+/// Starts `n` Classify calls of `text` on one connection; each call's name and outcome go into
+/// `finished` when answered.
+async fn spawn_calls_on_one_connection(
+    server: &TestServer,
+    finished: &Finished,
+    prefix: &str,
+    n: usize,
+    text: &str,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let client = server.client().await;
+    (0..n)
+        .map(|i| {
+            let (mut client, finished, name, text) =
+                (client.clone(), finished.clone(), format!("{prefix}-{i}"), text.to_string());
+            tokio::spawn(async move {
+                let outcome = client.classify(request(vec![review(&name, &text)])).await.map(|_| ());
+                finished.lock().unwrap().push((name, outcome));
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_connection_cannot_crowd_another_callers_call_out_of_the_queue() {
+    let _guard = exclusive().await;
+    let body = format!("[batching]\nmax_batch_size = 1\nqueue_capacity = 4\n{ONE_MODEL}");
+    let (server, faults) = TestServer::start_faulty(config_with("max_calls_in_progress = 1000\n", &body)).await;
+    faults.on_word("tiny-abuse", "huge", Action::Sleep(Duration::from_millis(500)));
+    let finished = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let base = server.scrape().await;
+    // One connection keeps 12 calls going: one runs, four fill the queue, the rest are refused.
+    let flood = spawn_calls_on_one_connection(&server, &finished, "flood", 12, "huge great product").await;
+    let depth = [("model", "tiny-abuse"), ("role", "live")];
+    assert_eq!(server.wait_for(&base, "modserve_queue_depth", &depth, 4.0).await, 4.0, "the flood fills the queue");
+    let normal = spawn_calls_on_one_connection(&server, &finished, "normal", 1, "great product").await;
+    for task in normal.into_iter().chain(flood) {
+        task.await.unwrap();
+    }
+    let finished = finished.lock().unwrap().clone();
+    let normal = finished.iter().position(|(name, _)| name == "normal-0").unwrap();
+    assert!(finished[normal].1.is_ok(), "the other caller's call is served: {:?}", finished[normal].1);
+    // Before it: the flood's refusals, the call that was running, and at most one queued call
+    // (the flood's turn came first).
+    let served_before = finished[..normal].iter().filter(|(_, outcome)| outcome.is_ok()).count();
+    assert!(served_before <= 2, "{served_before} flood calls were served before it: {finished:?}");
+    let pushed_out: Vec<&tonic::Status> = finished.iter().filter_map(|(_, outcome)| outcome.as_ref().err()).collect();
+    assert!(pushed_out.iter().all(|s| s.code() == Code::ResourceExhausted), "{pushed_out:?}");
+    assert!(
+        pushed_out.iter().any(|s| s.message().contains("this caller held the most of them")),
+        "the flood's newest queued call made room: {pushed_out:?}"
+    );
+    let now = server.scrape().await;
+    let fair_share = [("model", "tiny-abuse"), ("role", "live"), ("reason", "fair_share")];
+    assert_eq!(delta(&base, &now, "modserve_dropped_total", &fair_share), 1.0);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_past_the_bound_wait_for_a_turn_given_one_connection_at_a_time() {
+    let _guard = exclusive().await;
+    let body = format!("[batching]\nmax_batch_size = 1\n{ONE_MODEL}");
+    let (server, faults) = TestServer::start_faulty(config_with("max_calls_in_progress = 2\n", &body)).await;
+    faults.on_word("tiny-abuse", "huge", Action::Sleep(Duration::from_millis(400)));
+    let finished = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let base = server.scrape().await;
+    // Two calls in progress, five waiting, all from one connection.
+    let flood = spawn_calls_on_one_connection(&server, &finished, "flood", 7, "huge great product").await;
+    assert_eq!(server.wait_gauge("modserve_calls_waiting", &[], 5.0).await, Some(5.0));
+    let normal = spawn_calls_on_one_connection(&server, &finished, "normal", 1, "great product").await;
+    assert_eq!(server.wait_gauge("modserve_calls_waiting", &[], 6.0).await, Some(6.0), "it waits too");
+    // A caller whose deadline passes while it waits is told why (a bare client, which waits
+    // for the server's answer past its own deadline).
+    let (code, message) = raw_classify(server.grpc_addr, &request(vec![review("late", "great product")]), "100m").await;
+    assert_eq!(code, Code::DeadlineExceeded as i32, "{message}");
+    assert!(message.contains("waiting for a turn") && message.contains("server.max_calls_in_progress"), "{message}");
+    for task in normal.into_iter().chain(flood) {
+        task.await.unwrap();
+    }
+    let finished = finished.lock().unwrap().clone();
+    assert!(finished.iter().all(|(_, outcome)| outcome.is_ok()), "every call that waited is served: {finished:?}");
+    // The flood's connection had the next turn, the other connection the one after: it goes
+    // before the flood's last three, where arrival order would have put it last.
+    let normal = finished.iter().position(|(name, _)| name == "normal-0").unwrap();
+    assert!(normal <= 3, "{normal} calls were served before it: {finished:?}");
+    let now = server.scrape().await;
+    let refused = [("listener", "grpc"), ("reason", "turn_deadline")];
+    assert_eq!(delta(&base, &now, "modserve_transport_refusals_total", &refused), 1.0);
+    let counted = [("method", "Classify"), ("code", "DEADLINE_EXCEEDED")];
+    assert_eq!(delta(&base, &now, "modserve_requests_total", &counted), 1.0);
+    server.stop().await;
+}

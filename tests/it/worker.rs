@@ -12,7 +12,7 @@ use modserve::inference::model::Package;
 use modserve::inference::tokenize::{Encoder, TokenRows};
 use modserve::inference::worker::{self, WorkerPool, WorkerSettings};
 use modserve::metrics::Role;
-use modserve::request::ReviewInput;
+use modserve::request::{Caller, ReviewInput};
 
 fn pool(model: &str) -> WorkerPool {
     pool_with(model, &Arc::new(Faults::default()))
@@ -60,7 +60,7 @@ fn queued_work_past_its_deadline_is_dropped_before_inference() {
     let pool = pool("tiny-abuse");
     let reviews = reviews(&["you idiot"]);
     let expired = Instant::now() - Duration::from_millis(1);
-    let rx = pool.handle.submit(reviews.clone(), Some(expired), None).expect("queued");
+    let rx = pool.handle.submit(reviews.clone(), Some(expired), None, Caller::SERVER).expect("queued");
     match rx.blocking_wait() {
         Err(Error::DeadlineExceeded(where_)) => {
             assert!(where_.contains("before inference on model tiny-abuse"), "{where_}")
@@ -68,7 +68,10 @@ fn queued_work_past_its_deadline_is_dropped_before_inference() {
         other => panic!("expected DeadlineExceeded, got {other:?}"),
     }
     // The same review with time to spare is scored.
-    let rx = pool.handle.submit(reviews, Some(Instant::now() + Duration::from_secs(10)), None).expect("queued");
+    let rx = pool
+        .handle
+        .submit(reviews, Some(Instant::now() + Duration::from_secs(10)), None, Caller::SERVER)
+        .expect("queued");
     let scores = rx.blocking_wait().expect("scored").scores;
     assert!(scores[0] > 0.9, "insult score {scores:?}");
     drop(pool.handle);
@@ -88,7 +91,7 @@ fn token_ids_from_a_shared_tokenizer_are_used_as_given() {
     let texts = reviews(&["you idiot", "great product"]);
     let out = live
         .handle
-        .submit(texts.clone(), None, Some(Arc::new(modserve::inference::worker::TokenSlot::new())))
+        .submit(texts.clone(), None, Some(Arc::new(modserve::inference::worker::TokenSlot::new())), Caller::SERVER)
         .unwrap()
         .blocking_wait()
         .unwrap();
@@ -139,10 +142,10 @@ fn abandoned_jobs_are_dropped_before_inference_and_counted() {
     // The first job stalls the only worker (a fault injected through its backend), so the
     // second waits queued.
     faults.on_word("tiny-fraud", "huge", Action::Sleep(Duration::from_millis(300)));
-    let busy = pool.handle.submit(reviews(&["huge call me"]), None, None).unwrap();
-    let abandoned = pool.handle.submit(reviews(&["win a free prize"]), None, None).unwrap();
+    let busy = pool.handle.submit(reviews(&["huge call me"]), None, None, Caller::SERVER).unwrap();
+    let abandoned = pool.handle.submit(reviews(&["win a free prize"]), None, None, Caller::SERVER).unwrap();
     drop(abandoned);
-    let after = pool.handle.submit(reviews(&["great product"]), None, None).unwrap();
+    let after = pool.handle.submit(reviews(&["great product"]), None, None, Caller::SERVER).unwrap();
     busy.blocking_wait().unwrap();
     after.blocking_wait().unwrap();
     assert_eq!(count("cancelled") - before.0, 1.0);

@@ -14,6 +14,7 @@ use super::{convert, status};
 use crate::error::Error;
 use crate::metrics;
 use crate::otel;
+use crate::request::Caller;
 use crate::serving::classify::Classifier;
 use crate::shutdown::ShutdownSignal;
 
@@ -34,11 +35,12 @@ impl ModerationService {
         req: ClassifyRequest,
         started: Instant,
         deadline: Option<Instant>,
+        caller: Caller,
         parent: &otel::Parent,
     ) -> Result<ClassifyResponse, Error> {
         // No refusal at shutdown: a call that reaches the handler was sent before the client saw
         // GOAWAY, and the transport lets it finish within `shutdown_grace`.
-        let (input, output) = self.classifier.call(convert::request(req), started, deadline, parent).await?;
+        let (input, output) = self.classifier.call(convert::request(req), started, deadline, caller, parent).await?;
         Ok(convert::response(&input, &output))
     }
 }
@@ -48,10 +50,10 @@ type ResponseStream = Pin<Box<dyn Stream<Item = Result<ClassifyResponse, Status>
 #[tonic::async_trait]
 impl Moderation for ModerationService {
     async fn classify(&self, request: Request<ClassifyRequest>) -> Result<Response<ClassifyResponse>, Status> {
-        let (started, deadline) = arrival(&request);
+        let (started, deadline, caller) = arrival(&request);
         let protocol = protocol(&request);
         let parent = trace_parent(&request);
-        let result = self.handle(request.into_inner(), started, deadline, &parent).await.map_err(|e| {
+        let result = self.handle(request.into_inner(), started, deadline, caller, &parent).await.map_err(|e| {
             log_error(&e);
             Status::from(e)
         });
@@ -73,6 +75,7 @@ impl Moderation for ModerationService {
         let in_flight = self.classifier.state().map(|s| s.config.limits.stream_in_flight).map_err(Status::from)?;
         // Every message of the stream is a call of its own under the stream's trace context.
         let parent = trace_parent(&request);
+        let (_, _, caller) = arrival(&request);
         // Stop reading new messages at shutdown; messages already read are still answered.
         // `buffered` keeps answers in order and bounds the work per stream; tonic polls this
         // stream only as fast as the client reads, so a slow reader stalls its own stream (and,
@@ -86,7 +89,7 @@ impl Moderation for ModerationService {
                     let request = message?;
                     let started = Instant::now();
                     let request_id = request.request_id.clone();
-                    let result = service.handle(request, started, None, &parent).await;
+                    let result = service.handle(request, started, None, caller, &parent).await;
                     let code = result.as_ref().map_or_else(|e| status::code(e.kind()), |_| tonic::Code::Ok);
                     metrics::request_finished(
                         "ClassifyStream",
@@ -117,9 +120,27 @@ fn log_error(e: &Error) {
         InvalidArgument | DeadlineExceeded | Unavailable => {
             tracing::debug!(error = %e, "request failed")
         }
-        QueueFull => tracing::warn!(error = %e, "request shed"),
+        QueueFull => warn_shed(e),
         Inference => {}
     }
+}
+
+/// How often shed calls are logged. Under overload every refused call would log a line (a client
+/// flooding a full queue had 263,000 warnings written in 14 s, each a cost to the server and to
+/// whatever ships its logs); one a second, with the count since the last, says as much.
+const SHED_WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn warn_shed(e: &Error) {
+    static SINCE: std::sync::Mutex<(Option<Instant>, u64)> = std::sync::Mutex::new((None, 0));
+    let mut since = SINCE.lock().unwrap_or_else(|e| e.into_inner());
+    since.1 += 1;
+    if since.0.is_some_and(|t| t.elapsed() < SHED_WARN_EVERY) {
+        return;
+    }
+    let shed = std::mem::take(&mut since.1);
+    since.0 = Some(Instant::now());
+    drop(since);
+    tracing::warn!(error = %e, shed, "requests shed (logged at most every second; shed = calls refused since the last line)");
 }
 
 /// The caller's trace context, from the W3C headers in its metadata.
@@ -133,15 +154,16 @@ pub fn protocol(request: &Request<impl Sized>) -> metrics::Protocol {
 }
 
 /// When the call arrived and the caller's deadline, from the `grpc-timeout` header (or the HTTP
-/// API's `x-modserve-timeout`), both as the transport saw them: counted from the arrival of the headers, not from the end of the upload.
-fn arrival(request: &Request<impl Sized>) -> (Instant, Option<Instant>) {
+/// API's `x-modserve-timeout`), both as the transport saw them: counted from the arrival of the
+/// headers, not from the end of the upload; and the connection it came on.
+fn arrival(request: &Request<impl Sized>) -> (Instant, Option<Instant>, Caller) {
     match request.extensions().get::<Arrival>() {
-        Some(a) => (a.at, a.deadline),
+        Some(a) => (a.at, a.deadline, a.caller),
         // Served without our transport (not in production): count from now.
         None => {
             let now = Instant::now();
             let asked = request.metadata().get("grpc-timeout").and_then(|v| parse_grpc_timeout(v.to_str().ok()?));
-            (now, asked.and_then(|t| now.checked_add(t)))
+            (now, asked.and_then(|t| now.checked_add(t)), Caller::SERVER)
         }
     }
 }

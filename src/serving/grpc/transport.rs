@@ -29,7 +29,9 @@ use tower::ServiceExt;
 use super::status;
 use super::upload::{BoundedBody, Budget};
 use crate::metrics::{self, TransportRefusal};
+use crate::request::Caller;
 use crate::serving::tls::Tls;
+use crate::serving::turns::Turns;
 use crate::shutdown::ShutdownSignal;
 
 /// HTTP/2 frames a peer may make us buffer per connection before we stop reading: bounded so a
@@ -91,6 +93,9 @@ impl TransportSettings {
 pub struct Arrival {
     pub at: Instant,
     pub deadline: Option<Instant>,
+    /// The connection it came on, whose calls take turns with other connections' in a model's
+    /// queue.
+    pub caller: Caller,
 }
 
 /// The longest any call may run (`limits.max_call_timeout`, which a reload can change).
@@ -103,12 +108,13 @@ pub use super::upload::MessageCheck;
 /// For a call's path, the check its messages pass before they are read, if any.
 pub type Admission = Arc<dyn Fn(&str) -> Option<MessageCheck> + Send + Sync>;
 
-/// What bounds every call of a listener: how long it may run, and what its messages must pass
-/// before they are read.
+/// What bounds every call of a listener: how long it may run, what its messages must pass
+/// before they are read, and (for Classify) the turns it waits for before it is read.
 #[derive(Clone)]
 pub struct CallLimits {
     pub ceiling: CallCeiling,
     pub admission: Admission,
+    pub turns: Turns,
 }
 
 /// Where the accept loop tells connections to stop.
@@ -316,6 +322,7 @@ impl Connection {
         let last_call = Arc::new(AtomicU64::new(0));
         let calls = Calls {
             name,
+            caller: Caller::new_connection(),
             accepted,
             last_call: last_call.clone(),
             routes: self.routes,
@@ -378,6 +385,7 @@ impl Connection {
 #[derive(Clone)]
 struct Calls {
     name: &'static str,
+    caller: Caller,
     accepted: Instant,
     last_call: Arc<AtomicU64>,
     routes: Routes,
@@ -400,9 +408,31 @@ impl Calls {
             BoundedBody::new(body, connection_budget, process_budget, move |why| metrics::transport_refused(name, why))
                 .checked(check)
         });
-        request.extensions_mut().insert(Arrival { at: arrived, deadline: asked.and_then(|a| arrived.checked_add(a)) });
+        let deadline = asked.and_then(|a| arrived.checked_add(a));
+        request.extensions_mut().insert(Arrival { at: arrived, deadline, caller: self.caller });
         let method = status::counted_method(request.uri().path());
-        match tokio::time::timeout(limit + DEADLINE_SLACK, self.routes.oneshot(request)).await {
+        let turn = match method {
+            Some("Classify") => match tokio::time::timeout(limit, self.limits.turns.enter(self.caller)).await {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    metrics::transport_refused(name, TransportRefusal::TurnDeadline);
+                    let status = tonic::Status::deadline_exceeded(turn_deadline(limit, &self.limits.turns));
+                    let code = status::code_name(status.code());
+                    metrics::request_finished(
+                        "Classify",
+                        metrics::Protocol::Grpc,
+                        code,
+                        arrived.elapsed().as_secs_f64(),
+                    );
+                    return Ok(status.into_http());
+                }
+            },
+            _ => None,
+        };
+        let left = (limit + DEADLINE_SLACK).saturating_sub(arrived.elapsed());
+        let answered = tokio::time::timeout(left, self.routes.oneshot(request)).await;
+        drop(turn);
+        match answered {
             Ok(response) => {
                 let response = response.unwrap_or_else(|never| match never {});
                 Ok(match method {
@@ -422,6 +452,15 @@ impl Calls {
             }
         }
     }
+}
+
+/// Why a call that waited for a turn until its deadline was not served (both APIs).
+pub fn turn_deadline(limit: Duration, turns: &Turns) -> String {
+    format!(
+        "deadline exceeded after {limit:?} waiting for a turn: {} Classify calls were in progress \
+         (server.max_calls_in_progress); the server is overloaded, retry with backoff",
+        turns.max()
+    )
 }
 
 /// The answer to a call whose request was not valid protobuf comes from tonic, before or

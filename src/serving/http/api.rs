@@ -21,6 +21,7 @@ use tonic::metadata::MetadataMap;
 
 use super::status::{error_body, http_status};
 use crate::metrics::{self, Protocol, TransportRefusal};
+use crate::request::Caller;
 use crate::serving::grpc::admin::AdminService;
 use crate::serving::grpc::auth::BearerAuth;
 use crate::serving::grpc::codec::{MAX_TOP_LEVEL_FIELDS, too_many_entries};
@@ -31,8 +32,9 @@ use crate::serving::grpc::pb::moderation_server::Moderation;
 use crate::serving::grpc::pb::{self};
 use crate::serving::grpc::service::ModerationService;
 use crate::serving::grpc::status::code_name;
-use crate::serving::grpc::transport::{Arrival, CallCeiling};
+use crate::serving::grpc::transport::{Arrival, CallCeiling, turn_deadline};
 use crate::serving::grpc::upload::Budget;
+use crate::serving::turns::Turns;
 
 /// The header a caller sets its deadline with, as a duration ("250ms", "2s"); the HTTP
 /// counterpart of `grpc-timeout`, capped by `limits.max_call_timeout` like it.
@@ -59,6 +61,8 @@ pub struct Api {
     pub max_body_bytes: usize,
     /// `server.max_buffered_request_bytes` for this listener: the bodies being received.
     pub budget: Budget,
+    /// Classify calls in progress, shared with the gRPC listener.
+    pub turns: Turns,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,7 +108,7 @@ enum Refusal {
 
 impl Api {
     /// Answers one request.
-    pub async fn answer(self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    pub async fn answer(self, request: Request<Incoming>, caller: Caller) -> Response<Full<Bytes>> {
         let arrived = Instant::now();
         let path = request.uri().path().to_string();
         let Some(route) = Route::of(&path) else {
@@ -119,7 +123,7 @@ impl Api {
             response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
             return response;
         }
-        match self.call(route, request, arrived).await {
+        match self.call(route, request, arrived, caller).await {
             Ok(body) => json(hyper::StatusCode::OK, body),
             Err(Refusal::Handler(status)) => error(&status),
             Err(Refusal::Here(status)) => {
@@ -132,7 +136,13 @@ impl Api {
         }
     }
 
-    async fn call(&self, route: Route, request: Request<Incoming>, arrived: Instant) -> Result<Vec<u8>, Refusal> {
+    async fn call(
+        &self,
+        route: Route,
+        request: Request<Incoming>,
+        arrived: Instant,
+        caller: Caller,
+    ) -> Result<Vec<u8>, Refusal> {
         let (parts, body) = request.into_parts();
         // Only the metadata the handlers and token checks read: the token and the caller's
         // trace context.
@@ -157,8 +167,19 @@ impl Api {
         let asked = timeout(&parts.headers).map_err(Refusal::Here)?;
         let limit = asked.map_or((self.ceiling)(), |asked| asked.min((self.ceiling)()));
         let mut extensions = tonic::Extensions::new();
-        extensions.insert(Arrival { at: arrived, deadline: asked.and_then(|a| arrived.checked_add(a)) });
+        extensions.insert(Arrival { at: arrived, deadline: asked.and_then(|a| arrived.checked_add(a)), caller });
         extensions.insert(Protocol::Http);
+        // Before the body is read, as on the gRPC listener; held until the answer is encoded.
+        let _turn = match route {
+            Route::Classify => match tokio::time::timeout(limit, self.turns.enter(caller)).await {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    metrics::transport_refused(super::LISTENER, TransportRefusal::TurnDeadline);
+                    return Err(Refusal::Here(Status::deadline_exceeded(turn_deadline(limit, &self.turns))));
+                }
+            },
+            _ => None,
+        };
         let body = match route {
             Route::Models => Bytes::new(),
             _ => self.body(body, arrived, limit).await.map_err(Refusal::Here)?,
