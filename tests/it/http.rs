@@ -303,9 +303,45 @@ async fn every_refusal_has_its_status_and_names_the_problem() {
 async fn a_body_still_arriving_at_the_deadline_is_refused() {
     let _guard = shared().await;
     let server = TestServer::start(http_config("", BASIC)).await;
-    let mut stream = tokio::net::TcpStream::connect(server.http_addr.unwrap()).await.unwrap();
-    let head = "POST /v1/classify HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n\
-                content-length: 100\r\nx-modserve-timeout: 200ms\r\n\r\n{\"reviews\": [";
+    let answer = partial_post(server.http_addr.unwrap(), "/v1/classify", 100, "{\"reviews\": [").await;
+    assert_eq!(answer.status, 504, "{answer:?}");
+    let (code, message) = answer.error();
+    assert_eq!(code, "DEADLINE_EXCEEDED");
+    assert!(message.contains("still being received"), "{message}");
+    server.stop().await;
+}
+
+/// A verdicts body larger than the room left in the verdict queue is refused before it is read,
+/// as a SubmitVerdicts message is at its prefix; one that fits is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verdicts_body_larger_than_the_queues_room_is_refused_before_it_is_read() {
+    let _guard = shared().await;
+    let server = TestServer::start(http_config("", &format!("[feedback]\nqueue_max_bytes = 100000\n{BASIC}"))).await;
+    let base = server.scrape().await;
+    // Declares 2,000,000 bytes and sends 10: answered at once, the rest never sent.
+    let answer = partial_post(server.http_addr.unwrap(), "/v1/verdicts", 2_000_000, "{\"verdicts\"").await;
+    assert_eq!(answer.status, 429, "{answer:?}");
+    let (code, message) = answer.error();
+    assert_eq!(code, "RESOURCE_EXHAUSTED");
+    assert!(message.contains("2000000 bytes") && message.contains("feedback.queue_max_bytes"), "{message}");
+    let refused = [("listener", "http"), ("reason", "feedback_queue_full")];
+    assert_eq!(delta(&base, &server.scrape().await, "modserve_transport_refusals_total", &refused), 1.0);
+    // A body that fits is read (and, incomplete at its deadline, refused for that).
+    let answer = partial_post(server.http_addr.unwrap(), "/v1/verdicts", 60_000, "{\"verdicts\"").await;
+    assert_eq!(answer.status, 504, "{answer:?}");
+    assert!(answer.error().1.contains("still being received"), "{answer:?}");
+    assert_eq!(delta(&base, &server.scrape().await, "modserve_transport_refusals_total", &refused), 1.0);
+    server.stop().await;
+}
+
+/// POSTs `sent` of a body declared `declared` bytes long (deadline 300 ms) and returns the answer
+/// without sending the rest.
+async fn partial_post(addr: SocketAddr, path: &str, declared: usize, sent: &str) -> Answer {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n\
+         content-length: {declared}\r\nx-modserve-timeout: 300ms\r\n\r\n{sent}"
+    );
     stream.write_all(head.as_bytes()).await.unwrap();
     let mut answer = Vec::new();
     let read = tokio::time::timeout(std::time::Duration::from_secs(20), async {
@@ -321,12 +357,7 @@ async fn a_body_still_arriving_at_the_deadline_is_refused() {
     })
     .await;
     assert!(read.is_ok(), "answered before the client sent the rest: {:?}", String::from_utf8_lossy(&answer));
-    let answer = parse_http(&String::from_utf8_lossy(&answer));
-    assert_eq!(answer.status, 504, "{answer:?}");
-    let (code, message) = answer.error();
-    assert_eq!(code, "DEADLINE_EXCEEDED");
-    assert!(message.contains("still being received"), "{message}");
-    server.stop().await;
+    parse_http(&String::from_utf8_lossy(&answer))
 }
 
 /// Calls over HTTP are counted with `protocol="http"`, beside gRPC's `protocol="grpc"`, and a

@@ -29,17 +29,19 @@ impl FeedbackService {
         FeedbackService { classifier, feedback }
     }
 
-    /// The check each SubmitVerdicts message passes at its prefix, before it is read
-    /// (`Feedback::admit`, against the feedback settings serving now).
+    /// Whether a SubmitVerdicts message (or HTTP body) of `bytes` may be read: `Feedback::admit`
+    /// against the feedback settings serving now.
+    pub fn admit(&self, bytes: usize) -> Result<(), Status> {
+        // Without a state the handler answers UNAVAILABLE itself.
+        let Ok(state) = self.classifier.state() else { return Ok(()) };
+        self.feedback.admit(bytes, &state.config.feedback).map_err(Status::from)
+    }
+
+    /// The check each SubmitVerdicts message passes at its prefix, before it is read.
     pub fn message_check(self: &Arc<Self>) -> MessageCheck {
         let service = self.clone();
         Arc::new(move |declared| {
-            // Without a state the handler answers UNAVAILABLE itself.
-            let Ok(state) = service.classifier.state() else { return Ok(()) };
-            service
-                .feedback
-                .admit(declared as usize, &state.config.feedback)
-                .map_err(|e| (Status::from(e), TransportRefusal::FeedbackQueueFull))
+            service.admit(declared as usize).map_err(|status| (status, TransportRefusal::FeedbackQueueFull))
         })
     }
 

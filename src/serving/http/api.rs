@@ -169,6 +169,15 @@ impl Api {
         let mut extensions = tonic::Extensions::new();
         extensions.insert(Arrival { at: arrived, deadline: asked.and_then(|a| arrived.checked_add(a)), caller });
         extensions.insert(Protocol::Http);
+        // A verdicts body larger than the room left in the verdict queue is refused before it is
+        // read, as a SubmitVerdicts message is at its prefix (its texts are at most its bytes).
+        if route == Route::Verdicts
+            && let Some(declared) = hyper::body::Body::size_hint(&body).exact()
+            && let Err(status) = self.feedback.admit(declared as usize)
+        {
+            metrics::transport_refused(super::LISTENER, TransportRefusal::FeedbackQueueFull);
+            return Err(Refusal::Here(status));
+        }
         // Before the body is read, as on the gRPC listener; held until the answer is encoded.
         let _turn = match route {
             Route::Classify => match tokio::time::timeout(limit, self.turns.enter(caller)).await {
