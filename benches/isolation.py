@@ -79,7 +79,10 @@ def summary(a):
         if 'round' in r:
             cells[(r['placement'], r['config'], str(r['load']))].append(r)
     rounds = max((r['round'] for r in rows if 'round' in r), default=0)
-    print(f'Rounds: {rounds} (medians); quota: {a.quota}; shadow.max_cpu_fraction = {a.budget}, shadow.cpu_reserve = {a.reserve}; '
+    toggled = any(r.get('config', '').endswith('-off') for r in rows)
+    what = (f"Pairs: {rounds} per cell, each shadow config in one server (medians; pairs: the median of each pair's "
+            f"on / off)") if toggled else f'Rounds: {rounds} (medians)'
+    print(f'{what}; quota: {a.quota}; shadow.max_cpu_fraction = {a.budget}, shadow.cpu_reserve = {a.reserve}; '
           f'live-only capacity (closed loop, concurrency 16): '
           + ', '.join(f'{p} {c:,} req/s' for p, c in capacity.items()))
     print()
@@ -88,10 +91,13 @@ def summary(a):
     print('|---|---|---|---|---|---|---|---|---|---|---|---|---|')
     order = {'one': 0, 'two': 1, 'quota': 2}
     loads = {'25': 0, '50': 1, '80': 2, 'closed1': 3}
-    for key in sorted(cells, key=lambda k: (loads.get(k[2], 9), order.get(k[0], 9), ['none', 'minilm', 'v2'].index(k[1]))):
+    configs = ['none', 'minilm-off', 'minilm', 'v2-off', 'v2']
+    for key in sorted(cells, key=lambda k: (loads.get(k[2], 9), order.get(k[0], 9), configs.index(k[1]))):
         placement, config, load = key
         rs = cells[key]
-        base = cells.get((placement, 'none', load), [])
+        # Toggled: each shadow config against its own halves at sample_rate 0, in the same server.
+        off = (placement, config + '-off', load)
+        base = cells.get(off) or cells.get((placement, 'none', load), [])
         p99 = med([r['result']['p99_ms'] for r in rs])
         p99_base = med([r['result']['p99_ms'] for r in base])
         shadows = sorted({m for r in rs for m in r['shadows']})
@@ -101,7 +107,12 @@ def summary(a):
                          for m in shadows) or '-'
         errors = sum(sum(r['result']['errors'].values()) for r in rs)
         level = 'closed, conc 1' if load == 'closed1' else f'{load}%'
-        ratio = f'{p99 / p99_base:.2f}x' if p99 and p99_base and config != 'none' else '-'
+        baseline = config == 'none' or config.endswith('-off')
+        ratio = f'{p99 / p99_base:.2f}x' if p99 and p99_base and not baseline else '-'
+        if off in cells and ratio != '-':
+            pairs = {r['round']: r['result']['p99_ms'] for r in cells[off]}
+            per_pair = med([r['result']['p99_ms'] / pairs[r['round']] for r in rs if pairs.get(r['round'])])
+            ratio += f' (pairs {per_pair:.2f}x)' if per_pair else ''
         print(f"| {placement} | {level} | {config} | {med([r['result']['requests_per_s'] for r in rs]):,.0f} | "
               f"{fmt(med([r['result']['p50_ms'] for r in rs]))} | {fmt(p99)} | "
               f"{fmt(med([r['result']['p999_ms'] for r in rs]))} | {ratio} | {coverage} | {rate} | "

@@ -11,7 +11,13 @@
 # within a round the configs alternate (none, minilm, v2) for every placement. Capacity is measured once, before round 1,
 # with the live-only config (closed loop, concurrency 16), per placement.
 #
-# usage: [ROUNDS=3] [DURATION=8s] [WARMUP=2s] [BUDGET=0.15] [RESERVE=0.5] benches/isolation.sh
+# TOGGLE=N measures the shadows' cost inside one server process instead: per placement and
+# shadow config, one server, and at each load N pairs of levels with the shadows' sample_rate 1.0
+# and 0.0 (config rewritten, SIGHUP, the reload awaited; the order alternates between pairs), so
+# the shadow threads and models are the same in both halves of a pair and only the shadow work
+# differs. Configs `X-off` are the halves at 0; ROUNDS is ignored.
+#
+# usage: [ROUNDS=3 | TOGGLE=5] [DURATION=8s] [WARMUP=2s] [BUDGET=0.15] [RESERVE=0.5] benches/isolation.sh
 # Raw JSON lines go to target/bench/isolation-*.jsonl; the Markdown summary (medians) to stdout.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -38,9 +44,9 @@ cleanup() {
 trap cleanup EXIT
 
 # === configs ===
-config() {  # config NAME SHADOW_TABLES...: live abuse-v1 and fraud-v1, plus the given shadows
-    local name="$1" abuse="$2" fraud="$3" extra="$4"
-    cat >"$tmp/$name.toml" <<EOF
+config() {  # config NAME ABUSE_SHADOWS FRAUD_SHADOWS EXTRA [FILE]: live abuse-v1 and fraud-v1, plus the given shadows
+    local name="$1" abuse="$2" fraud="$3" extra="$4" file="${5:-$tmp/$1.toml}"
+    cat >"$file.new" <<EOF
 [server]
 grpc_listen = "$grpc"
 metrics_listen = "$metrics"
@@ -64,13 +70,20 @@ shadows = [$abuse]
 live = "fraud-v1"
 shadows = [$fraud]
 EOF
+    mv "$file.new" "$file"
 }
 shadow_table="[shadow]
 max_cpu_fraction = $budget
 cpu_reserve = $reserve"
+shadow_config() {  # shadow_config NAME RATE [FILE]
+    case "$1" in
+        minilm) config "$1" "{ model = \"abuse-minilm\", sample_rate = $2 }" "" "$shadow_table" "${3:-}" ;;
+        v2) config "$1" "{ model = \"abuse-v2\", sample_rate = $2 }" "{ model = \"fraud-v2\", sample_rate = $2 }" "$shadow_table" "${3:-}" ;;
+    esac
+}
 config none "" "" ""
-config minilm '{ model = "abuse-minilm", sample_rate = 1.0 }' "" "$shadow_table"
-config v2 '{ model = "abuse-v2", sample_rate = 1.0 }' '{ model = "fraud-v2", sample_rate = 1.0 }' "$shadow_table"
+shadow_config minilm 1.0
+shadow_config v2 1.0
 
 # === the CPU quota ===
 if [[ -f /sys/fs/cgroup/cgroup.controllers ]]; then
@@ -152,6 +165,53 @@ for placement in one two quota; do
     echo "live-only capacity, $placement: ${capacity[$placement]} req/s" >&2
     echo "{\"capacity\":{\"placement\":\"$placement\",\"requests_per_s\":${capacity[$placement]}}}" >>"$out"
 done
+
+generation() { curl -s "http://$metrics/metrics" | awk '/^modserve_config_generation / {print $2}'; }
+
+# toggle NAME RATE: the running server's shadows to RATE, by rewriting its config and SIGHUP
+# (nothing to do when they are at RATE already: a reload of an unchanged file does nothing).
+toggle() {
+    [[ "$2" == "${current_rate:-}" ]] && return 0
+    current_rate="$2"
+    local before; before="$(generation)"
+    shadow_config "$1" "$2" "$tmp/$1.toml"
+    kill -HUP "$server_pid"
+    for _ in $(seq 1 300); do [[ "$(generation)" != "$before" ]] && return 0; sleep 0.05; done
+    echo "isolation.sh: the reload to sample_rate $2 did not happen:" >&2; cat "$tmp/server.log" >&2; exit 1
+}
+
+if [[ -n "${TOGGLE:-}" ]]; then
+    for placement in one two quota; do
+        rates="$(python3 -c "c=${capacity[$placement]}; print(','.join(str(round(c*f)) for f in (0.25,0.5,0.8)))")"
+        IFS=, read -r -a levels <<<"$rates"
+        for name in minilm v2; do
+            shadow_config "$name" 1.0
+            start_server "$placement" "$name"
+            current_rate=1.0
+            for i in 0 1 2 3; do
+                [[ $i == 3 && $placement != one ]] && continue
+                for pair in $(seq 1 "$TOGGLE"); do
+                    order="1.0 0.0"; (( pair % 2 == 0 )) && order="0.0 1.0"
+                    for rate in $order; do
+                        toggle "$name" "$rate"
+                        config_name="$name"; [[ $rate == 0.0 ]] && config_name="$name-off"
+                        if (( i == 3 )); then
+                            echo "pair $pair/$TOGGLE: closed loop, concurrency 1, one core, $config_name" >&2
+                            cell "$pair" one "$config_name" closed1 --concurrency 1
+                        else
+                            echo "pair $pair/$TOGGLE: $placement, $config_name, open loop at ${levels[$i]} req/s" >&2
+                            cell "$pair" "$placement" "$config_name" "$(( (i == 0) * 25 + (i == 1) * 50 + (i == 2) * 80 ))" --rate "${levels[$i]}"
+                        fi
+                    done
+                done
+            done
+            stop_server
+        done
+    done
+    python3 benches/isolation.py summary "$out" --quota "$quota_kind" --budget "$budget" --reserve "$reserve"
+    echo "raw: $out" >&2
+    exit 0
+fi
 
 for round in $(seq 1 "$rounds"); do
     for placement in one two quota; do
