@@ -15,7 +15,8 @@
 # shadow config, one server, and at each load N pairs of levels with the shadows' sample_rate 1.0
 # and 0.0 (config rewritten, SIGHUP, the reload awaited; the order alternates between pairs), so
 # the shadow threads and models are the same in both halves of a pair and only the shadow work
-# differs. Configs `X-off` are the halves at 0; ROUNDS is ignored.
+# differs. Configs `X-off` are the halves at 0; ROUNDS is ignored. PLACEMENTS (e.g. "one") and
+# CONFIGS (e.g. "minilm") narrow it.
 #
 # usage: [ROUNDS=3 | TOGGLE=5] [DURATION=8s] [WARMUP=2s] [BUDGET=0.15] [RESERVE=0.5] benches/isolation.sh
 # Raw JSON lines go to target/bench/isolation-*.jsonl; the Markdown summary (medians) to stdout.
@@ -158,7 +159,7 @@ throttled_us() {  # total time the quota cgroup was throttled, in microseconds
 
 # === capacity, once ===
 declare -A capacity
-for placement in one two quota; do
+for placement in ${PLACEMENTS:-one two quota}; do
     start_server "$placement" none
     capacity[$placement]="$(loadgen "$placement" --concurrency 16 | python3 -c 'import json,sys; print(round(json.loads(sys.stdin.readline())["requests_per_s"]))')"
     stop_server
@@ -181,10 +182,10 @@ toggle() {
 }
 
 if [[ -n "${TOGGLE:-}" ]]; then
-    for placement in one two quota; do
+    for placement in ${PLACEMENTS:-one two quota}; do
         rates="$(python3 -c "c=${capacity[$placement]}; print(','.join(str(round(c*f)) for f in (0.25,0.5,0.8)))")"
         IFS=, read -r -a levels <<<"$rates"
-        for name in minilm v2; do
+        for name in ${CONFIGS:-minilm v2}; do
             shadow_config "$name" 1.0
             start_server "$placement" "$name"
             current_rate=1.0
