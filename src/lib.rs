@@ -28,7 +28,8 @@
 //! - `offline`: `modserve report`, `modserve eval` and `modserve tune`, run beside the server.
 //!
 //! Shared by all of them: `config` (the typed configuration and the settings types every layer
-//! reads; a leaf that imports no layer), `request` (a validated review),
+//! reads; a leaf that imports no layer), `request` (a validated review, and who sent it),
+//! `rotation` (per-caller waiting lines served in turn),
 //! `policy` (the decision), `journal` (every decision as JSON lines, off by default), `jsonl`
 //! (the bounded, rotating JSON-lines writer behind the journal, the disagreement log and the
 //! labelling queue), `error` (mapped to gRPC status in `serving::grpc::status` only),
@@ -50,6 +51,7 @@ pub mod offline;
 pub mod otel;
 pub mod policy;
 pub mod request;
+pub mod rotation;
 pub mod serving;
 pub mod shadow;
 pub mod shutdown;

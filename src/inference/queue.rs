@@ -1,5 +1,5 @@
 //! A model's job queue: the short and the long lane, each bounded, each shared fairly between the
-//! callers with jobs in it.
+//! callers with jobs in it (`rotation`).
 //!
 //! A plain FIFO lets one caller stall everyone: a client keeping 512 calls in flight on 8
 //! connections filled a live model's 256 queued jobs, and another caller's calls waited behind
@@ -10,11 +10,11 @@
 //! caller's newest job is pushed out (it is answered RESOURCE_EXHAUSTED and counted as
 //! `fair_share`), so only the caller crowding the lane is refused.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
 pub use crate::request::Caller;
+use crate::rotation::Rotation;
 
 /// Why an item was not queued; the item is handed back.
 #[derive(Debug)]
@@ -25,66 +25,32 @@ pub enum Refused<T> {
     Closed(T),
 }
 
-/// One lane: a FIFO per caller and the order their turns come in.
+/// One lane: its jobs in rotation by caller, and its bound.
 struct Lane<T> {
-    queued: HashMap<Caller, VecDeque<T>>,
-    /// Callers with queued items, the next to be served first.
-    turns: VecDeque<Caller>,
-    len: usize,
+    jobs: Rotation<T>,
     capacity: usize,
 }
 
 impl<T> Lane<T> {
     fn new(capacity: usize) -> Lane<T> {
-        Lane { queued: HashMap::new(), turns: VecDeque::new(), len: 0, capacity: capacity.max(1) }
+        Lane { jobs: Rotation::default(), capacity: capacity.max(1) }
     }
 
     /// Queues `item`; `Ok(Some(pushed_out))` when a full lane made room by taking the newest item
     /// of the caller holding the most.
     fn push(&mut self, caller: Caller, item: T) -> Result<Option<T>, T> {
         let mut pushed_out = None;
-        if self.len >= self.capacity {
-            let held = |c: &Caller| self.queued.get(c).map_or(0, VecDeque::len);
-            let Some(crowding) = self.queued.iter().max_by_key(|(_, q)| q.len()).map(|(c, _)| *c) else {
+        if self.jobs.len() >= self.capacity {
+            let Some((crowding, most)) = self.jobs.crowding() else {
                 return Err(item);
             };
-            if crowding == caller || held(&crowding) <= held(&caller) + 1 {
+            if crowding == caller || most <= self.jobs.held(caller) + 1 {
                 return Err(item);
             }
-            pushed_out = self.pop_newest(crowding);
+            pushed_out = self.jobs.pop_newest(crowding);
         }
-        let queue = self.queued.entry(caller).or_default();
-        if queue.is_empty() {
-            self.turns.push_back(caller);
-        }
-        queue.push_back(item);
-        self.len += 1;
+        self.jobs.push(caller, item);
         Ok(pushed_out)
-    }
-
-    /// The oldest item of the caller whose turn it is.
-    fn pop(&mut self) -> Option<T> {
-        let caller = self.turns.pop_front()?;
-        let queue = self.queued.get_mut(&caller).expect("a caller with a turn has items");
-        let item = queue.pop_front().expect("a caller with a turn has items");
-        if queue.is_empty() {
-            self.queued.remove(&caller);
-        } else {
-            self.turns.push_back(caller);
-        }
-        self.len -= 1;
-        Some(item)
-    }
-
-    fn pop_newest(&mut self, caller: Caller) -> Option<T> {
-        let queue = self.queued.get_mut(&caller)?;
-        let item = queue.pop_back();
-        if queue.is_empty() {
-            self.queued.remove(&caller);
-            self.turns.retain(|c| *c != caller);
-        }
-        self.len -= usize::from(item.is_some());
-        item
     }
 }
 
@@ -155,7 +121,7 @@ impl<T> Producer<T> {
     /// Items queued in both lanes.
     pub fn queued(&self) -> usize {
         let state = self.0.lock();
-        state.lanes.iter().map(|l| l.len).sum()
+        state.lanes.iter().map(|l| l.jobs.len()).sum()
     }
 }
 
@@ -173,7 +139,7 @@ impl<T> Consumer<T> {
     /// and closed.
     pub fn try_pop(&self, lane: usize) -> Result<Option<T>, Closed> {
         let mut state = self.0.lock();
-        match state.lanes[lane].pop() {
+        match state.lanes[lane].jobs.pop() {
             Some(item) => Ok(Some(item)),
             None if state.producers == 0 => Err(Closed),
             None => Ok(None),
@@ -185,7 +151,7 @@ impl<T> Consumer<T> {
     pub fn pop(&self, order: &[usize], until: Option<Instant>) -> Option<(T, usize)> {
         let mut state = self.0.lock();
         loop {
-            if let Some(found) = order.iter().find_map(|&lane| state.lanes[lane].pop().map(|item| (item, lane))) {
+            if let Some(found) = order.iter().find_map(|&lane| state.lanes[lane].jobs.pop().map(|item| (item, lane))) {
                 return Some(found);
             }
             if state.producers == 0 {
@@ -203,12 +169,12 @@ impl<T> Consumer<T> {
 
     /// Items queued in `lane`.
     pub fn len(&self, lane: usize) -> usize {
-        self.0.lock().lanes[lane].len
+        self.0.lock().lanes[lane].jobs.len()
     }
 
     /// Items queued in both lanes.
     pub fn total(&self) -> usize {
-        self.0.lock().lanes.iter().map(|l| l.len).sum()
+        self.0.lock().lanes.iter().map(|l| l.jobs.len()).sum()
     }
 }
 
@@ -232,13 +198,10 @@ mod tests {
     #[test]
     fn callers_take_turns_one_job_each() {
         let (producer, consumer) = queue(16);
-        for item in ["a1", "a2", "a3", "a4"] {
-            producer.push(0, A, item).unwrap();
+        for (caller, item) in [(A, "a1"), (A, "a2"), (B, "b1"), (A, "a3")] {
+            producer.push(0, caller, item).unwrap();
         }
-        producer.push(0, B, "b1").unwrap();
-        producer.push(0, C, "c1").unwrap();
-        producer.push(0, B, "b2").unwrap();
-        assert_eq!(drain(&consumer, 0), ["a1", "b1", "c1", "a2", "b2", "a3", "a4"]);
+        assert_eq!(drain(&consumer, 0), ["a1", "b1", "a2", "a3"]);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Classify calls in progress, bounded across the process (`server.max_calls_in_progress`), over
 //! both APIs: a call past the bound waits for a turn before its request is read, and turns go to
-//! one connection at a time in rotation (`request::Caller`).
+//! one connection at a time in rotation (`request::Caller`, `rotation`).
 //!
 //! Every call in progress is a task the async runtime polls at each step, in arrival order: one
 //! client keeping 512 calls in flight on 8 connections made another caller's calls wait behind
@@ -9,13 +9,13 @@
 //! 24,825 answers/s). A call waiting here is parked, costs the runtime nothing, and has not been
 //! read: HTTP/2 flow control holds the rest of its upload at the client.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use metrics::Gauge;
 use tokio::sync::oneshot;
 
 use crate::request::Caller;
+use crate::rotation::Rotation;
 
 /// The bound and the calls waiting for a turn. Clones share it.
 #[derive(Clone)]
@@ -31,29 +31,8 @@ struct Shared {
 #[derive(Default)]
 struct State {
     in_progress: usize,
-    /// Per connection, its waiting calls, oldest first.
-    queued: HashMap<Caller, VecDeque<oneshot::Sender<Permit>>>,
-    /// Connections with waiting calls, the next to be served first.
-    order: VecDeque<Caller>,
-}
-
-impl State {
-    /// The next waiting call, one connection at a time.
-    fn next(&mut self) -> Option<oneshot::Sender<Permit>> {
-        let caller = self.order.pop_front()?;
-        let queue = self.queued.get_mut(&caller).expect("a connection in the rotation has waiting calls");
-        let next = queue.pop_front().expect("a connection in the rotation has waiting calls");
-        if queue.is_empty() {
-            self.queued.remove(&caller);
-        } else {
-            self.order.push_back(caller);
-        }
-        Some(next)
-    }
-
-    fn waiting(&self) -> usize {
-        self.queued.values().map(VecDeque::len).sum()
-    }
+    /// The calls waiting, by connection: each is woken with its permit.
+    waiting: Rotation<oneshot::Sender<Permit>>,
 }
 
 impl Turns {
@@ -76,18 +55,13 @@ impl Turns {
     pub async fn enter(&self, caller: Caller) -> Permit {
         let rx = {
             let mut state = self.lock();
-            if state.in_progress < self.0.max && state.order.is_empty() {
+            if state.in_progress < self.0.max && state.waiting.is_empty() {
                 state.in_progress += 1;
                 return Permit(Some(self.clone()));
             }
             let (tx, rx) = oneshot::channel();
-            let State { queued, order, .. } = &mut *state;
-            let queue = queued.entry(caller).or_default();
-            if queue.is_empty() {
-                order.push_back(caller);
-            }
-            queue.push_back(tx);
-            self.0.waiting.set(state.waiting() as f64);
+            state.waiting.push(caller, tx);
+            self.0.waiting.set(state.waiting.len() as f64);
             rx
         };
         let mut waiting = Waiting { turns: self.clone(), rx: Some(rx) };
@@ -103,7 +77,7 @@ impl Turns {
     fn release(&self) {
         let mut state = self.lock();
         loop {
-            let Some(next) = state.next() else {
+            let Some(next) = state.waiting.pop() else {
                 state.in_progress -= 1;
                 break;
             };
@@ -114,7 +88,7 @@ impl Turns {
                 Err(mut unsent) => unsent.0 = None,
             }
         }
-        self.0.waiting.set(state.waiting() as f64);
+        self.0.waiting.set(state.waiting.len() as f64);
     }
 }
 
@@ -147,13 +121,8 @@ impl Drop for Waiting {
         let sent = rx.try_recv().ok();
         {
             let mut state = self.turns.lock();
-            for queue in state.queued.values_mut() {
-                queue.retain(|tx| !tx.is_closed());
-            }
-            state.queued.retain(|_, q| !q.is_empty());
-            let State { queued, order, .. } = &mut *state;
-            order.retain(|c| queued.contains_key(c));
-            self.turns.0.waiting.set(state.waiting() as f64);
+            state.waiting.retain(|tx| !tx.is_closed());
+            self.turns.0.waiting.set(state.waiting.len() as f64);
         }
         drop(sent);
     }
@@ -240,6 +209,6 @@ mod tests {
         second.await.unwrap();
         assert_eq!(*log.lock().unwrap(), ["a1", "c1"]);
         let state = turns.lock();
-        assert_eq!((state.in_progress, state.waiting(), state.order.len()), (0, 0, 0));
+        assert_eq!((state.in_progress, state.waiting.len()), (0, 0));
     }
 }
