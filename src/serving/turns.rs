@@ -4,7 +4,7 @@
 //!
 //! Every call in progress is a task the async runtime polls at each step, in arrival order: one
 //! client keeping 512 calls in flight on 8 connections made another caller's calls wait behind
-//! all of them in the runtime's queues (its p50 1.9 -> 10.8 ms, p99 4.3 -> 27 ms, with the model
+//! all of them in the runtime's queues (its p50 1.7 -> 10.8 ms, p99 3.3 -> 27 ms, with the model
 //! queue already taking turns), where 64 calls already kept the workers as busy (22,191 against
 //! 24,825 answers/s). A call waiting here is parked, costs the runtime nothing, and has not been
 //! read: HTTP/2 flow control holds the rest of its upload at the client.
