@@ -37,6 +37,8 @@ struct State {
 
 impl Turns {
     pub fn new(max: usize, waiting: Gauge) -> Turns {
+        // Exported from the start, so a dashboard or alert sees 0 rather than no series.
+        waiting.set(0.0);
         Turns(Arc::new(Shared { state: Mutex::new(State::default()), max: max.max(1), waiting }))
     }
 

@@ -505,6 +505,7 @@ async fn calls_past_the_bound_wait_for_a_turn_given_one_connection_at_a_time() {
     faults.on_word("tiny-abuse", "huge", Action::Sleep(Duration::from_millis(400)));
     let finished = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let base = server.scrape().await;
+    assert_eq!(metric(&base, "modserve_calls_waiting", &[]), Some(0.0), "exported from the start");
     // Two calls in progress, five waiting, all from one connection.
     let flood = spawn_calls_on_one_connection(&server, &finished, "flood", 7, "huge great product").await;
     assert_eq!(server.wait_gauge("modserve_calls_waiting", &[], 5.0).await, Some(5.0));
