@@ -10,6 +10,7 @@
 //! read: HTTP/2 flow control holds the rest of its upload at the client.
 
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use metrics::Gauge;
 use tokio::sync::oneshot;
@@ -42,10 +43,6 @@ impl Turns {
         Turns(Arc::new(Shared { state: Mutex::new(State::default()), max: max.max(1), waiting }))
     }
 
-    pub fn max(&self) -> usize {
-        self.0.max
-    }
-
     fn lock(&self) -> MutexGuard<'_, State> {
         self.0.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -73,6 +70,18 @@ impl Turns {
         let permit = rx.await.unwrap_or(Permit(None));
         waiting.rx = None;
         permit
+    }
+
+    /// `enter`, given up at `limit`: the refusal says why, for both APIs to answer
+    /// DEADLINE_EXCEEDED with.
+    pub async fn enter_within(&self, caller: Caller, limit: Duration) -> Result<Permit, String> {
+        tokio::time::timeout(limit, self.enter(caller)).await.map_err(|_| {
+            format!(
+                "deadline exceeded after {limit:?} waiting for a turn: {} Classify calls were in progress \
+                 (server.max_calls_in_progress); the server is overloaded, retry with backoff",
+                self.0.max
+            )
+        })
     }
 
     /// Hands a finished call's turn to the next waiting call, or frees it.
@@ -133,7 +142,6 @@ impl Drop for Waiting {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn turns(max: usize) -> Turns {
         Turns::new(max, Gauge::noop())

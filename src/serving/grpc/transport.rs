@@ -412,11 +412,11 @@ impl Calls {
         request.extensions_mut().insert(Arrival { at: arrived, deadline, caller: self.caller });
         let method = status::counted_method(request.uri().path());
         let turn = match method {
-            Some("Classify") => match tokio::time::timeout(limit, self.limits.turns.enter(self.caller)).await {
+            Some("Classify") => match self.limits.turns.enter_within(self.caller, limit).await {
                 Ok(permit) => Some(permit),
-                Err(_) => {
+                Err(why) => {
                     metrics::transport_refused(name, TransportRefusal::TurnDeadline);
-                    let status = tonic::Status::deadline_exceeded(turn_deadline(limit, &self.limits.turns));
+                    let status = tonic::Status::deadline_exceeded(why);
                     let code = status::code_name(status.code());
                     metrics::request_finished(
                         "Classify",
@@ -452,15 +452,6 @@ impl Calls {
             }
         }
     }
-}
-
-/// Why a call that waited for a turn until its deadline was not served (both APIs).
-pub fn turn_deadline(limit: Duration, turns: &Turns) -> String {
-    format!(
-        "deadline exceeded after {limit:?} waiting for a turn: {} Classify calls were in progress \
-         (server.max_calls_in_progress); the server is overloaded, retry with backoff",
-        turns.max()
-    )
 }
 
 /// The answer to a call whose request was not valid protobuf comes from tonic, before or

@@ -32,7 +32,7 @@ use crate::serving::grpc::pb::moderation_server::Moderation;
 use crate::serving::grpc::pb::{self};
 use crate::serving::grpc::service::ModerationService;
 use crate::serving::grpc::status::code_name;
-use crate::serving::grpc::transport::{Arrival, CallCeiling, turn_deadline};
+use crate::serving::grpc::transport::{Arrival, CallCeiling};
 use crate::serving::grpc::upload::Budget;
 use crate::serving::turns::Turns;
 
@@ -180,11 +180,11 @@ impl Api {
         }
         // Before the body is read, as on the gRPC listener; held until the answer is encoded.
         let _turn = match route {
-            Route::Classify => match tokio::time::timeout(limit, self.turns.enter(caller)).await {
+            Route::Classify => match self.turns.enter_within(caller, limit).await {
                 Ok(permit) => Some(permit),
-                Err(_) => {
+                Err(why) => {
                     metrics::transport_refused(super::LISTENER, TransportRefusal::TurnDeadline);
-                    return Err(Refusal::Here(Status::deadline_exceeded(turn_deadline(limit, &self.turns))));
+                    return Err(Refusal::Here(Status::deadline_exceeded(why)));
                 }
             },
             _ => None,
