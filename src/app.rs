@@ -30,7 +30,7 @@ use crate::serving::grpc::pb::admin_server::AdminServer;
 use crate::serving::grpc::pb::feedback_server::FeedbackServer;
 use crate::serving::grpc::pb::moderation_server::ModerationServer;
 use crate::serving::grpc::upload::Budget;
-use crate::serving::grpc::{pb, service::ModerationService, transport};
+use crate::serving::grpc::{self, pb, service::ModerationService, transport};
 use crate::serving::http;
 use crate::serving::tls::{self, Tls};
 use crate::serving::turns::Turns;
@@ -238,7 +238,8 @@ fn serve<H: tonic_health::pb::health_server::Health>(
     transport_signal: ShutdownSignal,
     signal: &ShutdownSignal,
 ) -> anyhow::Result<Listeners> {
-    let handlers = Handlers::new(&bound, registry, reload, &transport_signal);
+    let turns = Turns::new(config.server.max_calls_in_progress, metrics::calls_waiting());
+    let handlers = Handlers::new(&bound, registry, reload, &transport_signal, &turns);
     let models_closed = (bound.admin.is_some() && bound.admin_token.is_none()).then_some(
         "modserve.v1.Admin: Admin has its own listener (admin.listen) and no token, so ListModels is served there only",
     );
@@ -249,7 +250,6 @@ fn serve<H: tonic_health::pb::health_server::Health>(
     let (routes, admin_routes) = with_admin_service(routes, bound.admin.is_some(), &handlers, health_service)?;
     let call_ceiling = call_ceiling(registry, config.limits.max_call_timeout);
     let verdicts_check = handlers.feedback.message_check();
-    let turns = Turns::new(config.server.max_calls_in_progress, metrics::calls_waiting());
     let limits = transport::CallLimits {
         ceiling: call_ceiling.clone(),
         admission: Arc::new(move |path| (path == SUBMIT_VERDICTS_PATH).then(|| verdicts_check.clone())),
@@ -267,7 +267,7 @@ fn serve<H: tonic_health::pb::health_server::Health>(
         ))
     };
     let admin = bound.admin.zip(admin_routes).map(|(listener, routes)| transport("admin", listener, routes));
-    let grpc = transport("grpc", bound.grpc, routes);
+    let grpc = transport(grpc::LISTENER, bound.grpc, routes);
     let api = bound.http.map(|listener| {
         let api = http::api::Api {
             moderation: handlers.moderation,
@@ -321,10 +321,20 @@ struct Handlers {
 }
 
 impl Handlers {
-    fn new(bound: &Bound, registry: &Registry, reload: &ReloadHandle, transport_signal: &ShutdownSignal) -> Handlers {
+    fn new(
+        bound: &Bound,
+        registry: &Registry,
+        reload: &ReloadHandle,
+        transport_signal: &ShutdownSignal,
+        turns: &Turns,
+    ) -> Handlers {
         let (feedback, _feedback_task) = Feedback::start(registry.clone());
         Handlers {
-            moderation: Arc::new(ModerationService::new(Classifier::new(registry.clone()), transport_signal.clone())),
+            moderation: Arc::new(ModerationService::new(
+                Classifier::new(registry.clone()),
+                transport_signal.clone(),
+                turns.clone(),
+            )),
             feedback: Arc::new(FeedbackService::new(Classifier::new(registry.clone()), feedback)),
             admin: Arc::new(AdminService::new(registry.clone(), reload.clone())),
             moderation_auth: BearerAuth::new(bound.moderation_token.clone(), "modserve.v1.Moderation"),

@@ -152,6 +152,7 @@ pub(super) struct RawShadowPolicy {
     pub(super) scheduling: Option<super::ThreadScheduling>,
     pub(super) cpus: Option<String>,
     pub(super) max_cpu_fraction: Option<f64>,
+    pub(super) max_cpu_fraction_on_one_cpu: Option<f64>,
     pub(super) cpu_reserve: Option<f64>,
     pub(super) min_sample_rate: Option<f64>,
     pub(super) breaker_window: Option<usize>,

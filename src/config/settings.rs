@@ -58,6 +58,9 @@ pub struct ShadowPolicy {
     pub breaker: BreakerPolicy,
     /// Share of the process's CPU capacity all shadow work may use; `None` = no budget.
     pub max_cpu_fraction: Option<f64>,
+    /// With a budget, when the process may run on one CPU only (so shadows share it with live):
+    /// the budget's share is at most this.
+    pub max_cpu_fraction_on_one_cpu: f64,
     /// With a budget: share of the process's CPU capacity that must stay free of everything
     /// else (live work, other processes on its CPUs) before shadow work may use any of it.
     pub cpu_reserve: f64,

@@ -772,6 +772,13 @@ fn shadow_policy(errors: &mut Vec<String>, raw: &RawShadowPolicy) -> ShadowPolic
             "shadow.max_cpu_fraction {f}: must be within (0, 1] (a share of the CPUs the process may use; leave it out for no budget)"
         ));
     }
+    let max_cpu_fraction_on_one_cpu =
+        raw.max_cpu_fraction_on_one_cpu.unwrap_or(defaults::SHADOW_MAX_CPU_FRACTION_ON_ONE_CPU);
+    if !(max_cpu_fraction_on_one_cpu > 0.0 && max_cpu_fraction_on_one_cpu <= 1.0) {
+        errors.push(format!(
+            "shadow.max_cpu_fraction_on_one_cpu {max_cpu_fraction_on_one_cpu}: must be within (0, 1] (the budget's largest share of the CPU when the process may run on one CPU only)"
+        ));
+    }
     let cpu_reserve = raw.cpu_reserve.unwrap_or(defaults::SHADOW_CPU_RESERVE);
     if !(0.0..1.0).contains(&cpu_reserve) {
         errors.push(format!(
@@ -782,7 +789,15 @@ fn shadow_policy(errors: &mut Vec<String>, raw: &RawShadowPolicy) -> ShadowPolic
     if !(0.0..=1.0).contains(&min_sample_rate) {
         errors.push(format!("shadow.min_sample_rate {min_sample_rate}: must be within 0..=1"));
     }
-    ShadowPolicy { max_delay, live_pressure_jobs, breaker, max_cpu_fraction, cpu_reserve, min_sample_rate }
+    ShadowPolicy {
+        max_delay,
+        live_pressure_jobs,
+        breaker,
+        max_cpu_fraction,
+        max_cpu_fraction_on_one_cpu,
+        cpu_reserve,
+        min_sample_rate,
+    }
 }
 
 /// `shadow.cpus`: a CPU list within the CPUs this process may run on.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime};
 
-use crate::config::{Config, ModelConfig, TaskConfig};
+use crate::config::{Config, ModelConfig, ShadowPolicy, TaskConfig};
 use crate::control::registry::{LoadedModel, ServingState, SurfaceEntry, TaskEntry};
 use crate::inference::backend::Backends;
 use crate::inference::model::{ModelSpec, Package};
@@ -314,7 +314,9 @@ fn configure_budget(shadow_cpu: &Arc<ShadowCpu>, config: &Config, models: &BTree
     let capacity = cpu::process_capacity();
     metrics::process_cpu_capacity(capacity);
     let shadow_models = models.values().filter(|m| m.role == Role::Shadow).count();
-    let budget = config.shadow.max_cpu_fraction.map(|f| f * capacity.cpus);
+    let one_cpu = cpu::allowed_cpus().is_ok_and(|cpus| cpus.count() == 1);
+    let fraction = budget_fraction(&config.shadow, one_cpu);
+    let budget = fraction.map(|f| f * capacity.cpus);
     shadow_cpu.configure(budget, shadow_models);
     let reserve = config.shadow.cpu_reserve;
     let headroom = budget.filter(|_| reserve > 0.0).and_then(|_| {
@@ -331,6 +333,22 @@ fn configure_budget(shadow_cpu: &Arc<ShadowCpu>, config: &Config, models: &BTree
             "shadow CPU budget"
         );
     }
+    if fraction < config.shadow.max_cpu_fraction {
+        tracing::info!(
+            max_cpu_fraction = config.shadow.max_cpu_fraction,
+            max_cpu_fraction_on_one_cpu = config.shadow.max_cpu_fraction_on_one_cpu,
+            "the process may run on one CPU only, which shadows share with live: their budget is \
+             shadow.max_cpu_fraction_on_one_cpu (docs/shadow.md, \"Sizing the budget\")"
+        );
+    }
+}
+
+/// The share of the CPU capacity shadows may spend: `max_cpu_fraction`, at most
+/// `max_cpu_fraction_on_one_cpu` when the process may run on one CPU only. There every shadow
+/// batch runs on live's core, and even under `SCHED_IDLE` leaves live's caches cold: the cost
+/// to live follows the shadow's CPU share, not its priority.
+fn budget_fraction(shadow: &ShadowPolicy, one_cpu: bool) -> Option<f64> {
+    shadow.max_cpu_fraction.map(|f| if one_cpu { f.min(shadow.max_cpu_fraction_on_one_cpu) } else { f })
 }
 
 /// The policy a model decides with: the named `[policies]` entry resolved against its labels,

@@ -12,6 +12,9 @@ pub mod status;
 pub mod transport;
 pub mod upload;
 
+/// The gRPC listener's name in metrics and logs.
+pub(crate) const LISTENER: &str = "grpc";
+
 /// Generated protobuf and tonic code for `proto/modserve/v1/moderation.proto`.
 pub mod pb {
     #![allow(clippy::all, clippy::pedantic)]

@@ -15,6 +15,7 @@ use std::time::Duration;
 use metrics::Gauge;
 use tokio::sync::oneshot;
 
+use crate::error::Error;
 use crate::request::Caller;
 use crate::rotation::Rotation;
 
@@ -72,15 +73,14 @@ impl Turns {
         permit
     }
 
-    /// `enter`, given up at `limit`: the refusal says why, for both APIs to answer
-    /// DEADLINE_EXCEEDED with.
-    pub async fn enter_within(&self, caller: Caller, limit: Duration) -> Result<Permit, String> {
+    /// `enter`, given up at `limit`: the refusal says why.
+    pub async fn enter_within(&self, caller: Caller, limit: Duration) -> Result<Permit, Error> {
         tokio::time::timeout(limit, self.enter(caller)).await.map_err(|_| {
-            format!(
-                "deadline exceeded after {limit:?} waiting for a turn: {} Classify calls were in progress \
+            Error::DeadlineExceeded(format!(
+                "after {limit:?} waiting for a turn: {} Classify calls were in progress \
                  (server.max_calls_in_progress); the server is overloaded, retry with backoff",
                 self.0.max
-            )
+            ))
         })
     }
 

@@ -532,3 +532,45 @@ async fn calls_past_the_bound_wait_for_a_turn_given_one_connection_at_a_time() {
     assert_eq!(delta(&base, &now, "modserve_requests_total", &counted), 1.0);
     server.stop().await;
 }
+
+/// A stream's messages are calls too: each waits under the same bound, in its connection's turn,
+/// or a flood would open streams instead of calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_messages_wait_for_a_turn_like_calls() {
+    let _guard = exclusive().await;
+    let body = format!("[batching]\nmax_batch_size = 1\n{ONE_MODEL}");
+    let (server, faults) = TestServer::start_faulty(config_with("max_calls_in_progress = 2\n", &body)).await;
+    faults.on_word("tiny-abuse", "huge", Action::Sleep(Duration::from_millis(400)));
+    let finished = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    // Two calls in progress, three waiting, all from one connection.
+    let flood = spawn_calls_on_one_connection(&server, &finished, "flood", 5, "huge great product").await;
+    assert_eq!(server.wait_gauge("modserve_calls_waiting", &[], 3.0).await, Some(3.0));
+    let mut client = server.client().await;
+    let (messages, outbound) = tokio::sync::mpsc::channel(1);
+    let mut inbound =
+        client.classify_stream(tokio_stream::wrappers::ReceiverStream::new(outbound)).await.unwrap().into_inner();
+    messages.send(request(vec![review("stream-0", "great product")])).await.unwrap();
+    assert_eq!(server.wait_gauge("modserve_calls_waiting", &[], 4.0).await, Some(4.0), "the message waits");
+    let stream = {
+        let finished = finished.clone();
+        tokio::spawn(async move {
+            let answer = inbound.message().await;
+            drop(messages);
+            let outcome = match answer {
+                Ok(Some(response)) if response.error.is_none() => Ok(()),
+                other => Err(tonic::Status::internal(format!("{other:?}"))),
+            };
+            finished.lock().unwrap().push(("stream-0".to_string(), outcome));
+        })
+    };
+    stream.await.unwrap();
+    for task in flood {
+        task.await.unwrap();
+    }
+    let finished = finished.lock().unwrap().clone();
+    assert!(finished.iter().all(|(_, outcome)| outcome.is_ok()), "every call and message is served: {finished:?}");
+    // The two calls in progress, the flood's next turn, then the stream's connection.
+    let stream = finished.iter().position(|(name, _)| name == "stream-0").unwrap();
+    assert!(stream <= 3, "{stream} calls were served before it: {finished:?}");
+    server.stop().await;
+}

@@ -270,7 +270,10 @@ async fn a_heavy_shadow_stays_within_its_cpu_budget() {
     let base = server.scrape().await;
     let budget = metric(&base, "modserve_shadow_cpu_budget", &[]).expect("budget gauge");
     let capacity: f64 = modserve::inference::cpu::process_capacity().cpus;
-    assert!((budget - 0.05 * capacity).abs() < 1e-9, "budget {budget} for {capacity} CPUs");
+    // On a one-CPU machine the budget is the one-CPU share (0.01), below this config's 0.05.
+    let one_cpu = modserve::inference::cpu::allowed_cpus().unwrap().count() == 1;
+    let fraction = if one_cpu { 0.01 } else { 0.05 };
+    assert!((budget - fraction * capacity).abs() < 1e-9, "budget {budget} for {capacity} CPUs");
     let cpu_before: u64 = worker_threads().iter().filter(|t| t.nice == 10).map(|t| t.cpu_ns).sum();
     let started = Instant::now();
     let n = send_heavy(&server, "h", true, Duration::from_secs(4)).await;
@@ -303,6 +306,48 @@ async fn a_heavy_shadow_stays_within_its_cpu_budget() {
     // The two measures agree (the kernel also counts the idle loop between batches).
     assert!((by_kernel - by_metric).abs() <= 0.05 + 0.1 * by_kernel, "kernel {by_kernel:.3} vs metric {by_metric:.3}");
     server.stop().await;
+}
+
+/// On one CPU every shadow batch runs on live's core, where it costs live through the caches
+/// whatever its priority: the budget's share is then `max_cpu_fraction_on_one_cpu` (0.01 unless
+/// set), and the log says so. With the process on more CPUs, `max_cpu_fraction` holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_one_cpu_the_shadow_budget_is_the_one_cpu_share() {
+    let _guard = exclusive().await;
+    let allowed = modserve::inference::cpu::allowed_cpus().unwrap();
+    let cpu = allowed.iter().next().unwrap();
+    let models = r#"
+[models.tiny-abuse]
+path = "tests/fixtures/tiny-abuse"
+[models.tiny-abuse-v2]
+path = "tests/fixtures/tiny-abuse-v2"
+[tasks.abuse]
+live = "tiny-abuse"
+shadows = [{ model = "tiny-abuse-v2", sample_rate = 1.0 }]
+"#;
+    async fn budget(server: &ChildServer) -> Option<f64> {
+        metric(&server.scrape().await, "modserve_shadow_cpu_budget", &[])
+    }
+    let default_share = format!("[shadow]\nmax_cpu_fraction = 0.25\n{models}");
+    let one = ChildServer::start_on_cpu(cpu, &default_share).await;
+    assert_eq!(budget(&one).await, Some(0.01), "0.01 of one CPU");
+    let logs = one.stop().await;
+    assert!(
+        logs.contains("may run on one CPU only") && logs.contains("max_cpu_fraction_on_one_cpu"),
+        "the log says why the budget is lower than configured:\n{logs}"
+    );
+    let set = format!("[shadow]\nmax_cpu_fraction = 0.25\nmax_cpu_fraction_on_one_cpu = 0.05\n{models}");
+    let one = ChildServer::start_on_cpu(cpu, &set).await;
+    assert_eq!(budget(&one).await, Some(0.05), "the key, set");
+    one.stop().await;
+    if allowed.count() > 1 {
+        let all = ChildServer::start(&default_share).await;
+        let capacity = modserve::inference::cpu::process_capacity().cpus;
+        let got = budget(&all).await.unwrap();
+        assert!((got - 0.25 * capacity).abs() < 1e-9, "{got}: max_cpu_fraction of {capacity} CPUs");
+        let logs = all.stop().await;
+        assert!(!logs.contains("may run on one CPU only"), "{logs}");
+    }
 }
 
 /// Under a budget the heavy shadow cannot meet, its effective sample rate drops below the

@@ -12,21 +12,25 @@ use super::pb::{self, ClassifyRequest, ClassifyResponse};
 use super::transport::{Arrival, parse_grpc_timeout};
 use super::{convert, status};
 use crate::error::Error;
-use crate::metrics;
+use crate::metrics::{self, TransportRefusal};
 use crate::otel;
 use crate::request::Caller;
 use crate::serving::classify::Classifier;
+use crate::serving::turns::Turns;
 use crate::shutdown::ShutdownSignal;
 
 #[derive(Clone)]
 pub struct ModerationService {
     classifier: Classifier,
     shutdown: ShutdownSignal,
+    /// The calls-in-progress bound a stream's messages wait under, each as a call of its own
+    /// (a unary call waits in the transport, before it is read).
+    turns: Turns,
 }
 
 impl ModerationService {
-    pub fn new(classifier: Classifier, shutdown: ShutdownSignal) -> Self {
-        ModerationService { classifier, shutdown }
+    pub fn new(classifier: Classifier, shutdown: ShutdownSignal, turns: Turns) -> Self {
+        ModerationService { classifier, shutdown, turns }
     }
 
     /// `deadline` is the caller's, if it sent one (the classifier caps it); `parent` its trace.
@@ -72,7 +76,11 @@ impl Moderation for ModerationService {
             return Err(Error::Unavailable("the server is shutting down; retry on another replica").into());
         }
         let service = self.clone();
-        let in_flight = self.classifier.state().map(|s| s.config.limits.stream_in_flight).map_err(Status::from)?;
+        let (in_flight, ceiling) = self
+            .classifier
+            .state()
+            .map(|s| (s.config.limits.stream_in_flight, s.config.limits.max_call_timeout))
+            .map_err(Status::from)?;
         // Every message of the stream is a call of its own under the stream's trace context.
         let parent = trace_parent(&request);
         let (_, _, caller) = arrival(&request);
@@ -89,7 +97,19 @@ impl Moderation for ModerationService {
                     let request = message?;
                     let started = Instant::now();
                     let request_id = request.request_id.clone();
-                    let result = service.handle(request, started, None, caller, &parent).await;
+                    // Each message is a Classify call under the calls-in-progress bound, in its
+                    // connection's turn: otherwise streams would be a way around it.
+                    let result = match service.turns.enter_within(caller, ceiling).await {
+                        Ok(turn) => {
+                            let result = service.handle(request, started, None, caller, &parent).await;
+                            drop(turn);
+                            result
+                        }
+                        Err(why) => {
+                            metrics::transport_refused(super::LISTENER, TransportRefusal::TurnDeadline);
+                            Err(why)
+                        }
+                    };
                     let code = result.as_ref().map_or_else(|e| status::code(e.kind()), |_| tonic::Code::Ok);
                     metrics::request_finished(
                         "ClassifyStream",

@@ -416,7 +416,7 @@ impl Calls {
                 Ok(permit) => Some(permit),
                 Err(why) => {
                     metrics::transport_refused(name, TransportRefusal::TurnDeadline);
-                    let status = tonic::Status::deadline_exceeded(why);
+                    let status = tonic::Status::from(why);
                     let code = status::code_name(status.code());
                     metrics::request_finished(
                         "Classify",

@@ -184,7 +184,7 @@ impl Api {
                 Ok(permit) => Some(permit),
                 Err(why) => {
                     metrics::transport_refused(super::LISTENER, TransportRefusal::TurnDeadline);
-                    return Err(Refusal::Here(Status::deadline_exceeded(why)));
+                    return Err(Refusal::Here(Status::from(why)));
                 }
             },
             _ => None,

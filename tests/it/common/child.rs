@@ -80,6 +80,20 @@ impl ChildServer {
 
     /// `start`, with `server` lines added to `[server]` and `envs` set for the process.
     pub async fn start_with(server: &str, body: &str, envs: &[(&str, &str)]) -> ChildServer {
+        ChildServer::start_command(modserve(), server, body, envs).await
+    }
+
+    /// `start`, the process allowed on CPU `cpu` only (by `taskset`, which execs the server).
+    pub async fn start_on_cpu(cpu: usize, body: &str) -> ChildServer {
+        let mut cmd = Command::new("taskset");
+        cmd.args(["-c", &cpu.to_string()])
+            .arg(env!("CARGO_BIN_EXE_modserve"))
+            .env("MODSERVE_ONNXRUNTIME_LIB", ort_lib())
+            .env_remove("RUST_LOG");
+        ChildServer::start_command(cmd, "", body, &[]).await
+    }
+
+    async fn start_command(mut cmd: Command, server: &str, body: &str, envs: &[(&str, &str)]) -> ChildServer {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("modserve.toml");
         let fixtures = format!("\"{}/", path_str(&repo().join("tests/fixtures")));
@@ -88,7 +102,7 @@ impl ChildServer {
             body.replace("\"tests/fixtures/", &fixtures)
         );
         std::fs::write(&path, text).unwrap();
-        let mut child = modserve()
+        let mut child = cmd
             .arg("--config")
             .arg(&path)
             .args(["--log-format", "json"])
