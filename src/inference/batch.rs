@@ -53,9 +53,11 @@ const MIN_SPLIT_SAVING_NS: f64 = 100_000.0;
 /// The most padded tokens (rows x longest row) one run may take; a batch over it runs as
 /// several. A transformer's activations grow with the padded tokens (its attention with their
 /// square per row), and ONNX Runtime keeps the largest run's buffers: under attack i (2 MiB
-/// requests of long reviews) two transformer shadows running 32 reviews of 128 tokens at a time
-/// grew RSS by 364-426 MiB, and by 126-163 MiB at this budget (docs/benchmarks.md).
-pub const MAX_RUN_TOKENS: usize = 1024;
+/// requests of long reviews) from a fresh server, the default config's two transformer shadows
+/// grew RSS by 364-426 MiB running 32 reviews of 128 tokens at a time, by 126-163 MiB at 1,024
+/// tokens a run, and by 81-84 MiB at 512 (+19-25 MiB without them). 512 cost abuse-minilm 0-3%
+/// of its reviews/s (docs/reliability.md).
+pub const MAX_RUN_TOKENS: usize = 512;
 
 impl RunCost {
     /// Estimated cost of running rows of these lengths as one padded batch.
@@ -234,7 +236,7 @@ mod tests {
 
     #[test]
     fn no_run_exceeds_the_token_budget_whatever_the_cost() {
-        // 32 rows of 128 tokens: 4,096 padded tokens, four times the budget.
+        // 32 rows of 128 tokens: 4,096 padded tokens, eight times the budget.
         let lengths = vec![128; 32];
         for cost in [TRANSFORMER, BAG, RunCost::default()] {
             let groups = cost.split_by_length(&lengths);

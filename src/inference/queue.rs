@@ -325,9 +325,16 @@ mod tests {
         };
         let long_only = waiter(&[1]);
         let either = waiter(&[0, 1]);
-        std::thread::sleep(Duration::from_millis(20));
-        assert_eq!(consumer.0.lock().waiting, [0, 1]);
-        assert_eq!(consumer.0.lock().waiting_any, 1);
+        // Both asleep (after their backoff): one for the long lane, one for either.
+        let asleep = Instant::now() + Duration::from_secs(10);
+        let sleeping = || {
+            let state = consumer.0.lock();
+            (state.waiting, state.waiting_any)
+        };
+        while sleeping() != ([0, 1], 1) {
+            assert!(Instant::now() < asleep, "the consumers never went to sleep");
+            std::thread::sleep(Duration::from_millis(1));
+        }
         // A short job is for the consumer of either lane; the long-only one sleeps on.
         producer.push(0, A, "short").unwrap();
         assert_eq!(either.join().unwrap(), Some(("short", 0)));

@@ -316,15 +316,7 @@ async fn on_one_cpu_the_shadow_budget_is_the_one_cpu_share() {
     let _guard = exclusive().await;
     let allowed = modserve::inference::cpu::allowed_cpus().unwrap();
     let cpu = allowed.iter().next().unwrap();
-    let models = r#"
-[models.tiny-abuse]
-path = "tests/fixtures/tiny-abuse"
-[models.tiny-abuse-v2]
-path = "tests/fixtures/tiny-abuse-v2"
-[tasks.abuse]
-live = "tiny-abuse"
-shadows = [{ model = "tiny-abuse-v2", sample_rate = 1.0 }]
-"#;
+    let models = LIVE_AND_SHADOW;
     async fn budget(server: &ChildServer) -> Option<f64> {
         metric(&server.scrape().await, "modserve_shadow_cpu_budget", &[])
     }
