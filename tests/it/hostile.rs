@@ -574,3 +574,68 @@ async fn stream_messages_wait_for_a_turn_like_calls() {
     assert!(stream <= 3, "{stream} calls were served before it: {finished:?}");
     server.stop().await;
 }
+
+/// A stream's message that waits for a turn past its ceiling is answered DEADLINE_EXCEEDED in the
+/// stream, like a unary call's refusal, and counted; the stream stays usable. The ceiling is
+/// `limits.max_call_timeout` as it was when the stream opened: the test opens the stream under a
+/// short one, then reloads a long one so that the call holding the only turn outlasts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_message_that_waits_past_its_ceiling_is_answered_deadline_exceeded() {
+    let _guard = exclusive().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("modserve.toml");
+    let write = |timeout: &str| {
+        let text = format!(
+            "[server]\ngrpc_listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"\n\
+             onnxruntime_lib = {:?}\nwatch_config = false\nmax_calls_in_progress = 1\n\
+             [limits]\nmax_call_timeout = \"{timeout}\"\n[batching]\nmax_batch_size = 1\n\
+             [models.tiny-abuse]\npath = {:?}\n[tasks.abuse]\nlive = \"tiny-abuse\"\n",
+            ort_lib().display().to_string(),
+            fixture("tiny-abuse").display().to_string()
+        );
+        std::fs::write(&path, text).unwrap();
+    };
+    write("300ms");
+    let config = modserve::config::Config::load(&path, &modserve::config::Overrides::default()).unwrap();
+    let (server, faults) = TestServer::start_faulty(config).await;
+    faults.on_word("tiny-abuse", "huge", Action::Sleep(Duration::from_millis(1500)));
+    let mut client = server.client().await;
+    let (messages, outbound) = tokio::sync::mpsc::channel(4);
+    let mut inbound =
+        client.classify_stream(tokio_stream::wrappers::ReceiverStream::new(outbound)).await.unwrap().into_inner();
+    write("30s");
+    let mut admin = modserve::serving::grpc::pb::admin_client::AdminClient::new(server.channel().await);
+    let reloaded = admin.reload(modserve::serving::grpc::pb::ReloadRequest {}).await.unwrap().into_inner();
+    assert!(reloaded.applied, "{:?}", reloaded.errors);
+    let base = server.scrape().await;
+    // One call runs (1.5 s in the model) and holds the only turn; a second one waits for it.
+    let finished = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let holders = spawn_calls_on_one_connection(&server, &finished, "holder", 2, "huge great product").await;
+    assert_eq!(server.wait_gauge("modserve_calls_waiting", &[], 1.0).await, Some(1.0));
+    messages.send(request(vec![review("stream-0", "great product")])).await.unwrap();
+    let answer = inbound.message().await.unwrap().expect("an answer in the stream");
+    let error = answer.error.expect("the message is refused in the stream");
+    assert_eq!(error.code, Code::DeadlineExceeded as i32, "{error:?}");
+    assert!(
+        error.message.contains("waiting for a turn") && error.message.contains("server.max_calls_in_progress"),
+        "{error:?}"
+    );
+    assert!(answer.results.is_empty());
+    let now = server.scrape().await;
+    let refused = [("listener", "grpc"), ("reason", "turn_deadline")];
+    assert_eq!(delta(&base, &now, "modserve_transport_refusals_total", &refused), 1.0);
+    let counted = [("method", "ClassifyStream"), ("code", "DEADLINE_EXCEEDED")];
+    assert_eq!(delta(&base, &now, "modserve_requests_total", &counted), 1.0);
+    for task in holders {
+        task.await.unwrap();
+    }
+    let finished = finished.lock().unwrap().clone();
+    assert!(finished.iter().all(|(_, outcome)| outcome.is_ok()), "the holders are served: {finished:?}");
+    // The stream goes on: its next message is served once the turn is free.
+    messages.send(request(vec![review("stream-1", "great product")])).await.unwrap();
+    let answer = inbound.message().await.unwrap().expect("an answer in the stream");
+    assert!(answer.error.is_none(), "{:?}", answer.error);
+    assert_eq!(answer.results.len(), 1);
+    drop(messages);
+    server.stop().await;
+}
