@@ -2,7 +2,7 @@
 //! same run to run whatever else the machine is doing, so a change shows as a ratio even on a noisy
 //! machine. `benches/callgrind.sh` runs it; it only counts inside `tokenize_pass`.
 //!
-//! Tokenizes the eval suite's reviews (81 realistic texts) `PASSES` times with the tokenizer of
+//! Tokenizes the eval suite's reviews (`models/eval/reviews.jsonl`) `PASSES` times with the tokenizer of
 //! each bundled model given on the command line (default `models/abuse-v1`), one review at a time,
 //! as the inference workers do.
 

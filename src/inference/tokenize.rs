@@ -16,6 +16,9 @@ use tokenizers::{
     TruncationStrategy,
 };
 
+mod stepwise;
+use stepwise::Stepwise;
+
 /// A tokenizer configured for one model.
 #[derive(Clone)]
 pub struct Encoder {
@@ -29,6 +32,10 @@ pub struct Encoder {
     /// truncated `PREFIX_MARGIN_TOKENS` past the model's length; see `PREFIX_CHARS_PER_TOKEN`.
     probe: Arc<Tokenizer>,
     ascii_probe: Option<Arc<Tokenizer>>,
+    /// For a tokenizer without added tokens: its normaliser run step by step, skipping steps that
+    /// cannot change the text, and the tokenizer and probe without a normaliser that take the
+    /// result. Used for every text when set (`stepwise.rs`).
+    stepwise: Option<(Arc<Stepwise>, Arc<Tokenizer>, Arc<Tokenizer>)>,
     /// Special tokens the tokenizer adds to a text (`[CLS]`, `[SEP]`), within the model's length.
     added: usize,
     /// The id of the tokenizer's unknown token, if it has one (input-quality metrics count it).
@@ -202,6 +209,7 @@ impl Encoder {
         // would otherwise make every review cost the full length.
         tokenizer.with_padding(None);
         let ascii = ascii_variant(&tokenizer)?;
+        let stepwise = stepwise_variant(&tokenizer)?;
         let unknown_id = unknown_id(&tokenizer);
         let added = tokenizer.get_post_processor().map_or(0, |p| p.added_tokens(false));
         let probe = |t: &Tokenizer| -> Result<Arc<Tokenizer>, String> {
@@ -217,9 +225,14 @@ impl Encoder {
             probe.with_post_processor(None::<PostProcessorWrapper>);
             Ok(Arc::new(probe))
         };
+        let stepwise = match stepwise {
+            Some((steps, bare)) => Some((Arc::new(steps), probe(&bare)?, Arc::new(bare))),
+            None => None,
+        };
         Ok(Encoder {
             probe: probe(&tokenizer)?,
             ascii_probe: ascii.as_ref().map(probe).transpose()?,
+            stepwise,
             added,
             tokenizer: Arc::new(tokenizer),
             ascii: ascii.map(Arc::new),
@@ -305,7 +318,7 @@ impl Encoder {
             let text = self.readable(text);
             let encoding = match self.encode_prefix(text)? {
                 Some(encoding) => encoding,
-                None => self.tokenizer_for(text).encode_fast(text, true).map_err(failed)?,
+                None => self.encode(text, false)?,
             };
             // Unpadded, every token is attended to: the mask is all ones, so ids suffice.
             rows.push(encoding.get_ids().iter().map(|&id| i64::from(id)));
@@ -313,7 +326,31 @@ impl Encoder {
         Ok(())
     }
 
-    /// The tokenizer for `text`: the one without Unicode normalisation for ASCII text.
+    /// `text` encoded whole with special tokens, or as raw tokens by the prefix `probe`.
+    fn encode(&self, text: &str, probe: bool) -> Result<Encoding, String> {
+        if let Some((steps, bare_probe, bare)) = &self.stepwise {
+            let normalized = steps.normalize(text)?;
+            let tokenizer = if probe { bare_probe } else { bare };
+            return tokenizer.encode_fast(normalized, !probe).map_err(failed);
+        }
+        let tokenizer = match (&self.ascii, &self.ascii_probe) {
+            (Some(ascii), Some(ascii_probe)) if text.is_ascii() => {
+                if probe {
+                    ascii_probe
+                } else {
+                    ascii
+                }
+            }
+            _ if probe => &self.probe,
+            _ => &self.tokenizer,
+        };
+        tokenizer.encode_fast(text, !probe).map_err(failed)
+    }
+
+    /// The tokenizer that runs every step of its normaliser on `text` (the one without Unicode
+    /// normalisation for ASCII text): what the cost check measures, since a pattern that
+    /// backtracks on a text without a match also does on one with a match after the crafted run,
+    /// where the step-by-step path runs it too.
     fn tokenizer_for(&self, text: &str) -> &Tokenizer {
         match &self.ascii {
             Some(ascii) if text.is_ascii() => ascii,
@@ -327,16 +364,12 @@ impl Encoder {
         let Some(prefix) = self.prefix(text) else {
             return Ok(None);
         };
-        let probe = match &self.ascii_probe {
-            Some(ascii) if text.is_ascii() => ascii,
-            _ => &self.probe,
-        };
-        let mut raw = probe.encode_fast(prefix, false).map_err(failed)?;
+        let mut raw = self.encode(prefix, true)?;
         if raw.len() < self.max_sequence_length + PREFIX_MARGIN_TOKENS {
             return Ok(None);
         }
         raw.truncate(self.max_sequence_length.saturating_sub(self.added), 0, TruncationDirection::Right);
-        self.tokenizer_for(text).post_process(raw, None, true).map(Some).map_err(failed)
+        self.tokenizer.post_process(raw, None, true).map(Some).map_err(failed)
     }
 
     /// Encodes `texts` into `out`, replacing its contents.
@@ -359,6 +392,19 @@ fn ratio((a, b): (Duration, Duration)) -> f64 {
 
 fn failed(e: tokenizers::Error) -> String {
     format!("tokenizer failed: {e}")
+}
+
+/// `tokenizer`'s normaliser as separate steps and the tokenizer without it, or `None` when the
+/// tokenizer has added tokens or no normaliser (`stepwise.rs`).
+fn stepwise_variant(tokenizer: &Tokenizer) -> Result<Option<(Stepwise, Tokenizer)>, String> {
+    let json = tokenizer.to_string(false).map_err(|e| format!("cannot serialise the tokenizer: {e}"))?;
+    let mut value: serde_json::Value = serde_json::from_str(&json).map_err(|e| format!("tokenizer JSON: {e}"))?;
+    let Some(steps) = Stepwise::new(&value)? else {
+        return Ok(None);
+    };
+    value["normalizer"] = serde_json::Value::Null;
+    let bare = Tokenizer::from_str(&value.to_string()).map_err(|e| format!("tokenizer without its normaliser: {e}"))?;
+    Ok(Some((steps, bare)))
 }
 
 /// Unicode normalisation forms: each maps an ASCII string to itself, offsets included.
@@ -641,5 +687,121 @@ mod tests {
         encoder(64).encode_into(["   "], &mut batch).unwrap();
         assert_eq!((batch.rows, batch.seq), (1, 1));
         assert_eq!((batch.ids[0], batch.mask[0]), (0, 0));
+    }
+
+    /// The bundled word-level tokenizer (`models/abuse-v1`, shared by the v1 and v2 models).
+    fn word_level() -> (Tokenizer, Encoder) {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/models/abuse-v1/tokenizer.json");
+        let tokenizer = Tokenizer::from_file(path).unwrap();
+        let encoder = Encoder::new(tokenizer.clone(), 256).unwrap();
+        assert!(encoder.stepwise.is_some(), "no added tokens: normalised step by step");
+        (tokenizer, encoder)
+    }
+
+    /// The ids `tokenizer` itself gives `text` (every normaliser step run inside it), truncated
+    /// to `max`.
+    fn own_ids(tokenizer: &Tokenizer, text: &str, max: usize) -> Vec<u32> {
+        let mut ids = tokenizer.encode_fast(text, true).unwrap().get_ids().to_vec();
+        ids.truncate(max);
+        ids
+    }
+
+    #[test]
+    fn the_step_by_step_normaliser_gives_the_tokenizers_own_ids_on_the_eval_reviews() {
+        let (tokenizer, encoder) = word_level();
+        let file = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/models/eval/reviews.jsonl"));
+        let mut texts = 0;
+        for line in file.lines() {
+            let Ok(review) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+            let text = review["text"].as_str().unwrap();
+            let ids: Vec<u32> = encoder.encode(text, false).unwrap().get_ids().to_vec();
+            assert_eq!(ids, own_ids(&tokenizer, text, 256), "{text}");
+            texts += 1;
+        }
+        assert!(texts > 100, "{texts} reviews read");
+        // Each pattern's replacement, and text that skips all of them.
+        for (text, marker) in [
+            ("see http://spam.example/deal now", Some("xxurl")),
+            ("mail me at Deals@Example.COM today", Some("xxemail")),
+            ("visit cheapstuff.biz for more", Some("xxurl")),
+            ("call +1 (555) 123-4567 now", Some("xxphone")),
+            ("5 stars", Some("xxnum")),
+            ("Great Product, Fast Delivery!", None),
+        ] {
+            let ids = encoder.encode(text, false).unwrap().get_ids().to_vec();
+            assert_eq!(ids, own_ids(&tokenizer, text, 256), "{text}");
+            let marker_id = marker.map(|m| tokenizer.token_to_id(m).unwrap());
+            assert_eq!(marker_id.map(|id| ids.contains(&id)), marker.map(|_| true), "{text}: {ids:?}");
+        }
+    }
+
+    /// Texts made of fragments that each pattern matches, nearly matches or is cut by, mixed with
+    /// upper case and non-ASCII text (where every step runs as in the tokenizer, and a Unicode
+    /// form or lowercasing can turn text ASCII or a replacement can make it non-ASCII).
+    const FRAGMENTS: [&str; 40] = [
+        "http://a.b/c",
+        "https://",
+        "www.",
+        "WWW.Shop.COM",
+        "x.com",
+        "co.uk",
+        ".us",
+        "a-b-c.",
+        "a@b.co",
+        "@",
+        "User@",
+        "@host.",
+        "+1",
+        "(555)",
+        " 123-4567",
+        "1",
+        "12 34",
+        "0.5",
+        "9-",
+        "great",
+        "PRODUCT",
+        "idiot",
+        " ",
+        "  ",
+        "\t",
+        "\n",
+        ".",
+        ",",
+        "-",
+        "<",
+        ">",
+        "\"",
+        "(",
+        ")",
+        "\u{e9}",
+        "Stra\u{df}e",
+        "\u{fb01}ne",
+        "\u{3a3}",
+        "\u{130}",
+        "e\u{301}",
+    ];
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        #[test]
+        fn the_step_by_step_normaliser_gives_the_tokenizers_own_ids_on_crafted_text(
+            picks in proptest::collection::vec(0..FRAGMENTS.len(), 0..24),
+        ) {
+            thread_local!(static WORD_LEVEL: (Tokenizer, Encoder) = word_level());
+            let text: String = picks.iter().map(|&i| FRAGMENTS[i]).collect();
+            WORD_LEVEL.with(|(tokenizer, encoder)| {
+                let ids = encoder.encode(&text, false).unwrap().get_ids().to_vec();
+                proptest::prop_assert_eq!(ids, own_ids(tokenizer, &text, 256), "{:?}", text);
+                Ok(())
+            })?;
+        }
+    }
+
+    #[test]
+    fn a_tokenizer_with_added_tokens_is_not_normalised_outside_it() {
+        // MiniLM's WordPiece tokenizer matches [CLS], [SEP], ... in the raw text.
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/models/abuse-minilm/tokenizer.json");
+        let encoder = Encoder::new(Tokenizer::from_file(path).unwrap(), 128).unwrap();
+        assert!(encoder.stepwise.is_none());
     }
 }
