@@ -12,12 +12,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokenizers::{
-    Encoding, ModelWrapper, PostProcessor, PostProcessorWrapper, Tokenizer, TruncationDirection, TruncationParams,
-    TruncationStrategy,
+    DecoderWrapper, Encoding, ModelWrapper, NormalizerWrapper, PostProcessor, PostProcessorWrapper, Tokenizer,
+    TokenizerImpl, TruncationDirection, TruncationParams, TruncationStrategy,
 };
 
 mod stepwise;
+mod words;
 use stepwise::Stepwise;
+use words::PreSplit;
+
+/// A tokenizer without a normaliser, whose `Whitespace` pre-tokenizer splits ASCII text by byte
+/// class (`words.rs`): what takes a text normalised step by step.
+type Bare = TokenizerImpl<ModelWrapper, NormalizerWrapper, PreSplit, PostProcessorWrapper, DecoderWrapper>;
 
 /// A tokenizer configured for one model.
 #[derive(Clone)]
@@ -35,7 +41,7 @@ pub struct Encoder {
     /// For a tokenizer without added tokens: its normaliser run step by step, skipping steps that
     /// cannot change the text, and the tokenizer and probe without a normaliser that take the
     /// result. Used for every text when set (`stepwise.rs`).
-    stepwise: Option<(Arc<Stepwise>, Arc<Tokenizer>, Arc<Tokenizer>)>,
+    stepwise: Option<(Arc<Stepwise>, Arc<Bare>, Arc<Bare>)>,
     /// Special tokens the tokenizer adds to a text (`[CLS]`, `[SEP]`), within the model's length.
     added: usize,
     /// The id of the tokenizer's unknown token, if it has one (input-quality metrics count it).
@@ -212,21 +218,30 @@ impl Encoder {
         let stepwise = stepwise_variant(&tokenizer)?;
         let unknown_id = unknown_id(&tokenizer);
         let added = tokenizer.get_post_processor().map_or(0, |p| p.added_tokens(false));
+        let probe_truncation = TruncationParams {
+            max_length: max_sequence_length + PREFIX_MARGIN_TOKENS,
+            strategy: TruncationStrategy::LongestFirst,
+            stride: 0,
+            direction: TruncationDirection::Right,
+        };
         let probe = |t: &Tokenizer| -> Result<Arc<Tokenizer>, String> {
             let mut probe = t.clone();
             probe
-                .with_truncation(Some(TruncationParams {
-                    max_length: max_sequence_length + PREFIX_MARGIN_TOKENS,
-                    strategy: TruncationStrategy::LongestFirst,
-                    stride: 0,
-                    direction: TruncationDirection::Right,
-                }))
+                .with_truncation(Some(probe_truncation.clone()))
                 .map_err(|e| format!("cannot set truncation for the prefix probe: {e}"))?;
             probe.with_post_processor(None::<PostProcessorWrapper>);
             Ok(Arc::new(probe))
         };
         let stepwise = match stepwise {
-            Some((steps, bare)) => Some((Arc::new(steps), probe(&bare)?, Arc::new(bare))),
+            Some(steps) => {
+                let bare = bare_variant(&tokenizer)?;
+                let mut bare_probe = bare.clone();
+                bare_probe
+                    .with_truncation(Some(probe_truncation.clone()))
+                    .map_err(|e| format!("cannot set truncation for the prefix probe: {e}"))?;
+                bare_probe.with_post_processor(None::<PostProcessorWrapper>);
+                Some((Arc::new(steps), Arc::new(bare_probe), Arc::new(bare)))
+            }
             None => None,
         };
         Ok(Encoder {
@@ -394,17 +409,23 @@ fn failed(e: tokenizers::Error) -> String {
     format!("tokenizer failed: {e}")
 }
 
-/// `tokenizer`'s normaliser as separate steps and the tokenizer without it, or `None` when the
-/// tokenizer has added tokens or no normaliser (`stepwise.rs`).
-fn stepwise_variant(tokenizer: &Tokenizer) -> Result<Option<(Stepwise, Tokenizer)>, String> {
+/// `tokenizer`'s normaliser as separate steps, or `None` when the tokenizer has added tokens or
+/// no normaliser (`stepwise.rs`).
+fn stepwise_variant(tokenizer: &Tokenizer) -> Result<Option<Stepwise>, String> {
     let json = tokenizer.to_string(false).map_err(|e| format!("cannot serialise the tokenizer: {e}"))?;
-    let mut value: serde_json::Value = serde_json::from_str(&json).map_err(|e| format!("tokenizer JSON: {e}"))?;
-    let Some(steps) = Stepwise::new(&value)? else {
-        return Ok(None);
-    };
-    value["normalizer"] = serde_json::Value::Null;
-    let bare = Tokenizer::from_str(&value.to_string()).map_err(|e| format!("tokenizer without its normaliser: {e}"))?;
-    Ok(Some((steps, bare)))
+    let value: serde_json::Value = serde_json::from_str(&json).map_err(|e| format!("tokenizer JSON: {e}"))?;
+    Stepwise::new(&value)
+}
+
+/// `tokenizer` (one without added tokens) without its normaliser, its pre-tokenizer as `PreSplit`.
+fn bare_variant(tokenizer: &Tokenizer) -> Result<Bare, String> {
+    let mut bare = Bare::new(tokenizer.get_model().clone());
+    bare.with_pre_tokenizer(tokenizer.get_pre_tokenizer().cloned().map(PreSplit::from))
+        .with_post_processor(tokenizer.get_post_processor().cloned())
+        .with_decoder(tokenizer.get_decoder().cloned())
+        .with_truncation(tokenizer.get_truncation().cloned())
+        .map_err(|e| format!("tokenizer without its normaliser: {e}"))?;
+    Ok(bare)
 }
 
 /// Unicode normalisation forms: each maps an ASCII string to itself, offsets included.
@@ -738,7 +759,7 @@ mod tests {
     /// Texts made of fragments that each pattern matches, nearly matches or is cut by, mixed with
     /// upper case and non-ASCII text (where every step runs as in the tokenizer, and a Unicode
     /// form or lowercasing can turn text ASCII or a replacement can make it non-ASCII).
-    const FRAGMENTS: [&str; 40] = [
+    const FRAGMENTS: [&str; 43] = [
         "http://a.b/c",
         "https://",
         "www.",
@@ -779,6 +800,9 @@ mod tests {
         "\u{3a3}",
         "\u{130}",
         "e\u{301}",
+        "_",
+        "\u{b}",
+        "\u{1f}",
     ];
 
     proptest::proptest! {
