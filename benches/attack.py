@@ -204,6 +204,22 @@ def cpu_seconds(pid: int) -> float | None:
         return None
 
 
+def runq_wait_s(pid: int) -> float | None:
+    """Seconds the threads of process `pid` have spent runnable but waiting for a CPU
+    (/proc/PID/task/*/schedstat, second field; threads that have exited are not counted)."""
+    total = 0
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                    total += int(f.read().split()[1])
+            except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+                continue
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return total / 1e9
+
+
 def own_cpu_seconds() -> float:
     """CPU seconds of this process (every thread) and of its children it has waited for."""
     t = os.times()
@@ -434,8 +450,9 @@ def _ms(s: float | None) -> float | None:
 
 
 class Monitor:
-    def __init__(self, ctx):
+    def __init__(self, ctx, client_pid: int | None = None):
         self.ctx = ctx
+        self.client_pid = client_pid
         self.stop_ev = threading.Event()
         self.rss: list[float] = []
         self.probes: dict[str, list[int]] = {"/metrics": [0, 0], "/health/ready": [0, 0]}
@@ -447,6 +464,7 @@ class Monitor:
     def __enter__(self):
         self.cpu0 = cpu_seconds(self.ctx.pid)
         self.own0 = own_cpu_seconds()
+        self.runq0 = (runq_wait_s(self.ctx.pid), self.client_pid and runq_wait_s(self.client_pid))
         self.t0 = time.monotonic()
         self.threads = [threading.Thread(target=self._rss, daemon=True)]
         for path in self.probes:
@@ -463,6 +481,8 @@ class Monitor:
         self.cpu = None if self.cpu0 is None or cpu1 is None else round(cpu1 - self.cpu0, 2)
         self.own_cpu = round(own_cpu_seconds() - self.own0, 2)
         self.seconds = time.monotonic() - self.t0
+        runq1 = (runq_wait_s(self.ctx.pid), self.client_pid and runq_wait_s(self.client_pid))
+        self.runq = [None if a is None or b is None else b - a for a, b in zip(self.runq0, runq1)]
 
     def _rss(self):
         while True:
@@ -499,6 +519,11 @@ class Monitor:
             "cpu_s": self.cpu,
             # This process: the attack's callers and the probes (the normal client is its own process).
             "attacker_cpu_s": self.own_cpu,
+            # Time runnable but waiting for a CPU, per second of the window: the server's threads
+            # and the normal client's (two cores shared by the server, the attack and the client;
+            # the client's own wait is part of the latency it measures).
+            "server_runq_s_per_s": None if self.runq[0] is None else round(self.runq[0] / self.seconds, 3),
+            "client_runq_s_per_s": None if self.runq[1] is None else round(self.runq[1] / self.seconds, 3),
         }
 
 
@@ -1401,14 +1426,14 @@ def run_attack(ctx: Ctx, client: NormalClient, letter: str, name: str, fn, basel
                recovery_limit: float) -> dict:
     row = {"attack": f"{letter}. {name}"}
     # Baseline: the normal client alone.
-    with Monitor(ctx) as mon:
+    with Monitor(ctx, client.proc.pid) as mon:
         client.start()
         time.sleep(baseline_s)
         base = client.stop()
     row["baseline"] = {**{k: v for k, v in base.items() if k != "lat"}, **mon.summary()}
     # Attack.
     t_attack = time.monotonic()
-    with Monitor(ctx) as mon:
+    with Monitor(ctx, client.proc.pid) as mon:
         client.start()
         try:
             res = fn(ctx, attack_s)
@@ -1459,7 +1484,9 @@ def fmt_row_line(row: dict) -> str:
         f"{' (' + fmt_codes(collections.Counter({k: v for k, v in d.get('codes', {}).items() if k != 'OK'})) + ')' if d.get('failed') else ''}, "
         f"RSS {b.get('rss_peak_mib')}->{d.get('rss_peak_mib')} MiB, probes {d['probes']['/metrics']} metrics "
         f"{d['probes']['/health/ready']} health, recovery {row.get('recovery_s')} s, "
-        f"CPU s server {b.get('cpu_s')}->{d.get('cpu_s')} attack client {d.get('attacker_cpu_s')} | {row.get('detail')}"
+        f"CPU s server {b.get('cpu_s')}->{d.get('cpu_s')} attack client {d.get('attacker_cpu_s')}, "
+        f"waiting for a CPU (s/s) server {b.get('server_runq_s_per_s')}->{d.get('server_runq_s_per_s')} "
+        f"normal client {b.get('client_runq_s_per_s')}->{d.get('client_runq_s_per_s')} | {row.get('detail')}"
         + (f" | broken: {', '.join(row['broken'])}" if row["broken"] else "")
         + (f" | probes unanswered: {d['probe_failures']}" if d.get("probe_failures") else "")
     )
