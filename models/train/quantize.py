@@ -10,12 +10,27 @@ cast and scaled back to fp32 inside the graph, so every matrix multiply runs in 
    the 6 layers): per-channel symmetric int8 weights (which reproduce the original int8 values bit for bit,
    since every column's max |q| is 127) and activations quantized at run time to uint8 per tensor
    (DynamicQuantizeLinear -> MatMulInteger; onnxruntime fuses them into DynamicQuantizeMatMul at load).
-   The attention score/context products (no constant operand) and the logistic-regression head stay fp32;
+   The attention (MultiHeadAttention, see 2a) and the logistic-regression head stay fp32;
+2a. (version 1.2.0, before step 2) fuse.py rewrites the folded graph's 6 GELUs (dynamo's Div/Erf/Add/Mul/Mul)
+   into com.microsoft Gelu and its 6 decomposed attention blocks (Reshape/Transpose of Q, K, V, scale Muls,
+   MatMul, mask Add, Softmax, IsNaN/Where, MatMul, Transpose, Reshape) into com.microsoft MultiHeadAttention
+   (12 heads, key_padding_mask = int32(attention_mask), mask_filter_value -60: see fuse.py for why not
+   -FLT_MAX). onnxruntime.transformers' optimize_model(model_type='bert') fuses no attention in this graph
+   and its int8 result ran 1.22x slower (static SkipLayerNormalization, BiasGelu). Measured 2026-12-06 on
+   the build machine (Xeon, AVX-512 VNNI; one thread, SkipLayerNormFusion off as in the server, 1.1.0 and
+   1.2.0 graphs interleaved, 8 rounds x 5 runs, medians): the first 32 eval reviews as one batch padded to
+   23 tokens 47.6 -> 32.8 ms (x0.69); the first review alone (20 tokens) 1.72 -> 1.44 ms (x0.84); the
+   first 32 reviews one per run 46.0 -> 37.7 ms (x0.82). Per-op profile of the batch after fusion: int8
+   matmuls 50%, MultiHeadAttention 25%, Gelu 12%, LayerNormalization 6%, Add 4%.
+   metrics.json["quantization"]["fusion"]["speed"] has each build run's own (noisier) figures;
 3. checks the int8 graph against the fp32 graph it replaces on the pipeline's verification texts, the
    held-out sources and the eval suite (score differences, decisions changed at the policy thresholds,
-   ROC-AUC before/after), re-evaluates the package with the int8 graph and rewrites metrics.json, the
-   manifest (version 1.1.0) and the card. The thresholds are kept (see the card, section Quantization).
-Deterministic: the same fp32 model.onnx gives the same bytes.
+   ROC-AUC before/after), the fused graph against the unfused int8 graph of 1.1.0 on the same sets (and the
+   eval suite one review per run), and the fused graph against itself with the original's -FLT_MAX mask on
+   mixed-length padded batches (must agree to 1e-6); re-evaluates the package with the int8 graph and rewrites
+   metrics.json, the manifest (version 1.2.0) and the card. The thresholds are kept (see the card, sections
+   Quantization and Operator fusion).
+Deterministic: the same fp32 model.onnx gives the same bytes (the timing fields of metrics.json are measured).
 """
 import os
 
@@ -25,6 +40,7 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 import json  # noqa: E402
 import logging  # noqa: E402
+import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -36,14 +52,22 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from onnxruntime.quantization import QuantType, quantize_dynamic  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
+import fuse  # noqa: E402
+
 NAME = "abuse-minilm"
-VERSION = "1.1.0"
+VERSION = "1.2.0"
 HEAD_NODE = "head_matmul"
 # Acceptance limits for the int8 graph against the fp32 graph (measured: see the card).
 MAX_ABS_DIFF_LIMIT = 0.25     # any single score, verification texts
 MEAN_ABS_DIFF_LIMIT = 0.03    # mean over the insults test set
 AUC_DROP_LIMIT = 0.005        # insults test ROC-AUC
 QUANTIZED_OPS = ("MatMulInteger", "DynamicQuantizeLinear")
+# Fused graph (fuse.py) against the unfused int8 graph of 1.1.0, every checked set and batching: GELU's kernel
+# rounds differently and the int8 activations requantize that (measured: max 0.088, mean <= 0.0005; see the card)
+FUSED_MAX_ABS_DIFF_LIMIT = MAX_ABS_DIFF_LIMIT
+FUSED_MEAN_ABS_DIFF_LIMIT = 0.005
+MASK_CHECK_LIMIT = 1e-6       # fused graph vs the same graph with the original's -FLT_MAX mask, padded batches
+SPEED_ROUNDS, SPEED_RUNS = 8, 5
 
 
 def _consumers(g):
@@ -113,10 +137,13 @@ def name_head(m):
     return m
 
 
-def quantize_model(fp32_model):
-    """fp32 ModelProto (as build.py writes it) -> int8 ModelProto."""
+def quantize_model(fp32_model, fused=True, mask_filter_value=fuse.MASK_FILTER_VALUE):
+    """fp32 ModelProto (as build.py writes it) -> int8 ModelProto; fused: GELU and attention fused first
+    (fuse.py; fused=False gives the 1.1.0 graph)."""
     m = name_head(fold_dequantized(onnx.ModelProto.FromString(fp32_model.SerializeToString())))
     onnx.checker.check_model(m)
+    if fused:
+        m, _ = fuse.fuse(m, mask_filter_value)
     logging.getLogger().setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = os.path.join(tmp, "folded.onnx"), os.path.join(tmp, "int8.onnx")
@@ -127,6 +154,8 @@ def quantize_model(fp32_model):
         q = onnx.load(dst)
     q.producer_name, q.producer_version = fp32_model.producer_name, fp32_model.producer_version
     q.doc_string = fp32_model.doc_string + "; linear layers in int8 (dynamic quantization, quantize.py)"
+    if fused:
+        q.doc_string += "; GELU and attention fused (fuse.py)"
     onnx.checker.check_model(q)
     return q
 
@@ -136,6 +165,42 @@ def op_counts(m):
     for n in m.graph.node:
         c[n.op_type] = c.get(n.op_type, 0) + 1
     return dict(sorted(c.items()))
+
+
+def server_session(model_bytes):
+    """One thread and the graph rewrites the server uses (SkipLayerNormFusion off, src/inference/model/session.rs)."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = 1, 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=["SkipLayerNormFusion"])
+
+
+def speed(old_bytes, new_bytes, tok, texts, max_len):
+    """Unfused vs fused graph, interleaved (old, new, old, new, ...: SPEED_ROUNDS rounds of SPEED_RUNS runs each)
+    so that load from other processes hits both alike: the first 32 eval reviews as one padded batch, and the
+    first review alone. Medians in ms and new/old ratios (measured: they vary from run to run)."""
+    import build
+    sess = {"unfused": server_session(old_bytes), "fused": server_session(new_bytes)}
+    out = {}
+    for name, batch in (("batch32", texts[:32]), ("single", texts[:1])):
+        ids, mask = build.wordlevel.encode_padded(tok, batch, max_len)
+        feed = {"input_ids": ids, "attention_mask": mask}
+        times = {k: [] for k in sess}
+        for s in sess.values():
+            for _ in range(5):
+                s.run(None, feed)
+        for _ in range(SPEED_ROUNDS):
+            for k, s in sess.items():
+                for _ in range(SPEED_RUNS):
+                    t = time.perf_counter()
+                    s.run(None, feed)
+                    times[k].append(time.perf_counter() - t)
+        med = {k: statistics.median(v) * 1000 for k, v in times.items()}
+        out[name] = {"shape": list(ids.shape), "real_tokens": int(mask.sum()), "runs_each": len(times["fused"]),
+                     "unfused_ms": round(med["unfused"], 2), "fused_ms": round(med["fused"], 2),
+                     "ratio": round(med["fused"] / med["unfused"], 3)}
+    return out
 
 
 # ----------------------------------------------------------------------------- checks and package rewrite
@@ -161,6 +226,10 @@ def main(argv):
     assert metrics["model_sha256"] == fp32_sha, "metrics.json does not describe this model.onnx"
     q = quantize_model(fp32)
     q_bytes = q.SerializeToString(deterministic=True)
+    # the 1.1.0 graph (same int8 rewrite, nothing fused), and the fused graph with the original's mask value
+    u_bytes = quantize_model(fp32, fused=False).SerializeToString(deterministic=True)
+    x_bytes = quantize_model(fp32, mask_filter_value=-fuse.FLT_MAX).SerializeToString(deterministic=True)
+    _, fused_counts = fuse.fuse(name_head(fold_dequantized(onnx.ModelProto.FromString(fp32_bytes))))
     with open(os.path.join(pdir, "tokenizer.json"), encoding="utf-8") as f:
         tok = f.read()
     max_len = metrics["max_sequence_length"]
@@ -168,6 +237,8 @@ def main(argv):
     so.intra_op_num_threads, so.inter_op_num_threads = 1, 1
     s32 = ort.InferenceSession(fp32_bytes, so, providers=["CPUExecutionProvider"])
     s8 = ort.InferenceSession(q_bytes, so, providers=["CPUExecutionProvider"])
+    s8u = ort.InferenceSession(u_bytes, so, providers=["CPUExecutionProvider"])
+    s8x = ort.InferenceSession(x_bytes, so, providers=["CPUExecutionProvider"])
     build.log(NAME, "quantized:", op_counts(q))
 
     class Ctx:  # what build.evaluate reads
@@ -179,9 +250,9 @@ def main(argv):
     with open(build.EVAL_PATH, encoding="utf-8") as f:
         ctx.eval_rows = [json.loads(line) for line in f if line.strip()]
 
-    def score(sess, texts, batch=16):
+    def score(sess, texts, batch=16, by_length=True):
         # server-style padded batches of 16, texts ordered by length (less padding, same per-batch rule)
-        order = np.argsort([len(t) for t in texts], kind="stable")
+        order = np.argsort([len(t) for t in texts], kind="stable") if by_length else np.arange(len(texts))
         out = np.zeros(len(texts), dtype=np.float64)
         for i in range(0, len(texts), batch):
             idx = order[i:i + batch]
@@ -190,43 +261,62 @@ def main(argv):
         return out
 
     th = metrics["thresholds"]
-    checks = {}
+    checks, vs_unfused = {}, {}
     sets = {"verification": build.verify_texts(ctx, "abuse")[:120] + ["", "ok", "!!!"]}
     for key in build.TASKS["abuse"]["tests"]:
         sets[key] = [t for t, _ in ctx.d[key]]
     sets["eval_suite"] = [r["text"] for r in ctx.eval_rows]
     labels = {k: np.array([y for _, y in ctx.d[k]]) for k in build.TASKS["abuse"]["tests"]}
     labels["eval_suite"] = np.array([r["abuse"] for r in ctx.eval_rows])
-    cache8 = {}
-    for key, texts in sets.items():
-        a, b = score(s32, texts), score(s8, texts)
-        cache8[key] = b
+
+    def compare(a, b, key, names):
         d = np.abs(a - b)
-        c = {"n": len(texts), "max_abs_diff": round(float(d.max()), 4), "mean_abs_diff": round(float(d.mean()), 5),
+        c = {"n": len(a), "max_abs_diff": round(float(d.max()), 4), "mean_abs_diff": round(float(d.mean()), 5),
              "p99_abs_diff": round(float(np.percentile(d, 99)), 4)}
         for tn in ("review", "reject"):
             t = th[tn]
-            c[f"flagged_{tn}_fp32"] = int((a >= t).sum())
-            c[f"flagged_{tn}_int8"] = int((b >= t).sum())
+            c[f"flagged_{tn}_{names[0]}"] = int((a >= t).sum())
+            c[f"flagged_{tn}_{names[1]}"] = int((b >= t).sum())
             c[f"changed_{tn}"] = int(((a >= t) != (b >= t)).sum())
         y = labels.get(key)
         if y is not None and 0 < y.sum() < len(y):
-            c["roc_auc_fp32"] = round(float(roc_auc_score(y, a)), 4)
-            c["roc_auc_int8"] = round(float(roc_auc_score(y, b)), 4)
-        checks[key] = c
-        build.log(NAME, "int8 vs fp32", key, c)
+            c[f"roc_auc_{names[0]}"] = round(float(roc_auc_score(y, a)), 4)
+            c[f"roc_auc_{names[1]}"] = round(float(roc_auc_score(y, b)), 4)
+        return c
+
+    cache8 = {}
+    for key, texts in sets.items():
+        a, u, b = score(s32, texts), score(s8u, texts), score(s8, texts)
+        cache8[key] = b
+        checks[key] = compare(a, b, key, ("fp32", "int8"))
+        vs_unfused[key] = compare(u, b, key, ("unfused", "fused"))
+        build.log(NAME, "int8 vs fp32", key, checks[key])
+        build.log(NAME, "fused vs unfused int8", key, vs_unfused[key])
     # activations are quantized per tensor over the whole batch: a score depends a little on its batch-mates
     ev = sets["eval_suite"]
-    b1 = np.array([s8.run(["probabilities"], dict(zip(("input_ids", "attention_mask"),
-                                                       build.wordlevel.encode_padded(tok, [t], max_len))))[0][0, 0] for t in ev])
+    b1, u1 = score(s8, ev, batch=1), score(s8u, ev, batch=1)
     checks["eval_suite_batch1_vs_batch16_max_abs_diff"] = round(float(np.max(np.abs(b1 - cache8["eval_suite"]))), 4)
+    vs_unfused["eval_suite_batch1"] = compare(u1, b1, "eval_suite", ("unfused", "fused"))
     for batch in (["", "ok"], [""], ["ok"], ["a", "b c", ""]):  # the edge cases build.verify checks
         ids, mask = build.wordlevel.encode_padded(tok, batch, max_len)
         out = s8.run(["probabilities"], {"input_ids": ids, "attention_mask": mask})[0]
         assert np.all(np.isfinite(out)) and out.shape[0] == len(batch), (batch, out)
+    # padded keys: the fused graph (mask_filter_value fuse.MASK_FILTER_VALUE) vs the same graph with the original's
+    # -FLT_MAX, on mixed-length batches in the given order and on the longest texts batched with "", "ok", "!!!"
+    mtexts = sets["verification"] + ev
+    longest = sorted(mtexts, key=len)[-16:]
+    padded = [t for lt in longest for t in (lt, "", "ok", "!!!")]
+    mask_diff = max(float(np.max(np.abs(score(s8, t, batch=bs, by_length=False) - score(s8x, t, batch=bs, by_length=False))))
+                    for t, bs in ((mtexts, 16), (mtexts, 32), (padded, 4), (padded, 64)))
+    fusion_check = {"mask_filter_value": fuse.MASK_FILTER_VALUE, "texts": len(mtexts) + len(padded),
+                    "max_abs_diff_vs_flt_max_mask": mask_diff, "limit": MASK_CHECK_LIMIT}
+    build.log(NAME, "fused mask check", fusion_check)
     assert checks["verification"]["max_abs_diff"] < MAX_ABS_DIFF_LIMIT, checks["verification"]
     assert checks["insults_test"]["mean_abs_diff"] < MEAN_ABS_DIFF_LIMIT, checks["insults_test"]
     assert checks["insults_test"]["roc_auc_fp32"] - checks["insults_test"]["roc_auc_int8"] < AUC_DROP_LIMIT, checks["insults_test"]
+    assert mask_diff <= MASK_CHECK_LIMIT, fusion_check
+    assert max(c["max_abs_diff"] for c in vs_unfused.values()) < FUSED_MAX_ABS_DIFF_LIMIT, vs_unfused
+    assert max(c["mean_abs_diff"] for c in vs_unfused.values()) < FUSED_MEAN_ABS_DIFF_LIMIT, vs_unfused
 
     with open(mpath, "wb") as f:
         f.write(q_bytes)
@@ -243,16 +333,26 @@ def main(argv):
     metrics["model_bytes"] = os.path.getsize(mpath)
     metrics["latency_batch1_1thread"] = build.latency_us(s8, tok, max_len)
     metrics["quantization"] = {
-        "method": "onnxruntime.quantization.quantize_dynamic after folding the dequantized int8 weights",
+        "method": "onnxruntime.quantization.quantize_dynamic after folding the dequantized int8 weights "
+                  "and fusing GELU and attention (fuse.py)",
         "options": {"op_types_to_quantize": ["MatMul"], "per_channel": True, "reduce_range": False,
                     "weight_type": "QInt8", "activations": "uint8, per tensor, at run time",
-                    "excluded": "attention score/context MatMuls (no constant operand), the head"},
+                    "excluded": "the attention (MultiHeadAttention, fp32), the head"},
         "weights_equal_original_int8": True,
-        "ops": {k: v for k, v in op_counts(q).items() if k in ("MatMul", "MatMulInteger", "DynamicQuantizeLinear", "Cast")},
+        "ops": {k: v for k, v in op_counts(q).items()
+                if k in ("MatMul", "MatMulInteger", "DynamicQuantizeLinear", "Cast", "MultiHeadAttention", "Gelu")},
         "fp32_model_sha256": fp32_sha,
         "limits": {"max_abs_diff_verification": MAX_ABS_DIFF_LIMIT, "mean_abs_diff_insults_test": MEAN_ABS_DIFF_LIMIT,
                    "insults_test_auc_drop": AUC_DROP_LIMIT},
         "checks": checks,
+        "fusion": {
+            "fused": fused_counts,
+            "unfused_int8_model_sha256": build.hashlib.sha256(u_bytes).hexdigest(),
+            "limits_vs_unfused": {"max_abs_diff": FUSED_MAX_ABS_DIFF_LIMIT, "mean_abs_diff": FUSED_MEAN_ABS_DIFF_LIMIT},
+            "vs_unfused_int8": vs_unfused,
+            "masking": fusion_check,
+            "speed": speed(u_bytes, q_bytes, tok, ev, max_len),
+        },
         "thresholds": "kept from the fp32 build (out-of-fold on the training split)",
         "seconds": round(time.time() - t0, 1),
         "onnxruntime": ort.__version__,
@@ -262,8 +362,8 @@ def main(argv):
         f.write("\n")
     build.write_docs([NAME])
     build.log(NAME, "int8 model written:", metrics["model_bytes"], "bytes, sha256", metrics["model_sha256"],
-              "latency", metrics["latency_batch1_1thread"], "in", metrics["quantization"]["seconds"], "s")
-
+              "latency", metrics["latency_batch1_1thread"], "speed", metrics["quantization"]["fusion"]["speed"],
+              "in", metrics["quantization"]["seconds"], "s")
 
 if __name__ == "__main__":
     main(sys.argv[1:])
