@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokenizers::{
-    DecoderWrapper, Encoding, ModelWrapper, NormalizerWrapper, PostProcessor, PostProcessorWrapper, Tokenizer,
-    TokenizerImpl, TruncationDirection, TruncationParams, TruncationStrategy,
+    DecoderWrapper, Encoding, ModelWrapper, NormalizerWrapper, PostProcessor, PostProcessorWrapper, PreTokenizer,
+    Tokenizer, TokenizerImpl, TruncationDirection, TruncationParams, TruncationStrategy,
 };
 
 mod stepwise;
@@ -214,8 +214,11 @@ impl Encoder {
         // We pad ourselves (to the batch's longest row): a tokenizer file with fixed padding
         // would otherwise make every review cost the full length.
         tokenizer.with_padding(None);
-        let ascii = ascii_variant(&tokenizer)?;
-        let stepwise = stepwise_variant(&tokenizer)?;
+        // The tokenizer as JSON, read once by the two variants below.
+        let json = tokenizer.to_string(false).map_err(|e| format!("cannot serialise the tokenizer: {e}"))?;
+        let json: serde_json::Value = serde_json::from_str(&json).map_err(|e| format!("tokenizer JSON: {e}"))?;
+        let stepwise = Stepwise::new(&json)?;
+        let ascii = ascii_variant(json)?;
         let unknown_id = unknown_id(&tokenizer);
         let added = tokenizer.get_post_processor().map_or(0, |p| p.added_tokens(false));
         let probe_truncation = TruncationParams {
@@ -224,22 +227,11 @@ impl Encoder {
             stride: 0,
             direction: TruncationDirection::Right,
         };
-        let probe = |t: &Tokenizer| -> Result<Arc<Tokenizer>, String> {
-            let mut probe = t.clone();
-            probe
-                .with_truncation(Some(probe_truncation.clone()))
-                .map_err(|e| format!("cannot set truncation for the prefix probe: {e}"))?;
-            probe.with_post_processor(None::<PostProcessorWrapper>);
-            Ok(Arc::new(probe))
-        };
+        let probe = |t: &Tokenizer| probe_variant(t, &probe_truncation).map(|p| Arc::new(Tokenizer::from(p)));
         let stepwise = match stepwise {
             Some(steps) => {
                 let bare = bare_variant(&tokenizer)?;
-                let mut bare_probe = bare.clone();
-                bare_probe
-                    .with_truncation(Some(probe_truncation.clone()))
-                    .map_err(|e| format!("cannot set truncation for the prefix probe: {e}"))?;
-                bare_probe.with_post_processor(None::<PostProcessorWrapper>);
+                let bare_probe = probe_variant(&bare, &probe_truncation)?;
                 Some((Arc::new(steps), Arc::new(bare_probe), Arc::new(bare)))
             }
             None => None,
@@ -409,12 +401,18 @@ fn failed(e: tokenizers::Error) -> String {
     format!("tokenizer failed: {e}")
 }
 
-/// `tokenizer`'s normaliser as separate steps, or `None` when the tokenizer has added tokens or
-/// no normaliser (`stepwise.rs`).
-fn stepwise_variant(tokenizer: &Tokenizer) -> Result<Option<Stepwise>, String> {
-    let json = tokenizer.to_string(false).map_err(|e| format!("cannot serialise the tokenizer: {e}"))?;
-    let value: serde_json::Value = serde_json::from_str(&json).map_err(|e| format!("tokenizer JSON: {e}"))?;
-    Stepwise::new(&value)
+/// A copy of `tokenizer` for reading a long review's prefix: raw tokens (no post-processor),
+/// truncated at `truncation`.
+fn probe_variant<PT: PreTokenizer + Clone>(
+    tokenizer: &TokenizerImpl<ModelWrapper, NormalizerWrapper, PT, PostProcessorWrapper, DecoderWrapper>,
+    truncation: &TruncationParams,
+) -> Result<TokenizerImpl<ModelWrapper, NormalizerWrapper, PT, PostProcessorWrapper, DecoderWrapper>, String> {
+    let mut probe = tokenizer.clone();
+    probe
+        .with_truncation(Some(truncation.clone()))
+        .map_err(|e| format!("cannot set truncation for the prefix probe: {e}"))?;
+    probe.with_post_processor(None::<PostProcessorWrapper>);
+    Ok(probe)
 }
 
 /// `tokenizer` (one without added tokens) without its normaliser, its pre-tokenizer as `PreSplit`.
@@ -434,9 +432,7 @@ const UNICODE_FORMS: [&str; 4] = ["NFC", "NFD", "NFKC", "NFKD"];
 /// `tokenizer` with the Unicode normalisation steps that open its normaliser removed, or `None`
 /// if it has none. Only a leading run is removed: a later step could see non-ASCII text made by
 /// an earlier one (a `Replace` with non-ASCII content), so skipping it would not be exact.
-fn ascii_variant(tokenizer: &Tokenizer) -> Result<Option<Tokenizer>, String> {
-    let json = tokenizer.to_string(false).map_err(|e| format!("cannot serialise the tokenizer: {e}"))?;
-    let mut value: serde_json::Value = serde_json::from_str(&json).map_err(|e| format!("tokenizer JSON: {e}"))?;
+fn ascii_variant(mut value: serde_json::Value) -> Result<Option<Tokenizer>, String> {
     let is_form = |n: &serde_json::Value| n["type"].as_str().is_some_and(|t| UNICODE_FORMS.contains(&t));
     let normalizer = &mut value["normalizer"];
     if is_form(normalizer) {
