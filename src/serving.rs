@@ -2,9 +2,11 @@
 //! connection budgets, proto <-> domain conversion, the one `Error` -> status mapping), the
 //! HTTP/JSON API that calls the same handlers (`http`), TLS for the listeners (`tls`), the bound
 //! on Classify calls in progress that both APIs share, served in turns by connection (`turns`),
+//! steps that grow with a request's size kept off the async runtime's workers (`blocking`),
 //! and the classification facade (`classify`) that turns a validated request into one job per
 //! task on its live model and the model's decision.
 
+pub mod blocking;
 pub mod classify;
 pub mod grpc;
 pub mod http;

@@ -495,3 +495,40 @@ async fn models_stay_on_an_unguarded_admin_listener() {
     assert!(message.contains("admin.listen"), "{message}");
     server.stop().await;
 }
+
+/// A request large enough to be decoded and validated off the async runtime (at idle priority,
+/// `serving::blocking`) is answered exactly as its reviews are one at a time, over gRPC and JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_request_is_answered_as_its_reviews_are_one_at_a_time() {
+    let _guard = shared().await;
+    let server = TestServer::start(http_config("", BASIC)).await;
+    let reviews: Vec<pb::Review> = (0..40)
+        .map(|i| {
+            let insult = if i % 3 == 0 { "you idiot, " } else { "" };
+            let text = format!("{insult}{}", format!("great blender number {i}, works as described. ").repeat(180));
+            pb::Review { title: Some(format!("review {i}")), ..review(&format!("r{i}"), &text) }
+        })
+        .collect();
+    let large = request(reviews.clone());
+    let bytes = prost::Message::encoded_len(&large);
+    assert!(bytes >= modserve::serving::blocking::LARGE_FROM_BYTES, "{bytes} bytes take the large path");
+
+    let mut client = server.client().await;
+    let one_by_one: Vec<pb::ReviewResult> = {
+        let mut results = Vec::new();
+        for r in &reviews {
+            results.extend(client.classify(request(vec![r.clone()])).await.unwrap().into_inner().results);
+        }
+        results
+    };
+    assert!(one_by_one.iter().any(|r| r.tasks[0].decision != one_by_one[1].tasks[0].decision), "mixed decisions");
+    let grpc = client.classify(large.clone()).await.unwrap().into_inner().results;
+    assert_eq!(grpc, one_by_one, "gRPC");
+
+    let body = serde_json::to_string(&large).unwrap();
+    let a = post(server.http_addr.unwrap(), "/v1/classify", &body, &[]).await;
+    assert_eq!(a.status, 200, "{:?}", a.json["message"]);
+    let json: pb::ClassifyResponse = serde_json::from_value(a.json).unwrap();
+    assert_eq!(json.results, one_by_one, "HTTP/JSON");
+    server.stop().await;
+}

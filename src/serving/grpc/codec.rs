@@ -51,7 +51,7 @@ where
 
 pub struct BoundedDecoder<U>(ProstDecoder<U>);
 
-impl<U: Message + Default> Decoder for BoundedDecoder<U> {
+impl<U: Message + Default + Send> Decoder for BoundedDecoder<U> {
     type Item = U;
     type Error = Status;
 
@@ -62,7 +62,8 @@ impl<U: Message + Default> Decoder for BoundedDecoder<U> {
         {
             return Err(too_many_entries());
         }
-        self.0.decode(src)
+        let bytes = src.remaining();
+        crate::serving::blocking::if_large(bytes, || self.0.decode(src))
     }
 
     fn buffer_settings(&self) -> BufferSettings {

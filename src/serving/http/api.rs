@@ -270,11 +270,11 @@ fn timeout(headers: &hyper::HeaderMap) -> Result<Option<Duration>, Status> {
 
 /// Decodes a JSON body into `T`, refusing a body with more entries than any configuration
 /// accepts before building it (as the gRPC codec does).
-fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Status> {
+fn decode<T: serde::de::DeserializeOwned + Send>(body: &[u8]) -> Result<T, Status> {
     if count_entries(body).is_some_and(|n| n > MAX_TOP_LEVEL_FIELDS) {
         return Err(too_many_entries());
     }
-    serde_json::from_slice(body).map_err(|e| {
+    crate::serving::blocking::if_large(body.len(), || serde_json::from_slice(body)).map_err(|e| {
         let what = std::any::type_name::<T>().rsplit("::").next().unwrap_or_default();
         Status::invalid_argument(format!(
             "the request body is not a modserve.v1.{what} in JSON: {}",
