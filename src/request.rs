@@ -231,8 +231,8 @@ pub fn validate_review(at: &str, r: RawReview, limits: &Limits) -> Result<Review
         return Err(Error::invalid(format!("{at}signals[{k:?}]"), "must be a finite number within float32 range"));
     }
     let model_text = match title {
-        // Sized once: `format!` would grow the string by doubling, copying a long text ~log2(n)
-        // times (a large request's validation spent most of its time there).
+        // Sized once: `format!` starts empty and grows as it writes, re-allocating and copying
+        // twice for a long title and text (most of a large request's validation time).
         Some(title) => {
             let mut joined = String::with_capacity(title.len() + 1 + text.len());
             joined.push_str(&title);
