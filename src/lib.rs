@@ -16,7 +16,7 @@
 //!
 //! Layers, each a folder:
 //! - `serving`: what callers talk to (`grpc`, `http` (JSON calling the gRPC handlers), `tls`,
-//!   `classify`).
+//!   `classify`, and `blocking`: large requests decoded and validated off the async runtime).
 //! - `inference`: model packages and sessions, tokenization, batching, worker threads, and the
 //!   CPU controls that keep shadow threads behind live ones.
 //! - `shadow`: the live/shadow pair (sampling, effective rate, CPU budget and its headroom, breaker,
