@@ -6,8 +6,10 @@
 //! runs elsewhere: `block_in_place` hands the worker's queue to another thread, and the step runs
 //! on a thread of its own under `SCHED_IDLE`, as long jobs do, so it takes a CPU only when no
 //! call, runtime or live worker thread wants one. The trade is the long jobs' one: while small
-//! calls keep every CPU busy, a large request waits (within its deadline). Small requests stay
-//! inline, since the hand-off costs a thread start. docs/reliability.md has the measurements.
+//! calls keep every CPU busy, a large request waits, on the idle class's sliver of CPU; a step
+//! cannot be interrupted, so one that outlasts the call's deadline is answered DEADLINE_EXCEEDED
+//! when it ends. Small requests stay inline, since the hand-off costs a thread start.
+//! docs/reliability.md has the measurements.
 
 /// Request bytes from which a step is run off the worker: well above a typical request (a few
 /// KiB), well below the largest (4 MB by default).
