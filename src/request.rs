@@ -45,6 +45,13 @@ pub struct RawRequest {
     pub surface: Option<String>,
 }
 
+impl RawRequest {
+    /// Bytes of review text and titles as sent: what validating the request reads and copies.
+    pub fn text_bytes(&self) -> usize {
+        self.reviews.iter().map(|r| r.text.len() + r.title.as_ref().map_or(0, String::len)).sum()
+    }
+}
+
 /// One review as a caller sent it, not yet checked.
 #[derive(Debug, Clone, Default)]
 pub struct RawReview {

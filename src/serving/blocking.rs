@@ -7,8 +7,8 @@
 //! on a thread of its own under `SCHED_IDLE`, as long jobs do, so it takes a CPU only when no
 //! call, runtime or live worker thread wants one. The trade is the long jobs' one: while small
 //! calls keep every CPU busy, a large request waits, on the idle class's sliver of CPU; a step
-//! cannot be interrupted, so one that outlasts the call's deadline is answered DEADLINE_EXCEEDED
-//! when it ends. Small requests stay inline, since the hand-off costs a thread start.
+//! cannot be interrupted, so a Classify whose decoding and validation outlast its deadline is
+//! answered DEADLINE_EXCEEDED when they end (the deadline is checked after validation). Small requests stay inline, since the hand-off costs a thread start.
 //! docs/reliability.md has the measurements.
 
 /// Request bytes from which a step is run off the worker: well above a typical request (a few

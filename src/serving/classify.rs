@@ -89,8 +89,7 @@ impl Classifier {
         let limits = &state.config.limits;
         let deadline = CallDeadline::new(arrived, asked, limits.max_call_timeout);
         let validating = Instant::now();
-        let bytes = request.reviews.iter().map(|r| r.text.len() + r.title.as_ref().map_or(0, String::len)).sum();
-        let input = crate::serving::blocking::if_large(bytes, || request::validate(request, limits));
+        let input = crate::serving::blocking::if_large(request.text_bytes(), || request::validate(request, limits));
         if let Some(span) = span {
             span.child("validate", validating, Instant::now(), vec![]);
             if let Ok(input) = &input {
