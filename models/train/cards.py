@@ -365,13 +365,22 @@ projections into one com.microsoft `Attention` node, which `quantize_dynamic` tu
 {p['attention_nodes'] * 3} Q/K/V linear layers run in int8 inside its {p['attention_nodes']} nodes, one packed [384 x 1152] weight each)"""
 
 
+EVAL_SET_NAMES = {"eval_suite_batch1": "eval suite, one review per run",
+                  "eval_suite_batch32_given_order": "eval suite, batches of 32 in file order"}
+
+
+def _set_name(k):
+    """A checked set's name in the cards' comparison tables."""
+    return EVAL_SET_NAMES.get(k, QUANT_SET_NAMES.get(k, SOURCE_NAMES.get(k, k)))
+
+
 def _fusion_section(q):
     f = q.get("fusion")
     if not f:
         return ""
     rows = []
     for k, c in f["vs_unfused_int8"].items():
-        name = {"eval_suite_batch1": "eval suite, one review per run"}.get(k, QUANT_SET_NAMES.get(k, SOURCE_NAMES.get(k, k)))
+        name = _set_name(k)
         auc = f"{c['roc_auc_unfused']:.4f} -> {c['roc_auc_fused']:.4f}" if "roc_auc_unfused" in c else "-"
         rows.append(f"| {name} | {c['n']} | {c['max_abs_diff']:.4f} | {c['mean_abs_diff']:.5f} | "
                     f"{c['flagged_review_unfused']} -> {c['flagged_review_fused']} ({c['changed_review']} changed) | "
@@ -419,9 +428,7 @@ def _packed_section(f):
         return ""
     rows = []
     for k, c in p["vs_mha_int8"].items():
-        name = {"eval_suite_batch1": "eval suite, one review per run",
-                "eval_suite_batch32_given_order": "eval suite, batches of 32 in file order"}.get(
-            k, QUANT_SET_NAMES.get(k, SOURCE_NAMES.get(k, k)))
+        name = _set_name(k)
         rows.append(f"| {name} | {c['n']} | {c['max_abs_diff']:.1e} | "
                     f"{c['flagged_review_mha']} -> {c['flagged_review_packed']} ({c['changed_review']} changed) | "
                     f"{c['flagged_reject_mha']} -> {c['flagged_reject_packed']} ({c['changed_reject']} changed) |")
