@@ -91,7 +91,7 @@ def summary(a):
     print('|---|---|---|---|---|---|---|---|---|---|---|---|---|')
     order = {'one': 0, 'two': 1, 'quota': 2}
     loads = {'25': 0, '50': 1, '80': 2, 'closed1': 3}
-    configs = ['none', 'minilm-off', 'minilm', 'v2-off', 'v2']
+    configs = ['none', 'aa-off', 'aa', 'minilm-off', 'minilm', 'v2-off', 'v2']
     for key in sorted(cells, key=lambda k: (loads.get(k[2], 9), order.get(k[0], 9), configs.index(k[1]))):
         placement, config, load = key
         rs = cells[key]

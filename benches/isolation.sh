@@ -16,7 +16,8 @@
 # and 0.0 (config rewritten, SIGHUP, the reload awaited; the order alternates between pairs), so
 # the shadow threads and models are the same in both halves of a pair and only the shadow work
 # differs. Configs `X-off` are the halves at 0; ROUNDS is ignored. PLACEMENTS (e.g. "one") and
-# CONFIGS (e.g. "minilm") narrow it.
+# CONFIGS (e.g. "minilm") narrow it; CONFIGS=aa runs the A/A control (both halves sample nothing),
+# which shows how far apart two identical halves read on this machine.
 #
 # usage: [ROUNDS=3 | TOGGLE=5] [DURATION=8s] [WARMUP=2s] [BUDGET=0.15] [RESERVE=0.5] benches/isolation.sh
 # Raw JSON lines go to target/bench/isolation-*.jsonl; the Markdown summary (medians) to stdout.
@@ -80,6 +81,11 @@ shadow_config() {  # shadow_config NAME RATE [FILE]
     case "$1" in
         minilm) config "$1" "{ model = \"abuse-minilm\", sample_rate = $2 }" "" "$shadow_table" "${3:-}" ;;
         v2) config "$1" "{ model = \"abuse-v2\", sample_rate = $2 }" "{ model = \"fraud-v2\", sample_rate = $2 }" "$shadow_table" "${3:-}" ;;
+        # The A/A control: the MiniLM shadow loaded but sampling nothing in both halves (the comment
+        # makes each half's file differ, so the toggle still reloads). Its ratios are this
+        # machine's noise floor for the 1.1x target: what a pair reads when nothing differs.
+        aa) config "$1" "{ model = \"abuse-minilm\", sample_rate = 0.0 }" "" "$shadow_table
+# control half, nominal sample_rate $2" "${3:-}" ;;
     esac
 }
 config none "" "" ""
