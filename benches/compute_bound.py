@@ -45,11 +45,13 @@ def constant_matmul_shapes(model):
     packing, so a model's bound does not depend on how its export packs them (timed as one
     (K, 3N) product instead, the int8 kernel's faster rate at that shape raised the bound by
     about 7% on 2026-12-06; onnxruntime's QAttention kernel runs the projection as per-head GEMMs,
-    neither shape)."""
+    neither shape). A `MatMulIntegerToFloat` (static activation scales: abuse-minilm 1.4.0, abuse-v3
+    3.4.0, fraud-v3 3.3.0) carries its int8 weight as input 1, as `MatMulInteger` does."""
     inits = {i.name: i for i in model.graph.initializer}
     shapes = []
     for node in model.graph.node:
-        if node.op_type in ("MatMul", "MatMulInteger", "Attention", "QAttention") and len(node.input) > 1 \
+        if node.op_type in ("MatMul", "MatMulInteger", "MatMulIntegerToFloat", "Attention", "QAttention") \
+                and len(node.input) > 1 \
                 and node.input[1] in inits:
             dims = list(inits[node.input[1]].dims)
             if len(dims) == 2 and node.op_type in ("Attention", "QAttention"):

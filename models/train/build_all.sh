@@ -73,7 +73,8 @@ if [ "${#FIRST[@]}" -gt 0 ]; then
 fi
 # abuse-minilm: the built graph multiplies in fp32; quantize.py rewrites it to int8 arithmetic, checks it
 # against the fp32 graph, fuses its GELUs and attention blocks and packs each attention's Q/K/V (fuse.py) and
-# rewrites its metrics.json, manifest.toml and MODEL_CARD.md (version 1.3.0).
+# rewrites its metrics.json, manifest.toml and MODEL_CARD.md (version 1.4.0: static activation scales, calibrated on
+# training texts, so a review's score does not depend on its batch-mates).
 if [[ " ${FIRST[*]} " == *" abuse-minilm "* ]]; then
   .venv/bin/python quantize.py
 fi

@@ -21,7 +21,8 @@ def _f(x):
 def _summary(m):
     s = SUMMARIES[m["name"]]
     if "quantization" in m:
-        s += "; linear layers in int8 (dynamic quantization)"
+        s += ("; linear layers in int8 (static activation scales)" if "static" in m["quantization"] else
+              "; linear layers in int8 (dynamic quantization)")
     return s
 
 
@@ -305,6 +306,21 @@ def _quant_section(m):
                     f"({c['changed_review']} changed) | {c['flagged_reject_fp32']} -> {c['flagged_reject_int8']} "
                     f"({c['changed_reject']} changed) | {auc} |")
     lat_old, lat_new = ref["latency_batch1_1thread"], m["latency_batch1_1thread"]
+    st = q.get("static")
+    if st:
+        bi = st["batch_independence"]["static"]
+        act_txt = ("so the only new error is the quantization of the activations to uint8, one scale per tensor, fixed at build "
+                   "time (section Static activation scales).")
+        batch_txt = (f"The activation scales are constants (section Static activation scales), so a review's score does not depend on the other "
+                     f"reviews padded into its batch: on the verification texts and the eval suite, scoring each review alone, in "
+                     f"{len(bi['batchings']) - 1} other batchings and paddings, moved no score by more than {bi['max_spread']:.1e} "
+                     f"(limit {st['batch_independence']['limit']:g}; eval suite alone vs batches of 16: "
+                     f"{q['checks']['eval_suite_batch1_vs_batch16_max_abs_diff']:.1e}).")
+    else:
+        act_txt = "so the only new error is the run-time quantization of the activations to uint8, one scale per tensor."
+        batch_txt = ("Because activations get one scale per batch tensor, a review's score depends slightly on the other reviews\n"
+                     "padded into its batch: on the eval suite, scoring each review alone vs in batches of 16 differs by up to\n"
+                     f"{q['checks']['eval_suite_batch1_vs_batch16_max_abs_diff']:.4f}.")
     return f"""## Quantization (version {m.get('version')})
 
 `models/train/quantize.py` (run by `build_all.sh` after `build.py`) rewrites the fp32-arithmetic graph
@@ -313,10 +329,9 @@ int8: each `int8 weight -> Cast -> Mul(per-column scale)` is folded into an fp32
 onnxruntime's `quantize_dynamic` (per-channel symmetric int8 weights, `reduce_range` off, {' and '.join(q['options']['op_types_to_quantize'])} only)
 turns them into `DynamicQuantizeLinear -> MatMulInteger` (fused by onnxruntime into DynamicQuantizeMatMul
 at load){'; the packed Q/K/V projections into QAttention (below)' if 'Attention' in q['options']['op_types_to_quantize'] else ''}. The per-channel weights are the original int8 values bit for bit (every column's max |q| is 127),
-so the only new error is the run-time quantization of the activations to uint8, one scale per tensor.
+{act_txt}
 The attention score/context products and the logistic-regression head stay fp32, and the embedding
-tables gather int8 rows and dequantize only those (exact).{_fusion_text(q)} Graph: {ops.get('MatMulInteger', 0)} MatMulInteger,
-{ops.get('DynamicQuantizeLinear', 0)} DynamicQuantizeLinear, {ops.get('MatMul', 0)} fp32 MatMul{_fused_ops(ops)}.
+tables gather int8 rows and dequantize only those (exact).{_fusion_text(q)} Graph: {_int8_ops(ops)}, {ops.get('MatMul', 0)} fp32 MatMul{_fused_ops(ops)}.
 
 Check against the fp32 graph (server-style padded batches of 16, thresholds of policy `default` v1):
 
@@ -324,9 +339,7 @@ Check against the fp32 graph (server-style padded batches of 16, thresholds of p
 |---|---|---|---|---|---|---|---|
 """ + "\n".join(rows) + f"""
 
-Because activations get one scale per batch tensor, a review's score depends slightly on the other reviews
-padded into its batch: on the eval suite, scoring each review alone vs in batches of 16 differs by up to
-{q['checks']['eval_suite_batch1_vs_batch16_max_abs_diff']:.4f}. The thresholds are kept from the fp32 build (out-of-fold
+{batch_txt} The thresholds are kept from the fp32 build (out-of-fold
 on the training split; not recalibrated): ROC-AUC is unchanged on the insults test, and the decisions that
 change are reviews near a threshold, in both directions (on the insults test the flag counts move by under 1%), not a shift. Acceptance limits checked by quantize.py: max abs diff on the verification texts
 < {q['limits']['max_abs_diff_verification']}, mean abs diff on the insults test < {q['limits']['mean_abs_diff_insults_test']},
@@ -335,8 +348,64 @@ the int8 graph's; the fp32 graph's are in `metrics.json` under `fp32_reference`.
 measured in the same build run): fp32 median {lat_old['median_us']:.0f} us, int8 {lat_new['median_us']:.0f} us. The int8 kernels
 use AVX-512 VNNI where the CPU has it (the build machine does); on a CPU without VNNI, u8 x s8 products can
 saturate unless `reduce_range` is on: re-run the check there before relying on these differences.
-{_fusion_section(q)}
+{_static_section(m, q)}{_fusion_section(q)}
 """
+
+
+def _int8_ops(ops):
+    if ops.get("QuantizeLinear"):
+        return f"{ops['QuantizeLinear']} QuantizeLinear, {ops.get('MatMulIntegerToFloat', 0)} MatMulIntegerToFloat"
+    return f"{ops.get('MatMulInteger', 0)} MatMulInteger,\n{ops.get('DynamicQuantizeLinear', 0)} DynamicQuantizeLinear"
+
+
+def _static_section(m, q):
+    st = q.get("static")
+    if not st:
+        return ""
+    cal = st["calibration"]
+    rows = []
+    for k, c in st["vs_dynamic_int8"].items():
+        auc = f"{c['roc_auc_dynamic']:.4f} -> {c['roc_auc_static']:.4f}" if "roc_auc_dynamic" in c else "-"
+        rows.append(f"| {_set_name(k)} | {c['n']} | {c['max_abs_diff']:.4f} | {c['mean_abs_diff']:.5f} | "
+                    f"{c['flagged_review_dynamic']} -> {c['flagged_review_static']} ({c['changed_review']} changed) | "
+                    f"{c['flagged_reject_dynamic']} -> {c['flagged_reject_static']} ({c['changed_reject']} changed) | {auc} |")
+    bi = st["batch_independence"]
+    brow = []
+    for k, label in (("dynamic_1_3_0", "1.3.0 (dynamic scales)"), ("static", f"{m['version']} (static scales)")):
+        b = bi[k]
+        worst = max(b["max_abs_diff_vs_alone"].items(), key=lambda kv: kv[1])
+        brow.append(f"| {label} | {b['n']} | {b['max_spread']:.2e} | {b['mean_spread']:.2e} | {worst[1]:.2e} ({worst[0]}) | "
+                    f"{b['decisions_varying'].get('review', 0)} / {b['decisions_varying'].get('reject', 0)} |")
+    sc = st["scales"]
+    return f"""
+## Static activation scales (version 1.4.0)
+
+Up to 1.3.0 each int8 layer's input was quantized at run time with the min and max of the whole batch tensor
+(`DynamicQuantizeLinear`): padding and the other reviews in the batch set the scale, so a review's score, and
+near a threshold its decision, depended on which reviews the server happened to batch it with (that is, on load).
+1.4.0 fixes the scales at build time: `quantize.calibrate` runs the fp32 graph (folded, fused, packed, not
+quantized) on {cal['texts']} training texts, one per run, the first {cal['per_source']} of each of {', '.join(cal['sources'])}
+(the pipeline's seed-42 order; not the held-out sets), and takes each quantized tensor's min and max over the real
+tokens; `quantize.make_static` turns each `DynamicQuantizeLinear` into `QuantizeLinear` with that range's scale and
+zero point (computed as `DynamicQuantizeLinear` computes them from a tensor's own range; values outside saturate) and
+each `MatMulInteger -> Cast -> Mul -> Add(bias)` into one `MatMulIntegerToFloat` (the op onnxruntime fused that chain
+into). {len(sc)} tensors; scales from {min(v[0] for v in sc.values()):.4f} to {max(v[0] for v in sc.values()):.4f}. The weights and every other op are the 1.3.0 graph's
+(onnxruntime's own `quantize_static` was measured slower, 1.10-1.25x, and changed more decisions on the insults test:
+`docs/benchmarks.md`).
+
+A review's score alone (one row, no padding) and in the other batchings quantize.py tries ({', '.join(bi['static']['batchings'][1:])};
+texts: {bi['texts']}); the build stops if the static graph's spread reaches {bi['limit']:g} or any decision varies:
+
+| graph | texts | max spread of one review's score | mean spread | max diff from alone (batching) | decisions that vary @review / @reject |
+|---|---|---|---|---|---|
+""" + "\n".join(brow) + f"""
+
+Static (1.4.0) against dynamic (1.3.0) scales, server-style padded batches of 16 unless stated (each against fp32:
+section Quantization above):
+
+| texts | n | max abs diff | mean abs diff | flagged @review 1.3.0 -> 1.4.0 | flagged @reject 1.3.0 -> 1.4.0 | ROC-AUC 1.3.0 -> 1.4.0 |
+|---|---|---|---|---|---|---|
+""" + "\n".join(rows) + "\n" + _speed_table(st, q)
 
 
 def _fused_ops(ops):
@@ -386,9 +455,12 @@ def _fusion_section(q):
                     f"{c['flagged_review_unfused']} -> {c['flagged_review_fused']} ({c['changed_review']} changed) | "
                     f"{c['flagged_reject_unfused']} -> {c['flagged_reject_fused']} ({c['changed_reject']} changed) | {auc} |")
     mk = f["masking"]
+    checked_on = ("\nThe comparisons in this section are re-run by every build on the dynamic-scale graphs of the same fp32 graph\n"
+                  "(1.1.0 unfused, 1.2.0 fused, 1.3.0 fused and packed; the shipped graph only adds static scales to 1.3.0's), the\n"
+                  "masking check on the shipped graph.\n") if f.get("checked_on") else ""
     return f"""
 ## Operator fusion (versions 1.2.0 and 1.3.0)
-
+{checked_on}
 `fuse.py` rewrites the folded fp32 graph before `quantize_dynamic` (so the same 36 linear layers multiply
 in int8 as before): each GELU becomes `Gelu(x)` (the bias Add before it stays, so onnxruntime still folds it
 into the int8 matmul), and each attention block `MultiHeadAttention(q, k, v, key_padding_mask)` with q/k/v the
@@ -415,7 +487,7 @@ max abs difference reaches {f['limits_vs_unfused']['max_abs_diff']} or its mean 
 | texts | n | max abs diff | mean abs diff | flagged @review unfused -> fused | flagged @reject unfused -> fused | ROC-AUC unfused -> fused |
 |---|---|---|---|---|---|---|
 """ + "\n".join(rows) + f"""
-{_packed_section(f)}{_speed_table(f, q)}"""
+{_packed_section(f)}{_speed_table(f, q) if 'speed' in f else ''}"""
 
 
 def _version_of(f):
@@ -456,6 +528,8 @@ def _speed_table(f, q):
     sp = f["speed"]
     if "ratio" in sp["batch32"]:  # 1.2.0's metrics: unfused vs fused
         cols = [("unfused", "unfused (1.1.0)"), ("fused", "fused (1.2.0)")]
+    elif "static_ms" in sp["batch32"]:  # 1.4.0: dynamic vs static scales
+        cols = [("dynamic", "dynamic scales (1.3.0)"), ("static", "static scales (1.4.0)")]
     else:
         cols = [("unfused", "unfused (1.1.0)"), ("mha", "fused (1.2.0)"), ("packed", "fused + packed (1.3.0)")]
     new = cols[-1][0]
@@ -471,7 +545,8 @@ sets them: SkipLayerNormFusion off; the graphs' runs interleaved, {b['runs_each'
 |{'---|' * (1 + 2 * len(cols) - 1)}
 | first 32 eval reviews, one padded batch ({b['shape'][0]} x {b['shape'][1]} tokens, {b['real_tokens']} real) | {' | '.join(f"{b[f'{k}_ms']:.2f} ms" for k, _ in cols)} | {ratios(b)} |
 | first eval review alone ({o['shape'][1]} tokens) | {' | '.join(f"{o[f'{k}_ms']:.2f} ms" for k, _ in cols)} | {ratios(o)} |
-"""
+""" + (f"""| 32 eval reviews of near-equal length, one batch ({sp['near_equal32']['shape'][0]} x {sp['near_equal32']['shape'][1]} tokens, {sp['near_equal32']['real_tokens']} real) | {' | '.join(f"{sp['near_equal32'][f'{k}_ms']:.2f} ms" for k, _ in cols)} | {ratios(sp['near_equal32'])} |
+""" if "near_equal32" in sp else "")
 
 
 def write_card(pdir, m, all_metrics):

@@ -36,6 +36,19 @@ cast and scaled back to fp32 inside the graph, so every matrix multiply runs in 
    x0.95-0.97, the first review alone x0.89-0.95 (one run of the v3 graphs: abuse-v3 batch x0.98, single x0.93;
    fraud-v3 batch x0.96, single x0.95).
    The graph has 18 MatMulInteger and 6 QAttention (was 36 MatMulInteger and 6 MultiHeadAttention);
+2c. (version 1.4.0, after 2) static activation scales: quantize_dynamic's graph quantizes each int8 layer's input at
+   run time with the min and max of the whole batch tensor, so padding and the other reviews in the batch set the
+   scale and a review's score depended on its batch-mates (over 7 batchings of the verification texts and the eval
+   suite: up to 0.14, 8 REVIEW decisions varying). calibrate() measures each of the 24 quantized tensors' min and
+   max over the real tokens of 300 training texts (calibration_texts: the first 60 of each training split of both
+   tasks) in the fp32 graph (folded, fused, packed), and make_static() turns each DynamicQuantizeLinear into a
+   QuantizeLinear with that fixed scale and zero point and each MatMulInteger/Cast/Mul/bias-Add chain into one
+   com.microsoft MatMulIntegerToFloat; QAttention reads the constant scale. Weights and other ops are 1.3.0's.
+   onnxruntime's quantize_static was not used: measured 1.10-1.25x slower, and it changed more decisions.
+   Measured 2026-12-06 on an AMD EPYC (AVX-512 VNNI; one thread, server options, interleaved with 1.3.0 and an A/A
+   copy, medians): padded 32-review batch 0.96-0.99x, 32 reviews of near-equal length 0.94-1.00x, one review 0.96-1.00x;
+   a review's score alone vs in any of the batchings: at most 2.4e-7 apart (float rounding in kernels whose blocking
+   depends on the batch shape);
 3. checks the int8 graph against the fp32 graph it replaces on the pipeline's verification texts, the
    held-out sources and the eval suite (score differences, decisions changed at the policy thresholds,
    ROC-AUC before/after), the fused graph against the unfused int8 graph of 1.1.0 on the same sets (and the
@@ -43,9 +56,14 @@ cast and scaled back to fp32 inside the graph, so every matrix multiply runs in 
    on the same sets, one review per run and in given-order batches of 32 (QAttention weights must equal the
    separate weights bit for bit, scores must agree to 1e-6), and the packed graph against itself with the
    original's -FLT_MAX mask on mixed-length padded batches (must agree to 1e-6); re-evaluates the package with the
-   int8 graph and rewrites metrics.json, the manifest (version 1.3.0) and the card. The thresholds are kept (see the card, sections
-   Quantization and Operator fusion).
-Deterministic: the same fp32 model.onnx gives the same bytes (the timing fields of metrics.json are measured).
+   int8 graph and rewrites metrics.json, the manifest (version 1.4.0) and the card. The thresholds are kept (see the card, sections
+   Quantization and Operator fusion). Since 1.4.0 the int8-vs-fp32 checks are of the shipped (static) graph, the fusion
+   and packing checks are of the dynamic-scale graphs (1.1.0, 1.2.0, 1.3.0) built from the same fp32 graph, the static
+   graph is compared with the 1.3.0 graph on the same sets, and batch_independence() scores the verification texts and
+   the eval suite alone and in 6 other batchings and paddings: the build stops if a review's score moves by more than
+   BATCH_INDEPENDENCE_LIMIT or a decision varies.
+Deterministic: the same fp32 model.onnx and data give the same bytes (the calibration runs one text at a time on
+one thread; the timing fields of metrics.json are measured).
 """
 import os
 
@@ -68,9 +86,10 @@ from onnxruntime.quantization import QuantType, quantize_dynamic  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
 import fuse  # noqa: E402
+import wordlevel  # noqa: E402
 
 NAME = "abuse-minilm"
-VERSION = "1.3.0"
+VERSION = "1.4.0"
 HEAD_NODE = "head_matmul"
 # Acceptance limits for the int8 graph against the fp32 graph (measured: see the card).
 MAX_ABS_DIFF_LIMIT = 0.25     # any single score, verification texts
@@ -85,6 +104,14 @@ MASK_CHECK_LIMIT = 1e-6       # fused graph vs the same graph with the original'
 # Packed graph (QAttention, 1.3.0) vs the same graph with separate Q/K/V MatMulIntegers and MultiHeadAttention (1.2.0),
 # every checked set and batching: the same int8 arithmetic (measured: bit-identical scores; see the card)
 PACKED_CHECK_LIMIT = 1e-6
+# Static activation scales (1.4.0): the ranges are measured on the first CALIB_PER_SOURCE texts of each of these
+# training splits (fp32 graph, one text at a time, real tokens only)
+CALIB_SOURCES = ("insults_train", "amazon_train", "movie_train", "sms_train", "sa_train")
+CALIB_PER_SOURCE = 60
+CALIB_MAX_LEN = 128
+# A review's score alone vs in every batching and padding quantize.batch_independence tries (static graph; the
+# remaining differences are float rounding in kernels whose blocking depends on the batch shape)
+BATCH_INDEPENDENCE_LIMIT = 1e-6
 SPEED_ROUNDS, SPEED_RUNS = 8, 5
 
 
@@ -155,11 +182,12 @@ def name_head(m):
     return m
 
 
-def quantize_model(fp32_model, fused=True, mask_filter_value=fuse.MASK_FILTER_VALUE, packed=True):
+def quantize_model(fp32_model, ranges=None, fused=True, mask_filter_value=fuse.MASK_FILTER_VALUE, packed=True):
     """fp32 ModelProto (as build.py writes it) -> int8 ModelProto; fused: GELU and attention fused first
     (fuse.py; fused=False gives the 1.1.0 graph); packed (with fused): each attention's Q/K/V projections packed
     into one Attention node (fuse.pack_qkv), which quantize_dynamic turns into QAttention (packed=False gives
-    the 1.2.0 graph: three MatMulInteger feeding MultiHeadAttention)."""
+    the 1.2.0 graph: three MatMulInteger feeding MultiHeadAttention); ranges (calibrate's, with fused and packed):
+    constant activation scales (make_static: the 1.4.0 graph), else run-time ones (the 1.3.0 graph)."""
     m = name_head(fold_dequantized(onnx.ModelProto.FromString(fp32_model.SerializeToString())))
     onnx.checker.check_model(m)
     ops = ["MatMul"]
@@ -178,14 +206,127 @@ def quantize_model(fp32_model, fused=True, mask_filter_value=fuse.MASK_FILTER_VA
         q = onnx.load(dst)
     if fused and packed:
         check_qattention(q, packs)
+    if ranges is not None:
+        assert fused and packed, "static scales are written for the fused, packed graph"
+        q = make_static(q, ranges)
     q.producer_name, q.producer_version = fp32_model.producer_name, fp32_model.producer_version
     q.doc_string = fp32_model.doc_string + "; linear layers in int8 (dynamic quantization, quantize.py)"
     if fused:
         q.doc_string += "; GELU and attention fused (fuse.py)"
         if packed:
             q.doc_string += "; Q/K/V packed into QAttention (fuse.pack_qkv)"
+    if ranges is not None:
+        q.doc_string = q.doc_string.replace("(dynamic quantization", "(static activation scales")
     onnx.checker.check_model(q)
     return q
+
+
+# ----------------------------------------------------------------------------- static activation scales (1.4.0)
+
+def calibration_texts(d):
+    """The texts the activation ranges are measured on: the first CALIB_PER_SOURCE of each CALIB_SOURCES training
+    split (the pipeline's seed-42 order; both tasks' sources, so SpamAssassin's long mails and SMS are in range too)."""
+    return [t for k in CALIB_SOURCES for t, _ in d[k][:CALIB_PER_SOURCE]]
+
+
+def calibrate(fp32_model, tok, texts, max_len=CALIB_MAX_LEN):
+    """{tensor: (min, max)} of every tensor the int8 graph quantizes (the inputs of the fused, packed graph's linear
+    layers and Attention nodes), over the real tokens of `texts`, run one text at a time (no padding) through the
+    fp32 graph (fold + fuse + pack, not quantized): the ranges static quantization fixes for good."""
+    m = name_head(fold_dequantized(onnx.ModelProto.FromString(fp32_model.SerializeToString())))
+    m, _ = fuse.fuse(m)
+    m, _ = fuse.pack_qkv(m)
+    names = sorted({n.input[0] for n in m.graph.node
+                    if (n.op_type == "MatMul" and n.name != HEAD_NODE) or (n.op_type == "Attention" and n.domain == fuse.MS)})
+    have = {o.name for o in m.graph.output}
+    m.graph.output.extend([helper.make_tensor_value_info(x, TensorProto.FLOAT, None) for x in names if x not in have])
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = 1, 1
+    sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    wants_tt = any(i.name == "token_type_ids" for i in m.graph.input)
+    lo = {x: np.float32(np.inf) for x in names}
+    hi = {x: np.float32(-np.inf) for x in names}
+    for t in texts:
+        ids, mask = wordlevel.encode_padded(tok, [t], max_len)
+        feed = {"input_ids": ids, "attention_mask": mask}
+        if wants_tt:
+            feed["token_type_ids"] = np.zeros_like(ids)
+        for x, v in zip(names, sess.run(names, feed)):
+            lo[x], hi[x] = min(lo[x], v.min()), max(hi[x], v.max())
+    return {x: (float(lo[x]), float(hi[x])) for x in names}
+
+
+def static_scale(lo, hi):
+    """uint8 scale and zero point for the fixed range [lo, hi], computed as DynamicQuantizeLinear computes them from a
+    tensor's own min and max (range widened to include 0, scale = range / 255, zero point rounded half to even)."""
+    lo, hi = np.float32(min(lo, 0.0)), np.float32(max(hi, 0.0))
+    scale = np.float32((hi - lo) / np.float32(255))
+    zp = np.uint8(np.clip(np.rint(-lo / scale), 0, 255))
+    return scale, zp
+
+
+def make_static(q, ranges):
+    """quantize_dynamic's graph -> the same int8 arithmetic with constant activation scales (version 1.4.0):
+    * each `DynamicQuantizeLinear(x) -> (x_q, s, zp)` becomes `QuantizeLinear(x, s, zp)` with s and zp constants from
+      ranges[x] (static_scale); values outside the range saturate at 0 or 255;
+    * each `MatMulInteger(x_q, W_q, zp, W_zp) -> Cast -> Mul(Mul(s, W_scale)) -> Add(bias)` becomes one com.microsoft
+      `MatMulIntegerToFloat(x_q, W_q, s, W_scale, zp, W_zp, bias)` (the op onnxruntime itself fuses that chain into;
+      written out here so that the graph does not depend on the fusion);
+    * QAttention reads the constant s and zp as it read the dynamic ones.
+    Why: a dynamic scale is the min/max of the whole batch tensor (padding and the other reviews included), so a
+    review's score depended on its batch-mates; with fixed scales each token row is quantized on its own, and a
+    review's score is the same alone or in any batch (quantize.py checks it, BATCH_INDEPENDENCE_LIMIT)."""
+    m = onnx.ModelProto.FromString(q.SerializeToString())
+    g = m.graph
+    inits = {i.name: i for i in g.initializer}
+    prod = {o: n for n in g.node for o in n.output}
+    cons = _consumers(g)
+    replace, drop, new_inits = {}, set(), []
+
+    def only(t, op):
+        c = cons.get(t, [])
+        assert len(c) == 1 and c[0].op_type == op, (t, op, [n.op_type for n in c])
+        return c[0]
+
+    for dq in [n for n in g.node if n.op_type == "DynamicQuantizeLinear"]:
+        x, (xq, s, zp) = dq.input[0], dq.output
+        scale, zero = static_scale(*ranges[x])
+        new_inits += [numpy_helper.from_array(np.array(scale, dtype=np.float32), s),
+                      numpy_helper.from_array(np.array(zero, dtype=np.uint8), zp)]
+        replace[id(dq)] = helper.make_node("QuantizeLinear", [x, s, zp], [xq], name=dq.name)
+        for c in cons[xq]:
+            if c.op_type == "QAttention":
+                assert c.input[3] == s and c.input[6] == zp, c.name
+                continue
+            assert c.op_type == "MatMulInteger" and list(c.input[::2]) == [xq, zp], c.name
+            cast = only(c.output[0], "Cast")
+            mul = only(cast.output[0], "Mul")
+            smul = prod[[i for i in mul.input if i != cast.output[0]][0]]
+            assert smul.op_type == "Mul" and s in smul.input, smul.name
+            wscale = [i for i in smul.input if i != s][0]
+            add = only(mul.output[0], "Add")
+            bias = [i for i in add.input if i != mul.output[0]][0]
+            assert bias in inits and len(inits[bias].dims) == 1, add.name
+            replace[id(c)] = helper.make_node(
+                "MatMulIntegerToFloat", [xq, c.input[1], s, wscale, zp, c.input[3], bias], list(add.output),
+                domain=fuse.MS, name=c.name)
+            drop |= {id(cast), id(mul), id(smul), id(add)}
+    nodes = [replace.get(id(n), n) for n in g.node if id(n) not in drop]
+    del g.node[:]
+    g.node.extend(nodes)
+    g.initializer.extend(new_inits)
+    fuse._drop_dead(g)
+    left = {n.op_type for n in g.node} & {"DynamicQuantizeLinear", "MatMulInteger"}
+    assert not left, left
+    onnx.checker.check_model(m)
+    return m
+
+
+def static_scales(q):
+    """{quantized tensor: [scale, zero point]} of a static graph (make_static), for metrics.json."""
+    inits = {i.name: numpy_helper.to_array(i) for i in q.graph.initializer}
+    return {n.input[0]: [float(inits[n.input[1]]), int(inits[n.input[2]])]
+            for n in q.graph.node if n.op_type == "QuantizeLinear"}
 
 
 def check_qattention(q, packs):
@@ -235,16 +376,66 @@ def server_session(model_bytes):
                                 disabled_optimizers=["SkipLayerNormFusion"])
 
 
+def _pad_to(ids, mask, width):
+    extra = width - ids.shape[1]
+    return np.pad(ids, ((0, 0), (0, extra))), np.pad(mask, ((0, 0), (0, extra)))
+
+
+def batch_independence(sess, tok, texts, max_len, th):
+    """A review's score alone (one row, no padding) against the same review in other batchings and paddings: padded
+    batches of 16 ordered by length (the server's grouping), of 32 and 64 in the given order, of 7 in reverse order,
+    each review batched with the three longest texts (heavy padding), and each review alone padded to max_len.
+    Returns the largest spread of one review's score over the 7 runs, the largest difference from its score alone,
+    and how many reviews' decisions at the thresholds th differ between runs."""
+    n = len(texts)
+
+    def run(ids, mask):
+        return sess.run(["probabilities"], {"input_ids": ids, "attention_mask": mask})[0][:, 0].astype(np.float64)
+
+    def batched(order, size):
+        out = np.zeros(n)
+        for i in range(0, n, size):
+            idx = order[i:i + size]
+            out[idx] = run(*wordlevel.encode_padded(tok, [texts[j] for j in idx], max_len))
+        return out
+
+    runs = {"alone": batched(np.arange(n), 1),
+            "length_sorted_16": batched(np.argsort([len(t) for t in texts], kind="stable"), 16),
+            "given_order_32": batched(np.arange(n), 32),
+            "given_order_64": batched(np.arange(n), 64),
+            "reverse_order_7": batched(np.arange(n)[::-1], 7)}
+    longest = sorted(texts, key=len)[-3:]
+    runs["with_3_longest"] = np.array([run(*wordlevel.encode_padded(tok, [t] + longest, max_len))[0] for t in texts])
+    padded = np.zeros(n)
+    for i, t in enumerate(texts):
+        ids, mask = wordlevel.encode_padded(tok, [t], max_len)
+        padded[i] = run(*_pad_to(ids, mask, max_len))[0]
+    runs["alone_padded_to_max_len"] = padded
+    a = np.stack(list(runs.values()))
+    spread = a.max(0) - a.min(0)
+    varying = {tn: int(np.sum(np.any(a >= th[tn], 0) & np.any(a < th[tn], 0))) for tn in ("review", "reject")
+               if th.get(tn) is not None}
+    return {"n": n, "batchings": list(runs), "max_spread": float(spread.max()), "mean_spread": float(spread.mean()),
+            "max_abs_diff_vs_alone": {k: float(np.max(np.abs(v - runs["alone"]))) for k, v in runs.items() if k != "alone"},
+            "decisions_varying": varying}
+
+
 def speed(graphs, tok, texts, max_len):
     """graphs: {name: model bytes}, the last one the new graph; run interleaved (each graph's SPEED_RUNS runs in turn,
     SPEED_ROUNDS rounds) so that load from other processes hits all alike: the first 32 eval reviews as one padded
-    batch, and the first review alone. Medians in ms and each graph's ratio to the new one's (measured: they vary
+    batch, the first review alone, and 32 reviews of near-equal length as one batch. Medians in ms and each graph's ratio to the new one's (measured: they vary
     from run to run)."""
     import build
     sess = {k: server_session(v) for k, v in graphs.items()}
     new = list(graphs)[-1]
     out = {}
-    for name, batch in (("batch32", texts[:32]), ("single", texts[:1])):
+    # 32 reviews of near-equal token length (the server groups rows by length): the length-sorted window of 32
+    # with the smallest spread of lengths, the one nearest the middle among equals
+    lens = [len(x) for x in build.wordlevel.encode(tok, texts, max_len)]
+    order = np.argsort(lens, kind="stable")
+    w = min(range(len(texts) - 31), key=lambda i: (lens[order[i + 31]] - lens[order[i]], abs(i + 16 - len(texts) // 2)))
+    near = [texts[j] for j in order[w:w + 32]]
+    for name, batch in (("batch32", texts[:32]), ("single", texts[:1]), ("near_equal32", near)):
         ids, mask = build.wordlevel.encode_padded(tok, batch, max_len)
         feed = {"input_ids": ids, "attention_mask": mask}
         times = {k: [] for k in sess}
@@ -285,28 +476,9 @@ def main(argv):
     with open(os.path.join(pdir, "metrics.json"), encoding="utf-8") as f:
         metrics = json.load(f)
     assert metrics["model_sha256"] == fp32_sha, "metrics.json does not describe this model.onnx"
-    q = quantize_model(fp32)
-    q_bytes = q.SerializeToString(deterministic=True)
-    # the 1.1.0 graph (same int8 rewrite, nothing fused), and the fused graph with the original's mask value
-    u_bytes = quantize_model(fp32, fused=False).SerializeToString(deterministic=True)
-    # the 1.2.0 graph: fused, Q/K/V not packed (three MatMulInteger -> MultiHeadAttention)
-    mha = quantize_model(fp32, packed=False)
-    m_bytes = mha.SerializeToString(deterministic=True)
-    x_bytes = quantize_model(fp32, mask_filter_value=-fuse.FLT_MAX).SerializeToString(deterministic=True)
-    fused_m, fused_counts = fuse.fuse(name_head(fold_dequantized(onnx.ModelProto.FromString(fp32_bytes))))
-    _, packs = fuse.pack_qkv(fused_m)
-    weights_equal = packed_weights_equal(q, mha, packs)
     with open(os.path.join(pdir, "tokenizer.json"), encoding="utf-8") as f:
         tok = f.read()
     max_len = metrics["max_sequence_length"]
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads = 1, 1
-    s32 = ort.InferenceSession(fp32_bytes, so, providers=["CPUExecutionProvider"])
-    s8 = ort.InferenceSession(q_bytes, so, providers=["CPUExecutionProvider"])
-    s8u = ort.InferenceSession(u_bytes, so, providers=["CPUExecutionProvider"])
-    s8m = ort.InferenceSession(m_bytes, so, providers=["CPUExecutionProvider"])
-    s8x = ort.InferenceSession(x_bytes, so, providers=["CPUExecutionProvider"])
-    build.log(NAME, "quantized:", op_counts(q))
 
     class Ctx:  # what build.evaluate reads
         pass
@@ -316,6 +488,33 @@ def main(argv):
     assert ctx.d["_fingerprint"] == metrics["data_fingerprint"], "data differ from the build's"
     with open(build.EVAL_PATH, encoding="utf-8") as f:
         ctx.eval_rows = [json.loads(line) for line in f if line.strip()]
+    # the shipped graph (1.4.0): fused, packed, activation scales fixed from the calibration texts' ranges
+    calib = calibration_texts(ctx.d)
+    ranges = calibrate(fp32, tok, calib)
+    q = quantize_model(fp32, ranges)
+    q_bytes = q.SerializeToString(deterministic=True)
+    # the 1.3.0 graph: the same with run-time (dynamic) activation scales; the fusion and packing checks below
+    # compare it with the 1.1.0 and 1.2.0 graphs, as the 1.3.0 build did
+    dyn = quantize_model(fp32)
+    d_bytes = dyn.SerializeToString(deterministic=True)
+    # the 1.1.0 graph (same int8 rewrite, nothing fused), and the shipped graph with the original's mask value
+    u_bytes = quantize_model(fp32, fused=False).SerializeToString(deterministic=True)
+    # the 1.2.0 graph: fused, Q/K/V not packed (three MatMulInteger -> MultiHeadAttention)
+    mha = quantize_model(fp32, packed=False)
+    m_bytes = mha.SerializeToString(deterministic=True)
+    x_bytes = quantize_model(fp32, ranges, mask_filter_value=-fuse.FLT_MAX).SerializeToString(deterministic=True)
+    fused_m, fused_counts = fuse.fuse(name_head(fold_dequantized(onnx.ModelProto.FromString(fp32_bytes))))
+    _, packs = fuse.pack_qkv(fused_m)
+    weights_equal = packed_weights_equal(dyn, mha, packs) and packed_weights_equal(q, mha, packs)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = 1, 1
+    s32 = ort.InferenceSession(fp32_bytes, so, providers=["CPUExecutionProvider"])
+    s8 = ort.InferenceSession(q_bytes, so, providers=["CPUExecutionProvider"])
+    s8d = ort.InferenceSession(d_bytes, so, providers=["CPUExecutionProvider"])
+    s8u = ort.InferenceSession(u_bytes, so, providers=["CPUExecutionProvider"])
+    s8m = ort.InferenceSession(m_bytes, so, providers=["CPUExecutionProvider"])
+    s8x = ort.InferenceSession(x_bytes, so, providers=["CPUExecutionProvider"])
+    build.log(NAME, "quantized:", op_counts(q))
 
     def score(sess, texts, batch=16, by_length=True):
         # server-style padded batches of 16, texts ordered by length (less padding, same per-batch rule)
@@ -328,7 +527,7 @@ def main(argv):
         return out
 
     th = metrics["thresholds"]
-    checks, vs_unfused, vs_mha = {}, {}, {}
+    checks, vs_unfused, vs_mha, vs_dynamic = {}, {}, {}, {}
     sets = {"verification": build.verify_texts(ctx, "abuse")[:120] + ["", "ok", "!!!"]}
     for key in build.TASKS["abuse"]["tests"]:
         sets[key] = [t for t, _ in ctx.d[key]]
@@ -353,24 +552,33 @@ def main(argv):
 
     cache8 = {}
     for key, texts in sets.items():
-        a, u, b, mh = score(s32, texts), score(s8u, texts), score(s8, texts), score(s8m, texts)
+        a, u, b, mh, dy = score(s32, texts), score(s8u, texts), score(s8, texts), score(s8m, texts), score(s8d, texts)
         cache8[key] = b
         checks[key] = compare(a, b, key, ("fp32", "int8"))
-        vs_unfused[key] = compare(u, b, key, ("unfused", "fused"))
-        vs_mha[key] = compare(mh, b, key, ("mha", "packed"))
-        build.log(NAME, "int8 vs fp32", key, checks[key])
-        build.log(NAME, "fused vs unfused int8", key, vs_unfused[key])
-        build.log(NAME, "packed vs 1.2.0 (mha) int8", key, vs_mha[key])
-    # activations are quantized per tensor over the whole batch: a score depends a little on its batch-mates
+        vs_dynamic[key] = compare(dy, b, key, ("dynamic", "static"))
+        vs_unfused[key] = compare(u, dy, key, ("unfused", "fused"))
+        vs_mha[key] = compare(mh, dy, key, ("mha", "packed"))
+        build.log(NAME, "int8 (static) vs fp32", key, checks[key])
+        build.log(NAME, "static vs 1.3.0 (dynamic) int8", key, vs_dynamic[key])
+        build.log(NAME, "fused vs unfused int8 (dynamic)", key, vs_unfused[key])
+        build.log(NAME, "packed vs 1.2.0 (mha) int8 (dynamic)", key, vs_mha[key])
     ev = sets["eval_suite"]
-    b1, u1 = score(s8, ev, batch=1), score(s8u, ev, batch=1)
-    checks["eval_suite_batch1_vs_batch16_max_abs_diff"] = round(float(np.max(np.abs(b1 - cache8["eval_suite"]))), 4)
-    vs_unfused["eval_suite_batch1"] = compare(u1, b1, "eval_suite", ("unfused", "fused"))
-    vs_mha["eval_suite_batch1"] = compare(score(s8m, ev, batch=1), b1, "eval_suite", ("mha", "packed"))
+    b1, d1, u1 = score(s8, ev, batch=1), score(s8d, ev, batch=1), score(s8u, ev, batch=1)
+    checks["eval_suite_batch1_vs_batch16_max_abs_diff"] = float(np.max(np.abs(b1 - cache8["eval_suite"])))
+    vs_dynamic["eval_suite_batch1"] = compare(d1, b1, "eval_suite", ("dynamic", "static"))
+    vs_unfused["eval_suite_batch1"] = compare(u1, d1, "eval_suite", ("unfused", "fused"))
+    vs_mha["eval_suite_batch1"] = compare(score(s8m, ev, batch=1), d1, "eval_suite", ("mha", "packed"))
     # and in the given order, batches of 32 (the server's largest), where padding is heaviest
     vs_mha["eval_suite_batch32_given_order"] = compare(score(s8m, ev, batch=32, by_length=False),
-                                                       score(s8, ev, batch=32, by_length=False),
+                                                       score(s8d, ev, batch=32, by_length=False),
                                                        "eval_suite", ("mha", "packed"))
+    # a review's score alone and in other batchings and paddings: with static scales it must not move (the 1.3.0
+    # graph's dynamic per-batch scales, measured the same way, for comparison)
+    bi_texts = sets["verification"] + ev
+    independence = {"texts": "verification texts + eval suite", "limit": BATCH_INDEPENDENCE_LIMIT,
+                    "static": batch_independence(s8, tok, bi_texts, max_len, th),
+                    "dynamic_1_3_0": batch_independence(s8d, tok, bi_texts, max_len, th)}
+    build.log(NAME, "batch independence", independence)
     for batch in (["", "ok"], [""], ["ok"], ["a", "b c", ""]):  # the edge cases build.verify checks
         ids, mask = build.wordlevel.encode_padded(tok, batch, max_len)
         out = s8.run(["probabilities"], {"input_ids": ids, "attention_mask": mask})[0]
@@ -394,6 +602,8 @@ def main(argv):
     assert weights_equal, "QAttention weights differ from the separate Q/K/V MatMulInteger weights"
     packed_max = max(c["max_abs_diff"] for c in vs_mha.values())
     assert packed_max <= PACKED_CHECK_LIMIT, vs_mha
+    assert independence["static"]["max_spread"] <= BATCH_INDEPENDENCE_LIMIT, independence["static"]
+    assert not any(independence["static"]["decisions_varying"].values()), independence["static"]
 
     with open(mpath, "wb") as f:
         f.write(q_bytes)
@@ -411,14 +621,24 @@ def main(argv):
     metrics["latency_batch1_1thread"] = build.latency_us(s8, tok, max_len)
     metrics["quantization"] = {
         "method": "onnxruntime.quantization.quantize_dynamic after folding the dequantized int8 weights, "
-                  "fusing GELU and attention and packing Q/K/V into Attention (fuse.py)",
+                  "fusing GELU and attention and packing Q/K/V into Attention (fuse.py), then the activation scales "
+                  "fixed from calibration ranges (quantize.make_static)",
         "options": {"op_types_to_quantize": ["MatMul", "Attention"], "per_channel": True, "reduce_range": False,
-                    "weight_type": "QInt8", "activations": "uint8, per tensor, at run time",
+                    "weight_type": "QInt8", "activations": "uint8, per tensor, static (calibrated at build time)",
                     "excluded": "the attention's score/context products (fp32 inside QAttention), the head"},
         "weights_equal_original_int8": True,
         "ops": {k: v for k, v in op_counts(q).items()
-                if k in ("MatMul", "MatMulInteger", "DynamicQuantizeLinear", "Cast", "MultiHeadAttention", "QAttention",
-                         "Gelu")},
+                if k in ("MatMul", "MatMulInteger", "DynamicQuantizeLinear", "QuantizeLinear", "MatMulIntegerToFloat",
+                         "Cast", "MultiHeadAttention", "QAttention", "Gelu")},
+        "static": {
+            "calibration": {"sources": list(CALIB_SOURCES), "per_source": CALIB_PER_SOURCE, "texts": len(calib),
+                            "graph": "fp32 (folded, fused, packed), one text per run, real tokens only"},
+            "scales": static_scales(q),
+            "dynamic_int8_model_sha256": build.hashlib.sha256(d_bytes).hexdigest(),
+            "vs_dynamic_int8": vs_dynamic,
+            "batch_independence": independence,
+            "speed": speed({"dynamic": d_bytes, "static": q_bytes}, tok, ev, max_len),
+        },
         "fp32_model_sha256": fp32_sha,
         "limits": {"max_abs_diff_verification": MAX_ABS_DIFF_LIMIT, "mean_abs_diff_insults_test": MEAN_ABS_DIFF_LIMIT,
                    "insults_test_auc_drop": AUC_DROP_LIMIT},
@@ -437,7 +657,7 @@ def main(argv):
                 "max_abs_diff_vs_mha": packed_max,
                 "vs_mha_int8": vs_mha,
             },
-            "speed": speed({"unfused": u_bytes, "mha": m_bytes, "packed": q_bytes}, tok, ev, max_len),
+            "checked_on": "the dynamic-scale graphs (1.1.0, 1.2.0, 1.3.0) of this fp32 model; the masking check on the shipped graph",
         },
         "thresholds": "kept from the fp32 build (out-of-fold on the training split)",
         "seconds": round(time.time() - t0, 1),
@@ -448,7 +668,7 @@ def main(argv):
         f.write("\n")
     build.write_docs([NAME])
     build.log(NAME, "int8 model written:", metrics["model_bytes"], "bytes, sha256", metrics["model_sha256"],
-              "latency", metrics["latency_batch1_1thread"], "speed", metrics["quantization"]["fusion"]["speed"],
+              "latency", metrics["latency_batch1_1thread"], "speed", metrics["quantization"]["static"]["speed"],
               "in", metrics["quantization"]["seconds"], "s")
 
 if __name__ == "__main__":
