@@ -8,8 +8,9 @@
 //! call, runtime or live worker thread wants one. The trade is the long jobs' one: while small
 //! calls keep every CPU busy, a large request waits, on the idle class's sliver of CPU; a step
 //! cannot be interrupted, so a Classify whose decoding and validation outlast its deadline is
-//! answered DEADLINE_EXCEEDED when they end (the deadline is checked after validation). Small requests stay inline, since the hand-off costs a thread start.
-//! docs/reliability.md has the measurements.
+//! answered DEADLINE_EXCEEDED when they end (the deadline is checked after validation). Small
+//! requests stay inline, since the hand-off costs a thread start. docs/reliability.md has the
+//! measurements.
 
 /// Request bytes from which a step is run off the worker: well above a typical request (a few
 /// KiB), well below the largest (4 MB by default).
