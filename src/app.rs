@@ -238,7 +238,11 @@ fn serve<H: tonic_health::pb::health_server::Health>(
     transport_signal: ShutdownSignal,
     signal: &ShutdownSignal,
 ) -> anyhow::Result<Listeners> {
-    let turns = Turns::new(config.server.max_calls_in_progress, metrics::calls_waiting());
+    let turns = Turns::new(
+        config.server.max_calls_in_progress,
+        config.server.max_busy_calls_in_progress,
+        metrics::turn_gauges(),
+    );
     let handlers = Handlers::new(&bound, registry, reload, &transport_signal, &turns);
     let models_closed = (bound.admin.is_some() && bound.admin_token.is_none()).then_some(
         "modserve.v1.Admin: Admin has its own listener (admin.listen) and no token, so ListModels is served there only",

@@ -52,6 +52,7 @@ pub mod defaults {
     /// at 64, 42-132 without a bound), for 0.90x of a lone client's calls/s at 64 in flight
     /// (docs/reliability.md).
     pub const MAX_CALLS_IN_PROGRESS: usize = 32;
+    pub const MAX_BUSY_CALLS_IN_PROGRESS: usize = 8;
     pub const MAX_BUFFERED_REQUEST_BYTES: usize = 256 * 1024 * 1024;
     pub const MAX_BUFFERED_REQUEST_BYTES_PER_CONNECTION: usize = 16 * 1024 * 1024;
     pub const TLS_WATCH_INTERVAL: &str = "10s";
@@ -264,6 +265,10 @@ pub struct ServerConfig {
     /// Classify calls worked on at once, over both APIs; more wait for a turn, given to one
     /// connection at a time (`serving::turns`).
     pub max_calls_in_progress: usize,
+    /// Of those, the calls from busy connections (another call in progress or waiting) together,
+    /// while light connections (one call at a time) call beside them; at most
+    /// `max_calls_in_progress`, which turns the hold off.
+    pub max_busy_calls_in_progress: usize,
     /// Request bytes received but not yet decoded into a message, process-wide and per
     /// connection; a call whose message would go over is refused RESOURCE_EXHAUSTED before its
     /// body is read.
@@ -460,6 +465,16 @@ live = "abuse-v1"
                 "{errors:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_busy_calls_bound_defaults_to_eight_and_zero_is_refused_naming_it() {
+        assert_eq!(parse(GOOD).unwrap().server.max_busy_calls_in_progress, defaults::MAX_BUSY_CALLS_IN_PROGRESS);
+        let errors = parse(&format!("[server]\nmax_busy_calls_in_progress = 0\n{GOOD}")).unwrap_err();
+        assert!(
+            errors.iter().any(|e| e.starts_with("server.max_busy_calls_in_progress 0: must be 1..=100000")),
+            "{errors:?}"
+        );
     }
 
     #[test]

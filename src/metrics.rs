@@ -33,6 +33,8 @@ pub use shadow::*;
 /// selects by it.
 pub mod label {
     pub const CODE: &str = "code";
+    /// `light` (one call at a time) or `busy` (more): a connection, as `serving::turns` serves it.
+    pub const CONNECTION: &str = "connection";
     pub const DECISION: &str = "decision";
     pub const HUMAN_DECISION: &str = "human_decision";
     pub const INCLUSION_PROBABILITY: &str = "inclusion_probability";
@@ -102,6 +104,7 @@ pub const CONNECTIONS_CLOSED_IDLE_TOTAL: &str = "modserve_connections_closed_idl
 pub const CONNECTIONS_OPEN: &str = "modserve_connections_open";
 pub const REQUEST_BYTES_RECEIVING: &str = "modserve_request_bytes_receiving";
 pub const CALLS_WAITING: &str = "modserve_calls_waiting";
+pub const CALLS_IN_PROGRESS: &str = "modserve_calls_in_progress";
 pub const TRANSPORT_REFUSALS_TOTAL: &str = "modserve_transport_refusals_total";
 pub const SCORES: &str = "modserve_scores";
 pub const SHADOW_POLICY_ONLY_REVIEWS_TOTAL: &str = "modserve_shadow_policy_only_reviews_total";

@@ -48,6 +48,7 @@ pub(super) struct RawServer {
     pub(super) max_connections: Option<usize>,
     pub(super) max_connections_per_peer: Option<usize>,
     pub(super) max_calls_in_progress: Option<usize>,
+    pub(super) max_busy_calls_in_progress: Option<usize>,
     pub(super) max_buffered_request_bytes: Option<usize>,
     pub(super) max_buffered_request_bytes_per_connection: Option<usize>,
     pub(super) log_format: Option<LogFormat>,

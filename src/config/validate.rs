@@ -104,6 +104,7 @@ fn server(errors: &mut Vec<String>, raw: &RawServer, base: &Path, overrides: &Ov
         max_connections: capacity.max_connections,
         max_connections_per_peer: capacity.max_connections_per_peer,
         max_calls_in_progress: capacity.max_calls_in_progress,
+        max_busy_calls_in_progress: capacity.max_busy_calls_in_progress,
         max_buffered_request_bytes: capacity.max_buffered_request_bytes,
         max_buffered_request_bytes_per_connection: capacity.max_buffered_request_bytes_per_connection,
         log_format: overrides.log_format.or(raw.log_format).unwrap_or(LogFormat::Text),
@@ -187,6 +188,7 @@ struct ServerCapacity {
     max_connections: usize,
     max_connections_per_peer: usize,
     max_calls_in_progress: usize,
+    max_busy_calls_in_progress: usize,
     max_buffered_request_bytes: usize,
     max_buffered_request_bytes_per_connection: usize,
 }
@@ -197,6 +199,7 @@ fn server_capacity(errors: &mut Vec<String>, raw: &RawServer) -> ServerCapacity 
         max_connections: raw.max_connections.unwrap_or(defaults::MAX_CONNECTIONS),
         max_connections_per_peer: raw.max_connections_per_peer.unwrap_or(defaults::MAX_CONNECTIONS_PER_PEER),
         max_calls_in_progress: raw.max_calls_in_progress.unwrap_or(defaults::MAX_CALLS_IN_PROGRESS),
+        max_busy_calls_in_progress: raw.max_busy_calls_in_progress.unwrap_or(defaults::MAX_BUSY_CALLS_IN_PROGRESS),
         max_buffered_request_bytes: raw.max_buffered_request_bytes.unwrap_or(defaults::MAX_BUFFERED_REQUEST_BYTES),
         max_buffered_request_bytes_per_connection: raw
             .max_buffered_request_bytes_per_connection
@@ -207,10 +210,14 @@ fn server_capacity(errors: &mut Vec<String>, raw: &RawServer) -> ServerCapacity 
         max_connections: total,
         max_connections_per_peer: per_peer,
         max_calls_in_progress: in_progress,
+        max_busy_calls_in_progress: busy,
         ..
     } = capacity;
     if !(1..=100_000).contains(&in_progress) {
         errors.push(format!("server.max_calls_in_progress {in_progress}: must be 1..=100000"));
+    }
+    if !(1..=100_000).contains(&busy) {
+        errors.push(format!("server.max_busy_calls_in_progress {busy}: must be 1..=100000"));
     }
     if !(1..=100_000).contains(&streams) {
         errors.push(format!("server.max_concurrent_streams {streams}: must be 1..=100000"));

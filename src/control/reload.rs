@@ -302,6 +302,7 @@ pub fn fixed_settings_changed(running: &Config, new: &Config) -> Vec<String> {
     check("server.max_connections", changed(&r.max_connections, &n.max_connections));
     check("server.max_connections_per_peer", changed(&r.max_connections_per_peer, &n.max_connections_per_peer));
     check("server.max_calls_in_progress", changed(&r.max_calls_in_progress, &n.max_calls_in_progress));
+    check("server.max_busy_calls_in_progress", changed(&r.max_busy_calls_in_progress, &n.max_busy_calls_in_progress));
     check("server.max_buffered_request_bytes", changed(&r.max_buffered_request_bytes, &n.max_buffered_request_bytes));
     check(
         "server.max_buffered_request_bytes_per_connection",
@@ -415,6 +416,7 @@ mod tests {
             ("max_connections = 1000", "server.max_connections"),
             ("max_connections_per_peer = 3", "server.max_connections_per_peer"),
             ("max_calls_in_progress = 8", "server.max_calls_in_progress"),
+            ("max_busy_calls_in_progress = 4", "server.max_busy_calls_in_progress"),
             ("max_buffered_request_bytes = 300000000", "server.max_buffered_request_bytes"),
             ("max_buffered_request_bytes_per_connection = 8388608", "server.max_buffered_request_bytes_per_connection"),
         ] {

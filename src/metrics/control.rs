@@ -2,6 +2,7 @@
 //! what the transport refused.
 
 use super::*;
+use crate::serving::turns::TurnGauges;
 
 /// Records a model's load time.
 pub fn model_loaded(model: &str, seconds: f64) {
@@ -28,9 +29,13 @@ pub fn request_bytes_receiving(listener: &'static str) -> Gauge {
     gauge!(REQUEST_BYTES_RECEIVING, label::LISTENER => listener)
 }
 
-/// The gauge of Classify calls waiting for a turn (`serving::turns`).
-pub fn calls_waiting() -> Gauge {
-    gauge!(CALLS_WAITING)
+/// The gauges of Classify calls waiting for a turn and in progress (`serving::turns`).
+pub fn turn_gauges() -> TurnGauges {
+    TurnGauges {
+        waiting: gauge!(CALLS_WAITING),
+        light: gauge!(CALLS_IN_PROGRESS, label::CONNECTION => "light"),
+        busy: gauge!(CALLS_IN_PROGRESS, label::CONNECTION => "busy"),
+    }
 }
 
 /// Records a connection closed for being idle.

@@ -35,6 +35,11 @@ fn describe_transport() {
         CALLS_WAITING,
         "Classify calls waiting now for a turn, unread: server.max_calls_in_progress were in progress (both APIs)."
     );
+    describe_gauge!(
+        CALLS_IN_PROGRESS,
+        "Classify calls in progress now (both APIs), by connection: light (its only call) or busy (it had another \
+         in progress or waiting); busy ones are held to server.max_busy_calls_in_progress while light ones call."
+    );
     describe_counter!(
         CONNECTIONS_CLOSED_IDLE_TOTAL,
         "HTTP/2 connections closed after server.idle_timeout without a call, by listener."

@@ -533,6 +533,53 @@ async fn calls_past_the_bound_wait_for_a_turn_given_one_connection_at_a_time() {
     server.stop().await;
 }
 
+/// A connection with one call at a time goes ahead of a busy one's waiting calls, and while it
+/// calls, the busy connections' calls in progress are held to `max_busy_calls_in_progress`; a
+/// second after it was let in, they get the whole bound back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_connections_are_held_to_their_bound_while_a_light_caller_calls() {
+    let _guard = exclusive().await;
+    let body = format!("[batching]\nmax_batch_size = 1\n{ONE_MODEL}");
+    let server_keys = "max_calls_in_progress = 4\nmax_busy_calls_in_progress = 2\n";
+    let (server, faults) = TestServer::start_faulty(config_with(server_keys, &body)).await;
+    faults.on_word("tiny-abuse", "huge", Action::Sleep(Duration::from_millis(300)));
+    let finished = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (light, busy) = ([("connection", "light")], [("connection", "busy")]);
+    let base = server.scrape().await;
+    assert_eq!(metric(&base, "modserve_calls_in_progress", &busy), Some(0.0), "exported from the start");
+    // Alone, one connection has all four places: its first call was its only one (light), the
+    // next three are busy; eight wait.
+    let flood = spawn_calls_on_one_connection(&server, &finished, "flood", 12, "huge great product").await;
+    assert_eq!(server.wait_gauge("modserve_calls_waiting", &[], 8.0).await, Some(8.0));
+    let now = server.scrape().await;
+    assert_eq!(metric(&now, "modserve_calls_in_progress", &busy), Some(3.0));
+    assert_eq!(metric(&now, "modserve_calls_in_progress", &light), Some(1.0));
+    // Another connection's only call takes the next free place, ahead of the eight.
+    let normal = spawn_calls_on_one_connection(&server, &finished, "normal", 1, "great product").await;
+    assert_eq!(server.wait_gauge("modserve_calls_waiting", &[], 9.0).await, Some(9.0), "it waits for a place");
+    for task in normal {
+        task.await.unwrap();
+    }
+    // Beside it, the busy connection is held to two calls in progress, its others waiting with
+    // places free (the one of its calls that was light may still be in progress)...
+    assert_eq!(server.wait_gauge("modserve_calls_in_progress", &busy, 2.0).await, Some(2.0));
+    let held = server.scrape().await;
+    assert!(metric(&held, "modserve_calls_in_progress", &light).unwrap() <= 1.0);
+    assert!(metric(&held, "modserve_calls_waiting", &[]).unwrap() >= 4.0, "its calls wait with places free");
+    // ...until the light caller has been quiet for a second: then it has all four again.
+    assert_eq!(server.wait_gauge("modserve_calls_in_progress", &busy, 4.0).await, Some(4.0));
+    for task in flood {
+        task.await.unwrap();
+    }
+    let finished = finished.lock().unwrap().clone();
+    assert!(finished.iter().all(|(_, outcome)| outcome.is_ok()), "every call is served: {finished:?}");
+    // Before it: the call whose place it took, the one the model then ran, and at most one more
+    // (the flood's turn in the model's queue); without its place first it would wait for eight.
+    let normal = finished.iter().position(|(name, _)| name == "normal-0").unwrap();
+    assert!(normal <= 3, "{normal} calls were served before it: {finished:?}");
+    server.stop().await;
+}
+
 /// A stream's messages are calls too: each waits under the same bound, in its connection's turn,
 /// or a flood would open streams instead of calls.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
