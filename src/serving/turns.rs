@@ -9,13 +9,16 @@
 //! 24,825 answers/s). A call waiting here is parked, costs the runtime nothing, and has not been
 //! read: HTTP/2 flow control holds the rest of its upload at the client.
 //!
-//! Busy connections (with another call in progress or waiting, now or within the last second)
-//! yield to light ones (one call at a time): a light call waits only for a free place, ahead of every busy call waiting, and while
+//! Busy connections yield to light ones: a call is busy when its connection has another in
+//! progress or waiting, or had two at once within the last second and started at least half the
+//! mean calls per connection in the last second (a client spreading many calls over a few
+//! connections leaves each empty now and then; a light caller falling behind sends two at once
+//! now and then). A light call waits only for a free place, ahead of every busy call waiting, and while
 //! light calls come beside busy ones, the busy ones together are held to
 //! `server.max_busy_calls_in_progress`. What a light caller waits for under a flood is a CPU at
 //! each step of its call, behind every other call in progress: on two cores saturated by a
-//! 512-call flood its p99 read 10.2-10.7 ms with the flood's 32 calls in progress and 4.0-5.2 ms
-//! held to 8, which cost the flood 0.78-0.82x its answers. A lone busy client keeps the whole bound.
+//! 512-call flood its p99 read 10.3-11.2 ms with the flood's 32 calls in progress and 5.0-6.3 ms
+//! held to 8, which cost the flood 0.66-0.75x its answers. A lone busy client keeps the whole bound.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -30,9 +33,8 @@ use crate::rotation::Rotation;
 
 /// How long after a light call was let in beside busy ones the busy ones stay held to their own
 /// bound: longer than the gap between a steady light caller's calls, so the bound does not lift
-/// between them. Also how long a connection that had two calls at once stays busy: a client
-/// spreading many calls over a few connections leaves one of them empty now and then, and its
-/// next call there is not a light caller's.
+/// between them. Also how long a connection that had two calls at once is remembered for it, and
+/// the period over which calls per connection are counted.
 const WINDOW: Duration = Duration::from_secs(1);
 
 /// The gauges `Turns` keeps.
@@ -68,8 +70,13 @@ struct Shared {
 struct State {
     in_progress: usize,
     busy_in_progress: usize,
-    /// Connections with a call in progress, or busy within the window.
+    /// Connections with a call in progress, or a call started in this period or the last.
     conns: HashMap<Caller, Conn>,
+    /// Calls are counted in periods of one window from `first`: this period's and the last's.
+    first: Option<Instant>,
+    period: u64,
+    counts: Counts,
+    last_counts: Counts,
     /// When `conns` was last swept of connections that are neither.
     swept: Option<Instant>,
     /// Until when busy connections are held to `max_busy`.
@@ -82,7 +89,19 @@ struct State {
 #[derive(Default)]
 struct Conn {
     in_progress: usize,
+    /// Until when it counts as having had two calls at once.
     busy_until: Option<Instant>,
+    /// The period `calls` counts in, and its count in the period before.
+    period: u64,
+    calls: u64,
+    last_calls: u64,
+}
+
+/// Calls started in a period, and by how many connections.
+#[derive(Default, Clone, Copy)]
+struct Counts {
+    calls: u64,
+    conns: u64,
 }
 
 struct Waiter {
@@ -91,21 +110,41 @@ struct Waiter {
 }
 
 impl State {
-    /// Whether `caller`'s next call is a busy one (it has another in progress or waiting, or had
-    /// within the window); if so, it stays busy for the window.
+    /// Counts a call from `caller` and says whether it is a busy one (see the module's doc).
     fn mark(&mut self, caller: Caller, now: Instant, window: Duration) -> bool {
-        let conn = self.conns.get(&caller);
-        let busy = conn.is_some_and(|c| c.in_progress > 0 || c.busy_until.is_some_and(|until| now < until))
-            || self.light.held(caller) > 0
-            || self.busy.held(caller) > 0;
-        if busy {
-            self.conns.entry(caller).or_default().busy_until = Some(now + window);
+        let first = *self.first.get_or_insert(now);
+        let period = (now.saturating_duration_since(first).as_nanos() / window.as_nanos().max(1)) as u64;
+        if period != self.period {
+            self.last_counts = if period == self.period + 1 { self.counts } else { Counts::default() };
+            self.counts = Counts::default();
+            self.period = period;
+        }
+        let waiting = self.light.held(caller) + self.busy.held(caller);
+        let conn = self.conns.entry(caller).or_default();
+        if conn.period != period {
+            conn.last_calls = if conn.period + 1 == period { conn.calls } else { 0 };
+            conn.calls = 0;
+            conn.period = period;
+        }
+        conn.calls += 1;
+        self.counts.calls += 1;
+        self.counts.conns += u64::from(conn.calls == 1);
+        let concurrent = conn.in_progress > 0 || waiting > 0;
+        let had_two = conn.busy_until.is_some_and(|until| now < until);
+        // At least half the mean per connection: 2 * its calls >= calls / connections. No count
+        // yet (the first period) counts as at least.
+        let Counts { calls, conns } = self.last_counts;
+        let many_calls = 2 * conn.calls.max(conn.last_calls) * conns >= calls;
+        if concurrent {
+            conn.busy_until = Some(now + window);
         }
         if self.swept.is_none_or(|at| now >= at + window) {
-            self.conns.retain(|_, c| c.in_progress > 0 || c.busy_until.is_some_and(|until| now < until));
+            self.conns.retain(|_, c| {
+                c.in_progress > 0 || c.period + 1 >= period || c.busy_until.is_some_and(|until| now < until)
+            });
             self.swept = Some(now);
         }
-        busy
+        concurrent || (had_two && many_calls)
     }
 
     fn waiting(&self) -> usize {
@@ -137,9 +176,6 @@ impl State {
             conn.in_progress -= 1;
             if busy {
                 conn.busy_until = Some(now + window);
-            }
-            if conn.in_progress == 0 && conn.busy_until.is_none() {
-                self.conns.remove(&caller);
             }
         }
     }
@@ -424,5 +460,39 @@ mod tests {
         assert_eq!(turns.lock().busy_in_progress, 0);
         drop(permit);
         assert!(turns.lock().light_until.is_none_or(|until| until < Instant::now()));
+    }
+
+    /// Two calls at once now and then do not make a connection busy when it calls far less than
+    /// the others (a light caller catching up); they do when it calls as much (a client spreading
+    /// its calls over connections, one of them empty for a moment).
+    #[test]
+    fn a_connection_that_had_two_calls_at_once_is_busy_only_if_it_also_calls_much() {
+        let (window, t0) = (Duration::from_secs(1), Instant::now());
+        let (heavy, light) = (Caller::connection(1), Caller::connection(2));
+        let mut state = State::default();
+        let calls = |state: &mut State, caller: Caller, n: usize, at: Instant| -> Vec<bool> {
+            let kinds: Vec<bool> = (0..n)
+                .map(|_| {
+                    let busy = state.mark(caller, at, window);
+                    state.start(caller, busy, at, window);
+                    busy
+                })
+                .collect();
+            for busy in &kinds {
+                state.finish(caller, *busy, at + window / 2, window);
+            }
+            kinds
+        };
+        // In the first period: 20 calls at once on one connection, two on the other.
+        assert_eq!(calls(&mut state, heavy, 20, t0).iter().filter(|b| **b).count(), 19);
+        assert_eq!(calls(&mut state, light, 2, t0), [false, true]);
+        // The next period: each has nothing in progress, and had two at once 0.6 s ago.
+        let t1 = t0 + window + window / 10;
+        assert_eq!(calls(&mut state, light, 1, t1), [false], "2 calls a period against a mean of 11: light");
+        assert_eq!(calls(&mut state, heavy, 1, t1), [true], "20 calls a period: busy");
+        // Two periods on, neither has had two at once within the window.
+        let t3 = t0 + window * 3;
+        assert_eq!(calls(&mut state, heavy, 1, t3), [false]);
+        assert_eq!((state.in_progress, state.busy_in_progress), (0, 0));
     }
 }
