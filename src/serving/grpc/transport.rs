@@ -40,6 +40,16 @@ const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
 const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 256;
 const MAX_SEND_BUFFER_BYTES: usize = 1024 * 1024;
+/// What a stream may upload before we read it: a call refused at its message's prefix (a full
+/// verdict queue, a message over a limit) has cost us at most this much of an upload its client
+/// had already sent; at hyper's 1 MiB each refused 2 MiB verdict call pushed 1 MiB through our
+/// threads. 256 KiB per round trip still moves a large request fast on a LAN. The connection's
+/// window stays at 1 MiB: h2 sizes its budget for small DATA frames held unread from it, and at
+/// 64 KiB (hyper's adaptive window) 130 streams that had each sent a 5-byte frame and waited
+/// unread (attack b) had the connection closed with ENHANCE_YOUR_CALM, a fate small calls waiting
+/// for a turn would share at a few hundred per connection.
+const STREAM_WINDOW_BYTES: u32 = 256 * 1024;
+const CONNECTION_WINDOW_BYTES: u32 = 1024 * 1024;
 /// The HTTP/2 client preface (`PRI * HTTP/2.0...`) is 24 bytes, and a SETTINGS frame header
 /// follows it: a connection that has sent fewer bytes has not finished its handshake.
 const HANDSHAKE_BYTES: u64 = 24 + 9;
@@ -195,12 +205,8 @@ fn http2_builder(settings: &TransportSettings) -> hyper::server::conn::http2::Bu
         .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESET_STREAMS)
         .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS)
         .max_send_buf_size(MAX_SEND_BUFFER_BYTES)
-        // Flow-control windows that start at HTTP/2's 64 KiB and grow with the measured
-        // bandwidth-delay product, instead of 1 MiB from the start: a call refused at its
-        // message's prefix (a full verdict queue, a message over a limit) has cost us at most
-        // that much of an upload its client had already sent, where the fixed window let each
-        // refused 2 MiB call push 1 MiB more through our threads.
-        .adaptive_window(true);
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES);
     builder
 }
 
