@@ -354,6 +354,20 @@ mod tests {
         (task, finish)
     }
 
+    /// Tells every call to finish once it has its turn, then waits for them all.
+    async fn finish_all(calls: impl IntoIterator<Item = (tokio::task::JoinHandle<()>, oneshot::Sender<()>)>) {
+        let tasks: Vec<_> = calls
+            .into_iter()
+            .map(|(task, finish)| {
+                let _ = finish.send(());
+                task
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+    }
+
     async fn settle() {
         for _ in 0..10 {
             tokio::task::yield_now().await;
@@ -373,18 +387,7 @@ mod tests {
         }
         assert_eq!(*log.lock().unwrap(), ["a1"]);
         // Each queued call finishes as soon as it has its turn, handing it on.
-        let tasks: Vec<_> = queued
-            .into_iter()
-            .map(|(task, finish)| {
-                let _ = finish.send(());
-                task
-            })
-            .collect();
-        let _ = finish_first.send(());
-        first.await.unwrap();
-        for task in tasks {
-            task.await.unwrap();
-        }
+        finish_all(queued.into_iter().chain([(first, finish_first)])).await;
         // b1 and c1 were each their connection's only call (light), the others busy: freed
         // places go to light and busy calls in alternation, light first, and the busy
         // connections take turns, a's backlog last.
@@ -483,16 +486,7 @@ mod tests {
         }
         assert_eq!(*log.lock().unwrap(), ["a1", "a2"]);
         // Each call finishes as soon as it has its place.
-        let tasks: Vec<_> = calls
-            .into_iter()
-            .map(|(task, finish)| {
-                let _ = finish.send(());
-                task
-            })
-            .collect();
-        for task in tasks {
-            task.await.unwrap();
-        }
+        finish_all(calls).await;
         let log = log.lock().unwrap().clone();
         let a3 = log.iter().position(|n| *n == "a3").unwrap();
         assert!(a3 <= 4, "a3 waited behind {} light calls: {log:?}", a3 - 2);
