@@ -1237,7 +1237,8 @@ def attack_huge_task_name(ctx: Ctx, duration: float) -> dict:
 
 
 def attack_big_requests(ctx: Ctx, duration: float) -> dict:
-    """i. A few valid, maximal requests in a loop: max_reviews_per_request reviews of 2 x max_text_bytes."""
+    """i. A few valid, maximal requests in a loop (--big-callers callers, one call in flight each):
+    max_reviews_per_request reviews of 2 x max_text_bytes."""
     pb = ctx.pb
     n_reviews, half = ctx.args.max_reviews, ctx.args.max_text_bytes
     title, text = long_text(half, 3), long_text(half, 4)
@@ -1266,7 +1267,7 @@ def attack_big_requests(ctx: Ctx, duration: float) -> dict:
         codes["_lat"] = 0
         return (codes, lat)
 
-    results = run_threads(3, caller)
+    results = run_threads(ctx.args.big_callers, caller)
     codes: collections.Counter = collections.Counter()
     lat: list[float] = []
     for r in results:
@@ -1276,7 +1277,7 @@ def attack_big_requests(ctx: Ctx, duration: float) -> dict:
         elif isinstance(r, Exception):
             codes[f"attacker crashed: {r}"] += 1
     codes.pop("_lat", None)
-    detail = (f"3 callers x {n_reviews} reviews ({size[0] / MIB:.1f} MiB each): {fmt_codes(codes)}, "
+    detail = (f"{ctx.args.big_callers} callers x {n_reviews} reviews ({size[0] / MIB:.1f} MiB each): {fmt_codes(codes)}, "
               f"their median {(percentile(lat, 0.5) or 0):.2f} s")
     return {"detail": detail, "check": None, "request_mib": round(size[0] / MIB, 2), "codes": dict(codes),
             "their_p50_s": percentile(lat, 0.5)}
@@ -1573,6 +1574,7 @@ def main() -> int:
     p.add_argument("--max-reviews", type=int, default=64, help="the server's limits.max_reviews_per_request")
     p.add_argument("--loadgen", default=str(ROOT / "target" / "release" / "loadgen"),
                    help="modserve-loadgen binary for attack l (attack.sh passes the one beside the server)")
+    p.add_argument("--big-callers", type=int, default=3, help="attack i's callers (one maximal call in flight each)")
     p.add_argument("--rate", type=float, default=50.0, help="the normal client's calls per second (open loop)")
     p.add_argument("--p99-floor-ms", type=float, default=5.0,
                    help="slack added to the 2x p99 target for tiny baselines: limit = max(2*base, base+floor)")

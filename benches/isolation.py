@@ -90,9 +90,10 @@ def summary(a):
           'coverage (compared / sampled) | effective rate | shadow CPU (CPU-s/s) | throttled s | errors |')
     print('|---|---|---|---|---|---|---|---|---|---|---|---|---|')
     order = {'one': 0, 'two': 1, 'quota': 2}
-    loads = {'25': 0, '50': 1, '80': 2, 'closed1': 3}
-    configs = ['none', 'aa-off', 'aa', 'minilm-off', 'minilm', 'v2-off', 'v2']
-    for key in sorted(cells, key=lambda k: (loads.get(k[2], 9), order.get(k[0], 9), configs.index(k[1]))):
+    def load_order(load: str) -> float:
+        return float('inf') if load == 'closed1' else float(load)
+    configs = ['none', 'aa-off', 'aa', 'minilm-off', 'minilm', 'v2-off', 'v2', 'v3-off', 'v3']
+    for key in sorted(cells, key=lambda k: (load_order(k[2]), order.get(k[0], 9), configs.index(k[1]))):
         placement, config, load = key
         rs = cells[key]
         # Toggled: each shadow config against its own halves at sample_rate 0, in the same server.

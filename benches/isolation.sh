@@ -16,10 +16,14 @@
 # and 0.0 (config rewritten, SIGHUP, the reload awaited; the order alternates between pairs), so
 # the shadow threads and models are the same in both halves of a pair and only the shadow work
 # differs. Configs `X-off` are the halves at 0; ROUNDS is ignored. PLACEMENTS (e.g. "one") and
-# CONFIGS (e.g. "minilm") narrow it; CONFIGS=aa runs the A/A control (both halves sample nothing),
-# which shows how far apart two identical halves read on this machine.
+# CONFIGS (e.g. "minilm") narrow it; CONFIGS=v3 shadows the two v3 transformer candidates, as
+# modserve.toml does; CONFIGS=aa runs the A/A control (both halves sample nothing), which shows
+# how far apart two identical halves read on this machine.
 #
-# usage: [ROUNDS=3 | TOGGLE=5] [DURATION=8s] [WARMUP=2s] [BUDGET=0.15] [RESERVE=0.5] benches/isolation.sh
+# LOADS (default "25 50 80") sets the open-loop levels, in percent of live-only capacity: a low
+# level such as 1 is where a heavy shadow can compare most of what it samples.
+#
+# usage: [ROUNDS=3 | TOGGLE=5] [DURATION=8s] [WARMUP=2s] [BUDGET=0.15] [RESERVE=0.5] [LOADS="25 50 80"] benches/isolation.sh
 # Raw JSON lines go to target/bench/isolation-*.jsonl; the Markdown summary (medians) to stdout.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -29,6 +33,7 @@ duration="${DURATION:-8s}"
 warmup="${WARMUP:-2s}"
 budget="${BUDGET:-0.15}"
 reserve="${RESERVE:-0.5}"
+read -r -a loads <<<"${LOADS:-25 50 80}"
 grpc=127.0.0.1:50075
 metrics=127.0.0.1:9485
 out="target/bench/isolation-$(date +%Y%m%dT%H%M%S).jsonl"
@@ -65,6 +70,10 @@ path = "$root/models/abuse-v2"
 path = "$root/models/fraud-v2"
 [models.abuse-minilm]
 path = "$root/models/abuse-minilm"
+[models.abuse-v3]
+path = "$root/models/abuse-v3"
+[models.fraud-v3]
+path = "$root/models/fraud-v3"
 [tasks.abuse]
 live = "abuse-v1"
 shadows = [$abuse]
@@ -81,6 +90,8 @@ shadow_config() {  # shadow_config NAME RATE [FILE]
     case "$1" in
         minilm) config "$1" "{ model = \"abuse-minilm\", sample_rate = $2 }" "" "$shadow_table" "${3:-}" ;;
         v2) config "$1" "{ model = \"abuse-v2\", sample_rate = $2 }" "{ model = \"fraud-v2\", sample_rate = $2 }" "$shadow_table" "${3:-}" ;;
+        # What modserve.toml shadows: the two v3 transformer candidates (TOGGLE runs only).
+        v3) config "$1" "{ model = \"abuse-v3\", sample_rate = $2 }" "{ model = \"fraud-v3\", sample_rate = $2 }" "$shadow_table" "${3:-}" ;;
         # The A/A control: the MiniLM shadow loaded but sampling nothing in both halves (the comment
         # makes each half's file differ, so the toggle still reloads). Its ratios are this
         # machine's noise floor for the 1.1x target: what a pair reads when nothing differs.
@@ -173,6 +184,10 @@ for placement in ${PLACEMENTS:-one two quota}; do
     echo "{\"capacity\":{\"placement\":\"$placement\",\"requests_per_s\":${capacity[$placement]}}}" >>"$out"
 done
 
+levels() {  # levels PLACEMENT: the open-loop rates, req/s, comma-separated
+    python3 -c "c=${capacity[$1]}; print(','.join(str(max(1, round(c*float(p)/100))) for p in '${loads[*]}'.split()))"
+}
+
 generation() { curl -s "http://$metrics/metrics" | awk '/^modserve_config_generation / {print $2}'; }
 
 # toggle NAME RATE: the running server's shadows to RATE, by rewriting its config and SIGHUP
@@ -189,25 +204,25 @@ toggle() {
 
 if [[ -n "${TOGGLE:-}" ]]; then
     for placement in ${PLACEMENTS:-one two quota}; do
-        rates="$(python3 -c "c=${capacity[$placement]}; print(','.join(str(round(c*f)) for f in (0.25,0.5,0.8)))")"
+        rates="$(levels "$placement")"
         IFS=, read -r -a levels <<<"$rates"
         for name in ${CONFIGS:-minilm v2}; do
             shadow_config "$name" 1.0
             start_server "$placement" "$name"
             current_rate=1.0
-            for i in 0 1 2 3; do
-                [[ $i == 3 && $placement != one ]] && continue
+            for i in $(seq 0 "${#loads[@]}"); do
+                (( i == ${#loads[@]} )) && [[ $placement != one ]] && continue
                 for pair in $(seq 1 "$TOGGLE"); do
                     order="1.0 0.0"; (( pair % 2 == 0 )) && order="0.0 1.0"
                     for rate in $order; do
                         toggle "$name" "$rate"
                         config_name="$name"; [[ $rate == 0.0 ]] && config_name="$name-off"
-                        if (( i == 3 )); then
+                        if (( i == ${#loads[@]} )); then
                             echo "pair $pair/$TOGGLE: closed loop, concurrency 1, one core, $config_name" >&2
                             cell "$pair" one "$config_name" closed1 --concurrency 1
                         else
                             echo "pair $pair/$TOGGLE: $placement, $config_name, open loop at ${levels[$i]} req/s" >&2
-                            cell "$pair" "$placement" "$config_name" "$(( (i == 0) * 25 + (i == 1) * 50 + (i == 2) * 80 ))" --rate "${levels[$i]}"
+                            cell "$pair" "$placement" "$config_name" "${loads[$i]}" --rate "${levels[$i]}"
                         fi
                     done
                 done
@@ -222,13 +237,13 @@ fi
 
 for round in $(seq 1 "$rounds"); do
     for placement in one two quota; do
-        rates="$(python3 -c "c=${capacity[$placement]}; print(','.join(str(round(c*f)) for f in (0.25,0.5,0.8)))")"
+        rates="$(levels "$placement")"
         for name in none minilm v2; do
             echo "round $round/$rounds: $placement, $name, open loop at $rates req/s" >&2
             start_server "$placement" "$name"
             IFS=, read -r -a levels <<<"$rates"
-            for i in 0 1 2; do
-                cell "$round" "$placement" "$name" "$(( (i == 0) * 25 + (i == 1) * 50 + (i == 2) * 80 ))" --rate "${levels[$i]}"
+            for i in "${!loads[@]}"; do
+                cell "$round" "$placement" "$name" "${loads[$i]}" --rate "${levels[$i]}"
             done
             stop_server
         done

@@ -45,6 +45,7 @@ pub mod defaults {
     pub const MAX_CALL_TIMEOUT_SECS: u64 = 30;
     pub const IDLE_TIMEOUT: &str = "10m";
     pub const HANDSHAKE_TIMEOUT: &str = "10s";
+    pub const SEND_TIMEOUT: &str = "10s";
     pub const MAX_CONNECTIONS: usize = 4096;
     pub const MAX_CONNECTIONS_PER_PEER: usize = 256;
     /// Enough to keep a live model's workers in full batches of 32. Measured against a client
@@ -261,6 +262,10 @@ pub struct ServerConfig {
     /// this long after it was accepted is closed.
     #[serde(with = "humantime_serde_str")]
     pub handshake_timeout: Duration,
+    /// A connection whose answer has waited this long for its client to take it (HTTP/2 flow
+    /// control) is closed.
+    #[serde(with = "humantime_serde_str")]
+    pub send_timeout: Duration,
     /// Open connections per listener, and per peer address, beyond which new ones are closed at
     /// once.
     pub max_connections: usize,
@@ -698,11 +703,13 @@ forum = "strict"
         let errors = parse(&text).unwrap_err();
         assert!(errors.iter().any(|e| e.contains("at least limits.max_message_bytes")), "{errors:?}");
         assert!(errors.iter().any(|e| e.starts_with("server.max_buffered_request_bytes 500")), "{errors:?}");
-        let text =
-            format!("[server]\nmax_connections = 4\nmax_connections_per_peer = 5\nhandshake_timeout = \"1ms\"\n{GOOD}");
+        let text = format!(
+            "[server]\nmax_connections = 4\nmax_connections_per_peer = 5\nhandshake_timeout = \"1ms\"\nsend_timeout = \"10ms\"\n{GOOD}"
+        );
         let errors = parse(&text).unwrap_err();
         assert!(errors.iter().any(|e| e.starts_with("server.max_connections_per_peer 5")), "{errors:?}");
         assert!(errors.iter().any(|e| e.starts_with("server.handshake_timeout")), "{errors:?}");
+        assert!(errors.iter().any(|e| e.starts_with("server.send_timeout 10ms: must be at least 100ms")), "{errors:?}");
     }
 
     #[test]

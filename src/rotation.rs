@@ -50,6 +50,11 @@ impl<T> Rotation<T> {
         self.len += 1;
     }
 
+    /// The item `pop` would take.
+    pub fn peek(&self) -> Option<&T> {
+        self.queued.get(self.order.front()?)?.front()
+    }
+
     /// The oldest item of the caller whose turn it is; that caller goes last.
     pub fn pop(&mut self) -> Option<T> {
         let caller = self.order.pop_front()?;
@@ -106,7 +111,12 @@ mod tests {
         r.push(C, "c1");
         r.push(B, "b2");
         assert_eq!((r.len(), r.held(A), r.crowding()), (7, 4, Some((A, 4))));
-        let served: Vec<_> = std::iter::from_fn(|| r.pop()).collect();
+        let served: Vec<_> = std::iter::from_fn(|| {
+            let next = r.peek().copied();
+            assert_eq!(r.pop(), next, "peek shows what pop takes");
+            next
+        })
+        .collect();
         assert_eq!(served, ["a1", "b1", "c1", "a2", "b2", "a3", "a4"]);
         assert!(r.is_empty() && r.crowding().is_none());
     }

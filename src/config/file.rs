@@ -45,6 +45,7 @@ pub(super) struct RawServer {
     pub(super) keepalive_timeout: Option<String>,
     pub(super) idle_timeout: Option<String>,
     pub(super) handshake_timeout: Option<String>,
+    pub(super) send_timeout: Option<String>,
     pub(super) max_connections: Option<usize>,
     pub(super) max_connections_per_peer: Option<usize>,
     pub(super) max_calls_in_progress: Option<usize>,

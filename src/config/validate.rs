@@ -101,6 +101,7 @@ fn server(errors: &mut Vec<String>, raw: &RawServer, base: &Path, overrides: &Ov
         keepalive_timeout: timeouts.keepalive_timeout,
         idle_timeout: timeouts.idle_timeout,
         handshake_timeout: timeouts.handshake_timeout,
+        send_timeout: timeouts.send_timeout,
         max_connections: capacity.max_connections,
         max_connections_per_peer: capacity.max_connections_per_peer,
         max_calls_in_progress: capacity.max_calls_in_progress,
@@ -132,6 +133,7 @@ struct ServerTimeouts {
     keepalive_timeout: Duration,
     idle_timeout: Duration,
     handshake_timeout: Duration,
+    send_timeout: Duration,
     watch_interval: Duration,
 }
 
@@ -165,6 +167,12 @@ fn server_timeouts(errors: &mut Vec<String>, raw: &RawServer) -> ServerTimeouts 
             "server.handshake_timeout",
             &raw.handshake_timeout,
             defaults::HANDSHAKE_TIMEOUT,
+            Some(Duration::from_millis(100)),
+        ),
+        send_timeout: setting(
+            "server.send_timeout",
+            &raw.send_timeout,
+            defaults::SEND_TIMEOUT,
             Some(Duration::from_millis(100)),
         ),
         watch_interval: setting(

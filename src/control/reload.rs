@@ -299,6 +299,7 @@ pub fn fixed_settings_changed(running: &Config, new: &Config) -> Vec<String> {
     check("server.keepalive_timeout", changed(&r.keepalive_timeout, &n.keepalive_timeout));
     check("server.idle_timeout", changed(&r.idle_timeout, &n.idle_timeout));
     check("server.handshake_timeout", changed(&r.handshake_timeout, &n.handshake_timeout));
+    check("server.send_timeout", changed(&r.send_timeout, &n.send_timeout));
     check("server.max_connections", changed(&r.max_connections, &n.max_connections));
     check("server.max_connections_per_peer", changed(&r.max_connections_per_peer, &n.max_connections_per_peer));
     check("server.max_calls_in_progress", changed(&r.max_calls_in_progress, &n.max_calls_in_progress));
@@ -413,6 +414,7 @@ mod tests {
             ("grpc_listen = \"127.0.0.1:1\"", "server.grpc_listen"),
             ("idle_timeout = \"5m\"", "server.idle_timeout"),
             ("handshake_timeout = \"2s\"", "server.handshake_timeout"),
+            ("send_timeout = \"2s\"", "server.send_timeout"),
             ("max_connections = 1000", "server.max_connections"),
             ("max_connections_per_peer = 3", "server.max_connections_per_peer"),
             ("max_calls_in_progress = 8", "server.max_calls_in_progress"),

@@ -43,7 +43,7 @@ pub fn connection_closed_idle(listener: &'static str) {
     counter!(CONNECTIONS_CLOSED_IDLE_TOTAL, label::LISTENER => listener).increment(1);
 }
 
-/// Why the gRPC transport refused a connection or cut a call before its handler.
+/// Why the gRPC transport refused or closed a connection, or cut a call before its handler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TransportRefusal {
     /// `server.max_connections` connections were open.
@@ -63,6 +63,9 @@ pub enum TransportRefusal {
     FeedbackQueueFull,
     /// The call's deadline passed while it waited for a turn (`server.max_calls_in_progress`).
     TurnDeadline,
+    /// The connection was closed: an answer on it waited for the client to take it past
+    /// `server.send_timeout` (HTTP/2 flow control; `serving::grpc::delivery`).
+    AnswerNotTaken,
 }
 
 impl TransportRefusal {
@@ -76,6 +79,7 @@ impl TransportRefusal {
             TransportRefusal::UploadDeadline => "upload_deadline",
             TransportRefusal::FeedbackQueueFull => "feedback_queue_full",
             TransportRefusal::TurnDeadline => "turn_deadline",
+            TransportRefusal::AnswerNotTaken => "answer_not_taken",
         }
     }
 }

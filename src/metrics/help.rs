@@ -49,7 +49,9 @@ fn describe_transport() {
         "Connections and calls the gRPC transport refused or cut before a handler saw them, by listener and reason \
          (connection_limit, peer_connection_limit, handshake_timeout, upload_budget_connection, \
          upload_budget_process, upload_deadline, feedback_queue_full: a SubmitVerdicts message larger than the \
-         verdict queue's room, refused at its prefix)."
+         verdict queue's room, refused at its prefix; turn_deadline: a call's deadline passed while it waited for a \
+         turn; answer_not_taken: a connection closed because an answer waited past server.send_timeout for the \
+         client to take it)."
     );
 }
 

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod auth;
 pub mod codec;
 pub mod convert;
+pub mod delivery;
 pub mod feedback;
 pub mod service;
 pub mod status;

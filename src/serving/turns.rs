@@ -20,8 +20,13 @@
 //! each step of its call, behind every other call in progress: on two cores saturated by a
 //! 512-call flood its p99 read 10.3-11.2 ms with the flood's 32 calls in progress and 5.0-6.3 ms
 //! held to 8, which cost the flood 0.66-0.75x its answers. A lone busy client keeps the whole bound.
+//!
+//! A large call weighs on that bound by its size (`LARGE_CALL_BYTES`), known at its message's
+//! prefix: it counts as busy from then on, and its connection's next calls are busy and as
+//! heavy for the window. So beside a light caller, maximal requests go one at a time.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -37,6 +42,16 @@ use crate::rotation::Rotation;
 /// between them. Also how long a connection that had two calls at once is remembered for it, and
 /// the period over which calls per connection are counted.
 const WINDOW: Duration = Duration::from_secs(1);
+
+/// What a large request weighs on the busy bound: one call per this many bytes of its message
+/// (at most the whole bound). A call of 512 KiB or more makes its connection busy for the window.
+/// Three callers with one maximal (2 MiB) call in flight each are three light calls, and their
+/// decoding, tokenizing and scoring held two cores: a steady light caller's p99 read 7.0 ms beside
+/// them and 4.5-4.7 ms beside one such caller (the server used 1.56 and 1.14 CPUs). At 2 MiB a
+/// call weighs the default bound of 8, so large calls take turns one at a time while light
+/// callers call, and keep the whole bound when none does. A 64-review batch of ordinary reviews
+/// (a few KiB each) weighs one.
+pub const LARGE_CALL_BYTES: usize = 256 * 1024;
 
 /// The gauges `Turns` keeps.
 pub struct TurnGauges {
@@ -71,6 +86,8 @@ struct Shared {
 struct State {
     in_progress: usize,
     busy_in_progress: usize,
+    /// Busy calls in progress by weight (`LARGE_CALL_BYTES`): what `max_busy` bounds.
+    busy_weight: usize,
     /// Connections with a call in progress, or a call started in this period or the last.
     conns: HashMap<Caller, Conn>,
     /// Calls are counted in periods of one window from `first`: this period's and the last's.
@@ -94,6 +111,9 @@ struct Conn {
     in_progress: usize,
     /// Until when it counts as having had two calls at once.
     busy_until: Option<Instant>,
+    /// Until when it counts as sending large calls, and what its last one weighed.
+    heavy_until: Option<Instant>,
+    weight: usize,
     /// The period `calls` counts in, and its count in the period before.
     period: u64,
     calls: u64,
@@ -109,12 +129,33 @@ struct Counts {
 
 struct Waiter {
     caller: Caller,
+    weight: usize,
     tx: oneshot::Sender<Permit>,
 }
 
+/// How a call counts, from its start: busy or light, and its weight. Changed only under the
+/// state's lock; atomic only to be shared with the `Weigher` that sets the weight once the size
+/// of the request is known.
+struct Call {
+    busy: AtomicBool,
+    weight: AtomicUsize,
+    done: AtomicBool,
+}
+
+impl Call {
+    fn new(busy: bool, weight: usize) -> Arc<Call> {
+        Arc::new(Call { busy: AtomicBool::new(busy), weight: AtomicUsize::new(weight), done: AtomicBool::new(false) })
+    }
+
+    fn kind(&self) -> (bool, usize) {
+        (self.busy.load(Ordering::Relaxed), self.weight.load(Ordering::Relaxed))
+    }
+}
+
 impl State {
-    /// Counts a call from `caller` and says whether it is a busy one (see the module's doc).
-    fn mark(&mut self, caller: Caller, now: Instant, window: Duration) -> bool {
+    /// Counts a call from `caller` and says whether it is a busy one (see the module's doc), and
+    /// what it is expected to weigh: what its connection's last large call weighed, else one.
+    fn mark(&mut self, caller: Caller, now: Instant, window: Duration) -> (bool, usize) {
         let first = *self.first.get_or_insert(now);
         let period = (now.saturating_duration_since(first).as_nanos() / window.as_nanos().max(1)) as u64;
         if period != self.period {
@@ -134,6 +175,8 @@ impl State {
         self.counts.conns += u64::from(conn.calls == 1);
         let concurrent = conn.in_progress > 0 || waiting > 0;
         let had_two = conn.busy_until.is_some_and(|until| now < until);
+        let heavy = conn.heavy_until.is_some_and(|until| now < until);
+        let weight = if heavy { conn.weight } else { 1 };
         // At least half the mean per connection: 2 * its calls >= calls / connections. No count
         // yet (the first period) counts as at least.
         let Counts { calls, conns } = self.last_counts;
@@ -143,11 +186,14 @@ impl State {
         }
         if self.swept.is_none_or(|at| now >= at + window) {
             self.conns.retain(|_, c| {
-                c.in_progress > 0 || c.period + 1 >= period || c.busy_until.is_some_and(|until| now < until)
+                c.in_progress > 0
+                    || c.period + 1 >= period
+                    || c.busy_until.is_some_and(|until| now < until)
+                    || c.heavy_until.is_some_and(|until| now < until)
             });
             self.swept = Some(now);
         }
-        concurrent || (had_two && many_calls)
+        (concurrent || heavy || (had_two && many_calls), weight)
     }
 
     fn waiting(&self) -> usize {
@@ -155,26 +201,30 @@ impl State {
     }
 
     /// Whether a call of the kind given may start now, waiting calls aside.
-    fn has_room(&self, shared: &Shared, busy: bool, now: Instant) -> bool {
+    fn has_room(&self, shared: &Shared, busy: bool, weight: usize, now: Instant) -> bool {
         let held_back =
-            busy && self.busy_in_progress >= shared.max_busy && self.light_until.is_some_and(|until| now < until);
+            busy && self.busy_weight + weight > shared.max_busy && self.light_until.is_some_and(|until| now < until);
         self.in_progress < shared.max && !held_back
     }
 
-    fn start(&mut self, caller: Caller, busy: bool, now: Instant, window: Duration) {
+    fn start(&mut self, caller: Caller, busy: bool, weight: usize, now: Instant, window: Duration) {
         self.in_progress += 1;
         self.conns.entry(caller).or_default().in_progress += 1;
         if busy {
             self.busy_in_progress += 1;
+            self.busy_weight += weight;
         } else if self.busy_in_progress > 0 || !self.busy.is_empty() {
             self.light_until = Some(now + window);
         }
     }
 
     /// Ends a call; a busy one keeps its connection busy for the window from now.
-    fn finish(&mut self, caller: Caller, busy: bool, now: Instant, window: Duration) {
+    fn finish(&mut self, caller: Caller, busy: bool, weight: usize, now: Instant, window: Duration) {
         self.in_progress -= 1;
-        self.busy_in_progress -= usize::from(busy);
+        if busy {
+            self.busy_in_progress -= 1;
+            self.busy_weight -= weight;
+        }
         if let Some(conn) = self.conns.get_mut(&caller) {
             conn.in_progress -= 1;
             if busy {
@@ -220,16 +270,16 @@ impl Turns {
         let rx = {
             let now = Instant::now();
             let mut state = self.lock();
-            let busy = state.mark(caller, now, self.0.window);
+            let (busy, weight) = state.mark(caller, now, self.0.window);
             let ahead = if busy { state.waiting() } else { state.light.len() };
-            if ahead == 0 && state.has_room(&self.0, busy, now) {
-                state.start(caller, busy, now, self.0.window);
+            if ahead == 0 && state.has_room(&self.0, busy, weight, now) {
+                state.start(caller, busy, weight, now, self.0.window);
                 self.export(&state);
-                return Permit(Some(Ticket { turns: self.clone(), caller, busy }));
+                return Permit(Some(Ticket { turns: self.clone(), caller, call: Call::new(busy, weight) }));
             }
             let (tx, rx) = oneshot::channel();
             let queue = if busy { &mut state.busy } else { &mut state.light };
-            queue.push(caller, Waiter { caller, tx });
+            queue.push(caller, Waiter { caller, weight, tx });
             self.export(&state);
             rx
         };
@@ -253,15 +303,50 @@ impl Turns {
         })
     }
 
-    /// Ends a call, and starts the waiting calls that now have room: light and busy ones in
-    /// alternation, light first.
-    fn release(&self, caller: Caller, busy: bool) {
+    /// Ends a call, and starts the waiting calls that now have room.
+    fn release(&self, caller: Caller, call: &Call) {
         let now = Instant::now();
         let mut state = self.lock();
-        state.finish(caller, busy, now, self.0.window);
+        let (busy, weight) = call.kind();
+        call.done.store(true, Ordering::Relaxed);
+        state.finish(caller, busy, weight, now, self.0.window);
+        self.admit(&mut state, now);
+        self.export(&state);
+    }
+
+    /// Weighs a call in progress by the size of its request (`LARGE_CALL_BYTES`): a large one
+    /// counts as busy, by its weight, and makes its connection's next calls busy for the window.
+    fn weigh(&self, caller: Caller, call: &Call, bytes: usize) {
+        let weight = (bytes / LARGE_CALL_BYTES).clamp(1, self.0.max_busy);
+        let now = Instant::now();
+        let mut state = self.lock();
+        let (busy, was) = call.kind();
+        if call.done.load(Ordering::Relaxed) || (weight == 1 && was == 1) {
+            return;
+        }
+        if let Some(conn) = state.conns.get_mut(&caller) {
+            (conn.heavy_until, conn.weight) = if weight > 1 { (Some(now + self.0.window), weight) } else { (None, 1) };
+        }
+        if busy {
+            state.busy_weight = state.busy_weight + weight - was;
+        } else {
+            // Admitted light, before its size was known: from now on it counts as busy.
+            state.busy_in_progress += 1;
+            state.busy_weight += weight;
+            call.busy.store(true, Ordering::Relaxed);
+        }
+        call.weight.store(weight, Ordering::Relaxed);
+        if weight < was {
+            self.admit(&mut state, now);
+        }
+        self.export(&state);
+    }
+
+    /// Starts the waiting calls that have room: light and busy ones in alternation, light first.
+    fn admit(&self, state: &mut State, now: Instant) {
         loop {
-            let light = !state.light.is_empty() && state.has_room(&self.0, false, now);
-            let busy = !state.busy.is_empty() && state.has_room(&self.0, true, now);
+            let light = !state.light.is_empty() && state.has_room(&self.0, false, 1, now);
+            let busy = state.busy.peek().is_some_and(|w| state.has_room(&self.0, true, w.weight, now));
             let next = match (light, busy) {
                 (false, false) => None,
                 (true, false) => state.light.pop().map(|w| (w, false)),
@@ -269,36 +354,64 @@ impl Turns {
                 (true, true) if state.busy_next => state.busy.pop().map(|w| (w, true)),
                 (true, true) => state.light.pop().map(|w| (w, false)),
             };
-            let Some((Waiter { caller, tx }, busy)) = next else {
+            let Some((Waiter { caller, weight, tx }, busy)) = next else {
                 break;
             };
             state.busy_next = !busy;
-            state.start(caller, busy, now, self.0.window);
+            state.start(caller, busy, weight, now, self.0.window);
+            let ticket = Ticket { turns: self.clone(), caller, call: Call::new(busy, weight) };
             // A caller that has stopped waiting hands the permit back unsent; disarm it (dropping
             // it here would release again, under the lock) and offer the place to the next.
-            if let Err(mut unsent) = tx.send(Permit(Some(Ticket { turns: self.clone(), caller, busy }))) {
+            if let Err(mut unsent) = tx.send(Permit(Some(ticket))) {
                 unsent.0 = None;
-                state.finish(caller, busy, now, self.0.window);
+                state.finish(caller, busy, weight, now, self.0.window);
             }
         }
-        self.export(&state);
     }
 }
 
 struct Ticket {
     turns: Turns,
     caller: Caller,
-    busy: bool,
+    call: Arc<Call>,
 }
 
 /// A call in progress; dropping it hands the turn on.
 pub struct Permit(Option<Ticket>);
 
+impl Permit {
+    /// Weighs this call by the size of its request (`LARGE_CALL_BYTES`).
+    pub fn weigh(&self, bytes: usize) {
+        if let Some(Ticket { turns, caller, call }) = &self.0 {
+            turns.weigh(*caller, call, bytes);
+        }
+    }
+
+    /// What weighs this call by the size of its request once that is known (`LARGE_CALL_BYTES`).
+    pub fn weigher(&self) -> Option<Weigher> {
+        self.0.as_ref().map(|t| Weigher { turns: t.turns.clone(), caller: t.caller, call: t.call.clone() })
+    }
+}
+
 impl Drop for Permit {
     fn drop(&mut self) {
-        if let Some(Ticket { turns, caller, busy }) = self.0.take() {
-            turns.release(caller, busy);
+        if let Some(Ticket { turns, caller, call }) = self.0.take() {
+            turns.release(caller, &call);
         }
+    }
+}
+
+/// Weighs a call in progress by the size of its request; does nothing once the call has ended.
+#[derive(Clone)]
+pub struct Weigher {
+    turns: Turns,
+    caller: Caller,
+    call: Arc<Call>,
+}
+
+impl Weigher {
+    pub fn weigh(&self, bytes: usize) {
+        self.turns.weigh(self.caller, &self.call, bytes);
     }
 }
 
@@ -322,6 +435,8 @@ impl Drop for Waiting {
             let mut state = self.turns.lock();
             state.light.retain(|w| !w.tx.is_closed());
             state.busy.retain(|w| !w.tx.is_closed());
+            // A large busy call that gave up may have been holding back smaller ones behind it.
+            self.turns.admit(&mut state, Instant::now());
             self.turns.export(&state);
         }
         drop(sent);
@@ -493,6 +608,70 @@ mod tests {
         assert_eq!(log.len(), 7);
     }
 
+    /// Busy calls' weight in progress, and busy calls waiting.
+    fn busy_held(turns: &Turns) -> (usize, usize) {
+        let state = turns.lock();
+        (state.busy_weight, state.busy.len())
+    }
+
+    /// Three connections with one large call each: light until their size is known, then busy
+    /// by weight, so beside a light caller their next calls go one at a time; a small call gives
+    /// its connection its weight of one back; alone they have the whole bound again.
+    #[tokio::test]
+    async fn large_calls_take_turns_while_a_light_caller_calls() {
+        let window = Duration::from_millis(300);
+        let turns = Turns::with_window(32, 8, window, TurnGauges::noop());
+        let large = 2 * 1024 * 1024;
+        let enter = |caller: u64| turns.enter(Caller::connection(caller));
+        let first: Vec<Permit> = vec![enter(1).await, enter(2).await, enter(3).await];
+        assert_eq!(turns.lock().busy_in_progress, 0, "one call each, size unknown: light");
+        for permit in &first {
+            permit.weigh(large);
+        }
+        assert_eq!(
+            {
+                let state = turns.lock();
+                (state.busy_in_progress, state.busy_weight)
+            },
+            (3, 24)
+        );
+        let light = enter(9).await;
+        drop(first);
+        // Their next calls are busy from the start, and weigh what the last one did.
+        let one = enter(1).await;
+        let spawn_enter = |caller: u64| {
+            let turns = turns.clone();
+            tokio::spawn(async move { turns.enter(Caller::connection(caller)).await })
+        };
+        let (second, third) = (spawn_enter(2), spawn_enter(3));
+        settle().await;
+        assert_eq!(busy_held(&turns), (8, 2), "one large call at a time");
+        // A small call from a heavy connection weighs one once its size is known.
+        one.weigh(4096);
+        settle().await;
+        assert_eq!(busy_held(&turns), (1, 2), "no room for 8 more beside it");
+        drop(one);
+        settle().await;
+        assert_eq!(busy_held(&turns), (8, 1), "the next large call");
+        // Once no light call has come for the window, the bound lifts: large calls start together.
+        drop(light);
+        tokio::time::sleep(window * 2).await;
+        drop(second.await.unwrap());
+        let third = third.await.unwrap();
+        third.weigh(large);
+        let again = enter(3).await;
+        assert_eq!(
+            {
+                let state = turns.lock();
+                (state.busy_weight, state.waiting())
+            },
+            (16, 0)
+        );
+        drop((third, again));
+        let state = turns.lock();
+        assert_eq!((state.in_progress, state.busy_in_progress, state.busy_weight), (0, 0, 0));
+    }
+
     /// Two calls at once now and then do not make a connection busy when it calls far less than
     /// the others (a light caller catching up); they do when it calls as much (a client spreading
     /// its calls over connections, one of them empty for a moment).
@@ -504,13 +683,13 @@ mod tests {
         let calls = |state: &mut State, caller: Caller, n: usize, at: Instant| -> Vec<bool> {
             let kinds: Vec<bool> = (0..n)
                 .map(|_| {
-                    let busy = state.mark(caller, at, window);
-                    state.start(caller, busy, at, window);
+                    let (busy, weight) = state.mark(caller, at, window);
+                    state.start(caller, busy, weight, at, window);
                     busy
                 })
                 .collect();
             for busy in &kinds {
-                state.finish(caller, *busy, at + window / 2, window);
+                state.finish(caller, *busy, 1, at + window / 2, window);
             }
             kinds
         };

@@ -7,6 +7,8 @@ use std::time::Duration;
 use crate::common::*;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
+use modserve::serving::grpc::pb;
+use modserve::serving::grpc::pb::moderation_client::ModerationClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tonic::Code;
@@ -259,7 +261,7 @@ async fn connections_over_the_per_peer_limit_are_closed_at_once() {
     for _ in 0..50 {
         let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.grpc_addr)).unwrap();
         if let Ok(channel) = channel.connect().await {
-            let mut client = modserve::serving::grpc::pb::moderation_client::ModerationClient::new(channel);
+            let mut client = ModerationClient::new(channel);
             if client.classify(request(vec![review("ok", "you idiot")])).await.is_ok() {
                 answered = true;
                 break;
@@ -651,8 +653,8 @@ async fn a_stream_message_that_waits_past_its_ceiling_is_answered_deadline_excee
     let mut inbound =
         client.classify_stream(tokio_stream::wrappers::ReceiverStream::new(outbound)).await.unwrap().into_inner();
     write("30s");
-    let mut admin = modserve::serving::grpc::pb::admin_client::AdminClient::new(server.channel().await);
-    let reloaded = admin.reload(modserve::serving::grpc::pb::ReloadRequest {}).await.unwrap().into_inner();
+    let mut admin = pb::admin_client::AdminClient::new(server.channel().await);
+    let reloaded = admin.reload(pb::ReloadRequest {}).await.unwrap().into_inner();
     assert!(reloaded.applied, "{:?}", reloaded.errors);
     let base = server.scrape().await;
     // One call runs (1.5 s in the model) and holds the only turn; a second one waits for it.
@@ -684,5 +686,133 @@ async fn a_stream_message_that_waits_past_its_ceiling_is_answered_deadline_excee
     assert!(answer.error.is_none(), "{:?}", answer.error);
     assert_eq!(answer.results.len(), 1);
     drop(messages);
+    server.stop().await;
+}
+
+/// An HTTP/2 connection that grants the server no window: answers' headers arrive, their
+/// bodies never can. Returns the sender and the connection's driver (it ends when the server
+/// closes the connection).
+async fn h2_sender_granting_no_window(
+    addr: std::net::SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>>,
+    tokio::task::JoinHandle<Result<(), hyper::Error>>,
+) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .initial_stream_window_size(0)
+        .handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
+    (sender, tokio::spawn(conn))
+}
+
+/// Sends `n` valid Classify calls on `sender` and waits for each answer's headers (which need
+/// no window); their bodies are left untaken.
+async fn answered_but_not_taken(
+    sender: &hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>>,
+    addr: std::net::SocketAddr,
+    n: usize,
+) -> Vec<hyper::Response<hyper::body::Incoming>> {
+    use prost::Message;
+    let mut answers = Vec::new();
+    for i in 0..n {
+        let message = request(vec![review(&format!("untaken-{i}"), "you idiot")]).encode_to_vec();
+        let mut framed = vec![0u8];
+        framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        framed.extend_from_slice(&message);
+        let call = hyper::Request::post(format!("http://{addr}/modserve.v1.Moderation/Classify"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(http_body_util::Full::new(bytes::Bytes::from(framed)))
+            .unwrap();
+        let answer = sender.clone().send_request(call).await.expect("the answer's headers");
+        assert_eq!(answer.status(), 200);
+        answers.push(answer);
+    }
+    answers
+}
+
+/// A client that never takes its answers (HTTP/2 flow control) has its connection closed at
+/// `server.send_timeout`, counted; other clients are served meanwhile. Before, the answered
+/// calls and their connection stayed open until the client left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_whose_answers_are_never_taken_is_closed_at_the_send_timeout() {
+    let _guard = exclusive().await;
+    let server = TestServer::start(config_with("send_timeout = \"1s\"\n", ONE_MODEL)).await;
+    let base = server.scrape().await;
+    let (sender, connection) = h2_sender_granting_no_window(server.grpc_addr).await;
+    let answers = answered_but_not_taken(&sender, server.grpc_addr, 3).await;
+    let mut client = server.client().await;
+    client.classify(request(vec![review("other", "great product")])).await.expect("another client is served");
+    // Not a speed assertion: without the timeout the connection stays open for as long as the
+    // client keeps it.
+    let ended = tokio::time::timeout(Duration::from_secs(20), connection).await;
+    assert!(ended.is_ok(), "the server closed the connection");
+    assert_eq!(refusals(&server, &base, "answer_not_taken").await, 1.0);
+    drop(answers);
+    client.classify(request(vec![review("after", "great product")])).await.expect("served after");
+    server.stop().await;
+}
+
+/// At shutdown, answers a client is not taking get a second, not the whole grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_never_taken_do_not_hold_shutdown_for_the_grace() {
+    let _guard = exclusive().await;
+    // A long grace and send timeout: only the drain's own rule can end the connection early.
+    let text = format!(
+        "[server]\ngrpc_listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\nshutdown_grace = \"60s\"\n\
+         send_timeout = \"60s\"\nonnxruntime_lib = {:?}\n{ONE_MODEL}",
+        ort_lib().display().to_string()
+    );
+    let config = modserve::config::Config::parse(&text, &repo().join("test.toml"), &Default::default()).unwrap();
+    let server = TestServer::start(config).await;
+    let (sender, _connection) = h2_sender_granting_no_window(server.grpc_addr).await;
+    let _answers = answered_but_not_taken(&sender, server.grpc_addr, 3).await;
+    // Not a speed assertion: with the bug, stop waits the whole 60 s grace.
+    tokio::time::timeout(Duration::from_secs(20), server.stop())
+        .await
+        .expect("shutdown did not wait out the grace for answers the client never takes");
+}
+
+/// Large calls weigh on the busy bound by their size (`turns::LARGE_CALL_BYTES`): three
+/// connections' one 2 MiB call each count as busy once their prefixes are read, though each is
+/// its connection's only call; beside a light caller their next calls then wait, where eight
+/// small ones would go ahead. Before, the three were light and their next calls started at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_calls_count_as_busy_by_their_size() {
+    let _guard = exclusive().await;
+    let (server, faults) = TestServer::start_faulty(config(ONE_MODEL)).await;
+    faults.on_word("tiny-abuse", "huge", Action::Sleep(Duration::from_millis(700)));
+    // 64 reviews of a 16 KiB title and text each: 2 MiB. Only the first is slow (the model sees
+    // the title first), so each call takes about one slowed run.
+    let (slow, half) = (format!("huge {}", "x".repeat(16 * 1024 - 5)), format!("fine {}", "x".repeat(16 * 1024 - 5)));
+    let large = move |name: &str| pb::ClassifyRequest {
+        reviews: (0..64)
+            .map(|j| {
+                let text = if j == 0 { &slow } else { &half };
+                pb::Review { title: Some(text.clone()), ..review(&format!("{name}-{j}"), text) }
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(server.client().await);
+    }
+    let call = |client: &ModerationClient<tonic::transport::Channel>, name: String| {
+        let (mut client, message) = (client.clone(), large(&name));
+        tokio::spawn(async move { client.classify(message).await.map(|_| ()) })
+    };
+    let first: Vec<_> = clients.iter().enumerate().map(|(i, c)| call(c, format!("first-{i}"))).collect();
+    let busy = [("connection", "busy")];
+    assert_eq!(server.wait_gauge("modserve_calls_in_progress", &busy, 3.0).await, Some(3.0), "weighed: busy");
+    let mut light = server.client().await;
+    light.classify(request(vec![review("light", "great product")])).await.expect("the light call goes ahead");
+    let second: Vec<_> = clients.iter().enumerate().map(|(i, c)| call(c, format!("second-{i}"))).collect();
+    assert_eq!(server.wait_gauge("modserve_calls_waiting", &[], 3.0).await, Some(3.0), "held: 24 of 8 in use");
+    for task in first.into_iter().chain(second) {
+        task.await.unwrap().expect("every large call is answered");
+    }
     server.stop().await;
 }

@@ -101,6 +101,7 @@ impl Moderation for ModerationService {
                     // connection's turn: otherwise streams would be a way around it.
                     let result = match service.turns.enter_within(caller, ceiling).await {
                         Ok(turn) => {
+                            turn.weigh(prost::Message::encoded_len(&request));
                             let result = service.handle(request, started, None, caller, &parent).await;
                             drop(turn);
                             result

@@ -26,17 +26,22 @@ use tokio::sync::watch;
 use tonic::service::Routes;
 use tower::ServiceExt;
 
+use super::delivery::{Deliveries, Open};
 use super::status;
 use super::upload::{BoundedBody, Budget};
 use crate::metrics::{self, TransportRefusal};
 use crate::request::Caller;
 use crate::serving::tls::Tls;
-use crate::serving::turns::Turns;
+use crate::serving::turns::{Permit, Turns, Weigher};
 use crate::shutdown::ShutdownSignal;
 
 /// HTTP/2 frames a peer may make us buffer per connection before we stop reading: bounded so a
-/// client cannot grow our memory with headers or unacknowledged resets.
-const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+/// client cannot grow our memory with headers or unacknowledged resets. The header bound is
+/// above what a proxy forwards (Envoy: 60 KiB): h2 answers a call's headers a little over the
+/// bound with 431, but headers far over it end the whole connection (COMPRESSION_ERROR), and
+/// with it the calls of every other client a proxy multiplexes onto it (at 16 KiB, 100 KiB of
+/// metadata on one grpcio call ended a neighbouring stream on the same channel).
+const MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
 const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
 const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 256;
 const MAX_SEND_BUFFER_BYTES: usize = 1024 * 1024;
@@ -53,6 +58,8 @@ const CONNECTION_WINDOW_BYTES: u32 = 1024 * 1024;
 /// The HTTP/2 client preface (`PRI * HTTP/2.0...`) is 24 bytes, and a SETTINGS frame header
 /// follows it: a connection that has sent fewer bytes has not finished its handshake.
 const HANDSHAKE_BYTES: u64 = 24 + 9;
+/// How often a connection with answers open looks at how long they have waited for the client.
+const CHECK_ANSWERS_EVERY: Duration = Duration::from_millis(250);
 /// How much longer than a call's deadline the transport waits before cutting it: the handler
 /// owns the deadline and answers first, with its own message, whenever the call got that far.
 const DEADLINE_SLACK: Duration = Duration::from_millis(50);
@@ -69,6 +76,9 @@ pub struct TransportSettings {
     pub idle_timeout: Duration,
     /// TLS handshake plus HTTP/2 preface must be done within this after accept.
     pub handshake_timeout: Duration,
+    /// A connection whose answer has waited this long for its client to take it is closed
+    /// (`delivery`).
+    pub send_timeout: Duration,
     /// Open connections on this listener, and from one peer address.
     pub max_connections: usize,
     pub max_connections_per_peer: usize,
@@ -87,6 +97,7 @@ impl TransportSettings {
             keepalive_timeout: server.keepalive_timeout,
             idle_timeout: server.idle_timeout,
             handshake_timeout: server.handshake_timeout,
+            send_timeout: server.send_timeout,
             max_connections: server.max_connections,
             max_connections_per_peer: server.max_connections_per_peer,
             max_buffered_bytes: server.max_buffered_request_bytes,
@@ -155,6 +166,7 @@ pub async fn serve(
     let slots = Slots::new(name, settings.max_connections, settings.max_connections_per_peer);
     let process_budget = Budget::new(settings.max_buffered_bytes, TransportRefusal::UploadBudgetProcess)
         .shown(metrics::request_bytes_receiving(name));
+    let answers = Open::default();
     let stop = shutdown.wait();
     tokio::pin!(stop);
     loop {
@@ -183,6 +195,7 @@ pub async fn serve(
                 process_budget.clone(),
             ),
             phase: phases.clone(),
+            answers: answers.clone(),
             _slot: slot,
         };
         let tls = tls.as_ref().map(|t| t.acceptor());
@@ -299,6 +312,8 @@ struct Connection {
     /// The connection's own upload budget, and the process's.
     budgets: (Budget, Budget),
     phase: watch::Receiver<Phase>,
+    /// Answers open process-wide (`delivery`).
+    answers: Open,
     _slot: Slot,
 }
 
@@ -341,7 +356,15 @@ impl Connection {
             limits: self.limits,
             budgets: self.budgets,
         };
-        let service = hyper::service::service_fn(move |request| calls.clone().answer(request));
+        let deliveries = Deliveries::new(self.answers);
+        let tracked = deliveries.clone();
+        let service = hyper::service::service_fn(move |request| {
+            let (calls, tracked) = (calls.clone(), tracked.clone());
+            async move {
+                let response = calls.answer(request).await?;
+                Ok::<_, Infallible>(response.map(|body| tracked.track(body)))
+            }
+        });
         let received = Arc::new(AtomicU64::new(0));
         let io = Counted { inner: io, received: received.clone() };
         let connection = self.builder.serve_connection(TokioIo::new(io), service);
@@ -350,7 +373,7 @@ impl Connection {
         let (idle, mut phase) = (settings.idle_timeout, self.phase);
         let handshake_deadline = tokio::time::Instant::from_std(accepted + settings.handshake_timeout);
         let handshaken = || received.load(Ordering::Relaxed) >= HANDSHAKE_BYTES;
-        let mut closing = false;
+        let (mut closing, mut draining) = (false, false);
         let result = loop {
             let since_call =
                 accepted.elapsed().saturating_sub(Duration::from_millis(last_call.load(Ordering::Relaxed)));
@@ -369,6 +392,7 @@ impl Connection {
                     if now == Phase::Closing || !handshaken() {
                         return;
                     }
+                    draining = true;
                     if !closing {
                         connection.as_mut().graceful_shutdown();
                         closing = true;
@@ -385,6 +409,22 @@ impl Connection {
                     return;
                 }
                 _ = tokio::time::sleep(idle.saturating_sub(since_call)), if !closing && !idle.is_zero() => {}
+                // Arms the check below once an answer is open.
+                _ = deliveries.opened(), if !deliveries.any_open() => {}
+                _ = tokio::time::sleep(CHECK_ANSWERS_EVERY), if deliveries.any_open() => {
+                    let (waited, limit) = (deliveries.longest_wait(), deliveries.limit(settings.send_timeout, draining));
+                    if waited >= limit {
+                        // Its calls are answered; only the client's taking of the answers is
+                        // left, and it has stopped: close without a GOAWAY that would wait on them.
+                        metrics::transport_refused(name, TransportRefusal::AnswerNotTaken);
+                        tracing::debug!(
+                            listener = name,
+                            waited = ?waited,
+                            "an answer waited for the client to take it (HTTP/2 flow control) past server.send_timeout; closing the connection"
+                        );
+                        return;
+                    }
+                }
             }
         };
         if let Err(e) = result {
@@ -414,14 +454,6 @@ impl Calls {
         let asked = request.headers().get("grpc-timeout").and_then(|v| parse_grpc_timeout(v.to_str().ok()?));
         let ceiling = (self.limits.ceiling)();
         let limit = asked.map_or(ceiling, |asked| asked.min(ceiling));
-        let (connection_budget, process_budget) = self.budgets;
-        let check = (self.limits.admission)(request.uri().path());
-        let mut request = request.map(|body| {
-            BoundedBody::new(body, connection_budget, process_budget, move |why| metrics::transport_refused(name, why))
-                .checked(check)
-        });
-        let deadline = asked.and_then(|a| arrived.checked_add(a));
-        request.extensions_mut().insert(Arrival { at: arrived, deadline, caller: self.caller });
         let method = status::counted_method(request.uri().path());
         let turn = match method {
             Some("Classify") => match self.limits.turns.enter_within(self.caller, limit).await {
@@ -441,6 +473,14 @@ impl Calls {
             },
             _ => None,
         };
+        let (connection_budget, process_budget) = self.budgets;
+        let check = weighed((self.limits.admission)(request.uri().path()), turn.as_ref().and_then(Permit::weigher));
+        let mut request = request.map(|body| {
+            BoundedBody::new(body, connection_budget, process_budget, move |why| metrics::transport_refused(name, why))
+                .checked(check)
+        });
+        let deadline = asked.and_then(|a| arrived.checked_add(a));
+        request.extensions_mut().insert(Arrival { at: arrived, deadline, caller: self.caller });
         let left = (limit + DEADLINE_SLACK).saturating_sub(arrived.elapsed());
         let answered = tokio::time::timeout(left, self.routes.oneshot(request)).await;
         drop(turn);
@@ -464,6 +504,21 @@ impl Calls {
             }
         }
     }
+}
+
+/// The method's check of each message's declared length, then the call's turn weighed by it
+/// (`turns::LARGE_CALL_BYTES`): known at the prefix, before the message is read.
+fn weighed(check: Option<MessageCheck>, weigher: Option<Weigher>) -> Option<MessageCheck> {
+    let Some(weigher) = weigher else {
+        return check;
+    };
+    Some(Arc::new(move |declared| {
+        if let Some(check) = &check {
+            check(declared)?;
+        }
+        weigher.weigh(declared as usize);
+        Ok(())
+    }))
 }
 
 /// The answer to a call whose request was not valid protobuf comes from tonic, before or

@@ -179,7 +179,7 @@ impl Api {
             return Err(Refusal::Here(status));
         }
         // Before the body is read, as on the gRPC listener; held until the answer is encoded.
-        let _turn = match route {
+        let turn = match route {
             Route::Classify => match self.turns.enter_within(caller, limit).await {
                 Ok(permit) => Some(permit),
                 Err(why) => {
@@ -193,6 +193,9 @@ impl Api {
             Route::Models => Bytes::new(),
             _ => self.body(body, arrived, limit).await.map_err(Refusal::Here)?,
         };
+        if let Some(turn) = &turn {
+            turn.weigh(body.len());
+        }
         match route {
             Route::Classify => {
                 let message = decode::<pb::ClassifyRequest>(&body).map_err(Refusal::Here)?;
