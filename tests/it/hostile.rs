@@ -624,6 +624,29 @@ async fn stream_messages_wait_for_a_turn_like_calls() {
     server.stop().await;
 }
 
+/// `grpc-timeout` on a ClassifyStream bounds the whole stream: answers come until it passes, then
+/// the stream ends DEADLINE_EXCEEDED from the server. Before, it was ignored on streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streams_deadline_ends_the_stream() {
+    let _guard = exclusive().await;
+    let server = TestServer::start(config(ONE_MODEL)).await;
+    let mut client = server.client().await;
+    let (messages, outbound) = tokio::sync::mpsc::channel(1);
+    let mut call = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(outbound));
+    call.metadata_mut().insert("grpc-timeout", "800m".parse().unwrap());
+    let mut inbound = client.classify_stream(call).await.unwrap().into_inner();
+    messages.send(request(vec![review("before", "great product")])).await.unwrap();
+    let answer = inbound.message().await.expect("answered before the deadline").expect("an answer");
+    assert!(answer.error.is_none(), "{answer:?}");
+    // The client keeps the stream open and quiet past its deadline.
+    let ended = tokio::time::timeout(Duration::from_secs(10), inbound.message()).await.expect("the stream ended");
+    let status = ended.expect_err("ended by its deadline");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(status.message().contains("the stream's deadline (grpc-timeout"), "{status:?}");
+    drop(messages);
+    server.stop().await;
+}
+
 /// A stream's message that waits for a turn past its ceiling is answered DEADLINE_EXCEEDED in the
 /// stream, like a unary call's refusal, and counted; the stream stays usable. The ceiling is
 /// `limits.max_call_timeout` as it was when the stream opened: the test opens the stream under a

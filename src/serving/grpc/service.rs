@@ -83,7 +83,7 @@ impl Moderation for ModerationService {
             .map_err(Status::from)?;
         // Every message of the stream is a call of its own under the stream's trace context.
         let parent = trace_parent(&request);
-        let (_, _, caller) = arrival(&request);
+        let (_, deadline, caller) = arrival(&request);
         // Stop reading new messages at shutdown; messages already read are still answered.
         // `buffered` keeps answers in order and bounds the work per stream; tonic polls this
         // stream only as fast as the client reads, so a slow reader stalls its own stream (and,
@@ -129,8 +129,36 @@ impl Moderation for ModerationService {
                 }
             })
             .buffered(in_flight);
-        Ok(Response::new(Box::pin(responses)))
+        Ok(Response::new(match deadline {
+            Some(at) => Box::pin(until_deadline(responses, at)),
+            None => Box::pin(responses),
+        }))
     }
+}
+
+/// A stream's answers until its deadline: `grpc-timeout` bounds the whole stream, as gRPC defines
+/// it, not each message. At the deadline the stream ends DEADLINE_EXCEEDED, and messages still
+/// being worked on are dropped.
+fn until_deadline(
+    answers: impl Stream<Item = Result<ClassifyResponse, Status>> + Send + 'static,
+    at: Instant,
+) -> impl Stream<Item = Result<ClassifyResponse, Status>> + Send {
+    let expired = Box::pin(tokio::time::sleep_until(at.into()));
+    futures::stream::unfold(Some((Box::pin(answers), expired)), |state| async move {
+        let (mut answers, mut expired) = state?;
+        tokio::select! {
+            biased;
+            answer = answers.next() => answer.map(|answer| (answer, Some((answers, expired)))),
+            () = &mut expired => {
+                let e = Error::DeadlineExceeded(
+                    "the stream's deadline (grpc-timeout, from the arrival of its headers) passed; \
+                     messages not answered by then were dropped"
+                        .to_string(),
+                );
+                Some((Err(Status::from(e)), None))
+            }
+        }
+    })
 }
 
 /// Logs a failed call at a level that matches who must act: the caller's mistakes at debug,
