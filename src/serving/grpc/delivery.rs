@@ -7,9 +7,9 @@
 //!
 //! Each answer's body is tracked from the moment its handler returns it until its last frame is
 //! handed to HTTP/2 (hyper asks a body for its next frame only once the client has granted room
-//! for it). A connection whose oldest answer has waited that long for its client for
-//! `server.send_timeout` is closed; so is one whose answer waited a second while the process
-//! holds `CROWDED` such answers, or while it drains for shutdown. An answer that waits on its
+//! for it). A connection whose oldest answer has waited for its client for
+//! `server.send_timeout` is closed; so is one whose answer waited a second while its listener
+//! holds `CROWDED` open answers, or while the server drains for shutdown. An answer that waits on its
 //! own source (a ClassifyStream between the client's messages) is not waiting for the client.
 
 use std::collections::HashMap;
@@ -22,14 +22,14 @@ use std::time::{Duration, Instant};
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::sync::Notify;
 
-/// Answers open process-wide beyond which a second of waiting for the client closes a
+/// Answers open on a listener beyond which a second of waiting for the client closes a
 /// connection: at the ~10 KiB an open answered call holds, 40 MiB.
 pub const CROWDED: usize = 4096;
 
-/// How long an answer may wait for its client when the process is crowded or draining.
+/// How long an answer may wait for its client when the listener is crowded or draining.
 pub const SHORT_WAIT: Duration = Duration::from_secs(1);
 
-/// Answers open, process-wide.
+/// Answers open on one listener (all its connections).
 #[derive(Clone, Default)]
 pub struct Open(Arc<AtomicUsize>);
 

@@ -312,7 +312,7 @@ struct Connection {
     /// The connection's own upload budget, and the process's.
     budgets: (Budget, Budget),
     phase: watch::Receiver<Phase>,
-    /// Answers open process-wide (`delivery`).
+    /// Answers open on this listener (`delivery`).
     answers: Open,
     _slot: Slot,
 }
