@@ -295,17 +295,21 @@ async fn connections_that_never_finish_the_handshake_are_closed() {
     server.stop().await;
 }
 
+/// One model, a 60 s `shutdown_grace` (`config_with` sets 5 s) and `server` keys.
+fn long_grace_config(server: &str) -> modserve::config::Config {
+    let text = format!(
+        "[server]\ngrpc_listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\nshutdown_grace = \"60s\"\n\
+         {server}\nonnxruntime_lib = {:?}\n{ONE_MODEL}",
+        ort_lib().display().to_string()
+    );
+    modserve::config::Config::parse(&text, &repo().join("test.toml"), &Default::default()).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_connection_does_not_hold_shutdown_for_the_grace() {
     let _guard = exclusive().await;
     // A long grace and handshake timeout: only the drain's own rule can end the connection early.
-    let text = format!(
-        "[server]\ngrpc_listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\nshutdown_grace = \"60s\"\n\
-         handshake_timeout = \"60s\"\nonnxruntime_lib = {:?}\n{ONE_MODEL}",
-        ort_lib().display().to_string()
-    );
-    let config = modserve::config::Config::parse(&text, &repo().join("test.toml"), &Default::default()).unwrap();
-    let server = TestServer::start(config).await;
+    let server = TestServer::start(long_grace_config("handshake_timeout = \"60s\"")).await;
     let _silent = TcpStream::connect(server.grpc_addr).await.unwrap();
     let mut half = TcpStream::connect(server.grpc_addr).await.unwrap();
     half.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
@@ -783,13 +787,7 @@ async fn a_connection_whose_answers_are_never_taken_is_closed_at_the_send_timeou
 async fn answers_never_taken_do_not_hold_shutdown_for_the_grace() {
     let _guard = exclusive().await;
     // A long grace and send timeout: only the drain's own rule can end the connection early.
-    let text = format!(
-        "[server]\ngrpc_listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\nshutdown_grace = \"60s\"\n\
-         send_timeout = \"60s\"\nonnxruntime_lib = {:?}\n{ONE_MODEL}",
-        ort_lib().display().to_string()
-    );
-    let config = modserve::config::Config::parse(&text, &repo().join("test.toml"), &Default::default()).unwrap();
-    let server = TestServer::start(config).await;
+    let server = TestServer::start(long_grace_config("send_timeout = \"60s\"")).await;
     let (sender, _connection) = h2_sender_granting_no_window(server.grpc_addr).await;
     let _answers = answered_but_not_taken(&sender, server.grpc_addr, 3).await;
     // Not a speed assertion: with the bug, stop waits the whole 60 s grace.
