@@ -38,7 +38,8 @@ fn describe_transport() {
     describe_gauge!(
         CALLS_IN_PROGRESS,
         "Classify calls in progress now (both APIs), by connection: light (its only call) or busy (more than one \
-         at a time); busy ones are held to server.max_busy_calls_in_progress while light ones call."
+         at a time, or a call of 512 KiB or more); busy ones are held to server.max_busy_calls_in_progress while \
+         light ones call."
     );
     describe_counter!(
         CONNECTIONS_CLOSED_IDLE_TOTAL,
