@@ -20,6 +20,9 @@
 # modserve.toml does; CONFIGS=aa runs the A/A control (both halves sample nothing), which shows
 # how far apart two identical halves read on this machine.
 #
+# CLIENT_RT=1 runs the load generator under SCHED_FIFO, so that its own waits for a CPU (behind
+# the server's cgroup, which the kernel compares as one entity) do not count as live latency.
+#
 # LOADS (default "25 50 80") sets the open-loop levels, in percent of live-only capacity: a low
 # level such as 1 is where a heavy shadow can compare most of what it samples.
 #
@@ -145,7 +148,7 @@ scrape() { curl -s "http://$metrics/metrics" >"$1"; }
 
 loadgen() {  # loadgen PLACEMENT ARGS...
     local placement="$1"; shift
-    taskset -c "$(client_cpus "$placement")" target/release/loadgen --addr "http://$grpc" --json \
+    ${CLIENT_RT:+chrt -f 1} taskset -c "$(client_cpus "$placement")" target/release/loadgen --addr "http://$grpc" --json \
         --duration "$duration" --warmup "$warmup" "$@"
 }
 
