@@ -305,6 +305,14 @@ fn long_grace_config(server: &str) -> modserve::config::Config {
     modserve::config::Config::parse(&text, &repo().join("test.toml"), &Default::default()).unwrap()
 }
 
+/// Stops a server made with `long_grace_config`; panics if the stop waits out its 60 s grace.
+/// Not a speed assertion: with the bugs these tests guard, stop waits the whole grace.
+async fn stops_before_the_grace(server: TestServer, held_by: &str) {
+    if tokio::time::timeout(Duration::from_secs(20), server.stop()).await.is_err() {
+        panic!("shutdown did not wait out the grace for {held_by}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_connection_does_not_hold_shutdown_for_the_grace() {
     let _guard = exclusive().await;
@@ -315,10 +323,7 @@ async fn a_silent_connection_does_not_hold_shutdown_for_the_grace() {
     half.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
     let open = [("listener", "grpc")];
     assert_eq!(server.wait_gauge("modserve_connections_open", &open, 2.0).await, Some(2.0), "both accepted");
-    // Not a speed assertion: with the bug, stop waits the whole 60 s grace.
-    tokio::time::timeout(Duration::from_secs(20), server.stop())
-        .await
-        .expect("shutdown did not wait out the grace for connections with no call");
+    stops_before_the_grace(server, "connections with no call").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -790,10 +795,7 @@ async fn answers_never_taken_do_not_hold_shutdown_for_the_grace() {
     let server = TestServer::start(long_grace_config("send_timeout = \"60s\"")).await;
     let (sender, _connection) = h2_sender_granting_no_window(server.grpc_addr).await;
     let _answers = answered_but_not_taken(&sender, server.grpc_addr, 3).await;
-    // Not a speed assertion: with the bug, stop waits the whole 60 s grace.
-    tokio::time::timeout(Duration::from_secs(20), server.stop())
-        .await
-        .expect("shutdown did not wait out the grace for answers the client never takes");
+    stops_before_the_grace(server, "answers the client never takes").await;
 }
 
 /// Large calls weigh on the busy bound by their size (`turns::LARGE_CALL_BYTES`): three
