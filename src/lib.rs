@@ -32,7 +32,8 @@
 //! `rotation` (per-caller waiting lines served in turn),
 //! `policy` (the decision), `journal` (every decision as JSON lines, off by default), `jsonl`
 //! (the bounded, rotating JSON-lines writer behind the journal, the disagreement log and the
-//! labelling queue), `error` (mapped to gRPC status in `serving::grpc::status` only),
+//! labelling queue), `log_rate` (warnings an attacker could make fire at will, at most one line
+//! per period), `error` (mapped to gRPC status in `serving::grpc::status` only),
 //! `metrics` (every metric name), `otel` (OpenTelemetry traces, off unless the `OTEL_*`
 //! variables ask) and `shutdown`. `app` wires the layers into a running server;
 //! `cli` is the command line; `sys`, the syscalls, is the one module allowed `unsafe`.
@@ -46,6 +47,7 @@ pub mod feedback;
 pub mod inference;
 pub mod journal;
 pub mod jsonl;
+pub mod log_rate;
 pub mod metrics;
 pub mod offline;
 pub mod otel;

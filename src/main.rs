@@ -82,8 +82,10 @@ fn init_logging(format: LogFormat) {
     // Panics (caught per batch by the inference workers) go to the structured log, not raw
     // stderr, so on-call sees them with the rest.
     std::panic::set_hook(Box::new(|info| tracing::error!(panic = %info, "panic")));
+    // h2 warns once per connection it closes for misbehaving, which a rapid-reset flood turns
+    // into ~40 lines a second; the transport counts and logs those closes itself, sparsely.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,ort=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,ort=warn,h2=error"));
     // Colour only on a terminal: escape codes in a log file or collector are noise.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);

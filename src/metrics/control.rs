@@ -66,6 +66,9 @@ pub enum TransportRefusal {
     /// The connection was closed: an answer on it waited for the client to take it past
     /// `server.send_timeout` (HTTP/2 flow control; `serving::grpc::delivery`).
     AnswerNotTaken,
+    /// The connection was closed with a GOAWAY for breaking HTTP/2 (e.g. too many streams reset
+    /// before they were answered: the "rapid reset" flood; a malformed frame).
+    ProtocolError,
 }
 
 impl TransportRefusal {
@@ -80,6 +83,7 @@ impl TransportRefusal {
             TransportRefusal::FeedbackQueueFull => "feedback_queue_full",
             TransportRefusal::TurnDeadline => "turn_deadline",
             TransportRefusal::AnswerNotTaken => "answer_not_taken",
+            TransportRefusal::ProtocolError => "protocol_error",
         }
     }
 }

@@ -52,7 +52,8 @@ fn describe_transport() {
          upload_budget_process, upload_deadline, feedback_queue_full: a SubmitVerdicts message larger than the \
          verdict queue's room, refused at its prefix; turn_deadline: a call's deadline passed while it waited for a \
          turn; answer_not_taken: a connection closed because an answer waited past server.send_timeout for the \
-         client to take it)."
+         client to take it; protocol_error: a connection closed with a GOAWAY for breaking HTTP/2, e.g. too many \
+         streams reset before they were answered)."
     );
 }
 

@@ -295,6 +295,54 @@ async fn connections_that_never_finish_the_handshake_are_closed() {
     server.stop().await;
 }
 
+/// An HTTP/2 frame: length, type, flags, stream id, payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut frame = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    frame.extend([kind, flags]);
+    frame.extend(stream.to_be_bytes());
+    frame.extend(payload);
+    frame
+}
+
+/// The error code of the first GOAWAY frame in `bytes` (frames the server sent).
+fn goaway_code(mut bytes: &[u8]) -> Option<u32> {
+    while bytes.len() >= 9 {
+        let len = u32::from_be_bytes([0, bytes[0], bytes[1], bytes[2]]) as usize;
+        let payload = bytes.get(9..9 + len)?;
+        if bytes[3] == 0x7 && len >= 8 {
+            return Some(u32::from_be_bytes(payload[4..8].try_into().unwrap()));
+        }
+        bytes = &bytes[9 + len..];
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rapid_reset_flood_closes_its_connection_and_is_counted() {
+    let _guard = exclusive().await;
+    let server = TestServer::start(config_with("", ONE_MODEL)).await;
+    let base = server.scrape().await;
+    let mut flood = TcpStream::connect(server.grpc_addr).await.unwrap();
+    let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    bytes.extend(h2_frame(0x4, 0, 0, &[]));
+    // 200 calls opened and cancelled in one write: each reset before the server took its call.
+    for stream in (1..400).step_by(2) {
+        // HPACK: :method POST, :scheme http, :path / (static table entries); END_HEADERS.
+        bytes.extend(h2_frame(0x1, 0x4, stream, &[0x83, 0x86, 0x84]));
+        bytes.extend(h2_frame(0x3, 0, stream, &8u32.to_be_bytes()));
+    }
+    flood.write_all(&bytes).await.unwrap();
+    let mut sent = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), flood.read_to_end(&mut sent)).await;
+    assert!(matches!(read, Ok(Ok(_)) | Ok(Err(_))), "the server closed the connection");
+    assert_eq!(goaway_code(&sent), Some(0xb), "GOAWAY with ENHANCE_YOUR_CALM");
+    assert_eq!(refusals(&server, &base, "protocol_error").await, 1.0);
+    // Another caller is served meanwhile and after.
+    let mut client = server.client().await;
+    client.classify(request(vec![review("ok", "you idiot")])).await.expect("served");
+    server.stop().await;
+}
+
 /// One model, a 60 s `shutdown_grace` (`config_with` sets 5 s) and `server` keys.
 fn long_grace_config(server: &str) -> modserve::config::Config {
     let text = format!(

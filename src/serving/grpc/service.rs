@@ -180,16 +180,10 @@ fn log_error(e: &Error) {
 const SHED_WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn warn_shed(e: &Error) {
-    static SINCE: std::sync::Mutex<(Option<Instant>, u64)> = std::sync::Mutex::new((None, 0));
-    let mut since = SINCE.lock().unwrap_or_else(|e| e.into_inner());
-    since.1 += 1;
-    if since.0.is_some_and(|t| t.elapsed() < SHED_WARN_EVERY) {
-        return;
+    static SHED: crate::log_rate::Every = crate::log_rate::Every::new(SHED_WARN_EVERY);
+    if let Some(shed) = SHED.note() {
+        tracing::warn!(error = %e, shed, "requests shed (logged at most every second; shed = calls refused since the last line)");
     }
-    let shed = std::mem::take(&mut since.1);
-    since.0 = Some(Instant::now());
-    drop(since);
-    tracing::warn!(error = %e, shed, "requests shed (logged at most every second; shed = calls refused since the last line)");
 }
 
 /// The caller's trace context, from the W3C headers in its metadata.

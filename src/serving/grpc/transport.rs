@@ -196,7 +196,7 @@ pub async fn serve(
             ),
             phase: phases.clone(),
             answers: answers.clone(),
-            _slot: slot,
+            slot,
         };
         let tls = tls.as_ref().map(|t| t.acceptor());
         tokio::spawn(connection.start(stream, tls));
@@ -314,7 +314,7 @@ struct Connection {
     phase: watch::Receiver<Phase>,
     /// Answers open on this listener (`delivery`).
     answers: Open,
-    _slot: Slot,
+    slot: Slot,
 }
 
 impl Connection {
@@ -344,7 +344,7 @@ impl Connection {
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let name = self.name;
+        let (name, peer) = (self.name, self.slot.peer);
         // Milliseconds since `accepted` at which the last call started.
         let last_call = Arc::new(AtomicU64::new(0));
         let calls = Calls {
@@ -428,9 +428,41 @@ impl Connection {
             }
         };
         if let Err(e) = result {
-            tracing::debug!(listener = name, error = %e, "connection ended with an error");
+            match broke_protocol(&e) {
+                Some(reason) => {
+                    metrics::transport_refused(name, TransportRefusal::ProtocolError);
+                    if let Some(closed) = PROTOCOL_ERRORS.note() {
+                        tracing::warn!(
+                            listener = name,
+                            peer = %peer,
+                            %reason,
+                            closed,
+                            "closed a connection that broke HTTP/2 (logged at most every 10s; closed = such connections since the last line, \
+                             all counted in modserve_transport_refusals_total{{reason=\"protocol_error\"}})"
+                        );
+                    }
+                }
+                None => tracing::debug!(listener = name, error = %e, "connection ended with an error"),
+            }
         }
     }
+}
+
+/// Connections closed for breaking HTTP/2: a flood of them (rapid reset opens and loses hundreds
+/// a second) is one warning per period, not one per connection.
+static PROTOCOL_ERRORS: crate::log_rate::Every = crate::log_rate::Every::new(Duration::from_secs(10));
+
+/// The reason of the GOAWAY the server sent when `e` ended a connection for breaking HTTP/2;
+/// `None` for anything else (the client went away, an I/O error, a GOAWAY the client sent).
+fn broke_protocol(e: &hyper::Error) -> Option<h2::Reason> {
+    let mut source = std::error::Error::source(e);
+    while let Some(error) = source {
+        if let Some(h2) = error.downcast_ref::<h2::Error>() {
+            return h2.reason().filter(|_| h2.is_go_away() && h2.is_library());
+        }
+        source = error.source();
+    }
+    None
 }
 
 /// What every call on one connection shares: its routes, its budgets, and when a call last began.
