@@ -25,8 +25,11 @@
 #
 # LOADS (default "25 50 80") sets the open-loop levels, in percent of live-only capacity: a low
 # level such as 1 is where a heavy shadow can compare most of what it samples.
+# CAPACITY=N takes N req/s as every placement's live-only capacity instead of measuring it, so
+# two runs (e.g. with and without CLIENT_RT, which changes the measured capacity) offer the same
+# absolute rates.
 #
-# usage: [ROUNDS=3 | TOGGLE=5] [DURATION=8s] [WARMUP=2s] [BUDGET=0.15] [RESERVE=0.5] [LOADS="25 50 80"] benches/isolation.sh
+# usage: [ROUNDS=3 | TOGGLE=5] [DURATION=8s] [WARMUP=2s] [BUDGET=0.15] [RESERVE=0.5] [LOADS="25 50 80"] [CAPACITY=N] benches/isolation.sh
 # Raw JSON lines go to target/bench/isolation-*.jsonl; the Markdown summary (medians) to stdout.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -180,9 +183,13 @@ throttled_us() {  # total time the quota cgroup was throttled, in microseconds
 # === capacity, once ===
 declare -A capacity
 for placement in ${PLACEMENTS:-one two quota}; do
-    start_server "$placement" none
-    capacity[$placement]="$(loadgen "$placement" --concurrency 16 | python3 -c 'import json,sys; print(round(json.loads(sys.stdin.readline())["requests_per_s"]))')"
-    stop_server
+    if [[ -n "${CAPACITY:-}" ]]; then
+        capacity[$placement]="$CAPACITY"
+    else
+        start_server "$placement" none
+        capacity[$placement]="$(loadgen "$placement" --concurrency 16 | python3 -c 'import json,sys; print(round(json.loads(sys.stdin.readline())["requests_per_s"]))')"
+        stop_server
+    fi
     echo "live-only capacity, $placement: ${capacity[$placement]} req/s" >&2
     echo "{\"capacity\":{\"placement\":\"$placement\",\"requests_per_s\":${capacity[$placement]}}}" >>"$out"
 done

@@ -435,7 +435,7 @@ impl Connection {
                         tracing::warn!(
                             listener = name,
                             peer = %peer,
-                            %reason,
+                            reason = ?reason,
                             closed,
                             "closed a connection that broke HTTP/2 (logged at most every 10s; closed = such connections since the last line, \
                              all counted in modserve_transport_refusals_total{{reason=\"protocol_error\"}})"

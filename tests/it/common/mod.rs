@@ -190,20 +190,30 @@ pub async fn wait_for_growth(
 }
 
 /// Follows the health Watch stream until the Moderation service reports SERVING (60 s at most).
+/// A stream that breaks is watched again: while a replica is rolled, the connection may still
+/// reach the process that is going away.
 pub async fn wait_serving(channel: Channel) {
     let mut health = HealthClient::new(channel);
-    let mut watch = health
-        .watch(HealthCheckRequest { service: MODERATION_SERVICE.into() })
-        .await
-        .expect("health watch")
-        .into_inner();
     let wait = async {
-        while let Some(msg) = watch.message().await.expect("health stream") {
-            if msg.status == ServingStatus::Serving as i32 {
-                return;
+        let mut last_error = String::new();
+        loop {
+            match health.watch(HealthCheckRequest { service: MODERATION_SERVICE.into() }).await {
+                Ok(watch) => {
+                    let mut watch = watch.into_inner();
+                    loop {
+                        match watch.message().await {
+                            Ok(Some(msg)) if msg.status == ServingStatus::Serving as i32 => return,
+                            Ok(Some(_)) => {}
+                            Ok(None) => break last_error = "the health stream ended".into(),
+                            Err(e) => break last_error = format!("the health stream broke: {e}"),
+                        }
+                    }
+                }
+                Err(e) => last_error = format!("health watch refused: {e}"),
             }
+            eprintln!("wait_serving: {last_error}; watching again");
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("health stream ended before SERVING");
     };
     tokio::time::timeout(Duration::from_secs(60), wait).await.expect("server became SERVING within 60 s");
 }
