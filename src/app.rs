@@ -257,7 +257,6 @@ fn serve<H: tonic_health::pb::health_server::Health>(
     let limits = transport::CallLimits {
         ceiling: call_ceiling.clone(),
         admission: Arc::new(move |path| (path == SUBMIT_VERDICTS_PATH).then(|| verdicts_check.clone())),
-        turns: turns.clone(),
     };
     let transport = |name, listener, routes: tonic::service::Routes| {
         tokio::spawn(transport::serve(
@@ -288,7 +287,6 @@ fn serve<H: tonic_health::pb::health_server::Health>(
                 metrics::TransportRefusal::UploadBudgetProcess,
             )
             .shown(metrics::request_bytes_receiving(http::LISTENER)),
-            turns,
         };
         let settings = http::HttpSettings::new(&config.server);
         tokio::spawn(http::serve(listener, api, settings, bound.tls.clone(), transport_signal.clone()))

@@ -131,12 +131,23 @@ pub struct ClassifyInput {
 pub const MAX_ID_BYTES: usize = 256;
 /// Most structured signals on one review.
 pub const MAX_SIGNALS: usize = 64;
+/// Longest signal name, language tag and request id accepted, in bytes: each is echoed in logs,
+/// traces or answers, and none needs more (a BCP 47 tag is at most 35).
+pub const MAX_SIGNAL_NAME_BYTES: usize = 128;
+pub const MAX_LANGUAGE_BYTES: usize = 64;
+pub const MAX_REQUEST_ID_BYTES: usize = 256;
 
 /// Checks every rule of the API on a request's reviews and task names; the first broken rule
 /// fails the request, naming the field and the review's index.
 pub fn validate(request: RawRequest, limits: &Limits) -> Result<ClassifyInput, Error> {
     let RawRequest { reviews: raw, tasks, request_id, surface } = request;
     check_surface("surface", surface.as_deref())?;
+    if request_id.len() > MAX_REQUEST_ID_BYTES {
+        return Err(Error::invalid(
+            "request_id",
+            format!("{} bytes exceed the limit of {MAX_REQUEST_ID_BYTES}", request_id.len()),
+        ));
+    }
     if raw.is_empty() {
         return Err(Error::invalid("reviews", "at least one review is required"));
     }
@@ -234,8 +245,20 @@ pub fn validate_review(at: &str, r: RawReview, limits: &Limits) -> Result<Review
             format!("{} signals exceed the limit of {MAX_SIGNALS}", r.signals.len()),
         ));
     }
+    if let Some(k) = r.signals.keys().find(|k| k.len() > MAX_SIGNAL_NAME_BYTES) {
+        return Err(Error::invalid(
+            format!("{at}signals[{}]", crate::error::excerpt(k)),
+            format!("the name's {} bytes exceed the limit of {MAX_SIGNAL_NAME_BYTES}", k.len()),
+        ));
+    }
     if let Some((k, _)) = r.signals.iter().find(|(_, v)| !v.is_finite() || v.abs() > f32::MAX as f64) {
         return Err(Error::invalid(format!("{at}signals[{k:?}]"), "must be a finite number within float32 range"));
+    }
+    if let Some(language) = r.language.as_deref().filter(|l| l.len() > MAX_LANGUAGE_BYTES) {
+        return Err(Error::invalid(
+            format!("{at}language"),
+            format!("{} bytes exceed the limit of {MAX_LANGUAGE_BYTES}", language.len()),
+        ));
     }
     let model_text = match title {
         // Sized once: `format!` starts empty and grows as it writes, re-allocating and copying

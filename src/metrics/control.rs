@@ -69,6 +69,9 @@ pub enum TransportRefusal {
     /// The connection was closed with a GOAWAY for breaking HTTP/2 (e.g. too many streams reset
     /// before they were answered: the "rapid reset" flood; a malformed frame).
     ProtocolError,
+    /// A health Watch or reflection stream over its bound, per connection or per listener
+    /// (`serving::grpc::endless`).
+    EndlessStreamLimit,
 }
 
 impl TransportRefusal {
@@ -84,6 +87,7 @@ impl TransportRefusal {
             TransportRefusal::TurnDeadline => "turn_deadline",
             TransportRefusal::AnswerNotTaken => "answer_not_taken",
             TransportRefusal::ProtocolError => "protocol_error",
+            TransportRefusal::EndlessStreamLimit => "endless_stream_limit",
         }
     }
 }

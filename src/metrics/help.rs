@@ -53,7 +53,8 @@ fn describe_transport() {
          verdict queue's room, refused at its prefix; turn_deadline: a call's deadline passed while it waited for a \
          turn; answer_not_taken: a connection closed because an answer waited past server.send_timeout for the \
          client to take it; protocol_error: a connection closed with a GOAWAY for breaking HTTP/2, e.g. too many \
-         streams reset before they were answered)."
+         streams reset before they were answered; endless_stream_limit: a health Watch or reflection stream over \
+         its bound, 8 per connection and 2048 per listener)."
     );
 }
 

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod codec;
 pub mod convert;
 pub mod delivery;
+pub mod endless;
 pub mod feedback;
 pub mod service;
 pub mod status;

@@ -1,13 +1,15 @@
 //! Classify calls in progress, bounded across the process (`server.max_calls_in_progress`), over
-//! both APIs: a call past the bound waits for a turn before its request is read, and turns go to
+//! both APIs: a call past the bound waits for a turn once its request is in, and turns go to
 //! one connection at a time in rotation (`request::Caller`, `rotation`).
 //!
 //! Every call in progress is a task the async runtime polls at each step, in arrival order: one
 //! client keeping 512 calls in flight on 8 connections made another caller's calls wait behind
 //! all of them in the runtime's queues (its p50 1.7 -> 10.8 ms, p99 3.3 -> 27 ms, with the model
 //! queue already taking turns), where 64 calls already kept the workers as busy (22,191 against
-//! 24,825 answers/s). A call waiting here is parked, costs the runtime nothing, and has not been
-//! read: HTTP/2 flow control holds the rest of its upload at the client.
+//! 24,825 answers/s). A call waiting here is parked and costs the runtime nothing; its request's
+//! bytes stay reserved from the upload budgets while it waits (`grpc::upload::Parked`). The turn
+//! is not taken before the request is in: then 32 uploads stalled after their headers held every
+//! turn until their deadline, and every other caller's calls failed.
 //!
 //! Busy connections yield to light ones: a call is busy when its connection has another in
 //! progress or waiting, or had two at once within the last second and started at least half the
@@ -165,7 +167,9 @@ impl Call {
 impl State {
     /// Counts a call from `caller` and says whether it is a busy one (see the module's doc), and
     /// what it is expected to weigh: what its connection's last large call weighed, else one.
-    fn mark(&mut self, caller: Caller, now: Instant, window: Duration) -> (bool, usize) {
+    /// `sized` is the weight of the call's request when its size is known (`None`: not yet; it
+    /// is weighed later).
+    fn mark(&mut self, caller: Caller, sized: Option<usize>, now: Instant, window: Duration) -> (bool, usize) {
         let first = *self.first.get_or_insert(now);
         let period = (now.saturating_duration_since(first).as_nanos() / window.as_nanos().max(1)) as u64;
         if period != self.period {
@@ -185,6 +189,10 @@ impl State {
         self.counts.conns += u64::from(conn.calls == 1);
         let concurrent = conn.in_progress > 0 || waiting > 0;
         let had_two = conn.busy_until.is_some_and(|until| now < until);
+        if let Some(sized) = sized {
+            // As `Turns::weigh` would once the call is in progress.
+            (conn.heavy_until, conn.weight) = if sized > 1 { (Some(now + window), sized) } else { (None, 1) };
+        }
         let heavy = conn.heavy_until.is_some_and(|until| now < until);
         let weight = if heavy { conn.weight } else { 1 };
         // At least half the mean per connection: 2 * its calls >= calls / connections. No count
@@ -295,10 +303,17 @@ impl Turns {
     /// Cancel-safe: a call that stops waiting gives up its place, and a turn handed to it as it
     /// stopped goes to the next.
     pub async fn enter(&self, caller: Caller) -> Permit {
+        self.enter_sized(caller, None).await
+    }
+
+    /// `enter` for a call whose request is `bytes` long, when that is known: it is weighed by
+    /// its size from the start (`LARGE_CALL_BYTES`).
+    async fn enter_sized(&self, caller: Caller, bytes: Option<usize>) -> Permit {
         let rx = {
             let now = Instant::now();
             let mut state = self.lock();
-            let (busy, weight) = state.mark(caller, now, self.0.window);
+            let sized = bytes.map(|bytes| (bytes / LARGE_CALL_BYTES).clamp(1, self.0.max_busy));
+            let (busy, weight) = state.mark(caller, sized, now, self.0.window);
             let ahead = match (busy, weight > 1) {
                 (false, _) => state.light.len(),
                 (true, false) => state.light.len() + state.busy.len(),
@@ -328,9 +343,10 @@ impl Turns {
         permit
     }
 
-    /// `enter`, given up at `limit`: the refusal says why.
-    pub async fn enter_within(&self, caller: Caller, limit: Duration) -> Result<Permit, Error> {
-        tokio::time::timeout(limit, self.enter(caller)).await.map_err(|_| {
+    /// `enter` for a call whose request of `bytes` has arrived, given up at `limit`: the refusal
+    /// says why.
+    pub async fn enter_within(&self, caller: Caller, bytes: usize, limit: Duration) -> Result<Permit, Error> {
+        tokio::time::timeout(limit, self.enter_sized(caller, Some(bytes))).await.map_err(|_| {
             Error::DeadlineExceeded(format!(
                 "after {limit:?} waiting for a turn: {} Classify calls were in progress \
                  (server.max_calls_in_progress); the server is overloaded, retry with backoff",
@@ -771,7 +787,7 @@ mod tests {
         let calls = |state: &mut State, caller: Caller, n: usize, at: Instant| -> Vec<bool> {
             let kinds: Vec<bool> = (0..n)
                 .map(|_| {
-                    let (busy, weight) = state.mark(caller, at, window);
+                    let (busy, weight) = state.mark(caller, None, at, window);
                     state.start(caller, busy, weight, at, window);
                     busy
                 })

@@ -242,6 +242,43 @@ async fn stalled_uploads_are_bounded_in_bytes_and_cut_at_their_deadline() {
     server.stop().await;
 }
 
+/// A Classify call takes its turn once its request is in: calls whose uploads stall (over gRPC
+/// and over HTTP/JSON), twice as many as there are turns, leave another caller served; while
+/// they stall their bytes stay reserved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_uploads_hold_no_turn() {
+    let _guard = exclusive().await;
+    let server = TestServer::start(config_with(
+        "max_calls_in_progress = 2\nhttp_listen = \"127.0.0.1:0\"",
+        &format!("[limits]\nmax_call_timeout = \"60s\"\n{ONE_MODEL}"),
+    ))
+    .await;
+    let sender = h2_sender(server.grpc_addr).await;
+    let stalled: Vec<_> = (0..2).map(|_| stalled_upload(&sender, server.grpc_addr, 1000, 10, "60S")).collect();
+    let receiving = [("listener", "grpc")];
+    let reserved = server.wait_gauge("modserve_request_bytes_receiving", &receiving, 2000.0).await;
+    assert_eq!(reserved, Some(2000.0), "both uploads under way");
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut http = TcpStream::connect(server.http_addr.expect("http_listen is set")).await.unwrap();
+        let head = "POST /v1/classify HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"reviews\"";
+        http.write_all(head.as_bytes()).await.unwrap();
+        held.push(http);
+    }
+    let receiving = [("listener", "http")];
+    let reserved = server.wait_gauge("modserve_request_bytes_receiving", &receiving, 2000.0).await;
+    assert_eq!(reserved, Some(2000.0), "both HTTP bodies under way");
+    let mut client = server.client().await;
+    let mut call = tonic::Request::new(request(vec![review("ok", "you idiot")]));
+    call.set_timeout(Duration::from_secs(20));
+    client.classify(call).await.expect("served while four uploads stall");
+    for call in stalled {
+        call.abort();
+    }
+    drop(held);
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_the_per_peer_limit_are_closed_at_once() {
     let _guard = exclusive().await;
@@ -359,6 +396,63 @@ async fn stops_before_the_grace(server: TestServer, held_by: &str) {
     if tokio::time::timeout(Duration::from_secs(20), server.stop()).await.is_err() {
         panic!("shutdown did not wait out the grace for {held_by}");
     }
+}
+
+/// A health Watch answers only when the status changes, so it stays open for the client's life:
+/// at shutdown it ends UNAVAILABLE (after NOT_SERVING) instead of holding the drain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_health_watch_ends_at_shutdown_instead_of_holding_the_grace() {
+    use tonic_health::pb::HealthCheckRequest;
+    let _guard = exclusive().await;
+    let server = TestServer::start(long_grace_config("")).await;
+    let mut health = server.health().await;
+    let mut watch = health.watch(HealthCheckRequest { service: String::new() }).await.unwrap().into_inner();
+    assert!(watch.message().await.unwrap().is_some(), "the current status");
+    let watching = tokio::spawn(async move {
+        loop {
+            match watch.message().await {
+                Ok(Some(_)) => {}
+                Ok(None) => return None,
+                Err(status) => return Some(status.code()),
+            }
+        }
+    });
+    stops_before_the_grace(server, "an open health Watch").await;
+    assert_eq!(watching.await.unwrap(), Some(Code::Unavailable), "the Watch ended with the shutdown");
+}
+
+/// Health Watch and reflection streams are bounded per connection: one over is refused at once
+/// and counted; a closed one gives its place back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_watch_streams_are_bounded_per_connection() {
+    use tonic_health::pb::HealthCheckRequest;
+    let _guard = exclusive().await;
+    let server = TestServer::start(config_with("", ONE_MODEL)).await;
+    let base = server.scrape().await;
+    let mut health = server.health().await;
+    let mut open = Vec::new();
+    for _ in 0..modserve::serving::grpc::endless::MAX_PER_CONNECTION {
+        open.push(health.watch(HealthCheckRequest { service: String::new() }).await.expect("within the bound"));
+    }
+    let over = health.watch(HealthCheckRequest { service: String::new() }).await.map(|_| ()).unwrap_err();
+    assert_eq!(over.code(), Code::ResourceExhausted, "{over:?}");
+    assert!(over.message().contains("Watch"), "{over:?}");
+    assert_eq!(refusals(&server, &base, "endless_stream_limit").await, 1.0);
+    open.pop();
+    let mut again = None;
+    for _ in 0..50 {
+        match health.watch(HealthCheckRequest { service: String::new() }).await {
+            Ok(watch) => {
+                again = Some(watch);
+                break;
+            }
+            // The closed stream's place comes back once the server has seen it close.
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    assert!(again.is_some(), "a closed Watch gives its place back");
+    drop((open, again));
+    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

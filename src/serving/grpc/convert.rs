@@ -164,6 +164,21 @@ mod tests {
     }
 
     #[test]
+    fn overlong_signal_names_languages_and_request_ids_are_refused_and_quoted_only_in_part() {
+        let long = "k".repeat(1 << 20);
+        let mut r = review("a", "body");
+        r.signals.insert(long.clone(), f64::NAN);
+        let err = validate(request(vec![r]), &Limits::default()).unwrap_err();
+        assert!(err.to_string().len() < 400, "{} bytes", err.to_string().len());
+        assert!(field_of(err).starts_with("reviews[0].signals[\"kkk"));
+        let mut r = review("a", "body");
+        r.language = Some(long.clone());
+        assert_eq!(field_of(validate(request(vec![r]), &Limits::default()).unwrap_err()), "reviews[0].language");
+        let req = pb::ClassifyRequest { request_id: long, ..request(vec![review("a", "body")]) };
+        assert_eq!(field_of(validate(req, &Limits::default()).unwrap_err()), "request_id");
+    }
+
+    #[test]
     fn a_surface_is_kept_and_an_empty_or_overlong_one_refused() {
         let with =
             |surface: &str| pb::ClassifyRequest { surface: Some(surface.into()), ..request(vec![review("a", "x")]) };

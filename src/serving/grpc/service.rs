@@ -10,27 +10,49 @@ use tonic::{Request, Response, Status, Streaming};
 use super::pb::moderation_server::Moderation;
 use super::pb::{self, ClassifyRequest, ClassifyResponse};
 use super::transport::{Arrival, parse_grpc_timeout};
+use super::upload::Parked;
 use super::{convert, status};
 use crate::error::Error;
 use crate::metrics::{self, TransportRefusal};
 use crate::otel;
 use crate::request::Caller;
 use crate::serving::classify::Classifier;
-use crate::serving::turns::Turns;
+use crate::serving::turns::{Permit, Turns};
 use crate::shutdown::ShutdownSignal;
 
 #[derive(Clone)]
 pub struct ModerationService {
     classifier: Classifier,
     shutdown: ShutdownSignal,
-    /// The calls-in-progress bound a stream's messages wait under, each as a call of its own
-    /// (a unary call waits in the transport, before it is read).
+    /// The calls-in-progress bound every Classify call, and each message of a stream, waits
+    /// under once its request is in (a stalled upload holds no turn).
     turns: Turns,
 }
 
 impl ModerationService {
     pub fn new(classifier: Classifier, shutdown: ShutdownSignal, turns: Turns) -> Self {
         ModerationService { classifier, shutdown, turns }
+    }
+
+    /// A turn among the Classify calls in progress for a call of `bytes` from `caller`, waited
+    /// for until the call's deadline (`limits.max_call_timeout` from its arrival at the most).
+    async fn turn(
+        &self,
+        caller: Caller,
+        bytes: usize,
+        arrived: Instant,
+        deadline: Option<Instant>,
+        protocol: metrics::Protocol,
+    ) -> Result<Permit, Error> {
+        let ceiling = self.classifier.state()?.config.limits.max_call_timeout;
+        let end = deadline.map_or(arrived + ceiling, |d| d.min(arrived + ceiling));
+        self.turns.enter_within(caller, bytes, end.saturating_duration_since(Instant::now())).await.inspect_err(|_| {
+            let listener = match protocol {
+                metrics::Protocol::Http => crate::serving::http::LISTENER,
+                _ => super::LISTENER,
+            };
+            metrics::transport_refused(listener, TransportRefusal::TurnDeadline);
+        })
     }
 
     /// `deadline` is the caller's, if it sent one (the classifier caps it); `parent` its trace.
@@ -57,7 +79,20 @@ impl Moderation for ModerationService {
         let (started, deadline, caller) = arrival(&request);
         let protocol = protocol(&request);
         let parent = trace_parent(&request);
-        let result = self.handle(request.into_inner(), started, deadline, caller, &parent).await.map_err(|e| {
+        let parked = request.extensions().get::<Parked>().cloned();
+        let bytes = prost::Message::encoded_len(request.get_ref());
+        let result = async {
+            let turn = self.turn(caller, bytes, started, deadline, protocol).await?;
+            // In progress now: its bytes are bounded by the turns, not the upload budget.
+            if let Some(parked) = parked {
+                parked.release();
+            }
+            let result = self.handle(request.into_inner(), started, deadline, caller, &parent).await;
+            drop(turn);
+            result
+        }
+        .await
+        .map_err(|e| {
             log_error(&e);
             Status::from(e)
         });
@@ -99,9 +134,9 @@ impl Moderation for ModerationService {
                     let request_id = request.request_id.clone();
                     // Each message is a Classify call under the calls-in-progress bound, in its
                     // connection's turn: otherwise streams would be a way around it.
-                    let result = match service.turns.enter_within(caller, ceiling).await {
+                    let bytes = prost::Message::encoded_len(&request);
+                    let result = match service.turns.enter_within(caller, bytes, ceiling).await {
                         Ok(turn) => {
-                            turn.weigh(prost::Message::encoded_len(&request));
                             let result = service.handle(request, started, None, caller, &parent).await;
                             drop(turn);
                             result

@@ -27,12 +27,12 @@ use tonic::service::Routes;
 use tower::ServiceExt;
 
 use super::delivery::{Deliveries, Open};
+use super::endless;
 use super::status;
-use super::upload::{BoundedBody, Budget};
+use super::upload::{BoundedBody, Budget, Parked};
 use crate::metrics::{self, TransportRefusal};
 use crate::request::Caller;
 use crate::serving::tls::Tls;
-use crate::serving::turns::{Permit, Turns, Weigher};
 use crate::shutdown::ShutdownSignal;
 
 /// HTTP/2 frames a peer may make us buffer per connection before we stop reading: bounded so a
@@ -129,13 +129,12 @@ pub use super::upload::MessageCheck;
 /// For a call's path, the check its messages pass before they are read, if any.
 pub type Admission = Arc<dyn Fn(&str) -> Option<MessageCheck> + Send + Sync>;
 
-/// What bounds every call of a listener: how long it may run, what its messages must pass
-/// before they are read, and (for Classify) the turns it waits for before it is read.
+/// What bounds every call of a listener: how long it may run, and what its messages must pass
+/// before they are read.
 #[derive(Clone)]
 pub struct CallLimits {
     pub ceiling: CallCeiling,
     pub admission: Admission,
-    pub turns: Turns,
 }
 
 /// Where the accept loop tells connections to stop.
@@ -167,6 +166,7 @@ pub async fn serve(
     let process_budget = Budget::new(settings.max_buffered_bytes, TransportRefusal::UploadBudgetProcess)
         .shown(metrics::request_bytes_receiving(name));
     let answers = Open::default();
+    let endless_open = endless::Open::default();
     let stop = shutdown.wait();
     tokio::pin!(stop);
     loop {
@@ -196,6 +196,7 @@ pub async fn serve(
             ),
             phase: phases.clone(),
             answers: answers.clone(),
+            endless: endless_open.clone(),
             slot,
         };
         let tls = tls.as_ref().map(|t| t.acceptor());
@@ -314,6 +315,8 @@ struct Connection {
     phase: watch::Receiver<Phase>,
     /// Answers open on this listener (`delivery`).
     answers: Open,
+    /// Health Watch and reflection streams open on this listener (`endless`).
+    endless: endless::Open,
     slot: Slot,
 }
 
@@ -355,6 +358,8 @@ impl Connection {
             routes: self.routes,
             limits: self.limits,
             budgets: self.budgets,
+            endless: (endless::Open::default(), self.endless),
+            phase: self.phase.clone(),
         };
         let deliveries = Deliveries::new(self.answers);
         let tracked = deliveries.clone();
@@ -476,6 +481,10 @@ struct Calls {
     limits: CallLimits,
     /// The connection's own upload budget, and the process's.
     budgets: (Budget, Budget),
+    /// Health Watch and reflection streams open on this connection, and on the listener.
+    endless: (endless::Open, endless::Open),
+    /// Whether the listener is draining (an endless call then ends).
+    phase: watch::Receiver<Phase>,
 }
 
 impl Calls {
@@ -487,38 +496,50 @@ impl Calls {
         let ceiling = (self.limits.ceiling)();
         let limit = asked.map_or(ceiling, |asked| asked.min(ceiling));
         let method = status::counted_method(request.uri().path());
-        let turn = match method {
-            Some("Classify") => match self.limits.turns.enter_within(self.caller, limit).await {
-                Ok(permit) => Some(permit),
-                Err(why) => {
-                    metrics::transport_refused(name, TransportRefusal::TurnDeadline);
-                    let status = tonic::Status::from(why);
-                    let code = status::code_name(status.code());
-                    metrics::request_finished(
-                        "Classify",
-                        metrics::Protocol::Grpc,
-                        code,
-                        arrived.elapsed().as_secs_f64(),
-                    );
+        let place = match endless::is_endless(request.uri().path()) {
+            false => None,
+            true => match endless::take(&self.endless.0, &self.endless.1) {
+                Some(place) => Some(place),
+                None => {
+                    metrics::transport_refused(name, TransportRefusal::EndlessStreamLimit);
+                    let status = tonic::Status::resource_exhausted(format!(
+                        "at most {} health Watch and reflection streams may be open on one connection, and {} on the \
+                         server; close one first",
+                        endless::MAX_PER_CONNECTION,
+                        endless::MAX_PER_LISTENER
+                    ));
                     return Ok(status.into_http());
                 }
             },
-            _ => None,
         };
+        // A Classify call takes its turn once its whole request is in (in the handler): a call
+        // whose upload stalls must not hold one (32 stalled uploads shut every other caller
+        // out). Until then its bytes stay reserved, so the requests waiting are bounded too.
+        let parked = (method == Some("Classify")).then(Parked::default);
         let (connection_budget, process_budget) = self.budgets;
-        let check = weighed((self.limits.admission)(request.uri().path()), turn.as_ref().and_then(Permit::weigher));
+        let check = (self.limits.admission)(request.uri().path());
         let mut request = request.map(|body| {
             BoundedBody::new(body, connection_budget, process_budget, move |why| metrics::transport_refused(name, why))
                 .checked(check)
+                .parking(parked.clone())
         });
+        if let Some(parked) = parked {
+            request.extensions_mut().insert(parked);
+        }
         let deadline = asked.and_then(|a| arrived.checked_add(a));
         request.extensions_mut().insert(Arrival { at: arrived, deadline, caller: self.caller });
         let left = (limit + DEADLINE_SLACK).saturating_sub(arrived.elapsed());
         let answered = tokio::time::timeout(left, self.routes.oneshot(request)).await;
-        drop(turn);
         match answered {
             Ok(response) => {
-                let response = response.unwrap_or_else(|never| match never {});
+                let mut response = response.unwrap_or_else(|never| match never {});
+                if let Some(place) = place {
+                    let mut phase = self.phase;
+                    let drained = async move {
+                        let _ = phase.wait_for(|p| *p != Phase::Serving).await;
+                    };
+                    response = response.map(|body| tonic::body::Body::new(endless::Ending::new(body, drained, place)));
+                }
                 Ok(match method {
                     Some(method) => answer_decode_failures_as_invalid(response, method, arrived),
                     None => response,
@@ -536,21 +557,6 @@ impl Calls {
             }
         }
     }
-}
-
-/// The method's check of each message's declared length, then the call's turn weighed by it
-/// (`turns::LARGE_CALL_BYTES`): known at the prefix, before the message is read.
-fn weighed(check: Option<MessageCheck>, weigher: Option<Weigher>) -> Option<MessageCheck> {
-    let Some(weigher) = weigher else {
-        return check;
-    };
-    Some(Arc::new(move |declared| {
-        if let Some(check) = &check {
-            check(declared)?;
-        }
-        weigher.weigh(declared as usize);
-        Ok(())
-    }))
 }
 
 /// The answer to a call whose request was not valid protobuf comes from tonic, before or

@@ -4,12 +4,12 @@
 //! message and sends it slowly (or never finishes) holds that memory for as long as it likes.
 //! `BoundedBody` reads each message's 5-byte gRPC prefix as it arrives and reserves the declared
 //! length from two budgets, the connection's and the process's, before any of the message is
-//! buffered; the reservation is returned when the message is complete (tonic decodes it at once)
-//! or the call ends. A message that does not fit is refused RESOURCE_EXHAUSTED at its prefix,
+//! buffered; the reservation is returned when the message is complete (tonic decodes it at once),
+//! for a Classify call once its turn comes (`Parked`), or when the call ends. A message that does not fit is refused RESOURCE_EXHAUSTED at its prefix,
 //! so the bytes a hostile caller can pin are bounded by the budgets, not by its patience.
 
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
@@ -79,6 +79,39 @@ impl Drop for BodyReservation {
     }
 }
 
+/// Reservations of messages that have arrived but whose call has not started: a Classify call
+/// waits for its turn (`serving::turns`) once its whole request is in, and its bytes stay
+/// reserved while it waits, so requests waiting for turns are bounded by the budgets like those
+/// being received. Put in the request's extensions; the handler releases them once its turn
+/// comes (dropping the request releases them too). Clones share the reservations.
+#[derive(Clone, Default)]
+pub struct Parked(Arc<Mutex<Vec<Box<dyn Send>>>>);
+
+impl Parked {
+    /// Keeps `reservation` until `release`.
+    pub fn hold(&self, reservation: impl Send + 'static) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(Box::new(reservation));
+    }
+
+    pub fn release(&self) {
+        let held = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
+        drop(held);
+    }
+}
+
+/// Permits held for a parked message; the budgets' gauges are updated once they are given back.
+struct HeldPermits {
+    _permits: Vec<OwnedSemaphorePermit>,
+    budgets: [Budget; 2],
+}
+
+impl Drop for HeldPermits {
+    fn drop(&mut self) {
+        self._permits.clear();
+        self.budgets.iter().for_each(Budget::show);
+    }
+}
+
 /// A check of a message's declared length before it is read: `Err` is the status the call is
 /// refused with, and the refusal's reason for `modserve_transport_refusals_total`.
 pub type MessageCheck = Arc<dyn Fn(u32) -> Result<(), (tonic::Status, TransportRefusal)> + Send + Sync>;
@@ -97,6 +130,8 @@ pub struct BoundedBody {
     on_refusal: Option<Box<dyn FnOnce(TransportRefusal) + Send>>,
     /// The method's own check of each message, before the budgets.
     check: Option<MessageCheck>,
+    /// Where a complete message's reservation goes, instead of back to the budgets.
+    parked: Option<Parked>,
 }
 
 impl BoundedBody {
@@ -116,7 +151,14 @@ impl BoundedBody {
             remaining: 0,
             on_refusal: Some(Box::new(on_refusal)),
             check: None,
+            parked: None,
         }
+    }
+
+    /// Keeps each complete message's reservation in `parked` (see `Parked`).
+    pub fn parking(mut self, parked: Option<Parked>) -> BoundedBody {
+        self.parked = parked;
+        self
     }
 
     /// Runs `check` on each message's declared length before reserving it.
@@ -194,7 +236,13 @@ impl BoundedBody {
     }
 
     fn finish_message(&mut self) {
-        self.release();
+        match &self.parked {
+            Some(parked) => {
+                let held = HeldPermits { _permits: std::mem::take(&mut self.held), budgets: self.budgets.clone() };
+                parked.hold(held);
+            }
+            None => self.release(),
+        }
         self.prefix_len = 0;
     }
 

@@ -33,8 +33,7 @@ use crate::serving::grpc::pb::{self};
 use crate::serving::grpc::service::ModerationService;
 use crate::serving::grpc::status::code_name;
 use crate::serving::grpc::transport::{Arrival, CallCeiling};
-use crate::serving::grpc::upload::Budget;
-use crate::serving::turns::Turns;
+use crate::serving::grpc::upload::{BodyReservation, Budget, Parked};
 
 /// The header a caller sets its deadline with, as a duration ("250ms", "2s"); the HTTP
 /// counterpart of `grpc-timeout`, capped by `limits.max_call_timeout` like it.
@@ -61,8 +60,6 @@ pub struct Api {
     pub max_body_bytes: usize,
     /// `server.max_buffered_request_bytes` for this listener: the bodies being received.
     pub budget: Budget,
-    /// Classify calls in progress, shared with the gRPC listener.
-    pub turns: Turns,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,24 +175,20 @@ impl Api {
             metrics::transport_refused(super::LISTENER, TransportRefusal::FeedbackQueueFull);
             return Err(Refusal::Here(status));
         }
-        // Before the body is read, as on the gRPC listener; held until the answer is encoded.
-        let turn = match route {
-            Route::Classify => match self.turns.enter_within(caller, limit).await {
-                Ok(permit) => Some(permit),
-                Err(why) => {
-                    metrics::transport_refused(super::LISTENER, TransportRefusal::TurnDeadline);
-                    return Err(Refusal::Here(Status::from(why)));
-                }
-            },
-            _ => None,
-        };
+        // A Classify call takes its turn in the handler, once its body is in: an upload that
+        // stalls must not hold one. Until then its bytes stay reserved (`Parked`).
         let body = match route {
             Route::Models => Bytes::new(),
-            _ => self.body(body, arrived, limit).await.map_err(Refusal::Here)?,
+            _ => {
+                let (body, reservation) = self.body(body, arrived, limit).await.map_err(Refusal::Here)?;
+                if route == Route::Classify {
+                    let parked = Parked::default();
+                    parked.hold(reservation);
+                    extensions.insert(parked);
+                }
+                body
+            }
         };
-        if let Some(turn) = &turn {
-            turn.weigh(body.len());
-        }
         match route {
             Route::Classify => {
                 let message = decode::<pb::ClassifyRequest>(&body).map_err(Refusal::Here)?;
@@ -227,7 +220,13 @@ impl Api {
     }
 
     /// The whole body: at most `max_body_bytes`, received by the call's deadline.
-    async fn body(&self, body: Incoming, arrived: Instant, limit: Duration) -> Result<Bytes, Status> {
+    /// The request body, read within the call's deadline, and its reservation of the budget.
+    async fn body(
+        &self,
+        body: Incoming,
+        arrived: Instant,
+        limit: Duration,
+    ) -> Result<(Bytes, BodyReservation), Status> {
         let too_large = || {
             Status::out_of_range(format!(
                 "the request body is larger than limits.max_message_bytes ({} bytes)",
@@ -240,7 +239,7 @@ impl Api {
         }
         // The declared length, or the most a chunked body may be, held until it is decoded.
         let declared = hint.exact().map_or(self.max_body_bytes, |n| n as usize);
-        let Some(_reservation) = self.budget.try_reserve(declared) else {
+        let Some(reservation) = self.budget.try_reserve(declared) else {
             metrics::transport_refused(super::LISTENER, TransportRefusal::UploadBudgetProcess);
             return Err(Status::resource_exhausted(format!(
                 "a request body of {declared} bytes does not fit in the bytes being received now \
@@ -251,7 +250,7 @@ impl Api {
         };
         let collect = Limited::new(body, self.max_body_bytes).collect();
         match tokio::time::timeout_at((arrived + limit).into(), collect).await {
-            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+            Ok(Ok(collected)) => Ok((collected.to_bytes(), reservation)),
             Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
             Ok(Err(e)) => Err(Status::cancelled(format!("the request body could not be read: {e}"))),
             Err(_) => Err(Status::deadline_exceeded(format!(

@@ -195,23 +195,22 @@ pub async fn wait_for_growth(
 pub async fn wait_serving(channel: Channel) {
     let mut health = HealthClient::new(channel);
     let wait = async {
-        let mut last_error = String::new();
         loop {
-            match health.watch(HealthCheckRequest { service: MODERATION_SERVICE.into() }).await {
+            let why = match health.watch(HealthCheckRequest { service: MODERATION_SERVICE.into() }).await {
                 Ok(watch) => {
                     let mut watch = watch.into_inner();
                     loop {
                         match watch.message().await {
                             Ok(Some(msg)) if msg.status == ServingStatus::Serving as i32 => return,
                             Ok(Some(_)) => {}
-                            Ok(None) => break last_error = "the health stream ended".into(),
-                            Err(e) => break last_error = format!("the health stream broke: {e}"),
+                            Ok(None) => break "the health stream ended".to_string(),
+                            Err(e) => break format!("the health stream broke: {e}"),
                         }
                     }
                 }
-                Err(e) => last_error = format!("health watch refused: {e}"),
-            }
-            eprintln!("wait_serving: {last_error}; watching again");
+                Err(e) => format!("health watch refused: {e}"),
+            };
+            eprintln!("wait_serving: {why}; watching again");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
