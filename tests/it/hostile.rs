@@ -135,6 +135,23 @@ fn stalled_call(
     sent: usize,
     timeout: &str,
 ) -> tokio::task::JoinHandle<(i32, String)> {
+    let mut data = vec![0u8];
+    data.extend_from_slice(&declared.to_be_bytes());
+    data.extend(std::iter::repeat_n(b'x', sent));
+    held_call(sender, addr, path, data, timeout, false)
+}
+
+/// A call on `sender` to the method at `path` that sends `data` and holds its upload open until
+/// the answer is complete, or with `never_close` after it too (as a client that never ends its
+/// side); returns the task awaiting (grpc-status, message).
+fn held_call(
+    sender: &hyper::client::conn::http2::SendRequest<Upload>,
+    addr: std::net::SocketAddr,
+    path: &str,
+    data: Vec<u8>,
+    timeout: &str,
+    never_close: bool,
+) -> tokio::task::JoinHandle<(i32, String)> {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
     let request = hyper::Request::post(format!("http://{addr}{path}"))
@@ -143,9 +160,6 @@ fn stalled_call(
         .header("grpc-timeout", timeout)
         .body(body)
         .unwrap();
-    let mut data = vec![0u8];
-    data.extend_from_slice(&declared.to_be_bytes());
-    data.extend(std::iter::repeat_n(b'x', sent));
     let mut sender = sender.clone();
     tokio::spawn(async move {
         let response = sender.send_request(request);
@@ -154,7 +168,9 @@ fn stalled_call(
         let headers = response.headers().clone();
         // Keep the upload open (tx alive) until the answer is complete.
         let collected = response.into_body().collect().await;
-        drop(tx);
+        if never_close {
+            std::mem::forget(tx);
+        }
         let trailers = collected.ok().and_then(|c| c.trailers().cloned()).unwrap_or_default();
         let get =
             |name: &str| headers.get(name).or_else(|| trailers.get(name)).map(|v| v.to_str().unwrap().to_string());
@@ -419,6 +435,24 @@ async fn an_open_health_watch_ends_at_shutdown_instead_of_holding_the_grace() {
     });
     stops_before_the_grace(server, "an open health Watch").await;
     assert_eq!(watching.await.unwrap(), Some(Code::Unavailable), "the Watch ended with the shutdown");
+}
+
+/// A reflection stream reads questions until its client stops: one whose client neither asks
+/// more nor closes its side ends UNAVAILABLE at shutdown, both ways, instead of holding the drain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_reflection_stream_ends_at_shutdown_instead_of_holding_the_grace() {
+    let _guard = exclusive().await;
+    let server = TestServer::start(long_grace_config("")).await;
+    let sender = h2_sender(server.grpc_addr).await;
+    // One question (list_services, field 7, empty), and the request left open.
+    let path = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo";
+    let open = held_call(&sender, server.grpc_addr, path, vec![0, 0, 0, 0, 2, 0x3a, 0], "600S", true);
+    // Setup, not a measurement: the stream reaches the server well within this.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!open.is_finished(), "the stream is open");
+    stops_before_the_grace(server, "an open reflection stream").await;
+    let (code, message) = open.await.unwrap();
+    assert_eq!(code, Code::Unavailable as i32, "{message}");
 }
 
 /// Health Watch and reflection streams are bounded per connection: one over is refused at once

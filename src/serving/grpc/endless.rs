@@ -92,9 +92,13 @@ where
                 Poll::Ready(None)
             }
             Poll::Ready(Some(frame)) => {
-                // The call's own end (trailers) is its end.
                 if frame.as_ref().is_ok_and(Frame::is_trailers) {
                     this.ended = true;
+                    // A handler that ended because the drain ended its request (reflection)
+                    // says OK; the client should hear why.
+                    if this.drain.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Some(Ok(Frame::trailers(shutting_down()))));
+                    }
                 }
                 Poll::Ready(Some(frame))
             }

@@ -518,10 +518,20 @@ impl Calls {
         let parked = (method == Some("Classify")).then(Parked::default);
         let (connection_budget, process_budget) = self.budgets;
         let check = (self.limits.admission)(request.uri().path());
+        let drained = || {
+            let mut phase = self.phase.clone();
+            async move {
+                let _ = phase.wait_for(|p| *p != Phase::Serving).await;
+            }
+        };
+        // An endless call ends both ways at drain: its answer, and its request, which a
+        // reflection stream reads until the client stops.
+        let request_end = place.as_ref().map(|_| drained());
         let mut request = request.map(|body| {
             BoundedBody::new(body, connection_budget, process_budget, move |why| metrics::transport_refused(name, why))
                 .checked(check)
                 .parking(parked.clone())
+                .ending(request_end)
         });
         if let Some(parked) = parked {
             request.extensions_mut().insert(parked);
@@ -534,10 +544,7 @@ impl Calls {
             Ok(response) => {
                 let mut response = response.unwrap_or_else(|never| match never {});
                 if let Some(place) = place {
-                    let mut phase = self.phase;
-                    let drained = async move {
-                        let _ = phase.wait_for(|p| *p != Phase::Serving).await;
-                    };
+                    let drained = drained();
                     response = response.map(|body| tonic::body::Body::new(endless::Ending::new(body, drained, place)));
                 }
                 Ok(match method {

@@ -8,6 +8,7 @@
 //! for a Classify call once its turn comes (`Parked`), or when the call ends. A message that does not fit is refused RESOURCE_EXHAUSTED at its prefix,
 //! so the bytes a hostile caller can pin are bounded by the budgets, not by its patience.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -132,6 +133,9 @@ pub struct BoundedBody {
     check: Option<MessageCheck>,
     /// Where a complete message's reservation goes, instead of back to the budgets.
     parked: Option<Parked>,
+    /// Once this completes the body ends, as if the client had finished it (`ending`).
+    end: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    ended: bool,
 }
 
 impl BoundedBody {
@@ -152,7 +156,16 @@ impl BoundedBody {
             on_refusal: Some(Box::new(on_refusal)),
             check: None,
             parked: None,
+            end: None,
+            ended: false,
         }
+    }
+
+    /// Ends the body, between messages, once `end` completes: a call that reads until its client
+    /// stops (a reflection stream) then ends, rather than keep its HTTP/2 stream open.
+    pub fn ending(mut self, end: Option<impl Future<Output = ()> + Send + 'static>) -> BoundedBody {
+        self.end = end.map(|end| Box::pin(end) as Pin<Box<dyn Future<Output = ()> + Send>>);
+        self
     }
 
     /// Keeps each complete message's reservation in `parked` (see `Parked`).
@@ -265,6 +278,9 @@ impl Body for BoundedBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
+        if this.ended {
+            return Poll::Ready(None);
+        }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
@@ -274,12 +290,19 @@ impl Body for BoundedBody {
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(tonic::Status::from_error(Box::new(e))))),
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => match this.end.as_mut().map(|end| end.as_mut().poll(cx)) {
+                // Not mid-message: a message cut short would read as a malformed one.
+                Some(Poll::Ready(())) if this.prefix_len == 0 => {
+                    this.ended = true;
+                    Poll::Ready(None)
+                }
+                _ => Poll::Pending,
+            },
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.ended || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
