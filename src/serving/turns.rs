@@ -146,8 +146,8 @@ struct Waiter {
 }
 
 /// How a call counts, from its start: busy or light, and its weight. Changed only under the
-/// state's lock; atomic only to be shared with the `Weigher` that sets the weight once the size
-/// of the request is known.
+/// state's lock; atomic only to be shared with the `Permit` that can weigh it again
+/// (`Permit::weigh`).
 struct Call {
     busy: AtomicBool,
     weight: AtomicUsize,
@@ -447,11 +447,6 @@ impl Permit {
             turns.weigh(*caller, call, bytes);
         }
     }
-
-    /// What weighs this call by the size of its request once that is known (`LARGE_CALL_BYTES`).
-    pub fn weigher(&self) -> Option<Weigher> {
-        self.0.as_ref().map(|t| Weigher { turns: t.turns.clone(), caller: t.caller, call: t.call.clone() })
-    }
 }
 
 impl Drop for Permit {
@@ -459,20 +454,6 @@ impl Drop for Permit {
         if let Some(Ticket { turns, caller, call }) = self.0.take() {
             turns.release(caller, &call);
         }
-    }
-}
-
-/// Weighs a call in progress by the size of its request; does nothing once the call has ended.
-#[derive(Clone)]
-pub struct Weigher {
-    turns: Turns,
-    caller: Caller,
-    call: Arc<Call>,
-}
-
-impl Weigher {
-    pub fn weigh(&self, bytes: usize) {
-        self.turns.weigh(self.caller, &self.call, bytes);
     }
 }
 
