@@ -112,7 +112,7 @@ pub fn start<R: Render>(
         ends: Vec::new(),
         // Due at once: files left past their retention by the last run go at the first record.
         checked: Instant::now().checked_sub(AGE_CHECK).unwrap_or_else(Instant::now),
-        failures: Failures::default(),
+        failures: crate::log_rate::Every::new(WARN_EVERY),
         settings: settings.clone(),
         metrics: metrics.clone(),
     };
@@ -176,19 +176,13 @@ struct Writer<R: Render> {
     ends: Vec<usize>,
     /// When the age bounds were last checked: at most once per `AGE_CHECK`.
     checked: Instant,
-    failures: Failures,
+    failures: crate::log_rate::Every,
     settings: Settings,
     metrics: Arc<LogMetrics>,
 }
 
-/// Write failures since the last warning: a full disk fails every batch, and one warning per
-/// `WARN_EVERY` (with the count) tells the on-call engineer as much as thousands would.
-#[derive(Default)]
-struct Failures {
-    last_warned: Option<Instant>,
-    lines_since: u64,
-}
-
+/// Write failures are warned about at most once per `WARN_EVERY`, with the lines dropped since:
+/// a full disk fails every batch, and one warning tells the on-call engineer as much as thousands.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// How often an idle writer checks the age bounds: a quiet file still rotates and expires.
@@ -296,10 +290,7 @@ impl<R: Render> Writer<R> {
                     let _ = self.out.set_len(self.size);
                 }
                 self.metrics.count_n(LogOutcome::DroppedIoError, lines);
-                self.failures.lines_since += lines;
-                if self.failures.last_warned.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
-                    let lines = std::mem::take(&mut self.failures.lines_since);
-                    self.failures.last_warned = Some(Instant::now());
+                if let Some(lines) = self.failures.note_many(lines) {
                     tracing::warn!(error = %e, lines, path = %self.settings.path.display(),
                         "{}: write failed; lines dropped (warned at most every 10s)", self.settings.name);
                 }
