@@ -559,9 +559,9 @@ async fn an_unknown_task_name_is_quoted_only_in_part() {
 async fn a_short_call_goes_before_queued_large_ones() {
     let _guard = exclusive().await;
     let (server, faults) = TestServer::start_faulty(config(ONE_MODEL)).await;
-    // Large jobs (over 8 KiB of text) that stall the worker 300 ms each (a fault injected
-    // through its backend).
-    faults.on_word("tiny-abuse", "huge", Action::Sleep(Duration::from_millis(300)));
+    // Large jobs (over 8 KiB of text) that stall the worker (a fault injected through its
+    // backend): the first until every call is queued, the others 300 ms each.
+    faults.on_word("tiny-abuse", "huge", Action::Hold);
     let large = format!("huge {}", "great product ".repeat(700));
     let finished = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let call = |name, text| spawn_call(&server, finished.clone(), name, text);
@@ -574,13 +574,17 @@ async fn a_short_call_goes_before_queued_large_ones() {
     let depth = [("model", "tiny-abuse"), ("role", "live")];
     assert_eq!(server.wait_for(&base, "modserve_queue_depth", &depth, 2.0).await, 2.0, "both queued");
     let short = call("short", "you idiot".to_string()).await;
-    for task in [first, short].into_iter().chain(queued) {
+    // Served while large-1 still holds its worker (a liveness bound, not a speed one: without
+    // its own turn it would wait out the hold, 30 s).
+    tokio::time::timeout(Duration::from_secs(20), short).await.expect("served beside the held call").unwrap();
+    faults.on_word("tiny-abuse", "huge", Action::Sleep(Duration::from_millis(300)));
+    faults.release();
+    for task in [first].into_iter().chain(queued) {
         task.await.unwrap();
     }
     let order = finished.lock().unwrap().clone();
     let at = |name| order.iter().position(|n| *n == name).unwrap();
-    // large-1 and the short call finish within a millisecond of each other (either order);
-    // the large ones queued before the short call each take another 300 ms.
+    // The large ones queued before the short call each wait for large-1 and then 300 ms.
     assert!(
         at("short") < at("large-2") && at("short") < at("large-3"),
         "the short call waited only for the job running: {order:?}"
@@ -654,14 +658,23 @@ async fn a_flooding_connection_cannot_crowd_another_callers_call_out_of_the_queu
     let _guard = exclusive().await;
     let body = format!("[batching]\nmax_batch_size = 1\nqueue_capacity = 4\n{ONE_MODEL}");
     let (server, faults) = TestServer::start_faulty(config_with("max_calls_in_progress = 1000\n", &body)).await;
-    faults.on_word("tiny-abuse", "huge", Action::Sleep(Duration::from_millis(500)));
+    // The flood's running call holds its worker until the other caller's call is queued (a
+    // timed stall left too short a window to see the queue full on a loaded machine); then
+    // each flood call stalls 300 ms, so the order calls are answered in is the queue's.
+    faults.on_word("tiny-abuse", "huge", Action::Hold);
     let finished = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let base = server.scrape().await;
     // One connection keeps 12 calls going: one runs, four fill the queue, the rest are refused.
     let flood = spawn_calls_on_one_connection(&server, &finished, "flood", 12, "huge great product").await;
     let depth = [("model", "tiny-abuse"), ("role", "live")];
     assert_eq!(server.wait_for(&base, "modserve_queue_depth", &depth, 4.0).await, 4.0, "the flood fills the queue");
+    let full = [("model", "tiny-abuse"), ("role", "live"), ("reason", "queue_full")];
+    assert_eq!(server.wait_for(&base, "modserve_dropped_total", &full, 7.0).await, 7.0, "all twelve are in");
     let normal = spawn_calls_on_one_connection(&server, &finished, "normal", 1, "great product").await;
+    let fair_share = [("model", "tiny-abuse"), ("role", "live"), ("reason", "fair_share")];
+    assert_eq!(server.wait_for(&base, "modserve_dropped_total", &fair_share, 1.0).await, 1.0, "it took a queued place");
+    faults.on_word("tiny-abuse", "huge", Action::Sleep(Duration::from_millis(300)));
+    faults.release();
     for task in normal.into_iter().chain(flood) {
         task.await.unwrap();
     }
@@ -678,9 +691,7 @@ async fn a_flooding_connection_cannot_crowd_another_callers_call_out_of_the_queu
         pushed_out.iter().any(|s| s.message().contains("this caller held the most of them")),
         "the flood's newest queued call made room: {pushed_out:?}"
     );
-    let now = server.scrape().await;
-    let fair_share = [("model", "tiny-abuse"), ("role", "live"), ("reason", "fair_share")];
-    assert_eq!(delta(&base, &now, "modserve_dropped_total", &fair_share), 1.0);
+    assert_eq!(delta(&base, &server.scrape().await, "modserve_dropped_total", &fair_share), 1.0);
     server.stop().await;
 }
 
@@ -689,7 +700,9 @@ async fn calls_past_the_bound_wait_for_a_turn_given_one_connection_at_a_time() {
     let _guard = exclusive().await;
     let body = format!("[batching]\nmax_batch_size = 1\n{ONE_MODEL}");
     let (server, faults) = TestServer::start_faulty(config_with("max_calls_in_progress = 2\n", &body)).await;
-    faults.on_word("tiny-abuse", "huge", Action::Sleep(Duration::from_millis(400)));
+    // The calls in progress hold their worker until the waiting calls have been seen; then
+    // each later one stalls 400 ms, so the order they are served in is the order of turns.
+    faults.on_word("tiny-abuse", "huge", Action::Hold);
     let finished = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let base = server.scrape().await;
     assert_eq!(metric(&base, "modserve_calls_waiting", &[]), Some(0.0), "exported from the start");
@@ -703,6 +716,8 @@ async fn calls_past_the_bound_wait_for_a_turn_given_one_connection_at_a_time() {
     let (code, message) = raw_classify(server.grpc_addr, &request(vec![review("late", "great product")]), "100m").await;
     assert_eq!(code, Code::DeadlineExceeded as i32, "{message}");
     assert!(message.contains("waiting for a turn") && message.contains("server.max_calls_in_progress"), "{message}");
+    faults.on_word("tiny-abuse", "huge", Action::Sleep(Duration::from_millis(400)));
+    faults.release();
     for task in normal.into_iter().chain(flood) {
         task.await.unwrap();
     }
@@ -729,7 +744,8 @@ async fn busy_connections_are_held_to_their_bound_while_a_light_caller_calls() {
     let body = format!("[batching]\nmax_batch_size = 1\n{ONE_MODEL}");
     let server_keys = "max_calls_in_progress = 4\nmax_busy_calls_in_progress = 2\n";
     let (server, faults) = TestServer::start_faulty(config_with(server_keys, &body)).await;
-    faults.on_word("tiny-abuse", "huge", Action::Sleep(Duration::from_millis(300)));
+    // Held until the waiting calls have been seen, then 300 ms a call.
+    faults.on_word("tiny-abuse", "huge", Action::Hold);
     let finished = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let (light, busy) = ([("connection", "light")], [("connection", "busy")]);
     let base = server.scrape().await;
@@ -744,6 +760,8 @@ async fn busy_connections_are_held_to_their_bound_while_a_light_caller_calls() {
     // Another connection's only call takes the next free place, ahead of the eight.
     let normal = spawn_calls_on_one_connection(&server, &finished, "normal", 1, "great product").await;
     assert_eq!(server.wait_gauge("modserve_calls_waiting", &[], 9.0).await, Some(9.0), "it waits for a place");
+    faults.on_word("tiny-abuse", "huge", Action::Sleep(Duration::from_millis(300)));
+    faults.release();
     for task in normal {
         task.await.unwrap();
     }
@@ -774,7 +792,8 @@ async fn stream_messages_wait_for_a_turn_like_calls() {
     let _guard = exclusive().await;
     let body = format!("[batching]\nmax_batch_size = 1\n{ONE_MODEL}");
     let (server, faults) = TestServer::start_faulty(config_with("max_calls_in_progress = 2\n", &body)).await;
-    faults.on_word("tiny-abuse", "huge", Action::Sleep(Duration::from_millis(400)));
+    // Held until the waiting message has been seen, then 400 ms a call.
+    faults.on_word("tiny-abuse", "huge", Action::Hold);
     let finished = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     // Two calls in progress, three waiting, all from one connection.
     let flood = spawn_calls_on_one_connection(&server, &finished, "flood", 5, "huge great product").await;
@@ -785,6 +804,8 @@ async fn stream_messages_wait_for_a_turn_like_calls() {
         client.classify_stream(tokio_stream::wrappers::ReceiverStream::new(outbound)).await.unwrap().into_inner();
     messages.send(request(vec![review("stream-0", "great product")])).await.unwrap();
     assert_eq!(server.wait_gauge("modserve_calls_waiting", &[], 4.0).await, Some(4.0), "the message waits");
+    faults.on_word("tiny-abuse", "huge", Action::Sleep(Duration::from_millis(400)));
+    faults.release();
     let stream = {
         let finished = finished.clone();
         tokio::spawn(async move {
@@ -982,9 +1003,10 @@ async fn answers_never_taken_do_not_hold_shutdown_for_the_grace() {
 async fn large_calls_count_as_busy_by_their_size() {
     let _guard = exclusive().await;
     let (server, faults) = TestServer::start_faulty(config(ONE_MODEL)).await;
-    faults.on_word("tiny-abuse", "huge", Action::Sleep(Duration::from_millis(700)));
+    // The first calls hold the worker until the second ones are seen waiting.
+    faults.on_word("tiny-abuse", "huge", Action::Hold);
     // 64 reviews of a 16 KiB title and text each: 2 MiB. Only the first is slow (the model sees
-    // the title first), so each call takes about one slowed run.
+    // the title first).
     let (slow, half) = (format!("huge {}", "x".repeat(16 * 1024 - 5)), format!("fine {}", "x".repeat(16 * 1024 - 5)));
     let large = move |name: &str| pb::ClassifyRequest {
         reviews: (0..64)
@@ -1010,6 +1032,7 @@ async fn large_calls_count_as_busy_by_their_size() {
     light.classify(request(vec![review("light", "great product")])).await.expect("the light call goes ahead");
     let second: Vec<_> = clients.iter().enumerate().map(|(i, c)| call(c, format!("second-{i}"))).collect();
     assert_eq!(server.wait_gauge("modserve_calls_waiting", &[], 3.0).await, Some(3.0), "held: 24 of 8 in use");
+    faults.release();
     for task in first.into_iter().chain(second) {
         task.await.unwrap().expect("every large call is answered");
     }

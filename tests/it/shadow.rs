@@ -339,8 +339,8 @@ shadows = [{ model = "tiny-abuse-v2", sample_rate = 1.0 }]
     .await;
     let base = server.scrape().await;
     let mut first = server.client().await;
-    // Stalls of the live worker, injected through its backend.
-    faults.on_word("tiny-abuse", "huge", Action::Sleep(Duration::from_millis(400)));
+    // Stalls of the live worker, injected through its backend: the first until both are queued.
+    faults.on_word("tiny-abuse", "huge", Action::Hold);
     faults.on_word("tiny-abuse", "thanks", Action::Sleep(Duration::from_millis(300)));
     let stall =
         tokio::spawn(async move { first.classify(request(vec![review("stall", "you idiot huge")])).await.unwrap() });
@@ -359,6 +359,7 @@ shadows = [{ model = "tiny-abuse-v2", sample_rate = 1.0 }]
         let want = (i + 1) as f64;
         assert_eq!(server.wait_for(&base, "modserve_queue_depth", &depth, want).await, want, "q{i} queued");
     }
+    faults.release();
     stall.await.unwrap();
     for q in queued {
         q.await.unwrap();

@@ -4,7 +4,7 @@
 //! the next reviews are tokenized. The server has no fault hooks of its own.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use modserve::inference::InferenceError;
@@ -24,6 +24,9 @@ pub enum Action {
     Sleep(Duration),
     /// Spins for this much thread CPU time: a model heavier than live, which a sleep is not.
     Spin(Duration),
+    /// Waits until the test calls `Faults::release` (30 s at most): a stall that lasts exactly
+    /// as long as the test needs to see what it waits for, however slow the machine.
+    Hold,
 }
 
 pub struct Faults {
@@ -35,6 +38,8 @@ pub struct Faults {
     on_batches: Mutex<HashMap<String, (Action, usize)>>,
     /// model -> (stall, reviews left to stall).
     tokenizing: Mutex<HashMap<String, (Duration, usize)>>,
+    /// Opened once by `release`; `Action::Hold` waits for it.
+    released: (Mutex<bool>, Condvar),
 }
 
 impl Default for Faults {
@@ -44,6 +49,7 @@ impl Default for Faults {
             on_token: Mutex::default(),
             on_batches: Mutex::default(),
             tokenizing: Mutex::default(),
+            released: (Mutex::new(false), Condvar::new()),
         }
     }
 }
@@ -63,6 +69,17 @@ impl Faults {
             .expect("the fault began")
             .expect("the faults outlive the server");
     }
+    /// Ends every `Action::Hold`, now and from now on.
+    pub fn release(&self) {
+        *self.released.0.lock().unwrap() = true;
+        self.released.1.notify_all();
+    }
+
+    fn hold(&self) {
+        let released = self.released.0.lock().unwrap();
+        let _ = self.released.1.wait_timeout_while(released, Duration::from_secs(30), |open| !*open).unwrap();
+    }
+
     /// Every row of a `model` batch that holds `word` (a word of the fixtures' vocabulary) does
     /// `action` before the batch runs (replacing what the same word was armed with before).
     pub fn on_word(&self, model: &str, word: &str, action: Action) {
@@ -132,6 +149,7 @@ impl Backend for Faulty {
                 Action::Panic => panic!("injected fault for model {}", self.model),
                 Action::Sleep(d) => std::thread::sleep(d),
                 Action::Spin(d) => spin(d),
+                Action::Hold => self.faults.hold(),
             }
         }
         self.inner.run(tokens, features, out)
