@@ -24,6 +24,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
+use crate::control::scrape::Renderer;
 use crate::shutdown::ShutdownSignal;
 
 /// Connections held before the oldest is closed for a newcomer.
@@ -80,6 +81,7 @@ impl Open {
 /// Serves until shutdown. `ready` is true while every live model is loaded and not draining.
 pub async fn serve(listener: TcpListener, metrics: PrometheusHandle, ready: Arc<AtomicBool>, shutdown: ShutdownSignal) {
     let open = Arc::new(Mutex::new(Open::default()));
+    let renderer = Arc::new(Renderer::new(metrics));
     let gauge = crate::metrics::connections_open("metrics");
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.keep_alive(false).max_buf_size(MAX_REQUEST_HEAD);
@@ -114,13 +116,13 @@ pub async fn serve(listener: TcpListener, metrics: PrometheusHandle, ready: Arc<
             tracing::debug!("metrics connection refused: every slot is taken by a connection younger than the grace");
             continue;
         };
-        let (metrics, ready, open, gauge) = (metrics.clone(), ready.clone(), open.clone(), gauge.clone());
+        let (renderer, ready, open, gauge) = (renderer.clone(), ready.clone(), open.clone(), gauge.clone());
         let connection = builder.serve_connection(
             TokioIo::new(stream),
             hyper::service::service_fn(move |request| {
                 answering.store(true, Ordering::Relaxed);
-                let answer = respond(&request, &metrics, &ready);
-                async move { Ok::<_, Infallible>(answer) }
+                let (renderer, ready) = (renderer.clone(), ready.clone());
+                async move { Ok::<_, Infallible>(respond(&request, &renderer, &ready).await) }
             }),
         );
         tokio::spawn(async move {
@@ -139,12 +141,12 @@ pub async fn serve(listener: TcpListener, metrics: PrometheusHandle, ready: Arc<
     }
 }
 
-fn respond(request: &Request<Incoming>, metrics: &PrometheusHandle, ready: &AtomicBool) -> Response<Full<Bytes>> {
+async fn respond(request: &Request<Incoming>, renderer: &Renderer, ready: &AtomicBool) -> Response<Full<Bytes>> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return answer(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "only GET\n");
     }
     match request.uri().path() {
-        "/metrics" => answer(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", metrics.render()),
+        "/metrics" => answer(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", renderer.render().await),
         "/health/live" => answer(StatusCode::OK, "text/plain", "live\n"),
         "/health/ready" if ready.load(Ordering::Relaxed) => answer(StatusCode::OK, "text/plain", "ready\n"),
         "/health/ready" => answer(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n"),
