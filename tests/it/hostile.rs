@@ -295,6 +295,46 @@ async fn stalled_uploads_hold_no_turn() {
     server.stop().await;
 }
 
+/// A ClassifyStream's messages that wait for a turn keep their bytes reserved from the upload
+/// budgets, as a waiting Classify call does: otherwise streams would hold decoded messages that
+/// no budget counts. Before, a message's reservation ended when it was read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_messages_waiting_for_a_turn_stay_reserved() {
+    let _guard = exclusive().await;
+    let body = format!("[batching]\nmax_batch_size = 1\n{ONE_MODEL}");
+    let (server, faults) = TestServer::start_faulty(config_with("max_calls_in_progress = 1\n", &body)).await;
+    faults.on_word("tiny-abuse", "huge", Action::Hold);
+    // A call holds the only turn...
+    let mut holder = server.client().await;
+    let held = tokio::spawn(async move { holder.classify(request(vec![review("held", "huge great product")])).await });
+    faults.wait_begun(1).await;
+    // ...while a stream's three messages wait for it.
+    let mut client = server.client().await;
+    let (messages, outbound) = tokio::sync::mpsc::channel(4);
+    let mut inbound =
+        client.classify_stream(tokio_stream::wrappers::ReceiverStream::new(outbound)).await.unwrap().into_inner();
+    let mut declared = 0.0;
+    for i in 0..3 {
+        let message = request(vec![review(&format!("s{i}"), &"great product ".repeat(500))]);
+        declared += prost::Message::encoded_len(&message) as f64;
+        messages.send(message).await.unwrap();
+    }
+    assert_eq!(server.wait_gauge("modserve_calls_waiting", &[], 3.0).await, Some(3.0), "all three wait");
+    let receiving = [("listener", "grpc")];
+    let reserved = server.wait_gauge("modserve_request_bytes_receiving", &receiving, declared).await;
+    assert_eq!(reserved, Some(declared), "the waiting messages' bytes are reserved");
+    faults.release();
+    held.await.unwrap().expect("the held call is served");
+    for i in 0..3 {
+        let answer = inbound.message().await.unwrap().expect("an answer");
+        assert!(answer.error.is_none(), "message {i}: {answer:?}");
+    }
+    let given_back = server.wait_gauge("modserve_request_bytes_receiving", &receiving, 0.0).await;
+    assert_eq!(given_back, Some(0.0), "given back once their turns came");
+    drop(messages);
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_the_per_peer_limit_are_closed_at_once() {
     let _guard = exclusive().await;

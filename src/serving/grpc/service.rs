@@ -85,7 +85,7 @@ impl Moderation for ModerationService {
             let turn = self.turn(caller, bytes, started, deadline, protocol).await?;
             // In progress now: its bytes are bounded by the turns, not the upload budget.
             if let Some(parked) = parked {
-                parked.release();
+                parked.release(0);
             }
             let result = self.handle(request.into_inner(), started, deadline, caller, &parent).await;
             drop(turn);
@@ -119,6 +119,7 @@ impl Moderation for ModerationService {
         // Every message of the stream is a call of its own under the stream's trace context.
         let parent = trace_parent(&request);
         let (_, deadline, caller) = arrival(&request);
+        let parked = request.extensions().get::<Parked>().cloned();
         // Stop reading new messages at shutdown; messages already read are still answered.
         // `buffered` keeps answers in order and bounds the work per stream; tonic polls this
         // stream only as fast as the client reads, so a slow reader stalls its own stream (and,
@@ -126,8 +127,9 @@ impl Moderation for ModerationService {
         let responses = request
             .into_inner()
             .take_until(self.shutdown.clone().wait())
-            .map(move |message| {
-                let (service, parent) = (service.clone(), parent.clone());
+            .enumerate()
+            .map(move |(index, message)| {
+                let (service, parent, parked) = (service.clone(), parent.clone(), parked.clone());
                 async move {
                     let request = message?;
                     let started = Instant::now();
@@ -135,7 +137,12 @@ impl Moderation for ModerationService {
                     // Each message is a Classify call under the calls-in-progress bound, in its
                     // connection's turn: otherwise streams would be a way around it.
                     let bytes = prost::Message::encoded_len(&request);
-                    let result = match service.turns.enter_within(caller, bytes, ceiling).await {
+                    let turn = service.turns.enter_within(caller, bytes, ceiling).await;
+                    // Its bytes were reserved while it waited (see `classify`).
+                    if let Some(parked) = &parked {
+                        parked.release(index as u64);
+                    }
+                    let result = match turn {
                         Ok(turn) => {
                             let result = service.handle(request, started, None, caller, &parent).await;
                             drop(turn);

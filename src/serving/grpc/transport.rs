@@ -512,10 +512,11 @@ impl Calls {
                 }
             },
         };
-        // A Classify call takes its turn once its whole request is in (in the handler): a call
-        // whose upload stalls must not hold one (32 stalled uploads shut every other caller
-        // out). Until then its bytes stay reserved, so the requests waiting are bounded too.
-        let parked = (method == Some("Classify")).then(Parked::default);
+        // A Classify call, and each message of a ClassifyStream, takes its turn once its whole
+        // message is in (in the handler): a call whose upload stalls must not hold one (32
+        // stalled uploads shut every other caller out). Until then its bytes stay reserved, so
+        // the messages waiting are bounded too.
+        let parked = matches!(method, Some("Classify" | "ClassifyStream")).then(Parked::default);
         let (connection_budget, process_budget) = self.budgets;
         let check = (self.limits.admission)(request.uri().path());
         let drained = || {

@@ -80,23 +80,42 @@ impl Drop for BodyReservation {
     }
 }
 
-/// Reservations of messages that have arrived but whose call has not started: a Classify call
-/// waits for its turn (`serving::turns`) once its whole request is in, and its bytes stay
-/// reserved while it waits, so requests waiting for turns are bounded by the budgets like those
-/// being received. Put in the request's extensions; the handler releases them once its turn
-/// comes (dropping the request releases them too). Clones share the reservations.
+/// Reservations of messages that have arrived but whose call has not started: a Classify call,
+/// and each message of a ClassifyStream, waits for its turn (`serving::turns`) once the whole
+/// message is in, and its bytes stay reserved while it waits, so messages waiting for turns are
+/// bounded by the budgets like those being received. Put in the request's extensions; the
+/// handler releases a message's reservation once its turn comes (dropping the request releases
+/// them all). Clones share the reservations.
 #[derive(Clone, Default)]
-pub struct Parked(Arc<Mutex<Vec<Box<dyn Send>>>>);
+pub struct Parked(Arc<Mutex<ParkedMessages>>);
+
+/// Reservations by message: the request's first complete message is 0.
+#[derive(Default)]
+struct ParkedMessages {
+    next: u64,
+    held: Vec<(u64, Box<dyn Send>)>,
+}
 
 impl Parked {
-    /// Keeps `reservation` until `release`.
+    /// Keeps the reservation of the request's next complete message until it is released.
     pub fn hold(&self, reservation: impl Send + 'static) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(Box::new(reservation));
+        let mut parked = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let message = parked.next;
+        parked.next += 1;
+        parked.held.push((message, Box::new(reservation)));
     }
 
-    pub fn release(&self) {
-        let held = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
-        drop(held);
+    /// Gives back the reservation of the request's `message`th complete message (from 0).
+    pub fn release(&self, message: u64) {
+        let released: Vec<_> = {
+            let mut parked = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            let held = std::mem::take(&mut parked.held);
+            let (released, kept) = held.into_iter().partition(|(m, _)| *m == message);
+            parked.held = kept;
+            released
+        };
+        // Dropped outside the lock: giving the permits back updates the budgets' gauges.
+        drop(released);
     }
 }
 
