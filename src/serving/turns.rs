@@ -23,16 +23,14 @@
 //! 512-call flood its p99 read 10.3-11.2 ms with the flood's 32 calls in progress and 5.0-6.3 ms
 //! held to 8, which cost the flood 0.66-0.75x its answers. A lone busy client keeps the whole bound.
 //!
-//! A large call weighs by its size (`LARGE_CALL_BYTES`), known at its message's prefix: it
-//! counts as busy from then on, and its connection's next calls are busy and as heavy for the
-//! window. Beside any small call, light or busy, large calls are held to `max_busy` by weight
+//! A large call weighs by its size (`LARGE_CALL_BYTES`), known when it asks for its turn (its
+//! request is in): it counts as busy. Beside any small call, light or busy, large calls are held to `max_busy` by weight
 //! among themselves; beside a light caller, small busy calls to `max_busy` by count: so maximal
 //! requests go one at a time, and a small call is never held behind them. (Held only beside light
 //! callers, large calls ran three at once in the full attack suite whenever the steady caller,
 //! the one calling most often there, was counted busy after falling behind.)
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -123,9 +121,6 @@ struct Conn {
     in_progress: usize,
     /// Until when it counts as having had two calls at once.
     busy_until: Option<Instant>,
-    /// Until when it counts as sending large calls, and what its last one weighed.
-    heavy_until: Option<Instant>,
-    weight: usize,
     /// The period `calls` counts in, and its count in the period before.
     period: u64,
     calls: u64,
@@ -145,31 +140,17 @@ struct Waiter {
     tx: oneshot::Sender<Permit>,
 }
 
-/// How a call counts, from its start: busy or light, and its weight. Changed only under the
-/// state's lock; atomic only to be shared with the `Permit` that can weigh it again
-/// (`Permit::weigh`).
+/// How a call counts, from its start to its end: busy or light, and its weight.
+#[derive(Clone, Copy)]
 struct Call {
-    busy: AtomicBool,
-    weight: AtomicUsize,
-    done: AtomicBool,
-}
-
-impl Call {
-    fn new(busy: bool, weight: usize) -> Arc<Call> {
-        Arc::new(Call { busy: AtomicBool::new(busy), weight: AtomicUsize::new(weight), done: AtomicBool::new(false) })
-    }
-
-    fn kind(&self) -> (bool, usize) {
-        (self.busy.load(Ordering::Relaxed), self.weight.load(Ordering::Relaxed))
-    }
+    busy: bool,
+    weight: usize,
 }
 
 impl State {
-    /// Counts a call from `caller` and says whether it is a busy one (see the module's doc), and
-    /// what it is expected to weigh: what its connection's last large call weighed, else one.
-    /// `sized` is the weight of the call's request when its size is known (`None`: not yet; it
-    /// is weighed later).
-    fn mark(&mut self, caller: Caller, sized: Option<usize>, now: Instant, window: Duration) -> (bool, usize) {
+    /// Counts a call from `caller` of `weight` (its request's, `LARGE_CALL_BYTES`) and says
+    /// whether it is a busy one (see the module's doc).
+    fn mark(&mut self, caller: Caller, weight: usize, now: Instant, window: Duration) -> bool {
         let first = *self.first.get_or_insert(now);
         let period = (now.saturating_duration_since(first).as_nanos() / window.as_nanos().max(1)) as u64;
         if period != self.period {
@@ -189,12 +170,6 @@ impl State {
         self.counts.conns += u64::from(conn.calls == 1);
         let concurrent = conn.in_progress > 0 || waiting > 0;
         let had_two = conn.busy_until.is_some_and(|until| now < until);
-        if let Some(sized) = sized {
-            // As `Turns::weigh` would once the call is in progress.
-            (conn.heavy_until, conn.weight) = if sized > 1 { (Some(now + window), sized) } else { (None, 1) };
-        }
-        let heavy = conn.heavy_until.is_some_and(|until| now < until);
-        let weight = if heavy { conn.weight } else { 1 };
         // At least half the mean per connection: 2 * its calls >= calls / connections. No count
         // yet (the first period) counts as at least.
         let Counts { calls, conns } = self.last_counts;
@@ -204,14 +179,11 @@ impl State {
         }
         if self.swept.is_none_or(|at| now >= at + window) {
             self.conns.retain(|_, c| {
-                c.in_progress > 0
-                    || c.period + 1 >= period
-                    || c.busy_until.is_some_and(|until| now < until)
-                    || c.heavy_until.is_some_and(|until| now < until)
+                c.in_progress > 0 || c.period + 1 >= period || c.busy_until.is_some_and(|until| now < until)
             });
             self.swept = Some(now);
         }
-        (concurrent || heavy || (had_two && many_calls), weight)
+        concurrent || weight > 1 || (had_two && many_calls)
     }
 
     fn waiting(&self) -> usize {
@@ -298,22 +270,17 @@ impl Turns {
         gauges.light.set((state.in_progress - state.busy_in_progress) as f64);
     }
 
-    /// A turn for a call from `caller`: at once if there is room and no call it must yield to is
-    /// waiting, else when its turn comes. The call is in progress until the permit is dropped.
+    /// A turn for a call from `caller` whose request is `bytes` long (it weighs by its size,
+    /// `LARGE_CALL_BYTES`): at once if there is room and no call it must yield to is waiting,
+    /// else when its turn comes. The call is in progress until the permit is dropped.
     /// Cancel-safe: a call that stops waiting gives up its place, and a turn handed to it as it
     /// stopped goes to the next.
-    pub async fn enter(&self, caller: Caller) -> Permit {
-        self.enter_sized(caller, None).await
-    }
-
-    /// `enter` for a call whose request is `bytes` long, when that is known: it is weighed by
-    /// its size from the start (`LARGE_CALL_BYTES`).
-    async fn enter_sized(&self, caller: Caller, bytes: Option<usize>) -> Permit {
+    async fn enter(&self, caller: Caller, bytes: usize) -> Permit {
         let rx = {
             let now = Instant::now();
             let mut state = self.lock();
-            let sized = bytes.map(|bytes| (bytes / LARGE_CALL_BYTES).clamp(1, self.0.max_busy));
-            let (busy, weight) = state.mark(caller, sized, now, self.0.window);
+            let weight = (bytes / LARGE_CALL_BYTES).clamp(1, self.0.max_busy);
+            let busy = state.mark(caller, weight, now, self.0.window);
             let ahead = match (busy, weight > 1) {
                 (false, _) => state.light.len(),
                 (true, false) => state.light.len() + state.busy.len(),
@@ -322,7 +289,7 @@ impl Turns {
             if ahead == 0 && state.has_room(&self.0, busy, weight, now) {
                 state.start(caller, busy, weight, now, self.0.window);
                 self.export(&state);
-                return Permit(Some(Ticket { turns: self.clone(), caller, call: Call::new(busy, weight) }));
+                return Permit(Some(Ticket { turns: self.clone(), caller, call: Call { busy, weight } }));
             }
             let (tx, rx) = oneshot::channel();
             let queue = match (busy, weight > 1) {
@@ -346,7 +313,7 @@ impl Turns {
     /// `enter` for a call whose request of `bytes` has arrived, given up at `limit`: the refusal
     /// says why.
     pub async fn enter_within(&self, caller: Caller, bytes: usize, limit: Duration) -> Result<Permit, Error> {
-        tokio::time::timeout(limit, self.enter_sized(caller, Some(bytes))).await.map_err(|_| {
+        tokio::time::timeout(limit, self.enter(caller, bytes)).await.map_err(|_| {
             Error::DeadlineExceeded(format!(
                 "after {limit:?} waiting for a turn: {} Classify calls were in progress \
                  (server.max_calls_in_progress); the server is overloaded, retry with backoff",
@@ -356,46 +323,11 @@ impl Turns {
     }
 
     /// Ends a call, and starts the waiting calls that now have room.
-    fn release(&self, caller: Caller, call: &Call) {
+    fn release(&self, caller: Caller, Call { busy, weight }: Call) {
         let now = Instant::now();
         let mut state = self.lock();
-        let (busy, weight) = call.kind();
-        call.done.store(true, Ordering::Relaxed);
         state.finish(caller, busy, weight, now, self.0.window);
         self.admit(&mut state, now);
-        self.export(&state);
-    }
-
-    /// Weighs a call in progress by the size of its request (`LARGE_CALL_BYTES`): a large one
-    /// counts as busy, by its weight, and makes its connection's next calls busy for the window.
-    fn weigh(&self, caller: Caller, call: &Call, bytes: usize) {
-        let weight = (bytes / LARGE_CALL_BYTES).clamp(1, self.0.max_busy);
-        let now = Instant::now();
-        let mut state = self.lock();
-        let (busy, was) = call.kind();
-        if call.done.load(Ordering::Relaxed) || (weight == 1 && was == 1) {
-            return;
-        }
-        if let Some(conn) = state.conns.get_mut(&caller) {
-            (conn.heavy_until, conn.weight) = if weight > 1 { (Some(now + self.0.window), weight) } else { (None, 1) };
-        }
-        if !busy {
-            // Admitted light, before its size was known: from now on it counts as busy.
-            state.busy_in_progress += 1;
-            call.busy.store(true, Ordering::Relaxed);
-        }
-        if busy && was > 1 {
-            state.heavy_in_progress -= 1;
-            state.heavy_weight -= was;
-        }
-        if weight > 1 {
-            state.heavy_in_progress += 1;
-            state.heavy_weight += weight;
-        }
-        call.weight.store(weight, Ordering::Relaxed);
-        if weight < was {
-            self.admit(&mut state, now);
-        }
         self.export(&state);
     }
 
@@ -420,7 +352,7 @@ impl Turns {
             };
             state.busy_next = !busy;
             state.start(caller, busy, weight, now, self.0.window);
-            let ticket = Ticket { turns: self.clone(), caller, call: Call::new(busy, weight) };
+            let ticket = Ticket { turns: self.clone(), caller, call: Call { busy, weight } };
             // A caller that has stopped waiting hands the permit back unsent; disarm it (dropping
             // it here would release again, under the lock) and offer the place to the next.
             if let Err(mut unsent) = tx.send(Permit(Some(ticket))) {
@@ -434,25 +366,16 @@ impl Turns {
 struct Ticket {
     turns: Turns,
     caller: Caller,
-    call: Arc<Call>,
+    call: Call,
 }
 
 /// A call in progress; dropping it hands the turn on.
 pub struct Permit(Option<Ticket>);
 
-impl Permit {
-    /// Weighs this call by the size of its request (`LARGE_CALL_BYTES`).
-    pub fn weigh(&self, bytes: usize) {
-        if let Some(Ticket { turns, caller, call }) = &self.0 {
-            turns.weigh(*caller, call, bytes);
-        }
-    }
-}
-
 impl Drop for Permit {
     fn drop(&mut self) {
         if let Some(Ticket { turns, caller, call }) = self.0.take() {
-            turns.release(caller, &call);
+            turns.release(caller, call);
         }
     }
 }
@@ -505,7 +428,7 @@ mod tests {
         let (finish, finished) = oneshot::channel::<()>();
         let (turns, log) = (turns.clone(), log.clone());
         let task = tokio::spawn(async move {
-            let _permit = turns.enter(Caller::connection(caller)).await;
+            let _permit = turns.enter(Caller::connection(caller), 0).await;
             log.lock().unwrap().push(name);
             let _ = finished.await;
         });
@@ -560,7 +483,7 @@ mod tests {
         let (first, finish_first) = call(&turns, 1, "a1", &log);
         settle().await;
         // Gives up while waiting (its deadline, or its client gone).
-        let gave_up = tokio::time::timeout(Duration::from_millis(10), turns.enter(Caller::connection(2))).await;
+        let gave_up = tokio::time::timeout(Duration::from_millis(10), turns.enter(Caller::connection(2), 0)).await;
         assert!(gave_up.is_err());
         let (second, finish_second) = call(&turns, 3, "c1", &log);
         settle().await;
@@ -621,11 +544,11 @@ mod tests {
         }
         // The connection that had calls at once stays busy for the window: a lone call of its
         // now is busy, and arms no hold; after the window, its next is light again.
-        let permit = turns.enter(Caller::connection(1)).await;
+        let permit = turns.enter(Caller::connection(1), 0).await;
         assert_eq!(turns.lock().busy_in_progress, 1);
         drop(permit);
         tokio::time::sleep(window * 2).await;
-        let permit = turns.enter(Caller::connection(1)).await;
+        let permit = turns.enter(Caller::connection(1), 0).await;
         assert_eq!(turns.lock().busy_in_progress, 0);
         drop(permit);
         assert!(turns.lock().light_until.is_none_or(|until| until < Instant::now()));
@@ -657,56 +580,48 @@ mod tests {
         (state.heavy_weight, state.heavy.len())
     }
 
-    /// Three connections with one large call each: light until their size is known, then busy
-    /// by weight, so beside a light caller their next calls go one at a time; a small call gives
-    /// its connection its weight of one back; alone they have the whole bound again.
+    /// Three connections with one large call each: busy by weight from the start, so beside a
+    /// light caller their next calls go one at a time; alone they have the whole bound again.
     #[tokio::test]
     async fn large_calls_take_turns_while_a_light_caller_calls() {
         let window = Duration::from_millis(300);
         let turns = Turns::with_window(32, 8, window, TurnGauges::noop());
-        let large = 2 * 1024 * 1024;
-        let enter = |caller: u64| turns.enter(Caller::connection(caller));
-        let first: Vec<Permit> = vec![enter(1).await, enter(2).await, enter(3).await];
-        assert_eq!(turns.lock().busy_in_progress, 0, "one call each, size unknown: light");
-        for permit in &first {
-            permit.weigh(large);
-        }
+        let (large, small) = (2 * 1024 * 1024, 4096);
+        let enter = |caller: u64, bytes: usize| turns.enter(Caller::connection(caller), bytes);
+        let first: Vec<Permit> = vec![enter(1, large).await, enter(2, large).await, enter(3, large).await];
         assert_eq!(
             {
                 let state = turns.lock();
                 (state.busy_in_progress, state.heavy_weight)
             },
-            (3, 24)
+            (3, 24),
+            "one call each, but large: busy, weighing 8 each"
         );
-        let light = enter(9).await;
+        let light = enter(9, small).await;
         drop(first);
-        // Their next calls are busy from the start, and weigh what the last one did.
-        let one = enter(1).await;
+        let one = enter(1, large).await;
         let spawn_enter = |caller: u64| {
             let turns = turns.clone();
-            tokio::spawn(async move { turns.enter(Caller::connection(caller)).await })
+            tokio::spawn(async move { turns.enter(Caller::connection(caller), large).await })
         };
         let (second, third) = (spawn_enter(2), spawn_enter(3));
         settle().await;
         assert_eq!(heavy_held(&turns), (8, 2), "one large call at a time");
         // A small busy call is held by count, not by the large calls' weight: the second of these
         // is busy (its connection has another call in progress) and starts.
-        let small = (enter(7).await, enter(7).await);
+        let small_calls = (enter(7, small).await, enter(7, small).await);
         assert_eq!(turns.lock().busy_in_progress, 2);
-        drop(small);
-        // A small call from a heavy connection weighs one once its size is known: the next large
-        // call fits beside it.
-        one.weigh(4096);
+        drop(small_calls);
+        drop(one);
         settle().await;
         assert_eq!(heavy_held(&turns), (8, 1), "the next large call");
-        drop(one);
-        // Once no light call has come for the window, the bound lifts: large calls start together.
+        // Once no light or small call has come for the window, the bound lifts: large calls
+        // start together.
         drop(light);
         tokio::time::sleep(window * 2).await;
         drop(second.await.unwrap());
         let third = third.await.unwrap();
-        third.weigh(large);
-        let again = enter(3).await;
+        let again = enter(3, large).await;
         assert_eq!(
             {
                 let state = turns.lock();
@@ -725,26 +640,19 @@ mod tests {
     async fn large_calls_take_turns_beside_small_busy_calls() {
         let window = Duration::from_millis(300);
         let turns = Turns::with_window(32, 8, window, TurnGauges::noop());
-        let large = 2 * 1024 * 1024;
-        let enter = |caller: u64| turns.enter(Caller::connection(caller));
-        let first: Vec<Permit> = vec![enter(1).await, enter(2).await];
-        for permit in &first {
-            permit.weigh(large);
-        }
+        let (large, small) = (2 * 1024 * 1024, 4096);
+        let enter = |caller: u64, bytes: usize| turns.enter(Caller::connection(caller), bytes);
+        let first: Vec<Permit> = vec![enter(1, large).await, enter(2, large).await];
         // A light call beside them holds them; let that lapse.
-        let light = enter(7).await;
+        let light = enter(7, small).await;
         tokio::time::sleep(window * 2).await;
-        for permit in &first {
-            // Still sending large messages (as a stream does): heavy for another window.
-            permit.weigh(large);
-        }
         // Two at once from one connection: the second is busy, and weighs one.
-        let busy = enter(7).await;
+        let busy = enter(7, small).await;
         assert_eq!(turns.lock().busy_in_progress, 3);
         drop(first);
         let spawn_enter = |caller: u64| {
             let turns = turns.clone();
-            tokio::spawn(async move { turns.enter(Caller::connection(caller)).await })
+            tokio::spawn(async move { turns.enter(Caller::connection(caller), large).await })
         };
         let (one, two) = (spawn_enter(1), spawn_enter(2));
         settle().await;
@@ -768,8 +676,8 @@ mod tests {
         let calls = |state: &mut State, caller: Caller, n: usize, at: Instant| -> Vec<bool> {
             let kinds: Vec<bool> = (0..n)
                 .map(|_| {
-                    let (busy, weight) = state.mark(caller, None, at, window);
-                    state.start(caller, busy, weight, at, window);
+                    let busy = state.mark(caller, 1, at, window);
+                    state.start(caller, busy, 1, at, window);
                     busy
                 })
                 .collect();
