@@ -81,7 +81,7 @@ impl Open {
 /// Serves until shutdown. `ready` is true while every live model is loaded and not draining.
 pub async fn serve(listener: TcpListener, metrics: PrometheusHandle, ready: Arc<AtomicBool>, shutdown: ShutdownSignal) {
     let open = Arc::new(Mutex::new(Open::default()));
-    let renderer = Arc::new(Renderer::new(metrics));
+    let renderer = Renderer::new(metrics);
     let gauge = crate::metrics::connections_open("metrics");
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.keep_alive(false).max_buf_size(MAX_REQUEST_HEAD);

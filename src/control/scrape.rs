@@ -6,6 +6,7 @@
 //! arrived: scrapers that arrive during a render share the next one, and no answer is older
 //! than the request.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::body::Bytes;
@@ -19,7 +20,11 @@ const GAP_FACTOR: u32 = 9;
 /// The shortest pause after a render, for renders too quick to measure well.
 const MIN_GAP: Duration = Duration::from_millis(2);
 
-pub struct Renderer {
+/// Clones share the renders.
+#[derive(Clone)]
+pub struct Renderer(Arc<Inner>);
+
+struct Inner {
     handle: PrometheusHandle,
     last: Mutex<Last>,
 }
@@ -34,12 +39,26 @@ struct Last {
 impl Renderer {
     pub fn new(handle: PrometheusHandle) -> Renderer {
         let last = Last { began: None, text: Bytes::new(), next_allowed: Instant::now() };
-        Renderer { handle, last: Mutex::new(last) }
+        Renderer(Arc::new(Inner { handle, last: Mutex::new(last) }))
     }
 
     /// The metrics as a render begun no earlier than this call.
     pub async fn render(&self) -> Bytes {
-        let arrived = Instant::now();
+        let (arrived, inner) = (Instant::now(), self.0.clone());
+        // A task of its own: a scraper that hangs up mid-render must not cut the render short
+        // of recording its pause, or hanging up would be a way to render back to back.
+        match tokio::spawn(async move { inner.render_since(arrived).await }).await {
+            Ok(text) => text,
+            Err(e) => {
+                tracing::error!(error = %e, "rendering the metrics failed");
+                Bytes::new()
+            }
+        }
+    }
+}
+
+impl Inner {
+    async fn render_since(&self, arrived: Instant) -> Bytes {
         // tokio's mutex queues waiters in order, so a flood cannot starve one scraper.
         let mut last = self.last.lock().await;
         if last.began.is_some_and(|began| began >= arrived) {
@@ -90,10 +109,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_scrape_whose_client_hangs_up_still_records_its_render() {
+        let (renderer, _counter) = renderer();
+        // Polled once, then dropped: the client went away while its render was under way.
+        let _ = tokio::time::timeout(Duration::ZERO, renderer.render()).await;
+        for _ in 0..500 {
+            if renderer.0.last.lock().await.began.is_some() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the render was cut short, so the next one would not wait its pause");
+    }
+
+    #[tokio::test]
     async fn scrapers_that_arrive_together_share_renders() {
         let (renderer, counter) = renderer();
         counter.increment(1);
-        let renderer = std::sync::Arc::new(renderer);
         let scrapes: Vec<_> = (0..50)
             .map(|_| {
                 let renderer = renderer.clone();

@@ -24,9 +24,10 @@
 //! held to 8, which cost the flood 0.66-0.75x its answers. A lone busy client keeps the whole bound.
 //!
 //! A large call weighs by its size (`LARGE_CALL_BYTES`), known when it asks for its turn (its
-//! request is in): it counts as busy. Beside any small call, light or busy, large calls are held to `max_busy` by weight
-//! among themselves; beside a light caller, small busy calls to `max_busy` by count: so maximal
-//! requests go one at a time, and a small call is never held behind them. (Held only beside light
+//! request is in), and counts as busy. Beside any small call, light or busy, large calls are
+//! held to `max_busy` by weight among themselves; beside a light caller, small busy calls to
+//! `max_busy` by count: so maximal requests go one at a time, and a small call is never held
+//! behind them. (Held only beside light
 //! callers, large calls ran three at once in the full attack suite whenever the steady caller,
 //! the one calling most often there, was counted busy after falling behind.)
 
