@@ -1358,6 +1358,36 @@ def attack_call_flood(ctx: Ctx, duration: float) -> dict:
             "flood_per_s": round(level["requests_per_s"]), "flood_p99_ms": level["p99_ms"]}
 
 
+def attack_scrape_flood(ctx: Ctx, duration: float) -> dict:
+    """m. 16 clients looping `GET /metrics`, each on a new connection as soon as the last answer is
+    in (a misconfigured scraper, or anyone who can reach the port): a render of every metric is the
+    costliest answer the server gives, and the metrics port shares the CPUs with live calls."""
+    host, port = ctx.metrics
+    end = time.monotonic() + duration
+    codes: collections.Counter = collections.Counter()
+    whole: list[int] = []
+    lock = threading.Lock()
+
+    def scrape_loop():
+        while time.monotonic() < end:
+            status, data, _, why = http_get_why(host, port, "/metrics", timeout=5.0)
+            with lock:
+                codes[status if status is not None else why] += 1
+                # A whole scrape, not an empty or cut one.
+                if status == 200 and b"modserve_requests_total" in data:
+                    whole.append(len(data))
+
+    threads = [threading.Thread(target=scrape_loop, daemon=True) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(duration + 10)
+    answered = sum(codes.values())
+    size = sorted(whole)[len(whole) // 2] if whole else 0
+    return {"detail": f"16 scrapers: {fmt_codes(codes)}; {answered / duration:.0f} scrapes/s, median {size} B",
+            "check": answered > 0 and len(whole) == answered, "scrapes_per_s": round(answered / duration)}
+
+
 ATTACKS = [
     ("a", "tokenizer", attack_tokenizer),
     ("b", "slow-upload", attack_slow_upload),
@@ -1371,9 +1401,10 @@ ATTACKS = [
     ("j", "many-reviews", attack_many_reviews),
     ("k", "busy-machine-control", control_busy_machine),
     ("l", "call-flood", attack_call_flood),
+    ("m", "scrape-flood", attack_scrape_flood),
 ]
 
-RUN_ORDER = "kacdeghjilfb"
+RUN_ORDER = "kacmdeghjilfb"
 
 # ---------------------------------------------------------------------------------------------
 # Running: baseline window, attack window, recovery
