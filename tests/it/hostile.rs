@@ -335,6 +335,38 @@ async fn stream_messages_waiting_for_a_turn_stay_reserved() {
     server.stop().await;
 }
 
+/// Waiting stream messages past the connection's upload budget: the next one is refused at its
+/// prefix, and the stream ends RESOURCE_EXHAUSTED naming the key (the messages waiting with it
+/// are not answered: the client retries the stream).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_messages_waiting_past_the_connection_budget_end_the_stream() {
+    let _guard = exclusive().await;
+    let body = format!(
+        "[limits]\nmax_text_bytes = 10000\nmax_message_bytes = 20000\n[batching]\nmax_batch_size = 1\n{ONE_MODEL}"
+    );
+    let server_keys = "max_calls_in_progress = 1\nmax_buffered_request_bytes_per_connection = 20000\n";
+    let (server, faults) = TestServer::start_faulty(config_with(server_keys, &body)).await;
+    faults.on_word("tiny-abuse", "huge", Action::Hold);
+    let mut holder = server.client().await;
+    let held = tokio::spawn(async move { holder.classify(request(vec![review("held", "huge great product")])).await });
+    faults.wait_begun(1).await;
+    let mut client = server.client().await;
+    let (messages, outbound) = tokio::sync::mpsc::channel(4);
+    let mut inbound =
+        client.classify_stream(tokio_stream::wrappers::ReceiverStream::new(outbound)).await.unwrap().into_inner();
+    // Three messages of about 7 KB: two fit in 20,000 bytes while they wait, the third does not.
+    for i in 0..3 {
+        messages.send(request(vec![review(&format!("s{i}"), &"great product ".repeat(500))])).await.unwrap();
+    }
+    let status = inbound.message().await.expect_err("the stream ends refused");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("max_buffered_request_bytes_per_connection"), "{status:?}");
+    faults.release();
+    held.await.unwrap().expect("the held call is served");
+    drop(messages);
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_the_per_peer_limit_are_closed_at_once() {
     let _guard = exclusive().await;
