@@ -420,28 +420,6 @@ async fn connections_that_never_finish_the_handshake_are_closed() {
     server.stop().await;
 }
 
-/// An HTTP/2 frame: length, type, flags, stream id, payload.
-fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let mut frame = (payload.len() as u32).to_be_bytes()[1..].to_vec();
-    frame.extend([kind, flags]);
-    frame.extend(stream.to_be_bytes());
-    frame.extend(payload);
-    frame
-}
-
-/// The error code of the first GOAWAY frame in `bytes` (frames the server sent).
-fn goaway_code(mut bytes: &[u8]) -> Option<u32> {
-    while bytes.len() >= 9 {
-        let len = u32::from_be_bytes([0, bytes[0], bytes[1], bytes[2]]) as usize;
-        let payload = bytes.get(9..9 + len)?;
-        if bytes[3] == 0x7 && len >= 8 {
-            return Some(u32::from_be_bytes(payload[4..8].try_into().unwrap()));
-        }
-        bytes = &bytes[9 + len..];
-    }
-    None
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rapid_reset_flood_closes_its_connection_and_is_counted() {
     let _guard = exclusive().await;

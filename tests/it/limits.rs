@@ -1,5 +1,5 @@
-//! Transport limits: the per-call timeout ceiling and the idle-connection timeout. Its own test
-//! binary, so the request counters it reads are its own.
+//! Transport limits: the per-call timeout ceiling, the idle-connection timeout and the close
+//! after it. Its own test binary, so the request counters it reads are its own.
 
 use std::time::Duration;
 
@@ -55,4 +55,61 @@ async fn an_idle_connection_gets_goaway_and_the_client_reconnects() {
     let answer = client.classify(request(vec![review("b", "you idiot")])).await.expect("after GOAWAY");
     assert_eq!(decision_name(answer.into_inner().results[0].tasks[0].decision), "REJECT");
     server.stop().await;
+}
+
+/// A client that is still writing when the server closes its connection after the GOAWAY (an
+/// idle close here; a drain ends the same way) must not be answered with a reset: the server
+/// keeps reading and dropping what it sends until it closes too. With a plain close the second
+/// write fails (the first one's bytes drew a reset), and a real client writing a call at that
+/// moment fails on a broken pipe instead of reading the GOAWAY that says to send it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_still_writing_after_the_goaway_is_not_reset() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _guard = exclusive().await;
+    let server = TestServer::start(config_with("idle_timeout = \"1s\"", ONE_MODEL)).await;
+    let mut tcp = tokio::net::TcpStream::connect(server.grpc_addr).await.unwrap();
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(h2_frame(0x4, 0, 0, &[]));
+    tcp.write_all(&hello).await.unwrap();
+    // No call: after a second the server sends GOAWAY and ends its side (its graceful GOAWAY
+    // waits for the answer to a PING).
+    let sent = tokio::time::timeout(Duration::from_secs(10), read_answering_pings(&mut tcp))
+        .await
+        .expect("the server ends the idle connection");
+    assert_eq!(goaway_code(&sent), Some(0), "GOAWAY with NO_ERROR");
+    // A call the client had started meanwhile: headers (POST, http, /) and a large body.
+    let mut call = h2_frame(0x1, 0x4, 1, &[0x83, 0x86, 0x84]);
+    call.extend(h2_frame(0x0, 0, 1, &[0u8; 16_000]).repeat(4));
+    for round in 0..3 {
+        tcp.write_all(&call).await.unwrap_or_else(|e| panic!("write {round} after the GOAWAY: {e}"));
+        // Time for a reset to come back, if one comes.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tcp.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut rest)).await.expect("closed");
+    assert!(read.is_ok() && rest.is_empty(), "a clean close after ours: {read:?}, {} bytes", rest.len());
+    server.stop().await;
+}
+
+/// Reads frames until the server ends its side, answering its PINGs; returns what it sent.
+async fn read_answering_pings(tcp: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut sent, mut at) = (Vec::new(), 0);
+    loop {
+        let mut chunk = [0u8; 4096];
+        let n = tcp.read(&mut chunk).await.expect("a clean end, not a reset");
+        if n == 0 {
+            return sent;
+        }
+        sent.extend_from_slice(&chunk[..n]);
+        while sent.len() >= at + 9 {
+            let len = u32::from_be_bytes([0, sent[at], sent[at + 1], sent[at + 2]]) as usize;
+            let Some(payload) = sent.get(at + 9..at + 9 + len) else { break };
+            if sent[at + 3] == 0x6 && sent[at + 4] & 0x1 == 0 {
+                tcp.write_all(&h2_frame(0x6, 0x1, 0, payload)).await.unwrap();
+            }
+            at += 9 + len;
+        }
+    }
 }

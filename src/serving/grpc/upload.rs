@@ -252,12 +252,13 @@ impl BoundedBody {
                     }
                     let scope = match budget.refusal {
                         TransportRefusal::UploadBudgetConnection => {
-                            "server.max_buffered_request_bytes_per_connection: this connection's other calls are still uploading"
+                            "server.max_buffered_request_bytes_per_connection: this connection's other messages are \
+                             still uploading or waiting for their turn"
                         }
-                        _ => "server.max_buffered_request_bytes: the server is receiving too much at once",
+                        _ => "server.max_buffered_request_bytes: the server is holding too many request bytes at once",
                     };
                     return Err(tonic::Status::resource_exhausted(format!(
-                        "a request message of {declared} bytes does not fit in the bytes being received now \
+                        "a request message of {declared} bytes does not fit in the request bytes held now \
                          ({scope}, limit {} bytes); retry with backoff",
                         budget.limit
                     )));
