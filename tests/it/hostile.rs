@@ -336,8 +336,9 @@ async fn stream_messages_waiting_for_a_turn_stay_reserved() {
 }
 
 /// Waiting stream messages past the connection's upload budget: the next one is refused at its
-/// prefix, and the stream ends RESOURCE_EXHAUSTED naming the key (the messages waiting with it
-/// are not answered: the client retries the stream).
+/// prefix, and the stream ends RESOURCE_EXHAUSTED naming the key. Answers stay in order, so the
+/// messages read before it are answered first if the handler had taken them (when they came in
+/// separate reads), or not at all if the refusal came in the same read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_messages_waiting_past_the_connection_budget_end_the_stream() {
     let _guard = exclusive().await;
@@ -355,13 +356,32 @@ async fn stream_messages_waiting_past_the_connection_budget_end_the_stream() {
     let mut inbound =
         client.classify_stream(tokio_stream::wrappers::ReceiverStream::new(outbound)).await.unwrap().into_inner();
     // Three messages of about 7 KB: two fit in 20,000 bytes while they wait, the third does not.
+    let base = server.scrape().await;
     for i in 0..3 {
         messages.send(request(vec![review(&format!("s{i}"), &"great product ".repeat(500))])).await.unwrap();
     }
-    let status = inbound.message().await.expect_err("the stream ends refused");
+    // The third is refused while the first two still wait behind the held call.
+    let labels = [("listener", "grpc"), ("reason", "upload_budget_connection")];
+    let refused = server.wait_for(&base, "modserve_transport_refusals_total", &labels, 1.0).await;
+    assert_eq!(refused, 1.0, "the third message refused while the others wait");
+    faults.release();
+    let mut answered = 0;
+    let status = loop {
+        match inbound.message().await {
+            Ok(Some(answer)) => {
+                assert!(
+                    answer.error.is_none() && answer.results.len() == 1,
+                    "an answer before the refusal: {answer:?}"
+                );
+                answered += 1;
+            }
+            Ok(None) => panic!("the stream ended without the refusal after {answered} answers"),
+            Err(status) => break status,
+        }
+    };
+    assert!(answered <= 2, "only the two messages before the refused one: {answered}");
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(status.message().contains("max_buffered_request_bytes_per_connection"), "{status:?}");
-    faults.release();
     held.await.unwrap().expect("the held call is served");
     drop(messages);
     server.stop().await;
