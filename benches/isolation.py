@@ -7,6 +7,7 @@ each shadow's outcomes, effective sample rate, and the shadow CPU used.
 """
 import argparse
 import json
+import math
 import re
 import statistics
 import sys
@@ -71,6 +72,14 @@ def fmt(x, digits=3):
     return '-' if x is None else f'{x:.{digits}f}'
 
 
+def sign_test(k: int, n: int) -> float:
+    """Two-sided sign test: the chance that n fair coin flips land at least as unevenly as k of n.
+    Large means the pairs' on/off differences look like what identical halves give."""
+    extreme = max(k, n - k)
+    tail = sum(math.comb(n, i) for i in range(extreme, n + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
 def summary(a):
     rows = [json.loads(line) for line in open(a.file)]
     capacity = {r['capacity']['placement']: r['capacity']['requests_per_s'] for r in rows if 'capacity' in r}
@@ -112,8 +121,12 @@ def summary(a):
         ratio = f'{p99 / p99_base:.2f}x' if p99 and p99_base and not baseline else '-'
         if off in cells and ratio != '-':
             pairs = {r['round']: r['result']['p99_ms'] for r in cells[off]}
-            per_pair = med([r['result']['p99_ms'] / pairs[r['round']] for r in rs if pairs.get(r['round'])])
+            ratios = [r['result']['p99_ms'] / pairs[r['round']] for r in rs if pairs.get(r['round'])]
+            per_pair = med(ratios)
             ratio += f' (pairs {per_pair:.2f}x)' if per_pair else ''
+            if len(ratios) >= 5:
+                slower = sum(x > 1 for x in ratios)
+                ratio += f', on slower in {slower}/{len(ratios)}, sign test p={sign_test(slower, len(ratios)):.2f}'
         print(f"| {placement} | {level} | {config} | {med([r['result']['requests_per_s'] for r in rs]):,.0f} | "
               f"{fmt(med([r['result']['p50_ms'] for r in rs]))} | {fmt(p99)} | "
               f"{fmt(med([r['result']['p999_ms'] for r in rs]))} | {ratio} | {coverage} | {rate} | "

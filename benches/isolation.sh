@@ -28,8 +28,9 @@
 # CAPACITY=N takes N req/s as every placement's live-only capacity instead of measuring it, so
 # two runs (e.g. with and without CLIENT_RT, which changes the measured capacity) offer the same
 # absolute rates.
+# SHADOW_EXTRA adds lines to the shadow configs' [shadow] table, e.g. SHADOW_EXTRA='cpus = "1"'.
 #
-# usage: [ROUNDS=3 | TOGGLE=5] [DURATION=8s] [WARMUP=2s] [BUDGET=0.15] [RESERVE=0.5] [LOADS="25 50 80"] [CAPACITY=N] benches/isolation.sh
+# usage: [ROUNDS=3 | TOGGLE=5] [DURATION=8s] [WARMUP=2s] [BUDGET=0.15] [RESERVE=0.5] [LOADS="25 50 80"] [CAPACITY=N] [SHADOW_EXTRA=...] benches/isolation.sh
 # Raw JSON lines go to target/bench/isolation-*.jsonl; the Markdown summary (medians) to stdout.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -91,7 +92,8 @@ EOF
 }
 shadow_table="[shadow]
 max_cpu_fraction = $budget
-cpu_reserve = $reserve"
+cpu_reserve = $reserve
+${SHADOW_EXTRA:-}"
 shadow_config() {  # shadow_config NAME RATE [FILE]
     case "$1" in
         minilm) config "$1" "{ model = \"abuse-minilm\", sample_rate = $2 }" "" "$shadow_table" "${3:-}" ;;

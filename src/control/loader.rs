@@ -324,14 +324,24 @@ fn configure_budget(shadow_cpu: &Arc<ShadowCpu>, config: &Config, models: &BTree
         cpu::allowed_cpus().ok().map(|cpus| (limits, cpus))
     });
     shadow_cpu.set_headroom(headroom);
-    if let Some(budget) = budget {
-        tracing::info!(
+    match budget {
+        Some(budget) => tracing::info!(
             cpus = capacity.cpus,
             source = capacity.source.as_str(),
             budget_cpu_per_second = budget,
             cpu_reserve = reserve,
             "shadow CPU budget"
-        );
+        ),
+        None if shadow_models > 0 => tracing::warn!(
+            shadow_models,
+            cpus = capacity.cpus,
+            source = capacity.source.as_str(),
+            "shadow models run with no CPU budget (shadow.max_cpu_fraction is not set): only their scheduling \
+             priority keeps them off live's CPU, which does nothing inside a CPU quota (a container CPU limit), where \
+             a heavy shadow spends the quota and stalls live; set shadow.max_cpu_fraction (docs/shadow.md, \
+             \"Sizing the budget\")"
+        ),
+        None => {}
     }
     if fraction < config.shadow.max_cpu_fraction {
         tracing::info!(

@@ -310,7 +310,8 @@ async fn a_heavy_shadow_stays_within_its_cpu_budget() {
 
 /// On one CPU every shadow batch runs on live's core, where it costs live through the caches
 /// whatever its priority: the budget's share is then `max_cpu_fraction_on_one_cpu` (0.01 unless
-/// set), and the log says so. With the process on more CPUs, `max_cpu_fraction` holds.
+/// set), and the log says so. With the process on more CPUs, `max_cpu_fraction` holds. With no
+/// `max_cpu_fraction` at all the log warns that nothing bounds the shadows' CPU.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_one_cpu_the_shadow_budget_is_the_one_cpu_share() {
     let _guard = exclusive().await;
@@ -339,7 +340,16 @@ async fn on_one_cpu_the_shadow_budget_is_the_one_cpu_share() {
         assert!((got - 0.25 * capacity).abs() < 1e-9, "{got}: max_cpu_fraction of {capacity} CPUs");
         let logs = all.stop().await;
         assert!(!logs.contains("may run on one CPU only"), "{logs}");
+        assert!(!logs.contains("no CPU budget"), "{logs}");
     }
+    // With no budget at all the log warns, naming the key.
+    let none = ChildServer::start(models).await;
+    assert_eq!(budget(&none).await, Some(0.0), "0 = no budget");
+    let logs = none.stop().await;
+    assert!(
+        logs.contains("shadow models run with no CPU budget") && logs.contains("set shadow.max_cpu_fraction"),
+        "the log warns that nothing bounds the shadows' CPU:\n{logs}"
+    );
 }
 
 /// Under a budget the heavy shadow cannot meet, its effective sample rate drops below the
