@@ -295,6 +295,28 @@ async fn stalled_uploads_hold_no_turn() {
     server.stop().await;
 }
 
+/// The held call, and the sender and answers of the stream.
+type HeldAndStream = (
+    tokio::task::JoinHandle<Result<tonic::Response<pb::ClassifyResponse>, tonic::Status>>,
+    tokio::sync::mpsc::Sender<pb::ClassifyRequest>,
+    tonic::Streaming<pb::ClassifyResponse>,
+);
+
+/// A Classify call that holds its turn (its inference held until `faults.release()`), and a
+/// ClassifyStream opened behind it on another connection, whose messages wait for that turn
+/// when the server has `max_calls_in_progress = 1`.
+async fn stream_behind_a_held_call(server: &TestServer, faults: &Faults) -> HeldAndStream {
+    faults.on_word("tiny-abuse", "huge", Action::Hold);
+    let mut holder = server.client().await;
+    let held = tokio::spawn(async move { holder.classify(request(vec![review("held", "huge great product")])).await });
+    faults.wait_begun(1).await;
+    let mut client = server.client().await;
+    let (messages, outbound) = tokio::sync::mpsc::channel(4);
+    let inbound =
+        client.classify_stream(tokio_stream::wrappers::ReceiverStream::new(outbound)).await.unwrap().into_inner();
+    (held, messages, inbound)
+}
+
 /// A ClassifyStream's messages that wait for a turn keep their bytes reserved from the upload
 /// budgets, as a waiting Classify call does: otherwise streams would hold decoded messages that
 /// no budget counts. Before, a message's reservation ended when it was read.
@@ -303,16 +325,8 @@ async fn stream_messages_waiting_for_a_turn_stay_reserved() {
     let _guard = exclusive().await;
     let body = format!("[batching]\nmax_batch_size = 1\n{ONE_MODEL}");
     let (server, faults) = TestServer::start_faulty(config_with("max_calls_in_progress = 1\n", &body)).await;
-    faults.on_word("tiny-abuse", "huge", Action::Hold);
-    // A call holds the only turn...
-    let mut holder = server.client().await;
-    let held = tokio::spawn(async move { holder.classify(request(vec![review("held", "huge great product")])).await });
-    faults.wait_begun(1).await;
-    // ...while a stream's three messages wait for it.
-    let mut client = server.client().await;
-    let (messages, outbound) = tokio::sync::mpsc::channel(4);
-    let mut inbound =
-        client.classify_stream(tokio_stream::wrappers::ReceiverStream::new(outbound)).await.unwrap().into_inner();
+    // A call holds the only turn while a stream's three messages wait for it.
+    let (held, messages, mut inbound) = stream_behind_a_held_call(&server, &faults).await;
     let mut declared = 0.0;
     for i in 0..3 {
         let message = request(vec![review(&format!("s{i}"), &"great product ".repeat(500))]);
@@ -347,14 +361,7 @@ async fn stream_messages_waiting_past_the_connection_budget_end_the_stream() {
     );
     let server_keys = "max_calls_in_progress = 1\nmax_buffered_request_bytes_per_connection = 20000\n";
     let (server, faults) = TestServer::start_faulty(config_with(server_keys, &body)).await;
-    faults.on_word("tiny-abuse", "huge", Action::Hold);
-    let mut holder = server.client().await;
-    let held = tokio::spawn(async move { holder.classify(request(vec![review("held", "huge great product")])).await });
-    faults.wait_begun(1).await;
-    let mut client = server.client().await;
-    let (messages, outbound) = tokio::sync::mpsc::channel(4);
-    let mut inbound =
-        client.classify_stream(tokio_stream::wrappers::ReceiverStream::new(outbound)).await.unwrap().into_inner();
+    let (held, messages, mut inbound) = stream_behind_a_held_call(&server, &faults).await;
     // Three messages of about 7 KB: two fit in 20,000 bytes while they wait, the third does not.
     let base = server.scrape().await;
     for i in 0..3 {
