@@ -27,9 +27,9 @@
 //! request is in), and counts as busy. Beside any small call, light or busy, large calls are
 //! held to `max_busy` by weight among themselves; beside a light caller, small busy calls to
 //! `max_busy` by count: so maximal requests go one at a time, and a small call is never held
-//! behind them. (Held only beside light
-//! callers, large calls ran three at once in the full attack suite whenever the steady caller,
-//! the one calling most often there, was counted busy after falling behind.)
+//! behind them. (Held only beside light callers, large calls ran three at once in the full
+//! attack suite whenever the steady caller, the one calling most often there, was counted busy
+//! after falling behind.)
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
