@@ -73,6 +73,11 @@ pub mod defaults {
     pub const SHADOW_SCHEDULING: super::ThreadScheduling = super::ThreadScheduling::Idle;
     /// A trickle that keeps a throttled shadow's cost measured: 1 review in 1,000.
     pub const SHADOW_MIN_SAMPLE_RATE: f64 = 0.001;
+    /// What a config that leaves the budget out gets: on two CPUs shared with live, a
+    /// transformer shadow at 5% cost live's p99 about 1.06x, at 15% about 1.1x (docs/shadow.md,
+    /// "Sizing the budget"). No budget at all let it take a whole core and, in a CPU quota, stall
+    /// live.
+    pub const SHADOW_MAX_CPU_FRACTION: f64 = 0.05;
     /// Half the CPUs stay free before shadows get any (docs/shadow.md, "Headroom").
     pub const SHADOW_CPU_RESERVE: f64 = 0.5;
     /// On one CPU shared with live, a transformer shadow costs live's p99 about 1.1x at 1% of
@@ -456,8 +461,15 @@ live = "abuse-v1"
     }
 
     #[test]
-    fn the_shadow_cpu_reserve_defaults_to_half_and_out_of_range_is_refused_naming_it() {
-        assert_eq!(parse(GOOD).unwrap().shadow.cpu_reserve, defaults::SHADOW_CPU_RESERVE);
+    fn the_shadow_cpu_budget_and_reserve_have_defaults_and_out_of_range_is_refused_naming_them() {
+        let good = parse(GOOD).unwrap();
+        assert_eq!(good.shadow.max_cpu_fraction, defaults::SHADOW_MAX_CPU_FRACTION);
+        assert_eq!(good.shadow.cpu_reserve, defaults::SHADOW_CPU_RESERVE);
+        for bad in ["0", "1.5", "-0.1"] {
+            let errors = parse(&format!("[shadow]\nmax_cpu_fraction = {bad}\n{GOOD}")).unwrap_err();
+            let want = format!("shadow.max_cpu_fraction {bad}: must be within (0, 1]");
+            assert!(errors.iter().any(|e| e.starts_with(&want)), "{errors:?}");
+        }
         let zero = parse(&format!("[shadow]\nmax_cpu_fraction = 0.2\ncpu_reserve = 0\n{GOOD}")).unwrap();
         assert_eq!(zero.shadow.cpu_reserve, 0.0);
         assert_eq!(zero.shadow.max_cpu_fraction_on_one_cpu, defaults::SHADOW_MAX_CPU_FRACTION_ON_ONE_CPU);

@@ -56,13 +56,13 @@ pub struct ShadowPolicy {
     /// Skip shadow work while the live model has at least this many jobs queued.
     pub live_pressure_jobs: usize,
     pub breaker: BreakerPolicy,
-    /// Share of the process's CPU capacity all shadow work may use; `None` = no budget.
-    pub max_cpu_fraction: Option<f64>,
-    /// With a budget, when the process may run on one CPU only (so shadows share it with live):
-    /// the budget's share is at most this.
+    /// Share of the process's CPU capacity all shadow work may use.
+    pub max_cpu_fraction: f64,
+    /// When the process may run on one CPU only (so shadows share it with live): the budget's
+    /// share is at most this.
     pub max_cpu_fraction_on_one_cpu: f64,
-    /// With a budget: share of the process's CPU capacity that must stay free of everything
-    /// else (live work, other processes on its CPUs) before shadow work may use any of it.
+    /// Share of the process's CPU capacity that must stay free of everything else (live work,
+    /// other processes on its CPUs) before shadow work may use any of it.
     pub cpu_reserve: f64,
     /// The effective sample rate never goes below this (nor above the configured rate).
     pub min_sample_rate: f64,

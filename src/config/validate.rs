@@ -779,12 +779,10 @@ fn shadow_policy(errors: &mut Vec<String>, raw: &RawShadowPolicy) -> ShadowPolic
     if live_pressure_jobs == 0 {
         errors.push("shadow.live_pressure_jobs 0: must be at least 1".into());
     }
-    let max_cpu_fraction = raw.max_cpu_fraction;
-    if let Some(f) = max_cpu_fraction
-        && !(f > 0.0 && f <= 1.0)
-    {
+    let max_cpu_fraction = raw.max_cpu_fraction.unwrap_or(defaults::SHADOW_MAX_CPU_FRACTION);
+    if !(max_cpu_fraction > 0.0 && max_cpu_fraction <= 1.0) {
         errors.push(format!(
-            "shadow.max_cpu_fraction {f}: must be within (0, 1] (a share of the CPUs the process may use; leave it out for no budget)"
+            "shadow.max_cpu_fraction {max_cpu_fraction}: must be within (0, 1] (a share of the CPUs the process may use; 1 with cpu_reserve = 0 lets shadows use them all)"
         ));
     }
     let max_cpu_fraction_on_one_cpu =

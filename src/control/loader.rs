@@ -316,33 +316,26 @@ fn configure_budget(shadow_cpu: &Arc<ShadowCpu>, config: &Config, models: &BTree
     let shadow_models = models.values().filter(|m| m.role == Role::Shadow).count();
     let one_cpu = cpu::allowed_cpus().is_ok_and(|cpus| cpus.count() == 1);
     let fraction = budget_fraction(&config.shadow, one_cpu);
-    let budget = fraction.map(|f| f * capacity.cpus);
+    let budget = fraction * capacity.cpus;
     shadow_cpu.configure(budget, shadow_models);
     let reserve = config.shadow.cpu_reserve;
-    let headroom = budget.filter(|_| reserve > 0.0).and_then(|_| {
+    // Without shadow models there is nothing to hold back: no sampler thread, no log lines.
+    let headroom = (shadow_models > 0 && reserve > 0.0).then(cpu::allowed_cpus).and_then(Result::ok).map(|cpus| {
         let limits = Limits { capacity: capacity.cpus, quota: capacity.source != CapacitySource::Affinity, reserve };
-        cpu::allowed_cpus().ok().map(|cpus| (limits, cpus))
+        (limits, cpus)
     });
     shadow_cpu.set_headroom(headroom);
-    match budget {
-        Some(budget) => tracing::info!(
-            cpus = capacity.cpus,
-            source = capacity.source.as_str(),
-            budget_cpu_per_second = budget,
-            cpu_reserve = reserve,
-            "shadow CPU budget"
-        ),
-        None if shadow_models > 0 => tracing::warn!(
-            shadow_models,
-            cpus = capacity.cpus,
-            source = capacity.source.as_str(),
-            "shadow models run with no CPU budget (shadow.max_cpu_fraction is not set): only their scheduling \
-             priority keeps them off live's CPU, which does nothing inside a CPU quota (a container CPU limit), where \
-             a heavy shadow spends the quota and stalls live; set shadow.max_cpu_fraction (docs/shadow.md, \
-             \"Sizing the budget\")"
-        ),
-        None => {}
+    if shadow_models == 0 {
+        return;
     }
+    tracing::info!(
+        cpus = capacity.cpus,
+        source = capacity.source.as_str(),
+        max_cpu_fraction = fraction,
+        budget_cpu_per_second = budget,
+        cpu_reserve = reserve,
+        "shadow CPU budget"
+    );
     if fraction < config.shadow.max_cpu_fraction {
         tracing::info!(
             max_cpu_fraction = config.shadow.max_cpu_fraction,
@@ -357,8 +350,9 @@ fn configure_budget(shadow_cpu: &Arc<ShadowCpu>, config: &Config, models: &BTree
 /// `max_cpu_fraction_on_one_cpu` when the process may run on one CPU only. There every shadow
 /// batch runs on live's core, and even under `SCHED_IDLE` leaves live's caches cold: the cost
 /// to live follows the shadow's CPU share, not its priority.
-fn budget_fraction(shadow: &ShadowPolicy, one_cpu: bool) -> Option<f64> {
-    shadow.max_cpu_fraction.map(|f| if one_cpu { f.min(shadow.max_cpu_fraction_on_one_cpu) } else { f })
+fn budget_fraction(shadow: &ShadowPolicy, one_cpu: bool) -> f64 {
+    let f = shadow.max_cpu_fraction;
+    if one_cpu { f.min(shadow.max_cpu_fraction_on_one_cpu) } else { f }
 }
 
 /// The policy a model decides with: the named `[policies]` entry resolved against its labels,

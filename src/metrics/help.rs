@@ -171,7 +171,7 @@ fn describe_shadow() {
     );
     describe_gauge!(
         SHADOW_CPU_BUDGET,
-        "CPU-seconds per second all shadow work may use (shadow.max_cpu_fraction of the process's CPU capacity); 0 = no budget."
+        "CPU-seconds per second all shadow work may use (shadow.max_cpu_fraction of the process's CPU capacity)."
     );
     describe_gauge!(SHADOW_CPU_USE, "CPU-seconds per second shadow work used, averaged over the last 10 s.");
     describe_gauge!(

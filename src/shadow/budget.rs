@@ -144,10 +144,9 @@ impl ShadowCpu {
         }
     }
 
-    /// Sets the budget (CPU-seconds per second; `None` = unlimited) and how many shadow models
-    /// share it.
-    pub fn configure(&self, rate: Option<f64>, models: usize) {
-        let rate = rate.filter(|r| *r > 0.0).unwrap_or(0.0);
+    /// Sets the budget (CPU-seconds per second) and how many shadow models share it.
+    pub fn configure(&self, rate: f64, models: usize) {
+        let rate = rate.max(0.0);
         self.rate.store(rate.to_bits(), Ordering::Relaxed);
         self.models.store(models as u64, Ordering::Relaxed);
         self.metrics.budget.set(rate);
@@ -311,7 +310,7 @@ mod tests {
         assert!(!cpu.exhausted(), "no budget: never exhausted");
         cpu.record(&model, Duration::from_millis(50), 1);
         assert!(!cpu.exhausted());
-        cpu.configure(Some(0.1), 1);
+        cpu.configure(0.1, 1);
         // 50 ms at 0.1 CPU/s pays for 500 ms, minus the 100 ms burst.
         cpu.record(&model, Duration::from_millis(50), 1);
         let wait = cpu.wait();
@@ -324,7 +323,7 @@ mod tests {
     fn the_headroom_lowers_the_budget_in_force_and_none_left_pauses_shadows() {
         let cpu = ShadowCpu::new();
         let model = ModelCpu::new("headroom-test");
-        cpu.configure(Some(0.5), 1);
+        cpu.configure(0.5, 1);
         cpu.set_ceiling(0.1);
         assert_eq!(cpu.in_force(), Some(0.1));
         // 20 ms at the 0.1 in force pays for 200 ms, minus the burst.
@@ -350,14 +349,14 @@ mod tests {
         let model = ModelCpu::new("debt-test");
         // 10 ms at an in-force 0.001 would be 10 s of debt: capped at MAX_DEBT.
         let cpu = ShadowCpu::new();
-        cpu.configure(Some(0.5), 1);
+        cpu.configure(0.5, 1);
         cpu.set_ceiling(0.001);
         cpu.record(&model, Duration::from_millis(10), 1);
         let wait = cpu.wait();
         assert!(wait > Duration::from_millis(800) && wait <= MAX_DEBT, "{wait:?}");
         // A tiny configured budget keeps its own bound: 10 ms at 0.002 is 5 s, not capped.
         let tight = ShadowCpu::new();
-        tight.configure(Some(0.002), 1);
+        tight.configure(0.002, 1);
         tight.record(&model, Duration::from_millis(10), 1);
         assert!(tight.wait() > Duration::from_secs(4), "{:?}", tight.wait());
     }

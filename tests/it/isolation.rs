@@ -310,8 +310,8 @@ async fn a_heavy_shadow_stays_within_its_cpu_budget() {
 
 /// On one CPU every shadow batch runs on live's core, where it costs live through the caches
 /// whatever its priority: the budget's share is then `max_cpu_fraction_on_one_cpu` (0.01 unless
-/// set), and the log says so. With the process on more CPUs, `max_cpu_fraction` holds. With no
-/// `max_cpu_fraction` at all the log warns that nothing bounds the shadows' CPU.
+/// set), and the log says so. With the process on more CPUs, `max_cpu_fraction` holds. Left
+/// out, it is 0.05.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_one_cpu_the_shadow_budget_is_the_one_cpu_share() {
     let _guard = exclusive().await;
@@ -340,16 +340,21 @@ async fn on_one_cpu_the_shadow_budget_is_the_one_cpu_share() {
         assert!((got - 0.25 * capacity).abs() < 1e-9, "{got}: max_cpu_fraction of {capacity} CPUs");
         let logs = all.stop().await;
         assert!(!logs.contains("may run on one CPU only"), "{logs}");
-        assert!(!logs.contains("no CPU budget"), "{logs}");
     }
-    // With no budget at all the log warns, naming the key.
-    let none = ChildServer::start(models).await;
-    assert_eq!(budget(&none).await, Some(0.0), "0 = no budget");
-    let logs = none.stop().await;
-    assert!(
-        logs.contains("shadow models run with no CPU budget") && logs.contains("set shadow.max_cpu_fraction"),
-        "the log warns that nothing bounds the shadows' CPU:\n{logs}"
-    );
+    // Left out, the budget is 0.05 of the CPUs (`cpu_reserve`, set to its default, keeps the
+    // test helpers' unbounded shadows out of this config).
+    let left_out = format!("[shadow]\ncpu_reserve = 0.5\n{models}");
+    if allowed.count() > 1 {
+        let all = ChildServer::start(&left_out).await;
+        let capacity = modserve::inference::cpu::process_capacity().cpus;
+        let got = budget(&all).await.unwrap();
+        assert!((got - 0.05 * capacity).abs() < 1e-9, "{got}: 0.05 of {capacity} CPUs");
+        let logs = all.stop().await;
+        assert!(logs.contains("shadow CPU budget") && logs.contains("\"max_cpu_fraction\":0.05"), "{logs}");
+    }
+    let one = ChildServer::start_on_cpu(cpu, &left_out).await;
+    assert_eq!(budget(&one).await, Some(0.01), "left out, on one CPU: the one-CPU share");
+    one.stop().await;
 }
 
 /// Under a budget the heavy shadow cannot meet, its effective sample rate drops below the

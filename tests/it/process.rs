@@ -12,11 +12,10 @@ use tonic::Code;
 pub(crate) fn write_config(dir: &tempfile::TempDir, body: &str) -> std::path::PathBuf {
     let path = dir.path().join("modserve.toml");
     let mut f = std::fs::File::create(&path).unwrap();
-    writeln!(
-        f,
+    let text = unbounded_shadows(&format!(
         "[server]\ngrpc_listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\nshutdown_grace = \"10s\"\n{body}"
-    )
-    .unwrap();
+    ));
+    writeln!(f, "{text}").unwrap();
     path
 }
 

@@ -21,7 +21,7 @@ fn write_config(path: &Path, server_extra: &str, tasks: &str) {
         text += &format!("[models.{m}]\npath = {:?}\n", fixture(m).display().to_string());
     }
     text += tasks;
-    std::fs::write(path, text).unwrap();
+    std::fs::write(path, unbounded_shadows(&text)).unwrap();
 }
 
 const V1: &str = "[tasks.abuse]\nlive = \"tiny-abuse\"\n";

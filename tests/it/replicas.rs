@@ -73,7 +73,7 @@ const DISAGREEING: [&str; 2] = ["this is dumb", "you are stupid"];
 /// `live_pressure_jobs`, `max_delay` and breaker budget), so proofs 1 and 2 can count exactly
 /// even on a busy machine.
 fn replica_config(live: &str, shadow: &str) -> String {
-    format!(
+    unbounded_shadows(&format!(
         "[server]\nshutdown_grace = \"10s\"\ndrain_delay = \"0s\"\nwatch_config = false\n\
          [shadow]\nlive_pressure_jobs = 1000\nmax_delay = \"30s\"\nbreaker_latency_budget = \"30s\"\n\
          [shadow.disagreement_log]\npath = \"disagreements.jsonl\"\n\
@@ -81,7 +81,7 @@ fn replica_config(live: &str, shadow: &str) -> String {
          [tasks.abuse]\nlive = {live:?}\nshadows = [{{ model = {shadow:?}, sample_rate = {RATE:?} }}]\n",
         path_str(&fixture("tiny-abuse")),
         path_str(&fixture("tiny-abuse-v2")),
-    )
+    ))
 }
 
 fn free_port() -> u16 {

@@ -97,10 +97,10 @@ impl ChildServer {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("modserve.toml");
         let fixtures = format!("\"{}/", path_str(&repo().join("tests/fixtures")));
-        let text = format!(
+        let text = unbounded_shadows(&format!(
             "[server]\ngrpc_listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"\n{server}\n{}",
             body.replace("\"tests/fixtures/", &fixtures)
-        );
+        ));
         std::fs::write(&path, text).unwrap();
         let mut child = cmd
             .arg("--config")

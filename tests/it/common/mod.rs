@@ -53,12 +53,28 @@ pub fn config(body: &str) -> Config {
 
 /// Like `config`, with extra `[server]` keys.
 pub fn config_with(server: &str, body: &str) -> Config {
-    let text = format!(
+    let text = unbounded_shadows(&format!(
         "[server]\ngrpc_listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"\nonnxruntime_lib = {:?}\n{server}\n{body}",
         ort_lib().display().to_string()
-    );
+    ));
     Config::parse(&text, &repo().join("test.toml"), &Overrides::default())
         .unwrap_or_else(|e| panic!("bad test config: {e:?}\n{text}"))
+}
+
+/// A test server's config text with its shadows' CPU unbounded (`max_cpu_fraction = 1.0`,
+/// `cpu_reserve = 0`), unless the text sets either key itself. The suite keeps this machine's CPUs
+/// busy, and under the shipped defaults (a 5% budget, shadows only while half the CPUs are free)
+/// test shadows would be held back, and tests that count comparisons would wait for nothing;
+/// `isolation.rs` tests the budget and the headroom, defaults included.
+pub fn unbounded_shadows(text: &str) -> String {
+    const KEYS: &str = "max_cpu_fraction = 1.0\ncpu_reserve = 0\n";
+    if text.contains("max_cpu_fraction") || text.contains("cpu_reserve") {
+        text.to_string()
+    } else if text.contains("[shadow]\n") {
+        text.replacen("[shadow]\n", &format!("[shadow]\n{KEYS}"), 1)
+    } else {
+        format!("{text}\n[shadow]\n{KEYS}")
+    }
 }
 
 /// The tiny abuse fixture as the abuse task.
