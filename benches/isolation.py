@@ -2,7 +2,8 @@
 """Helper of benches/isolation.sh (standard library only).
 
 `cell`: one measured level -> one JSON line: the loadgen result plus, from two /metrics scrapes,
-each shadow's outcomes, effective sample rate, and the shadow CPU used.
+each shadow's outcomes, effective sample rate, and the shadow CPU used; and the VM's steal time
+over the level (time the hypervisor gave this machine's CPUs to someone else).
 `summary`: medians over rounds -> Markdown tables, live figures beside live-only at the same load.
 """
 import argparse
@@ -57,7 +58,8 @@ def cell(a):
     cpu = sum(s['cpu_seconds'] for s in shadows.values())
     print(json.dumps({
         'round': a.round, 'placement': a.placement, 'config': a.config, 'load': a.load,
-        'wall_s': a.wall, 'throttled_s': a.throttled_us / 1e6, 'result': result, 'shadows': shadows,
+        'wall_s': a.wall, 'throttled_s': a.throttled_us / 1e6, 'steal_s': a.steal_s, 'result': result,
+        'shadows': shadows,
         # CPU-seconds per second of the whole level (warm-up included, as the counter is).
         'shadow_cpu_per_s': cpu / a.wall if a.wall else 0.0,
     }))
@@ -96,8 +98,8 @@ def summary(a):
           + ', '.join(f'{p} {c:,} req/s' for p, c in capacity.items()))
     print()
     print('| placement | load | config | achieved req/s | p50 ms | p99 ms | p99.9 ms | p99 / live-only | '
-          'coverage (compared / sampled) | effective rate | shadow CPU (CPU-s/s) | throttled s | errors |')
-    print('|---|---|---|---|---|---|---|---|---|---|---|---|---|')
+          'coverage (compared / sampled) | effective rate | shadow CPU (CPU-s/s) | throttled s | steal s (max) | errors |')
+    print('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|')
     order = {'one': 0, 'two': 1, 'quota': 2}
     def load_order(load: str) -> float:
         return float('inf') if load == 'closed1' else float(load)
@@ -130,7 +132,8 @@ def summary(a):
         print(f"| {placement} | {level} | {config} | {med([r['result']['requests_per_s'] for r in rs]):,.0f} | "
               f"{fmt(med([r['result']['p50_ms'] for r in rs]))} | {fmt(p99)} | "
               f"{fmt(med([r['result']['p999_ms'] for r in rs]))} | {ratio} | {coverage} | {rate} | "
-              f"{fmt(med([r['shadow_cpu_per_s'] for r in rs]), 3)} | {fmt(med([r['throttled_s'] for r in rs]), 2)} | {errors} |")
+              f"{fmt(med([r['shadow_cpu_per_s'] for r in rs]), 3)} | {fmt(med([r['throttled_s'] for r in rs]), 2)} | "
+              f"{fmt(max((r.get('steal_s', 0.0) for r in rs), default=None), 2)} | {errors} |")
 
 
 def main():
@@ -142,6 +145,7 @@ def main():
     for name in ('placement', 'config', 'load', 'result', 'before', 'after'):
         c.add_argument(f'--{name}', required=True)
     c.add_argument('--wall', type=float, required=True)
+    c.add_argument('--steal-s', type=float, default=0.0)
     s = sub.add_parser('summary')
     s.add_argument('file')
     s.add_argument('--quota', default='')

@@ -162,17 +162,25 @@ cell() {  # cell ROUND PLACEMENT CONFIG LOAD ARGS...: one measured level, as one
     scrape "$tmp/before"
     local throttled_before=0
     [[ "$placement" == quota ]] && throttled_before="$(throttled_us)"
+    local steal_before; steal_before="$(steal_ticks)"
     local t0; t0="$(date +%s.%N)"
     loadgen "$placement" "$@" >"$tmp/result"
     local t1; t1="$(date +%s.%N)"
+    local steal=$(( $(steal_ticks) - steal_before ))
     sleep 0.5  # let queued shadow work finish and be counted
     scrape "$tmp/after"
     local throttled=0
     [[ "$placement" == quota ]] && throttled=$(( $(throttled_us) - throttled_before ))
     python3 benches/isolation.py cell --round "$round" --placement "$placement" --config "$name" \
         --load "$load" --wall "$(echo "$t1 - $t0" | bc)" --throttled-us "$throttled" \
+        --steal-s "$(echo "scale=2; $steal / $(getconf CLK_TCK)" | bc)" \
         --result "$tmp/result" --before "$tmp/before" --after "$tmp/after" >>"$out"
 }
+
+# Steal time of all CPUs (/proc/stat, in clock ticks): time the hypervisor ran something else
+# while this VM's CPUs had work. It stalls live and shadow alike, so a half with more of it reads
+# a worse tail for a reason that is not the shadow.
+steal_ticks() { awk '/^cpu / {print $9}' /proc/stat; }
 
 throttled_us() {  # total time the quota cgroup was throttled, in microseconds
     if [[ -f "$cgroup/cpu.stat" ]] && grep -q throttled_usec "$cgroup/cpu.stat"; then
