@@ -70,8 +70,9 @@ const DISAGREEING: [&str; 2] = ["this is dumb", "you are stupid"];
 /// rolls out only by `Admin/Reload`, replica by replica. `drain_delay` stays 0: nginx has no
 /// active health checks, so a drain delay would only lengthen the time a stopping replica
 /// answers UNAVAILABLE to traffic nginx keeps sending it. Shadow work is never shed (high
-/// `live_pressure_jobs`, `max_delay` and breaker budget), so proofs 1 and 2 can count exactly
-/// even on a busy machine.
+/// `live_pressure_jobs`, `max_delay` and breaker budget; every CPU as the CPU budget and no
+/// headroom rule, by `unbounded_shadows`), so proofs 1 and 2 can count exactly even on a busy
+/// machine.
 fn replica_config(live: &str, shadow: &str) -> String {
     unbounded_shadows(&format!(
         "[server]\nshutdown_grace = \"10s\"\ndrain_delay = \"0s\"\nwatch_config = false\n\
