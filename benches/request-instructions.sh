@@ -8,7 +8,7 @@
 # run, so a cost far below this machine's timing noise still shows.
 #
 # usage: [RATE=50] [DURATION=20s] benches/request-instructions.sh
-# Needs valgrind (Debian package valgrind). About 5 minutes: the server starts slowly under callgrind.
+# Needs valgrind (Debian package valgrind). About 2 minutes (the server starts slowly under callgrind).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
