@@ -314,13 +314,14 @@ fn configure_budget(shadow_cpu: &Arc<ShadowCpu>, config: &Config, models: &BTree
     let capacity = cpu::process_capacity();
     metrics::process_cpu_capacity(capacity);
     let shadow_models = models.values().filter(|m| m.role == Role::Shadow).count();
-    let one_cpu = cpu::allowed_cpus().is_ok_and(|cpus| cpus.count() == 1);
+    let allowed = cpu::allowed_cpus().ok();
+    let one_cpu = allowed.as_ref().is_some_and(|cpus| cpus.count() == 1);
     let fraction = budget_fraction(&config.shadow, one_cpu);
     let budget = fraction * capacity.cpus;
     shadow_cpu.configure(budget, shadow_models);
     let reserve = config.shadow.cpu_reserve;
     // Without shadow models there is nothing to hold back: no sampler thread, no log lines.
-    let headroom = (shadow_models > 0 && reserve > 0.0).then(cpu::allowed_cpus).and_then(Result::ok).map(|cpus| {
+    let headroom = allowed.filter(|_| shadow_models > 0 && reserve > 0.0).map(|cpus| {
         let limits = Limits { capacity: capacity.cpus, quota: capacity.source != CapacitySource::Affinity, reserve };
         (limits, cpus)
     });

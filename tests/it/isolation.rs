@@ -321,6 +321,14 @@ async fn on_one_cpu_the_shadow_budget_is_the_one_cpu_share() {
     async fn budget(server: &ChildServer) -> Option<f64> {
         metric(&server.scrape().await, "modserve_shadow_cpu_budget", &[])
     }
+    // On every CPU the process may use: the budget is `share` of them; returns the server's log.
+    async fn on_all_cpus(body: &str, share: f64) -> String {
+        let all = ChildServer::start(body).await;
+        let capacity = modserve::inference::cpu::process_capacity().cpus;
+        let got = budget(&all).await.unwrap();
+        assert!((got - share * capacity).abs() < 1e-9, "{got}: {share} of {capacity} CPUs");
+        all.stop().await
+    }
     let default_share = format!("[shadow]\nmax_cpu_fraction = 0.25\n{models}");
     let one = ChildServer::start_on_cpu(cpu, &default_share).await;
     assert_eq!(budget(&one).await, Some(0.01), "0.01 of one CPU");
@@ -334,22 +342,14 @@ async fn on_one_cpu_the_shadow_budget_is_the_one_cpu_share() {
     assert_eq!(budget(&one).await, Some(0.05), "the key, set");
     one.stop().await;
     if allowed.count() > 1 {
-        let all = ChildServer::start(&default_share).await;
-        let capacity = modserve::inference::cpu::process_capacity().cpus;
-        let got = budget(&all).await.unwrap();
-        assert!((got - 0.25 * capacity).abs() < 1e-9, "{got}: max_cpu_fraction of {capacity} CPUs");
-        let logs = all.stop().await;
+        let logs = on_all_cpus(&default_share, 0.25).await;
         assert!(!logs.contains("may run on one CPU only"), "{logs}");
     }
     // Left out, the budget is 0.05 of the CPUs (`cpu_reserve`, set to its default, keeps the
     // test helpers' unbounded shadows out of this config).
     let left_out = format!("[shadow]\ncpu_reserve = 0.5\n{models}");
     if allowed.count() > 1 {
-        let all = ChildServer::start(&left_out).await;
-        let capacity = modserve::inference::cpu::process_capacity().cpus;
-        let got = budget(&all).await.unwrap();
-        assert!((got - 0.05 * capacity).abs() < 1e-9, "{got}: 0.05 of {capacity} CPUs");
-        let logs = all.stop().await;
+        let logs = on_all_cpus(&left_out, 0.05).await;
         assert!(logs.contains("shadow CPU budget") && logs.contains("\"max_cpu_fraction\":0.05"), "{logs}");
     }
     let one = ChildServer::start_on_cpu(cpu, &left_out).await;
