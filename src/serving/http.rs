@@ -10,6 +10,8 @@
 //! a body of at most `limits.max_message_bytes` received within the call's deadline, and the
 //! one table from status codes to HTTP statuses (`status`).
 //!
+//! A connection that ends cleanly closes lingering (`serving::linger`), so a client still
+//! sending a body the server refused to read (413, 429, 504) reads the answer instead of a reset.
 //! At shutdown it stops accepting with the gRPC listeners, lets the calls in flight finish
 //! within `server.shutdown_grace`, then closes what is left.
 
@@ -28,6 +30,7 @@ use tokio::sync::watch;
 use crate::metrics;
 use crate::request::Caller;
 use crate::serving::grpc::transport::{Slot, Slots, accept};
+use crate::serving::linger::{self, Linger};
 use crate::serving::tls::Tls;
 use crate::shutdown::ShutdownSignal;
 
@@ -70,8 +73,10 @@ pub async fn serve(
 ) {
     let slots = Slots::new(LISTENER, settings.max_connections, settings.max_connections_per_peer);
     let graceful = GracefulShutdown::new();
-    // Set when the grace is over: connections still open then are dropped.
+    // Set when the grace is over: connections still open then are dropped. Every connection and
+    // lingering close holds a receiver; the sender sees it closed once all of them ended.
     let (close, closing) = watch::channel(false);
+    let lingering = linger::Places::new(settings.max_connections);
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(settings.handshake_timeout).max_buf_size(MAX_REQUEST_HEAD);
     let stop = shutdown.wait();
@@ -96,12 +101,17 @@ pub async fn serve(
             settings,
             watcher: graceful.watcher(),
             closing: closing.clone(),
+            lingering: lingering.clone(),
             _slot: slot,
         };
         tokio::spawn(connection.start(stream, tls.as_ref().map(|t| t.http_acceptor())));
     }
-    drop(listener);
-    if tokio::time::timeout(settings.shutdown_grace, graceful.shutdown()).await.is_err() {
+    drop((listener, closing));
+    let drained = async {
+        graceful.shutdown().await;
+        close.closed().await;
+    };
+    if tokio::time::timeout(settings.shutdown_grace, drained).await.is_err() {
         tracing::warn!(
             listener = LISTENER,
             grace = ?settings.shutdown_grace,
@@ -119,16 +129,22 @@ struct Connection {
     watcher: hyper_util::server::graceful::Watcher,
     /// True once the shutdown grace is over.
     closing: watch::Receiver<bool>,
+    lingering: linger::Places,
     _slot: Slot,
 }
 
 impl Connection {
     async fn start(self, stream: TcpStream, tls: Option<tokio_rustls::TlsAcceptor>) {
+        let mut closing = self.closing.clone();
+        let grace_over = Box::pin(async move {
+            let _ = closing.wait_for(|closing| *closing).await;
+        });
+        let (stream, linger) = self.lingering.socket(stream, grace_over);
         match tls {
-            None => self.serve(stream).await,
+            None => self.serve(stream, linger).await,
             Some(acceptor) => {
                 match tokio::time::timeout(self.settings.handshake_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => self.serve(stream).await,
+                    Ok(Ok(stream)) => self.serve(stream, linger).await,
                     Ok(Err(e)) => {
                         metrics::tls_handshake_failed(LISTENER);
                         tracing::debug!(listener = LISTENER, error = %e, "TLS handshake failed");
@@ -142,7 +158,9 @@ impl Connection {
         }
     }
 
-    async fn serve<IO>(self, io: IO)
+    /// Serves the connection until it ends; it closes lingering unless it ended in an error or
+    /// the grace ran out.
+    async fn serve<IO>(self, io: IO, linger: Linger)
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -152,11 +170,16 @@ impl Connection {
             let api = api.clone();
             async move { Ok::<_, std::convert::Infallible>(api.answer(request, caller).await) }
         });
+        // Pinned here rather than in `select!`, which would drop it, and the socket with it,
+        // before the branch below can ask for a lingering close.
         let connection = self.watcher.watch(self.builder.serve_connection(TokioIo::new(io), service));
+        tokio::pin!(connection);
         let mut closing = self.closing;
         tokio::select! {
-            result = connection => if let Err(e) = result {
-                tracing::debug!(listener = LISTENER, error = %e, "connection ended with an error");
+            result = connection.as_mut() => match result {
+                // Ended by the client, or by us after an answer: the client may still be sending.
+                Ok(()) => linger.close(true),
+                Err(e) => tracing::debug!(listener = LISTENER, error = %e, "connection ended with an error"),
             },
             _ = closing.wait_for(|closing| *closing) => {}
         }

@@ -334,6 +334,37 @@ async fn a_verdicts_body_larger_than_the_queues_room_is_refused_before_it_is_rea
     server.stop().await;
 }
 
+/// A client still sending a body the server refused without reading it (declared over
+/// `limits.max_message_bytes`) reads the 413, not a reset: the server closes lingering, reading
+/// and dropping the rest. With a plain close the second write fails (a broken pipe), and Python's
+/// `http.client` posting such a body reads `BrokenPipeError` instead of the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_still_sending_a_refused_body_reads_the_answer() {
+    let _guard = shared().await;
+    let server = TestServer::start(http_config(
+        "",
+        &format!("[limits]\nmax_message_bytes = 4096\nmax_text_bytes = 1024\n{BASIC}"),
+    ))
+    .await;
+    let mut tcp = tokio::net::TcpStream::connect(server.http_addr.unwrap()).await.unwrap();
+    let head = "POST /v1/classify HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n\
+                content-length: 3000000\r\n\r\n";
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    for round in 0..3 {
+        tcp.write_all(&[b' '; 1_000_000]).await.unwrap_or_else(|e| panic!("write {round} of the body: {e}"));
+        // Time for a reset to come back, if one comes.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    tcp.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), tcp.read_to_end(&mut answer)).await;
+    assert!(matches!(read, Ok(Ok(_))), "a clean close after ours: {read:?}");
+    let answer = parse_http(&String::from_utf8_lossy(&answer));
+    assert_eq!(answer.status, 413, "{answer:?}");
+    assert!(answer.error().1.contains("larger than limits.max_message_bytes (4096 bytes)"), "{answer:?}");
+    server.stop().await;
+}
+
 /// POSTs `sent` of a body declared `declared` bytes long (deadline 300 ms) and returns the answer
 /// without sending the rest.
 async fn partial_post(addr: SocketAddr, path: &str, declared: usize, sent: &str) -> Answer {

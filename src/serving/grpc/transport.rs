@@ -1,7 +1,7 @@
 //! The HTTP/2 transport for gRPC: an accept loop over hyper, optional TLS, connection limits (in
 //! all and per peer), a handshake deadline, bounded uploads (`upload`), call deadlines counted
 //! from the arrival of the headers, idle connections closed, and a drain that ends in a hard
-//! close. A connection the server ends with GOAWAY closes lingering (`Socket`).
+//! close. A connection the server ends with GOAWAY closes lingering (`serving::linger`).
 //!
 //! We serve tonic's routes with hyper directly instead of `tonic::transport::Server` because
 //! the latter wraps every call in its own `grpc-timeout` enforcement, which answers an expired
@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tonic::service::Routes;
 use tower::ServiceExt;
 
@@ -32,6 +32,7 @@ use super::status;
 use super::upload::{BoundedBody, Budget, Parked};
 use crate::metrics::{self, TransportRefusal};
 use crate::request::Caller;
+use crate::serving::linger::{self, Linger};
 use crate::serving::tls::Tls;
 use crate::shutdown::ShutdownSignal;
 
@@ -60,10 +61,6 @@ const CONNECTION_WINDOW_BYTES: u32 = 1024 * 1024;
 const HANDSHAKE_BYTES: u64 = 24 + 9;
 /// How often a connection with answers open looks at how long they have waited for the client.
 const CHECK_ANSWERS_EVERY: Duration = Duration::from_millis(250);
-/// How long a connection the server ended with GOAWAY keeps reading (and dropping) what its
-/// client still sends, so the client reads the GOAWAY instead of a reset (`Socket`). A client
-/// closes as soon as it has read it; this bounds one that does not.
-const LINGER_FOR: Duration = Duration::from_secs(2);
 /// How much longer than a call's deadline the transport waits before cutting it: the handler
 /// owns the deadline and answers first, with its own message, whenever the call got that far.
 const DEADLINE_SLACK: Duration = Duration::from_millis(50);
@@ -171,8 +168,7 @@ pub async fn serve(
         .shown(metrics::request_bytes_receiving(name));
     let answers = Open::default();
     let endless_open = endless::Open::default();
-    // A lingering close holds a socket past its slot: at most as many as there may be open.
-    let lingering = Arc::new(Semaphore::new(settings.max_connections));
+    let lingering = linger::Places::new(settings.max_connections);
     let stop = shutdown.wait();
     tokio::pin!(stop);
     loop {
@@ -325,7 +321,7 @@ struct Connection {
     /// Health Watch and reflection streams open on this listener (`endless`).
     endless: endless::Open,
     /// Places for lingering closes on this listener.
-    lingering: Arc<Semaphore>,
+    lingering: linger::Places,
     slot: Slot,
 }
 
@@ -334,13 +330,11 @@ impl Connection {
     async fn start(self, stream: TcpStream, tls: Option<tokio_rustls::TlsAcceptor>) {
         let accepted = Instant::now();
         let name = self.name;
-        let linger = Arc::new(AtomicBool::new(false));
-        let stream = Socket {
-            stream: Some(stream),
-            linger: linger.clone(),
-            places: self.lingering.clone(),
-            phase: self.phase.clone(),
-        };
+        let mut phase = self.phase.clone();
+        let grace_over = Box::pin(async move {
+            let _ = phase.wait_for(|p| *p == Phase::Closing).await;
+        });
+        let (stream, linger) = self.lingering.socket(stream, grace_over);
         match tls {
             None => self.serve(stream, accepted, linger).await,
             Some(acceptor) => {
@@ -359,8 +353,8 @@ impl Connection {
         }
     }
 
-    /// Serves the connection until it ends; `linger` is set when it ends after our GOAWAY.
-    async fn serve<IO>(self, io: IO, accepted: Instant, linger: Arc<AtomicBool>)
+    /// Serves the connection until it ends; it closes lingering when it ends after our GOAWAY.
+    async fn serve<IO>(self, io: IO, accepted: Instant, linger: Linger)
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -451,7 +445,7 @@ impl Connection {
         };
         // Every call the client started before our GOAWAY is answered; one it sent after may
         // still be arriving.
-        linger.store(closing && result.is_ok(), Ordering::Relaxed);
+        linger.close(closing && result.is_ok());
         if let Err(e) = result {
             match broke_protocol(&e) {
                 Some(reason) => {
@@ -670,110 +664,6 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Counted<IO> {
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
-    }
-}
-
-/// An accepted TCP stream that, once its connection ended after our GOAWAY, closes lingering:
-/// it shuts down its sending side and reads (and drops) what the client still sends until the
-/// client closes, `LINGER_FOR` passes or the drain turns to closing. A plain close with a
-/// client's bytes unread, or arriving after it, answers them with a reset, and a client still
-/// writing a call when the GOAWAY came then fails on a broken pipe before it reads the GOAWAY
-/// that tells it the call was not processed and may be sent again. Any other end (a broken
-/// protocol, a stalled handshake or answer, the grace over) closes at once.
-struct Socket {
-    /// `None` only once dropped.
-    stream: Option<TcpStream>,
-    linger: Arc<AtomicBool>,
-    /// A lingering close takes one, and closes at once if none is left.
-    places: Arc<Semaphore>,
-    /// Holding it keeps the drain waiting for the lingering close, within the grace.
-    phase: watch::Receiver<Phase>,
-}
-
-impl Socket {
-    fn stream(&mut self) -> std::io::Result<Pin<&mut TcpStream>> {
-        self.stream.as_mut().map(Pin::new).ok_or_else(|| std::io::ErrorKind::NotConnected.into())
-    }
-}
-
-impl Drop for Socket {
-    fn drop(&mut self) {
-        let Some(stream) = self.stream.take().filter(|_| self.linger.load(Ordering::Relaxed)) else {
-            return;
-        };
-        let (Ok(place), Ok(runtime)) = (self.places.clone().try_acquire_owned(), tokio::runtime::Handle::try_current())
-        else {
-            return;
-        };
-        let mut phase = self.phase.clone();
-        runtime.spawn(async move {
-            let _place = place;
-            linger(stream, &mut phase).await;
-        });
-    }
-}
-
-async fn linger(mut stream: TcpStream, phase: &mut watch::Receiver<Phase>) {
-    let _ = stream.shutdown().await;
-    let mut dropped = [0u8; 4096];
-    let until = tokio::time::sleep(LINGER_FOR);
-    tokio::pin!(until);
-    loop {
-        tokio::select! {
-            read = stream.read(&mut dropped) => match read {
-                Ok(n) if n > 0 => {}
-                _ => return,
-            },
-            _ = &mut until => return,
-            _ = phase.wait_for(|p| *p == Phase::Closing) => return,
-        }
-    }
-}
-
-impl AsyncRead for Socket {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        match self.stream() {
-            Ok(stream) => stream.poll_read(cx, buf),
-            Err(e) => Poll::Ready(Err(e)),
-        }
-    }
-}
-
-impl AsyncWrite for Socket {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        match self.stream() {
-            Ok(stream) => stream.poll_write(cx, buf),
-            Err(e) => Poll::Ready(Err(e)),
-        }
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.stream() {
-            Ok(stream) => stream.poll_flush(cx),
-            Err(e) => Poll::Ready(Err(e)),
-        }
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.stream() {
-            Ok(stream) => stream.poll_shutdown(cx),
-            Err(e) => Poll::Ready(Err(e)),
-        }
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.stream() {
-            Ok(stream) => stream.poll_write_vectored(cx, bufs),
-            Err(e) => Poll::Ready(Err(e)),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.as_ref().is_some_and(|s| s.is_write_vectored())
     }
 }
 
