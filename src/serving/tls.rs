@@ -42,8 +42,17 @@ pub struct Tls {
     config: TlsConfig,
     current: ArcSwap<rustls::ServerConfig>,
     current_http: ArcSwap<rustls::ServerConfig>,
+    /// What the watcher has seen of the files.
+    seen: Mutex<Seen>,
+}
+
+/// What the watcher has seen: the set in use, and a set that would not load.
+struct Seen {
     /// sha256 over the three files' contents, to see rotations.
-    loaded: Mutex<[u8; 32]>,
+    loaded: [u8; 32],
+    /// The set (its sha256, or that of the read error) that did not load, and whether it has
+    /// been reported.
+    failing: Option<([u8; 32], bool)>,
 }
 
 impl Tls {
@@ -52,7 +61,7 @@ impl Tls {
         let files = read_files(&config)?;
         let server = server_config(&files, &config)?;
         Ok(Tls {
-            loaded: Mutex::new(files.fingerprint()),
+            seen: Mutex::new(Seen { loaded: files.fingerprint(), failing: None }),
             current_http: ArcSwap::from_pointee(http1(&server)),
             current: ArcSwap::from_pointee(server),
             config,
@@ -76,20 +85,37 @@ impl Tls {
 
     /// Re-reads the files; swaps the config if their content changed and it loads. Returns
     /// whether a new config was installed. On error the old config stays.
+    ///
+    /// A set that does not load is an error only once the next check finds the same set, and
+    /// then not again until the files change: a rotation that writes the certificate and the
+    /// key one after the other (or rewrites a file in place) shows a mismatched or partial set
+    /// between its writes, and that is no failure to page anyone about.
     pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
-        let files = read_files(&self.config)?;
-        let fingerprint = files.fingerprint();
-        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
-        if *loaded == fingerprint {
-            return Ok(false);
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let (fingerprint, server) = match read_files(&self.config) {
+            Ok(files) if files.fingerprint() == seen.loaded => {
+                seen.failing = None;
+                return Ok(false);
+            }
+            Ok(files) => (files.fingerprint(), server_config(&files, &self.config)),
+            Err(e) => (Sha256::digest(e.to_string()).into(), Err(e)),
+        };
+        match server {
+            Ok(server) => {
+                *seen = Seen { loaded: fingerprint, failing: None };
+                self.current_http.store(Arc::new(http1(&server)));
+                self.current.store(Arc::new(server));
+                Ok(true)
+            }
+            Err(e) => match seen.failing.replace((fingerprint, true)) {
+                Some((failing, false)) if failing == fingerprint => Err(e),
+                Some((failing, true)) if failing == fingerprint => Ok(false),
+                _ => {
+                    seen.failing = Some((fingerprint, false));
+                    Ok(false)
+                }
+            },
         }
-        let server = server_config(&files, &self.config);
-        // A bad set is not retried until the files change again: one error per rotation.
-        *loaded = fingerprint;
-        let server = server?;
-        self.current_http.store(Arc::new(http1(&server)));
-        self.current.store(Arc::new(server));
-        Ok(true)
     }
 }
 
@@ -204,4 +230,63 @@ fn server_config(files: &Files, paths: &TlsConfig) -> Result<rustls::ServerConfi
     // gRPC is HTTP/2 only.
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A self-signed certificate for localhost: (certificate PEM, key PEM).
+    fn pair() -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap().self_signed(&key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn a_set_that_does_not_load_is_reported_once_the_next_check_finds_it_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+        let first = pair();
+        std::fs::write(&cert, &first.0).unwrap();
+        std::fs::write(&key, &first.1).unwrap();
+        let config = TlsConfig {
+            cert_file: cert.clone(),
+            key_file: key.clone(),
+            client_ca_file: None,
+            watch_interval: Duration::from_secs(1),
+        };
+        let tls = Tls::load(config).unwrap();
+        assert!(!tls.reload_if_changed().unwrap(), "nothing changed");
+
+        // A rotation seen between its two writes: the new certificate beside the old key.
+        let next = pair();
+        std::fs::write(&cert, &next.0).unwrap();
+        assert!(!tls.reload_if_changed().unwrap(), "a mismatched pair is not reported on first sight");
+        std::fs::write(&key, &next.1).unwrap();
+        assert!(tls.reload_if_changed().unwrap(), "the whole pair loads");
+
+        // A pair that stays mismatched: reported at the second check, and only then.
+        std::fs::write(&key, pair().1).unwrap();
+        assert!(!tls.reload_if_changed().unwrap());
+        let e = tls.reload_if_changed().unwrap_err();
+        assert!(e.to_string().contains("does the key belong to the certificate?"), "{e}");
+        assert!(!tls.reload_if_changed().unwrap(), "reported once");
+
+        // A key file that is gone: the same, naming the file.
+        std::fs::remove_file(&key).unwrap();
+        assert!(!tls.reload_if_changed().unwrap());
+        let e = tls.reload_if_changed().unwrap_err();
+        assert!(matches!(e, TlsError::Read { key: "tls.key_file", .. }), "{e}");
+        assert!(!tls.reload_if_changed().unwrap(), "reported once");
+
+        // Back to the pair in use: nothing to load, and a later bad set is new again.
+        std::fs::write(&key, &next.1).unwrap();
+        assert!(!tls.reload_if_changed().unwrap());
+        std::fs::remove_file(&key).unwrap();
+        assert!(!tls.reload_if_changed().unwrap());
+        assert!(tls.reload_if_changed().is_err());
+    }
 }
