@@ -85,6 +85,8 @@ def sign_test(k: int, n: int) -> float:
 def summary(a):
     rows = [json.loads(line) for line in open(a.file)]
     capacity = {r['capacity']['placement']: r['capacity']['requests_per_s'] for r in rows if 'capacity' in r}
+    closed = {r['closed_loop_capacity']['placement']: r['closed_loop_capacity']['requests_per_s']
+              for r in rows if 'closed_loop_capacity' in r}
     cells = defaultdict(list)
     for r in rows:
         if 'round' in r:
@@ -94,8 +96,11 @@ def summary(a):
     what = (f"Pairs: {rounds} per cell, each shadow config in one server (medians; pairs: the median of each pair's "
             f"on / off)") if toggled else f'Rounds: {rounds} (medians)'
     print(f'{what}; quota: {a.quota}; shadow.max_cpu_fraction = {a.budget}, shadow.cpu_reserve = {a.reserve}; '
-          f'live-only capacity (closed loop, concurrency 16): '
-          + ', '.join(f'{p} {c:,} req/s' for p, c in capacity.items()))
+          + (f'live-only capacity (the highest open-loop rate it held; closed loop at concurrency 16 in brackets): '
+             + ', '.join(f'{p} {c:,} req/s ({closed[p]:,})' for p, c in capacity.items())
+             if closed else
+             f'live-only capacity (closed loop, concurrency 16): '
+             + ', '.join(f'{p} {c:,} req/s' for p, c in capacity.items())))
     print()
     print('| placement | load | config | achieved req/s | p50 ms | p99 ms | p99.9 ms | p99 / live-only | '
           'coverage (compared / sampled) | effective rate | shadow CPU (CPU-s/s) | throttled s | steal s (max) | errors |')
