@@ -107,9 +107,14 @@ impl Tls {
                 self.current.store(Arc::new(server));
                 Ok(true)
             }
-            Err(e) => match seen.failing.replace((fingerprint, true)) {
-                Some((failing, false)) if failing == fingerprint => Err(e),
+            Err(e) => match seen.failing {
+                // Found at the last check too, so it is what the files hold: report it, once.
+                Some((failing, false)) if failing == fingerprint => {
+                    seen.failing = Some((fingerprint, true));
+                    Err(e)
+                }
                 Some((failing, true)) if failing == fingerprint => Ok(false),
+                // First sight: perhaps a rotation between its writes; the next check tells.
                 _ => {
                     seen.failing = Some((fingerprint, false));
                     Ok(false)
