@@ -93,11 +93,18 @@ impl Tls {
     pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         let (fingerprint, server) = match read_files(&self.config) {
-            Ok(files) if files.fingerprint() == seen.loaded => {
-                seen.failing = None;
-                return Ok(false);
+            Ok(files) => {
+                let fingerprint = files.fingerprint();
+                if fingerprint == seen.loaded {
+                    seen.failing = None;
+                    return Ok(false);
+                }
+                // Reported already: building it again would fail the same way.
+                if seen.failing == Some((fingerprint, true)) {
+                    return Ok(false);
+                }
+                (fingerprint, server_config(&files, &self.config))
             }
-            Ok(files) => (files.fingerprint(), server_config(&files, &self.config)),
             Err(e) => (Sha256::digest(e.to_string()).into(), Err(e)),
         };
         match server {
