@@ -63,6 +63,19 @@ fn rust_example() -> &'static Path {
         let profile_dir = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_path_buf();
         let mut build = Command::new(env!("CARGO"));
         build.current_dir(repo()).args(["build", "--locked", "--quiet", "--example", "classify"]);
+        // Without the variables cargo set for this test binary: build scripts (ring's) rerun when
+        // CARGO_MANIFEST_DIR or CARGO_PKG_NAME change, so the nested build would rebuild half the
+        // tree here, and the next `cargo test` rebuild it back.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            let set_by_cargo = ["CARGO_PKG_", "CARGO_BIN_", "CARGO_MANIFEST_", "CARGO_CRATE_", "CARGO_PRIMARY_"]
+                .iter()
+                .any(|p| name.starts_with(p))
+                || ["CARGO_TARGET_TMPDIR", "CARGO_RUSTC_CURRENT_DIR", "OUT_DIR"].contains(&&*name);
+            if set_by_cargo {
+                build.env_remove(&*name);
+            }
+        }
         if profile_dir.file_name().is_some_and(|n| n == "release") {
             build.arg("--release");
         }
@@ -88,6 +101,13 @@ fn warm_up() {
 
 /// Runs a client with `args` (and `envs`), blocking this worker thread only.
 fn run(client: Client, args: &[&str], envs: &[(&str, &str)]) -> Run {
+    run_watching(client, args, envs, |_| {})
+}
+
+/// `run`, calling `on_stderr` with each line the client writes to stderr as it writes it (e.g.
+/// to end a held stall once the client has been refused).
+fn run_watching(client: Client, args: &[&str], envs: &[(&str, &str)], mut on_stderr: impl FnMut(&str)) -> Run {
+    use std::io::{BufRead, Read};
     tokio::task::block_in_place(|| {
         let mut cmd = match client {
             Client::Rust => Command::new(rust_example()),
@@ -97,16 +117,37 @@ fn run(client: Client, args: &[&str], envs: &[(&str, &str)]) -> Run {
                 c
             }
         };
-        let out = cmd.args(args).envs(envs.iter().copied()).output().expect("the client runs");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let mut child = cmd
+            .args(args)
+            .envs(envs.iter().copied())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("the client runs");
+        let (mut out, err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+        let (stdout, stderr) = std::thread::scope(|s| {
+            let reader = s.spawn(move || {
+                let mut bytes = Vec::new();
+                out.read_to_end(&mut bytes).expect("the client's stdout");
+                String::from_utf8_lossy(&bytes).into_owned()
+            });
+            let mut stderr = String::new();
+            for line in std::io::BufReader::new(err).split(b'\n') {
+                let line = String::from_utf8_lossy(&line.expect("the client's stderr")).into_owned();
+                on_stderr(&line);
+                stderr.push_str(&line);
+                stderr.push('\n');
+            }
+            (reader.join().unwrap(), stderr)
+        });
+        let status = child.wait().expect("the client exits");
         let results = stdout
             .lines()
             .map(|l| {
                 serde_json::from_str(l).unwrap_or_else(|e| panic!("{client:?}: not a JSON line ({e}): {l}\n{stderr}"))
             })
             .collect();
-        Run { code: out.status.code().unwrap_or(-1), results, stderr }
+        Run { code: status.code().unwrap_or(-1), results, stderr }
     })
 }
 
@@ -206,18 +247,14 @@ async fn clients_do_not_retry_a_bad_request_or_a_missing_token() {
     server.stop().await;
 }
 
-/// Fills a queue of one: a call whose model stalls `stall_ms` in its worker (a fault injected
-/// through its backend), then one more waiting behind it; returns once a probe is refused
-/// RESOURCE_EXHAUSTED, with the two calls.
-async fn fill_queue(
-    server: &TestServer,
-    faults: &Faults,
-    model: &str,
-    stall_ms: u64,
-) -> Vec<tokio::task::JoinHandle<()>> {
+/// Fills a queue of one: a call whose model holds its worker until `faults.release()` (a fault
+/// injected through its backend), then one more waiting behind it; returns once a probe is
+/// refused RESOURCE_EXHAUSTED, with the calls.
+async fn fill_queue(server: &TestServer, faults: &Faults, model: &str) -> Vec<tokio::task::JoinHandle<()>> {
     let channel = server.channel().await;
     let mut calls = Vec::new();
-    faults.on_word(model, "huge", Action::Sleep(Duration::from_millis(stall_ms)));
+    faults.hold_again();
+    faults.on_word(model, "huge", Action::Hold);
     let begun = faults.begun();
     let mut client = ModerationClient::new(channel.clone());
     calls.push(tokio::spawn(async move {
@@ -262,24 +299,26 @@ live = "tiny-fraud-v2"
     for (client, stream) in
         [(Client::Rust, false), (Client::Python, false), (Client::Rust, true), (Client::Python, true)]
     {
-        // The worker stalls 6 s: the client is refused until then (Python starts in about 1 s,
-        // slower on a busy machine). 20 attempts wait about 16 s on average in all, and under
-        // 6 s with odds of a few in a million.
+        // The worker is held until the client says it was refused and will retry, however long
+        // the client takes to start; then the queue drains and a retry is served.
         // On a stream the refusal is the message's error, and the message is retried unary.
-        let calls = fill_queue(&server, &faults, "tiny-fraud-v2", 6000).await;
-        let started = std::time::Instant::now();
+        let calls = fill_queue(&server, &faults, "tiny-fraud-v2").await;
         let mut args = vec!["--target", target.as_str(), "--attempts", "20", "--deadline", "10"];
         if stream {
             args.push("--stream");
         }
-        let run = run(client, &args, &[]);
+        let run = run_watching(client, &args, &[], |line| {
+            if line.starts_with("retry ") {
+                faults.release();
+            }
+        });
+        faults.release();
         assert_eq!(run.code, 0, "{client:?} stream={stream}: {}", run.stderr);
         assert_eq!(run.results.len(), 3, "{client:?}: the sample reviews, one task");
         let retries = run.retries();
         assert!(!retries.is_empty(), "{client:?} was never refused: {}", run.stderr);
         assert!(retries[0].starts_with("retry 1/19 after RESOURCE_EXHAUSTED:"), "{client:?}: {}", retries[0]);
         assert!(retries.iter().all(|r| r.contains("RESOURCE_EXHAUSTED")), "{client:?}: {}", run.stderr);
-        assert!(started.elapsed() > Duration::from_secs(2), "served only after the stall");
         for call in calls {
             call.await.unwrap();
         }
@@ -317,8 +356,7 @@ async fn clients_give_up_on_unavailable_after_bounded_attempts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_do_not_retry_deadline_exceeded() {
-    // Alone: the stall must outlast the Python client's start, which other tests would slow.
-    let _guard = exclusive().await;
+    let _shared = shared().await;
     tokio::task::block_in_place(warm_up);
     let (server, faults) = TestServer::start_faulty(config(
         r#"
@@ -332,9 +370,11 @@ live = "tiny-abuse-v2"
     let target = server.grpc_addr.to_string();
     let channel = server.channel().await;
     for client in BOTH {
-        // The worker stalls 5 s (room for a slow Python start; a fault injected through its
-        // backend); the client's call waits behind it with a 0.3 s deadline.
-        faults.on_word("tiny-abuse-v2", "huge", Action::Sleep(Duration::from_millis(5000)));
+        // The worker is held (a fault injected through its backend) until the client has
+        // finished, however long it takes to start; its call waits behind it with a 0.3 s
+        // deadline.
+        faults.hold_again();
+        faults.on_word("tiny-abuse-v2", "huge", Action::Hold);
         let begun = faults.begun();
         let mut stalled = ModerationClient::new(channel.clone());
         let stall = tokio::spawn(async move {
@@ -346,6 +386,7 @@ live = "tiny-abuse-v2"
         assert_eq!(run.code, 1, "{client:?}: {}", run.stderr);
         assert!(run.stderr.contains("failed: DEADLINE_EXCEEDED:"), "{client:?}: {}", run.stderr);
         assert!(run.stderr.contains("not retried: raise --deadline"), "{client:?}: {}", run.stderr);
+        faults.release();
         assert!(run.retries().is_empty(), "{client:?}: {}", run.stderr);
         stall.await.unwrap();
     }

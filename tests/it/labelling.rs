@@ -195,7 +195,8 @@ async fn weighted_verdicts_from_the_labelling_queue_recover_the_true_precision()
     assert_eq!(prometheus.wait_for(labelled, want).await.map(|(_, v)| v), Some(want), "only picked reviews count");
     let all_verdicts = r#"sum(modserve_verdicts_total{task="abuse", role="live"})"#;
     let total = (picked.len() + organic.len()) as f64;
-    assert!(prometheus.wait_for(all_verdicts, total).await.is_some_and(|(_, v)| v >= total));
+    // At least: earlier tests in this process count verdicts on the same series.
+    assert!(prometheus.wait_at_least(all_verdicts, total).await.is_some_and(|(_, v)| v >= total));
 
     // The truth over the whole mix, and the estimate the queue allows, both counted here.
     let truth = weighted_precision(cases.iter().map(|c| (c, 1.0)), |c| c.live, 1);

@@ -75,6 +75,12 @@ impl Faults {
         self.released.1.notify_all();
     }
 
+    /// Makes `Action::Hold` wait again, until the next `release`: for a test that holds a worker
+    /// more than once.
+    pub fn hold_again(&self) {
+        *self.released.0.lock().unwrap() = false;
+    }
+
     fn hold(&self) {
         let released = self.released.0.lock().unwrap();
         let _ = self.released.1.wait_timeout_while(released, Duration::from_secs(30), |open| !*open).unwrap();

@@ -109,6 +109,20 @@ impl Prometheus {
         last
     }
 
+    /// Polls until the query's first value is at least `min` (bounded: 30 s); returns the last
+    /// (evaluation time, value) seen. For counters that earlier tests in this process also grew.
+    pub async fn wait_at_least(&self, promql: &str, min: f64) -> Option<(f64, f64)> {
+        let mut last = None;
+        for _ in 0..300 {
+            last = self.query(promql).await;
+            if last.is_some_and(|(_, v)| v >= min) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        last
+    }
+
     /// Polls until the query has any value (bounded: 30 s).
     pub async fn wait_any(&self, promql: &str) -> Option<(f64, f64)> {
         for _ in 0..300 {
