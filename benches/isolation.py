@@ -4,7 +4,9 @@
 `cell`: one measured level -> one JSON line: the loadgen result plus, from two /metrics scrapes,
 each shadow's outcomes, effective sample rate, and the shadow CPU used; and the VM's steal time
 over the level (time the hypervisor gave this machine's CPUs to someone else).
-`summary`: medians over rounds -> Markdown tables, live figures beside live-only at the same load.
+`summary`: medians over rounds -> Markdown tables, live figures beside live-only at the same load;
+where the A/A control ran at the same placement and load, each shadow cell's pair ratios are also
+tested against the control's (a one-sided exact rank test: "above A/A").
 """
 import argparse
 import json
@@ -82,6 +84,24 @@ def sign_test(k: int, n: int) -> float:
     return min(1.0, 2 * tail)
 
 
+def rank_test(xs, ys) -> float:
+    """One-sided Wilcoxon rank-sum (Mann-Whitney) test, exact: the chance that xs would rank at
+    least this high among xs + ys if both came from one distribution. Small means the xs (a
+    shadow cell's pair ratios) run higher than the ys (the A/A control's) beyond what chance gives."""
+    pooled = sorted([(x, 0) for x in xs] + [(y, 1) for y in ys])
+    n, k = len(pooled), len(xs)
+    observed = sum(i + 1 for i, (_, side) in enumerate(pooled) if side == 0)
+    # ways[j][w]: how many ways j of the ranks seen so far sum to w.
+    top = n * (n + 1) // 2
+    ways = [[0] * (top + 1) for _ in range(k + 1)]
+    ways[0][0] = 1
+    for rank in range(1, n + 1):
+        for j in range(min(rank, k), 0, -1):
+            for w in range(top, rank - 1, -1):
+                ways[j][w] += ways[j - 1][w - rank]
+    return sum(ways[k][observed:]) / math.comb(n, k)
+
+
 def summary(a):
     rows = [json.loads(line) for line in open(a.file)]
     capacity = {r['capacity']['placement']: r['capacity']['requests_per_s'] for r in rows if 'capacity' in r}
@@ -134,6 +154,14 @@ def summary(a):
             if len(ratios) >= 5:
                 slower = sum(x > 1 for x in ratios)
                 ratio += f', on slower in {slower}/{len(ratios)}, sign test p={sign_test(slower, len(ratios)):.2f}'
+            # Against the A/A control at the same placement and load: do this cell's pairs read
+            # slower than pairs whose halves do not differ at all?
+            aa, aa_off = cells.get((placement, 'aa', load)), cells.get((placement, 'aa-off', load))
+            if config != 'aa' and aa and aa_off and len(ratios) >= 5:
+                aa_pairs = {r['round']: r['result']['p99_ms'] for r in aa_off}
+                control = [r['result']['p99_ms'] / aa_pairs[r['round']] for r in aa if aa_pairs.get(r['round'])]
+                if len(control) >= 5:
+                    ratio += f'; above A/A: rank test p={rank_test(ratios, control):.2f}'
         print(f"| {placement} | {level} | {config} | {med([r['result']['requests_per_s'] for r in rs]):,.0f} | "
               f"{fmt(med([r['result']['p50_ms'] for r in rs]))} | {fmt(p99)} | "
               f"{fmt(med([r['result']['p999_ms'] for r in rs]))} | {ratio} | {coverage} | {rate} | "

@@ -18,7 +18,8 @@
 # differs. Configs `X-off` are the halves at 0; ROUNDS is ignored. PLACEMENTS (e.g. "one") and
 # CONFIGS (e.g. "minilm") narrow it; CONFIGS=v3 shadows the two v3 transformer candidates, as
 # modserve.toml does; CONFIGS=aa runs the A/A control (both halves sample nothing), which shows
-# how far apart two identical halves read on this machine.
+# how far apart two identical halves read on this machine; the summary then tests each shadow
+# cell's pair ratios against the control's ("above A/A: rank test p=").
 #
 # CLIENT_RT=1 runs the load generator under SCHED_FIFO, so that its own waits for a CPU (behind
 # the server's cgroup, which the kernel compares as one entity) do not count as live latency.
