@@ -98,24 +98,20 @@ impl Prometheus {
     /// Polls until the query's first value is `want` (bounded: 30 s); returns the last
     /// (evaluation time, value) seen.
     pub async fn wait_for(&self, promql: &str, want: f64) -> Option<(f64, f64)> {
-        let mut last = None;
-        for _ in 0..300 {
-            last = self.query(promql).await;
-            if last.is_some_and(|(_, v)| v == want) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        last
+        self.wait_until(promql, |v| v == want).await
     }
 
     /// Polls until the query's first value is at least `min` (bounded: 30 s); returns the last
     /// (evaluation time, value) seen. For counters that earlier tests in this process also grew.
     pub async fn wait_at_least(&self, promql: &str, min: f64) -> Option<(f64, f64)> {
+        self.wait_until(promql, |v| v >= min).await
+    }
+
+    async fn wait_until(&self, promql: &str, done: impl Fn(f64) -> bool) -> Option<(f64, f64)> {
         let mut last = None;
         for _ in 0..300 {
             last = self.query(promql).await;
-            if last.is_some_and(|(_, v)| v >= min) {
+            if last.is_some_and(|(_, v)| done(v)) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
