@@ -87,7 +87,8 @@ def sign_test(k: int, n: int) -> float:
 def rank_test(xs, ys) -> float:
     """One-sided Wilcoxon rank-sum (Mann-Whitney) test, exact: the chance that xs would rank at
     least this high among xs + ys if both came from one distribution. Small means the xs (a
-    shadow cell's pair ratios) run higher than the ys (the A/A control's) beyond what chance gives."""
+    shadow cell's pair ratios) run higher than the ys (the A/A control's) beyond what chance gives.
+    Ties (unlikely between p99 ratios) rank the xs lower, which errs towards a larger p."""
     pooled = sorted([(x, 0) for x in xs] + [(y, 1) for y in ys])
     n, k = len(pooled), len(xs)
     observed = sum(i + 1 for i, (_, side) in enumerate(pooled) if side == 0)

@@ -312,6 +312,8 @@ live = "tiny-fraud-v2"
                 faults.release();
             }
         });
+        // Also when the client never retried, so that the held call ends and the test fails
+        // on its assertions, not 30 s later.
         faults.release();
         assert_eq!(run.code, 0, "{client:?} stream={stream}: {}", run.stderr);
         assert_eq!(run.results.len(), 3, "{client:?}: the sample reviews, one task");
@@ -383,10 +385,10 @@ live = "tiny-abuse-v2"
         });
         faults.wait_begun(begun + 1).await;
         let run = run(client, &["--target", &target, "--deadline", "0.3"], &[]);
+        faults.release();
         assert_eq!(run.code, 1, "{client:?}: {}", run.stderr);
         assert!(run.stderr.contains("failed: DEADLINE_EXCEEDED:"), "{client:?}: {}", run.stderr);
         assert!(run.stderr.contains("not retried: raise --deadline"), "{client:?}: {}", run.stderr);
-        faults.release();
         assert!(run.retries().is_empty(), "{client:?}: {}", run.stderr);
         stall.await.unwrap();
     }

@@ -69,7 +69,7 @@ impl Faults {
             .expect("the fault began")
             .expect("the faults outlive the server");
     }
-    /// Ends every `Action::Hold`, now and from now on.
+    /// Ends every `Action::Hold`, now and from now on (until `hold_again`).
     pub fn release(&self) {
         *self.released.0.lock().unwrap() = true;
         self.released.1.notify_all();
