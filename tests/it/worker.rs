@@ -139,13 +139,17 @@ fn abandoned_jobs_are_dropped_before_inference_and_counted() {
             .unwrap_or(0.0)
     };
     let before = (count("cancelled"), inferred());
-    // The first job stalls the only worker (a fault injected through its backend), so the
-    // second waits queued.
-    faults.on_word("tiny-fraud", "huge", Action::Sleep(Duration::from_millis(300)));
+    // The first job holds the only worker (a fault injected through its backend), so the
+    // second waits queued. The second is submitted only once the worker holds the first batch:
+    // submitted earlier, the batcher could take both into one batch.
+    faults.on_word("tiny-fraud", "huge", Action::Hold);
+    let begun = faults.begun();
     let busy = pool.handle.submit(reviews(&["huge call me"]), None, None, Caller::SERVER).unwrap();
+    faults.wait_begun_blocking(begun + 1);
     let abandoned = pool.handle.submit(reviews(&["win a free prize"]), None, None, Caller::SERVER).unwrap();
     drop(abandoned);
     let after = pool.handle.submit(reviews(&["great product"]), None, None, Caller::SERVER).unwrap();
+    faults.release();
     busy.blocking_wait().unwrap();
     after.blocking_wait().unwrap();
     assert_eq!(count("cancelled") - before.0, 1.0);

@@ -69,6 +69,15 @@ impl Faults {
             .expect("the fault began")
             .expect("the faults outlive the server");
     }
+    /// `wait_begun` for a test without a runtime, e.g. one that drives a worker pool directly.
+    pub fn wait_begun_blocking(&self, n: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while self.begun() < n {
+            assert!(std::time::Instant::now() < deadline, "the fault began");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
     /// Ends every `Action::Hold`, now and from now on (until `hold_again`).
     pub fn release(&self) {
         *self.released.0.lock().unwrap() = true;
