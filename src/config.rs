@@ -430,6 +430,20 @@ impl Config {
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         validate(raw, text, &base, path, overrides)
     }
+
+    /// This config for an offline run (`modserve eval`, `modserve tune`), where scoring the
+    /// shadows is the work itself, not a guest of live traffic: no shadow CPU budget, no
+    /// reserve, and shadow threads scheduled as live ones are. Under the serving limits an eval
+    /// on a busy machine waited for idle CPUs that never came (the reserve) and ran a heavy
+    /// candidate on a twentieth of the CPUs (the budget).
+    pub fn offline(mut self) -> Config {
+        self.shadow.max_cpu_fraction = 1.0;
+        self.shadow.max_cpu_fraction_on_one_cpu = 1.0;
+        self.shadow.cpu_reserve = 0.0;
+        self.shadow_scheduling = ThreadScheduling::Nice;
+        self.shadow_nice = 0;
+        self
+    }
 }
 
 #[cfg(test)]

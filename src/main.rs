@@ -251,12 +251,12 @@ fn labelled_and_runtime(
     Ok((labelled, runtime))
 }
 
-/// The config and every model its tasks use, for the offline subcommands; `None` once the
-/// errors are printed.
+/// The config (with the shadows' serving limits lifted: `Config::offline`) and every model its
+/// tasks use, for the offline subcommands; `None` once the errors are printed.
 fn load_models(cli: &Cli) -> Option<(std::sync::Arc<Config>, loader::Loaded)> {
     let path = &cli.flags.config;
     let config = match Config::load(path, &cli.flags.overrides()) {
-        Ok(c) => std::sync::Arc::new(c),
+        Ok(c) => std::sync::Arc::new(c.offline()),
         Err(errors) => {
             report_config_errors(path, &errors);
             return None;

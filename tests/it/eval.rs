@@ -129,16 +129,10 @@ fn run_eval_args(
     out: &std::path::Path,
     args: &[&str],
 ) -> std::process::Output {
-    modserve()
-        .args(["eval", "--config"])
-        .arg(config)
-        .arg("--labels")
-        .arg(labels)
-        .args(args)
-        .arg("--out")
-        .arg(out)
-        .output()
-        .unwrap()
+    let mut command = modserve();
+    command.args(["eval", "--config"]).arg(config).arg("--labels").arg(labels).args(args).arg("--out").arg(out);
+    // A liveness bound, not a speed one: an eval that hangs fails its test instead of the suite.
+    output_within(&mut command, std::time::Duration::from_secs(120))
 }
 
 fn report(out: &std::path::Path, dir: &str) -> serde_json::Value {
@@ -193,6 +187,40 @@ fn eval_reports_the_figures_computed_from_the_golden_scores() {
         }
     }
     assert!(stdout.contains("abuse-tiny-abuse-v2: GO"), "{stdout}");
+}
+
+/// The shadows are the work of an offline run, not guests of live traffic: with the shipped
+/// shadow limits (a twentieth of the CPUs, and shadows only while half the CPUs are idle) and
+/// every CPU busy, `modserve eval` still scores every review. Before, it waited for idle CPUs
+/// that never came, for as long as the machine stayed busy.
+#[test]
+fn eval_scores_every_shadow_on_a_busy_machine_with_the_shipped_shadow_limits() {
+    // Exclusive: its busy threads would slow every test beside it.
+    let _guard = exclusive_blocking();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&dir, "min_compared = 10\nmin_verdicts = 10\nmax_precision_drop = 1.0");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(!text.contains("[shadow]"), "the shipped defaults: {text}");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let busy: Vec<_> = (0..std::thread::available_parallelism().unwrap().get())
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
+    let out = dir.path().join("reports");
+    let run = run_eval(&config, &out);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    busy.into_iter().for_each(|t| t.join().unwrap());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(0), "stdout: {}\nstderr: {stderr}", String::from_utf8_lossy(&run.stdout));
+    assert!(stderr.contains("24/24 reviews scored"), "progress: {stderr}");
+    let r = report(&out, "abuse-tiny-abuse-v2");
+    assert_eq!(matrix(&r["input"]["comparisons"]), expected("v2").comparisons, "live x candidate");
 }
 
 #[test]

@@ -19,6 +19,23 @@ pub fn modserve() -> Command {
     cmd
 }
 
+/// Runs `command` to its end and returns what it printed; kills it and fails the test if it is
+/// still running after `bound` (a liveness bound: a hang fails its test instead of holding the
+/// suite until CI's own limit).
+pub fn output_within(command: &mut Command, bound: Duration) -> std::process::Output {
+    let child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("the command starts");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    match rx.recv_timeout(bound) {
+        Ok(output) => output.expect("the command's output is read"),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            panic!("{command:?} was still running after {bound:?}; killed");
+        }
+    }
+}
+
 /// The addresses a server logs in its "listening" line.
 #[derive(Debug, Clone, Copy)]
 pub struct Listening {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use child::{ChildServer, Listening, modserve, read_logs};
+pub use child::{ChildServer, Listening, modserve, output_within, read_logs};
 pub use faults::{Action, Faults};
 use modserve::app::{MODERATION_SERVICE, Server};
 use modserve::config::{Config, Overrides};
