@@ -10,7 +10,11 @@
 #   [OLD=path/to/old/modserve] [OLD_CONFIG=config.toml] benches/transformer.sh [ROUNDS]
 #                                       (default 3 rounds; ~2 min a round per server)
 #
-# Raw loadgen JSON lines go to target/bench/transformer-*.jsonl; the summary (Markdown) to stdout.
+# Raw loadgen JSON lines go to target/bench/transformer-*.jsonl, each with the server's CPU time over
+# the measured 8 s (utime + stime of the whole process, from /proc): reviews per CPU-second is the
+# rate per core actually used, which at concurrency 1 is not the wall-clock rate (the core idles
+# while an answer travels to the client and the next request back). The summary (Markdown) goes
+# to stdout.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -23,9 +27,10 @@ benches/peers/python/setup.sh >/dev/null
 cargo build --release --locked --bins 2>/dev/null
 
 # Reviews of about 20 words (the eval suite's texts, as every loadgen run uses by default).
+# NAME|ARGS|CONCURRENCY LEVELS (one loadgen run a level, so each has its own CPU reading).
 scenarios=(
-    "single|--tasks abuse --concurrency 1,64"
-    "batch32|--tasks abuse --reviews 32 --concurrency 1,4"
+    "single|--tasks abuse|1 64"
+    "batch32|--tasks abuse --reviews 32|1 4"
 )
 
 wait_port() {  # wait_port HOST:PORT
@@ -36,15 +41,31 @@ wait_port() {  # wait_port HOST:PORT
     echo "transformer.sh: nothing listens on $1" >&2; return 1
 }
 
+cpu_ticks() {  # cpu_ticks PID: user + system CPU time of the process and its threads, in clock ticks
+    awk '{ print $14 + $15 }' "/proc/$1/stat"
+}
+
 measure() {  # measure SERVER ROUND ADDR PID
     local name="$1" round="$2" addr="$3" pid="$4"
     wait_port "$addr"
     sleep 1  # the peer listens before its warm-up inference is done
+    local s scenario args levels c loadgen line before after cpu
     for s in "${scenarios[@]}"; do
-        # shellcheck disable=SC2086
-        taskset -c 1 target/release/loadgen --addr "http://$addr" --duration 8s --warmup 2s --json ${s#*|} \
-            | sed "s/^/{\"server\":\"$name\",\"round\":$round,\"scenario\":\"${s%%|*}\",\"result\":/; s/\$/}/" >>"$out"
+        IFS='|' read -r scenario args levels <<<"$s"
+        for c in $levels; do
+            # shellcheck disable=SC2086
+            taskset -c 1 target/release/loadgen --addr "http://$addr" --duration 8s --warmup 2s --json $args \
+                --concurrency "$c" >"$out.level" &
+            loadgen=$!
+            # The measured window is the 8 s after loadgen's 2 s of warm-up (to within its connect).
+            sleep 2; before=$(cpu_ticks "$pid"); sleep 8; after=$(cpu_ticks "$pid")
+            wait "$loadgen"
+            line=$(cat "$out.level")
+            cpu=$(awk -v t="$((after - before))" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.3f", t / hz }')
+            echo "{\"server\":\"$name\",\"round\":$round,\"scenario\":\"$scenario\",\"server_cpu_s\":$cpu,\"result\":$line}" >>"$out"
+        done
     done
+    rm -f "$out.level"
     kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 
