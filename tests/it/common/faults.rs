@@ -69,6 +69,7 @@ impl Faults {
             .expect("the fault began")
             .expect("the faults outlive the server");
     }
+
     /// `wait_begun` for a test without a runtime, e.g. one that drives a worker pool directly.
     pub fn wait_begun_blocking(&self, n: usize) {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
