@@ -15,7 +15,8 @@ for r in rows:
     # Reviews per second of the server's CPU time: the rate per core it actually used.
     cpu = r.get("server_cpu_s")
     result["reviews_per_cpu_s"] = result["ok"] * result["reviews_per_request"] / cpu if cpu else float("nan")
-    result["cores_used"] = cpu / 8.0 if cpu else float("nan")
+    # Lines written before the script recorded its window measured 8 s.
+    result["cores_used"] = cpu / r.get("window_s", 8) if cpu else float("nan")
     runs[(r["server"], r["scenario"], r["result"]["level"])].append(result)
 
 
@@ -35,9 +36,9 @@ print(f"abuse-minilm live, one server core; medians of {rounds} round(s). Comput
       f"{bound['bound_reviews_per_s']:,.0f} reviews/s ({bound['tokens_per_review']} tokens per review, "
       f"{bound['macs_per_token'] / 1e6:.1f} M multiply-adds per token, int8 kernel at "
       f"{bound['effective_macs_per_s'] / 1e9:.0f} G multiply-adds/s).\n")
-print("Reviews per CPU-s: reviews served over the server's CPU time in the same 8 s (user + system, all threads), "
-      "the rate per core it used; at concurrency 1 the core also idles while an answer travels to the client and "
-      "the next request back, which the wall-clock rate counts and this does not.\n")
+print("Reviews per CPU-s: reviews served over the server's CPU time in the same window (user + system, all "
+      "threads), the rate per core it used; where the core idles (at concurrency 1, while an answer travels to the "
+      "client and the next request back) the wall-clock rate counts that time and this does not.\n")
 print("| scenario | level | " + " | ".join(f"{s} reviews/s | per CPU-s | cores used | p50 ms | p99 ms" for s in servers)
       + " | modserve / peer | share of bound (modserve) | per CPU-s share of bound | errors |")
 print("|---|---|" + "---|---|---|---|---|" * len(servers) + "---|---|---|---|")

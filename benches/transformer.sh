@@ -11,15 +11,16 @@
 #                                       (default 3 rounds; ~2 min a round per server)
 #
 # Raw loadgen JSON lines go to target/bench/transformer-*.jsonl, each with the server's CPU time over
-# the measured 8 s (utime + stime of the whole process, from /proc): reviews per CPU-second is the
-# rate per core actually used, which at concurrency 1 is not the wall-clock rate (the core idles
-# while an answer travels to the client and the next request back). The summary (Markdown) goes
-# to stdout.
+# the measured window (utime + stime of the whole process, from /proc): reviews per CPU-second is
+# the rate per core actually used, which differs from the wall-clock rate where the core idles
+# (at concurrency 1, while an answer travels to the client and the next request back). The
+# summary (Markdown) goes to stdout.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 rounds="${1:-3}"
 config=benches/configs/minilm-live.toml
+warmup=2 window=8  # seconds of each loadgen run: warm-up, then the measured window
 out="target/bench/transformer-$(date +%Y%m%dT%H%M%S).jsonl"
 mkdir -p target/bench
 scripts/setup >/dev/null
@@ -54,15 +55,15 @@ measure() {  # measure SERVER ROUND ADDR PID
         IFS='|' read -r scenario args levels <<<"$s"
         for c in $levels; do
             # shellcheck disable=SC2086
-            taskset -c 1 target/release/loadgen --addr "http://$addr" --duration 8s --warmup 2s --json $args \
+            taskset -c 1 target/release/loadgen --addr "http://$addr" --duration "${window}s" --warmup "${warmup}s" --json $args \
                 --concurrency "$c" >"$out.level" &
             loadgen=$!
-            # The measured window is the 8 s after loadgen's 2 s of warm-up (to within its connect).
-            sleep 2; before=$(cpu_ticks "$pid"); sleep 8; after=$(cpu_ticks "$pid")
+            # The measured window follows loadgen's warm-up (to within its connect).
+            sleep "$warmup"; before=$(cpu_ticks "$pid"); sleep "$window"; after=$(cpu_ticks "$pid")
             wait "$loadgen"
             line=$(cat "$out.level")
             cpu=$(awk -v t="$((after - before))" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.3f", t / hz }')
-            echo "{\"server\":\"$name\",\"round\":$round,\"scenario\":\"$scenario\",\"server_cpu_s\":$cpu,\"result\":$line}" >>"$out"
+            echo "{\"server\":\"$name\",\"round\":$round,\"scenario\":\"$scenario\",\"server_cpu_s\":$cpu,\"window_s\":$window,\"result\":$line}" >>"$out"
         done
     done
     rm -f "$out.level"
